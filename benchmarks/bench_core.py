@@ -1,0 +1,99 @@
+"""DETR core figures on CPU: training step, inference forward and peak memory.
+
+R50 backbone (random init, frozen BN, stem + layer1 frozen), batch 2 at 512x512, the paper's
+transformer (6 + 6 layers, d 256, 100 queries, 92 logits), set loss with aux outputs, AdamW with
+the paper's two learning rates and gradient clipping at 0.1. Compare with REFERENCE.md, which
+measured the official code on this kind of machine (2.0 s per step, 0.34 s inference).
+Run: ``python benchmarks/bench_core.py [--size 512] [--backbone resnet50] [--dilation]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import torch
+
+from detr_lightning.loss import HungarianMatcher, SetCriterion
+from detr_lightning.models.detr import build_detr
+
+
+def _random_targets(batch: int, per_image: int = 8) -> list[dict[str, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(0)
+    targets = []
+    for _ in range(batch):
+        centre = torch.rand(per_image, 2, generator=gen) * 0.6 + 0.2
+        size = torch.rand(per_image, 2, generator=gen) * 0.3 + 0.05
+        targets.append(
+            {
+                "labels": torch.randint(1, 91, (per_image,), generator=gen),
+                "boxes": torch.cat([centre, size], dim=1),
+            }
+        )
+    return targets
+
+
+def peak_rss_gib() -> float:
+    """Peak resident set size of this process so far, in GiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def bench_core(
+    size: int = 512, batch: int = 2, backbone: str = "resnet50", dilation: bool = False, steps: int = 3
+) -> dict[str, float]:
+    """Time training steps and inference forwards; print and return the figures (seconds, GiB)."""
+    torch.manual_seed(0)
+    model = build_detr(backbone=backbone, dilation=dilation, num_classes=91)
+    criterion = SetCriterion(91, HungarianMatcher())
+    backbone_params = [p for n, p in model.named_parameters() if "backbone" in n and p.requires_grad]
+    other_params = [p for n, p in model.named_parameters() if "backbone" not in n and p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        [{"params": other_params}, {"params": backbone_params, "lr": 1e-5}],
+        lr=1e-4,
+        weight_decay=1e-4,
+    )
+    pixel_values = torch.randn(batch, 3, size, size)
+    pixel_mask = torch.ones(batch, size, size, dtype=torch.bool)
+    targets = _random_targets(batch)
+
+    def train_step() -> None:
+        outputs = model(pixel_values, pixel_mask, targets=targets)
+        losses = criterion(outputs, targets)
+        total = criterion.weighted_total(losses)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+        optimizer.step()
+
+    model.train()
+    train_step()  # warm-up: allocator, AdamW state
+    start = time.perf_counter()
+    for _ in range(steps):
+        train_step()
+    step_s = (time.perf_counter() - start) / steps
+
+    model.eval()
+    single = pixel_values[:1], pixel_mask[:1]
+    with torch.inference_mode():
+        model(*single)
+        start = time.perf_counter()
+        for _ in range(steps):
+            model(*single)
+    infer_s = (time.perf_counter() - start) / steps
+    figures = {"train_step_s": step_s, "inference_s": infer_s, "peak_rss_gib": peak_rss_gib()}
+    label = f"{backbone}{' DC5' if dilation else ''} batch {batch} {size}x{size}"
+    print(f"[core] {label}: training step {step_s:.2f} s, inference forward (batch 1) {infer_s:.2f} s,")
+    print(f"[core]   peak RSS {figures['peak_rss_gib']:.2f} GiB, threads {torch.get_num_threads()}")
+    return figures
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--backbone", default="resnet50")
+    parser.add_argument("--dilation", action="store_true")
+    parser.add_argument("--steps", type=int, default=3)
+    args = parser.parse_args()
+    bench_core(args.size, args.batch, args.backbone, args.dilation, args.steps)
