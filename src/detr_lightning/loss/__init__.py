@@ -1,0 +1,6 @@
+"""DETR losses: Hungarian matcher and set criterion."""
+
+from detr_lightning.loss.criterion import SetCriterion, base_loss_name
+from detr_lightning.loss.matcher import HungarianMatcher
+
+__all__ = ["HungarianMatcher", "SetCriterion", "base_loss_name"]

@@ -1,0 +1,251 @@
+"""DETR's set criterion: matched classification and box losses, plus aux-layer copies."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import box_convert, generalized_box_iou_loss, sigmoid_focal_loss
+
+from detr_lightning.loss.matcher import HungarianMatcher, MatchIndices
+
+DEFAULT_WEIGHTS = {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
+# Which weighted loss keys each entry of `losses` produces (logged-only keys are not listed).
+LOSS_KEYS = {"labels": ("loss_ce",), "boxes": ("loss_bbox", "loss_giou"), "cardinality": ()}
+_SUFFIX = re.compile(r"_(\d+|dn|g\d+)$")
+
+
+def base_loss_name(key: str) -> str:
+    """Strip aux-layer (`_3`), denoising (`_dn`) and query-group (`_g2`) suffixes, repeatedly.
+
+    "loss_ce_3" -> "loss_ce", "loss_bbox_dn_0" -> "loss_bbox", "loss_giou_g1_4" -> "loss_giou".
+    """
+    while (stripped := _SUFFIX.sub("", key)) != key:
+        key = stripped
+    return key
+
+
+class SetCriterion(nn.Module):
+    """Losses of DETR given a Hungarian matching between predictions and targets.
+
+    `losses` picks the loss groups: "labels" -> loss_ce (+ logged class_error), "boxes" ->
+    loss_bbox and loss_giou, "cardinality" -> logged cardinality_error. Every returned loss is
+    unweighted; `weighted_total` applies `weight_dict`, and only keys named there enter the total.
+    The paper's loss ablation is therefore a weight_dict: {"loss_ce": 1, "loss_bbox": 5} (class +
+    L1) or {"loss_ce": 1, "loss_giou": 2} (class + GIoU); the missing box loss is still returned
+    for logging but gets no gradient. The matcher's costs are independent of this choice.
+
+    focal=True replaces softmax CE + eos_coef by the sigmoid focal loss of Deformable DETR: logits
+    are [B, Q, C] (no "no object" column), targets are one-hot on matched queries and all-zero on
+    the others, loss_ce = sigmoid_focal_loss(reduction="sum") / num_boxes.
+    Subclasses adding loss groups (e.g. masks) extend `LOSS_KEYS`.
+    """
+
+    LOSS_KEYS: Mapping[str, tuple[str, ...]] = LOSS_KEYS
+
+    def __init__(
+        self,
+        num_classes: int,
+        matcher: HungarianMatcher,
+        eos_coef: float = 0.1,
+        losses: Sequence[str] = ("labels", "boxes", "cardinality"),
+        weight_dict: Mapping[str, float] | None = None,
+        focal: bool = False,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+    ) -> None:
+        super().__init__()
+        unknown = set(losses) - set(self.LOSS_KEYS)
+        if unknown:
+            raise ValueError(
+                f"SetCriterion: unknown losses {sorted(unknown)}; choose from {list(self.LOSS_KEYS)}."
+            )
+        self.weight_dict = dict(DEFAULT_WEIGHTS if weight_dict is None else weight_dict)
+        produced = {k for name in losses for k in self.LOSS_KEYS[name]}
+        missing = {k for k in self.weight_dict if base_loss_name(k) not in produced}
+        if missing:
+            raise ValueError(
+                f"SetCriterion: weight_dict has {sorted(missing)} but losses={list(losses)} does "
+                "not compute them; add the loss group ('labels' or 'boxes') or drop the weight."
+            )
+        if getattr(matcher, "focal", focal) != focal:
+            raise ValueError(
+                f"SetCriterion: criterion focal={focal} but matcher focal={matcher.focal}; set "
+                "both to the same value (focal heads have no 'no object' column)."
+            )
+        self.num_classes = num_classes
+        self.matcher = matcher
+        self.eos_coef = eos_coef
+        self.losses = tuple(losses)
+        self.focal = focal
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+        weight = torch.ones(num_classes + 1)
+        weight[-1] = eos_coef
+        self.register_buffer("empty_weight", weight, persistent=False)
+
+    def forward(
+        self,
+        outputs: dict,
+        targets: list[dict[str, Tensor]],
+        num_boxes: float | Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """Match and compute every loss, for the final layer and each aux output.
+
+        Args:
+            outputs: "pred_logits" [B, Q, C+1] ([B, Q, C] if focal), "pred_boxes" [B, Q, 4]
+                normalised cxcywh, optional "aux_outputs": list of dicts with the same two keys.
+            targets: B dicts with "labels" [T_b] int64 and "boxes" [T_b, 4] normalised cxcywh.
+            num_boxes: box count to normalise by (e.g. averaged over DDP processes); None counts
+                the boxes of `targets`. Clamped to >= 1.
+        Returns:
+            unweighted scalar losses loss_ce, loss_bbox, loss_giou, logged-only class_error (%)
+            and cardinality_error, and loss_<name>_<i> for aux output i (no logged-only keys).
+        """
+        expected = self.num_classes + (0 if self.focal else 1)
+        if outputs["pred_logits"].shape[-1] != expected:
+            raise ValueError(
+                f"SetCriterion: pred_logits has {outputs['pred_logits'].shape[-1]} columns but "
+                f"num_classes={self.num_classes} (focal={self.focal}) needs {expected}; make the "
+                "model's and the criterion's num_classes agree."
+            )
+        num_boxes = self.normalise_num_boxes(targets, num_boxes, outputs["pred_boxes"].device)
+        result = self._set_losses(outputs, targets, num_boxes)
+        # Training-only query levers (models/accelerated.py): every extra query group is matched
+        # on its own (Group DETR); denoising queries have a known assignment (DN-DETR), and
+        # each target appears once per dn group, hence the larger normaliser.
+        for g, group in enumerate(outputs.get("group_outputs", ()), start=1):
+            result.update(self._set_losses(group, targets, num_boxes, suffix=f"_g{g}"))
+        dn = outputs.get("dn_queries")
+        if dn is not None:
+            known = dn.matching_indices()
+            result.update(
+                self._set_losses(
+                    outputs["dn_outputs"], targets, num_boxes * dn.num_groups, "_dn", known
+                )
+            )
+        return result
+
+    def _set_losses(
+        self,
+        outputs: dict,
+        targets: list[dict[str, Tensor]],
+        num_boxes: Tensor,
+        suffix: str = "",
+        indices: MatchIndices | None = None,
+    ) -> dict[str, Tensor]:
+        """Losses of one query set and its aux outputs, keys suffixed ``suffix`` (then ``_i``).
+        ``indices`` given = a known assignment, reused for every layer; None = match each layer.
+        Logged-only metrics come with the unsuffixed main set only."""
+
+        def losses_of(out: dict, log: bool) -> dict[str, Tensor]:
+            match = indices if indices is not None else self.matcher(out, targets)
+            return self._losses_for(out, targets, match, num_boxes, log=log)
+
+        result = {f"{k}{suffix}": v for k, v in losses_of(outputs, log=not suffix).items()}
+        for i, aux in enumerate(outputs.get("aux_outputs", [])):
+            result.update({f"{k}{suffix}_{i}": v for k, v in losses_of(aux, log=False).items()})
+        return result
+
+    @staticmethod
+    def normalise_num_boxes(
+        targets: list[dict[str, Tensor]], num_boxes: float | Tensor | None, device: torch.device
+    ) -> Tensor:
+        """Float scalar tensor: `num_boxes`, or the targets' box count when None; clamped >= 1."""
+        if num_boxes is None:
+            num_boxes = sum(len(t["labels"]) for t in targets)
+        return torch.as_tensor(num_boxes, dtype=torch.float, device=device).clamp(min=1)
+
+    def weight_of(self, key: str) -> float | None:
+        """Weight of a loss key: an exact weight_dict entry (official-style "loss_ce_0"), else
+        that of its base name; None for keys that are only logged."""
+        return self.weight_dict.get(key, self.weight_dict.get(base_loss_name(key)))
+
+    def weighted_total(self, loss_dict: Mapping[str, Tensor]) -> Tensor:
+        """Scalar sum of weight_of(k) * v over the keys of `loss_dict` that have a weight."""
+        terms = [w * v for k, v in loss_dict.items() if (w := self.weight_of(k)) is not None]
+        if not terms:
+            raise ValueError(
+                f"SetCriterion.weighted_total: none of {sorted(loss_dict)} has a weight in "
+                f"weight_dict {self.weight_dict}; nothing to optimise."
+            )
+        return torch.stack(terms).sum()
+
+    def _losses_for(
+        self,
+        outputs: dict,
+        targets: list[dict[str, Tensor]],
+        indices: MatchIndices,
+        num_boxes: Tensor,
+        log: bool = True,
+    ) -> dict[str, Tensor]:
+        """Losses of one set of predictions under a given matching (reusable with known indices,
+        e.g. denoising queries or per-group matching). log=False skips the logged-only metrics."""
+        batch_idx = torch.cat([torch.full_like(src, b) for b, (src, _) in enumerate(indices)])
+        src_idx = torch.cat([src for src, _ in indices])
+        matched = (batch_idx, src_idx)
+        out: dict[str, Tensor] = {}
+        if "labels" in self.losses:
+            labels = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices, strict=True)])
+            out.update(self._label_losses(outputs["pred_logits"], matched, labels, num_boxes, log))
+        if "boxes" in self.losses:
+            tgt = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices, strict=True)])
+            out.update(self._box_losses(outputs["pred_boxes"][matched], tgt, num_boxes))
+        if "cardinality" in self.losses and log:
+            out["cardinality_error"] = self._cardinality_error(outputs["pred_logits"], targets)
+        return out
+
+    def _label_losses(
+        self,
+        logits: Tensor,
+        matched: tuple[Tensor, Tensor],
+        labels: Tensor,
+        num_boxes: Tensor,
+        log: bool,
+    ) -> dict[str, Tensor]:
+        if self.focal:
+            onehot = torch.zeros_like(logits)
+            onehot[matched + (labels,)] = 1.0
+            loss = sigmoid_focal_loss(
+                logits, onehot, self.focal_alpha, self.focal_gamma, reduction="sum"
+            )
+            out = {"loss_ce": loss / num_boxes}
+        else:
+            target = torch.full(
+                logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device
+            )
+            target[matched] = labels
+            # mean weighted by class weight (PyTorch's reduction): sum(w_i * ce_i) / sum(w_i)
+            loss = F.cross_entropy(logits.transpose(1, 2), target, self.empty_weight.to(logits))
+            out = {"loss_ce": loss}
+        if log:
+            with torch.no_grad():
+                # official DETR convention: 100 % error when nothing is matched (never NaN)
+                correct = (logits[matched].argmax(-1) == labels).float()
+                acc = correct.mean() * 100 if correct.numel() else correct.new_zeros(())
+                out["class_error"] = 100 - acc
+        return out
+
+    @staticmethod
+    def _box_losses(src: Tensor, tgt: Tensor, num_boxes: Tensor) -> dict[str, Tensor]:
+        """src, tgt: [K, 4] matched predicted / target boxes, normalised cxcywh."""
+        loss_bbox = F.l1_loss(src, tgt, reduction="sum") / num_boxes
+        # element-wise GIoU (linear in K) instead of the diagonal of a K x K matrix; eps=1e-7
+        giou = generalized_box_iou_loss(
+            box_convert(src, "cxcywh", "xyxy"), box_convert(tgt, "cxcywh", "xyxy"), reduction="sum"
+        )
+        return {"loss_bbox": loss_bbox, "loss_giou": giou / num_boxes}
+
+    @torch.no_grad()
+    def _cardinality_error(self, logits: Tensor, targets: list[dict[str, Tensor]]) -> Tensor:
+        """Mean over images of |#predicted objects - #targets|; a query predicts an object when
+        its argmax is not "no object" (softmax) or its best sigmoid probability is > 0.5 (focal)."""
+        if self.focal:
+            is_object = logits.max(-1).values > 0
+        else:
+            is_object = logits.argmax(-1) != logits.shape[-1] - 1
+        counts = torch.as_tensor([len(t["labels"]) for t in targets], device=logits.device)
+        return F.l1_loss(is_object.sum(1).float(), counts.float())

@@ -1,0 +1,149 @@
+"""Hungarian matching between DETR's predictions and the ground-truth objects of each image."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor, nn
+from torchvision.ops import box_convert, generalized_box_iou
+
+MatchIndices = list[tuple[Tensor, Tensor]]
+
+
+def focal_class_cost(logits: Tensor, labels: Tensor, alpha: float, gamma: float) -> Tensor:
+    """Deformable DETR's classification cost for sigmoid (focal-loss) heads.
+
+    Args:
+        logits: [Q, C] raw class logits (no "no object" column).
+        labels: [T] int64 target classes in [0, C).
+    Returns:
+        [Q, T] cost = focal loss of calling the query positive for the target's class minus the
+        focal loss of calling it negative (lower = better match).
+    """
+    prob = logits.sigmoid()
+    # softplus(-x) = -log(sigmoid(x)) without the log(0) that the 1e-8 hack of the original guards
+    pos = alpha * (1 - prob) ** gamma * F.softplus(-logits)
+    neg = (1 - alpha) * prob**gamma * F.softplus(logits)
+    return (pos - neg)[:, labels]
+
+
+class HungarianMatcher(nn.Module):
+    """One-to-one assignment of queries to targets minimising DETR's matching cost.
+
+    cost = cost_class * class_cost + cost_bbox * L1(cxcywh) + cost_giou * (-GIoU(xyxy)),
+    where class_cost is -softmax probability of the target class (focal=False) or the
+    Deformable-DETR focal cost (focal=True). Each image's [Q, T] block is built on its own, so
+    time and memory grow linearly with the batch, unlike the official [B*Q, sum(T)] matrix.
+    """
+
+    def __init__(
+        self,
+        cost_class: float = 1.0,
+        cost_bbox: float = 5.0,
+        cost_giou: float = 2.0,
+        focal: bool = False,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+    ) -> None:
+        super().__init__()
+        if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
+            raise ValueError(
+                "HungarianMatcher: cost_class, cost_bbox and cost_giou are all 0, so every "
+                "assignment is equally good; set at least one of them (paper: 1, 5, 2)."
+            )
+        self.cost_class = cost_class
+        self.cost_bbox = cost_bbox
+        self.cost_giou = cost_giou
+        self.focal = focal
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+
+    def cost_matrix(
+        self, logits: Tensor, boxes: Tensor, tgt_labels: Tensor, tgt_boxes: Tensor
+    ) -> Tensor:
+        """Matching cost of one image.
+
+        Args:
+            logits: [Q, C+1] class logits (softmax; last column = no object) or [Q, C] (focal).
+            boxes: [Q, 4] predicted boxes, normalised cxcywh.
+            tgt_labels: [T] int64 target classes.
+            tgt_boxes: [T, 4] target boxes, normalised cxcywh.
+        Returns:
+            [Q, T] cost (lower = better match).
+        """
+        if self.focal:
+            cls = focal_class_cost(logits, tgt_labels, self.focal_alpha, self.focal_gamma)
+        else:
+            cls = -logits.softmax(-1)[:, tgt_labels]
+        l1 = torch.cdist(boxes, tgt_boxes, p=1)
+        giou = generalized_box_iou(
+            box_convert(boxes, "cxcywh", "xyxy"), box_convert(tgt_boxes, "cxcywh", "xyxy")
+        )
+        return self.cost_class * cls + self.cost_bbox * l1 - self.cost_giou * giou
+
+    @staticmethod
+    def _check_labels(targets: list[dict[str, Tensor]], num_classes: int) -> None:
+        labels = torch.cat([t["labels"].reshape(-1) for t in targets])
+        if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+            raise ValueError(
+                f"HungarianMatcher: target labels span [{labels.min().item()}, "
+                f"{labels.max().item()}] but the class head has {num_classes} real classes; "
+                "set num_classes to the dataset's class count (the no-object index is not a label)."
+            )
+
+    @torch.no_grad()
+    def forward(self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]]) -> MatchIndices:
+        """Match every image's queries to its targets.
+
+        Args:
+            outputs: dict with
+                "pred_logits": [B, Q, C+1] class logits (focal=True: [B, Q, C]),
+                "pred_boxes": [B, Q, 4] predicted boxes, normalised cxcywh.
+            targets: list of B dicts with
+                "labels": [T_b] int64 class indices,
+                "boxes": [T_b, 4] target boxes, normalised cxcywh.
+        Returns:
+            list of B tuples (pred_idx, tgt_idx), int64 tensors of length K_b = min(Q, T_b) = T_b
+            on the device of the predictions; pred_idx is sorted ascending and query pred_idx[k]
+            is assigned to target tgt_idx[k]. Images without targets give two empty tensors.
+        """
+        # float32 cost even under autocast: bf16 ties would make the assignment arbitrary
+        logits, boxes = outputs["pred_logits"].float(), outputs["pred_boxes"].float()
+        if len(targets) != logits.shape[0]:
+            raise ValueError(
+                f"HungarianMatcher: got {len(targets)} target dicts for a batch of "
+                f"{logits.shape[0]} predictions; pass exactly one target dict per image."
+            )
+        if not targets:
+            return []
+        self._check_labels(targets, logits.shape[-1] - (0 if self.focal else 1))
+        num_queries = logits.shape[1]
+        blocks = []
+        for b, tgt in enumerate(targets):
+            num_tgt = len(tgt["labels"])
+            if num_tgt > num_queries:
+                raise ValueError(
+                    f"HungarianMatcher: image {b} has {num_tgt} targets but the model has only "
+                    f"{num_queries} queries; DETR predicts at most one object per query, so set "
+                    "num_queries >= the largest object count per image."
+                )
+            blocks.append(self.cost_matrix(logits[b], boxes[b], tgt["labels"], tgt["boxes"]))
+        # one device->host copy for the whole batch instead of one sync per image
+        flat = torch.cat([c.reshape(-1) for c in blocks]).float().cpu()
+        costs = flat.split([c.numel() for c in blocks])
+        indices = []
+        for b, (block, cost) in enumerate(zip(blocks, costs, strict=True)):
+            if not torch.isfinite(cost).all():
+                raise ValueError(
+                    f"HungarianMatcher: the cost matrix of image {b} contains NaN/inf: the "
+                    "predictions are not finite (diverged training: lower the lr, clip gradients) "
+                    "or a target box has zero width and height (fix the annotation)."
+                )
+            rows, cols = linear_sum_assignment(cost.view(block.shape).numpy())
+            # scipy returns rows ascending already; kept explicit as callers rely on it
+            pred = torch.as_tensor(rows, dtype=torch.int64)
+            order = pred.argsort()
+            tgt_idx = torch.as_tensor(cols, dtype=torch.int64)[order]
+            indices.append((pred[order].to(logits.device), tgt_idx.to(logits.device)))
+        return indices

@@ -1,0 +1,194 @@
+"""DETR with switchable convergence levers (the paper's model when every lever is off).
+
+Levers, each a constructor argument (so a Hydra option), all training-time except
+``box_refine`` and ``focal`` which change the architecture:
+
+* ``denoising_groups`` > 0 — DN-DETR: noised ground-truth boxes/labels become extra decoder
+  queries, reconstructed by the same heads behind an attention mask (training only).
+* ``query_groups`` > 1 — Group DETR: K groups of ``num_queries`` queries, self-attention inside a
+  group, one-to-one matching per group; only group 0 runs at inference.
+* ``box_refine`` — anchor-box queries (DAB-DETR style): each query carries a learned box whose
+  sine encoding is its positional query, refined by every decoder layer
+  (``box = sigmoid(logit(ref) + delta)``, Deformable-DETR's iterative refinement).
+* ``focal`` — sigmoid class head with ``num_classes`` columns (no "no object" column), bias set
+  to a 0.01 prior; pair it with the criterion's and post-processor's ``focal=True``.
+
+With every lever off the parameters, their names and the outputs are exactly :class:`DETR`'s,
+so official checkpoints load into it and the paper presets are unaffected.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from detr_lightning.models.backbone import Backbone
+from detr_lightning.models.denoising import make_denoising_queries, query_attention_mask
+from detr_lightning.models.detr import DETR, MLP
+from detr_lightning.models.transformer import Transformer
+
+
+def box_sine_embedding(boxes: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
+    """Sine encoding of boxes [..., 4] (normalised cxcywh) into [..., dim], dim/4 per coordinate."""
+    per_coord = dim // 4
+    idx = torch.arange(per_coord, dtype=torch.float32, device=boxes.device)
+    dim_t = temperature ** (2 * torch.div(idx, 2, rounding_mode="floor") / per_coord)
+    angles = boxes[..., None].float() * 2 * math.pi / dim_t  # [..., 4, per_coord]
+    emb = torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1).flatten(-2)
+    return emb.flatten(-2).to(boxes.dtype)
+
+
+def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
+    x = x.clamp(eps, 1 - eps)
+    return torch.log(x / (1 - x))
+
+
+class AcceleratedDETR(DETR):
+    """DETR plus the convergence levers described in the module docstring.
+
+    Args (beyond :class:`DETR`'s):
+        focal: sigmoid classification head without a "no object" column.
+        box_refine: anchor-box queries with per-layer box refinement.
+        query_groups: Group DETR's K (1 = off).
+        denoising_groups: DN-DETR's number of noised copies per target (0 = off).
+        label_noise, box_noise: DN-DETR's label-flip probability and box noise scale lambda.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        position_encoding: nn.Module,
+        transformer: Transformer,
+        num_classes: int,
+        num_queries: int = 100,
+        aux_loss: bool = True,
+        focal: bool = False,
+        box_refine: bool = False,
+        query_groups: int = 1,
+        denoising_groups: int = 0,
+        label_noise: float = 0.2,
+        box_noise: float = 0.4,
+    ) -> None:
+        super().__init__(
+            backbone, position_encoding, transformer, num_classes, num_queries, aux_loss
+        )
+        if transformer.query_pos != "attn" and (box_refine or denoising_groups or query_groups > 1):
+            raise ValueError("AcceleratedDETR levers need transformer.query_pos='attn'")
+        if query_groups < 1 or denoising_groups < 0:
+            raise ValueError("query_groups must be >= 1 and denoising_groups >= 0")
+        d = transformer.d_model
+        self.focal, self.box_refine = focal, box_refine
+        self.query_groups, self.denoising_groups = query_groups, denoising_groups
+        self.label_noise, self.box_noise = label_noise, box_noise
+        if focal:
+            self.class_embed = nn.Linear(d, num_classes)
+            # Start every class at a 1% probability so the focal loss is not swamped by negatives.
+            nn.init.constant_(self.class_embed.bias, -math.log((1 - 0.01) / 0.01))
+        if box_refine:
+            del self.query_embed
+            self.anchor_embed = nn.Embedding(num_queries * query_groups, 4)
+            nn.init.uniform_(self.anchor_embed.weight, 0.0, 1.0)
+            self.anchor_embed.weight.data = inverse_sigmoid(self.anchor_embed.weight.data)
+        elif query_groups > 1:
+            self.query_embed = nn.Embedding(num_queries * query_groups, d)
+        if box_refine or denoising_groups:
+            self.ref_point_head = MLP(d, d, d, 2)
+        if denoising_groups:
+            self.label_embed = nn.Embedding(num_classes, d)
+
+    def forward(
+        self,
+        pixel_values: Tensor,
+        pixel_mask: Tensor | None = None,
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> dict[str, Any]:
+        """Detect objects; ``targets`` (labels [T], boxes [T, 4] cxcywh) feed denoising queries.
+
+        Returns :class:`DETR`'s outputs. In training mode, with the levers on, also
+        ``group_outputs`` (one dict per extra query group, same keys as the main output) and
+        ``dn_outputs`` + ``dn_queries`` (the reconstructions of the denoising queries and the
+        :class:`~detr_lightning.models.denoising.DenoisingQueries` that made them).
+        """
+        groups = self.query_groups if self.training else 1
+        dn = None
+        if self.training and self.denoising_groups and targets is not None:
+            dn = make_denoising_queries(
+                targets, self.num_classes, self.denoising_groups, self.label_noise, self.box_noise
+            )
+        if not self.box_refine and dn is None and self.query_groups == 1:
+            return super().forward(pixel_values, pixel_mask)  # the paper's model, exactly
+
+        features, mask = self.backbone(pixel_values, pixel_mask)[-1]
+        pos = self.position_encoding(mask).to(features.dtype)
+        memory, key_mask, pos_seq = self.transformer.encode(self.input_proj(features), mask, pos)
+        memory, memory_pos = self.transformer.decoder_inputs(memory, pos_seq)
+        b, d = memory.shape[0], memory.shape[-1]
+        num_matching = self.num_queries * groups
+        num_dn = dn.num_queries if dn is not None else 0
+
+        tgt = memory.new_zeros(b, num_dn + num_matching, d)
+        ref = None
+        if self.box_refine:
+            ref = self.anchor_embed.weight[:num_matching].sigmoid()[None].expand(b, -1, -1)
+        else:
+            static_pos = self.query_embed.weight[:num_matching][None].expand(b, -1, -1)
+        if dn is not None:
+            tgt = torch.cat([self.label_embed(dn.labels), tgt[:, num_dn:]], dim=1)
+            ref = dn.boxes if ref is None else torch.cat([dn.boxes, ref], dim=1)
+        attn_mask = query_attention_mask(
+            self.num_queries, groups, dn.num_groups if dn else 0, dn.pad if dn else 0, memory.device
+        )
+
+        decoder = self.transformer.decoder
+        logits, boxes = [], []
+        for layer in decoder.layers:
+            if self.box_refine:
+                query_pos = self.ref_point_head(box_sine_embedding(ref, d))
+            elif dn is not None:
+                dn_pos = self.ref_point_head(box_sine_embedding(ref, d))
+                query_pos = torch.cat([dn_pos, static_pos], dim=1)
+            else:
+                query_pos = static_pos
+            tgt = layer(tgt, memory, key_mask, memory_pos, query_pos, attn_mask)
+            hidden = decoder.norm(tgt)
+            logits.append(self.class_embed(hidden))
+            if self.box_refine:
+                box = (self.bbox_embed(hidden) + inverse_sigmoid(ref)).sigmoid()
+                ref = (
+                    box.detach()
+                )  # as in Deformable DETR: each layer refines, gradients stay local
+            else:
+                box = self.bbox_embed(hidden).sigmoid()
+            boxes.append(box)
+        return self._split_outputs(torch.stack(logits), torch.stack(boxes), num_dn, groups, dn)
+
+    def _split_outputs(self, logits: Tensor, boxes: Tensor, num_dn: int, groups: int, dn) -> dict:
+        """Cut the [L, B, N, *] stacks into the dn part and one output dict per query group."""
+
+        def as_output(lg: Tensor, bx: Tensor) -> dict[str, Any]:
+            out: dict[str, Any] = {"pred_logits": lg[-1], "pred_boxes": bx[-1]}
+            if self.aux_loss:
+                out["aux_outputs"] = [
+                    {"pred_logits": a, "pred_boxes": c}
+                    for a, c in zip(lg[:-1], bx[:-1], strict=True)
+                ]
+            return out
+
+        q = self.num_queries
+        chunks = [
+            as_output(
+                logits[:, :, num_dn + g * q : num_dn + (g + 1) * q],
+                boxes[:, :, num_dn + g * q : num_dn + (g + 1) * q],
+            )
+            for g in range(groups)
+        ]
+        out = chunks[0]
+        if groups > 1:
+            out["group_outputs"] = chunks[1:]
+        if dn is not None:
+            out["dn_outputs"] = as_output(logits[:, :, :num_dn], boxes[:, :, :num_dn])
+            out["dn_queries"] = dn
+        return out

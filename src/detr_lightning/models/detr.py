@@ -1,0 +1,141 @@
+"""DETR: backbone, position encoding, transformer, class head and 3-layer box MLP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detr_lightning.models.backbone import Backbone
+from detr_lightning.models.position_encoding import build_position_encoding
+from detr_lightning.models.transformer import Transformer
+
+
+class MLP(nn.Module):
+    """``num_layers`` Linear layers with ReLU between them (none after the last)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(
+            nn.Linear(i, o) for i, o in zip(dims[:-1], dims[1:], strict=True)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [..., input_dim] -> [..., output_dim]."""
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+class DETR(nn.Module):
+    """Set-prediction detector: ``num_queries`` learned queries decoded against image features.
+
+    Args:
+        backbone: feature extractor with a ``num_channels`` attribute.
+        position_encoding: maps a mask [B, h, w] to an encoding [B, d, h, w].
+        transformer: encoder-decoder with ``d_model`` = d.
+        num_classes: real classes; logits have ``num_classes + 1`` columns, the last "no object".
+        num_queries: object queries (detection slots) per image.
+        aux_loss: also return the predictions of every decoder layer but the last.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        position_encoding: nn.Module,
+        transformer: Transformer,
+        num_classes: int,
+        num_queries: int = 100,
+        aux_loss: bool = True,
+    ) -> None:
+        super().__init__()
+        d = transformer.d_model
+        self.backbone = backbone
+        self.position_encoding = position_encoding
+        self.transformer = transformer
+        self.input_proj = nn.Conv2d(backbone.num_channels, d, kernel_size=1)
+        self.query_embed = nn.Embedding(num_queries, d)
+        self.class_embed = nn.Linear(d, num_classes + 1)
+        self.bbox_embed = MLP(d, d, 4, 3)
+        self.num_classes = num_classes
+        self.num_queries = num_queries
+        self.aux_loss = aux_loss
+
+    def forward(
+        self,
+        pixel_values: Tensor,
+        pixel_mask: Tensor | None = None,
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> dict[str, Any]:
+        """Detect objects.
+
+        Args:
+            pixel_values: [B, 3, H, W] float, ImageNet-normalised, padded to a common size.
+            pixel_mask: [B, H, W] bool, True on real pixels (None = no padding).
+            targets: ignored here; training-only levers (``AcceleratedDETR``) read them, and the
+                LightningModule passes them in training whichever model it holds.
+
+        Returns:
+            ``pred_logits`` [B, Q, num_classes + 1] (unnormalised, last column "no object"),
+            ``pred_boxes`` [B, Q, 4] normalised cxcywh in [0, 1] relative to each image's unpadded
+            size, and, when ``aux_loss``, ``aux_outputs``: a list of L-1 dicts with the same two
+            keys, one per decoder layer but the last.
+        """
+        features, mask = self.backbone(pixel_values, pixel_mask)[-1]
+        pos = self.position_encoding(mask).to(features.dtype)
+        hs, _ = self.transformer(self.input_proj(features), mask, self.query_embed.weight, pos)
+        logits = self.class_embed(hs)
+        boxes = self.bbox_embed(hs).sigmoid()
+        out: dict[str, Any] = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
+        if self.aux_loss:
+            out["aux_outputs"] = [
+                {"pred_logits": lg, "pred_boxes": bx}
+                for lg, bx in zip(logits[:-1], boxes[:-1], strict=True)
+            ]
+        return out
+
+
+def build_detr(
+    backbone: str = "resnet50",
+    dilation: bool = False,
+    num_classes: int = 91,
+    num_queries: int = 100,
+    hidden_dim: int = 256,
+    nheads: int = 8,
+    enc_layers: int = 6,
+    dec_layers: int = 6,
+    dim_feedforward: int = 2048,
+    dropout: float = 0.1,
+    pre_norm: bool = False,
+    position_embedding: str = "sine",
+    aux_loss: bool = True,
+    pretrained_backbone: bool = False,
+    train_backbone: bool = True,
+    **transformer_kwargs: Any,
+) -> DETR:
+    """Build DETR from flat hyper-parameters (the official ``main.py`` names).
+
+    ``transformer_kwargs`` go to :class:`Transformer` (``use_ffn``, ``encoder_pos``,
+    ``decoder_pos``, ``query_pos``). Defaults reproduce the paper's DETR-R50 on COCO (91 ids).
+    """
+    return DETR(
+        Backbone(backbone, dilation, train_backbone, pretrained_backbone),
+        build_position_encoding(position_embedding, hidden_dim),
+        Transformer(
+            d_model=hidden_dim,
+            nhead=nheads,
+            num_encoder_layers=enc_layers,
+            num_decoder_layers=dec_layers,
+            dim_feedforward=dim_feedforward,
+            dropout=dropout,
+            normalize_before=pre_norm,
+            **transformer_kwargs,
+        ),
+        num_classes=num_classes,
+        num_queries=num_queries,
+        aux_loss=aux_loss,
+    )

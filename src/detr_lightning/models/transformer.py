@@ -1,0 +1,308 @@
+"""DETR encoder-decoder transformer with positions added to queries/keys at every layer.
+
+Parameters are named like ``nn.MultiheadAttention`` / the official DETR layers, so official
+checkpoint keys (``encoder.layers.N.self_attn.in_proj_weight``, ``decoder.norm.weight``...) map
+one to one. Attention runs through ``F.scaled_dot_product_attention``. Sequences are batch-first
+[B, S, d] inside this module (the official code is sequence-first; the numbers are the same).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_POS_CHOICES = ("attn", "input", "none")
+
+
+def _add(x: Tensor, pos: Tensor | None) -> Tensor:
+    return x if pos is None else x + pos
+
+
+class MultiheadAttention(nn.Module):
+    """Multi-head attention with ``nn.MultiheadAttention``'s parameter layout, batch-first."""
+
+    def __init__(self, d_model: int, nhead: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if d_model % nhead:
+            raise ValueError(f"d_model ({d_model}) must be divisible by nhead ({nhead})")
+        self.nhead = nhead
+        self.dropout = dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model))
+        self.out_proj = nn.Linear(d_model, d_model)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+    ) -> Tensor:
+        """query [B, Lq, d], key/value [B, Lk, d]; key_padding_mask [B, Lk] bool True = real key;
+        attn_mask [Lq, Lk] bool True = NOT allowed to attend. Returns [B, Lq, d]."""
+        b, lq, d = query.shape
+        w_q, w_k, w_v = self.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = self.in_proj_bias.chunk(3)
+
+        def heads(x: Tensor, w: Tensor, bias: Tensor) -> Tensor:
+            return F.linear(x, w, bias).unflatten(-1, (self.nhead, -1)).transpose(1, 2)
+
+        q, k, v = heads(query, w_q, b_q), heads(key, w_k, b_k), heads(value, w_v, b_v)
+        allowed = None  # SDPA's boolean mask is True where attention IS allowed
+        if key_padding_mask is not None:
+            allowed = key_padding_mask[:, None, None, :]
+        if attn_mask is not None:
+            allowed = ~attn_mask if allowed is None else allowed & ~attn_mask
+        p = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p)
+        return self.out_proj(out.transpose(1, 2).reshape(b, lq, d))
+
+
+class _Layer(nn.Module):
+    """Shared pieces: residual sublayers (post- or pre-norm) and the optional FFN."""
+
+    def __init__(self, d_model: int, dim_ff: int, dropout: float, pre: bool, use_ffn: bool):
+        super().__init__()
+        self.normalize_before = pre
+        self.use_ffn = use_ffn
+        if use_ffn:
+            self.linear1 = nn.Linear(d_model, dim_ff)
+            self.dropout = nn.Dropout(dropout)
+            self.linear2 = nn.Linear(dim_ff, d_model)
+
+    def _sublayer(
+        self, x: Tensor, fn: Callable[[Tensor], Tensor], norm: nn.Module, drop: nn.Module
+    ) -> Tensor:
+        if self.normalize_before:
+            return x + drop(fn(norm(x)))
+        return norm(x + drop(fn(x)))
+
+    def _ffn(self, x: Tensor) -> Tensor:
+        return self.linear2(self.dropout(F.relu(self.linear1(x))))
+
+
+class TransformerEncoderLayer(_Layer):
+    """Self-attention (+ position on q and k) and FFN; ``norm2`` belongs to the FFN."""
+
+    def __init__(
+        self, d_model: int, nhead: int, dim_ff: int = 2048, dropout: float = 0.1,
+        pre: bool = False, use_ffn: bool = True,
+    ) -> None:  # fmt: skip
+        super().__init__(d_model, dim_ff, dropout, pre, use_ffn)
+        self.self_attn = MultiheadAttention(d_model, nhead, dropout)
+        self.norm1, self.dropout1 = nn.LayerNorm(d_model), nn.Dropout(dropout)
+        if use_ffn:
+            self.norm2, self.dropout2 = nn.LayerNorm(d_model), nn.Dropout(dropout)
+
+    def forward(self, src: Tensor, key_padding_mask: Tensor, pos: Tensor | None) -> Tensor:
+        """src/pos [B, S, d], key_padding_mask [B, S] True = real. Returns [B, S, d]."""
+
+        def attend(x: Tensor) -> Tensor:
+            qk = _add(x, pos)
+            return self.self_attn(qk, qk, x, key_padding_mask)
+
+        src = self._sublayer(src, attend, self.norm1, self.dropout1)
+        if self.use_ffn:
+            src = self._sublayer(src, self._ffn, self.norm2, self.dropout2)
+        return src
+
+
+class TransformerDecoderLayer(_Layer):
+    """Query self-attention, cross-attention to the memory, FFN (norm1, norm2, norm3)."""
+
+    def __init__(
+        self, d_model: int, nhead: int, dim_ff: int = 2048, dropout: float = 0.1,
+        pre: bool = False, use_ffn: bool = True,
+    ) -> None:  # fmt: skip
+        super().__init__(d_model, dim_ff, dropout, pre, use_ffn)
+        self.self_attn = MultiheadAttention(d_model, nhead, dropout)
+        self.multihead_attn = MultiheadAttention(d_model, nhead, dropout)
+        self.norm1, self.dropout1 = nn.LayerNorm(d_model), nn.Dropout(dropout)
+        self.norm2, self.dropout2 = nn.LayerNorm(d_model), nn.Dropout(dropout)
+        if use_ffn:
+            self.norm3, self.dropout3 = nn.LayerNorm(d_model), nn.Dropout(dropout)
+
+    def forward(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        memory_mask: Tensor,
+        pos: Tensor | None,
+        query_pos: Tensor | None,
+        self_attn_mask: Tensor | None = None,
+    ) -> Tensor:
+        """tgt/query_pos [B, Q, d]; memory/pos [B, S, d]; memory_mask [B, S] True = real;
+        self_attn_mask [Q, Q] True = blocked. Returns [B, Q, d]."""
+
+        def self_attend(x: Tensor) -> Tensor:
+            qk = _add(x, query_pos)
+            return self.self_attn(qk, qk, x, attn_mask=self_attn_mask)
+
+        def cross_attend(x: Tensor) -> Tensor:
+            return self.multihead_attn(_add(x, query_pos), _add(memory, pos), memory, memory_mask)
+
+        tgt = self._sublayer(tgt, self_attend, self.norm1, self.dropout1)
+        tgt = self._sublayer(tgt, cross_attend, self.norm2, self.dropout2)
+        if self.use_ffn:
+            tgt = self._sublayer(tgt, self._ffn, self.norm3, self.dropout3)
+        return tgt
+
+
+class TransformerEncoder(nn.Module):
+    def __init__(self, layers: list[nn.Module], norm: nn.Module | None) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.norm = norm
+
+    def forward(self, src: Tensor, key_padding_mask: Tensor, pos: Tensor | None) -> Tensor:
+        for layer in self.layers:
+            src = layer(src, key_padding_mask, pos)
+        return src if self.norm is None else self.norm(src)
+
+
+class TransformerDecoder(nn.Module):
+    def __init__(self, layers: list[nn.Module], norm: nn.Module) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.norm = norm
+
+    def forward(
+        self, tgt: Tensor, memory: Tensor, memory_mask: Tensor, pos: Tensor | None,
+        query_pos: Tensor | None, mask: Tensor | None = None,
+    ) -> Tensor:  # fmt: skip
+        """Shapes as in TransformerDecoderLayer. Returns [L, B, Q, d]: every layer's output
+        through the one shared final norm."""
+        outputs = []
+        for layer in self.layers:
+            tgt = layer(tgt, memory, memory_mask, pos, query_pos, mask)
+            outputs.append(self.norm(tgt))
+        return torch.stack(outputs)
+
+
+class Transformer(nn.Module):
+    """DETR's encoder-decoder. Every ablation of the paper is a constructor argument.
+
+    Args:
+        d_model, nhead, dim_feedforward, dropout: sizes and dropout of every layer.
+        num_encoder_layers: 0 makes the memory the (projected) backbone features.
+        num_decoder_layers: >= 1.
+        normalize_before: pre-norm layers (and a final encoder norm, as in official DETR).
+        use_ffn: False drops every layer's feed-forward block.
+        encoder_pos: spatial encoding in the encoder: "attn" (added to q and k of every layer),
+            "input" (added once to the encoder input) or "none".
+        decoder_pos: spatial encoding on the keys of the decoder cross-attention: "attn", "input"
+            (added once to the memory the decoder reads, keys and values) or "none".
+        query_pos: object-query embedding: "attn" (added to the decoder queries and
+            self-attention keys at every layer) or "input" (added once to the decoder input).
+    """
+
+    def __init__(
+        self,
+        d_model: int = 256,
+        nhead: int = 8,
+        num_encoder_layers: int = 6,
+        num_decoder_layers: int = 6,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        normalize_before: bool = False,
+        use_ffn: bool = True,
+        encoder_pos: str = "attn",
+        decoder_pos: str = "attn",
+        query_pos: str = "attn",
+    ) -> None:
+        super().__init__()
+        for name, value, choices in (
+            ("encoder_pos", encoder_pos, _POS_CHOICES),
+            ("decoder_pos", decoder_pos, _POS_CHOICES),
+            ("query_pos", query_pos, _POS_CHOICES[:2]),
+        ):
+            if value not in choices:
+                raise ValueError(f"Transformer: {name}='{value}' must be one of {choices}")
+        if num_encoder_layers < 0 or num_decoder_layers < 1:
+            raise ValueError(
+                "Transformer: need num_encoder_layers >= 0 and num_decoder_layers >= 1"
+            )
+        args = (d_model, nhead, dim_feedforward, dropout, normalize_before, use_ffn)
+        enc = [TransformerEncoderLayer(*args) for _ in range(num_encoder_layers)]
+        dec = [TransformerDecoderLayer(*args) for _ in range(num_decoder_layers)]
+        self.encoder = TransformerEncoder(enc, nn.LayerNorm(d_model) if normalize_before else None)
+        self.decoder = TransformerDecoder(dec, nn.LayerNorm(d_model))
+        self.d_model, self.nhead = d_model, nhead
+        self.encoder_pos, self.decoder_pos, self.query_pos = encoder_pos, decoder_pos, query_pos
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+
+    def forward(
+        self,
+        src: Tensor,
+        mask: Tensor,
+        query_embed: Tensor,
+        pos: Tensor | None,
+        tgt: Tensor | None = None,
+        self_attn_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Encode the feature map and decode the object queries.
+
+        Args:
+            src: [B, d, h, w] projected backbone features.
+            mask: [B, h, w] bool, True on real positions (padding is never attended to).
+            query_embed: [Q, d] or [B, Q, d] object-query embedding.
+            pos: [B, d, h, w] spatial encoding (may be None only when no *_pos uses it).
+            tgt: [B, Q, d] initial decoder content; default zeros.
+            self_attn_mask: [Q, Q] bool, True = query i may NOT attend to query j.
+
+        Returns:
+            hs: [L, B, Q, d] every decoder layer's output after the shared final LayerNorm.
+            memory: [B, d, h, w] encoder output.
+        """
+        b, d, h, w = src.shape
+        memory, key_mask, memory_pos = self.encode(src, mask, pos)
+        if query_embed.dim() == 2:
+            query_embed = query_embed.unsqueeze(0).expand(b, -1, -1)
+        if tgt is None:
+            tgt = torch.zeros_like(query_embed)
+        query_pos = query_embed
+        if self.query_pos == "input":
+            tgt, query_pos = tgt + query_embed, None
+        decoder_memory, cross_pos = self.decoder_inputs(memory, memory_pos)
+        hs = self.decoder(tgt, decoder_memory, key_mask, cross_pos, query_pos, self_attn_mask)
+        return hs, memory.transpose(1, 2).reshape(b, d, h, w)
+
+    def encode(
+        self, src: Tensor, mask: Tensor, pos: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Run the encoder on a feature map.
+
+        Args:
+            src: [B, d, h, w] projected features; mask: [B, h, w] bool True = real;
+            pos: [B, d, h, w] spatial encoding or None.
+
+        Returns:
+            memory [B, S=h*w, d], key_mask [B, S] (True = real), and the spatial encoding as a
+            sequence [B, S, d] (None when ``pos`` is None).
+        """
+        x = src.flatten(2).transpose(1, 2)
+        key_mask = mask.flatten(1)
+        if pos is None and (self.encoder_pos, self.decoder_pos) != ("none", "none"):
+            raise ValueError("Transformer: pos is None but encoder_pos/decoder_pos use it")
+        pos_seq = None if pos is None else pos.flatten(2).transpose(1, 2)
+        if self.encoder_pos == "input":
+            x = x + pos_seq
+        memory = self.encoder(x, key_mask, pos_seq if self.encoder_pos == "attn" else None)
+        return memory, key_mask, pos_seq
+
+    def decoder_inputs(
+        self, memory: Tensor, pos_seq: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """The memory the decoder reads and the position added to its cross-attention keys,
+        per ``decoder_pos``: memory [B, S, d], pos_seq [B, S, d] -> (memory', key_pos)."""
+        if self.decoder_pos == "input":
+            return memory + pos_seq, None
+        return memory, pos_seq if self.decoder_pos == "attn" else None

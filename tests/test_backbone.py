@@ -1,0 +1,115 @@
+"""ResNet backbone: frozen parts, key names, strides, mask resizing, local-only ImageNet weights."""
+
+import os
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from detr_lightning.models.backbone import Backbone
+
+
+def _torchvision_trunk_keys(name: str) -> set[str]:
+    keys = getattr(torchvision.models, name)().state_dict().keys()
+    return {k for k in keys if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+
+
+def test_trunk_keys_are_plain_resnet_keys() -> None:
+    backbone = Backbone("resnet18")
+    assert set(backbone.body.state_dict()) == _torchvision_trunk_keys("resnet18")
+
+
+def test_every_batchnorm_is_frozen() -> None:
+    backbone = Backbone("resnet18")
+    kinds = {type(m) for m in backbone.modules()}
+    assert torchvision.ops.FrozenBatchNorm2d in kinds
+    assert not any(issubclass(k, nn.modules.batchnorm._BatchNorm) for k in kinds)
+
+
+@pytest.mark.parametrize("train_backbone", [True, False])
+def test_stem_and_layer1_frozen_layers_2_to_4_follow_flag(train_backbone: bool) -> None:
+    backbone = Backbone("resnet18", train_backbone=train_backbone)
+    for name, param in backbone.body.named_parameters():
+        stage = name.split(".")[0]
+        expected = train_backbone and stage in ("layer2", "layer3", "layer4")
+        assert param.requires_grad == expected, name
+
+
+def test_output_stride_channels_and_dilation() -> None:
+    x = torch.randn(1, 3, 64, 96)
+    ((feat, mask),) = Backbone("resnet18")(x)
+    assert feat.shape == (1, 512, 2, 3) and mask.shape == (1, 2, 3) and mask.all()
+    stages = Backbone("resnet18", return_interm_layers=True)(x)
+    assert [f.shape[1] for f, _ in stages] == [64, 128, 256, 512]
+    assert [f.shape[-1] for f, _ in stages] == [24, 12, 6, 3]
+    assert Backbone("resnet34").num_channels == 512
+
+
+def test_dc5_dilates_the_last_stage() -> None:
+    dc5 = Backbone("resnet50", dilation=True)
+    assert dc5.num_channels == 2048
+    ((feat, mask),) = dc5(torch.randn(1, 3, 64, 96))
+    assert feat.shape == (1, 2048, 4, 6) and mask.shape == (1, 4, 6)  # stride 16, not 32
+    assert dc5.body.get_submodule("layer4.0.conv2").dilation == (1, 1)  # first block keeps 1
+    assert dc5.body.get_submodule("layer4.1.conv2").dilation == (2, 2)
+    with pytest.raises(ValueError, match="resnet18"):
+        Backbone("resnet18", dilation=True)
+
+
+def test_mask_is_resized_to_every_feature_map() -> None:
+    pixel_mask = torch.zeros(2, 128, 128, dtype=torch.bool)
+    pixel_mask[0, :64, :96] = True  # real region 64x96 of a 128x128 canvas
+    pixel_mask[1] = True
+    stages = Backbone("resnet18", return_interm_layers=True)(
+        torch.randn(2, 3, 128, 128), pixel_mask
+    )
+    for (feat, mask), stride in zip(stages, (4, 8, 16, 32), strict=True):
+        side = 128 // stride
+        assert mask.shape == (2, side, side) and feat.shape[-2:] == (side, side)
+        expected = torch.zeros(side, side, dtype=torch.bool)
+        expected[: 64 // stride, : 96 // stride] = True
+        assert torch.equal(mask[0], expected)
+        assert mask[1].all()
+
+
+def test_unknown_name_is_rejected() -> None:
+    with pytest.raises(ValueError, match="resnet152"):
+        Backbone("resnet152")
+
+
+def _expected_cache_file(torch_home: str) -> str:
+    filename = os.path.basename(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url)
+    return os.path.join(torch_home, "hub", "checkpoints", filename)
+
+
+def test_pretrained_reads_local_torch_cache(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    reference = torchvision.models.resnet18()
+    for m in reference.modules():
+        if isinstance(m, nn.BatchNorm2d):  # non-trivial statistics, so their loading is visible
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.normal_()
+            m.bias.data.normal_()
+    path = _expected_cache_file(str(tmp_path))
+    os.makedirs(os.path.dirname(path))
+    torch.save(reference.state_dict(), path)
+
+    backbone = Backbone("resnet18", pretrained=True, train_backbone=True)
+    expected = reference.state_dict()
+    loaded = backbone.body.state_dict()
+    assert set(loaded) == _torchvision_trunk_keys("resnet18")
+    for key, value in loaded.items():
+        torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
+    assert backbone.body.get_submodule("layer2.0.conv1").weight.requires_grad
+    assert not backbone.body.conv1.weight.requires_grad
+
+
+def test_pretrained_missing_file_names_path_and_never_downloads(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    path = _expected_cache_file(str(tmp_path))
+    with pytest.raises(FileNotFoundError) as info:
+        Backbone("resnet18", pretrained=True)
+    assert path in str(info.value) and "TORCH_HOME" in str(info.value)
+    assert not os.path.exists(path)

@@ -1,0 +1,93 @@
+"""Denoising / group query construction: noise ranges, bookkeeping and the attention mask."""
+
+import torch
+
+from detr_lightning.models.denoising import make_denoising_queries, query_attention_mask
+
+
+def _targets():
+    return [
+        {
+            "labels": torch.tensor([3, 1]),
+            "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.4], [0.05, 0.95, 0.1, 0.1]]),
+        },
+        {"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)},
+        {
+            "labels": torch.tensor([2, 0, 4]),
+            "boxes": torch.rand(3, 2).mul(0.5).add(0.25).repeat(1, 2)
+            * torch.tensor([1, 1, 0.5, 0.5]),
+        },
+    ]
+
+
+def test_noised_boxes_stay_normalised_and_labels_in_range():
+    gen = torch.Generator().manual_seed(0)
+    targets = _targets()
+    for _ in range(50):
+        dn = make_denoising_queries(
+            targets, num_classes=5, num_groups=4, label_noise=0.5, box_noise=1.0, generator=gen
+        )
+        assert dn.boxes.min() >= 0 and dn.boxes.max() <= 1
+        assert (dn.boxes[..., 2:] > 0).all()
+        assert dn.labels.min() >= 0 and dn.labels.max() < 5
+
+
+def test_slots_point_at_their_targets():
+    targets = _targets()
+    dn = make_denoising_queries(
+        targets, num_classes=5, num_groups=3, label_noise=0.0, box_noise=0.0
+    )
+    assert dn.pad == 3 and dn.num_queries == 9
+    # Image 0 has 2 targets: slots 0,1 | 3,4 | 6,7 are real, 2, 5, 8 are padding.
+    assert dn.valid[0].tolist() == [True, True, False] * 3
+    assert not dn.valid[1].any()
+    assert dn.valid[2].all()
+    # Without noise every real slot reproduces its target exactly.
+    for b, target in enumerate(targets):
+        query_idx, target_idx = dn.matching_indices()[b]
+        assert torch.equal(dn.labels[b, query_idx], target["labels"][target_idx])
+        assert torch.allclose(dn.boxes[b, query_idx], target["boxes"][target_idx])
+        assert len(query_idx) == 3 * len(target["labels"])
+    assert dn.matching_indices()[0][1].tolist() == [0, 1, 0, 1, 0, 1]
+
+
+def test_box_noise_bounds_match_dn_detr_definition():
+    box = torch.tensor([[0.5, 0.5, 0.2, 0.4]])
+    targets = [{"labels": torch.tensor([0]), "boxes": box}]
+    gen = torch.Generator().manual_seed(1)
+    dn = make_denoising_queries(
+        targets, num_classes=1, num_groups=200, box_noise=0.4, generator=gen
+    )
+    noised = dn.boxes[0]
+    # centre shift at most lambda * side / 2, side scale within [1 - lambda, 1 + lambda]
+    assert (noised[:, 0] - 0.5).abs().max() <= 0.4 * 0.2 / 2 + 1e-6
+    assert (noised[:, 1] - 0.5).abs().max() <= 0.4 * 0.4 / 2 + 1e-6
+    assert noised[:, 2].min() >= 0.2 * 0.6 - 1e-6 and noised[:, 2].max() <= 0.2 * 1.4 + 1e-6
+    assert (noised[:, 3] - 0.4).abs().max() > 0.05  # noise is actually applied
+
+
+def test_no_targets_means_no_denoising_queries():
+    empty = [{"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}] * 2
+    assert make_denoising_queries(empty, num_classes=3) is None
+
+
+def test_attention_mask_on_hand_built_layout():
+    # 2 dn groups of 2 slots, then 2 matching groups of 3 queries: N = 4 + 6 = 10.
+    mask = query_attention_mask(num_queries=3, num_query_groups=2, dn_groups=2, dn_pad=2)
+    allowed = ~mask
+    expected = torch.zeros(10, 10, dtype=torch.bool)
+    expected[0:2, 0:2] = True  # dn group 0 sees itself
+    expected[2:4, 2:4] = True  # dn group 1 sees itself
+    expected[0:4, 4:7] = True  # dn queries may read matching group 0
+    expected[4:7, 4:7] = True  # matching group 0
+    expected[7:10, 7:10] = True  # matching group 1
+    assert torch.equal(allowed, expected)
+    # The key property: no matching query can see any denoising query.
+    assert mask[4:, :4].all()
+
+
+def test_plain_detr_needs_no_mask():
+    assert query_attention_mask(num_queries=5) is None
+    only_groups = query_attention_mask(num_queries=2, num_query_groups=3)
+    assert only_groups.shape == (6, 6)
+    assert torch.equal(~only_groups, torch.block_diag(*[torch.ones(2, 2, dtype=torch.bool)] * 3))

@@ -1,0 +1,281 @@
+"""Transformer layers against an independent nn.MultiheadAttention reference (the official layers).
+
+The reference below restates the official DETR layer equations in the official layout
+(sequence-first tensors, ``nn.MultiheadAttention``, key_padding_mask True on padding), with the
+same attribute names, so that ``load_state_dict`` also proves the checkpoint keys map 1:1.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detr_lightning.models.transformer import (
+    Transformer,
+    TransformerDecoderLayer,
+    TransformerEncoderLayer,
+)
+
+D, H, FF = 32, 4, 64
+
+
+def _p(x, pos):
+    return x if pos is None else x + pos
+
+
+class RefEncoderLayer(nn.Module):
+    def __init__(self, pre: bool, d: int = D, h: int = H, ff: int = FF) -> None:
+        super().__init__()
+        self.pre = pre
+        self.self_attn = nn.MultiheadAttention(d, h)
+        self.linear1, self.linear2 = nn.Linear(d, ff), nn.Linear(ff, d)
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+
+    def forward(self, src, pad, pos):  # src/pos [S, B, D], pad [B, S] True = padding
+        if self.pre:
+            s2 = self.norm1(src)
+            src = src + self.self_attn(_p(s2, pos), _p(s2, pos), s2, key_padding_mask=pad)[0]
+            return src + self.linear2(F.relu(self.linear1(self.norm2(src))))
+        src = self.norm1(
+            src + self.self_attn(_p(src, pos), _p(src, pos), src, key_padding_mask=pad)[0]
+        )
+        return self.norm2(src + self.linear2(F.relu(self.linear1(src))))
+
+
+class RefDecoderLayer(nn.Module):
+    def __init__(self, pre: bool, d: int = D, h: int = H, ff: int = FF) -> None:
+        super().__init__()
+        self.pre = pre
+        self.self_attn = nn.MultiheadAttention(d, h)
+        self.multihead_attn = nn.MultiheadAttention(d, h)
+        self.linear1, self.linear2 = nn.Linear(d, ff), nn.Linear(ff, d)
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+
+    def forward(self, tgt, memory, pad, pos, query_pos):
+        def sa(x):
+            return self.self_attn(_p(x, query_pos), _p(x, query_pos), x)[0]
+
+        def ca(x):
+            return self.multihead_attn(
+                _p(x, query_pos), _p(memory, pos), memory, key_padding_mask=pad
+            )[0]
+
+        def ffn(x):
+            return self.linear2(F.relu(self.linear1(x)))
+
+        if self.pre:
+            tgt = tgt + sa(self.norm1(tgt))
+            tgt = tgt + ca(self.norm2(tgt))
+            return tgt + ffn(self.norm3(tgt))
+        tgt = self.norm1(tgt + sa(tgt))
+        tgt = self.norm2(tgt + ca(tgt))
+        return self.norm3(tgt + ffn(tgt))
+
+
+class RefTransformer(nn.Module):
+    def __init__(self, pre: bool, enc: int = 2, dec: int = 2, d=D, h=H, ff=FF) -> None:
+        super().__init__()
+        self.encoder = nn.Module()
+        self.encoder.layers = nn.ModuleList(RefEncoderLayer(pre, d, h, ff) for _ in range(enc))
+        self.encoder.norm = nn.LayerNorm(d) if pre else None
+        self.decoder = nn.Module()
+        self.decoder.layers = nn.ModuleList(RefDecoderLayer(pre, d, h, ff) for _ in range(dec))
+        self.decoder.norm = nn.LayerNorm(d)
+
+    def forward(self, src, mask, query_embed, pos):  # official Transformer.forward signature
+        b, c, h, w = src.shape
+        src, pos = src.flatten(2).permute(2, 0, 1), pos.flatten(2).permute(2, 0, 1)
+        query_pos = query_embed.unsqueeze(1).repeat(1, b, 1)
+        pad = ~mask.flatten(1)
+        memory = src
+        for layer in self.encoder.layers:
+            memory = layer(memory, pad, pos)
+        if self.encoder.norm is not None:
+            memory = self.encoder.norm(memory)
+        tgt, hs = torch.zeros_like(query_pos), []
+        for layer in self.decoder.layers:
+            tgt = layer(tgt, memory, pad, pos, query_pos)
+            hs.append(self.decoder.norm(tgt))
+        return torch.stack(hs).transpose(1, 2), memory.permute(1, 2, 0).view(b, c, h, w)
+
+
+def _randomise(module: nn.Module) -> None:
+    # LayerNorm/bias defaults (ones, zeros) would hide a swapped or skipped parameter.
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn_like(p) * (0.5 if p.dim() == 1 else 1 / math.sqrt(p.shape[-1])))
+
+
+def _inputs(b: int = 2, h: int = 3, w: int = 5, q: int = 6):
+    mask = torch.ones(b, h, w, dtype=torch.bool)
+    mask[0, :, 3:] = False
+    mask[-1, 2:, :] = False
+    return torch.randn(b, D, h, w), mask, torch.randn(q, D), torch.randn(b, D, h, w)
+
+
+@pytest.mark.parametrize("pre", [False, True])
+def test_encoder_layer_matches_multihead_attention_reference(pre: bool) -> None:
+    ours = TransformerEncoderLayer(D, H, FF, dropout=0.1, pre=pre).eval()
+    _randomise(ours)
+    ref = RefEncoderLayer(pre).eval()
+    ref.load_state_dict(ours.state_dict())
+    src, mask, _, pos = _inputs()
+    src_s, pos_s, real = (
+        src.flatten(2).transpose(1, 2),
+        pos.flatten(2).transpose(1, 2),
+        mask.flatten(1),
+    )
+    out = ours(src_s, real, pos_s)
+    expected = ref(src_s.transpose(0, 1), ~real, pos_s.transpose(0, 1)).transpose(0, 1)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("pre", [False, True])
+def test_decoder_layer_matches_multihead_attention_reference(pre: bool) -> None:
+    ours = TransformerDecoderLayer(D, H, FF, dropout=0.1, pre=pre).eval()
+    _randomise(ours)
+    ref = RefDecoderLayer(pre).eval()
+    ref.load_state_dict(ours.state_dict())
+    src, mask, query, pos = _inputs()
+    mem, pos_s, real = (
+        src.flatten(2).transpose(1, 2),
+        pos.flatten(2).transpose(1, 2),
+        mask.flatten(1),
+    )
+    tgt, qpos = torch.randn(2, 6, D), query.expand(2, -1, -1)
+    out = ours(tgt, mem, real, pos_s, qpos)
+    t = lambda x: x.transpose(0, 1)  # noqa: E731
+    expected = t(ref(t(tgt), t(mem), ~real, t(pos_s), t(qpos)))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("pre", [False, True])
+def test_transformer_matches_reference_stack(pre: bool) -> None:
+    ours = Transformer(D, H, 2, 2, FF, dropout=0.1, normalize_before=pre).eval()
+    _randomise(ours)
+    ref = RefTransformer(pre).eval()
+    ref.load_state_dict(ours.state_dict())  # strict: same keys, incl. encoder.norm iff pre-norm
+    src, mask, query, pos = _inputs()
+    hs, memory = ours(src, mask, query, pos)
+    hs_ref, memory_ref = ref(src, mask, query, pos)
+    assert hs.shape == (2, 2, 6, D) and memory.shape == src.shape
+    torch.testing.assert_close(hs, hs_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(memory, memory_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_init_like_official() -> None:
+    model = Transformer(D, H, 1, 1, FF)
+    for name, p in model.named_parameters():
+        if p.dim() > 1:  # xavier_uniform bound sqrt(6 / (fan_in + fan_out))
+            assert p.abs().max() <= math.sqrt(6 / sum(p.shape[:2])), name
+        if name.endswith(("in_proj_bias", "out_proj.bias")):
+            assert torch.count_nonzero(p) == 0, name
+
+
+def test_padding_garbage_never_reaches_real_outputs() -> None:
+    model = Transformer(D, H, 2, 2, FF, dropout=0.0).eval()
+    src, mask, query, pos = _inputs(b=1, h=4, w=6)
+    mask[:] = False
+    mask[0, :3, :4] = True
+    garbage_src, garbage_pos = src.clone(), pos.clone()
+    garbage_src[..., 3:, :] = 1e3 * torch.randn_like(garbage_src[..., 3:, :])
+    garbage_src[..., :, 4:] = -7.0
+    garbage_pos[..., :, 4:] = 1e2
+    hs, memory = model(src, mask, query, pos)
+    hs_g, memory_g = model(garbage_src, mask, query, garbage_pos)
+    torch.testing.assert_close(hs_g, hs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(memory_g[..., :3, :4], memory[..., :3, :4], atol=1e-5, rtol=1e-5)
+    # The same image unpadded gives the same decoder output.
+    hs_alone, _ = model(src[..., :3, :4], mask[:, :3, :4], query, pos[..., :3, :4])
+    torch.testing.assert_close(hs_alone, hs, atol=1e-5, rtol=1e-5)
+
+
+def test_zero_encoder_layers_memory_is_the_input() -> None:
+    model = Transformer(D, H, 0, 2, FF).eval()
+    src, mask, query, pos = _inputs()
+    hs, memory = model(src, mask, query, pos)
+    assert torch.equal(memory, src) and hs.shape == (2, 2, 6, D)
+
+
+def test_without_ffn_layers_have_no_feed_forward() -> None:
+    model = Transformer(D, H, 1, 1, FF, use_ffn=False).eval()
+    keys = model.state_dict().keys()
+    assert not any("linear" in k or "norm3" in k for k in keys)
+    assert "encoder.layers.0.norm2.weight" not in keys and "decoder.layers.0.norm2.weight" in keys
+    src, mask, query, pos = _inputs()
+    assert model(src, mask, query, pos)[0].shape == (1, 2, 6, D)
+
+
+def _twins(first_kwargs: dict, second_kwargs: dict, enc: int = 1):
+    first = Transformer(D, H, enc, 2, FF, dropout=0.0, **first_kwargs).eval()
+    second = Transformer(D, H, enc, 2, FF, dropout=0.0, **second_kwargs).eval()
+    second.load_state_dict(first.state_dict())
+    return first, second
+
+
+def test_encoder_pos_input_equals_adding_pos_to_the_features() -> None:
+    at_input, nowhere = _twins({"encoder_pos": "input"}, {"encoder_pos": "none"})
+    src, mask, query, pos = _inputs()
+    expected = nowhere(src + pos, mask, query, pos)[0]
+    torch.testing.assert_close(at_input(src, mask, query, pos)[0], expected)
+
+
+def test_decoder_pos_input_equals_adding_pos_to_the_memory() -> None:
+    # With no encoder layer the memory is the input, so "pos added to the memory" is src + pos.
+    at_input, nowhere = _twins(
+        {"decoder_pos": "input"}, {"encoder_pos": "none", "decoder_pos": "none"}, enc=0
+    )
+    src, mask, query, pos = _inputs()
+    expected = nowhere(src + pos, mask, query, None)[0]
+    torch.testing.assert_close(at_input(src, mask, query, pos)[0], expected)
+
+
+def test_query_pos_input_equals_queries_as_initial_content() -> None:
+    at_input, at_attn = _twins({"query_pos": "input"}, {"query_pos": "attn"})
+    src, mask, query, pos = _inputs()
+    expected = at_attn(src, mask, torch.zeros_like(query), pos, tgt=query.expand(2, -1, -1))[0]
+    torch.testing.assert_close(at_input(src, mask, query, pos)[0], expected)
+
+
+def test_per_image_query_embed_equals_shared() -> None:
+    model = Transformer(D, H, 1, 2, FF).eval()
+    src, mask, query, pos = _inputs()
+    shared = model(src, mask, query, pos)[0]
+    torch.testing.assert_close(model(src, mask, query.expand(2, -1, -1), pos)[0], shared)
+
+
+def test_self_attn_mask_isolates_query_groups() -> None:
+    # Two groups of 3 queries that may not see each other behave like two separate runs.
+    model = Transformer(D, H, 1, 2, FF, dropout=0.0).eval()
+    src, mask, query, pos = _inputs()
+    group = torch.arange(6) // 3
+    blocked = group[:, None] != group[None, :]
+    hs = model(src, mask, query, pos, self_attn_mask=blocked)[0]
+    for g in range(2):
+        alone = model(src, mask, query[3 * g : 3 * g + 3], pos)[0]
+        torch.testing.assert_close(hs[:, :, 3 * g : 3 * g + 3], alone, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(hs, model(src, mask, query, pos)[0], atol=1e-3)
+
+
+def test_dropout_only_in_training() -> None:
+    model = Transformer(D, H, 1, 1, FF, dropout=0.5)
+    src, mask, query, pos = _inputs()
+    assert not torch.allclose(model(src, mask, query, pos)[0], model(src, mask, query, pos)[0])
+    model.eval()
+    torch.testing.assert_close(model(src, mask, query, pos)[0], model(src, mask, query, pos)[0])
+
+
+def test_invalid_options_are_rejected() -> None:
+    with pytest.raises(ValueError, match="query_pos"):
+        Transformer(D, H, query_pos="none")
+    with pytest.raises(ValueError, match="encoder_pos"):
+        Transformer(D, H, encoder_pos="everywhere")
+    with pytest.raises(ValueError, match="num_decoder_layers"):
+        Transformer(D, H, num_decoder_layers=0)
+    with pytest.raises(ValueError, match="divisible"):
+        Transformer(30, 8)
+    src, mask, query, _ = _inputs()
+    with pytest.raises(ValueError, match="pos"):
+        Transformer(D, H, 1, 1, FF)(src, mask, query, None)
