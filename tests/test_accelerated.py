@@ -67,7 +67,7 @@ def test_levers_add_training_outputs_and_vanish_at_inference(box_refine):
         focal=True,
         box_refine=box_refine,
         query_groups=3,
-        denoising_groups=2,
+        denoising={"groups": 2},
     )
     pixel_values, pixel_mask, targets = _batch()
     model.train()
@@ -101,7 +101,7 @@ def test_levers_disabled_losses_vanish():
 def test_matching_queries_do_not_see_denoising_queries():
     """Changing the ground truth (hence the dn queries) must not move matching predictions."""
     model = AcceleratedDETR(
-        *_parts(), num_classes=3, num_queries=5, box_refine=True, denoising_groups=3
+        *_parts(), num_classes=3, num_queries=5, box_refine=True, denoising={"groups": 3}
     )
     model.train()
     pixel_values, pixel_mask, targets = _batch()

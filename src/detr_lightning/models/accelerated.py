@@ -3,7 +3,7 @@
 Levers, each a constructor argument (so a Hydra option), all training-time except
 ``box_refine`` and ``focal`` which change the architecture:
 
-* ``denoising_groups`` > 0 — DN-DETR: noised ground-truth boxes/labels become extra decoder
+* ``denoising.groups`` > 0 — DN-DETR: noised ground-truth boxes/labels become extra decoder
   queries, reconstructed by the same heads behind an attention mask (training only).
 * ``query_groups`` > 1 — Group DETR: K groups of ``num_queries`` queries, self-attention inside a
   group, one-to-one matching per group; only group 0 runs at inference.
@@ -20,6 +20,7 @@ so official checkpoints load into it and the paper presets are unaffected.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -53,8 +54,9 @@ class AcceleratedDETR(DETR):
         focal: sigmoid classification head without a "no object" column.
         box_refine: anchor-box queries with per-layer box refinement.
         query_groups: Group DETR's K (1 = off).
-        denoising_groups: DN-DETR's number of noised copies per target (0 = off).
-        label_noise, box_noise: DN-DETR's label-flip probability and box noise scale lambda.
+        denoising: DN-DETR settings, ``{"groups": G, "label_noise": p, "box_noise": lambda}``:
+            G noised copies of every target (0 or None = off), label-flip probability
+            (default 0.2) and box noise scale (default 0.4), the DN-DETR paper's values.
     """
 
     def __init__(
@@ -68,21 +70,26 @@ class AcceleratedDETR(DETR):
         focal: bool = False,
         box_refine: bool = False,
         query_groups: int = 1,
-        denoising_groups: int = 0,
-        label_noise: float = 0.2,
-        box_noise: float = 0.4,
+        denoising: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__(
             backbone, position_encoding, transformer, num_classes, num_queries, aux_loss
         )
+        dn = {"groups": 0, "label_noise": 0.2, "box_noise": 0.4, **(denoising or {})}
+        if set(dn) != {"groups", "label_noise", "box_noise"}:
+            raise ValueError(
+                f"denoising has unknown keys {sorted(set(dn) - {'groups', 'label_noise', 'box_noise'})};"
+                " use groups, label_noise, box_noise"
+            )
+        denoising_groups = int(dn["groups"])
         if transformer.query_pos != "attn" and (box_refine or denoising_groups or query_groups > 1):
             raise ValueError("AcceleratedDETR levers need transformer.query_pos='attn'")
         if query_groups < 1 or denoising_groups < 0:
-            raise ValueError("query_groups must be >= 1 and denoising_groups >= 0")
+            raise ValueError("need query_groups >= 1 and denoising.groups >= 0")
         d = transformer.d_model
         self.focal, self.box_refine = focal, box_refine
         self.query_groups, self.denoising_groups = query_groups, denoising_groups
-        self.label_noise, self.box_noise = label_noise, box_noise
+        self.label_noise, self.box_noise = float(dn["label_noise"]), float(dn["box_noise"])
         if focal:
             self.class_embed = nn.Linear(d, num_classes)
             # Start every class at a 1% probability so the focal loss is not swamped by negatives.
