@@ -1,0 +1,55 @@
+"""Category id -> contiguous label mapping.
+
+Rule (the same for every split, decided once from the training annotation file):
+
+* COCO id space (``coco_id_space=True``, or ``None`` and the file's categories are exactly the
+  80 COCO 2017 detection categories with their standard ids and names): ``label ==
+  category_id`` and ``num_classes = max(91, max id + 1)``, the official DETR layout, so official
+  checkpoints keep their class head. Unused slots (0, 12, 26, ...) are never a target.
+* Otherwise (``coco_id_space=False``, or ``None`` and anything else): the sorted category ids
+  are remapped to ``0..K-1`` and ``num_classes = K``.
+
+Either way ``label_to_category_id[label]`` gives the original category id back, and a dataset
+built with an explicit ``label_to_category_id`` list uses it as is (validation/test splits and
+checkpoints reuse the training mapping).
+"""
+
+from collections.abc import Sequence
+
+COCO_CATEGORY_NAMES: dict[int, str] = {
+    1: "person", 2: "bicycle", 3: "car", 4: "motorcycle", 5: "airplane", 6: "bus", 7: "train",
+    8: "truck", 9: "boat", 10: "traffic light", 11: "fire hydrant", 13: "stop sign",
+    14: "parking meter", 15: "bench", 16: "bird", 17: "cat", 18: "dog", 19: "horse", 20: "sheep",
+    21: "cow", 22: "elephant", 23: "bear", 24: "zebra", 25: "giraffe", 27: "backpack",
+    28: "umbrella", 31: "handbag", 32: "tie", 33: "suitcase", 34: "frisbee", 35: "skis",
+    36: "snowboard", 37: "sports ball", 38: "kite", 39: "baseball bat", 40: "baseball glove",
+    41: "skateboard", 42: "surfboard", 43: "tennis racket", 44: "bottle", 46: "wine glass",
+    47: "cup", 48: "fork", 49: "knife", 50: "spoon", 51: "bowl", 52: "banana", 53: "apple",
+    54: "sandwich", 55: "orange", 56: "broccoli", 57: "carrot", 58: "hot dog", 59: "pizza",
+    60: "donut", 61: "cake", 62: "chair", 63: "couch", 64: "potted plant", 65: "bed",
+    67: "dining table", 70: "toilet", 72: "tv", 73: "laptop", 74: "mouse", 75: "remote",
+    76: "keyboard", 77: "cell phone", 78: "microwave", 79: "oven", 80: "toaster", 81: "sink",
+    82: "refrigerator", 84: "book", 85: "clock", 86: "vase", 87: "scissors", 88: "teddy bear",
+    89: "hair drier", 90: "toothbrush",
+}  # fmt: skip
+COCO_NUM_CLASSES = 91
+
+
+def is_coco_categories(categories: Sequence[dict]) -> bool:
+    """True when ``categories`` are exactly the 80 COCO categories (ids and names)."""
+    found = {int(c["id"]): str(c["name"]).strip().lower() for c in categories}
+    return found == COCO_CATEGORY_NAMES
+
+
+def label_map_from_categories(
+    categories: Sequence[dict], coco_id_space: bool | None = None
+) -> list[int]:
+    """Return ``label_to_category_id`` for a json's ``categories`` list (see module docstring)."""
+    ids = sorted(int(c["id"]) for c in categories)
+    if coco_id_space is None:
+        coco_id_space = is_coco_categories(categories)
+    if coco_id_space:
+        if ids and ids[0] < 0:
+            raise ValueError(f"coco_id_space=True needs non-negative category ids, got {ids[0]}")
+        return list(range(max([COCO_NUM_CLASSES, *(i + 1 for i in ids)])))
+    return ids

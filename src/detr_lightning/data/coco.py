@@ -1,0 +1,157 @@
+"""COCO-format detection dataset (real COCO, custom COCO-format data and the shapes dataset).
+
+``CocoDetectionDataset(img_folder, ann_file, ...)[i]`` returns ``(image, target)``: ``image`` a
+float ``[3, H, W]`` ImageNet-normalised tensor after the transforms, and ``target`` with
+
+* ``labels`` int64 [T], contiguous labels (see :mod:`detr_lightning.data.categories` for the
+  rule: COCO keeps its 91-slot id space, other datasets are remapped to ``0..K-1``);
+* ``boxes`` float32 [T, 4] normalised cxcywh relative to the transformed, unpadded image;
+* ``image_id`` int64 scalar; ``orig_size`` / ``size`` int64 [2] (h, w) of the decoded image
+  file and of the transformed image;
+* ``iscrowd`` int64 [T]; ``area`` float32 [T], the json's ``area`` in original pixels.
+
+Conversions, all counted and logged once as a warning when they happen: json ``[x, y, w, h]``
+becomes xyxy, clipped to the image's json ``width``/``height``; boxes with w or h <= 0 after
+clipping are dropped. ``train=True`` drops ``iscrowd`` objects (as DETR does), ``train=False``
+keeps them for evaluation. Images without annotations are kept as negatives unless
+``keep_empty=False``. Images are converted to RGB and EXIF orientation is applied.
+"""
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from detr_lightning.data.categories import label_map_from_categories
+from detr_lightning.data.coco_json import build_index, read_coco_json
+from detr_lightning.data.errors import DatasetFormatError
+from detr_lightning.data.image_io import load_rgb_image
+from detr_lightning.data.transforms import boxes_to_normalized_cxcywh, make_base_transforms
+
+log = logging.getLogger(__name__)
+
+Transform = Callable[[Any, dict[str, Any]], tuple[Any, dict[str, Any]]]
+
+
+class CocoDetectionDataset(Dataset):
+    """Detection dataset over an image folder and a COCO instances json (see module doc).
+
+    Args:
+        img_folder: directory the json's ``file_name`` entries are relative to.
+        ann_file: COCO instances json.
+        transforms: callable ``(image, target) -> (image, target)`` as built by
+            :mod:`detr_lightning.data.transforms`; default: tensor conversion + normalisation.
+        train: drop crowd objects (training) or keep them (evaluation).
+        label_to_category_id: explicit mapping to use (e.g. the training split's, or one from a
+            checkpoint); default: derived from this file's categories.
+        coco_id_space: force (True) or forbid (False) COCO's 91-slot id space; None = detect.
+        keep_empty: keep images without (usable) annotations as negatives.
+        exif_transpose: apply the EXIF orientation tag when decoding.
+    """
+
+    def __init__(
+        self,
+        img_folder: str | Path,
+        ann_file: str | Path,
+        transforms: Transform | None = None,
+        train: bool = False,
+        label_to_category_id: list[int] | None = None,
+        coco_id_space: bool | None = None,
+        keep_empty: bool = True,
+        exif_transpose: bool = True,
+    ) -> None:
+        self.img_folder, self.ann_file = Path(img_folder), Path(ann_file)
+        data = read_coco_json(self.ann_file)
+        if not self.img_folder.is_dir():
+            raise FileNotFoundError(
+                f"Image folder not found: {self.img_folder} (images of {self.ann_file}). Fix: "
+                f"check the data config's image path, or generate the shapes dataset with "
+                f"`make data`."
+            )
+        self.categories: list[dict] = data["categories"]
+        if label_to_category_id is None:
+            label_to_category_id = label_map_from_categories(self.categories, coco_id_space)
+        self.label_to_category_id = [int(c) for c in label_to_category_id]
+        self.num_classes = len(self.label_to_category_id)
+        self.train, self.exif_transpose = train, exif_transpose
+        self.transforms = transforms if transforms is not None else make_base_transforms()
+        self._index = build_index(data, self.ann_file, self.label_to_category_id, train, keep_empty)
+        self.stats = self._index.stats
+        if len(self._index.file_names) == 0:
+            why = "no images" if not data["images"] else "no image with usable annotations"
+            raise DatasetFormatError(
+                f"{self.ann_file}: the dataset is empty ({why}; {len(data['images'])} image "
+                f"records, keep_empty={keep_empty}). Fix: point the config at a non-empty split"
+                + ("" if keep_empty else " or set keep_empty=True")
+                + "."
+            )
+        self._log_stats()
+
+    def _log_stats(self) -> None:
+        s, parts = self.stats, []
+        if s["clipped"]:
+            parts.append(f"{s['clipped']} boxes reaching outside their image were clipped")
+        if s["degenerate"]:
+            ids = ", ".join(map(str, self._index.degenerate_ids))
+            parts.append(
+                f"{s['degenerate']} boxes with zero width or height after clipping were "
+                f"dropped (annotation ids {ids}{', ...' if s['degenerate'] > 10 else ''})"
+            )
+        if parts:
+            log.warning("%s: %s.", self.ann_file, "; ".join(parts))
+        if s["crowd_dropped"] or s["empty_dropped"]:
+            log.info("%s: dropped %d crowd annotations (train mode) and %d images without "
+                     "annotations (keep_empty=False).",
+                     self.ann_file, s["crowd_dropped"], s["empty_dropped"])  # fmt: skip
+
+    @property
+    def num_degenerate_boxes(self) -> int:
+        return self.stats["degenerate"]
+
+    @property
+    def num_clipped_boxes(self) -> int:
+        return self.stats["clipped"]
+
+    @property
+    def image_ids(self) -> list[int]:
+        return self._index.image_ids.tolist()
+
+    def __len__(self) -> int:
+        return len(self._index.file_names)
+
+    def raw_target(self, idx: int) -> dict[str, Tensor]:
+        """Target before transforms: ``boxes`` absolute xyxy (clipped) in original pixels."""
+        ix = self._index
+        lo, hi = int(ix.offsets[idx]), int(ix.offsets[idx + 1])
+        height, width = (int(v) for v in ix.sizes[idx])
+        return {
+            "boxes": tv_tensors.BoundingBoxes(
+                torch.from_numpy(ix.boxes[lo:hi]), format="XYXY", canvas_size=(height, width)
+            ),
+            "labels": torch.from_numpy(ix.labels[lo:hi]),
+            "iscrowd": torch.from_numpy(ix.iscrowd[lo:hi]),
+            "area": torch.from_numpy(ix.area[lo:hi]),
+        }
+
+    def __getitem__(self, idx: int) -> tuple[Tensor, dict[str, Tensor]]:
+        ix = self._index
+        height, width = (int(v) for v in ix.sizes[idx])
+        image = load_rgb_image(
+            self.img_folder / ix.file_names[idx],
+            self.ann_file,
+            exif_transpose=self.exif_transpose,
+            expected_size=(width, height),
+        )
+        image, target = self.transforms(image, self.raw_target(idx))
+        boxes = target["boxes"]
+        if isinstance(boxes, tv_tensors.BoundingBoxes):
+            target["boxes"] = boxes_to_normalized_cxcywh(boxes)
+        target["image_id"] = torch.tensor(int(ix.image_ids[idx]), dtype=torch.int64)
+        target["orig_size"] = torch.tensor([height, width], dtype=torch.int64)
+        target["size"] = torch.tensor(tuple(image.shape[-2:]), dtype=torch.int64)
+        return image, target

@@ -1,0 +1,158 @@
+"""LightningDataModule for COCO-format detection data (COCO, custom data, generated shapes)."""
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from detr_lightning.data.categories import label_map_from_categories
+from detr_lightning.data.coco import CocoDetectionDataset, Transform
+from detr_lightning.data.coco_json import read_coco_json
+from detr_lightning.data.collate import make_collate_fn
+from detr_lightning.data.shapes import categories as shapes_categories
+from detr_lightning.data.shapes import ensure_shapes_dataset
+from detr_lightning.data.transforms import make_eval_transforms, make_train_transforms
+
+log = logging.getLogger(__name__)
+
+
+class DetrDataModule(L.LightningDataModule):
+    """Train/val/test COCO-format datasets, padded into :class:`~detr_lightning.data.collate.Batch`.
+
+    The label mapping is fixed at construction from the training json's categories (rule in
+    :mod:`detr_lightning.data.categories`) and used for every split; ``num_classes`` and
+    ``label_to_category_id`` are available immediately, and travel in checkpoints through
+    ``state_dict``. ``generate_shapes`` (kwargs of
+    :func:`~detr_lightning.data.shapes.ensure_shapes_dataset`) makes ``prepare_data`` generate
+    the shapes dataset when it is missing. ``batch_size`` is per device; Lightning adds the
+    distributed sampler.
+    """
+
+    def __init__(
+        self,
+        train_images: str | Path,
+        train_ann: str | Path,
+        val_images: str | Path | None = None,
+        val_ann: str | Path | None = None,
+        test_images: str | Path | None = None,
+        test_ann: str | Path | None = None,
+        batch_size: int = 2,
+        val_batch_size: int | None = None,
+        num_workers: int = 2,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        train_transforms: Transform | None = None,
+        val_transforms: Transform | None = None,
+        pad_to_multiple: int | None = None,
+        keep_empty: bool = True,
+        coco_id_space: bool | None = None,
+        generate_shapes: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.paths = {
+            "train": (train_images, train_ann),
+            "val": (val_images, val_ann),
+            "test": (test_images, test_ann),
+        }
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        # pinning needs an accelerator; without one DataLoader would only warn
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory and torch.accelerator.is_available()
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.train_transforms = (
+            make_train_transforms() if train_transforms is None else train_transforms
+        )
+        self.val_transforms = make_eval_transforms() if val_transforms is None else val_transforms
+        self.collate_fn = make_collate_fn(pad_to_multiple)
+        self.keep_empty, self.coco_id_space = keep_empty, coco_id_space
+        self.generate_shapes = dict(generate_shapes) if generate_shapes else None
+        self.categories = self._read_categories(Path(train_ann))
+        self.label_to_category_id = label_map_from_categories(self.categories, coco_id_space)
+        self.datasets: dict[str, CocoDetectionDataset] = {}
+
+    def _read_categories(self, train_ann: Path) -> list[dict]:
+        if not train_ann.is_file() and self.generate_shapes is not None:
+            return shapes_categories()  # the generator's own; prepare_data writes the files
+        return read_coco_json(train_ann)["categories"]
+
+    @property
+    def num_classes(self) -> int:
+        """Classification slots, excluding DETR's "no object" class."""
+        return len(self.label_to_category_id)
+
+    @property
+    def category_names(self) -> list[str]:
+        """Name per label ("" for unused COCO slots)."""
+        names = {int(c["id"]): str(c["name"]) for c in self.categories}
+        return [names.get(c, "") for c in self.label_to_category_id]
+
+    def prepare_data(self) -> None:
+        if self.generate_shapes is not None:
+            ensure_shapes_dataset(**self.generate_shapes)
+
+    def _build(self, split: str) -> CocoDetectionDataset | None:
+        images, ann = self.paths[split]
+        if images is None or ann is None:
+            return None
+        return CocoDetectionDataset(
+            images,
+            ann,
+            transforms=self.train_transforms if split == "train" else self.val_transforms,
+            train=split == "train",
+            label_to_category_id=self.label_to_category_id,
+            keep_empty=self.keep_empty,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(
+            stage or "", ("train", "val", "test")
+        )
+        for split in wanted:
+            if split not in self.datasets and (dataset := self._build(split)) is not None:
+                self.datasets[split] = dataset
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        if split not in self.datasets:
+            self.setup(None)
+        if split not in self.datasets:
+            raise ValueError(
+                f"No {split} dataset: set the data config's {split}_images and {split}_ann."
+            )
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size if train else self.val_batch_size,
+            shuffle=train,
+            drop_last=False,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            collate_fn=self.collate_fn,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"label_to_category_id": list(self.label_to_category_id),
+                "categories": list(self.categories)}  # fmt: skip
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Adopt a checkpoint's mapping; datasets are rebuilt with it (an annotation whose
+        category the mapping lacks then raises an error naming it)."""
+        mapping = [int(c) for c in state_dict["label_to_category_id"]]
+        if mapping != self.label_to_category_id:
+            log.warning("Checkpoint label mapping (%d classes) replaces the one from the data "
+                        "(%d classes).", len(mapping), self.num_classes)  # fmt: skip
+            self.datasets.clear()
+        self.label_to_category_id = mapping
+        self.categories = list(state_dict.get("categories", self.categories))

@@ -1,0 +1,82 @@
+"""Image decoding: any PIL mode to RGB, EXIF orientation applied, errors that name the file."""
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from detr_lightning.data.errors import ImageLoadError
+
+# Modes holding more than 8 bits per sample; PIL's convert("RGB") would saturate them.
+_WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+_EXIF_ORIENTATION = 0x0112
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in _WIDE_MODES:
+        arr = np.asarray(img, dtype=np.float32)
+        peak = float(arr.max()) if arr.size else 0.0
+        scale = 255.0 / 65535.0 if peak > 255.0 else 1.0
+        img = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), mode="L")
+    elif img.mode == "P" and "transparency" in img.info:
+        # Going through RGBA avoids PIL's warning about palette transparency; alpha is dropped.
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def _orient(img: Image.Image, expected_size: tuple[int, int] | None) -> Image.Image:
+    if img.getexif().get(_EXIF_ORIENTATION, 1) in (None, 1):
+        return img
+    upright = ImageOps.exif_transpose(img)
+    # Annotation tools that ignore EXIF label the stored pixels; the json's width/height tell
+    # which of the two the boxes refer to.
+    if expected_size is not None and upright.size != expected_size and img.size == expected_size:
+        return img
+    return upright
+
+
+def load_rgb_image(
+    path: str | Path,
+    ann_file: str | Path,
+    exif_transpose: bool = True,
+    expected_size: tuple[int, int] | None = None,
+) -> Image.Image:
+    """Decode ``path`` fully into an RGB PIL image (H x W x 3, uint8).
+
+    Grayscale, 16-bit, RGBA, LA, CMYK and palette images are converted to RGB (alpha dropped).
+    With ``exif_transpose`` the EXIF orientation tag is applied, so the pixels are the upright
+    image; if only the stored (un-rotated) pixels match ``expected_size`` = (width, height) from
+    the annotation file, those are returned instead, as the annotations were made on them.
+    Raises ImageLoadError naming the image and ``ann_file`` when the file is missing, cannot be
+    decoded, or its size matches neither orientation of ``expected_size``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageLoadError(
+            f"Image file not found: {path} (listed in {ann_file}). Fix: restore the file, point "
+            f"the dataset's image folder at the directory that holds it, or remove the image and "
+            f"its annotations from {ann_file}."
+        )
+    try:
+        img = Image.open(path)
+        img.load()  # force a full decode here so truncation surfaces with the file's name
+        oriented = _orient(img, expected_size) if exif_transpose else img
+        out = _to_rgb(oriented)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        raise ImageLoadError(
+            f"Cannot decode image {path} (listed in {ann_file}): {type(err).__name__}: {err}. "
+            f"The file is corrupt, truncated or not an image. Fix: re-download or re-export it, or "
+            f"remove the image and its annotations from {ann_file}."
+        ) from err
+    if out is not img:
+        img.close()
+    if expected_size is not None and out.size != expected_size:
+        raise ImageLoadError(
+            f"Image {path} is {out.size[0]}x{out.size[1]} (width x height) but {ann_file} says "
+            f"{expected_size[0]}x{expected_size[1]}. Fix: correct that image's 'width'/'height' "
+            f"in {ann_file} (boxes are clipped to them), or replace the image with the one the "
+            f"annotations were made on."
+        )
+    return out

@@ -1,0 +1,138 @@
+"""The paper's augmentation with torchvision.transforms.v2 (tv_tensors do the box arithmetic).
+
+A pipeline takes ``(image, target)`` where ``image`` is a PIL image or ``tv_tensors.Image`` and
+``target["boxes"]`` is a ``tv_tensors.BoundingBoxes`` (absolute XYXY) with the per-box fields
+``labels``, ``iscrowd``, ``area`` ([T] tensors), and returns the image as a float ``[3, H, W]``
+ImageNet-normalised tensor with boxes still absolute XYXY on the new canvas, clamped to it. The
+dataset then turns boxes into normalised cxcywh with :func:`boxes_to_normalized_cxcywh`.
+
+Training (DETR section 4): horizontal flip (p 0.5), then either a resize of the shorter side to
+one of ``scales`` (longer side <= ``max_size``), or a resize to one of ``crop_resize_scales``, a
+random crop of ``crop_size`` px per side, and the same random resize. Boxes cut by the crop are
+clamped; boxes left smaller than ``min_box_size`` px are removed with their labels, crowd flags
+and areas. Evaluation: shorter side ``size``, longer <= ``max_size``; no box is removed.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchvision import tv_tensors
+from torchvision.ops import box_convert
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PAPER_SCALES = tuple(range(480, 801, 32))  # 480, 512, ..., 800
+PAPER_MAX_SIZE = 1333
+PAPER_CROP_RESIZE_SCALES = (400, 500, 600)
+PAPER_CROP_SIZE = (384, 600)
+PER_BOX_KEYS = ("labels", "iscrowd", "area")
+
+
+def per_box_fields(inputs: Any) -> tuple[Tensor, ...]:
+    """SanitizeBoundingBoxes labels_getter: every per-box tensor of the target, kept in sync."""
+    target = inputs[1]
+    return tuple(target[k] for k in PER_BOX_KEYS if k in target)
+
+
+class RandomSizeCrop(v2.Transform):
+    """Crop a random window whose width and height are each uniform in
+    ``[min_size, min(max_size, image side)]`` (the lower bound shrinks to the side when the image
+    is smaller), at a uniformly random position."""
+
+    def __init__(self, min_size: int, max_size: int) -> None:
+        super().__init__()
+        if not 0 < min_size <= max_size:
+            raise ValueError(
+                f"RandomSizeCrop needs 0 < min_size <= max_size, got {min_size, max_size}"
+            )
+        self.min_size, self.max_size = int(min_size), int(max_size)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.query_size(flat_inputs)
+
+        def pick(lo: int, hi: int) -> int:
+            return int(torch.randint(lo, hi + 1, ()))
+
+        crop_w = pick(min(self.min_size, width), min(self.max_size, width))
+        crop_h = pick(min(self.min_size, height), min(self.max_size, height))
+        return dict(top=pick(0, height - crop_h), left=pick(0, width - crop_w),
+                    height=crop_h, width=crop_w)  # fmt: skip
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self._call_kernel(F.crop, inpt, **params)
+
+
+def _ints(values: int | Sequence[int]) -> list[int]:
+    return [int(values)] if isinstance(values, int) else [int(v) for v in values]
+
+
+class NormalizeImage(v2.Transform):
+    """uint8 (or float in [0, 1]) image -> float32 ``(x - mean) / std`` in one pass over a fresh
+    buffer; v2.ToDtype + v2.Normalize took several times longer on large images."""
+
+    _transformed_types = (tv_tensors.Image,)
+
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+        super().__init__()
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.inv_std = 1.0 / torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        scale = 255.0 if inpt.dtype == torch.uint8 else 1.0
+        out = inpt.as_subclass(Tensor).to(torch.float32)
+        out.sub_(self.mean * scale).mul_(self.inv_std / scale)
+        return tv_tensors.wrap(out, like=inpt)
+
+
+def _finish(sanitize: bool, min_box_size: float) -> list[v2.Transform]:
+    steps: list[v2.Transform] = [v2.ClampBoundingBoxes()]
+    if sanitize:
+        steps.append(v2.SanitizeBoundingBoxes(min_size=min_box_size, labels_getter=per_box_fields))
+    return steps + [NormalizeImage()]
+
+
+def make_train_transforms(
+    scales: Sequence[int] = PAPER_SCALES,
+    max_size: int | None = PAPER_MAX_SIZE,
+    crop_resize_scales: Sequence[int] = PAPER_CROP_RESIZE_SCALES,
+    crop_size: Sequence[int] = PAPER_CROP_SIZE,
+    flip_prob: float = 0.5,
+    crop_prob: float = 0.5,
+    min_box_size: float = 1.0,
+) -> v2.Compose:
+    """The paper's training augmentation; defaults are the paper's values (see module doc)."""
+    scales, crop_resize_scales = _ints(scales), _ints(crop_resize_scales)
+    max_size = None if max_size is None else int(max_size)
+    lo, hi = _ints(crop_size)
+    resize = v2.RandomShortestSize(scales, max_size=max_size)
+    crop_then_resize = v2.Compose(
+        [v2.RandomShortestSize(crop_resize_scales), RandomSizeCrop(lo, hi), resize]
+    )
+    choice = v2.RandomChoice([resize, crop_then_resize], p=[1.0 - crop_prob, crop_prob])
+    return v2.Compose(
+        [v2.ToImage(), v2.RandomHorizontalFlip(flip_prob), choice, *_finish(True, min_box_size)]
+    )
+
+
+def make_eval_transforms(size: int = 800, max_size: int | None = PAPER_MAX_SIZE) -> v2.Compose:
+    """Resize the shorter side to ``size`` (longer <= ``max_size``), then normalise."""
+    max_size = None if max_size is None else int(max_size)
+    return v2.Compose([v2.ToImage(), v2.Resize(int(size), max_size=max_size), *_finish(False, 1.0)])
+
+
+def make_base_transforms() -> v2.Compose:
+    """No geometry: tensor conversion and ImageNet normalisation only."""
+    return v2.Compose([v2.ToImage(), *_finish(False, 1.0)])
+
+
+def boxes_to_normalized_cxcywh(boxes: tv_tensors.BoundingBoxes) -> Tensor:
+    """Absolute boxes (any tv_tensors format) on canvas (H, W) -> float32 [T, 4] normalised
+    cxcywh in [0, 1], relative to that canvas."""
+    height, width = boxes.canvas_size
+    plain = boxes.as_subclass(Tensor).to(torch.float32)
+    cxcywh = box_convert(plain, in_fmt=boxes.format.name.lower(), out_fmt="cxcywh")
+    return cxcywh / torch.tensor([width, height, width, height], dtype=torch.float32)

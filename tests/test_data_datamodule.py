@@ -1,0 +1,137 @@
+"""DetrDataModule: loaders yield Batches; label mapping is eager and round-trips checkpoints."""
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from test_data_support import write_coco
+
+from detr_lightning.data.collate import Batch
+from detr_lightning.data.datamodule import DetrDataModule
+from detr_lightning.data.errors import DatasetFormatError
+from detr_lightning.data.transforms import make_eval_transforms, make_train_transforms
+
+TINY = dict(
+    train_transforms=make_train_transforms(
+        scales=(64, 80), max_size=120, crop_resize_scales=(70,), crop_size=(40, 60)
+    ),
+    val_transforms=make_eval_transforms(size=64, max_size=120),
+)
+
+
+def shapes_dm(root, **kw):
+    return DetrDataModule(
+        train_images=root / "train",
+        train_ann=root / "annotations" / "instances_train.json",
+        val_images=root / "val",
+        val_ann=root / "annotations" / "instances_val.json",
+        generate_shapes={"root": str(root), "train": 10, "val": 4, "seed": 1},
+        **{**TINY, **kw},
+    )
+
+
+def test_shapes_generated_on_prepare_and_loaders_yield_batches(tmp_path):
+    root = tmp_path / "shapes"
+    dm = shapes_dm(root, batch_size=3, num_workers=2, pad_to_multiple=32, pin_memory=False)
+    assert not root.exists() and dm.num_classes == 5  # known before any file is written
+    assert dm.category_names == ["ellipse", "rectangle", "triangle", "cross", "star"]
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.datasets["train"]) == 10 and len(dm.datasets["val"]) == 4
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 4 and all(isinstance(b, Batch) for b in batches)
+    b = batches[0]
+    assert b.pixel_values.shape[0] == 3 and b.pixel_values.shape[-1] % 32 == 0
+    assert b.pixel_mask.shape == (3, *b.pixel_values.shape[-2:])
+    for i, t in enumerate(b.targets):
+        h, w = t["size"].tolist()
+        assert b.pixel_mask[i].sum() == h * w
+        assert min(h, w) in (64, 80) or max(h, w) == 120
+        assert set(t) == {"labels", "boxes", "image_id", "orig_size", "size", "iscrowd", "area"}
+        assert (t["labels"] < dm.num_classes).all()
+    val = next(iter(dm.val_dataloader()))
+    assert min(val.targets[0]["size"].tolist()) == 64 or max(val.targets[0]["size"].tolist()) == 120
+
+
+def test_mapping_from_the_training_json_is_used_for_every_split(tmp_path):
+    cats = [{"id": 9, "name": "b"}, {"id": 4, "name": "a"}]
+    tr = write_coco(
+        tmp_path / "tr",
+        [(40, 30)],
+        [{"id": 1, "image_id": 1, "category_id": 9, "bbox": [1, 1, 9, 9]}],
+        cats,
+    )
+    va = write_coco(
+        tmp_path / "va",
+        [(40, 30)],
+        [{"id": 1, "image_id": 1, "category_id": 9, "bbox": [1, 1, 9, 9]}],
+        cats[:1],
+    )
+    dm = DetrDataModule(*tr, *va, num_workers=0, **TINY)
+    assert dm.label_to_category_id == [4, 9] and dm.num_classes == 2
+    dm.setup("validate")
+    assert dm.datasets["val"].label_to_category_id == [4, 9]  # not [9] from the val json
+    assert next(iter(dm.val_dataloader())).targets[0]["labels"].tolist() == [1]
+    with pytest.raises(ValueError, match="No test dataset"):
+        dm.test_dataloader()
+
+    restored = DetrDataModule(*tr, *va, num_workers=0, **TINY)
+    restored.load_state_dict({"label_to_category_id": [4, 9, 11], "categories": cats})
+    assert restored.num_classes == 3
+    restored.setup("validate")
+    assert restored.datasets["val"].num_classes == 3
+    wrong = DetrDataModule(*tr, *va, num_workers=0, **TINY)
+    wrong.load_state_dict({"label_to_category_id": [4]})
+    with pytest.raises(DatasetFormatError, match=r"annotation id 1 .*label mapping \[4\]"):
+        wrong.setup("validate")
+
+
+def test_instantiated_by_hydra_from_yaml_values(tmp_path):
+    root = tmp_path / "shapes"
+    cfg = OmegaConf.create({
+        "_target_": "detr_lightning.data.datamodule.DetrDataModule",
+        "train_images": f"{root}/train", "train_ann": f"{root}/annotations/instances_train.json",
+        "val_images": f"{root}/val", "val_ann": f"{root}/annotations/instances_val.json",
+        "num_workers": 0, "batch_size": 2, "coco_id_space": False,
+        "generate_shapes": {"root": str(root), "train": 4, "val": 2, "seed": 0},
+        "train_transforms": {"_target_": "detr_lightning.data.transforms.make_train_transforms",
+                             "scales": [64, 80], "max_size": 120, "crop_resize_scales": [70],
+                             "crop_size": [40, 60]},
+        "val_transforms": {"_target_": "detr_lightning.data.transforms.make_eval_transforms",
+                           "size": 64, "max_size": 120},
+    })  # fmt: skip
+    dm = instantiate(cfg)
+    dm.prepare_data()
+    batch = next(iter(dm.train_dataloader()))
+    assert isinstance(batch, Batch) and min(batch.pixel_values.shape[-2:]) >= 64
+    assert dm.num_classes == 5
+
+
+def test_missing_training_json_without_generation(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"instances_train\.json.*make data"):
+        DetrDataModule(tmp_path, tmp_path / "instances_train.json")
+
+
+class _Tiny(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, batch_idx):
+        assert isinstance(batch, Batch)
+        assert batch.pixel_mask.dtype == torch.bool
+        return (self.w * batch.pixel_values.mean()).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_mapping_travels_in_lightning_checkpoints(tmp_path):
+    dm = shapes_dm(tmp_path / "shapes", batch_size=2, num_workers=0)
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(_Tiny(), datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "c.ckpt")
+    ckpt = torch.load(tmp_path / "c.ckpt", weights_only=False)
+    assert ckpt["DetrDataModule"]["label_to_category_id"] == [1, 2, 3, 4, 5]

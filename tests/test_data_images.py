@@ -1,0 +1,99 @@
+"""Image modes to RGB and EXIF orientation, through the dataset's real file path."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_data_support import coco_dict, write_json
+
+from detr_lightning.data.coco import CocoDetectionDataset
+from detr_lightning.data.image_io import load_rgb_image
+from detr_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+
+def _save(img: Image.Image, path, **kw):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, **kw)
+    return path
+
+
+def _palette_image():
+    img = Image.new("P", (6, 4), 0)
+    img.putpalette([10, 20, 30, 200, 100, 50] + [0] * 762)
+    img.putpixel((0, 0), 1)
+    return img
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "expected"),
+    [
+        ("gray.png", lambda: Image.new("L", (6, 4), 100), (100, 100, 100)),
+        ("bilevel.png", lambda: Image.new("1", (6, 4), 1), (255, 255, 255)),
+        ("rgba.png", lambda: Image.new("RGBA", (6, 4), (10, 20, 30, 0)), (10, 20, 30)),
+        ("la.png", lambda: Image.new("LA", (6, 4), (77, 128)), (77, 77, 77)),
+        ("cmyk.tif", lambda: Image.new("CMYK", (6, 4), (0, 0, 0, 0)), (255, 255, 255)),
+        ("cmyk_cyan.tif", lambda: Image.new("CMYK", (6, 4), (255, 0, 0, 0)), (0, 255, 255)),
+        ("palette.png", _palette_image, (200, 100, 50)),
+        ("wide16.png", lambda: Image.new("I;16", (6, 4), 65535), (255, 255, 255)),
+    ],
+)
+def test_modes_become_rgb(tmp_path, name, make, expected):
+    img = make()
+    if name == "palette.png":
+        img.info["transparency"] = 0
+    path = _save(img, tmp_path / name)
+    out = load_rgb_image(path, "x.json", expected_size=(6, 4))
+    assert out.mode == "RGB" and out.size == (6, 4)
+    pixel = (0, 0) if name == "palette.png" else (3, 2)
+    assert out.getpixel(pixel) == expected
+
+
+def test_cmyk_jpeg_through_the_dataset(tmp_path):
+    _save(Image.new("CMYK", (8, 6), (0, 255, 255, 0)), tmp_path / "img" / "c.jpg", quality=95)
+    ann = write_json(
+        tmp_path / "a.json",
+        coco_dict([{"id": 1, "file_name": "c.jpg", "width": 8, "height": 6}], []),
+    )
+    image, _ = CocoDetectionDataset(tmp_path / "img", ann)[0]
+    rgb = (
+        image * torch.tensor(IMAGENET_STD)[:, None, None]
+        + torch.tensor(IMAGENET_MEAN)[:, None, None]
+    )
+    # C=0, M=Y=100%, K=0 is pure red
+    torch.testing.assert_close(rgb.mean((1, 2)) * 255, torch.tensor([255.0, 0, 0]), atol=4, rtol=0)
+    assert image.shape == (3, 6, 8)
+
+
+def _exif_image(orientation: int):
+    """A 40x20 stored image: red block top-left, rest blue; EXIF orientation tag set."""
+    arr = np.zeros((20, 40, 3), np.uint8)
+    arr[..., 2] = 255
+    arr[:8, :12] = (255, 0, 0)
+    img = Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = orientation
+    return img, arr, exif
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img, arr, exif = _exif_image(6)  # 6: the viewer rotates 90 degrees clockwise
+    path = _save(img, tmp_path / "img" / "r.jpg", exif=exif, quality=98)
+    upright = np.rot90(arr, k=-1)  # independent expectation: clockwise rotation, 20 wide x 40 tall
+    ann = write_json(tmp_path / "a.json",
+                     coco_dict([{"id": 1, "file_name": "r.jpg", "width": 20, "height": 40}],
+                               [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [8, 0, 12, 12]}]))  # fmt: skip
+    out = np.asarray(load_rgb_image(path, ann, expected_size=(20, 40))).astype(int)
+    assert out.shape == upright.shape
+    assert np.abs(out - upright).mean() < 6
+    ds = CocoDetectionDataset(tmp_path / "img", ann)
+    _, target = ds[0]
+    assert target["orig_size"].tolist() == [40, 20] and target["size"].tolist() == [40, 20]
+
+
+def test_exif_ignored_when_the_json_describes_the_stored_pixels(tmp_path):
+    img, arr, exif = _exif_image(8)
+    path = _save(img, tmp_path / "r.jpg", exif=exif, quality=98)
+    out = np.asarray(load_rgb_image(path, "a.json", expected_size=(40, 20))).astype(int)
+    assert np.abs(out - arr).mean() < 6
+    rotated = np.asarray(load_rgb_image(path, "a.json")).astype(int)
+    assert rotated.shape == (40, 20, 3) and np.abs(rotated - np.rot90(arr, k=1)).mean() < 6
