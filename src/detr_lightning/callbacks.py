@@ -1,0 +1,130 @@
+"""Callbacks: validation images with predicted and ground-truth boxes for the loggers."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor
+from torchvision.ops import box_convert
+from torchvision.utils import draw_bounding_boxes
+
+_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+
+
+def draw_detections(
+    image: Tensor,
+    target: dict[str, Tensor],
+    pred: dict[str, Tensor],
+    score_threshold: float = 0.5,
+    label_names: list[int] | None = None,
+) -> Tensor:
+    """One image with ground truth (green) and predictions (red) drawn on it.
+
+    Args:
+        image: [3, H, W] ImageNet-normalised, possibly padded.
+        target: "boxes" [T, 4] normalised cxcywh w.r.t. "size" (h, w), "labels" [T],
+            "size" and "orig_size" [2].
+        pred: "boxes" [K, 4] absolute xyxy in the original image, "scores" [K], "labels" [K].
+        label_names: label -> printed id (e.g. the dataset's category ids).
+    Returns:
+        uint8 [3, h, w] cropped to the unpadded image.
+    """
+    h, w = (int(x) for x in target["size"])
+    rgb = (image[:, :h, :w].float().cpu() * _STD + _MEAN).clamp(0, 1)
+    rgb = (rgb * 255).to(torch.uint8)
+    scale = torch.tensor([w, h, w, h], dtype=torch.float32)
+    gt = box_convert(target["boxes"].float().cpu(), "cxcywh", "xyxy") * scale
+    oh, ow = (float(x) for x in target["orig_size"])
+    keep = pred["scores"].cpu() >= score_threshold
+    boxes = pred["boxes"].float().cpu()[keep] * torch.tensor([w / ow, h / oh, w / ow, h / oh])
+
+    def name(label: Tensor) -> str:
+        i = int(label)
+        return str(label_names[i] if label_names and i < len(label_names) else i)
+
+    if len(gt):
+        gt_text = [name(lab) for lab in target["labels"].cpu()]
+        rgb = draw_bounding_boxes(rgb, gt, gt_text, colors="lime", width=1)
+    if len(boxes):
+        labels, scores = pred["labels"].cpu()[keep], pred["scores"].cpu()[keep]
+        text = [f"{name(lab)}:{s:.2f}" for lab, s in zip(labels, scores, strict=True)]
+        rgb = draw_bounding_boxes(rgb, boxes, text, colors="red", width=1)
+    return rgb
+
+
+class ValidationImageLogger(L.Callback):
+    """Every ``every_n_epochs`` epochs, log the first ``num_images`` validation images.
+
+    Ground truth in green, predictions with score >= ``score_threshold`` in red. wandb gets
+    ``val/images``, TensorBoard an image grid; with neither, PNGs go to
+    ``<run dir>/val_images/epoch<NNN>_<i>.png`` so CSV-only runs can be inspected too.
+    """
+
+    def __init__(
+        self, every_n_epochs: int = 5, num_images: int = 4, score_threshold: float = 0.5
+    ) -> None:
+        self.every_n_epochs = every_n_epochs
+        self.num_images = num_images
+        self.score_threshold = score_threshold
+        self._images: list[Tensor] = []
+
+    def _active(self, trainer: L.Trainer) -> bool:
+        return (
+            self.every_n_epochs > 0
+            and not trainer.sanity_checking
+            and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        )
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._images = []
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not self._active(trainer) or len(self._images) >= self.num_images:
+            return
+        if not isinstance(outputs, dict) or "preds" not in outputs:
+            return
+        names = pl_module.hparams.get("label_to_category_id")
+        for image, target, pred in zip(
+            batch.pixel_values, batch.targets, outputs["preds"], strict=True
+        ):
+            if len(self._images) >= self.num_images:
+                break
+            self._images.append(draw_detections(image, target, pred, self.score_threshold, names))
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._images:
+            return
+        epoch = trainer.current_epoch
+        wrote = False
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                images = [img.permute(1, 2, 0).numpy() for img in self._images]
+                logger.log_image(key="val/images", images=images, step=trainer.global_step)
+                wrote = True
+            elif isinstance(logger, TensorBoardLogger):
+                for i, img in enumerate(self._images):
+                    logger.experiment.add_image(f"val/image_{i}", img, trainer.global_step)
+                wrote = True
+        if not wrote:
+            from torchvision.io import write_png
+
+            folder = os.path.join(trainer.default_root_dir, "val_images")
+            os.makedirs(folder, exist_ok=True)
+            for i, img in enumerate(self._images):
+                write_png(img, os.path.join(folder, f"epoch{epoch:03d}_{i}.png"))
+        self._images = []

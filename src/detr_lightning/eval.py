@@ -1,0 +1,57 @@
+"""Evaluate a checkpoint: ``python -m detr_lightning.eval experiment=NAME ckpt_path=PATH``.
+
+``ckpt_path`` is a Lightning checkpoint of this project; to evaluate an official DETR release
+instead, leave it null and pass ``model.pretrained=PATH.pth``. Writes ``metrics.json`` in the run
+directory (outputs/<experiment>/eval_<time>) and prints the AP table.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from detr_lightning.utils import conf_dir
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Run the test loop on the evaluation split; returns the metrics."""
+    ckpt = cfg.get("ckpt_path")
+    if not ckpt and not cfg.model.get("pretrained"):
+        raise ValueError(
+            "nothing to evaluate: give ckpt_path=<Lightning .ckpt> (make eval CKPT=...) or "
+            "model.pretrained=<official DETR .pth>"
+        )
+    import lightning as L
+    import torch
+
+    from detr_lightning.utils.build import (
+        build_datamodule,
+        build_model,
+        build_trainer,
+        check_task,
+        log_config,
+        report,
+    )
+
+    check_task(cfg)
+    if cfg.get("float32_matmul_precision"):
+        torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg)
+    model = build_model(cfg, datamodule)
+    trainer = build_trainer(cfg)
+    log_config(trainer, cfg)
+    trainer.test(model, datamodule=datamodule, ckpt_path=ckpt or None, verbose=False)
+    metrics = dict(model.test_metrics)
+    report(trainer, cfg, metrics, checkpoint=ckpt or cfg.model.pretrained)
+    return metrics
+
+
+@hydra.main(config_path=conf_dir(), config_name="eval", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns AP (for sweeps over evaluation settings)."""
+    return evaluate(cfg).get("AP")
+
+
+if __name__ == "__main__":
+    main()

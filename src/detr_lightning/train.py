@@ -1,0 +1,74 @@
+"""Train DETR: ``python -m detr_lightning.train [experiment=NAME] [key=value ...]``.
+
+Composes conf/train.yaml (+ experiments/NAME.yaml), trains, evaluates the best checkpoint on the
+evaluation split, writes ``metrics.json`` in the run directory and prints the AP table.
+``--cfg job`` prints the composed config without training; ``-m`` runs sweeps.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+from omegaconf import DictConfig
+
+from detr_lightning.utils import conf_dir
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit (resuming from ``ckpt_path`` if set), then evaluate the best (else last) checkpoint.
+
+    Returns the final metrics (also written to <run dir>/metrics.json by rank 0).
+    """
+    # Heavy imports here, so that `--cfg job` / `--help` stay fast.
+    import lightning as L
+    import torch
+
+    from detr_lightning.lit_module import NonFiniteLossError
+    from detr_lightning.utils.build import (
+        build_datamodule,
+        build_model,
+        build_trainer,
+        check_task,
+        log_config,
+        report,
+    )
+
+    check_task(cfg)
+    if cfg.get("float32_matmul_precision"):
+        torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg)
+    model = build_model(cfg, datamodule)
+    trainer = build_trainer(cfg)
+    log_config(trainer, cfg)
+    if trainer.is_global_zero:
+        print(f"run directory: {cfg.paths.output_dir}")
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    except NonFiniteLossError as err:
+        log.error("%s", err)
+        raise
+    if not cfg.get("test", True):
+        return {}
+    callback = trainer.checkpoint_callback
+    ckpt = ""
+    if callback is not None:
+        ckpt = getattr(callback, "best_model_path", "") or getattr(callback, "last_model_path", "")
+    trainer.test(model, datamodule=datamodule, ckpt_path=ckpt or None, verbose=False)
+    metrics = dict(model.test_metrics)
+    report(trainer, cfg, metrics, checkpoint=ckpt or "final weights",
+           epochs=trainer.current_epoch, global_step=trainer.global_step)  # fmt: skip
+    return metrics
+
+
+@hydra.main(config_path=conf_dir(), config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns AP so that sweepers (e.g. Optuna) can optimise it."""
+    return train(cfg).get("AP")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Hydra config -> objects: datamodule, LitDETR, callbacks, loggers, Trainer; run reporting."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from detr_lightning.evaluation import format_ap_table, write_metrics_json
+
+log = logging.getLogger(__name__)
+
+
+def check_task(cfg: DictConfig) -> None:
+    """Stop early, with the fix, on config choices that have no implementation yet."""
+    if cfg.get("task", "detection") == "panoptic":
+        raise NotImplementedError(
+            "head=panoptic: the panoptic segmentation head (mask head, mask losses, PQ metric) "
+            "is not implemented yet; it is the panoptic issue's work. Use head=detection."
+        )
+
+
+def instantiate_dict(node: DictConfig | None) -> list[Any]:
+    """Instantiate every entry with a ``_target_`` of a name -> config mapping, in order."""
+    if not node:
+        return []
+    return [
+        instantiate(v, _convert_="all") for v in node.values() if v is not None and "_target_" in v
+    ]
+
+
+def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    """Instantiate ``cfg.data``."""
+    return instantiate(cfg.data, _convert_="all")
+
+
+def build_model(cfg: DictConfig, datamodule: Any) -> L.LightningModule:
+    """Instantiate ``cfg.model`` with num_classes and the label map taken from the data."""
+    num_classes = getattr(datamodule, "num_classes", None)
+    mapping = getattr(datamodule, "label_to_category_id", None)
+    with open_dict(cfg):
+        if cfg.model.get("pretrained") and cfg.model.net.backbone.get("pretrained"):
+            # A DETR release carries its trained backbone: ImageNet weights would be overwritten.
+            log.info("model.pretrained is set: not loading ImageNet weights for the backbone")
+            cfg.model.net.backbone.pretrained = False
+        if num_classes is not None:
+            cfg.model.num_classes = int(num_classes)
+        if mapping is not None:
+            cfg.model.label_to_category_id = [int(i) for i in mapping]
+    if cfg.model.num_classes is None:
+        raise ValueError(
+            "model.num_classes is unknown: the datamodule did not provide num_classes; set "
+            "model.num_classes=<number of classes> (COCO: 91)"
+        )
+    return instantiate(cfg.model, _convert_="all")
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    """Instantiate ``cfg.trainer`` with the configured callbacks and loggers."""
+    callbacks = instantiate_dict(cfg.get("callbacks"))
+    loggers = instantiate_dict(cfg.get("logger"))
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def log_config(trainer: L.Trainer, cfg: DictConfig) -> None:
+    """Send the resolved config to every logger (Hydra also saves it in .hydra/config.yaml)."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(container, dict)
+    for logger in trainer.loggers:
+        assert isinstance(logger, Logger)
+        logger.log_hyperparams(container)
+
+
+def report(
+    trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float], **run_info: Any
+) -> str | None:
+    """On rank 0: write metrics.json, print the AP table and the run directory."""
+    if not trainer.is_global_zero:
+        return None
+    run_dir = cfg.paths.output_dir
+    path = write_metrics_json(run_dir, metrics, experiment=cfg.get("experiment_name"), **run_info)
+    print(format_ap_table(metrics, title=f"COCO bbox evaluation ({cfg.get('experiment_name')})"))
+    print(f"metrics: {path}")
+    print(f"run directory: {run_dir}")
+    return path

@@ -1,0 +1,101 @@
+"""DDP on CPU (gloo): training runs, and its evaluation equals the single-process one exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from test_train_cli import TINY, run_cli, run_dirs
+
+from detr_lightning.data.shapes import generate_shapes_dataset
+from detr_lightning.evaluation import METRIC_NAMES
+
+
+def test_ddp_cpu_training_and_evaluation_match_single_process(tmp_path) -> None:
+    # 5 val images on 2 ranks: Lightning's DistributedSampler pads rank 1 with a repeated image.
+    root = generate_shapes_dataset(tmp_path / "shapes", train=8, val=5)
+    common = [f"paths.shapes_dir={root}", *TINY, "data.val_batch_size=1"]
+    out = run_cli("train", ["trainer=ddp_cpu", "schedule=smoke", *common], tmp_path)
+    assert "MEMBER: 2/2" in out, out[-3000:]
+    ddp_dir = sorted(set(run_dirs(out)))
+    assert len(ddp_dir) == 1, "rank 1 must not print its own run directory"
+    ddp = json.loads((ddp_dir[0] / "metrics.json").read_text())
+    single_out = run_cli("eval", [f"ckpt_path={ddp['run']['checkpoint']}", *common], tmp_path)
+    single = json.loads((run_dirs(single_out)[0] / "metrics.json").read_text())
+    keys = list(METRIC_NAMES.values())
+    assert {k: ddp[k] for k in keys} == {k: single[k] for k in keys}
+    assert ddp["run"]["global_step"] == 1  # 8 images / 2 ranks / batch 4: one step per rank
+
+
+def _num_boxes_worker(rank: int, init_file: str, result: torch.Tensor) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    from test_lit_module import fake_batch, tiny_lit
+
+    lit = tiny_lit()
+    targets = fake_batch(rank, batch=1 + 2 * rank).targets  # rank 0: 1 box, rank 1: 1+2+3 boxes
+    result[rank] = lit._global_num_boxes(targets)
+    dist.destroy_process_group()
+
+
+def test_num_boxes_is_averaged_over_processes() -> None:
+    result = torch.zeros(2).share_memory_()
+    with tempfile.TemporaryDirectory() as d:
+        mp.spawn(_num_boxes_worker, args=(os.path.join(d, "init"), result), nprocs=2)
+    assert result.tolist() == [3.5, 3.5]  # (1 + 6) / 2 on both ranks
+
+
+def _metric_worker(rank: int, init_file: str, folder: str, ann: str, out: torch.Tensor) -> None:
+    """One rank: evaluate its DistributedSampler shard (padded with repeats) of fixed detections."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from test_eval_metric import fake_detections
+    from torch.utils.data import DistributedSampler
+
+    from detr_lightning.data.coco import CocoDetectionDataset
+    from detr_lightning.data.collate import collate
+    from detr_lightning.data.transforms import make_eval_transforms
+    from detr_lightning.evaluation import CocoBoxAP, metric_targets
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    ds = CocoDetectionDataset(folder, ann, make_eval_transforms(96, 200), train=False)
+    with contextlib.redirect_stdout(io.StringIO()):
+        dets = fake_detections(COCO(ann))
+    to_label = {c: i for i, c in enumerate(ds.label_to_category_id)}
+    metric = CocoBoxAP()
+    indices = list(DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=False))
+    for i in indices:
+        b = collate([ds[i]])
+        mine = [d for d in dets if d["image_id"] == int(b.targets[0]["image_id"])]
+        xywh = torch.tensor([d["bbox"] for d in mine]).view(-1, 4)
+        pred = {"boxes": torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1),
+                "scores": torch.tensor([d["score"] for d in mine]),
+                "labels": torch.tensor([to_label[d["category_id"]] for d in mine])}  # fmt: skip
+        metric.update([pred], metric_targets(b.targets))
+    values = metric.compute()
+    out[rank] = torch.tensor([float(values[k]) for k in METRIC_NAMES.values()])
+    dist.destroy_process_group()
+
+
+def test_metric_gathered_over_ranks_equals_cocoeval(tmp_path) -> None:
+    """Real 2-process gather of a non-trivial evaluation, 7 images (one padded repeat)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from test_eval_metric import fake_detections, pycocotools_stats
+
+    root = generate_shapes_dataset(tmp_path / "shapes", train=1, val=7)
+    folder, ann = str(root / "val"), str(root / "annotations" / "instances_val.json")
+    out = torch.zeros(2, len(METRIC_NAMES)).share_memory_()
+    mp.spawn(_metric_worker, args=(str(tmp_path / "init"), folder, ann, out), nprocs=2)
+    with contextlib.redirect_stdout(io.StringIO()):
+        ref = pycocotools_stats(ann, fake_detections(COCO(ann)))
+    assert ref[0] > 0.2
+    assert torch.equal(out[0], out[1])
+    assert out[0].tolist() == torch.tensor(ref, dtype=torch.float32).tolist()

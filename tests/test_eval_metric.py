@@ -1,0 +1,153 @@
+"""The reported AP equals pycocotools' COCOeval on the json; DDP duplicates are removed."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from detr_lightning.data.coco import CocoDetectionDataset
+from detr_lightning.data.collate import collate
+from detr_lightning.data.shapes import generate_shapes_dataset
+from detr_lightning.data.transforms import make_eval_transforms
+from detr_lightning.evaluation import (
+    METRIC_NAMES,
+    CocoBoxAP,
+    format_ap_table,
+    metric_targets,
+    write_metrics_json,
+)
+
+
+@pytest.fixture(scope="module")
+def val_json(tmp_path_factory) -> tuple[str, str]:
+    """A 24-image shapes val split whose json gets two crowd annotations."""
+    root = generate_shapes_dataset(tmp_path_factory.mktemp("shapes") / "d", train=1, val=24)
+    ann = root / "annotations" / "instances_val.json"
+    data = json.loads(ann.read_text())
+    for a in data["annotations"][3:5]:
+        a["iscrowd"] = 1
+    ann.write_text(json.dumps(data))
+    return str(root / "val"), str(ann)
+
+
+def fake_detections(coco: COCO, seed: int = 0) -> list[dict]:
+    """Jittered ground truth (some with the wrong class) plus random false positives."""
+    rng = np.random.default_rng(seed)
+    cats = coco.getCatIds()
+    dets = []
+    for img in coco.dataset["images"]:
+        w, h = img["width"], img["height"]
+        for a in coco.loadAnns(coco.getAnnIds(imgIds=img["id"])):
+            if rng.random() < 0.15:
+                continue
+            scale = np.array(a["bbox"][2:] * 2)
+            x, y, bw, bh = np.array(a["bbox"]) + rng.normal(0, 0.08, 4) * scale
+            cat = a["category_id"] if rng.random() > 0.1 else int(rng.choice(cats))
+            dets.append({"image_id": img["id"], "category_id": cat, "score": rng.random(),
+                         "bbox": [float(x), float(y), float(max(bw, 1)), float(max(bh, 1))]})  # fmt: skip
+        for _ in range(rng.integers(0, 4)):
+            bw, bh = rng.uniform(5, w / 2), rng.uniform(5, h / 2)
+            x, y = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
+            dets.append({"image_id": img["id"], "category_id": int(rng.choice(cats)),
+                         "score": rng.random() * 0.7, "bbox": [x, y, bw, bh]})  # fmt: skip
+    for d in dets:  # what a float32 model output would hold
+        d["bbox"] = np.float32(d["bbox"]).astype(float).tolist()
+        d["score"] = float(np.float32(d["score"]))
+    return dets
+
+
+def pycocotools_stats(ann: str, dets: list[dict]) -> np.ndarray:
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(ann)
+        ev = COCOeval(gt, gt.loadRes(dets), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev.stats
+
+
+def our_stats(folder: str, ann: str, dets: list[dict], backend: str, batch: int = 5) -> dict:
+    ds = CocoDetectionDataset(folder, ann, make_eval_transforms(96, 200), train=False)
+    to_label = {c: i for i, c in enumerate(ds.label_to_category_id)}
+    metric = CocoBoxAP(backend=backend)
+    for start in range(0, len(ds), batch):
+        b = collate([ds[i] for i in range(start, min(start + batch, len(ds)))])
+        preds = []
+        for t in b.targets:
+            mine = [d for d in dets if d["image_id"] == int(t["image_id"])]
+            xywh = torch.tensor([d["bbox"] for d in mine], dtype=torch.float32).view(-1, 4)
+            preds.append({
+                "boxes": torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1),
+                "scores": torch.tensor([d["score"] for d in mine], dtype=torch.float32),
+                "labels": torch.tensor([to_label[d["category_id"]] for d in mine]),
+            })  # fmt: skip
+        metric.update(preds, metric_targets(b.targets))
+    return {k: float(v) for k, v in metric.compute().items()}
+
+
+@pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])
+def test_reported_ap_equals_cocoeval_on_the_json(val_json, backend) -> None:
+    folder, ann = val_json
+    with contextlib.redirect_stdout(io.StringIO()):
+        dets = fake_detections(COCO(ann))
+    ref = pycocotools_stats(ann, dets)
+    ours = our_stats(folder, ann, dets, backend)
+    assert 0.2 < ref[0] < 0.95  # a non-trivial case: neither perfect nor empty
+    assert min(ref[3:6]) > 0, "small, medium and large objects all present"
+    assert [ours[k] for k in METRIC_NAMES.values()] == pytest.approx(list(ref), abs=1e-6)
+
+
+def test_crowd_and_area_matter(val_json) -> None:
+    """Dropping iscrowd/area (as a naive metric would) changes the numbers: they are used."""
+    folder, ann = val_json
+    with contextlib.redirect_stdout(io.StringIO()):
+        dets = fake_detections(COCO(ann), seed=1)
+    ours = our_stats(folder, ann, dets, "faster_coco_eval")
+    data = json.loads(open(ann).read())
+    for a in data["annotations"]:
+        a["iscrowd"], a["area"] = 0, a["bbox"][2] * a["bbox"][3]
+    naive = folder.replace("val", "naive.json")
+    with open(naive, "w") as f:
+        json.dump(data, f)
+    ref_naive = pycocotools_stats(naive, dets)
+    assert any(abs(ours[k] - ref_naive[i]) > 1e-4 for i, k in enumerate(METRIC_NAMES.values()))
+
+
+def _image(image_id: int, shift: float) -> tuple[dict, dict]:
+    box = torch.tensor([[10.0, 10.0, 50.0, 60.0]])
+    pred = {"boxes": box + shift, "scores": torch.tensor([0.9]), "labels": torch.tensor([1])}
+    target = {"boxes": box, "labels": torch.tensor([1]), "image_id": torch.tensor(image_id)}
+    return pred, target
+
+
+def test_duplicate_images_are_counted_once() -> None:
+    """DistributedSampler padding repeats images; the metric must evaluate each image once."""
+    images = [_image(i, s) for i, s in enumerate([0.0, 12.0, 25.0])]
+    once, twice = CocoBoxAP(), CocoBoxAP()
+    for p, t in images:
+        once.update([p], [t])
+    # rank-interleaved order with image 0 and 1 repeated (the padding), as after a gather
+    for p, t in [images[2], images[0], images[1], images[0], images[1]]:
+        twice.update([p], [t])
+    a, b = once.compute(), twice.compute()
+    assert all(float(a[k]) == float(b[k]) for k in a)
+    naive = CocoBoxAP()
+    for p, t in [images[2], images[0], images[1], images[0], images[1]]:
+        naive.update([p], [{**t, "image_id": torch.tensor(len(naive.image_ids))}])
+    assert float(naive.compute()["AP"]) != float(a["AP"])
+
+
+def test_table_and_metrics_json(tmp_path) -> None:
+    metrics = {k: i / 20 for i, k in enumerate(METRIC_NAMES.values())}
+    table = format_ap_table(metrics)
+    assert "maxDets=100 ] = 0.000   AP\n" in table and "area= small" in table
+    path = write_metrics_json(tmp_path, metrics, checkpoint="x.ckpt")
+    saved = json.loads(open(path).read())
+    assert {k: saved[k] for k in metrics} == metrics and saved["run"] == {"checkpoint": "x.ckpt"}

@@ -1,0 +1,276 @@
+"""LitDETR: param groups, lr schedule, crowd handling, num_boxes, non-finite guard, decoder layer."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from detr_lightning.data.collate import Batch
+from detr_lightning.lit_module import LitDETR, NonFiniteLossError, drop_crowd
+from detr_lightning.loss import HungarianMatcher, SetCriterion
+from detr_lightning.models import DETR, Backbone, Transformer, build_position_encoding
+from detr_lightning.postprocess import PostProcess
+from detr_lightning.utils.lr import WarmupStepDecay, lr_scale_factor
+
+NUM_CLASSES = 3
+
+
+def tiny_lit(num_queries: int = 5, layers: int = 2, **kwargs) -> LitDETR:
+    net = DETR(
+        Backbone("resnet18", pretrained=False),
+        build_position_encoding("sine", 32),
+        Transformer(d_model=32, nhead=4, num_encoder_layers=1, num_decoder_layers=layers,
+                    dim_feedforward=64, dropout=0.0),
+        num_classes=NUM_CLASSES,
+        num_queries=num_queries,
+    )  # fmt: skip
+    kwargs.setdefault("label_to_category_id", [10, 20, 30])
+    return LitDETR(
+        net,
+        SetCriterion(NUM_CLASSES, HungarianMatcher()),
+        PostProcess(),
+        functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=1e-4),
+        num_classes=NUM_CLASSES,
+        **kwargs,
+    )
+
+
+def fake_batch(seed: int, size: int = 64, batch: int = 2) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    targets = []
+    for i in range(batch):
+        n = 1 + i % 3
+        cxcy = torch.rand(n, 2, generator=g) * 0.5 + 0.25
+        wh = torch.rand(n, 2, generator=g) * 0.3 + 0.1
+        targets.append({
+            "labels": torch.randint(0, NUM_CLASSES, (n,), generator=g),
+            "boxes": torch.cat([cxcy, wh], 1),
+            "image_id": torch.tensor(seed * 100 + i),
+            "orig_size": torch.tensor([2 * size, 2 * size]),
+            "size": torch.tensor([size, size]),
+            "iscrowd": torch.zeros(n, dtype=torch.int64),
+            "area": torch.full((n,), 100.0),
+        })  # fmt: skip
+    pixels = torch.randn(batch, 3, size, size, generator=g)
+    return Batch(pixels, torch.ones(batch, size, size, dtype=torch.bool), targets)
+
+
+def loader(n: int, offset: int = 0) -> DataLoader:
+    return DataLoader([fake_batch(offset + i) for i in range(n)], batch_size=None)
+
+
+def quiet_trainer(tmp_path, **kwargs) -> L.Trainer:
+    kwargs.setdefault("enable_checkpointing", False)
+    return L.Trainer(
+        default_root_dir=tmp_path, accelerator="cpu", devices=1, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        **kwargs,
+    )  # fmt: skip
+
+
+def test_drop_crowd_filters_every_per_object_field() -> None:
+    t = {
+        "labels": torch.tensor([0, 1, 2]),
+        "boxes": torch.arange(12.0).view(3, 4),
+        "iscrowd": torch.tensor([0, 1, 0]),
+        "area": torch.tensor([1.0, 2.0, 3.0]),
+        "orig_size": torch.tensor([5, 7]),
+        "image_id": torch.tensor(4),
+    }
+    out = drop_crowd(t)
+    assert out["labels"].tolist() == [0, 2]
+    assert out["boxes"].tolist() == [[0, 1, 2, 3], [8, 9, 10, 11]]
+    assert out["area"].tolist() == [1.0, 3.0]
+    assert out["orig_size"].tolist() == [5, 7] and int(out["image_id"]) == 4
+
+
+def test_param_groups_split_backbone(tmp_path) -> None:
+    lit = tiny_lit(lr_backbone=1e-5)
+    trainer = quiet_trainer(tmp_path, max_steps=1)
+    trainer.strategy.connect(lit)
+    lit.trainer = trainer
+    opt = lit.configure_optimizers()["optimizer"]
+    groups = {g["name"]: g for g in opt.param_groups}
+    backbone = {id(p) for p in lit.net.backbone.parameters() if p.requires_grad}
+    assert {id(p) for p in groups["backbone"]["params"]} == backbone
+    assert groups["backbone"]["lr"] == 1e-5 and groups["main"]["lr"] == 1e-3
+    trainable = {id(p) for p in lit.parameters() if p.requires_grad}
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == trainable
+    # stem + layer1 stay frozen (never given to the optimizer)
+    assert not any(p.requires_grad for p in lit.net.backbone.body.conv1.parameters())
+
+
+def test_zero_backbone_lr_freezes_backbone(tmp_path) -> None:
+    lit = tiny_lit(lr_backbone=0.0)
+    assert not any(p.requires_grad for p in lit.net.backbone.parameters())
+    trainer = quiet_trainer(tmp_path, max_steps=1)
+    lit.trainer = trainer
+    opt = lit.configure_optimizers()["optimizer"]
+    assert [g["name"] for g in opt.param_groups] == ["main"]
+
+
+def test_warmup_and_step_decay_factors() -> None:
+    f = WarmupStepDecay(warmup_steps=4, milestone_steps=[6, 9], gamma=0.1)
+    expected = [0.25, 0.5, 0.75, 1, 1, 1, 0.1, 0.1, 0.1, 0.01]
+    assert [f(s) for s in range(10)] == pytest.approx(expected)
+    assert lr_scale_factor(None, 8) == 1.0
+    assert lr_scale_factor("linear", 8) == 8 / 64
+    assert lr_scale_factor("sqrt", 16) == pytest.approx(math.sqrt(16 / 64))
+    with pytest.raises(ValueError, match="lr_scaling"):
+        lr_scale_factor("cubic", 8)
+
+
+class _LrRecorder(L.Callback):
+    def __init__(self) -> None:
+        self.lrs: list[tuple[int, int, float, float]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        g = {x["name"]: x["lr"] for x in trainer.optimizers[0].param_groups}
+        self.lrs.append((trainer.current_epoch, trainer.global_step, g["main"], g["backbone"]))
+
+
+def test_schedule_drops_at_epoch_boundary_with_warmup(tmp_path) -> None:
+    lit = tiny_lit(lr_backbone=1e-4, lr_drop_epochs=1, warmup_steps=2, lr_gamma=0.1)
+    rec = _LrRecorder()
+    trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=[rec], limit_val_batches=0)
+    trainer.fit(lit, train_dataloaders=loader(3))
+    factors = [0.5, 1.0, 1.0, 0.1, 0.1, 0.1]  # warm-up over 2 steps; epoch 1 = steps 3..5
+    assert [(e, s) for e, s, _, _ in rec.lrs] == [(0, 0), (0, 1), (0, 2), (1, 3), (1, 4), (1, 5)]
+    assert [m for _, _, m, _ in rec.lrs] == pytest.approx([1e-3 * f for f in factors])
+    assert [b for _, _, _, b in rec.lrs] == pytest.approx([1e-4 * f for f in factors])
+
+
+def test_linear_lr_scaling_uses_total_batch(tmp_path) -> None:
+    lit = tiny_lit(lr_backbone=1e-5, lr_scaling="linear", batch_size=2)
+    trainer = quiet_trainer(tmp_path, max_steps=1, accumulate_grad_batches=4)
+    lit.trainer = trainer
+    groups = {g["name"]: g["lr"] for g in lit.configure_optimizers()["optimizer"].param_groups}
+    assert groups == pytest.approx({"main": 1e-3 * 8 / 64, "backbone": 1e-5 * 8 / 64})
+
+
+def test_non_finite_loss_stops_before_the_optimizer_step(tmp_path) -> None:
+    lit = tiny_lit()
+    forward = lit.criterion.forward
+
+    def poisoned(outputs, targets, num_boxes=None):
+        losses = forward(outputs, targets, num_boxes)
+        if lit.global_step == 2:
+            losses["loss_bbox_0"] = losses["loss_bbox_0"] * float("nan")
+        return losses
+
+    lit.criterion.forward = poisoned
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=1
+    )
+    trainer = quiet_trainer(
+        tmp_path, max_epochs=1, callbacks=[ckpt], limit_val_batches=0, enable_checkpointing=True
+    )
+    with pytest.raises(NonFiniteLossError, match=r"global step 2 .*loss_bbox_0=nan") as err:
+        trainer.fit(lit, train_dataloaders=loader(4))
+    assert "last.ckpt" in str(err.value) and "loss_bbox=" not in str(err.value)
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == 2
+    for name, value in lit.state_dict().items():
+        assert torch.isfinite(value.float()).all(), name
+        assert torch.equal(value, saved["state_dict"][name]), f"{name} changed after the NaN step"
+
+
+def test_eval_decoder_layer_selects_aux_output() -> None:
+    lit = tiny_lit(layers=3, eval_decoder_layer=1).eval()
+    batch = fake_batch(0)
+    with torch.no_grad():
+        out = lit(batch.pixel_values, batch.pixel_mask)
+        sizes = torch.tensor([[64, 64], [64, 64]])
+        got = lit.detections(out, sizes)
+        want = PostProcess()(out["aux_outputs"][1], sizes)
+    assert torch.equal(got[0]["boxes"], want[0]["boxes"])
+    lit.hparams.eval_decoder_layer = 5
+    with pytest.raises(ValueError, match="3 layers"):
+        lit.detections(out, sizes)
+
+
+def test_predict_step_reports_dataset_category_ids() -> None:
+    lit = tiny_lit().eval()
+    with torch.no_grad():
+        preds = lit.predict_step(fake_batch(1), 0)
+    mapping = torch.tensor([10, 20, 30])
+    for p in preds:
+        assert torch.equal(p["category_id"], mapping[p["labels"]])
+    assert int(preds[1]["image_id"]) == 101
+
+
+def test_crowd_objects_skip_the_loss_but_reach_the_metric(tmp_path) -> None:
+    lit = tiny_lit()
+    batch = fake_batch(3, batch=2)
+    t = batch.targets[1]  # 2 objects; make the second a crowd
+    t["iscrowd"] = torch.tensor([0, 1])
+    seen = {}
+    forward = lit.criterion.forward
+
+    def spy(outputs, targets, num_boxes=None):
+        seen["n"] = [len(x["labels"]) for x in targets]
+        return forward(outputs, targets, num_boxes)
+
+    lit.criterion.forward = spy
+    received = {}
+    update = lit.val_map.update
+
+    def spy_update(preds, target):
+        received["crowd"] = [x["iscrowd"].tolist() for x in target]
+        return update(preds, target)
+
+    lit.val_map.update = spy_update
+    trainer = quiet_trainer(tmp_path, limit_val_batches=1)
+    trainer.validate(lit, dataloaders=DataLoader([batch], batch_size=None), verbose=False)
+    assert seen["n"] == [1, 1]
+    assert received["crowd"] == [[0], [0, 1]]
+
+
+def test_non_finite_gradients_stop_before_the_step(tmp_path) -> None:
+    lit = tiny_lit()
+    weight = lit.net.class_embed.weight
+    weight.register_hook(lambda g: g * float("inf") if lit.global_step == 1 else g)
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=0)
+    with pytest.raises(NonFiniteLossError, match=r"gradients at global step 1 .*finite loss"):
+        trainer.fit(lit, train_dataloaders=loader(3))
+    assert all(torch.isfinite(p).all() for p in lit.parameters())
+
+
+def _official_file(path, num_classes: int) -> dict:
+    """An official-format release file made from a tiny random DETR (keys renamed back)."""
+    net = tiny_lit().net if num_classes == NUM_CLASSES else None
+    if net is None:
+        net = DETR(
+            Backbone("resnet18", pretrained=False),
+            build_position_encoding("sine", 32),
+            Transformer(d_model=32, nhead=4, num_encoder_layers=1, num_decoder_layers=2,
+                        dim_feedforward=64, dropout=0.0),
+            num_classes=num_classes,
+            num_queries=5,
+        )  # fmt: skip
+    official = {}
+    for k, v in net.state_dict().items():
+        k = "backbone.0." + k[len("backbone.") :] if k.startswith("backbone.") else k
+        k = "backbone.1." + k[len("position_encoding.") :] if k.startswith("position_enc") else k
+        official[k] = v.clone()
+    torch.save({"model": official}, path)
+    return official
+
+
+def test_pretrained_official_checkpoint_initialises_all_but_the_class_head(tmp_path) -> None:
+    official = _official_file(tmp_path / "detr.pth", num_classes=91)
+    lit = tiny_lit(pretrained=str(tmp_path / "detr.pth"))
+    lit.setup("fit")
+    ours = lit.net.state_dict()
+    assert torch.equal(ours["backbone.body.layer2.0.conv1.weight"],
+                       official["backbone.0.body.layer2.0.conv1.weight"])  # fmt: skip
+    for k in ("transformer.decoder.layers.1.linear2.weight", "query_embed.weight",
+              "bbox_embed.layers.2.bias", "input_proj.weight"):  # fmt: skip
+        assert torch.equal(ours[k], official[k]), k
+    assert ours["class_embed.weight"].shape == (NUM_CLASSES + 1, 32)
+    assert official["class_embed.weight"].shape == (92, 32)

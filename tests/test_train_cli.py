@@ -1,0 +1,150 @@
+"""The entry points end to end on a tiny shapes dataset: train, resume, eval, multirun, fine-tune."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from detr_lightning.data.shapes import generate_shapes_dataset
+from detr_lightning.evaluation import METRIC_NAMES
+
+TINY = [
+    "data.num_workers=0",
+    "data.batch_size=4",
+    "data.val_batch_size=2",
+    "data.train_transforms.scales=[96,112]",
+    "data.train_transforms.max_size=160",
+    "data.train_transforms.crop_resize_scales=[96]",
+    "data.train_transforms.crop_size=[64,96]",
+    "data.val_transforms.size=96",
+    "data.val_transforms.max_size=160",
+    "model.net.num_queries=8",
+    "model.net.transformer.d_model=32",
+    "model.net.transformer.nhead=4",
+    "model.net.transformer.dim_feedforward=64",
+    "model.net.transformer.num_encoder_layers=1",
+    "model.net.transformer.num_decoder_layers=2",
+    "callbacks.model_summary=null",
+    "callbacks.progress_bar=null",
+    "trainer.log_every_n_steps=1",
+]
+
+
+def run_cli(module: str, args: list[str], cwd: Path, timeout: int = 600) -> str:
+    """Run ``python -m detr_lightning.<module> args`` in ``cwd``; returns stdout+stderr."""
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, "-m", f"detr_lightning.{module}", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def run_dirs(out: str) -> list[Path]:
+    return [Path(p) for p in re.findall(r"^run directory: (.+)$", out, flags=re.M)]
+
+
+@pytest.fixture(scope="module")
+def shapes_root(tmp_path_factory) -> Path:
+    return generate_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", train=12, val=5)
+
+
+@pytest.fixture(scope="module")
+def first_run(shapes_root, tmp_path_factory) -> tuple[Path, str, Path]:
+    """One smoke training (3 steps): (cwd, output, run dir)."""
+    cwd = tmp_path_factory.mktemp("first")
+    out = run_cli("train", ["schedule=smoke", f"paths.shapes_dir={shapes_root}", *TINY], cwd)
+    dirs = run_dirs(out)
+    assert len(set(dirs)) == 1, out[-3000:]
+    return cwd, out, dirs[0]
+
+
+def test_training_writes_metrics_checkpoints_and_config(first_run) -> None:
+    cwd, out, run_dir = first_run
+    assert run_dir.parent == cwd / "outputs" / "shapes"  # derived from the experiment name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(METRIC_NAMES.values()) <= set(metrics)
+    assert all(-1 <= metrics[k] <= 1 for k in METRIC_NAMES.values())
+    assert metrics["run"]["global_step"] == 3 and metrics["run"]["experiment"] == "shapes"
+    assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in out
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert "last.ckpt" in ckpts and any(re.match(r"epoch000-AP\d\.\d{4}\.ckpt", c) for c in ckpts)
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    logged = (run_dir / "csv" / "hparams.yaml").read_text()  # the resolved config, via the logger
+    assert "d_model: 32" in logged and str(run_dir) in logged
+    header = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    for key in ("train/loss", "train_epoch/loss_ce_0", "train_epoch/cardinality_error",
+                "lr/main", "lr/backbone", "val/AP_S", "val/loss_giou"):  # fmt: skip
+        assert key in header, key
+
+
+def test_resume_continues_the_step_count_and_optimizer(first_run, shapes_root) -> None:
+    cwd, _, run_dir = first_run
+    last = run_dir / "checkpoints" / "last.ckpt"
+    before = torch.load(last, weights_only=False)
+    assert before["global_step"] == 3
+    out = run_cli("train", ["schedule=smoke", "trainer.max_epochs=2", f"ckpt_path={last}",
+                            f"paths.shapes_dir={shapes_root}", *TINY], cwd)  # fmt: skip
+    after = torch.load(run_dirs(out)[0] / "checkpoints" / "last.ckpt", weights_only=False)
+    assert after["global_step"] == 6 and after["epoch"] == 1
+    adam = after["optimizer_states"][0]["state"]
+    assert {float(s["step"]) for s in adam.values()} == {6.0}  # 3 restored + 3 new steps
+    assert after["lr_schedulers"][0]["last_epoch"] == 6
+    assert json.loads((run_dirs(out)[0] / "metrics.json").read_text())["run"]["global_step"] == 6
+
+
+def test_eval_from_checkpoint_reproduces_the_training_metrics(first_run, shapes_root) -> None:
+    cwd, _, run_dir = first_run
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    out = run_cli("eval", ["experiment=shapes", f"ckpt_path={trained['run']['checkpoint']}",
+                           f"paths.shapes_dir={shapes_root}", *TINY], cwd)  # fmt: skip
+    eval_dir = run_dirs(out)[0]
+    assert eval_dir.parent == cwd / "outputs" / "shapes" and eval_dir.name.startswith("eval_")
+    evaluated = json.loads((eval_dir / "metrics.json").read_text())
+    assert {k: evaluated[k] for k in METRIC_NAMES.values()} == {
+        k: trained[k] for k in METRIC_NAMES.values()
+    }
+
+
+def test_eval_without_a_checkpoint_says_what_to_pass(tmp_path, shapes_root) -> None:
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "detr_lightning.eval", f"paths.shapes_dir={shapes_root}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "ckpt_path=" in proc.stderr + proc.stdout
+
+
+def test_multirun_runs_two_jobs_with_their_own_dirs(tmp_path, shapes_root) -> None:
+    tiny = [a for a in TINY if "num_encoder_layers" not in a]
+    out = run_cli("train", ["-m", "schedule=smoke", "model.net.transformer.num_encoder_layers=0,1",
+                            f"paths.shapes_dir={shapes_root}", *tiny], tmp_path)  # fmt: skip
+    dirs = sorted(set(run_dirs(out)))
+    assert len(dirs) == 2
+    for d, layers in zip(dirs, ("0", "1"), strict=True):
+        assert d.parent.parent == tmp_path / "multirun" / "shapes" and d.name == layers
+        overrides = (d / ".hydra" / "overrides.yaml").read_text()
+        assert f"model.net.transformer.num_encoder_layers={layers}" in overrides
+        assert "AP" in json.loads((d / "metrics.json").read_text())
+
+
+def test_predict_writes_coco_results_with_dataset_ids(first_run, shapes_root) -> None:
+    cwd, _, run_dir = first_run
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    out = run_cli("predict", ["experiment=shapes", f"ckpt_path={ckpt}",
+                              f"paths.shapes_dir={shapes_root}", *TINY], cwd)  # fmt: skip
+    records = json.loads((run_dirs(out)[0] / "predictions.json").read_text())
+    val = json.loads((shapes_root / "annotations" / "instances_val.json").read_text())
+    assert len(records) == 8 * len(val["images"])  # every query of every image
+    assert {r["image_id"] for r in records} == {i["id"] for i in val["images"]}
+    assert {r["category_id"] for r in records} <= {c["id"] for c in val["categories"]}
+    assert all(len(r["bbox"]) == 4 and r["bbox"][2] >= 0 and 0 <= r["score"] <= 1 for r in records)
