@@ -11,19 +11,22 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-BENCHMARKS: list[list[str]] = [
-    ["bench_core.py"],
-    ["bench_matcher.py"],
-    ["bench_data.py"],
-    ["bench_train.py"],
+# (script, accepts --quick)
+BENCHMARKS: list[tuple[str, bool]] = [
+    ("bench_core.py", False),
+    ("bench_matcher.py", False),
+    ("bench_data.py", True),
+    ("bench_train.py", True),
 ]
 
 
 def main() -> int:
     failures = 0
-    for script, *args in BENCHMARKS:
+    quick = ["--quick"] if "--quick" in sys.argv[1:] else []
+    for script, takes_quick in BENCHMARKS:
+        args = quick if takes_quick else []
         print(f"== {script} {' '.join(args)}", flush=True)
-        result = subprocess.run([sys.executable, str(HERE / script), *args, *sys.argv[1:]])
+        result = subprocess.run([sys.executable, str(HERE / script), *args])
         failures += result.returncode != 0
     return 1 if failures else 0
 

@@ -128,3 +128,26 @@ class ValidationImageLogger(L.Callback):
             for i, img in enumerate(self._images):
                 write_png(img, os.path.join(folder, f"epoch{epoch:03d}_{i}.png"))
         self._images = []
+
+
+class ElapsedTime(L.Callback):
+    """Logs ``time/elapsed_s``, wall seconds since fitting started, with every validation.
+
+    Evaluation time counts: it is what a user waits for. ``benchmarks/convergence.py`` reads
+    it beside ``val/AP`` to draw AP-versus-time curves. Resumed runs restart the clock.
+    """
+
+    def __init__(self) -> None:
+        self._start: float | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import time
+
+        self._start = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import time
+
+        if self._start is None or trainer.sanity_checking:
+            return
+        pl_module.log("time/elapsed_s", time.perf_counter() - self._start, sync_dist=False)
