@@ -40,14 +40,22 @@ def peak_rss_gib() -> float:
 
 
 def bench_core(
-    size: int = 512, batch: int = 2, backbone: str = "resnet50", dilation: bool = False, steps: int = 3
+    size: int = 512,
+    batch: int = 2,
+    backbone: str = "resnet50",
+    dilation: bool = False,
+    steps: int = 3,
 ) -> dict[str, float]:
     """Time training steps and inference forwards; print and return the figures (seconds, GiB)."""
     torch.manual_seed(0)
     model = build_detr(backbone=backbone, dilation=dilation, num_classes=91)
     criterion = SetCriterion(91, HungarianMatcher())
-    backbone_params = [p for n, p in model.named_parameters() if "backbone" in n and p.requires_grad]
-    other_params = [p for n, p in model.named_parameters() if "backbone" not in n and p.requires_grad]
+    backbone_params = [
+        p for n, p in model.named_parameters() if "backbone" in n and p.requires_grad
+    ]
+    other_params = [
+        p for n, p in model.named_parameters() if "backbone" not in n and p.requires_grad
+    ]
     optimizer = torch.optim.AdamW(
         [{"params": other_params}, {"params": backbone_params, "lr": 1e-5}],
         lr=1e-4,
@@ -83,7 +91,9 @@ def bench_core(
     infer_s = (time.perf_counter() - start) / steps
     figures = {"train_step_s": step_s, "inference_s": infer_s, "peak_rss_gib": peak_rss_gib()}
     label = f"{backbone}{' DC5' if dilation else ''} batch {batch} {size}x{size}"
-    print(f"[core] {label}: training step {step_s:.2f} s, inference forward (batch 1) {infer_s:.2f} s,")
+    print(
+        f"[core] {label}: training step {step_s:.2f} s, inference forward (batch 1) {infer_s:.2f} s,"
+    )
     print(f"[core]   peak RSS {figures['peak_rss_gib']:.2f} GiB, threads {torch.get_num_threads()}")
     return figures
 
