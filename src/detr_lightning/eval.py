@@ -21,25 +21,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             "nothing to evaluate: give ckpt_path=<Lightning .ckpt> (make eval CKPT=...) or "
             "model.pretrained=<official DETR .pth>"
         )
-    import lightning as L
-    import torch
+    from detr_lightning.utils.build import build_run, log_config, report
 
-    from detr_lightning.utils.build import (
-        build_datamodule,
-        build_model,
-        build_trainer,
-        check_task,
-        log_config,
-        report,
-    )
-
-    check_task(cfg)
-    if cfg.get("float32_matmul_precision"):
-        torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
-    L.seed_everything(cfg.seed, workers=True)
-    datamodule = build_datamodule(cfg)
-    model = build_model(cfg, datamodule)
-    trainer = build_trainer(cfg)
+    datamodule, model, trainer = build_run(cfg)
     log_config(trainer, cfg)
     trainer.test(model, datamodule=datamodule, ckpt_path=ckpt or None, verbose=False)
     metrics = dict(model.test_metrics)

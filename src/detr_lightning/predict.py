@@ -37,15 +37,9 @@ def predict(cfg: DictConfig) -> str:
     ckpt = cfg.get("ckpt_path")
     if not ckpt and not cfg.model.get("pretrained"):
         raise ValueError("give ckpt_path=<Lightning .ckpt> or model.pretrained=<official .pth>")
-    import lightning as L
+    from detr_lightning.utils.build import build_run
 
-    from detr_lightning.utils.build import build_datamodule, build_model, build_trainer, check_task
-
-    check_task(cfg)
-    L.seed_everything(cfg.seed, workers=True)
-    datamodule = build_datamodule(cfg)
-    model = build_model(cfg, datamodule)
-    trainer = build_trainer(cfg)
+    datamodule, model, trainer = build_run(cfg)
     if trainer.world_size > 1:
         raise ValueError("predict runs in one process: use trainer=cpu or trainer=gpu")
     datamodule.prepare_data()

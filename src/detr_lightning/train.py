@@ -23,26 +23,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     Returns the final metrics (also written to <run dir>/metrics.json by rank 0).
     """
     # Heavy imports here, so that `--cfg job` / `--help` stay fast.
-    import lightning as L
-    import torch
-
     from detr_lightning.lit_module import NonFiniteLossError
-    from detr_lightning.utils.build import (
-        build_datamodule,
-        build_model,
-        build_trainer,
-        check_task,
-        log_config,
-        report,
-    )
+    from detr_lightning.utils.build import build_run, log_config, report
 
-    check_task(cfg)
-    if cfg.get("float32_matmul_precision"):
-        torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
-    L.seed_everything(cfg.seed, workers=True)
-    datamodule = build_datamodule(cfg)
-    model = build_model(cfg, datamodule)
-    trainer = build_trainer(cfg)
+    datamodule, model, trainer = build_run(cfg)
     log_config(trainer, cfg)
     if trainer.is_global_zero:
         print(f"run directory: {cfg.paths.output_dir}")

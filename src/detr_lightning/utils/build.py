@@ -87,3 +87,16 @@ def report(
     print(f"metrics: {path}")
     print(f"run directory: {run_dir}")
     return path
+
+
+def build_run(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
+    """What every entry point starts with: check the task, apply the precision setting, seed,
+    then build the datamodule, the model (sized from the data) and the trainer."""
+    import torch
+
+    check_task(cfg)
+    if cfg.get("float32_matmul_precision"):
+        torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg)
+    return datamodule, build_model(cfg, datamodule), build_trainer(cfg)
