@@ -11,7 +11,7 @@ into ``benchmarks/results/convergence/``:
 
 The variants are leave-one-out ablations of the preset (which has every lever on) plus the
 paper's recipe at CPU size. ``--budget-min`` sets the wall budget per variant (default 5; the
-issue's target is measured with 15), ``--only a,b`` picks variants.
+issue's target is measured with 15), ``--only a,b`` picks variants, ``--extra "k=v ..."`` adds overrides to every run.
 Run: ``python benchmarks/convergence.py [--budget-min 5] [--only shapes,no_denoising]``.
 """
 
@@ -59,14 +59,16 @@ KEYS = {
 }
 
 
-def run_variant(name: str, overrides: list[str], budget_min: float) -> list[dict[str, float]]:
+def run_variant(
+    name: str, overrides: list[str], budget_min: float, extra: list[str] = ()
+) -> list[dict[str, float]]:
     """Train one variant; return its validation curve (one dict per validation)."""
     minutes = int(budget_min)
     seconds = int(round((budget_min - minutes) * 60))
     cmd = [
         sys.executable, "-m", "detr_lightning.train", "experiment=shapes",
         f"trainer.max_time=00:00:{minutes:02d}:{seconds:02d}", "test=false", "logger=csv",
-        f"run_name=convergence_{name}", *overrides,
+        f"run_name=convergence_{name}", *overrides, *extra,
     ]  # fmt: skip
     print(f"[convergence] {name}: {' '.join(cmd[2:])}", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -138,12 +140,14 @@ def main() -> None:
     )
     parser.add_argument("--budget-min", type=float, default=5.0)
     parser.add_argument("--only", default="", help="comma-separated variant names")
+    parser.add_argument("--extra", default="", help="Hydra overrides for every variant")
     args = parser.parse_args()
     names = [n for n in args.only.split(",") if n] or list(VARIANTS)
     unknown = set(names) - set(VARIANTS)
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}; choose from {list(VARIANTS)}")
-    curves = {name: run_variant(name, VARIANTS[name], args.budget_min) for name in names}
+    extra = args.extra.split()
+    curves = {name: run_variant(name, VARIANTS[name], args.budget_min, extra) for name in names}
     print(write_results(curves, args.budget_min))
     print(f"[convergence] curves and plot in {OUT}/")
 
