@@ -175,18 +175,9 @@ class AcceleratedDETR(DETR):
     def _split_outputs(self, logits: Tensor, boxes: Tensor, num_dn: int, groups: int, dn) -> dict:
         """Cut the [L, B, N, *] stacks into the dn part and one output dict per query group."""
 
-        def as_output(lg: Tensor, bx: Tensor) -> dict[str, Any]:
-            out: dict[str, Any] = {"pred_logits": lg[-1], "pred_boxes": bx[-1]}
-            if self.aux_loss:
-                out["aux_outputs"] = [
-                    {"pred_logits": a, "pred_boxes": c}
-                    for a, c in zip(lg[:-1], bx[:-1], strict=True)
-                ]
-            return out
-
         q = self.num_queries
         chunks = [
-            as_output(
+            self.layer_outputs(
                 logits[:, :, num_dn + g * q : num_dn + (g + 1) * q],
                 boxes[:, :, num_dn + g * q : num_dn + (g + 1) * q],
             )
@@ -196,6 +187,6 @@ class AcceleratedDETR(DETR):
         if groups > 1:
             out["group_outputs"] = chunks[1:]
         if dn is not None:
-            out["dn_outputs"] = as_output(logits[:, :, :num_dn], boxes[:, :, :num_dn])
+            out["dn_outputs"] = self.layer_outputs(logits[:, :, :num_dn], boxes[:, :, :num_dn])
             out["dn_queries"] = dn
         return out

@@ -88,8 +88,18 @@ class DETR(nn.Module):
         features, mask = self.backbone(pixel_values, pixel_mask)[-1]
         pos = self.position_encoding(mask).to(features.dtype)
         hs, _ = self.transformer(self.input_proj(features), mask, self.query_embed.weight, pos)
-        logits = self.class_embed(hs)
-        boxes = self.bbox_embed(hs).sigmoid()
+        return self.layer_outputs(self.class_embed(hs), self.bbox_embed(hs).sigmoid())
+
+    def layer_outputs(self, logits: Tensor, boxes: Tensor) -> dict[str, Any]:
+        """Per-layer predictions -> the output dict.
+
+        Args:
+            logits: [L, B, Q, K] class logits of every decoder layer.
+            boxes: [L, B, Q, 4] normalised cxcywh boxes of every decoder layer.
+        Returns:
+            ``pred_logits``/``pred_boxes`` of the last layer and, with ``aux_loss``,
+            ``aux_outputs``: one such dict per earlier layer.
+        """
         out: dict[str, Any] = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
         if self.aux_loss:
             out["aux_outputs"] = [
