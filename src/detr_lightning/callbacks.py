@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import lightning as L
@@ -141,13 +142,9 @@ class ElapsedTime(L.Callback):
         self._start: float | None = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        import time
-
         self._start = time.perf_counter()
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        import time
-
         if self._start is None or trainer.sanity_checking:
             return
         pl_module.log("time/elapsed_s", time.perf_counter() - self._start, sync_dist=False)

@@ -137,14 +137,18 @@ class AcceleratedDETR(DETR):
         num_dn = dn.num_queries if dn is not None else 0
 
         tgt = memory.new_zeros(b, num_dn + num_matching, d)
-        ref = None
-        if self.box_refine:
-            ref = self.anchor_embed.weight[:num_matching].sigmoid()[None].expand(b, -1, -1)
-        else:
-            static_pos = self.query_embed.weight[:num_matching][None].expand(b, -1, -1)
         if dn is not None:
             tgt = torch.cat([self.label_embed(dn.labels), tgt[:, num_dn:]], dim=1)
-            ref = dn.boxes if ref is None else torch.cat([dn.boxes, ref], dim=1)
+        if self.box_refine:
+            ref = self.anchor_embed.weight[:num_matching].sigmoid()[None].expand(b, -1, -1)
+            if dn is not None:
+                ref = torch.cat([dn.boxes, ref], dim=1)
+        else:
+            # Without refinement the positional queries are the same at every layer.
+            query_pos = self.query_embed.weight[:num_matching][None].expand(b, -1, -1)
+            if dn is not None:
+                dn_pos = self.ref_point_head(box_sine_embedding(dn.boxes, d))
+                query_pos = torch.cat([dn_pos, query_pos], dim=1)
         attn_mask = query_attention_mask(
             self.num_queries, groups, dn.num_groups if dn else 0, dn.pad if dn else 0, memory.device
         )
@@ -154,19 +158,13 @@ class AcceleratedDETR(DETR):
         for layer in decoder.layers:
             if self.box_refine:
                 query_pos = self.ref_point_head(box_sine_embedding(ref, d))
-            elif dn is not None:
-                dn_pos = self.ref_point_head(box_sine_embedding(ref, d))
-                query_pos = torch.cat([dn_pos, static_pos], dim=1)
-            else:
-                query_pos = static_pos
             tgt = layer(tgt, memory, key_mask, memory_pos, query_pos, attn_mask)
             hidden = decoder.norm(tgt)
             logits.append(self.class_embed(hidden))
             if self.box_refine:
                 box = (self.bbox_embed(hidden) + inverse_sigmoid(ref)).sigmoid()
-                ref = (
-                    box.detach()
-                )  # as in Deformable DETR: each layer refines, gradients stay local
+                # As in Deformable DETR: each layer refines the last one's box, gradients stay local.
+                ref = box.detach()
             else:
                 box = self.bbox_embed(hidden).sigmoid()
             boxes.append(box)
