@@ -26,6 +26,7 @@ from pathlib import Path
 
 OUT = Path("benchmarks/results/convergence")
 PAPER_RECIPE = [
+    "model.net.two_stage=false",
     "model.net.box_refine=false",
     "model.net.query_groups=1",
     "model.net.denoising.groups=0",
@@ -33,21 +34,23 @@ PAPER_RECIPE = [
     "model.net.backbone.norm=frozen_bn",
     "model.net.backbone.train_stem=false",
     "model.net.backbone.last_stage=layer4",
+    "model.net.backbone.width=64",
     "model.net.transformer.dropout=0.1",
     "model.lr_backbone=1e-5",
     "model.warmup_steps=0",
 ]
 VARIANTS: dict[str, list[str]] = {
     "shapes": [],
+    "no_two_stage": ["model.net.two_stage=false"],
+    # two_stage needs box_refine, so refinement is measured with both off.
+    "no_two_stage_no_refine": ["model.net.two_stage=false", "model.net.box_refine=false"],
     "no_denoising": ["model.net.denoising.groups=0"],
-    "no_query_groups": ["model.net.query_groups=1"],
-    "no_box_refine": ["model.net.box_refine=false"],
     "no_focal": ["model.net.focal=false"],
+    "full_width": ["model.net.backbone.width=64"],
     "frozen_bn_backbone": [
         "model.net.backbone.norm=frozen_bn",
         "model.net.backbone.train_stem=false",
     ],
-    "stride32": ["model.net.backbone.last_stage=layer4"],
     "paper_recipe": PAPER_RECIPE,
 }
 KEYS = {

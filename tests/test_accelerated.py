@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from detr_lightning.loss import HungarianMatcher, SetCriterion
-from detr_lightning.models.accelerated import AcceleratedDETR, box_sine_embedding
+from detr_lightning.models.accelerated import AcceleratedDETR
 from detr_lightning.models.backbone import Backbone
+from detr_lightning.models.box_encoding import box_sine_embedding
 from detr_lightning.models.detr import DETR
 from detr_lightning.models.position_encoding import PositionEmbeddingSine
 from detr_lightning.models.transformer import Transformer
@@ -133,3 +134,33 @@ def test_backbone_levers():
     assert frozen == {"conv1", "layer1"} or frozen == {"layer1"}  # FrozenBN has buffers only
     with pytest.raises(ValueError, match="last_stage"):
         Backbone("resnet18", last_stage="layer5")
+
+
+def test_width_scaled_backbone_keeps_resnet_names_at_a_fraction_of_the_channels():
+    full = Backbone("resnet18", norm="bn", last_stage="layer3")
+    half = Backbone("resnet18", norm="bn", last_stage="layer3", width=32)
+    assert half.num_channels == 128
+    full_sd, half_sd = full.body.state_dict(), half.body.state_dict()
+    assert full_sd.keys() == half_sd.keys()  # same names: configs and checkpoints line up
+    for name, tensor in half_sd.items():
+        if tensor.ndim == 4:  # conv weights [out, in, k, k]: input channels stay 3 for the stem
+            expected_in = 3 if name == "conv1.weight" else full_sd[name].shape[1] // 2
+            assert tensor.shape == (full_sd[name].shape[0] // 2, expected_in, *tensor.shape[2:])
+    feats, _ = half(torch.randn(1, 3, 64, 64))[-1]
+    assert feats.shape == (1, 128, 4, 4)
+    bottleneck = Backbone("resnet50", width=32)
+    assert bottleneck.num_channels == 1024
+    assert bottleneck(torch.randn(1, 3, 64, 64))[-1][0].shape == (1, 1024, 2, 2)
+    with pytest.raises(ValueError, match="width"):
+        Backbone("resnet18", pretrained=True, width=32)
+
+
+def test_box_refine_starts_every_layer_at_its_anchor():
+    """Per-layer box heads start at zero, so a fresh model predicts its anchors at every layer."""
+    model = AcceleratedDETR(*_parts(), num_classes=3, num_queries=5, focal=True, box_refine=True)
+    assert len(model.layer_bbox_embed) == 2  # 3 decoder layers: 2 extra heads + bbox_embed
+    model.eval()
+    out = model(*_batch()[:2])
+    anchors = model.anchor_embed.weight.sigmoid().expand(2, -1, -1)
+    for boxes in [out["pred_boxes"], *(aux["pred_boxes"] for aux in out["aux_outputs"])]:
+        torch.testing.assert_close(boxes, anchors, atol=1e-4, rtol=0)

@@ -15,11 +15,12 @@ from detr_lightning.loss.matcher import HungarianMatcher, MatchIndices
 DEFAULT_WEIGHTS = {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
 # Which weighted loss keys each entry of `losses` produces (logged-only keys are not listed).
 LOSS_KEYS = {"labels": ("loss_ce",), "boxes": ("loss_bbox", "loss_giou"), "cardinality": ()}
-_SUFFIX = re.compile(r"_(\d+|dn|g\d+)$")
+_SUFFIX = re.compile(r"_(\d+|dn|enc|g\d+)$")
 
 
 def base_loss_name(key: str) -> str:
-    """Strip aux-layer (`_3`), denoising (`_dn`) and query-group (`_g2`) suffixes, repeatedly.
+    """Strip aux-layer (`_3`), denoising (`_dn`), encoder-proposal (`_enc`) and query-group
+    (`_g2`) suffixes, repeatedly.
 
     "loss_ce_3" -> "loss_ce", "loss_bbox_dn_0" -> "loss_bbox", "loss_giou_g1_4" -> "loss_giou".
     """
@@ -41,6 +42,10 @@ class SetCriterion(nn.Module):
     focal=True replaces softmax CE + eos_coef by the sigmoid focal loss of Deformable DETR: logits
     are [B, Q, C] (no "no object" column), targets are one-hot on matched queries and all-zero on
     the others, loss_ce = sigmoid_focal_loss(reduction="sum") / num_boxes.
+    encoder_matches=k: the encoder proposals of two-stage models (``enc_outputs``, one per
+    feature-map token) are matched one-to-many, each target to k tokens (H-DETR's trick: the
+    targets are repeated k times before Hungarian matching), giving the backbone dense
+    supervision; their losses are suffixed ``_enc`` and normalised by k * num_boxes.
     Subclasses adding loss groups (e.g. masks) extend `LOSS_KEYS`.
     """
 
@@ -56,6 +61,7 @@ class SetCriterion(nn.Module):
         focal: bool = False,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
+        encoder_matches: int = 1,
     ) -> None:
         super().__init__()
         unknown = set(losses) - set(self.LOSS_KEYS)
@@ -83,6 +89,9 @@ class SetCriterion(nn.Module):
         self.focal = focal
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
+        if encoder_matches < 1:
+            raise ValueError(f"SetCriterion: encoder_matches={encoder_matches}; need >= 1.")
+        self.encoder_matches = encoder_matches
         weight = torch.ones(num_classes + 1)
         weight[-1] = eos_coef
         self.register_buffer("empty_weight", weight, persistent=False)
@@ -127,6 +136,12 @@ class SetCriterion(nn.Module):
                     outputs["dn_outputs"], targets, num_boxes * dn.num_groups, "_dn", known
                 )
             )
+        enc = outputs.get("enc_outputs")
+        if enc is not None:
+            k = self.encoder_matches
+            repeated = [{"labels": t["labels"].repeat(k), "boxes": t["boxes"].repeat(k, 1)}
+                        for t in targets]  # fmt: skip
+            result.update(self._set_losses(enc, repeated, num_boxes * k, "_enc"))
         return result
 
     def _set_losses(

@@ -10,6 +10,9 @@ Levers, each a constructor argument (so a Hydra option), all training-time excep
 * ``box_refine`` — anchor-box queries (DAB-DETR style): each query carries a learned box whose
   sine encoding is its positional query, refined by every decoder layer
   (``box = sigmoid(logit(ref) + delta)``, Deformable-DETR's iterative refinement).
+* ``two_stage`` (needs ``box_refine``) — every encoder token proposes a class and a box, the
+  ``num_queries`` best proposals seed the decoder's reference boxes and content queries
+  (:mod:`~detr_lightning.models.two_stage`); training adds ``enc_outputs``.
 * ``focal`` — sigmoid class head with ``num_classes`` columns (no "no object" column), bias set
   to a 0.01 prior; pair it with the criterion's and post-processor's ``focal=True``.
 
@@ -27,24 +30,11 @@ import torch
 from torch import Tensor, nn
 
 from detr_lightning.models.backbone import Backbone
+from detr_lightning.models.box_encoding import box_sine_embedding, inverse_sigmoid
 from detr_lightning.models.denoising import make_denoising_queries, query_attention_mask
 from detr_lightning.models.detr import DETR, MLP
 from detr_lightning.models.transformer import Transformer
-
-
-def box_sine_embedding(boxes: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
-    """Sine encoding of boxes [..., 4] (normalised cxcywh) into [..., dim], dim/4 per coordinate."""
-    per_coord = dim // 4
-    idx = torch.arange(per_coord, dtype=torch.float32, device=boxes.device)
-    dim_t = temperature ** (2 * torch.div(idx, 2, rounding_mode="floor") / per_coord)
-    angles = boxes[..., None].float() * 2 * math.pi / dim_t  # [..., 4, per_coord]
-    emb = torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1).flatten(-2)
-    return emb.flatten(-2).to(boxes.dtype)
-
-
-def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
-    x = x.clamp(eps, 1 - eps)
-    return torch.log(x / (1 - x))
+from detr_lightning.models.two_stage import EncoderProposals
 
 
 class AcceleratedDETR(DETR):
@@ -54,6 +44,7 @@ class AcceleratedDETR(DETR):
         focal: sigmoid classification head without a "no object" column.
         box_refine: anchor-box queries with per-layer box refinement.
         query_groups: Group DETR's K (1 = off).
+        two_stage: query selection from encoder proposals (replaces the learned anchors).
         denoising: DN-DETR settings, ``{"groups": G, "label_noise": p, "box_noise": lambda}``:
             G noised copies of every target (0 or None = off), label-flip probability
             (default 0.2) and box noise scale (default 0.4), the DN-DETR paper's values.
@@ -71,6 +62,7 @@ class AcceleratedDETR(DETR):
         box_refine: bool = False,
         query_groups: int = 1,
         denoising: Mapping[str, float] | None = None,
+        two_stage: bool = False,
     ) -> None:
         super().__init__(
             backbone, position_encoding, transformer, num_classes, num_queries, aux_loss
@@ -84,23 +76,39 @@ class AcceleratedDETR(DETR):
         denoising_groups = int(dn["groups"])
         if transformer.query_pos != "attn" and (box_refine or denoising_groups or query_groups > 1):
             raise ValueError("AcceleratedDETR levers need transformer.query_pos='attn'")
+        if two_stage and (not box_refine or query_groups > 1):
+            raise ValueError("two_stage needs box_refine=True and query_groups=1")
         if query_groups < 1 or denoising_groups < 0:
             raise ValueError("need query_groups >= 1 and denoising.groups >= 0")
         d = transformer.d_model
         self.focal, self.box_refine = focal, box_refine
         self.query_groups, self.denoising_groups = query_groups, denoising_groups
+        self.two_stage = two_stage
         self.label_noise, self.box_noise = float(dn["label_noise"]), float(dn["box_noise"])
         if focal:
             self.class_embed = nn.Linear(d, num_classes)
             # Start every class at a 1% probability so the focal loss is not swamped by negatives.
             nn.init.constant_(self.class_embed.bias, -math.log((1 - 0.01) / 0.01))
-        if box_refine:
+        if two_stage:
+            del self.query_embed
+            num_logits = num_classes + (0 if focal else 1)
+            self.encoder_proposals = EncoderProposals(d, num_logits, focal)
+        elif box_refine:
             del self.query_embed
             self.anchor_embed = nn.Embedding(num_queries * query_groups, 4)
             nn.init.uniform_(self.anchor_embed.weight, 0.0, 1.0)
             self.anchor_embed.weight.data = inverse_sigmoid(self.anchor_embed.weight.data)
         elif query_groups > 1:
             self.query_embed = nn.Embedding(num_queries * query_groups, d)
+        if box_refine:
+            # One box head per decoder layer (Deformable DETR): a head shared by every layer must
+            # predict both the first, large move away from the anchor and the later small
+            # corrections, which measurably slowed fitting. The last layer keeps ``bbox_embed``.
+            num_layers = len(transformer.decoder.layers)
+            self.layer_bbox_embed = nn.ModuleList(MLP(d, d, 4, 3) for _ in range(num_layers - 1))
+            for head in [*self.layer_bbox_embed, self.bbox_embed]:
+                nn.init.zeros_(head.layers[-1].weight)  # every layer starts by keeping its box
+                nn.init.zeros_(head.layers[-1].bias)
         if box_refine or denoising_groups:
             self.ref_point_head = MLP(d, d, d, 2)
         if denoising_groups:
@@ -117,7 +125,8 @@ class AcceleratedDETR(DETR):
         Returns :class:`DETR`'s outputs. In training mode, with the levers on, also
         ``group_outputs`` (one dict per extra query group, same keys as the main output) and
         ``dn_outputs`` + ``dn_queries`` (the reconstructions of the denoising queries and the
-        :class:`~detr_lightning.models.denoising.DenoisingQueries` that made them).
+        :class:`~detr_lightning.models.denoising.DenoisingQueries` that made them) and, with
+        ``two_stage``, ``enc_outputs`` (``pred_logits``/``pred_boxes`` of every encoder token).
         """
         groups = self.query_groups if self.training else 1
         dn = None
@@ -131,16 +140,21 @@ class AcceleratedDETR(DETR):
         features, mask = self.backbone(pixel_values, pixel_mask)[-1]
         pos = self.position_encoding(mask).to(features.dtype)
         memory, key_mask, pos_seq = self.transformer.encode(self.input_proj(features), mask, pos)
+        proposals = self.encoder_proposals(memory, mask) if self.two_stage else None
         memory, memory_pos = self.transformer.decoder_inputs(memory, pos_seq)
         b, d = memory.shape[0], memory.shape[-1]
         num_matching = self.num_queries * groups
         num_dn = dn.num_queries if dn is not None else 0
 
         tgt = memory.new_zeros(b, num_dn + num_matching, d)
+        if proposals is not None:
+            ref, content = self.encoder_proposals.select(proposals, key_mask, num_matching)
+            tgt = torch.cat([tgt[:, :num_dn], content], dim=1)
+        elif self.box_refine:
+            ref = self.anchor_embed.weight[:num_matching].sigmoid()[None].expand(b, -1, -1)
         if dn is not None:
             tgt = torch.cat([self.label_embed(dn.labels), tgt[:, num_dn:]], dim=1)
         if self.box_refine:
-            ref = self.anchor_embed.weight[:num_matching].sigmoid()[None].expand(b, -1, -1)
             if dn is not None:
                 ref = torch.cat([dn.boxes, ref], dim=1)
         else:
@@ -155,20 +169,24 @@ class AcceleratedDETR(DETR):
 
         decoder = self.transformer.decoder
         logits, boxes = [], []
-        for layer in decoder.layers:
+        box_heads = [*getattr(self, "layer_bbox_embed", []), self.bbox_embed]
+        for i, layer in enumerate(decoder.layers):
             if self.box_refine:
                 query_pos = self.ref_point_head(box_sine_embedding(ref, d))
             tgt = layer(tgt, memory, key_mask, memory_pos, query_pos, attn_mask)
             hidden = decoder.norm(tgt)
             logits.append(self.class_embed(hidden))
             if self.box_refine:
-                box = (self.bbox_embed(hidden) + inverse_sigmoid(ref)).sigmoid()
+                box = (box_heads[i](hidden) + inverse_sigmoid(ref)).sigmoid()
                 # As in Deformable DETR: each layer refines the last one's box, gradients stay local.
                 ref = box.detach()
             else:
                 box = self.bbox_embed(hidden).sigmoid()
             boxes.append(box)
-        return self._split_outputs(torch.stack(logits), torch.stack(boxes), num_dn, groups, dn)
+        out = self._split_outputs(torch.stack(logits), torch.stack(boxes), num_dn, groups, dn)
+        if proposals is not None and self.training:
+            out["enc_outputs"] = {k: proposals[k] for k in ("pred_logits", "pred_boxes")}
+        return out
 
     def _split_outputs(self, logits: Tensor, boxes: Tensor, num_dn: int, groups: int, dn) -> dict:
         """Cut the [L, B, N, *] stacks into the dn part and one output dict per query group."""

@@ -44,6 +44,35 @@ def _load_imagenet_weights(resnet: nn.Module, name: str) -> None:
     resnet.load_state_dict(state_dict, strict=True)
 
 
+class _WidthScaledResNet(torchvision.models.ResNet):
+    """torchvision's ResNet with every stage ``width / 64`` times as wide (same parameter names).
+
+    torchvision fixes the widths at 64-128-256-512; a CPU recipe trained from scratch on small
+    data does not need that capacity, and the convolutions dominate its step time.
+    """
+
+    def __init__(self, block: type[nn.Module], layers: list[int], width: int, **kwargs) -> None:
+        self._width, self._first_layer = width, True
+        super().__init__(block, layers, **kwargs)
+        norm_layer = kwargs["norm_layer"]
+        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+        self.bn1 = norm_layer(width)
+
+    def _make_layer(self, block, planes, blocks, stride=1, dilate=False):  # noqa: ANN001
+        if self._first_layer:  # the stem's output feeds layer1
+            self.inplanes, self._first_layer = self._width, False
+        return super()._make_layer(block, planes * self._width // 64, blocks, stride, dilate)
+
+
+_BLOCKS = {
+    "resnet18": (torchvision.models.resnet.BasicBlock, [2, 2, 2, 2]),
+    "resnet34": (torchvision.models.resnet.BasicBlock, [3, 4, 6, 3]),
+    "resnet50": (torchvision.models.resnet.Bottleneck, [3, 4, 6, 3]),
+    "resnet101": (torchvision.models.resnet.Bottleneck, [3, 4, 23, 3]),
+}
+
+
 class Backbone(nn.Module):
     """torchvision ResNet trunk (no avgpool/fc) with every BatchNorm frozen.
 
@@ -64,6 +93,8 @@ class Backbone(nn.Module):
             a finer feature map for small images, and a cheaper backbone.
         train_stem: also train the stem and layer1 (the paper freezes them; a randomly
             initialised backbone needs them trained).
+        width: channels of the stem and layer1 (torchvision's 64 = the real ResNet; e.g. 32
+            halves every stage, a quarter of the convolution cost; random init only).
     """
 
     def __init__(
@@ -76,6 +107,7 @@ class Backbone(nn.Module):
         norm: str = "frozen_bn",
         last_stage: str = "layer4",
         train_stem: bool = False,
+        width: int = 64,
     ) -> None:
         super().__init__()
         if name not in _WEIGHTS:
@@ -86,11 +118,19 @@ class Backbone(nn.Module):
             raise ValueError(f"backbone norm '{norm}' is not one of {sorted(_NORMS)}")
         if last_stage not in _STAGES[1:]:
             raise ValueError(f"backbone last_stage '{last_stage}' is not one of {_STAGES[1:]}")
-        resnet = getattr(torchvision.models, name)(
-            weights=None,
-            norm_layer=_NORMS[norm],
-            replace_stride_with_dilation=[False, False, dilation],
-        )
+        if width != 64 and (pretrained or width < 8 or width % 8):
+            raise ValueError(
+                f"backbone width={width}: ImageNet weights exist only for width 64, and other "
+                "widths must be a multiple of 8 (>= 8); use width=64 or pretrained=false."
+            )
+        kwargs = {
+            "norm_layer": _NORMS[norm],
+            "replace_stride_with_dilation": [False, False, dilation],
+        }
+        if width == 64:
+            resnet = getattr(torchvision.models, name)(weights=None, **kwargs)
+        else:
+            resnet = _WidthScaledResNet(*_BLOCKS[name], width=width, **kwargs)
         if pretrained:
             _load_imagenet_weights(resnet, name)
         for param_name, param in resnet.named_parameters():
@@ -100,8 +140,8 @@ class Backbone(nn.Module):
         stages = _STAGES[:depth] if return_interm_layers else (last_stage,)
         self.body = create_feature_extractor(resnet, {s: s for s in stages})
         self.stages = stages
-        width = 64 if name in ("resnet18", "resnet34") else 256
-        self.num_channels = width * 2 ** (depth - 1)
+        expansion = 1 if name in ("resnet18", "resnet34") else 4
+        self.num_channels = width * expansion * 2 ** (depth - 1)
 
     def forward(
         self, pixel_values: Tensor, pixel_mask: Tensor | None = None
