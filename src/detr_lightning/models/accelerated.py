@@ -8,8 +8,10 @@ Levers, each a constructor argument (so a Hydra option), all training-time excep
 * ``query_groups`` > 1 — Group DETR: K groups of ``num_queries`` queries, self-attention inside a
   group, one-to-one matching per group; only group 0 runs at inference.
 * ``box_refine`` — anchor-box queries (DAB-DETR style): each query carries a learned box whose
-  sine encoding is its positional query, refined by every decoder layer
-  (``box = sigmoid(logit(ref) + delta)``, Deformable-DETR's iterative refinement).
+  sine encoding is its positional query, refined by every decoder layer with its own
+  zero-initialised box head (``box = sigmoid(logit(ref) + delta)``, Deformable-DETR's
+  iterative refinement); the last layer's head is ``bbox_embed``, the others
+  ``layer_bbox_embed``.
 * ``two_stage`` (needs ``box_refine``) — every encoder token proposes a class and a box, the
   ``num_queries`` best proposals seed the decoder's reference boxes and content queries
   (:mod:`~detr_lightning.models.two_stage`); training adds ``enc_outputs``.
