@@ -6,10 +6,12 @@ their boxes (detached) are the initial reference boxes that ``box_refine`` then 
 their projected encoder features (detached) are the content queries. This is the query selection
 of Deformable DETR's two-stage variant as used by DINO and RT-DETR.
 
-Why it speeds up convergence: the encoder proposals are supervised densely, right at the
-feature map (see ``SetCriterion.encoder_matches``: every target is matched to several tokens),
-so a randomly initialised backbone gets a direct, local learning signal instead of one that
-must first pass through cross-attention from a few matched queries.
+Why it should help a randomly initialised backbone: the encoder proposals are supervised
+densely, right at the feature map (see ``SetCriterion.encoder_matches``: every target is matched
+to several tokens), a direct, local learning signal instead of one that must first pass through
+cross-attention from a few matched queries. Measured (README, convergence section): with box
+refinement it fits 16 images much faster (AP 0.49 against 0.13 after 200 steps) but did not
+raise validation AP within a 4-minute budget.
 """
 
 from __future__ import annotations
