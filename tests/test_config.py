@@ -111,6 +111,25 @@ def test_every_experiment_composes_and_instantiates(name: str, tmp_path) -> None
     assert instantiate_dict(cfg.callbacks)
 
 
+def test_shapes_plain_switches_every_lever_of_shapes_off(tmp_path) -> None:
+    cfg = compose_cfg(["experiment=shapes_plain"], tmp_path)
+    lit = _model_on_meta(cfg)
+    # Levers off = exactly the paper's DETR: the same parameters as DETR built from that config.
+    detr = OmegaConf.create(resolved(cfg))
+    detr.model.net._target_ = "detr_lightning.models.detr.DETR"
+    for lever in ("focal", "box_refine", "two_stage", "encoder_aux_head", "query_groups",
+                  "denoising"):  # fmt: skip
+        del detr.model.net[lever]
+    plain = _model_on_meta(detr)
+    assert lit.net.state_dict().keys() == plain.net.state_dict().keys()
+    assert not lit.criterion.focal and not lit.postprocess.focal
+    assert lit.criterion.weight_dict == {"loss_ce": 1, "loss_bbox": 5, "loss_giou": 2}
+    assert (lit.hparams.lr_backbone, lit.hparams.warmup_steps) == (1e-5, 0)
+    backbone = cfg.model.net.backbone
+    assert (backbone.norm, backbone.train_stem, backbone.width) == ("frozen_bn", False, 64)
+    assert cfg.model.net.transformer.dropout == 0.1
+
+
 @pytest.mark.parametrize("name", PAPER)
 def test_paper_presets_follow_the_paper(name: str, tmp_path) -> None:
     cfg = compose_cfg([f"experiment={name}"], tmp_path)

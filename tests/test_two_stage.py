@@ -15,7 +15,11 @@ def test_anchors_follow_each_images_unpadded_size():
     mask = torch.zeros(2, 2, 4, dtype=torch.bool)
     mask[0] = True  # full 2 x 4 map
     mask[1, :1, :2] = True  # 1 x 2 real cells, rest padding
-    anchors = EncoderProposals(8, 3, focal=True, anchor_cells=2.0).anchors(mask).view(2, 2, 4, 4)
+    head = EncoderProposals(8, 3, focal=True, anchor_cells=2.0)
+    cells = head.cells(mask).view(2, 2, 4, 4)
+    # One cell of image 1 is half its real width (2 real columns) and all its real height.
+    torch.testing.assert_close(cells[1, 0, 1], torch.tensor([0.75, 0.5, 0.5, 1.0]))
+    anchors = head.anchors(cells)
     # Image 0: cell (row 1, col 2) centre = ((2 + .5) / 4, (1 + .5) / 2), side = 2 cells.
     torch.testing.assert_close(anchors[0, 1, 2], torch.tensor([0.625, 0.75, 0.5, 1.0]))
     # Image 1: one real row and two real columns; a 2-cell anchor is clamped to the image.
@@ -28,7 +32,8 @@ def test_fresh_proposals_sit_on_their_anchors():
     head = EncoderProposals(8, 3, focal=True)
     mask = torch.ones(1, 3, 3, dtype=torch.bool)
     out = head(torch.randn(1, 9, 8), mask)
-    torch.testing.assert_close(out["pred_boxes"], head.anchors(mask), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out["pred_boxes"], head.anchors(head.cells(mask)), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out["cells"], head.cells(mask))
     # Focal prior: a feature-free token scores 1 % for every class.
     torch.testing.assert_close(head.class_embed(torch.zeros(8)).sigmoid(), torch.full((3,), 0.01))
 

@@ -46,6 +46,9 @@ class SetCriterion(nn.Module):
     feature-map token) are matched one-to-many, each target to k tokens (H-DETR's trick: the
     targets are repeated k times before Hungarian matching), giving the backbone dense
     supervision; their losses are suffixed ``_enc`` and normalised by k * num_boxes.
+    encoder_matcher (e.g. :class:`~detr_lightning.loss.CenterMatcher`) replaces that Hungarian
+    one-to-many matching of the encoder tokens by its own assignment; the ``_enc`` losses are
+    then normalised by the number of positive tokens (this process's, not summed over DDP).
     Subclasses adding loss groups (e.g. masks) extend `LOSS_KEYS`.
     """
 
@@ -62,6 +65,7 @@ class SetCriterion(nn.Module):
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
         encoder_matches: int = 1,
+        encoder_matcher: nn.Module | None = None,
     ) -> None:
         super().__init__()
         unknown = set(losses) - set(self.LOSS_KEYS)
@@ -92,6 +96,7 @@ class SetCriterion(nn.Module):
         if encoder_matches < 1:
             raise ValueError(f"SetCriterion: encoder_matches={encoder_matches}; need >= 1.")
         self.encoder_matches = encoder_matches
+        self.encoder_matcher = encoder_matcher
         weight = torch.ones(num_classes + 1)
         weight[-1] = eos_coef
         self.register_buffer("empty_weight", weight, persistent=False)
@@ -137,7 +142,13 @@ class SetCriterion(nn.Module):
                 )
             )
         enc = outputs.get("enc_outputs")
-        if enc is not None:
+        if enc is not None and self.encoder_matcher is not None:
+            known = self.encoder_matcher(enc, targets)
+            positives = self.normalise_num_boxes(
+                targets, sum(len(src) for src, _ in known), enc["pred_boxes"].device
+            )
+            result.update(self._set_losses(enc, targets, positives, "_enc", known))
+        elif enc is not None:
             k = self.encoder_matches
             repeated = [{"labels": t["labels"].repeat(k), "boxes": t["boxes"].repeat(k, 1)}
                         for t in targets]  # fmt: skip

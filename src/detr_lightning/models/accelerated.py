@@ -15,6 +15,10 @@ Levers, each a constructor argument (so a Hydra option), all training-time excep
 * ``two_stage`` (needs ``box_refine``) — every encoder token proposes a class and a box, the
   ``num_queries`` best proposals seed the decoder's reference boxes and content queries
   (:mod:`~detr_lightning.models.two_stage`); training adds ``enc_outputs``.
+* ``encoder_aux_head`` — the same per-token head on the encoder memory, trained (``enc_outputs``,
+  best with the criterion's ``encoder_matcher``: CenterMatcher) but not used to pick queries and
+  not run at inference: a dense, training-only signal for a randomly initialised backbone
+  (Co-DETR's auxiliary one-to-many heads).
 * ``focal`` — sigmoid class head with ``num_classes`` columns (no "no object" column), bias set
   to a 0.01 prior; pair it with the criterion's and post-processor's ``focal=True``.
 
@@ -47,6 +51,7 @@ class AcceleratedDETR(DETR):
         box_refine: anchor-box queries with per-layer box refinement.
         query_groups: Group DETR's K (1 = off).
         two_stage: query selection from encoder proposals (replaces the learned anchors).
+        encoder_aux_head: train an encoder proposal head without selecting queries from it.
         denoising: DN-DETR settings, ``{"groups": G, "label_noise": p, "box_noise": lambda}``:
             G noised copies of every target (0 or None = off), label-flip probability
             (default 0.2) and box noise scale (default 0.4), the DN-DETR paper's values.
@@ -65,6 +70,7 @@ class AcceleratedDETR(DETR):
         query_groups: int = 1,
         denoising: Mapping[str, float] | None = None,
         two_stage: bool = False,
+        encoder_aux_head: bool = False,
     ) -> None:
         super().__init__(
             backbone, position_encoding, transformer, num_classes, num_queries, aux_loss
@@ -76,7 +82,8 @@ class AcceleratedDETR(DETR):
                 " use groups, label_noise, box_noise"
             )
         denoising_groups = int(dn["groups"])
-        if transformer.query_pos != "attn" and (box_refine or denoising_groups or query_groups > 1):
+        levers = box_refine or denoising_groups or query_groups > 1 or encoder_aux_head
+        if transformer.query_pos != "attn" and levers:
             raise ValueError("AcceleratedDETR levers need transformer.query_pos='attn'")
         if two_stage and (not box_refine or query_groups > 1):
             raise ValueError("two_stage needs box_refine=True and query_groups=1")
@@ -85,16 +92,17 @@ class AcceleratedDETR(DETR):
         d = transformer.d_model
         self.focal, self.box_refine = focal, box_refine
         self.query_groups, self.denoising_groups = query_groups, denoising_groups
-        self.two_stage = two_stage
+        self.two_stage, self.encoder_aux_head = two_stage, encoder_aux_head
         self.label_noise, self.box_noise = float(dn["label_noise"]), float(dn["box_noise"])
         if focal:
             self.class_embed = nn.Linear(d, num_classes)
             # Start every class at a 1% probability so the focal loss is not swamped by negatives.
             nn.init.constant_(self.class_embed.bias, -math.log((1 - 0.01) / 0.01))
-        if two_stage:
-            del self.query_embed
+        if two_stage or encoder_aux_head:
             num_logits = num_classes + (0 if focal else 1)
             self.encoder_proposals = EncoderProposals(d, num_logits, focal)
+        if two_stage:
+            del self.query_embed
         elif box_refine:
             del self.query_embed
             self.anchor_embed = nn.Embedding(num_queries * query_groups, 4)
@@ -128,7 +136,8 @@ class AcceleratedDETR(DETR):
         ``group_outputs`` (one dict per extra query group, same keys as the main output) and
         ``dn_outputs`` + ``dn_queries`` (the reconstructions of the denoising queries and the
         :class:`~detr_lightning.models.denoising.DenoisingQueries` that made them) and, with
-        ``two_stage``, ``enc_outputs`` (``pred_logits``/``pred_boxes`` of every encoder token).
+        ``two_stage`` or ``encoder_aux_head``, ``enc_outputs`` (``pred_logits``/``pred_boxes``/
+        ``cells`` of every encoder token).
         """
         groups = self.query_groups if self.training else 1
         dn = None
@@ -136,20 +145,21 @@ class AcceleratedDETR(DETR):
             dn = make_denoising_queries(
                 targets, self.num_classes, self.denoising_groups, self.label_noise, self.box_noise
             )
-        if not self.box_refine and dn is None and self.query_groups == 1:
+        aux_head = self.encoder_aux_head and self.training
+        if not self.box_refine and dn is None and self.query_groups == 1 and not aux_head:
             return super().forward(pixel_values, pixel_mask)  # the paper's model, exactly
 
         features, mask = self.backbone(pixel_values, pixel_mask)[-1]
         pos = self.position_encoding(mask).to(features.dtype)
         memory, key_mask, pos_seq = self.transformer.encode(self.input_proj(features), mask, pos)
-        proposals = self.encoder_proposals(memory, mask) if self.two_stage else None
+        proposals = self.encoder_proposals(memory, mask) if self.two_stage or aux_head else None
         memory, memory_pos = self.transformer.decoder_inputs(memory, pos_seq)
         b, d = memory.shape[0], memory.shape[-1]
         num_matching = self.num_queries * groups
         num_dn = dn.num_queries if dn is not None else 0
 
         tgt = memory.new_zeros(b, num_dn + num_matching, d)
-        if proposals is not None:
+        if self.two_stage:
             ref, content = self.encoder_proposals.select(proposals, key_mask, num_matching)
             tgt = torch.cat([tgt[:, :num_dn], content], dim=1)
         elif self.box_refine:
@@ -187,7 +197,7 @@ class AcceleratedDETR(DETR):
             boxes.append(box)
         out = self._split_outputs(torch.stack(logits), torch.stack(boxes), num_dn, groups, dn)
         if proposals is not None and self.training:
-            out["enc_outputs"] = {k: proposals[k] for k in ("pred_logits", "pred_boxes")}
+            out["enc_outputs"] = {k: proposals[k] for k in ("pred_logits", "pred_boxes", "cells")}
         return out
 
     def _split_outputs(self, logits: Tensor, boxes: Tensor, num_dn: int, groups: int, dn) -> dict:

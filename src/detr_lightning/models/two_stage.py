@@ -7,11 +7,14 @@ their projected encoder features (detached) are the content queries. This is the
 of Deformable DETR's two-stage variant as used by DINO and RT-DETR.
 
 Why it should help a randomly initialised backbone: the encoder proposals are supervised
-densely, right at the feature map (see ``SetCriterion.encoder_matches``: every target is matched
-to several tokens), a direct, local learning signal instead of one that must first pass through
-cross-attention from a few matched queries. Measured (README, convergence section): with box
-refinement it fits 16 images much faster (AP 0.49 against 0.13 after 200 steps) but did not
-raise validation AP within a 4-minute budget.
+densely, right at the feature map (``SetCriterion.encoder_matcher``, e.g. CenterMatcher, or
+``encoder_matches``: every target is assigned to several tokens), a direct, local learning
+signal instead of one that must first pass through cross-attention from a few matched queries.
+The same head also serves without query selection, as a training-only auxiliary head
+(``AcceleratedDETR(encoder_aux_head=True)``). Measured (README, convergence section): with box
+refinement, two-stage fits 16 images much faster (AP 0.49 against 0.13 after 200 steps) but
+did not raise validation AP within 4 minutes, and with CenterMatcher its first epoch on shapes
+reached AP 0.001 against the aux-head preset's 0.016.
 """
 
 from __future__ import annotations
@@ -50,10 +53,11 @@ class EncoderProposals(nn.Module):
         nn.init.zeros_(self.bbox_embed.layers[-1].weight)
         nn.init.zeros_(self.bbox_embed.layers[-1].bias)
 
-    def anchors(self, mask: Tensor) -> Tensor:
-        """Anchor boxes of every token: mask [B, h, w] bool (True = real) -> [B, h*w, 4]
-        normalised cxcywh relative to each image's unpadded size (tokens on padding fall
-        outside [0, 1]; the proposals' sigmoid brings them back)."""
+    @staticmethod
+    def cells(mask: Tensor) -> Tensor:
+        """Every token's cell as a box: mask [B, h, w] bool (True = real) -> [B, h*w, 4]
+        normalised cxcywh (cell centre, one cell wide and high) relative to each image's
+        unpadded size; tokens on padding fall outside [0, 1]."""
         b, h, w = mask.shape
         valid_h = mask[:, :, 0].sum(1).clamp(min=1).to(torch.float32)  # [B]
         valid_w = mask[:, 0, :].sum(1).clamp(min=1).to(torch.float32)
@@ -61,20 +65,29 @@ class EncoderProposals(nn.Module):
         xs = torch.arange(w, device=mask.device, dtype=torch.float32) + 0.5
         cy = (ys[None, :, None] / valid_h[:, None, None]).expand(b, h, w)
         cx = (xs[None, None, :] / valid_w[:, None, None]).expand(b, h, w)
-        bw = (self.anchor_cells / valid_w)[:, None, None].expand(b, h, w)
-        bh = (self.anchor_cells / valid_h)[:, None, None].expand(b, h, w)
-        return torch.stack([cx, cy, bw.clamp(max=1), bh.clamp(max=1)], dim=-1).flatten(1, 2)
+        cw = (1 / valid_w)[:, None, None].expand(b, h, w)
+        ch = (1 / valid_h)[:, None, None].expand(b, h, w)
+        return torch.stack([cx, cy, cw, ch], dim=-1).flatten(1, 2)
+
+    def anchors(self, cells: Tensor) -> Tensor:
+        """Anchor box of every token: its cell [B, S, 4] cxcywh grown to ``anchor_cells``
+        cells a side (at most the image); the proposals' sigmoid keeps padding tokens'
+        boxes in [0, 1]."""
+        side = (cells[..., 2:] * self.anchor_cells).clamp(max=1)
+        return torch.cat([cells[..., :2], side], dim=-1)
 
     def forward(self, memory: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """memory [B, S=h*w, d], mask [B, h, w] -> ``pred_logits`` [B, S, num_logits],
-        ``pred_boxes`` [B, S, 4] normalised cxcywh and ``features`` [B, S, d]."""
+        ``pred_boxes`` [B, S, 4] normalised cxcywh, ``features`` [B, S, d] and ``cells``
+        [B, S, 4] (see :meth:`cells`, what :class:`~detr_lightning.loss.CenterMatcher` reads)."""
         features = self.proj(memory)
-        anchors = self.anchors(mask).to(memory.dtype)
-        boxes = (self.bbox_embed(features) + inverse_sigmoid(anchors)).sigmoid()
+        cells = self.cells(mask).to(memory.dtype)
+        boxes = (self.bbox_embed(features) + inverse_sigmoid(self.anchors(cells))).sigmoid()
         return {
             "pred_logits": self.class_embed(features),
             "pred_boxes": boxes,
             "features": features,
+            "cells": cells,
         }
 
     @torch.no_grad()
