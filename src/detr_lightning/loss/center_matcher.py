@@ -55,16 +55,12 @@ class CenterMatcher(nn.Module):
                 empty = torch.zeros(0, dtype=torch.int64, device=cells.device)
                 indices.append((empty, empty.clone()))
                 continue
-            # [S, T] offsets of every token centre from every target centre, in cells
-            dx = (cells[:, None, 0] - boxes[None, :, 0]) / cells[:, None, 2]
-            dy = (cells[:, None, 1] - boxes[None, :, 1]) / cells[:, None, 3]
-            half_w = boxes[None, :, 2] / 2
-            half_h = boxes[None, :, 3] / 2
-            inside = ((cells[:, None, 0] - boxes[None, :, 0]).abs() < half_w) & (
-                (cells[:, None, 1] - boxes[None, :, 1]).abs() < half_h
-            )
-            near = (dx.abs() < self.radius) & (dy.abs() < self.radius)
-            centre_cell = (dx.abs() <= 0.5) & (dy.abs() <= 0.5)
+            # [S, T, 2] offsets of every token centre from every target centre
+            offset = cells[:, None, :2] - boxes[None, :, :2]
+            inside = (offset.abs() < boxes[None, :, 2:] / 2).all(dim=-1)
+            in_cells = (offset / cells[:, None, 2:]).abs()
+            near = (in_cells < self.radius).all(dim=-1)
+            centre_cell = (in_cells <= 0.5).all(dim=-1)
             positive = (inside & near) | centre_cell
             area = (boxes[:, 2] * boxes[:, 3])[None].expand_as(positive)
             area = area.masked_fill(~positive, float("inf"))
