@@ -52,6 +52,7 @@ class LitDETR(L.LightningModule):
         lr_drop_epochs: epoch(s) at which every lr is multiplied by ``lr_gamma`` (an int is one
             drop, e.g. 200 for the paper's 300-epoch schedule).
         warmup_steps: linear warm-up of every lr over that many optimizer steps (0 = none).
+        lr_cosine: also decay every lr to zero along a half cosine over ``trainer.max_epochs``.
         lr_scaling: None (lrs as written), "linear" or "sqrt" scaling with the total batch
             relative to ``base_batch_size`` (64, the paper's); see ``utils.lr.lr_scale_factor``.
         batch_size: per-device batch, used only by ``lr_scaling``.
@@ -75,6 +76,7 @@ class LitDETR(L.LightningModule):
         lr_drop_epochs: int | Sequence[int] | None = None,
         lr_gamma: float = 0.1,
         warmup_steps: int = 0,
+        lr_cosine: bool = False,
         lr_scaling: str | None = None,
         base_batch_size: int = 64,
         batch_size: int | None = None,

@@ -19,6 +19,12 @@ Levers, each a constructor argument (so a Hydra option), all training-time excep
   best with the criterion's ``encoder_matcher``: CenterMatcher) but not used to pick queries and
   not run at inference: a dense, training-only signal for a randomly initialised backbone
   (Co-DETR's auxiliary one-to-many heads).
+* ``proposal_head`` — "linear" (per-token :class:`~detr_lightning.models.two_stage.EncoderProposals`)
+  or "conv" (:class:`~detr_lightning.models.conv_proposals.ConvProposals`: a 3x3 conv tower with
+  FCOS-style boxes and peak query selection) for ``two_stage`` and ``encoder_aux_head``.
+* ``class_prior`` (needs ``two_stage``) — every decoder layer's class logits are its head's output
+  plus the selected proposal's logits (detached), the head starting at zero: the decoder starts
+  out predicting what the proposals predict and learns corrections (e.g. lowering duplicates).
 * ``focal`` — sigmoid class head with ``num_classes`` columns (no "no object" column), bias set
   to a 0.01 prior; pair it with the criterion's and post-processor's ``focal=True``.
 
@@ -37,6 +43,7 @@ from torch import Tensor, nn
 
 from detr_lightning.models.backbone import Backbone
 from detr_lightning.models.box_encoding import box_sine_embedding, inverse_sigmoid
+from detr_lightning.models.conv_proposals import ConvProposals
 from detr_lightning.models.denoising import make_denoising_queries, query_attention_mask
 from detr_lightning.models.detr import DETR, MLP
 from detr_lightning.models.transformer import Transformer
@@ -52,6 +59,8 @@ class AcceleratedDETR(DETR):
         query_groups: Group DETR's K (1 = off).
         two_stage: query selection from encoder proposals (replaces the learned anchors).
         encoder_aux_head: train an encoder proposal head without selecting queries from it.
+        proposal_head: "linear" or "conv", the proposal head of two_stage / encoder_aux_head.
+        class_prior: decoder class logits = head output + selected proposal logits.
         denoising: DN-DETR settings, ``{"groups": G, "label_noise": p, "box_noise": lambda}``:
             G noised copies of every target (0 or None = off), label-flip probability
             (default 0.2) and box noise scale (default 0.4), the DN-DETR paper's values.
@@ -71,6 +80,10 @@ class AcceleratedDETR(DETR):
         denoising: Mapping[str, float] | None = None,
         two_stage: bool = False,
         encoder_aux_head: bool = False,
+        proposal_head: str = "linear",
+        class_prior: bool = False,
+        proposal_tower: int = 2,
+        detach_memory: bool = False,
     ) -> None:
         super().__init__(
             backbone, position_encoding, transformer, num_classes, num_queries, aux_loss
@@ -87,12 +100,17 @@ class AcceleratedDETR(DETR):
             raise ValueError("AcceleratedDETR levers need transformer.query_pos='attn'")
         if two_stage and (not box_refine or query_groups > 1):
             raise ValueError("two_stage needs box_refine=True and query_groups=1")
+        if proposal_head not in ("linear", "conv"):
+            raise ValueError(f"proposal_head='{proposal_head}': use 'linear' or 'conv'")
+        if class_prior and not (two_stage and proposal_head == "conv"):
+            raise ValueError("class_prior needs two_stage=True and proposal_head='conv'")
         if query_groups < 1 or denoising_groups < 0:
             raise ValueError("need query_groups >= 1 and denoising.groups >= 0")
         d = transformer.d_model
         self.focal, self.box_refine = focal, box_refine
         self.query_groups, self.denoising_groups = query_groups, denoising_groups
         self.two_stage, self.encoder_aux_head = two_stage, encoder_aux_head
+        self.class_prior, self.detach_memory = class_prior, detach_memory
         self.label_noise, self.box_noise = float(dn["label_noise"]), float(dn["box_noise"])
         if focal:
             self.class_embed = nn.Linear(d, num_classes)
@@ -100,7 +118,14 @@ class AcceleratedDETR(DETR):
             nn.init.constant_(self.class_embed.bias, -math.log((1 - 0.01) / 0.01))
         if two_stage or encoder_aux_head:
             num_logits = num_classes + (0 if focal else 1)
-            self.encoder_proposals = EncoderProposals(d, num_logits, focal)
+            if proposal_head == "conv":
+                self.encoder_proposals = ConvProposals(d, num_logits, focal, proposal_tower)
+            else:
+                self.encoder_proposals = EncoderProposals(d, num_logits, focal)
+        if class_prior:
+            # Decoder logits start equal to the proposals' (see the module docstring).
+            nn.init.zeros_(self.class_embed.weight)
+            nn.init.zeros_(self.class_embed.bias)
         if two_stage:
             del self.query_embed
         elif box_refine:
@@ -154,12 +179,20 @@ class AcceleratedDETR(DETR):
         memory, key_mask, pos_seq = self.transformer.encode(self.input_proj(features), mask, pos)
         proposals = self.encoder_proposals(memory, mask) if self.two_stage or aux_head else None
         memory, memory_pos = self.transformer.decoder_inputs(memory, pos_seq)
+        if self.detach_memory:
+            memory = memory.detach()
         b, d = memory.shape[0], memory.shape[-1]
         num_matching = self.num_queries * groups
         num_dn = dn.num_queries if dn is not None else 0
 
         tgt = memory.new_zeros(b, num_dn + num_matching, d)
-        if self.two_stage:
+        prior = 0.0
+        if self.two_stage and isinstance(self.encoder_proposals, ConvProposals):
+            ref, content, prior = self.encoder_proposals.select(proposals, mask, num_matching)
+            tgt = torch.cat([tgt[:, :num_dn], content], dim=1)
+            # Denoising queries have no proposal: their prior is 0.
+            prior = torch.cat([prior.new_zeros(b, num_dn, prior.shape[-1]), prior], dim=1)
+        elif self.two_stage:
             ref, content = self.encoder_proposals.select(proposals, key_mask, num_matching)
             tgt = torch.cat([tgt[:, :num_dn], content], dim=1)
         elif self.box_refine:
@@ -187,7 +220,7 @@ class AcceleratedDETR(DETR):
                 query_pos = self.ref_point_head(box_sine_embedding(ref, d))
             tgt = layer(tgt, memory, key_mask, memory_pos, query_pos, attn_mask)
             hidden = decoder.norm(tgt)
-            logits.append(self.class_embed(hidden))
+            logits.append(self.class_embed(hidden) + (prior if self.class_prior else 0.0))
             if self.box_refine:
                 box = (box_heads[i](hidden) + inverse_sigmoid(ref)).sigmoid()
                 # As in Deformable DETR: each layer refines the last one's box, gradients stay local.

@@ -11,6 +11,8 @@ from torch import Tensor, nn
 from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.ops import FrozenBatchNorm2d
 
+from detr_lightning.models.compact_backbone import CompactTrunk
+
 _WEIGHTS = {
     "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
     "resnet34": torchvision.models.ResNet34_Weights.IMAGENET1K_V1,
@@ -80,8 +82,12 @@ class Backbone(nn.Module):
     ``layer1.0.bn1.running_mean``, ...), so official DETR keys ``backbone.0.body.<key>`` map to
     ``backbone.body.<key>`` by a prefix rename.
 
+    ``name="compact"`` selects :class:`~detr_lightning.models.compact_backbone.CompactTrunk`
+    instead (random init, stride-8 output with ``3 * width`` channels, trainable BatchNorm;
+    ``dilation``, ``pretrained``, ``return_interm_layers`` and ``last_stage`` do not apply to it).
+
     Args:
-        name: resnet18, resnet34, resnet50 or resnet101.
+        name: resnet18, resnet34, resnet50, resnet101, or compact.
         dilation: DC5, i.e. dilation instead of stride in the last stage (output stride 16).
         train_backbone: layers 2-4 receive gradients; the stem and layer1 never do.
         pretrained: load torchvision's IMAGENET1K_V1 weights from the local torch hub cache.
@@ -110,8 +116,15 @@ class Backbone(nn.Module):
         width: int = 64,
     ) -> None:
         super().__init__()
+        if name == "compact":
+            self._init_compact(width, norm, dilation, pretrained, return_interm_layers)
+            for param in self.body.parameters():
+                param.requires_grad_(train_backbone)
+            return
         if name not in _WEIGHTS:
-            raise ValueError(f"backbone name '{name}' is not one of {sorted(_WEIGHTS)}")
+            raise ValueError(
+                f"backbone name '{name}' is not one of {sorted(_WEIGHTS) + ['compact']}"
+            )
         if dilation and name in ("resnet18", "resnet34"):
             raise ValueError(f"dilation (DC5) needs a bottleneck ResNet (resnet50/101), not {name}")
         if norm not in _NORMS:
@@ -142,6 +155,19 @@ class Backbone(nn.Module):
         self.stages = stages
         expansion = 1 if name in ("resnet18", "resnet34") else 4
         self.num_channels = width * expansion * 2 ** (depth - 1)
+
+    def _init_compact(
+        self, width: int, norm: str, dilation: bool, pretrained: bool, interm: bool
+    ) -> None:
+        if dilation or pretrained or interm or norm != "bn":
+            raise ValueError(
+                "backbone name=compact is a random-init, single-output trunk: set dilation=false, "
+                f"pretrained=false, return_interm_layers=false and norm=bn (got {dilation=}, "
+                f"{pretrained=}, return_interm_layers={interm}, {norm=})."
+            )
+        self.body = CompactTrunk(width)
+        self.stages = ("p8",)
+        self.num_channels = self.body.num_channels
 
     def forward(
         self, pixel_values: Tensor, pixel_mask: Tensor | None = None

@@ -18,19 +18,34 @@ class WarmupStepDecay:
     """Multiplicative lr factor per optimizer step, for ``torch.optim.lr_scheduler.LambdaLR``.
 
     factor(step) = min(1, (step + 1) / warmup_steps) * gamma ** (#milestones <= step), where the
-    milestones are the paper's drop epochs converted to optimizer steps. A class rather than a
-    closure so that LambdaLR saves its fields in checkpoints and resumption continues exactly.
+    milestones are the paper's drop epochs converted to optimizer steps; with ``cosine_steps``
+    > 0 also times (1 + cos(pi * min(step, cosine_steps) / cosine_steps)) / 2, a decay to zero
+    at the end of training (short runs gain from spending the whole budget annealing). A class
+    rather than a closure so that LambdaLR saves its fields in checkpoints and resumption
+    continues exactly.
     """
 
-    def __init__(self, warmup_steps: int, milestone_steps: Sequence[int], gamma: float) -> None:
+    def __init__(
+        self,
+        warmup_steps: int,
+        milestone_steps: Sequence[int],
+        gamma: float,
+        cosine_steps: int = 0,
+    ) -> None:
         self.warmup_steps = int(warmup_steps)
         self.milestone_steps = sorted(int(s) for s in milestone_steps)
         self.gamma = float(gamma)
+        self.cosine_steps = int(cosine_steps)
 
     def __call__(self, step: int) -> float:
         warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps > 0 else 1.0
         drops = sum(step >= m for m in self.milestone_steps)
-        return warm * self.gamma**drops
+        cosine = 1.0
+        if self.cosine_steps > 0:
+            cosine = 0.5 * (
+                1 + math.cos(math.pi * min(step, self.cosine_steps) / self.cosine_steps)
+            )
+        return warm * self.gamma**drops * cosine
 
 
 def drop_epochs(lr_drop_epochs: int | Sequence[int] | None) -> list[int]:
@@ -118,7 +133,8 @@ def configure_detr_optimization(
     """Optimizer + per-step LambdaLR for Lightning's ``configure_optimizers``.
 
     ``hp``: lr_backbone, lr_scaling, batch_size, base_batch_size, warmup_steps, lr_drop_epochs
-    (a list), lr_gamma (LitDETR's hyper-parameters)."""
+    (a list), lr_gamma, lr_cosine (LitDETR's hyper-parameters). The cosine decay spans
+    ``trainer.max_epochs`` epochs."""
     scale = 1.0
     if hp["lr_scaling"] not in (None, "none", False):
         if hp["batch_size"] is None:
@@ -128,7 +144,13 @@ def configure_detr_optimization(
         log.info("lr scaling %s: total batch %d -> every lr x %.4g", hp["lr_scaling"], total, scale)
     optimizer = build_optimizer(net, criterion, factory, hp["lr_backbone"], scale)
     drops = hp["lr_drop_epochs"]
-    steps = steps_per_epoch(trainer) if drops else 0
-    factor = WarmupStepDecay(hp["warmup_steps"], milestone_steps(drops, steps), hp["lr_gamma"])
+    cosine = bool(hp.get("lr_cosine"))
+    steps = steps_per_epoch(trainer) if drops or cosine else 0
+    cosine_steps = steps * trainer.max_epochs if cosine else 0
+    if cosine and cosine_steps <= 0:
+        raise ValueError("model.lr_cosine needs trainer.max_epochs > 0 (the decay's length)")
+    factor = WarmupStepDecay(
+        hp["warmup_steps"], milestone_steps(drops, steps), hp["lr_gamma"], cosine_steps
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
