@@ -18,6 +18,7 @@ adds the padding-mask resizing shared with the ResNets.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
@@ -70,9 +71,13 @@ class CompactTrunk(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        # oneDNN's CPU convolutions run faster on NHWC tensors (measured: the trunk's training
+        # step took 20-35 % less time, batch 16 at 232 px); weights and input follow.
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, pixel_values: Tensor) -> dict[str, Tensor]:
         """pixel_values [B, 3, H, W] -> ``{"p8": [B, 3 width, ceil(H/8), ceil(W/8)]}``."""
-        c8 = self.stage8(self.stage4(self.stem(pixel_values)))
+        x = pixel_values.contiguous(memory_format=torch.channels_last)
+        c8 = self.stage8(self.stage4(self.stem(x)))
         top_down = F.interpolate(self.lateral16(self.stage16(c8)), size=c8.shape[-2:])
         return {"p8": self.lateral8(c8) + top_down}
