@@ -40,6 +40,8 @@ VARIANTS: dict[str, list[str]] = {
     # The decoder's start: proposal logits as a prior, the memory detached from the decoder.
     "no_class_prior": ["model.net.class_prior=false"],
     "no_detach_memory": ["model.net.detach_memory=false"],
+    # Plain top-k query selection instead of 3x3 peaks of the proposal score map.
+    "no_peaks": ["model.net.proposal_peaks=false"],
     # The per-token linear proposal head of the earlier presets instead of the conv tower.
     "linear_proposals": ["model.net.proposal_head=linear", "model.net.class_prior=false"],
     # Learned queries (no two-stage), the conv head kept as a training-only aux head.

@@ -9,7 +9,7 @@ import torch
 from detr_lightning.loss import CenterMatcher, HungarianMatcher, SetCriterion
 from detr_lightning.models.accelerated import AcceleratedDETR
 from detr_lightning.models.backbone import Backbone
-from detr_lightning.models.conv_proposals import ConvProposals
+from detr_lightning.models.conv_proposals import NON_PEAK_DEMOTION, ConvProposals
 from detr_lightning.models.position_encoding import PositionEmbeddingSine
 from detr_lightning.models.transformer import Transformer
 from detr_lightning.utils.lr import WarmupStepDecay
@@ -77,10 +77,17 @@ def test_select_prefers_peaks_then_the_rest_and_never_padding():
     # Peaks by score (cells 7, 0), then the best non-peak real cell (1); never padding (5).
     torch.testing.assert_close(ref, boxes[:, [7, 0, 1]].detach())
     torch.testing.assert_close(content, feats[:, [7, 0, 1]].detach())
-    torch.testing.assert_close(prior, logits[:, [7, 0, 1]])
+    # The non-peak filler (cell 1, next to the stronger cell 0) starts as "no object".
+    torch.testing.assert_close(prior[:, :2], logits[:, [7, 0]])
+    torch.testing.assert_close(prior[:, 2], logits[:, 1] - NON_PEAK_DEMOTION)
     assert not (ref.requires_grad or content.requires_grad or prior.requires_grad)
     plain = ConvProposals(4, 2, focal=True, peaks=False)
     assert plain.select(proposals, mask, k=2)[0].equal(boxes[:, [7, 0]].detach())
+    # Softmax heads: the filler's no-object column is raised instead.
+    softmax = ConvProposals(4, 3, focal=False)
+    three = torch.cat([logits, torch.zeros(1, 9, 1)], dim=-1)
+    _, _, prior3 = softmax.select({**proposals, "pred_logits": three}, mask, k=3)
+    torch.testing.assert_close(prior3[0, 2], three[0, 1] + torch.tensor([0, 0, NON_PEAK_DEMOTION]))
     with pytest.raises(ValueError, match="only 9"):
         head.select(proposals, mask, k=10)
 

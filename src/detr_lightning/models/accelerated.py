@@ -61,6 +61,9 @@ class AcceleratedDETR(DETR):
         encoder_aux_head: train an encoder proposal head without selecting queries from it.
         proposal_head: "linear" or "conv", the proposal head of two_stage / encoder_aux_head.
         class_prior: decoder class logits = head output + selected proposal logits.
+        proposal_tower: 3x3 conv layers of the conv proposal head.
+        proposal_peaks: the conv head selects 3x3 peaks of its score map (False: plain top-k).
+        detach_memory: the decoder reads the memory without back-propagating into it.
         denoising: DN-DETR settings, ``{"groups": G, "label_noise": p, "box_noise": lambda}``:
             G noised copies of every target (0 or None = off), label-flip probability
             (default 0.2) and box noise scale (default 0.4), the DN-DETR paper's values.
@@ -83,6 +86,7 @@ class AcceleratedDETR(DETR):
         proposal_head: str = "linear",
         class_prior: bool = False,
         proposal_tower: int = 2,
+        proposal_peaks: bool = True,
         detach_memory: bool = False,
     ) -> None:
         super().__init__(
@@ -119,7 +123,9 @@ class AcceleratedDETR(DETR):
         if two_stage or encoder_aux_head:
             num_logits = num_classes + (0 if focal else 1)
             if proposal_head == "conv":
-                self.encoder_proposals = ConvProposals(d, num_logits, focal, proposal_tower)
+                self.encoder_proposals = ConvProposals(
+                    d, num_logits, focal, proposal_tower, proposal_peaks
+                )
             else:
                 self.encoder_proposals = EncoderProposals(d, num_logits, focal)
         if class_prior:

@@ -26,6 +26,8 @@ from torchvision.ops import box_convert
 
 from detr_lightning.models.two_stage import EncoderProposals
 
+NON_PEAK_DEMOTION = 10.0  # logit units taken from the class prior of non-peak queries
+
 
 class ConvProposals(nn.Module):
     """Per-cell class and box proposals from a 3x3 conv tower, and peak top-k selection.
@@ -101,8 +103,9 @@ class ConvProposals(nn.Module):
         self, proposals: dict[str, Tensor], mask: Tensor, k: int
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Top-``k`` proposals per image (peaks first, then the best of the rest) -> reference
-        boxes [B, k, 4] cxcywh, content queries [B, k, d] and class logits [B, k, num_logits],
-        all detached: the decoder refines them, the ``_enc`` losses train the head."""
+        boxes [B, k, 4] cxcywh, content queries [B, k, d] and class logits [B, k, num_logits]
+        (the decoder's class prior; a non-peak's is demoted by ``NON_PEAK_DEMOTION``), all
+        detached: the decoder refines them, the ``_enc`` losses train the head."""
         num_cells = mask[0].numel()
         if num_cells < k:
             raise ValueError(
@@ -118,4 +121,13 @@ class ConvProposals(nn.Module):
         def take(x: Tensor) -> Tensor:
             return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1])).detach()
 
-        return take(proposals["pred_boxes"]), take(proposals["features"]), take(logits)
+        # A non-peak stands next to a stronger cell of the same object: its logits would make
+        # it a confident duplicate, so its prior says "no object" (sigmoid ~ e-10 lower, or the
+        # no-object column raised) and the decoder starts it as background.
+        filler = torch.isinf(score).gather(1, idx)[..., None].to(logits.dtype) * NON_PEAK_DEMOTION
+        prior = take(logits)
+        if self.focal:
+            prior = prior - filler
+        else:
+            prior = torch.cat([prior[..., :-1], prior[..., -1:] + filler], dim=-1)
+        return take(proposals["pred_boxes"]), take(proposals["features"]), prior
