@@ -104,7 +104,7 @@ def _model(**levers) -> AcceleratedDETR:
             num_decoder_layers=2,
             dim_feedforward=64,
             dropout=0.0,
-        ),  # fmt: skip
+        ),
         num_classes=3,
         num_queries=5,
         focal=True,
@@ -146,7 +146,7 @@ def test_class_prior_decoder_starts_with_the_selected_proposals():
     assert "enc_outputs" not in model(pixels, mask)
     with pytest.raises(ValueError, match="class_prior"):
         AcceleratedDETR(model.backbone, model.position_encoding, model.transformer, 3, 5,
-                        focal=True, class_prior=True)  # fmt: skip
+                        focal=True, box_refine=True, class_prior=True)  # fmt: skip
 
 
 @pytest.mark.parametrize("detach", [True, False])

@@ -49,15 +49,16 @@ def test_select_takes_the_best_real_tokens(focal):
     logits[0, 4, 1] = 20.0  # the best score of all, but token 4 is padding
     boxes = torch.rand(1, 5, 4, requires_grad=True)
     feats = torch.randn(1, 5, 4, requires_grad=True)
-    key_mask = torch.tensor([[True, True, True, True, False]])
-    ref, content = head.select(
-        {"pred_logits": logits, "pred_boxes": boxes, "features": feats}, key_mask, k=2
+    mask = torch.tensor([[[True, True, True, True, False]]])  # [B=1, h=1, w=5]
+    ref, content, prior = head.select(
+        {"pred_logits": logits, "pred_boxes": boxes, "features": feats}, mask, k=2
     )
     torch.testing.assert_close(ref, boxes[:, [1, 3]].detach())
     torch.testing.assert_close(content, feats[:, [1, 3]].detach())
+    torch.testing.assert_close(prior, logits[:, [1, 3]])
     assert not ref.requires_grad and not content.requires_grad
     with pytest.raises(ValueError, match="only 5"):
-        head.select({"pred_logits": logits, "pred_boxes": boxes, "features": feats}, key_mask, 6)
+        head.select({"pred_logits": logits, "pred_boxes": boxes, "features": feats}, mask, 6)
 
 
 def _criterion(k: int, num_classes: int = 2) -> SetCriterion:

@@ -22,9 +22,14 @@ Levers, each a constructor argument (so a Hydra option), all training-time excep
 * ``proposal_head`` — "linear" (per-token :class:`~detr_lightning.models.two_stage.EncoderProposals`)
   or "conv" (:class:`~detr_lightning.models.conv_proposals.ConvProposals`: a 3x3 conv tower with
   FCOS-style boxes and peak query selection) for ``two_stage`` and ``encoder_aux_head``.
-* ``class_prior`` (needs ``two_stage``) — every decoder layer's class logits are its head's output
-  plus the selected proposal's logits (detached), the head starting at zero: the decoder starts
-  out predicting what the proposals predict and learns corrections (e.g. lowering duplicates).
+  ``proposal_tower`` and ``proposal_peaks`` set the conv head's depth and peak selection.
+* ``class_prior`` (needs ``two_stage``) — every decoder layer's class logits are its
+  head's output plus the selected proposal's logits (detached), the head starting at zero: the
+  decoder starts out predicting what the proposals predict and learns corrections (e.g.
+  lowering duplicates). Denoising queries get a zero prior.
+* ``detach_memory`` — the decoder reads the memory without back-propagating into it, so only
+  the proposal / aux-head losses train the backbone (the decoder's Hungarian losses are noise
+  for it while the proposals are poor).
 * ``focal`` — sigmoid class head with ``num_classes`` columns (no "no object" column), bias set
   to a 0.01 prior; pair it with the criterion's and post-processor's ``focal=True``.
 
@@ -106,8 +111,8 @@ class AcceleratedDETR(DETR):
             raise ValueError("two_stage needs box_refine=True and query_groups=1")
         if proposal_head not in ("linear", "conv"):
             raise ValueError(f"proposal_head='{proposal_head}': use 'linear' or 'conv'")
-        if class_prior and not (two_stage and proposal_head == "conv"):
-            raise ValueError("class_prior needs two_stage=True and proposal_head='conv'")
+        if class_prior and not two_stage:
+            raise ValueError("class_prior needs two_stage=True (the prior is the proposals')")
         if query_groups < 1 or denoising_groups < 0:
             raise ValueError("need query_groups >= 1 and denoising.groups >= 0")
         d = transformer.d_model
@@ -192,15 +197,11 @@ class AcceleratedDETR(DETR):
         num_dn = dn.num_queries if dn is not None else 0
 
         tgt = memory.new_zeros(b, num_dn + num_matching, d)
-        prior = 0.0
-        if self.two_stage and isinstance(self.encoder_proposals, ConvProposals):
+        if self.two_stage:
             ref, content, prior = self.encoder_proposals.select(proposals, mask, num_matching)
             tgt = torch.cat([tgt[:, :num_dn], content], dim=1)
             # Denoising queries have no proposal: their prior is 0.
             prior = torch.cat([prior.new_zeros(b, num_dn, prior.shape[-1]), prior], dim=1)
-        elif self.two_stage:
-            ref, content = self.encoder_proposals.select(proposals, key_mask, num_matching)
-            tgt = torch.cat([tgt[:, :num_dn], content], dim=1)
         elif self.box_refine:
             ref = self.anchor_embed.weight[:num_matching].sigmoid()[None].expand(b, -1, -1)
         if dn is not None:
@@ -226,7 +227,7 @@ class AcceleratedDETR(DETR):
                 query_pos = self.ref_point_head(box_sine_embedding(ref, d))
             tgt = layer(tgt, memory, key_mask, memory_pos, query_pos, attn_mask)
             hidden = decoder.norm(tgt)
-            logits.append(self.class_embed(hidden) + (prior if self.class_prior else 0.0))
+            logits.append(self.class_embed(hidden) + (prior if self.class_prior else 0))
             if self.box_refine:
                 box = (box_heads[i](hidden) + inverse_sigmoid(ref)).sigmoid()
                 # As in Deformable DETR: each layer refines the last one's box, gradients stay local.

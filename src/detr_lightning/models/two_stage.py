@@ -101,10 +101,12 @@ class EncoderProposals(nn.Module):
         return best.masked_fill(~key_mask, float("-inf"))
 
     def select(
-        self, proposals: dict[str, Tensor], key_mask: Tensor, k: int
-    ) -> tuple[Tensor, Tensor]:
-        """Top-``k`` proposals per image -> (reference boxes [B, k, 4] cxcywh, content queries
-        [B, k, d]), both detached: the decoder refines them, the encoder loss trains them."""
+        self, proposals: dict[str, Tensor], mask: Tensor, k: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Top-``k`` proposals per image, mask [B, h, w] bool (True = real) -> (reference boxes
+        [B, k, 4] cxcywh, content queries [B, k, d], class logits [B, k, num_logits]), all
+        detached: the decoder refines them, the encoder loss trains them."""
+        key_mask = mask.flatten(1)
         num_tokens = key_mask.shape[1]
         if num_tokens < k:
             raise ValueError(
@@ -112,7 +114,12 @@ class EncoderProposals(nn.Module):
                 f"{num_tokens}; use larger images, an earlier backbone stage, or fewer queries."
             )
         idx = self.scores(proposals["pred_logits"], key_mask).topk(k, dim=1).indices  # [B, k]
-        boxes = proposals["pred_boxes"].gather(1, idx[..., None].expand(-1, -1, 4))
-        feats = proposals["features"]
-        content = feats.gather(1, idx[..., None].expand(-1, -1, feats.shape[-1]))
-        return boxes.detach(), content.detach()
+
+        def take(x: Tensor) -> Tensor:
+            return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1])).detach()
+
+        return (
+            take(proposals["pred_boxes"]),
+            take(proposals["features"]),
+            take(proposals["pred_logits"]),
+        )
