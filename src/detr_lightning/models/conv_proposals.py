@@ -12,7 +12,11 @@ Query selection keeps only *peaks*: cells whose best class probability is the la
 3x3 neighbourhood (CenterNet's max-pool filter). CenterMatcher makes several cells around an
 object's centre positive, so a plain top-k spends most queries on copies of the same objects;
 the peaks are mostly one per object, and the decoder's one-to-one matching then starts from a
-set with few duplicates instead of having to learn to suppress them.
+set with few duplicates instead of having to learn to suppress them. An image with fewer peaks
+than queries fills the rest with its best other cells; their class prior (the logits the
+decoder starts from under ``class_prior``) is lowered by ``NON_PEAK_DEMOTION`` so that they
+start as "no object": with their own logits they were confident duplicates, and the final AP of
+the shapes preset went from 0.257 to 0.389 with this change (README).
 """
 
 from __future__ import annotations
