@@ -28,7 +28,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_convert
 
-from detr_lightning.models.two_stage import EncoderProposals
+from detr_lightning.models.two_stage import (
+    EncoderProposals,
+    best_class_probability,
+    check_enough_tokens,
+    gather_queries,
+)
 
 NON_PEAK_DEMOTION = 10.0  # logit units taken from the class prior of non-peak queries
 
@@ -92,16 +97,17 @@ class ConvProposals(nn.Module):
     def scores(self, logits: Tensor, mask: Tensor) -> Tensor:
         """Best real-class probability per cell [B, S]: -inf on padding and, with ``peaks``, on
         every cell that is not the maximum of its 3x3 neighbourhood."""
-        if self.focal:
-            best = logits.sigmoid().max(-1).values
-        else:
-            best = logits.softmax(-1)[..., :-1].max(-1).values
-        best = best.masked_fill(~mask.flatten(1), float("-inf"))
-        if self.peaks:
-            grid = best.view(mask.shape)[:, None]
-            peak = grid == F.max_pool2d(grid, 3, stride=1, padding=1)
-            best = best.masked_fill(~peak.flatten(1), float("-inf"))
-        return best
+        best = best_class_probability(logits, mask.flatten(1), self.focal)
+        return best.masked_fill(~self._peaks(best, mask), float("-inf"))
+
+    def _peaks(self, best: Tensor, mask: Tensor) -> Tensor:
+        """[B, S] bool: real cells that are 3x3 maxima of ``best`` [B, S] (every real cell
+        without ``peaks``)."""
+        real = torch.isfinite(best)
+        if not self.peaks:
+            return real
+        grid = best.view(mask.shape)[:, None]
+        return real & (grid == F.max_pool2d(grid, 3, stride=1, padding=1)).flatten(1)
 
     def select(
         self, proposals: dict[str, Tensor], mask: Tensor, k: int
@@ -110,28 +116,22 @@ class ConvProposals(nn.Module):
         boxes [B, k, 4] cxcywh, content queries [B, k, d] and class logits [B, k, num_logits]
         (the decoder's class prior; a non-peak's is demoted by ``NON_PEAK_DEMOTION``), all
         detached: the decoder refines them, the ``_enc`` losses train the head."""
-        num_cells = mask[0].numel()
-        if num_cells < k:
-            raise ValueError(
-                f"two_stage selects num_queries={k} cells but the feature map has only "
-                f"{num_cells}; use larger images, an earlier backbone stage, or fewer queries."
-            )
+        check_enough_tokens(mask, k)
         logits = proposals["pred_logits"]
-        score = self.scores(logits, mask)
-        # Non-peaks rank after every peak (but before padding) when an image has fewer than k.
-        fallback = EncoderProposals.scores(self, logits, mask.flatten(1)) - 2.0
-        idx = torch.where(torch.isinf(score), fallback, score).topk(k, dim=1).indices
-
-        def take(x: Tensor) -> Tensor:
-            return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1])).detach()
-
+        best = best_class_probability(logits, mask.flatten(1), self.focal)
+        peak = self._peaks(best, mask)
+        # Non-peaks rank after every peak (probabilities are <= 1) but before padding (-inf).
+        idx = torch.where(peak, best, best - 2.0).topk(k, dim=1).indices
         # A non-peak stands next to a stronger cell of the same object: its logits would make
         # it a confident duplicate, so its prior says "no object" (sigmoid ~ e-10 lower, or the
         # no-object column raised) and the decoder starts it as background.
-        filler = torch.isinf(score).gather(1, idx)[..., None].to(logits.dtype) * NON_PEAK_DEMOTION
-        prior = take(logits)
+        filler = (~peak).gather(1, idx)[..., None].to(logits.dtype) * NON_PEAK_DEMOTION
+        prior = gather_queries(logits, idx)
         if self.focal:
             prior = prior - filler
         else:
             prior = torch.cat([prior[..., :-1], prior[..., -1:] + filler], dim=-1)
-        return take(proposals["pred_boxes"]), take(proposals["features"]), prior
+        boxes, features = (
+            gather_queries(proposals[key], idx) for key in ("pred_boxes", "features")
+        )
+        return boxes, features, prior

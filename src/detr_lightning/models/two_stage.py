@@ -94,11 +94,7 @@ class EncoderProposals(nn.Module):
     def scores(self, logits: Tensor, key_mask: Tensor) -> Tensor:
         """Best real-class probability per token [B, S]; -inf on padding so it is never picked
         before a real token."""
-        if self.focal:
-            best = logits.sigmoid().max(-1).values
-        else:
-            best = logits.softmax(-1)[..., :-1].max(-1).values
-        return best.masked_fill(~key_mask, float("-inf"))
+        return best_class_probability(logits, key_mask, self.focal)
 
     def select(
         self, proposals: dict[str, Tensor], mask: Tensor, k: int
@@ -106,20 +102,34 @@ class EncoderProposals(nn.Module):
         """Top-``k`` proposals per image, mask [B, h, w] bool (True = real) -> (reference boxes
         [B, k, 4] cxcywh, content queries [B, k, d], class logits [B, k, num_logits]), all
         detached: the decoder refines them, the encoder loss trains them."""
-        key_mask = mask.flatten(1)
-        num_tokens = key_mask.shape[1]
-        if num_tokens < k:
-            raise ValueError(
-                f"two_stage selects num_queries={k} encoder tokens but the feature map has only "
-                f"{num_tokens}; use larger images, an earlier backbone stage, or fewer queries."
-            )
-        idx = self.scores(proposals["pred_logits"], key_mask).topk(k, dim=1).indices  # [B, k]
-
-        def take(x: Tensor) -> Tensor:
-            return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1])).detach()
-
-        return (
-            take(proposals["pred_boxes"]),
-            take(proposals["features"]),
-            take(proposals["pred_logits"]),
+        check_enough_tokens(mask, k)
+        idx = self.scores(proposals["pred_logits"], mask.flatten(1)).topk(k, dim=1).indices
+        return tuple(
+            gather_queries(proposals[key], idx) for key in ("pred_boxes", "features", "pred_logits")
         )
+
+
+@torch.no_grad()
+def best_class_probability(logits: Tensor, key_mask: Tensor, focal: bool) -> Tensor:
+    """logits [B, S, num_logits], key_mask [B, S] bool (True = real) -> [B, S]: the best real
+    class's probability (sigmoid for focal heads, softmax without the no-object column
+    otherwise), -inf on padding."""
+    if focal:
+        best = logits.sigmoid().max(-1).values
+    else:
+        best = logits.softmax(-1)[..., :-1].max(-1).values
+    return best.masked_fill(~key_mask, float("-inf"))
+
+
+def check_enough_tokens(mask: Tensor, k: int) -> None:
+    """Raise when a [B, h, w] feature map has fewer than ``k`` tokens to select queries from."""
+    if mask[0].numel() < k:
+        raise ValueError(
+            f"two_stage selects num_queries={k} encoder tokens but the feature map has only "
+            f"{mask[0].numel()}; use larger images, an earlier backbone stage, or fewer queries."
+        )
+
+
+def gather_queries(x: Tensor, idx: Tensor) -> Tensor:
+    """Rows ``idx`` [B, k] of x [B, S, c] -> [B, k, c], detached (selection is not trained)."""
+    return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1])).detach()
