@@ -4,8 +4,10 @@ EXP     ?= shapes
 ARGS    ?=
 CKPT    ?=
 LAUNCHER ?=
+RUNS    ?=
+OUT     ?=
 
-.PHONY: install test test-slow lint format bench bench-convergence data train eval sweep clean
+.PHONY: install test test-slow lint format bench bench-convergence data train eval sweep report clean
 
 install:
 	bash scripts/install.sh
@@ -39,6 +41,11 @@ eval:
 
 sweep:
 	$(PY) -m detr_lightning.train -m experiment=$(EXP) $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(ARGS)
+
+# Compare runs: report.md (AP table, overrides) + PNGs. RUNS: run dirs and/or sweep folders.
+report:
+	@test -n "$(RUNS)" || { echo 'usage: make report RUNS="multirun/<exp>/<time> outputs/<exp>/<time> ..." [OUT=dir]'; exit 2; }
+	$(PY) -m detr_lightning.report $(RUNS) $(if $(OUT),--out $(OUT))
 
 clean:
 	rm -rf outputs multirun wandb lightning_logs

@@ -16,7 +16,7 @@ import time
 import torch
 
 from detr_lightning.loss import HungarianMatcher, SetCriterion
-from detr_lightning.models.detr import build_detr
+from detr_lightning.detr.model import build_detr
 
 
 def _random_targets(batch: int, per_image: int = 8) -> list[dict[str, torch.Tensor]]:

@@ -5,13 +5,13 @@ import re
 import pytest
 import torch
 
+from detr_lightning.convergence.box_encoding import box_sine_embedding
+from detr_lightning.convergence.model import AcceleratedDETR
+from detr_lightning.detr.backbone import Backbone
+from detr_lightning.detr.model import DETR
+from detr_lightning.detr.position_encoding import PositionEmbeddingSine
+from detr_lightning.detr.transformer import Transformer
 from detr_lightning.loss import HungarianMatcher, SetCriterion
-from detr_lightning.models.accelerated import AcceleratedDETR
-from detr_lightning.models.backbone import Backbone
-from detr_lightning.models.box_encoding import box_sine_embedding
-from detr_lightning.models.detr import DETR
-from detr_lightning.models.position_encoding import PositionEmbeddingSine
-from detr_lightning.models.transformer import Transformer
 
 
 def _parts(**backbone_kwargs):

@@ -7,7 +7,7 @@ import torch
 import torchvision
 from torch import nn
 
-from detr_lightning.models.backbone import Backbone
+from detr_lightning.detr.backbone import Backbone
 
 
 def _torchvision_trunk_keys(name: str) -> set[str]:

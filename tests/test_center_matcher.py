@@ -3,12 +3,13 @@
 import pytest
 import torch
 
-from detr_lightning.loss import CenterMatcher, HungarianMatcher, SetCriterion
-from detr_lightning.models.accelerated import AcceleratedDETR
-from detr_lightning.models.backbone import Backbone
-from detr_lightning.models.position_encoding import PositionEmbeddingSine
-from detr_lightning.models.transformer import Transformer
-from detr_lightning.models.two_stage import EncoderProposals
+from detr_lightning.convergence.center_matcher import CenterMatcher
+from detr_lightning.convergence.model import AcceleratedDETR
+from detr_lightning.convergence.proposals import EncoderProposals
+from detr_lightning.detr.backbone import Backbone
+from detr_lightning.detr.position_encoding import PositionEmbeddingSine
+from detr_lightning.detr.transformer import Transformer
+from detr_lightning.loss import HungarianMatcher, SetCriterion
 
 
 def _cells(h: int, w: int, real_w: int | None = None) -> torch.Tensor:

@@ -12,16 +12,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from test_transformer import RefTransformer
+from official_reference import RefTransformer
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from detr_lightning.checkpoint import (
+from detr_lightning.detr.model import build_detr
+from detr_lightning.detr.official import (
     infer_official_config,
     load_official_detr,
     load_pretrained_into,
 )
-from detr_lightning.models.detr import build_detr
 
 D, FF, Q, C = 64, 96, 7, 5
 

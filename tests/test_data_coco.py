@@ -5,8 +5,8 @@ import logging
 import numpy as np
 import pytest
 import torch
+from coco_files import coco_dict, random_coco, write_coco, write_json
 from pycocotools.coco import COCO
-from test_data_support import coco_dict, random_coco, write_coco, write_json
 
 from detr_lightning.data.categories import COCO_CATEGORY_NAMES
 from detr_lightning.data.coco import CocoDetectionDataset

@@ -3,9 +3,9 @@
 import lightning as L
 import pytest
 import torch
+from coco_files import write_coco
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from test_data_support import write_coco
 
 from detr_lightning.data.collate import Batch
 from detr_lightning.data.datamodule import DetrDataModule

@@ -1,8 +1,8 @@
 """Every bad input gets an error naming the file/record and the fix (issue: Bad input)."""
 
 import pytest
+from coco_files import coco_dict, write_coco, write_image, write_json
 from PIL import Image
-from test_data_support import coco_dict, write_coco, write_image, write_json
 from torch.utils.data import DataLoader
 
 from detr_lightning.data.coco import CocoDetectionDataset

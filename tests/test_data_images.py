@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
+from coco_files import coco_dict, write_json
 from PIL import Image
-from test_data_support import coco_dict, write_json
 
 from detr_lightning.data.coco import CocoDetectionDataset
 from detr_lightning.data.image_io import load_rgb_image

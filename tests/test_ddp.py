@@ -9,10 +9,10 @@ import tempfile
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_train_cli import TINY, run_cli, run_dirs
+from cli import TINY, run_cli, run_dirs
 
 from detr_lightning.data.shapes import generate_shapes_dataset
-from detr_lightning.evaluation import METRIC_NAMES
+from detr_lightning.evaluation.coco import METRIC_NAMES
 
 
 def test_ddp_cpu_training_and_evaluation_match_single_process(tmp_path) -> None:
@@ -60,7 +60,7 @@ def _metric_worker(rank: int, init_file: str, folder: str, ann: str, out: torch.
     from detr_lightning.data.coco import CocoDetectionDataset
     from detr_lightning.data.collate import collate
     from detr_lightning.data.transforms import make_eval_transforms
-    from detr_lightning.evaluation import CocoBoxAP, metric_targets
+    from detr_lightning.evaluation.coco import CocoBoxAP, metric_targets
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     ds = CocoDetectionDataset(folder, ann, make_eval_transforms(96, 200), train=False)

@@ -2,7 +2,7 @@
 
 import torch
 
-from detr_lightning.models.denoising import make_denoising_queries, query_attention_mask
+from detr_lightning.convergence.denoising import make_denoising_queries, query_attention_mask
 
 
 def _targets():

@@ -9,14 +9,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from cocoeval import pycocotools_stats
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from detr_lightning.data.coco import CocoDetectionDataset
 from detr_lightning.data.collate import collate
 from detr_lightning.data.shapes import generate_shapes_dataset
 from detr_lightning.data.transforms import make_eval_transforms
-from detr_lightning.evaluation import (
+from detr_lightning.evaluation.coco import (
     METRIC_NAMES,
     CocoBoxAP,
     format_ap_table,
@@ -61,16 +61,6 @@ def fake_detections(coco: COCO, seed: int = 0) -> list[dict]:
         d["bbox"] = np.float32(d["bbox"]).astype(float).tolist()
         d["score"] = float(np.float32(d["score"]))
     return dets
-
-
-def pycocotools_stats(ann: str, dets: list[dict]) -> np.ndarray:
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(ann)
-        ev = COCOeval(gt, gt.loadRes(dets), "bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return ev.stats
 
 
 def our_stats(folder: str, ann: str, dets: list[dict], backend: str, batch: int = 5) -> dict:

@@ -7,7 +7,7 @@ import netrc
 import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger
-from test_lit_module import fake_batch, tiny_lit
+from lit import fake_batch, tiny_lit
 from torch.utils.data import DataLoader
 from torchvision.io import decode_png
 

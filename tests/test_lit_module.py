@@ -2,75 +2,19 @@
 
 from __future__ import annotations
 
-import functools
 import math
 
 import lightning as L
 import pytest
 import torch
+from lit import NUM_CLASSES, fake_batch, loader, quiet_trainer, tiny_lit
 from torch.utils.data import DataLoader
 
-from detr_lightning.data.collate import Batch
-from detr_lightning.lit_module import LitDETR, NonFiniteLossError, drop_crowd
-from detr_lightning.loss import HungarianMatcher, SetCriterion
-from detr_lightning.models import DETR, Backbone, Transformer, build_position_encoding
-from detr_lightning.postprocess import PostProcess
+from detr_lightning.checkpointing.pretrained import load_pretrained
+from detr_lightning.detr import DETR, Backbone, Transformer, build_position_encoding
+from detr_lightning.detr.postprocess import PostProcess
+from detr_lightning.lit_module import NonFiniteLossError, drop_crowd
 from detr_lightning.utils.lr import WarmupStepDecay, lr_scale_factor
-
-NUM_CLASSES = 3
-
-
-def tiny_lit(num_queries: int = 5, layers: int = 2, **kwargs) -> LitDETR:
-    net = DETR(
-        Backbone("resnet18", pretrained=False),
-        build_position_encoding("sine", 32),
-        Transformer(d_model=32, nhead=4, num_encoder_layers=1, num_decoder_layers=layers,
-                    dim_feedforward=64, dropout=0.0),
-        num_classes=NUM_CLASSES,
-        num_queries=num_queries,
-    )  # fmt: skip
-    kwargs.setdefault("label_to_category_id", [10, 20, 30])
-    return LitDETR(
-        net,
-        SetCriterion(NUM_CLASSES, HungarianMatcher()),
-        PostProcess(),
-        functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=1e-4),
-        num_classes=NUM_CLASSES,
-        **kwargs,
-    )
-
-
-def fake_batch(seed: int, size: int = 64, batch: int = 2) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    targets = []
-    for i in range(batch):
-        n = 1 + i % 3
-        cxcy = torch.rand(n, 2, generator=g) * 0.5 + 0.25
-        wh = torch.rand(n, 2, generator=g) * 0.3 + 0.1
-        targets.append({
-            "labels": torch.randint(0, NUM_CLASSES, (n,), generator=g),
-            "boxes": torch.cat([cxcy, wh], 1),
-            "image_id": torch.tensor(seed * 100 + i),
-            "orig_size": torch.tensor([2 * size, 2 * size]),
-            "size": torch.tensor([size, size]),
-            "iscrowd": torch.zeros(n, dtype=torch.int64),
-            "area": torch.full((n,), 100.0),
-        })  # fmt: skip
-    pixels = torch.randn(batch, 3, size, size, generator=g)
-    return Batch(pixels, torch.ones(batch, size, size, dtype=torch.bool), targets)
-
-
-def loader(n: int, offset: int = 0) -> DataLoader:
-    return DataLoader([fake_batch(offset + i) for i in range(n)], batch_size=None)
-
-
-def quiet_trainer(tmp_path, **kwargs) -> L.Trainer:
-    kwargs.setdefault("enable_checkpointing", False)
-    return L.Trainer(
-        default_root_dir=tmp_path, accelerator="cpu", devices=1, logger=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        **kwargs,
-    )  # fmt: skip
 
 
 def test_drop_crowd_filters_every_per_object_field() -> None:
@@ -265,7 +209,7 @@ def _official_file(path, num_classes: int) -> dict:
 def test_pretrained_official_checkpoint_initialises_all_but_the_class_head(tmp_path) -> None:
     official = _official_file(tmp_path / "detr.pth", num_classes=91)
     lit = tiny_lit(pretrained=str(tmp_path / "detr.pth"))
-    lit.setup("fit")
+    load_pretrained(lit, lit.hparams.pretrained)  # what utils.build.build_model does, once
     ours = lit.net.state_dict()
     assert torch.equal(ours["backbone.body.layer2.0.conv1.weight"],
                        official["backbone.0.body.layer2.0.conv1.weight"])  # fmt: skip

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from detr_lightning.models.position_encoding import (
+from detr_lightning.detr.position_encoding import (
     PositionEmbeddingLearned,
     PositionEmbeddingSine,
     build_position_encoding,

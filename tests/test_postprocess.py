@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from detr_lightning.postprocess import PostProcess
+from detr_lightning.detr.postprocess import PostProcess
 
 
 def _softmax(values):

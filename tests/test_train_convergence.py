@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_eval_metric import pycocotools_stats
-from test_train_cli import run_cli, run_dirs
+from cli import run_cli, run_dirs
+from cocoeval import pycocotools_stats
 
 from detr_lightning.data.shapes import generate_shapes_dataset
-from detr_lightning.evaluation import METRIC_NAMES
+from detr_lightning.evaluation.coco import METRIC_NAMES
 
 # Memorise 8 shapes images (evaluated on the same images, no augmentation): 300 steps on 2
 # CPU cores, about 3 minutes. Measured: AP 0.46 / AP50 0.65 after training, 0.00 before.

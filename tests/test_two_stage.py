@@ -3,12 +3,12 @@
 import pytest
 import torch
 
+from detr_lightning.convergence.model import AcceleratedDETR
+from detr_lightning.convergence.proposals import EncoderProposals
+from detr_lightning.detr.backbone import Backbone
+from detr_lightning.detr.position_encoding import PositionEmbeddingSine
+from detr_lightning.detr.transformer import Transformer
 from detr_lightning.loss import HungarianMatcher, SetCriterion
-from detr_lightning.models.accelerated import AcceleratedDETR
-from detr_lightning.models.backbone import Backbone
-from detr_lightning.models.position_encoding import PositionEmbeddingSine
-from detr_lightning.models.transformer import Transformer
-from detr_lightning.models.two_stage import EncoderProposals
 
 
 def test_anchors_follow_each_images_unpadded_size():

@@ -21,9 +21,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             "nothing to evaluate: give ckpt_path=<Lightning .ckpt> (make eval CKPT=...) or "
             "model.pretrained=<official DETR .pth>"
         )
+    from detr_lightning.utils.config_check import check_config
+
+    check_config(cfg, "test")  # also resolves ckpt_path=last, before the heavy imports
     from detr_lightning.utils.build import build_run, log_config, report
 
-    datamodule, model, trainer = build_run(cfg)
+    datamodule, model, trainer = build_run(cfg, "test")
+    ckpt = cfg.get("ckpt_path")
     log_config(trainer, cfg)
     trainer.test(model, datamodule=datamodule, ckpt_path=ckpt or None, verbose=False)
     metrics = dict(model.test_metrics)
@@ -34,7 +38,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(config_path=conf_dir(), config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns AP (for sweeps over evaluation settings)."""
-    return evaluate(cfg).get("AP")
+    from detr_lightning.utils.loggers import finish_wandb
+
+    try:
+        metrics = evaluate(cfg)
+    except BaseException:
+        finish_wandb(exit_code=1)  # one wandb run per job: a sweep's next job starts anew
+        raise
+    finish_wandb(summary=metrics)  # the final test metrics in the run summary
+    return metrics.get("AP")
 
 
 if __name__ == "__main__":

@@ -10,15 +10,22 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from detr_lightning.budget import WallBudget
 from detr_lightning.evaluation import (
     CocoBoxAP,
     metric_targets,
     select_decoder_layer,
     with_category_ids,
 )
+from detr_lightning.schedule import budget_schedule
 from detr_lightning.utils.distributed import reduce_tensor
-from detr_lightning.utils.finite import NonFiniteLossError, check_gradients, check_losses
-from detr_lightning.utils.lr import configure_detr_optimization, drop_epochs
+from detr_lightning.utils.finite import (
+    NonFiniteLossError,
+    check_gradients,
+    check_losses,
+    check_predictions,
+)
+from detr_lightning.utils.lr import build_scaled_optimizer
 
 __all__ = ["LitDETR", "NonFiniteLossError", "drop_crowd"]
 
@@ -47,17 +54,18 @@ class LitDETR(L.LightningModule):
         postprocess: ``PostProcess``: outputs + (h, w) sizes -> absolute xyxy detections.
         optimizer: partial optimizer (``_partial_: true`` in config) taking param groups; its
             ``lr`` applies to the transformer, heads and input projection.
-        lr_backbone: lr of the ResNet layers 2-4; 0 freezes the backbone (its parameters are then
+        lr_schedule: partial ``(optimizer, trainer) -> LRScheduler`` stepped every optimizer
+            step (:mod:`detr_lightning.schedule`: step drops, cosine, wall-time budget); None
+            keeps the lrs constant.
+        lr_backbone: lr of the backbone's trainable layers (and of learned position
+            encodings, as the official code); 0 freezes the backbone (its parameters are then
             not given to the optimizer at all).
-        lr_drop_epochs: epoch(s) at which every lr is multiplied by ``lr_gamma`` (an int is one
-            drop, e.g. 200 for the paper's 300-epoch schedule).
-        warmup_steps: linear warm-up of every lr over that many optimizer steps (0 = none).
-        lr_cosine: also decay every lr to zero along a half cosine over ``trainer.max_epochs``.
         lr_scaling: None (lrs as written), "linear" or "sqrt" scaling with the total batch
             relative to ``base_batch_size`` (64, the paper's); see ``utils.lr.lr_scale_factor``.
         batch_size: per-device batch, used only by ``lr_scaling``.
-        pretrained: official DETR release file to initialise ``net`` from (fine-tuning); the class
-            head is re-initialised when ``num_classes`` differs. Ignored when resuming.
+        pretrained: official DETR release file ``net`` was initialised from (fine-tuning; the
+            class head is re-initialised when ``num_classes`` differs). Recorded only: the
+            entry points load it once in ``utils.build.build_model`` (not when resuming).
         num_classes: real classes of the data (recorded in checkpoints).
         label_to_category_id: contiguous label -> dataset category id (recorded in checkpoints;
             predictions use it to report the dataset's ids).
@@ -72,11 +80,8 @@ class LitDETR(L.LightningModule):
         criterion: nn.Module,
         postprocess: nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer],
+        lr_schedule: Callable[..., Any] | None = None,
         lr_backbone: float = 1e-5,
-        lr_drop_epochs: int | Sequence[int] | None = None,
-        lr_gamma: float = 0.1,
-        warmup_steps: int = 0,
-        lr_cosine: bool = False,
         lr_scaling: str | None = None,
         base_batch_size: int = 64,
         batch_size: int | None = None,
@@ -90,12 +95,12 @@ class LitDETR(L.LightningModule):
         if label_to_category_id is not None:
             label_to_category_id = [int(i) for i in label_to_category_id]
         self.save_hyperparameters(
-            ignore=["net", "criterion", "postprocess", "optimizer"], logger=False
+            ignore=["net", "criterion", "postprocess", "optimizer", "lr_schedule"], logger=False
         )
-        self.hparams["lr_drop_epochs"] = drop_epochs(lr_drop_epochs)
+        check_consistent_heads(net, criterion, postprocess)
         self.hparams["label_to_category_id"] = label_to_category_id
         self.net, self.criterion, self.postprocess = net, criterion, postprocess
-        self.optimizer_factory = optimizer
+        self.optimizer_factory, self.lr_schedule = optimizer, lr_schedule
         if lr_backbone <= 0:
             for p in self.net.backbone.parameters():
                 p.requires_grad_(False)
@@ -109,18 +114,22 @@ class LitDETR(L.LightningModule):
         """pixel_values [B, 3, H, W], pixel_mask [B, H, W] bool (True = real) -> DETR outputs."""
         return self.net(pixel_values, pixel_mask)
 
-    def _step(self, batch: Any, stage: str) -> tuple[dict[str, Any], dict[str, Tensor], Tensor]:
+    def _step(
+        self, batch: Any, stage: str, batch_idx: int = -1
+    ) -> tuple[dict[str, Any], dict[str, Tensor], Tensor]:
         """Forward + loss, shared by every stage. Returns (outputs, loss dict, weighted total)."""
         targets = [drop_crowd(t) for t in batch.targets]
         if stage == "train":
             outputs = self.net(batch.pixel_values, batch.pixel_mask, targets=targets)
         else:
             outputs = self.net(batch.pixel_values, batch.pixel_mask)
+        # Before the matcher: a NaN cost matrix would fail there without naming step or lr.
+        check_predictions(self, outputs, batch_idx, stage)
         losses = self.criterion(outputs, targets, num_boxes=self._global_num_boxes(targets))
         return outputs, losses, self.criterion.weighted_total(losses)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        _, losses, total = self._step(batch, "train")
+        _, losses, total = self._step(batch, "train", batch_idx)
         check_losses(self, losses, total, batch_idx)
         bs = len(batch.targets)
         step_logs = {f"train/{k}": losses[k] for k in _STEP_LOGGED if k in losses}
@@ -133,8 +142,10 @@ class LitDETR(L.LightningModule):
         self.log_dict(epoch_logs, on_step=False, on_epoch=True, sync_dist=True, batch_size=bs)
         return total
 
-    def _eval_step(self, batch: Any, stage: str, metric: CocoBoxAP) -> dict[str, Any]:
-        outputs, losses, total = self._step(batch, stage)
+    def _eval_step(
+        self, batch: Any, stage: str, metric: CocoBoxAP, batch_idx: int = -1
+    ) -> dict[str, Any]:
+        outputs, losses, total = self._step(batch, stage, batch_idx)
         logs = {f"{stage}/{k}": v for k, v in losses.items()}
         logs[f"{stage}/loss"] = total
         self.log_dict(
@@ -145,10 +156,10 @@ class LitDETR(L.LightningModule):
         return {"preds": preds}
 
     def validation_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
-        return self._eval_step(batch, "val", self.val_map)
+        return self._eval_step(batch, "val", self.val_map, batch_idx)
 
     def test_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
-        return self._eval_step(batch, "test", self.test_map)
+        return self._eval_step(batch, "test", self.test_map, batch_idx)
 
     def on_validation_epoch_end(self) -> None:
         self._log_metric("val", self.val_map)
@@ -183,20 +194,9 @@ class LitDETR(L.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         check_gradients(self, optimizer)
 
-    # ---------------------------------------------------------------- setup
-    def setup(self, stage: str) -> None:
-        path = self.hparams.pretrained
-        if path and (self._trainer is None or self.trainer.ckpt_path is None):
-            from detr_lightning.checkpoint import load_pretrained_into
-
-            report = load_pretrained_into(self.net, path)
-            log.info(
-                "initialised from %s (%d tensors; re-initialised: %s)",
-                path,
-                len(report["loaded"]),
-                report["reinitialized"] or "none",
-            )
-
+    # ---------------------------------------------------------------- checkpoints
+    # ``pretrained`` is loaded once, where the model is built (utils.build.build_model): loading
+    # it in setup() re-read the file at every stage and could overwrite trained weights.
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["label_to_category_id"] = self.hparams.label_to_category_id
 
@@ -209,6 +209,45 @@ class LitDETR(L.LightningModule):
             self.hparams["label_to_category_id"] = [int(i) for i in saved]
 
     def configure_optimizers(self) -> dict[str, Any]:
-        return configure_detr_optimization(
+        optimizer = build_scaled_optimizer(
             self.net, self.criterion, self.optimizer_factory, self.hparams, self.trainer
+        )
+        if self.lr_schedule is None:
+            return {"optimizer": optimizer}
+        scheduler = self.lr_schedule(optimizer, self.trainer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        # The budget schedule re-plans epochs and the cosine from measured epoch times.
+        if getattr(self.lr_schedule, "func", None) is budget_schedule:
+            return [WallBudget()]
+        return []
+
+
+def check_consistent_heads(net: nn.Module, criterion: nn.Module, postprocess: nn.Module) -> None:
+    """Raise when the classification loss is not the same everywhere (conf/cls_loss/*), or when
+    a dense-proposal matcher has no dense head to train."""
+    focal = {
+        "model.net.focal": getattr(net, "focal", False),
+        "model.criterion.focal": getattr(criterion, "focal", False),
+        "model.criterion.matcher.focal": getattr(
+            getattr(criterion, "matcher", None), "focal", False
+        ),
+        "model.postprocess.focal": getattr(postprocess, "focal", False),
+    }
+    if len(set(focal.values())) > 1:
+        raise ValueError(
+            f"focal classification is set in some places only: {focal}; choose cls_loss=focal or "
+            "cls_loss=softmax instead of setting the keys one by one."
+        )
+    dense_head = getattr(net, "aux_head", None) is not None or hasattr(
+        getattr(net, "queries", None), "head"
+    )
+    if getattr(criterion, "encoder_matcher", None) is not None and not dense_head:
+        raise ValueError(
+            "model.criterion.encoder_matcher trains a dense proposal head, but model.net has "
+            "none: choose queries=proposals or aux_head=conv, or remove encoder_matcher."
         )

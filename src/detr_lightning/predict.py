@@ -37,9 +37,13 @@ def predict(cfg: DictConfig) -> str:
     ckpt = cfg.get("ckpt_path")
     if not ckpt and not cfg.model.get("pretrained"):
         raise ValueError("give ckpt_path=<Lightning .ckpt> or model.pretrained=<official .pth>")
+    from detr_lightning.utils.config_check import check_config
+
+    check_config(cfg, "predict")  # also resolves ckpt_path=last, before the heavy imports
     from detr_lightning.utils.build import build_run
 
-    datamodule, model, trainer = build_run(cfg)
+    datamodule, model, trainer = build_run(cfg, "predict")
+    ckpt = cfg.get("ckpt_path")
     if trainer.world_size > 1:
         raise ValueError("predict runs in one process: use trainer=cpu or trainer=gpu")
     datamodule.prepare_data()

@@ -22,6 +22,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     Returns the final metrics (also written to <run dir>/metrics.json by rank 0).
     """
+    from detr_lightning.utils.config_check import check_config
+
+    check_config(cfg, "fit")  # bad keys fail in a second, before the imports below (~7 s)
     # Heavy imports here, so that `--cfg job` / `--help` stay fast.
     from detr_lightning.lit_module import NonFiniteLossError
     from detr_lightning.utils.build import build_run, log_config, report
@@ -51,7 +54,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(config_path=conf_dir(), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns AP so that sweepers (e.g. Optuna) can optimise it."""
-    return train(cfg).get("AP")
+    from detr_lightning.utils.loggers import finish_wandb
+
+    try:
+        metrics = train(cfg)
+    except BaseException:
+        finish_wandb(exit_code=1)  # one wandb run per job: a sweep's next job starts anew
+        raise
+    finish_wandb(summary=metrics)  # the final test metrics in the run summary
+    return metrics.get("AP")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Data pipeline: COCO-format datasets, the paper's augmentation, batching, shapes generator.
+"""Data pipeline: COCO-format detection and panoptic datasets, the paper's augmentation,
+batching, shapes generator.
 
 Exports resolve lazily so ``python -m detr_lightning.data.shapes`` starts without importing
 torch.
@@ -12,7 +13,9 @@ _EXPORTS = {
     "collate": "collate",
     "make_collate_fn": "collate",
     "CocoDetectionDataset": "coco",
+    "CocoPanopticDataset": "coco_panoptic",
     "DetrDataModule": "datamodule",
+    "PanopticDataModule": "datamodule",
     "DatasetFormatError": "errors",
     "ImageLoadError": "errors",
     "make_eval_transforms": "transforms",

@@ -53,3 +53,12 @@ def label_map_from_categories(
             raise ValueError(f"coco_id_space=True needs non-negative category ids, got {ids[0]}")
         return list(range(max([COCO_NUM_CLASSES, *(i + 1 for i in ids)])))
     return ids
+
+
+def is_thing_per_label(
+    categories: Sequence[dict], label_to_category_id: Sequence[int]
+) -> list[bool]:
+    """``isthing`` of each label's category: True for things (and for categories without an
+    ``isthing`` field, i.e. detection data), False for panoptic stuff and unused COCO slots."""
+    things = {int(c["id"]): bool(c.get("isthing", 1)) for c in categories}
+    return [things.get(int(c), False) for c in label_to_category_id]

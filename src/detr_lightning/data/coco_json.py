@@ -41,8 +41,10 @@ class CocoIndex:
     degenerate_ids: list[int] = field(default_factory=list)
 
 
-def read_coco_json(ann_file: str | Path) -> dict:
-    """Load ``ann_file`` and check its top level; raises DatasetFormatError naming file and key."""
+def read_coco_json(ann_file: str | Path, kind: str = "instances") -> dict:
+    """Load ``ann_file`` and check its top level; raises DatasetFormatError naming file and key.
+
+    ``kind`` ("instances" or "panoptic") only words the error messages."""
     ann_file = Path(ann_file)
     if not ann_file.is_file():
         raise FileNotFoundError(
@@ -60,15 +62,15 @@ def read_coco_json(ann_file: str | Path) -> dict:
     if not isinstance(data, dict):
         raise DatasetFormatError(
             f"{ann_file} holds a JSON {type(data).__name__}, not a COCO object with keys "
-            f"{list(REQUIRED_KEYS)}. Fix: point the config at a COCO instances file."
+            f"{list(REQUIRED_KEYS)}. Fix: point the config at a COCO {kind} file."
         )
     for key in REQUIRED_KEYS:
         if not isinstance(data.get(key), list):
             problem = "is missing" if key not in data else "is not a list"
             raise DatasetFormatError(
-                f'{ann_file}: top-level key "{key}" {problem}. A COCO instances file needs '
-                f'"images", "annotations" and "categories" lists. Fix: use an instances json '
-                f'(e.g. instances_val2017.json); for a split without labels add "{key}": [].'
+                f'{ann_file}: top-level key "{key}" {problem}. A COCO {kind} file needs '
+                f'"images", "annotations" and "categories" lists. Fix: use a COCO {kind} json '
+                f'(e.g. {kind}_val2017.json); for a split without labels add "{key}": [].'
             )
     return data
 

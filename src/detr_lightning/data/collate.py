@@ -17,7 +17,8 @@ class Batch:
     pixel_values: float [B, 3, H, W], ImageNet-normalised, zero on padding.
     pixel_mask: bool [B, H, W], True on real pixels (the opposite of official DETR's mask).
     targets: one dict per image (labels [T], boxes [T, 4] normalised cxcywh relative to the
-        unpadded image, image_id, orig_size [2], size [2], iscrowd [T], area [T]).
+        unpadded image, image_id, orig_size [2], size [2], iscrowd [T], area [T]); panoptic
+        targets also hold masks, bool [T, H, W] padded to the batch's canvas (False on padding).
     """
 
     pixel_values: Tensor
@@ -60,6 +61,10 @@ def collate(
     samples: ``(image [3, h_i, w_i] float, target)`` pairs. Images go to the top-left corner of a
     canvas ``[B, 3, H, W]`` with H, W the largest h_i, w_i, each rounded up to a multiple of
     ``pad_to_multiple`` when given; ``pixel_mask[i, :h_i, :w_i]`` is True, the rest False.
+
+    A target with ``masks`` (bool [T, h_i, w_i], the image's size) gets them padded the same way
+    to [T, H, W], False on padding: the mask loss upsamples predictions to the padded canvas, so
+    targets of one batch share its size. Boxes stay relative to the unpadded image.
     """
     if not samples:
         raise ValueError("collate() got an empty list of samples")
@@ -79,7 +84,27 @@ def collate(
         pixel_values[i, :, :h, w:] = 0
         pixel_values[i, :, h:, :] = 0
         pixel_mask[i, :h, :w] = True
-    return Batch(pixel_values, pixel_mask, [dict(t) for _, t in samples])
+    return Batch(
+        pixel_values, pixel_mask, [_pad_masks(t, img, height, width) for img, t in samples]
+    )
+
+
+def _pad_masks(target: dict[str, Tensor], image: Tensor, height: int, width: int) -> dict:
+    """A copy of ``target`` with its ``masks`` (if any) zero-padded to [T, height, width]."""
+    target = dict(target)
+    if "masks" not in target:
+        return target
+    masks = target["masks"]
+    if masks.ndim != 3 or masks.shape[-2:] != image.shape[-2:]:
+        raise ValueError(
+            f"collate: image_id {int(target.get('image_id', -1))} has masks of shape "
+            f"{tuple(masks.shape)}; expected [T, {image.shape[-2]}, {image.shape[-1]}] (the "
+            f"transformed image's size)."
+        )
+    padded = torch.zeros(masks.shape[0], height, width, dtype=torch.bool)
+    padded[:, : masks.shape[1], : masks.shape[2]] = masks
+    target["masks"] = padded
+    return target
 
 
 def make_collate_fn(pad_to_multiple: int | None = None) -> Callable[[Sequence], Batch]:

@@ -1,4 +1,5 @@
-"""LightningDataModule for COCO-format detection data (COCO, custom data, generated shapes)."""
+"""LightningDataModules for COCO-format data: detection (:class:`DetrDataModule`) and panoptic
+segmentation (:class:`PanopticDataModule`); COCO, custom data, generated shapes."""
 
 import logging
 from pathlib import Path
@@ -6,11 +7,12 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from detr_lightning.data.categories import label_map_from_categories
+from detr_lightning.data.categories import is_thing_per_label, label_map_from_categories
 from detr_lightning.data.coco import CocoDetectionDataset, Transform
 from detr_lightning.data.coco_json import read_coco_json
+from detr_lightning.data.coco_panoptic import CocoPanopticDataset
 from detr_lightning.data.collate import make_collate_fn
 from detr_lightning.data.shapes import categories as shapes_categories
 from detr_lightning.data.shapes import ensure_shapes_dataset
@@ -30,6 +32,8 @@ class DetrDataModule(L.LightningDataModule):
     the shapes dataset when it is missing. ``batch_size`` is per device; Lightning adds the
     distributed sampler.
     """
+
+    panoptic = False  # the kind of annotation file train_ann etc. name
 
     def __init__(
         self,
@@ -72,12 +76,14 @@ class DetrDataModule(L.LightningDataModule):
         self.generate_shapes = dict(generate_shapes) if generate_shapes else None
         self.categories = self._read_categories(Path(train_ann))
         self.label_to_category_id = label_map_from_categories(self.categories, coco_id_space)
-        self.datasets: dict[str, CocoDetectionDataset] = {}
+        self.datasets: dict[str, Dataset] = {}
 
     def _read_categories(self, train_ann: Path) -> list[dict]:
         if not train_ann.is_file() and self.generate_shapes is not None:
-            return shapes_categories()  # the generator's own; prepare_data writes the files
-        return read_coco_json(train_ann)["categories"]
+            # the generator's own; prepare_data writes the files
+            return shapes_categories(panoptic=self.panoptic)
+        kind = "panoptic" if self.panoptic else "instances"
+        return read_coco_json(train_ann, kind=kind)["categories"]
 
     @property
     def num_classes(self) -> int:
@@ -90,11 +96,16 @@ class DetrDataModule(L.LightningDataModule):
         names = {int(c["id"]): str(c["name"]) for c in self.categories}
         return [names.get(c, "") for c in self.label_to_category_id]
 
+    @property
+    def is_thing(self) -> list[bool]:
+        """Per label: a thing (True; every detection category) or stuff / an unused slot."""
+        return is_thing_per_label(self.categories, self.label_to_category_id)
+
     def prepare_data(self) -> None:
         if self.generate_shapes is not None:
             ensure_shapes_dataset(**self.generate_shapes)
 
-    def _build(self, split: str) -> CocoDetectionDataset | None:
+    def _build(self, split: str) -> Dataset | None:
         images, ann = self.paths[split]
         if images is None or ann is None:
             return None
@@ -156,3 +167,41 @@ class DetrDataModule(L.LightningDataModule):
             self.datasets.clear()
         self.label_to_category_id = mapping
         self.categories = list(state_dict.get("categories", self.categories))
+
+
+class PanopticDataModule(DetrDataModule):
+    """:class:`DetrDataModule` over COCO panoptic data (:class:`CocoPanopticDataset` per split).
+
+    Same arguments, with ``*_ann`` naming panoptic jsons, plus ``train_png`` / ``val_png`` /
+    ``test_png``: the segment-id PNG folders (None: the json's path without ``.json``).
+    Targets carry ``masks`` (padded to the batch by the collate) and keep crowd segments in
+    every split; ``is_thing`` tells things from stuff per label, and
+    ``datasets[split].ground_truth(image_id)`` gives the evaluator an image's original-size id
+    map and segments_info.
+    """
+
+    panoptic = True
+
+    def __init__(
+        self,
+        *args: Any,
+        train_png: str | Path | None = None,
+        val_png: str | Path | None = None,
+        test_png: str | Path | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.png_folders = {"train": train_png, "val": val_png, "test": test_png}
+
+    def _build(self, split: str) -> Dataset | None:
+        images, ann = self.paths[split]
+        if images is None or ann is None:
+            return None
+        return CocoPanopticDataset(
+            images,
+            ann,
+            png_folder=self.png_folders[split],
+            transforms=self.train_transforms if split == "train" else self.val_transforms,
+            label_to_category_id=self.label_to_category_id,
+            keep_empty=self.keep_empty,
+        )

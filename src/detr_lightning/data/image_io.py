@@ -1,5 +1,7 @@
 """Image decoding: any PIL mode to RGB, EXIF orientation applied, errors that name the file."""
 
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,28 @@ from detr_lightning.data.errors import ImageLoadError
 # Modes holding more than 8 bits per sample; PIL's convert("RGB") would saturate them.
 _WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 _EXIF_ORIENTATION = 0x0112
+# PIL refuses images over 2 x Image.MAX_IMAGE_PIXELS (89.5 M by default) as possible decompression
+# bombs. A run on genuinely huge images raises the limit deliberately with this variable (read
+# once here; DataLoader workers inherit it): a pixel count, or "none" to disable the check.
+PIXEL_LIMIT_ENV = "DETR_MAX_IMAGE_PIXELS"
+if os.environ.get(PIXEL_LIMIT_ENV):
+    _value = os.environ[PIXEL_LIMIT_ENV].strip().lower()
+    Image.MAX_IMAGE_PIXELS = None if _value == "none" else int(float(_value))
+
+
+def _bomb_message(path: Path, ann_file: str | Path, err: Exception) -> str:
+    """The DecompressionBombError text with the file, its pixel count and the deliberate fix."""
+    found = re.search(r"\((\d+) pixels\)", str(err))
+    pixels = int(found.group(1)) if found else None
+    count = f"{pixels:,} pixels" if pixels is not None else "too many pixels"
+    return (
+        f"Image {path} (listed in {ann_file}) has {count}, over PIL's decompression-bomb limit "
+        f"(2 x Image.MAX_IMAGE_PIXELS = {2 * (Image.MAX_IMAGE_PIXELS or 0):,}); PIL refuses to "
+        f"decode it ({err}). Fix: if the image is genuine, downscale it, or raise the limit "
+        f"deliberately: {PIXEL_LIMIT_ENV}={pixels or '<pixels>'} in the environment (or "
+        f"PIL.Image.MAX_IMAGE_PIXELS = {pixels or '<pixels>'} before training); otherwise remove "
+        f"the image and its annotations from {ann_file}."
+    )
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -64,6 +88,8 @@ def load_rgb_image(
         img.load()  # force a full decode here so truncation surfaces with the file's name
         oriented = _orient(img, expected_size) if exif_transpose else img
         out = _to_rgb(oriented)
+    except Image.DecompressionBombError as err:  # not an OSError: caught on its own
+        raise ImageLoadError(_bomb_message(path, ann_file, err)) from err
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
         raise ImageLoadError(
             f"Cannot decode image {path} (listed in {ann_file}): {type(err).__name__}: {err}. "

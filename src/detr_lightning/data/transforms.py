@@ -11,6 +11,15 @@ one of ``scales`` (longer side <= ``max_size``), or a resize to one of ``crop_re
 random crop of ``crop_size`` px per side, and the same random resize. Boxes cut by the crop are
 clamped; boxes left smaller than ``min_box_size`` px are removed with their labels, crowd flags
 and areas. Evaluation: shorter side ``size``, longer <= ``max_size``; no box is removed.
+
+Segmentation targets (panoptic) add ``target["masks"]``, a ``tv_tensors.Mask`` [T, H, W] on the
+image's canvas, uint8 0/1 or bool (uint8 resizes ~3x faster: torchvision resizes bool masks via
+float32). Every step moves it with the image (flip, nearest-neighbour resize, crop;
+NormalizeImage leaves it alone), and the pipeline returns it as bool. Before the clamp, :class:`BoxesFromMasks` drops the objects
+whose mask became empty (cropped away, or too thin to survive a downscale) and replaces every box
+with its mask's tight box, so a kept object always has a non-empty mask and a box of at least
+1 x 1 px that SanitizeBoundingBoxes keeps. Without ``masks`` it does nothing, so detection is
+unchanged.
 """
 
 from collections.abc import Sequence
@@ -19,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torchvision import tv_tensors
-from torchvision.ops import box_convert
+from torchvision.ops import box_convert, masks_to_boxes
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
@@ -66,6 +75,50 @@ class RandomSizeCrop(v2.Transform):
         return self._call_kernel(F.crop, inpt, **params)
 
 
+def mask_boxes(masks: Tensor) -> Tensor:
+    """Bool [T, H, W] masks -> float32 [T, 4] absolute xyxy boxes in pixel-edge coordinates.
+
+    ``masks_to_boxes`` returns the last covered pixel's index as x2/y2; +1 makes x2/y2 the edge
+    after it (COCO's ``x + w``), so a one-pixel-wide segment has width 1, not 0, and is not taken
+    for a degenerate box. An empty mask gives [0, 0, 1, 1]; callers drop those first.
+    """
+    edge = torch.tensor([0.0, 0.0, 1.0, 1.0], device=masks.device)
+    return masks_to_boxes(masks) + edge
+
+
+class BoxesFromMasks(v2.Transform):
+    """When the target holds ``masks`` (``tv_tensors.Mask`` [T, H, W], bool or uint8 0/1, returned
+    as bool): drop the objects
+    whose mask is empty, from every per-object entry (``masks``, ``boxes`` and
+    :data:`PER_BOX_KEYS`), and set ``boxes`` to the masks' tight XYXY boxes (:func:`mask_boxes`).
+    A transformed box can be looser than the object (a crop of a concave segment keeps the whole
+    window); the mask is the ground truth. Without ``masks`` the sample passes unchanged."""
+
+    def forward(self, *inputs: Any) -> Any:
+        sample = inputs if len(inputs) > 1 else inputs[0]
+        image, target = sample
+        if "masks" not in target:
+            return sample
+        masks = target["masks"]
+        if not isinstance(masks, tv_tensors.Mask):
+            # a plain tensor is left untouched by flip/resize/crop and would silently misalign
+            raise TypeError(
+                f'target["masks"] must be a tv_tensors.Mask, got {type(masks).__name__}; wrap it '
+                f"with tv_tensors.Mask(masks) before the transforms."
+            )
+        keep = masks.flatten(1).any(1).to(torch.bool)  # any() of uint8 is uint8
+        if keep.all():  # the usual case; indexing would copy every mask
+            out, kept = dict(target), masks
+        else:
+            out = {k: v[keep] if k in PER_BOX_KEYS else v for k, v in target.items()}
+            kept = masks[keep]
+        out["masks"] = tv_tensors.wrap(kept.to(torch.bool), like=masks)
+        out["boxes"] = tv_tensors.BoundingBoxes(
+            mask_boxes(out["masks"]), format="XYXY", canvas_size=tuple(masks.shape[-2:])
+        )
+        return image, out
+
+
 def _ints(values: int | Sequence[int]) -> list[int]:
     return [int(values)] if isinstance(values, int) else [int(v) for v in values]
 
@@ -89,7 +142,7 @@ class NormalizeImage(v2.Transform):
 
 
 def _finish(sanitize: bool, min_box_size: float) -> list[v2.Transform]:
-    steps: list[v2.Transform] = [v2.ClampBoundingBoxes()]
+    steps: list[v2.Transform] = [BoxesFromMasks(), v2.ClampBoundingBoxes()]
     if sanitize:
         steps.append(v2.SanitizeBoundingBoxes(min_size=min_box_size, labels_getter=per_box_fields))
     return steps + [NormalizeImage()]

@@ -1,7 +1,7 @@
-"""DETR losses: Hungarian matcher and set criterion."""
+"""The public loss API (``from detr_lightning.loss import HungarianMatcher, SetCriterion``);
+the code lives in :mod:`detr_lightning.detr`."""
 
-from detr_lightning.loss.center_matcher import CenterMatcher
-from detr_lightning.loss.criterion import SetCriterion, base_loss_name
-from detr_lightning.loss.matcher import HungarianMatcher
+from detr_lightning.detr.criterion import SetCriterion, base_loss_name
+from detr_lightning.detr.matcher import HungarianMatcher
 
-__all__ = ["CenterMatcher", "HungarianMatcher", "SetCriterion", "base_loss_name"]
+__all__ = ["HungarianMatcher", "SetCriterion", "base_loss_name"]

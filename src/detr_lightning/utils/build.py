@@ -11,6 +11,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from detr_lightning.evaluation import format_ap_table, write_metrics_json
+from detr_lightning.utils.config_check import check_config
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +57,30 @@ def build_model(cfg: DictConfig, datamodule: Any) -> L.LightningModule:
             "model.num_classes is unknown: the datamodule did not provide num_classes; set "
             "model.num_classes=<number of classes> (COCO: 91)"
         )
-    return instantiate(cfg.model, _convert_="all")
+    model = instantiate(cfg.model, _convert_="all")
+    if cfg.model.get("pretrained") and not cfg.get("ckpt_path"):
+        # Once, here: the trained weights are never overwritten by a later stage's setup().
+        # When resuming (ckpt_path), the checkpoint's weights replace these anyway.
+        from detr_lightning.checkpointing.pretrained import load_pretrained
+
+        load_pretrained(model, cfg.model.pretrained)
+    return model
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
-    """Instantiate ``cfg.trainer`` with the configured callbacks and loggers."""
+    """Instantiate ``cfg.trainer`` with the configured callbacks and loggers, and with atomic
+    checkpoint writes (AtomicCheckpointIO) unless the config brings its own CheckpointIO."""
+    from lightning.fabric.plugins import CheckpointIO
+
+    from detr_lightning.checkpointing.atomic_io import AtomicCheckpointIO
+
     callbacks = instantiate_dict(cfg.get("callbacks"))
     loggers = instantiate_dict(cfg.get("logger"))
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    plugins = instantiate(cfg.trainer.get("plugins"), _convert_="all") or []
+    plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
 
 
 def log_config(trainer: L.Trainer, cfg: DictConfig) -> None:
@@ -89,14 +106,36 @@ def report(
     return path
 
 
-def build_run(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
-    """What every entry point starts with: check the task, apply the precision setting, seed,
-    then build the datamodule, the model (sized from the data) and the trainer."""
+def build_run(
+    cfg: DictConfig, stage: str = "fit"
+) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
+    """What every entry point starts with: check the task and the config (``ckpt_path=last|auto``
+    resolved in ``cfg``), read ``ckpt_path`` safely, apply the precision setting, seed, then build
+    the datamodule, the model (sized from the data; ``model.pretrained`` loaded) and the trainer.
+
+    ``stage``: "fit", "test" or "predict" (which data splits and files must exist). The
+    checkpoint is checked against the built model here, so that a corrupt, unsafe or mismatched
+    file fails with its name before ``trainer.fit/test/predict`` touches it.
+    """
     import torch
 
+    from detr_lightning.checkpointing.validate import (
+        check_lightning_checkpoint,
+        checkpoint_summary,
+        read_checkpoint,
+    )
+
     check_task(cfg)
+    check_config(cfg, stage)
+    ckpt = cfg.get("ckpt_path")
+    checkpoint = read_checkpoint(ckpt) if ckpt and "://" not in str(ckpt) else None
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
-    return datamodule, build_model(cfg, datamodule), build_trainer(cfg)
+    model = build_model(cfg, datamodule)
+    if checkpoint is not None:
+        check_lightning_checkpoint(checkpoint, model, ckpt)
+        log.info("ckpt_path=%s: %s", ckpt, checkpoint_summary(checkpoint))
+        del checkpoint  # memory-mapped: nothing was read beyond the headers
+    return datamodule, model, build_trainer(cfg)

@@ -1,8 +1,18 @@
-"""Non-finite guards: stop training before a NaN/inf can reach the weights or a checkpoint."""
+"""Non-finite guards: stop training where a NaN/inf first appears, before it can reach the
+matcher, the weights or a checkpoint.
+
+Three checks, in the order a step meets them: the model's predictions (before the criterion: the
+Hungarian matcher cannot assign on a NaN cost matrix and would fail without naming the step),
+the loss terms (before backward) and the gradients (before clipping and the optimizer step). Each
+raises NonFiniteLossError with the step, epoch, learning rate(s), the offending tensors and the
+newest checkpoint to resume from. Under DDP each verdict is all-reduced so every process stops
+together, even when only one of them saw the NaN.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -12,7 +22,7 @@ from detr_lightning.utils.distributed import reduce_tensor
 
 
 class NonFiniteLossError(RuntimeError):
-    """A training loss or gradient became NaN/inf; raised before the optimizer step."""
+    """A prediction, training loss or gradient became NaN/inf; raised before the optimizer step."""
 
 
 def non_finite_terms(
@@ -31,25 +41,106 @@ def non_finite_terms(
     return [f"{n}={v.item():.4g}" for n, v, good in zip(names, values, ok, strict=True) if not good]
 
 
+def floating_tensors(tree: Any, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+    """(dotted name, tensor) of every floating-point tensor in nested dicts/lists/tuples."""
+    if isinstance(tree, Tensor):
+        if tree.is_floating_point():
+            yield prefix or "output", tree
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from floating_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(tree, (list, tuple)):
+        for i, value in enumerate(tree):
+            yield from floating_tensors(value, f"{prefix}.{i}" if prefix else str(i))
+
+
 def grads_finite(optimizer: torch.optim.Optimizer) -> bool:
     """Whether the total gradient norm over the optimizer's parameters is finite."""
     grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
     return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
 
 
-def stop_message(what: str, step: int, epoch: int, detail: str, last_ckpt: str | None) -> str:
+def stop_message(
+    what: str, step: int, epoch: int, detail: str, last_ckpt: str | None, lr: str = "",
+    when: str = "Training stopped before the optimizer step",
+) -> str:  # fmt: skip
     """The error text: what went wrong, where, the checkpoint to resume from, the fix."""
+    after = f", after lr {lr}" if lr else ""
     return (
-        f"Non-finite {what} at global step {step} (epoch {epoch}){detail}. Training stopped "
-        f"before the optimizer step; last good checkpoint: {last_ckpt or 'none saved yet'}. "
-        "Lower the learning rate or check the data, then resume with ckpt_path=<that checkpoint>."
+        f"Non-finite {what} at global step {step} (epoch {epoch}){after}{detail}. {when}; "
+        f"last good checkpoint: {last_ckpt or 'none saved yet'}. Lower the learning rate or "
+        "check the data, then resume with ckpt_path=<that checkpoint>."
     )
 
 
-def _last_checkpoint(module: Any) -> str | None:
+def current_lrs(module: Any) -> str:
+    """``name=lr`` of every param group of the trainer's optimizers ("" outside fitting)."""
     trainer = module._trainer
-    callback = trainer.checkpoint_callback if trainer is not None else None
-    return getattr(callback, "last_model_path", None) or None
+    optimizers = getattr(trainer, "optimizers", None) if trainer is not None else None
+    groups = [g for opt in optimizers or [] for g in opt.param_groups]
+    return ", ".join(f"{g.get('name', i)}={g['lr']:.3g}" for i, g in enumerate(groups))
+
+
+def last_good_checkpoint(module: Any) -> str | None:
+    """The newest checkpoint file this run could resume from: any ModelCheckpoint's last or best
+    file, or the checkpoint the run itself resumed from (the callbacks of a resumed run write to
+    a new directory and start empty). Newest by mtime; with the step when it is known."""
+    trainer = module._trainer
+    if trainer is None:
+        return None
+    steps: dict[str, int | None] = {}
+    for cb in getattr(trainer, "checkpoint_callbacks", []) or []:
+        last = getattr(cb, "last_model_path", "")
+        if last:
+            steps[os.path.abspath(last)] = getattr(cb, "last_written_step", None)
+        best = getattr(cb, "best_model_path", "")
+        if best:
+            steps.setdefault(os.path.abspath(best), None)
+    if getattr(trainer, "ckpt_path", None):
+        steps.setdefault(os.path.abspath(str(trainer.ckpt_path)), None)
+    existing = [p for p in steps if os.path.isfile(p)]
+    if not existing:
+        return None
+    newest = max(existing, key=os.path.getmtime)
+    step = steps[newest]
+    return newest if step is None else f"{newest} (global step {step})"
+
+
+def _raise(module: Any, what: str, detail: str, when: str) -> None:
+    raise NonFiniteLossError(
+        stop_message(
+            what,
+            module.global_step,
+            module.current_epoch,
+            detail,
+            last_good_checkpoint(module),
+            current_lrs(module),
+            when,
+        )  # fmt: skip
+    )
+
+
+def check_predictions(module: Any, outputs: Any, batch_idx: int, stage: str = "train") -> None:
+    """Raise NonFiniteLossError (on every process together) when a model output is NaN/inf.
+
+    Called right after the forward pass, before the criterion and its matcher see the outputs
+    (pred_logits, pred_boxes, aux_outputs and whatever else the model returns)."""
+    named = list(floating_tensors(outputs))
+    if not named:
+        return
+    ok = torch.stack([torch.isfinite(t.detach()).all() for _, t in named]).float()
+    if bool(reduce_tensor(ok.min(), "min", module._trainer) >= 1):
+        return
+    bad = [name for (name, _), good in zip(named, ok.tolist(), strict=True) if not good]
+    shown = ", ".join(bad[:6]) + (f" (+{len(bad) - 6} more)" if len(bad) > 6 else "")
+    where = f"{stage} batch {batch_idx}"
+    detail = f", {where}: {shown or 'on another rank'} (rank {module.global_rank}'s outputs)"
+    when = (
+        "Training stopped before the matcher, the loss and the optimizer step"
+        if stage == "train"
+        else f"Stopped in the {stage} loop: the weights give NaN/inf outputs"
+    )
+    _raise(module, "predictions", detail, when)
 
 
 def check_losses(module: Any, losses: dict[str, Tensor], total: Tensor, batch_idx: int) -> None:
@@ -59,11 +150,7 @@ def check_losses(module: Any, losses: dict[str, Tensor], total: Tensor, batch_id
     bad = non_finite_terms(losses, total, lambda ok: reduce_tensor(ok, "min", module._trainer))
     if bad:
         detail = f", batch {batch_idx}: {', '.join(bad)} (rank {module.global_rank}'s values)"
-        raise NonFiniteLossError(
-            stop_message(
-                "loss", module.global_step, module.current_epoch, detail, _last_checkpoint(module)
-            )  # fmt: skip
-        )
+        _raise(module, "loss", detail, "Training stopped before the optimizer step")
 
 
 def check_gradients(module: Any, optimizer: torch.optim.Optimizer) -> None:
@@ -72,12 +159,4 @@ def check_gradients(module: Any, optimizer: torch.optim.Optimizer) -> None:
     Called before the optimizer step (and before clipping, which would spread a NaN into every
     weight). Under DDP the gradients are already all-reduced, so every process agrees."""
     if not grads_finite(optimizer):
-        raise NonFiniteLossError(
-            stop_message(
-                "gradients",
-                module.global_step,
-                module.current_epoch,
-                " from a finite loss",
-                _last_checkpoint(module),
-            )  # fmt: skip
-        )
+        _raise(module, "gradients", " from a finite loss", "Training stopped before the step")

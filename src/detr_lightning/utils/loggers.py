@@ -1,10 +1,18 @@
-"""Logger construction: wandb that goes offline by itself when no account is configured."""
+"""Logger construction: wandb that goes offline by itself when no account is configured.
+
+One wandb run per Hydra job: a sweep's jobs share a ``group``, carry their overrides as tags and
+as ``config.overrides``, and every job finishes its run (:func:`finish_wandb`) so that Hydra's
+in-process launcher never logs two jobs into one run.
+"""
 
 from __future__ import annotations
 
 import logging
 import netrc
 import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import WandbLogger
@@ -12,6 +20,9 @@ from lightning.pytorch.loggers import WandbLogger
 log = logging.getLogger(__name__)
 
 _OFFLINE_MODES = ("offline", "dryrun", "disabled")
+MAX_TAG_LEN = 64  # wandb rejects longer tags
+# Overrides that say where things are, not what was run: no tag for them.
+_UNTAGGED_PREFIXES = ("paths.", "hydra.", "ckpt_path")
 
 
 def wandb_credentials_present() -> bool:
@@ -41,14 +52,96 @@ def resolve_wandb_offline(mode: str = "auto") -> bool:
     return not wandb_credentials_present()
 
 
-def wandb_logger(mode: str = "auto", save_dir: str = ".", **kwargs: Any) -> WandbLogger:
-    """A Lightning ``WandbLogger``; ``kwargs`` go to it (project, name, group, tags, ...)."""
+def override_tag(override: str) -> str:
+    """A Hydra override as a wandb tag: leading key parts dropped while it is over 64 chars."""
+    key, sep, value = override.partition("=")
+    parts = key.split(".")
+    while len(parts) > 1 and len(".".join(parts) + sep + value) > MAX_TAG_LEN:
+        parts = parts[1:]
+    tag = ".".join(parts) + sep + value
+    return tag if len(tag) <= MAX_TAG_LEN else tag[: MAX_TAG_LEN - 1] + "~"
+
+
+def override_tags(overrides: Sequence[str], exclude_keys: Sequence[str] = ()) -> list[str]:
+    """Tags for a job's overrides, without ``exclude_keys`` (Hydra's override_dirname ones)
+    and the path-like keys (``paths.*``, ``hydra.*``, ``ckpt_path``)."""
+    tags = []
+    for override in overrides:
+        key = override.partition("=")[0].lstrip("+~")
+        if key in exclude_keys or key.startswith(_UNTAGGED_PREFIXES):
+            continue
+        tags.append(override_tag(override))
+    return tags
+
+
+def hydra_job() -> dict[str, Any]:
+    """The running Hydra job: ``overrides`` (list), ``exclude_keys`` and ``sweep`` (the sweep
+    folder's name in a multirun, else None). Empty values outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    info: dict[str, Any] = {"overrides": [], "exclude_keys": [], "sweep": None}
+    if not HydraConfig.initialized():
+        return info
+    hc = HydraConfig.get()
+    info["overrides"] = list(hc.overrides.task or [])
+    info["exclude_keys"] = list(hc.job.config.override_dirname.exclude_keys or [])
+    if hc.mode == RunMode.MULTIRUN and hc.sweep.dir:
+        info["sweep"] = Path(str(hc.sweep.dir)).name
+    return info
+
+
+def finish_wandb(summary: Mapping[str, float] | None = None, exit_code: int | None = None) -> None:
+    """Finish the active wandb run, if any, after writing ``summary`` as ``test/<name>`` keys.
+
+    A no-op when wandb was never imported or no run is active (non-zero ranks, other loggers).
+    """
+    if "wandb" not in sys.modules:
+        return
+    import wandb
+
+    run = wandb.run
+    if run is None:
+        return
+    if summary:
+        run.summary.update({f"test/{k}": float(v) for k, v in summary.items()})
+    run.finish(exit_code=exit_code)
+
+
+def wandb_logger(
+    mode: str = "auto",
+    save_dir: str = ".",
+    group: str | None = None,
+    tags: Sequence[str] = (),
+    sweep_group: bool = True,
+    tag_overrides: bool = True,
+    **kwargs: Any,
+) -> WandbLogger:
+    """A Lightning ``WandbLogger`` for one Hydra job; ``kwargs`` go to it (project, name, ...).
+
+    In a multirun, ``sweep_group`` appends the sweep folder's name (its launch time) to
+    ``group``, so one sweep is one wandb group. ``tag_overrides`` adds the job's overrides to
+    ``tags``; they are also in ``config.overrides``. A run left open in this process (a failed
+    earlier job) is finished first, so that this job gets its own run.
+    """
     offline = resolve_wandb_offline(mode)
     os.makedirs(save_dir, exist_ok=True)
+    job = hydra_job()
+    if sweep_group and job["sweep"] and group:
+        group = f"{group}-{job['sweep']}"
+    tags = list(tags)
+    if tag_overrides:
+        tags += [t for t in override_tags(job["overrides"], job["exclude_keys"]) if t not in tags]
+    config = {"overrides": job["overrides"], **kwargs.pop("config", {})}
+    if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
+        log.warning("finishing the wandb run left open by an earlier job in this process")
+        finish_wandb(exit_code=1)
     if offline:
         log.info(
             "wandb offline (no WANDB_API_KEY / `wandb login`); upload later with "
             "`wandb sync %s/wandb/offline-run-*`",
             save_dir,
         )
-    return WandbLogger(offline=offline, save_dir=save_dir, **kwargs)
+    return WandbLogger(
+        offline=offline, save_dir=save_dir, group=group, tags=tags, config=config, **kwargs
+    )

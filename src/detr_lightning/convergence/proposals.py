@@ -24,8 +24,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from detr_lightning.models.box_encoding import inverse_sigmoid
-from detr_lightning.models.detr import MLP
+from detr_lightning.convergence.box_encoding import inverse_sigmoid
+from detr_lightning.detr.model import MLP
 
 
 class EncoderProposals(nn.Module):
@@ -79,7 +79,7 @@ class EncoderProposals(nn.Module):
     def forward(self, memory: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """memory [B, S=h*w, d], mask [B, h, w] -> ``pred_logits`` [B, S, num_logits],
         ``pred_boxes`` [B, S, 4] normalised cxcywh, ``features`` [B, S, d] and ``cells``
-        [B, S, 4] (see :meth:`cells`, what :class:`~detr_lightning.loss.CenterMatcher` reads)."""
+        [B, S, 4] (see :meth:`cells`, what :class:`~detr_lightning.convergence.center_matcher.CenterMatcher` reads)."""
         features = self.proj(memory)
         cells = self.cells(mask).to(memory.dtype)
         boxes = (self.bbox_embed(features) + inverse_sigmoid(self.anchors(cells))).sigmoid()

@@ -1,14 +1,21 @@
 """DETR encoder-decoder transformer with positions added to queries/keys at every layer.
 
-Parameters are named like ``nn.MultiheadAttention`` / the official DETR layers, so official
-checkpoint keys (``encoder.layers.N.self_attn.in_proj_weight``, ``decoder.norm.weight``...) map
-one to one. Attention runs through ``F.scaled_dot_product_attention``. Sequences are batch-first
-[B, S, d] inside this module (the official code is sequence-first; the numbers are the same).
+Attention is ``torch.nn.MultiheadAttention`` (what the official code uses, so official
+checkpoint keys such as ``encoder.layers.N.self_attn.in_proj_weight`` and ``decoder.norm.weight``
+map one to one; it runs scaled-dot-product attention). Sequences are batch-first [B, S, d]
+inside this module (the official code is sequence-first; the numbers are the same). Masks are
+True on real positions, as everywhere in this project; ``nn.MultiheadAttention`` takes the
+opposite, hence the ``~`` at its calls.
+
+The decoder has one extension point, ``layer_hook``: called before every decoder layer, it may
+replace the positional queries (box refinement computes them from each layer's boxes). The
+paper's model does not use it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -21,47 +28,18 @@ def _add(x: Tensor, pos: Tensor | None) -> Tensor:
     return x if pos is None else x + pos
 
 
-class MultiheadAttention(nn.Module):
-    """Multi-head attention with ``nn.MultiheadAttention``'s parameter layout, batch-first."""
+def _attention(d_model: int, nhead: int, dropout: float) -> nn.MultiheadAttention:
+    if d_model % nhead:
+        raise ValueError(f"d_model ({d_model}) must be divisible by nhead ({nhead})")
+    return nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
 
-    def __init__(self, d_model: int, nhead: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        if d_model % nhead:
-            raise ValueError(f"d_model ({d_model}) must be divisible by nhead ({nhead})")
-        self.nhead = nhead
-        self.dropout = dropout
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
-        self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model))
-        self.out_proj = nn.Linear(d_model, d_model)
-        nn.init.xavier_uniform_(self.in_proj_weight)
-        nn.init.zeros_(self.out_proj.bias)
 
-    def forward(
-        self,
-        query: Tensor,
-        key: Tensor,
-        value: Tensor,
-        key_padding_mask: Tensor | None = None,
-        attn_mask: Tensor | None = None,
-    ) -> Tensor:
-        """query [B, Lq, d], key/value [B, Lk, d]; key_padding_mask [B, Lk] bool True = real key;
-        attn_mask [Lq, Lk] bool True = NOT allowed to attend. Returns [B, Lq, d]."""
-        b, lq, d = query.shape
-        w_q, w_k, w_v = self.in_proj_weight.chunk(3)
-        b_q, b_k, b_v = self.in_proj_bias.chunk(3)
+class DecoderLayerHook(Protocol):
+    """Called before decoder layer ``index`` with the previous layer's normed output
+    ``hidden`` [B, Q, d] (None before the first); returns the positional queries [B, Q, d] that
+    layer uses (or None to keep the current ones)."""
 
-        def heads(x: Tensor, w: Tensor, bias: Tensor) -> Tensor:
-            return F.linear(x, w, bias).unflatten(-1, (self.nhead, -1)).transpose(1, 2)
-
-        q, k, v = heads(query, w_q, b_q), heads(key, w_k, b_k), heads(value, w_v, b_v)
-        allowed = None  # SDPA's boolean mask is True where attention IS allowed
-        if key_padding_mask is not None:
-            allowed = key_padding_mask[:, None, None, :]
-        if attn_mask is not None:
-            allowed = ~attn_mask if allowed is None else allowed & ~attn_mask
-        p = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p)
-        return self.out_proj(out.transpose(1, 2).reshape(b, lq, d))
+    def __call__(self, index: int, hidden: Tensor | None) -> Tensor | None: ...
 
 
 class _Layer(nn.Module):
@@ -95,7 +73,7 @@ class TransformerEncoderLayer(_Layer):
         pre: bool = False, use_ffn: bool = True,
     ) -> None:  # fmt: skip
         super().__init__(d_model, dim_ff, dropout, pre, use_ffn)
-        self.self_attn = MultiheadAttention(d_model, nhead, dropout)
+        self.self_attn = _attention(d_model, nhead, dropout)
         self.norm1, self.dropout1 = nn.LayerNorm(d_model), nn.Dropout(dropout)
         if use_ffn:
             self.norm2, self.dropout2 = nn.LayerNorm(d_model), nn.Dropout(dropout)
@@ -105,7 +83,9 @@ class TransformerEncoderLayer(_Layer):
 
         def attend(x: Tensor) -> Tensor:
             qk = _add(x, pos)
-            return self.self_attn(qk, qk, x, key_padding_mask)
+            return self.self_attn(
+                qk, qk, x, key_padding_mask=~key_padding_mask, need_weights=False
+            )[0]
 
         src = self._sublayer(src, attend, self.norm1, self.dropout1)
         if self.use_ffn:
@@ -121,8 +101,8 @@ class TransformerDecoderLayer(_Layer):
         pre: bool = False, use_ffn: bool = True,
     ) -> None:  # fmt: skip
         super().__init__(d_model, dim_ff, dropout, pre, use_ffn)
-        self.self_attn = MultiheadAttention(d_model, nhead, dropout)
-        self.multihead_attn = MultiheadAttention(d_model, nhead, dropout)
+        self.self_attn = _attention(d_model, nhead, dropout)
+        self.multihead_attn = _attention(d_model, nhead, dropout)
         self.norm1, self.dropout1 = nn.LayerNorm(d_model), nn.Dropout(dropout)
         self.norm2, self.dropout2 = nn.LayerNorm(d_model), nn.Dropout(dropout)
         if use_ffn:
@@ -142,10 +122,16 @@ class TransformerDecoderLayer(_Layer):
 
         def self_attend(x: Tensor) -> Tensor:
             qk = _add(x, query_pos)
-            return self.self_attn(qk, qk, x, attn_mask=self_attn_mask)
+            return self.self_attn(qk, qk, x, attn_mask=self_attn_mask, need_weights=False)[0]
 
         def cross_attend(x: Tensor) -> Tensor:
-            return self.multihead_attn(_add(x, query_pos), _add(memory, pos), memory, memory_mask)
+            return self.multihead_attn(
+                _add(x, query_pos),
+                _add(memory, pos),
+                memory,
+                key_padding_mask=~memory_mask,
+                need_weights=False,
+            )[0]
 
         tgt = self._sublayer(tgt, self_attend, self.norm1, self.dropout1)
         tgt = self._sublayer(tgt, cross_attend, self.norm2, self.dropout2)
@@ -175,11 +161,15 @@ class TransformerDecoder(nn.Module):
     def forward(
         self, tgt: Tensor, memory: Tensor, memory_mask: Tensor, pos: Tensor | None,
         query_pos: Tensor | None, mask: Tensor | None = None,
+        layer_hook: DecoderLayerHook | None = None,
     ) -> Tensor:  # fmt: skip
         """Shapes as in TransformerDecoderLayer. Returns [L, B, Q, d]: every layer's output
-        through the one shared final norm."""
-        outputs = []
-        for layer in self.layers:
+        through the one shared final norm. ``layer_hook``: see :class:`DecoderLayerHook`."""
+        outputs: list[Tensor] = []
+        for i, layer in enumerate(self.layers):
+            if layer_hook is not None:
+                new_pos = layer_hook(i, outputs[-1] if outputs else None)
+                query_pos = query_pos if new_pos is None else new_pos
             tgt = layer(tgt, memory, memory_mask, pos, query_pos, mask)
             outputs.append(self.norm(tgt))
         return torch.stack(outputs)
@@ -263,17 +253,44 @@ class Transformer(nn.Module):
             memory: [B, d, h, w] encoder output.
         """
         b, d, h, w = src.shape
-        memory, key_mask, memory_pos = self.encode(src, mask, pos)
+        memory, key_mask, pos_seq = self.encode(src, mask, pos)
         if query_embed.dim() == 2:
             query_embed = query_embed.unsqueeze(0).expand(b, -1, -1)
-        if tgt is None:
-            tgt = torch.zeros_like(query_embed)
-        query_pos = query_embed
-        if self.query_pos == "input":
-            tgt, query_pos = tgt + query_embed, None
-        decoder_memory, cross_pos = self.decoder_inputs(memory, memory_pos)
-        hs = self.decoder(tgt, decoder_memory, key_mask, cross_pos, query_pos, self_attn_mask)
+        hs = self.decode(memory, key_mask, pos_seq, query_embed, tgt, self_attn_mask)
         return hs, memory.transpose(1, 2).reshape(b, d, h, w)
+
+    def decode(
+        self,
+        memory: Tensor,
+        key_mask: Tensor,
+        pos_seq: Tensor | None,
+        query_pos: Tensor | None,
+        tgt: Tensor | None = None,
+        self_attn_mask: Tensor | None = None,
+        layer_hook: DecoderLayerHook | None = None,
+    ) -> Tensor:
+        """Decode queries against an encoded memory (the output of :meth:`encode`).
+
+        Args:
+            memory: [B, S, d]; key_mask: [B, S] bool True = real; pos_seq: [B, S, d] or None.
+            query_pos: [B, Q, d] positional queries (the paper's learned object queries); with
+                ``query_pos="input"`` they are added once to ``tgt`` instead.
+            tgt: [B, Q, d] initial content; default zeros.
+            self_attn_mask: [Q, Q] bool, True = query i may NOT attend to query j.
+            layer_hook: replaces the positional queries before each layer (see
+                :class:`DecoderLayerHook`).
+
+        Returns:
+            [L, B, Q, d] every decoder layer's output after the shared final LayerNorm.
+        """
+        if tgt is None:
+            tgt = torch.zeros_like(query_pos)
+        if self.query_pos == "input" and query_pos is not None:
+            tgt, query_pos = tgt + query_pos, None
+        decoder_memory, cross_pos = self.decoder_inputs(memory, pos_seq)
+        return self.decoder(
+            tgt, decoder_memory, key_mask, cross_pos, query_pos, self_attn_mask, layer_hook
+        )
 
     def encode(
         self, src: Tensor, mask: Tensor, pos: Tensor | None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from detr_lightning.loss.matcher import MatchIndices
+from detr_lightning.detr.matcher import MatchIndices
 
 
 class CenterMatcher(nn.Module):

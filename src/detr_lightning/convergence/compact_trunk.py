@@ -12,8 +12,8 @@ of the coarse stage at the resolution of the fine one.
     stage16   ``blocks[2]`` BasicBlocks at 4 width (first strided)  stride 16
     output    lateral8(stage8) + upsample(lateral16(stage16))       stride 8, 3 width channels
 
-Selected by ``Backbone(name="compact")`` (config: ``model.net.backbone.name=compact``), which
-adds the padding-mask resizing shared with the ResNets.
+:class:`CompactBackbone` wraps it with the padding-mask resizing of the paper's backbones
+(config: ``backbone=compact``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
+
+from detr_lightning.detr.backbone import FeatureBackbone
 
 
 def _conv_norm_relu(cin: int, cout: int, stride: int, norm: type[nn.Module]) -> list[nn.Module]:
@@ -43,16 +45,15 @@ class CompactTrunk(nn.Module):
     Args:
         width: channels at stride 4 (stride 8 has 2x, stride 16 4x, the output 3x).
         blocks: BasicBlocks at strides 4, 8 and 16.
-        norm_layer: normalisation after every convolution.
     """
 
     def __init__(
         self,
         width: int = 32,
         blocks: tuple[int, int, int] = (1, 1, 1),
-        norm_layer: type[nn.Module] = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
+        norm_layer = nn.BatchNorm2d
         if width < 8 or width % 2 or len(blocks) != 3 or min(blocks) < 1:
             raise ValueError(
                 f"compact backbone (width={width}, blocks={tuple(blocks)}): need an even width "
@@ -76,8 +77,34 @@ class CompactTrunk(nn.Module):
         self.to(memory_format=torch.channels_last)
 
     def forward(self, pixel_values: Tensor) -> dict[str, Tensor]:
-        """pixel_values [B, 3, H, W] -> ``{"p8": [B, 3 width, ceil(H/8), ceil(W/8)]}``."""
+        """pixel_values [B, 3, H, W] -> ``{"c4": [B, width, H/4, W/4], "c8": [B, 2 width, H/8,
+        W/8], "p8": [B, 3 width, H/8, W/8]}`` (sizes rounded up); ``p8`` is the fused output."""
         x = pixel_values.contiguous(memory_format=torch.channels_last)
-        c8 = self.stage8(self.stage4(self.stem(x)))
+        c4 = self.stage4(self.stem(x))
+        c8 = self.stage8(c4)
         top_down = F.interpolate(self.lateral16(self.stage16(c8)), size=c8.shape[-2:])
-        return {"p8": self.lateral8(c8) + top_down}
+        return {"c4": c4, "c8": c8, "p8": self.lateral8(c8) + top_down}
+
+
+class CompactBackbone(FeatureBackbone):
+    """:class:`CompactTrunk` as a DETR backbone (random init, trainable BatchNorm).
+
+    Args:
+        width: channels at stride 4 (the output has ``3 * width``).
+        blocks: BasicBlocks at strides 4, 8 and 16.
+        return_interm_layers: also return the stride-4 and stride-8 stages (``c4``, ``c8``)
+            before the fused output, for the panoptic mask head.
+    """
+
+    def __init__(
+        self,
+        width: int = 32,
+        blocks: tuple[int, int, int] = (1, 1, 1),
+        return_interm_layers: bool = False,
+    ) -> None:
+        super().__init__()
+        self.body = CompactTrunk(width, tuple(blocks))
+        self.stages = ("c4", "c8", "p8") if return_interm_layers else ("p8",)
+        channels = {"c4": width, "c8": 2 * width, "p8": 3 * width}
+        self.stage_channels = tuple(channels[s] for s in self.stages)
+        self.num_channels = self.body.num_channels

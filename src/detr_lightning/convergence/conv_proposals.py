@@ -1,6 +1,6 @@
 """Convolutional dense proposals and peak query selection (the ``proposal_head="conv"`` lever).
 
-A drop-in alternative to :class:`~detr_lightning.models.two_stage.EncoderProposals` for
+A drop-in alternative to :class:`~detr_lightning.convergence.proposals.EncoderProposals` for
 two-stage query selection, built like a one-stage detector's head (FCOS): a tower of 3x3
 convolutions over the memory laid back out as a map, then per-cell class logits and a box given
 as log distances from the cell centre to its four sides, in cells. Measured on the shapes data
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_convert
 
-from detr_lightning.models.two_stage import (
+from detr_lightning.convergence.proposals import (
     EncoderProposals,
     best_class_probability,
     check_enough_tokens,

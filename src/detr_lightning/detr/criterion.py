@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou_loss, sigmoid_focal_loss
 
-from detr_lightning.loss.matcher import HungarianMatcher, MatchIndices
+from detr_lightning.detr.matcher import HungarianMatcher, MatchIndices
 
 DEFAULT_WEIGHTS = {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
 # Which weighted loss keys each entry of `losses` produces (logged-only keys are not listed).
@@ -41,14 +41,9 @@ class SetCriterion(nn.Module):
 
     focal=True replaces softmax CE + eos_coef by the sigmoid focal loss of Deformable DETR: logits
     are [B, Q, C] (no "no object" column), targets are one-hot on matched queries and all-zero on
-    the others, loss_ce = sigmoid_focal_loss(reduction="sum") / num_boxes.
-    encoder_matches=k: the encoder proposals of two-stage models (``enc_outputs``, one per
-    feature-map token) are matched one-to-many, each target to k tokens (H-DETR's trick: the
-    targets are repeated k times before Hungarian matching), giving the backbone dense
-    supervision; their losses are suffixed ``_enc`` and normalised by k * num_boxes.
-    encoder_matcher (e.g. :class:`~detr_lightning.loss.CenterMatcher`) replaces that Hungarian
-    one-to-many matching of the encoder tokens by its own assignment; the ``_enc`` losses are
-    then normalised by the number of positive tokens (this process's, not summed over DDP).
+    the others, loss_ce = sigmoid_focal_loss(reduction="sum") / num_boxes; eos_coef must then be
+    left unset (it has no effect). Extensions with extra query sets (denoising, query groups,
+    dense proposals) reuse :meth:`set_losses`.
     Subclasses adding loss groups (e.g. masks) extend `LOSS_KEYS`.
     """
 
@@ -58,14 +53,12 @@ class SetCriterion(nn.Module):
         self,
         num_classes: int,
         matcher: HungarianMatcher,
-        eos_coef: float = 0.1,
+        eos_coef: float | None = None,
         losses: Sequence[str] = ("labels", "boxes", "cardinality"),
         weight_dict: Mapping[str, float] | None = None,
         focal: bool = False,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
-        encoder_matches: int = 1,
-        encoder_matcher: nn.Module | None = None,
     ) -> None:
         super().__init__()
         unknown = set(losses) - set(self.LOSS_KEYS)
@@ -86,6 +79,12 @@ class SetCriterion(nn.Module):
                 f"SetCriterion: criterion focal={focal} but matcher focal={matcher.focal}; set "
                 "both to the same value (focal heads have no 'no object' column)."
             )
+        if focal and eos_coef is not None:
+            raise ValueError(
+                f"SetCriterion: eos_coef={eos_coef} has no effect with focal=True (a sigmoid head "
+                "has no 'no object' column); remove model.criterion.eos_coef."
+            )
+        eos_coef = 0.1 if eos_coef is None else eos_coef
         self.num_classes = num_classes
         self.matcher = matcher
         self.eos_coef = eos_coef
@@ -93,10 +92,6 @@ class SetCriterion(nn.Module):
         self.focal = focal
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
-        if encoder_matches < 1:
-            raise ValueError(f"SetCriterion: encoder_matches={encoder_matches}; need >= 1.")
-        self.encoder_matches = encoder_matches
-        self.encoder_matcher = encoder_matcher
         weight = torch.ones(num_classes + 1)
         weight[-1] = eos_coef
         self.register_buffer("empty_weight", weight, persistent=False)
@@ -117,7 +112,7 @@ class SetCriterion(nn.Module):
                 the boxes of `targets`. Clamped to >= 1.
         Returns:
             unweighted scalar losses loss_ce, loss_bbox, loss_giou, logged-only class_error (%)
-            and cardinality_error, and loss_<name>_<i> for aux output i (no logged-only keys).
+            and cardinality_error, and loss_<name>_<i> and cardinality_error_<i> for aux output i.
         """
         expected = self.num_classes + (0 if self.focal else 1)
         if outputs["pred_logits"].shape[-1] != expected:
@@ -127,35 +122,9 @@ class SetCriterion(nn.Module):
                 "model's and the criterion's num_classes agree."
             )
         num_boxes = self.normalise_num_boxes(targets, num_boxes, outputs["pred_boxes"].device)
-        result = self._set_losses(outputs, targets, num_boxes)
-        # Training-only query levers (models/accelerated.py): every extra query group is matched
-        # on its own (Group DETR); denoising queries have a known assignment (DN-DETR), and
-        # each target appears once per dn group, hence the larger normaliser.
-        for g, group in enumerate(outputs.get("group_outputs", ()), start=1):
-            result.update(self._set_losses(group, targets, num_boxes, suffix=f"_g{g}"))
-        dn = outputs.get("dn_queries")
-        if dn is not None:
-            known = dn.matching_indices()
-            result.update(
-                self._set_losses(
-                    outputs["dn_outputs"], targets, num_boxes * dn.num_groups, "_dn", known
-                )
-            )
-        enc = outputs.get("enc_outputs")
-        if enc is not None and self.encoder_matcher is not None:
-            known = self.encoder_matcher(enc, targets)
-            positives = self.normalise_num_boxes(
-                targets, sum(len(src) for src, _ in known), enc["pred_boxes"].device
-            )
-            result.update(self._set_losses(enc, targets, positives, "_enc", known))
-        elif enc is not None:
-            k = self.encoder_matches
-            repeated = [{"labels": t["labels"].repeat(k), "boxes": t["boxes"].repeat(k, 1)}
-                        for t in targets]  # fmt: skip
-            result.update(self._set_losses(enc, repeated, num_boxes * k, "_enc"))
-        return result
+        return self.set_losses(outputs, targets, num_boxes)
 
-    def _set_losses(
+    def set_losses(
         self,
         outputs: dict,
         targets: list[dict[str, Tensor]],
@@ -165,15 +134,18 @@ class SetCriterion(nn.Module):
     ) -> dict[str, Tensor]:
         """Losses of one query set and its aux outputs, keys suffixed ``suffix`` (then ``_i``).
         ``indices`` given = a known assignment, reused for every layer; None = match each layer.
-        Logged-only metrics come with the unsuffixed main set only."""
+        Logged-only metrics come with the unsuffixed main set only: class_error for the last
+        layer, cardinality_error for every layer (``cardinality_error_i``, as the official)."""
 
-        def losses_of(out: dict, log: bool) -> dict[str, Tensor]:
+        def losses_of(out: dict, log_class: bool) -> dict[str, Tensor]:
             match = indices if indices is not None else self.matcher(out, targets)
-            return self._losses_for(out, targets, match, num_boxes, log=log)
+            return self._losses_for(
+                out, targets, match, num_boxes, log=log_class, log_cardinality=not suffix
+            )
 
-        result = {f"{k}{suffix}": v for k, v in losses_of(outputs, log=not suffix).items()}
+        result = {f"{k}{suffix}": v for k, v in losses_of(outputs, not suffix).items()}
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
-            result.update({f"{k}{suffix}_{i}": v for k, v in losses_of(aux, log=False).items()})
+            result.update({f"{k}{suffix}_{i}": v for k, v in losses_of(aux, False).items()})
         return result
 
     @staticmethod
@@ -207,9 +179,11 @@ class SetCriterion(nn.Module):
         indices: MatchIndices,
         num_boxes: Tensor,
         log: bool = True,
+        log_cardinality: bool | None = None,
     ) -> dict[str, Tensor]:
         """Losses of one set of predictions under a given matching (reusable with known indices,
-        e.g. denoising queries or per-group matching). log=False skips the logged-only metrics."""
+        e.g. denoising queries or per-group matching). log=False skips class_error;
+        log_cardinality (default: ``log``) the cardinality_error."""
         batch_idx = torch.cat([torch.full_like(src, b) for b, (src, _) in enumerate(indices)])
         src_idx = torch.cat([src for src, _ in indices])
         matched = (batch_idx, src_idx)
@@ -220,7 +194,7 @@ class SetCriterion(nn.Module):
         if "boxes" in self.losses:
             tgt = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices, strict=True)])
             out.update(self._box_losses(outputs["pred_boxes"][matched], tgt, num_boxes))
-        if "cardinality" in self.losses and log:
+        if "cardinality" in self.losses and (log if log_cardinality is None else log_cardinality):
             out["cardinality_error"] = self._cardinality_error(outputs["pred_logits"], targets)
         return out
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from detr_lightning.convergence.dims import ModelDims
 
 
 @dataclass
@@ -146,3 +148,45 @@ def query_attention_mask(
     # Denoising queries may read the first matching group (DN-DETR lets dn see matching queries).
     blocked[:num_dn, num_dn : num_dn + num_queries] = False
     return blocked
+
+
+class Denoiser(nn.Module):
+    """DN-DETR as a component: noised copies of the ground truth become extra training queries.
+
+    Built by the model as ``denoiser(dims)``; owns the label embedding that
+    turns a noised label into a query's content. The model gives the noised boxes their
+    positional queries (through its ``ref_point_head``) and hides them behind
+    :func:`query_attention_mask`.
+
+    Args:
+        dims: the model's sizes (``d_model``, ``num_classes``).
+        groups: noised copies of every target (DN-DETR's dn groups), >= 1.
+        label_noise: probability of replacing a label by a random class.
+        box_noise: DN-DETR's lambda (see :func:`make_denoising_queries`).
+    """
+
+    def __init__(
+        self,
+        dims: ModelDims,
+        groups: int = 5,
+        label_noise: float = 0.2,
+        box_noise: float = 0.4,
+    ) -> None:
+        super().__init__()
+        if groups < 1 or not 0 <= label_noise <= 1 or box_noise < 0:
+            raise ValueError(
+                f"model.net.denoiser: groups={groups}, label_noise={label_noise}, "
+                f"box_noise={box_noise}; need groups >= 1, label_noise in [0, 1], box_noise >= 0 "
+                "(remove the denoiser node to switch denoising off)."
+            )
+        self.num_classes, self.groups = dims.num_classes, groups
+        self.label_noise, self.box_noise = label_noise, box_noise
+        self.label_embed = nn.Embedding(dims.num_classes, dims.d_model)
+
+    def forward(self, targets: list[dict[str, Tensor]] | None) -> DenoisingQueries | None:
+        """Noised queries for a training batch (None at inference or without targets)."""
+        if not self.training or targets is None:
+            return None
+        return make_denoising_queries(
+            targets, self.num_classes, self.groups, self.label_noise, self.box_noise
+        )

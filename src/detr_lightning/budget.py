@@ -1,0 +1,78 @@
+"""WallBudget: fit the epochs, the lr cosine and the validations to a wall-time budget.
+
+Works with :func:`~detr_lightning.schedule.budget_schedule` (LitDETR adds this callback when that
+schedule is configured). After every epoch it measures the epoch's training and validation time,
+plans how many more epochs fit in what is left of the budget, sets that as the run's last epoch
+and re-aims the cosine at its end; validation is spaced so that it takes at most
+``max_val_share`` of the time, and always runs after the last epoch. A faster machine runs more
+epochs, a slower one fewer, and both finish annealed inside the budget.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning as L
+
+from detr_lightning.schedule import BudgetLR
+
+
+class WallBudget(L.Callback):
+    """See the module docstring. State (time spent so far) is saved in checkpoints, so a resumed
+    run continues the same budget."""
+
+    def __init__(self) -> None:
+        self.spent_s = 0.0  # training time of finished epochs, across resumptions
+        self._epoch_start = 0.0
+        self._val_s = 0.0
+        self._last_val_s = 0.0
+
+    def _scheduler(self, trainer: L.Trainer) -> BudgetLR:
+        for config in trainer.lr_scheduler_configs:
+            if isinstance(config.scheduler, BudgetLR):
+                return config.scheduler
+        raise RuntimeError("WallBudget needs model.lr_schedule = budget_schedule")
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_start, self._val_s = time.perf_counter(), 0.0
+        if trainer.current_epoch + 1 >= trainer.fit_loop.max_epochs:
+            trainer.check_val_every_n_epoch = 1  # the last epoch always validates
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._val_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._val_s += time.perf_counter() - self._val_start
+            self._last_val_s = self._val_s
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        scheduler = self._scheduler(trainer)
+        epoch_s = time.perf_counter() - self._epoch_start
+        self.spent_s += epoch_s
+        train_s = max(epoch_s - self._val_s, 1e-3)
+        val_s = self._last_val_s
+        # Validate every n epochs so that validation stays under its share of the time.
+        share = scheduler.max_val_share
+        every = max(1, math.ceil(val_s / max(share * (train_s + val_s), 1e-9)))
+        left_s = scheduler.budget_s - self.spent_s - val_s  # the final validation is certain
+        epochs_left = max(0, int(left_s // (train_s + val_s / every)))
+        done = trainer.current_epoch + 1
+        trainer.fit_loop.max_epochs = done + epochs_left
+        trainer.check_val_every_n_epoch = every
+        steps = trainer.global_step / done  # optimizer steps per epoch
+        scheduler.factor.replan(round(trainer.global_step + epochs_left * steps))
+        if epochs_left == 0:
+            trainer.should_stop = True
+        pl_module.log_dict(
+            {"budget/planned_epochs": float(done + epochs_left), "budget/spent_s": self.spent_s}
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"spent_s": self.spent_s, "last_val_s": self._last_val_s}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.spent_s = float(state_dict["spent_s"])
+        self._last_val_s = float(state_dict.get("last_val_s", 0.0))

@@ -1,0 +1,9 @@
+"""Fault tolerance for checkpoints: atomic writes, an always-fresh ``last.ckpt``, ``ckpt_path=last``
+and load errors that name the file.
+
+Modules (imported one by one, so that the import-light ones stay light):
+  atomic_io  AtomicCheckpointIO: temp file + fsync + os.replace (torch, Lightning)
+  callback   BestAndLastCheckpoint: best-by-metric files plus a last.ckpt independent of it
+  locate     ckpt_path=last/auto -> the newest last.ckpt of the experiment (stdlib only)
+  validate   read a checkpoint safely and name the file, the reason and the fix (torch)
+"""

@@ -1,0 +1,125 @@
+"""Atomic checkpoint files: a reader sees the old complete file or the new complete one, never a
+torn one, whatever kills the writer (SIGKILL, OOM killer, pre-emption, power loss).
+
+Lightning's own ``_atomic_save`` serialises to memory and then writes the target through an
+fsspec transaction, which for local paths stages the bytes under ``$TMPDIR``: the final move is
+only a rename when ``$TMPDIR`` is on the run directory's filesystem (on a cluster it usually is
+not, and the move becomes a copy that a kill can interrupt). Here the temp file lives in the
+target's own directory, so ``os.replace`` is always a same-filesystem rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from typing import IO, Any
+
+import torch
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from typing_extensions import override
+
+log = logging.getLogger(__name__)
+
+_TMP_SUFFIX = ".tmp"
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600 files; a checkpoint gets the mode a plain open() would give it.
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
+def _tmp_prefix(path: str) -> str:
+    # Hidden and with a different suffix: Lightning's last-checkpoint search (``last*.ckpt``) and
+    # ``ckpt_path=last`` never mistake a leftover temp file for a checkpoint.
+    return f".{os.path.basename(path)}."
+
+
+def _fsync_dir(dirname: str) -> None:
+    """Persist the directory entry of a rename (POSIX; a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(dirname, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
+    """Write a file atomically: ``write(f)`` fills a temp file next to ``path``, which is flushed,
+    fsync'd and renamed over ``path`` (then the directory is fsync'd). On any error the temp file
+    is removed and ``path`` is untouched."""
+    path = os.fspath(path)
+    dirname = os.path.dirname(os.path.abspath(path))
+    os.makedirs(dirname, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=_TMP_SUFFIX, dir=dirname)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), _FILE_MODE)
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(dirname)
+    remove_stale_temp_files(path)
+
+
+def remove_stale_temp_files(path: str | os.PathLike) -> list[str]:
+    """Delete temp files a killed writer left beside ``path``; returns their paths.
+
+    Called after a successful write of the same target: one writer per file (rank 0), so any
+    temp file of that target still present belongs to a dead process."""
+    path = os.fspath(path)
+    pattern = os.path.join(
+        glob.escape(os.path.dirname(os.path.abspath(path))), glob.escape(_tmp_prefix(path))
+    )
+    stale = glob.glob(pattern + "*" + _TMP_SUFFIX, include_hidden=True)
+    for leftover in stale:
+        with contextlib.suppress(OSError):
+            os.unlink(leftover)
+    return stale
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)``, atomically."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning ``CheckpointIO`` plugin: ``TorchCheckpointIO`` with same-directory atomic writes.
+
+    Wired into every trainer by ``utils.build.build_trainer``. Remote (fsspec URL) targets keep
+    Lightning's transaction-based write, which is what object stores offer.
+    """
+
+    @override
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError(
+                f"{type(self).__name__}.save_checkpoint does not take storage_options "
+                f"(got {storage_options!r})"
+            )
+        if not _is_local_file_protocol(path):
+            super().save_checkpoint(checkpoint, path)
+            return
+        atomic_torch_save(checkpoint, path)
+        log.debug("saved checkpoint %s", path)

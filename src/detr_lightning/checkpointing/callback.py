@@ -1,0 +1,113 @@
+"""BestAndLastCheckpoint: the best checkpoints by a metric, plus a ``last.ckpt`` that always holds
+the latest training state.
+
+Stock ``ModelCheckpoint`` (Lightning 2.6) ties the two together: ``last.ckpt`` is rewritten only
+when a top-k file is, so once val/AP stops improving it goes stale, and ``every_n_train_steps``
+saves are deferred until the monitored metric exists (i.e. dropped before the first validation)
+unless ``save_on_train_epoch_end=False``. A crash then loses everything since the last
+improvement. Here they are independent:
+
+* top-k by ``monitor`` is decided at every validation end (``every_n_epochs``), as before;
+* ``last.ckpt`` is written at the end of every training epoch, every ``every_n_train_steps``
+  optimizer steps (from the first step on, metric or not) and when training ends.
+
+``best_model_path``, ``best_model_score`` and ``last_model_path`` keep their Lightning meaning
+(train.py tests ``best_model_path``; the non-finite guard names ``last_model_path``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
+from typing_extensions import override
+
+
+class BestAndLastCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` is refreshed independently of the monitored metric.
+
+    Args:
+        every_n_train_steps: also rewrite ``last.ckpt`` every that many optimizer steps (None/0:
+            only at epoch ends). It does not trigger top-k saves: the metric only changes at
+            validation.
+        save_last: must stay truthy (the point of this class); "link" is not supported.
+        **kwargs: the other ``ModelCheckpoint`` arguments (dirpath, filename, monitor, mode,
+            save_top_k, every_n_epochs, ...).
+    """
+
+    def __init__(
+        self, every_n_train_steps: int | None = None, save_last: bool = True, **kwargs: Any
+    ) -> None:
+        if save_last is not True:
+            raise ValueError(
+                f"BestAndLastCheckpoint(save_last={save_last!r}): this callback exists to keep "
+                "last.ckpt current; use lightning's ModelCheckpoint to go without it"
+            )
+        if every_n_train_steps is not None and every_n_train_steps < 0:
+            raise ValueError(
+                f"callbacks.model_checkpoint.every_n_train_steps={every_n_train_steps}: must be "
+                ">= 1 (or null for epoch ends only)"
+            )
+        for key in ("train_time_interval", "save_on_train_epoch_end"):
+            if kwargs.get(key) is not None:
+                raise ValueError(f"BestAndLastCheckpoint does not take {key}")
+        # The parent would turn every_n_train_steps into a top-k trigger (and make it exclusive
+        # with every_n_epochs); it is a last.ckpt trigger here.
+        super().__init__(save_last=True, **kwargs)
+        self.last_every_n_train_steps = int(every_n_train_steps or 0)
+        self._last_written_step = -1  # global step held by the current last.ckpt (this run)
+
+    # ------------------------------------------------------------------ when
+    @staticmethod
+    def _not_fitting(trainer: L.Trainer) -> bool:
+        return (
+            bool(trainer.fast_dev_run)
+            or trainer.state.fn != TrainerFn.FITTING
+            or trainer.sanity_checking
+        )
+
+    @override
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int,
+    ) -> None:  # fmt: skip
+        n = self.last_every_n_train_steps
+        if n < 1 or trainer.global_step % n != 0 or trainer.global_step == self._last_written_step:
+            return
+        # The epoch end writes moments later (with the validation results): no need to write twice.
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return
+        self.write_last(trainer)
+
+    @override
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._not_fitting(trainer) or self.save_top_k == 0 or self._every_n_epochs < 1:
+            return
+        if (trainer.current_epoch + 1) % self._every_n_epochs == 0:
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    @override
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Always, even at a step already written mid-epoch: the epoch-end state (finished epoch,
+        # validation results, best score) is what a resume should continue from.
+        self.write_last(trainer)
+
+    @override
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step != self._last_written_step:
+            self.write_last(trainer)
+
+    # ------------------------------------------------------------------ what
+    def write_last(self, trainer: L.Trainer) -> None:
+        """Write ``last.ckpt`` now (a no-op outside fitting and before the first step)."""
+        if self._not_fitting(trainer) or trainer.global_step == 0:
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._last_written_step = trainer.global_step
+
+    @property
+    def last_written_step(self) -> int | None:
+        """Global step of the ``last.ckpt`` this run wrote (None: not written yet)."""
+        return self._last_written_step if self._last_written_step >= 0 else None

@@ -1,0 +1,53 @@
+"""``model.pretrained=``: initialise a freshly built model from an official DETR release, once.
+
+The file is first read with ``validate.read_checkpoint`` (weights_only, mmap: cheap), so that a
+truncated, corrupt or unsafe file fails with the same named message as ``ckpt_path=``; then
+``detr_lightning.checkpoint.load_pretrained_into`` maps the official keys and checks them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from torch import nn
+
+from detr_lightning.checkpointing.validate import CheckpointLoadError, read_checkpoint
+
+log = logging.getLogger(__name__)
+
+KEY = "model.pretrained"
+
+
+def _strip_path(message: str, path: str) -> str:
+    # official.py's messages start with "<path>: "; ours start with "model.pretrained=<path>: ".
+    return message[len(path) + 2 :] if message.startswith(f"{path}: ") else message
+
+
+def load_pretrained(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
+    """Load the official release ``path`` into ``model.net`` (or ``model`` itself when it has no
+    ``net``); the class head is re-initialised when the class counts differ.
+
+    Returns ``load_pretrained_into``'s report. Raises CheckpointLoadError naming
+    ``model.pretrained=<path>``, the reason and the fix for a missing, truncated, corrupt or
+    unsafe file and for one of another architecture.
+    """
+    from detr_lightning.checkpoint import load_pretrained_into
+
+    path = os.fspath(path)
+    read_checkpoint(path, KEY)  # named errors for unreadable files, before the key mapping
+    net = getattr(model, "net", model)
+    try:
+        report = load_pretrained_into(net, path)
+    except FileNotFoundError as err:
+        raise CheckpointLoadError(f"{KEY}={path}: no such file. Fix: check the path.") from err
+    except ValueError as err:
+        raise CheckpointLoadError(f"{KEY}={path}: {_strip_path(str(err), path)}") from err
+    log.info(
+        "initialised the model from %s (%d tensors; re-initialised: %s)",
+        path,
+        len(report["loaded"]),
+        ", ".join(report["reinitialized"]) or "none",
+    )
+    return report

@@ -1,0 +1,27 @@
+"""The sizes a lever component needs from the model it plugs into."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """Sizes handed to every lever component at construction (so its config node states only
+    the lever's own settings).
+
+    Attributes:
+        d_model: transformer width.
+        num_queries: matching queries per group.
+        num_classes: real classes.
+        num_logits: class-logit columns (``num_classes`` for focal heads, ``+1`` otherwise).
+        focal: sigmoid (focal) classification instead of softmax with a "no object" column.
+        num_decoder_layers: decoder layers.
+    """
+
+    d_model: int
+    num_queries: int
+    num_classes: int
+    num_logits: int
+    focal: bool
+    num_decoder_layers: int

@@ -1,0 +1,212 @@
+"""ConvergenceDETR: the paper's detector with lever components plugged in.
+
+The model is :class:`~detr_lightning.detr.model.SetDetector` (backbone, encoder, class head,
+box MLP, output dict) plus components, each its own config node that exists only when used:
+
+* ``queries`` — what the decoder starts from (:mod:`~detr_lightning.convergence.queries`):
+  learned queries (optionally Group DETR groups), learned anchor boxes, or two-stage proposal
+  queries with a linear or conv proposal head (and its class prior);
+* ``box_refinement`` — per-layer box refinement (:mod:`~detr_lightning.convergence.refinement`),
+  driving the paper's decoder through its ``layer_hook`` extension point;
+* ``denoiser`` — DN-DETR training queries (:class:`~detr_lightning.convergence.denoising.Denoiser`);
+* ``aux_head`` — a training-only dense proposal head on the memory (Co-DETR), for learned or
+  anchor queries;
+* ``focal`` — sigmoid classification (no "no object" column; a 1 % prior bias), set by the
+  ``cls_loss`` config group together with the matcher, criterion and post-processing;
+* ``detach_memory`` — the decoder reads the memory without back-propagating into it.
+
+Components are partials called with :class:`~detr_lightning.convergence.dims.ModelDims`.
+Combinations that cannot work fail here, naming the config keys. Training-only outputs:
+``group_outputs``, ``dn_outputs`` + ``dn_queries``, ``enc_outputs``; at inference the output
+contract is DETR's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from detr_lightning.convergence.box_encoding import box_sine_embedding
+from detr_lightning.convergence.denoising import DenoisingQueries, query_attention_mask
+from detr_lightning.convergence.dims import ModelDims
+from detr_lightning.convergence.queries import DecoderQueries, LearnedQueries, ProposalQueries
+from detr_lightning.convergence.refinement import RefiningDecoderHook, zero_last_layer
+from detr_lightning.detr.model import MLP, SetDetector
+from detr_lightning.detr.transformer import Transformer
+
+Factory = Callable[[ModelDims], nn.Module]
+
+
+class ConvergenceDETR(SetDetector):
+    """DETR with lever components (module docstring).
+
+    Args (beyond :class:`~detr_lightning.detr.model.DETR`'s):
+        queries: partial query source (default: the paper's learned queries).
+        box_refinement: partial :class:`~detr_lightning.convergence.refinement.BoxRefinement`
+            or None; needed by, and only by, reference-box queries (anchors, proposals).
+        denoiser: partial :class:`~detr_lightning.convergence.denoising.Denoiser` or None.
+        aux_head: partial proposal head ``(d_model, num_logits, focal)`` trained as a dense
+            auxiliary head (``enc_outputs``), or None.
+        focal: sigmoid class head with ``num_classes`` columns.
+        detach_memory: the decoder's losses do not reach the encoder and backbone.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        position_encoding: nn.Module,
+        transformer: Transformer,
+        num_classes: int,
+        num_queries: int = 100,
+        aux_loss: bool = True,
+        queries: Factory | None = None,
+        box_refinement: Factory | None = None,
+        denoiser: Factory | None = None,
+        aux_head: Callable[..., nn.Module] | None = None,
+        focal: bool = False,
+        detach_memory: bool = False,
+    ) -> None:
+        num_logits = num_classes + (0 if focal else 1)
+        super().__init__(
+            backbone, position_encoding, transformer, num_classes, num_logits, num_queries,
+            aux_loss,
+        )  # fmt: skip
+        d = transformer.d_model
+        dims = ModelDims(
+            d, num_queries, num_classes, num_logits, focal, len(transformer.decoder.layers)
+        )
+        self.focal, self.detach_memory = focal, detach_memory
+        if focal:
+            # Every class starts at a 1 % probability so the focal loss is not swamped.
+            nn.init.constant_(self.class_embed.bias, -math.log((1 - 0.01) / 0.01))
+        self.queries = (queries or LearnedQueries)(dims)
+        _check_combination(self.queries, box_refinement, denoiser, aux_head, transformer)
+        if getattr(self.queries, "class_prior", False):
+            # The decoder's logits start equal to its proposals' (ProposalQueries).
+            nn.init.zeros_(self.class_embed.weight)
+            nn.init.zeros_(self.class_embed.bias)
+        self.aux_head = aux_head(d, num_logits, focal) if aux_head is not None else None
+        self.box_refinement = box_refinement(dims) if box_refinement is not None else None
+        if self.box_refinement is not None:
+            zero_last_layer(self.bbox_embed)  # the last layer's refinement head
+        if box_refinement is not None or denoiser is not None:
+            # Boxes (references, noised ground truth) -> positional queries.
+            self.ref_point_head = MLP(d, d, d, 2)
+        self.denoiser = denoiser(dims) if denoiser is not None else None
+
+    def forward(
+        self,
+        pixel_values: Tensor,
+        pixel_mask: Tensor | None = None,
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> dict[str, Any]:
+        """Detect objects; ``targets`` (labels [T], boxes [T, 4] cxcywh) feed the denoiser.
+
+        Returns DETR's outputs and, in training, ``group_outputs`` (one dict per extra query
+        group), ``dn_outputs`` + ``dn_queries`` (the denoising reconstructions and the
+        :class:`~detr_lightning.convergence.denoising.DenoisingQueries` that made them) and
+        ``enc_outputs`` (the dense head's ``pred_logits``/``pred_boxes``/``cells``).
+        """
+        dn = self.denoiser(targets) if self.denoiser is not None else None
+        enc = self.encode(pixel_values, pixel_mask)
+        queries = self.queries(enc)
+        dense = queries.dense
+        if self.aux_head is not None and self.training:
+            proposals = self.aux_head(enc.memory, enc.mask)
+            dense = {k: proposals[k] for k in ("pred_logits", "pred_boxes", "cells")}
+        content, position, reference, prior = self._prepend_denoising(queries, dn)
+        memory = enc.memory.detach() if self.detach_memory else enc.memory
+        attn_mask = query_attention_mask(
+            self.num_queries, queries.groups, dn.num_groups if dn else 0, dn.pad if dn else 0,
+            memory.device,
+        )  # fmt: skip
+        hook = None
+        if self.box_refinement is not None:
+            heads = [*self.box_refinement.layer_bbox_embed, self.bbox_embed]
+            hook = RefiningDecoderHook(heads, self.ref_point_head, reference)
+        hs = self.transformer.decode(
+            memory, enc.key_mask, enc.pos, position, content, attn_mask, hook
+        )
+        logits = self.class_embed(hs)
+        if prior is not None:
+            logits = logits + prior
+        boxes = hook.finish(hs) if hook is not None else self.bbox_embed(hs).sigmoid()
+        out = self._split_outputs(logits, boxes, queries.groups, dn)
+        if dense is not None and self.training:
+            out["enc_outputs"] = dense
+        return out
+
+    def _prepend_denoising(
+        self, queries: DecoderQueries, dn: DenoisingQueries | None
+    ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+        """Content, positions, reference boxes and class prior with the dn queries in front."""
+        content, position, reference, prior = (
+            queries.content, queries.position, queries.reference, queries.prior,
+        )  # fmt: skip
+        if dn is None:
+            return content, position, reference, prior
+        content = torch.cat([self.denoiser.label_embed(dn.labels), content], dim=1)
+        if reference is not None:
+            reference = torch.cat([dn.boxes, reference], dim=1)
+        else:
+            dn_pos = self.ref_point_head(box_sine_embedding(dn.boxes, content.shape[-1]))
+            position = torch.cat([dn_pos, position], dim=1)
+        if prior is not None:  # denoising queries have no proposal: their prior is 0
+            prior = torch.cat([prior.new_zeros(*dn.labels.shape, prior.shape[-1]), prior], 1)
+        return content, position, reference, prior
+
+    def _split_outputs(
+        self, logits: Tensor, boxes: Tensor, groups: int, dn: DenoisingQueries | None
+    ) -> dict[str, Any]:
+        """Cut the [L, B, N, *] stacks into the dn part and one output dict per query group."""
+        q, num_dn = self.num_queries, dn.num_queries if dn is not None else 0
+        chunks = [
+            self.layer_outputs(
+                logits[:, :, num_dn + g * q : num_dn + (g + 1) * q],
+                boxes[:, :, num_dn + g * q : num_dn + (g + 1) * q],
+            )
+            for g in range(groups)
+        ]
+        out = chunks[0]
+        if groups > 1:
+            out["group_outputs"] = chunks[1:]
+        if dn is not None:
+            out["dn_outputs"] = self.layer_outputs(logits[:, :, :num_dn], boxes[:, :, :num_dn])
+            out["dn_queries"] = dn
+        return out
+
+
+def _check_combination(
+    queries: nn.Module,
+    box_refinement: Factory | None,
+    denoiser: Factory | None,
+    aux_head: Callable[..., nn.Module] | None,
+    transformer: Transformer,
+) -> None:
+    """Raise on lever combinations that cannot work, naming the config keys."""
+    name = type(queries).__name__
+    if queries.uses_reference and box_refinement is None:
+        raise ValueError(
+            f"model.net.queries={name} starts the decoder from reference boxes, which need "
+            "model.net.box_refinement (add refine=boxes, or use queries=learned)."
+        )
+    if box_refinement is not None and not queries.uses_reference:
+        raise ValueError(
+            f"model.net.box_refinement needs reference boxes, but model.net.queries={name} has "
+            "none: use queries=anchors or queries=proposals, or remove the box_refinement node."
+        )
+    if aux_head is not None and isinstance(queries, ProposalQueries):
+        raise ValueError(
+            "model.net.aux_head with model.net.queries=ProposalQueries: the proposal head "
+            "already trains the encoder densely; remove the aux_head node."
+        )
+    extra = box_refinement or denoiser or getattr(queries, "groups", 1) > 1
+    if extra and transformer.query_pos != "attn":
+        raise ValueError(
+            "model.net.box_refinement / denoiser / queries.groups need "
+            f"model.net.transformer.query_pos=attn (got {transformer.query_pos!r})."
+        )

@@ -1,0 +1,231 @@
+"""DETR: backbone, position encoding, transformer, class head and 3-layer box MLP.
+
+:class:`SetDetector` holds what every DETR-style detector shares and its two steps that
+extensions reuse: :meth:`SetDetector.encode` (image -> :class:`EncodedImage`) and
+:meth:`SetDetector.layer_outputs` (per-layer predictions -> the output dict).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detr_lightning.detr.backbone import Backbone
+from detr_lightning.detr.position_encoding import build_position_encoding
+from detr_lightning.detr.transformer import Transformer
+
+
+class MLP(nn.Module):
+    """``num_layers`` Linear layers with ReLU between them (none after the last)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(
+            nn.Linear(i, o) for i, o in zip(dims[:-1], dims[1:], strict=True)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [..., input_dim] -> [..., output_dim]."""
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+@dataclass
+class EncodedImage:
+    """What the encoder hands to the decoder, and what extensions (mask head, proposals) read.
+
+    Attributes:
+        features: the backbone's ``(features [B, C, h, w], mask [B, h, w] bool True = real)``
+            per returned stage, finest first; the last one is what the transformer reads.
+        memory: [B, S = h*w, d] encoder output (batch-first sequence).
+        key_mask: [B, S] bool, True on real tokens.
+        pos: [B, S, d] spatial encoding as a sequence (None without position encoding).
+    """
+
+    features: list[tuple[Tensor, Tensor]]
+    memory: Tensor
+    key_mask: Tensor
+    pos: Tensor | None
+
+    @property
+    def mask(self) -> Tensor:
+        """[B, h, w] bool padding mask of the feature map the transformer reads."""
+        return self.features[-1][1]
+
+
+class SetDetector(nn.Module):
+    """What every DETR-style detector here shares: backbone, position encoding, transformer,
+    input projection, class head and 3-layer box MLP, the encoder pass and the output dict.
+    :class:`DETR` adds the paper's learned object queries; extensions supply other queries.
+
+    Args:
+        backbone: a :class:`~detr_lightning.detr.backbone.FeatureBackbone` (``num_channels``).
+        position_encoding: maps a mask [B, h, w] to an encoding [B, d, h, w].
+        transformer: encoder-decoder with ``d_model`` = d.
+        num_classes: real classes.
+        num_logits: class-logit columns (the paper: ``num_classes + 1``, the last "no object").
+        num_queries: object queries (detection slots) per image.
+        aux_loss: also return the predictions of every decoder layer but the last.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        position_encoding: nn.Module,
+        transformer: Transformer,
+        num_classes: int,
+        num_logits: int,
+        num_queries: int = 100,
+        aux_loss: bool = True,
+    ) -> None:
+        super().__init__()
+        d = transformer.d_model
+        self.backbone = backbone
+        self.position_encoding = position_encoding
+        self.transformer = transformer
+        self.input_proj = nn.Conv2d(backbone.num_channels, d, kernel_size=1)
+        self.class_embed = nn.Linear(d, num_logits)
+        self.bbox_embed = MLP(d, d, 4, 3)
+        self.num_classes = num_classes
+        self.num_queries = num_queries
+        self.aux_loss = aux_loss
+
+    def encode(self, pixel_values: Tensor, pixel_mask: Tensor | None = None) -> EncodedImage:
+        """Backbone, position encoding, input projection and encoder.
+
+        Args:
+            pixel_values: [B, 3, H, W] float, ImageNet-normalised, padded to a common size.
+            pixel_mask: [B, H, W] bool, True on real pixels (None = no padding).
+        """
+        features = self.backbone(pixel_values, pixel_mask)
+        src, mask = features[-1]
+        pos = self.position_encoding(mask).to(src.dtype)
+        memory, key_mask, pos_seq = self.transformer.encode(self.input_proj(src), mask, pos)
+        return EncodedImage(features, memory, key_mask, pos_seq)
+
+    def layer_outputs(self, logits: Tensor, boxes: Tensor) -> dict[str, Any]:
+        """Per-layer predictions -> the output dict.
+
+        Args:
+            logits: [L, B, Q, K] class logits of every decoder layer.
+            boxes: [L, B, Q, 4] normalised cxcywh boxes of every decoder layer.
+        Returns:
+            ``pred_logits``/``pred_boxes`` of the last layer and, with ``aux_loss``,
+            ``aux_outputs``: one such dict per earlier layer.
+        """
+        out: dict[str, Any] = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
+        if self.aux_loss:
+            out["aux_outputs"] = [
+                {"pred_logits": lg, "pred_boxes": bx}
+                for lg, bx in zip(logits[:-1], boxes[:-1], strict=True)
+            ]
+        return out
+
+
+class DETR(SetDetector):
+    """Set-prediction detector: ``num_queries`` learned queries decoded against image features.
+
+    Args:
+        backbone: feature extractor with a ``num_channels`` attribute.
+        position_encoding: maps a mask [B, h, w] to an encoding [B, d, h, w].
+        transformer: encoder-decoder with ``d_model`` = d.
+        num_classes: real classes; logits have ``num_classes + 1`` columns, the last "no object".
+        num_queries: object queries (detection slots) per image.
+        aux_loss: also return the predictions of every decoder layer but the last.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        position_encoding: nn.Module,
+        transformer: Transformer,
+        num_classes: int,
+        num_queries: int = 100,
+        aux_loss: bool = True,
+    ) -> None:
+        super().__init__(
+            backbone, position_encoding, transformer, num_classes, num_classes + 1,
+            num_queries, aux_loss,
+        )  # fmt: skip
+        self.query_embed = nn.Embedding(num_queries, transformer.d_model)
+
+    def forward(
+        self,
+        pixel_values: Tensor,
+        pixel_mask: Tensor | None = None,
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> dict[str, Any]:
+        """Detect objects.
+
+        Args:
+            pixel_values: [B, 3, H, W] float, ImageNet-normalised, padded to a common size.
+            pixel_mask: [B, H, W] bool, True on real pixels (None = no padding).
+            targets: ignored here; training-only extensions read them, and the LightningModule
+                passes them in training whichever model it holds.
+
+        Returns:
+            ``pred_logits`` [B, Q, num_classes + 1] (unnormalised, last column "no object"),
+            ``pred_boxes`` [B, Q, 4] normalised cxcywh in [0, 1] relative to each image's unpadded
+            size, and, when ``aux_loss``, ``aux_outputs``: a list of L-1 dicts with the same two
+            keys, one per decoder layer but the last.
+        """
+        return self.heads(self.decode(self.encode(pixel_values, pixel_mask)))
+
+    def decode(self, enc: EncodedImage) -> Tensor:
+        """The learned queries decoded against the memory -> hs [L, B, Q, d]."""
+        b = enc.memory.shape[0]
+        query_pos = self.query_embed.weight[None].expand(b, -1, -1)
+        return self.transformer.decode(enc.memory, enc.key_mask, enc.pos, query_pos)
+
+    def heads(self, hs: Tensor) -> dict[str, Any]:
+        """Class and box heads on every decoder layer's output hs [L, B, Q, d]."""
+        return self.layer_outputs(self.class_embed(hs), self.bbox_embed(hs).sigmoid())
+
+
+def build_detr(
+    backbone: str = "resnet50",
+    dilation: bool = False,
+    num_classes: int = 91,
+    num_queries: int = 100,
+    hidden_dim: int = 256,
+    nheads: int = 8,
+    enc_layers: int = 6,
+    dec_layers: int = 6,
+    dim_feedforward: int = 2048,
+    dropout: float = 0.1,
+    pre_norm: bool = False,
+    position_embedding: str = "sine",
+    aux_loss: bool = True,
+    pretrained_backbone: bool = False,
+    train_backbone: bool = True,
+    **transformer_kwargs: Any,
+) -> DETR:
+    """Build DETR from flat hyper-parameters (the official ``main.py`` names).
+
+    ``transformer_kwargs`` go to :class:`Transformer` (``use_ffn``, ``encoder_pos``,
+    ``decoder_pos``, ``query_pos``). Defaults reproduce the paper's DETR-R50 on COCO (91 ids).
+    """
+    return DETR(
+        Backbone(backbone, dilation, train_backbone, pretrained_backbone),
+        build_position_encoding(position_embedding, hidden_dim),
+        Transformer(
+            d_model=hidden_dim,
+            nhead=nheads,
+            num_encoder_layers=enc_layers,
+            num_decoder_layers=dec_layers,
+            dim_feedforward=dim_feedforward,
+            dropout=dropout,
+            normalize_before=pre_norm,
+            **transformer_kwargs,
+        ),
+        num_classes=num_classes,
+        num_queries=num_queries,
+        aux_loss=aux_loss,
+    )

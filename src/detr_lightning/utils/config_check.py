@@ -1,0 +1,168 @@
+"""Validate the common config keys before anything heavy is imported or built.
+
+A typo such as ``data.batch_size=abc`` used to surface from torch's DataLoader after the model
+was built (seconds to minutes in); here every problem is listed at once, each with its key and
+the fix, within a second of launching. Only omegaconf and the standard library are imported.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from detr_lightning.checkpointing.locate import SPECIAL, resolve_ckpt_path
+
+log = logging.getLogger(__name__)
+
+_ABSENT = object()
+_NEEDS_WEIGHTS = ("test", "predict")
+
+
+class ConfigError(ValueError):
+    """One or more config values are invalid; the message lists each key with its fix."""
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def _devices_ok(v: Any) -> bool:
+    if v == "auto" or (_is_int(v) and (v >= 1 or v == -1)):
+        return True
+    if isinstance(v, str):  # "0,1" or "-1"
+        parts = [p.strip() for p in v.split(",") if p.strip()]
+        return bool(parts) and all(p.lstrip("-").isdigit() for p in parts)
+    if isinstance(v, (list, tuple)) or OmegaConf.is_list(v):
+        return len(v) > 0 and all(_is_int(i) and i >= 0 for i in v)
+    return False
+
+
+# key -> (accepts, what it must be, example fix). Keys absent from the config are skipped.
+_RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
+    "data.batch_size": (lambda v: _is_int(v) and v >= 1,
+                        "a positive integer (images per device)", "data.batch_size=2"),
+    "data.val_batch_size": (lambda v: v is None or (_is_int(v) and v >= 1),
+                            "null or a positive integer", "data.val_batch_size=4"),
+    "data.num_workers": (lambda v: _is_int(v) and v >= 0,
+                         "an integer >= 0 (0 loads in the main process)", "data.num_workers=4"),
+    "model.optimizer.lr": (lambda v: _is_number(v) and v > 0,
+                           "a positive number", "model.optimizer.lr=1e-4"),
+    "model.lr_backbone": (lambda v: _is_number(v) and v >= 0,
+                          "a number >= 0 (0 freezes the backbone)", "model.lr_backbone=1e-5"),
+    "model.warmup_steps": (lambda v: _is_int(v) and v >= 0,
+                           "an integer >= 0", "model.warmup_steps=0"),
+    "trainer.max_epochs": (lambda v: v is None or (_is_int(v) and v >= -1),
+                           "an integer >= 0 (-1: no epoch limit)", "trainer.max_epochs=50"),
+    "trainer.max_steps": (lambda v: _is_int(v) and v >= -1,
+                          "an integer (-1: no step limit)", "trainer.max_steps=-1"),
+    "trainer.devices": (_devices_ok, 'a positive integer, -1, "auto" or a list of device ids',
+                        "trainer.devices=1"),
+    "trainer.num_nodes": (lambda v: _is_int(v) and v >= 1,
+                          "a positive integer", "trainer.num_nodes=1"),
+    "trainer.accumulate_grad_batches": (lambda v: _is_int(v) and v >= 1,
+                                        "a positive integer", "trainer.accumulate_grad_batches=1"),
+    "trainer.gradient_clip_val": (lambda v: v is None or (_is_number(v) and v >= 0),
+                                  "null or a number >= 0", "trainer.gradient_clip_val=0.1"),
+}  # fmt: skip
+
+
+def _select(cfg: DictConfig, key: str, errors: list[str]) -> Any:
+    try:
+        return OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=True)
+    except MissingMandatoryValue:
+        errors.append(f"{key} is not set (???). Fix: give {key}=<value> on the command line.")
+    except OmegaConfBaseException as err:
+        errors.append(f"{key} cannot be resolved ({err}). Fix: correct the value or interpolation.")
+    return _ABSENT
+
+
+def _check_values(cfg: DictConfig, errors: list[str]) -> None:
+    for key, (accepts, what, example) in _RULES.items():
+        value = _select(cfg, key, errors)
+        if value is not _ABSENT and not accepts(value):
+            errors.append(f"{key}={value!r} ({type(value).__name__}): must be {what}. Fix: e.g. "
+                          f"{example}")  # fmt: skip
+
+
+def _data_keys(cfg: DictConfig, stage: str) -> list[str]:
+    splits = ["test"] if stage in _NEEDS_WEIGHTS else ["train", "val"]
+    if stage == "fit" and cfg.get("test", True):
+        splits.append("test")
+    return [f"{s}_{kind}" for s in splits for kind in ("images", "ann")]
+
+
+def _check_data_paths(cfg: DictConfig, stage: str, errors: list[str]) -> None:
+    data = cfg.get("data")
+    if data is None or data.get("generate_shapes") is not None:
+        return  # generated data is written by prepare_data on first use
+    for name in _data_keys(cfg, stage):
+        if name not in data:
+            continue
+        key = f"data.{name}"
+        value = _select(cfg, key, errors)
+        if value is _ABSENT or value is None:
+            continue
+        want_dir = name.endswith("_images")
+        ok = os.path.isdir(value) if want_dir else os.path.isfile(value)
+        if not ok:
+            kind = "image folder" if want_dir else "annotation file"
+            errors.append(f"{key}={value}: no such {kind} (from {os.getcwd()}). Fix: give "
+                          f"{key}=<path> (or paths.data_dir / paths.coco_dir for the presets).")  # fmt: skip
+
+
+def _check_files(cfg: DictConfig, stage: str, errors: list[str]) -> None:
+    ckpt = cfg.get("ckpt_path")
+    if ckpt and "://" not in str(ckpt) and not os.path.isfile(ckpt):
+        errors.append(f"ckpt_path={ckpt}: no such file (from {os.getcwd()}). Fix: give an "
+                      "existing .ckpt, or ckpt_path=last for the newest last.ckpt of the "
+                      "experiment.")  # fmt: skip
+    pretrained = _select(cfg, "model.pretrained", errors)
+    if pretrained not in (_ABSENT, None, "") and not ckpt and not os.path.isfile(pretrained):
+        errors.append(f"model.pretrained={pretrained}: no such file (from {os.getcwd()}). "
+                      "Fix: give the official DETR .pth release file, or model.pretrained=null.")  # fmt: skip
+    if stage in _NEEDS_WEIGHTS and not ckpt and pretrained in (_ABSENT, None, ""):
+        errors.append("nothing to evaluate: neither ckpt_path nor model.pretrained is set. Fix: "
+                      "ckpt_path=<Lightning .ckpt> (or ckpt_path=last) or "
+                      "model.pretrained=<official DETR .pth>.")  # fmt: skip
+
+
+def resolve_special_ckpt_path(cfg: DictConfig, stage: str = "fit") -> None:
+    """Replace ``ckpt_path=last|auto`` in ``cfg`` by the newest ``last.ckpt`` of the experiment
+    (``outputs/<experiment>/*/checkpoints/last.ckpt``, or None for "auto" with none to resume)."""
+    value = cfg.get("ckpt_path")
+    if value not in SPECIAL:
+        return
+    root = OmegaConf.select(cfg, "paths.root_dir", default=None) or os.getcwd()
+    experiment = str(cfg.get("experiment_name") or "")
+    resolved = resolve_ckpt_path(value, root, experiment, required=stage in _NEEDS_WEIGHTS)
+    log.info("ckpt_path=%s -> %s", value, resolved or "none found: starting from scratch")
+    with open_dict(cfg):
+        cfg.ckpt_path = resolved
+
+
+def check_config(cfg: DictConfig, stage: str = "fit") -> None:
+    """Resolve ``ckpt_path=last|auto``, then raise ConfigError listing every invalid common key
+    (types and ranges, data paths for non-generated data, checkpoint files).
+
+    ``stage``: "fit" (train), "test" (eval) or "predict": which data splits and files must exist.
+    """
+    resolve_special_ckpt_path(cfg, stage)
+    errors: list[str] = []
+    _check_values(cfg, errors)
+    _check_data_paths(cfg, stage, errors)
+    _check_files(cfg, stage, errors)
+    if errors:
+        raise ConfigError(
+            f"invalid config ({len(errors)} problem{'s' if len(errors) > 1 else ''}):\n  - "
+            + "\n  - ".join(errors)
+        )

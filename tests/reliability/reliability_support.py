@@ -1,0 +1,115 @@
+"""Helpers of the reliability tests: config composition, subprocess runs, probe callbacks.
+
+Importable by name in the CLI subprocesses too (``run`` puts this folder on PYTHONPATH), so the
+callbacks below can be added with ``+callbacks.NAME._target_=reliability_support.CLASS``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from detr_lightning.utils import conf_dir
+
+HERE = Path(__file__).resolve().parent
+SUPPORT = HERE.parent / "support"
+
+
+def compose_cfg(overrides: list[str], tmp: Path, name: str = "train") -> DictConfig:
+    """Compose like the entry points do, with the run directory in ``tmp/run`` and outputs/
+    relative to ``tmp`` (as if launched from there)."""
+    with initialize_config_dir(conf_dir(), version_base="1.3"):
+        cfg = compose(name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp / "run")
+        cfg.paths.root_dir = str(tmp)
+        cfg.hydra.job.num = 0
+        cfg.hydra.job.override_dirname = ",".join(overrides)
+        cfg.hydra.runtime.output_dir = str(tmp / "run")
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def run(
+    module: str, args: list[str], cwd: Path, timeout: int = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """``python -m detr_lightning.<module> args`` in ``cwd``; the return code is not checked."""
+    paths = [str(HERE), str(SUPPORT), os.environ.get("PYTHONPATH", "")]
+    full_env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore",
+                "PYTHONPATH": os.pathsep.join(p for p in paths if p), **(env or {})}  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", f"detr_lightning.{module}", *args],
+        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def official_state_dict(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``net``'s weights under the official release's key names (the converter's inverse)."""
+    out = {}
+    for k, v in net.state_dict().items():
+        if k.startswith("backbone."):
+            k = "backbone.0." + k[len("backbone.") :]
+        elif k.startswith("position_encoding."):
+            k = "backbone.1." + k[len("position_encoding.") :]
+        out[k] = v.detach().clone()
+    return out
+
+
+class KillAtStep(L.Callback):
+    """SIGKILLs its own process right after optimizer step ``step``: no handler, no cleanup, as
+    the OOM killer or a pre-empted node would. Runs before the checkpoint callbacks (Lightning
+    orders those last), so the save due at that step is lost too: the worst case."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step >= self.step:
+            sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class ResumeProbe(L.Callback):
+    """Writes the restored optimizer and scheduler state to ``path`` (json) at train start."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        opt = trainer.optimizers[0]
+        steps = sorted({float(s["step"]) for s in opt.state_dict()["state"].values()})
+        sched = trainer.lr_scheduler_configs[0].scheduler
+        info = {"global_step": trainer.global_step, "adam_steps": steps,
+                "sched_last_epoch": sched.last_epoch,
+                "lrs": [g["lr"] for g in opt.param_groups]}  # fmt: skip
+        Path(self.path).write_text(json.dumps(info))
+
+
+class WeightSpy(L.Callback):
+    """Records the detector's weights when fitting starts, when it ends and when testing starts
+    (class-level, so a test can read what an in-process ``train(cfg)`` saw)."""
+
+    seen: dict[str, dict[str, torch.Tensor]] = {}
+
+    def _keep(self, name: str, pl_module: L.LightningModule) -> None:
+        WeightSpy.seen[name] = {k: v.detach().clone() for k, v in pl_module.net.state_dict().items()}
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._keep("fit_start", pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._keep("train_end", pl_module)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._keep("test_start", pl_module)

@@ -1,0 +1,46 @@
+"""Running the entry points as a user would, in a subprocess, on tiny settings."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+TINY = [
+    "data.num_workers=0",
+    "data.batch_size=4",
+    "data.val_batch_size=2",
+    "data.train_transforms.scales=[96,112]",
+    "data.train_transforms.max_size=160",
+    "data.train_transforms.crop_resize_scales=[96]",
+    "data.train_transforms.crop_size=[64,96]",
+    "data.val_transforms.size=96",
+    "data.val_transforms.max_size=160",
+    "model.net.num_queries=8",
+    "model.net.transformer.d_model=32",
+    "model.net.transformer.nhead=4",
+    "model.net.transformer.dim_feedforward=64",
+    "model.net.transformer.num_encoder_layers=1",
+    "model.net.transformer.num_decoder_layers=2",
+    "callbacks.model_summary=null",
+    "callbacks.progress_bar=null",
+    "trainer.log_every_n_steps=1",
+]
+
+
+def run_cli(module: str, args: list[str], cwd: Path, timeout: int = 600) -> str:
+    """Run ``python -m detr_lightning.<module> args`` in ``cwd``; returns stdout+stderr."""
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, "-m", f"detr_lightning.{module}", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def run_dirs(out: str) -> list[Path]:
+    return [Path(p) for p in re.findall(r"^run directory: (.+)$", out, flags=re.M)]

@@ -1,0 +1,116 @@
+"""The run comparison report: table rows, overrides, curves and figures from run directories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from lightning.pytorch.loggers import CSVLogger
+from PIL import Image
+
+from detr_lightning.evaluation.coco import write_metrics_json
+from detr_lightning.report import COLUMNS, find_runs, load_run, main, read_val_curve, write_report
+
+COMMON = ["experiment=shapes", "schedule=smoke"]
+
+
+def make_run(
+    path: Path,
+    overrides: list[str],
+    metrics: dict[str, float] | None,
+    val: list[tuple[int, float, float]] = (),
+) -> Path:
+    """A run directory as train.py leaves it: .hydra/overrides.yaml, metrics.json (unless None)
+    and a Lightning CSV log whose validations (epoch, val/AP, elapsed s) end each 3-step epoch;
+    elapsed time is logged in a row of its own, as callbacks may."""
+    (path / ".hydra").mkdir(parents=True)
+    (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if metrics is not None:
+        write_metrics_json(path, metrics, experiment="shapes", epochs=len(val), global_step=9)
+    if val:
+        logger = CSVLogger(path, name="csv", version="")
+        for epoch, ap, elapsed in val:
+            step = 3 * epoch + 2
+            logger.log_metrics({"train/loss": 1.0 - ap, "epoch": epoch}, step=step - 1)
+            logger.log_metrics({"val/AP": ap, "epoch": epoch}, step=step)
+            logger.log_metrics({"time/elapsed_s": elapsed, "epoch": epoch}, step=step)
+        logger.save()
+    return path
+
+
+def metrics(ap: float, ap_s: float = 0.1) -> dict[str, float]:
+    return {"AP": ap, "AP50": ap + 0.2, "AP75": ap / 2, "AP_S": ap_s, "AP_M": ap + 0.01,
+            "AP_L": ap + 0.05, "AR_1": 0.1, "AR_10": 0.2, "AR_100": ap + 0.1}  # fmt: skip
+
+
+def table(report: str) -> list[list[str]]:
+    """The markdown table's body: cells per row, bold marks removed."""
+    rows = [line for line in report.splitlines() if line.startswith("| ")][1:]
+    return [[c.strip().replace("**", "") for c in row.strip("|").split("|")] for row in rows]
+
+
+def assert_png(path: Path) -> None:
+    assert path.is_file() and path.stat().st_size > 1000, path
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG" and min(image.size) > 200
+
+
+@pytest.fixture
+def sweep(tmp_path) -> tuple[Path, dict[str, dict[str, float]]]:
+    """multirun/shapes/<time>/{0,1}: a sweep over num_decoder_layers=1,2."""
+    root = tmp_path / "multirun" / "shapes" / "2026-01-01_00-00-00"
+    written = {"0": metrics(0.31, ap_s=-1.0), "1": metrics(0.42)}
+    for job, layers in (("0", 1), ("1", 2)):
+        overrides = [*COMMON, f"model.net.transformer.num_decoder_layers={layers}"]
+        curve = [(0, 0.1 * layers, 10.0 * layers), (1, 0.2 * layers, 20.0 * layers)]
+        make_run(root / job, overrides, written[job], curve)
+    return root, written
+
+
+def test_report_on_a_sweep_has_a_row_per_run_and_valid_pngs(sweep, capsys) -> None:
+    root, written = sweep
+    main([str(root)])  # one folder: the report is written into it
+    report = (root / "report.md").read_text()
+    assert f"report: {root / 'report.md'}" in capsys.readouterr().out
+    rows = table(report)
+    assert [r[0] for r in rows] == ["0", "1"]
+    for row, (job, values) in zip(rows, written.items(), strict=True):
+        layers = int(job) + 1
+        assert row[1] == f"`model.net.transformer.num_decoder_layers={layers}`"  # what varied
+        assert row[2:9] == [f"{values[k]:.4f}" for k in COLUMNS]  # AP ... AP_L, AR (AR@100)
+        assert row[9:] == ["2", f"{20.0 * layers:.1f}"]  # epochs, wall seconds at the last val
+    assert "Overrides of every run: `experiment=shapes` `schedule=smoke`" in report
+    assert "| **0.4200** |" in report and "| **0.3100** |" not in report  # best AP in bold
+    for png in ("ap_by_size.png", "val_ap.png"):
+        assert f"]({png})" in report
+        assert_png(root / png)
+
+
+def test_val_curve_merges_the_rows_of_one_step(sweep) -> None:
+    root, _ = sweep
+    curve = read_val_curve(root / "1" / "csv" / "metrics.csv")
+    assert curve == [
+        {"val/AP": 0.2, "epoch": 0.0, "time/elapsed_s": 20.0},
+        {"val/AP": 0.4, "epoch": 1.0, "time/elapsed_s": 40.0},
+    ]
+    run = load_run(root / "0")
+    assert run.overrides == [*COMMON, "model.net.transformer.num_decoder_layers=1"]
+    assert run.metrics["AP_S"] == -1.0 and run.info["global_step"] == 9
+
+
+def test_runs_from_several_folders_in_job_order_with_failed_jobs(sweep, tmp_path) -> None:
+    root, _ = sweep
+    make_run(root / "10", [*COMMON, "model.net.transformer.num_decoder_layers=6"], metrics(0.5))
+    make_run(root / "2", [*COMMON, "model.net.transformer.num_decoder_layers=3"], None)  # failed
+    single = make_run(tmp_path / "outputs" / "shapes" / "2026-01-02_00-00-00", COMMON, metrics(0.2))
+    assert find_runs([root, single]) == [root / j for j in ("0", "1", "2", "10")] + [single]
+    path = write_report([root, single], tmp_path / "cmp")
+    rows = table(path.read_text())
+    assert len(rows) == 5 and rows[2][2:9] == ["–"] * 7  # job 2: no metrics.json
+    assert rows[4][0].endswith("2026-01-02_00-00-00") and rows[4][1] == "–"
+    assert_png(tmp_path / "cmp" / "ap_by_size.png")
+    with pytest.raises(FileNotFoundError, match="no run directories"):
+        find_runs([tmp_path / "cmp"])

@@ -1,0 +1,186 @@
+"""wandb per Hydra job: one run per job, a sweep's jobs in one group, overrides as tags and
+config, final test metrics in the summary. Checked on offline runs (their ``.wandb`` files)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import open_dict
+
+from detr_lightning.utils import conf_dir
+from detr_lightning.utils.loggers import finish_wandb, override_tags, wandb_logger
+
+SWEPT = "model.net.transformer.num_decoder_layers"
+TINY = [  # the shapes preset, made small (as in tests/test_train_cli.py)
+    "data.num_workers=0",
+    "data.batch_size=4",
+    "data.val_batch_size=2",
+    "data.train_transforms.scales=[96,112]",
+    "data.train_transforms.max_size=160",
+    "data.train_transforms.crop_resize_scales=[96]",
+    "data.train_transforms.crop_size=[64,96]",
+    "data.val_transforms.size=96",
+    "data.val_transforms.max_size=160",
+    "model.net.num_queries=8",
+    "model.net.transformer.d_model=32",
+    "model.net.transformer.nhead=4",
+    "model.net.transformer.dim_feedforward=64",
+    "callbacks.model_summary=null",
+    "callbacks.progress_bar=null",
+    "callbacks.val_images=null",
+]
+
+
+def wandb_records(path: Path) -> Iterator[Any]:
+    """The protobuf records of a ``.wandb`` transaction log (LevelDB log format: a 7-byte file
+    header, then 32 KiB blocks of records split into FULL/FIRST/MIDDLE/LAST chunks)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", data[:7]
+    pos, block, buf = 7, 32768, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        buf = chunk if kind in (1, 2) else buf + chunk
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(buf)
+            yield record
+
+
+def offline_run(run_dir: Path) -> dict[str, Any]:
+    """id, group, tags, config, summary and exit code of an offline run directory."""
+    (log,) = run_dir.glob("run-*.wandb")
+    run: dict[str, Any] = {"config": {}, "summary": {}, "exit_code": None}
+    for record in wandb_records(log):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            run.update(id=record.run.run_id, group=record.run.run_group, tags=list(record.run.tags))
+            items = record.run.config.update
+        elif kind in ("config", "summary"):
+            items = getattr(record, kind).update
+        else:
+            if kind == "exit":
+                run["exit_code"] = record.exit.exit_code
+            continue
+        target = run["summary" if kind == "summary" else "config"]
+        for item in items:
+            key = item.key or "/".join(item.nested_key)
+            target[key] = json.loads(item.value_json)
+    return run
+
+
+@pytest.fixture
+def hydra_multirun(tmp_path) -> Iterator[list[str]]:
+    """HydraConfig of job 1 of a sweep launched at multirun/shapes/2026-01-01_00-00-00."""
+    overrides = ["experiment=shapes", f"{SWEPT}=2", f"paths.shapes_dir={tmp_path}", "seed=7"]
+    with initialize_config_dir(conf_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.mode = RunMode.MULTIRUN
+        cfg.hydra.sweep.dir = "multirun/shapes/2026-01-01_00-00-00"
+        cfg.hydra.job.num = 1
+    before = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(cfg)
+    yield overrides
+    HydraConfig.instance().cfg = before
+    finish_wandb()
+
+
+def test_override_tags_skip_paths_and_fit_wandb_limit() -> None:
+    long = "model.net.transformer.decoder.very_long_component_name.another_level=12345"
+    tags = override_tags(["experiment=shapes", "paths.data_dir=/x", "+seed=1", long],
+                         exclude_keys=["experiment"])  # fmt: skip
+    short = "transformer.decoder.very_long_component_name.another_level=12345"  # 64 chars
+    assert tags == ["+seed=1", short]
+    assert len(override_tags(["k=" + "v" * 100])[0]) == 64
+
+
+def test_sweep_job_logger_groups_tags_and_gets_its_own_run(
+    hydra_multirun, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")  # Lightning sets it to dryrun: restore it after
+    first = wandb_logger(mode="offline", project="t", save_dir=str(tmp_path / "a"), group="shapes")
+    assert first._wandb_init["group"] == "shapes-2026-01-01_00-00-00"
+    assert first._wandb_init["tags"] == [f"{SWEPT}=2", "seed=7"]  # experiment, paths: no tag
+    assert first._wandb_init["config"] == {"overrides": hydra_multirun}
+    left_open = first.experiment.id  # a job that failed before finishing its run
+    second = wandb_logger(mode="offline", project="t", save_dir=str(tmp_path / "b"), tags=["x"])
+    assert second._wandb_init["tags"] == ["x", f"{SWEPT}=2", "seed=7"]
+    assert second.experiment.id != left_open  # not the left-over run (Lightning reuses it)
+    finish_wandb({"AP": 0.25})
+    import wandb
+
+    assert wandb.run is None
+    (a,) = (tmp_path / "a" / "wandb").glob("offline-run-*")
+    (b,) = (tmp_path / "b" / "wandb").glob("offline-run-*")
+    assert offline_run(a)["exit_code"] == 1 and offline_run(b)["exit_code"] == 0
+    assert offline_run(b)["summary"]["test/AP"] == 0.25
+
+
+@pytest.fixture(scope="module")
+def wandb_sweep(tmp_path_factory) -> tuple[Path, str]:
+    """``train -m ... logger=[csv,wandb] num_decoder_layers=1,2`` offline: (sweep dir, output)."""
+    from detr_lightning.data.shapes import generate_shapes_dataset
+
+    shapes = generate_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", train=8, val=4)
+    cwd = tmp_path_factory.mktemp("sweep")
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
+    env.pop("WANDB_API_KEY", None)
+    args = ["-m", "experiment=shapes", "schedule=smoke", "logger=[csv,wandb]", "tags=[demo]",
+            f"paths.shapes_dir={shapes}", *TINY, f"{SWEPT}=1,2"]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "detr_lightning.train", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    (sweep,) = (cwd / "multirun" / "shapes").iterdir()
+    return sweep, out
+
+
+def test_sweep_jobs_log_one_offline_run_each_in_one_group(wandb_sweep) -> None:
+    sweep, out = wandb_sweep
+    runs = []
+    for job, layers in (("0", 1), ("1", 2)):
+        (run_dir,) = (sweep / job / "wandb").glob("offline-run-*")
+        assert f"wandb sync {run_dir}" in out
+        run = offline_run(run_dir)
+        assert f"{SWEPT}={layers}" in run["tags"] and "demo" in run["tags"]
+        assert f"{SWEPT}={layers}" in run["config"]["overrides"]
+        assert run["config"]["model"]["net"]["transformer"]["num_decoder_layers"] == layers
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        for key in ("AP", "AP_S", "AP_M", "AP_L"):
+            assert run["summary"][f"test/{key}"] == pytest.approx(metrics[key])
+        assert run["exit_code"] == 0
+        runs.append(run)
+    assert runs[0]["id"] != runs[1]["id"]
+    assert runs[0]["group"] == runs[1]["group"] == f"shapes-{sweep.name}"
+    assert not re.search(r"wandb run already in progress", out)
+
+
+def test_report_compares_the_sweep_jobs(wandb_sweep) -> None:
+    from detr_lightning.report import write_report
+
+    sweep, _ = wandb_sweep
+    report = write_report([sweep]).read_text()
+    for job, layers in (("0", 1), ("1", 2)):
+        ap = json.loads((sweep / job / "metrics.json").read_text())["AP"]
+        assert re.search(rf"^\| {job} \| `{SWEPT}={layers}` \| (\*\*)?{ap:.4f}", report, re.M)
+    for png in ("ap_by_size.png", "val_ap.png"):
+        assert (sweep / png).stat().st_size > 1000
