@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import lightning as L
@@ -14,7 +15,8 @@ from detr_lightning.checkpointing.pretrained import load_pretrained
 from detr_lightning.detr import DETR, Backbone, Transformer, build_position_encoding
 from detr_lightning.detr.postprocess import PostProcess
 from detr_lightning.lit_module import NonFiniteLossError, drop_crowd
-from detr_lightning.utils.lr import WarmupStepDecay, lr_scale_factor
+from detr_lightning.schedule import step_schedule
+from detr_lightning.utils.lr import lr_scale_factor
 
 
 def test_drop_crowd_filters_every_per_object_field() -> None:
@@ -58,10 +60,7 @@ def test_zero_backbone_lr_freezes_backbone(tmp_path) -> None:
     assert [g["name"] for g in opt.param_groups] == ["main"]
 
 
-def test_warmup_and_step_decay_factors() -> None:
-    f = WarmupStepDecay(warmup_steps=4, milestone_steps=[6, 9], gamma=0.1)
-    expected = [0.25, 0.5, 0.75, 1, 1, 1, 0.1, 0.1, 0.1, 0.01]
-    assert [f(s) for s in range(10)] == pytest.approx(expected)
+def test_lr_scale_factor_rules() -> None:
     assert lr_scale_factor(None, 8) == 1.0
     assert lr_scale_factor("linear", 8) == 8 / 64
     assert lr_scale_factor("sqrt", 16) == pytest.approx(math.sqrt(16 / 64))
@@ -79,7 +78,10 @@ class _LrRecorder(L.Callback):
 
 
 def test_schedule_drops_at_epoch_boundary_with_warmup(tmp_path) -> None:
-    lit = tiny_lit(lr_backbone=1e-4, lr_drop_epochs=1, warmup_steps=2, lr_gamma=0.1)
+    lit = tiny_lit(
+        lr_backbone=1e-4,
+        lr_schedule=functools.partial(step_schedule, drop_epochs=1, warmup_steps=2, gamma=0.1),
+    )
     rec = _LrRecorder()
     trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=[rec], limit_val_batches=0)
     trainer.fit(lit, train_dataloaders=loader(3))

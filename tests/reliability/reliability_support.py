@@ -103,7 +103,9 @@ class WeightSpy(L.Callback):
     seen: dict[str, dict[str, torch.Tensor]] = {}
 
     def _keep(self, name: str, pl_module: L.LightningModule) -> None:
-        WeightSpy.seen[name] = {k: v.detach().clone() for k, v in pl_module.net.state_dict().items()}
+        WeightSpy.seen[name] = {
+            k: v.detach().clone() for k, v in pl_module.net.state_dict().items()
+        }
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._keep("fit_start", pl_module)

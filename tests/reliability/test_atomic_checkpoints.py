@@ -70,7 +70,9 @@ def test_kill_9_mid_write_leaves_the_old_file_or_none(tmp_path) -> None:
 
     assert existing.read_bytes() == before  # the old complete file, untouched
     loaded = torch.load(existing, weights_only=True)
-    assert loaded["global_step"] == 1 and torch.equal(loaded["state_dict"]["w"], old["state_dict"]["w"])
+    assert loaded["global_step"] == 1 and torch.equal(
+        loaded["state_dict"]["w"], old["state_dict"]["w"]
+    )
     assert not fresh.exists()  # absent, not torn
     leftovers = sorted(p.name for p in existing.parent.iterdir() if p.name.endswith(".tmp"))
     assert len(leftovers) == 2 and all(p.startswith(".") for p in leftovers)  # hidden temp files

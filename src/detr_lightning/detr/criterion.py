@@ -10,11 +10,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou_loss, sigmoid_focal_loss
 
+from detr_lightning.detr.mask_losses import mask_losses
 from detr_lightning.detr.matcher import HungarianMatcher, MatchIndices
 
 DEFAULT_WEIGHTS = {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
 # Which weighted loss keys each entry of `losses` produces (logged-only keys are not listed).
-LOSS_KEYS = {"labels": ("loss_ce",), "boxes": ("loss_bbox", "loss_giou"), "cardinality": ()}
+LOSS_KEYS = {
+    "labels": ("loss_ce",),
+    "boxes": ("loss_bbox", "loss_giou"),
+    "cardinality": (),
+    "masks": ("loss_mask", "loss_dice"),
+}
 _SUFFIX = re.compile(r"_(\d+|dn|enc|g\d+)$")
 
 
@@ -33,7 +39,9 @@ class SetCriterion(nn.Module):
     """Losses of DETR given a Hungarian matching between predictions and targets.
 
     `losses` picks the loss groups: "labels" -> loss_ce (+ logged class_error), "boxes" ->
-    loss_bbox and loss_giou, "cardinality" -> logged cardinality_error. Every returned loss is
+    loss_bbox and loss_giou, "cardinality" -> logged cardinality_error, "masks" -> loss_mask
+    (sigmoid focal) and loss_dice on the matched ``pred_masks`` of the last decoder layer only
+    (aux layers have no masks, as official; targets need ``masks``). Every returned loss is
     unweighted; `weighted_total` applies `weight_dict`, and only keys named there enter the total.
     The paper's loss ablation is therefore a weight_dict: {"loss_ce": 1, "loss_bbox": 5} (class +
     L1) or {"loss_ce": 1, "loss_giou": 2} (class + GIoU); the missing box loss is still returned
@@ -107,7 +115,8 @@ class SetCriterion(nn.Module):
         Args:
             outputs: "pred_logits" [B, Q, C+1] ([B, Q, C] if focal), "pred_boxes" [B, Q, 4]
                 normalised cxcywh, optional "aux_outputs": list of dicts with the same two keys.
-            targets: B dicts with "labels" [T_b] int64 and "boxes" [T_b, 4] normalised cxcywh.
+            targets: B dicts with "labels" [T_b] int64 and "boxes" [T_b, 4] normalised cxcywh
+                (with the "masks" loss also "masks" [T_b, H, W] bool on the padded canvas).
             num_boxes: box count to normalise by (e.g. averaged over DDP processes); None counts
                 the boxes of `targets`. Clamped to >= 1.
         Returns:
@@ -120,6 +129,11 @@ class SetCriterion(nn.Module):
                 f"SetCriterion: pred_logits has {outputs['pred_logits'].shape[-1]} columns but "
                 f"num_classes={self.num_classes} (focal={self.focal}) needs {expected}; make the "
                 "model's and the criterion's num_classes agree."
+            )
+        if "masks" in self.losses and "pred_masks" not in outputs:
+            raise ValueError(
+                "SetCriterion: losses include 'masks' but the outputs have no 'pred_masks'; "
+                "wrap the detector in DETRsegm or drop 'masks' from losses."
             )
         num_boxes = self.normalise_num_boxes(targets, num_boxes, outputs["pred_boxes"].device)
         return self.set_losses(outputs, targets, num_boxes)
@@ -194,6 +208,9 @@ class SetCriterion(nn.Module):
         if "boxes" in self.losses:
             tgt = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices, strict=True)])
             out.update(self._box_losses(outputs["pred_boxes"][matched], tgt, num_boxes))
+        if "masks" in self.losses and "pred_masks" in outputs:
+            tgt_masks = [t["masks"][j] for t, (_, j) in zip(targets, indices, strict=True)]
+            out.update(mask_losses(outputs["pred_masks"], matched, tgt_masks, num_boxes))
         if "cardinality" in self.losses and (log if log_cardinality is None else log_cardinality):
             out["cardinality_error"] = self._cardinality_error(outputs["pred_logits"], targets)
         return out

@@ -128,6 +128,22 @@ class SetDetector(nn.Module):
             ]
         return out
 
+    def forward_with_hidden(
+        self,
+        pixel_values: Tensor,
+        pixel_mask: Tensor | None = None,
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> tuple[dict[str, Any], EncodedImage, Tensor]:
+        """The extension point for heads that read the decoder's hidden states (the panoptic
+        mask head, :class:`~detr_lightning.detr.segmentation.DETRsegm`): the forward's output
+        dict, the :class:`EncodedImage` and hs [L, B, Q, d] (every decoder layer's output, the
+        rows of the Q queries the output dict describes). Detectors that support such heads
+        override it; the base class has no decoder of its own."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement forward_with_hidden(), which heads reading "
+            "the decoder's hidden states (the panoptic mask head) need; use DETR or implement it"
+        )
+
 
 class DETR(SetDetector):
     """Set-prediction detector: ``num_queries`` learned queries decoded against image features.
@@ -178,6 +194,17 @@ class DETR(SetDetector):
         """
         return self.heads(self.decode(self.encode(pixel_values, pixel_mask)))
 
+    def forward_with_hidden(
+        self,
+        pixel_values: Tensor,
+        pixel_mask: Tensor | None = None,
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> tuple[dict[str, Any], EncodedImage, Tensor]:
+        """:meth:`forward` that also returns the encoder's output and hs [L, B, Q, d]."""
+        enc = self.encode(pixel_values, pixel_mask)
+        hs = self.decode(enc)
+        return self.heads(hs), enc, hs
+
     def decode(self, enc: EncodedImage) -> Tensor:
         """The learned queries decoded against the memory -> hs [L, B, Q, d]."""
         b = enc.memory.shape[0]
@@ -205,15 +232,18 @@ def build_detr(
     aux_loss: bool = True,
     pretrained_backbone: bool = False,
     train_backbone: bool = True,
+    return_interm_layers: bool = False,
     **transformer_kwargs: Any,
 ) -> DETR:
     """Build DETR from flat hyper-parameters (the official ``main.py`` names).
 
     ``transformer_kwargs`` go to :class:`Transformer` (``use_ffn``, ``encoder_pos``,
     ``decoder_pos``, ``query_pos``). Defaults reproduce the paper's DETR-R50 on COCO (91 ids).
+    ``return_interm_layers``: the backbone also returns layer1..layer3 (what the panoptic mask
+    head, :class:`~detr_lightning.detr.segmentation.DETRsegm`, reads).
     """
     return DETR(
-        Backbone(backbone, dilation, train_backbone, pretrained_backbone),
+        Backbone(backbone, dilation, train_backbone, pretrained_backbone, return_interm_layers),
         build_position_encoding(position_embedding, hidden_dim),
         Transformer(
             d_model=hidden_dim,

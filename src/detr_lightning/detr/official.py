@@ -4,6 +4,10 @@ A release file is ``{"model": state_dict}`` with keys such as ``backbone.0.body.
 (ResNet trunk), ``backbone.1.row_embed.weight`` (learned position encoding, if any),
 ``transformer.encoder.layers.0.self_attn.in_proj_weight``, ``class_embed.weight``,
 ``bbox_embed.layers.0.weight``, ``query_embed.weight`` and ``input_proj.weight``.
+
+A panoptic release file (``detr-r50-panoptic-00ce5173.pth``) holds the same detector keys
+prefixed ``detr.`` plus the mask head's ``bbox_attention.*`` and ``mask_head.*``: the layout of
+:class:`~detr_lightning.detr.segmentation.DETRsegm`, so only the detector's prefixes are renamed.
 """
 
 from __future__ import annotations
@@ -16,12 +20,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from detr_lightning.detr.model import DETR, build_detr
+from detr_lightning.detr.model import build_detr
+from detr_lightning.detr.segmentation import DETRsegm
 
 log = logging.getLogger(__name__)
 
 _PREFIXES = (("backbone.0.", "backbone."), ("backbone.1.", "position_encoding."))
 _HEAD = ("class_embed.weight", "class_embed.bias")
+# The detector's prefix in panoptic files (and in DETRsegm), and the mask head's parts.
+_DETR = "detr."
+_MASK_PARTS = ("bbox_attention.", "mask_head.")
 _RESNETS = {
     (False, 2): "resnet18",
     (False, 6): "resnet34",
@@ -32,15 +40,33 @@ _RESNETS = {
 
 def convert_official_state_dict(official_sd: dict[str, Tensor]) -> dict[str, Tensor]:
     """Rename official DETR keys to this project's (``backbone.0.body.X`` -> ``backbone.body.X``,
-    ``backbone.1.X`` -> ``position_encoding.X``; transformer and heads keep their names)."""
+    ``backbone.1.X`` -> ``position_encoding.X``; transformer and heads keep their names), also
+    under a panoptic file's ``detr.`` prefix (the mask head's keys keep their names)."""
     out = {}
     for key, value in official_sd.items():
+        prefix = _DETR if key.startswith(_DETR) else ""
+        rest = key[len(prefix) :]
         for old, new in _PREFIXES:
-            if key.startswith(old):
-                key = new + key[len(old) :]
+            if rest.startswith(old):
+                rest = new + rest[len(old) :]
                 break
-        out[key] = value
+        out[prefix + rest] = value
     return out
+
+
+def is_panoptic(sd: dict[str, Tensor]) -> bool:
+    """Whether a state dict (official or converted) is a panoptic one (detector under
+    ``detr.``)."""
+    return _DETR + _HEAD[0] in sd
+
+
+def split_panoptic(sd: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """A panoptic state dict -> (the detector's keys without ``detr.``, the mask head's keys);
+    a detection state dict -> (itself, {})."""
+    if not is_panoptic(sd):
+        return sd, {}
+    detector = {k[len(_DETR) :]: v for k, v in sd.items() if k.startswith(_DETR)}
+    return detector, {k: v for k, v in sd.items() if not k.startswith(_DETR)}
 
 
 def read_official_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
@@ -58,10 +84,10 @@ def read_official_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
         ) from err
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
-    if not isinstance(obj, dict) or "class_embed.weight" not in obj:
+    if not isinstance(obj, dict) or not ("class_embed.weight" in obj or is_panoptic(obj)):
         raise ValueError(
             f"{path}: expected an official DETR file {{'model': state_dict}} with a "
-            "'class_embed.weight' entry; got something else"
+            "'class_embed.weight' (panoptic: 'detr.class_embed.weight') entry; got something else"
         )
     return obj
 
@@ -75,8 +101,10 @@ def _count(sd: dict[str, Tensor], prefix: str) -> int:
 def infer_official_config(sd: dict[str, Tensor], path: str = "<state dict>") -> dict[str, Any]:
     """``build_detr`` keyword arguments read off an official state dict's keys and shapes.
 
-    Not recoverable from weights: the head count (default 8) and DC5 dilation.
+    Not recoverable from weights: the head count (default 8) and DC5 dilation. A panoptic state
+    dict gives its detector's configuration.
     """
+    sd = split_panoptic(sd)[0]
     blocks = _count(sd, "backbone.0.body.layer3.")
     bottleneck = "backbone.0.body.layer1.0.conv3.weight" in sd
     backbone = _RESNETS.get((bottleneck, blocks))
@@ -107,24 +135,40 @@ def _listing(keys: list[str], limit: int = 20) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def _load_converted(model: DETR, sd: dict[str, Tensor], path: str) -> dict[str, Any]:
+def _load_converted(model: nn.Module, sd: dict[str, Tensor], path: str) -> dict[str, Any]:
+    """Load a converted state dict (detection or panoptic) into a DETR or a DETRsegm.
+
+    A detection file into a DETRsegm fills its detector and keeps the mask head as initialised
+    (the paper's second training stage); a panoptic file into a DETR loads the detector part.
+    """
+    segm = isinstance(model, DETRsegm)
+    detector, mask_part = split_panoptic(sd)
+    prefix = _DETR if segm else ""
+    sd = {prefix + k: v for k, v in detector.items()}
+    skipped = [] if segm else sorted(mask_part)
+    if segm:
+        sd.update(mask_part)
     own = model.state_dict()
+    head = tuple(prefix + k for k in _HEAD)
     unexpected = sorted(set(sd) - set(own))
     missing = sorted(set(own) - set(sd))
+    kept = [k for k in missing if segm and not mask_part and k.startswith(_MASK_PARTS)]
+    missing = [k for k in missing if k not in kept]
     mismatched = sorted(k for k in set(sd) & set(own) if sd[k].shape != own[k].shape)
     reinitialized: list[str] = []
-    if any(k in mismatched for k in _HEAD) and sd[_HEAD[0]].shape[1] == own[_HEAD[0]].shape[1]:
+    if any(k in mismatched for k in head) and sd[head[0]].shape[1] == own[head[0]].shape[1]:
         # The fine-tuning path: a new label set gets a fresh class head, everything else loads.
-        model.class_embed.reset_parameters()
-        reinitialized = list(_HEAD)
-        mismatched = [k for k in mismatched if k not in _HEAD]
+        model.get_submodule(prefix + "class_embed").reset_parameters()
+        reinitialized = list(head)
+        mismatched = [k for k in mismatched if k not in head]
     if unexpected or missing or mismatched:
         shapes = [f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in mismatched]
         raise ValueError(
             f"{path}: checkpoint does not match the model. Unmatched checkpoint keys: "
             f"[{_listing(unexpected)}]; model keys absent from the checkpoint: [{_listing(missing)}];"
             f" shape mismatches: [{_listing(shapes)}]. Check that backbone depth, hidden_dim, "
-            "enc/dec layers, num_queries, pre_norm and position_embedding match the checkpoint."
+            "enc/dec layers, num_queries, pre_norm and position_embedding match the checkpoint "
+            "(and, for the mask head, nheads and return_interm_layers)."
         )
     weights = {k: v for k, v in sd.items() if k not in reinitialized}
     model.load_state_dict(weights, strict=False)
@@ -132,8 +176,10 @@ def _load_converted(model: DETR, sd: dict[str, Tensor], path: str) -> dict[str, 
         "path": path,
         "loaded": sorted(weights),
         "reinitialized": reinitialized,
-        "checkpoint_num_classes": sd[_HEAD[0]].shape[0] - 1,
-        "model_num_classes": own[_HEAD[0]].shape[0] - 1,
+        "not_in_checkpoint": kept,
+        "skipped": skipped,
+        "checkpoint_num_classes": sd[head[0]].shape[0] - 1,
+        "model_num_classes": own[head[0]].shape[0] - 1,
     }
     log.info("loaded %d tensors from %s", len(weights), path)
     if reinitialized:
@@ -143,15 +189,22 @@ def _load_converted(model: DETR, sd: dict[str, Tensor], path: str) -> dict[str, 
             report["checkpoint_num_classes"],
             report["model_num_classes"],
         )
+    if kept:
+        log.info("%s: a detection file; the mask head keeps its initialisation", path)
+    if skipped:
+        log.info("%s: a panoptic file; its mask head (%d tensors) is not used", path, len(skipped))
     return report
 
 
-def load_pretrained_into(model: DETR, path: str | os.PathLike) -> dict[str, Any]:
+def load_pretrained_into(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
     """Load an official DETR release file into an existing model (fine-tuning start point).
 
-    Every tensor must match by name and shape, except the class head, which is re-initialised
-    when the model's ``num_classes`` differs from the checkpoint's. Returns a report dict with
-    ``path``, ``loaded`` (our keys), ``reinitialized`` and both class counts.
+    ``model`` is a DETR or a DETRsegm; the file a detection or a panoptic release. Every tensor
+    must match by name and shape, except the class head, which is re-initialised when the
+    model's ``num_classes`` differs from the checkpoint's; a detection file leaves a DETRsegm's
+    mask head as initialised, and a panoptic file's mask head is not used by a DETR. Returns a
+    report dict with ``path``, ``loaded`` (our keys), ``reinitialized``, ``not_in_checkpoint``
+    (model keys kept as initialised), ``skipped`` (file keys not used) and both class counts.
     """
     path = os.fspath(path)
     return _load_converted(model, convert_official_state_dict(read_official_state_dict(path)), path)
@@ -164,22 +217,36 @@ def load_official_detr(
     masks: bool = False,
     nheads: int = 8,
 ) -> nn.Module:
-    """Build a DETR matching an official release file and load its weights.
+    """Build a DETR (``masks=True``: a DETRsegm) matching an official release file and load it.
 
     The architecture is inferred from the keys (ResNet depth, hidden size, layer counts, queries,
     pre-norm, position encoding); ``dilation`` (DC5) and ``nheads`` cannot be and are arguments.
-    ``num_classes`` other than the checkpoint's re-initialises the class head. Returned in eval mode.
+    ``num_classes`` other than the checkpoint's re-initialises the class head. ``masks=True``
+    needs a panoptic release file; ``masks=False`` on one returns its detector. Returned in eval
+    mode.
     """
-    if masks:
-        raise NotImplementedError(
-            "load_official_detr(masks=True): the panoptic mask head is not implemented yet "
-            "(see the panoptic segmentation issue); load the detector with masks=False"
-        )
     path = os.fspath(path)
     sd = read_official_state_dict(path)
+    if masks and not is_panoptic(sd):
+        raise ValueError(
+            f"{path}: a detection release file has no mask head; masks=True needs a panoptic one "
+            "(e.g. detr-r50-panoptic-00ce5173.pth). To train a mask head on this detector, wrap "
+            "it, DETRsegm(load_official_detr(path)), and train the mask head."
+        )
     cfg = infer_official_config(sd, path)
+    if masks:
+        lay1 = sd.get("mask_head.lay1.weight")
+        if lay1 is not None and lay1.shape[1] - cfg["hidden_dim"] != nheads:
+            raise ValueError(
+                f"{path}: the mask head was trained with nheads={lay1.shape[1] - cfg['hidden_dim']}"
+                f" attention maps; pass nheads={lay1.shape[1] - cfg['hidden_dim']}"
+            )
     if num_classes is not None:
         cfg["num_classes"] = num_classes
-    model = build_detr(dilation=dilation, nheads=nheads, **cfg)
+    model: nn.Module = build_detr(
+        dilation=dilation, nheads=nheads, return_interm_layers=masks, **cfg
+    )
+    if masks:
+        model = DETRsegm(model)
     _load_converted(model, convert_official_state_dict(sd), path)
     return model.eval()

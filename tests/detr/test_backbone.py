@@ -113,3 +113,17 @@ def test_pretrained_missing_file_names_path_and_never_downloads(tmp_path, monkey
         Backbone("resnet18", pretrained=True)
     assert path in str(info.value) and "TORCH_HOME" in str(info.value)
     assert not os.path.exists(path)
+
+
+def test_backbone_levers():
+    backbone = Backbone("resnet18", norm="bn", last_stage="layer3", train_stem=True)
+    assert backbone.num_channels == 256
+    assert all(p.requires_grad for p in backbone.parameters())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
+    feats, mask = backbone(torch.randn(1, 3, 64, 64), torch.ones(1, 64, 64, dtype=torch.bool))[-1]
+    assert feats.shape == (1, 256, 4, 4) and mask.shape == (1, 4, 4)
+    paper = Backbone("resnet18")
+    frozen = {n.split(".")[0] for n, p in paper.body.named_parameters() if not p.requires_grad}
+    assert frozen == {"conv1", "layer1"} or frozen == {"layer1"}  # FrozenBN has buffers only
+    with pytest.raises(ValueError, match="last_stage"):
+        Backbone("resnet18", last_stage="layer5")

@@ -1,0 +1,113 @@
+"""DETR for panoptic segmentation (paper Sec. 4.4): a detector plus a mask head.
+
+Each query's last decoder output attends over the encoder memory (:class:`MHAttentionMap`); the
+attention maps, concatenated with the projected last backbone level, are upsampled by an
+FPN-style convolutional head (:class:`MaskHeadSmallConv`) that fuses the earlier backbone levels,
+giving one mask logit map per query at the finest level's resolution (H/4 for a ResNet).
+
+State-dict layout as official: the detector under ``detr.``, then ``bbox_attention.*`` and
+``mask_head.*``, so an official panoptic release file maps by the detector's prefix renames.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from detr_lightning.detr.mask_head import MaskHeadSmallConv, MHAttentionMap
+from detr_lightning.detr.model import SetDetector
+
+
+class DETRsegm(nn.Module):
+    """A :class:`~detr_lightning.detr.model.SetDetector` with DETR's panoptic mask head.
+
+    The detector must implement
+    :meth:`~detr_lightning.detr.model.SetDetector.forward_with_hidden` (:class:`DETR` does) and
+    its backbone must return its intermediate levels (``return_interm_layers=True``: a ResNet's
+    layer1..layer4, CompactBackbone's c4, c8, p8); the head's widths follow the backbone's
+    ``stage_channels``, so every such backbone works.
+
+    Args:
+        detr: the detector; its transformer's ``d_model`` and ``nhead`` size the head.
+        freeze_detr: no gradients for the detector (the paper's second stage trains the mask
+            head on a frozen, already trained detector).
+    """
+
+    def __init__(self, detr: SetDetector, freeze_detr: bool = False) -> None:
+        super().__init__()
+        if type(detr).forward_with_hidden is SetDetector.forward_with_hidden:
+            raise TypeError(
+                f"DETRsegm: {type(detr).__name__} does not implement forward_with_hidden() (the "
+                "mask head needs the decoder's hidden states); wrap a DETR"
+            )
+        channels = tuple(getattr(detr.backbone, "stage_channels", ()))
+        if len(channels) < 2:
+            raise ValueError(
+                "DETRsegm: the backbone returns one feature level; the mask head needs the "
+                "earlier ones too: build it with return_interm_layers=True"
+            )
+        self.detr = detr
+        if freeze_detr:
+            for p in self.detr.parameters():
+                p.requires_grad_(False)
+        d, heads = detr.transformer.d_model, detr.transformer.nhead
+        self.bbox_attention = MHAttentionMap(d, d, heads, dropout=0.0)
+        self.mask_head = MaskHeadSmallConv(d + heads, channels[-2::-1], d)
+
+    # What the LightningModule and the optimiser read off a detector, delegated to it (as
+    # properties, so the state dict holds each parameter once, under ``detr.``).
+    @property
+    def backbone(self) -> nn.Module:
+        return self.detr.backbone
+
+    @property
+    def position_encoding(self) -> nn.Module:
+        return self.detr.position_encoding
+
+    @property
+    def num_classes(self) -> int:
+        return self.detr.num_classes
+
+    @property
+    def num_queries(self) -> int:
+        return self.detr.num_queries
+
+    @property
+    def aux_loss(self) -> bool:
+        return self.detr.aux_loss
+
+    @property
+    def focal(self) -> bool:
+        return getattr(self.detr, "focal", False)
+
+    def forward(
+        self,
+        pixel_values: Tensor,
+        pixel_mask: Tensor | None = None,
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> dict[str, Any]:
+        """Detect objects and predict one mask per query.
+
+        Args:
+            pixel_values: [B, 3, H, W] float, ImageNet-normalised, padded to a common size.
+            pixel_mask: [B, H, W] bool, True on real pixels (None = no padding).
+            targets: passed on to the detector (training-only extensions read them).
+
+        Returns:
+            The detector's outputs (``pred_logits`` [B, Q, K], ``pred_boxes`` [B, Q, 4],
+            ``aux_outputs``, ...) plus ``pred_masks`` [B, Q, h_f, w_f]: mask logits at the finest
+            backbone level's size (H/4 x W/4 for a ResNet) on the padded canvas; upsample them to
+            the canvas, then crop each image's real part.
+        """
+        out, enc, hs = self.detr.forward_with_hidden(pixel_values, pixel_mask, targets)
+        src, mask = enc.features[-1]
+        b, _, h, w = src.shape
+        # The attention map reads the memory as a feature map, padding masked.
+        memory = enc.memory.transpose(1, 2).reshape(b, -1, h, w)
+        attention = self.bbox_attention(hs[-1], memory, mask)
+        # The head's input is the projected backbone level (as official), not the memory.
+        fpns = [feat for feat, _ in enc.features[-2::-1]]
+        masks = self.mask_head(self.detr.input_proj(src), attention, fpns)
+        out["pred_masks"] = masks.view(b, hs.shape[2], *masks.shape[-2:])
+        return out

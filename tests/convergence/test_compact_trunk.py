@@ -1,0 +1,39 @@
+"""The compact stride-8 trunk: its map, mask and errors."""
+
+import pytest
+import torch
+
+from detr_lightning.convergence.compact_trunk import CompactBackbone
+
+
+def test_compact_backbone_gives_a_stride_8_map_and_its_mask():
+    backbone = CompactBackbone(width=16)
+    assert backbone.num_channels == 48
+    pixels = torch.randn(2, 3, 75, 64)
+    mask = torch.zeros(2, 75, 64, dtype=torch.bool)
+    mask[0] = True
+    mask[1, :40, :32] = True  # image 1: 40 x 32 real pixels, the rest padding
+    ((features, small_mask),) = backbone(pixels, mask)
+    assert features.shape == (2, 48, 10, 8)  # ceil(75 / 8), 64 / 8
+    assert small_mask[0].all()
+    # Nearest resize: map row i reads pixel row floor(7.5 i), column j pixel column 8 j; rows
+    # 0-5 (pixels 0-37) and columns 0-3 (pixels 0-24) fall on image 1's real 40 x 32 pixels.
+    expected = torch.zeros(10, 8, dtype=torch.bool)
+    expected[:6, :4] = True
+    assert small_mask[1].equal(expected)
+    assert all(p.requires_grad for p in backbone.parameters())
+    # With its intermediate levels (the panoptic mask head reads them): strides 4, 8, 8.
+    levels = CompactBackbone(width=16, return_interm_layers=True)(pixels, mask)
+    assert [f.shape[1:] for f, _ in levels] == [(16, 19, 16), (32, 10, 8), (48, 10, 8)]
+
+
+@pytest.mark.parametrize("kwargs", [{"pretrained": True}, {"dilation": True}, {"norm": "bn"}])
+def test_compact_backbone_has_no_resnet_only_options(kwargs):
+    # These used to be accepted and silently ignored by Backbone(name="compact").
+    with pytest.raises(TypeError):
+        CompactBackbone(**kwargs)
+
+
+def test_compact_backbone_rejects_odd_widths():
+    with pytest.raises(ValueError, match="compact"):
+        CompactBackbone(width=7)

@@ -1,0 +1,55 @@
+"""The conv proposal head: fresh boxes and peak query selection."""
+
+import pytest
+import torch
+
+from detr_lightning.convergence.conv_proposals import NON_PEAK_DEMOTION, ConvProposals
+
+
+def test_fresh_conv_proposals_are_four_cells_around_their_cell():
+    head = ConvProposals(8, 3, focal=True)
+    mask = torch.zeros(1, 2, 4, dtype=torch.bool)
+    mask[0, :, :2] = True  # 2 x 2 real cells, 2 padded columns
+    out = head(torch.randn(1, 8, 8), mask)
+    boxes = out["pred_boxes"].view(2, 4, 4)
+    # Cell (row 0, col 1): centre (0.75, 0.25) of the real image; +-2 cells = +-1.0 wide and
+    # high, clipped to the image: x in [0, 1], y in [0, 1].
+    torch.testing.assert_close(boxes[0, 1], torch.tensor([0.5, 0.5, 1.0, 1.0]))
+    assert out["pred_logits"].shape == (1, 8, 3) and out["features"].shape == (1, 8, 8)
+    # Focal prior: every class starts near 1 % (the tower's output is normalised, weights small).
+    assert torch.allclose(out["pred_logits"].sigmoid().mean(), torch.tensor(0.01), atol=0.01)
+
+
+def test_select_prefers_peaks_then_the_rest_and_never_padding():
+    head = ConvProposals(4, 2, focal=True)
+    mask = torch.ones(1, 3, 3, dtype=torch.bool)
+    mask[0, :, 2] = False  # the last column is padding
+    logits = torch.full((1, 9, 2), -6.0)
+    # Score map (best class): a peak at (0, 0) with a higher neighbour-free peak at (2, 1);
+    # (0, 1) is next to (0, 0) and weaker, so not a peak; the padded cell (1, 2) is the largest.
+    logits[0, 0, 0] = 3.0
+    logits[0, 1, 1] = 2.0
+    logits[0, 7, 1] = 5.0
+    logits[0, 5, 0] = 9.0  # padding
+    boxes = torch.rand(1, 9, 4, requires_grad=True)
+    feats = torch.randn(1, 9, 4, requires_grad=True)
+    proposals = {"pred_logits": logits, "pred_boxes": boxes, "features": feats}
+    scores = head.scores(logits, mask)
+    assert torch.isfinite(scores).nonzero()[:, 1].tolist() == [0, 7]  # the two peaks only
+    ref, content, prior = head.select(proposals, mask, k=3)
+    # Peaks by score (cells 7, 0), then the best non-peak real cell (1); never padding (5).
+    torch.testing.assert_close(ref, boxes[:, [7, 0, 1]].detach())
+    torch.testing.assert_close(content, feats[:, [7, 0, 1]].detach())
+    # The non-peak filler (cell 1, next to the stronger cell 0) starts as "no object".
+    torch.testing.assert_close(prior[:, :2], logits[:, [7, 0]])
+    torch.testing.assert_close(prior[:, 2], logits[:, 1] - NON_PEAK_DEMOTION)
+    assert not (ref.requires_grad or content.requires_grad or prior.requires_grad)
+    plain = ConvProposals(4, 2, focal=True, peaks=False)
+    assert plain.select(proposals, mask, k=2)[0].equal(boxes[:, [7, 0]].detach())
+    # Softmax heads: the filler's no-object column is raised instead.
+    softmax = ConvProposals(4, 3, focal=False)
+    three = torch.cat([logits, torch.zeros(1, 9, 1)], dim=-1)
+    _, _, prior3 = softmax.select({**proposals, "pred_logits": three}, mask, k=3)
+    torch.testing.assert_close(prior3[0, 2], three[0, 1] + torch.tensor([0, 0, NON_PEAK_DEMOTION]))
+    with pytest.raises(ValueError, match="only 9"):
+        head.select(proposals, mask, k=10)

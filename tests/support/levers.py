@@ -1,0 +1,89 @@
+"""Tiny ConvergenceDETR models and batches for the lever tests."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+
+from detr_lightning.convergence.compact_trunk import CompactBackbone
+from detr_lightning.convergence.conv_proposals import ConvProposals
+from detr_lightning.convergence.denoising import Denoiser
+from detr_lightning.convergence.model import ConvergenceDETR
+from detr_lightning.convergence.proposals import EncoderProposals
+from detr_lightning.convergence.queries import AnchorQueries, LearnedQueries, ProposalQueries
+from detr_lightning.convergence.refinement import BoxRefinement
+from detr_lightning.detr.backbone import Backbone
+from detr_lightning.detr.position_encoding import PositionEmbeddingSine
+from detr_lightning.detr.transformer import Transformer
+
+
+def parts(backbone=None, encoder_layers: int = 1, decoder_layers: int = 3):
+    """(backbone, position encoding, transformer) of width 32."""
+    torch.manual_seed(0)
+    transformer = Transformer(
+        d_model=32,
+        nhead=4,
+        num_encoder_layers=encoder_layers,
+        num_decoder_layers=decoder_layers,
+        dim_feedforward=64,
+        dropout=0.0,
+    )
+    return backbone or Backbone("resnet18"), PositionEmbeddingSine(16), transformer
+
+
+def learned(groups: int = 1):
+    return partial(LearnedQueries, groups=groups)
+
+
+def anchors(groups: int = 1):
+    return partial(AnchorQueries, groups=groups)
+
+
+def proposals(head: str = "conv", class_prior: bool = False, **head_kwargs):
+    factory = ConvProposals if head == "conv" else EncoderProposals
+    return partial(ProposalQueries, head=partial(factory, **head_kwargs), class_prior=class_prior)
+
+
+def denoiser(groups: int = 2):
+    return partial(Denoiser, groups=groups)
+
+
+REFINE = BoxRefinement
+
+
+def model(backbone=None, encoder_layers: int = 1, decoder_layers: int = 3, **kwargs):
+    """ConvergenceDETR with 3 classes, 5 queries unless given, and the given components."""
+    kwargs.setdefault("num_queries", 5)
+    return ConvergenceDETR(
+        *parts(backbone, encoder_layers, decoder_layers), num_classes=3, **kwargs
+    )
+
+
+def compact_model(**kwargs):
+    """The shapes preset's shape at test size: compact trunk, no encoder layer, two-stage conv
+    proposals with box refinement, focal."""
+    kwargs.setdefault("queries", proposals("conv"))
+    kwargs.setdefault("box_refinement", REFINE)
+    return model(CompactBackbone(width=16), 0, 2, focal=True, **kwargs)
+
+
+def batch(width: int = 96):
+    pixel_values = torch.randn(2, 3, 64, width)
+    pixel_mask = torch.ones(2, 64, width, dtype=torch.bool)
+    pixel_mask[1, :, 64:] = False
+    targets = [
+        {
+            "labels": torch.tensor([1, 2]),
+            "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.6, 0.5, 0.3, 0.4]]),
+        },
+        {"labels": torch.tensor([0]), "boxes": torch.tensor([[0.5, 0.5, 0.5, 0.5]])},
+    ]
+    return pixel_values, pixel_mask, targets
+
+
+def cells(h: int, w: int, real_w: int | None = None) -> torch.Tensor:
+    """The [1, h*w, 4] cxcywh cells of a one-image h x w map whose first real_w columns are real."""
+    mask = torch.zeros(1, h, w, dtype=torch.bool)
+    mask[:, :, : real_w or w] = True
+    return EncoderProposals.cells(mask)
