@@ -6,8 +6,10 @@ CKPT    ?=
 LAUNCHER ?=
 RUNS    ?=
 OUT     ?=
+INPUT   ?=
 
-.PHONY: install test test-slow lint format bench bench-convergence data train eval sweep report clean
+.PHONY: install test test-slow lint format bench bench-convergence data train eval predict \
+	visualize export sweep report clean
 
 install:
 	bash scripts/install.sh
@@ -38,6 +40,23 @@ train:
 
 eval:
 	$(PY) -m detr_lightning.eval experiment=$(EXP) ckpt_path=$(CKPT) $(ARGS)
+
+# Predictions (predictions.json, images.json, drawn/*.png) on INPUT (an image or a folder; none:
+# the evaluation split). CKPT: a .ckpt; or ARGS="model.pretrained=detr-r50-e632da11.pth" EXP=r50.
+predict:
+	$(PY) -m detr_lightning.predict experiment=$(EXP) $(if $(CKPT),ckpt_path=$(CKPT)) \
+		$(if $(INPUT),input=$(INPUT)) $(if $(OUT),output_dir=$(OUT)) $(ARGS)
+
+# The paper's attention pictures (encoder self-attention, decoder cross-attention) of INPUT.
+visualize:
+	@test -n "$(INPUT)" || { echo 'usage: make visualize CKPT=path.ckpt INPUT=image [EXP=..] [OUT=dir]'; exit 2; }
+	$(PY) -m detr_lightning.visualize experiment=$(EXP) $(if $(CKPT),ckpt_path=$(CKPT)) \
+		input=$(INPUT) $(if $(OUT),output_dir=$(OUT)) $(ARGS)
+
+# ONNX model (verified against PyTorch with ONNX Runtime); OUT: the .onnx path.
+export:
+	$(PY) -m detr_lightning.export experiment=$(EXP) $(if $(CKPT),ckpt_path=$(CKPT)) format=onnx \
+		$(if $(OUT),output=$(OUT)) $(ARGS)
 
 sweep:
 	$(PY) -m detr_lightning.train -m experiment=$(EXP) $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(ARGS)

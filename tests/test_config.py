@@ -23,7 +23,9 @@ CONF = Path(conf_dir())
 REPO = CONF.parent
 EXPERIMENTS = sorted(p.stem for p in (REPO / "experiments").glob("*.yaml"))
 GROUPS = ["backbone", "schedule", "head", "data", "trainer", "logger", "callbacks", "posenc",
-          "losses"]  # fmt: skip
+          "losses", "cls_loss"]  # fmt: skip
+LEVER_GROUPS = ["queries", "refine", "denoiser", "aux_head"]
+LEVER_OPTIONS = [(g, p.stem) for g in LEVER_GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
 PAPER = ["r50", "dc5_r50", "r101", "dc5_r101"]
 
@@ -60,16 +62,17 @@ def test_every_group_option_composes(group: str, option: str, tmp_path) -> None:
     cfg = compose_cfg([f"{group}={option}", *(extra if option == "custom" else [])], tmp_path)
     assert cfg.hydra.runtime.choices[group] == option
     resolved(cfg)
-    if group == "backbone" and option == "compact":
-        assert cfg.model.net.backbone.name == "compact" and not cfg.model.net.backbone.pretrained
-    elif group == "backbone":
+    if group == "backbone" and option in ("compact", "narrow_r18"):
+        assert "convergence" in cfg.model.net.backbone._target_
+        assert "pretrained" not in cfg.model.net.backbone
+    elif group == "backbone" and option != "resnet":
         depth = option.split("_r")[-1].lstrip("r")
         assert cfg.model.net.backbone.name == f"resnet{depth}"
         assert cfg.model.net.backbone.dilation == option.startswith("dc5")
     if group == "schedule" and option.endswith("ep"):
         epochs = int(option[:-2])
         assert cfg.trainer.max_epochs == epochs
-        assert cfg.model.lr_drop_epochs == [epochs - 100]
+        assert cfg.model.lr_schedule.drop_epochs == [epochs - 100]
 
 
 def test_cpu_group_objects_instantiate(tmp_path, monkeypatch) -> None:
@@ -80,7 +83,7 @@ def test_cpu_group_objects_instantiate(tmp_path, monkeypatch) -> None:
         assert len(made) == (0 if logger == "none" else 1)
     cfg = compose_cfg([], tmp_path)
     names = [type(c).__name__ for c in instantiate_dict(cfg.callbacks)]
-    assert names == ["ModelCheckpoint", "RichProgressBar", "RichModelSummary",
+    assert names == ["BestAndLastCheckpoint", "RichProgressBar", "RichModelSummary",
                      "ValidationImageLogger", "ElapsedTime"]  # fmt: skip
     for trainer in ("cpu", "ddp_cpu"):
         cfg = compose_cfg([f"trainer={trainer}"], tmp_path)
@@ -92,7 +95,8 @@ def test_cpu_group_objects_instantiate(tmp_path, monkeypatch) -> None:
 def _model_on_meta(cfg: DictConfig) -> LitDETR:
     with open_dict(cfg):
         cfg.model.num_classes = 91
-        cfg.model.net.backbone.pretrained = False
+        if "pretrained" in cfg.model.net.backbone:
+            cfg.model.net.backbone.pretrained = False
     with torch.device("meta"):
         return instantiate(cfg.model, _convert_="all")
 
@@ -120,13 +124,15 @@ def test_shapes_plain_is_the_papers_detr_at_cpu_size(tmp_path) -> None:
     # No lever at all: the paper's DETR class, the paper's losses, weights and schedule rules.
     assert type(lit.net).__name__ == "DETR"
     assert not lit.criterion.focal and not lit.postprocess.focal
-    assert lit.criterion.encoder_matcher is None
+    assert getattr(lit.criterion, "encoder_matcher", None) is None
     assert lit.criterion.weight_dict == {"loss_ce": 1, "loss_bbox": 5, "loss_giou": 2}
-    assert (lit.hparams.lr_backbone, lit.hparams.warmup_steps) == (1e-5, 0)
-    assert not lit.hparams.lr_cosine and cfg.trainer.gradient_clip_val == 0.1
+    assert (lit.hparams.lr_backbone, cfg.model.lr_schedule.warmup_steps) == (1e-5, 0)
+    assert (
+        "step_schedule" in cfg.model.lr_schedule._target_ and cfg.trainer.gradient_clip_val == 0.1
+    )
     backbone = cfg.model.net.backbone
-    assert (backbone.name, backbone.norm, backbone.train_stem, backbone.width) == (
-        "resnet18", "frozen_bn", False, 64)  # fmt: skip
+    assert (backbone.name, backbone.norm, backbone.train_stem, "width" in backbone) == (
+        "resnet18", "frozen_bn", False, False)  # fmt: skip
     assert cfg.model.net.transformer.dropout == 0.1
 
 
@@ -135,7 +141,8 @@ def test_paper_presets_follow_the_paper(name: str, tmp_path) -> None:
     cfg = compose_cfg([f"experiment={name}"], tmp_path)
     m = cfg.model
     assert (m.optimizer.lr, m.lr_backbone, m.optimizer.weight_decay) == (1e-4, 1e-5, 1e-4)
-    assert (cfg.trainer.max_epochs, m.lr_drop_epochs, m.lr_gamma) == (500, [400], 0.1)
+    assert (cfg.trainer.max_epochs, m.lr_schedule.drop_epochs, m.lr_schedule.gamma) == (
+        500, [400], 0.1)  # fmt: skip
     assert cfg.trainer.gradient_clip_val == 0.1 and cfg.trainer.strategy is not None
     t = m.net.transformer
     assert (t.d_model, t.nhead, t.num_encoder_layers, t.num_decoder_layers) == (256, 8, 6, 6)
@@ -144,7 +151,7 @@ def test_paper_presets_follow_the_paper(name: str, tmp_path) -> None:
     assert dict(m.criterion.weight_dict) == {"loss_ce": 1, "loss_bbox": 5, "loss_giou": 2}
     assert m.net.backbone.dilation == name.startswith("dc5")
     short = compose_cfg([f"experiment={name}_300ep"], tmp_path)
-    assert (short.trainer.max_epochs, short.model.lr_drop_epochs) == (300, [200])
+    assert (short.trainer.max_epochs, short.model.lr_schedule.drop_epochs) == (300, [200])
 
 
 def test_one_paper_preset_fully_instantiates_and_runs(tmp_path) -> None:
@@ -217,3 +224,51 @@ def test_make_train_prints_the_composed_config() -> None:
         cwd=REPO, capture_output=True, text=True, check=True, timeout=120,
     ).stdout  # fmt: skip
     assert direct == out
+
+
+LEVER_STACKS = {  # a lever option needs the convergence model and what it pairs with
+    "queries=learned": [],
+    "queries=anchors": ["refine=boxes"],
+    "queries=proposals": ["refine=boxes"],
+    "refine=boxes": ["queries=anchors"],
+    "denoiser=dn": [],
+    "aux_head=conv": [],
+}
+
+
+@pytest.mark.parametrize(
+    ("group", "option"), LEVER_OPTIONS, ids=[f"{g}={o}" for g, o in LEVER_OPTIONS]
+)
+def test_every_lever_option_builds_on_the_convergence_model(group, option, tmp_path) -> None:
+    extra = LEVER_STACKS[f"{group}={option}"]
+    cfg = compose_cfg(["experiment=shapes_plain", "model=convergence", f"{group}={option}", *extra],
+                      tmp_path)  # fmt: skip
+    lit = _model_on_meta(cfg)
+    assert type(lit.net).__name__ == "ConvergenceDETR"
+
+
+def test_cls_loss_switches_head_matcher_criterion_and_postprocess_together(tmp_path) -> None:
+    cfg = compose_cfg(["experiment=shapes_plain", "model=convergence", "cls_loss=focal"], tmp_path)
+    lit = _model_on_meta(cfg)
+    assert lit.net.focal and lit.criterion.focal and lit.criterion.matcher.focal
+    assert lit.postprocess.focal and lit.net.class_embed.out_features == 91
+    with pytest.raises(Exception, match="cls_loss=focal"):
+        _model_on_meta(
+            compose_cfg(["experiment=shapes_plain", "+model.postprocess.focal=true"], tmp_path)
+        )
+
+
+def test_encoder_matcher_without_a_dense_head_is_explained(tmp_path) -> None:
+    # encoder_matches / encoder_matcher used to be silently ignored without a dense head.
+    matcher = "detr_lightning.convergence.center_matcher.CenterMatcher"
+    cfg = compose_cfg(["experiment=shapes", "queries=anchors",
+                       f"+model.criterion.encoder_matcher._target_={matcher}"], tmp_path)  # fmt: skip
+    with pytest.raises(Exception, match="encoder_matcher"):
+        _model_on_meta(cfg)
+
+
+def test_focal_criterion_rejects_an_eos_coef(tmp_path) -> None:
+    # eos_coef used to be silently ignored under focal.
+    cfg = compose_cfg(["experiment=shapes", "+model.criterion.eos_coef=0.1"], tmp_path)
+    with pytest.raises(Exception, match="eos_coef"):
+        _model_on_meta(cfg)

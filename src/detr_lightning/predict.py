@@ -1,14 +1,30 @@
-"""Predict: ``python -m detr_lightning.predict experiment=NAME ckpt_path=PATH``.
+"""Predict: ``python -m detr_lightning.predict ckpt_path=PATH [input=IMAGE_OR_DIR]
+[output_dir=DIR]`` (``make predict CKPT=... INPUT=...``; Hydra overrides as the other entry
+points).
 
-Runs the model over the evaluation split and writes ``predictions.json`` in the run directory
-(outputs/<experiment>/predict_<time>), in the COCO results format that pycocotools' ``loadRes``
-reads: ``[{"image_id", "category_id" (the dataset's ids), "bbox" [x, y, w, h] in original-image
-pixels, "score"}]``, every query of every image. Single process (trainer=cpu or trainer=gpu).
+Weights: ``ckpt_path`` (a Lightning checkpoint; compose the experiment and overrides of its
+training run) or ``model.pretrained`` (an official DETR .pth, e.g. ``experiment=r50
+model.pretrained=detr-r50-e632da11.pth``: no ImageNet weights and no COCO files are read), or
+``backend=onnxruntime onnx=MODEL.onnx`` (written by ``detr_lightning.export``).
+
+Images: ``input=`` one image, or a folder (recursively; jpg, png, bmp, webp, tif, ...); without
+it, the data config's evaluation split (its COCO json's ids). Images that cannot be read are
+reported by name and skipped. Writes into ``output_dir`` (default: the run directory
+outputs/<experiment>/predict_<time>):
+
+* ``predictions.json``: COCO results (``image_id``, ``category_id`` = the dataset's original id,
+  ``bbox`` [x, y, w, h] in original pixels, ``score``, and ``category_name`` when the checkpoint
+  knows it), every detection the post-processing keeps (``model.postprocess.*``);
+* ``images.json``: the predicted images and categories as a COCO file without annotations, so
+  ``COCO("images.json").loadRes("predictions.json")`` works for any folder;
+* ``drawn/<image>.png``: each image with its boxes, class names and scores
+  (``draw.score_threshold``, ``draw.top_k``; ``draw.enabled=false`` writes none).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import hydra
@@ -16,44 +32,88 @@ from omegaconf import DictConfig
 
 from detr_lightning.utils import conf_dir
 
+log = logging.getLogger(__name__)
+BACKENDS = ("torch", "onnxruntime")
 
-def coco_results(predictions: list[list[dict]]) -> list[dict]:
-    """Lightning's per-batch ``predict_step`` outputs -> COCO results records (xywh boxes)."""
-    records = []
-    for batch in predictions:
-        for p in batch:
-            xyxy = p["boxes"].float().cpu()
-            xywh = xyxy.clone()
-            xywh[:, 2:] -= xyxy[:, :2]
-            for box, cat, score in zip(xywh.tolist(), p["category_id"].tolist(),
-                                       p["scores"].tolist(), strict=True):  # fmt: skip
-                records.append({"image_id": int(p["image_id"]), "category_id": int(cat),
-                                "bbox": box, "score": float(score)})  # fmt: skip
-    return records
+
+def _records(cfg: DictConfig) -> tuple[list, object | None]:
+    """The images and, for the evaluation split, the datamodule (its label map)."""
+    from detr_lightning.inference.images import coco_split_images, find_images
+
+    if cfg.get("input"):
+        return find_images(cfg.input), None
+    from detr_lightning.utils.build import build_datamodule
+
+    datamodule = build_datamodule(cfg)
+    datamodule.prepare_data()  # generates the shapes data on first use
+    images, ann = datamodule.paths["test"]
+    if images is None or ann is None:
+        images, ann = datamodule.paths["val"]
+    return coco_split_images(images, ann), datamodule
 
 
 def predict(cfg: DictConfig) -> str:
-    """Write predictions.json; returns its path."""
-    ckpt = cfg.get("ckpt_path")
-    if not ckpt and not cfg.model.get("pretrained"):
-        raise ValueError("give ckpt_path=<Lightning .ckpt> or model.pretrained=<official .pth>")
-    from detr_lightning.utils.config_check import check_config
+    """Predict, write predictions.json, images.json and the drawings; returns the json's path."""
+    backend = cfg.get("backend", "torch")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend}: use one of {', '.join(BACKENDS)}")
+    if backend == "torch" and not cfg.get("ckpt_path") and not cfg.model.get("pretrained"):
+        raise ValueError(
+            "give ckpt_path=<Lightning .ckpt> or model.pretrained=<official .pth> "
+            "(or backend=onnxruntime onnx=<exported .onnx>)"
+        )
+    if backend == "onnxruntime" and not cfg.get("onnx"):
+        raise ValueError("backend=onnxruntime needs onnx=<file written by detr_lightning.export>")
+    from detr_lightning.inference.loading import check_inference_config
 
-    check_config(cfg, "predict")  # also resolves ckpt_path=last, before the heavy imports
-    from detr_lightning.utils.build import build_run
+    check_inference_config(cfg, needs_data=not cfg.get("input"), needs_weights=backend == "torch")
 
-    datamodule, model, trainer = build_run(cfg, "predict")
-    ckpt = cfg.get("ckpt_path")
-    if trainer.world_size > 1:
-        raise ValueError("predict runs in one process: use trainer=cpu or trainer=gpu")
-    datamodule.prepare_data()
-    datamodule.setup("test")
-    outputs = trainer.predict(
-        model, dataloaders=datamodule.test_dataloader(), ckpt_path=ckpt or None
-    )
-    path = os.path.join(cfg.paths.output_dir, "predictions.json")
+    import torch
+    from hydra.utils import instantiate
+
+    from detr_lightning.inference.loading import load_detector, resolve_device
+    from detr_lightning.inference.results import images_json
+    from detr_lightning.inference.runner import DrawOptions, run_predictions
+
+    if cfg.get("float32_matmul_precision"):
+        torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    records, datamodule = _records(cfg)
+    if backend == "torch":
+        device = resolve_device(cfg.get("device"))
+        detector = load_detector(cfg, datamodule, device)
+        ids, names, source = detector.category_ids, detector.names, detector.source
+        forward, postprocess = detector.model.net, detector.model.detections
+    else:
+        from detr_lightning.inference.onnx_runtime import OnnxDetector
+
+        device = torch.device("cpu")  # ONNX Runtime picks its own provider; I/O is on the CPU
+        session = OnnxDetector(cfg.onnx)
+        meta = session.metadata
+        ids = [int(i) for i in meta["label_to_category_id"]]
+        names, source = meta.get("category_names"), str(cfg.onnx)
+        postprocess = instantiate(cfg.model.postprocess)
+        postprocess.focal = bool(meta.get("focal", postprocess.focal))  # the exported head's
+        forward = session
+    out_dir = cfg.get("output_dir") or cfg.paths.output_dir
+    os.makedirs(out_dir, exist_ok=True)
+    result = run_predictions(
+        forward, postprocess, records, instantiate(cfg.data.val_transforms), ids, names,
+        draw_dir=os.path.join(out_dir, "drawn"), draw=DrawOptions(**cfg.get("draw", {})),
+        batch_size=int(cfg.get("batch_size", 4)), num_workers=int(cfg.get("num_workers", 0)),
+        device=device, progress=bool(cfg.get("progress", True)),
+    )  # fmt: skip
+    path = os.path.join(out_dir, "predictions.json")
     with open(path, "w") as f:
-        json.dump(coco_results(outputs or []), f)
+        json.dump(result.records, f)
+    info = {"weights": source, "input": str(cfg.get("input") or "evaluation split")}
+    with open(os.path.join(out_dir, "images.json"), "w") as f:
+        json.dump(images_json(result.images, ids, names, **info), f)
+    print(f"predicted {len(result.images)} images ({len(result.records)} detections)")
+    if result.skipped:
+        listing = "\n  ".join(str(rec.path) for rec, _ in result.skipped)
+        print(f"skipped {len(result.skipped)} unreadable image(s):\n  {listing}")
+    if result.drawn:
+        print(f"drawings: {os.path.join(out_dir, 'drawn')}")
     print(f"predictions: {path}")
     print(f"run directory: {cfg.paths.output_dir}")
     return path

@@ -101,15 +101,33 @@ def _mask_head_dims(name, d):
     return [256 * expansion, 128 * expansion, 64 * expansion], 512 * expansion
 
 
-def official_panoptic_sd(resnet="resnet18", d=128, heads=8, ff=64, q=5, classes=4, enc=2, dec=2):
+def _calibrated_trunk(name, images):
+    """A randomly initialised ResNet whose batch-norm statistics are those of ``images``: with
+    identity statistics its activations grow ~1e5-fold by layer4 and swamp the attention maps in
+    the mask head, which would make a parity test blind to them."""
+    resnet = getattr(torchvision.models, name)(norm_layer=lambda c: nn.BatchNorm2d(c, momentum=1.0))
+    with torch.no_grad():
+        resnet.train()(images)
+    return {
+        k: v
+        for k, v in resnet.state_dict().items()
+        if not k.startswith("fc.") and not k.endswith("num_batches_tracked")
+    }
+
+
+def official_panoptic_sd(
+    resnet="resnet18", d=128, heads=8, ff=64, q=5, classes=4, enc=2, dec=2, calibration=None
+):
     """A random official-format panoptic state dict, keys taken from official-structure modules.
-    Values are their initialisation plus noise (running variances kept positive), so outputs are
-    neither trivially zero nor saturated."""
+
+    The trunk's batch-norm statistics come from ``calibration`` images (default: 2 random
+    64 x 96 ones), the other values are their initialisation plus noise, and the mask head's
+    weights on the attention-map channels are scaled up, so the masks depend on every part."""
     fpn_dims, out_channels = _mask_head_dims(resnet, d)
+    if calibration is None:
+        calibration = torch.randn(2, 3, 64, 96)
     parts = {
-        "detr.backbone.0.body.": {
-            k: v for k, v in _resnet(resnet).state_dict().items() if not k.startswith("fc.")
-        },
+        "detr.backbone.0.body.": _calibrated_trunk(resnet, calibration),
         "detr.transformer.": RefTransformer(False, enc, dec, d, heads, ff).state_dict(),
         "detr.class_embed.": nn.Linear(d, classes + 1).state_dict(),
         "detr.query_embed.": nn.Embedding(q, d).state_dict(),
@@ -122,8 +140,13 @@ def official_panoptic_sd(resnet="resnet18", d=128, heads=8, ff=64, q=5, classes=
     sd = {}
     for prefix, part in parts.items():
         for key, value in part.items():
-            value = value + 0.1 * torch.randn_like(value)
-            sd[prefix + key] = value.abs() + 0.5 if key.endswith("running_var") else value
+            if not prefix.startswith("detr.backbone"):
+                value = value + 0.1 * torch.randn_like(value)
+            sd[prefix + key] = value
+    # Sharper attention (queries differ) and maps (~1e-2 each: they sum to 1 over heads x
+    # pixels) weighed like the features.
+    sd["bbox_attention.q_linear.weight"] *= 4.0
+    sd["mask_head.lay1.weight"][:, d:] *= 30.0
     return sd
 
 
@@ -151,7 +174,9 @@ def official_segm_forward(sd, images, real, resnet="resnet18", heads=8, ff=64, e
     logits = F.linear(hs[-1], det["class_embed.weight"], det["class_embed.bias"])
     box = hs[-1]
     for i in range(3):
-        box = F.linear(box, det[f"bbox_embed.layers.{i}.weight"], det[f"bbox_embed.layers.{i}.bias"])
+        box = F.linear(
+            box, det[f"bbox_embed.layers.{i}.weight"], det[f"bbox_embed.layers.{i}.bias"]
+        )
         box = box.relu() if i < 2 else box.sigmoid()
     attention = RefMHAttentionMap(d, d, heads)
     attention.load_state_dict({k[15:]: v for k, v in sd.items() if k.startswith("bbox_attention.")})

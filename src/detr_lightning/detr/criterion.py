@@ -135,6 +135,11 @@ class SetCriterion(nn.Module):
                 "SetCriterion: losses include 'masks' but the outputs have no 'pred_masks'; "
                 "wrap the detector in DETRsegm or drop 'masks' from losses."
             )
+        if "masks" in self.losses and not all("masks" in t for t in targets):
+            raise ValueError(
+                "SetCriterion: losses include 'masks' but a target has no 'masks' [T, H, W]; "
+                "use a panoptic dataset or drop 'masks' from losses."
+            )
         num_boxes = self.normalise_num_boxes(targets, num_boxes, outputs["pred_boxes"].device)
         return self.set_losses(outputs, targets, num_boxes)
 

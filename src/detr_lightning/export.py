@@ -1,0 +1,77 @@
+"""Export: ``python -m detr_lightning.export ckpt_path=PATH format=onnx`` (``make export
+CKPT=...``), or ``experiment=r50 model.pretrained=<official .pth> format=onnx``.
+
+Writes ``output`` (default ``<run dir>/model.onnx``): the detector's inference graph with inputs
+``pixel_values`` [B, 3, H, W] float32 (ImageNet-normalised, zero-padded) and ``pixel_mask``
+[B, H, W] bool (True = real pixel), outputs ``pred_logits`` [B, Q, K] and ``pred_boxes``
+[B, Q, 4] (normalised cxcywh relative to each unpadded image); B, H and W are dynamic. The label
+map, class names and the head's ``focal`` flag go into the model's metadata, so that
+``predict backend=onnxruntime onnx=...`` needs no checkpoint. Then ONNX Runtime runs random
+images of ``verify_sizes`` next to PyTorch and the max abs difference is printed; above ``atol``
+the export fails.
+
+Not exported (see :mod:`detr_lightning.inference.onnx_export`): the matcher and losses
+(training only), the auxiliary decoder outputs, and the post-processing, including the panoptic
+merge, which stays in Python.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+from omegaconf import DictConfig
+
+from detr_lightning.utils import conf_dir
+
+log = logging.getLogger(__name__)
+
+
+def export(cfg: DictConfig) -> tuple[str, dict[str, float]]:
+    """Export (and verify); returns the file and the measured differences ({} without verify)."""
+    if cfg.get("format", "onnx") != "onnx":
+        raise ValueError(f"format={cfg.format}: only format=onnx is supported")
+    from detr_lightning.inference.loading import check_inference_config
+
+    check_inference_config(cfg, needs_data=False)
+    from detr_lightning.inference.loading import load_detector
+    from detr_lightning.inference.onnx_export import export_onnx, verify_onnx
+
+    detector = load_detector(cfg, device="cpu")
+    net = detector.model.net
+    transforms = cfg.data.get("val_transforms") or {}
+    metadata = {
+        "label_to_category_id": detector.category_ids,
+        "category_names": detector.names,
+        "focal": bool(getattr(net, "focal", False)),
+        "num_queries": int(net.num_queries),
+        "weights": detector.source,
+        "eval_size": transforms.get("size"),
+        "eval_max_size": transforms.get("max_size"),
+    }
+    size = tuple(int(v) for v in cfg.get("example_size", (256, 320)))
+    path = export_onnx(net, cfg.output, size, int(cfg.opset), str(cfg.exporter), metadata)
+    print(f"onnx: {path}")
+    diffs: dict[str, float] = {}
+    if cfg.get("verify", True):
+        sizes = [tuple(int(v) for v in s) for s in cfg.verify_sizes]
+        diffs = verify_onnx(net, path, sizes)
+        shown = ", ".join(f"{k} {v:.2e}" for k, v in diffs.items() if k != "max")
+        print(f"ONNX Runtime vs PyTorch, max abs difference over {sizes}: {shown}")
+        if diffs["max"] > float(cfg.atol):
+            raise RuntimeError(
+                f"{path}: ONNX Runtime differs from PyTorch by {diffs['max']:.2e} > atol="
+                f"{cfg.atol}; the export is not faithful (try exporter=torchscript)"
+            )
+    print(f"run directory: {cfg.paths.output_dir}")
+    return str(path), diffs
+
+
+@hydra.main(config_path=conf_dir(), config_name="export", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point."""
+    export(cfg)
+
+
+if __name__ == "__main__":
+    main()

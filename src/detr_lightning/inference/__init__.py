@@ -1,0 +1,12 @@
+"""Inference on any images: discovery and batching (:mod:`.images`), detector loading
+(:mod:`.loading`), the prediction loop (:mod:`.runner`), COCO results (:mod:`.results`),
+drawing (:mod:`.draw`), attention capture and figures (:mod:`.attention`,
+:mod:`.attention_plot`) and ONNX export / ONNX Runtime (:mod:`.onnx`).
+
+The entry points are ``detr_lightning.predict``, ``detr_lightning.visualize`` and
+``detr_lightning.export``. Modules here import torch lazily where it matters for ``--help``.
+"""
+
+from detr_lightning.inference.images import IMAGE_EXTENSIONS, ImageRecord, find_images
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageRecord", "find_images"]

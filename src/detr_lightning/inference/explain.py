@@ -1,0 +1,103 @@
+"""One forward with attention capture -> the encoder and decoder figures of each image
+(shared by ``detr_lightning.visualize`` and the ``attention_maps`` callback)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+from torchvision.ops import box_convert
+
+from detr_lightning.inference.attention import AttentionCapture
+from detr_lightning.inference.attention_plot import (
+    plot_decoder_attention,
+    plot_encoder_attention,
+    reference_points,
+)
+from detr_lightning.inference.draw import select_detections
+from detr_lightning.inference.results import label_name
+
+
+@dataclass
+class AttentionFigures:
+    """One image's figures: ``decoder`` always, ``encoder`` None without encoder layers."""
+
+    decoder: Figure
+    encoder: Figure | None
+
+
+def query_detections(outputs: dict[str, Any], sizes: Tensor, focal: bool) -> list[dict]:
+    """One detection per query (its best real class), so that each keeps its query index.
+
+    Args:
+        outputs: "pred_logits" [B, Q, C(+1)], "pred_boxes" [B, Q, 4] normalised cxcywh.
+        sizes: [B, 2] (h, w) the boxes are scaled to.
+        focal: sigmoid scores without a "no object" column (else softmax without the last).
+    Returns:
+        B dicts of "scores" [Q], "labels" [Q], "boxes" [Q, 4] absolute xyxy (query order).
+    """
+    logits = outputs["pred_logits"].float()
+    probs = logits.sigmoid() if focal else logits.softmax(-1)[..., :-1]
+    scores, labels = probs.max(-1)
+    h, w = sizes.to(logits).unbind(1)
+    scale = torch.stack([w, h, w, h], 1)[:, None]
+    boxes = box_convert(outputs["pred_boxes"].float(), "cxcywh", "xyxy") * scale
+    return [
+        {"scores": s.cpu(), "labels": lab.cpu(), "boxes": b.cpu()}
+        for s, lab, b in zip(scores, labels, boxes, strict=True)
+    ]
+
+
+@torch.no_grad()
+def attention_figures(
+    net: nn.Module,
+    pixel_values: Tensor,
+    pixel_mask: Tensor,
+    images: Sequence[Tensor],
+    category_ids: Sequence[int],
+    names: Sequence[str] | None = None,
+    score_threshold: float = 0.5,
+    max_objects: int = 6,
+    num_points: int = 4,
+    points: Sequence[tuple[float, float]] | None = None,
+) -> list[AttentionFigures]:
+    """Run ``net`` once with :class:`AttentionCapture` and draw every image's figures.
+
+    Args:
+        net: the detector, in eval mode.
+        pixel_values: [B, 3, H, W] normalised, padded; pixel_mask: [B, H, W] bool True = real.
+        images: B uint8 [3, h_i, w_i] images to draw on (the originals, or the network inputs'
+            real part); boxes are scaled to their sizes.
+        category_ids, names: label -> category id / class name (figure titles).
+        score_threshold, max_objects: which objects get a decoder map (highest scores first).
+        num_points: encoder reference points (the top objects' centres, then a grid), unless
+            ``points`` gives them as (x, y) in [0, 1].
+    """
+    encoder = len(net.transformer.encoder.layers) > 0
+    with AttentionCapture(net, encoder=encoder) as capture:
+        outputs = net(pixel_values, pixel_mask)
+    maps = capture.maps(num_queries=outputs["pred_logits"].shape[1])
+    sizes = torch.tensor([tuple(im.shape[-2:]) for im in images])
+    dets = query_detections(outputs, sizes, getattr(net, "focal", False))
+    figures = []
+    for i, (image, det) in enumerate(zip(images, dets, strict=True)):
+        keep = select_detections(det["scores"], score_threshold, max_objects)
+        titles = [
+            f"{label_name(int(det['labels'][q]), category_ids, names)} {float(det['scores'][q]):.2f}"
+            for q in keep
+        ]
+        dec_fig = plot_decoder_attention(
+            image, maps.decoder[i, keep].cpu(), maps.mask[i].cpu(), det["boxes"][keep], titles
+        )
+        enc_fig = None
+        if maps.encoder is not None:
+            pts = list(points) if points else reference_points(
+                det["boxes"][keep], tuple(image.shape[-2:]), num_points
+            )  # fmt: skip
+            enc_fig = plot_encoder_attention(image, maps.encoder[i].cpu(), maps.mask[i].cpu(), pts)
+        figures.append(AttentionFigures(dec_fig, enc_fig))
+    return figures

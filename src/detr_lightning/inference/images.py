@@ -1,0 +1,160 @@
+"""Images to predict on: discovery (one file, a folder recursively, a COCO split), decoding with
+named errors, and padded batches that skip what cannot be read."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms.v2.functional import pil_to_tensor
+
+from detr_lightning.data.collate import collate
+from detr_lightning.data.errors import ImageLoadError
+from detr_lightning.data.image_io import load_rgb_image
+
+log = logging.getLogger(__name__)
+
+# What PIL decodes and people keep photos in; matched case-insensitively.
+IMAGE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image to predict on.
+
+    Attributes:
+        path: the file.
+        image_id: the id written to ``predictions.json`` (a COCO split's own ids; 1, 2, ... in
+            sorted path order for files and folders).
+        file_name: path relative to the input folder (names the drawn PNG and images.json).
+        expected_size: (width, height) from a COCO json (EXIF orientation check), else None.
+    """
+
+    path: Path
+    image_id: int
+    file_name: str
+    expected_size: tuple[int, int] | None = None
+
+
+def find_images(source: str | Path) -> list[ImageRecord]:
+    """One image file, or every file with an :data:`IMAGE_EXTENSIONS` suffix under a folder
+    (recursively, sorted by relative path). Raises FileNotFoundError naming ``input=``."""
+    root = Path(source)
+    if root.is_file():  # given explicitly: tried whatever its suffix
+        return [ImageRecord(root, 1, root.name)]
+    if not root.is_dir():
+        raise FileNotFoundError(f"input={source}: no such image file or folder")
+    files = sorted(
+        (p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )
+    if not files:
+        raise FileNotFoundError(
+            f"input={source}: the folder holds no image ({', '.join(IMAGE_EXTENSIONS)})"
+        )
+    return [ImageRecord(p, i + 1, p.relative_to(root).as_posix()) for i, p in enumerate(files)]
+
+
+def coco_split_images(images_dir: str | Path, ann_file: str | Path) -> list[ImageRecord]:
+    """Every image record of a COCO json (its ids, file names and sizes), in the json's order."""
+    from detr_lightning.data.coco_json import read_coco_json
+
+    data = read_coco_json(ann_file)
+    return [
+        ImageRecord(Path(images_dir) / im["file_name"], int(im["id"]), str(im["file_name"]),
+                    (int(im["width"]), int(im["height"])))  # fmt: skip
+        for im in data["images"]
+    ]
+
+
+@dataclass
+class Sample:
+    """A decoded image: ``pixels`` [3, h, w] float (transformed), ``original`` [3, H, W] uint8
+    (None unless kept for drawing); ``error`` names the file when it could not be read."""
+
+    record: ImageRecord
+    pixels: Tensor | None = None
+    original: Tensor | None = None
+    orig_size: tuple[int, int] | None = None  # (H, W) of the decoded file
+    error: str | None = None
+
+
+class ImageListDataset(Dataset):
+    """Decodes and transforms :class:`ImageRecord` s; a file that cannot be read becomes a
+    :class:`Sample` with ``error`` set (workers cannot log to the main process reliably, and one
+    bad file must not end a run over a folder).
+
+    Args:
+        records: the images.
+        transform: the evaluation transform (``(image, target) -> (image, target)``,
+            :func:`~detr_lightning.data.transforms.make_eval_transforms`).
+        keep_original: also return the decoded uint8 image (for drawing).
+    """
+
+    def __init__(
+        self, records: Sequence[ImageRecord], transform: Callable, keep_original: bool = True
+    ) -> None:
+        self.records, self.transform, self.keep_original = list(records), transform, keep_original
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, idx: int) -> Sample:
+        rec = self.records[idx]
+        try:
+            image = load_rgb_image(rec.path, rec.path.parent, expected_size=rec.expected_size)
+        except ImageLoadError as err:
+            cause = err.__cause__
+            reason = f"{type(cause).__name__}: {cause}" if cause else str(err)
+            return Sample(rec, error=f"cannot read image {rec.path} ({reason}); skipped")
+        width, height = image.size
+        # The eval transforms expect a detection target; an empty box list keeps them generic.
+        empty = tv_tensors.BoundingBoxes(
+            torch.zeros(0, 4), format="XYXY", canvas_size=(height, width)
+        )
+        pixels, _ = self.transform(image, {"boxes": empty})
+        original = pil_to_tensor(image) if self.keep_original else None
+        return Sample(rec, pixels.as_subclass(Tensor), original, (height, width))
+
+
+@dataclass
+class ImageBatch:
+    """Readable images padded together (``pixel_values`` [B, 3, H, W], ``pixel_mask`` [B, H, W]
+    bool True = real, ``orig_sizes`` [B, 2] (h, w) of the files) and the unreadable ones."""
+
+    samples: list[Sample]
+    pixel_values: Tensor | None = None
+    pixel_mask: Tensor | None = None
+    orig_sizes: Tensor | None = None
+    failed: list[Sample] = field(default_factory=list)
+
+
+def collate_images(samples: Sequence[Sample], pad_to_multiple: int | None = None) -> ImageBatch:
+    """Pad the readable samples (:func:`~detr_lightning.data.collate.collate`); keep the rest
+    in ``failed``."""
+    good = [s for s in samples if s.error is None]
+    failed = [s for s in samples if s.error is not None]
+    if not good:
+        return ImageBatch([], failed=failed)
+    batch = collate([(s.pixels, {}) for s in good], pad_to_multiple)
+    sizes = torch.tensor([s.orig_size for s in good], dtype=torch.int64)
+    return ImageBatch(good, batch.pixel_values, batch.pixel_mask, sizes, failed)
+
+
+def image_loader(
+    dataset: ImageListDataset, batch_size: int, num_workers: int = 0, **kwargs: Any
+) -> torch.utils.data.DataLoader:
+    """In-order batches of :class:`ImageBatch` (predictions keep the input's order)."""
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        collate_fn=collate_images, **kwargs,
+    )  # fmt: skip

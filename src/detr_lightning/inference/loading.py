@@ -1,0 +1,156 @@
+"""Build the detector for inference from ``ckpt_path=`` or ``model.pretrained=``, with its label
+map and class names, without the training data or ImageNet weights.
+
+* A Lightning checkpoint of this project carries ``num_classes`` and ``label_to_category_id`` in
+  its hyper-parameters and the data's ``categories`` (with names) in the datamodule's state.
+* An official DETR release (``{"model": state_dict}``) carries neither: its class count is read
+  off the class head, labels are the category ids themselves (COCO models have 91 slots whose
+  index is the COCO id, ``data/categories.py``), and 91 classes get COCO's names.
+
+Either way the backbone is built without ImageNet weights (the file holds trained ones), so
+nothing is read from the torch hub cache.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Detector:
+    """A LitDETR in eval mode and what predictions need to report.
+
+    Attributes:
+        model: ``LitDETR`` (``model.net`` the detector, ``model.detections`` the post-processing).
+        category_ids: label -> the dataset's category id.
+        names: label -> class name ("" where unknown), or None when nothing is known.
+        source: the file the weights came from.
+    """
+
+    model: Any
+    category_ids: list[int]
+    names: list[str] | None
+    source: str
+
+
+def names_from_categories(categories: list[dict], category_ids: list[int]) -> list[str] | None:
+    """Per-label names from a COCO ``categories`` list (None when it has no names)."""
+    by_id = {int(c["id"]): str(c.get("name", "")) for c in categories}
+    names = [by_id.get(int(i), "") for i in category_ids]
+    return names if any(names) else None
+
+
+def _checkpoint_categories(checkpoint: dict) -> list[dict] | None:
+    """The datamodule state's ``categories`` (saved under the datamodule's class name)."""
+    for value in checkpoint.values():
+        if isinstance(value, dict) and isinstance(value.get("categories"), list):
+            return value["categories"]
+    return None
+
+
+def coco_names(category_ids: list[int]) -> list[str]:
+    """COCO's names by id ("" for the unused slots)."""
+    from detr_lightning.data.categories import COCO_CATEGORY_NAMES
+
+    return [COCO_CATEGORY_NAMES.get(int(i), "") for i in category_ids]
+
+
+def official_meta(path: str) -> tuple[int, list[int], list[str] | None]:
+    """(num_classes, label_to_category_id, names) of an official release file."""
+    from detr_lightning.checkpointing.validate import read_checkpoint
+    from detr_lightning.data.categories import COCO_NUM_CLASSES
+
+    obj = read_checkpoint(path, "model.pretrained")  # mmap: only the shapes are read here
+    sd = obj.get("model", obj) if isinstance(obj, dict) else {}
+    if "class_embed.weight" not in sd:
+        raise ValueError(f"model.pretrained={path}: not an official DETR file (no class_embed)")
+    num_classes = int(sd["class_embed.weight"].shape[0]) - 1
+    ids = list(range(num_classes))
+    return num_classes, ids, coco_names(ids) if num_classes == COCO_NUM_CLASSES else None
+
+
+def inference_config(cfg: DictConfig) -> DictConfig:
+    """A copy of ``cfg`` whose backbone loads no ImageNet weights (the checkpoint or release
+    holds the trained backbone) and whose config check skips the data files."""
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        if OmegaConf.select(cfg, "model.net.backbone.pretrained", default=False):
+            cfg.model.net.backbone.pretrained = False
+    return cfg
+
+
+def check_inference_config(cfg: DictConfig, needs_data: bool, needs_weights: bool = True) -> None:
+    """The entry points' config check (``ckpt_path=last`` resolved in ``cfg``). Without
+    ``needs_data`` the data files are not checked (a copy without ``data`` is checked: images
+    come from ``input=``); without ``needs_weights`` neither ckpt_path nor model.pretrained is
+    required (checked as a "fit" stage: the ONNX backend has its weights in the .onnx)."""
+    from detr_lightning.utils.config_check import check_config, resolve_special_ckpt_path
+
+    resolve_special_ckpt_path(cfg, "predict" if needs_weights else "fit")
+    checked = cfg
+    if not needs_data:
+        checked = copy.deepcopy(cfg)
+        with open_dict(checked):
+            checked.data = None
+    check_config(checked, "predict" if needs_weights else "fit")
+
+
+def load_detector(
+    cfg: DictConfig, datamodule: Any = None, device: str | torch.device = "cpu"
+) -> Detector:
+    """The configured model with the weights of ``cfg.ckpt_path`` (a Lightning checkpoint) or,
+    without it, of ``cfg.model.pretrained`` (an official release), in eval mode on ``device``.
+
+    ``datamodule`` (optional) supplies the label map of a release fine-tuned on other data;
+    checkpoints always use their own. The config must describe the checkpoint's architecture
+    (the same experiment and overrides as its training run).
+    """
+    from detr_lightning.checkpointing.validate import check_lightning_checkpoint, read_checkpoint
+    from detr_lightning.utils.build import build_model
+
+    ckpt, pretrained = cfg.get("ckpt_path"), OmegaConf.select(cfg, "model.pretrained")
+    if not ckpt and not pretrained:
+        raise ValueError("give ckpt_path=<Lightning .ckpt> or model.pretrained=<official .pth>")
+    cfg = inference_config(cfg)
+    checkpoint = None
+    if ckpt:
+        checkpoint = read_checkpoint(ckpt)
+        hp = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
+        ids = checkpoint.get("label_to_category_id") or hp.get("label_to_category_id")
+        num_classes = hp.get("num_classes") or (len(ids) if ids else None)
+        ids = [int(i) for i in ids] if ids else list(range(int(num_classes or 0)))
+        categories = _checkpoint_categories(checkpoint)
+        names = names_from_categories(categories, ids) if categories else None
+        source = str(ckpt)
+    elif datamodule is not None:
+        ids = [int(i) for i in datamodule.label_to_category_id]
+        num_classes = len(ids)
+        names = list(getattr(datamodule, "category_names", [])) or None
+        source = str(pretrained)
+    else:
+        num_classes, ids, names = official_meta(str(pretrained))
+        source = str(pretrained)
+    meta = SimpleNamespace(num_classes=num_classes, label_to_category_id=ids)
+    model = build_model(cfg, meta)  # loads model.pretrained when there is no ckpt_path
+    if checkpoint is not None:
+        check_lightning_checkpoint(checkpoint, model, str(ckpt))
+        model.load_state_dict(checkpoint["state_dict"])
+        del checkpoint
+    log.info("detector from %s: %d classes", source, num_classes)
+    return Detector(model.eval().to(device), ids, names, source)
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``auto``/None: the GPU when there is one, else the CPU; otherwise a torch device name."""
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

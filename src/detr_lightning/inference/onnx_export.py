@@ -1,0 +1,175 @@
+"""Export the detector to ONNX and check it against PyTorch with ONNX Runtime.
+
+The graph is the inference forward only: ``pixel_values`` [B, 3, H, W] float32 and
+``pixel_mask`` [B, H, W] bool (True = real pixel) in, ``pred_logits`` [B, Q, K] and
+``pred_boxes`` [B, Q, 4] (normalised cxcywh) out, with B, H and W dynamic. What stays in
+Python: the Hungarian matcher and the losses (training only: they need targets and scipy's
+``linear_sum_assignment``, which has no ONNX operator), the auxiliary decoder outputs (training
+losses), and the post-processing (softmax / top-k, box scaling, and the panoptic merge, which
+loops over a data-dependent number of segments).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+INPUT_NAMES = ("pixel_values", "pixel_mask")
+OUTPUT_NAMES = ("pred_logits", "pred_boxes")
+
+
+class DetectorGraph(nn.Module):
+    """``net(pixel_values, pixel_mask)`` -> (pred_logits, pred_boxes): the exported signature
+    (the auxiliary outputs are dropped, so the exporter prunes nothing it needs)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, pixel_values: Tensor, pixel_mask: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.net(pixel_values, pixel_mask)
+        return out["pred_logits"], out["pred_boxes"]
+
+
+def _nearest_by_index(x: Tensor, size: Sequence[Any]) -> Tensor:
+    """``F.interpolate(x, size, mode="nearest")`` for [N, C, H, W] as an index gather with
+    PyTorch's own index rule, ``min(floor(i * (in / out)), in - 1)`` in float32.
+
+    ONNX ``Resize`` computes ``i / (out / in)`` instead; the two round differently when
+    ``i * in / out`` is an integer (e.g. a padding edge at a multiple of the stride), which
+    flipped mask cells and moved outputs by 0.1 in ONNX Runtime. The gather is exact."""
+    for dim, out in zip((2, 3), size, strict=True):
+        length = x.shape[dim]
+        scale = torch.tensor(length, dtype=torch.float32) / out
+        idx = (torch.arange(out, device=x.device, dtype=torch.float32) * scale).floor()
+        x = x.index_select(dim, idx.to(torch.int64).clamp(max=length - 1))
+    return x
+
+
+@contextlib.contextmanager
+def exact_nearest_resize() -> Iterator[None]:
+    """While exporting, 4-D nearest resizes to a given ``size`` use :func:`_nearest_by_index`
+    (the backbone's padding-mask resize, the compact trunk's top-down path); everything else
+    goes to the real ``F.interpolate``. Eager results are identical (same index rule)."""
+    original = F.interpolate
+
+    def interpolate(input: Tensor, size: Any = None, scale_factor: Any = None,
+                    mode: str = "nearest", *args: Any, **kwargs: Any) -> Tensor:  # fmt: skip
+        if mode == "nearest" and size is not None and input.dim() == 4 and not args and not kwargs:
+            return _nearest_by_index(input, tuple(size))
+        return original(input, size, scale_factor, mode, *args, **kwargs)
+
+    F.interpolate = interpolate
+    try:
+        yield
+    finally:
+        F.interpolate = original
+
+
+def export_onnx(
+    net: nn.Module,
+    path: str | Path,
+    example_size: tuple[int, int] = (256, 320),
+    opset: int = 18,
+    exporter: str = "dynamo",
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``net``'s inference graph to ``path`` (dynamic batch, height and width).
+
+    Args:
+        net: the detector (``DETR`` / ``ConvergenceDETR``), put in eval mode here.
+        path: the .onnx file to write.
+        example_size: (H, W) of the tracing input; batch 2, because torch.export specialises
+            dimensions of size 1 into constants.
+        opset: ONNX opset.
+        exporter: "dynamo" (torch.export, the default of torch >= 2.9) or "torchscript" (the
+            legacy tracer, deprecated in torch but faster to export).
+        metadata: stored as JSON strings in the model's ``metadata_props`` (label map, class
+            names, ``focal``), so ``predict backend=onnxruntime`` needs no checkpoint.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for name in ("onnx_ir", "onnxscript"):  # one INFO line per rewritten initializer
+        logging.getLogger(name).setLevel(logging.WARNING)
+    graph = DetectorGraph(net.eval()).eval()
+    h, w = example_size
+    pixels = torch.randn(2, 3, h, w)
+    mask = torch.ones(2, h, w, dtype=torch.bool)
+    mask[1, :, w - w // 4 :] = False  # a padded image: the mask path is traced for real
+    if exporter == "dynamo":
+        dims = {0: "batch", 2: "height", 3: "width"}
+        kwargs: dict[str, Any] = {
+            "dynamo": True,
+            "dynamic_shapes": {"pixel_values": dims, "pixel_mask": {0: "batch", 1: "height",
+                                                                    2: "width"}},  # fmt: skip
+        }
+    elif exporter == "torchscript":
+        kwargs = {
+            "dynamo": False,
+            "dynamic_axes": {"pixel_values": {0: "batch", 2: "height", 3: "width"},
+                             "pixel_mask": {0: "batch", 1: "height", 2: "width"},
+                             "pred_logits": {0: "batch"}, "pred_boxes": {0: "batch"}},
+        }  # fmt: skip
+    else:
+        raise ValueError(f"exporter={exporter!r}: use dynamo or torchscript")
+    with exact_nearest_resize(), torch.no_grad():
+        torch.onnx.export(
+            graph, (pixels, mask), str(path), input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES), opset_version=opset, **kwargs,
+        )  # fmt: skip
+    if metadata:
+        _write_metadata(path, metadata)
+    return path
+
+
+def _write_metadata(path: Path, metadata: dict[str, Any]) -> None:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    onnx.save(model, str(path))
+
+
+def verify_onnx(
+    net: nn.Module,
+    path: str | Path,
+    sizes: Sequence[tuple[int, int, int]] = ((2, 160, 224), (1, 224, 128)),
+    seed: int = 0,
+) -> dict[str, float]:
+    """Max |ONNX Runtime - PyTorch| per output over random images of the given (B, H, W).
+
+    Batches of more than one image pad the second image by a quarter of its width, so the
+    padding-mask path is compared too. Returns ``{"pred_logits": d, "pred_boxes": d, "max": d}``.
+    """
+    from detr_lightning.inference.onnx_runtime import OnnxDetector
+
+    session = OnnxDetector(path)
+    graph = DetectorGraph(net.eval()).eval()
+    gen = torch.Generator().manual_seed(seed)
+    diffs = dict.fromkeys(OUTPUT_NAMES, 0.0)
+    for b, h, w in sizes:
+        pixels = torch.randn(b, 3, h, w, generator=gen)
+        mask = torch.ones(b, h, w, dtype=torch.bool)
+        if b > 1:
+            mask[1, :, w - w // 4 :] = False
+            pixels[1, :, :, w - w // 4 :] = 0
+        with torch.no_grad():
+            reference = dict(zip(OUTPUT_NAMES, graph(pixels, mask), strict=True))
+        got = session(pixels, mask)
+        for name in OUTPUT_NAMES:
+            diff = (got[name].float() - reference[name].float()).abs().max().item()
+            diffs[name] = max(diffs[name], diff)
+    diffs["max"] = max(diffs.values())
+    return diffs

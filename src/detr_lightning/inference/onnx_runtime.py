@@ -1,0 +1,70 @@
+"""Run an exported detector with ONNX Runtime behind the PyTorch forward's interface."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from detr_lightning.inference.onnx_export import INPUT_NAMES, OUTPUT_NAMES
+
+
+class OnnxDetector:
+    """``OnnxDetector(path)(pixel_values, pixel_mask)`` -> ``{"pred_logits", "pred_boxes"}``
+    (CPU torch tensors), like ``net(...)`` without the auxiliary outputs.
+
+    Args:
+        path: an .onnx file written by :func:`~detr_lightning.inference.onnx_export.export_onnx`.
+        providers: ONNX Runtime execution providers (default: CUDA when available, then CPU).
+        threads: intra-op threads (None: ONNX Runtime's default, one per core).
+    """
+
+    def __init__(
+        self, path: str | Path, providers: list[str] | None = None, threads: int | None = None
+    ) -> None:
+        import onnxruntime as ort
+
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"onnx={path}: no such file. Fix: write it with python -m detr_lightning.export"
+            )
+        if providers is None:
+            available = ort.get_available_providers()
+            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                         if p in available]  # fmt: skip
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(path, options, providers=providers)
+        inputs = [i.name for i in self.session.get_inputs()]
+        if tuple(inputs) != INPUT_NAMES:
+            raise ValueError(f"onnx={path}: inputs {inputs}, expected {list(INPUT_NAMES)}")
+        self.path = path
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The JSON ``metadata_props`` written at export (label map, names, focal, ...)."""
+        props = self.session.get_modelmeta().custom_metadata_map
+        out = {}
+        for key, value in props.items():
+            try:
+                out[key] = json.loads(value)
+            except json.JSONDecodeError:
+                out[key] = value
+        return out
+
+    def __call__(self, pixel_values: Tensor, pixel_mask: Tensor) -> dict[str, Tensor]:
+        """pixel_values [B, 3, H, W] float32, pixel_mask [B, H, W] bool (any device)."""
+        feeds = {
+            "pixel_values": pixel_values.detach().float().cpu().contiguous().numpy(),
+            "pixel_mask": pixel_mask.detach().bool().cpu().contiguous().numpy(),
+        }
+        outputs = self.session.run(list(OUTPUT_NAMES), feeds)
+        return {
+            name: torch.from_numpy(value) for name, value in zip(OUTPUT_NAMES, outputs, strict=True)
+        }

@@ -1,0 +1,140 @@
+"""The prediction loop: batches of images -> detector -> COCO records and drawn PNGs.
+
+The detector is any callable ``(pixel_values [B, 3, H, W], pixel_mask [B, H, W] bool) ->
+{"pred_logits", "pred_boxes"}`` (PyTorch eager or an ONNX Runtime session) followed by a
+post-processing callable ``(outputs, sizes [B, 2]) -> detections`` in original pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from detr_lightning.inference.draw import draw_predictions
+from detr_lightning.inference.images import ImageListDataset, ImageRecord, image_loader
+from detr_lightning.inference.results import coco_records
+
+log = logging.getLogger(__name__)
+
+Forward = Callable[[Tensor, Tensor], dict[str, Any]]
+PostProcess = Callable[[dict[str, Any], Tensor], list[dict[str, Tensor]]]
+
+
+@dataclass
+class DrawOptions:
+    """What the PNGs show: detections with score >= ``score_threshold``, at most ``top_k``
+    (highest first); ``enabled=False`` writes no PNG."""
+
+    enabled: bool = True
+    score_threshold: float = 0.5
+    top_k: int | None = 20
+    line_width: int = 2
+    font: str | None = None
+    font_size: int | None = None
+
+
+@dataclass
+class PredictResult:
+    """``records``: COCO results of every image; ``images``: (record, (h, w)) of the predicted
+    images; ``skipped``: (record, message) of the unreadable ones; ``drawn``: PNG paths."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    images: list[tuple[ImageRecord, tuple[int, int]]] = field(default_factory=list)
+    skipped: list[tuple[ImageRecord, str]] = field(default_factory=list)
+    drawn: list[Path] = field(default_factory=list)
+
+
+def png_name(file_name: str) -> str:
+    """``a/b/c.jpg`` -> ``a/b/c.png`` (the input's sub-folders are kept: names stay unique)."""
+    return os.path.splitext(file_name)[0] + ".png"
+
+
+def run_predictions(
+    forward: Forward,
+    postprocess: PostProcess,
+    records: Sequence[ImageRecord],
+    transform: Callable,
+    category_ids: Sequence[int],
+    names: Sequence[str] | None = None,
+    draw_dir: str | Path | None = None,
+    draw: DrawOptions | None = None,
+    batch_size: int = 4,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> PredictResult:
+    """Predict on ``records`` in batches; unreadable images are logged by name and skipped.
+
+    Args:
+        forward: the detector (module docstring); it receives tensors on ``device``.
+        postprocess: outputs + original sizes [B, 2] (h, w) -> per-image "boxes" (absolute xyxy),
+            "scores", "labels".
+        records: the images, in output order.
+        transform: the evaluation transform (``data.val_transforms``).
+        category_ids, names: label -> dataset category id / class name.
+        draw_dir: where the PNGs go (mirroring the input's sub-folders); None: no drawing.
+        draw: what to draw.
+        batch_size, num_workers: the DataLoader's.
+        device: where the forward runs (inputs are moved there).
+        progress: show a progress bar over the images.
+    """
+    draw = draw or DrawOptions()
+    drawing = draw_dir is not None and draw.enabled
+    dataset = ImageListDataset(records, transform, keep_original=drawing)
+    device = torch.device(device)
+    loader = image_loader(
+        dataset, batch_size, num_workers, pin_memory=device.type == "cuda"
+    )
+    result = PredictResult()
+    bar = tqdm(total=len(records), unit="img", desc="predict", disable=not progress)
+    for batch in loader:
+        for failed in batch.failed:
+            log.warning("%s", failed.error)
+            result.skipped.append((failed.record, failed.error or ""))
+        if batch.samples:
+            with torch.inference_mode():
+                outputs = forward(
+                    batch.pixel_values.to(device, non_blocking=True),
+                    batch.pixel_mask.to(device, non_blocking=True),
+                )
+                preds = postprocess(outputs, batch.orig_sizes.to(device))
+            for sample, pred in zip(batch.samples, preds, strict=True):
+                pred = {k: v.cpu() for k, v in pred.items()}
+                rec = sample.record
+                result.records += coco_records(pred, rec.image_id, category_ids, names)
+                result.images.append((rec, sample.orig_size))
+                if drawing:
+                    result.drawn.append(_draw(sample.original, pred, rec, category_ids, names,
+                                              Path(draw_dir), draw))  # fmt: skip
+        bar.update(len(batch.samples) + len(batch.failed))
+    bar.close()
+    return result
+
+
+def _draw(
+    image: Tensor,
+    pred: dict[str, Tensor],
+    record: ImageRecord,
+    category_ids: Sequence[int],
+    names: Sequence[str] | None,
+    out_dir: Path,
+    opts: DrawOptions,
+) -> Path:
+    from torchvision.io import write_png
+
+    drawn = draw_predictions(
+        image, pred, category_ids, names, opts.score_threshold, opts.top_k, opts.line_width,
+        opts.font, opts.font_size,
+    )  # fmt: skip
+    path = out_dir / png_name(record.file_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_png(drawn, str(path))
+    return path

@@ -1,0 +1,80 @@
+"""See what DETR attends to: ``python -m detr_lightning.visualize ckpt_path=PATH input=IMAGE``
+(``make visualize CKPT=... INPUT=...``; or ``model.pretrained=<official .pth>``).
+
+Draws the paper's two pictures with matplotlib for each image (``input`` may also be a folder):
+
+* ``<name>_encoder.png``: the last encoder layer's self-attention at ``num_points`` reference
+  points (the top objects' centres, then a grid; or ``points=[[x, y], ...]`` in [0, 1]);
+  not written for models without encoder layers (the ``shapes`` preset has none);
+* ``<name>_decoder.png``: each detected object's last-layer decoder cross-attention (objects
+  scoring >= ``score_threshold``, at most ``max_objects``) above the image with its box.
+
+The attention is captured with hooks (:mod:`detr_lightning.inference.attention`); the model's
+outputs and weights are unchanged. Works for DETR and ConvergenceDETR.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from detr_lightning.utils import conf_dir
+
+log = logging.getLogger(__name__)
+
+
+def visualize(cfg: DictConfig) -> list[str]:
+    """Write the figures of every input image; returns the PNG paths."""
+    from detr_lightning.inference.loading import check_inference_config
+
+    check_inference_config(cfg, needs_data=False)
+    from hydra.utils import instantiate
+
+    from detr_lightning.inference.attention_plot import save_figure
+    from detr_lightning.inference.explain import attention_figures
+    from detr_lightning.inference.images import ImageListDataset, find_images
+    from detr_lightning.inference.loading import load_detector, resolve_device
+
+    device = resolve_device(cfg.get("device"))
+    detector = load_detector(cfg, device=device)
+    dataset = ImageListDataset(find_images(cfg.input), instantiate(cfg.data.val_transforms))
+    out_dir = cfg.get("output_dir") or cfg.paths.output_dir
+    os.makedirs(out_dir, exist_ok=True)
+    points = OmegaConf.to_container(cfg.points) if cfg.get("points") else None
+    written: list[str] = []
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        if sample.error:
+            log.warning("%s", sample.error)
+            continue
+        pixels = sample.pixels[None].to(device)
+        mask = pixels.new_ones(pixels.shape[0], *pixels.shape[-2:], dtype=bool)
+        (figs,) = attention_figures(
+            detector.model.net, pixels, mask, [sample.original], detector.category_ids,
+            detector.names, float(cfg.score_threshold), int(cfg.max_objects),
+            int(cfg.num_points), points,
+        )  # fmt: skip
+        stem = os.path.join(out_dir, os.path.splitext(sample.record.file_name)[0])
+        os.makedirs(os.path.dirname(stem), exist_ok=True)
+        written.append(save_figure(figs.decoder, f"{stem}_decoder.png"))
+        if figs.encoder is not None:
+            written.append(save_figure(figs.encoder, f"{stem}_encoder.png"))
+        else:
+            log.warning("the model has no encoder layer: no encoder self-attention to draw")
+    for path in written:
+        print(f"figure: {path}")
+    print(f"run directory: {cfg.paths.output_dir}")
+    return written
+
+
+@hydra.main(config_path=conf_dir(), config_name="visualize", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point."""
+    visualize(cfg)
+
+
+if __name__ == "__main__":
+    main()

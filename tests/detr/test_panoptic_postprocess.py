@@ -1,0 +1,139 @@
+"""PostProcessPanoptic / PostProcessSegm invariants on hand-made outputs."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from detr_lightning.postprocess import PostProcess, PostProcessPanoptic, PostProcessSegm
+
+# labels 0, 1: things; 2, 3: stuff
+IS_THING = {0: True, 1: True, 2: False, 3: False}
+SURE, UNSURE = 8.0, 1.0  # class logits: ~0.999 vs ~0.4 probability (5 columns)
+
+
+def _logits(rows: list[tuple[int, float]]) -> torch.Tensor:
+    """One [Q, 5] logits row per (label, strength); the last column is "no object"."""
+    out = torch.zeros(len(rows), 5)
+    for q, (label, strength) in enumerate(rows):
+        out[q, label] = strength
+    return out
+
+
+def _regions(shape: tuple[int, int], boxes: list[tuple[int, int, int, int]]) -> torch.Tensor:
+    """[Q, h, w] logits: +5 inside each query's (y0, y1, x0, x1) region, -5 elsewhere."""
+    masks = torch.full((len(boxes), *shape), -5.0)
+    for q, (y0, y1, x0, x1) in enumerate(boxes):
+        masks[q, y0:y1, x0:x1] = 5.0
+    return masks
+
+
+def _check_partition(result: dict) -> None:
+    seg, info = result["segment_map"], result["segments_info"]
+    ids = [s["id"] for s in info]
+    assert len(set(ids)) == len(ids) and all(i >= 1 for i in ids)
+    assert set(seg.unique().tolist()) <= {0, *ids}
+    for s in info:  # one id per pixel, so the areas are the id map's counts
+        assert s["area"] == int((seg == s["id"]).sum())
+
+
+def test_threshold_stuff_merge_and_partition() -> None:
+    # q0 thing 0 top-left; q1, q2 stuff 2 (two regions); q3 below threshold; q4 stuff 3
+    logits = _logits([(0, SURE), (2, SURE), (2, SURE), (1, UNSURE), (3, SURE)])
+    masks = _regions((8, 8), [(0, 4, 0, 4), (0, 4, 4, 8), (4, 8, 0, 4), (0, 8, 0, 8), (4, 8, 4, 8)])
+    masks[3] = 50.0  # the unsure query would win every pixel if it were kept
+    out = PostProcessPanoptic(IS_THING)({"pred_logits": logits[None], "pred_masks": masks[None]},
+                                        torch.tensor([[8, 8]]))[0]  # fmt: skip
+    _check_partition(out)
+    info = out["segments_info"]
+    assert [(s["category_id"], s["isthing"], s["area"]) for s in info] == [
+        (0, True, 16), (2, False, 32), (3, False, 16),
+    ]  # fmt: skip
+    assert [s["id"] for s in info] == [1, 2, 3]
+    seg = out["segment_map"]
+    assert seg.dtype == torch.long and (seg != 0).all()
+    assert (seg[:4, 4:] == 2).all() and (seg[4:, :4] == 2).all()  # one merged stuff segment
+
+
+def test_tiny_segments_are_removed_and_stuff_stays_merged() -> None:
+    # q0 (thing) wins 2 pixels only; q1/q2 stuff 2 with one region each; q3 thing 1
+    logits = _logits([(0, SURE), (2, SURE), (2, SURE), (1, SURE)])
+    masks = _regions((8, 8), [(0, 1, 0, 2), (0, 4, 0, 8), (4, 8, 0, 4), (4, 8, 4, 8)])
+    masks[1, 0, :2] = 4.0  # q0 beats q1 on its 2 pixels
+    out = PostProcessPanoptic(IS_THING, min_area=5)(
+        {"pred_logits": logits[None], "pred_masks": masks[None]}, torch.tensor([[8, 8]])
+    )[0]
+    _check_partition(out)
+    info = out["segments_info"]
+    # the tiny thing is gone and its pixels went to the stuff query next in line; the stuff
+    # segment is still one segment after the second pass
+    assert [(s["id"], s["category_id"], s["area"]) for s in info] == [(1, 2, 48), (2, 1, 16)]
+    assert (out["segment_map"][:4] == 1).all() and (out["segment_map"][4:, :4] == 1).all()
+
+
+def test_small_stuff_segment_is_dropped_whole() -> None:
+    logits = _logits([(2, SURE), (2, SURE), (0, SURE)])
+    masks = _regions((8, 8), [(0, 1, 0, 2), (0, 1, 2, 3), (0, 8, 0, 8)])
+    masks[2, 0, :3] = 0.0  # q0/q1 win 3 pixels in all: below min_area as one segment too
+    out = PostProcessPanoptic(IS_THING)(
+        {"pred_logits": logits[None], "pred_masks": masks[None]}, torch.tensor([[8, 8]])
+    )[0]
+    assert [(s["id"], s["category_id"], s["area"]) for s in out["segments_info"]] == [(1, 0, 64)]
+
+
+def test_nothing_kept_gives_void() -> None:
+    logits = _logits([(0, UNSURE), (4, SURE)])  # unsure thing; a "no object" query
+    out = PostProcessPanoptic(IS_THING, return_png=True)(
+        {"pred_logits": logits[None], "pred_masks": torch.randn(1, 2, 4, 4)},
+        torch.tensor([[16, 16]]),
+        torch.tensor([[20, 30]]),
+    )[0]
+    assert out["segments_info"] == [] and out["segment_map"].shape == (20, 30)
+    assert (out["segment_map"] == 0).all()
+    assert np.asarray(Image.open(io.BytesIO(out["png_string"]))).max() == 0
+
+
+def test_padding_is_cut_and_output_is_at_the_original_size() -> None:
+    # canvas 8x8 (the other image); this image is 4x8 (top half); q1 wins only on padding
+    logits = _logits([(0, SURE), (1, SURE)])
+    masks = _regions((8, 8), [(0, 4, 0, 8), (4, 8, 0, 8)])
+    batch = {"pred_logits": torch.stack([logits, logits]), "pred_masks": torch.stack([masks] * 2)}
+    results = PostProcessPanoptic(IS_THING, return_png=True)(
+        batch, torch.tensor([[4, 8], [8, 8]]), torch.tensor([[40, 80], [8, 8]])
+    )
+    first = results[0]
+    assert first["segment_map"].shape == (40, 80)
+    assert [(s["category_id"], s["area"]) for s in first["segments_info"]] == [(0, 3200)]
+    assert [s["category_id"] for s in results[1]["segments_info"]] == [0, 1]
+    png = np.asarray(Image.open(io.BytesIO(first["png_string"]))).astype(np.int64)
+    ids = png[..., 0] + 256 * png[..., 1] + 256**2 * png[..., 2]
+    assert (torch.from_numpy(ids) == first["segment_map"]).all()
+
+
+def test_postprocess_segm_masks_at_the_original_size() -> None:
+    # image 0 is 8x12 on a 16x16 canvas; its query 0 covers the left half of the image
+    pred = torch.full((2, 2, 4, 4), -10.0)
+    pred[0, 0, :2, :1] = 10.0  # canvas rows 0-7, columns 0-3 (4x upsampling)
+    pred[0, 1, 2:, :] = 10.0  # only on padding for image 0
+    outputs = {"pred_logits": torch.zeros(2, 2, 5), "pred_boxes": torch.rand(2, 2, 4),
+               "pred_masks": pred}  # fmt: skip
+    orig = torch.tensor([[16, 24], [30, 20]])
+    sizes = torch.tensor([[8, 12], [16, 16]])
+    results = PostProcess()(outputs, orig)
+    results = PostProcessSegm()(results, outputs, orig, sizes)
+    assert results[0]["masks"].shape == (2, 1, 16, 24) and results[0]["masks"].dtype == torch.uint8
+    assert results[1]["masks"].shape == (2, 1, 30, 20)
+    assert results[0]["masks"][1].sum() == 0  # padding never leaks into the image
+    left = results[0]["masks"][0, 0]
+    assert left[:, :6].all() and not left[:, 10:].any()  # ~4 canvas columns = 8 original
+
+
+@pytest.mark.parametrize("canvas", [None, (16, 16)])
+def test_postprocess_segm_threshold(canvas) -> None:
+    pred = torch.tensor([0.0, 0.3, -0.3]).view(1, 3, 1, 1).expand(1, 3, 4, 4)
+    outputs = {"pred_masks": pred}
+    sizes = torch.tensor([[16, 16]])
+    out = PostProcessSegm(threshold=0.5)([{}], outputs, sizes, sizes, canvas_size=canvas)[0]
+    assert out["masks"].flatten(1).all(1).tolist() == [False, True, False]
