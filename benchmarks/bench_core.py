@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from detr_lightning.loss import HungarianMatcher, SetCriterion
 from detr_lightning.detr.model import build_detr
+from detr_lightning.loss import HungarianMatcher, SetCriterion
 
 
 def _random_targets(batch: int, per_image: int = 8) -> list[dict[str, torch.Tensor]]:

@@ -1,7 +1,7 @@
 """``make bench-convergence``: AP versus wall time of the shapes preset, each lever on and off.
 
 Every variant is one ``python -m detr_lightning.train experiment=shapes ...`` run with a wall
-budget (``trainer.max_time``); validation AP is logged after every epoch together with the
+budget (the shapes schedule anneals within ``model.lr_schedule.budget_min``); validation AP is logged after every epoch together with the
 seconds since training started (``time/elapsed_s``, from the ElapsedTime callback). Writes
 into ``benchmarks/results/convergence/``:
 
@@ -38,29 +38,20 @@ PAPER_RECIPE = ["experiment=shapes_plain"]
 VARIANTS: dict[str, list[str]] = {
     "shapes": [],
     # The decoder's start: proposal logits as a prior, the memory detached from the decoder.
-    "no_class_prior": ["model.net.class_prior=false"],
+    "no_class_prior": ["model.net.queries.class_prior=false"],
     "no_detach_memory": ["model.net.detach_memory=false"],
     # Plain top-k query selection instead of 3x3 peaks of the proposal score map.
-    "no_peaks": ["model.net.proposal_peaks=false"],
-    # The per-token linear proposal head of the earlier presets instead of the conv tower.
-    "linear_proposals": ["model.net.proposal_head=linear", "model.net.class_prior=false"],
-    # Learned queries (no two-stage), the conv head kept as a training-only aux head.
-    "no_two_stage": [
-        "model.net.two_stage=false",
-        "model.net.box_refine=false",
-        "model.net.class_prior=false",
-        "model.net.encoder_aux_head=true",
-    ],
-    "no_denoising": ["model.net.denoising.groups=0"],
-    "no_focal": ["model.net.focal=false"],
+    "no_peaks": ["model.net.queries.head.peaks=false"],
+    # The per-token linear proposal head instead of the conv tower.
+    "linear_proposals": ["proposal_head@model.net.queries.head=linear"],
+    # Learned anchor queries (no two-stage), the conv head kept as a training-only aux head.
+    "no_two_stage": ["queries=anchors", "aux_head=conv"],
+    "grid_queries": ["queries=grid", "aux_head=conv"],
+    "no_denoising": ["~denoiser"],
+    "no_focal": ["cls_loss=softmax"],
     "with_encoder_layer": ["model.net.transformer.num_encoder_layers=1"],
     # The earlier presets' backbone: half-width ResNet-18 cut at layer3 (stride 16).
-    "resnet18_backbone": [
-        "model.net.backbone.name=resnet18",
-        "model.net.backbone.width=32",
-        "model.net.backbone.last_stage=layer3",
-    ],
-    "step_lr": ["model.lr_cosine=false", "model.lr_drop_epochs=[9]"],
+    "resnet18_backbone": ["backbone=narrow_r18"],
     "paper_recipe": PAPER_RECIPE,
 }
 KEYS = {
@@ -73,10 +64,13 @@ KEYS = {
 
 
 def budget_overrides(budget_min: float) -> list[str]:
-    """A wall budget for the ordinary shapes run."""
-    minutes = int(budget_min)
-    seconds = int(round((budget_min - minutes) * 60))
-    return [f"trainer.max_time=00:00:{minutes:02d}:{seconds:02d}"]
+    """A wall budget for the ordinary shapes run (the schedule anneals within it)."""
+    minutes = int(budget_min + 1)
+    return [
+        f"model.lr_schedule.budget_min={budget_min}",
+        f"trainer.max_time=00:00:{minutes:02d}:00",
+        "trainer.max_epochs=100",
+    ]
 
 
 def fit_overrides(root: Path, images: int, steps: int, batch_size: int = 8) -> list[str]:
@@ -90,7 +84,8 @@ def fit_overrides(root: Path, images: int, steps: int, batch_size: int = 8) -> l
         "data.train_transforms.flip_prob=0", "data.val_transforms.size=128",
         f"trainer.max_steps={steps}", f"trainer.max_epochs={epochs}",
         f"trainer.check_val_every_n_epoch={epochs}", "trainer.num_sanity_val_steps=0",
-        "model.lr_drop_epochs=null", "trainer.max_time=null", "callbacks.val_images=null",
+        "schedule=smoke", "trainer.limit_train_batches=null", "trainer.limit_val_batches=null",
+        "trainer.max_time=null", "callbacks.val_images=null",
     ]  # fmt: skip
 
 
@@ -101,6 +96,8 @@ def run_variant(
     # A variant may name its own preset (experiment=...); every other override follows it.
     experiment = [o for o in overrides if o.startswith("experiment=")] or ["experiment=shapes"]
     overrides = [o for o in overrides if not o.startswith("experiment=")]
+    if experiment != ["experiment=shapes"]:  # other presets keep their own lr schedule
+        setting = [o for o in setting if not o.startswith("model.lr_schedule.budget_min")]
     cmd = [
         sys.executable, "-m", "detr_lightning.train", *experiment, *setting,
         "test=false", "logger=csv", f"run_name=convergence_{name}", *overrides, *extra,

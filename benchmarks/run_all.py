@@ -17,6 +17,8 @@ BENCHMARKS: list[tuple[str, bool]] = [
     ("bench_matcher.py", False),
     ("bench_data.py", True),
     ("bench_train.py", True),
+    ("bench_shapes_profile.py", True),  # where a shapes training step goes
+    ("bench_inference.py", True),  # eager vs torch.compile vs ONNX Runtime latency ratios
 ]
 
 

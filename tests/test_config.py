@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -230,6 +231,7 @@ LEVER_STACKS = {  # a lever option needs the convergence model and what it pairs
     "queries=learned": [],
     "queries=anchors": ["refine=boxes"],
     "queries=proposals": ["refine=boxes"],
+    "queries=grid": ["refine=boxes"],
     "refine=boxes": ["queries=anchors"],
     "denoiser=dn": [],
     "aux_head=conv": [],
@@ -272,3 +274,21 @@ def test_focal_criterion_rejects_an_eos_coef(tmp_path) -> None:
     cfg = compose_cfg(["experiment=shapes", "+model.criterion.eos_coef=0.1"], tmp_path)
     with pytest.raises(Exception, match="eos_coef"):
         _model_on_meta(cfg)
+
+
+def _bench_variants() -> dict[str, list[str]]:
+    spec = importlib.util.spec_from_file_location(
+        "convergence_bench", REPO / "benchmarks" / "convergence.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.VARIANTS
+
+
+@pytest.mark.parametrize(("name", "overrides"), list(_bench_variants().items()))
+def test_every_convergence_bench_variant_builds(name: str, overrides: list[str], tmp_path) -> None:
+    experiment = [o for o in overrides if o.startswith("experiment=")] or ["experiment=shapes"]
+    rest = [o for o in overrides if not o.startswith("experiment=")]
+    cfg = compose_cfg([*experiment, *rest], tmp_path)
+    lit = _model_on_meta(cfg)
+    assert lit.net.num_queries == cfg.model.net.num_queries

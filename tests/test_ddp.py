@@ -33,7 +33,7 @@ def test_ddp_cpu_training_and_evaluation_match_single_process(tmp_path) -> None:
 
 def _num_boxes_worker(rank: int, init_file: str, result: torch.Tensor) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    from test_lit_module import fake_batch, tiny_lit
+    from lit import fake_batch, tiny_lit
 
     lit = tiny_lit()
     targets = fake_batch(rank, batch=1 + 2 * rank).targets  # rank 0: 1 box, rank 1: 1+2+3 boxes
@@ -53,8 +53,8 @@ def _metric_worker(rank: int, init_file: str, folder: str, ann: str, out: torch.
     import contextlib
     import io
 
+    from cocoeval import fake_detections
     from pycocotools.coco import COCO
-    from test_eval_metric import fake_detections
     from torch.utils.data import DistributedSampler
 
     from detr_lightning.data.coco import CocoDetectionDataset
@@ -87,8 +87,8 @@ def test_metric_gathered_over_ranks_equals_cocoeval(tmp_path) -> None:
     import contextlib
     import io
 
+    from cocoeval import fake_detections, pycocotools_stats
     from pycocotools.coco import COCO
-    from test_eval_metric import fake_detections, pycocotools_stats
 
     root = generate_shapes_dataset(tmp_path / "shapes", train=1, val=7)
     folder, ann = str(root / "val"), str(root / "annotations" / "instances_val.json")

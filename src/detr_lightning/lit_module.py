@@ -17,6 +17,7 @@ from detr_lightning.evaluation import (
     select_decoder_layer,
     with_category_ids,
 )
+from detr_lightning.evaluation.panoptic_evaluator import PanopticEvaluator, ground_truth_dataset
 from detr_lightning.schedule import budget_schedule
 from detr_lightning.utils.distributed import reduce_tensor
 from detr_lightning.utils.finite import (
@@ -72,6 +73,14 @@ class LitDETR(L.LightningModule):
         eval_decoder_layer: evaluate the output of this decoder layer (0-based; None = last),
             the paper's Fig. 4 measurement.
         metric_backend: "faster_coco_eval" or "pycocotools" (both give pycocotools' numbers).
+        segmentation: partial ``DETRsegm`` (head=panoptic): ``net`` is wrapped in the panoptic
+            mask head, which adds ``pred_masks`` [B, Q, h, w] to the outputs.
+        panoptic: partial :class:`~detr_lightning.evaluation.panoptic_evaluator.PanopticEvaluator`
+            (head=panoptic): when the outputs have ``pred_masks``, validation and test also
+            log PQ, SQ, RQ (all / things ``_th`` / stuff ``_st``) and ``segm_AP*``.
+        init_detector: Lightning checkpoint whose detector weights started ``net``'s detector
+            (the panoptic recipe's stage 2). Recorded only: loaded once in
+            ``utils.build.build_model``, as ``pretrained``.
     """
 
     def __init__(
@@ -90,14 +99,20 @@ class LitDETR(L.LightningModule):
         label_to_category_id: Sequence[int] | None = None,
         eval_decoder_layer: int | None = None,
         metric_backend: str = "faster_coco_eval",
+        segmentation: Callable[[nn.Module], nn.Module] | None = None,
+        panoptic: Callable[..., PanopticEvaluator] | None = None,
+        init_detector: str | None = None,
     ) -> None:
         super().__init__()
         if label_to_category_id is not None:
             label_to_category_id = [int(i) for i in label_to_category_id]
         self.save_hyperparameters(
-            ignore=["net", "criterion", "postprocess", "optimizer", "lr_schedule"], logger=False
-        )
-        check_consistent_heads(net, criterion, postprocess)
+            ignore=["net", "criterion", "postprocess", "optimizer", "lr_schedule", "segmentation",
+                    "panoptic"], logger=False,
+        )  # fmt: skip
+        check_consistent_heads(getattr(net, "detr", net), criterion, postprocess)
+        if segmentation is not None:
+            net = segmentation(net)
         self.hparams["label_to_category_id"] = label_to_category_id
         self.net, self.criterion, self.postprocess = net, criterion, postprocess
         self.optimizer_factory, self.lr_schedule = optimizer, lr_schedule
@@ -107,6 +122,8 @@ class LitDETR(L.LightningModule):
         with torch.device("cpu"):  # metric constants need real memory even under a meta init
             self.val_map = CocoBoxAP(backend=metric_backend)
             self.test_map = CocoBoxAP(backend=metric_backend)
+            self.val_panoptic = panoptic(metric_backend=metric_backend) if panoptic else None
+            self.test_panoptic = panoptic(metric_backend=metric_backend) if panoptic else None
         self.test_metrics: dict[str, float] = {}
 
     # ---------------------------------------------------------------- steps
@@ -153,6 +170,12 @@ class LitDETR(L.LightningModule):
         )
         preds = self.detections(outputs, torch.stack([t["orig_size"] for t in batch.targets]))
         metric.update(preds, metric_targets(batch.targets))
+        panoptic = self.val_panoptic if stage == "val" else self.test_panoptic
+        if panoptic is not None and "pred_masks" in outputs:
+            panoptic.update(
+                outputs, batch.pixel_values, batch.targets, ground_truth_dataset(self.trainer, stage),
+                self.hparams.label_to_category_id, focal=getattr(self.net, "focal", False),
+            )  # fmt: skip
         return {"preds": preds}
 
     def validation_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
@@ -162,10 +185,10 @@ class LitDETR(L.LightningModule):
         return self._eval_step(batch, "test", self.test_map, batch_idx)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_metric("val", self.val_map)
+        self._log_metric("val", self.val_map, self.val_panoptic)
 
     def on_test_epoch_end(self) -> None:
-        self.test_metrics = self._log_metric("test", self.test_map)
+        self.test_metrics = self._log_metric("test", self.test_map, self.test_panoptic)
 
     def predict_step(self, batch: Any, batch_idx: int) -> list[dict[str, Any]]:
         """Detections per image with the dataset's category ids (``category_id`` [K])."""
@@ -180,9 +203,13 @@ class LitDETR(L.LightningModule):
         )
 
     # ---------------------------------------------------------------- helpers
-    def _log_metric(self, stage: str, metric: CocoBoxAP) -> dict[str, float]:
+    def _log_metric(
+        self, stage: str, metric: CocoBoxAP, panoptic: PanopticEvaluator | None = None
+    ) -> dict[str, float]:
         values = metric.compute()
         metric.reset()
+        if panoptic is not None:  # PQ_*, segm_AP_* (nothing when the outputs had no masks)
+            values.update({k: torch.tensor(v) for k, v in panoptic.compute().items()})
         self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, sync_dist=True)
         return {k: float(v) for k, v in values.items()}
 

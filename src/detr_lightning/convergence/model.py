@@ -35,7 +35,7 @@ from detr_lightning.convergence.denoising import DenoisingQueries, query_attenti
 from detr_lightning.convergence.dims import ModelDims
 from detr_lightning.convergence.queries import DecoderQueries, LearnedQueries, ProposalQueries
 from detr_lightning.convergence.refinement import RefiningDecoderHook, zero_last_layer
-from detr_lightning.detr.model import MLP, SetDetector
+from detr_lightning.detr.model import MLP, EncodedImage, SetDetector
 from detr_lightning.detr.transformer import Transformer
 
 Factory = Callable[[ModelDims], nn.Module]
@@ -111,6 +111,18 @@ class ConvergenceDETR(SetDetector):
         :class:`~detr_lightning.convergence.denoising.DenoisingQueries` that made them) and
         ``enc_outputs`` (the dense head's ``pred_logits``/``pred_boxes``/``cells``).
         """
+        return self.forward_with_hidden(pixel_values, pixel_mask, targets)[0]
+
+    def forward_with_hidden(
+        self,
+        pixel_values: Tensor,
+        pixel_mask: Tensor | None = None,
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> tuple[dict[str, Any], EncodedImage, Tensor]:
+        """:meth:`forward` that also returns the :class:`EncodedImage` and hs [L, B, Q, d]: every
+        decoder layer's output for the ``num_queries`` matching queries of group 0 only (the
+        rows of ``pred_logits``; denoising queries and extra groups are cut off), which the
+        panoptic mask head (:class:`~detr_lightning.detr.segmentation.DETRsegm`) reads."""
         dn = self.denoiser(targets) if self.denoiser is not None else None
         enc = self.encode(pixel_values, pixel_mask)
         queries = self.queries(enc)
@@ -138,7 +150,8 @@ class ConvergenceDETR(SetDetector):
         out = self._split_outputs(logits, boxes, queries.groups, dn)
         if dense is not None and self.training:
             out["enc_outputs"] = dense
-        return out
+        num_dn = dn.num_queries if dn is not None else 0  # [dn | group 0 | group 1 ...]
+        return out, enc, hs[:, :, num_dn : num_dn + self.num_queries]
 
     def _prepend_denoising(
         self, queries: DecoderQueries, dn: DenoisingQueries | None

@@ -23,7 +23,8 @@ class DETRsegm(nn.Module):
     """A :class:`~detr_lightning.detr.model.SetDetector` with DETR's panoptic mask head.
 
     The detector must implement
-    :meth:`~detr_lightning.detr.model.SetDetector.forward_with_hidden` (:class:`DETR` does) and
+    :meth:`~detr_lightning.detr.model.SetDetector.forward_with_hidden` (:class:`DETR` and
+    :class:`~detr_lightning.convergence.model.ConvergenceDETR` do) and
     its backbone must return its intermediate levels (``return_interm_layers=True``: a ResNet's
     layer1..layer4, CompactBackbone's c4, c8, p8); the head's widths follow the backbone's
     ``stage_channels``, so every such backbone works.
@@ -31,7 +32,12 @@ class DETRsegm(nn.Module):
     Args:
         detr: the detector; its transformer's ``d_model`` and ``nhead`` size the head.
         freeze_detr: no gradients for the detector (the paper's second stage trains the mask
-            head on a frozen, already trained detector).
+            head on a frozen, already trained detector). The frozen detector also stays in eval
+            mode when the module trains: its BatchNorm statistics do not drift (a trainable-BN
+            trunk such as CompactBackbone would otherwise keep updating them), dropout is off
+            and training-only queries (denoising, query groups) are not computed, so the mask
+            head learns on exactly the features and queries it sees at inference. (The official
+            code leaves the frozen detector in train mode: FrozenBatchNorm, dropout 0.1.)
     """
 
     def __init__(self, detr: SetDetector, freeze_detr: bool = False) -> None:
@@ -39,7 +45,7 @@ class DETRsegm(nn.Module):
         if type(detr).forward_with_hidden is SetDetector.forward_with_hidden:
             raise TypeError(
                 f"DETRsegm: {type(detr).__name__} does not implement forward_with_hidden() (the "
-                "mask head needs the decoder's hidden states); wrap a DETR"
+                "mask head needs the decoder's hidden states); wrap a DETR or a ConvergenceDETR"
             )
         channels = tuple(getattr(detr.backbone, "stage_channels", ()))
         if len(channels) < 2:
@@ -48,12 +54,21 @@ class DETRsegm(nn.Module):
                 "earlier ones too: build it with return_interm_layers=True"
             )
         self.detr = detr
+        self.freeze_detr = freeze_detr
         if freeze_detr:
             for p in self.detr.parameters():
                 p.requires_grad_(False)
+            self.detr.eval()
         d, heads = detr.transformer.d_model, detr.transformer.nhead
         self.bbox_attention = MHAttentionMap(d, d, heads, dropout=0.0)
         self.mask_head = MaskHeadSmallConv(d + heads, channels[-2::-1], d)
+
+    def train(self, mode: bool = True) -> DETRsegm:
+        """``nn.Module.train``, except that a frozen detector stays in eval mode."""
+        super().train(mode)
+        if self.freeze_detr:
+            self.detr.eval()
+        return self
 
     # What the LightningModule and the optimiser read off a detector, delegated to it (as
     # properties, so the state dict holds each parameter once, under ``detr.``).

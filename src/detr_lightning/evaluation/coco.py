@@ -62,9 +62,11 @@ _TABLE_ROWS = [
 # Per-image states of MeanAveragePrecision that must be reordered together.
 _IMAGE_STATES = (
     "detection_box",
+    "detection_mask",
     "detection_scores",
     "detection_labels",
     "groundtruth_box",
+    "groundtruth_mask",
     "groundtruth_labels",
     "groundtruth_crowds",
     "groundtruth_area",
@@ -79,15 +81,20 @@ class CocoBoxAP(MeanAveragePrecision):
     the cross-process gather, ``compute`` keeps the first copy of every ``image_id`` and orders
     images by id, so a DDP evaluation equals the single-process one (pycocotools also orders
     images by id, which decides the order of equal-score detections).
+
+    ``iou_type="segm"`` evaluates instance masks instead (COCO "segm AP"): predictions and
+    targets then carry ``masks`` [K, H, W] bool at the original image size (boxes unused).
     """
 
-    def __init__(self, backend: str = "faster_coco_eval", **kwargs: Any) -> None:
+    def __init__(
+        self, backend: str = "faster_coco_eval", iou_type: str = "bbox", **kwargs: Any
+    ) -> None:
         # pycocotools' exact float64 thresholds: torchmetrics' defaults come from a float32
         # linspace, and a recall equal to e.g. 0.1 then falls on the other side of 0.1000000015,
         # which moves AP by ~1e-3 (found by the test against COCOeval).
         kwargs.setdefault("iou_thresholds", np.linspace(0.5, 0.95, 10).tolist())
         kwargs.setdefault("rec_thresholds", np.linspace(0.0, 1.0, 101).tolist())
-        super().__init__(box_format="xyxy", iou_type="bbox", backend=backend, **kwargs)
+        super().__init__(box_format="xyxy", iou_type=iou_type, backend=backend, **kwargs)
         self.add_state("image_ids", default=[], dist_reduce_fx=None)
 
     def update(  # type: ignore[override]

@@ -70,8 +70,12 @@ def coco_split_images(images_dir: str | Path, ann_file: str | Path) -> list[Imag
 
     data = read_coco_json(ann_file)
     return [
-        ImageRecord(Path(images_dir) / im["file_name"], int(im["id"]), str(im["file_name"]),
-                    (int(im["width"]), int(im["height"])))  # fmt: skip
+        ImageRecord(
+            Path(images_dir) / im["file_name"],
+            int(im["id"]),
+            str(im["file_name"]),
+            (int(im["width"]), int(im["height"])),
+        )  # fmt: skip
         for im in data["images"]
     ]
 

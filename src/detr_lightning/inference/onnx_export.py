@@ -110,8 +110,10 @@ def export_onnx(
         dims = {0: "batch", 2: "height", 3: "width"}
         kwargs: dict[str, Any] = {
             "dynamo": True,
-            "dynamic_shapes": {"pixel_values": dims, "pixel_mask": {0: "batch", 1: "height",
-                                                                    2: "width"}},  # fmt: skip
+            "dynamic_shapes": {
+                "pixel_values": dims,
+                "pixel_mask": {0: "batch", 1: "height", 2: "width"},
+            },  # fmt: skip
         }
     elif exporter == "torchscript":
         kwargs = {

@@ -90,9 +90,7 @@ def run_predictions(
     drawing = draw_dir is not None and draw.enabled
     dataset = ImageListDataset(records, transform, keep_original=drawing)
     device = torch.device(device)
-    loader = image_loader(
-        dataset, batch_size, num_workers, pin_memory=device.type == "cuda"
-    )
+    loader = image_loader(dataset, batch_size, num_workers, pin_memory=device.type == "cuda")
     result = PredictResult()
     bar = tqdm(total=len(records), unit="img", desc="predict", disable=not progress)
     for batch in loader:

@@ -17,11 +17,16 @@ log = logging.getLogger(__name__)
 
 
 def check_task(cfg: DictConfig) -> None:
-    """Stop early, with the fix, on config choices that have no implementation yet."""
-    if cfg.get("task", "detection") == "panoptic":
-        raise NotImplementedError(
-            "head=panoptic: the panoptic segmentation head (mask head, mask losses, PQ metric) "
-            "is not implemented yet; it is the panoptic issue's work. Use head=detection."
+    """Stop early, with the fix, when the head cannot work with the chosen data."""
+    if cfg.get("task", "detection") != "panoptic":
+        return
+    target = str(OmegaConf.select(cfg, "data._target_", default="") or "")
+    if "Panoptic" not in target:
+        raise ValueError(
+            f"head=panoptic needs panoptic data (segment masks, PNG ground truth for PQ), but "
+            f"data._target_ is {target or None}. Fix: add data=coco_panoptic (COCO 2017 "
+            "panoptic) or data=shapes_panoptic (the generated shapes), or use a panoptic preset "
+            "(experiment=shapes_panoptic, r50_panoptic, ...)."
         )
 
 
@@ -64,6 +69,11 @@ def build_model(cfg: DictConfig, datamodule: Any) -> L.LightningModule:
         from detr_lightning.checkpointing.pretrained import load_pretrained
 
         load_pretrained(model, cfg.model.pretrained)
+    if cfg.model.get("init_detector") and not cfg.get("ckpt_path"):
+        # The panoptic recipe's stage 2: the detector of a previous stage's checkpoint.
+        from detr_lightning.checkpointing.init_detector import load_detector
+
+        load_detector(model, cfg.model.init_detector)
     return model
 
 
@@ -101,6 +111,13 @@ def report(
     run_dir = cfg.paths.output_dir
     path = write_metrics_json(run_dir, metrics, experiment=cfg.get("experiment_name"), **run_info)
     print(format_ap_table(metrics, title=f"COCO bbox evaluation ({cfg.get('experiment_name')})"))
+    if "PQ" in metrics:  # head=panoptic: segm AP (things) and PQ / SQ / RQ
+        from detr_lightning.evaluation.panoptic_evaluator import format_pq_table
+
+        segm = {k[len("segm_") :]: v for k, v in metrics.items() if k.startswith("segm_")}
+        if segm:
+            print(format_ap_table(segm, title="COCO segm evaluation (thing classes)"))
+        print(format_pq_table(metrics, title=f"Panoptic quality ({cfg.get('experiment_name')})"))
     print(f"metrics: {path}")
     print(f"run directory: {run_dir}")
     return path

@@ -1,0 +1,75 @@
+"""``model.init_detector=``: start a model's detector from a Lightning checkpoint of this project.
+
+The panoptic recipe's second stage (paper Sec. 4.4) trains the mask head on the detector that
+the first stage trained: the stage runner (:mod:`detr_lightning.stages`) sets this key to stage
+1's best checkpoint. Only the detector's weights are read (``net.*`` of a detector checkpoint, or
+``net.detr.*`` of a panoptic one); the mask head, optimizer, schedule and step start fresh,
+unlike ``ckpt_path=`` (resume). Loaded once, where the model is built (``utils.build``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from torch import Tensor, nn
+
+from detr_lightning.checkpointing.validate import CheckpointLoadError, read_checkpoint
+
+log = logging.getLogger(__name__)
+
+KEY = "model.init_detector"
+
+
+def detector_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A LitDETR state dict -> its detector's: ``net.X`` (a detector) or ``net.detr.X`` (a
+    DETRsegm) -> ``X``."""
+    net = {k[len("net.") :]: v for k, v in state_dict.items() if k.startswith("net.")}
+    if any(k.startswith("detr.") for k in net):
+        return {k[len("detr.") :]: v for k, v in net.items() if k.startswith("detr.")}
+    return net
+
+
+def _listing(keys: list[str], limit: int = 8) -> str:
+    return ", ".join(keys[:limit]) + (
+        f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    )
+
+
+def load_detector(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
+    """Copy the detector weights of the Lightning checkpoint ``path`` into ``model.net``'s
+    detector (``model.net.detr`` for a DETRsegm). Every tensor must match by name and shape.
+
+    Returns ``{"path", "loaded": number of tensors}``. Raises CheckpointLoadError naming
+    ``model.init_detector=<path>`` for an unreadable file, a file that is not a Lightning
+    checkpoint, or one of another architecture.
+    """
+    path = os.fspath(path)
+    checkpoint = read_checkpoint(path, KEY)
+    where = f"{KEY}={path}"
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise CheckpointLoadError(
+            f"{where}: not a Lightning checkpoint of this project (no 'state_dict'). Fix: give a "
+            ".ckpt written by detr_lightning.train (an official release goes to model.pretrained)."
+        )
+    net = getattr(model, "net", model)
+    detector = getattr(net, "detr", net)
+    weights = detector_state_dict(checkpoint["state_dict"])
+    own = detector.state_dict()
+    unexpected, missing = sorted(set(weights) - set(own)), sorted(set(own) - set(weights))
+    shapes = [
+        f"{k} {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(weights) & set(own))
+        if weights[k].shape != own[k].shape
+    ]
+    if unexpected or missing or shapes:
+        raise CheckpointLoadError(
+            f"{where}: its detector does not fit the model built from this config. Checkpoint "
+            f"keys the detector lacks: [{_listing(unexpected)}]; detector keys absent from the "
+            f"checkpoint: [{_listing(missing)}]; shape mismatches: [{_listing(shapes)}]. Fix: "
+            "compose the same model, backbone and data as the run that wrote it."
+        )
+    detector.load_state_dict(weights)
+    log.info("initialised the detector from %s (%d tensors)", path, len(weights))
+    return {"path": path, "loaded": len(weights)}

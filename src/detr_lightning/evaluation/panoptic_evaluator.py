@@ -1,0 +1,237 @@
+"""Panoptic evaluation inside LitDETR: PQ / SQ / RQ and segm AP of a DETRsegm's outputs.
+
+:class:`PanopticEvaluator` turns each evaluated batch into panoptic predictions
+(:class:`~detr_lightning.detr.panoptic_postprocess.PostProcessPanoptic`) and instance masks
+(:class:`~detr_lightning.detr.panoptic_postprocess.PostProcessSegm`), and scores them against
+the dataset's original-size ground truth (``dataset.ground_truth(image_id)``, e.g.
+:class:`~detr_lightning.data.coco_panoptic.CocoPanopticDataset`), looked up on each process for
+the images of its own shard.
+
+DDP: Lightning's DistributedSampler pads the last shard with repeated images. Both metrics keep
+one entry per image with its id, gathered over processes, and count each image once, in image-id
+order, so a multi-process evaluation equals the single-process one exactly (as ``CocoBoxAP``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+from detr_lightning.detr.panoptic_postprocess import PostProcessPanoptic, PostProcessSegm
+from detr_lightning.evaluation.coco import CocoBoxAP
+from detr_lightning.evaluation.panoptic import ClassStats, match_image, summarize
+from detr_lightning.evaluation.panoptic_io import PanopticImage
+
+PQ_KEYS = ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st")
+_GROUPS = (("", "All"), ("_th", "Things"), ("_st", "Stuff"))
+
+
+class ImagePanopticQuality(Metric):
+    """PQ (panopticapi's definition, :mod:`.panoptic`) with one stats entry per image.
+
+    ``update(pred, gt, image_id, categories)``; ``compute()`` gives the :data:`PQ_KEYS` as
+    floats in [0, 1], equal to :func:`~detr_lightning.evaluation.panoptic.pq_compute` on the
+    same images, and the same on any number of processes (module docstring).
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # Per image: its id [1], and rows [n, 5] float64 (category_id, tp, fp, fn, iou_sum).
+        self.add_state("image_ids", default=[], dist_reduce_fx=None)
+        self.add_state("rows", default=[], dist_reduce_fx=None)
+        self.isthing: dict[int, bool] = {}
+
+    def update(  # type: ignore[override]
+        self,
+        pred: PanopticImage,
+        gt: PanopticImage,
+        image_id: int,
+        categories: Sequence[Mapping[str, Any]],
+    ) -> None:
+        self.isthing = {int(c["id"]): int(c["isthing"]) == 1 for c in categories}
+        stats = match_image(pred, gt, self.isthing)
+        rows = [[cat, s.tp, s.fp, s.fn, s.iou] for cat, s in sorted(stats.items())]
+        rows = rows or [[-1, 0, 0, 0, 0.0]]  # never empty: every rank gathers a [n>0, 5] row
+        self.rows.append(torch.tensor(rows, dtype=torch.float64, device=self.device))
+        self.image_ids.append(torch.tensor([int(image_id)], device=self.device))
+
+    def compute(self) -> dict[str, float]:
+        ids = [int(i) for i in self.image_ids]
+        first: dict[int, int] = {}
+        for pos, image_id in enumerate(ids):
+            first.setdefault(image_id, pos)  # a padded repeat counts once
+        total: dict[int, ClassStats] = defaultdict(ClassStats)
+        for image_id in sorted(first):  # a fixed summation order: exact across world sizes
+            for cat, tp, fp, fn, iou in self.rows[first[image_id]].tolist():
+                if cat >= 0:
+                    total[int(cat)] += ClassStats(int(tp), int(fp), int(fn), iou)
+        results = summarize(total, self.isthing)
+        return {
+            key.upper() + suffix: float(results[group][key])
+            for suffix, group in _GROUPS
+            for key in ("pq", "sq", "rq")
+        }
+
+
+def ground_truth_dataset(trainer: Any, stage: str) -> Any:
+    """The dataset evaluated in ``stage`` ("val" / "test"): the datamodule's split, else the
+    dataloader's dataset. It must provide ``ground_truth(image_id)`` and ``categories``."""
+    datamodule = getattr(trainer, "datamodule", None)
+    dataset = getattr(datamodule, "datasets", {}).get(stage)
+    if dataset is None:
+        loaders = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        dataset = getattr(loader, "dataset", None)
+    if not (hasattr(dataset, "ground_truth") and hasattr(dataset, "categories")):
+        raise ValueError(
+            f"panoptic evaluation needs a {stage} dataset with ground_truth(image_id) and "
+            f"categories (CocoPanopticDataset), got {type(dataset).__name__}: use "
+            "data=coco_panoptic or data=shapes_panoptic (a PanopticDataModule)."
+        )
+    return dataset
+
+
+class PanopticEvaluator(nn.Module):
+    """PQ / SQ / RQ (all, things, stuff) and segm AP (thing classes, as the paper's Table 5) of
+    one evaluation stage.
+
+    Args:
+        postprocess: partial :class:`PostProcessPanoptic` (``threshold``, ``min_area``); the
+            thing map (from the dataset's categories) and ``focal`` are filled in here.
+        segm_postprocess: :class:`PostProcessSegm` for segm AP, or None to skip segm AP.
+        segm_top_k: segm AP keeps the best ``segm_top_k`` thing queries per image.
+        metric_backend: of the segm AP (``CocoBoxAP(iou_type="segm")``).
+    """
+
+    def __init__(
+        self,
+        postprocess: Callable[..., PostProcessPanoptic] = PostProcessPanoptic,
+        segm_postprocess: PostProcessSegm | None = None,
+        segm_top_k: int = 100,
+        metric_backend: str = "faster_coco_eval",
+    ) -> None:
+        super().__init__()
+        self.make_postprocess, self.segm_postprocess = postprocess, segm_postprocess
+        self.segm_top_k = segm_top_k
+        self.pq = ImagePanopticQuality()
+        self.segm = CocoBoxAP(metric_backend, iou_type="segm") if segm_postprocess else None
+        self.updated = False
+
+    @torch.no_grad()
+    def update(
+        self,
+        outputs: dict[str, Any],
+        pixel_values: Tensor,
+        targets: Sequence[Mapping[str, Tensor]],
+        dataset: Any,
+        label_to_category_id: Sequence[int] | None = None,
+        focal: bool = False,
+    ) -> None:
+        """One batch: outputs with ``pred_logits`` [B, Q, K] and ``pred_masks`` [B, Q, h, w];
+        pixel_values [B, 3, H, W] (the padded canvas); targets with ``image_id``, ``size`` and
+        ``orig_size``; the dataset giving the ground truth; the model's label -> category id
+        (None: the dataset's)."""
+        isthing = {int(c["id"]): int(c["isthing"]) == 1 for c in dataset.categories}
+        ids = [int(c) for c in (label_to_category_id or dataset.label_to_category_id)]
+        # Labels of no dataset category (unused COCO slots) can never form a segment.
+        logits = outputs["pred_logits"].clone()
+        unknown = torch.tensor([c not in isthing for c in ids], device=logits.device)
+        logits[..., : len(ids)][..., unknown] = float("-inf")
+        thing_map = [isthing.get(c, False) for c in ids]
+        postprocess = self.make_postprocess(is_thing_map=thing_map, focal=focal)
+        sizes = torch.stack([t["size"] for t in targets])
+        origs = torch.stack([t["orig_size"] for t in targets])
+        masked = {"pred_logits": logits, "pred_masks": outputs["pred_masks"]}
+        results = postprocess(masked, sizes, origs, canvas_size=pixel_values.shape[-2:])
+        categories = [{"id": c, "isthing": int(t)} for c, t in isthing.items()]
+        for i, (result, target) in enumerate(zip(results, targets, strict=True)):
+            image_id = int(target["image_id"])
+            gt = dataset.ground_truth(image_id)
+            segments = [dict(s, category_id=ids[s["category_id"]]) for s in result["segments_info"]]
+            pred = {"ids": result["segment_map"].cpu(), "segments_info": segments}
+            self.pq.update(pred, gt, image_id, categories)
+            if self.segm is not None:
+                self._update_segm(logits[i], outputs["pred_masks"][i], pixel_values, target, gt,
+                                  ids, thing_map, focal)  # fmt: skip
+        self.updated = True
+
+    def _update_segm(
+        self,
+        logits: Tensor,
+        masks: Tensor,
+        pixel_values: Tensor,
+        target: Mapping[str, Tensor],
+        gt: PanopticImage,
+        ids: list[int],
+        thing_map: list[bool],
+        focal: bool,
+    ) -> None:
+        """segm AP of one image: logits [Q, K], masks [Q, h, w] -> its best thing queries'
+        masks at the original size, against the ground truth's thing segments."""
+        probs = logits.sigmoid() if focal else logits.softmax(-1)[:, :-1]
+        scores, labels = probs.max(-1)
+        query = torch.tensor(thing_map, device=labels.device)[labels].nonzero()[:, 0]
+        query = query[scores[query].argsort(descending=True)[: self.segm_top_k]]
+        size = tuple(gt["ids"].shape)
+        device = self.segm.device
+        pred_masks = torch.zeros(0, *size, dtype=torch.bool)
+        if len(query):
+            pred_masks = self.segm_postprocess(
+                [{}], {"pred_masks": masks[query][None]}, target["orig_size"][None],
+                target["size"][None], canvas_size=pixel_values.shape[-2:],
+            )[0]["masks"][:, 0].bool()  # fmt: skip
+        pred = {
+            "masks": pred_masks.to(device),
+            "scores": scores[query].float().to(device),
+            "labels": torch.tensor(ids, device=device)[labels[query].to(device)],
+        }
+        things = [s for s in gt["segments_info"] if s["isthing"]]
+        gt_masks = torch.zeros(0, *size, dtype=torch.bool)
+        if things:
+            gt_masks = torch.stack([gt["ids"] == s["id"] for s in things])
+        truth = {
+            "masks": gt_masks.to(device),
+            "labels": torch.tensor([s["category_id"] for s in things], device=device).long(),
+            "iscrowd": torch.tensor([s.get("iscrowd", 0) for s in things], device=device).long(),
+            "image_id": target["image_id"],
+        }  # fmt: skip
+        if all("area" in s for s in things):
+            truth["area"] = torch.tensor([float(s["area"]) for s in things], device=device)
+        self.segm.update([pred], [truth])
+
+    def compute(self) -> dict[str, float]:
+        """:data:`PQ_KEYS` and ``segm_AP``, ``segm_AP50``, ... (CocoBoxAP's names prefixed);
+        empty when nothing was updated (e.g. a detector without a mask head). Resets."""
+        if not self.updated:
+            return {}
+        values = dict(self.pq.compute())
+        if self.segm is not None:
+            values.update({f"segm_{k}": float(v) for k, v in self.segm.compute().items()})
+        self.reset()
+        return values
+
+    def reset(self) -> None:
+        self.pq.reset()
+        if self.segm is not None:
+            self.segm.reset()
+        self.updated = False
+
+
+def format_pq_table(metrics: Mapping[str, float], title: str = "Panoptic quality") -> str:
+    """panopticapi's summary layout (x100) for the :data:`PQ_KEYS` present; "" when absent."""
+    if "PQ" not in metrics:
+        return ""
+    lines = [title, f"{'':10}|{'PQ':>7}{'SQ':>7}{'RQ':>7}", "-" * 31]
+    for suffix, name in _GROUPS:
+        row = [100 * float(metrics.get(f"{k}{suffix}", float("nan"))) for k in ("PQ", "SQ", "RQ")]
+        lines.append(f"{name:10}|" + "".join(f"{v:7.1f}" for v in row))
+    return "\n".join(lines)

@@ -1,0 +1,44 @@
+"""Drawing detections: pixels change where the shown boxes are, and nowhere else."""
+
+from __future__ import annotations
+
+import torch
+
+from detr_lightning.inference.draw import class_color, draw_predictions, select_detections
+
+
+def _image() -> torch.Tensor:
+    return torch.full((3, 60, 80), 128, dtype=torch.uint8)
+
+
+def test_drawn_image_differs_from_its_input_where_boxes_are() -> None:
+    image = _image()
+    pred = {
+        "boxes": torch.tensor([[10.0, 10.0, 40.0, 30.0], [50.0, 35.0, 75.0, 55.0]]),
+        "scores": torch.tensor([0.9, 0.1]),  # the second is under the threshold
+        "labels": torch.tensor([0, 1]),
+    }
+    out = draw_predictions(image, pred, [3, 4], ["cat", "dog"], score_threshold=0.5)
+    assert out.shape == image.shape and out.dtype == torch.uint8
+    assert torch.equal(image, _image())  # the input is left alone
+    changed = (out != image).any(0)
+    assert changed[10, 10:41].all() and changed[10:31, 40].all()  # the shown box's outline
+    assert not changed[36:55, 51:75].any()  # the low-scoring box is not drawn
+    assert not changed[45:, :45].any()  # far from every box: untouched
+    assert tuple(out[:, 30, 25].tolist()) == class_color(0)  # its class colour
+
+
+def test_masks_are_filled_in_the_class_colour_and_top_k_limits_the_boxes() -> None:
+    image = _image()
+    masks = torch.zeros(2, 60, 80, dtype=torch.bool)
+    masks[0, 40:50, 5:15] = True
+    pred = {
+        "boxes": torch.tensor([[5.0, 40.0, 15.0, 50.0], [50.0, 5.0, 70.0, 25.0]]),
+        "scores": torch.tensor([0.8, 0.7]),
+        "labels": torch.tensor([2, 0]),
+        "masks": masks,
+    }
+    out = draw_predictions(image, pred, [1, 2, 3], None, score_threshold=0.5, top_k=1)
+    assert (out[:, 44, 10] != image[:, 44, 10]).any()  # inside the segment
+    assert torch.equal(out[:, 5:26, 50:71], image[:, 5:26, 50:71])  # top_k=1: one object
+    assert select_detections(torch.tensor([0.2, 0.9, 0.6]), 0.5).tolist() == [1, 2]

@@ -1,0 +1,56 @@
+"""Image discovery and batching for predictions: recursion, extensions, unreadable files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from detr_lightning.data.transforms import make_eval_transforms
+from detr_lightning.inference.images import (
+    ImageListDataset,
+    collate_images,
+    find_images,
+    image_loader,
+)
+
+
+def _write(path, size=(40, 30), value=100) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size[1], size[0], 3), value, np.uint8)).save(path)
+
+
+def test_find_images_recurses_and_filters_by_extension(tmp_path) -> None:
+    _write(tmp_path / "b.png")
+    _write(tmp_path / "a" / "c.JPG")
+    _write(tmp_path / "a" / "deep" / "d.webp")
+    (tmp_path / "notes.txt").write_text("not an image")
+    records = find_images(tmp_path)
+    assert [r.file_name for r in records] == ["a/c.JPG", "a/deep/d.webp", "b.png"]
+    assert [r.image_id for r in records] == [1, 2, 3]
+    single = find_images(tmp_path / "b.png")
+    assert len(single) == 1 and single[0].file_name == "b.png"
+
+
+def test_find_images_names_the_input_when_nothing_is_there(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="input=.*no such"):
+        find_images(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no image"):
+        find_images(tmp_path / "empty")
+
+
+def test_unreadable_file_is_reported_by_name_and_the_batch_keeps_the_others(tmp_path) -> None:
+    _write(tmp_path / "1.png", (40, 30))
+    (tmp_path / "2.jpg").write_bytes(b"\xff\xd8 truncated jpeg")
+    _write(tmp_path / "3.png", (24, 50))
+    dataset = ImageListDataset(find_images(tmp_path), make_eval_transforms(32, 64))
+    (batch,) = list(image_loader(dataset, batch_size=3))
+    assert [s.record.file_name for s in batch.samples] == ["1.png", "3.png"]
+    assert len(batch.failed) == 1 and "2.jpg" in batch.failed[0].error
+    assert batch.orig_sizes.tolist() == [[30, 40], [50, 24]]
+    assert batch.pixel_values.shape[0] == 2 and batch.pixel_mask.dtype.is_floating_point is False
+    assert batch.samples[0].original.shape == (3, 30, 40)
+    # only failures: an empty batch, no crash
+    empty = collate_images([batch.failed[0]])
+    assert empty.samples == [] and empty.pixel_values is None and len(empty.failed) == 1

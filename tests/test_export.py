@@ -1,0 +1,106 @@
+"""ONNX export: parity with PyTorch under ONNX Runtime, dynamic shapes, the export CLI and
+``predict backend=onnxruntime``."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import levers
+import numpy as np
+import onnx
+import pytest
+import torch
+from cli import run_cli
+from lit import tiny_lit
+from PIL import Image
+
+from detr_lightning.checkpoint import load_official_detr
+from detr_lightning.detr import DETR, Backbone, Transformer, build_position_encoding
+from detr_lightning.inference.onnx_export import export_onnx, verify_onnx
+from detr_lightning.inference.onnx_runtime import OnnxDetector
+
+TINY_DETR = [
+    "backbone=r18", "model.net.num_queries=5", "model.net.transformer.d_model=32",
+    "model.net.transformer.nhead=4", "model.net.transformer.dim_feedforward=64",
+    "model.net.transformer.num_encoder_layers=1", "model.net.transformer.num_decoder_layers=2",
+    "data.val_transforms.size=96", "data.val_transforms.max_size=160",
+]  # fmt: skip
+# Padding edges at exact multiples of the stride (112 = 3.5 x 32 -> 4 cells, cut at 56) are
+# where ONNX Resize and PyTorch's nearest rounding disagree; the export must not.
+SIZES = ((2, 80, 112), (1, 130, 70), (3, 96, 128))
+
+
+def official_release(path: Path) -> Path:
+    """A tiny random paper DETR as an official release file (91 COCO classes, "dog" favoured)."""
+    torch.manual_seed(0)
+    net = DETR(Backbone("resnet18"), build_position_encoding("sine", 32),
+               Transformer(d_model=32, nhead=4, num_encoder_layers=1, num_decoder_layers=2,
+                           dim_feedforward=64), num_classes=91, num_queries=5)  # fmt: skip
+    with torch.no_grad():
+        net.class_embed.bias[18] = 20.0
+    renamed = {
+        k.replace("backbone.", "backbone.0.", 1).replace("position_encoding.", "backbone.1.", 1): v
+        for k, v in net.state_dict().items()
+    }
+    torch.save({"model": renamed}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[Path, Path, str]:
+    """(release, .onnx, CLI output) of ``detr_lightning.export`` on a tiny random paper DETR
+    with the default (dynamo) exporter."""
+    tmp = tmp_path_factory.mktemp("export")
+    release = official_release(tmp / "detr-tiny.pth")
+    out = run_cli("export", ["experiment=r50", f"model.pretrained={release}", "format=onnx",
+                             f"output={tmp / 'detr.onnx'}", *TINY_DETR], tmp)  # fmt: skip
+    return release, tmp / "detr.onnx", out
+
+
+def test_export_cli_writes_a_dynamic_model_that_matches_pytorch(exported) -> None:
+    release, path, out = exported
+    found = re.search(r"max abs difference .*: pred_logits (\S+), pred_boxes (\S+)", out)
+    assert found and max(float(found.group(1).rstrip(",")), float(found.group(2))) <= 1e-4
+    graph = onnx.load(str(path)).graph
+    assert [i.name for i in graph.input] == ["pixel_values", "pixel_mask"]
+    assert [o.name for o in graph.output] == ["pred_logits", "pred_boxes"]
+    dims = [d.dim_param for d in graph.input[0].type.tensor_type.shape.dim]
+    assert dims[0] and dims[2] and dims[3] and dims[1] == ""  # dynamic batch, height, width
+    net = load_official_detr(release)
+    assert verify_onnx(net, path, SIZES)["max"] <= 1e-4  # padding edges, batch 3, odd sizes
+    meta = OnnxDetector(path).metadata
+    assert meta["label_to_category_id"] == list(range(91)) and meta["category_names"][18] == "dog"
+    assert meta["focal"] is False
+
+
+def test_predict_with_onnxruntime_needs_only_the_onnx_file(exported, tmp_path) -> None:
+    _, path, _ = exported
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(90, 120), (140, 100)]):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    # no checkpoint: the label map and names come from the .onnx metadata
+    run_cli("predict", ["experiment=r50", "backend=onnxruntime", f"onnx={path}",
+                        f"input={images}", f"output_dir={tmp_path / 'pred'}", "num_workers=0",
+                        *TINY_DETR[-2:]], tmp_path)  # fmt: skip
+    records = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    assert len(records) == 2 * 5 and {r["category_id"] for r in records} == {18}
+    assert {r["category_name"] for r in records} == {"dog"}
+    assert len(list((tmp_path / "pred" / "drawn").glob("*.png"))) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_onnx_matches_pytorch_for_the_shapes_preset_model(tmp_path, exporter: str) -> None:
+    net = levers.compact_model().eval()  # ConvergenceDETR: conv proposals, refinement, focal
+    path = export_onnx(net, tmp_path / "shapes.onnx", (96, 128), exporter=exporter)
+    assert verify_onnx(net, path, SIZES)["max"] <= 1e-4
+
+
+def test_onnx_matches_pytorch_on_a_tiny_random_detr_with_the_legacy_exporter(tmp_path) -> None:
+    net = tiny_lit(num_queries=5).net.eval()
+    path = export_onnx(net, tmp_path / "detr.onnx", (96, 128), exporter="torchscript")
+    assert verify_onnx(net, path, SIZES)["max"] <= 1e-4

@@ -1,0 +1,118 @@
+"""``detr_lightning.predict`` on folders: COCO results with the original ids, drawings, skipped
+unreadable files, and official DETR releases without ImageNet weights or COCO files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from cli import TINY, run_cli, run_dirs
+from pycocotools.coco import COCO
+from torchvision.io import decode_image
+
+from detr_lightning.data.categories import COCO_CATEGORY_NAMES
+from detr_lightning.data.shapes import generate_shapes_dataset
+from detr_lightning.detr import DETR, Backbone, Transformer, build_position_encoding
+
+# The paper's DETR at test size, as the r50 preset with overrides (official-file tests).
+TINY_DETR = [
+    "backbone=r18", "model.net.num_queries=5", "model.net.transformer.d_model=32",
+    "model.net.transformer.nhead=4", "model.net.transformer.dim_feedforward=64",
+    "model.net.transformer.num_encoder_layers=1", "model.net.transformer.num_decoder_layers=2",
+    "data.val_transforms.size=96", "data.val_transforms.max_size=160",
+]  # fmt: skip
+DOG = 18  # a COCO id: an official COCO model's label is the id itself
+
+
+def official_release(path: Path) -> Path:
+    """A tiny random DETR saved as an official release (``{"model": ...}``, official key
+    names), 91 COCO classes, biased so that every query says "dog"."""
+    torch.manual_seed(0)
+    net = DETR(Backbone("resnet18"), build_position_encoding("sine", 32),
+               Transformer(d_model=32, nhead=4, num_encoder_layers=1, num_decoder_layers=2,
+                           dim_feedforward=64), num_classes=91, num_queries=5)  # fmt: skip
+    with torch.no_grad():
+        net.class_embed.bias[DOG] = 20.0
+    renamed = {
+        k.replace("backbone.", "backbone.0.", 1).replace("position_encoding.", "backbone.1.", 1): v
+        for k, v in net.state_dict().items()
+    }
+    torch.save({"model": renamed}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def shapes_root(tmp_path_factory) -> Path:
+    return generate_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", train=8, val=4)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(shapes_root, tmp_path_factory) -> Path:
+    """A 3-step tiny shapes training run's last.ckpt (ConvergenceDETR with one encoder layer)."""
+    cwd = tmp_path_factory.mktemp("train")
+    out = run_cli("train", ["schedule=smoke", "test=false", f"paths.shapes_dir={shapes_root}",
+                            *TINY], cwd)  # fmt: skip
+    return run_dirs(out)[0] / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture()
+def image_folder(shapes_root, tmp_path) -> Path:
+    """The val images in nested folders, plus one unreadable .jpg and a non-image file."""
+    folder = tmp_path / "images"
+    for i, src in enumerate(sorted((shapes_root / "val").iterdir())):
+        dst = folder / ("nested/deeper" if i % 2 else "top") / src.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, dst)
+    (folder / "top" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    (folder / "readme.txt").write_text("ignored")
+    return folder
+
+
+def test_folder_predictions_load_with_loadres_and_skip_the_unreadable_file(
+    checkpoint, shapes_root, image_folder, tmp_path
+) -> None:
+    out_dir = tmp_path / "pred"
+    out = run_cli("predict", ["experiment=shapes", f"ckpt_path={checkpoint}",
+                              f"input={image_folder}", f"output_dir={out_dir}", "num_workers=0",
+                              "batch_size=3", "draw.score_threshold=0", "draw.top_k=3",
+                              f"paths.shapes_dir={shapes_root}", *TINY], tmp_path)  # fmt: skip
+    assert "cannot read image" in out and str(image_folder / "top" / "broken.jpg") in out
+    assert "skipped 1 unreadable image(s)" in out
+    gt = json.loads((out_dir / "images.json").read_text())
+    readable = sorted(p.relative_to(image_folder).as_posix()
+                      for p in image_folder.rglob("*.jpg") if p.name != "broken.jpg")  # fmt: skip
+    assert sorted(im["file_name"] for im in gt["images"]) == readable
+    res = COCO(str(out_dir / "images.json")).loadRes(str(out_dir / "predictions.json"))
+    records = json.loads((out_dir / "predictions.json").read_text())
+    assert len(res.anns) == len(records) == 8 * len(readable)  # every query of every image
+    val = json.loads((shapes_root / "annotations" / "instances_val.json").read_text())
+    names = {c["id"]: c["name"] for c in val["categories"]}
+    assert {r["category_id"] for r in records} <= set(names)
+    assert all(r["category_name"] == names[r["category_id"]] for r in records)
+    for im in gt["images"]:  # one drawing per image, same size, with boxes on it
+        drawn = decode_image(str(out_dir / "drawn" / Path(im["file_name"]).with_suffix(".png")))
+        original = decode_image(str(image_folder / im["file_name"]))
+        assert drawn.shape == original.shape == (3, im["height"], im["width"])
+        assert (drawn.int() - original.int()).abs().amax(0).gt(60).sum() > 50
+
+
+def test_official_release_reports_coco_ids_without_imagenet_weights_or_coco_files(
+    tmp_path, image_folder, monkeypatch
+) -> None:
+    release = official_release(tmp_path / "detr-tiny.pth")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_hub"))  # no ImageNet weights there
+    out_dir = tmp_path / "pred"
+    out = run_cli("predict", ["experiment=r50", f"model.pretrained={release}",
+                              f"input={image_folder}", f"output_dir={out_dir}", "num_workers=0",
+                              "device=cpu", "paths.coco_dir=/nonexistent", *TINY_DETR],
+                  tmp_path)  # fmt: skip
+    assert "predicted 4 images" in out
+    records = json.loads((out_dir / "predictions.json").read_text())
+    assert {r["category_id"] for r in records} == {DOG}
+    assert {r["category_name"] for r in records} == {"dog"}
+    categories = json.loads((out_dir / "images.json").read_text())["categories"]
+    assert {c["id"]: c["name"] for c in categories} == COCO_CATEGORY_NAMES
+    assert not (tmp_path / "empty_hub").exists()
