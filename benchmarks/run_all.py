@@ -14,6 +14,7 @@ HERE = Path(__file__).resolve().parent
 # (script, accepts --quick)
 BENCHMARKS: list[tuple[str, bool]] = [
     ("bench_core.py", False),
+    ("bench_panoptic.py", False),  # the panoptic model's step and inference next to the detector's
     ("bench_matcher.py", False),
     ("bench_data.py", True),
     ("bench_train.py", True),

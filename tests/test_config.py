@@ -201,10 +201,14 @@ def test_ablation_sweeps_cover_the_paper_rows(tmp_path) -> None:
         assert crit.weight_dict[zero] == 0 and crit.weight_dict["loss_ce"] == 1
 
 
-def test_panoptic_head_stops_with_a_clear_error(tmp_path) -> None:
+def test_panoptic_head_needs_panoptic_data(tmp_path) -> None:
+    # The head is implemented; on detection data (the default preset picks data=shapes) it stops
+    # at once, naming the data configs to use.
     cfg = compose_cfg(["head=panoptic"], tmp_path)
-    with pytest.raises(NotImplementedError, match="panoptic.*not implemented yet.*head=detection"):
+    with pytest.raises(ValueError, match="head=panoptic needs panoptic data.*data=shapes_panoptic"):
         check_task(cfg)
+    check_task(compose_cfg(["head=panoptic", "data=shapes_panoptic"], tmp_path))
+    check_task(compose_cfg(["experiment=shapes_panoptic"], tmp_path))
 
 
 def test_custom_data_requires_its_paths(tmp_path) -> None:

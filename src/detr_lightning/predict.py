@@ -83,6 +83,7 @@ def predict(cfg: DictConfig) -> str:
         detector = load_detector(cfg, datamodule, device)
         ids, names, source = detector.category_ids, detector.names, detector.source
         forward, postprocess = detector.model.net, detector.model.detections
+        focal = bool(getattr(detector.model.net, "focal", False))
     else:
         from detr_lightning.inference.onnx_runtime import OnnxDetector
 
@@ -93,14 +94,14 @@ def predict(cfg: DictConfig) -> str:
         names, source = meta.get("category_names"), str(cfg.onnx)
         postprocess = instantiate(cfg.model.postprocess)
         postprocess.focal = bool(meta.get("focal", postprocess.focal))  # the exported head's
-        forward = session
+        forward, focal = session, postprocess.focal
     out_dir = cfg.get("output_dir") or cfg.paths.output_dir
     os.makedirs(out_dir, exist_ok=True)
     result = run_predictions(
         forward, postprocess, records, instantiate(cfg.data.val_transforms), ids, names,
         draw_dir=os.path.join(out_dir, "drawn"), draw=DrawOptions(**cfg.get("draw", {})),
         batch_size=int(cfg.get("batch_size", 4)), num_workers=int(cfg.get("num_workers", 0)),
-        device=device, progress=bool(cfg.get("progress", True)),
+        device=device, progress=bool(cfg.get("progress", True)), focal=focal,
     )  # fmt: skip
     path = os.path.join(out_dir, "predictions.json")
     with open(path, "w") as f:

@@ -1,7 +1,8 @@
 """Train DETR: ``python -m detr_lightning.train [experiment=NAME] [key=value ...]``.
 
 Composes conf/train.yaml (+ experiments/NAME.yaml), trains, evaluates the best checkpoint on the
-evaluation split, writes ``metrics.json`` in the run directory and prints the AP table.
+evaluation split, writes ``metrics.json`` in the run directory and prints the AP table. A config
+with ``stages`` (head=panoptic) trains each stage in turn (:mod:`detr_lightning.stages`).
 ``--cfg job`` prints the composed config without training; ``-m`` runs sweeps.
 """
 
@@ -25,6 +26,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from detr_lightning.utils.config_check import check_config
 
     check_config(cfg, "fit")  # bad keys fail in a second, before the imports below (~7 s)
+    if cfg.get("stages"):  # e.g. head=panoptic: detector, then mask head (detr_lightning.stages)
+        from detr_lightning.stages import run_stages
+
+        return run_stages(cfg, train)
     # Heavy imports here, so that `--cfg job` / `--help` stay fast.
     from detr_lightning.lit_module import NonFiniteLossError
     from detr_lightning.utils.build import build_run, log_config, report

@@ -107,12 +107,15 @@ def test_aux_losses_named_and_equal_to_own_layer():
     crit = _criterion()
     losses = crit(outputs, targets)
     expected_keys = {"loss_ce", "loss_bbox", "loss_giou", "class_error", "cardinality_error"}
-    expected_keys |= {f"{k}_{i}" for k in ("loss_ce", "loss_bbox", "loss_giou") for i in range(5)}
+    # Every aux layer logs its cardinality_error_<i> too, as the official; class_error only once.
+    per_layer = ("loss_ce", "loss_bbox", "loss_giou", "cardinality_error")
+    expected_keys |= {f"{k}_{i}" for k in per_layer for i in range(5)}
     assert set(losses) == expected_keys
     for i in range(5):
         alone = crit(layers[i], targets)
-        for k in ("loss_ce", "loss_bbox", "loss_giou"):
+        for k in per_layer:
             assert losses[f"{k}_{i}"].item() == pytest.approx(alone[k].item())
+    assert crit.weight_of("cardinality_error_3") is None  # logged, never in the total
 
 
 def test_weighted_total_and_gradients():
@@ -141,7 +144,11 @@ def test_loss_ablation_via_weight_dict():
     with pytest.raises(ValueError, match="weight_dict"):
         _criterion(losses=("labels",), weight_dict={"loss_ce": 1, "loss_bbox": 5})
     with pytest.raises(ValueError, match="unknown losses"):
-        _criterion(losses=("labels", "masks"))
+        _criterion(losses=("labels", "segm"))
+    # "masks" is a loss group now (loss_mask, loss_dice): it needs pred_masks and target masks.
+    masks = _criterion(losses=("labels", "masks"), weight_dict={"loss_ce": 1, "loss_mask": 1})
+    with pytest.raises(ValueError, match="pred_masks"):
+        masks(outputs, targets)
     only_ce = _criterion(losses=("labels",), weight_dict={"loss_ce": 1})(outputs, targets)
     assert "loss_bbox" not in only_ce and "cardinality_error" not in only_ce
 

@@ -235,8 +235,13 @@ def test_missing_file_and_masks(tmp_path) -> None:
     path = str(tmp_path / "nope.pth")
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         load_official_detr(path)
-    with pytest.raises(NotImplementedError, match="panoptic"):
+    # masks=True (a panoptic release) is implemented: a missing file is still named.
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
         load_official_detr(path, masks=True)
+    # A detection release has no mask head: the error names the panoptic release to use.
+    detection = _save(tmp_path, random_official_sd())
+    with pytest.raises(ValueError, match="panoptic"):
+        load_official_detr(detection, masks=True)
 
 
 def test_pickled_objects_are_refused_with_a_fix(tmp_path) -> None:

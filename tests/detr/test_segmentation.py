@@ -1,14 +1,20 @@
 """The panoptic head (DETRsegm): shapes per backbone, attention maps, official-file parity."""
 
+import functools
+
 import pytest
 import torch
 from official_segmentation import official_panoptic_sd, official_segm_forward
 
 from detr_lightning.convergence.compact_trunk import CompactBackbone
+from detr_lightning.convergence.denoising import Denoiser
 from detr_lightning.convergence.model import ConvergenceDETR
+from detr_lightning.convergence.queries import LearnedQueries
 from detr_lightning.detr.backbone import Backbone
+from detr_lightning.detr.criterion import SetCriterion
 from detr_lightning.detr.mask_head import MHAttentionMap
-from detr_lightning.detr.model import DETR, build_detr
+from detr_lightning.detr.matcher import HungarianMatcher
+from detr_lightning.detr.model import DETR, SetDetector, build_detr
 from detr_lightning.detr.official import load_official_detr, load_pretrained_into
 from detr_lightning.detr.position_encoding import build_position_encoding
 from detr_lightning.detr.segmentation import DETRsegm
@@ -88,11 +94,17 @@ def test_attention_maps_sum_to_one_over_heads_and_pixels_and_skip_padding() -> N
                                attn(torch.zeros(2, 7, 32), memory2, mask)[1])  # fmt: skip
 
 
+class _NoHidden(SetDetector):
+    def __init__(self, backbone, position_encoding, transformer, num_classes, num_queries):
+        super().__init__(backbone, position_encoding, transformer, num_classes, num_classes + 1,
+                         num_queries)  # fmt: skip
+
+
 def test_requirements_are_checked() -> None:
     with pytest.raises(ValueError, match="return_interm_layers"):
         DETRsegm(_detr(Backbone("resnet18")))
     with pytest.raises(TypeError, match="forward_with_hidden"):
-        DETRsegm(_detr(Backbone("resnet18", return_interm_layers=True), cls=ConvergenceDETR))
+        DETRsegm(_detr(Backbone("resnet18", return_interm_layers=True), cls=_NoHidden))
 
 
 def test_freeze_detr_trains_only_the_mask_head() -> None:
@@ -100,6 +112,71 @@ def test_freeze_detr_trains_only_the_mask_head() -> None:
     assert not any(p.requires_grad for p in model.detr.parameters())
     assert all(p.requires_grad for p in model.mask_head.parameters())
     assert all(p.requires_grad for p in model.bbox_attention.parameters())
+    # The frozen detector stays in eval mode (BatchNorm statistics, dropout, training queries).
+    model.train()
+    assert model.training and model.mask_head.training and not model.detr.training
+    assert not any(m.training for m in model.detr.modules())
+    joint = DETRsegm(_detr(Backbone("resnet18", return_interm_layers=True))).train()
+    assert joint.detr.training
+
+
+def _convergence(groups: int = 2, dn: bool = True, backbone=None) -> ConvergenceDETR:
+    """A ConvergenceDETR with two query groups and denoising (default: a frozen-BN trunk, so
+    that train and eval modes compute the same features)."""
+    transformer = Transformer(32, 4, 1, 2, dim_feedforward=64, dropout=0.0)
+    backbone = backbone or Backbone("resnet18", return_interm_layers=True)
+    return ConvergenceDETR(
+        backbone, build_position_encoding("sine", 32),
+        transformer, C, Q, queries=functools.partial(LearnedQueries, groups=groups),
+        denoiser=functools.partial(Denoiser, groups=2) if dn else None,
+    )  # fmt: skip
+
+
+def _targets():
+    boxes = torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.6, 0.5, 0.3, 0.4]])
+    masks = torch.zeros(2, 60, 90, dtype=torch.bool)
+    masks[0, 10:25, 15:35], masks[1, 20:45, 40:70] = True, True
+    return [{"labels": torch.tensor([1, 2]), "boxes": boxes, "masks": masks},
+            {"labels": torch.tensor([0]), "boxes": boxes[:1], "masks": masks[:1]}]  # fmt: skip
+
+
+def test_convergence_detr_gets_one_mask_per_matching_query() -> None:
+    # The mask head reads the hidden states of the queries behind pred_logits: group 0, without
+    # the denoising queries in front nor the extra groups behind.
+    model = DETRsegm(_convergence())
+    x, mask = _images()
+    model.train()
+    out = model(x, mask, targets=_targets())
+    assert out["pred_masks"].shape == (2, Q, 15, 23)
+    assert "group_outputs" in out and "dn_outputs" in out
+    model.eval()
+    with torch.no_grad():
+        ref = model(x, mask)
+    # Group 0 never attends to the other groups or the dn queries: same queries, same masks.
+    torch.testing.assert_close(out["pred_logits"].detach(), ref["pred_logits"])
+    torch.testing.assert_close(out["pred_masks"].detach(), ref["pred_masks"])
+
+
+def test_convergence_detr_segm_trains_with_the_mask_losses() -> None:
+    model = DETRsegm(_convergence(1, False, CompactBackbone(width=16, return_interm_layers=True)))
+    weights = {"loss_ce": 1, "loss_bbox": 5, "loss_giou": 2, "loss_mask": 1, "loss_dice": 1}
+    criterion = SetCriterion(C, HungarianMatcher(), losses=("labels", "boxes", "masks"),
+                             weight_dict=weights)  # fmt: skip
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, mask = _images()
+    targets = _targets()
+    model.train()
+    losses = []
+    for _ in range(5):
+        loss = criterion(model(x, mask, targets=targets), targets)
+        total = criterion.weighted_total(loss)
+        opt.zero_grad()
+        total.backward()
+        assert model.mask_head.out_lay.weight.grad.abs().sum() > 0
+        assert model.detr.transformer.decoder.layers[0].linear1.weight.grad is not None
+        opt.step()
+        losses.append(loss["loss_mask"].item() + loss["loss_dice"].item())
+    assert losses[-1] < losses[0]
 
 
 def _save(tmp_path, sd, name="detr-panoptic-test.pth") -> str:
@@ -166,3 +243,35 @@ def test_panoptic_and_detection_files_cross_load(tmp_path) -> None:
         load_official_detr(detection, masks=True)
     with pytest.raises(ValueError, match="nheads=8"):
         load_official_detr(panoptic, masks=True, nheads=4)
+
+
+def test_matched_only_masks_equal_the_full_head_for_matched_queries() -> None:
+    # In training with a matcher, only the matched queries' masks are computed: the same
+    # values and the same gradients as the full head, for what the mask losses read.
+    torch.manual_seed(0)
+    detector = _convergence(1, False, CompactBackbone(width=16, return_interm_layers=True))
+    full = DETRsegm(detector).eval()  # eval: both forwards see the same BatchNorm statistics
+    matcher = HungarianMatcher()
+    matched = DETRsegm(detector, matcher=matcher)
+    matched.load_state_dict(full.state_dict())
+    matched.train()
+    detector.eval()  # same features in both forwards (the head has no train-mode behaviour)
+    x, mask = _images()
+    targets = _targets()
+    out = matched(x, mask, targets=targets)
+    ref = full(x, mask)
+    indices = matcher(ref, targets)
+    rows = (torch.cat([torch.full_like(s, i) for i, (s, _) in enumerate(indices)]),
+            torch.cat([s for s, _ in indices]))  # fmt: skip
+    torch.testing.assert_close(out["pred_masks"][rows], ref["pred_masks"][rows])
+    others = torch.ones(2, Q, dtype=torch.bool)
+    others[rows] = False
+    assert (out["pred_masks"][others] == 0).all()
+    weights = {"loss_ce": 1, "loss_mask": 1, "loss_dice": 1}
+    criterion = SetCriterion(C, HungarianMatcher(), losses=("labels", "masks"), weight_dict=weights)
+    grads = []
+    for model, outputs in ((matched, out), (full, ref)):
+        model.zero_grad()
+        criterion.weighted_total(criterion(outputs, targets)).backward()
+        grads.append(model.mask_head.lay1.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)

@@ -79,3 +79,19 @@ def test_figures_for_each_image_and_reference_points_inside() -> None:
     points = reference_points(torch.tensor([[0.0, 0.0, 20.0, 10.0]]), (10, 40), count=3)
     assert points[0] == (0.25, 0.5) and len(points) == 3
     assert all(0 <= x <= 1 and 0 <= y <= 1 for x, y in points)
+
+
+@torch.no_grad()
+def test_a_panoptic_model_is_captured_through_its_detector() -> None:
+    from detr_lightning.detr import DETR, Backbone, Transformer, build_position_encoding
+    from detr_lightning.detr.segmentation import DETRsegm
+
+    detr = DETR(Backbone("resnet18", return_interm_layers=True), build_position_encoding("sine", 32),
+                Transformer(d_model=32, nhead=4, num_encoder_layers=1, num_decoder_layers=2,
+                            dim_feedforward=64, dropout=0.0), num_classes=3, num_queries=5)  # fmt: skip
+    net = DETRsegm(detr).eval()
+    pixels, mask = _inputs()
+    with AttentionCapture(net) as capture:
+        out = net(pixels, mask)
+    maps = capture.maps(5)
+    assert "pred_masks" in out and maps.decoder.shape == (2, 5, 3, 4)

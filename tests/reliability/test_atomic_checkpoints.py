@@ -29,7 +29,8 @@ _WRITER = textwrap.dedent(
         data = buf.getvalue()
         f.write(data[: len(data) // 2])
         f.flush()
-        print("HALF", flush=True)
+        sys.stdout.write("HALF\\n")  # one write: the two threads must not interleave
+        sys.stdout.flush()
         time.sleep(3600)
     torch.save = torn_save
     io_plugin = AtomicCheckpointIO()
@@ -51,7 +52,7 @@ def _kill_mid_write(targets: list[str]) -> None:
         while halves < len(targets):
             line = proc.stdout.readline()
             assert line or proc.poll() is None, "writer exited early"
-            halves += line.strip() == "HALF"
+            halves += line.count("HALF")
             assert time.monotonic() < deadline, "writer never reached the middle of the write"
         os.kill(proc.pid, signal.SIGKILL)
         assert proc.wait(timeout=30) == -signal.SIGKILL

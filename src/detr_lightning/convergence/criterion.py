@@ -15,7 +15,7 @@ On top of the paper's losses (:class:`~detr_lightning.detr.criterion.SetCriterio
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -26,7 +26,7 @@ from detr_lightning.detr.matcher import HungarianMatcher
 class ConvergenceCriterion(SetCriterion):
     """:class:`SetCriterion` plus the group, denoising and dense-proposal losses.
 
-    Args (beyond :class:`SetCriterion`'s):
+    Args (``kwargs`` are :class:`SetCriterion`'s):
         encoder_matcher: assignment of the dense proposals (tokens) to targets, or None for the
             Hungarian one-to-many matching.
         encoder_matches: k of that Hungarian one-to-many matching (only without
@@ -37,18 +37,11 @@ class ConvergenceCriterion(SetCriterion):
         self,
         num_classes: int,
         matcher: HungarianMatcher,
-        eos_coef: float | None = None,
-        losses: Sequence[str] = ("labels", "boxes", "cardinality"),
-        weight_dict: Mapping[str, float] | None = None,
-        focal: bool = False,
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
         encoder_matcher: nn.Module | None = None,
         encoder_matches: int = 1,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            num_classes, matcher, eos_coef, losses, weight_dict, focal, focal_alpha, focal_gamma
-        )
+        super().__init__(num_classes, matcher, **kwargs)
         if encoder_matches < 1:
             raise ValueError(f"model.criterion.encoder_matches={encoder_matches}: need >= 1.")
         if encoder_matcher is not None and encoder_matches != 1:

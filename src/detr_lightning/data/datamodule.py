@@ -7,13 +7,18 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from detr_lightning.data.categories import is_thing_per_label, label_map_from_categories
 from detr_lightning.data.coco import CocoDetectionDataset, Transform
 from detr_lightning.data.coco_json import read_coco_json
 from detr_lightning.data.coco_panoptic import CocoPanopticDataset
 from detr_lightning.data.collate import make_collate_fn
+from detr_lightning.data.sampler import (
+    AspectRatioGroupedBatchSampler,
+    aspect_ratio_groups,
+    image_sizes,
+)
 from detr_lightning.data.shapes import categories as shapes_categories
 from detr_lightning.data.shapes import ensure_shapes_dataset
 from detr_lightning.data.transforms import make_eval_transforms, make_train_transforms
@@ -30,7 +35,8 @@ class DetrDataModule(L.LightningDataModule):
     ``state_dict``. ``generate_shapes`` (kwargs of
     :func:`~detr_lightning.data.shapes.ensure_shapes_dataset`) makes ``prepare_data`` generate
     the shapes dataset when it is missing. ``batch_size`` is per device; Lightning adds the
-    distributed sampler.
+    distributed sampler. ``group_by_aspect_ratio`` batches training images of the same
+    orientation together (:mod:`detr_lightning.data.sampler`: less padding; DDP-safe).
     """
 
     panoptic = False  # the kind of annotation file train_ann etc. name
@@ -54,8 +60,10 @@ class DetrDataModule(L.LightningDataModule):
         keep_empty: bool = True,
         coco_id_space: bool | None = None,
         generate_shapes: dict[str, Any] | None = None,
+        group_by_aspect_ratio: bool = False,
     ) -> None:
         super().__init__()
+        self.group_by_aspect_ratio = group_by_aspect_ratio
         self.paths = {
             "train": (train_images, train_ann),
             "val": (val_images, val_ann),
@@ -133,11 +141,25 @@ class DetrDataModule(L.LightningDataModule):
             raise ValueError(
                 f"No {split} dataset: set the data config's {split}_images and {split}_ann."
             )
+        if train and self.group_by_aspect_ratio:
+            return self._grouped_loader(self.datasets[split])
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size if train else self.val_batch_size,
             shuffle=train,
             drop_last=False,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            collate_fn=self.collate_fn,
+        )
+
+    def _grouped_loader(self, dataset: Dataset) -> DataLoader:
+        groups = aspect_ratio_groups(image_sizes(dataset))
+        batches = AspectRatioGroupedBatchSampler(RandomSampler(dataset), groups, self.batch_size)
+        return DataLoader(
+            dataset,
+            batch_sampler=batches,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,

@@ -11,6 +11,8 @@ from torch import Tensor, nn
 from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.ops import FrozenBatchNorm2d
 
+from detr_lightning.detr.frozen_bn import fold_frozen_batchnorm, fuse_frozen_batchnorm
+
 _WEIGHTS = {
     "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
     "resnet34": torchvision.models.ResNet34_Weights.IMAGENET1K_V1,
@@ -73,6 +75,16 @@ class FeatureBackbone(nn.Module):
     stages: tuple[str, ...]
     stage_channels: tuple[int, ...]
     num_channels: int
+    #: run the trunk on a channels-last (NHWC) copy of the image: oneDNN convolutions then skip
+    #: their layout conversions (faster on CPU; the features come out channels-last).
+    channels_last: bool = False
+
+    def fold_batchnorm(self) -> FeatureBackbone:
+        """Bake every frozen BatchNorm into the convolution before it (in place; for inference:
+        the state dict keys change, see :func:`~detr_lightning.detr.frozen_bn.fold_frozen_batchnorm`).
+        A trunk without frozen BatchNorms is left as it is. Returns self."""
+        fold_frozen_batchnorm(self.body)
+        return self
 
     def forward(
         self, pixel_values: Tensor, pixel_mask: Tensor | None = None
@@ -90,6 +102,8 @@ class FeatureBackbone(nn.Module):
         if pixel_mask is None:
             b, _, h, w = pixel_values.shape
             pixel_mask = torch.ones(b, h, w, dtype=torch.bool, device=pixel_values.device)
+        if self.channels_last:
+            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         features = self.body(pixel_values)
         return [(features[s], resize_mask(pixel_mask, features[s].shape[-2:])) for s in self.stages]
 
@@ -115,6 +129,10 @@ class Backbone(FeatureBackbone):
             a finer feature map for small images, and a cheaper backbone.
         train_stem: also train the stem and layer1 (the paper freezes them; a randomly
             initialised backbone needs them trained).
+        fuse_frozen_bn: with ``norm="frozen_bn"``, apply each frozen BatchNorm inside the
+            convolution before it (:func:`~detr_lightning.detr.frozen_bn.fuse_frozen_batchnorm`:
+            same keys, same gradients, no activation-sized BatchNorm pass).
+        channels_last: run the trunk in NHWC memory layout (faster oneDNN convolutions on CPU).
     """
 
     def __init__(
@@ -127,6 +145,8 @@ class Backbone(FeatureBackbone):
         norm: str = "frozen_bn",
         last_stage: str = "layer4",
         train_stem: bool = False,
+        fuse_frozen_bn: bool = True,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         if name not in _WEIGHTS:
@@ -151,6 +171,9 @@ class Backbone(FeatureBackbone):
         for param_name, param in self.body.named_parameters():
             in_upper_stages = param_name.split(".")[0] in _STAGES[1:]
             param.requires_grad_(train_backbone and (train_stem or in_upper_stages))
+        if fuse_frozen_bn and norm == "frozen_bn":
+            fuse_frozen_batchnorm(self.body)
+        self.channels_last = channels_last
 
 
 def resnet_body(

@@ -111,25 +111,37 @@ class MaskHeadSmallConv(nn.Module):
     def _block(self, k: int, x: Tensor) -> Tensor:
         return F.relu(getattr(self, f"gn{k}")(getattr(self, f"lay{k}")(x)))
 
-    def forward(self, x: Tensor, attention: Tensor, fpns: Sequence[Tensor]) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        attention: Tensor,
+        fpns: Sequence[Tensor],
+        batch_index: Tensor | None = None,
+    ) -> Tensor:
         """
         Args:
             x: [B, d, h, w] projected last backbone level (DETR's input projection).
-            attention: [B, Q, n, h, w] attention maps of :class:`MHAttentionMap`.
+            attention: [B, Q, n, h, w] attention maps of :class:`MHAttentionMap`, or, with
+                ``batch_index``, [N, n, h, w]: the maps of N selected queries.
             fpns: ``num_levels`` earlier backbone levels [B, C_i, h_i, w_i], coarsest first.
+            batch_index: [N] int64, the image of each selected query (None: every query).
         Returns:
-            [B * Q, 1, h_f, w_f] mask logits at the finest level's size, batch-major.
+            [B * Q, 1, h_f, w_f] mask logits at the finest level's size, batch-major (with
+            ``batch_index``: [N, 1, h_f, w_f], in the order of the selected queries).
         """
         if len(fpns) != self.num_levels:
             raise ValueError(f"MaskHeadSmallConv: got {len(fpns)} levels, built for "
                              f"{self.num_levels}")  # fmt: skip
-        q = attention.shape[1]
-        # Every query gets its own copy of the image features, its attention maps appended.
-        x = torch.cat([x.repeat_interleave(q, dim=0), attention.flatten(0, 1)], dim=1)
+        if batch_index is None:
+            q = attention.shape[1]
+            batch_index = torch.arange(x.shape[0], device=x.device).repeat_interleave(q)
+            attention = attention.flatten(0, 1)
+        # Every query gets its own copy of its image's features, its attention maps appended.
+        x = torch.cat([x[batch_index], attention], dim=1)
         x = self._block(2, self._block(1, x))
         for i, fpn in enumerate(fpns, start=1):
             # The adapter runs once per image, before the per-query copies (Q times cheaper).
-            lateral = getattr(self, f"adapter{i}")(fpn).repeat_interleave(q, dim=0)
+            lateral = getattr(self, f"adapter{i}")(fpn)[batch_index]
             x = lateral + F.interpolate(x, size=lateral.shape[-2:], mode="nearest")
             x = self._block(i + 2, x)
         return self.out_lay(x)

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detr_lightning.detr.attention import MultiheadAttention
+
 _POS_CHOICES = ("attn", "input", "none")
 
 
@@ -31,7 +33,7 @@ def _add(x: Tensor, pos: Tensor | None) -> Tensor:
 def _attention(d_model: int, nhead: int, dropout: float) -> nn.MultiheadAttention:
     if d_model % nhead:
         raise ValueError(f"d_model ({d_model}) must be divisible by nhead ({nhead})")
-    return nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
+    return MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
 
 
 class DecoderLayerHook(Protocol):
@@ -116,9 +118,12 @@ class TransformerDecoderLayer(_Layer):
         pos: Tensor | None,
         query_pos: Tensor | None,
         self_attn_mask: Tensor | None = None,
+        memory_keys: Tensor | None = None,
     ) -> Tensor:
         """tgt/query_pos [B, Q, d]; memory/pos [B, S, d]; memory_mask [B, S] True = real;
-        self_attn_mask [Q, Q] True = blocked. Returns [B, Q, d]."""
+        self_attn_mask [Q, Q] True = blocked; memory_keys: memory + pos when the caller has
+        it already (the decoder computes it once for all layers). Returns [B, Q, d]."""
+        keys = _add(memory, pos) if memory_keys is None else memory_keys
 
         def self_attend(x: Tensor) -> Tensor:
             qk = _add(x, query_pos)
@@ -127,7 +132,7 @@ class TransformerDecoderLayer(_Layer):
         def cross_attend(x: Tensor) -> Tensor:
             return self.multihead_attn(
                 _add(x, query_pos),
-                _add(memory, pos),
+                keys,
                 memory,
                 key_padding_mask=~memory_mask,
                 need_weights=False,
@@ -166,11 +171,12 @@ class TransformerDecoder(nn.Module):
         """Shapes as in TransformerDecoderLayer. Returns [L, B, Q, d]: every layer's output
         through the one shared final norm. ``layer_hook``: see :class:`DecoderLayerHook`."""
         outputs: list[Tensor] = []
+        keys = _add(memory, pos)  # the same for every layer
         for i, layer in enumerate(self.layers):
             if layer_hook is not None:
                 new_pos = layer_hook(i, outputs[-1] if outputs else None)
                 query_pos = query_pos if new_pos is None else new_pos
-            tgt = layer(tgt, memory, memory_mask, pos, query_pos, mask)
+            tgt = layer(tgt, memory, memory_mask, pos, query_pos, mask, memory_keys=keys)
             outputs.append(self.norm(tgt))
         return torch.stack(outputs)
 

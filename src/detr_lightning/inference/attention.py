@@ -52,13 +52,15 @@ class AttentionCapture:
     """``with AttentionCapture(net) as cap: out = net(x, m)`` then ``cap.maps()``.
 
     Args:
-        net: the detector (``DETR`` / ``ConvergenceDETR``).
+        net: the detector (``DETR`` / ``ConvergenceDETR``, or a panoptic ``DETRsegm``).
         encoder: also capture the last encoder layer's self-attention ([B, S, S]: for large
             images S = h*w is in the thousands; skip it when only the decoder maps are needed).
     """
 
     def __init__(self, net: nn.Module, encoder: bool = True) -> None:
-        self.net = net
+        from detr_lightning.inference.draw import detector_of
+
+        self.net = net = detector_of(net)  # a panoptic DETRsegm: hooks go on its detector
         enc, self._decoder_attn = _attention_modules(net)
         self._encoder_attn = enc if encoder else None
         self._handles: list[Any] = []

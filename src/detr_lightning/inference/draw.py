@@ -11,7 +11,9 @@ import colorsys
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import box_convert
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from detr_lightning.inference.results import label_name
@@ -33,6 +35,58 @@ def select_detections(
     keep = torch.nonzero(scores >= score_threshold).flatten()
     keep = keep[scores[keep].argsort(descending=True)]
     return keep if top_k is None else keep[:top_k]
+
+
+def detector_of(net: nn.Module) -> nn.Module:
+    """The detector inside a panoptic wrapper (``DETRsegm.detr``), else ``net`` itself."""
+    inner = getattr(net, "detr", None)
+    return inner if isinstance(inner, nn.Module) else net
+
+
+def query_detections(outputs: dict, sizes: Tensor, focal: bool) -> list[dict[str, Tensor]]:
+    """One detection per query (its best real class), so that each keeps its query index.
+
+    Args:
+        outputs: "pred_logits" [B, Q, C(+1)], "pred_boxes" [B, Q, 4] normalised cxcywh.
+        sizes: [B, 2] (h, w) the boxes are scaled to.
+        focal: sigmoid scores without a "no object" column (else softmax without the last).
+    Returns:
+        B dicts of "scores" [Q], "labels" [Q], "boxes" [Q, 4] absolute xyxy (query order), CPU.
+    """
+    logits = outputs["pred_logits"].float()
+    probs = logits.sigmoid() if focal else logits.softmax(-1)[..., :-1]
+    scores, labels = probs.max(-1)
+    h, w = sizes.to(logits).unbind(1)
+    scale = torch.stack([w, h, w, h], 1)[:, None]
+    boxes = box_convert(outputs["pred_boxes"].float(), "cxcywh", "xyxy") * scale
+    return [
+        {"scores": s.cpu(), "labels": lab.cpu(), "boxes": b.cpu()}
+        for s, lab, b in zip(scores, labels, boxes, strict=True)
+    ]
+
+
+def instance_masks(
+    logits: Tensor,
+    canvas: tuple[int, int],
+    size: tuple[int, int],
+    orig_size: tuple[int, int],
+    threshold: float = 0.5,
+) -> Tensor:
+    """Mask logits of one image's queries -> bool masks on the original image (as the official
+    ``PostProcessSegm``): upsample to the padded canvas, crop the image's real part, resize.
+
+    Args:
+        logits: [K, h_f, w_f] ``pred_masks`` rows (the panoptic head's, on the padded canvas).
+        canvas: (H, W) of the padded batch; size: (h, w) of this image in it.
+        orig_size: (H0, W0) of the original image.
+    Returns:
+        bool [K, H0, W0].
+    """
+    if len(logits) == 0:
+        return torch.zeros(0, *orig_size, dtype=torch.bool)
+    up = F.interpolate(logits[None].float(), size=canvas, mode="bilinear", align_corners=False)
+    real = (up[0, :, : size[0], : size[1]].sigmoid() > threshold).float()
+    return F.interpolate(real[None], size=orig_size, mode="nearest")[0].bool().cpu()
 
 
 def draw_predictions(
@@ -84,4 +138,6 @@ def draw_predictions(
         for lab, s in zip(labels, scores, strict=True)
     ]
     kwargs = {"font": font, "font_size": font_size} if font else {}
-    return draw_bounding_boxes(out, boxes, text, colors=colors, width=line_width, **kwargs)
+    # White text on a label box of the class colour: readable on any background.
+    return draw_bounding_boxes(out, boxes, text, colors=colors, width=line_width,
+                               label_colors="white", fill_labels=True, **kwargs)  # fmt: skip

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
-from torchvision.ops import box_convert
 
 from detr_lightning.inference.attention import AttentionCapture
 from detr_lightning.inference.attention_plot import (
@@ -18,7 +16,7 @@ from detr_lightning.inference.attention_plot import (
     plot_encoder_attention,
     reference_points,
 )
-from detr_lightning.inference.draw import select_detections
+from detr_lightning.inference.draw import detector_of, query_detections, select_detections
 from detr_lightning.inference.results import label_name
 
 
@@ -28,28 +26,6 @@ class AttentionFigures:
 
     decoder: Figure
     encoder: Figure | None
-
-
-def query_detections(outputs: dict[str, Any], sizes: Tensor, focal: bool) -> list[dict]:
-    """One detection per query (its best real class), so that each keeps its query index.
-
-    Args:
-        outputs: "pred_logits" [B, Q, C(+1)], "pred_boxes" [B, Q, 4] normalised cxcywh.
-        sizes: [B, 2] (h, w) the boxes are scaled to.
-        focal: sigmoid scores without a "no object" column (else softmax without the last).
-    Returns:
-        B dicts of "scores" [Q], "labels" [Q], "boxes" [Q, 4] absolute xyxy (query order).
-    """
-    logits = outputs["pred_logits"].float()
-    probs = logits.sigmoid() if focal else logits.softmax(-1)[..., :-1]
-    scores, labels = probs.max(-1)
-    h, w = sizes.to(logits).unbind(1)
-    scale = torch.stack([w, h, w, h], 1)[:, None]
-    boxes = box_convert(outputs["pred_boxes"].float(), "cxcywh", "xyxy") * scale
-    return [
-        {"scores": s.cpu(), "labels": lab.cpu(), "boxes": b.cpu()}
-        for s, lab, b in zip(scores, labels, boxes, strict=True)
-    ]
 
 
 @torch.no_grad()
@@ -68,7 +44,7 @@ def attention_figures(
     """Run ``net`` once with :class:`AttentionCapture` and draw every image's figures.
 
     Args:
-        net: the detector, in eval mode.
+        net: the detector (or a panoptic ``DETRsegm`` around it), in eval mode.
         pixel_values: [B, 3, H, W] normalised, padded; pixel_mask: [B, H, W] bool True = real.
         images: B uint8 [3, h_i, w_i] images to draw on (the originals, or the network inputs'
             real part); boxes are scaled to their sizes.
@@ -77,7 +53,7 @@ def attention_figures(
         num_points: encoder reference points (the top objects' centres, then a grid), unless
             ``points`` gives them as (x, y) in [0, 1].
     """
-    encoder = len(net.transformer.encoder.layers) > 0
+    encoder = len(detector_of(net).transformer.encoder.layers) > 0
     with AttentionCapture(net, encoder=encoder) as capture:
         outputs = net(pixel_values, pixel_mask)
     maps = capture.maps(num_queries=outputs["pred_logits"].shape[1])

@@ -6,7 +6,8 @@ The graph is the inference forward only: ``pixel_values`` [B, 3, H, W] float32 a
 Python: the Hungarian matcher and the losses (training only: they need targets and scipy's
 ``linear_sum_assignment``, which has no ONNX operator), the auxiliary decoder outputs (training
 losses), and the post-processing (softmax / top-k, box scaling, and the panoptic merge, which
-loops over a data-dependent number of segments).
+loops over a data-dependent number of segments). A panoptic model (``DETRsegm``) exports its
+detector: the mask head's ``pred_masks`` are not part of the graph.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ class DetectorGraph(nn.Module):
     (the auxiliary outputs are dropped, so the exporter prunes nothing it needs)."""
 
     def __init__(self, net: nn.Module) -> None:
+        from detr_lightning.inference.draw import detector_of
+
         super().__init__()
-        self.net = net
+        self.net = detector_of(net)  # panoptic: the detector; the mask head is not exported
 
     def forward(self, pixel_values: Tensor, pixel_mask: Tensor) -> tuple[Tensor, Tensor]:
         out = self.net(pixel_values, pixel_mask)

@@ -18,8 +18,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from detr_lightning.inference.draw import draw_predictions
-from detr_lightning.inference.images import ImageListDataset, ImageRecord, image_loader
+from detr_lightning.inference.draw import (
+    draw_predictions,
+    instance_masks,
+    query_detections,
+    select_detections,
+)
+from detr_lightning.inference.images import ImageBatch, ImageListDataset, ImageRecord, image_loader
 from detr_lightning.inference.results import coco_records
 
 log = logging.getLogger(__name__)
@@ -70,6 +75,7 @@ def run_predictions(
     num_workers: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    focal: bool = False,
 ) -> PredictResult:
     """Predict on ``records`` in batches; unreadable images are logged by name and skipped.
 
@@ -85,6 +91,10 @@ def run_predictions(
         batch_size, num_workers: the DataLoader's.
         device: where the forward runs (inputs are moved there).
         progress: show a progress bar over the images.
+        focal: the class head is sigmoid (scores of the drawn segments, panoptic models only).
+
+    Panoptic models (outputs with ``pred_masks``): each drawn detection is one query, filled with
+    its mask (:func:`~detr_lightning.inference.draw.instance_masks`) in its class colour.
     """
     draw = draw or DrawOptions()
     drawing = draw_dir is not None and draw.enabled
@@ -104,17 +114,38 @@ def run_predictions(
                     batch.pixel_mask.to(device, non_blocking=True),
                 )
                 preds = postprocess(outputs, batch.orig_sizes.to(device))
-            for sample, pred in zip(batch.samples, preds, strict=True):
+                segments = _segments(outputs, batch, draw, focal) if drawing else None
+            for i, (sample, pred) in enumerate(zip(batch.samples, preds, strict=True)):
                 pred = {k: v.cpu() for k, v in pred.items()}
                 rec = sample.record
                 result.records += coco_records(pred, rec.image_id, category_ids, names)
                 result.images.append((rec, sample.orig_size))
                 if drawing:
-                    result.drawn.append(_draw(sample.original, pred, rec, category_ids, names,
+                    shown = segments[i] if segments else pred
+                    result.drawn.append(_draw(sample.original, shown, rec, category_ids, names,
                                               Path(draw_dir), draw))  # fmt: skip
         bar.update(len(batch.samples) + len(batch.failed))
     bar.close()
     return result
+
+
+def _segments(
+    outputs: dict[str, Any], batch: ImageBatch, draw: DrawOptions, focal: bool
+) -> list[dict[str, Tensor]] | None:
+    """Per image, the detections to draw with their masks, when the model predicts masks."""
+    masks = outputs.get("pred_masks") if isinstance(outputs, dict) else None
+    if masks is None:
+        return None
+    canvas = tuple(batch.pixel_values.shape[-2:])
+    shown = []
+    for i, det in enumerate(query_detections(outputs, batch.orig_sizes, focal)):
+        keep = select_detections(det["scores"], draw.score_threshold, draw.top_k)
+        sample = batch.samples[i]
+        det = {k: v[keep] for k, v in det.items()}
+        det["masks"] = instance_masks(masks[i, keep.to(masks.device)], canvas,
+                                      tuple(sample.pixels.shape[-2:]), sample.orig_size)  # fmt: skip
+        shown.append(det)
+    return shown
 
 
 def _draw(

@@ -1,0 +1,230 @@
+"""Our DETR-R50 against the official facebookresearch/detr code, same weights, one process.
+
+Needs a local checkout of the official repository (never vendored, never downloaded here):
+``OFFICIAL_DETR=/path/to/detr make bench`` or ``python benchmarks/bench_official.py --official
+PATH``; without one it prints how to get one and exits 0. The official model is built by its own
+``models.build_model`` (default ``main.py`` arguments, CPU, no ImageNet download), ours gets its
+weights through :func:`~detr_lightning.detr.official.convert_official_state_dict`.
+
+Training step (batch ``--batch`` at ``--size``², random targets, aux losses): forward, set
+loss, backward, clip at 0.1, AdamW with the two learning rates: the official loop as in its
+``engine.py`` (``torch.optim.AdamW`` defaults) and ours as ``LitDETR`` runs it (the optimizer of
+conf/model/detr.yaml). Inference: one image, eval mode, no gradients: the official model,
+ours as validation runs it, and ours as ``predict`` runs it
+(:func:`~detr_lightning.detr.fast_inference.prepare_for_inference`: folded BatchNorms,
+channels-last; also in bf16, and compiled with ``--compile``). The variants run interleaved,
+round after round, so that a busy machine slows all of them alike; the ratios (official time /
+ours, > 1 = ours faster) come from the per-variant minimum and median of the same run.
+``--ablate`` adds our training step with one lever off at a time: where the gain comes from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch import nn
+
+from detr_lightning.detr.backbone import Backbone
+from detr_lightning.detr.fast_inference import prepare_for_inference
+from detr_lightning.detr.model import build_detr
+from detr_lightning.detr.official import convert_official_state_dict
+from detr_lightning.loss import HungarianMatcher, SetCriterion
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_core import _random_targets  # noqa: E402
+
+
+def build_official(path: str) -> tuple[nn.Module, nn.Module]:
+    """The official DETR-R50 and its criterion, from its own builders, with ``main.py``'s
+    default arguments on the CPU; its backbone would download ImageNet weights on the main
+    process, so it is told it is not the main process (random init)."""
+    sys.path.insert(0, path)
+    import main as official_main
+    import models.backbone as official_backbone
+    from models import build_model
+
+    official_backbone.is_main_process = lambda: False
+    args = official_main.get_args_parser().parse_args([])
+    args.device = "cpu"
+    model, criterion, _ = build_model(args)
+    return model, criterion
+
+
+def _param_groups(model: nn.Module) -> list[dict]:
+    """engine/main.py's groups: the backbone at 1e-5, the rest at the optimizer's lr."""
+    backbone = [p for n, p in model.named_parameters() if "backbone" in n and p.requires_grad]
+    rest = [p for n, p in model.named_parameters() if "backbone" not in n and p.requires_grad]
+    return [{"params": rest}, {"params": backbone, "lr": 1e-5}]
+
+
+def official_train_step(model, criterion, pixels, mask, targets) -> Callable[[], None]:
+    from util.misc import NestedTensor
+
+    samples = NestedTensor(pixels, ~mask)  # the official mask is True on padding
+    optimizer = torch.optim.AdamW(_param_groups(model), lr=1e-4, weight_decay=1e-4)
+
+    def step() -> None:  # engine.train_one_epoch
+        loss_dict = criterion(model(samples), targets)
+        weights = criterion.weight_dict
+        losses = sum(loss_dict[k] * weights[k] for k in loss_dict if k in weights)
+        optimizer.zero_grad()
+        losses.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+        optimizer.step()
+
+    return step
+
+
+def our_optimizer(model: nn.Module, **override) -> torch.optim.Optimizer:
+    """The optimizer of conf/model/detr.yaml (fused AdamW) over the same groups."""
+    node = OmegaConf.load(REPO / "conf" / "model" / "detr.yaml").optimizer
+    return instantiate(node, **override)(_param_groups(model))
+
+
+def our_train_step(model, pixels, mask, targets, **optimizer_override) -> Callable[[], None]:
+    criterion = SetCriterion(91, HungarianMatcher())
+    optimizer = our_optimizer(model, **optimizer_override)
+
+    def step() -> None:  # LitDETR.training_step + Lightning's zero_grad / clip / step
+        outputs = model(pixels, mask, targets=targets)
+        total = criterion.weighted_total(criterion(outputs, targets))
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+        optimizer.step()
+
+    return step
+
+
+def ours_like(official: nn.Module, **backbone_kwargs) -> nn.Module:
+    """Our DETR-R50 (``backbone_kwargs`` override the Backbone's speed switches) with the
+    official model's weights."""
+    model = build_detr("resnet50")
+    if backbone_kwargs:
+        model.backbone = Backbone("resnet50", **backbone_kwargs)
+    model.load_state_dict(convert_official_state_dict(official.state_dict()))
+    return model
+
+
+def torch_attention(model: nn.Module) -> nn.Module:
+    """``model`` with every attention module running nn.MultiheadAttention's own forward."""
+    for module in model.modules():
+        if isinstance(module, nn.MultiheadAttention):
+            module.forward = types.MethodType(nn.MultiheadAttention.forward, module)
+    return model
+
+
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """One untimed call of each, then ``rounds`` rounds calling each once: seconds per call."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def report(title: str, times: dict[str, list[float]], reference: str = "official") -> dict:
+    ref_min, ref_med = min(times[reference]), statistics.median(times[reference])
+    print(f"[official] {title}")
+    figures = {}
+    for name, ts in times.items():
+        lo, med = min(ts), statistics.median(ts)
+        figures[name] = {"min_s": lo, "median_s": med, "ratio_min": ref_min / lo,
+                         "ratio_median": ref_med / med}  # fmt: skip
+        print(f"[official]   {name:34s} min {lo:6.3f} s  median {med:6.3f} s   "
+              f"x{ref_min / lo:4.2f} (min)  x{ref_med / med:4.2f} (median)")  # fmt: skip
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--official", default=os.environ.get("OFFICIAL_DETR"))
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--ablate", action="store_true", help="one lever off at a time")
+    parser.add_argument("--compile", action="store_true", help="also torch.compile inference")
+    parser.add_argument("--quick", action="store_true", help="3 rounds, no ablation")
+    args = parser.parse_args()
+    if not args.official or not (Path(args.official) / "models" / "detr.py").is_file():
+        print("[official] skipped: set OFFICIAL_DETR to a checkout of facebookresearch/detr "
+              "(e.g. git clone https://github.com/facebookresearch/detr /tmp/detr; "
+              "OFFICIAL_DETR=/tmp/detr make bench)")  # fmt: skip
+        return 0
+    rounds = 3 if args.quick else args.rounds
+    torch.manual_seed(0)
+    official, official_criterion = build_official(args.official)
+    size, batch = args.size, args.batch
+    pixels = torch.randn(batch, 3, size, size)
+    mask = torch.ones(batch, size, size, dtype=torch.bool)
+    targets = _random_targets(batch)
+    print(f"[official] R50, same weights, {torch.get_num_threads()} threads, {rounds} rounds; "
+          f"training: batch {batch} at {size}x{size}; inference: 1 image")  # fmt: skip
+
+    train = {
+        "official": official_train_step(official.train(), official_criterion, pixels, mask,
+                                        targets),  # fmt: skip
+        "ours": our_train_step(ours_like(official).train(), pixels, mask, targets),
+    }
+    if args.ablate and not args.quick:
+        train |= {
+            "ours, BatchNorm not fused": our_train_step(
+                ours_like(official, fuse_frozen_bn=False).train(), pixels, mask, targets),
+            "ours, NCHW": our_train_step(
+                ours_like(official, channels_last=False).train(), pixels, mask, targets),
+            "ours, torch MultiheadAttention": our_train_step(
+                torch_attention(ours_like(official)).train(), pixels, mask, targets),
+            "ours, for-loop AdamW": our_train_step(
+                ours_like(official).train(), pixels, mask, targets, fused=None),
+        }  # fmt: skip
+    figures = {"train": report("training step", interleaved(train, rounds))}
+    del train
+
+    image, image_mask = pixels[:1], mask[:1]
+    official.eval()
+    ours_eval = ours_like(official).eval()
+    predict_fp32 = prepare_for_inference(copy.deepcopy(ours_eval))
+    predict_bf16 = prepare_for_inference(copy.deepcopy(ours_eval), dtype=torch.bfloat16)
+    from util.misc import NestedTensor
+
+    sample = NestedTensor(image, ~image_mask)
+    infer = {
+        "official": lambda: official(sample),
+        "ours (validation graph)": lambda: ours_eval(image, image_mask),
+        "ours (predict: folded BN, NHWC)": lambda: predict_fp32(image, image_mask),
+        "ours (predict, bf16)": lambda: predict_bf16(image, image_mask),
+    }
+    if args.compile:
+        compiled = prepare_for_inference(copy.deepcopy(ours_eval), compile=True)
+        with torch.no_grad():
+            start = time.perf_counter()
+            compiled(image, image_mask)
+            print(f"[official] torch.compile of the predict graph: {time.perf_counter() - start:.0f} s")
+        infer["ours (predict, compiled)"] = lambda: compiled(image, image_mask)
+    with torch.no_grad():
+        ref = official(sample)["pred_boxes"]
+        for name, fn in list(infer.items())[1:]:
+            print(f"[official]   {name}: max |boxes - official| "
+                  f"{(fn()['pred_boxes'] - ref).abs().max().item():.1e}")  # fmt: skip
+        figures["inference"] = report("inference forward", interleaved(infer, rounds + 2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

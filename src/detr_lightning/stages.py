@@ -1,0 +1,111 @@
+"""Multi-stage training: ``stages:`` in the config runs one training per stage, in order.
+
+The panoptic recipe (paper Sec. 4.4, ``head=panoptic``) trains in two stages: (1) the detector on
+the boxes of every segment, things and stuff, without a mask head; (2) the mask head on the
+frozen detector, started from stage 1's best checkpoint. ``stages`` maps each stage's name to
+the Hydra overrides that turn the composed config into that stage's, as a mapping (label ->
+override; a preset adds, replaces or, with null, drops single entries) or a list::
+
+    stages:
+      detector: {no_mask_head: model.segmentation=null, ...}
+      masks: {frozen: model.segmentation.freeze_detr=true, schedule: schedule=panoptic_masks}
+
+Each stage is composed anew from the run's own command-line overrides plus its overrides (and
+``stages=null``), trains and tests as a one-stage run in ``<run dir>/stage<i>_<name>/``
+(checkpoints, logs, its ``metrics.json``), and hands its best checkpoint to the next stage as
+``model.init_detector``. The last stage's metrics are also written to ``<run dir>/metrics.json``
+with, under ``run.stages``, each stage's directory, checkpoint and minutes. ``stages=null`` on the
+command line trains the composed config in one run (joint training for ``head=panoptic``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from detr_lightning.utils.config_check import ConfigError
+
+
+def stage_overrides(cfg: DictConfig) -> list[tuple[str, list[str]]]:
+    """``cfg.stages`` -> ``[(name, [override, ...]), ...]`` in order (null entries dropped)."""
+    stages = OmegaConf.to_container(cfg.stages, resolve=True)
+    if not isinstance(stages, dict) or not stages:
+        raise ConfigError(f"stages must map stage names to overrides; got {stages!r}")
+    out = []
+    for name, overrides in stages.items():
+        values = overrides.values() if isinstance(overrides, dict) else overrides or []
+        out.append((str(name), [str(v) for v in values if v is not None]))
+    return out
+
+
+def best_checkpoint(stage_dir: Path) -> str | None:
+    """The checkpoint a finished stage was tested with (its metrics.json), else its newest
+    best-metric checkpoint (every rank finds the same file), else its last.ckpt."""
+    metrics = stage_dir / "metrics.json"
+    if metrics.is_file():
+        ckpt = json.loads(metrics.read_text()).get("run", {}).get("checkpoint")
+        if ckpt and Path(ckpt).is_file():
+            return str(ckpt)
+    files = sorted((stage_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    best = [p for p in files if not p.name.startswith("last")]
+    chosen = best[-1:] or [p for p in files if p.name == "last.ckpt"]
+    return str(chosen[0]) if chosen else None
+
+
+@rank_zero_only
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def run_stages(
+    cfg: DictConfig, train_one: Callable[[DictConfig], dict[str, float]]
+) -> dict[str, float]:
+    """Train every stage of ``cfg.stages`` with ``train_one`` (the one-stage ``train``); returns
+    the last stage's metrics. Must run inside the Hydra app (it composes with its overrides)."""
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+
+    from detr_lightning.evaluation import write_metrics_json
+    from detr_lightning.utils.loggers import finish_wandb
+
+    if cfg.get("ckpt_path"):
+        raise ConfigError(
+            f"ckpt_path={cfg.ckpt_path} with stages: resume one stage instead, e.g. the mask "
+            "stage: `stages=null <that stage's overrides> ckpt_path=<its last.ckpt>` (the "
+            "overrides are listed under stages in the config)."
+        )
+    hydra_cfg = HydraConfig.get()
+    base = list(hydra_cfg.overrides.task)
+    run_dir = Path(cfg.paths.output_dir)
+    stages = stage_overrides(cfg)
+    metrics: dict[str, float] = {}
+    info: dict[str, Any] = {}
+    previous: str | None = None
+    for i, (name, overrides) in enumerate(stages, start=1):
+        stage_cfg = compose(hydra_cfg.job.config_name, overrides=[*base, *overrides, "stages=null"])
+        stage_dir = run_dir / f"stage{i}_{name}"
+        with open_dict(stage_cfg):
+            stage_cfg.paths.output_dir = str(stage_dir)
+            stage_cfg.run_name = f"{cfg.run_name}-{name}"
+            if previous is not None:
+                stage_cfg.model.init_detector = previous
+        _say(f"=== stage {i}/{len(stages)}: {name} ({' '.join(overrides) or 'no overrides'})")
+        start = time.perf_counter()
+        metrics = train_one(stage_cfg)
+        previous = best_checkpoint(stage_dir)
+        minutes = round((time.perf_counter() - start) / 60, 2)
+        info[name] = {"dir": str(stage_dir), "checkpoint": previous, "minutes": minutes}
+        _say(f"=== stage {i}/{len(stages)}: {name} done in {minutes} min; checkpoint {previous}")
+        if i < len(stages):
+            finish_wandb(summary=metrics)  # one wandb run per stage
+    if rank_zero_only.rank == 0 and metrics:
+        path = write_metrics_json(run_dir, metrics, experiment=cfg.get("experiment_name"),
+                                  checkpoint=previous, stages=info)  # fmt: skip
+        _say(f"metrics: {path}\nrun directory: {run_dir}")
+    return metrics

@@ -1,0 +1,44 @@
+"""The prediction loop with a stand-in detector: records, skipped files, drawn mask segments."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.io import decode_image
+
+from detr_lightning.data.transforms import make_eval_transforms
+from detr_lightning.detr.postprocess import PostProcess
+from detr_lightning.inference.draw import class_color
+from detr_lightning.inference.images import find_images
+from detr_lightning.inference.runner import DrawOptions, run_predictions
+
+
+def fake_panoptic(pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> dict:
+    """Two queries: query 0 is class 1 on the left half (box and mask), query 1 is no-object."""
+    b, _, h, w = pixel_values.shape
+    logits = torch.tensor([[0.0, 9.0, 0.0, 0.0], [0.0, 0.0, 0.0, 9.0]]).expand(b, -1, -1)
+    boxes = torch.tensor([[0.25, 0.5, 0.5, 1.0], [0.75, 0.5, 0.5, 1.0]]).expand(b, -1, -1)
+    masks = torch.full((b, 2, h // 4, w // 4), -10.0)
+    masks[:, 0, :, : w // 8] = 10.0
+    return {"pred_logits": logits, "pred_boxes": boxes, "pred_masks": masks}
+
+
+def test_records_skipped_files_and_mask_segments(tmp_path) -> None:
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.full((40, 64, 3), 128, np.uint8)).save(tmp_path / name)
+    (tmp_path / "c.png").write_bytes(b"\x89PNG\r\n broken")
+    result = run_predictions(
+        fake_panoptic, PostProcess(), find_images(tmp_path), make_eval_transforms(40, 80),
+        [5, 6, 7], ["a", "b", "c"], draw_dir=tmp_path / "out", draw=DrawOptions(line_width=1),
+        batch_size=3, progress=False,
+    )  # fmt: skip
+    assert [rec.file_name for rec, _ in result.images] == ["a.png", "b.png"]
+    assert [rec.file_name for rec, _ in result.skipped] == ["c.png"]
+    assert len(result.records) == 4 and result.records[0]["category_id"] == 6
+    assert result.records[0]["bbox"] == [0.0, 0.0, 32.0, 40.0]
+    drawn = decode_image(str(tmp_path / "out" / "a.png"))
+    inside, outside = drawn[:, 25, 15], drawn[:, 25, 48]
+    expected = 0.5 * 128 + 0.5 * torch.tensor(class_color(1), dtype=torch.float32)
+    assert (inside.float() - expected).abs().max() <= 1  # the segment, in its class colour
+    assert outside.tolist() == [128, 128, 128]  # query 1 scores low: not drawn

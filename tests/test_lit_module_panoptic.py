@@ -1,0 +1,58 @@
+"""LitDETR in panoptic mode (head=panoptic): PQ / SQ / RQ, segm AP and box AP every validation,
+in the test metrics, in metrics.json and in the printed tables; detection mode unchanged."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from lit import quiet_trainer, tiny_lit
+from omegaconf import OmegaConf
+from panoptic_support import panoptic_datamodule, shapes_panoptic, tiny_panoptic_lit
+
+from detr_lightning.convergence.model import ConvergenceDETR
+from detr_lightning.detr.segmentation import DETRsegm
+from detr_lightning.evaluation.panoptic_evaluator import PQ_KEYS
+from detr_lightning.utils.build import report
+
+SEGM_KEYS = ("segm_AP", "segm_AP50", "segm_AP75", "segm_AR_100")
+
+
+@pytest.fixture(scope="module")
+def shapes_root(tmp_path_factory):
+    return shapes_panoptic(tmp_path_factory.mktemp("panoptic"), train=4, val=3)
+
+
+@pytest.mark.parametrize("cls", [None, ConvergenceDETR], ids=["DETR", "ConvergenceDETR"])
+def test_panoptic_validation_logs_pq_and_metrics_json_has_it(
+    cls, shapes_root, tmp_path, capsys
+) -> None:
+    lit = tiny_panoptic_lit() if cls is None else tiny_panoptic_lit(cls)
+    assert isinstance(lit.net, DETRsegm)
+    trainer = quiet_trainer(tmp_path, max_epochs=1)  # 2 steps, then a validation
+    trainer.fit(lit, datamodule=panoptic_datamodule(shapes_root))
+    logged = trainer.callback_metrics
+    for key in (*PQ_KEYS, *SEGM_KEYS, "AP", "AP50"):
+        assert f"val/{key}" in logged, key
+        # -1: undefined, as pycocotools (an untrained model may predict no thing at all)
+        assert -1.0 <= float(logged[f"val/{key}"]) <= 1.0
+    trainer.test(lit, datamodule=panoptic_datamodule(shapes_root), verbose=False)
+    metrics = lit.test_metrics
+    assert set(PQ_KEYS) | set(SEGM_KEYS) | {"AP"} <= set(metrics)
+    assert metrics["PQ"] <= metrics["SQ"] and metrics["PQ"] <= metrics["RQ"]
+    cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path / "run")},
+                            "experiment_name": "tiny_panoptic"})  # fmt: skip
+    path = report(trainer, cfg, metrics, checkpoint="final weights")
+    saved = json.loads(open(path).read())
+    assert {k: saved[k] for k in PQ_KEYS} == pytest.approx({k: metrics[k] for k in PQ_KEYS})
+    printed = capsys.readouterr().out
+    assert "COCO bbox evaluation" in printed and "COCO segm evaluation (thing classes)" in printed
+    for row in ("All", "Things", "Stuff"):
+        assert f"\n{row:10}|" in printed
+
+
+def test_detection_mode_is_unchanged(tmp_path) -> None:
+    # No segmentation, no evaluator: no PQ key, the detector as net.
+    lit = tiny_lit()
+    assert lit.val_panoptic is None and lit.test_panoptic is None
+    assert not isinstance(lit.net, DETRsegm)
