@@ -126,29 +126,39 @@ def torch_attention(model: nn.Module) -> nn.Module:
     return model
 
 
-def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
-    """One untimed call of each, then ``rounds`` rounds calling each once: seconds per call."""
+def interleaved(
+    fns: dict[str, Callable[[], object]], rounds: int
+) -> dict[str, dict[str, list[float]]]:
+    """One untimed call of each, then ``rounds`` rounds calling each once: per call, the wall
+    seconds and the process CPU seconds (with one torch thread the CPU time is what the call
+    computed, whatever else the machine runs; with more, it includes the threads' waits)."""
     for fn in fns.values():
         fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    times: dict[str, dict[str, list[float]]] = {n: {"wall": [], "cpu": []} for n in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             fn()
-            times[name].append(time.perf_counter() - start)
+            times[name]["cpu"].append(time.process_time() - cpu)
+            times[name]["wall"].append(time.perf_counter() - wall)
     return times
 
 
-def report(title: str, times: dict[str, list[float]], reference: str = "official") -> dict:
-    ref_min, ref_med = min(times[reference]), statistics.median(times[reference])
-    print(f"[official] {title}")
+def report(title: str, times: dict[str, dict[str, list[float]]], reference: str = "official"):
+    """Print min / median wall seconds and median CPU seconds per variant, and the ratios
+    official / variant of each (> 1: the variant is faster)."""
+    stats = {n: {"min": min(t["wall"]), "median": statistics.median(t["wall"]),
+                 "cpu": statistics.median(t["cpu"])} for n, t in times.items()}  # fmt: skip
+    ref = stats[reference]
+    print(f"[official] {title}: seconds (ratio official / this)")
     figures = {}
-    for name, ts in times.items():
-        lo, med = min(ts), statistics.median(ts)
-        figures[name] = {"min_s": lo, "median_s": med, "ratio_min": ref_min / lo,
-                         "ratio_median": ref_med / med}  # fmt: skip
-        print(f"[official]   {name:34s} min {lo:6.3f} s  median {med:6.3f} s   "
-              f"x{ref_min / lo:4.2f} (min)  x{ref_med / med:4.2f} (median)")  # fmt: skip
+    for name, s in stats.items():
+        ratios = {k: ref[k] / v for k, v in s.items()}
+        figures[name] = {**{f"{k}_s": v for k, v in s.items()},
+                         **{f"ratio_{k}": v for k, v in ratios.items()}}  # fmt: skip
+        print(f"[official]   {name:34s} wall min {s['min']:6.3f} (x{ratios['min']:4.2f})  "
+              f"median {s['median']:6.3f} (x{ratios['median']:4.2f})  "
+              f"CPU {s['cpu']:6.3f} (x{ratios['cpu']:4.2f})")  # fmt: skip
     return figures
 
 
@@ -161,6 +171,9 @@ def main() -> int:
     parser.add_argument("--ablate", action="store_true", help="one lever off at a time")
     parser.add_argument("--compile", action="store_true", help="also torch.compile inference")
     parser.add_argument("--quick", action="store_true", help="3 rounds, no ablation")
+    parser.add_argument("--only", choices=("train", "inference"), help="one half only")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice; "
+                        "1 is steadier on a machine other jobs share)")  # fmt: skip
     args = parser.parse_args()
     if not args.official or not (Path(args.official) / "models" / "detr.py").is_file():
         print("[official] skipped: set OFFICIAL_DETR to a checkout of facebookresearch/detr "
@@ -168,6 +181,8 @@ def main() -> int:
               "OFFICIAL_DETR=/tmp/detr make bench)")  # fmt: skip
         return 0
     rounds = 3 if args.quick else args.rounds
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     official, official_criterion = build_official(args.official)
     size, batch = args.size, args.batch
@@ -177,6 +192,17 @@ def main() -> int:
     print(f"[official] R50, same weights, {torch.get_num_threads()} threads, {rounds} rounds; "
           f"training: batch {batch} at {size}x{size}; inference: 1 image")  # fmt: skip
 
+    figures = {}
+    if args.only != "inference":
+        figures["train"] = time_training(args, official, official_criterion, pixels, mask, targets,
+                                         rounds)  # fmt: skip
+    if args.only != "train":
+        figures["inference"] = time_inference(args, official, pixels[:1], mask[:1], rounds + 2)
+    return 0
+
+
+def time_training(args, official, official_criterion, pixels, mask, targets, rounds) -> dict:
+    """Interleaved training steps: official, ours (and with ``--ablate`` one lever off each)."""
     train = {
         "official": official_train_step(official.train(), official_criterion, pixels, mask,
                                         targets),  # fmt: skip
@@ -193,10 +219,11 @@ def main() -> int:
             "ours, for-loop AdamW": our_train_step(
                 ours_like(official).train(), pixels, mask, targets, fused=None),
         }  # fmt: skip
-    figures = {"train": report("training step", interleaved(train, rounds))}
-    del train
+    return report("training step", interleaved(train, rounds))
 
-    image, image_mask = pixels[:1], mask[:1]
+
+def time_inference(args, official, image, image_mask, rounds) -> dict:
+    """Interleaved single-image forwards: official, our validation and predict graphs."""
     official.eval()
     ours_eval = ours_like(official).eval()
     predict_fp32 = prepare_for_inference(copy.deepcopy(ours_eval))
@@ -222,8 +249,7 @@ def main() -> int:
         for name, fn in list(infer.items())[1:]:
             print(f"[official]   {name}: max |boxes - official| "
                   f"{(fn()['pred_boxes'] - ref).abs().max().item():.1e}")  # fmt: skip
-        figures["inference"] = report("inference forward", interleaved(infer, rounds + 2))
-    return 0
+        return report("inference forward", interleaved(infer, rounds))
 
 
 if __name__ == "__main__":

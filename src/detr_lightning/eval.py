@@ -38,6 +38,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(config_path=conf_dir(), config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns AP (for sweeps over evaluation settings)."""
+    from detr_lightning.utils.config_check import check_config
+
+    check_config(cfg, "test")  # first: utils.loggers imports Lightning (~7 s)
     from detr_lightning.utils.loggers import finish_wandb
 
     try:

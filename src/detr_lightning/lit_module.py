@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from detr_lightning.budget import WallBudget
+from detr_lightning.compile import CompileCounter, compile_network
 from detr_lightning.evaluation import (
     CocoBoxAP,
     metric_targets,
@@ -81,6 +82,9 @@ class LitDETR(L.LightningModule):
         init_detector: Lightning checkpoint whose detector weights started ``net``'s detector
             (the panoptic recipe's stage 2). Recorded only: loaded once in
             ``utils.build.build_model``, as ``pretrained``.
+        compile: ``torch.compile`` the network in place (true, or a dict of ``torch.compile``
+            options such as ``{dynamic: true}``); the criterion stays eager. See
+            :mod:`detr_lightning.compile` (shapes, recompiles, the ``compile/*`` metrics).
     """
 
     def __init__(
@@ -102,6 +106,7 @@ class LitDETR(L.LightningModule):
         segmentation: Callable[[nn.Module], nn.Module] | None = None,
         panoptic: Callable[..., PanopticEvaluator] | None = None,
         init_detector: str | None = None,
+        compile: bool | dict[str, Any] = False,
     ) -> None:
         super().__init__()
         if label_to_category_id is not None:
@@ -248,10 +253,18 @@ class LitDETR(L.LightningModule):
         }
 
     def configure_callbacks(self) -> list[L.Callback]:
+        callbacks: list[L.Callback] = [CompileCounter()] if self.hparams.get("compile") else []
         # The budget schedule re-plans epochs and the cosine from measured epoch times.
         if getattr(self.lr_schedule, "func", None) is budget_schedule:
-            return [WallBudget()]
-        return []
+            callbacks.append(WallBudget())
+        return callbacks
+
+    def configure_model(self) -> None:
+        """``compile``: compile the network once, in place (keys and checkpoints unchanged)."""
+        options = self.hparams.get("compile")
+        if options and not getattr(self, "_net_compiled", False):
+            compile_network(self.net, dict(options) if isinstance(options, Mapping) else None)
+            self._net_compiled = True
 
 
 def check_consistent_heads(net: nn.Module, criterion: nn.Module, postprocess: nn.Module) -> None:

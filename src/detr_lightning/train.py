@@ -59,6 +59,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(config_path=conf_dir(), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns AP so that sweepers (e.g. Optuna) can optimise it."""
+    from detr_lightning.utils.config_check import check_config
+
+    check_config(cfg, "fit")  # first: utils.loggers imports Lightning (~7 s)
     from detr_lightning.utils.loggers import finish_wandb
 
     try:

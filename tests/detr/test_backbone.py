@@ -128,3 +128,52 @@ def test_backbone_levers():
     assert frozen == {"conv1", "layer1"} or frozen == {"layer1"}  # FrozenBN has buffers only
     with pytest.raises(ValueError, match="last_stage"):
         Backbone("resnet18", last_stage="layer5")
+
+
+def _calibrated_frozen_bn_backbone(name: str = "resnet18", **kwargs) -> Backbone:
+    """A backbone whose frozen BatchNorms hold real statistics (those of a random batch), so
+    features stay O(1) through the depth, as with ImageNet weights."""
+    torch.manual_seed(0)
+    calibrating = Backbone(name, norm="bn", fuse_frozen_bn=False, channels_last=False)
+    for m in calibrating.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = 1.0
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.2, 0.2)
+    calibrating.train()(torch.randn(4, 3, 96, 128))
+    backbone = Backbone(name, **kwargs)
+    missing = backbone.load_state_dict(calibrating.state_dict(), strict=False)
+    assert not missing.missing_keys
+    return backbone.eval()
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_folded_and_unfolded_backbones_give_the_same_features(name: str) -> None:
+    from detr_lightning.detr.frozen_bn import ConvFrozenBN
+
+    plain = _calibrated_frozen_bn_backbone(name, fuse_frozen_bn=False, channels_last=False)
+    fused = _calibrated_frozen_bn_backbone(name)  # the default: fused, channels-last
+    folded = _calibrated_frozen_bn_backbone(name).fold_batchnorm()
+    assert any(isinstance(m, ConvFrozenBN) for m in fused.modules())
+    assert not any(isinstance(m, torchvision.ops.FrozenBatchNorm2d) for m in folded.modules())
+    assert set(fused.state_dict()) == set(plain.state_dict())  # training keys unchanged
+    x = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        ref = plain(x)[0][0]
+        assert 0.1 < ref.abs().mean() < 10  # calibrated: the tolerance below is meaningful
+        for other in (fused, folded):
+            torch.testing.assert_close(other(x)[0][0], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_frozen_bn_trains_the_same_weights_and_keeps_statistics() -> None:
+    plain = _calibrated_frozen_bn_backbone(fuse_frozen_bn=False, channels_last=False).train()
+    fused = _calibrated_frozen_bn_backbone().train()
+    stats = {k: v.clone() for k, v in fused.state_dict().items() if "running" in k}
+    x = torch.randn(2, 3, 64, 96)
+    grads = []
+    for model in (plain, fused):
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        grads.append(torch.autograd.grad(model(x)[0][0].square().mean(), trainable))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-3)
+    assert all(torch.equal(v, fused.state_dict()[k]) for k, v in stats.items())  # still frozen

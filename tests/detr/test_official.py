@@ -266,3 +266,12 @@ def test_architecture_inference_from_keys(resnet: str, enc: int, dec: int) -> No
     assert (cfg["num_classes"], cfg["num_queries"], cfg["hidden_dim"]) == (C, Q, D)
     assert cfg["dim_feedforward"] == FF and cfg["pre_norm"] is False
     assert cfg["position_embedding"] == "sine"
+
+
+def test_truncated_release_is_named(tmp_path) -> None:
+    good = tmp_path / "good.pth"
+    torch.save({"model": {"class_embed.weight": torch.zeros(3, 4)}}, good)
+    bad = tmp_path / "detr-r50-truncated.pth"
+    bad.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    with pytest.raises(ValueError, match="detr-r50-truncated.pth.*truncated"):
+        load_official_detr(bad)

@@ -6,4 +6,5 @@ Modules (imported one by one, so that the import-light ones stay light):
   callback   BestAndLastCheckpoint: best-by-metric files plus a last.ckpt independent of it
   locate     ckpt_path=last/auto -> the newest last.ckpt of the experiment (stdlib only)
   validate   read a checkpoint safely and name the file, the reason and the fix (torch)
+  pretrained model.pretrained=: an official release loaded once, with the same named errors
 """

@@ -36,7 +36,14 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]
     from detr_lightning.checkpoint import load_pretrained_into
 
     path = os.fspath(path)
-    read_checkpoint(path, KEY)  # named errors for unreadable files, before the key mapping
+    content = read_checkpoint(path, KEY)  # named errors for unreadable files, before mapping
+    if isinstance(content, dict) and "state_dict" in content and "model" not in content:
+        raise CheckpointLoadError(
+            f"{KEY}={path}: a Lightning checkpoint of this project, not an official DETR release. "
+            "Fix: give it as ckpt_path=PATH (resume, eval, predict) and leave model.pretrained "
+            "unset."
+        )
+    del content
     net = getattr(model, "net", model)
     try:
         report = load_pretrained_into(net, path)

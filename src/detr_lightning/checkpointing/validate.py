@@ -21,13 +21,12 @@ class CheckpointLoadError(ValueError):
 
 
 def _torch_reason(err: BaseException) -> str:
-    """The informative line of torch's (long) error text."""
-    text = str(err) or type(err).__name__
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in lines:
-        if "GLOBAL" in ln or "Unsupported" in ln:
-            return ln
-    return f"{type(err).__name__}: {lines[0] if lines else text}"
+    """The informative first sentence of torch's (long) error text."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    line = next((ln for ln in lines if "GLOBAL" in ln), lines[0] if lines else "")
+    # Torch goes on with advice (allowlisting globals, weights_only=False) that is unsafe here.
+    first = line.split(". ")[0].rstrip(".")
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
 def _fix_for(key: str) -> str:
@@ -134,11 +133,13 @@ def check_lightning_checkpoint(checkpoint: Any, model: nn.Module, path: str) -> 
                 f" The checkpoint was trained with {hparams['num_classes']} classes, the data "
                 f"configured here has {ours}: use the dataset it was trained on."
             )
+    found = [(f"shape mismatches: {_listing(shapes)}" if shapes else ""),
+             (f"checkpoint keys the model lacks: {_listing(unexpected)}" if unexpected else ""),
+             (f"model keys absent from the checkpoint: {_listing(missing)}" if missing else "")]  # fmt: skip
     raise CheckpointLoadError(
         f"{where}: the checkpoint does not fit the model built from this config "
-        f"(another architecture or class count).{classes} Checkpoint keys the model lacks: "
-        f"{_listing(unexpected)}; model keys absent from the checkpoint: {_listing(missing)}; "
-        f"shape mismatches: {_listing(shapes)}. Fix: compose the same experiment and model "
+        f"(another architecture or class count).{classes} Differences: "
+        f"{'; '.join(f for f in found if f)}. Fix: compose the same experiment and model "
         f"overrides as the training run{_run_config_hint(path)}."
     )
 

@@ -21,7 +21,7 @@ if os.environ.get(PIXEL_LIMIT_ENV):
     Image.MAX_IMAGE_PIXELS = None if _value == "none" else int(float(_value))
 
 
-def _bomb_message(path: Path, ann_file: str | Path, err: Exception) -> str:
+def decompression_bomb_message(path: Path, ann_file: str | Path, err: Exception) -> str:
     """The DecompressionBombError text with the file, its pixel count and the deliberate fix."""
     found = re.search(r"\((\d+) pixels\)", str(err))
     pixels = int(found.group(1)) if found else None
@@ -89,7 +89,7 @@ def load_rgb_image(
         oriented = _orient(img, expected_size) if exif_transpose else img
         out = _to_rgb(oriented)
     except Image.DecompressionBombError as err:  # not an OSError: caught on its own
-        raise ImageLoadError(_bomb_message(path, ann_file, err)) from err
+        raise ImageLoadError(decompression_bomb_message(path, ann_file, err)) from err
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
         raise ImageLoadError(
             f"Cannot decode image {path} (listed in {ann_file}): {type(err).__name__}: {err}. "

@@ -156,16 +156,27 @@ class SetCriterion(nn.Module):
         Logged-only metrics come with the unsuffixed main set only: class_error for the last
         layer, cardinality_error for every layer (``cardinality_error_i``, as the official)."""
 
-        def losses_of(out: dict, log_class: bool) -> dict[str, Tensor]:
-            match = indices if indices is not None else self.matcher(out, targets)
+        layers = [outputs, *outputs.get("aux_outputs", [])]
+        matches = [indices] * len(layers) if indices is not None else self.match(layers, targets)
+
+        def losses_of(out: dict, match: MatchIndices, log_class: bool) -> dict[str, Tensor]:
             return self._losses_for(
                 out, targets, match, num_boxes, log=log_class, log_cardinality=not suffix
             )
 
-        result = {f"{k}{suffix}": v for k, v in losses_of(outputs, not suffix).items()}
-        for i, aux in enumerate(outputs.get("aux_outputs", [])):
-            result.update({f"{k}{suffix}_{i}": v for k, v in losses_of(aux, False).items()})
+        result = {f"{k}{suffix}": v for k, v in losses_of(outputs, matches[0], not suffix).items()}
+        for i, (aux, match) in enumerate(zip(layers[1:], matches[1:], strict=True)):
+            result.update({f"{k}{suffix}_{i}": v for k, v in losses_of(aux, match, False).items()})
         return result
+
+    def match(self, layers: Sequence[dict], targets: list[dict[str, Tensor]]) -> list[MatchIndices]:
+        """The matcher's assignment for each prediction set of ``layers`` (e.g. every decoder
+        layer); a matcher with ``match_layers`` (:class:`HungarianMatcher`) does them all with
+        one device->host round trip."""
+        batched = getattr(self.matcher, "match_layers", None)
+        if batched is not None:
+            return batched(layers, targets)
+        return [self.matcher(out, targets) for out in layers]
 
     @staticmethod
     def normalise_num_boxes(
@@ -228,6 +239,7 @@ class SetCriterion(nn.Module):
         num_boxes: Tensor,
         log: bool,
     ) -> dict[str, Tensor]:
+        logits = logits.float()  # softmax / focal loss in float32 under bf16 or fp16 autocast
         if self.focal:
             onehot = torch.zeros_like(logits)
             onehot[matched + (labels,)] = 1.0
@@ -254,6 +266,7 @@ class SetCriterion(nn.Module):
     @staticmethod
     def _box_losses(src: Tensor, tgt: Tensor, num_boxes: Tensor) -> dict[str, Tensor]:
         """src, tgt: [K, 4] matched predicted / target boxes, normalised cxcywh."""
+        src, tgt = src.float(), tgt.float()  # GIoU's divisions in float32 under autocast
         loss_bbox = F.l1_loss(src, tgt, reduction="sum") / num_boxes
         # element-wise GIoU (linear in K) instead of the diagonal of a K x K matrix; eps=1e-7
         giou = generalized_box_iou_loss(
@@ -269,5 +282,6 @@ class SetCriterion(nn.Module):
             is_object = logits.max(-1).values > 0
         else:
             is_object = logits.argmax(-1) != logits.shape[-1] - 1
-        counts = torch.as_tensor([len(t["labels"]) for t in targets], device=logits.device)
+        counts = torch.tensor([len(t["labels"]) for t in targets])  # host list: copy, no sync
+        counts = counts.to(logits.device, non_blocking=True)
         return F.l1_loss(is_object.sum(1).float(), counts.float())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
@@ -83,14 +85,15 @@ class HungarianMatcher(nn.Module):
         return self.cost_class * cls + self.cost_bbox * l1 - self.cost_giou * giou
 
     @staticmethod
-    def _check_labels(targets: list[dict[str, Tensor]], num_classes: int) -> None:
-        labels = torch.cat([t["labels"].reshape(-1) for t in targets])
+    def _label_error(labels: Tensor, num_classes: int) -> str | None:
+        """The message for target labels outside [0, num_classes) (labels on the host)."""
         if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-            raise ValueError(
-                f"HungarianMatcher: target labels span [{labels.min().item()}, "
-                f"{labels.max().item()}] but the class head has {num_classes} real classes; "
+            return (
+                f"HungarianMatcher: target labels span [{int(labels.min())}, "
+                f"{int(labels.max())}] but the class head has {num_classes} real classes; "
                 "set num_classes to the dataset's class count (the no-object index is not a label)."
             )
+        return None
 
     @torch.no_grad()
     def forward(self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]]) -> MatchIndices:
@@ -108,42 +111,68 @@ class HungarianMatcher(nn.Module):
             on the device of the predictions; pred_idx is sorted ascending and query pred_idx[k]
             is assigned to target tgt_idx[k]. Images without targets give two empty tensors.
         """
-        # float32 cost even under autocast: bf16 ties would make the assignment arbitrary
-        logits, boxes = outputs["pred_logits"].float(), outputs["pred_boxes"].float()
-        if len(targets) != logits.shape[0]:
-            raise ValueError(
-                f"HungarianMatcher: got {len(targets)} target dicts for a batch of "
-                f"{logits.shape[0]} predictions; pass exactly one target dict per image."
-            )
-        if not targets:
+        return self.match_layers([outputs], targets)[0]
+
+    @torch.no_grad()
+    def match_layers(
+        self, layers: Sequence[dict[str, Tensor]], targets: list[dict[str, Tensor]]
+    ) -> list[MatchIndices]:
+        """:meth:`forward` for several prediction sets against the same targets (every decoder
+        layer): every cost block is computed on the device (in float32, also under autocast:
+        bf16 ties would make the assignment arbitrary), copied to the host in ONE transfer
+        with the labels' range, solved there, and the indices go back in one copy without a
+        sync. Returns one :data:`MatchIndices` per entry of ``layers``."""
+        if not layers:
             return []
-        self._check_labels(targets, logits.shape[-1] - (0 if self.focal else 1))
-        num_queries = logits.shape[1]
-        blocks = []
-        for b, tgt in enumerate(targets):
-            num_tgt = len(tgt["labels"])
-            if num_tgt > num_queries:
+        device = layers[0]["pred_logits"].device
+        for out in layers:
+            if len(targets) != out["pred_logits"].shape[0]:
                 raise ValueError(
-                    f"HungarianMatcher: image {b} has {num_tgt} targets but the model has only "
-                    f"{num_queries} queries; DETR predicts at most one object per query, so set "
-                    "num_queries >= the largest object count per image."
+                    f"HungarianMatcher: got {len(targets)} target dicts for a batch of "
+                    f"{out['pred_logits'].shape[0]} predictions; pass exactly one target dict "
+                    "per image."
                 )
-            blocks.append(self.cost_matrix(logits[b], boxes[b], tgt["labels"], tgt["boxes"]))
-        # one device->host copy for the whole batch instead of one sync per image
-        flat = torch.cat([c.reshape(-1) for c in blocks]).float().cpu()
-        costs = flat.split([c.numel() for c in blocks])
-        indices = []
-        for b, (block, cost) in enumerate(zip(blocks, costs, strict=True)):
+        if not targets:
+            return [[] for _ in layers]
+        num_classes = layers[0]["pred_logits"].shape[-1] - (0 if self.focal else 1)
+        labels = torch.cat([t["labels"].reshape(-1) for t in targets])
+        # clamped for the cost only: an out-of-range label must not fault the device before the
+        # host has read the range (sent with the costs) and raised the error that explains it
+        safe = labels.clamp(0, max(num_classes - 1, 0)).split([len(t["labels"]) for t in targets])
+        blocks = []
+        with torch.autocast(device.type, enabled=False):
+            for out in layers:
+                logits, boxes = out["pred_logits"].float(), out["pred_boxes"].float()
+                for b, tgt in enumerate(targets):
+                    if len(tgt["labels"]) > logits.shape[1]:
+                        raise ValueError(
+                            f"HungarianMatcher: image {b} has {len(tgt['labels'])} targets but "
+                            f"the model has only {logits.shape[1]} queries; DETR predicts at "
+                            "most one object per query, so set num_queries >= the largest "
+                            "object count per image."
+                        )
+                    blocks.append(self.cost_matrix(logits[b], boxes[b], safe[b], tgt["boxes"]))
+        extremes = torch.stack([labels.min(), labels.max()]) if labels.numel() else labels[:0]
+        # the one device->host copy of the step's matching
+        host = torch.cat([c.reshape(-1) for c in blocks] + [extremes.float()]).cpu()
+        costs = host[: host.numel() - extremes.numel()].split([c.numel() for c in blocks])
+        if error := self._label_error(host[host.numel() - extremes.numel() :], num_classes):
+            raise ValueError(error)
+        pairs, sizes = [], []
+        for k, (block, cost) in enumerate(zip(blocks, costs, strict=True)):
             if not torch.isfinite(cost).all():
                 raise ValueError(
-                    f"HungarianMatcher: the cost matrix of image {b} contains NaN/inf: the "
-                    "predictions are not finite (diverged training: lower the lr, clip gradients) "
-                    "or a target box has zero width and height (fix the annotation)."
+                    f"HungarianMatcher: the cost matrix of image {k % len(targets)} contains "
+                    "NaN/inf: the predictions are not finite (diverged training: lower the lr, "
+                    "clip gradients) or a target box has zero width and height (fix the "
+                    "annotation)."
                 )
             rows, cols = linear_sum_assignment(cost.view(block.shape).numpy())
             # scipy returns rows ascending already; kept explicit as callers rely on it
-            pred = torch.as_tensor(rows, dtype=torch.int64)
-            order = pred.argsort()
-            tgt_idx = torch.as_tensor(cols, dtype=torch.int64)[order]
-            indices.append((pred[order].to(logits.device), tgt_idx.to(logits.device)))
-        return indices
+            order = rows.argsort(kind="stable")
+            pairs += [torch.as_tensor(rows[order]), torch.as_tensor(cols[order])]
+            sizes += [len(rows)] * 2
+        flat = torch.cat(pairs).to(torch.int64).to(device, non_blocking=True).split(sizes)
+        per_image = [(flat[2 * k], flat[2 * k + 1]) for k in range(len(blocks))]
+        n = len(targets)
+        return [per_image[i * n : (i + 1) * n] for i in range(len(layers))]

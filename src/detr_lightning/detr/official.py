@@ -82,6 +82,11 @@ def read_official_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
             "official code also pickle argparse args; if you trust the file, re-save only the "
             "weights: torch.save({'model': torch.load(p, weights_only=False)['model']}, new_p)"
         ) from err
+    except (RuntimeError, EOFError) as err:  # torch's zip reader on a truncated/corrupt file
+        raise ValueError(
+            f"{path}: not a readable torch file ({str(err).splitlines()[0]}); it is probably "
+            "truncated or corrupt: download the release again and compare its size."
+        ) from err
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not ("class_embed.weight" in obj or is_panoptic(obj)):

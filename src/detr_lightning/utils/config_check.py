@@ -10,11 +10,16 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import (
+    InterpolationToMissingValueError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+)
 
 from detr_lightning.checkpointing.locate import SPECIAL, resolve_ckpt_path
 
@@ -79,10 +84,22 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
 def _select(cfg: DictConfig, key: str, errors: list[str]) -> Any:
     try:
         return OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=True)
+    except InterpolationToMissingValueError as err:
+        # e.g. data.test_images: ${.val_images} with val_images = ???: name the unset key.
+        found = re.search(r"Missing mandatory value: (\S+)", str(err))
+        target = found.group(1) if found else "the key it refers to"
+        message = f"{target} is not set (???). Fix: give {target}=<value> on the command line."
+        if message not in errors:
+            errors.append(message)
     except MissingMandatoryValue:
-        errors.append(f"{key} is not set (???). Fix: give {key}=<value> on the command line.")
+        message = f"{key} is not set (???). Fix: give {key}=<value> on the command line."
+        if message not in errors:
+            errors.append(message)
     except OmegaConfBaseException as err:
-        errors.append(f"{key} cannot be resolved ({err}). Fix: correct the value or interpolation.")
+        first = str(err).splitlines()[0]
+        errors.append(
+            f"{key} cannot be resolved ({first}). Fix: correct the value or interpolation."
+        )
     return _ABSENT
 
 
@@ -106,7 +123,7 @@ def _check_data_paths(cfg: DictConfig, stage: str, errors: list[str]) -> None:
     if data is None or data.get("generate_shapes") is not None:
         return  # generated data is written by prepare_data on first use
     for name in _data_keys(cfg, stage):
-        if name not in data:
+        if name not in data.keys():  # ("in" is False for ??? values, which must be reported)
             continue
         key = f"data.{name}"
         value = _select(cfg, key, errors)
@@ -142,8 +159,14 @@ def resolve_special_ckpt_path(cfg: DictConfig, stage: str = "fit") -> None:
     value = cfg.get("ckpt_path")
     if value not in SPECIAL:
         return
-    root = OmegaConf.select(cfg, "paths.root_dir", default=None) or os.getcwd()
-    experiment = str(cfg.get("experiment_name") or "")
+    try:
+        root = OmegaConf.select(cfg, "paths.root_dir", default=None) or os.getcwd()
+        experiment = str(OmegaConf.select(cfg, "experiment_name", default=None) or "")
+    except OmegaConfBaseException as err:  # ${hydra:...} outside a Hydra app
+        raise ConfigError(
+            f"ckpt_path={value}: cannot tell the experiment's output folder ({err}). Fix: give "
+            "the checkpoint's path, or set experiment_name and paths.root_dir."
+        ) from err
     resolved = resolve_ckpt_path(value, root, experiment, required=stage in _NEEDS_WEIGHTS)
     log.info("ckpt_path=%s -> %s", value, resolved or "none found: starting from scratch")
     with open_dict(cfg):

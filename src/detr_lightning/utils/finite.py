@@ -124,8 +124,12 @@ def check_predictions(module: Any, outputs: Any, batch_idx: int, stage: str = "t
     """Raise NonFiniteLossError (on every process together) when a model output is NaN/inf.
 
     Called right after the forward pass, before the criterion and its matcher see the outputs
-    (pred_logits, pred_boxes, aux_outputs and whatever else the model returns)."""
-    named = list(floating_tensors(outputs))
+    (every ``pred_*`` tensor: pred_logits, pred_boxes, their aux/encoder/denoising copies)."""
+    # Only the predictions (pred_logits, pred_boxes, pred_masks at any depth: aux, encoder and
+    # denoising outputs too): internal tensors may hold a deliberate -inf (masked scores).
+    named = [
+        (n, t) for n, t in floating_tensors(outputs) if n.rsplit(".", 1)[-1].startswith("pred_")
+    ]
     if not named:
         return
     ok = torch.stack([torch.isfinite(t.detach()).all() for _, t in named]).float()

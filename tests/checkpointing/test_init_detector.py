@@ -1,0 +1,48 @@
+"""model.init_detector: a Lightning checkpoint's detector starts a (panoptic) model's detector."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lit import tiny_lit
+from panoptic_support import tiny_detector, tiny_panoptic_lit
+
+from detr_lightning.checkpointing.init_detector import detector_state_dict, load_detector
+from detr_lightning.checkpointing.validate import CheckpointLoadError
+from detr_lightning.lit_module import LitDETR
+
+
+def _ckpt(tmp_path, model: LitDETR, name: str = "stage1.ckpt") -> str:
+    path = str(tmp_path / name)
+    torch.save({"state_dict": model.state_dict(), "epoch": 3}, path)
+    return path
+
+
+def test_detector_checkpoint_fills_the_detector_and_keeps_the_mask_head(tmp_path) -> None:
+    stage1 = tiny_panoptic_lit()  # its detector, saved as a plain-detector LitDETR would be
+    detector_only = {f"net.{k}": v for k, v in stage1.net.detr.state_dict().items()}
+    path = str(tmp_path / "stage1.ckpt")
+    torch.save({"state_dict": {**detector_only, "criterion.empty_weight": torch.ones(9)}}, path)
+    stage2 = tiny_panoptic_lit(freeze_detr=True)
+    head = {k: v.clone() for k, v in stage2.net.mask_head.state_dict().items()}
+    report = load_detector(stage2, path)
+    assert report["loaded"] == len(stage1.net.detr.state_dict())
+    for key, value in stage1.net.detr.state_dict().items():
+        assert torch.equal(stage2.net.detr.state_dict()[key], value), key
+    assert all(torch.equal(stage2.net.mask_head.state_dict()[k], v) for k, v in head.items())
+    assert not any(p.requires_grad for p in stage2.net.detr.parameters())  # still frozen
+    # A panoptic checkpoint (net.detr.*) gives its detector too.
+    assert detector_state_dict(stage2.state_dict()).keys() == stage2.net.detr.state_dict().keys()
+
+
+def test_wrong_files_are_named_with_the_fix(tmp_path) -> None:
+    model = tiny_panoptic_lit()
+    with pytest.raises(CheckpointLoadError, match="model.init_detector=.*nope.ckpt"):
+        load_detector(model, tmp_path / "nope.ckpt")
+    official = str(tmp_path / "official.pth")
+    torch.save({"model": tiny_detector().state_dict()}, official)
+    with pytest.raises(CheckpointLoadError, match="not a Lightning checkpoint"):
+        load_detector(model, official)
+    other = _ckpt(tmp_path, tiny_lit())  # a ResNet-18 detector: another architecture
+    with pytest.raises(CheckpointLoadError, match="does not fit.*backbone"):
+        load_detector(model, other)

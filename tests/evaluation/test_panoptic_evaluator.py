@@ -1,0 +1,155 @@
+"""PanopticEvaluator: perfect predictions score 1, per-image PQ equals panopticapi's, a padded
+repeat counts once, and a 2-process gloo evaluation equals the single-process one exactly."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from detr_lightning.data.coco_panoptic import CocoPanopticDataset
+from detr_lightning.data.collate import collate
+from detr_lightning.data.shapes import generate_shapes_dataset
+from detr_lightning.detr.panoptic_postprocess import PostProcessPanoptic, PostProcessSegm
+from detr_lightning.evaluation import PanopticQualityMetric
+from detr_lightning.evaluation.panoptic_evaluator import (
+    PQ_KEYS,
+    ImagePanopticQuality,
+    PanopticEvaluator,
+    format_pq_table,
+)
+
+Q = 12
+
+
+def _evaluator() -> PanopticEvaluator:
+    return PanopticEvaluator(
+        functools.partial(PostProcessPanoptic, threshold=0.5, min_area=1), PostProcessSegm()
+    )
+
+
+def _dataset(root) -> CocoPanopticDataset:
+    # No resize: processed size == original size, so exact masks stay exact.
+    ann = root / "annotations" / "panoptic_val.json"
+    return CocoPanopticDataset(root / "val", ann)
+
+
+def fake_outputs(ds: CocoPanopticDataset, index: int, noise: bool) -> tuple[dict, object]:
+    """One image's batch and outputs: a query per ground-truth segment (label 10 logits above
+    the rest, mask logits +-8); with ``noise`` (a function of the image id) masks shifted by up
+    to 3 px, one segment missed and one false rectangle added."""
+    batch = collate([ds[index]])
+    target = batch.targets[0]
+    gt = ds.ground_truth(int(target["image_id"]))
+    label = {c: i for i, c in enumerate(ds.label_to_category_id)}
+    h, w = gt["ids"].shape
+    logits = torch.full((Q, ds.num_classes + 1), -10.0)
+    logits[:, -1] = 10.0  # no object
+    masks = torch.full((Q, h, w), -8.0)
+    gen = torch.Generator().manual_seed(int(target["image_id"]))
+    segments = [s for s in gt["segments_info"] if not s["iscrowd"]][: Q - 1]
+    if noise and segments:
+        segments.pop(int(torch.randint(len(segments), (1,), generator=gen)))
+    for k, seg in enumerate(segments):
+        mask = gt["ids"] == seg["id"]
+        if noise:
+            dy, dx = (int(v) for v in torch.randint(-3, 4, (2,), generator=gen))
+            mask = torch.roll(mask, (dy, dx), (0, 1))
+        masks[k][mask] = 8.0
+        logits[k, -1], logits[k, label[seg["category_id"]]] = -10.0, 10.0
+    if noise:
+        y, x = (int(v) for v in torch.randint(0, min(h, w) // 2, (2,), generator=gen))
+        masks[Q - 1, y : y + 20, x : x + 20] = 9.0
+        logits[Q - 1, -1] = -10.0
+        logits[Q - 1, int(torch.randint(ds.num_classes, (1,), generator=gen))] = 10.0
+    return {"pred_logits": logits[None], "pred_masks": masks[None]}, batch
+
+
+def _update(evaluator: PanopticEvaluator, ds, indices, noise: bool = True) -> None:
+    for i in indices:
+        outputs, batch = fake_outputs(ds, i, noise)
+        evaluator.update(outputs, batch.pixel_values, batch.targets, ds)
+
+
+@pytest.fixture(scope="module")
+def shapes_root(tmp_path_factory):
+    return generate_shapes_dataset(tmp_path_factory.mktemp("pq") / "shapes", train=1, val=5)
+
+
+def test_perfect_predictions_score_one(shapes_root) -> None:
+    ds = _dataset(shapes_root)
+    evaluator = _evaluator()
+    _update(evaluator, ds, range(len(ds)), noise=False)
+    values = evaluator.compute()
+    assert {k: values[k] for k in PQ_KEYS} == {k: 1.0 for k in PQ_KEYS}
+    assert values["segm_AP"] == pytest.approx(1.0) and values["segm_AP50"] == pytest.approx(1.0)
+    assert evaluator.compute() == {}  # reset after compute
+
+
+def test_per_image_pq_equals_panopticapi_and_counts_a_repeat_once(shapes_root) -> None:
+    ds = _dataset(shapes_root)
+    evaluator, reference = _evaluator(), PanopticQualityMetric(ds.categories)
+    _update(evaluator, ds, [*range(len(ds)), len(ds) - 1])  # the last image twice (DDP padding)
+    for i in range(len(ds)):  # the same predictions through panopticapi's definition
+        outputs, batch = fake_outputs(ds, i, noise=True)
+        result = PostProcessPanoptic(ds.is_thing, threshold=0.5, min_area=1)(
+            outputs, [batch.targets[0]["size"].tolist()]
+        )[0]
+        info = [dict(s, category_id=ds.label_to_category_id[s["category_id"]])
+                for s in result["segments_info"]]  # fmt: skip
+        gt = ds.ground_truth(int(batch.targets[0]["image_id"]))
+        reference.update({"ids": result["segment_map"], "segments_info": info}, gt)
+    values, expected = evaluator.compute(), reference.compute()
+    assert 0.2 < values["PQ"] < 0.95  # noisy: neither trivial nor perfect
+    assert {k: values[k] for k in PQ_KEYS} == pytest.approx(expected, abs=1e-12)
+    assert 0.0 < values["segm_AP"] < 1.0
+
+
+def _ddp_worker(rank: int, init_file: str, root: str, out: torch.Tensor) -> None:
+    from pathlib import Path
+
+    from torch.utils.data import DistributedSampler
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    ds = _dataset(Path(root))
+    evaluator = _evaluator()
+    # What Lightning does: a padded shard per rank (5 images: rank 1 repeats one).
+    _update(evaluator, ds, list(DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=False)))
+    values = evaluator.compute()
+    out[rank] = torch.tensor([values[k] for k in (*PQ_KEYS, "segm_AP", "segm_AP50")],
+                             dtype=torch.float64)  # fmt: skip
+    dist.destroy_process_group()
+
+
+def test_two_process_gloo_evaluation_equals_single_process(shapes_root, tmp_path) -> None:
+    out = torch.zeros(2, len(PQ_KEYS) + 2, dtype=torch.float64).share_memory_()
+    mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), str(shapes_root), out), nprocs=2)
+    single = _evaluator()
+    _update(single, _dataset(shapes_root), range(5))
+    values = single.compute()
+    expected = [values[k] for k in (*PQ_KEYS, "segm_AP", "segm_AP50")]
+    assert torch.equal(out[0], out[1])
+    assert out[0].tolist() == expected  # exactly, not approximately
+
+
+def test_image_metric_rows_survive_images_without_segments() -> None:
+    metric = ImagePanopticQuality()
+    cats = [{"id": 1, "isthing": 1}, {"id": 2, "isthing": 0}]
+    empty = {"ids": torch.zeros(4, 4, dtype=torch.long), "segments_info": []}
+    metric.update(empty, empty, 7, cats)
+    assert metric.compute() == {k: 0.0 for k in PQ_KEYS}
+
+
+def test_pq_table_layout() -> None:
+    metrics = dict(zip(PQ_KEYS, [0.5, 0.8, 0.625, 0.6, 0.9, 2 / 3, 0.4, 0.7, 4 / 7], strict=True))
+    table = format_pq_table(metrics, title="t")
+    lines = table.splitlines()
+    assert lines[0] == "t" and lines[1].split("|")[1].split() == ["PQ", "SQ", "RQ"]
+    assert lines[3].split("|")[1].split() == ["50.0", "80.0", "62.5"]
+    assert lines[4].startswith("Things") and lines[5].startswith("Stuff")
+    assert format_pq_table({"AP": 0.3}) == ""
+    assert not math.isnan(float(lines[5].split()[-1]))

@@ -1,0 +1,131 @@
+"""Every bad checkpoint fails with one message naming the file, the reason and the fix, for
+``ckpt_path=`` (train, eval, predict) as for ``model.pretrained=``; nothing is ever unpickled
+unsafely."""
+
+from __future__ import annotations
+
+import builtins
+from pathlib import Path
+
+import pytest
+import torch
+from lit import loader, quiet_trainer
+from reliability_support import compose_cfg, official_state_dict, run, small_lit
+
+from detr_lightning.checkpointing.pretrained import load_pretrained
+from detr_lightning.checkpointing.validate import (
+    CheckpointLoadError,
+    check_lightning_checkpoint,
+    read_checkpoint,
+)
+from detr_lightning.utils.build import build_run
+
+
+class _Payload:
+    """Unpickling it would create ``path``: proof of code execution."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (builtins.exec, (f"open({self.path!r}, 'w').close()",))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """A real Lightning checkpoint (1 step of the tiny model) and broken variants of it, plus
+    official-format release files."""
+    d = tmp_path_factory.mktemp("ckpts")
+    trainer = quiet_trainer(d, max_steps=1)
+    trainer.fit(small_lit(), train_dataloaders=loader(1))
+    good = d / "good.ckpt"
+    trainer.save_checkpoint(good)
+    data = good.read_bytes()
+    (d / "truncated.ckpt").write_bytes(data[: len(data) // 2])
+    (d / "empty.ckpt").write_bytes(b"")
+    torch.save({"state_dict": {}, "x": _Payload(str(d / "PWNED"))}, d / "unsafe.ckpt")
+    official = official_state_dict(small_lit().net)
+    torch.save({"model": official}, d / "release.pth")
+    (d / "release_truncated.pth").write_bytes((d / "release.pth").read_bytes()[:5000])
+    torch.save({"model": official, "args": _Payload(str(d / "PWNED"))}, d / "release_unsafe.pth")
+    return {p.stem: p for p in d.iterdir()}
+
+
+@pytest.mark.parametrize("name", ["truncated", "empty"])
+def test_truncated_checkpoint_is_named(files, name: str) -> None:
+    with pytest.raises(CheckpointLoadError) as err:
+        read_checkpoint(files[name])
+    msg = str(err.value)
+    assert f"ckpt_path={files[name]}" in msg and "truncated or corrupt" in msg and "Fix:" in msg
+
+
+def test_unsafe_checkpoint_is_refused_unexecuted(files) -> None:
+    with pytest.raises(CheckpointLoadError) as err:
+        read_checkpoint(files["unsafe"])
+    msg = str(err.value)
+    assert f"ckpt_path={files['unsafe']}" in msg and "unsafe unpickling" in msg
+    assert "exec" in msg and "Fix:" in msg  # torch's reason: the blocked global
+    assert not (files["unsafe"].parent / "PWNED").exists()
+
+
+def test_other_architecture_and_class_count_are_named(files) -> None:
+    checkpoint = read_checkpoint(files["good"])
+    check_lightning_checkpoint(checkpoint, small_lit(), str(files["good"]))  # fits: no error
+    with pytest.raises(
+        CheckpointLoadError, match=r"query_embed.weight \(5, 32\) vs model \(7, 32\)"
+    ):
+        check_lightning_checkpoint(checkpoint, small_lit(num_queries=7), str(files["good"]))
+    with pytest.raises(CheckpointLoadError) as err:
+        check_lightning_checkpoint(checkpoint, small_lit(num_classes=6), str(files["good"]))
+    msg = str(err.value)
+    assert f"ckpt_path={files['good']}" in msg and "trained with 3 classes" in msg
+    assert "has 6" in msg and "class_embed.weight" in msg and "Fix:" in msg
+
+
+def test_release_file_given_as_ckpt_path_says_use_pretrained(files) -> None:
+    with pytest.raises(CheckpointLoadError, match="model.pretrained=PATH"):
+        check_lightning_checkpoint(read_checkpoint(files["release"]), small_lit(), "x.pth")
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [("release_truncated", "truncated or corrupt"), ("release_unsafe", "unsafe unpickling"),
+     ("good", "a Lightning checkpoint of this project")],
+)  # fmt: skip
+def test_pretrained_errors_are_named(files, name: str, reason: str) -> None:
+    with pytest.raises(CheckpointLoadError) as err:
+        load_pretrained(small_lit(), files[name])
+    msg = str(err.value)
+    assert msg.startswith(f"model.pretrained={files[name]}: ") and reason in msg
+    assert not (files[name].parent / "PWNED").exists()
+
+
+def test_pretrained_of_another_architecture_is_named(files) -> None:
+    with pytest.raises(CheckpointLoadError) as err:
+        load_pretrained(small_lit(num_queries=7), files["release"])
+    msg = str(err.value)
+    assert msg.startswith(f"model.pretrained={files['release']}: ") and "query_embed" in msg
+    assert "Check that" in msg  # official.py's fix
+
+
+@pytest.mark.parametrize("stage", ["fit", "test", "predict"])
+@pytest.mark.parametrize("name", ["truncated", "unsafe", "good"])
+def test_entry_points_name_the_checkpoint(files, tmp_path, shapes_root, stage: str,
+                                          name: str) -> None:  # fmt: skip
+    """build_run is what train/eval/predict start with; "good" is the tiny model's checkpoint,
+    which does not fit the shapes model."""
+    config = "train" if stage == "fit" else ("eval" if stage == "test" else "predict")
+    cfg = compose_cfg([f"paths.shapes_dir={shapes_root}", f"ckpt_path={files[name]}"], tmp_path,
+                      name=config)  # fmt: skip
+    with pytest.raises(CheckpointLoadError) as err:
+        build_run(cfg, stage)
+    assert f"ckpt_path={files[name]}" in str(err.value) and "Fix:" in str(err.value)
+
+
+@pytest.mark.slow  # the in-process build_run test above covers the message; this, the exit
+def test_cli_names_a_truncated_checkpoint(files, tmp_path, shapes_root) -> None:
+    proc = run("eval", [f"paths.shapes_dir={shapes_root}", f"ckpt_path={files['truncated']}"],
+               tmp_path, timeout=300)  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"ckpt_path={files['truncated']}: the file is truncated or corrupt" in out

@@ -1,0 +1,48 @@
+"""Fine-tuning reads the release file once, where the model is built: the final test metrics come
+from the trained weights, never from a re-read of the file."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from cli import TINY
+from reliability_support import WeightSpy, compose_cfg, official_state_dict
+
+import detr_lightning.checkpoint as public_api
+from detr_lightning.train import train
+from detr_lightning.utils.build import build_datamodule, build_model
+
+
+def test_tested_weights_are_the_trained_ones(tmp_path, shapes_root, monkeypatch) -> None:
+    cfg = compose_cfg(["experiment=shapes_plain", "schedule=smoke", f"paths.shapes_dir={shapes_root}",
+                       *TINY, "trainer.limit_train_batches=2", "trainer.max_time=null",
+                       "model.optimizer.lr=1e-3", "model.lr_backbone=1e-3", "logger=none",
+                       "trainer.max_epochs=1",
+                       # No checkpoint callback: train.py tests the in-memory weights, the case
+                       # where LitDETR.setup() used to re-load the release over them.
+                       "callbacks.model_checkpoint=null", "+trainer.enable_checkpointing=false",
+                       "callbacks.val_images=null", "+callbacks.spy._target_=reliability_support.WeightSpy"],
+                      tmp_path)  # fmt: skip
+    # An official-format release of exactly this architecture, from random weights.
+    release = official_state_dict(build_model(copy.deepcopy(cfg), build_datamodule(cfg)).net)
+    torch.save({"model": release}, tmp_path / "release.pth")
+    cfg.model.pretrained = str(tmp_path / "release.pth")
+
+    reads = []
+    load = public_api.load_pretrained_into
+    monkeypatch.setattr(public_api, "load_pretrained_into",
+                        lambda net, path: reads.append(path) or load(net, path))  # fmt: skip
+    WeightSpy.seen.clear()
+    metrics = train(cfg)
+
+    assert reads == [str(tmp_path / "release.pth")]  # once, at build time
+    assert "AP" in metrics
+    seen = WeightSpy.seen
+    file_weights = {k.replace("backbone.0.", "backbone.", 1).replace("backbone.1.", "position_encoding.", 1): v
+                    for k, v in release.items()}  # fmt: skip
+    for key in ("class_embed.weight", "transformer.decoder.layers.0.linear1.weight",
+                "input_proj.weight", "query_embed.weight"):  # fmt: skip
+        assert torch.equal(seen["fit_start"][key], file_weights[key]), key  # started from it
+        assert torch.equal(seen["test_start"][key], seen["train_end"][key]), key  # tested = trained
+        assert not torch.equal(seen["test_start"][key], file_weights[key]), key  # not the file's

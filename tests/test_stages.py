@@ -1,0 +1,103 @@
+"""Multi-stage training (``stages:``, head=panoptic): every panoptic preset and its stages
+compose and instantiate; a short two-stage CPU run trains stage 2 on stage 1's frozen detector."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from cli import TINY, run_cli, run_dirs
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
+
+from detr_lightning.data.shapes import generate_shapes_dataset
+from detr_lightning.detr.segmentation import DETRsegm
+from detr_lightning.evaluation.panoptic_evaluator import PQ_KEYS
+from detr_lightning.stages import stage_overrides
+from detr_lightning.utils import conf_dir
+
+PANOPTIC = ["shapes_panoptic", "r50_panoptic", "dc5_r50_panoptic", "r101_panoptic"]
+
+
+def _compose(overrides: list[str]):
+    with initialize_config_dir(conf_dir(), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def _on_meta(cfg):
+    with open_dict(cfg):
+        cfg.model.num_classes = 134
+        if "pretrained" in cfg.model.net.backbone:
+            cfg.model.net.backbone.pretrained = False
+    with torch.device("meta"):
+        return instantiate(cfg.model, _convert_="all")
+
+
+@pytest.mark.parametrize("name", PANOPTIC)
+def test_panoptic_presets_and_their_stages_compose_and_instantiate(name: str) -> None:
+    base = [f"experiment={name}"]
+    cfg = _compose(base)
+    assert cfg.task == "panoptic" and "Panoptic" in cfg.data._target_
+    lit = _on_meta(cfg)  # the joint model (stages=null)
+    assert isinstance(lit.net, DETRsegm) and not lit.net.freeze_detr and lit.net.matcher
+    assert "masks" in lit.criterion.losses
+    assert lit.criterion.weight_dict["loss_mask"] == lit.criterion.weight_dict["loss_dice"] == 1
+    assert lit.val_panoptic is not None and cfg.callbacks.model_checkpoint.monitor == "val/PQ"
+    (first, one), (second, two) = stage_overrides(cfg)
+    assert (first, second) == ("detector", "masks")
+    detector = _compose([*base, *one, "stages=null"])
+    assert detector.stages is None and detector.callbacks.model_checkpoint.monitor == "val/AP"
+    lit = _on_meta(detector)
+    assert not isinstance(lit.net, DETRsegm) and "masks" not in lit.criterion.losses
+    masks = _compose([*base, *two, "stages=null"])
+    lit = _on_meta(masks)
+    assert isinstance(lit.net, DETRsegm) and lit.net.freeze_detr
+    assert not any(p.requires_grad for p in lit.net.detr.parameters())
+    if name == "shapes_panoptic":  # wall budgets: 11 + 4 minutes
+        assert (detector.model.lr_schedule.budget_min, masks.model.lr_schedule.budget_min) == (
+            11, 4)  # fmt: skip
+    else:  # the paper's recipe: the detector's 500 epochs, then 25 epochs with a drop at 15
+        assert (detector.trainer.max_epochs, masks.trainer.max_epochs) == (500, 25)
+        assert list(masks.model.lr_schedule.drop_epochs) == [15]
+        assert masks.trainer.strategy is not None and masks.logger.wandb
+        assert masks.model.net.backbone.dilation == name.startswith("dc5")
+        assert masks.model.net.backbone.name == ("resnet101" if "101" in name else "resnet50")
+
+
+def test_stage_overrides_accept_mappings_with_dropped_entries_and_lists() -> None:
+    cfg = OmegaConf.create({"stages": {"a": {"x": "k=1", "y": None}, "b": ["m=2", "n=3"]}})
+    assert stage_overrides(cfg) == [("a", ["k=1"]), ("b", ["m=2", "n=3"])]
+
+
+def test_head_panoptic_joint_training_is_one_stage_away() -> None:
+    cfg = _compose(["experiment=shapes_panoptic", "stages=null"])
+    assert cfg.stages is None and not cfg.model.segmentation.freeze_detr
+
+
+def test_two_stage_cpu_run_freezes_stage_one_detector(tmp_path: Path) -> None:
+    root = generate_shapes_dataset(tmp_path / "shapes", train=8, val=4)
+    out = run_cli("train", [
+        "experiment=shapes_panoptic", f"paths.shapes_dir={root}", *TINY, "schedule=smoke",
+        "stages.detector.budget=null", "stages.masks.schedule=null",  # smoke: no budget
+    ], tmp_path)  # fmt: skip
+    assert "=== stage 1/2: detector" in out and "=== stage 2/2: masks" in out
+    run = run_dirs(out)[-1]
+    summary = json.loads((run / "metrics.json").read_text())
+    assert set(PQ_KEYS) | {"AP", "segm_AP"} <= set(summary)
+    stages = summary["run"]["stages"]
+    assert list(stages) == ["detector", "masks"]
+    assert f"initialised the detector from {stages['detector']['checkpoint']}" in out
+    first = torch.load(stages["detector"]["checkpoint"], map_location="cpu")["state_dict"]
+    second = torch.load(stages["masks"]["checkpoint"], map_location="cpu")["state_dict"]
+    detector = {k: v for k, v in first.items() if k.startswith("net.")}
+    assert detector and not any(k.startswith("net.detr.") for k in detector)
+    # Stage 2 trained the mask head only: its detector is stage 1's, tensor for tensor
+    # (BatchNorm statistics too: the frozen detector stays in eval mode).
+    for key, value in detector.items():
+        assert torch.equal(second["net.detr." + key[len("net.") :]], value), key
+    assert any(k.startswith("net.mask_head.") for k in second)
+    for row in ("All", "Things", "Stuff"):
+        assert f"\n{row:10}|" in out
