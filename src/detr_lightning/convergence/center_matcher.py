@@ -46,7 +46,7 @@ class CenterMatcher(nn.Module):
         if "cells" not in outputs:
             raise KeyError(
                 "CenterMatcher needs outputs['cells'] (the tokens' cell boxes); only dense "
-                "encoder outputs (enc_outputs of two_stage / encoder_aux_head models) have them."
+                "outputs (enc_outputs of queries=proposals / aux_head models) have them."
             )
         indices = []
         for cells, target in zip(outputs["cells"], targets, strict=True):

@@ -1,12 +1,11 @@
-"""Convolutional dense proposals and peak query selection (the ``proposal_head="conv"`` lever).
+"""Convolutional dense proposals and peak query selection (``proposal_head=conv``).
 
 A drop-in alternative to :class:`~detr_lightning.convergence.proposals.EncoderProposals` for
 two-stage query selection, built like a one-stage detector's head (FCOS): a tower of 3x3
 convolutions over the memory laid back out as a map, then per-cell class logits and a box given
-as log distances from the cell centre to its four sides, in cells. Measured on the shapes data
-(README, convergence section), this head trained by CenterMatcher learns in minutes from random
-initialisation, where the per-token MLP head of ``EncoderProposals`` had barely left chance: the
-3x3 tower sees each cell's neighbourhood, and the log-distance box needs no anchor size.
+as log distances from the cell centre to its four sides, in cells: the 3x3 tower sees each
+cell's neighbourhood, and the log-distance box needs no anchor size (docs/convergence.md compares
+it with the per-token head).
 
 Query selection keeps only *peaks*: cells whose best class probability is the largest of their
 3x3 neighbourhood (CenterNet's max-pool filter). CenterMatcher makes several cells around an
@@ -15,8 +14,7 @@ the peaks are mostly one per object, and the decoder's one-to-one matching then 
 set with few duplicates instead of having to learn to suppress them. An image with fewer peaks
 than queries fills the rest with its best other cells; their class prior (the logits the
 decoder starts from under ``class_prior``) is lowered by ``NON_PEAK_DEMOTION`` so that they
-start as "no object": with their own logits they were confident duplicates, and the final AP of
-the shapes preset went from 0.257 to 0.389 with this change (README).
+start as "no object" rather than as confident duplicates.
 """
 
 from __future__ import annotations

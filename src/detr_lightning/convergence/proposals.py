@@ -1,20 +1,17 @@
-"""Two-stage query selection: encoder tokens propose boxes, the best ones seed the decoder.
+"""Per-token (linear) proposals: every encoder token proposes a class and a box.
 
-Each encoder token (one cell of the feature map) predicts a class and a box relative to an anchor
-centred on its cell. The ``num_queries`` highest-scoring proposals become the decoder's queries:
-their boxes (detached) are the initial reference boxes that ``box_refine`` then refines, and
-their projected encoder features (detached) are the content queries. This is the query selection
-of Deformable DETR's two-stage variant as used by DINO and RT-DETR.
+Each token (one cell of the feature map) predicts a class and a box relative to an anchor centred
+on its cell; :meth:`EncoderProposals.select` takes the ``k`` highest-scoring ones as decoder
+queries: their boxes (detached) are the reference boxes that box refinement then refines, their
+projected features (detached) the content queries. This is the query selection of Deformable
+DETR's two-stage variant as used by DINO and RT-DETR, the ``proposal_head=linear`` option of
+:class:`~detr_lightning.convergence.queries.ProposalQueries` (``conv`` is
+:mod:`~detr_lightning.convergence.conv_proposals`). The proposals are trained densely, right at
+the feature map (``ConvergenceCriterion``: CenterMatcher or Hungarian one-to-many), a local
+signal for a randomly initialised backbone. Measurements: docs/convergence.md.
 
-Why it should help a randomly initialised backbone: the encoder proposals are supervised
-densely, right at the feature map (``SetCriterion.encoder_matcher``, e.g. CenterMatcher, or
-``encoder_matches``: every target is assigned to several tokens), a direct, local learning
-signal instead of one that must first pass through cross-attention from a few matched queries.
-The same head also serves without query selection, as a training-only auxiliary head
-(``AcceleratedDETR(encoder_aux_head=True)``). Measured (README, convergence section): with box
-refinement, two-stage fits 16 images much faster (AP 0.49 against 0.13 after 200 steps) but
-did not raise validation AP within 4 minutes, and with CenterMatcher its first epoch on shapes
-reached AP 0.001 against the aux-head preset's 0.016.
+The helpers at the bottom (best class probability, token count check, gathering) are shared
+with the conv head.
 """
 
 from __future__ import annotations
