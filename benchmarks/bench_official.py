@@ -9,7 +9,7 @@ weights through :func:`~detr_lightning.detr.official.convert_official_state_dict
 Training step (batch ``--batch`` at ``--size``², random targets, aux losses): forward, set
 loss, backward, clip at 0.1, AdamW with the two learning rates: the official loop as in its
 ``engine.py`` (``torch.optim.AdamW`` defaults) and ours as ``LitDETR`` runs it (the optimizer of
-conf/model/detr.yaml). Inference: one image, eval mode, no gradients: the official model,
+conf/model/detr.yaml), in float32 and under ``trainer.precision=bf16-mixed``. Inference: one image, eval mode, no gradients: the official model,
 ours as validation runs it, and ours as ``predict`` runs it
 (:func:`~detr_lightning.detr.fast_inference.prepare_for_inference`: folded BatchNorms,
 channels-last; also in bf16, and compiled with ``--compile``). The variants run interleaved,
@@ -26,7 +26,6 @@ import os
 import statistics
 import sys
 import time
-import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -93,13 +92,18 @@ def our_optimizer(model: nn.Module, **override) -> torch.optim.Optimizer:
     return instantiate(node, **override)(_param_groups(model))
 
 
-def our_train_step(model, pixels, mask, targets, **optimizer_override) -> Callable[[], None]:
+def our_train_step(
+    model, pixels, mask, targets, bf16: bool = False, **optimizer_override
+) -> Callable[[], None]:
+    """LitDETR's step; ``bf16``: forward and loss under bf16 autocast, as Lightning's
+    ``trainer.precision=bf16-mixed`` runs them (the matcher and the losses stay float32)."""
     criterion = SetCriterion(91, HungarianMatcher())
     optimizer = our_optimizer(model, **optimizer_override)
 
     def step() -> None:  # LitDETR.training_step + Lightning's zero_grad / clip / step
-        outputs = model(pixels, mask, targets=targets)
-        total = criterion.weighted_total(criterion(outputs, targets))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            outputs = model(pixels, mask, targets=targets)
+            total = criterion.weighted_total(criterion(outputs, targets))
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
@@ -115,14 +119,6 @@ def ours_like(official: nn.Module, **backbone_kwargs) -> nn.Module:
     if backbone_kwargs:
         model.backbone = Backbone("resnet50", **backbone_kwargs)
     model.load_state_dict(convert_official_state_dict(official.state_dict()))
-    return model
-
-
-def torch_attention(model: nn.Module) -> nn.Module:
-    """``model`` with every attention module running nn.MultiheadAttention's own forward."""
-    for module in model.modules():
-        if isinstance(module, nn.MultiheadAttention):
-            module.forward = types.MethodType(nn.MultiheadAttention.forward, module)
     return model
 
 
@@ -169,7 +165,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--ablate", action="store_true", help="one lever off at a time")
-    parser.add_argument("--compile", action="store_true", help="also torch.compile inference")
+    parser.add_argument("--compile", action="store_true", help="also compiled (minutes)")
     parser.add_argument("--quick", action="store_true", help="3 rounds, no ablation")
     parser.add_argument("--only", choices=("train", "inference"), help="one half only")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice; "
@@ -204,18 +200,28 @@ def main() -> int:
 def time_training(args, official, official_criterion, pixels, mask, targets, rounds) -> dict:
     """Interleaved training steps: official, ours (and with ``--ablate`` one lever off each)."""
     train = {
-        "official": official_train_step(official.train(), official_criterion, pixels, mask,
-                                        targets),  # fmt: skip
+        "official": official_train_step(
+            official.train(), official_criterion, pixels, mask, targets
+        ),  # fmt: skip
         "ours": our_train_step(ours_like(official).train(), pixels, mask, targets),
+        "ours, bf16-mixed": our_train_step(
+            ours_like(official).train(), pixels, mask, targets, bf16=True
+        ),
     }
+    if args.compile:
+        compiled = ours_like(official).train()
+        compiled.compile()  # what model.compile=true does (LitDETR.configure_model)
+        train["ours, model.compile=true"] = step = our_train_step(compiled, pixels, mask, targets)
+        start = time.perf_counter()
+        step()
+        print(f"[official] model.compile=true: first training step (compiles) "
+              f"{time.perf_counter() - start:.0f} s")  # fmt: skip
     if args.ablate and not args.quick:
         train |= {
             "ours, BatchNorm not fused": our_train_step(
                 ours_like(official, fuse_frozen_bn=False).train(), pixels, mask, targets),
             "ours, NCHW": our_train_step(
                 ours_like(official, channels_last=False).train(), pixels, mask, targets),
-            "ours, torch MultiheadAttention": our_train_step(
-                torch_attention(ours_like(official)).train(), pixels, mask, targets),
             "ours, for-loop AdamW": our_train_step(
                 ours_like(official).train(), pixels, mask, targets, fused=None),
         }  # fmt: skip
@@ -242,7 +248,9 @@ def time_inference(args, official, image, image_mask, rounds) -> dict:
         with torch.no_grad():
             start = time.perf_counter()
             compiled(image, image_mask)
-            print(f"[official] torch.compile of the predict graph: {time.perf_counter() - start:.0f} s")
+            print(
+                f"[official] torch.compile of the predict graph: {time.perf_counter() - start:.0f} s"
+            )
         infer["ours (predict, compiled)"] = lambda: compiled(image, image_mask)
     with torch.no_grad():
         ref = official(sample)["pred_boxes"]

@@ -82,7 +82,11 @@ def predict(cfg: DictConfig) -> str:
         device = resolve_device(cfg.get("device"))
         detector = load_detector(cfg, datamodule, device)
         ids, names, source = detector.category_ids, detector.names, detector.source
-        forward, postprocess = detector.model.net, detector.model.detections
+        from detr_lightning.detr.fast_inference import prepare_for_inference
+
+        # folded BatchNorms, channels-last, optional bf16 / compile (conf/predict.yaml: speed)
+        forward = prepare_for_inference(detector.model.net, **cfg.get("speed", {}))
+        postprocess = detector.model.detections
         focal = bool(getattr(detector.model.net, "focal", False))
     else:
         from detr_lightning.inference.onnx_runtime import OnnxDetector

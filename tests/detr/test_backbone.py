@@ -1,5 +1,6 @@
 """ResNet backbone: frozen parts, key names, strides, mask resizing, local-only ImageNet weights."""
 
+import functools
 import os
 
 import pytest
@@ -130,9 +131,8 @@ def test_backbone_levers():
         Backbone("resnet18", last_stage="layer5")
 
 
-def _calibrated_frozen_bn_backbone(name: str = "resnet18", **kwargs) -> Backbone:
-    """A backbone whose frozen BatchNorms hold real statistics (those of a random batch), so
-    features stay O(1) through the depth, as with ImageNet weights."""
+@functools.cache
+def _calibrated_statistics(name: str) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     calibrating = Backbone(name, norm="bn", fuse_frozen_bn=False, channels_last=False)
     for m in calibrating.modules():
@@ -140,29 +140,48 @@ def _calibrated_frozen_bn_backbone(name: str = "resnet18", **kwargs) -> Backbone
             m.momentum = 1.0
             nn.init.uniform_(m.weight, 0.5, 1.5)
             nn.init.uniform_(m.bias, -0.2, 0.2)
-    calibrating.train()(torch.randn(4, 3, 96, 128))
+    calibrating.train()(torch.randn(2, 3, 64, 96))
+    return calibrating.state_dict()
+
+
+def _calibrated_frozen_bn_backbone(name: str = "resnet18", **kwargs) -> Backbone:
+    """A backbone whose frozen BatchNorms hold real statistics (those of a random batch), so
+    features stay O(1) through the depth, as with ImageNet weights."""
     backbone = Backbone(name, **kwargs)
-    missing = backbone.load_state_dict(calibrating.state_dict(), strict=False)
+    missing = backbone.load_state_dict(_calibrated_statistics(name), strict=False)
     assert not missing.missing_keys
     return backbone.eval()
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 def test_folded_and_unfolded_backbones_give_the_same_features(name: str) -> None:
+    """Folding is exact algebra: in float64 (where rounding cannot hide a wrong scale, shift or
+    eps) fused and folded features equal the plain frozen-BatchNorm ones within 1e-5."""
     from detr_lightning.detr.frozen_bn import ConvFrozenBN
 
     plain = _calibrated_frozen_bn_backbone(name, fuse_frozen_bn=False, channels_last=False)
     fused = _calibrated_frozen_bn_backbone(name)  # the default: fused, channels-last
-    folded = _calibrated_frozen_bn_backbone(name).fold_batchnorm()
+    folded = _calibrated_frozen_bn_backbone(name).double().fold_batchnorm()
     assert any(isinstance(m, ConvFrozenBN) for m in fused.modules())
     assert not any(isinstance(m, torchvision.ops.FrozenBatchNorm2d) for m in folded.modules())
     assert set(fused.state_dict()) == set(plain.state_dict())  # training keys unchanged
-    x = torch.randn(2, 3, 96, 128)
+    x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
+    with torch.no_grad():
+        ref = plain.double()(x)[0][0]
+        assert 0.1 < ref.abs().mean() < 10  # calibrated: the tolerance below is meaningful
+        for other in (fused.double(), folded):
+            torch.testing.assert_close(other(x)[0][0], ref, atol=1e-5, rtol=0)
+
+
+def test_float32_folding_error_is_float32_rounding() -> None:
+    """In float32 the folded features differ from the plain ones by rounding only: a few 1e-6
+    of the feature scale on resnet18 (a deep random net amplifies rounding, hence resnet18)."""
+    plain = _calibrated_frozen_bn_backbone(fuse_frozen_bn=False, channels_last=False)
+    folded = _calibrated_frozen_bn_backbone().fold_batchnorm()
+    x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         ref = plain(x)[0][0]
-        assert 0.1 < ref.abs().mean() < 10  # calibrated: the tolerance below is meaningful
-        for other in (fused, folded):
-            torch.testing.assert_close(other(x)[0][0], ref, atol=1e-5, rtol=1e-5)
+        assert (folded(x)[0][0] - ref).abs().max() <= 1e-5 * ref.abs().max()
 
 
 def test_fused_frozen_bn_trains_the_same_weights_and_keeps_statistics() -> None:

@@ -69,7 +69,9 @@ class AspectRatioGroupedBatchSampler(BatchSampler):
         drop_last: bool = False,
     ) -> None:
         if batch_size < 1:
-            raise ValueError(f"AspectRatioGroupedBatchSampler: batch_size={batch_size} must be >= 1")
+            raise ValueError(
+                f"AspectRatioGroupedBatchSampler: batch_size={batch_size} must be >= 1"
+            )
         self.sampler = sampler
         self.group_ids = [int(g) for g in group_ids]
         self.batch_size = int(batch_size)

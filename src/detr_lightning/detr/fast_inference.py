@@ -13,8 +13,9 @@ result. Every step is optional:
   GPUs run it at about twice the fp32 rate); inputs are cast on the way in and the outputs
   returned as float32, so post-processing (softmax, box scaling) stays in fp32. Boxes move by
   about 1e-3 of the image size: the same detections, scores differ in the third digit;
-* ``compile``: ``torch.compile`` of the network (``dynamic=None``: the first batch of each new
-  padded size compiles; pad batches to a multiple of 32/64 to bound the number of graphs).
+* ``compile``: ``torch.compile`` of the network with inductor's ``freezing`` (weights become
+  constants, prepacked once for oneDNN); the first batch compiles (minutes on a small CPU), the
+  first batch of a new size once more, then sizes are dynamic (see :mod:`detr_lightning.compile`).
 """
 
 from __future__ import annotations
@@ -87,5 +88,6 @@ def prepare_for_inference(
         net.to(dtype)
     else:
         dtype = None
-    compiled = torch.compile(net) if compile else None
+    # freezing: parameters become constants (folded, oneDNN weights prepacked once)
+    compiled = torch.compile(net, options={"freezing": True}) if compile else None
     return InferenceForward(net, dtype, compiled).eval()

@@ -80,9 +80,11 @@ class ConvFrozenBN(nn.Conv2d):
 
 
 def _graph(module: nn.Module) -> torch.fx.Graph:
-    return module.graph if isinstance(module, torch.fx.GraphModule) else torch.fx.symbolic_trace(
-        module
-    ).graph
+    return (
+        module.graph
+        if isinstance(module, torch.fx.GraphModule)
+        else torch.fx.symbolic_trace(module).graph
+    )
 
 
 def conv_bn_pairs(module: nn.Module) -> list[tuple[str, str]]:
@@ -117,7 +119,9 @@ def fuse_frozen_batchnorm(module: nn.Module) -> int:
         folded_bn = FoldedFrozenBatchNorm2d(bn.weight.numel(), bn.eps)
         folded_bn._buffers.update(bn._buffers)  # the same buffer tensors
         _replace(module, bn_name, folded_bn)
-        _replace(module, conv_name, ConvFrozenBN.from_pair(module.get_submodule(conv_name), folded_bn))
+        _replace(
+            module, conv_name, ConvFrozenBN.from_pair(module.get_submodule(conv_name), folded_bn)
+        )
     return len(pairs)
 
 

@@ -21,8 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detr_lightning.detr.attention import MultiheadAttention
-
 _POS_CHOICES = ("attn", "input", "none")
 
 
@@ -33,7 +31,7 @@ def _add(x: Tensor, pos: Tensor | None) -> Tensor:
 def _attention(d_model: int, nhead: int, dropout: float) -> nn.MultiheadAttention:
     if d_model % nhead:
         raise ValueError(f"d_model ({d_model}) must be divisible by nhead ({nhead})")
-    return MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
+    return nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
 
 
 class DecoderLayerHook(Protocol):
