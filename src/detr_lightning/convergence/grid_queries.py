@@ -18,6 +18,15 @@ from detr_lightning.convergence.queries import DecoderQueries
 from detr_lightning.detr.model import EncodedImage
 
 
+def grid_boxes(num_queries: int) -> torch.Tensor:
+    """[num_queries, 4] cxcywh boxes: the first cells, row by row, of a ceil(sqrt(Q)) square grid."""
+    side = math.ceil(math.sqrt(num_queries))
+    centres = (torch.arange(side, dtype=torch.float32) + 0.5) / side
+    cy, cx = torch.meshgrid(centres, centres, indexing="ij")
+    size = torch.full_like(cx, 1.0 / side)
+    return torch.stack([cx, cy, size, size], dim=-1).reshape(-1, 4)[:num_queries]
+
+
 class GridQueries(nn.Module):
     """``num_queries`` reference boxes on a ceil(sqrt(Q)) x ceil(sqrt(Q)) grid (row-major, the
     first Q cells), each one cell wide and high; no parameters.
@@ -30,16 +39,11 @@ class GridQueries(nn.Module):
 
     def __init__(self, dims: ModelDims) -> None:
         super().__init__()
-        side = math.ceil(math.sqrt(dims.num_queries))
-        centres = (torch.arange(side, dtype=torch.float32) + 0.5) / side
-        cy, cx = torch.meshgrid(centres, centres, indexing="ij")
-        size = torch.full_like(cx, 1.0 / side)
-        boxes = torch.stack([cx, cy, size, size], dim=-1).reshape(-1, 4)[: dims.num_queries]
-        self.register_buffer("boxes", boxes, persistent=False)  # [Q, 4] cxcywh
+        self.register_buffer("boxes", grid_boxes(dims.num_queries), persistent=False)
         self.d_model = dims.d_model
 
     def forward(self, enc: EncodedImage) -> DecoderQueries:
         b = enc.memory.shape[0]
-        reference = self.boxes[None].expand(b, -1, -1).to(enc.memory.dtype)
-        content = enc.memory.new_zeros(b, reference.shape[1], self.d_model)
+        reference = self.boxes[None].expand(b, -1, -1)
+        content = enc.memory.new_zeros(b, len(self.boxes), self.d_model)
         return DecoderQueries(content, None, reference)
