@@ -62,9 +62,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="20 batches")
+    parser.add_argument("--quick", action="store_true", help="8 batches")
     args = parser.parse_args()
-    n_batches = 20 if args.quick else args.batches
+    n_batches = 8 if args.quick else args.batches
     sizes = transformed_sizes(coco_like_sizes(args.images), make_train_transforms())
     print(f"compile: COCO-like sizes, paper augmentation, batch {args.batch}, "
           f"{len(sizes) // args.batch} batches per epoch of {len(sizes)} images")  # fmt: skip

@@ -85,7 +85,7 @@ def test_cpu_group_objects_instantiate(tmp_path, monkeypatch) -> None:
     cfg = compose_cfg([], tmp_path)
     names = [type(c).__name__ for c in instantiate_dict(cfg.callbacks)]
     assert names == ["BestAndLastCheckpoint", "RichProgressBar", "RichModelSummary",
-                     "ValidationImageLogger", "ElapsedTime"]  # fmt: skip
+                     "ValidationImageLogger", "AttentionMapLogger", "ElapsedTime"]  # fmt: skip
     for trainer in ("cpu", "ddp_cpu"):
         cfg = compose_cfg([f"trainer={trainer}"], tmp_path)
         t = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)

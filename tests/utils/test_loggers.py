@@ -140,7 +140,13 @@ def wandb_sweep(tmp_path_factory) -> tuple[Path, str]:
 
     shapes = generate_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", train=8, val=4)
     cwd = tmp_path_factory.mktemp("sweep")
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
+    # Not silent (CI sets WANDB_SILENT=true): the test reads the "wandb sync" lines each job prints.
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "false",
+        "PYTHONWARNINGS": "ignore",
+    }
     env.pop("WANDB_API_KEY", None)
     args = ["-m", "experiment=shapes", "schedule=smoke", "logger=[csv,wandb]", "tags=[demo]",
             f"paths.shapes_dir={shapes}", *TINY, f"{SWEPT}=1,2"]  # fmt: skip
