@@ -18,7 +18,7 @@ test:
 	$(PY) -m pytest -q
 
 test-slow:
-	$(PY) -m pytest -q -m slow -o addopts=""
+	$(PY) -m pytest -q -m slow -o addopts="--import-mode=importlib -p no:cacheprovider"
 
 lint:
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
