@@ -51,6 +51,22 @@ def test_param_groups_split_backbone(tmp_path) -> None:
     assert not any(p.requires_grad for p in lit.net.backbone.body.conv1.parameters())
 
 
+def test_learned_position_encoding_trains_at_the_backbone_lr(tmp_path) -> None:
+    """Table 3's learned_at_attn row: the official code keeps the learned embeddings under
+    ``backbone.1`` and so trains them at lr_backbone (1e-5), not at the transformer's lr."""
+    lit = tiny_lit(lr_backbone=1e-5)
+    lit.net.position_encoding = build_position_encoding("learned", 32)
+    trainer = quiet_trainer(tmp_path, max_steps=1)
+    trainer.strategy.connect(lit)
+    lit.trainer = trainer
+    groups = {g["name"]: g for g in lit.configure_optimizers()["optimizer"].param_groups}
+    learned = {id(p) for p in lit.net.position_encoding.parameters()}
+    assert len(learned) == 2  # row and column embeddings
+    assert learned <= {id(p) for p in groups["backbone"]["params"]}
+    assert not learned & {id(p) for p in groups["main"]["params"]}
+    assert groups["backbone"]["lr"] == 1e-5
+
+
 def test_zero_backbone_lr_freezes_backbone(tmp_path) -> None:
     lit = tiny_lit(lr_backbone=0.0)
     assert not any(p.requires_grad for p in lit.net.backbone.parameters())

@@ -32,7 +32,7 @@ RECIPE = [
     "model.net.transformer.num_decoder_layers=2",
     "model.optimizer.lr=2e-4",
     "model.lr_backbone=2e-4",
-    "model.lr_drop_epochs=null",
+    "model.lr_schedule.drop_epochs=null",
     "trainer.check_val_every_n_epoch=50",
     "callbacks.progress_bar=null",
 ]

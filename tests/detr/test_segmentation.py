@@ -275,3 +275,21 @@ def test_matched_only_masks_equal_the_full_head_for_matched_queries() -> None:
         criterion.weighted_total(criterion(outputs, targets)).backward()
         grads.append(model.mask_head.lay1.weight.grad.clone())
     torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+
+
+def test_scale_attention_makes_a_uniform_map_one_on_real_pixels() -> None:
+    model = DETRsegm(_detr(CompactBackbone(width=16, return_interm_layers=True)),
+                     scale_attention=True).eval()  # fmt: skip
+    for p in model.bbox_attention.q_linear.parameters():
+        torch.nn.init.zeros_(p)  # every query attends uniformly
+    seen = []
+    model.mask_head.register_forward_pre_hook(lambda m, args: seen.append(args[1]))
+    x, mask = _images()
+    with torch.no_grad():
+        model(x, mask)
+    attention = seen[0]  # [B, Q, heads, h, w]
+    real = model.backbone(x, mask)[-1][1]  # [B, h, w] True on real pixels
+    torch.testing.assert_close(
+        attention[1][..., real[1]], torch.ones_like(attention[1][..., real[1]])
+    )
+    assert (attention[1][..., ~real[1]] == 0).all()
