@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli import TINY
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -22,24 +23,6 @@ from detr_lightning.utils import conf_dir
 from detr_lightning.utils.loggers import finish_wandb, override_tags, wandb_logger
 
 SWEPT = "model.net.transformer.num_decoder_layers"
-TINY = [  # the shapes preset, made small (as in tests/test_train_cli.py)
-    "data.num_workers=0",
-    "data.batch_size=4",
-    "data.val_batch_size=2",
-    "data.train_transforms.scales=[96,112]",
-    "data.train_transforms.max_size=160",
-    "data.train_transforms.crop_resize_scales=[96]",
-    "data.train_transforms.crop_size=[64,96]",
-    "data.val_transforms.size=96",
-    "data.val_transforms.max_size=160",
-    "model.net.num_queries=8",
-    "model.net.transformer.d_model=32",
-    "model.net.transformer.nhead=4",
-    "model.net.transformer.dim_feedforward=64",
-    "callbacks.model_summary=null",
-    "callbacks.progress_bar=null",
-    "callbacks.val_images=null",
-]
 
 
 def wandb_records(path: Path) -> Iterator[Any]:
