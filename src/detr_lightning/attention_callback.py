@@ -20,8 +20,10 @@ import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from detr_lightning.callbacks import EveryNEpochs
 
-class AttentionMapLogger(L.Callback):
+
+class AttentionMapLogger(EveryNEpochs):
     """Log attention figures of the first validation images (module docstring).
 
     Args:
@@ -42,13 +44,6 @@ class AttentionMapLogger(L.Callback):
         self.every_n_epochs, self.num_images = every_n_epochs, num_images
         self.score_threshold, self.max_objects = score_threshold, max_objects
         self.num_points = num_points
-
-    def _active(self, trainer: L.Trainer) -> bool:
-        return (
-            self.every_n_epochs > 0
-            and not trainer.sanity_checking
-            and (trainer.current_epoch + 1) % self.every_n_epochs == 0
-        )
 
     @rank_zero_only
     def on_validation_batch_end(

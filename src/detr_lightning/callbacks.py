@@ -59,7 +59,21 @@ def draw_detections(
     return rgb
 
 
-class ValidationImageLogger(L.Callback):
+class EveryNEpochs(L.Callback):
+    """A callback that acts after every ``every_n_epochs``-th epoch's validation (0 = never),
+    never in the sanity check."""
+
+    every_n_epochs: int = 0
+
+    def _active(self, trainer: L.Trainer) -> bool:
+        return (
+            self.every_n_epochs > 0
+            and not trainer.sanity_checking
+            and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        )
+
+
+class ValidationImageLogger(EveryNEpochs):
     """Every ``every_n_epochs`` epochs, log the first ``num_images`` validation images.
 
     Ground truth in green, predictions with score >= ``score_threshold`` in red. wandb gets
@@ -74,13 +88,6 @@ class ValidationImageLogger(L.Callback):
         self.num_images = num_images
         self.score_threshold = score_threshold
         self._images: list[Tensor] = []
-
-    def _active(self, trainer: L.Trainer) -> bool:
-        return (
-            self.every_n_epochs > 0
-            and not trainer.sanity_checking
-            and (trainer.current_epoch + 1) % self.every_n_epochs == 0
-        )
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._images = []

@@ -62,15 +62,9 @@ def main(cfg: DictConfig) -> float | None:
     from detr_lightning.utils.config_check import check_config
 
     check_config(cfg, "fit")  # first: utils.loggers imports Lightning (~7 s)
-    from detr_lightning.utils.loggers import finish_wandb
+    from detr_lightning.utils.loggers import run_job
 
-    try:
-        metrics = train(cfg)
-    except BaseException:
-        finish_wandb(exit_code=1)  # one wandb run per job: a sweep's next job starts anew
-        raise
-    finish_wandb(summary=metrics)  # the final test metrics in the run summary
-    return metrics.get("AP")
+    return run_job(train, cfg)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 nn.MultiheadAttention, key_padding_mask True on padding): the independent reference for parity
 tests."""
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -87,3 +89,17 @@ class RefTransformer(nn.Module):
             tgt = layer(tgt, memory, pad, pos, query_pos)
             hs.append(self.decoder.norm(tgt))
         return torch.stack(hs).transpose(1, 2), memory.permute(1, 2, 0).view(b, c, h, w)
+
+
+def randomise(module: nn.Module) -> None:
+    # LayerNorm/bias defaults (ones, zeros) would hide a swapped or skipped parameter.
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn_like(p) * (0.5 if p.dim() == 1 else 1 / math.sqrt(p.shape[-1])))
+
+
+def layer_inputs(b: int = 2, h: int = 3, w: int = 5, q: int = 6):
+    mask = torch.ones(b, h, w, dtype=torch.bool)
+    mask[0, :, 3:] = False
+    mask[-1, 2:, :] = False
+    return torch.randn(b, D, h, w), mask, torch.randn(q, D), torch.randn(b, D, h, w)

@@ -18,27 +18,21 @@ keeps them for evaluation. Images without annotations are kept as negatives unle
 """
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from detr_lightning.data.categories import label_map_from_categories
 from detr_lightning.data.coco_json import build_index, read_coco_json
 from detr_lightning.data.errors import DatasetFormatError
-from detr_lightning.data.image_io import load_rgb_image
-from detr_lightning.data.transforms import boxes_to_normalized_cxcywh, make_base_transforms
+from detr_lightning.data.indexed_images import IndexedImageDataset, Transform
+from detr_lightning.data.transforms import make_base_transforms
 
 log = logging.getLogger(__name__)
 
-Transform = Callable[[Any, dict[str, Any]], tuple[Any, dict[str, Any]]]
 
-
-class CocoDetectionDataset(Dataset):
+class CocoDetectionDataset(IndexedImageDataset):
     """Detection dataset over an image folder and a COCO instances json (see module doc).
 
     Args:
@@ -73,11 +67,7 @@ class CocoDetectionDataset(Dataset):
                 f"check the data config's image path, or generate the shapes dataset with "
                 f"`make data`."
             )
-        self.categories: list[dict] = data["categories"]
-        if label_to_category_id is None:
-            label_to_category_id = label_map_from_categories(self.categories, coco_id_space)
-        self.label_to_category_id = [int(c) for c in label_to_category_id]
-        self.num_classes = len(self.label_to_category_id)
+        self._set_categories(data["categories"], label_to_category_id, coco_id_space)
         self.train, self.exif_transpose = train, exif_transpose
         self.transforms = transforms if transforms is not None else make_base_transforms()
         self._index = build_index(data, self.ann_file, self.label_to_category_id, train, keep_empty)
@@ -117,13 +107,6 @@ class CocoDetectionDataset(Dataset):
     def num_clipped_boxes(self) -> int:
         return self.stats["clipped"]
 
-    @property
-    def image_ids(self) -> list[int]:
-        return self._index.image_ids.tolist()
-
-    def __len__(self) -> int:
-        return len(self._index.file_names)
-
     def raw_target(self, idx: int) -> dict[str, Tensor]:
         """Target before transforms: ``boxes`` absolute xyxy (clipped) in original pixels."""
         ix = self._index
@@ -137,21 +120,3 @@ class CocoDetectionDataset(Dataset):
             "iscrowd": torch.from_numpy(ix.iscrowd[lo:hi]),
             "area": torch.from_numpy(ix.area[lo:hi]),
         }
-
-    def __getitem__(self, idx: int) -> tuple[Tensor, dict[str, Tensor]]:
-        ix = self._index
-        height, width = (int(v) for v in ix.sizes[idx])
-        image = load_rgb_image(
-            self.img_folder / ix.file_names[idx],
-            self.ann_file,
-            exif_transpose=self.exif_transpose,
-            expected_size=(width, height),
-        )
-        image, target = self.transforms(image, self.raw_target(idx))
-        boxes = target["boxes"]
-        if isinstance(boxes, tv_tensors.BoundingBoxes):
-            target["boxes"] = boxes_to_normalized_cxcywh(boxes)
-        target["image_id"] = torch.tensor(int(ix.image_ids[idx]), dtype=torch.int64)
-        target["orig_size"] = torch.tensor([height, width], dtype=torch.int64)
-        target["size"] = torch.tensor(tuple(image.shape[-2:]), dtype=torch.int64)
-        return image, target

@@ -35,17 +35,14 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
-from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from detr_lightning.data.categories import is_thing_per_label, label_map_from_categories
-from detr_lightning.data.coco import Transform
+from detr_lightning.data.categories import is_thing_per_label
 from detr_lightning.data.coco_json import read_coco_json
 from detr_lightning.data.coco_panoptic_json import build_panoptic_index
 from detr_lightning.data.errors import DatasetFormatError, ImageLoadError
-from detr_lightning.data.image_io import load_rgb_image
+from detr_lightning.data.indexed_images import IndexedImageDataset, Transform
 from detr_lightning.data.transforms import (
-    boxes_to_normalized_cxcywh,
     make_base_transforms,
     mask_boxes,
 )
@@ -53,7 +50,7 @@ from detr_lightning.data.transforms import (
 log = logging.getLogger(__name__)
 
 
-class CocoPanopticDataset(Dataset):
+class CocoPanopticDataset(IndexedImageDataset):
     """Panoptic dataset over an image folder, a panoptic json and its PNG folder (module doc).
 
     Args:
@@ -90,11 +87,7 @@ class CocoPanopticDataset(Dataset):
                     f"{what} folder not found: {folder} (of {self.ann_file}). Fix: check the "
                     f"data config's paths, or generate the shapes dataset with `make data`."
                 )
-        self.categories: list[dict] = data["categories"]
-        if label_to_category_id is None:
-            label_to_category_id = label_map_from_categories(self.categories, coco_id_space)
-        self.label_to_category_id = [int(c) for c in label_to_category_id]
-        self.num_classes = len(self.label_to_category_id)
+        self._set_categories(data["categories"], label_to_category_id, coco_id_space)
         self.is_thing = is_thing_per_label(self.categories, self.label_to_category_id)
         self.exif_transpose = exif_transpose
         self.transforms = transforms if transforms is not None else make_base_transforms()
@@ -110,13 +103,6 @@ class CocoPanopticDataset(Dataset):
         if self._index.stats["empty_dropped"]:
             log.info("%s: dropped %d images without segments (keep_empty=False).",
                      self.ann_file, self._index.stats["empty_dropped"])  # fmt: skip
-
-    @property
-    def image_ids(self) -> list[int]:
-        return self._index.image_ids.tolist()
-
-    def __len__(self) -> int:
-        return len(self._index.file_names)
 
     def _rows(self, idx: int) -> slice:
         return slice(int(self._index.offsets[idx]), int(self._index.offsets[idx + 1]))
@@ -207,20 +193,3 @@ class CocoPanopticDataset(Dataset):
             "iscrowd": torch.from_numpy(ix.iscrowd[rows]),
             "area": areas.to(torch.float32),
         }
-
-    def __getitem__(self, idx: int) -> tuple[Tensor, dict[str, Tensor]]:
-        ix = self._index
-        height, width = (int(v) for v in ix.sizes[idx])
-        image = load_rgb_image(
-            self.img_folder / ix.file_names[idx],
-            self.ann_file,
-            exif_transpose=self.exif_transpose,
-            expected_size=(width, height),
-        )
-        image, target = self.transforms(image, self.raw_target(idx))
-        target["boxes"] = boxes_to_normalized_cxcywh(target["boxes"])
-        target["masks"] = target["masks"].as_subclass(Tensor).to(torch.bool)
-        target["image_id"] = torch.tensor(int(ix.image_ids[idx]), dtype=torch.int64)
-        target["orig_size"] = torch.tensor([height, width], dtype=torch.int64)
-        target["size"] = torch.tensor(tuple(image.shape[-2:]), dtype=torch.int64)
-        return image, target

@@ -6,10 +6,9 @@ import re
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import box_convert, generalized_box_iou_loss, sigmoid_focal_loss
 
+from detr_lightning.detr.loss_terms import box_losses, cardinality_error, label_losses
 from detr_lightning.detr.mask_losses import mask_losses
 from detr_lightning.detr.matcher import HungarianMatcher, MatchIndices
 
@@ -220,68 +219,27 @@ class SetCriterion(nn.Module):
         out: dict[str, Tensor] = {}
         if "labels" in self.losses:
             labels = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices, strict=True)])
-            out.update(self._label_losses(outputs["pred_logits"], matched, labels, num_boxes, log))
+            out.update(
+                label_losses(
+                    outputs["pred_logits"],
+                    matched,
+                    labels,
+                    num_boxes,
+                    self.empty_weight,
+                    self.focal,
+                    self.focal_alpha,
+                    self.focal_gamma,
+                    log,
+                )  # fmt: skip
+            )
         if "boxes" in self.losses:
             tgt = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices, strict=True)])
-            out.update(self._box_losses(outputs["pred_boxes"][matched], tgt, num_boxes))
+            out.update(box_losses(outputs["pred_boxes"][matched], tgt, num_boxes))
         if "masks" in self.losses and "pred_masks" in outputs:
             tgt_masks = [t["masks"][j] for t, (_, j) in zip(targets, indices, strict=True)]
             out.update(mask_losses(outputs["pred_masks"], matched, tgt_masks, num_boxes))
         if "cardinality" in self.losses and (log if log_cardinality is None else log_cardinality):
-            out["cardinality_error"] = self._cardinality_error(outputs["pred_logits"], targets)
-        return out
-
-    def _label_losses(
-        self,
-        logits: Tensor,
-        matched: tuple[Tensor, Tensor],
-        labels: Tensor,
-        num_boxes: Tensor,
-        log: bool,
-    ) -> dict[str, Tensor]:
-        logits = logits.float()  # softmax / focal loss in float32 under bf16 or fp16 autocast
-        if self.focal:
-            onehot = torch.zeros_like(logits)
-            onehot[matched + (labels,)] = 1.0
-            loss = sigmoid_focal_loss(
-                logits, onehot, self.focal_alpha, self.focal_gamma, reduction="sum"
+            out["cardinality_error"] = cardinality_error(
+                outputs["pred_logits"], targets, self.focal
             )
-            out = {"loss_ce": loss / num_boxes}
-        else:
-            target = torch.full(
-                logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device
-            )
-            target[matched] = labels
-            # mean weighted by class weight (PyTorch's reduction): sum(w_i * ce_i) / sum(w_i)
-            loss = F.cross_entropy(logits.transpose(1, 2), target, self.empty_weight.to(logits))
-            out = {"loss_ce": loss}
-        if log:
-            with torch.no_grad():
-                # official DETR convention: 100 % error when nothing is matched (never NaN)
-                correct = (logits[matched].argmax(-1) == labels).float()
-                acc = correct.mean() * 100 if correct.numel() else correct.new_zeros(())
-                out["class_error"] = 100 - acc
         return out
-
-    @staticmethod
-    def _box_losses(src: Tensor, tgt: Tensor, num_boxes: Tensor) -> dict[str, Tensor]:
-        """src, tgt: [K, 4] matched predicted / target boxes, normalised cxcywh."""
-        src, tgt = src.float(), tgt.float()  # GIoU's divisions in float32 under autocast
-        loss_bbox = F.l1_loss(src, tgt, reduction="sum") / num_boxes
-        # element-wise GIoU (linear in K) instead of the diagonal of a K x K matrix; eps=1e-7
-        giou = generalized_box_iou_loss(
-            box_convert(src, "cxcywh", "xyxy"), box_convert(tgt, "cxcywh", "xyxy"), reduction="sum"
-        )
-        return {"loss_bbox": loss_bbox, "loss_giou": giou / num_boxes}
-
-    @torch.no_grad()
-    def _cardinality_error(self, logits: Tensor, targets: list[dict[str, Tensor]]) -> Tensor:
-        """Mean over images of |#predicted objects - #targets|; a query predicts an object when
-        its argmax is not "no object" (softmax) or its best sigmoid probability is > 0.5 (focal)."""
-        if self.focal:
-            is_object = logits.max(-1).values > 0
-        else:
-            is_object = logits.argmax(-1) != logits.shape[-1] - 1
-        counts = torch.tensor([len(t["labels"]) for t in targets])  # host list: copy, no sync
-        counts = counts.to(logits.device, non_blocking=True)
-        return F.l1_loss(is_object.sum(1).float(), counts.float())

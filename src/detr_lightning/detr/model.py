@@ -148,13 +148,8 @@ class SetDetector(nn.Module):
 class DETR(SetDetector):
     """Set-prediction detector: ``num_queries`` learned queries decoded against image features.
 
-    Args:
-        backbone: feature extractor with a ``num_channels`` attribute.
-        position_encoding: maps a mask [B, h, w] to an encoding [B, d, h, w].
-        transformer: encoder-decoder with ``d_model`` = d.
-        num_classes: real classes; logits have ``num_classes + 1`` columns, the last "no object".
-        num_queries: object queries (detection slots) per image.
-        aux_loss: also return the predictions of every decoder layer but the last.
+    Arguments as :class:`SetDetector`'s; the logits have ``num_classes + 1`` columns, the last
+    "no object".
     """
 
     def __init__(

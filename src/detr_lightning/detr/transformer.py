@@ -14,24 +14,18 @@ paper's model does not use it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detr_lightning.detr.transformer_layers import (
+    TransformerDecoderLayer,
+    TransformerEncoderLayer,
+    add_pos,
+)
+
 _POS_CHOICES = ("attn", "input", "none")
-
-
-def _add(x: Tensor, pos: Tensor | None) -> Tensor:
-    return x if pos is None else x + pos
-
-
-def _attention(d_model: int, nhead: int, dropout: float) -> nn.MultiheadAttention:
-    if d_model % nhead:
-        raise ValueError(f"d_model ({d_model}) must be divisible by nhead ({nhead})")
-    return nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
 
 
 class DecoderLayerHook(Protocol):
@@ -40,107 +34,6 @@ class DecoderLayerHook(Protocol):
     layer uses (or None to keep the current ones)."""
 
     def __call__(self, index: int, hidden: Tensor | None) -> Tensor | None: ...
-
-
-class _Layer(nn.Module):
-    """Shared pieces: residual sublayers (post- or pre-norm) and the optional FFN."""
-
-    def __init__(self, d_model: int, dim_ff: int, dropout: float, pre: bool, use_ffn: bool):
-        super().__init__()
-        self.normalize_before = pre
-        self.use_ffn = use_ffn
-        if use_ffn:
-            self.linear1 = nn.Linear(d_model, dim_ff)
-            self.dropout = nn.Dropout(dropout)
-            self.linear2 = nn.Linear(dim_ff, d_model)
-
-    def _sublayer(
-        self, x: Tensor, fn: Callable[[Tensor], Tensor], norm: nn.Module, drop: nn.Module
-    ) -> Tensor:
-        if self.normalize_before:
-            return x + drop(fn(norm(x)))
-        return norm(x + drop(fn(x)))
-
-    def _ffn(self, x: Tensor) -> Tensor:
-        return self.linear2(self.dropout(F.relu(self.linear1(x))))
-
-
-class TransformerEncoderLayer(_Layer):
-    """Self-attention (+ position on q and k) and FFN; ``norm2`` belongs to the FFN."""
-
-    def __init__(
-        self, d_model: int, nhead: int, dim_ff: int = 2048, dropout: float = 0.1,
-        pre: bool = False, use_ffn: bool = True,
-    ) -> None:  # fmt: skip
-        super().__init__(d_model, dim_ff, dropout, pre, use_ffn)
-        self.self_attn = _attention(d_model, nhead, dropout)
-        self.norm1, self.dropout1 = nn.LayerNorm(d_model), nn.Dropout(dropout)
-        if use_ffn:
-            self.norm2, self.dropout2 = nn.LayerNorm(d_model), nn.Dropout(dropout)
-
-    def forward(self, src: Tensor, key_padding_mask: Tensor, pos: Tensor | None) -> Tensor:
-        """src/pos [B, S, d], key_padding_mask [B, S] True = real. Returns [B, S, d]."""
-
-        def attend(x: Tensor) -> Tensor:
-            qk = _add(x, pos)
-            return self.self_attn(
-                qk, qk, x, key_padding_mask=~key_padding_mask, need_weights=False
-            )[0]
-
-        src = self._sublayer(src, attend, self.norm1, self.dropout1)
-        if self.use_ffn:
-            src = self._sublayer(src, self._ffn, self.norm2, self.dropout2)
-        return src
-
-
-class TransformerDecoderLayer(_Layer):
-    """Query self-attention, cross-attention to the memory, FFN (norm1, norm2, norm3)."""
-
-    def __init__(
-        self, d_model: int, nhead: int, dim_ff: int = 2048, dropout: float = 0.1,
-        pre: bool = False, use_ffn: bool = True,
-    ) -> None:  # fmt: skip
-        super().__init__(d_model, dim_ff, dropout, pre, use_ffn)
-        self.self_attn = _attention(d_model, nhead, dropout)
-        self.multihead_attn = _attention(d_model, nhead, dropout)
-        self.norm1, self.dropout1 = nn.LayerNorm(d_model), nn.Dropout(dropout)
-        self.norm2, self.dropout2 = nn.LayerNorm(d_model), nn.Dropout(dropout)
-        if use_ffn:
-            self.norm3, self.dropout3 = nn.LayerNorm(d_model), nn.Dropout(dropout)
-
-    def forward(
-        self,
-        tgt: Tensor,
-        memory: Tensor,
-        memory_mask: Tensor,
-        pos: Tensor | None,
-        query_pos: Tensor | None,
-        self_attn_mask: Tensor | None = None,
-        memory_keys: Tensor | None = None,
-    ) -> Tensor:
-        """tgt/query_pos [B, Q, d]; memory/pos [B, S, d]; memory_mask [B, S] True = real;
-        self_attn_mask [Q, Q] True = blocked; memory_keys: memory + pos when the caller has
-        it already (the decoder computes it once for all layers). Returns [B, Q, d]."""
-        keys = _add(memory, pos) if memory_keys is None else memory_keys
-
-        def self_attend(x: Tensor) -> Tensor:
-            qk = _add(x, query_pos)
-            return self.self_attn(qk, qk, x, attn_mask=self_attn_mask, need_weights=False)[0]
-
-        def cross_attend(x: Tensor) -> Tensor:
-            return self.multihead_attn(
-                _add(x, query_pos),
-                keys,
-                memory,
-                key_padding_mask=~memory_mask,
-                need_weights=False,
-            )[0]
-
-        tgt = self._sublayer(tgt, self_attend, self.norm1, self.dropout1)
-        tgt = self._sublayer(tgt, cross_attend, self.norm2, self.dropout2)
-        if self.use_ffn:
-            tgt = self._sublayer(tgt, self._ffn, self.norm3, self.dropout3)
-        return tgt
 
 
 class TransformerEncoder(nn.Module):
@@ -169,7 +62,7 @@ class TransformerDecoder(nn.Module):
         """Shapes as in TransformerDecoderLayer. Returns [L, B, Q, d]: every layer's output
         through the one shared final norm. ``layer_hook``: see :class:`DecoderLayerHook`."""
         outputs: list[Tensor] = []
-        keys = _add(memory, pos)  # the same for every layer
+        keys = add_pos(memory, pos)  # the same for every layer
         for i, layer in enumerate(self.layers):
             if layer_hook is not None:
                 new_pos = layer_hook(i, outputs[-1] if outputs else None)

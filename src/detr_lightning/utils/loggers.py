@@ -11,7 +11,7 @@ import logging
 import netrc
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,19 @@ def finish_wandb(summary: Mapping[str, float] | None = None, exit_code: int | No
     if summary:
         run.summary.update({f"test/{k}": float(v) for k, v in summary.items()})
     run.finish(exit_code=exit_code)
+
+
+def run_job(job: Callable[[Any], Mapping[str, float]], cfg: Any) -> float | None:
+    """Run one Hydra job (``train``/``evaluate`` on ``cfg``) and finish its wandb run: with the
+    job's metrics as the summary, or failed when it raises (a sweep's next job starts anew).
+    Returns the metrics' ``AP`` (what sweepers such as Optuna optimise)."""
+    try:
+        metrics = job(cfg)
+    except BaseException:
+        finish_wandb(exit_code=1)
+        raise
+    finish_wandb(summary=metrics)
+    return metrics.get("AP")
 
 
 def wandb_logger(
