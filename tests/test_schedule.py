@@ -68,6 +68,20 @@ def test_budget_cosine_follows_its_replanned_length():
     assert factor(60) == pytest.approx(0.0, abs=1e-12) and factor(80) == pytest.approx(0.0)
 
 
+def test_budget_cosine_keeps_the_peak_until_its_decay_share():
+    # 100 steps, no warm-up, the last 40 % a half cosine: 1 up to step 60, then
+    # (1 + cos(pi * (step - 60) / 40)) / 2.
+    factor = BudgetCosine(warmup_steps=0, total_steps=100, decay_share=0.4)
+    assert factor(0) == factor(30) == factor(60) == pytest.approx(1.0)
+    assert factor(70) == pytest.approx(0.5 * (1 + math.cos(math.pi * 10 / 40)))
+    assert factor(80) == pytest.approx(0.5)
+    assert factor(100) == pytest.approx(0.0, abs=1e-12)
+    factor.replan(50)  # fewer steps fit: the decay starts at step 30
+    assert factor(30) == pytest.approx(1.0) and factor(40) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="decay_share"):
+        BudgetCosine(0, 10, decay_share=0.0)
+
+
 class _FakeClock(L.Callback):
     """1 s per training batch, 0.5 s per validation batch, through WallBudget's clock."""
 

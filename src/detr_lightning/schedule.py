@@ -4,8 +4,9 @@
   optionally after a linear warm-up (``LinearLR``).
 * :func:`cosine_schedule` — warm-up, then a cosine to zero over ``trainer.max_epochs``
   (``CosineAnnealingLR``).
-* :func:`budget_schedule` — for runs with a wall-time budget: the cosine follows the number of
-  epochs that fit in the budget, re-estimated from the measured epoch time after every epoch
+* :func:`budget_schedule` — for runs with a wall-time budget: the cosine (over the whole run, or
+  over its last ``decay_share`` after a constant lr) follows the number of epochs that fit in the
+  budget, re-estimated from the measured epoch time after every epoch
   (:class:`BudgetCosine` with the :class:`~detr_lightning.budget.WallBudget` callback), so a slower
   machine runs fewer epochs but still ends annealed, on an epoch boundary, inside the budget.
 
@@ -80,17 +81,23 @@ def cosine_schedule(
 
 
 class BudgetCosine:
-    """lr factor per step: linear warm-up, then ``(1 + cos(pi * step / total_steps)) / 2`` where
-    ``total_steps`` is re-estimated during training (:meth:`replan`). A class rather than a
-    closure so that ``LambdaLR`` saves its fields in checkpoints."""
+    """lr factor per step: linear warm-up, constant, then a half cosine to zero over the last
+    ``decay_share`` of ``total_steps``, which is re-estimated during training (:meth:`replan`).
+    ``decay_share=1`` is the plain cosine ``(1 + cos(pi * step / total_steps)) / 2``; a smaller
+    share keeps the peak lr longer (warm-up, stable, decay). A class rather than a closure so
+    that ``LambdaLR`` saves its fields in checkpoints."""
 
-    def __init__(self, warmup_steps: int, total_steps: int) -> None:
+    def __init__(self, warmup_steps: int, total_steps: int, decay_share: float = 1.0) -> None:
+        if not 0 < decay_share <= 1:
+            raise ValueError(f"decay_share={decay_share}: need 0 < decay_share <= 1")
         self.warmup_steps, self.total_steps = int(warmup_steps), max(1, int(total_steps))
+        self.decay_share = float(decay_share)
 
     def __call__(self, step: int) -> float:
         warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps > 0 else 1.0
         progress = min(step, self.total_steps) / self.total_steps
-        return warm * 0.5 * (1 + math.cos(math.pi * progress))
+        decay = max(0.0, progress - (1 - self.decay_share)) / self.decay_share
+        return warm * 0.5 * (1 + math.cos(math.pi * decay))
 
     def replan(self, total_steps: int) -> None:
         self.total_steps = max(1, int(total_steps))
@@ -124,13 +131,18 @@ def budget_schedule(
     budget_min: float,
     warmup_steps: int = 0,
     max_val_share: float = 0.1,
+    decay_share: float = 1.0,
 ) -> BudgetLR:
     """A cosine that ends when ``budget_min`` minutes of training are spent (see the module
-    docstring); ``max_val_share`` caps validation's share of the time (validation is then run
-    every few epochs, always after the last)."""
+    docstring), run over the last ``decay_share`` of the planned steps (the lr stays at its peak
+    before; :class:`BudgetCosine`); ``max_val_share`` caps validation's share of the time
+    (validation is then run every few epochs, always after the last)."""
     if budget_min <= 0:
         raise ValueError(f"model.lr_schedule.budget_min={budget_min}: need > 0")
     first_guess = steps_per_epoch(trainer) * max(1, trainer.max_epochs or 1)
     return BudgetLR(
-        optimizer, BudgetCosine(warmup_steps, first_guess), budget_min * 60, max_val_share
+        optimizer,
+        BudgetCosine(warmup_steps, first_guess, decay_share),
+        budget_min * 60,
+        max_val_share,
     )
