@@ -230,7 +230,7 @@ class SetCriterion(nn.Module):
                     self.focal_alpha,
                     self.focal_gamma,
                     log,
-                )  # fmt: skip
+                )
             )
         if "boxes" in self.losses:
             tgt = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices, strict=True)])
