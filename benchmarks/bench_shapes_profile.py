@@ -3,10 +3,9 @@ optimizer, and the data pipeline per batch (figures, not assertions).
 
 Composes experiments/shapes.yaml as ``make train`` does, takes real training batches from its
 datamodule, and times each part with forward hooks over ``--steps`` steps after ``--warmup``
-untimed ones. Validation's share of a run is read off a finished run's csv log with ``--run``
-(the ``budget/spent_s`` and epoch times of WallBudget are not needed: val time is the gap between
-the train-epoch end and the next epoch's first step). Run:
-``python benchmarks/bench_shapes_profile.py [--steps 20]``.
+untimed ones. Validation's share of a run is in the run's csv log (WallBudget logs
+``budget/train_s`` and ``budget/val_s`` per epoch). Run:
+``python benchmarks/bench_shapes_profile.py [--steps 20] [hydra overrides, e.g. backbone=narrow_r18]``.
 """
 
 from __future__ import annotations
@@ -48,9 +47,11 @@ class _Timer:
         )
 
 
-def profile(steps: int, warmup: int) -> dict[str, float]:
+def profile(steps: int, warmup: int, overrides: list[str]) -> dict[str, float]:
     with initialize_config_dir(conf_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=shapes"], return_hydra_config=True)
+        cfg = compose(
+            "train", overrides=["experiment=shapes", *overrides], return_hydra_config=True
+        )
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.root_dir = str(REPO)
@@ -100,11 +101,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="fewer steps")
+    parser.add_argument("overrides", nargs="*", help="hydra overrides of the shapes preset")
     args = parser.parse_args()
     steps = 5 if args.quick else args.steps
-    figures = profile(steps, args.warmup)
+    figures = profile(steps, args.warmup, args.overrides)
     step = sum(v for k, v in figures.items() if not k.startswith(" "))
-    print(f"shapes preset, batch 16, {torch.get_num_threads()} threads, ms per training step:")
+    extra = f" + {' '.join(args.overrides)}" if args.overrides else ""
+    print(f"shapes preset{extra}, {torch.get_num_threads()} threads, ms per training step:")
     for key, value in figures.items():
         print(f"  {key:28s} {value:8.1f}   {100 * value / step:5.1f} %")
     print(f"  {'total':28s} {step:8.1f}")

@@ -1,18 +1,13 @@
-"""LR schedules: hand-computed factors, and a wall budget that ends annealed inside its time."""
+"""LR schedules: hand-computed factors at given steps."""
 
-import functools
 import math
 from types import SimpleNamespace
 
-import lightning as L
 import pytest
 import torch
-from lit import loader, quiet_trainer, tiny_lit
 
-from detr_lightning import budget
 from detr_lightning.schedule import (
     BudgetCosine,
-    budget_schedule,
     cosine_schedule,
     step_schedule,
 )
@@ -80,40 +75,3 @@ def test_budget_cosine_keeps_the_peak_until_its_decay_share():
     assert factor(30) == pytest.approx(1.0) and factor(40) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="decay_share"):
         BudgetCosine(0, 10, decay_share=0.0)
-
-
-class _FakeClock(L.Callback):
-    """1 s per training batch, 0.5 s per validation batch, through WallBudget's clock."""
-
-    def __init__(self, monkeypatch) -> None:
-        self.now = 0.0
-        monkeypatch.setattr(budget.time, "perf_counter", lambda: self.now)
-        self.val_epochs: list[int] = []
-        self.lrs: list[float] = []
-
-    def on_train_batch_start(self, trainer, *args) -> None:
-        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])  # the lr of this step
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        self.now += 1.0
-
-    def on_validation_batch_end(self, trainer, *args) -> None:
-        self.now += 0.5
-        if not trainer.sanity_checking and trainer.current_epoch not in self.val_epochs:
-            self.val_epochs.append(trainer.current_epoch)
-
-
-def test_budget_run_ends_annealed_inside_its_budget(tmp_path, monkeypatch):
-    """3 batches (3 s) per epoch and a 1 s validation (25 % > 10 %: every 3rd epoch) in a 20 s
-    budget: after epoch 0 (4 s) 15 s are left for 4 epochs of 3 s + 1/3 of a validation, so the
-    run ends after 5 epochs = 15 steps, validated at epochs 0, 2 and 4 (the last), lr annealed."""
-    clock = _FakeClock(monkeypatch)
-    lit = tiny_lit(lr_schedule=functools.partial(budget_schedule, budget_min=20 / 60))
-    trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=[clock], limit_val_batches=2)
-    trainer.fit(lit, train_dataloaders=loader(3), val_dataloaders=loader(2))
-    assert (trainer.current_epoch, trainer.global_step) == (5, 15)
-    assert clock.val_epochs == [0, 2, 4]
-    assert clock.now <= 20
-    base = 1e-3  # tiny_lit's lr
-    assert clock.lrs[-1] / base == pytest.approx(0.5 * (1 + math.cos(math.pi * 14 / 15)))
-    assert clock.lrs[-1] / base < 0.02

@@ -3,7 +3,9 @@
 Works with :func:`~detr_lightning.schedule.budget_schedule` (LitDETR adds this callback when that
 schedule is configured). After every epoch it measures the epoch's training and validation time,
 plans how many more epochs fit in what is left of the budget, sets that as the run's last epoch
-and re-aims the cosine at its end; validation is spaced so that it takes at most
+and re-aims the cosine at its end. The epoch time it plans with is the mean over the epochs after
+the first (the first also pays for start-up), so a few seconds of timing noise do not move the
+planned end, and with it the cosine, back and forth; validation is spaced so that it takes at most
 ``max_val_share`` of the time, and always runs after the last epoch. A faster machine runs more
 epochs, a slower one fewer, and both finish annealed inside the budget.
 """
@@ -25,6 +27,7 @@ class WallBudget(L.Callback):
 
     def __init__(self) -> None:
         self.spent_s = 0.0  # training time of finished epochs, across resumptions
+        self.train_s_sum, self.train_s_count = 0.0, 0  # epochs after the first, for the mean
         self._epoch_start = 0.0
         self._val_s = 0.0
         self._last_val_s = 0.0
@@ -53,6 +56,10 @@ class WallBudget(L.Callback):
         epoch_s = time.perf_counter() - self._epoch_start
         self.spent_s += epoch_s
         train_s = max(epoch_s - self._val_s, 1e-3)
+        if trainer.current_epoch > 0:
+            self.train_s_sum += train_s
+            self.train_s_count += 1
+            train_s = self.train_s_sum / self.train_s_count
         val_s = self._last_val_s
         # Validate every n epochs so that validation stays under its share of the time.
         share = scheduler.max_val_share
@@ -66,13 +73,23 @@ class WallBudget(L.Callback):
         scheduler.factor.replan(round(trainer.global_step + epochs_left * steps))
         if epochs_left == 0:
             trainer.should_stop = True
-        pl_module.log_dict(
-            {"budget/planned_epochs": float(done + epochs_left), "budget/spent_s": self.spent_s}
-        )
+        pl_module.log_dict({
+            "budget/planned_epochs": float(done + epochs_left),
+            "budget/spent_s": self.spent_s,
+            "budget/train_s": train_s,  # the epoch time the plan used
+            "budget/val_s": val_s,
+        })  # fmt: skip
 
     def state_dict(self) -> dict[str, Any]:
-        return {"spent_s": self.spent_s, "last_val_s": self._last_val_s}
+        return {
+            "spent_s": self.spent_s,
+            "last_val_s": self._last_val_s,
+            "train_s_sum": self.train_s_sum,
+            "train_s_count": self.train_s_count,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.spent_s = float(state_dict["spent_s"])
         self._last_val_s = float(state_dict.get("last_val_s", 0.0))
+        self.train_s_sum = float(state_dict.get("train_s_sum", 0.0))
+        self.train_s_count = int(state_dict.get("train_s_count", 0))

@@ -35,7 +35,7 @@ from detr_lightning.convergence.denoising import DenoisingQueries, query_attenti
 from detr_lightning.convergence.dims import ModelDims
 from detr_lightning.convergence.queries import DecoderQueries, LearnedQueries, ProposalQueries
 from detr_lightning.convergence.refinement import RefiningDecoderHook, zero_last_layer
-from detr_lightning.detr.model import MLP, EncodedImage, SetDetector
+from detr_lightning.detr.model import MLP, EncodedImage, SetDetector, Targets
 from detr_lightning.detr.transformer import Transformer
 
 Factory = Callable[[ModelDims], nn.Module]
@@ -99,10 +99,7 @@ class ConvergenceDETR(SetDetector):
         self.denoiser = denoiser(dims) if denoiser is not None else None
 
     def forward(
-        self,
-        pixel_values: Tensor,
-        pixel_mask: Tensor | None = None,
-        targets: list[dict[str, Tensor]] | None = None,
+        self, pixel_values: Tensor, pixel_mask: Tensor | None = None, targets: Targets | None = None
     ) -> dict[str, Any]:
         """Detect objects; ``targets`` (labels [T], boxes [T, 4] cxcywh) feed the denoiser.
 
@@ -114,10 +111,7 @@ class ConvergenceDETR(SetDetector):
         return self.forward_with_hidden(pixel_values, pixel_mask, targets)[0]
 
     def forward_with_hidden(
-        self,
-        pixel_values: Tensor,
-        pixel_mask: Tensor | None = None,
-        targets: list[dict[str, Tensor]] | None = None,
+        self, pixel_values: Tensor, pixel_mask: Tensor | None = None, targets: Targets | None = None
     ) -> tuple[dict[str, Any], EncodedImage, Tensor]:
         """:meth:`forward` that also returns the :class:`EncodedImage` and hs [L, B, Q, d]: every
         decoder layer's output for the ``num_queries`` matching queries of group 0 only (the

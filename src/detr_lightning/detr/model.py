@@ -17,6 +17,9 @@ from detr_lightning.detr.backbone import Backbone
 from detr_lightning.detr.position_encoding import build_position_encoding
 from detr_lightning.detr.transformer import Transformer
 
+Targets = list[dict[str, Tensor]]
+"""Per-image target dicts: ``labels`` [T] int64, ``boxes`` [T, 4] normalised cxcywh, ..."""
+
 
 class MLP(nn.Module):
     """``num_layers`` Linear layers with ReLU between them (none after the last)."""
@@ -129,10 +132,7 @@ class SetDetector(nn.Module):
         return out
 
     def forward_with_hidden(
-        self,
-        pixel_values: Tensor,
-        pixel_mask: Tensor | None = None,
-        targets: list[dict[str, Tensor]] | None = None,
+        self, pixel_values: Tensor, pixel_mask: Tensor | None = None, targets: Targets | None = None
     ) -> tuple[dict[str, Any], EncodedImage, Tensor]:
         """The extension point for heads that read the decoder's hidden states (the panoptic
         mask head, :class:`~detr_lightning.detr.segmentation.DETRsegm`): the forward's output
@@ -168,10 +168,7 @@ class DETR(SetDetector):
         self.query_embed = nn.Embedding(num_queries, transformer.d_model)
 
     def forward(
-        self,
-        pixel_values: Tensor,
-        pixel_mask: Tensor | None = None,
-        targets: list[dict[str, Tensor]] | None = None,
+        self, pixel_values: Tensor, pixel_mask: Tensor | None = None, targets: Targets | None = None
     ) -> dict[str, Any]:
         """Detect objects.
 
@@ -190,10 +187,7 @@ class DETR(SetDetector):
         return self.heads(self.decode(self.encode(pixel_values, pixel_mask)))
 
     def forward_with_hidden(
-        self,
-        pixel_values: Tensor,
-        pixel_mask: Tensor | None = None,
-        targets: list[dict[str, Tensor]] | None = None,
+        self, pixel_values: Tensor, pixel_mask: Tensor | None = None, targets: Targets | None = None
     ) -> tuple[dict[str, Any], EncodedImage, Tensor]:
         """:meth:`forward` that also returns the encoder's output and hs [L, B, Q, d]."""
         enc = self.encode(pixel_values, pixel_mask)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from detr_lightning.detr.mask_head import MaskHeadSmallConv, MHAttentionMap
-from detr_lightning.detr.model import SetDetector
+from detr_lightning.detr.model import SetDetector, Targets
 
 
 class DETRsegm(nn.Module):
@@ -126,17 +126,10 @@ class DETRsegm(nn.Module):
         return getattr(self.detr, "focal", False)
 
     def forward(
-        self,
-        pixel_values: Tensor,
-        pixel_mask: Tensor | None = None,
-        targets: list[dict[str, Tensor]] | None = None,
+        self, pixel_values: Tensor, pixel_mask: Tensor | None = None, targets: Targets | None = None
     ) -> dict[str, Any]:
-        """Detect objects and predict one mask per query.
-
-        Args:
-            pixel_values: [B, 3, H, W] float, ImageNet-normalised, padded to a common size.
-            pixel_mask: [B, H, W] bool, True on real pixels (None = no padding).
-            targets: passed on to the detector (training-only extensions read them).
+        """Detect objects and predict one mask per query (inputs as :meth:`DETR.forward`;
+        ``targets`` go on to the detector, whose training-only extensions read them).
 
         Returns:
             The detector's outputs (``pred_logits`` [B, Q, K], ``pred_boxes`` [B, Q, 4],

@@ -27,9 +27,12 @@ def _attention(d_model: int, nhead: int, dropout: float) -> nn.MultiheadAttentio
 
 
 class _Layer(nn.Module):
-    """Shared pieces: residual sublayers (post- or pre-norm) and the optional FFN."""
+    """Shared pieces: residual sublayers (post- or pre-norm), the optional FFN and the
+    self-attention sublayer (``self_attn``, ``norm1``) that both layers open with."""
 
-    def __init__(self, d_model: int, dim_ff: int, dropout: float, pre: bool, use_ffn: bool):
+    def __init__(
+        self, d_model: int, nhead: int, dim_ff: int, dropout: float, pre: bool, use_ffn: bool
+    ) -> None:
         super().__init__()
         self.normalize_before = pre
         self.use_ffn = use_ffn
@@ -37,6 +40,8 @@ class _Layer(nn.Module):
             self.linear1 = nn.Linear(d_model, dim_ff)
             self.dropout = nn.Dropout(dropout)
             self.linear2 = nn.Linear(dim_ff, d_model)
+        self.self_attn = _attention(d_model, nhead, dropout)
+        self.norm1, self.dropout1 = nn.LayerNorm(d_model), nn.Dropout(dropout)
 
     def _sublayer(
         self, x: Tensor, fn: Callable[[Tensor], Tensor], norm: nn.Module, drop: nn.Module
@@ -56,9 +61,7 @@ class TransformerEncoderLayer(_Layer):
         self, d_model: int, nhead: int, dim_ff: int = 2048, dropout: float = 0.1,
         pre: bool = False, use_ffn: bool = True,
     ) -> None:  # fmt: skip
-        super().__init__(d_model, dim_ff, dropout, pre, use_ffn)
-        self.self_attn = _attention(d_model, nhead, dropout)
-        self.norm1, self.dropout1 = nn.LayerNorm(d_model), nn.Dropout(dropout)
+        super().__init__(d_model, nhead, dim_ff, dropout, pre, use_ffn)
         if use_ffn:
             self.norm2, self.dropout2 = nn.LayerNorm(d_model), nn.Dropout(dropout)
 
@@ -84,10 +87,8 @@ class TransformerDecoderLayer(_Layer):
         self, d_model: int, nhead: int, dim_ff: int = 2048, dropout: float = 0.1,
         pre: bool = False, use_ffn: bool = True,
     ) -> None:  # fmt: skip
-        super().__init__(d_model, dim_ff, dropout, pre, use_ffn)
-        self.self_attn = _attention(d_model, nhead, dropout)
+        super().__init__(d_model, nhead, dim_ff, dropout, pre, use_ffn)
         self.multihead_attn = _attention(d_model, nhead, dropout)
-        self.norm1, self.dropout1 = nn.LayerNorm(d_model), nn.Dropout(dropout)
         self.norm2, self.dropout2 = nn.LayerNorm(d_model), nn.Dropout(dropout)
         if use_ffn:
             self.norm3, self.dropout3 = nn.LayerNorm(d_model), nn.Dropout(dropout)

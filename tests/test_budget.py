@@ -1,0 +1,76 @@
+"""WallBudget: a budgeted run plans its epochs from measured times and ends annealed inside its
+budget (a fake clock makes the times exact, so the plans are hand-computed)."""
+
+import functools
+import math
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+from lit import loader, quiet_trainer, tiny_lit
+
+from detr_lightning import budget
+from detr_lightning.schedule import budget_schedule
+
+
+class _FakeClock(L.Callback):
+    """``batch_s(epoch)`` seconds per training batch (1 s by default), 0.5 s per validation
+    batch, through WallBudget's clock; records the planned last epoch at each epoch start."""
+
+    def __init__(self, monkeypatch, batch_s=lambda epoch: 1.0) -> None:
+        self.now, self.batch_s = 0.0, batch_s
+        self.plans: list[int] = []
+        # only WallBudget's clock: Lightning's own timers keep the real one
+        monkeypatch.setattr(budget, "time", SimpleNamespace(perf_counter=lambda: self.now))
+        self.val_epochs: list[int] = []
+        self.lrs: list[float] = []
+
+    def on_train_epoch_start(self, trainer, *args) -> None:
+        if trainer.current_epoch > 0:
+            self.plans.append(trainer.fit_loop.max_epochs)  # planned after the previous epoch
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])  # the lr of this step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        self.now += self.batch_s(trainer.current_epoch)
+
+    def on_validation_batch_end(self, trainer, *args) -> None:
+        self.now += 0.5
+        if not trainer.sanity_checking and trainer.current_epoch not in self.val_epochs:
+            self.val_epochs.append(trainer.current_epoch)
+
+
+def test_budget_run_ends_annealed_inside_its_budget(tmp_path, monkeypatch):
+    """3 batches (3 s) per epoch and a 1 s validation (25 % > 10 %: every 3rd epoch) in a 20 s
+    budget: after epoch 0 (4 s) 15 s are left for 4 epochs of 3 s + 1/3 of a validation, so the
+    run ends after 5 epochs = 15 steps, validated at epochs 0, 2 and 4 (the last), lr annealed."""
+    clock = _FakeClock(monkeypatch)
+    lit = tiny_lit(lr_schedule=functools.partial(budget_schedule, budget_min=20 / 60))
+    trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=[clock], limit_val_batches=2)
+    trainer.fit(lit, train_dataloaders=loader(3), val_dataloaders=loader(2))
+    assert (trainer.current_epoch, trainer.global_step) == (5, 15)
+    assert clock.val_epochs == [0, 2, 4]
+    assert clock.now <= 20
+    base = 1e-3  # tiny_lit's lr
+    assert clock.lrs[-1] / base == pytest.approx(0.5 * (1 + math.cos(math.pi * 14 / 15)))
+    assert clock.lrs[-1] / base < 0.02
+
+
+def test_budget_plans_with_the_mean_epoch_time(tmp_path, monkeypatch):
+    """A 30 s budget, 3 batches of 1 s per epoch except epoch 2 (1.5 s each: a hiccup), 1 s of
+    validation after every epoch (max_val_share=1). Epoch 0 (start-up) is left out of the mean.
+    Remaining after epoch k = 30 - spent - 1 (the last validation); epochs that fit =
+    remaining // (mean train time + 1):
+    k=0: 25 // 4 = 6 -> plan 7;  k=1: 21 // (3 + 1) = 5 -> 7;  k=2: 15.5 // (3.75 + 1) = 3 -> 6
+    (the last epoch alone, 4.5 s, would give 2 -> 5);  k=3: 11.5 // 4.5 = 2 -> 6;
+    k=4: 7.5 // 4.375 = 1 -> 6;  k=5: stop after 25.5 s."""
+    clock = _FakeClock(monkeypatch, batch_s=lambda epoch: 1.5 if epoch == 2 else 1.0)
+    schedule = functools.partial(budget_schedule, budget_min=0.5, max_val_share=1.0)
+    lit = tiny_lit(lr_schedule=schedule)
+    trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=[clock], limit_val_batches=2)
+    trainer.fit(lit, train_dataloaders=loader(3), val_dataloaders=loader(2))
+    assert clock.plans == [7, 7, 6, 6, 6]
+    assert trainer.current_epoch == 6 and clock.now == pytest.approx(25.5)
+    wall = next(c for c in trainer.callbacks if isinstance(c, budget.WallBudget))
+    assert (wall.train_s_sum, wall.train_s_count) == (pytest.approx(16.5), 5)
