@@ -16,7 +16,6 @@ TINY = [
     "data.train_transforms.max_size=160",
     "data.train_transforms.crop_resize_scales=[96]",
     "data.train_transforms.crop_size=[64,96]",
-    "data.train_transforms.crop_prob=0.5",  # keep the crop path in the CLI runs (shapes: off)
     "data.val_transforms.size=96",
     "data.val_transforms.max_size=160",
     "model.net.num_queries=8",
