@@ -69,10 +69,10 @@ def test_resume_continues_the_step_count_and_optimizer(first_run, shapes_root) -
 def test_eval_from_checkpoint_reproduces_the_training_metrics(first_run, shapes_root) -> None:
     cwd, _, run_dir = first_run
     trained = json.loads((run_dir / "metrics.json").read_text())
-    # the same images: the training run's test saw schedule=smoke's 2 test batches
-    out = run_cli("eval", ["experiment=shapes", f"ckpt_path={trained['run']['checkpoint']}",
-                           "trainer.limit_test_batches=2", f"paths.shapes_dir={shapes_root}",
-                           *TINY], cwd)  # fmt: skip
+    # schedule=smoke as in training: its limit_test_batches picks the same test images
+    out = run_cli("eval", ["experiment=shapes", "schedule=smoke",
+                           f"ckpt_path={trained['run']['checkpoint']}",
+                           f"paths.shapes_dir={shapes_root}", *TINY], cwd)  # fmt: skip
     eval_dir = run_dirs(out)[0]
     assert eval_dir.parent == cwd / "outputs" / "shapes" and eval_dir.name.startswith("eval_")
     evaluated = json.loads((eval_dir / "metrics.json").read_text())
