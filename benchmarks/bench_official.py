@@ -12,7 +12,8 @@ loss, backward, clip at 0.1, AdamW with the two learning rates: the official loo
 conf/model/detr.yaml), in float32 and under ``trainer.precision=bf16-mixed``. Inference: one image, eval mode, no gradients: the official model,
 ours as validation runs it, and ours as ``predict`` runs it
 (:func:`~detr_lightning.detr.fast_inference.prepare_for_inference`: folded BatchNorms,
-channels-last; also in bf16, and compiled with ``--compile``). The variants run interleaved,
+channels-last; also in bf16, and compiled with ``--compile``), and the exported ONNX graph as
+``predict backend=onnxruntime`` runs it (skip with ``--no-onnx``). The variants run interleaved,
 round after round, so that a busy machine slows all of them alike; the ratios (official time /
 ours, > 1 = ours faster) come from the per-variant minimum and median of the same run.
 ``--ablate`` adds our training step with one lever off at a time: where the gain comes from.
@@ -25,6 +26,7 @@ import copy
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +40,7 @@ from detr_lightning.detr.backbone import Backbone
 from detr_lightning.detr.fast_inference import prepare_for_inference
 from detr_lightning.detr.model import build_detr
 from detr_lightning.detr.official import convert_official_state_dict
+from detr_lightning.inference.onnx_runtime import OnnxDetector
 from detr_lightning.loss import HungarianMatcher, SetCriterion
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,6 +169,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--ablate", action="store_true", help="one lever off at a time")
     parser.add_argument("--compile", action="store_true", help="also compiled (minutes)")
+    parser.add_argument(
+        "--no-onnx", action="store_true", help="skip predict backend=onnxruntime (1 min export)"
+    )
     parser.add_argument("--quick", action="store_true", help="3 rounds, no ablation")
     parser.add_argument("--only", choices=("train", "inference"), help="one half only")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice; "
@@ -252,12 +258,27 @@ def time_inference(args, official, image, image_mask, rounds) -> dict:
                 f"[official] torch.compile of the predict graph: {time.perf_counter() - start:.0f} s"
             )
         infer["ours (predict, compiled)"] = lambda: compiled(image, image_mask)
+    if not args.no_onnx:
+        onnx = onnx_detector(copy.deepcopy(ours_eval), tuple(image.shape[-2:]))
+        infer["ours (predict backend=onnxruntime)"] = lambda: onnx(image, image_mask)
     with torch.no_grad():
         ref = official(sample)["pred_boxes"]
         for name, fn in list(infer.items())[1:]:
             print(f"[official]   {name}: max |boxes - official| "
                   f"{(fn()['pred_boxes'] - ref).abs().max().item():.1e}")  # fmt: skip
         return report("inference forward", interleaved(infer, rounds))
+
+
+def onnx_detector(net: nn.Module, size: tuple[int, int]) -> OnnxDetector:
+    """``net`` exported as ``python -m detr_lightning.export`` does (ONNX Runtime folds the
+    BatchNorms itself) and run as ``predict backend=onnxruntime`` runs it."""
+    from detr_lightning.inference.onnx_export import export_onnx
+
+    path = Path(tempfile.mkdtemp()) / "detr_r50.onnx"
+    start = time.perf_counter()
+    export_onnx(net, path, example_size=tuple(size))
+    print(f"[official] ONNX export: {time.perf_counter() - start:.0f} s")
+    return OnnxDetector(path, providers=["CPUExecutionProvider"], threads=torch.get_num_threads())
 
 
 if __name__ == "__main__":

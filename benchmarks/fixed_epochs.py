@@ -1,0 +1,53 @@
+"""Train a budget-scheduled preset for exactly N epochs, whatever the machine's speed.
+
+The shapes preset's schedule (``budget_schedule`` + WallBudget) plans its epochs from the
+measured epoch time, so two runs of the same lever on a VM whose speed drifts get different
+epoch counts and cannot be compared. Here WallBudget is told that every epoch took
+``budget / (N + 0.5)`` seconds and validation none: it plans N epochs, the lr follows the same
+cosine as on a machine with that epoch time, and the runs are deterministic (same seed, data
+in the main process), so AP differences between runs are the levers' alone. Wall time is not
+measured here; speed comes from ``bench_shapes_profile.py``.
+
+Run: ``python benchmarks/fixed_epochs.py --epochs 8 [--budget-min 6.5] [hydra overrides]``
+(defaults to ``experiment=shapes``; the run directory is Hydra's, or ``hydra.run.dir=...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from detr_lightning import budget
+
+
+def fix_epochs(epoch_s: float) -> None:
+    """Make every WallBudget report ``epoch_s`` seconds of training per epoch and no
+    validation time."""
+    measured = budget.WallBudget.on_train_epoch_end
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+        self._epoch_start = time.perf_counter() - epoch_s
+        self._val_s = 0.0
+        measured(self, trainer, pl_module)
+
+    budget.WallBudget.on_train_epoch_end = on_train_epoch_end
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--budget-min", type=float, default=6.5)
+    args, overrides = parser.parse_known_args()
+    # Half an epoch of slack absorbs the real final validation that WallBudget still counts.
+    fix_epochs(args.budget_min * 60 / (args.epochs + 0.5))
+    if not any(o.startswith("experiment=") for o in overrides):
+        overrides.insert(0, "experiment=shapes")
+    sys.argv = [sys.argv[0], *overrides, f"model.lr_schedule.budget_min={args.budget_min}"]
+    from detr_lightning.train import main as train_main
+
+    train_main()
+
+
+if __name__ == "__main__":
+    main()
