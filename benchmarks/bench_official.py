@@ -276,7 +276,7 @@ def onnx_detector(net: nn.Module, size: tuple[int, int]) -> OnnxDetector:
 
     path = Path(tempfile.mkdtemp()) / "detr_r50.onnx"
     start = time.perf_counter()
-    export_onnx(net, path, example_size=tuple(size))
+    export_onnx(net, path, example_size=size)
     print(f"[official] ONNX export: {time.perf_counter() - start:.0f} s")
     return OnnxDetector(path, providers=["CPUExecutionProvider"], threads=torch.get_num_threads())
 

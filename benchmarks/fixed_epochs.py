@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any
 
 from detr_lightning import budget
 
@@ -26,7 +27,7 @@ def fix_epochs(epoch_s: float) -> None:
     validation time."""
     measured = budget.WallBudget.on_train_epoch_end
 
-    def on_train_epoch_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+    def on_train_epoch_end(self: budget.WallBudget, trainer: Any, pl_module: Any) -> None:
         self._epoch_start = time.perf_counter() - epoch_s
         self._val_s = 0.0
         measured(self, trainer, pl_module)
