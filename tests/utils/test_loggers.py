@@ -110,6 +110,7 @@ def test_sweep_job_logger_groups_tags_and_gets_its_own_run(
     import wandb
 
     assert wandb.run is None
+    wandb.teardown()  # the service writes the .wandb files; stopping it flushes the last records
     (a,) = (tmp_path / "a" / "wandb").glob("offline-run-*")
     (b,) = (tmp_path / "b" / "wandb").glob("offline-run-*")
     assert offline_run(a)["exit_code"] == 1 and offline_run(b)["exit_code"] == 0
