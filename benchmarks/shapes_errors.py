@@ -1,0 +1,116 @@
+"""What a trained detector gets wrong on the val split: boxes or classes (figures, not assertions).
+
+For every ground-truth object of the val split, with the model's final outputs:
+
+* ``found@0.5`` / ``found@0.75``: some output box (any class, any score) overlaps it at IoU
+  above 0.5 / 0.75 — localisation and recall, independent of classification;
+* ``class ok``: among the output boxes above IoU 0.5, the highest-scoring one has its class —
+  what the score ranking, and so AP, sees;
+* ``duplicates``: more than one box above IoU 0.5 scores above 0.3.
+
+With box refinement (``refine=boxes``) it also prints the mean IoU of the outputs matched one
+to one (Hungarian, by IoU) to the objects at the decoder's reference boxes and after every
+decoder layer: whether the decoder moves its boxes towards the objects. A confusion matrix
+(rows: true class, columns: the class of the best box above IoU 0.5) ends the report.
+
+Run: ``python benchmarks/shapes_errors.py CKPT [hydra overrides of the run, e.g. experiment=shapes]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+from torchvision.ops import box_convert, box_iou
+
+from detr_lightning.checkpointing.validate import read_checkpoint
+from detr_lightning.utils import conf_dir
+from detr_lightning.utils.build import build_datamodule, build_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def layer_boxes(out: dict, reference: Tensor | None) -> dict[str, Tensor]:
+    """[B, Q, 4] cxcywh boxes by stage: the reference (if any), every decoder layer's output."""
+    stages = {} if reference is None else {"reference": reference}
+    aux = out.get("aux_outputs", [])
+    for i, layer in enumerate(aux):
+        stages[f"layer {i}"] = layer["pred_boxes"]
+    stages[f"layer {len(aux)}"] = out["pred_boxes"]
+    return stages
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("ckpt")
+    args, overrides = parser.parse_known_args()
+    if not any(o.startswith("experiment=") for o in overrides):
+        overrides.insert(0, "experiment=shapes")
+    with initialize_config_dir(conf_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):  # data/ of this checkout, as `make train` resolves it
+        cfg.paths.root_dir, cfg.paths.data_dir = str(REPO), str(REPO / "data")
+    datamodule = build_datamodule(cfg)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    lit = build_model(cfg, datamodule)
+    lit.load_state_dict(read_checkpoint(args.ckpt)["state_dict"])
+    net = lit.net.eval()
+    focal = bool(getattr(net, "focal", False))
+    captured: dict[str, Tensor] = {}
+    queries = getattr(net, "queries", None)
+    if getattr(net, "box_refinement", None) is not None:
+        queries.register_forward_hook(lambda m, a, o: captured.__setitem__("ref", o.reference))
+    counts: dict[str, float] = defaultdict(float)
+    ious: dict[str, list[Tensor]] = defaultdict(list)
+    confusion: dict[tuple[int, int], int] = defaultdict(int)
+    for batch in datamodule.val_dataloader():
+        with torch.no_grad():
+            out = net(batch.pixel_values, batch.pixel_mask)
+        probs = out["pred_logits"].sigmoid() if focal else out["pred_logits"].softmax(-1)[..., :-1]
+        scores, labels = probs.max(-1)
+        stages = layer_boxes(out, captured.get("ref"))
+        for b, target in enumerate(batch.targets):
+            gt, gt_labels = box_convert(target["boxes"], "cxcywh", "xyxy"), target["labels"]
+            if len(gt) == 0:
+                continue
+            iou = box_iou(box_convert(out["pred_boxes"][b], "cxcywh", "xyxy"), gt)  # [Q, G]
+            counts["objects"] += len(gt)
+            counts["found@0.5"] += (iou.max(0).values > 0.5).sum().item()
+            counts["found@0.75"] += (iou.max(0).values > 0.75).sum().item()
+            for g in range(len(gt)):
+                over = iou[:, g] > 0.5
+                if not over.any():
+                    continue
+                best = torch.where(over, scores[b], torch.full_like(scores[b], -1.0)).argmax()
+                counts["class ok"] += int(labels[b, best] == gt_labels[g])
+                counts["duplicates"] += int((over & (scores[b] > 0.3)).sum() > 1)
+                confusion[(int(gt_labels[g]), int(labels[b, best]))] += 1
+            rows, cols = linear_sum_assignment((-iou).numpy())
+            for name, boxes in stages.items():
+                matched = box_convert(boxes[b][rows], "cxcywh", "xyxy")
+                ious[name].append(box_iou(matched, gt[cols]).diagonal())
+    n = counts.pop("objects")
+    print(f"{args.ckpt}: {int(n)} val objects")
+    for key, value in counts.items():
+        print(f"  {key:12s} {value / n:.3f}")
+    if len(ious) > 1:
+        print("  mean IoU of the outputs matched to the objects (Hungarian, by IoU):")
+        for name, values in ious.items():
+            print(f"    {name:10s} {torch.cat(values).mean():.3f}")
+    size = len(datamodule.label_to_category_id)
+    print("  confusion (rows: true class, columns: class of the best box above IoU 0.5):")
+    for t in range(size):
+        print("    " + " ".join(f"{confusion[(t, p)]:5d}" for p in range(size)))
+
+
+if __name__ == "__main__":
+    main()
