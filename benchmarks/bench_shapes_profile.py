@@ -19,7 +19,7 @@ import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
+from omegaconf import DictConfig, open_dict
 
 from detr_lightning.data.shapes import ensure_shapes_dataset
 from detr_lightning.lit_module import drop_crowd
@@ -47,15 +47,23 @@ class _Timer:
         )
 
 
-def profile(steps: int, warmup: int, overrides: list[str]) -> dict[str, float]:
+def compose_shapes(overrides: list[str]) -> DictConfig:
+    """The train config of ``experiment=shapes`` (or of the experiment in ``overrides``) as
+    ``make train`` composes it in this checkout (its data/), HydraConfig set for interpolations."""
+    if not any(o.startswith("experiment=") for o in overrides):
+        overrides = ["experiment=shapes", *overrides]
     with initialize_config_dir(conf_dir(), version_base="1.3"):
-        cfg = compose(
-            "train", overrides=["experiment=shapes", *overrides], return_hydra_config=True
-        )
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.root_dir = str(REPO)
         cfg.paths.data_dir = str(REPO / "data")
+    return cfg
+
+
+def profile(steps: int, warmup: int, overrides: list[str]) -> dict[str, float]:
+    cfg = compose_shapes(overrides)
+    with open_dict(cfg):
         cfg.paths.output_dir = str(REPO / "benchmarks" / "results" / "shapes_profile")
     ensure_shapes_dataset(**cfg.data.generate_shapes)
     L.seed_everything(0)

@@ -19,22 +19,20 @@ Run: ``python benchmarks/shapes_errors.py CKPT [hydra overrides of the run, e.g.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 from torchvision.ops import box_convert, box_iou
 
 from detr_lightning.checkpointing.validate import read_checkpoint
-from detr_lightning.utils import conf_dir
 from detr_lightning.utils.build import build_datamodule, build_model
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_shapes_profile import compose_shapes  # noqa: E402
 
 
 def layer_boxes(out: dict, reference: Tensor | None) -> dict[str, Tensor]:
@@ -51,13 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("ckpt")
     args, overrides = parser.parse_known_args()
-    if not any(o.startswith("experiment=") for o in overrides):
-        overrides.insert(0, "experiment=shapes")
-    with initialize_config_dir(conf_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):  # data/ of this checkout, as `make train` resolves it
-        cfg.paths.root_dir, cfg.paths.data_dir = str(REPO), str(REPO / "data")
+    cfg = compose_shapes(overrides)
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -66,9 +58,8 @@ def main() -> None:
     net = lit.net.eval()
     focal = bool(getattr(net, "focal", False))
     captured: dict[str, Tensor] = {}
-    queries = getattr(net, "queries", None)
-    if getattr(net, "box_refinement", None) is not None:
-        queries.register_forward_hook(lambda m, a, o: captured.__setitem__("ref", o.reference))
+    if getattr(net, "box_refinement", None) is not None:  # the queries carry reference boxes
+        net.queries.register_forward_hook(lambda m, a, o: captured.__setitem__("ref", o.reference))
     counts: dict[str, float] = defaultdict(float)
     ious: dict[str, list[Tensor]] = defaultdict(list)
     confusion: dict[tuple[int, int], int] = defaultdict(int)
@@ -84,8 +75,9 @@ def main() -> None:
                 continue
             iou = box_iou(box_convert(out["pred_boxes"][b], "cxcywh", "xyxy"), gt)  # [Q, G]
             counts["objects"] += len(gt)
-            counts["found@0.5"] += (iou.max(0).values > 0.5).sum().item()
-            counts["found@0.75"] += (iou.max(0).values > 0.75).sum().item()
+            best_iou = iou.max(0).values  # [G]
+            counts["found@0.5"] += (best_iou > 0.5).sum().item()
+            counts["found@0.75"] += (best_iou > 0.75).sum().item()
             for g in range(len(gt)):
                 over = iou[:, g] > 0.5
                 if not over.any():
