@@ -32,12 +32,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.fx
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
 from detr_lightning.detr.backbone import Backbone
 from detr_lightning.detr.fast_inference import prepare_for_inference
+from detr_lightning.detr.frozen_bn import FrozenBNLeafTracer
 from detr_lightning.detr.model import build_detr
 from detr_lightning.detr.official import convert_official_state_dict
 from detr_lightning.inference.onnx_runtime import OnnxDetector
@@ -122,6 +124,31 @@ def ours_like(official: nn.Module, **backbone_kwargs) -> nn.Module:
     if backbone_kwargs:
         model.backbone = Backbone("resnet50", **backbone_kwargs)
     model.load_state_dict(convert_official_state_dict(official.state_dict()))
+    return model
+
+
+def with_torch_dropout(model: nn.Module) -> nn.Module:
+    """``model`` with torch's ``nn.Dropout`` and ``nn.MultiheadAttention`` in place of the
+    transformer's cheap-mask subclasses (same weights): the dropout lever off."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Dropout):
+                setattr(parent, name, nn.Dropout(child.p))
+            elif isinstance(child, nn.MultiheadAttention):
+                plain = nn.MultiheadAttention(
+                    child.embed_dim, child.num_heads, child.dropout, batch_first=True
+                )
+                plain.load_state_dict(child.state_dict())
+                setattr(parent, name, plain.train(child.training))
+    return model
+
+
+def with_fx_trunk(model: nn.Module) -> nn.Module:
+    """``model`` whose ResNet trunk runs as an FX graph of the same modules (what
+    ``create_feature_extractor`` builds: residual additions out of place): the eager-trunk
+    lever off."""
+    body = model.backbone.body
+    model.backbone.body = torch.fx.GraphModule(body, FrozenBNLeafTracer().trace(body))
     return model
 
 
@@ -230,6 +257,10 @@ def time_training(args, official, official_criterion, pixels, mask, targets, rou
                 ours_like(official, channels_last=False).train(), pixels, mask, targets),
             "ours, for-loop AdamW": our_train_step(
                 ours_like(official).train(), pixels, mask, targets, fused=None),
+            "ours, torch's dropout masks": our_train_step(
+                with_torch_dropout(ours_like(official).train()), pixels, mask, targets),
+            "ours, FX-traced trunk": our_train_step(
+                with_fx_trunk(ours_like(official).train()), pixels, mask, targets),
         }  # fmt: skip
     return report("training step", interleaved(train, rounds))
 

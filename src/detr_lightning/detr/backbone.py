@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
-from torchvision.models.feature_extraction import create_feature_extractor
+from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FrozenBatchNorm2d
 
 from detr_lightning.detr.frozen_bn import fold_frozen_batchnorm, fuse_frozen_batchnorm
@@ -180,9 +180,13 @@ def resnet_body(
     resnet: nn.Module, layer1_channels: int, last_stage: str, interm: bool
 ) -> tuple[nn.Module, tuple[str, ...], tuple[int, ...]]:
     """A torchvision ResNet cut after ``last_stage`` as a feature extractor returning that stage
-    (every stage from layer1 with ``interm``), with the returned names and channel counts."""
+    (every stage from layer1 with ``interm``), with the returned names and channel counts.
+
+    The extractor runs the ResNet's own modules eagerly (as the official code does), so the
+    blocks keep their in-place residual additions; an FX-traced extractor would make each of
+    them a new activation-sized tensor."""
     depth = _STAGES.index(last_stage) + 1
     stages = _STAGES[:depth] if interm else (last_stage,)
-    body = create_feature_extractor(resnet, {s: s for s in stages})
+    body = IntermediateLayerGetter(resnet, {s: s for s in stages})
     channels = tuple(layer1_channels * 2 ** _STAGES.index(s) for s in stages)
     return body, stages, channels

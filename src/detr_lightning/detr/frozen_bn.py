@@ -9,7 +9,9 @@ equals one convolution with weight ``W * s`` (per output channel) and bias ``t``
   which scales its weight by ``s`` at each call (a weight-sized product) instead of running two
   activation-sized passes forward and one backward; the BatchNorm keeps its buffers (the state
   dict keys and checkpoints are unchanged) and becomes an identity. The BatchNorm stays frozen:
-  its statistics are never recomputed from the batch. Gradients of ``W`` are the same.
+  its statistics are never recomputed from the batch. Gradients of ``W`` are the same. On the
+  CPU its 1x1 convolutions run with dilation 2, the same arithmetic for a 1x1 kernel, which
+  routes them to oneDNN also in single-threaded processes (``ConvFrozenBN.forward``).
 * :func:`fold_frozen_batchnorm` (inference: ``predict``, export): bakes ``W * s`` and ``t`` into
   a plain ``nn.Conv2d`` and drops the BatchNorm, so the graph has no normalisation left; the
   state dict keys change, so fold a copy that will not be trained or checkpointed.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import torch
 import torch.fx
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 
@@ -60,7 +63,14 @@ class ConvFrozenBN(nn.Conv2d):
         scale, shift = frozen_bn_affine(self.frozen_bn[0])
         if self.bias is not None:
             shift = shift + self.bias * scale
-        return self._conv_forward(x, self.weight * scale.reshape(-1, 1, 1, 1), shift)
+        weight = self.weight * scale.reshape(-1, 1, 1, 1)
+        pointwise = self.kernel_size == (1, 1) and self.dilation == (1, 1)
+        if pointwise and x.device.type == "cpu" and self.padding_mode == "zeros":
+            # A 1x1 kernel has no taps to spread, so dilation 2 computes the same convolution;
+            # it makes PyTorch choose oneDNN, which in a single-threaded process it otherwise
+            # skips for 1x1 kernels in favour of a native kernel that takes twice the time.
+            return F.conv2d(x, weight, shift, self.stride, self.padding, 2, self.groups)
+        return self._conv_forward(x, weight, shift)
 
     def folded(self) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` with ``W * s`` and ``t`` baked in (no gradient)."""
@@ -79,18 +89,25 @@ class ConvFrozenBN(nn.Conv2d):
         return conv.train(self.training)
 
 
+class FrozenBNLeafTracer(torch.fx.Tracer):
+    """Records frozen BatchNorms and fused convolutions as module calls instead of tracing
+    into their arithmetic."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        leaf = isinstance(m, FrozenBatchNorm2d | ConvFrozenBN)
+        return leaf or super().is_leaf_module(m, module_qualified_name)
+
+
 def _graph(module: nn.Module) -> torch.fx.Graph:
-    return (
-        module.graph
-        if isinstance(module, torch.fx.GraphModule)
-        else torch.fx.symbolic_trace(module).graph
-    )
+    if isinstance(module, torch.fx.GraphModule):
+        return module.graph
+    return FrozenBNLeafTracer().trace(module)
 
 
 def conv_bn_pairs(module: nn.Module) -> list[tuple[str, str]]:
     """``(conv name, bn name)`` of every ``nn.Conv2d`` whose output feeds only a plain
-    ``FrozenBatchNorm2d``, read off the module's FX graph (a ``create_feature_extractor`` body,
-    or any symbolically traceable module)."""
+    ``FrozenBatchNorm2d``, read off the module's FX graph (the module's own when it is a
+    ``GraphModule``; otherwise traced, e.g. a ResNet trunk)."""
     pairs = []
     for node in _graph(module).nodes:
         if node.op != "call_module" or not node.args:
