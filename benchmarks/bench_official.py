@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from torch import nn
 
 from detr_lightning.detr.backbone import Backbone
 from detr_lightning.detr.fast_inference import prepare_for_inference
-from detr_lightning.detr.frozen_bn import FrozenBNLeafTracer
+from detr_lightning.detr.frozen_bn import ConvFrozenBN, FrozenBNLeafTracer, frozen_bn_affine
 from detr_lightning.detr.model import build_detr
 from detr_lightning.detr.official import convert_official_state_dict
 from detr_lightning.inference.onnx_runtime import OnnxDetector
@@ -152,6 +153,19 @@ def with_fx_trunk(model: nn.Module) -> nn.Module:
     return model
 
 
+def with_default_pointwise_routing(model: nn.Module) -> nn.Module:
+    """``model`` whose fused convolutions all run as ``nn.Conv2d`` calls them (1x1 kernels
+    without the dilation that routes them to oneDNN; matters with one thread): that lever off."""
+
+    def plain_forward(conv: ConvFrozenBN, x: torch.Tensor) -> torch.Tensor:
+        scale, shift = frozen_bn_affine(conv.frozen_bn[0])
+        return conv._conv_forward(x, conv.weight * scale.reshape(-1, 1, 1, 1), shift)
+
+    for conv in (m for m in model.modules() if isinstance(m, ConvFrozenBN)):
+        conv.forward = types.MethodType(plain_forward, conv)
+    return model
+
+
 def interleaved(
     fns: dict[str, Callable[[], object]], rounds: int
 ) -> dict[str, dict[str, list[float]]]:
@@ -261,6 +275,9 @@ def time_training(args, official, official_criterion, pixels, mask, targets, rou
                 with_torch_dropout(ours_like(official).train()), pixels, mask, targets),
             "ours, FX-traced trunk": our_train_step(
                 with_fx_trunk(ours_like(official).train()), pixels, mask, targets),
+            "ours, 1x1 convs routed by PyTorch": our_train_step(
+                with_default_pointwise_routing(ours_like(official).train()), pixels, mask,
+                targets),
         }  # fmt: skip
     return report("training step", interleaved(train, rounds))
 
