@@ -90,3 +90,17 @@ def test_parameters_and_state_dict_keys_are_torch_attention() -> None:
     ours, ref = _pair()
     assert isinstance(ours, nn.MultiheadAttention) and ours.batch_first
     assert list(ours.state_dict()) == list(ref.state_dict())
+
+
+def test_per_head_masks_in_training_take_torch_path_and_block_keys() -> None:
+    """A [B*heads, L, S] mask is left to torch: keys it blocks never reach the output."""
+    ours, _ = _pair(dropout=0.3)
+    q, k, v = torch.randn(B, L, D), torch.randn(B, S, D), torch.randn(B, S, D)
+    mask = torch.ones(B * H, L, S, dtype=torch.bool)
+    mask[:, :, 0] = False  # only key 0 is visible
+    changed = v.clone()
+    changed[:, 1:] += 100.0
+    torch.manual_seed(9)
+    out = ours.train()(q, k, v, attn_mask=mask, need_weights=False)[0]
+    torch.manual_seed(9)
+    torch.testing.assert_close(ours(q, k, changed, attn_mask=mask, need_weights=False)[0], out)

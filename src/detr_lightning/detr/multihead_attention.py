@@ -51,6 +51,7 @@ class MultiheadAttention(nn.MultiheadAttention):
             and not is_causal
             and query.device.type == "cpu"
             and query.dim() == 3
+            and (attn_mask is None or attn_mask.dim() == 2)  # per-head masks: torch's path
         )
         if not own:
             return super().forward(
