@@ -40,7 +40,7 @@ from torch import nn
 
 from detr_lightning.detr.backbone import Backbone
 from detr_lightning.detr.fast_inference import prepare_for_inference
-from detr_lightning.detr.frozen_bn import ConvFrozenBN, FrozenBNLeafTracer, frozen_bn_affine
+from detr_lightning.detr.frozen_bn import ConvFrozenBN, FrozenBNLeafTracer
 from detr_lightning.detr.model import build_detr
 from detr_lightning.detr.official import convert_official_state_dict
 from detr_lightning.inference.onnx_runtime import OnnxDetector
@@ -158,8 +158,7 @@ def with_default_pointwise_routing(model: nn.Module) -> nn.Module:
     without the dilation that routes them to oneDNN; matters with one thread): that lever off."""
 
     def plain_forward(conv: ConvFrozenBN, x: torch.Tensor) -> torch.Tensor:
-        scale, shift = frozen_bn_affine(conv.frozen_bn[0])
-        return conv._conv_forward(x, conv.weight * scale.reshape(-1, 1, 1, 1), shift)
+        return conv._conv_forward(x, *conv.fused_weight_and_bias())
 
     for conv in (m for m in model.modules() if isinstance(m, ConvFrozenBN)):
         conv.forward = types.MethodType(plain_forward, conv)

@@ -14,6 +14,8 @@ kernel is fused and already fast).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -24,9 +26,7 @@ _LANES = 2**16
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device) -> Tensor:
     """A bool tensor of ``shape``, each element False (dropped) independently with probability
     ``p`` rounded to a multiple of 2**-16, drawn from torch's default generator."""
-    n = 1
-    for size in shape:
-        n *= size
+    n = math.prod(shape)
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device)
     words.random_(-(2**63), None)  # every bit uniform
     lanes = words.view(torch.int16)[:n].view(shape)  # uniform over [-2**15, 2**15)

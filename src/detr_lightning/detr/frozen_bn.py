@@ -59,11 +59,16 @@ class ConvFrozenBN(nn.Conv2d):
         fused.frozen_bn = (bn,)  # a tuple: not a submodule, so no duplicate state dict keys
         return fused
 
-    def forward(self, x: Tensor) -> Tensor:
+    def fused_weight_and_bias(self) -> tuple[Tensor, Tensor]:
+        """(``W * s`` [C_out, C_in/groups, k, k], ``t`` [C_out]): the one convolution that equals
+        ``bn(conv(x))`` (the convolution's own bias, if any, scaled into ``t``)."""
         scale, shift = frozen_bn_affine(self.frozen_bn[0])
         if self.bias is not None:
             shift = shift + self.bias * scale
-        weight = self.weight * scale.reshape(-1, 1, 1, 1)
+        return self.weight * scale.reshape(-1, 1, 1, 1), shift
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight, shift = self.fused_weight_and_bias()
         pointwise = self.kernel_size == (1, 1) and self.dilation == (1, 1)
         if pointwise and x.device.type == "cpu" and self.padding_mode == "zeros":
             # A 1x1 kernel has no taps to spread, so dilation 2 computes the same convolution;
@@ -75,15 +80,13 @@ class ConvFrozenBN(nn.Conv2d):
     def folded(self) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` with ``W * s`` and ``t`` baked in (no gradient)."""
         with torch.no_grad():
-            scale, shift = frozen_bn_affine(self.frozen_bn[0])
-            if self.bias is not None:
-                shift = shift + self.bias * scale
+            weight, shift = self.fused_weight_and_bias()
             conv = nn.Conv2d(
                 self.in_channels, self.out_channels, self.kernel_size, self.stride,
                 self.padding, self.dilation, self.groups, True, self.padding_mode,
                 device=self.weight.device, dtype=self.weight.dtype,
             )  # fmt: skip
-            conv.weight.copy_(self.weight * scale.reshape(-1, 1, 1, 1))
+            conv.weight.copy_(weight)
             conv.bias.copy_(shift)
         conv.requires_grad_(False)
         return conv.train(self.training)
