@@ -1,12 +1,14 @@
-"""Train a budget-scheduled preset for exactly N epochs, whatever the machine's speed.
+"""Train a budget-scheduled preset for exactly N epochs (N may be fractional), whatever the
+machine's speed.
 
 The shapes preset's schedule (``budget_schedule`` + WallBudget) plans its epochs from the
 measured epoch time, so two runs of the same lever on a VM whose speed drifts get different
 epoch counts and cannot be compared. Here WallBudget is told that every epoch took
-``budget / (N + 0.5)`` seconds and validation none: it plans N epochs, the lr follows the same
-cosine as on a machine with that epoch time, and the runs are deterministic (same seed, data
-in the main process), so AP differences between runs are the levers' alone. Wall time is not
-measured here; speed comes from ``bench_shapes_profile.py``.
+``budget / N`` seconds and validation none: it plans N epochs (``--epochs 7.5``: seven and the
+first half of an eighth, as a machine with that epoch time gets), the lr follows the same cosine
+as on that machine, and the runs are deterministic (same seed, data in the main process), so AP
+differences between runs are the levers' alone. Wall time is not measured here; speed comes
+from ``bench_shapes_profile.py``.
 
 Run: ``python benchmarks/fixed_epochs.py --epochs 8 [--budget-min 6.5] [hydra overrides]``
 (defaults to ``experiment=shapes``; the run directory is Hydra's, or ``hydra.run.dir=...``).
@@ -29,7 +31,7 @@ def fix_epochs(epoch_s: float) -> None:
 
     def on_train_epoch_end(self: budget.WallBudget, trainer: Any, pl_module: Any) -> None:
         self._epoch_start = time.perf_counter() - epoch_s
-        self._val_s = 0.0
+        self._val_s = self._last_val_s = 0.0
         measured(self, trainer, pl_module)
 
     budget.WallBudget.on_train_epoch_end = on_train_epoch_end
@@ -37,11 +39,12 @@ def fix_epochs(epoch_s: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=float, default=8.0)
     parser.add_argument("--budget-min", type=float, default=6.5)
     args, overrides = parser.parse_known_args()
-    # Half an epoch of slack absorbs the real final validation that WallBudget still counts.
-    fix_epochs(args.budget_min * 60 / (args.epochs + 0.5))
+    # 1e-3 epoch of slack: the clock runs on between the patch and WallBudget's reading, and
+    # that millisecond must not cost the plan its last step.
+    fix_epochs(args.budget_min * 60 / (args.epochs + 1e-3))
     if not any(o.startswith("experiment=") for o in overrides):
         overrides.insert(0, "experiment=shapes")
     sys.argv = [sys.argv[0], *overrides, f"model.lr_schedule.budget_min={args.budget_min}"]

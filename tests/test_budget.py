@@ -24,6 +24,7 @@ class _FakeClock(L.Callback):
         monkeypatch.setattr(budget, "time", SimpleNamespace(perf_counter=lambda: self.now))
         self.val_epochs: list[int] = []
         self.lrs: list[float] = []
+        self.steps_per_epoch: list[int] = []
 
     def on_train_epoch_start(self, trainer, *args) -> None:
         if trainer.current_epoch > 0:
@@ -34,6 +35,9 @@ class _FakeClock(L.Callback):
 
     def on_train_batch_end(self, trainer, *args) -> None:
         self.now += self.batch_s(trainer.current_epoch)
+        while len(self.steps_per_epoch) <= trainer.current_epoch:
+            self.steps_per_epoch.append(0)
+        self.steps_per_epoch[trainer.current_epoch] += 1
 
     def on_validation_batch_end(self, trainer, *args) -> None:
         self.now += 0.5
@@ -43,34 +47,39 @@ class _FakeClock(L.Callback):
 
 def test_budget_run_ends_annealed_inside_its_budget(tmp_path, monkeypatch):
     """3 batches (3 s) per epoch and a 1 s validation (25 % > 10 %: every 3rd epoch) in a 20 s
-    budget: after epoch 0 (4 s) 15 s are left for 4 epochs of 3 s + 1/3 of a validation, so the
-    run ends after 5 epochs = 15 steps, validated at epochs 0, 2 and 4 (the last), lr annealed."""
+    budget. After epoch 0 (4 s) 20 - 4 - 1 (the last validation) = 15 s are left for epochs of
+    3 s + 1/3 of a validation: 4.5 epochs = 13 whole steps, planned end step 3 + 13 = 16. The
+    later re-plans agree (after epoch 4: 17 s spent, 2 s left = 0.6 epoch = 1 step), so epoch 5
+    stops after its first step, validates, and the run ends at 19 s, lr annealed."""
     clock = _FakeClock(monkeypatch)
     lit = tiny_lit(lr_schedule=functools.partial(budget_schedule, budget_min=20 / 60))
     trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=[clock], limit_val_batches=2)
     trainer.fit(lit, train_dataloaders=loader(3), val_dataloaders=loader(2))
-    assert (trainer.current_epoch, trainer.global_step) == (5, 15)
-    assert clock.val_epochs == [0, 2, 4]
-    assert clock.now <= 20
+    assert (trainer.current_epoch, trainer.global_step) == (6, 16)
+    assert clock.steps_per_epoch == [3, 3, 3, 3, 3, 1]  # the last epoch stops part-way
+    assert clock.val_epochs == [0, 2, 5]
+    assert clock.now == pytest.approx(19)
     base = 1e-3  # tiny_lit's lr
-    assert clock.lrs[-1] / base == pytest.approx(0.5 * (1 + math.cos(math.pi * 14 / 15)))
-    assert clock.lrs[-1] / base < 0.02
+    assert clock.lrs[-1] / base == pytest.approx(0.5 * (1 + math.cos(math.pi * 15 / 16)))
+    assert clock.lrs[-1] / base < 0.01
 
 
 def test_budget_plans_with_the_mean_epoch_time(tmp_path, monkeypatch):
     """A 30 s budget, 3 batches of 1 s per epoch except epoch 2 (1.5 s each: a hiccup), 1 s of
     validation after every epoch (max_val_share=1). Epoch 0 (start-up) is left out of the mean.
-    Remaining after epoch k = 30 - spent - 1 (the last validation); epochs that fit =
-    remaining // (mean train time + 1):
-    k=0: 25 // 4 = 6 -> plan 7;  k=1: 21 // (3 + 1) = 5 -> 7;  k=2: 15.5 // (3.75 + 1) = 3 -> 6
-    (the last epoch alone, 4.5 s, would give 2 -> 5);  k=3: 11.5 // 4.5 = 2 -> 6;
-    k=4: 7.5 // 4.375 = 1 -> 6;  k=5: stop after 25.5 s."""
+    After epoch k: left = 30 - spent - 1 (the last validation), epochs that fit = left / (mean
+    train time + 1), steps = int(3 x that), planned last epoch = k + 1 + ceil(steps / 3):
+    k=0: 25 / 4 = 6.25 -> 18 steps, plan 7;  k=1: 21 / 4 = 5.25 -> 15, 7;
+    k=2: 15.5 / 4.75 = 3.26 -> 9, 6 (the hiccup epoch alone, 4.5 s, would give 2.82 -> 8, 6);
+    k=3: 11.5 / 4.5 = 2.56 -> 7, 7;  k=4: 7.5 / 4.375 = 1.71 -> 5, 7;  k=5: 3.5 / 4.3 = 0.81
+    -> 2 steps: epoch 6 stops after 2 steps (global step 20) and 1 s of validation, at 28.5 s."""
     clock = _FakeClock(monkeypatch, batch_s=lambda epoch: 1.5 if epoch == 2 else 1.0)
     schedule = functools.partial(budget_schedule, budget_min=0.5, max_val_share=1.0)
     lit = tiny_lit(lr_schedule=schedule)
     trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=[clock], limit_val_batches=2)
     trainer.fit(lit, train_dataloaders=loader(3), val_dataloaders=loader(2))
-    assert clock.plans == [7, 7, 6, 6, 6]
-    assert trainer.current_epoch == 6 and clock.now == pytest.approx(25.5)
+    assert clock.plans == [7, 7, 6, 7, 7, 7]
+    assert trainer.global_step == 20 and clock.now == pytest.approx(28.5)
     wall = next(c for c in trainer.callbacks if isinstance(c, budget.WallBudget))
+    # the partial last epoch stays out of the mean
     assert (wall.train_s_sum, wall.train_s_count) == (pytest.approx(16.5), 5)

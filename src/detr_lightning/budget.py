@@ -2,12 +2,15 @@
 
 Works with :func:`~detr_lightning.schedule.budget_schedule` (LitDETR adds this callback when that
 schedule is configured). After every epoch it measures the epoch's training and validation time,
-plans how many more epochs fit in what is left of the budget, sets that as the run's last epoch
-and re-aims the cosine at its end. The epoch time it plans with is the mean over the epochs after
-the first (the first also pays for start-up), so a few seconds of timing noise do not move the
-planned end, and with it the cosine, back and forth; validation is spaced so that it takes at most
-``max_val_share`` of the time, and always runs after the last epoch. A faster machine runs more
-epochs, a slower one fewer, and both finish annealed inside the budget.
+plans how many more optimizer steps fit in what is left of the budget and re-aims the cosine at
+the last of them. The plan counts in steps, not whole epochs: the last epoch may stop part-way
+(``trainer.should_stop`` at the planned step, then the final validation), so the budget's
+remainder after the last whole epoch, up to an epoch on a slow machine, is trained rather than
+left idle. The epoch time it plans with is the mean over the epochs after the first (the first
+also pays for start-up), so a few seconds of timing noise do not move the planned end, and with
+it the cosine, back and forth; validation is spaced so that it takes at most ``max_val_share`` of
+the time, and always runs after the last (possibly partial) epoch. A faster machine runs more
+steps, a slower one fewer, and both finish annealed inside the budget.
 """
 
 from __future__ import annotations
@@ -51,10 +54,20 @@ class WallBudget(L.Callback):
             self._val_s += time.perf_counter() - self._val_start
             self._last_val_s = self._val_s
 
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        # The planned last step may fall inside an epoch: stop there. Lightning still runs the
+        # validation of an epoch stopped through should_stop.
+        if trainer.global_step >= self._scheduler(trainer).factor.total_steps:
+            trainer.should_stop = True
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         scheduler = self._scheduler(trainer)
         epoch_s = time.perf_counter() - self._epoch_start
         self.spent_s += epoch_s
+        if trainer.global_step >= scheduler.factor.total_steps:
+            trainer.should_stop = True  # the plan is done (a partial epoch stays out of the mean)
+            pl_module.log("budget/spent_s", self.spent_s)
+            return
         train_s = max(epoch_s - self._val_s, 1e-3)
         if trainer.current_epoch > 0:
             self.train_s_sum += train_s
@@ -65,16 +78,17 @@ class WallBudget(L.Callback):
         share = scheduler.max_val_share
         every = max(1, math.ceil(val_s / max(share * (train_s + val_s), 1e-9)))
         left_s = scheduler.budget_s - self.spent_s - val_s  # the final validation is certain
-        epochs_left = max(0, int(left_s // (train_s + val_s / every)))
+        epochs_left = max(0.0, left_s / (train_s + val_s / every))
         done = trainer.current_epoch + 1
-        trainer.fit_loop.max_epochs = done + epochs_left
-        trainer.check_val_every_n_epoch = every
         steps = trainer.global_step / done  # optimizer steps per epoch
-        scheduler.factor.replan(round(trainer.global_step + epochs_left * steps))
-        if epochs_left == 0:
+        steps_left = int(epochs_left * steps + 1e-6)  # 1e-6: an exact plan survives rounding
+        trainer.fit_loop.max_epochs = done + math.ceil(steps_left / steps - 1e-6)
+        trainer.check_val_every_n_epoch = every
+        scheduler.factor.replan(trainer.global_step + steps_left)
+        if steps_left == 0:
             trainer.should_stop = True
         pl_module.log_dict({
-            "budget/planned_epochs": float(done + epochs_left),
+            "budget/planned_epochs": done + steps_left / steps,
             "budget/spent_s": self.spent_s,
             "budget/train_s": train_s,  # the epoch time the plan used
             "budget/val_s": val_s,

@@ -8,7 +8,8 @@
   over its last ``decay_share`` after a constant lr) follows the number of epochs that fit in the
   budget, re-estimated from the measured epoch time after every epoch
   (:class:`BudgetCosine` with the :class:`~detr_lightning.budget.WallBudget` callback), so a slower
-  machine runs fewer epochs but still ends annealed, on an epoch boundary, inside the budget.
+  machine runs fewer steps but still ends annealed inside the budget (the last epoch may stop
+  part-way, at the planned step).
 
 All step per optimizer step (Lightning ``interval="step"``) and save their state in checkpoints.
 """
