@@ -1,0 +1,72 @@
+"""benchmarks/bench_gpu.py, the prepared device check, runs on a CPU here so that it works the
+day a GPU is lent: its step and inference modes, its log reading and its command lines."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _bench_gpu():
+    spec = importlib.util.spec_from_file_location("bench_gpu", REPO / "benchmarks" / "bench_gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_gpu_runs_its_modes_on_cpu(tmp_path):
+    bench = _bench_gpu()
+    argv = ["--device", "cpu", "--backbone", "resnet18", "--batch", "2", "--size", "64", "96",
+            "--steps", "1", "--modes", "fp32,bf16-mixed", "--out", str(tmp_path)]  # fmt: skip
+    assert bench.main(argv) == 0
+    results = json.loads((tmp_path / "gpu.json").read_text())
+    for kind in ("train", "inference"):
+        assert set(results[kind]) == {"fp32", "bf16-mixed"}
+        for figures in results[kind].values():
+            assert figures["finite"] is True
+            # images per second and ms per step describe the same timing
+            assert figures["images_per_s"] * figures["ms"] == pytest.approx(2000)
+            assert figures["peak_gib"] is None  # CUDA's allocator only
+    table = (tmp_path / "gpu.md").read_text().splitlines()
+    assert len(table) == 2 + 4  # header, rule, 2 modes x (train, inference)
+
+
+def test_bench_gpu_reads_losses_graphs_and_ap_from_a_run(tmp_path):
+    bench = _bench_gpu()
+    log = tmp_path / "csv" / "metrics.csv"
+    log.parent.mkdir()
+    log.write_text(
+        "epoch,step,train/loss,compile/graphs,compile/recompiles_epoch\n"
+        "0,0,5.5,,\n0,1,4.0,,\n0,1,,2,2\n"
+    )
+    (tmp_path / "metrics.json").write_text(json.dumps({"AP": 0.125}))
+    figures = bench.e2e_figures(tmp_path)
+    assert figures == {"train_losses_logged": 2, "losses_finite": True, "graphs": 2.0,
+                       "recompiles_per_epoch": [2.0], "test_AP": 0.125}  # fmt: skip
+    log.write_text("epoch,step,train/loss\n0,0,5.5\n0,1,nan\n")
+    assert bench.e2e_figures(tmp_path)["losses_finite"] is False
+
+
+def test_bench_gpu_command_lines_compose(tmp_path):
+    """Every override of the end-to-end runs exists in the config tree (a typo would cost the
+    lent GPU's minutes), DDP only with two GPUs."""
+    bench = _bench_gpu()
+    assert list(bench.e2e_commands(tmp_path, gpus=1)) == ["bf16-mixed + compile, 1 GPU"]
+    runs = bench.e2e_commands(tmp_path, gpus=2)
+    assert list(runs) == ["bf16-mixed + compile, 1 GPU", "DDP, 2 GPUs"]
+    configs = {}
+    for name, command in runs.items():
+        overrides = command[command.index("detr_lightning.train") + 1 :]
+        with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+            cfg = configs[name] = compose("train", overrides=overrides)
+        assert cfg.trainer.precision == "bf16-mixed" and cfg.model.compile is True
+        assert cfg.model.net.backbone.name == "resnet50"
+        assert cfg.model.net.backbone.pretrained is False
+        assert cfg.trainer.max_steps == 100 and cfg.trainer.accelerator == "gpu"
+    single, ddp = configs.values()
+    assert single.trainer.devices == 1 and "strategy" not in single.trainer
+    assert ddp.trainer.devices == 2 and ddp.trainer.strategy._target_.endswith("DDPStrategy")
