@@ -7,8 +7,8 @@ epoch counts and cannot be compared. Here WallBudget is told that every epoch to
 ``budget / N`` seconds and validation none: it plans N epochs (``--epochs 7.5``: seven and the
 first half of an eighth, as a machine with that epoch time gets), the lr follows the same cosine
 as on that machine, and the runs are deterministic (same seed, data in the main process), so AP
-differences between runs are the levers' alone. Wall time is not measured here; speed comes
-from ``bench_shapes_profile.py``.
+differences between runs are the levers' alone. Wall time is not measured here (the preset's
+``trainer.max_time`` hard stop is lifted); speed comes from ``bench_shapes_profile.py``.
 
 Run: ``python benchmarks/fixed_epochs.py --epochs 8 [--budget-min 6.5] [hydra overrides]``
 (defaults to ``experiment=shapes``; the run directory is Hydra's, or ``hydra.run.dir=...``).
@@ -47,7 +47,10 @@ def main() -> None:
     fix_epochs(args.budget_min * 60 / (args.epochs + 1e-3))
     if not any(o.startswith("experiment=") for o in overrides):
         overrides.insert(0, "experiment=shapes")
-    sys.argv = [sys.argv[0], *overrides, f"model.lr_schedule.budget_min={args.budget_min}"]
+    # The preset's max_time is a hard stop on the real clock, which means nothing here: a busy
+    # machine would cut the planned epochs short.
+    sys.argv = [sys.argv[0], "trainer.max_time=null", *overrides,
+                f"model.lr_schedule.budget_min={args.budget_min}"]  # fmt: skip
     from detr_lightning.train import main as train_main
 
     train_main()
