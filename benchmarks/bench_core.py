@@ -12,11 +12,19 @@ from __future__ import annotations
 import argparse
 import resource
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch import nn
 
 from detr_lightning.detr.model import build_detr
 from detr_lightning.loss import HungarianMatcher, SetCriterion
+
+REPO = Path(__file__).resolve().parents[1]
+AUTOCAST = {"fp32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 def _random_targets(batch: int, per_image: int = 8) -> list[dict[str, torch.Tensor]]:
@@ -39,6 +47,45 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def param_groups(model: nn.Module) -> list[dict]:
+    """engine/main.py's groups: the backbone at 1e-5, the rest at the optimizer's lr."""
+    backbone = [p for n, p in model.named_parameters() if "backbone" in n and p.requires_grad]
+    rest = [p for n, p in model.named_parameters() if "backbone" not in n and p.requires_grad]
+    return [{"params": rest}, {"params": backbone, "lr": 1e-5}]
+
+
+def our_optimizer(model: nn.Module, **override) -> torch.optim.Optimizer:
+    """The optimizer of conf/model/detr.yaml (fused AdamW) over the same groups."""
+    node = OmegaConf.load(REPO / "conf" / "model" / "detr.yaml").optimizer
+    return instantiate(node, **override)(param_groups(model))
+
+
+def our_train_step(
+    model: nn.Module, pixels, mask, targets, precision: str = "fp32", **optimizer_override
+) -> Callable[[], float]:
+    """LitDETR's step under Lightning's ``trainer.precision`` (``fp32``, ``bf16-mixed`` or
+    ``16-mixed``: forward and loss under autocast on the pixels' device, the matcher and the
+    losses float32 inside; ``16-mixed`` with a gradient scaler). The step returns its loss."""
+    criterion = SetCriterion(91, HungarianMatcher())
+    optimizer = our_optimizer(model, **optimizer_override)
+    dtype, device = AUTOCAST[precision], pixels.device.type
+    scaler = torch.amp.GradScaler(device, enabled=dtype is torch.float16)
+
+    def step() -> float:  # LitDETR.training_step + Lightning's zero_grad / clip / step
+        with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+            outputs = model(pixels, mask, targets=targets)
+            total = criterion.weighted_total(criterion(outputs, targets))
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(total).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+        scaler.step(optimizer)
+        scaler.update()
+        return float(total.detach())
+
+    return step
+
+
 def bench_core(
     size: int = 512,
     batch: int = 2,
@@ -50,17 +97,7 @@ def bench_core(
     torch.manual_seed(0)
     model = build_detr(backbone=backbone, dilation=dilation, num_classes=91)
     criterion = SetCriterion(91, HungarianMatcher())
-    backbone_params = [
-        p for n, p in model.named_parameters() if "backbone" in n and p.requires_grad
-    ]
-    other_params = [
-        p for n, p in model.named_parameters() if "backbone" not in n and p.requires_grad
-    ]
-    optimizer = torch.optim.AdamW(
-        [{"params": other_params}, {"params": backbone_params, "lr": 1e-5}],
-        lr=1e-4,
-        weight_decay=1e-4,
-    )
+    optimizer = torch.optim.AdamW(param_groups(model), lr=1e-4, weight_decay=1e-4)
     pixel_values = torch.randn(batch, 3, size, size)
     pixel_mask = torch.ones(batch, size, size, dtype=torch.bool)
     targets = _random_targets(batch)

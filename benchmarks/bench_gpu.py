@@ -2,8 +2,8 @@
 
 Figures for the README's "Speed and GPU readiness" table, measured in one process:
 
-* the training step (forward, set loss with aux outputs, backward, clipping at 0.1, fused AdamW)
-  and batched inference, in fp32, ``bf16-mixed``, ``16-mixed`` (with a gradient scaler) and
+* the training step (``bench_core.our_train_step``: forward, set loss with aux outputs,
+  backward, clipping at 0.1, the config's fused AdamW) and batched inference, in fp32, ``bf16-mixed``, ``16-mixed`` (with a gradient scaler) and
   compiled (``torch.compile``, fp32 and bf16-mixed): ms per step, images per second, peak memory,
   the first compiled step's time, and whether every loss stayed finite;
 * ``--e2e``: the real command line on the generated shapes data, the paper preset with
@@ -32,13 +32,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_core import _random_targets  # noqa: E402
+from bench_core import AUTOCAST, _random_targets, our_train_step  # noqa: E402
 
 from detr_lightning.detr.model import build_detr  # noqa: E402
-from detr_lightning.loss import HungarianMatcher, SetCriterion  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-AUTOCAST = {"fp32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 MODES = ["fp32", "bf16-mixed", "16-mixed", "compiled fp32", "compiled bf16-mixed"]
 
 
@@ -92,27 +90,8 @@ def bench_train(mode: str, args: argparse.Namespace, device: torch.device) -> di
     model = build_detr(backbone=args.backbone).to(device).train()
     if mode.startswith("compiled"):
         model.compile()
-    dtype = AUTOCAST[mode.removeprefix("compiled ")]
-    criterion = SetCriterion(91, HungarianMatcher())
-    trunk = [p for n, p in model.named_parameters() if "backbone" in n and p.requires_grad]
-    rest = [p for n, p in model.named_parameters() if "backbone" not in n and p.requires_grad]
-    optimizer = torch.optim.AdamW([{"params": rest}, {"params": trunk, "lr": 1e-5}], lr=1e-4,
-                                  weight_decay=1e-4, fused=True)  # fmt: skip
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
     pixels, mask, targets = _batch(args.batch, tuple(args.size), device)
-
-    def step() -> float:
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            outputs = model(pixels, mask, targets=targets)
-            total = criterion.weighted_total(criterion(outputs, targets))
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(total).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
-        scaler.step(optimizer)
-        scaler.update()
-        return float(total.detach())
-
+    step = our_train_step(model, pixels, mask, targets, mode.removeprefix("compiled "))
     figures = _timed(step, args.steps, device)
     figures["images_per_s"] = 1000 * args.batch / figures["ms"]
     return figures

@@ -34,8 +34,6 @@ from pathlib import Path
 
 import torch
 import torch.fx
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch import nn
 
 from detr_lightning.detr.backbone import Backbone
@@ -44,11 +42,10 @@ from detr_lightning.detr.frozen_bn import ConvFrozenBN, FrozenBNLeafTracer
 from detr_lightning.detr.model import build_detr
 from detr_lightning.detr.official import convert_official_state_dict
 from detr_lightning.inference.onnx_runtime import OnnxDetector
-from detr_lightning.loss import HungarianMatcher, SetCriterion
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_core import _random_targets  # noqa: E402
+from bench_core import _random_targets, our_train_step, param_groups  # noqa: E402
 
 
 def build_official(path: str) -> tuple[nn.Module, nn.Module]:
@@ -67,18 +64,11 @@ def build_official(path: str) -> tuple[nn.Module, nn.Module]:
     return model, criterion
 
 
-def _param_groups(model: nn.Module) -> list[dict]:
-    """engine/main.py's groups: the backbone at 1e-5, the rest at the optimizer's lr."""
-    backbone = [p for n, p in model.named_parameters() if "backbone" in n and p.requires_grad]
-    rest = [p for n, p in model.named_parameters() if "backbone" not in n and p.requires_grad]
-    return [{"params": rest}, {"params": backbone, "lr": 1e-5}]
-
-
 def official_train_step(model, criterion, pixels, mask, targets) -> Callable[[], None]:
     from util.misc import NestedTensor
 
     samples = NestedTensor(pixels, ~mask)  # the official mask is True on padding
-    optimizer = torch.optim.AdamW(_param_groups(model), lr=1e-4, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(param_groups(model), lr=1e-4, weight_decay=1e-4)
 
     def step() -> None:  # engine.train_one_epoch
         loss_dict = criterion(model(samples), targets)
@@ -86,32 +76,6 @@ def official_train_step(model, criterion, pixels, mask, targets) -> Callable[[],
         losses = sum(loss_dict[k] * weights[k] for k in loss_dict if k in weights)
         optimizer.zero_grad()
         losses.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
-        optimizer.step()
-
-    return step
-
-
-def our_optimizer(model: nn.Module, **override) -> torch.optim.Optimizer:
-    """The optimizer of conf/model/detr.yaml (fused AdamW) over the same groups."""
-    node = OmegaConf.load(REPO / "conf" / "model" / "detr.yaml").optimizer
-    return instantiate(node, **override)(_param_groups(model))
-
-
-def our_train_step(
-    model, pixels, mask, targets, bf16: bool = False, **optimizer_override
-) -> Callable[[], None]:
-    """LitDETR's step; ``bf16``: forward and loss under bf16 autocast, as Lightning's
-    ``trainer.precision=bf16-mixed`` runs them (the matcher and the losses stay float32)."""
-    criterion = SetCriterion(91, HungarianMatcher())
-    optimizer = our_optimizer(model, **optimizer_override)
-
-    def step() -> None:  # LitDETR.training_step + Lightning's zero_grad / clip / step
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            outputs = model(pixels, mask, targets=targets)
-            total = criterion.weighted_total(criterion(outputs, targets))
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
         optimizer.step()
 
@@ -251,7 +215,7 @@ def time_training(args, official, official_criterion, pixels, mask, targets, rou
         ),  # fmt: skip
         "ours": our_train_step(ours_like(official).train(), pixels, mask, targets),
         "ours, bf16-mixed": our_train_step(
-            ours_like(official).train(), pixels, mask, targets, bf16=True
+            ours_like(official).train(), pixels, mask, targets, "bf16-mixed"
         ),
     }
     if args.compile:
