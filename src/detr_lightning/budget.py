@@ -54,18 +54,21 @@ class WallBudget(L.Callback):
             self._val_s += time.perf_counter() - self._val_start
             self._last_val_s = self._val_s
 
+    def _plan_done(self, trainer: L.Trainer) -> bool:
+        return trainer.global_step >= self._scheduler(trainer).factor.total_steps
+
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         # The planned last step may fall inside an epoch: stop there. Lightning still runs the
         # validation of an epoch stopped through should_stop.
-        if trainer.global_step >= self._scheduler(trainer).factor.total_steps:
+        if self._plan_done(trainer):
             trainer.should_stop = True
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         scheduler = self._scheduler(trainer)
         epoch_s = time.perf_counter() - self._epoch_start
         self.spent_s += epoch_s
-        if trainer.global_step >= scheduler.factor.total_steps:
-            trainer.should_stop = True  # the plan is done (a partial epoch stays out of the mean)
+        if self._plan_done(trainer):
+            # on_train_batch_end has stopped the run; a partial epoch stays out of the mean
             pl_module.log("budget/spent_s", self.spent_s)
             return
         train_s = max(epoch_s - self._val_s, 1e-3)
