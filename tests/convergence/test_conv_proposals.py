@@ -2,8 +2,10 @@
 
 import pytest
 import torch
+from torchvision.ops import box_convert
 
 from detr_lightning.convergence.conv_proposals import NON_PEAK_DEMOTION, ConvProposals
+from detr_lightning.convergence.proposals import best_class_probability
 
 
 def test_fresh_conv_proposals_are_four_cells_around_their_cell():
@@ -53,3 +55,35 @@ def test_select_prefers_peaks_then_the_rest_and_never_padding():
     torch.testing.assert_close(prior3[0, 2], three[0, 1] + torch.tensor([0, 0, NON_PEAK_DEMOTION]))
     with pytest.raises(ValueError, match="only 9"):
         head.select(proposals, mask, k=10)
+
+
+@pytest.mark.parametrize(
+    ("threshold", "expected_x"), [(0.6, (0.64 / 3, 1.84 / 3)), (0.9, (0.2, 0.6))]
+)
+def test_box_vote_averages_overlapping_neighbours_by_score(threshold, expected_x):
+    head = ConvProposals(4, 1, focal=True, box_vote=threshold)
+    mask = torch.ones(1, 3, 4, dtype=torch.bool)
+    mask[0, :, 3] = False  # the last column is padding
+    xyxy = torch.tensor([0.0, 0.0, 0.05, 0.05]).repeat(12, 1)  # far from everything
+    probs = torch.full((12,), 0.01)
+    xyxy[5], probs[5] = torch.tensor([0.2, 0.2, 0.6, 0.6]), 0.5  # the voting cell (1, 1)
+    xyxy[6], probs[6] = torch.tensor([0.24, 0.2, 0.64, 0.6]), 0.25  # (1, 2): IoU 0.818
+    xyxy[0], probs[0] = torch.tensor([0.7, 0.7, 0.9, 0.9]), 0.9  # (0, 0): IoU 0, ignored
+    xyxy[7], probs[7] = torch.tensor([0.2, 0.2, 0.6, 0.6]), 0.99  # (1, 3): padding
+    logits = torch.logit(probs)[None, :, None]
+    cxcywh = box_convert(xyxy, "xyxy", "cxcywh")[None]
+    best = best_class_probability(logits, mask.flatten(1), focal=True)
+    voted = box_convert(head.voted_boxes(cxcywh, best, mask)[0, 5], "cxcywh", "xyxy")
+    # By hand: IoU 0.6 < 0.818 -> (0.5 * A + 0.25 * B) / 0.75 = (2A + B) / 3 in x; the padded
+    # cell's box (-inf score) and the disjoint one do not move it; IoU 0.9 keeps A alone.
+    want = torch.tensor([expected_x[0], 0.2, expected_x[1], 0.6])
+    torch.testing.assert_close(voted, want, atol=1e-5, rtol=0)
+    # select hands the voted box to the decoder: the peak (0, 0) first, then cell (1, 1).
+    proposals = {"pred_logits": logits, "pred_boxes": cxcywh, "features": torch.randn(1, 12, 4)}
+    ref, _, _ = head.select(proposals, mask, k=2)
+    torch.testing.assert_close(box_convert(ref[0, 1], "cxcywh", "xyxy"), want, atol=1e-5, rtol=0)
+
+
+def test_box_vote_outside_zero_one_is_explained():
+    with pytest.raises(ValueError, match="model.net.queries.head.box_vote=1.0"):
+        ConvProposals(4, 1, focal=True, box_vote=1.0)

@@ -103,7 +103,9 @@ def test_box_refine_starts_every_layer_at_its_anchor():
 
 
 def test_class_prior_decoder_starts_with_the_selected_proposals():
-    model = levers.compact_model(queries=levers.proposals("conv", class_prior=True)).train()
+    model = levers.compact_model(
+        queries=levers.proposals("conv", class_prior=True, box_vote=0.6)
+    ).train()
     pixels, mask, _ = levers.batch(48)
     mask[:] = True
     out = model(pixels, mask)

@@ -15,6 +15,10 @@ set with few duplicates instead of having to learn to suppress them. An image wi
 than queries fills the rest with its best other cells; their class prior (the logits the
 decoder starts from under ``class_prior``) is lowered by ``NON_PEAK_DEMOTION`` so that they
 start as "no object" rather than as confident duplicates.
+
+With ``box_vote``, a selected cell's box is the score-weighted mean of the boxes of its 3x3
+neighbourhood that overlap it (box voting): CenterMatcher trains every cell near an object's
+centre to predict that object's box, so neighbours are independent estimates of the same box.
 """
 
 from __future__ import annotations
@@ -45,13 +49,26 @@ class ConvProposals(nn.Module):
         focal: score proposals by sigmoid (focal heads) or by softmax without the last column.
         tower_layers: 3x3 conv + BatchNorm + ReLU layers before the two output convolutions.
         peaks: select only 3x3 local maxima of the score map (False = plain top-k).
+        box_vote: IoU above which a 3x3 neighbour's box joins the selected cell's box in a
+            score-weighted mean (None = each query keeps its own cell's box).
     """
 
     def __init__(
-        self, d_model: int, num_logits: int, focal: bool, tower_layers: int = 2, peaks: bool = True
+        self,
+        d_model: int,
+        num_logits: int,
+        focal: bool,
+        tower_layers: int = 2,
+        peaks: bool = True,
+        box_vote: float | None = None,
     ) -> None:
         super().__init__()
-        self.focal, self.peaks = focal, peaks
+        if box_vote is not None and not 0 <= box_vote < 1:
+            raise ValueError(
+                f"model.net.queries.head.box_vote={box_vote}: an IoU threshold in [0, 1), or "
+                "null for no box voting."
+            )
+        self.focal, self.peaks, self.box_vote = focal, peaks, box_vote
         layers: list[nn.Module] = []
         for _ in range(tower_layers):
             layers += [
@@ -129,7 +146,42 @@ class ConvProposals(nn.Module):
             prior = prior - filler
         else:
             prior = torch.cat([prior[..., :-1], prior[..., -1:] + filler], dim=-1)
-        boxes, features = (
-            gather_queries(proposals[key], idx) for key in ("pred_boxes", "features")
-        )
-        return boxes, features, prior
+        boxes = proposals["pred_boxes"]
+        if self.box_vote is not None:
+            boxes = self.voted_boxes(boxes.detach(), best, mask)
+        return gather_queries(boxes, idx), gather_queries(proposals["features"], idx), prior
+
+    @torch.no_grad()
+    def voted_boxes(self, boxes: Tensor, best: Tensor, mask: Tensor) -> Tensor:
+        """Every cell's box averaged with the 3x3 neighbours' boxes whose IoU with it exceeds
+        ``box_vote``, weighted by their best class probability.
+
+        Args:
+            boxes: [B, S, 4] normalised cxcywh per cell; best: [B, S] best class probability
+                (-inf on padding); mask: [B, h, w] bool (True = real), S = h*w.
+        Returns:
+            [B, S, 4] normalised cxcywh.
+        """
+        b, h, w = mask.shape
+        # The cell itself always votes, so a weight never sums to zero.
+        weight = best.clamp(min=0).view(b, 1, h, w) + 1e-6
+        xyxy = box_convert(boxes, "cxcywh", "xyxy").transpose(1, 2).reshape(b, 4, h, w)
+        # Shifted copies instead of F.unfold: the same numbers, and ONNX exports slices.
+        padded = F.pad(torch.cat([xyxy, weight], 1), (1, 1, 1, 1))  # padding votes with 0
+        near = torch.stack(
+            [padded[..., dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)], 2
+        )  # [B, 5, 9, h, w]
+        near_boxes, near_weight = near[:, :4], near[:, 4]
+        overlap = _elementwise_iou(near_boxes, xyxy[:, :, None])
+        near_weight = near_weight * (overlap > self.box_vote)
+        voted = (near_boxes * near_weight[:, None]).sum(2) / near_weight.sum(1)[:, None]
+        return box_convert(voted.flatten(2).transpose(1, 2), "xyxy", "cxcywh")
+
+
+def _elementwise_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of xyxy boxes laid out along dim 1 (a [B, 4, ...], b broadcastable) -> [B, ...]."""
+    lt, rb = torch.maximum(a[:, :2], b[:, :2]), torch.minimum(a[:, 2:], b[:, 2:])
+    inter = (rb - lt).clamp(min=0).prod(1)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / (area_a + area_b - inter).clamp(min=1e-12)
