@@ -18,7 +18,7 @@ start as "no object" rather than as confident duplicates.
 
 With ``box_vote``, a selected cell's box is the score-weighted mean of the boxes of its 3x3
 neighbourhood that overlap it (box voting): CenterMatcher trains every cell near an object's
-centre to predict that object's box, so neighbours are independent estimates of the same box.
+centre to predict that object's box, so its neighbours are further estimates of the same box.
 """
 
 from __future__ import annotations
