@@ -3,9 +3,10 @@
 Figures for the README's "Speed and GPU readiness" table, measured in one process:
 
 * the training step (``bench_core.our_train_step``: forward, set loss with aux outputs,
-  backward, clipping at 0.1, the config's fused AdamW) and batched inference, in fp32, ``bf16-mixed``, ``16-mixed`` (with a gradient scaler) and
-  compiled (``torch.compile``, fp32 and bf16-mixed): ms per step, images per second, peak memory,
-  the first compiled step's time, and whether every loss stayed finite;
+  backward, clipping at 0.1, the config's fused AdamW) and batched inference, in fp32,
+  ``bf16-mixed``, ``16-mixed`` (with a gradient scaler) and compiled (``torch.compile``, fp32
+  and bf16-mixed): ms per step, images per second, peak memory, the first compiled step's time,
+  and whether every loss stayed finite;
 * ``--e2e``: the real command line on the generated shapes data, the paper preset with
   ``trainer=gpu``, ``trainer.precision=bf16-mixed`` and ``model.compile=true``: it must finish
   with finite losses and report its graphs and recompiles; with two or more GPUs also a
