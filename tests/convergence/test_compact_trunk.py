@@ -37,3 +37,27 @@ def test_compact_backbone_has_no_resnet_only_options(kwargs):
 def test_compact_backbone_rejects_odd_widths():
     with pytest.raises(ValueError, match="compact"):
         CompactBackbone(width=7)
+
+
+def test_fuse_stride4_adds_a_strided_conv_of_the_stride_4_stage():
+    torch.manual_seed(0)
+    fused = CompactBackbone(width=16, fuse_stride4=True).eval()
+    plain = CompactBackbone(width=16).eval()
+    # Every weight but the new path's is shared, so the outputs differ by that path alone.
+    result = plain.load_state_dict(fused.state_dict(), strict=False)
+    assert sorted(result.unexpected_keys) == ["body.down4.bias", "body.down4.weight"]
+    assert not result.missing_keys
+    pixels = torch.randn(2, 3, 75, 61)  # odd sizes: stride-4 19 x 16 -> stride-8 10 x 8
+    with torch.no_grad():
+        out, base = fused.body(pixels), plain.body(pixels)
+        c4 = out["c4"]
+        # Independent of the module: output cell (i, j) reads stride-4 cells 2i-1..2i+1.
+        padded = torch.nn.functional.pad(c4, (1, 1, 1, 1))
+        weight, bias = fused.body.down4.weight, fused.body.down4.bias
+        expected = torch.zeros_like(base["p8"])
+        for i in range(expected.shape[2]):
+            for j in range(expected.shape[3]):
+                patch = padded[:, :, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3]
+                expected[:, :, i, j] = torch.einsum("bcyx,ocyx->bo", patch, weight) + bias
+    assert out["p8"].shape == base["p8"].shape == (2, 48, 10, 8)
+    torch.testing.assert_close(out["p8"] - base["p8"], expected, atol=1e-4, rtol=1e-4)

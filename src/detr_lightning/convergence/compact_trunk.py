@@ -11,6 +11,11 @@ of the coarse stage at the resolution of the fine one.
     stage8    ``blocks[1]`` BasicBlocks at 2 width (first strided)  stride 8
     stage16   ``blocks[2]`` BasicBlocks at 4 width (first strided)  stride 16
     output    lateral8(stage8) + upsample(lateral16(stage16))       stride 8, 3 width channels
+              [+ down4(stage4), a 3x3 stride-2 conv, with ``fuse_stride4``]
+
+``fuse_stride4`` adds a bottom-up path from the stride-4 stage (PANet's): an object of 8-16 px
+covers one or two stride-8 cells, and a cell's box edges and shape must then come from detail
+finer than the cell, which the stride-8 stage has already pooled.
 
 :class:`CompactBackbone` wraps it with the padding-mask resizing of the paper's backbones
 (config: ``backbone=compact``).
@@ -45,12 +50,14 @@ class CompactTrunk(nn.Module):
     Args:
         width: channels at stride 4 (stride 8 has 2x, stride 16 4x, the output 3x).
         blocks: BasicBlocks at strides 4, 8 and 16.
+        fuse_stride4: add the stride-4 stage to the output through a 3x3 stride-2 conv.
     """
 
     def __init__(
         self,
         width: int = 32,
         blocks: tuple[int, int, int] = (1, 1, 1),
+        fuse_stride4: bool = False,
     ) -> None:
         super().__init__()
         norm_layer = nn.BatchNorm2d
@@ -69,6 +76,7 @@ class CompactTrunk(nn.Module):
         self.num_channels = 3 * width
         self.lateral8 = nn.Conv2d(2 * width, self.num_channels, 1)
         self.lateral16 = nn.Conv2d(4 * width, self.num_channels, 1)
+        self.down4 = nn.Conv2d(width, self.num_channels, 3, 2, 1) if fuse_stride4 else None
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -82,7 +90,10 @@ class CompactTrunk(nn.Module):
         c4 = self.stage4(self.stem(x))
         c8 = self.stage8(c4)
         top_down = F.interpolate(self.lateral16(self.stage16(c8)), size=c8.shape[-2:])
-        return {"c4": c4, "c8": c8, "p8": self.lateral8(c8) + top_down}
+        p8 = self.lateral8(c8) + top_down
+        if self.down4 is not None:
+            p8 = p8 + self.down4(c4)
+        return {"c4": c4, "c8": c8, "p8": p8}
 
 
 class CompactBackbone(FeatureBackbone):
@@ -93,6 +104,7 @@ class CompactBackbone(FeatureBackbone):
         blocks: BasicBlocks at strides 4, 8 and 16.
         return_interm_layers: also return the stride-4 and stride-8 stages (``c4``, ``c8``)
             before the fused output, for the panoptic mask head.
+        fuse_stride4: add the stride-4 stage to the output (:class:`CompactTrunk`).
     """
 
     def __init__(
@@ -100,9 +112,10 @@ class CompactBackbone(FeatureBackbone):
         width: int = 32,
         blocks: tuple[int, int, int] = (1, 1, 1),
         return_interm_layers: bool = False,
+        fuse_stride4: bool = False,
     ) -> None:
         super().__init__()
-        self.body = CompactTrunk(width, tuple(blocks))
+        self.body = CompactTrunk(width, tuple(blocks), fuse_stride4)
         self.stages = ("c4", "c8", "p8") if return_interm_layers else ("p8",)
         channels = {"c4": width, "c8": 2 * width, "p8": 3 * width}
         self.stage_channels = tuple(channels[s] for s in self.stages)
