@@ -11,7 +11,9 @@ For every ground-truth object of the val split, with the model's final outputs:
 With box refinement (``refine=boxes``) it also prints the mean IoU of the outputs matched one
 to one (Hungarian, by IoU) to the objects at the decoder's reference boxes and after every
 decoder layer: whether the decoder moves its boxes towards the objects. A confusion matrix
-(rows: true class, columns: the class of the best box above IoU 0.5) ends the report.
+(rows: true class, columns: the class of the best box above IoU 0.5) ends the report, after the
+same figures by COCO size class of the box in input pixels (small < 32², large > 96²): found@0.5,
+class ok among the found, and the last layer's matched IoU.
 
 Run: ``python benchmarks/shapes_errors.py CKPT [hydra overrides of the run, e.g. experiment=shapes]``.
 """
@@ -33,6 +35,13 @@ from detr_lightning.utils.build import build_datamodule, build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_shapes_profile import compose_shapes  # noqa: E402
+
+SIZE_FIGURES = ("found@0.5", "class ok", "mean IoU")
+
+
+def size_class(area: float) -> str:
+    """COCO's size class of an area in pixels (small < 32², large > 96²)."""
+    return "small" if area < 32**2 else "medium" if area <= 96**2 else "large"
 
 
 def layer_boxes(out: dict, reference: Tensor | None) -> dict[str, Tensor]:
@@ -63,6 +72,7 @@ def main() -> None:
     counts: dict[str, float] = defaultdict(float)
     ious: dict[str, list[Tensor]] = defaultdict(list)
     confusion: dict[tuple[int, int], int] = defaultdict(int)
+    by_size: dict[tuple[str, str], list[float]] = defaultdict(list)
     for batch in datamodule.val_dataloader():
         with torch.no_grad():
             out = net(batch.pixel_values, batch.pixel_mask)
@@ -75,18 +85,24 @@ def main() -> None:
                 continue
             iou = box_iou(box_convert(out["pred_boxes"][b], "cxcywh", "xyxy"), gt)  # [Q, G]
             counts["objects"] += len(gt)
+            height, width = target["size"].tolist()
+            sizes = [size_class(a) for a in (target["boxes"][:, 2:].prod(1) * height * width)]
             best_iou = iou.max(0).values  # [G]
             counts["found@0.5"] += (best_iou > 0.5).sum().item()
             counts["found@0.75"] += (best_iou > 0.75).sum().item()
             for g in range(len(gt)):
                 over = iou[:, g] > 0.5
+                by_size[("found@0.5", sizes[g])].append(float(over.any()))
                 if not over.any():
                     continue
                 best = torch.where(over, scores[b], torch.full_like(scores[b], -1.0)).argmax()
                 counts["class ok"] += int(labels[b, best] == gt_labels[g])
+                by_size[("class ok", sizes[g])].append(float(labels[b, best] == gt_labels[g]))
                 counts["duplicates"] += int((over & (scores[b] > 0.3)).sum() > 1)
                 confusion[(int(gt_labels[g]), int(labels[b, best]))] += 1
             rows, cols = linear_sum_assignment((-iou).numpy())
+            for g, value in zip(cols, iou[rows, cols].tolist(), strict=True):
+                by_size[("mean IoU", sizes[g])].append(value)
             for name, boxes in stages.items():
                 matched = box_convert(boxes[b][rows], "cxcywh", "xyxy")
                 ious[name].append(box_iou(matched, gt[cols]).diagonal())
@@ -98,6 +114,11 @@ def main() -> None:
         print("  mean IoU of the outputs matched to the objects (Hungarian, by IoU):")
         for name, values in ious.items():
             print(f"    {name:10s} {torch.cat(values).mean():.3f}")
+    print("  by size (objects; found@0.5, class ok among the found, matched IoU of the outputs):")
+    for name in ("small", "medium", "large"):
+        found = by_size[("found@0.5", name)]
+        figures = [sum(v) / max(len(v), 1) for v in (by_size[(k, name)] for k in SIZE_FIGURES)]
+        print(f"    {name:7s} {len(found):5d}  " + "  ".join(f"{f:.3f}" for f in figures))
     size = len(datamodule.label_to_category_id)
     print("  confusion (rows: true class, columns: class of the best box above IoU 0.5):")
     for t in range(size):
