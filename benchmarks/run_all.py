@@ -21,6 +21,7 @@ BENCHMARKS: list[tuple[str, bool]] = [
     ("bench_shapes_profile.py", True),  # where a shapes training step goes
     ("bench_inference.py", True),  # eager vs torch.compile vs ONNX Runtime latency ratios
     ("bench_official.py", True),  # vs facebookresearch/detr at OFFICIAL_DETR (skipped if unset)
+    ("bench_official_ops.py", True),  # the same training steps, op families (skipped if unset)
     ("bench_compile.py", True),  # model.compile: distinct batch shapes and Dynamo graphs
 ]
 
