@@ -96,8 +96,9 @@ def main() -> None:
                 if not over.any():
                     continue
                 best = torch.where(over, scores[b], torch.full_like(scores[b], -1.0)).argmax()
-                counts["class ok"] += int(labels[b, best] == gt_labels[g])
-                by_size[("class ok", sizes[g])].append(float(labels[b, best] == gt_labels[g]))
+                class_ok = int(labels[b, best] == gt_labels[g])
+                counts["class ok"] += class_ok
+                by_size[("class ok", sizes[g])].append(float(class_ok))
                 counts["duplicates"] += int((over & (scores[b] > 0.3)).sum() > 1)
                 confusion[(int(gt_labels[g]), int(labels[b, best]))] += 1
             rows, cols = linear_sum_assignment((-iou).numpy())
