@@ -48,6 +48,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_core import _random_targets, our_train_step, param_groups  # noqa: E402
 
 
+def is_official_checkout(path: str | None) -> bool:
+    """Whether ``path`` (``--official`` or ``OFFICIAL_DETR``) holds facebookresearch/detr."""
+    return bool(path) and (Path(path) / "models" / "detr.py").is_file()
+
+
 def build_official(path: str) -> tuple[nn.Module, nn.Module]:
     """The official DETR-R50 and its criterion, from its own builders, with ``main.py``'s
     default arguments on the CPU; its backbone would download ImageNet weights on the main
@@ -181,7 +186,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice; "
                         "1 is steadier on a machine other jobs share)")  # fmt: skip
     args = parser.parse_args()
-    if not args.official or not (Path(args.official) / "models" / "detr.py").is_file():
+    if not is_official_checkout(args.official):
         print("[official] skipped: set OFFICIAL_DETR to a checkout of facebookresearch/detr "
               "(e.g. git clone https://github.com/facebookresearch/detr /tmp/detr; "
               "OFFICIAL_DETR=/tmp/detr make bench)")  # fmt: skip

@@ -23,7 +23,12 @@ from torch.profiler import profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_core import _random_targets, our_train_step  # noqa: E402
-from bench_official import build_official, official_train_step, ours_like  # noqa: E402
+from bench_official import (  # noqa: E402
+    build_official,
+    is_official_checkout,
+    official_train_step,
+    ours_like,
+)
 
 FAMILIES = {
     "convolutions (forward, backward)": ("convolution", "conv2d"),
@@ -58,7 +63,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.rounds = 1
-    if not args.official or not (Path(args.official) / "models" / "detr.py").is_file():
+    if not is_official_checkout(args.official):
         print("[ops] skipped: pass --official (or set OFFICIAL_DETR to) a checkout of "
               "facebookresearch/detr")  # fmt: skip
         return 0
