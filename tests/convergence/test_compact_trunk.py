@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from detr_lightning.convergence.compact_trunk import CompactBackbone
+from detr_lightning.convergence.compact_trunk import CompactBackbone, SubsampledPointwise
 
 
 def test_compact_backbone_gives_a_stride_8_map_and_its_mask():
@@ -61,3 +61,33 @@ def test_fuse_stride4_adds_a_strided_conv_of_the_stride_4_stage():
                 expected[:, :, i, j] = torch.einsum("bcyx,ocyx->bo", patch, weight) + bias
     assert out["p8"].shape == base["p8"].shape == (2, 48, 10, 8)
     torch.testing.assert_close(out["p8"] - base["p8"], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_subsampled_pointwise_is_a_strided_1x1_convolution():
+    torch.manual_seed(0)
+    conv = SubsampledPointwise(8, 16, 2)
+    x = torch.randn(2, 8, 65, 64, requires_grad=True)
+    out = conv(x.contiguous(memory_format=torch.channels_last))
+    expected = torch.nn.functional.conv2d(x, conv.weight, stride=2)  # contiguous: a sound kernel
+    assert out.shape == (2, 16, 33, 32)
+    torch.testing.assert_close(out, expected)
+    grads = torch.autograd.grad(out.square().sum(), (x, conv.weight))
+    expected_grads = torch.autograd.grad(expected.square().sum(), (x, conv.weight))
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_narrow_trunk_trains_on_large_images_as_in_contiguous_memory():
+    # A width-8 trunk's strided shortcut used to abort the process in its channels-last backward
+    # (SubsampledPointwise); the same trunk run in contiguous memory gives the expected grads.
+    torch.manual_seed(0)
+    backbone = CompactBackbone(width=8).train()
+    pixels = torch.randn(1, 3, 256, 256)
+    grads = []
+    for fmt in (torch.channels_last, torch.contiguous_format):
+        backbone.zero_grad()
+        backbone.body.to(memory_format=fmt)
+        backbone.body(pixels.contiguous(memory_format=fmt))["p8"].square().mean().backward()
+        grads.append([p.grad.clone() for p in backbone.parameters()])
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3)
