@@ -63,6 +63,31 @@ def test_fuse_stride4_adds_a_strided_conv_of_the_stride_4_stage():
     torch.testing.assert_close(out["p8"] - base["p8"], expected, atol=1e-4, rtol=1e-4)
 
 
+def _reach(backbone: CompactBackbone, size: int = 256) -> int:
+    """Largest distance in pixels (along a row and a column) from the map's corner cell (0, 0)
+    to an input pixel that its output depends on: the receptive field, found by autograd."""
+    pixels = torch.randn(1, 3, size, size, requires_grad=True)
+    backbone.body(pixels)["p8"][0, :, 0, 0].sum().backward()
+    reached = pixels.grad.abs().sum(1)[0] > 0  # [H, W]
+    return int(max(reached.any(0).nonzero().max(), reached.any(1).nonzero().max()))
+
+
+def test_stride32_widens_the_receptive_field_of_every_cell():
+    # By hand, back from output cell 0: a 3x3 conv of stride s reads input cells up to
+    # s * (its last output cell) + 1; nearest upsampling and 1x1 convs read cell 0. Without the
+    # stride-32 stage the deepest path (stage16's two convs, stage8's two, stage4's two, the
+    # stem's two) reaches 1, 3 | 4, 9 | 10, 11 | 23, 47: pixel 47. The stage's two convs first
+    # reach stride-16 cell 3, and then the same path reaches 4, 9 | 10, 21 | 22, 23 | 47, 95.
+    torch.manual_seed(0)  # eval: batch statistics would couple every pixel to every cell
+    plain, wide = CompactBackbone(width=8).eval(), CompactBackbone(width=8, stride32=True).eval()
+    assert _reach(plain) == 47
+    assert _reach(wide) == 95
+    # The stage adds two BasicBlock convolutions and a lateral at stride 32 and nothing else.
+    result = plain.load_state_dict(wide.state_dict(), strict=False)
+    assert {k.split(".")[1] for k in result.unexpected_keys} == {"stage32", "lateral32"}
+    assert not result.missing_keys
+
+
 def test_subsampled_pointwise_is_a_strided_1x1_convolution():
     torch.manual_seed(0)
     conv = SubsampledPointwise(8, 16, 2)

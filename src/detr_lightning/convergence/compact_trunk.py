@@ -12,10 +12,16 @@ of the coarse stage at the resolution of the fine one.
     stage16   ``blocks[2]`` BasicBlocks at 4 width (first strided)  stride 16
     output    lateral8(stage8) + upsample(lateral16(stage16))       stride 8, 3 width channels
               [+ down4(stage4), a 3x3 stride-2 conv, with ``fuse_stride4``]
+              [stage16's lateral + upsample(lateral32(stage32)), with ``stride32``]
 
 ``fuse_stride4`` adds a bottom-up path from the stride-4 stage (PANet's): an object of 8-16 px
 covers one or two stride-8 cells, and a cell's box edges and shape must then come from detail
 finer than the cell, which the stride-8 stage has already pooled.
+
+``stride32`` adds one more strided BasicBlock at 4 width after stage16 and its lateral into the
+stride-16 level before that is upsampled (a third FPN level): without it, a cell of the output
+depends on input pixels at most 47 px away, less than a large object (> 96 px) spans, so a cell
+near one of its corners cannot see the opposite corner; with it, 95 px.
 
 :class:`CompactBackbone` wraps it with the padding-mask resizing of the paper's backbones
 (config: ``backbone=compact``).
@@ -78,6 +84,7 @@ class CompactTrunk(nn.Module):
         width: channels at stride 4 (stride 8 has 2x, stride 16 4x, the output 3x).
         blocks: BasicBlocks at strides 4, 8 and 16.
         fuse_stride4: add the stride-4 stage to the output through a 3x3 stride-2 conv.
+        stride32: add a stride-32 stage (one strided BasicBlock) top-down into stride 16.
     """
 
     def __init__(
@@ -85,6 +92,7 @@ class CompactTrunk(nn.Module):
         width: int = 32,
         blocks: tuple[int, int, int] = (1, 1, 1),
         fuse_stride4: bool = False,
+        stride32: bool = False,
     ) -> None:
         super().__init__()
         norm_layer = nn.BatchNorm2d
@@ -104,6 +112,10 @@ class CompactTrunk(nn.Module):
         self.lateral8 = nn.Conv2d(2 * width, self.num_channels, 1)
         self.lateral16 = nn.Conv2d(4 * width, self.num_channels, 1)
         self.down4 = nn.Conv2d(width, self.num_channels, 3, 2, 1) if fuse_stride4 else None
+        self.stage32 = self.lateral32 = None
+        if stride32:
+            self.stage32 = _stage(4 * width, 4 * width, 1, 2, norm_layer)
+            self.lateral32 = nn.Conv2d(4 * width, self.num_channels, 1)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -116,7 +128,11 @@ class CompactTrunk(nn.Module):
         x = pixel_values.contiguous(memory_format=torch.channels_last)
         c4 = self.stage4(self.stem(x))
         c8 = self.stage8(c4)
-        top_down = F.interpolate(self.lateral16(self.stage16(c8)), size=c8.shape[-2:])
+        c16 = self.stage16(c8)
+        p16 = self.lateral16(c16)
+        if self.stage32 is not None:
+            p16 = p16 + F.interpolate(self.lateral32(self.stage32(c16)), size=c16.shape[-2:])
+        top_down = F.interpolate(p16, size=c8.shape[-2:])
         p8 = self.lateral8(c8) + top_down
         if self.down4 is not None:
             p8 = p8 + self.down4(c4)
@@ -132,6 +148,7 @@ class CompactBackbone(FeatureBackbone):
         return_interm_layers: also return the stride-4 and stride-8 stages (``c4``, ``c8``)
             before the fused output, for the panoptic mask head.
         fuse_stride4: add the stride-4 stage to the output (:class:`CompactTrunk`).
+        stride32: add a stride-32 stage top-down (:class:`CompactTrunk`).
     """
 
     def __init__(
@@ -140,9 +157,10 @@ class CompactBackbone(FeatureBackbone):
         blocks: tuple[int, int, int] = (1, 1, 1),
         return_interm_layers: bool = False,
         fuse_stride4: bool = False,
+        stride32: bool = False,
     ) -> None:
         super().__init__()
-        self.body = CompactTrunk(width, tuple(blocks), fuse_stride4)
+        self.body = CompactTrunk(width, tuple(blocks), fuse_stride4, stride32)
         self.stages = ("c4", "c8", "p8") if return_interm_layers else ("p8",)
         channels = {"c4": width, "c8": 2 * width, "p8": 3 * width}
         self.stage_channels = tuple(channels[s] for s in self.stages)
