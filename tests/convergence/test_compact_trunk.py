@@ -78,7 +78,8 @@ def test_stride32_widens_the_receptive_field_of_every_cell():
     # stride-32 stage the deepest path (stage16's two convs, stage8's two, stage4's two, the
     # stem's two) reaches 1, 3 | 4, 9 | 10, 11 | 23, 47: pixel 47. The stage's two convs first
     # reach stride-16 cell 3, and then the same path reaches 4, 9 | 10, 21 | 22, 23 | 47, 95.
-    torch.manual_seed(0)  # eval: batch statistics would couple every pixel to every cell
+    torch.manual_seed(0)
+    # In eval mode: training's batch statistics would couple every pixel to every cell.
     plain, wide = CompactBackbone(width=8).eval(), CompactBackbone(width=8, stride32=True).eval()
     assert _reach(plain) == 47
     assert _reach(wide) == 95
