@@ -163,6 +163,11 @@ def table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def _save(results: dict, out: Path) -> None:
+    (out / "gpu.json").write_text(json.dumps(results, indent=2))
+    (out / "gpu.md").write_text(table(results) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "gpu")
@@ -171,29 +176,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=4)  # the paper's images per GPU
     parser.add_argument("--size", type=int, nargs=2, default=[800, 1088])  # a padded COCO batch
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--modes", default=",".join(MODES), help="'' for none (--e2e alone)")
     parser.add_argument("--e2e", action="store_true", help="also the command-line runs")
+    parser.add_argument("--e2e-timeout", type=float, default=None, help="seconds per run")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda"
                      else "cpu", "torch": torch.__version__, "batch": args.batch,
                      "size": args.size, "train": {}, "inference": {}}  # fmt: skip
-    for mode in args.modes.split(","):
+    # Written after every figure: a lease that ends mid-run still leaves what was measured.
+    save = lambda: _save(results, args.out)  # noqa: E731
+    for mode in filter(None, args.modes.split(",")):
         for kind, bench in (("train", bench_train), ("inference", bench_inference)):
             results[kind][mode] = bench(mode, args, device)
             print(f"[gpu] {kind:9s} {mode:20s} {results[kind][mode]}", flush=True)
+            save()
     if args.e2e:
         results["e2e"] = {}
         gpus = torch.cuda.device_count() if device.type == "cuda" else 0
         for name, command in e2e_commands(args.out, gpus).items():
             start = time.perf_counter()
-            rc = subprocess.run(command, cwd=REPO).returncode
+            try:
+                rc = subprocess.run(command, cwd=REPO, timeout=args.e2e_timeout).returncode
+            except subprocess.TimeoutExpired:
+                rc = "timeout"
             run_dir = Path(command[-1].split("=", 1)[1])
             results["e2e"][name] = {"rc": rc, "minutes": (time.perf_counter() - start) / 60,
                                     **e2e_figures(run_dir)}  # fmt: skip
-    (args.out / "gpu.json").write_text(json.dumps(results, indent=2))
-    (args.out / "gpu.md").write_text(table(results) + "\n")
+            save()
+    _save(results, args.out)
     print(table(results))
     failed = [m for k in ("train", "inference") for m, f in results[k].items() if not f["finite"]]
     failed += [n for n, r in results.get("e2e", {}).items()

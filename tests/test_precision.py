@@ -24,6 +24,36 @@ def test_bf16_mixed_training_steps_give_finite_losses(tmp_path) -> None:
     assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in losses)
 
 
+def test_bf16_mixed_clips_the_gradient_of_fused_adamw(tmp_path) -> None:
+    """The paper presets' combination (fused AdamW, clip 0.1) under bf16-mixed, which Lightning's
+    own clipping refuses: the step runs and the gradient it applies has norm 0.1."""
+    import functools
+
+    import lightning as L
+
+    norms: dict[str, list[float]] = {"before": [], "after": []}
+
+    def total_norm(module) -> float:
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        return torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item()
+
+    class Record(L.Callback):
+        def on_before_optimizer_step(self, trainer, module, optimizer) -> None:
+            norms["before"].append(total_norm(module))
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+            norms["after"].append(total_norm(module))  # zero_grad comes with the next step
+
+    module = tiny_lit()
+    module.optimizer_factory = functools.partial(torch.optim.AdamW, lr=1e-3, fused=True)
+    trainer = quiet_trainer(tmp_path, precision="bf16-mixed", max_steps=2, limit_val_batches=0,
+                            gradient_clip_val=0.1, callbacks=[Record()])  # fmt: skip
+    trainer.fit(module, loader(2))
+    assert trainer.optimizers[0].defaults["fused"] is True
+    assert len(norms["after"]) == 2 and all(n > 0.1 for n in norms["before"])
+    assert norms["after"] == pytest.approx([0.1, 0.1], rel=1e-4)
+
+
 def test_matcher_indices_under_bf16_equal_the_float32_ones_on_the_same_outputs() -> None:
     torch.manual_seed(0)
     net = tiny_lit(num_queries=20).net.eval()

@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import Tensor, nn
 
 from detr_lightning.budget import WallBudget
@@ -20,6 +21,7 @@ from detr_lightning.evaluation import (
 )
 from detr_lightning.evaluation.panoptic_evaluator import PanopticEvaluator, ground_truth_dataset
 from detr_lightning.schedule import budget_schedule
+from detr_lightning.utils.clipping import clip_true_gradients
 from detr_lightning.utils.distributed import reduce_tensor
 from detr_lightning.utils.finite import (
     NonFiniteLossError,
@@ -251,6 +253,25 @@ class LitDETR(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Lightning's clipping, except for a fused optimizer under mixed precision, which
+        Lightning refuses: there the true gradient is clipped (:mod:`.utils.clipping`)."""
+        plugin = self.trainer.precision_plugin
+        if (
+            gradient_clip_val
+            and isinstance(plugin, MixedPrecision)
+            and getattr(optimizer, "_step_supports_amp_scaling", False)
+        ):
+            algorithm = getattr(gradient_clip_algorithm, "value", gradient_clip_algorithm)
+            clip_true_gradients(optimizer, gradient_clip_val, algorithm or "norm", plugin.scaler)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_callbacks(self) -> list[L.Callback]:
         callbacks: list[L.Callback] = [CompileCounter()] if self.hparams.get("compile") else []

@@ -8,8 +8,9 @@ a threshold: a quarter of a generator call per element. Each element is dropped 
 with probability ``round(p * 2**16) / 2**16`` (0.1 becomes 0.1000061) and the kept ones are
 scaled by ``1 / (1 - p)``, as ``nn.Dropout`` does. The masks come from torch's generator, so
 ``torch.manual_seed`` / ``seed_everything`` still make runs repeatable, but they are not the
-masks ``nn.Dropout`` would draw. On other devices ``torch.nn.functional.dropout`` runs (CUDA's
-kernel is fused and already fast).
+masks ``nn.Dropout`` would draw. On other devices, and under ``torch.compile`` (which cannot
+trace the in-place draw and makes its own fused masks), ``torch.nn.functional.dropout`` runs
+(CUDA's kernel is fused and already fast).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     """``F.dropout(x, p, training)`` with the cheap mask on the CPU (module docstring)."""
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or p >= 1.0:
+    if x.device.type != "cpu" or p >= 1.0 or torch.compiler.is_compiling():
         return F.dropout(x, p, training)
     scale = keep_mask(x.shape, p, x.device).to(x.dtype).mul_(1.0 / (1.0 - p))
     return x * scale
