@@ -117,6 +117,29 @@ def bench_inference(mode: str, args: argparse.Namespace, device: torch.device) -
     return figures
 
 
+def profile_train(mode: str, args: argparse.Namespace, device: torch.device) -> str:
+    """Where a training step's time goes: three steps of ``mode`` under ``torch.profiler``, the
+    ops with the most self CPU time and the most device time (a table per sort)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    model = build_detr(backbone=args.backbone).to(device).train()
+    pixels, mask, targets = _batch(args.batch, tuple(args.size), device)
+    step = our_train_step(model, pixels, mask, targets, mode)
+    step(), step()
+    _sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(3):
+            step()
+        _sync(device)
+    averages = prof.key_averages()
+    tables = [averages.table(sort_by="self_cpu_time_total", row_limit=15)]
+    if device.type == "cuda":
+        tables.append(averages.table(sort_by="self_cuda_time_total", row_limit=15))
+    return "\n".join(tables)
+
+
 def e2e_commands(out: Path, gpus: int) -> dict[str, list[str]]:
     """The paper preset on the shapes data through ``python -m detr_lightning.train``, bf16 and
     compiled (100 steps, 20 val batches); a DDP smoke when there are two GPUs."""
@@ -177,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, nargs=2, default=[800, 1088])  # a padded COCO batch
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--modes", default=",".join(MODES), help="'' for none (--e2e alone)")
+    parser.add_argument("--profile", choices=list(AUTOCAST), help="profile this mode's step")
     parser.add_argument("--e2e", action="store_true", help="also the command-line runs")
     parser.add_argument("--e2e-timeout", type=float, default=None, help="seconds per run")
     args = parser.parse_args(argv)
@@ -192,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
             results[kind][mode] = bench(mode, args, device)
             print(f"[gpu] {kind:9s} {mode:20s} {results[kind][mode]}", flush=True)
             save()
+    if args.profile:
+        text = profile_train(args.profile, args, device)
+        (args.out / "profile.txt").write_text(text)
+        print(text, flush=True)
     if args.e2e:
         results["e2e"] = {}
         gpus = torch.cuda.device_count() if device.type == "cuda" else 0

@@ -7,8 +7,9 @@
 #
 #   bash benchmarks/gpu_check.sh OUT_DIR
 #
-# PARTS (default "eager e2e compiled") picks the parts, EAGER_S / E2E_S / COMPILED_S their limits
-# in seconds, BENCH_ARGS extra bench_gpu.py arguments (on a CPU: "--device cpu --backbone
+# PARTS (default "eager e2e compiled"; also "profile", "compile_check_bf16-mixed",
+# "compile_check_fp32") picks the parts, EAGER_S / E2E_S / COMPILED_S / PROFILE_S / CHECK_S their
+# limits in seconds, BENCH_ARGS extra bench_gpu.py arguments (on a CPU: "--device cpu --backbone
 # resnet18 --batch 1 --size 64 64 --steps 1").
 #
 # Packages the machine lacks (hydra-core, omegaconf, antlr4, pycocotools, faster-coco-eval)
@@ -46,6 +47,13 @@ parts=" ${PARTS:-eager e2e compiled} "
 [[ $parts == *" e2e "* ]] &&
   part "${E2E_S:-400}" e2e --modes '' --e2e --e2e-timeout "$((${E2E_S:-400} - 15))"
 [[ $parts == *" compiled "* ]] && part "${COMPILED_S:-170}" compiled --modes "compiled bf16-mixed"
+[[ $parts == *" profile "* ]] && part "${PROFILE_S:-60}" profile --modes '' --profile bf16-mixed
+for precision in bf16-mixed fp32; do  # compiled against eager gradients (compile_check.py)
+  [[ $parts == *" compile_check_$precision "* ]] || continue
+  echo "== compile_check $precision $(date -u +%T)" | tee -a "$log"
+  timeout "${CHECK_S:-230}" python3 benchmarks/compile_check.py --precision $precision 2>&1 |
+    tee -a "$log"
+done
 metrics=$(ls "$work"/e2e/e2e_gpu/csv/*/metrics.csv "$work"/e2e/e2e_gpu/csv/metrics.csv \
   2>/dev/null | tail -1)
 [ -n "$metrics" ] && cp "$metrics" "$out/e2e_metrics.csv"

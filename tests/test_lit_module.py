@@ -198,9 +198,22 @@ def test_non_finite_gradients_stop_before_the_step(tmp_path) -> None:
     weight = lit.net.class_embed.weight
     weight.register_hook(lambda g: g * float("inf") if lit.global_step == 1 else g)
     trainer = quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=0)
-    with pytest.raises(NonFiniteLossError, match=r"gradients at global step 1 .*finite loss"):
+    with pytest.raises(NonFiniteLossError, match=r"gradients at global step 1 .*finite loss"
+                       r", in net\.class_embed\.weight\. "):  # fmt: skip
         trainer.fit(lit, train_dataloaders=loader(3))
     assert all(torch.isfinite(p).all() for p in lit.parameters())
+
+
+def test_gradients_too_large_for_their_norm_are_reported_as_such(tmp_path) -> None:
+    """Every gradient finite but the total norm past float32's range (a diverging run)."""
+    lit = tiny_lit()
+    weight = lit.net.class_embed.weight
+    weight.register_hook(lambda g: torch.full_like(g, 1e30) if lit.global_step == 1 else g)
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=0)
+    with pytest.raises(
+        NonFiniteLossError, match=r"total norm overflows; largest \|gradient\| 1e\+30"
+    ):
+        trainer.fit(lit, train_dataloaders=loader(3))
 
 
 def _official_file(path, num_classes: int) -> dict:

@@ -162,5 +162,15 @@ def check_gradients(module: Any, optimizer: torch.optim.Optimizer) -> None:
 
     Called before the optimizer step (and before clipping, which would spread a NaN into every
     weight). Under DDP the gradients are already all-reduced, so every process agrees."""
-    if not grads_finite(optimizer):
-        _raise(module, "gradients", " from a finite loss", "Training stopped before the step")
+    if grads_finite(optimizer):
+        return
+    names = {id(p): n for n, p in module.named_parameters()}
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    bad = [names.get(id(p), "?") for p in params if not torch.isfinite(p.grad).all()]
+    if bad:
+        shown = ", ".join(bad[:6]) + (f" (+{len(bad) - 6} more)" if len(bad) > 6 else "")
+        detail = f" from a finite loss, in {shown}"
+    else:  # each gradient finite, their total norm too large for float32: diverging
+        largest = max(p.grad.abs().max().item() for p in params)
+        detail = f" from a finite loss (total norm overflows; largest |gradient| {largest:.3g})"
+    _raise(module, "gradients", detail, "Training stopped before the step")
