@@ -61,12 +61,17 @@ def main(argv: list[str] | None = None) -> int:
                                  "model.net.transformer.dropout=0.0"])  # fmt: skip
     parser.add_argument("--sizes", default="192x256,256x320,320x192,256x256")
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument(
+        "--dynamic",
+        action="store_true",
+        help="compile with dynamic sizes at once (one compile instead of two)",
+    )
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), AUTOCAST[args.precision]
     torch.manual_seed(0)
     eager = build_net(args.experiment, args.override).to(device).train()
     compiled = copy.deepcopy(eager)
-    compiled.compile()
+    compiled.compile(dynamic=True if args.dynamic else None)
     criterion = SetCriterion(91, HungarianMatcher())
     targets = [{k: v.to(device) for k, v in t.items()} for t in _random_targets(args.batch)]
     failed = False

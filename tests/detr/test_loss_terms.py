@@ -5,7 +5,12 @@ import math
 import pytest
 import torch
 
-from detr_lightning.detr.loss_terms import box_losses, cardinality_error, label_losses
+from detr_lightning.detr.loss_terms import (
+    box_losses,
+    cardinality_error,
+    giou_loss_sum,
+    label_losses,
+)
 
 
 def test_box_losses_by_hand() -> None:
@@ -54,3 +59,42 @@ def test_cardinality_error_counts_predicted_objects() -> None:
     # focal: a query is an object when its best logit is > 0 (probability > 0.5).
     focal_logits = torch.tensor([[[0.5], [-1.0]], [[-2.0], [-0.1]]])
     assert cardinality_error(focal_logits, targets, focal=True).item() == pytest.approx(1.0)
+
+
+def _random_xyxy(n: int, gen: torch.Generator) -> torch.Tensor:
+    lo = torch.rand(n, 2, generator=gen, dtype=torch.float64)
+    return torch.cat([lo, lo + torch.rand(n, 2, generator=gen, dtype=torch.float64) * 0.5], 1)
+
+
+def test_giou_loss_equals_torchvisions_in_value_and_gradient() -> None:
+    """Overlapping, disjoint, nested, touching and zero-area pairs (float64, eps as torchvision)."""
+    from torchvision.ops import generalized_box_iou_loss
+
+    gen = torch.Generator().manual_seed(0)
+    src, tgt = _random_xyxy(200, gen), _random_xyxy(200, gen)
+    special = torch.tensor([[0.1, 0.1, 0.2, 0.2], [0.0, 0.0, 1.0, 1.0], [0.2, 0.2, 0.4, 0.3],
+                            [0.3, 0.3, 0.3, 0.5]], dtype=torch.float64)  # fmt: skip
+    partner = torch.tensor([[0.5, 0.5, 0.6, 0.7], [0.2, 0.3, 0.4, 0.5], [0.4, 0.2, 0.6, 0.3],
+                            [0.3, 0.3, 0.3, 0.5]], dtype=torch.float64)  # fmt: skip
+    src, tgt = torch.cat([src, special]), torch.cat([tgt, partner])
+    ours_src, ref_src = src.clone().requires_grad_(), src.clone().requires_grad_()
+    ours = giou_loss_sum(ours_src, tgt)
+    ref = generalized_box_iou_loss(ref_src, tgt, reduction="sum")
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    ours.backward(), ref.backward()
+    torch.testing.assert_close(ours_src.grad, ref_src.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_box_losses_never_sync_with_the_host() -> None:
+    """No aten::nonzero or aten::item (device syncs on GPUs) in the box losses' forward and
+    backward."""
+    from torch.profiler import ProfilerActivity, profile
+
+    gen = torch.Generator().manual_seed(1)
+    src = torch.rand(16, 4, generator=gen).mul(0.5).add(0.25).requires_grad_()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        losses = box_losses(src, torch.rand(16, 4, generator=gen) * 0.5 + 0.25, torch.tensor(16.0))
+        (losses["loss_bbox"] + losses["loss_giou"]).backward()
+    names = {event.name for event in prof.events()}
+    assert "aten::l1_loss" in names or "aten::abs" in names  # the profile saw the losses
+    assert not {"aten::nonzero", "aten::item"} & names
