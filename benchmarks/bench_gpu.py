@@ -16,7 +16,11 @@ Random weights (nothing is downloaded), random targets, one padded batch shape. 
 ``gpu.json`` and ``gpu.md`` to ``--out``. On a CPU (``--device cpu`` with small sizes) the same
 code runs, which is how the test suite keeps the script working until a GPU is lent.
 
-Run: ``python benchmarks/bench_gpu.py --out DIR [--e2e] [--batch 4] [--size 800 1088]``.
+``--profile MODE`` adds a ``torch.profiler`` table of that mode's training step (self CPU and
+device time per op). ``benchmarks/gpu_check.sh`` runs these parts on a lent machine.
+
+Run: ``python benchmarks/bench_gpu.py --out DIR [--e2e] [--profile bf16-mixed] [--batch 4]
+[--size 800 1088]``.
 """
 
 from __future__ import annotations

@@ -7,10 +7,11 @@
 #
 #   bash benchmarks/gpu_check.sh OUT_DIR
 #
-# PARTS (default "eager e2e compiled"; also "profile", "compile_check_bf16-mixed",
-# "compile_check_fp32") picks the parts, EAGER_S / E2E_S / COMPILED_S / PROFILE_S / CHECK_S their
-# limits in seconds, BENCH_ARGS extra bench_gpu.py arguments (on a CPU: "--device cpu --backbone
-# resnet18 --batch 1 --size 64 64 --steps 1").
+# PARTS (default "eager e2e compiled"; also "profile", and "compile_check_bf16-mixed" /
+# "compile_check_fp32": compiled against eager gradients at dynamic sizes) picks the parts,
+# EAGER_S / E2E_S / COMPILED_S / PROFILE_S / CHECK_S their limits in seconds, BENCH_ARGS extra
+# bench_gpu.py arguments (on a CPU: "--device cpu --backbone resnet18 --batch 1 --size 64 64
+# --steps 1").
 #
 # Packages the machine lacks (hydra-core, omegaconf, antlr4, pycocotools, faster-coco-eval)
 # travel as wheels in .whl/ (see README, "Speed and GPU readiness"); they are installed into
@@ -38,7 +39,8 @@ part() {  # part SECONDS NAME ARGS...: one bench_gpu.py run under its own limit
   local seconds=$1 name=$2
   shift 2
   echo "== $name (limit ${seconds}s) $(date -u +%T)" | tee -a "$log"
-  timeout "$seconds" python3 benchmarks/bench_gpu.py --out "$work/$name" "$@" ${BENCH_ARGS:-} 2>&1 | tee -a "$log"
+  timeout "$seconds" python3 benchmarks/bench_gpu.py --out "$work/$name" "$@" ${BENCH_ARGS:-} 2>&1 |
+    tee -a "$log"
   echo "== $name rc ${PIPESTATUS[0]} $(date -u +%T)" | tee -a "$log"
   cp "$work/$name/gpu.json" "$out/$name.json" 2>/dev/null
 }
@@ -51,7 +53,8 @@ parts=" ${PARTS:-eager e2e compiled} "
 for precision in bf16-mixed fp32; do  # compiled against eager gradients (compile_check.py)
   [[ $parts == *" compile_check_$precision "* ]] || continue
   echo "== compile_check $precision $(date -u +%T)" | tee -a "$log"
-  timeout "${CHECK_S:-230}" python3 benchmarks/compile_check.py --precision $precision 2>&1 |
+  timeout "${CHECK_S:-230}" python3 benchmarks/compile_check.py --precision "$precision" \
+    --dynamic 2>&1 |
     tee -a "$log"
 done
 metrics=$(ls "$work"/e2e/e2e_gpu/csv/*/metrics.csv "$work"/e2e/e2e_gpu/csv/metrics.csv \

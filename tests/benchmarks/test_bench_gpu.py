@@ -70,3 +70,43 @@ def test_bench_gpu_command_lines_compose(tmp_path):
     single, ddp = configs.values()
     assert single.trainer.devices == 1 and "strategy" not in single.trainer
     assert ddp.trainer.devices == 2 and ddp.trainer.strategy._target_.endswith("DDPStrategy")
+
+
+def test_bench_gpu_profile_alone_writes_the_table(tmp_path) -> None:
+    bench = _bench_gpu()
+    argv = ["--device", "cpu", "--backbone", "resnet18", "--batch", "1", "--size", "64", "64",
+            "--modes", "", "--profile", "fp32", "--out", str(tmp_path)]  # fmt: skip
+    assert bench.main(argv) == 0
+    text = (tmp_path / "profile.txt").read_text()
+    assert text.count("aten::") >= 10 and "Self CPU time total" in text  # 15 ops by CPU time
+    assert json.loads((tmp_path / "gpu.json").read_text())["train"] == {}
+
+
+def _compile_check():
+    spec = importlib.util.spec_from_file_location(
+        "compile_check", REPO / "benchmarks" / "compile_check.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compile_check_reports_agreement_and_names_non_finite_gradients(monkeypatch, capsys):
+    """The harness on the CPU without inductor (minutes): with ``compile`` a no-op the two
+    copies agree exactly; a copy whose class head yields NaN gradients fails, named."""
+    import torch
+
+    check = _compile_check()
+    argv = ["--device", "cpu", "--precision", "fp32", "--sizes", "64x64", "--batch", "1"]
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: None)
+    assert check.main(argv) == 0
+    assert "relative grad difference 0 overall" in capsys.readouterr().out
+
+    def poisoned(self, **kwargs):
+        self.class_embed.weight.register_hook(lambda g: g * float("nan"))
+
+    monkeypatch.setattr(torch.nn.Module, "compile", poisoned)
+    assert check.main(argv) == 1
+    out = capsys.readouterr().out
+    assert "grads finite eager True compiled False" in out
+    assert "non-finite in compiled: ['class_embed.weight']" in out
