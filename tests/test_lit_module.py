@@ -204,6 +204,25 @@ def test_non_finite_gradients_stop_before_the_step(tmp_path) -> None:
     assert all(torch.isfinite(p).all() for p in lit.parameters())
 
 
+def test_a_gradient_scaler_handles_inf_gradients_itself() -> None:
+    """16-mixed (CUDA only under Lightning): an overflowing step is the scaler's to skip, not an
+    error; without a scaler the same gradients stop training."""
+    from types import SimpleNamespace
+
+    lit = tiny_lit()
+    optimizer = torch.optim.AdamW(lit.parameters())
+    for p in lit.parameters():
+        p.grad = torch.full_like(p, float("inf"))
+    scaler = torch.amp.GradScaler("cpu")
+    lit._trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=scaler))
+    lit.on_before_optimizer_step(optimizer)  # no error
+    lit._trainer = SimpleNamespace(precision_plugin=SimpleNamespace(), global_step=3,
+                                   current_epoch=0, checkpoint_callbacks=[], ckpt_path=None,
+                                   optimizers=[optimizer])  # fmt: skip
+    with pytest.raises(NonFiniteLossError, match="gradients at global step 3"):
+        lit.on_before_optimizer_step(optimizer)
+
+
 def test_gradients_too_large_for_their_norm_are_reported_as_such(tmp_path) -> None:
     """Every gradient finite but the total norm past float32's range (a diverging run)."""
     lit = tiny_lit()
