@@ -213,13 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda"
                      else "cpu", "torch": torch.__version__, "batch": args.batch,
                      "size": args.size, "train": {}, "inference": {}}  # fmt: skip
-    # Written after every figure: a lease that ends mid-run still leaves what was measured.
-    save = lambda: _save(results, args.out)  # noqa: E731
+    # Saved after every figure: a lease that ends mid-run still leaves what was measured.
     for mode in filter(None, args.modes.split(",")):
         for kind, bench in (("train", bench_train), ("inference", bench_inference)):
             results[kind][mode] = bench(mode, args, device)
             print(f"[gpu] {kind:9s} {mode:20s} {results[kind][mode]}", flush=True)
-            save()
+            _save(results, args.out)
     if args.profile:
         text = profile_train(args.profile, args, device)
         (args.out / "profile.txt").write_text(text)
@@ -236,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = Path(command[-1].split("=", 1)[1])
             results["e2e"][name] = {"rc": rc, "minutes": (time.perf_counter() - start) / 60,
                                     **e2e_figures(run_dir)}  # fmt: skip
-            save()
+            _save(results, args.out)
     _save(results, args.out)
     print(table(results))
     failed = [m for k in ("train", "inference") for m, f in results[k].items() if not f["finite"]]

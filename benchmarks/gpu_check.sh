@@ -43,6 +43,7 @@ part() {  # part SECONDS NAME ARGS...: one bench_gpu.py run under its own limit
     tee -a "$log"
   echo "== $name rc ${PIPESTATUS[0]} $(date -u +%T)" | tee -a "$log"
   cp "$work/$name/gpu.json" "$out/$name.json" 2>/dev/null
+  cp "$work/$name/profile.txt" "$out/$name.txt" 2>/dev/null
 }
 parts=" ${PARTS:-eager e2e compiled} "
 [[ $parts == *" eager "* ]] && part "${EAGER_S:-100}" eager --modes fp32,bf16-mixed,16-mixed
