@@ -106,6 +106,12 @@ def last_good_checkpoint(module: Any) -> str | None:
     return newest if step is None else f"{newest} (global step {step})"
 
 
+def _first_names(names: list[str], limit: int = 6) -> str:
+    """The first ``limit`` names, comma-separated, and how many more there are."""
+    more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
 def _raise(module: Any, what: str, detail: str, when: str) -> None:
     raise NonFiniteLossError(
         stop_message(
@@ -136,7 +142,7 @@ def check_predictions(module: Any, outputs: Any, batch_idx: int, stage: str = "t
     if bool(reduce_tensor(ok.min(), "min", module._trainer) >= 1):
         return
     bad = [name for (name, _), good in zip(named, ok.tolist(), strict=True) if not good]
-    shown = ", ".join(bad[:6]) + (f" (+{len(bad) - 6} more)" if len(bad) > 6 else "")
+    shown = _first_names(bad)
     where = f"{stage} batch {batch_idx}"
     detail = f", {where}: {shown or 'on another rank'} (rank {module.global_rank}'s outputs)"
     when = (
@@ -168,8 +174,7 @@ def check_gradients(module: Any, optimizer: torch.optim.Optimizer) -> None:
     params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
     bad = [names.get(id(p), "?") for p in params if not torch.isfinite(p.grad).all()]
     if bad:
-        shown = ", ".join(bad[:6]) + (f" (+{len(bad) - 6} more)" if len(bad) > 6 else "")
-        detail = f" from a finite loss, in {shown}"
+        detail = f" from a finite loss, in {_first_names(bad)}"
     else:  # each gradient finite, their total norm too large for float32: diverging
         largest = max(p.grad.abs().max().item() for p in params)
         detail = f" from a finite loss (total norm overflows; largest |gradient| {largest:.3g})"
