@@ -22,6 +22,7 @@ from detr_lightning.evaluation import (
 from detr_lightning.evaluation.panoptic_evaluator import PanopticEvaluator, ground_truth_dataset
 from detr_lightning.schedule import budget_schedule
 from detr_lightning.utils.clipping import clip_true_gradients
+from detr_lightning.utils.consistent_heads import check_consistent_heads
 from detr_lightning.utils.distributed import reduce_tensor
 from detr_lightning.utils.finite import (
     NonFiniteLossError,
@@ -289,29 +290,3 @@ class LitDETR(L.LightningModule):
         if options and not getattr(self, "_net_compiled", False):
             compile_network(self.net, dict(options) if isinstance(options, Mapping) else None)
             self._net_compiled = True
-
-
-def check_consistent_heads(net: nn.Module, criterion: nn.Module, postprocess: nn.Module) -> None:
-    """Raise when the classification loss is not the same everywhere (conf/cls_loss/*), or when
-    a dense-proposal matcher has no dense head to train."""
-    focal = {
-        "model.net.focal": getattr(net, "focal", False),
-        "model.criterion.focal": getattr(criterion, "focal", False),
-        "model.criterion.matcher.focal": getattr(
-            getattr(criterion, "matcher", None), "focal", False
-        ),
-        "model.postprocess.focal": getattr(postprocess, "focal", False),
-    }
-    if len(set(focal.values())) > 1:
-        raise ValueError(
-            f"focal classification is set in some places only: {focal}; choose cls_loss=focal or "
-            "cls_loss=softmax instead of setting the keys one by one."
-        )
-    dense_head = getattr(net, "aux_head", None) is not None or hasattr(
-        getattr(net, "queries", None), "head"
-    )
-    if getattr(criterion, "encoder_matcher", None) is not None and not dense_head:
-        raise ValueError(
-            "model.criterion.encoder_matcher trains a dense proposal head, but model.net has "
-            "none: choose queries=proposals or aux_head=conv, or remove encoder_matcher."
-        )
