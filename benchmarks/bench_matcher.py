@@ -1,4 +1,7 @@
-"""Matcher time: per-image cost blocks (ours) vs the official single [B*Q, sum(T)] cost matrix.
+"""Matcher time: per-image cost blocks (ours) vs the official single [B*Q, sum(T)] cost matrix;
+and the criterion of a 6-layer decoder (matching + losses, forward + backward) in one pass over
+all layers (ours) vs layer by layer (the official code's structure): time and aten ops, the
+latter an upper bound on a GPU's kernel launches (the eager GPU step is launch-bound).
 
 Run: `python benchmarks/bench_matcher.py`. Prints figures, asserts nothing.
 """
@@ -11,7 +14,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torchvision.ops import box_convert, generalized_box_iou
 
-from detr_lightning.loss import HungarianMatcher
+from detr_lightning.loss import HungarianMatcher, SetCriterion
 
 
 @torch.no_grad()
@@ -92,5 +95,45 @@ def bench_matcher(batches=(8, 64), repeats=20) -> dict[int, dict[str, float]]:
     return results
 
 
+def _aten_ops(fn) -> int:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(1 for e in prof.events() if e.name.startswith("aten::"))
+
+
+def bench_criterion(batch=4, layers=6, repeats=20) -> dict[str, tuple[float, int]]:
+    """Best-of-`repeats` seconds and aten ops of one criterion forward + backward: R50 sizes
+    (100 queries, 92 logits, 6 decoder layers), 8 targets per image, CPU.
+
+    Returns {"one_pass": (s, ops), "layer_by_layer": (s, ops)}.
+    """
+    criterion = SetCriterion(91, HungarianMatcher())
+    sets = [_inputs(batch, targets=8, seed=s) for s in range(layers)]
+    targets = sets[0][1]
+
+    def fresh() -> list[dict[str, torch.Tensor]]:
+        return [{k: v.clone().requires_grad_() for k, v in out.items()} for out, _ in sets]
+
+    def one_pass() -> None:
+        *aux, last = fresh()
+        criterion.weighted_total(criterion({**last, "aux_outputs": aux}, targets)).backward()
+
+    def layer_by_layer() -> None:
+        total = sum(criterion.weighted_total(criterion(out, targets)) for out in fresh())
+        total.backward()
+
+    results = {
+        name: (_time(fn, repeats=repeats), _aten_ops(fn))
+        for name, fn in (("one_pass", one_pass), ("layer_by_layer", layer_by_layer))
+    }
+    print(f"criterion, {layers} decoder layers, batch {batch}: matching + losses, fwd + bwd")
+    for name, (seconds, ops) in results.items():
+        print(f"  {name:15s} {seconds * 1e3:7.2f} ms  {ops:6d} aten ops")
+    return results
+
+
 if __name__ == "__main__":
     bench_matcher()
+    bench_criterion()

@@ -193,7 +193,7 @@ def test_precomputed_indices_hook():
     crit = _criterion()
     num_boxes = crit.normalise_num_boxes(targets, None, torch.device("cpu"))
     forced = [(torch.tensor([1]), torch.tensor([0]))]
-    losses = crit._losses_for(outputs, targets, forced, num_boxes, log=False)
+    (losses,) = crit.layer_losses([outputs], targets, [forced], num_boxes, log=False)
     assert losses["loss_bbox"].item() == pytest.approx(0.4 + 0.4 + 0.1 + 0.1, abs=1e-6)
     assert set(losses) == {"loss_ce", "loss_bbox", "loss_giou"}
 
@@ -241,3 +241,22 @@ def test_config_mismatches_are_clear_errors():
         SetCriterion(5, HungarianMatcher())(outputs, targets)
     with pytest.raises(ValueError, match="focal"):
         SetCriterion(2, HungarianMatcher(focal=False), focal=True)
+
+
+def test_losses_under_known_matches_never_sync_with_the_host():
+    """Past the matcher's one transfer, the criterion's forward and backward over every decoder
+    layer have no aten::nonzero or aten::item (device syncs on GPUs)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    outputs, targets, layers = _decoder_outputs(requires_grad=True)
+    crit = _criterion()
+    matches = crit.match(layers, targets)
+    num_boxes = crit.normalise_num_boxes(targets, None, torch.device("cpu"))
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        per_layer = crit.layer_losses(layers, targets, matches, num_boxes)
+        crit.weighted_total({f"{k}_{i}": v for i, d in enumerate(per_layer) for k, v in d.items()})
+        total = sum(d["loss_ce"] + d["loss_bbox"] + d["loss_giou"] for d in per_layer)
+        total.backward()
+    names = {event.name for event in prof.events()}
+    assert "aten::cross_entropy_loss" in names  # the profile saw the losses
+    assert not {"aten::nonzero", "aten::item", "aten::_local_scalar_dense"} & names

@@ -127,6 +127,31 @@ def test_batched_equals_per_image():
         assert sorted(tgt_idx.tolist()) == list(range(num_targets))
 
 
+@pytest.mark.parametrize("focal", [False, True])
+def test_all_layers_at_once_equal_each_layer_alone(focal):
+    """match_layers builds one cost block per image for every layer; its assignments must be
+    those of matching each layer on its own (itself checked against brute force above)."""
+    gen = torch.Generator().manual_seed(2)
+    num_logits = 5 if focal else 6
+    layers = []
+    for _ in range(4):
+        images = [_random_image(gen, 8, t, num_logits, 5) for t in (3, 0, 8)]
+        layers.append(
+            {
+                "pred_logits": torch.stack([i[0] for i in images]),
+                "pred_boxes": torch.stack([i[1] for i in images]),
+            }
+        )
+    targets = [i[2] for i in images]  # any targets: the same for every layer
+    matcher = HungarianMatcher(focal=focal)
+    together = matcher.match_layers(layers, targets)
+    assert len(together) == len(layers)
+    for out, per_image in zip(layers, together, strict=True):
+        alone = matcher(out, targets)
+        for (p1, t1), (p2, t2) in zip(per_image, alone, strict=True):
+            assert torch.equal(p1, p2) and torch.equal(t1, t2)
+
+
 def test_empty_targets_give_empty_int64():
     out = {"pred_logits": torch.randn(2, 4, 3), "pred_boxes": torch.rand(2, 4, 4)}
     empty = {"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}

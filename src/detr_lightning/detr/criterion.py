@@ -8,8 +8,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from detr_lightning.detr.loss_terms import box_losses, cardinality_error, label_losses
+from detr_lightning.detr.loss_terms import box_losses, cardinality_error, class_error, class_loss
 from detr_lightning.detr.mask_losses import mask_losses
+from detr_lightning.detr.matched_pairs import MatchedPairs
 from detr_lightning.detr.matcher import HungarianMatcher, MatchIndices
 
 DEFAULT_WEIGHTS = {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
@@ -157,15 +158,11 @@ class SetCriterion(nn.Module):
 
         layers = [outputs, *outputs.get("aux_outputs", [])]
         matches = [indices] * len(layers) if indices is not None else self.match(layers, targets)
-
-        def losses_of(out: dict, match: MatchIndices, log_class: bool) -> dict[str, Tensor]:
-            return self._losses_for(
-                out, targets, match, num_boxes, log=log_class, log_cardinality=not suffix
-            )
-
-        result = {f"{k}{suffix}": v for k, v in losses_of(outputs, matches[0], not suffix).items()}
-        for i, (aux, match) in enumerate(zip(layers[1:], matches[1:], strict=True)):
-            result.update({f"{k}{suffix}_{i}": v for k, v in losses_of(aux, match, False).items()})
+        per_layer = self.layer_losses(layers, targets, matches, num_boxes, log=not suffix)
+        result: dict[str, Tensor] = {}
+        for i, losses in enumerate(per_layer):
+            tail = suffix if i == 0 else f"{suffix}_{i - 1}"
+            result.update({f"{k}{tail}": v for k, v in losses.items()})
         return result
 
     def match(self, layers: Sequence[dict], targets: list[dict[str, Tensor]]) -> list[MatchIndices]:
@@ -201,45 +198,54 @@ class SetCriterion(nn.Module):
             )
         return torch.stack(terms).sum()
 
-    def _losses_for(
+    def layer_losses(
         self,
-        outputs: dict,
+        layers: Sequence[dict],
         targets: list[dict[str, Tensor]],
-        indices: MatchIndices,
+        matches: Sequence[MatchIndices],
         num_boxes: Tensor,
         log: bool = True,
-        log_cardinality: bool | None = None,
-    ) -> dict[str, Tensor]:
-        """Losses of one set of predictions under a given matching (reusable with known indices,
-        e.g. denoising queries or per-group matching). log=False skips class_error;
-        log_cardinality (default: ``log``) the cardinality_error."""
-        batch_idx = torch.cat([torch.full_like(src, b) for b, (src, _) in enumerate(indices)])
-        src_idx = torch.cat([src for src, _ in indices])
-        matched = (batch_idx, src_idx)
-        out: dict[str, Tensor] = {}
+    ) -> list[dict[str, Tensor]]:
+        """Unsuffixed losses of L prediction sets of the same queries (decoder layers) under
+        the given matchings, computed for all sets in one pass (one gather and one loss call
+        per tensor, not per set and image: the eager GPU step is launch-bound). Reusable with
+        known indices (denoising queries, per-group matching).
+
+        Args:
+            layers: L dicts with "pred_logits" [B, Q, K] and "pred_boxes" [B, Q, 4] (cxcywh);
+                the masks loss reads "pred_masks" of ``layers[0]`` only, as official.
+            matches: per set, the :data:`MatchIndices` of its B images.
+            log: add the logged metrics: class_error (set 0) and cardinality_error (every set).
+        Returns:
+            L dicts of scalar losses.
+        """
+        device = layers[0]["pred_boxes"].device
+        pairs = MatchedPairs.of(list(matches), [len(t["labels"]) for t in targets], device)
+        per_set: dict[str, Tensor] = {}  # name -> [L]
+        first: dict[str, Tensor] = {}  # set 0 only
+        logits = torch.stack([out["pred_logits"] for out in layers])
         if "labels" in self.losses:
-            labels = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices, strict=True)])
-            out.update(
-                label_losses(
-                    outputs["pred_logits"],
-                    matched,
-                    labels,
-                    num_boxes,
-                    self.empty_weight,
-                    self.focal,
-                    self.focal_alpha,
-                    self.focal_gamma,
-                    log,
+            labels = torch.cat([t["labels"] for t in targets])[pairs.target]
+            per_set["loss_ce"] = class_loss(
+                logits, pairs, labels, num_boxes, self.empty_weight, self.focal,
+                self.focal_alpha, self.focal_gamma,
+            )  # fmt: skip
+            if log:
+                first["class_error"] = class_error(
+                    logits[0][pairs.first_set()], labels[: pairs.sizes[0]]
                 )
-            )
         if "boxes" in self.losses:
-            tgt = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices, strict=True)])
-            out.update(box_losses(outputs["pred_boxes"][matched], tgt, num_boxes))
-        if "masks" in self.losses and "pred_masks" in outputs:
-            tgt_masks = [t["masks"][j] for t, (_, j) in zip(targets, indices, strict=True)]
-            out.update(mask_losses(outputs["pred_masks"], matched, tgt_masks, num_boxes))
-        if "cardinality" in self.losses and (log if log_cardinality is None else log_cardinality):
-            out["cardinality_error"] = cardinality_error(
-                outputs["pred_logits"], targets, self.focal
+            boxes = torch.stack([out["pred_boxes"] for out in layers])
+            src = boxes[pairs.layer, pairs.batch, pairs.query]
+            tgt = torch.cat([t["boxes"] for t in targets])[pairs.target]
+            per_set.update(box_losses(src, tgt, pairs.sizes, num_boxes))
+        if "masks" in self.losses and "pred_masks" in layers[0]:
+            tgt_masks = [t["masks"][j] for t, (_, j) in zip(targets, matches[0], strict=True)]
+            first.update(
+                mask_losses(layers[0]["pred_masks"], pairs.first_set(), tgt_masks, num_boxes)
             )
-        return out
+        if "cardinality" in self.losses and log:
+            per_set["cardinality_error"] = cardinality_error(logits, targets, self.focal)
+        result = [{k: v[i] for k, v in per_set.items()} for i in range(len(layers))]
+        result[0].update(first)
+        return result

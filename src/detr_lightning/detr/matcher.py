@@ -118,10 +118,11 @@ class HungarianMatcher(nn.Module):
         self, layers: Sequence[dict[str, Tensor]], targets: list[dict[str, Tensor]]
     ) -> list[MatchIndices]:
         """:meth:`forward` for several prediction sets against the same targets (every decoder
-        layer): every cost block is computed on the device (in float32, also under autocast:
-        bf16 ties would make the assignment arbitrary), copied to the host in ONE transfer
-        with the labels' range, solved there, and the indices go back in one copy without a
-        sync. Returns one :data:`MatchIndices` per entry of ``layers``."""
+        layer): each image's cost block of all layers is computed on the device at once (in
+        float32, also under autocast: bf16 ties would make the assignment arbitrary), copied to
+        the host in ONE transfer with the labels' range, solved there per layer, and the
+        indices go back in one copy without a sync. Returns one :data:`MatchIndices` per entry
+        of ``layers``."""
         if not layers:
             return []
         device = layers[0]["pred_logits"].device
@@ -139,40 +140,49 @@ class HungarianMatcher(nn.Module):
         # clamped for the cost only: an out-of-range label must not fault the device before the
         # host has read the range (sent with the costs) and raised the error that explains it
         safe = labels.clamp(0, max(num_classes - 1, 0)).split([len(t["labels"]) for t in targets])
-        blocks = []
+        blocks = []  # per image: [L * Q, T_b], every layer's rows in one block
         with torch.autocast(device.type, enabled=False):
-            for out in layers:
-                logits, boxes = out["pred_logits"].float(), out["pred_boxes"].float()
-                for b, tgt in enumerate(targets):
-                    if len(tgt["labels"]) > logits.shape[1]:
-                        raise ValueError(
-                            f"HungarianMatcher: image {b} has {len(tgt['labels'])} targets but "
-                            f"the model has only {logits.shape[1]} queries; DETR predicts at "
-                            "most one object per query, so set num_queries >= the largest "
-                            "object count per image."
-                        )
-                    blocks.append(self.cost_matrix(logits[b], boxes[b], safe[b], tgt["boxes"]))
+            logits = torch.stack([out["pred_logits"] for out in layers], 1).float()
+            boxes = torch.stack([out["pred_boxes"] for out in layers], 1).float()
+            num_queries = logits.shape[2]  # logits, boxes: [B, L, Q, *]
+            for b, tgt in enumerate(targets):
+                if len(tgt["labels"]) > num_queries:
+                    raise ValueError(
+                        f"HungarianMatcher: image {b} has {len(tgt['labels'])} targets but "
+                        f"the model has only {num_queries} queries; DETR predicts at most one "
+                        "object per query, so set num_queries >= the largest object count per "
+                        "image."
+                    )
+                blocks.append(
+                    self.cost_matrix(
+                        logits[b].flatten(0, 1), boxes[b].flatten(0, 1), safe[b], tgt["boxes"]
+                    )
+                )
         extremes = torch.stack([labels.min(), labels.max()]) if labels.numel() else labels[:0]
         # the one device->host copy of the step's matching
         host = torch.cat([c.reshape(-1) for c in blocks] + [extremes.float()]).cpu()
         costs = host[: host.numel() - extremes.numel()].split([c.numel() for c in blocks])
         if error := self._label_error(host[host.numel() - extremes.numel() :], num_classes):
             raise ValueError(error)
-        pairs, sizes = [], []
-        for k, (block, cost) in enumerate(zip(blocks, costs, strict=True)):
+        solved = []  # [image][layer] -> (rows, cols)
+        for b, (block, cost) in enumerate(zip(blocks, costs, strict=True)):
             if not torch.isfinite(cost).all():
                 raise ValueError(
-                    f"HungarianMatcher: the cost matrix of image {k % len(targets)} contains "
-                    "NaN/inf: the predictions are not finite (diverged training: lower the lr, "
-                    "clip gradients) or a target box has zero width and height (fix the "
-                    "annotation)."
+                    f"HungarianMatcher: the cost matrix of image {b} contains NaN/inf: the "
+                    "predictions are not finite (diverged training: lower the lr, clip "
+                    "gradients) or a target box has zero width and height (fix the annotation)."
                 )
-            rows, cols = linear_sum_assignment(cost.view(block.shape).numpy())
-            # scipy returns rows ascending already; kept explicit as callers rely on it
-            order = rows.argsort(kind="stable")
-            pairs += [torch.as_tensor(rows[order]), torch.as_tensor(cols[order])]
-            sizes += [len(rows)] * 2
+            per_layer = cost.view(len(layers), num_queries, block.shape[-1]).numpy()
+            solved.append([linear_sum_assignment(c) for c in per_layer])
+        pairs, sizes = [], []
+        for layer in range(len(layers)):  # layer-major, as returned
+            for b in range(len(targets)):
+                rows, cols = solved[b][layer]
+                # scipy returns rows ascending already; kept explicit as callers rely on it
+                order = rows.argsort(kind="stable")
+                pairs += [torch.as_tensor(rows[order]), torch.as_tensor(cols[order])]
+                sizes += [len(rows)] * 2
         flat = torch.cat(pairs).to(torch.int64).to(device, non_blocking=True).split(sizes)
-        per_image = [(flat[2 * k], flat[2 * k + 1]) for k in range(len(blocks))]
+        per_image = [(flat[2 * k], flat[2 * k + 1]) for k in range(len(sizes) // 2)]
         n = len(targets)
         return [per_image[i * n : (i + 1) * n] for i in range(len(layers))]
