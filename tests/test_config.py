@@ -25,7 +25,7 @@ REPO = CONF.parent
 EXPERIMENTS = sorted(p.stem for p in (REPO / "experiments").glob("*.yaml"))
 GROUPS = ["backbone", "schedule", "head", "data", "trainer", "logger", "callbacks", "posenc",
           "losses", "cls_loss"]  # fmt: skip
-LEVER_GROUPS = ["queries", "refine", "denoiser", "aux_head"]
+LEVER_GROUPS = ["queries", "refine", "denoiser", "aux_head", "attention_prior"]
 LEVER_OPTIONS = [(g, p.stem) for g in LEVER_GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
 PAPER = ["r50", "dc5_r50", "r101", "dc5_r101"]
@@ -239,6 +239,7 @@ LEVER_STACKS = {  # a lever option needs the convergence model and what it pairs
     "refine=boxes": ["queries=anchors"],
     "denoiser=dn": [],
     "aux_head=conv": [],
+    "attention_prior=box": ["queries=anchors", "refine=boxes"],
 }
 
 

@@ -142,3 +142,42 @@ def test_invalid_options_are_rejected() -> None:
     src, mask, query, _ = layer_inputs()
     with pytest.raises(ValueError, match="pos"):
         Transformer(D, H, 1, 1, FF)(src, mask, query, None)
+
+
+class _BiasHook:
+    """A decoder layer hook that keeps the positional queries and adds ``bias`` to every
+    layer's cross-attention logits."""
+
+    def __init__(self, bias: torch.Tensor | None) -> None:
+        self.bias, self.calls = bias, []
+
+    def __call__(self, index: int, hidden: torch.Tensor | None) -> None:
+        self.calls.append(index)
+
+    def memory_bias(self) -> torch.Tensor | None:
+        return self.bias
+
+
+def test_layer_hook_memory_bias_reaches_every_cross_attention() -> None:
+    """A zero bias changes nothing; a bias that leaves each query one real token makes the
+    decoder blind to every other token of the memory."""
+    model = Transformer(D, H, 0, 2, FF, dropout=0.0).eval()
+    src, mask, query, pos = layer_inputs(b=2, h=3, w=5, q=4)
+    memory, key_mask, pos_seq = model.encode(src, mask, pos)
+    query_pos = query.expand(2, -1, -1)
+    plain = model.decode(memory, key_mask, pos_seq, query_pos)
+    zero = torch.zeros(2 * H, 4, memory.shape[1])
+    hook = _BiasHook(zero)
+    torch.testing.assert_close(
+        model.decode(memory, key_mask, pos_seq, query_pos, None, None, hook), plain
+    )
+    assert hook.calls == [0, 1]
+    only_first = torch.full_like(zero, float("-inf"))
+    only_first[..., 0] = 0.0  # token 0 is real in both images
+    hook = _BiasHook(only_first)
+    seen = model.decode(memory, key_mask, pos_seq, query_pos, None, None, hook)
+    other = memory.clone()
+    other[:, 1:] = torch.randn_like(other[:, 1:])
+    changed = model.decode(other, key_mask, pos_seq, query_pos, None, None, hook)
+    torch.testing.assert_close(changed, seen)
+    assert not torch.allclose(model.decode(other, key_mask, pos_seq, query_pos), plain)

@@ -17,6 +17,7 @@ class ModelDims:
         num_logits: class-logit columns (``num_classes`` for focal heads, ``+1`` otherwise).
         focal: sigmoid (focal) classification instead of softmax with a "no object" column.
         num_decoder_layers: decoder layers.
+        nhead: attention heads.
     """
 
     d_model: int
@@ -25,3 +26,4 @@ class ModelDims:
     num_logits: int
     focal: bool
     num_decoder_layers: int
+    nhead: int = 8

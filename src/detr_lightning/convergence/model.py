@@ -13,6 +13,8 @@ box MLP, output dict) plus components, each its own config node that exists only
   anchor queries;
 * ``focal`` — sigmoid classification (no "no object" column; a 1 % prior bias), set by the
   ``cls_loss`` config group together with the matcher, criterion and post-processing;
+* ``attention_prior`` — a bias on the decoder's cross-attention around each query's reference
+  box (:mod:`~detr_lightning.convergence.box_attention`, SMCA); needs ``box_refinement``;
 * ``detach_memory`` — the decoder reads the memory without back-propagating into it.
 
 Components are partials called with :class:`~detr_lightning.convergence.dims.ModelDims`.
@@ -30,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from detr_lightning.convergence.box_attention import token_centres
 from detr_lightning.convergence.box_encoding import box_sine_embedding
 from detr_lightning.convergence.denoising import DenoisingQueries, query_attention_mask
 from detr_lightning.convergence.dims import ModelDims
@@ -53,6 +56,9 @@ class ConvergenceDETR(SetDetector):
             auxiliary head (``enc_outputs``), or None.
         focal: sigmoid class head with ``num_classes`` columns.
         detach_memory: the decoder's losses do not reach the encoder and backbone.
+        attention_prior: partial
+            :class:`~detr_lightning.convergence.box_attention.BoxAttentionPrior` or None; needs
+            ``box_refinement``.
     """
 
     def __init__(
@@ -69,6 +75,7 @@ class ConvergenceDETR(SetDetector):
         aux_head: Callable[..., nn.Module] | None = None,
         focal: bool = False,
         detach_memory: bool = False,
+        attention_prior: Factory | None = None,
     ) -> None:
         num_logits = num_classes + (0 if focal else 1)
         super().__init__(
@@ -77,8 +84,9 @@ class ConvergenceDETR(SetDetector):
         )  # fmt: skip
         d = transformer.d_model
         dims = ModelDims(
-            d, num_queries, num_classes, num_logits, focal, len(transformer.decoder.layers)
-        )
+            d, num_queries, num_classes, num_logits, focal, len(transformer.decoder.layers),
+            transformer.nhead,
+        )  # fmt: skip
         self.focal, self.detach_memory = focal, detach_memory
         if focal:
             # Every class starts at a 1 % probability so the focal loss is not swamped.
@@ -97,6 +105,12 @@ class ConvergenceDETR(SetDetector):
             # Boxes (references, noised ground truth) -> positional queries.
             self.ref_point_head = MLP(d, d, d, 2)
         self.denoiser = denoiser(dims) if denoiser is not None else None
+        if attention_prior is not None and box_refinement is None:
+            raise ValueError(
+                "model.net.attention_prior centres each query's cross-attention on its "
+                "reference box, which needs model.net.box_refinement (add refine=boxes)."
+            )
+        self.attention_prior = attention_prior(dims) if attention_prior is not None else None
 
     def forward(
         self, pixel_values: Tensor, pixel_mask: Tensor | None = None, targets: Targets | None = None
@@ -133,7 +147,12 @@ class ConvergenceDETR(SetDetector):
         hook = None
         if self.box_refinement is not None:
             heads = [*self.box_refinement.layer_bbox_embed, self.bbox_embed]
-            hook = RefiningDecoderHook(heads, self.ref_point_head, reference)
+            centres = None
+            if self.attention_prior is not None:
+                centres = token_centres(enc.features[-1][1])  # the map the memory flattens
+            hook = RefiningDecoderHook(
+                heads, self.ref_point_head, reference, self.attention_prior, centres
+            )
         hs = self.transformer.decode(
             memory, enc.key_mask, enc.pos, position, content, attn_mask, hook
         )

@@ -9,6 +9,8 @@ first, large move away from the anchor and the later small corrections.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -55,10 +57,21 @@ class RefiningDecoderHook:
         heads: one box head per decoder layer.
         ref_point_head: MLP from the sine encoding of a box [.., d] to a positional query [.., d].
         reference: [B, N, 4] the first layer's reference boxes.
+        prior: a cross-attention bias from the current reference boxes and the token centres
+            (:class:`~detr_lightning.convergence.box_attention.BoxAttentionPrior`) or None.
+        centres: the token centres x, y [B, S] that ``prior`` reads.
     """
 
-    def __init__(self, heads: list[MLP], ref_point_head: nn.Module, reference: Tensor) -> None:
+    def __init__(
+        self,
+        heads: list[MLP],
+        ref_point_head: nn.Module,
+        reference: Tensor,
+        prior: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
+        centres: tuple[Tensor, Tensor] | None = None,
+    ) -> None:
         self.heads, self.ref_point_head, self.reference = heads, ref_point_head, reference
+        self.prior, self.centres = prior, centres
         self.boxes: list[Tensor] = []
 
     def _step(self, index: int, hidden: Tensor) -> None:
@@ -71,6 +84,12 @@ class RefiningDecoderHook:
             self._step(index - 1, hidden)
         width = self.ref_point_head.layers[0].in_features
         return self.ref_point_head(box_sine_embedding(self.reference, width))
+
+    def memory_bias(self) -> Tensor | None:
+        """The prior's cross-attention bias around the current reference boxes, or None."""
+        if self.prior is None or self.centres is None:
+            return None
+        return self.prior(self.reference, *self.centres)
 
     def finish(self, hs: Tensor) -> Tensor:
         """hs [L, B, N, d] -> every layer's boxes [L, B, N, 4]."""

@@ -8,7 +8,8 @@ True on real positions, as everywhere in this project; ``nn.MultiheadAttention``
 opposite, hence the ``~`` at its calls.
 
 The decoder has one extension point, ``layer_hook``: called before every decoder layer, it may
-replace the positional queries (box refinement computes them from each layer's boxes). The
+replace the positional queries (box refinement computes them from each layer's boxes) and add a
+bias to that layer's cross-attention logits (a spatial prior around each query's box). The
 paper's model does not use it.
 """
 
@@ -31,9 +32,15 @@ _POS_CHOICES = ("attn", "input", "none")
 class DecoderLayerHook(Protocol):
     """Called before decoder layer ``index`` with the previous layer's normed output
     ``hidden`` [B, Q, d] (None before the first); returns the positional queries [B, Q, d] that
-    layer uses (or None to keep the current ones)."""
+    layer uses (or None to keep the current ones). :meth:`memory_bias` then gives that layer's
+    cross-attention bias."""
 
     def __call__(self, index: int, hidden: Tensor | None) -> Tensor | None: ...
+
+    def memory_bias(self) -> Tensor | None:
+        """[B * heads, Q, S] float added to the coming layer's cross-attention logits, or
+        None."""
+        ...
 
 
 class TransformerEncoder(nn.Module):
@@ -63,11 +70,13 @@ class TransformerDecoder(nn.Module):
         through the one shared final norm. ``layer_hook``: see :class:`DecoderLayerHook`."""
         outputs: list[Tensor] = []
         keys = add_pos(memory, pos)  # the same for every layer
+        bias = None
         for i, layer in enumerate(self.layers):
             if layer_hook is not None:
                 new_pos = layer_hook(i, outputs[-1] if outputs else None)
                 query_pos = query_pos if new_pos is None else new_pos
-            tgt = layer(tgt, memory, memory_mask, pos, query_pos, mask, memory_keys=keys)
+                bias = layer_hook.memory_bias()
+            tgt = layer(tgt, memory, memory_mask, pos, query_pos, mask, keys, bias)
             outputs.append(self.norm(tgt))
         return torch.stack(outputs)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -107,23 +108,32 @@ class TransformerDecoderLayer(_Layer):
         query_pos: Tensor | None,
         self_attn_mask: Tensor | None = None,
         memory_keys: Tensor | None = None,
+        memory_bias: Tensor | None = None,
     ) -> Tensor:
         """tgt/query_pos [B, Q, d]; memory/pos [B, S, d]; memory_mask [B, S] True = real;
         self_attn_mask [Q, Q] True = blocked; memory_keys: memory + pos when the caller has
-        it already (the decoder computes it once for all layers). Returns [B, Q, d]."""
+        it already (the decoder computes it once for all layers); memory_bias: [B * heads, Q,
+        S] float added to the cross-attention logits, or None. Returns [B, Q, d]."""
         keys = add_pos(memory, pos) if memory_keys is None else memory_keys
 
         def self_attend(x: Tensor) -> Tensor:
             qk = add_pos(x, query_pos)
             return self.self_attn(qk, qk, x, attn_mask=self_attn_mask, need_weights=False)[0]
 
+        padding = ~memory_mask
+        if memory_bias is not None:  # a float padding mask beside a float bias (torch's rule)
+            padding = torch.zeros_like(padding, dtype=memory_bias.dtype).masked_fill(
+                padding, float("-inf")
+            )
+
         def cross_attend(x: Tensor) -> Tensor:
             return self.multihead_attn(
                 add_pos(x, query_pos),
                 keys,
                 memory,
-                key_padding_mask=~memory_mask,
+                key_padding_mask=padding,
                 need_weights=False,
+                attn_mask=memory_bias,
             )[0]
 
         tgt = self._sublayer(tgt, self_attend, self.norm1, self.dropout1)
