@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -147,12 +148,11 @@ class ConvergenceDETR(SetDetector):
         hook = None
         if self.box_refinement is not None:
             heads = [*self.box_refinement.layer_bbox_embed, self.bbox_embed]
-            centres = None
+            bias = None  # reference boxes -> cross-attention bias
             if self.attention_prior is not None:
-                centres = token_centres(enc.features[-1][1])  # the map the memory flattens
-            hook = RefiningDecoderHook(
-                heads, self.ref_point_head, reference, self.attention_prior, centres
-            )
+                x, y = token_centres(enc.features[-1][1])  # the map the memory flattens
+                bias = partial(self.attention_prior, x=x, y=y)
+            hook = RefiningDecoderHook(heads, self.ref_point_head, reference, bias)
         hs = self.transformer.decode(
             memory, enc.key_mask, enc.pos, position, content, attn_mask, hook
         )

@@ -57,9 +57,9 @@ class RefiningDecoderHook:
         heads: one box head per decoder layer.
         ref_point_head: MLP from the sine encoding of a box [.., d] to a positional query [.., d].
         reference: [B, N, 4] the first layer's reference boxes.
-        prior: a cross-attention bias from the current reference boxes and the token centres
-            (:class:`~detr_lightning.convergence.box_attention.BoxAttentionPrior`) or None.
-        centres: the token centres x, y [B, S] that ``prior`` reads.
+        prior: reference boxes [B, N, 4] -> the next layer's cross-attention bias [B * heads,
+            N, S] (:class:`~detr_lightning.convergence.box_attention.BoxAttentionPrior` at the
+            memory's token centres), or None.
     """
 
     def __init__(
@@ -67,11 +67,10 @@ class RefiningDecoderHook:
         heads: list[MLP],
         ref_point_head: nn.Module,
         reference: Tensor,
-        prior: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
-        centres: tuple[Tensor, Tensor] | None = None,
+        prior: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         self.heads, self.ref_point_head, self.reference = heads, ref_point_head, reference
-        self.prior, self.centres = prior, centres
+        self.prior = prior
         self.boxes: list[Tensor] = []
 
     def _step(self, index: int, hidden: Tensor) -> None:
@@ -87,9 +86,7 @@ class RefiningDecoderHook:
 
     def memory_bias(self) -> Tensor | None:
         """The prior's cross-attention bias around the current reference boxes, or None."""
-        if self.prior is None or self.centres is None:
-            return None
-        return self.prior(self.reference, *self.centres)
+        return None if self.prior is None else self.prior(self.reference)
 
     def finish(self, hs: Tensor) -> Tensor:
         """hs [L, B, N, d] -> every layer's boxes [L, B, N, 4]."""
