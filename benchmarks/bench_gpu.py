@@ -207,12 +207,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", choices=list(AUTOCAST), help="profile this mode's step")
     parser.add_argument("--e2e", action="store_true", help="also the command-line runs")
     parser.add_argument("--e2e-timeout", type=float, default=None, help="seconds per run")
+    parser.add_argument("--cudnn-attention", action="store_true",
+                        help="keep cuDNN's attention kernel, which training turns off on CUDA")  # fmt: skip
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if device.type == "cuda" and not args.cudnn_attention:  # as LitDETR trains (attention_backend)
+        torch.backends.cuda.enable_cudnn_sdp(False)
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda"
                      else "cpu", "torch": torch.__version__, "batch": args.batch,
-                     "size": args.size, "train": {}, "inference": {}}  # fmt: skip
+                     "size": args.size, "cudnn_attention": args.cudnn_attention,
+                     "train": {}, "inference": {}}  # fmt: skip
     # Saved after every figure: a lease that ends mid-run still leaves what was measured.
     for mode in filter(None, args.modes.split(",")):
         for kind, bench in (("train", bench_train), ("inference", bench_inference)):

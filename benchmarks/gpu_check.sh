@@ -7,11 +7,13 @@
 #
 #   bash benchmarks/gpu_check.sh OUT_DIR
 #
-# PARTS (default "eager e2e compiled"; also "profile", and "compile_check_bf16-mixed" /
-# "compile_check_fp32": compiled against eager gradients at dynamic sizes) picks the parts,
-# EAGER_S / E2E_S / COMPILED_S / PROFILE_S / CHECK_S their limits in seconds, BENCH_ARGS extra
-# bench_gpu.py arguments (on a CPU: "--device cpu --backbone resnet18 --batch 1 --size 64 64
-# --steps 1").
+# PARTS (default "attention eager e2e compiled"; also "profile", and "compile_check_bf16-mixed"
+# / "compile_check_fp32": compiled against eager gradients across batch shapes, CHECK_ARGS extra
+# compile_check.py arguments such as --dynamic) picks the parts, ATTENTION_S / EAGER_S / E2E_S /
+# COMPILED_S / PROFILE_S / CHECK_S their limits in seconds, BENCH_ARGS extra bench_gpu.py
+# arguments (on a CPU: "--device cpu --backbone resnet18 --batch 1 --size 64 64 --steps 1").
+# "attention" runs bf16 gradients at 48 and 64 tokens with cuDNN's attention kernel and without
+# it (utils/attention_backend.py): on a stack with pytorch#196678 the first gives NaN at 64.
 #
 # Packages the machine lacks (hydra-core, omegaconf, antlr4, pycocotools, faster-coco-eval)
 # travel as wheels in .whl/ (see README, "Speed and GPU readiness"); they are installed into
@@ -45,7 +47,14 @@ part() {  # part SECONDS NAME ARGS...: one bench_gpu.py run under its own limit
   cp "$work/$name/gpu.json" "$out/$name.json" 2>/dev/null
   cp "$work/$name/profile.txt" "$out/$name.txt" 2>/dev/null
 }
-parts=" ${PARTS:-eager e2e compiled} "
+parts=" ${PARTS:-attention eager e2e compiled} "
+if [[ $parts == *" attention "* ]]; then
+  for cudnn in --cudnn-attention ""; do
+    echo "== attention ${cudnn:-without cuDNN} $(date -u +%T)" | tee -a "$log"
+    timeout "${ATTENTION_S:-90}" python3 benchmarks/compile_check.py --backend aot_eager \
+      --precision bf16-mixed --sizes 192x256,256x256 $cudnn 2>&1 | grep -v Warning | tee -a "$log"
+  done
+fi
 [[ $parts == *" eager "* ]] && part "${EAGER_S:-100}" eager --modes fp32,bf16-mixed,16-mixed
 [[ $parts == *" e2e "* ]] &&
   part "${E2E_S:-400}" e2e --modes '' --e2e --e2e-timeout "$((${E2E_S:-400} - 15))"
@@ -55,7 +64,7 @@ for precision in bf16-mixed fp32; do  # compiled against eager gradients (compil
   [[ $parts == *" compile_check_$precision "* ]] || continue
   echo "== compile_check $precision $(date -u +%T)" | tee -a "$log"
   timeout "${CHECK_S:-230}" python3 benchmarks/compile_check.py --precision "$precision" \
-    --dynamic 2>&1 |
+    ${CHECK_ARGS:-} 2>&1 |
     tee -a "$log"
 done
 metrics=$(ls "$work"/e2e/e2e_gpu/csv/*/metrics.csv "$work"/e2e/e2e_gpu/csv/metrics.csv \

@@ -21,6 +21,7 @@ from detr_lightning.evaluation import (
 )
 from detr_lightning.evaluation.panoptic_evaluator import PanopticEvaluator, ground_truth_dataset
 from detr_lightning.schedule import budget_schedule
+from detr_lightning.utils.attention_backend import NoCudnnAttention
 from detr_lightning.utils.clipping import clip_true_gradients
 from detr_lightning.utils.consistent_heads import check_consistent_heads
 from detr_lightning.utils.distributed import reduce_tensor
@@ -88,6 +89,9 @@ class LitDETR(L.LightningModule):
         compile: ``torch.compile`` the network in place (true, or a dict of ``torch.compile``
             options such as ``{dynamic: true}``); the criterion stays eager. See
             :mod:`detr_lightning.compile` (shapes, recompiles, the ``compile/*`` metrics).
+        cudnn_attention: let PyTorch use cuDNN's fused attention while training on CUDA (off by
+            default: its backward gives NaN gradients for some feature-map sizes; see
+            :mod:`detr_lightning.utils.attention_backend`).
     """
 
     def __init__(
@@ -110,6 +114,7 @@ class LitDETR(L.LightningModule):
         panoptic: Callable[..., PanopticEvaluator] | None = None,
         init_detector: str | None = None,
         compile: bool | dict[str, Any] = False,
+        cudnn_attention: bool = False,
     ) -> None:
         super().__init__()
         if label_to_category_id is not None:
@@ -279,6 +284,8 @@ class LitDETR(L.LightningModule):
 
     def configure_callbacks(self) -> list[L.Callback]:
         callbacks: list[L.Callback] = [CompileCounter()] if self.hparams.get("compile") else []
+        if not self.hparams.get("cudnn_attention"):
+            callbacks.append(NoCudnnAttention())
         # The budget schedule re-plans epochs and the cosine from measured epoch times.
         if getattr(self.lr_schedule, "func", None) is budget_schedule:
             callbacks.append(WallBudget())
