@@ -8,7 +8,12 @@ difference (all parameters together, and the parameter where it is largest), and
 whose gradient holds NaN/inf. No optimizer step: the weights stay those of the seed, so any
 difference is the compiler's.
 
-Run: ``python benchmarks/compile_check.py [--device cuda] [--precision bf16-mixed]``.
+Non-finite eager gradients point below the compiler: on an H200 they came from cuDNN's
+attention backward (``--cudnn-attention`` keeps that kernel; by default it is off, as in
+training: ``detr_lightning.utils.attention_backend``).
+
+Run: ``python benchmarks/compile_check.py [--device cuda] [--precision bf16-mixed]
+[--backend aot_eager] [--experiment shapes]``.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@
 #   bash benchmarks/gpu_check.sh OUT_DIR
 #
 # PARTS (default "attention eager e2e compiled"; also "profile", and "compile_check_bf16-mixed"
-# / "compile_check_fp32": compiled against eager gradients across batch shapes, CHECK_ARGS extra
-# compile_check.py arguments such as --dynamic) picks the parts, ATTENTION_S / EAGER_S / E2E_S /
+# / "compile_check_fp32": compiled against eager gradients across batch shapes; CHECK_ARGS extra
+# compile_check.py arguments for these and "attention", such as --dynamic) picks the parts, ATTENTION_S / EAGER_S / E2E_S /
 # COMPILED_S / PROFILE_S / CHECK_S their limits in seconds, BENCH_ARGS extra bench_gpu.py
 # arguments (on a CPU: "--device cpu --backbone resnet18 --batch 1 --size 64 64 --steps 1").
 # "attention" runs bf16 gradients at 48 and 64 tokens with cuDNN's attention kernel and without
@@ -50,9 +50,10 @@ part() {  # part SECONDS NAME ARGS...: one bench_gpu.py run under its own limit
 parts=" ${PARTS:-attention eager e2e compiled} "
 if [[ $parts == *" attention "* ]]; then
   for cudnn in --cudnn-attention ""; do
-    echo "== attention ${cudnn:-without cuDNN} $(date -u +%T)" | tee -a "$log"
+    state=off && [ -n "$cudnn" ] && state=allowed
+    echo "== attention, cuDNN's kernel $state $(date -u +%T)" | tee -a "$log"
     timeout "${ATTENTION_S:-90}" python3 benchmarks/compile_check.py --backend aot_eager \
-      --precision bf16-mixed --sizes 192x256,256x256 $cudnn 2>&1 | grep -v Warning | tee -a "$log"
+      --precision bf16-mixed --sizes 192x256,256x256 $cudnn ${CHECK_ARGS:-} 2>&1 | tee -a "$log"
   done
 fi
 [[ $parts == *" eager "* ]] && part "${EAGER_S:-100}" eager --modes fp32,bf16-mixed,16-mixed
