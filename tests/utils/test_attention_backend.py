@@ -34,6 +34,13 @@ def test_fit_on_cuda_turns_cudnn_attention_off_and_back_on(cudnn_sdp_on) -> None
     assert torch.backends.cuda.cudnn_sdp_enabled()
 
 
+def test_a_failed_fit_restores_cudnn_attention(cudnn_sdp_on) -> None:
+    callback = NoCudnnAttention()
+    callback.on_fit_start(_trainer("cuda"), None)
+    callback.on_exception(_trainer("cuda"), None, RuntimeError("stopped"))
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
 def test_a_setting_already_off_stays_off(cudnn_sdp_on) -> None:
     torch.backends.cuda.enable_cudnn_sdp(False)
     callback = NoCudnnAttention()

@@ -8,7 +8,7 @@ at stride 32, for one) meets the condition: the loss stays finite, the gradients
 attention layers and everything below them do not, and training stops with ``NonFiniteLossError``.
 PyTorch's memory-efficient kernel computes the same attention without the fault, so while a
 model trains on CUDA, cuDNN's kernel is turned off (``torch.backends.cuda.enable_cudnn_sdp``,
-a process-wide switch) and the previous setting comes back when ``fit`` ends.
+a process-wide switch) and the previous setting comes back when ``fit`` ends or fails.
 ``model.cudnn_attention=true`` leaves PyTorch's choice alone (a stack with the fix).
 """
 
@@ -36,3 +36,8 @@ class NoCudnnAttention(L.Callback):
         if self._previous is not None:
             torch.backends.cuda.enable_cudnn_sdp(self._previous)
             self._previous = None
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self.on_fit_end(trainer, pl_module)  # a run stopped by an error restores it too
