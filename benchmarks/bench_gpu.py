@@ -207,8 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", choices=list(AUTOCAST), help="profile this mode's step")
     parser.add_argument("--e2e", action="store_true", help="also the command-line runs")
     parser.add_argument("--e2e-timeout", type=float, default=None, help="seconds per run")
-    parser.add_argument("--cudnn-attention", action="store_true",
-                        help="keep cuDNN's attention kernel, which training turns off on CUDA")  # fmt: skip
+    parser.add_argument(
+        "--cudnn-attention",
+        action="store_true",
+        help="keep cuDNN's attention kernel, which training turns off on CUDA",
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not args.cudnn_attention:  # as LitDETR trains (attention_backend)

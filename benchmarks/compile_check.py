@@ -75,8 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     # aot_eager traces forward and backward as inductor does but runs them with eager kernels:
     # a difference that remains under it is Dynamo's or AOTAutograd's, not inductor's codegen
     parser.add_argument("--backend", default="inductor", choices=["inductor", "aot_eager"])
-    parser.add_argument("--cudnn-attention", action="store_true",
-                        help="keep cuDNN's attention kernel, which training turns off on CUDA")  # fmt: skip
+    parser.add_argument(
+        "--cudnn-attention",
+        action="store_true",
+        help="keep cuDNN's attention kernel, which training turns off on CUDA",
+    )
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), AUTOCAST[args.precision]
     if device.type == "cuda" and not args.cudnn_attention:  # as LitDETR trains (attention_backend)
@@ -105,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         overall = math.hypot(*diff.values()) / math.hypot(
             *(g.norm().item() for g in grads_e.values())
         )
-        print(f"[compile_check] {args.backend} {args.precision} {h}x{w}: loss eager {loss_e:.4f} compiled "
-              f"{loss_c:.4f}; grads finite eager {not bad_eager} compiled {not bad}; relative grad "
+        print(f"[compile_check] {args.backend} {args.precision} {h}x{w}: loss eager "
+              f"{loss_e:.4f} compiled {loss_c:.4f}; grads finite eager {not bad_eager} compiled {not bad}; relative grad "
               f"difference {overall:.3g} overall, {diff[worst] / grads_e[worst].norm():.3g} in "
               f"{worst}; non-finite in compiled: {bad[:8]}"
               f"{' ...' if len(bad) > 8 else ''}; in eager: {bad_eager[:8]}", flush=True)  # fmt: skip

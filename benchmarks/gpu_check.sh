@@ -8,10 +8,11 @@
 #   bash benchmarks/gpu_check.sh OUT_DIR
 #
 # PARTS (default "attention eager e2e compiled"; also "profile", and "compile_check_bf16-mixed"
-# / "compile_check_fp32": compiled against eager gradients across batch shapes; CHECK_ARGS extra
-# compile_check.py arguments for these and "attention", such as --dynamic) picks the parts, ATTENTION_S / EAGER_S / E2E_S /
-# COMPILED_S / PROFILE_S / CHECK_S their limits in seconds, BENCH_ARGS extra bench_gpu.py
-# arguments (on a CPU: "--device cpu --backbone resnet18 --batch 1 --size 64 64 --steps 1").
+# / "compile_check_fp32": compiled against eager gradients across batch shapes) picks the parts,
+# ATTENTION_S / EAGER_S / E2E_S / COMPILED_S / PROFILE_S / CHECK_S their limits in seconds,
+# CHECK_ARGS extra compile_check.py arguments for "attention" and "compile_check_*" (such as
+# --dynamic), BENCH_ARGS extra bench_gpu.py arguments (on a CPU: "--device cpu --backbone
+# resnet18 --batch 1 --size 64 64 --steps 1").
 # "attention" runs bf16 gradients at 48 and 64 tokens with cuDNN's attention kernel and without
 # it (utils/attention_backend.py): on a stack with pytorch#196678 the first gives NaN at 64.
 #
