@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_core import AUTOCAST, _random_targets, our_train_step  # noqa: E402
 
 from detr_lightning.detr.model import build_detr  # noqa: E402
+from detr_lightning.utils.attention_backend import turn_off_cudnn_attention  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = ["fp32", "bf16-mixed", "16-mixed", "compiled fp32", "compiled bf16-mixed"]
@@ -214,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    if device.type == "cuda" and not args.cudnn_attention:  # as LitDETR trains (attention_backend)
-        torch.backends.cuda.enable_cudnn_sdp(False)
+    if not args.cudnn_attention:  # as LitDETR trains
+        turn_off_cudnn_attention(device)
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda"
                      else "cpu", "torch": torch.__version__, "batch": args.batch,

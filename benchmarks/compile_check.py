@@ -31,6 +31,8 @@ from hydra.utils import instantiate
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_core import AUTOCAST, _random_targets  # noqa: E402
 
+from detr_lightning.utils.attention_backend import turn_off_cudnn_attention  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -82,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), AUTOCAST[args.precision]
-    if device.type == "cuda" and not args.cudnn_attention:  # as LitDETR trains (attention_backend)
-        torch.backends.cuda.enable_cudnn_sdp(False)
+    if not args.cudnn_attention:  # as LitDETR trains
+        turn_off_cudnn_attention(device)
     torch.manual_seed(0)
     eager, criterion = build(args.experiment, args.override)
     eager = eager.to(device).train()

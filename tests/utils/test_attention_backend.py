@@ -8,7 +8,7 @@ import pytest
 import torch
 from lit import tiny_lit
 
-from detr_lightning.utils.attention_backend import NoCudnnAttention
+from detr_lightning.utils.attention_backend import NoCudnnAttention, turn_off_cudnn_attention
 
 
 def _trainer(device: str) -> SimpleNamespace:
@@ -55,6 +55,13 @@ def test_fit_on_cpu_leaves_the_setting_alone(cudnn_sdp_on) -> None:
     assert torch.backends.cuda.cudnn_sdp_enabled()
     callback.on_fit_end(_trainer("cpu"), None)
     assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
+def test_the_function_reports_the_previous_setting_on_cuda_only(cudnn_sdp_on) -> None:
+    assert turn_off_cudnn_attention(torch.device("cpu")) is None
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    assert turn_off_cudnn_attention(torch.device("cuda")) is True
+    assert turn_off_cudnn_attention(torch.device("cuda")) is False
 
 
 @pytest.mark.parametrize("cudnn_attention", [False, True])

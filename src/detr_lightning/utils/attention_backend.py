@@ -17,7 +17,17 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-__all__ = ["NoCudnnAttention"]
+__all__ = ["NoCudnnAttention", "turn_off_cudnn_attention"]
+
+
+def turn_off_cudnn_attention(device: torch.device) -> bool | None:
+    """On a CUDA ``device``, turn cuDNN's SDPA kernel off; returns the previous setting, or
+    None (and changes nothing) on any other device."""
+    if device.type != "cuda":
+        return None
+    previous = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    return previous
 
 
 class NoCudnnAttention(L.Callback):
@@ -27,10 +37,7 @@ class NoCudnnAttention(L.Callback):
         self._previous: bool | None = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.strategy.root_device.type != "cuda":
-            return
-        self._previous = torch.backends.cuda.cudnn_sdp_enabled()
-        torch.backends.cuda.enable_cudnn_sdp(False)
+        self._previous = turn_off_cudnn_attention(trainer.strategy.root_device)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._previous is not None:
