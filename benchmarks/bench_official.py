@@ -42,6 +42,7 @@ from detr_lightning.detr.frozen_bn import ConvFrozenBN, FrozenBNLeafTracer
 from detr_lightning.detr.model import build_detr
 from detr_lightning.detr.official import convert_official_state_dict
 from detr_lightning.inference.onnx_runtime import OnnxDetector
+from detr_lightning.utils.cpu_precision import cpu_computes_natively
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -212,6 +213,16 @@ def main() -> int:
     return 0
 
 
+def native_bf16() -> bool:
+    """Whether this CPU runs bf16 natively; without, the bf16 rows would take minutes a step and
+    are left out (``utils/cpu_precision.py``)."""
+    if cpu_computes_natively(torch.bfloat16):
+        return True
+    print(f"[official] bf16 rows skipped: this CPU ({torch.backends.cpu.get_cpu_capability()}) "
+          "has no native bf16 kernels")  # fmt: skip
+    return False
+
+
 def time_training(args, official, official_criterion, pixels, mask, targets, rounds) -> dict:
     """Interleaved training steps: official, ours (and with ``--ablate`` one lever off each)."""
     train = {
@@ -219,10 +230,11 @@ def time_training(args, official, official_criterion, pixels, mask, targets, rou
             official.train(), official_criterion, pixels, mask, targets
         ),  # fmt: skip
         "ours": our_train_step(ours_like(official).train(), pixels, mask, targets),
-        "ours, bf16-mixed": our_train_step(
-            ours_like(official).train(), pixels, mask, targets, "bf16-mixed"
-        ),
     }
+    if native_bf16():
+        train["ours, bf16-mixed"] = our_train_step(
+            ours_like(official).train(), pixels, mask, targets, "bf16-mixed"
+        )
     if args.compile:
         compiled = ours_like(official).train()
         compiled.compile()  # what model.compile=true does (LitDETR.configure_model)
@@ -255,7 +267,6 @@ def time_inference(args, official, image, image_mask, rounds) -> dict:
     official.eval()
     ours_eval = ours_like(official).eval()
     predict_fp32 = prepare_for_inference(copy.deepcopy(ours_eval))
-    predict_bf16 = prepare_for_inference(copy.deepcopy(ours_eval), dtype=torch.bfloat16)
     from util.misc import NestedTensor
 
     sample = NestedTensor(image, ~image_mask)
@@ -263,8 +274,10 @@ def time_inference(args, official, image, image_mask, rounds) -> dict:
         "official": lambda: official(sample),
         "ours (validation graph)": lambda: ours_eval(image, image_mask),
         "ours (predict: folded BN, NHWC)": lambda: predict_fp32(image, image_mask),
-        "ours (predict, bf16)": lambda: predict_bf16(image, image_mask),
     }
+    if native_bf16():
+        predict_bf16 = prepare_for_inference(copy.deepcopy(ours_eval), dtype=torch.bfloat16)
+        infer["ours (predict, bf16)"] = lambda: predict_bf16(image, image_mask)
     if args.compile:
         compiled = prepare_for_inference(copy.deepcopy(ours_eval), compile=True)
         with torch.no_grad():

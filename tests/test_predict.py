@@ -116,3 +116,31 @@ def test_official_release_reports_coco_ids_without_imagenet_weights_or_coco_file
     categories = json.loads((out_dir / "images.json").read_text())["categories"]
     assert {c["id"]: c["name"] for c in categories} == COCO_CATEGORY_NAMES
     assert not (tmp_path / "empty_hub").exists()
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns_before_predicting(
+    tmp_path, image_folder, monkeypatch
+) -> None:
+    """``speed.dtype=bfloat16`` where the CPU only emulates bf16: the warning names the key and
+    comes before any image is predicted (as an error here, so nothing runs after it)."""
+    import warnings
+
+    from hydra import compose, initialize_config_dir
+
+    from detr_lightning.predict import predict
+    from detr_lightning.utils import conf_dir, cpu_precision
+
+    monkeypatch.setattr(cpu_precision, "cpu_computes_natively", lambda dtype: False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_hub"))
+    release = official_release(tmp_path / "detr-tiny.pth")
+    out_dir = tmp_path / "pred"
+    with initialize_config_dir(conf_dir(), version_base="1.3"):
+        cfg = compose("predict", overrides=[
+            "experiment=r50", f"model.pretrained={release}", f"input={image_folder}",
+            f"output_dir={out_dir}", "num_workers=0", "device=cpu", "speed.dtype=bfloat16",
+            "paths.coco_dir=/nonexistent", *TINY_DETR])  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", cpu_precision.SlowPrecisionWarning)
+        with pytest.raises(cpu_precision.SlowPrecisionWarning, match="speed.dtype=bfloat16"):
+            predict(cfg)
+    assert not (out_dir / "predictions.json").exists()

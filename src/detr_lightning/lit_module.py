@@ -24,6 +24,7 @@ from detr_lightning.schedule import budget_schedule
 from detr_lightning.utils.attention_backend import NoCudnnAttention
 from detr_lightning.utils.clipping import clip_true_gradients
 from detr_lightning.utils.consistent_heads import check_consistent_heads
+from detr_lightning.utils.cpu_precision import SlowPrecisionCheck
 from detr_lightning.utils.distributed import reduce_tensor
 from detr_lightning.utils.finite import (
     NonFiniteLossError,
@@ -283,7 +284,9 @@ class LitDETR(L.LightningModule):
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_callbacks(self) -> list[L.Callback]:
-        callbacks: list[L.Callback] = [CompileCounter()] if self.hparams.get("compile") else []
+        callbacks: list[L.Callback] = [SlowPrecisionCheck()]
+        if self.hparams.get("compile"):
+            callbacks.append(CompileCounter())
         if not self.hparams.get("cudnn_attention"):
             callbacks.append(NoCudnnAttention())
         # The budget schedule re-plans epochs and the cosine from measured epoch times.

@@ -83,9 +83,12 @@ def predict(cfg: DictConfig) -> str:
         detector = load_detector(cfg, datamodule, device)
         ids, names, source = detector.category_ids, detector.names, detector.source
         from detr_lightning.detr.fast_inference import prepare_for_inference
+        from detr_lightning.utils.cpu_precision import warn_if_cpu_emulates
 
         # folded BatchNorms, channels-last, optional bf16 / compile (conf/predict.yaml: speed)
-        forward = prepare_for_inference(detector.model.net, **cfg.get("speed", {}))
+        speed = cfg.get("speed", {})
+        warn_if_cpu_emulates(speed.get("dtype"), device, "speed.dtype")
+        forward = prepare_for_inference(detector.model.net, **speed)
         postprocess = detector.model.detections
         focal = bool(getattr(detector.model.net, "focal", False))
     else:
