@@ -10,7 +10,8 @@ result. Every step is optional:
   rounding, one weight product less per convolution than the fused training graph);
 * ``channels_last``: the backbone runs in NHWC layout (oneDNN's native layout on CPU);
 * ``dtype=torch.bfloat16``: weights and activations in bf16 (CPUs with AVX512-BF16/AMX and
-  GPUs run it at about twice the fp32 rate); inputs are cast on the way in and the outputs
+  GPUs run it at about twice the fp32 rate; AVX2-only CPUs emulate it, tens of times slower,
+  and ``predict`` warns there: :mod:`detr_lightning.utils.cpu_precision`); inputs are cast on the way in and the outputs
   returned as float32, so post-processing (softmax, box scaling) stays in fp32. Boxes move by
   about 1e-3 of the image size: the same detections, scores differ in the third digit;
 * ``compile``: ``torch.compile`` of the network with inductor's ``freezing`` (weights become
