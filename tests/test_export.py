@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import partial
 from pathlib import Path
 
 import levers
@@ -16,6 +17,8 @@ from cli import run_cli
 from PIL import Image
 
 from detr_lightning.checkpoint import load_official_detr
+from detr_lightning.convergence.box_attention import BoxAttentionPrior
+from detr_lightning.convergence.compact_trunk import CompactBackbone
 from detr_lightning.detr import DETR, Backbone, Transformer, build_position_encoding
 from detr_lightning.inference.onnx_export import export_onnx, verify_onnx
 from detr_lightning.inference.onnx_runtime import OnnxDetector
@@ -93,7 +96,21 @@ def test_predict_with_onnxruntime_needs_only_the_onnx_file(exported, tmp_path) -
 
 @pytest.mark.slow
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
-def test_onnx_matches_pytorch_for_the_shapes_preset_model(tmp_path, exporter: str) -> None:
-    net = levers.compact_model().eval()  # ConvergenceDETR: conv proposals, refinement, focal
-    path = export_onnx(net, tmp_path / "shapes.onnx", (96, 128), exporter=exporter)
+@pytest.mark.parametrize("opt_in", [False, True], ids=["preset", "prior_stride32"])
+def test_onnx_matches_pytorch_for_the_shapes_preset_model(
+    tmp_path, exporter: str, opt_in: bool
+) -> None:
+    """The preset's model, and with its opt-in levers ``attention_prior=box`` (a bias built from
+    each layer's reference boxes and the mask's real extent) and ``stride32`` (a third level)."""
+    torch.manual_seed(0)
+    if opt_in:
+        net = levers.compact_model(
+            backbone=CompactBackbone(width=16, stride32=True),
+            attention_prior=partial(BoxAttentionPrior),
+        )
+        with torch.no_grad():  # sharp heads: a bias the parity check cannot miss
+            net.attention_prior.log_scale.add_(2.0)
+    else:
+        net = levers.compact_model()  # ConvergenceDETR: conv proposals, refinement, focal
+    path = export_onnx(net.eval(), tmp_path / "shapes.onnx", (96, 128), exporter=exporter)
     assert verify_onnx(net, path, SIZES)["max"] <= 1e-4

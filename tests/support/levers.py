@@ -60,12 +60,13 @@ def model(backbone=None, encoder_layers: int = 1, decoder_layers: int = 3, **kwa
     )
 
 
-def compact_model(**kwargs):
-    """The shapes preset's shape at test size: compact trunk, no encoder layer, two-stage conv
-    proposals (box voting as conf/proposal_head/conv.yaml) with box refinement, focal."""
+def compact_model(backbone=None, **kwargs):
+    """The shapes preset's shape at test size: compact trunk (unless ``backbone`` is given), no
+    encoder layer, two-stage conv proposals (box voting as conf/proposal_head/conv.yaml) with box
+    refinement, focal."""
     kwargs.setdefault("queries", proposals("conv", box_vote=0.6))
     kwargs.setdefault("box_refinement", REFINE)
-    return model(CompactBackbone(width=16), 0, 2, focal=True, **kwargs)
+    return model(backbone or CompactBackbone(width=16), 0, 2, focal=True, **kwargs)
 
 
 def batch(width: int = 96):
