@@ -87,3 +87,34 @@ def test_box_vote_averages_overlapping_neighbours_by_score(threshold, expected_x
 def test_box_vote_outside_zero_one_is_explained():
     with pytest.raises(ValueError, match="model.net.queries.head.box_vote=1.0"):
         ConvProposals(4, 1, focal=True, box_vote=1.0)
+
+
+def _reach(head: ConvProposals, size: int = 21) -> torch.Tensor:
+    """[size, size] bool: the memory cells that the centre cell's class logits depend on."""
+    memory = torch.randn(1, size * size, head.class_conv.in_channels, requires_grad=True)
+    mask = torch.ones(1, size, size, dtype=torch.bool)
+    centre = (size // 2) * size + size // 2
+    head(memory, mask)["pred_logits"][0, centre].sum().backward()
+    return (memory.grad[0].abs().sum(-1) > 0).view(size, size)
+
+
+@pytest.mark.parametrize("dilation", [1, 3])
+def test_tower_dilation_widens_what_a_cell_sees_without_holes(dilation: int) -> None:
+    # By hand: two tower convs read offsets {-2d, -d, 0, d, 2d}, the 3x3 class conv +-1 more, so
+    # the centre reaches 2d + 1 cells each way: 3 plain, 7 at d = 3, where the class conv's
+    # +-1 also fills every cell between the taps (-7..-5, -4..-2, -1..1, ...): no gridding.
+    torch.manual_seed(0)
+    # In eval mode: training's batch statistics would couple every cell to every other. Wide
+    # enough that no cell's ReLUs are all off, which would cut a path (at 8 channels, some are).
+    head = ConvProposals(64, 3, focal=True, tower_dilation=dilation).eval()
+    reach = 2 * dilation + 1
+    expected = torch.zeros(21, 21, dtype=torch.bool)
+    expected[10 - reach : 11 + reach, 10 - reach : 11 + reach] = True
+    assert torch.equal(_reach(head), expected)
+    # Same parameters as the plain head: a dilated head loads a plain one's weights.
+    head.load_state_dict(ConvProposals(64, 3, focal=True).state_dict())
+
+
+def test_tower_dilation_below_one_is_explained():
+    with pytest.raises(ValueError, match="model.net.queries.head.tower_dilation=0"):
+        ConvProposals(4, 1, focal=True, tower_dilation=0)

@@ -19,6 +19,11 @@ start as "no object" rather than as confident duplicates.
 With ``box_vote``, a selected cell's box is the score-weighted mean of the boxes of its 3x3
 neighbourhood that overlap it (box voting): CenterMatcher trains every cell near an object's
 centre to predict that object's box, so its neighbours are further estimates of the same box.
+
+With ``tower_dilation`` d > 1 the tower's convolutions are dilated (YOLOF's dilated encoder, in
+the head): a cell's class and box then see d times more of the map around it at the same cost,
+``tower_layers * d + 1`` cells each side instead of ``tower_layers + 1``, which a large object
+needs when the trunk's cell sees less than half of it (docs/convergence.md).
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ class ConvProposals(nn.Module):
         peaks: select only 3x3 local maxima of the score map (False = plain top-k).
         box_vote: IoU above which a 3x3 neighbour's box joins the selected cell's box in a
             score-weighted mean (None = each query keeps its own cell's box).
+        tower_dilation: dilation of the tower's 3x3 convolutions (1 = plain; the output
+            convolutions stay undilated).
     """
 
     def __init__(
@@ -61,8 +68,14 @@ class ConvProposals(nn.Module):
         tower_layers: int = 2,
         peaks: bool = True,
         box_vote: float | None = None,
+        tower_dilation: int = 1,
     ) -> None:
         super().__init__()
+        if tower_dilation < 1:
+            raise ValueError(
+                f"model.net.queries.head.tower_dilation={tower_dilation}: a dilation of 1 (plain "
+                "3x3 convolutions) or more."
+            )
         if box_vote is not None and not 0 <= box_vote < 1:
             raise ValueError(
                 f"model.net.queries.head.box_vote={box_vote}: an IoU threshold in [0, 1), or "
@@ -70,9 +83,10 @@ class ConvProposals(nn.Module):
             )
         self.focal, self.peaks, self.box_vote = focal, peaks, box_vote
         layers: list[nn.Module] = []
+        dil = tower_dilation
         for _ in range(tower_layers):
             layers += [
-                nn.Conv2d(d_model, d_model, 3, padding=1, bias=False),
+                nn.Conv2d(d_model, d_model, 3, padding=dil, dilation=dil, bias=False),
                 nn.BatchNorm2d(d_model),
                 nn.ReLU(inplace=True),
             ]
