@@ -300,9 +300,10 @@ def test_every_convergence_bench_variant_builds(name: str, overrides: list[str],
 
 
 def test_tower_dilation_reaches_the_proposal_heads_convolutions(tmp_path) -> None:
-    cfg = compose_cfg(["experiment=shapes", "model.net.queries.head.tower_dilation=3"], tmp_path)
-    head = _model_on_meta(cfg).net.queries.head
-    convs = [m for m in head.tower if isinstance(m, torch.nn.Conv2d)]
-    assert len(convs) == cfg.model.net.queries.head.tower_layers == 2
-    assert {(c.dilation, c.padding) for c in convs} == {((3, 3), (3, 3))}
-    assert head.class_conv.dilation == head.box_conv.dilation == (1, 1)
+    key = "model.net.queries.head.tower_dilation"
+    for value, expected in (("3", [3, 3]), ("[1,3]", [1, 3])):
+        lit = _model_on_meta(compose_cfg(["experiment=shapes", f"{key}={value}"], tmp_path))
+        convs = [m for m in lit.net.queries.head.tower if isinstance(m, torch.nn.Conv2d)]
+        assert [c.dilation for c in convs] == [(d, d) for d in expected]
+        assert [c.padding for c in convs] == [(d, d) for d in expected]
+        assert lit.net.queries.head.class_conv.dilation == (1, 1)

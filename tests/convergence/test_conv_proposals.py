@@ -98,16 +98,16 @@ def _reach(head: ConvProposals, size: int = 21) -> torch.Tensor:
     return (memory.grad[0].abs().sum(-1) > 0).view(size, size)
 
 
-@pytest.mark.parametrize("dilation", [1, 3])
-def test_tower_dilation_widens_what_a_cell_sees_without_holes(dilation: int) -> None:
-    # By hand: two tower convs read offsets {-2d, -d, 0, d, 2d}, the 3x3 class conv +-1 more, so
-    # the centre reaches 2d + 1 cells each way: 3 plain, 7 at d = 3, where the class conv's
-    # +-1 also fills every cell between the taps (-7..-5, -4..-2, -1..1, ...): no gridding.
+@pytest.mark.parametrize(("dilation", "reach"), [(1, 3), (3, 7), ([1, 3], 5)])
+def test_tower_dilation_widens_what_a_cell_sees_without_holes(dilation, reach: int) -> None:
+    # By hand: two tower convs of dilation d read offsets {-2d, -d, 0, d, 2d}, the 3x3 class
+    # conv +-1 more: 3 cells each way plain, 7 at d = 3, where the class conv's +-1 also fills
+    # every cell between the taps (-7..-5, -4..-2, -1..1, ...): no gridding. [1, 3]: the plain
+    # layer reads -1..1, the dilated one -3, 0, 3 of that (-4..4), the class conv +-1: 5.
     torch.manual_seed(0)
     # In eval mode: training's batch statistics would couple every cell to every other. Wide
     # enough that no cell's ReLUs are all off, which would cut a path (at 8 channels, some are).
     head = ConvProposals(64, 3, focal=True, tower_dilation=dilation).eval()
-    reach = 2 * dilation + 1
     expected = torch.zeros(21, 21, dtype=torch.bool)
     expected[10 - reach : 11 + reach, 10 - reach : 11 + reach] = True
     assert torch.equal(_reach(head), expected)
@@ -115,6 +115,8 @@ def test_tower_dilation_widens_what_a_cell_sees_without_holes(dilation: int) -> 
     head.load_state_dict(ConvProposals(64, 3, focal=True).state_dict())
 
 
-def test_tower_dilation_below_one_is_explained():
-    with pytest.raises(ValueError, match="model.net.queries.head.tower_dilation=0"):
+def test_a_bad_tower_dilation_is_explained():
+    with pytest.raises(ValueError, match=r"tower_dilation=\[0, 0\]: one dilation of 1"):
         ConvProposals(4, 1, focal=True, tower_dilation=0)
+    with pytest.raises(ValueError, match=r"tower_dilation=\[1, 2, 3\]: .* a list of 2"):
+        ConvProposals(4, 1, focal=True, tower_layers=2, tower_dilation=[1, 2, 3])

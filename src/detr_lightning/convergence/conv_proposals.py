@@ -20,15 +20,17 @@ With ``box_vote``, a selected cell's box is the score-weighted mean of the boxes
 neighbourhood that overlap it (box voting): CenterMatcher trains every cell near an object's
 centre to predict that object's box, so its neighbours are further estimates of the same box.
 
-With ``tower_dilation`` d > 1 the tower's convolutions are dilated (YOLOF's dilated encoder, in
-the head): a cell's class and box then see d times more of the map around it at the same cost,
-``tower_layers * d + 1`` cells each side instead of ``tower_layers + 1``, which a large object
-needs when the trunk's cell sees less than half of it (docs/convergence.md).
+With ``tower_dilation`` above 1 the tower's convolutions are dilated (YOLOF's dilated encoder,
+in the head): a cell's class and box then see more of the map around it at the same cost, one
+cell plus the sum of the dilations each side (3 plain), which a large object needs when the
+trunk's cell sees less than half of it (docs/convergence.md). A plain first layer (``[1, 3]``)
+keeps each cell's immediate neighbours in every path; small objects live there.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -56,8 +58,8 @@ class ConvProposals(nn.Module):
         peaks: select only 3x3 local maxima of the score map (False = plain top-k).
         box_vote: IoU above which a 3x3 neighbour's box joins the selected cell's box in a
             score-weighted mean (None = each query keeps its own cell's box).
-        tower_dilation: dilation of the tower's 3x3 convolutions (1 = plain; the output
-            convolutions stay undilated).
+        tower_dilation: dilation of the tower's 3x3 convolutions, one for all or a list of one
+            per layer (1 = plain; the output convolutions stay undilated).
     """
 
     def __init__(
@@ -68,13 +70,17 @@ class ConvProposals(nn.Module):
         tower_layers: int = 2,
         peaks: bool = True,
         box_vote: float | None = None,
-        tower_dilation: int = 1,
+        tower_dilation: int | Sequence[int] = 1,
     ) -> None:
         super().__init__()
-        if tower_dilation < 1:
+        if isinstance(tower_dilation, int):
+            tower_dilation = [tower_dilation] * tower_layers
+        dilations = list(tower_dilation)
+        if len(dilations) != tower_layers or min(dilations, default=1) < 1:
             raise ValueError(
-                f"model.net.queries.head.tower_dilation={tower_dilation}: a dilation of 1 (plain "
-                "3x3 convolutions) or more."
+                f"model.net.queries.head.tower_dilation={dilations}: one dilation of 1 (plain "
+                f"3x3 convolutions) or more for all tower layers, or a list of {tower_layers} "
+                "(tower_layers)."
             )
         if box_vote is not None and not 0 <= box_vote < 1:
             raise ValueError(
@@ -83,8 +89,7 @@ class ConvProposals(nn.Module):
             )
         self.focal, self.peaks, self.box_vote = focal, peaks, box_vote
         layers: list[nn.Module] = []
-        dil = tower_dilation
-        for _ in range(tower_layers):
+        for dil in dilations:
             layers += [
                 nn.Conv2d(d_model, d_model, 3, padding=dil, dilation=dil, bias=False),
                 nn.BatchNorm2d(d_model),
