@@ -62,9 +62,9 @@ def model(backbone=None, encoder_layers: int = 1, decoder_layers: int = 3, **kwa
 
 def compact_model(backbone=None, **kwargs):
     """The shapes preset's shape at test size: compact trunk (unless ``backbone`` is given), no
-    encoder layer, two-stage conv proposals (box voting as conf/proposal_head/conv.yaml) with box
-    refinement, focal."""
-    kwargs.setdefault("queries", proposals("conv", box_vote=0.6))
+    encoder layer, two-stage conv proposals (box voting as conf/proposal_head/conv.yaml, the
+    preset's dilated tower) with box refinement, focal."""
+    kwargs.setdefault("queries", proposals("conv", box_vote=0.6, tower_dilation=[1, 3]))
     kwargs.setdefault("box_refinement", REFINE)
     return model(backbone or CompactBackbone(width=16), 0, 2, focal=True, **kwargs)
 
