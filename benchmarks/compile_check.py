@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             *(g.norm().item() for g in grads_e.values())
         )
         print(f"[compile_check] {args.backend} {args.precision} {h}x{w}: loss eager "
-              f"{loss_e:.4f} compiled {loss_c:.4f}; grads finite eager {not bad_eager} compiled {not bad}; relative grad "
+              f"{loss_e:.4f} compiled {loss_c:.4f}; grads finite eager {not bad_eager} "
+              f"compiled {not bad}; relative grad "
               f"difference {overall:.3g} overall, {diff[worst] / grads_e[worst].norm():.3g} in "
               f"{worst}; non-finite in compiled: {bad[:8]}"
               f"{' ...' if len(bad) > 8 else ''}; in eager: {bad_eager[:8]}", flush=True)  # fmt: skip

@@ -11,9 +11,10 @@ result. Every step is optional:
 * ``channels_last``: the backbone runs in NHWC layout (oneDNN's native layout on CPU);
 * ``dtype=torch.bfloat16``: weights and activations in bf16 (CPUs with AVX512-BF16/AMX and
   GPUs run it at about twice the fp32 rate; AVX2-only CPUs emulate it, tens of times slower,
-  and ``predict`` warns there: :mod:`detr_lightning.utils.cpu_precision`); inputs are cast on the way in and the outputs
-  returned as float32, so post-processing (softmax, box scaling) stays in fp32. Boxes move by
-  about 1e-3 of the image size: the same detections, scores differ in the third digit;
+  and ``predict`` warns there: :mod:`detr_lightning.utils.cpu_precision`); inputs are cast on
+  the way in and the outputs returned as float32, so post-processing (softmax, box scaling)
+  stays in fp32. Boxes move by about 1e-3 of the image size: the same detections, scores
+  differ in the third digit;
 * ``compile``: ``torch.compile`` of the network with inductor's ``freezing`` (weights become
   constants, prepacked once for oneDNN); the first batch compiles (minutes on a small CPU), the
   first batch of a new size once more, then sizes are dynamic (see :mod:`detr_lightning.compile`).
