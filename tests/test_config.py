@@ -265,6 +265,15 @@ def test_cls_loss_switches_head_matcher_criterion_and_postprocess_together(tmp_p
         )
 
 
+def test_varifocal_is_focal_with_iou_targets(tmp_path) -> None:
+    lit = _model_on_meta(compose_cfg(["experiment=shapes", "cls_loss=varifocal"], tmp_path))
+    assert lit.criterion.iou_aware and lit.criterion.focal and lit.criterion.matcher.focal
+    assert lit.net.focal and lit.postprocess.focal
+    assert lit.criterion.weight_dict["loss_ce"] == 2.0
+    focal = _model_on_meta(compose_cfg(["experiment=shapes"], tmp_path))
+    assert not focal.criterion.iou_aware
+
+
 def test_encoder_matcher_without_a_dense_head_is_explained(tmp_path) -> None:
     # encoder_matches / encoder_matcher used to be silently ignored without a dense head.
     matcher = "detr_lightning.convergence.center_matcher.CenterMatcher"

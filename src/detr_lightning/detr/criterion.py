@@ -198,6 +198,24 @@ class SetCriterion(nn.Module):
             )
         return torch.stack(terms).sum()
 
+    def classification_loss(
+        self,
+        logits: Tensor,
+        pairs: MatchedPairs,
+        labels: Tensor,
+        num_boxes: Tensor,
+        matched_boxes: tuple[Tensor, Tensor] | None,
+    ) -> Tensor:
+        """[L] ``loss_ce`` of the stacked sets: the paper's softmax or the focal loss
+        (:func:`~detr_lightning.detr.loss_terms.class_loss`). ``matched_boxes`` ([M, 4]
+        predicted and target cxcywh boxes of the pairs, None without the "boxes" losses) is
+        unused here; it is there for subclasses whose class target depends on the box (an
+        IoU-aware score)."""
+        return class_loss(
+            logits, pairs, labels, num_boxes, self.empty_weight, self.focal,
+            self.focal_alpha, self.focal_gamma,
+        )  # fmt: skip
+
     def layer_losses(
         self,
         layers: Sequence[dict],
@@ -224,21 +242,22 @@ class SetCriterion(nn.Module):
         per_set: dict[str, Tensor] = {}  # name -> [L]
         first: dict[str, Tensor] = {}  # set 0 only
         logits = torch.stack([out["pred_logits"] for out in layers])
-        if "labels" in self.losses:
-            labels = torch.cat([t["labels"] for t in targets])[pairs.target]
-            per_set["loss_ce"] = class_loss(
-                logits, pairs, labels, num_boxes, self.empty_weight, self.focal,
-                self.focal_alpha, self.focal_gamma,
-            )  # fmt: skip
-            if log:
-                first["class_error"] = class_error(
-                    logits[0][pairs.first_set()], labels[: pairs.sizes[0]]
-                )
+        matched_boxes = None
         if "boxes" in self.losses:
             boxes = torch.stack([out["pred_boxes"] for out in layers])
             src = boxes[pairs.layer, pairs.batch, pairs.query]
             tgt = torch.cat([t["boxes"] for t in targets])[pairs.target]
+            matched_boxes = (src, tgt)
             per_set.update(box_losses(src, tgt, pairs.sizes, num_boxes))
+        if "labels" in self.losses:
+            labels = torch.cat([t["labels"] for t in targets])[pairs.target]
+            per_set["loss_ce"] = self.classification_loss(
+                logits, pairs, labels, num_boxes, matched_boxes
+            )
+            if log:
+                first["class_error"] = class_error(
+                    logits[0][pairs.first_set()], labels[: pairs.sizes[0]]
+                )
         if "masks" in self.losses and "pred_masks" in layers[0]:
             tgt_masks = [t["masks"][j] for t, (_, j) in zip(targets, matches[0], strict=True)]
             first.update(
