@@ -13,7 +13,10 @@ to one (Hungarian, by IoU) to the objects at the decoder's reference boxes and a
 decoder layer: whether the decoder moves its boxes towards the objects. A confusion matrix
 (rows: true class, columns: the class of the best box above IoU 0.5) ends the report, after the
 same figures by COCO size class of the box in input pixels (small < 32², large > 96²): found@0.5,
-class ok among the found, and the last layer's matched IoU.
+class ok among the found, and the last layer's matched IoU. ``score~IoU`` is the rank
+correlation (Spearman) of the score with the IoU over those matched outputs whose best class is
+their object's: whether a tighter box scores higher, which AP75 rewards (``cls_loss=varifocal``
+trains for it).
 
 Run: ``python benchmarks/shapes_errors.py CKPT [hydra overrides of the run, e.g. experiment=shapes]``.
 """
@@ -27,6 +30,7 @@ from pathlib import Path
 
 import torch
 from scipy.optimize import linear_sum_assignment
+from scipy.stats import spearmanr
 from torch import Tensor
 from torchvision.ops import box_convert, box_iou
 
@@ -73,6 +77,7 @@ def main() -> None:
     ious: dict[str, list[Tensor]] = defaultdict(list)
     confusion: dict[tuple[int, int], int] = defaultdict(int)
     by_size: dict[tuple[str, str], list[float]] = defaultdict(list)
+    score_iou: list[tuple[float, float]] = []
     for batch in datamodule.val_dataloader():
         with torch.no_grad():
             out = net(batch.pixel_values, batch.pixel_mask)
@@ -102,8 +107,10 @@ def main() -> None:
                 counts["duplicates"] += int((over & (scores[b] > 0.3)).sum() > 1)
                 confusion[(int(gt_labels[g]), int(labels[b, best]))] += 1
             rows, cols = linear_sum_assignment((-iou).numpy())
-            for g, value in zip(cols, iou[rows, cols].tolist(), strict=True):
+            for q, g, value in zip(rows, cols, iou[rows, cols].tolist(), strict=True):
                 by_size[("mean IoU", sizes[g])].append(value)
+                if labels[b, q] == gt_labels[g]:
+                    score_iou.append((scores[b, q].item(), value))
             for name, boxes in stages.items():
                 matched = box_convert(boxes[b][rows], "cxcywh", "xyxy")
                 ious[name].append(box_iou(matched, gt[cols]).diagonal())
@@ -111,6 +118,7 @@ def main() -> None:
     print(f"{args.ckpt}: {int(n)} val objects")
     for key, value in counts.items():
         print(f"  {key:12s} {value / n:.3f}")
+    print(f"  score~IoU    {spearmanr(*zip(*score_iou)).statistic:.3f}")
     if len(ious) > 1:
         print("  mean IoU of the outputs matched to the objects (Hungarian, by IoU):")
         for name, values in ious.items():

@@ -265,13 +265,14 @@ def test_cls_loss_switches_head_matcher_criterion_and_postprocess_together(tmp_p
         )
 
 
-def test_varifocal_is_focal_with_iou_targets(tmp_path) -> None:
-    lit = _model_on_meta(compose_cfg(["experiment=shapes", "cls_loss=varifocal"], tmp_path))
+def test_the_shapes_preset_is_varifocal_and_focal_without_iou_targets(tmp_path) -> None:
+    lit = _model_on_meta(compose_cfg(["experiment=shapes"], tmp_path))
     assert lit.criterion.iou_aware and lit.criterion.focal and lit.criterion.matcher.focal
     assert lit.net.focal and lit.postprocess.focal
     assert lit.criterion.weight_dict["loss_ce"] == 2.0
-    focal = _model_on_meta(compose_cfg(["experiment=shapes"], tmp_path))
-    assert not focal.criterion.iou_aware
+    for overrides in (["experiment=shapes", "cls_loss=focal"], ["experiment=shapes_panoptic"]):
+        focal = _model_on_meta(compose_cfg(overrides, tmp_path))
+        assert focal.criterion.focal and not focal.criterion.iou_aware, overrides
 
 
 def test_encoder_matcher_without_a_dense_head_is_explained(tmp_path) -> None:
