@@ -118,7 +118,8 @@ def main() -> None:
     print(f"{args.ckpt}: {int(n)} val objects")
     for key, value in counts.items():
         print(f"  {key:12s} {value / n:.3f}")
-    print(f"  score~IoU    {spearmanr(*zip(*score_iou)).statistic:.3f}")
+    matched_scores, matched_ious = zip(*score_iou, strict=True)
+    print(f"  score~IoU    {spearmanr(matched_scores, matched_ious).statistic:.3f}")
     if len(ious) > 1:
         print("  mean IoU of the outputs matched to the objects (Hungarian, by IoU):")
         for name, values in ious.items():
