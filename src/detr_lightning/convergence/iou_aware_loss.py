@@ -3,8 +3,8 @@
 The focal loss trains a matched query's class score toward 1 whatever its box. COCO AP ranks
 detections by score at every IoU threshold, so a loose box scored above a tight one costs AP at
 the strict thresholds (AP75) even when both are found. The varifocal loss makes the matched
-class's target the box's IoU with its target and weighs the term by that IoU: the score learns
-to predict localisation quality. The IoU is detached, so the class loss never pulls a box
+class's target the box's IoU with its target and weighs the term by that IoU: the score is
+trained toward the box's localisation quality. The IoU is detached, so the class loss never pulls a box
 toward a worse fit. Every other entry (unmatched queries, other classes of a matched one) keeps
 the focal loss's negative term, ``(1 - alpha) p^gamma BCE(p, 0)``, so the two losses differ on
 the matched entries only.
