@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import box_convert
 
+from detr_lightning.detr.loss_terms import paired_inter_union
 from detr_lightning.detr.matched_pairs import MatchedPairs
 
 
@@ -29,11 +30,8 @@ def paired_iou(src: Tensor, tgt: Tensor) -> Tensor:
         [M] IoUs in [0, 1]; 0 for two empty boxes.
     """
     a, b = box_convert(src.float(), "cxcywh", "xyxy"), box_convert(tgt.float(), "cxcywh", "xyxy")
-    wh = (torch.min(a[:, 2:], b[:, 2:]) - torch.max(a[:, :2], b[:, :2])).clamp(min=0)
-    inter = wh[:, 0] * wh[:, 1]
-    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
-    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
-    return inter / (area_a + area_b - inter).clamp(min=1e-7)
+    inter, union = paired_inter_union(a, b)
+    return inter / union.clamp(min=1e-7)
 
 
 def varifocal_loss(

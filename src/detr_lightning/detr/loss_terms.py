@@ -93,14 +93,27 @@ def giou_loss(src: Tensor, tgt: Tensor, eps: float = 1e-7) -> Tensor:
     Returns:
         [M] losses.
     """
-
-    def area(wh: Tensor) -> Tensor:  # not .prod(-1): its backward checks for zeros on the host
-        return wh[:, 0] * wh[:, 1]
-
-    inter = area((torch.min(src[:, 2:], tgt[:, 2:]) - torch.max(src[:, :2], tgt[:, :2])).clamp(0))
-    union = area(src[:, 2:] - src[:, :2]) + area(tgt[:, 2:] - tgt[:, :2]) - inter
-    hull = area(torch.max(src[:, 2:], tgt[:, 2:]) - torch.min(src[:, :2], tgt[:, :2]))
+    inter, union = paired_inter_union(src, tgt)
+    hull = _area(torch.max(src[:, 2:], tgt[:, 2:]) - torch.min(src[:, :2], tgt[:, :2]))
     return 1 - (inter / (union + eps) - (hull - union) / (hull + eps))
+
+
+def paired_inter_union(src: Tensor, tgt: Tensor) -> tuple[Tensor, Tensor]:
+    """Intersection and union areas of ``src[i]`` with ``tgt[i]`` (not all pairs, as
+    ``torchvision.ops.box_iou``), without host syncs.
+
+    Args:
+        src, tgt: [M, 4] boxes, absolute or normalised xyxy (x1 <= x2, y1 <= y2).
+    Returns:
+        ([M] intersections, [M] unions).
+    """
+    inter = _area((torch.min(src[:, 2:], tgt[:, 2:]) - torch.max(src[:, :2], tgt[:, :2])).clamp(0))
+    union = _area(src[:, 2:] - src[:, :2]) + _area(tgt[:, 2:] - tgt[:, :2]) - inter
+    return inter, union
+
+
+def _area(wh: Tensor) -> Tensor:  # not .prod(-1): its backward checks for zeros on the host
+    return wh[:, 0] * wh[:, 1]
 
 
 @torch.no_grad()
