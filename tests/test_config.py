@@ -25,7 +25,7 @@ REPO = CONF.parent
 EXPERIMENTS = sorted(p.stem for p in (REPO / "experiments").glob("*.yaml"))
 GROUPS = ["backbone", "schedule", "head", "data", "trainer", "logger", "callbacks", "posenc",
           "losses", "cls_loss"]  # fmt: skip
-LEVER_GROUPS = ["queries", "refine", "denoiser", "aux_head", "attention_prior"]
+LEVER_GROUPS = ["queries", "refine", "denoiser", "aux_head", "attention_prior", "cross_attention"]
 LEVER_OPTIONS = [(g, p.stem) for g in LEVER_GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
 PAPER = ["r50", "dc5_r50", "r101", "dc5_r101"]
@@ -240,6 +240,7 @@ LEVER_STACKS = {  # a lever option needs the convergence model and what it pairs
     "denoiser=dn": [],
     "aux_head=conv": [],
     "attention_prior=box": ["queries=anchors", "refine=boxes"],
+    "cross_attention=deformable": ["queries=anchors", "refine=boxes"],
 }
 
 
@@ -273,6 +274,19 @@ def test_the_shapes_preset_is_varifocal_and_focal_without_iou_targets(tmp_path) 
     for overrides in (["experiment=shapes", "cls_loss=focal"], ["experiment=shapes_panoptic"]):
         focal = _model_on_meta(compose_cfg(overrides, tmp_path))
         assert focal.criterion.focal and not focal.criterion.iou_aware, overrides
+
+
+def test_the_shapes_preset_reads_with_deformable_attention_and_the_panoptic_one_does_not(
+    tmp_path,
+) -> None:
+    layers = _model_on_meta(compose_cfg(["experiment=shapes"], tmp_path)).net.transformer
+    kinds = {type(layer.multihead_attn).__name__ for layer in layers.decoder.layers}
+    assert kinds == {"BoxDeformableAttention"}
+    for overrides in (["experiment=shapes", "~cross_attention"], ["experiment=shapes_panoptic"]):
+        net = _model_on_meta(compose_cfg(overrides, tmp_path)).net
+        net = getattr(net, "detr", net)  # the panoptic wrapper's detector
+        assert not net.deformable, overrides
+        assert type(net.transformer.decoder.layers[0].multihead_attn).__name__ == "MultiheadAttention"
 
 
 def test_encoder_matcher_without_a_dense_head_is_explained(tmp_path) -> None:

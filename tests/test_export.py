@@ -19,6 +19,7 @@ from PIL import Image
 from detr_lightning.checkpoint import load_official_detr
 from detr_lightning.convergence.box_attention import BoxAttentionPrior
 from detr_lightning.convergence.compact_trunk import CompactBackbone
+from detr_lightning.convergence.deformable_attention import BoxDeformableAttention
 from detr_lightning.detr import DETR, Backbone, Transformer, build_position_encoding
 from detr_lightning.inference.onnx_export import export_onnx, verify_onnx
 from detr_lightning.inference.onnx_runtime import OnnxDetector
@@ -96,14 +97,22 @@ def test_predict_with_onnxruntime_needs_only_the_onnx_file(exported, tmp_path) -
 
 @pytest.mark.slow
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
-@pytest.mark.parametrize("opt_in", [False, True], ids=["preset", "prior_stride32"])
+@pytest.mark.parametrize("variant", ["preset", "dense_attention", "prior_stride32"])
 def test_onnx_matches_pytorch_for_the_shapes_preset_model(
-    tmp_path, exporter: str, opt_in: bool
+    tmp_path, exporter: str, variant: str
 ) -> None:
-    """The preset's model, and with its opt-in levers ``attention_prior=box`` (a bias built from
+    """The preset's model (``cross_attention=deformable``: grid_sample at points around each
+    layer's boxes, scaled by the mask's real extent), the same with the paper's dense
+    cross-attention, and that with the opt-in levers ``attention_prior=box`` (a bias built from
     each layer's reference boxes and the mask's real extent) and ``stride32`` (a third level)."""
     torch.manual_seed(0)
-    if opt_in:
+    if variant == "preset":
+        net = levers.compact_model(cross_attention=partial(BoxDeformableAttention))
+        with torch.no_grad():  # query-dependent points and weights, not only the initial star
+            for layer in net.transformer.decoder.layers:
+                layer.multihead_attn.sampling_offsets.weight.normal_(0, 0.3)
+                layer.multihead_attn.attention_weights.weight.normal_(0, 0.3)
+    elif variant == "prior_stride32":
         net = levers.compact_model(
             backbone=CompactBackbone(width=16, stride32=True),
             attention_prior=partial(BoxAttentionPrior),
@@ -111,6 +120,6 @@ def test_onnx_matches_pytorch_for_the_shapes_preset_model(
         with torch.no_grad():  # sharp heads: a bias the parity check cannot miss
             net.attention_prior.log_scale.add_(2.0)
     else:
-        net = levers.compact_model()  # ConvergenceDETR: conv proposals, refinement, focal
+        net = levers.compact_model()  # conv proposals, refinement, focal, dense cross-attention
     path = export_onnx(net.eval(), tmp_path / "shapes.onnx", (96, 128), exporter=exporter)
     assert verify_onnx(net, path, SIZES)["max"] <= 1e-4

@@ -15,6 +15,9 @@ box MLP, output dict) plus components, each its own config node that exists only
   ``cls_loss`` config group together with the matcher, criterion and post-processing;
 * ``attention_prior`` — a bias on the decoder's cross-attention around each query's reference
   box (:mod:`~detr_lightning.convergence.box_attention`, SMCA); needs ``box_refinement``;
+* ``cross_attention`` — the decoder layers read the memory at learned points around their
+  reference box instead of attending to all of it
+  (:mod:`~detr_lightning.convergence.deformable_attention`); needs ``box_refinement``;
 * ``detach_memory`` — the decoder reads the memory without back-propagating into it.
 
 Components are partials called with :class:`~detr_lightning.convergence.dims.ModelDims`.
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import ExitStack
 from functools import partial
 from typing import Any
 
@@ -60,6 +64,10 @@ class ConvergenceDETR(SetDetector):
         attention_prior: partial
             :class:`~detr_lightning.convergence.box_attention.BoxAttentionPrior` or None; needs
             ``box_refinement``.
+        cross_attention: partial
+            :class:`~detr_lightning.convergence.deformable_attention.BoxDeformableAttention`
+            or None: replaces every decoder layer's ``multihead_attn``; needs
+            ``box_refinement``, excludes ``attention_prior``.
     """
 
     def __init__(
@@ -77,6 +85,7 @@ class ConvergenceDETR(SetDetector):
         focal: bool = False,
         detach_memory: bool = False,
         attention_prior: Factory | None = None,
+        cross_attention: Factory | None = None,
     ) -> None:
         num_logits = num_classes + (0 if focal else 1)
         super().__init__(
@@ -112,6 +121,15 @@ class ConvergenceDETR(SetDetector):
                 "reference box, which needs model.net.box_refinement (add refine=boxes)."
             )
         self.attention_prior = attention_prior(dims) if attention_prior is not None else None
+        if cross_attention is not None and (box_refinement is None or attention_prior):
+            raise ValueError(
+                "model.net.cross_attention samples around each query's reference box: it needs "
+                "model.net.box_refinement (refine=boxes) and replaces the attention that "
+                "model.net.attention_prior biases (remove one of them)."
+            )
+        self.deformable = cross_attention is not None
+        for layer in transformer.decoder.layers if self.deformable else ():
+            layer.multihead_attn = cross_attention(dims)
 
     def forward(
         self, pixel_values: Tensor, pixel_mask: Tensor | None = None, targets: Targets | None = None
@@ -153,9 +171,15 @@ class ConvergenceDETR(SetDetector):
                 x, y = token_centres(enc.features[-1][1])  # the map the memory flattens
                 bias = partial(self.attention_prior, x=x, y=y)
             hook = RefiningDecoderHook(heads, self.ref_point_head, reference, bias)
-        hs = self.transformer.decode(
-            memory, enc.key_mask, enc.pos, position, content, attn_mask, hook
-        )
+        with ExitStack() as samplers:
+            if self.deformable:  # each layer reads the hook's current reference boxes
+                for layer in self.transformer.decoder.layers:
+                    samplers.enter_context(
+                        layer.multihead_attn.bound(lambda: hook.reference, enc.mask)
+                    )
+            hs = self.transformer.decode(
+                memory, enc.key_mask, enc.pos, position, content, attn_mask, hook
+            )
         logits = self.class_embed(hs)
         if prior is not None:
             logits = logits + prior

@@ -9,7 +9,9 @@ outputs are those of a normal forward up to float rounding (the weights path com
 softmax without the fused kernel). Works for :class:`~detr_lightning.detr.model.DETR` and
 :class:`~detr_lightning.convergence.model.ConvergenceDETR` in eval mode (no denoising queries:
 the cross-attention rows are the output queries); a model without encoder layers has no
-encoder self-attention (``encoder`` is None).
+encoder self-attention (``encoder`` is None). With ``cross_attention=deformable`` the decoder map
+is where the layer's sampling points read, each point's bilinear weights times its weight
+(:class:`~detr_lightning.convergence.deformable_attention.BoxDeformableAttention`).
 """
 
 from __future__ import annotations

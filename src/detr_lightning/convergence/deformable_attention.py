@@ -1,0 +1,163 @@
+"""Box-relative deformable cross-attention (Deformable DETR, Zhu et al. 2021, one scale): each
+query reads the memory at a few learned points placed relative to its reference box.
+
+Why: plain cross-attention returns a weighted mean of values that carry no position, so a query
+learns where an object's edges lie relative to its box only through the attention pattern of
+its positional query, which a few epochs do not teach: the refinement heads of the shapes preset
+did not lower the denoising box loss, not even on one batch (docs/convergence.md). Here head h's
+point k of a query with reference box (cx, cy, w, h) sits at ``(cx, cy) + o_hk * (w, h) / (2 P)``
+with the offsets ``o`` and the points' softmax weights predicted from the query, so what a head
+reads is tied to a place in the box: its edges, its surroundings. The offsets start on a
+star (head h looks along direction 2 pi h / H, point k at (k + 1) / P of the half-box), so a
+fresh layer already reads the box's edges.
+
+The module takes ``nn.MultiheadAttention``'s call so it replaces a decoder layer's
+``multihead_attn``; the reference boxes and the feature map's padding mask come from
+:meth:`BoxDeformableAttention.bound`, which the model enters around its decoder pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detr_lightning.convergence.dims import ModelDims
+
+
+def valid_ratios(mask: Tensor) -> Tensor:
+    """mask [B, h, w] bool True = real (padding at the bottom / right) -> [B, 1, 2] the real
+    share of the map's width and height, which maps a box coordinate (relative to the image's
+    own extent) onto the padded map."""
+    real = mask.float()
+    width = real[:, 0, :].sum(-1) / mask.shape[-1]
+    height = real[:, :, 0].sum(-1) / mask.shape[-2]
+    return torch.stack([width, height], -1)[:, None]
+
+
+class BoxDeformableAttention(nn.Module):
+    """Single-scale deformable cross-attention around reference boxes (module docstring).
+
+    Args:
+        dims: the model's sizes (``d_model``, ``nhead``).
+        num_points: sampling points per head and query.
+    """
+
+    def __init__(self, dims: ModelDims, num_points: int = 4) -> None:
+        super().__init__()
+        d, heads = dims.d_model, dims.nhead
+        if d % heads:
+            raise ValueError(f"BoxDeformableAttention: d_model {d} is not divisible by {heads}")
+        if num_points < 1:
+            raise ValueError(
+                f"BoxDeformableAttention: num_points={num_points} must be >= 1 "
+                "(model.net.cross_attention.num_points)"
+            )
+        self.heads, self.points = heads, num_points
+        self.sampling_offsets = nn.Linear(d, heads * num_points * 2)
+        self.attention_weights = nn.Linear(d, heads * num_points)
+        self.value_proj = nn.Linear(d, d)
+        self.output_proj = nn.Linear(d, d)
+        self._reference: Callable[[], Tensor] | None = None
+        self._mask: Tensor | None = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.sampling_offsets.weight)
+        angle = torch.arange(self.heads) * (2 * math.pi / self.heads)
+        star = torch.stack([angle.cos(), angle.sin()], -1)
+        star = star / star.abs().max(-1, keepdim=True).values  # onto the box's border
+        steps = torch.arange(1, self.points + 1, dtype=star.dtype)
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_((star[:, None] * steps[None, :, None]).flatten())
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        for layer in (self.value_proj, self.output_proj):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    @contextmanager
+    def bound(self, reference: Callable[[], Tensor], mask: Tensor) -> Iterator[None]:
+        """Inside, calls read ``reference()`` ([B, Q, 4] normalised cxcywh, the current layer's
+        boxes) and the memory's map mask [B, h, w] (True = real)."""
+        self._reference, self._mask = reference, mask
+        try:
+            yield
+        finally:
+            self._reference = self._mask = None
+
+    def sample_locations(self, query: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
+        """query [B, Q, d], boxes [B, Q, 4] cxcywh -> locations [B, Q, H, P, 2] (x, y relative
+        to each image's extent) and weights [B, Q, H, P] (softmax over a head's points)."""
+        b, q, _ = query.shape
+        offsets = self.sampling_offsets(query).view(b, q, self.heads, self.points, 2)
+        half = boxes[:, :, None, None, 2:] / (2 * self.points)
+        locations = boxes[:, :, None, None, :2] + offsets * half
+        weights = self.attention_weights(query).view(b, q, self.heads, self.points).softmax(-1)
+        return locations, weights
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None = None,
+        need_weights: bool = False,
+        attn_mask: Tensor | None = None,
+        average_attn_weights: bool = True,
+    ) -> tuple[Tensor, Tensor | None]:
+        """``nn.MultiheadAttention``'s call (batch first): query [B, Q, d] (content + positional
+        query), value [B, S = h*w, d] the memory, key_padding_mask [B, S] True = padding.
+        ``key`` is unused: where to read comes from the reference boxes, not from a dot product.
+
+        Returns:
+            [B, Q, d], and with ``need_weights`` the attention over the map that the sampling
+            amounts to, [B, Q, S] averaged over heads (each point's bilinear weights times its
+            softmax weight), as ``AttentionCapture`` reads it.
+        """
+        if self._reference is None or self._mask is None:
+            raise RuntimeError(
+                "BoxDeformableAttention needs its reference boxes: call it inside "
+                "``with module.bound(reference, mask)`` (ConvergenceDETR does)"
+            )
+        if attn_mask is not None:
+            raise ValueError(
+                "BoxDeformableAttention takes no attention bias: model.net.attention_prior and "
+                "model.net.cross_attention exclude each other"
+            )
+        mask, (b, q, d) = self._mask, query.shape
+        h, w = mask.shape[-2:]
+        if key_padding_mask is not None:
+            value = value.masked_fill(key_padding_mask[..., None], 0.0)
+        value = self.value_proj(value).view(b, h, w, self.heads, d // self.heads)
+        value = value.permute(0, 3, 4, 1, 2).flatten(0, 1)  # [B*H, d/H, h, w]
+        locations, weights = self.sample_locations(query, self._reference())
+        locations = locations * valid_ratios(mask)[:, :, None, None]  # onto the padded map
+        grid = (2 * locations - 1).transpose(1, 2).flatten(0, 1)  # [B*H, Q, P, 2]
+        sampled = F.grid_sample(value, grid, align_corners=False)  # [B*H, d/H, Q, P]
+        per_head = weights.transpose(1, 2).flatten(0, 1)[:, None]  # [B*H, 1, Q, P]
+        out = (sampled * per_head).sum(-1).view(b, self.heads, d // self.heads, q)
+        out = self.output_proj(out.permute(0, 3, 1, 2).flatten(2))
+        if not need_weights:
+            return out, None
+        return out, self._dense_weights(locations, weights, h, w)
+
+    def _dense_weights(self, locations: Tensor, weights: Tensor, h: int, w: int) -> Tensor:
+        """The [B, Q, h*w] head-averaged map of bilinear sampling weights (zero outside)."""
+        b, q = weights.shape[:2]
+        x = locations[..., 0] * w - 0.5  # [B, Q, H, P] in map pixels, align_corners=False
+        y = locations[..., 1] * h - 0.5
+        x0, y0 = x.floor(), y.floor()
+        dense = weights.new_zeros(b, q, h * w)
+        for dx in (0, 1):
+            for dy in (0, 1):
+                cx, cy = x0 + dx, y0 + dy
+                share = (1 - (x - cx).abs()) * (1 - (y - cy).abs()) * weights
+                inside = (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)
+                index = (cy.clamp(0, h - 1) * w + cx.clamp(0, w - 1)).long()
+                dense.scatter_add_(-1, index.flatten(2), (share * inside).flatten(2))
+        return dense / self.heads
