@@ -286,7 +286,9 @@ def test_the_shapes_preset_reads_with_deformable_attention_and_the_panoptic_one_
         net = _model_on_meta(compose_cfg(overrides, tmp_path)).net
         net = getattr(net, "detr", net)  # the panoptic wrapper's detector
         assert not net.deformable, overrides
-        assert type(net.transformer.decoder.layers[0].multihead_attn).__name__ == "MultiheadAttention"
+        assert (
+            type(net.transformer.decoder.layers[0].multihead_attn).__name__ == "MultiheadAttention"
+        )
 
 
 def test_encoder_matcher_without_a_dense_head_is_explained(tmp_path) -> None:
