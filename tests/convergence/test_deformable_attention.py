@@ -123,6 +123,9 @@ def test_outside_its_binding_or_with_a_bias_it_explains_itself() -> None:
     with attn.bound(lambda: torch.rand(1, 1, 4), torch.ones(1, 4, 4, dtype=torch.bool)):
         with pytest.raises(ValueError, match="attention_prior and model.net.cross_attention"):
             attn(torch.randn(1, 1, 8), None, torch.randn(1, 16, 8), attn_mask=torch.zeros(4, 1, 16))
+    with attn.bound(lambda: torch.rand(1, 1, 4), torch.ones(1, 4, 4, dtype=torch.bool)):
+        with pytest.raises(ValueError, match="the memory has 20 tokens, the bound mask's map 4x4"):
+            attn(torch.randn(1, 1, 8), None, torch.randn(1, 20, 8))
     with pytest.raises(ValueError, match="num_points"):
         _attention(points=0)
 

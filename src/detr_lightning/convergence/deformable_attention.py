@@ -131,6 +131,11 @@ class BoxDeformableAttention(nn.Module):
             )
         mask, (b, q, d) = self._mask, query.shape
         h, w = mask.shape[-2:]
+        if value.shape[1] != h * w:
+            raise ValueError(
+                f"BoxDeformableAttention reads one map: the memory has {value.shape[1]} tokens, "
+                f"the bound mask's map {h}x{w} = {h * w}"
+            )
         if key_padding_mask is not None:
             value = value.masked_fill(key_padding_mask[..., None], 0.0)
         value = self.value_proj(value).view(b, h, w, self.heads, d // self.heads)
