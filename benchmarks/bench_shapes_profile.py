@@ -14,6 +14,7 @@ import argparse
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -61,15 +62,21 @@ def compose_shapes(overrides: list[str]) -> DictConfig:
     return cfg
 
 
-def profile(steps: int, warmup: int, overrides: list[str]) -> dict[str, float]:
+def preset_for_training(overrides: list[str], results: str) -> tuple[Any, Any]:
+    """(datamodule set up for fit, LitDETR in train mode) of the composed preset, seeded 0, its
+    data generated if missing, outputs under ``benchmarks/results/<results>``."""
     cfg = compose_shapes(overrides)
     with open_dict(cfg):
-        cfg.paths.output_dir = str(REPO / "benchmarks" / "results" / "shapes_profile")
+        cfg.paths.output_dir = str(REPO / "benchmarks" / "results" / results)
     ensure_shapes_dataset(**cfg.data.generate_shapes)
     L.seed_everything(0)
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
-    lit = build_model(cfg, datamodule).train()
+    return datamodule, build_model(cfg, datamodule).train()
+
+
+def profile(steps: int, warmup: int, overrides: list[str]) -> dict[str, float]:
+    datamodule, lit = preset_for_training(overrides, "shapes_profile")
     net, criterion = lit.net, lit.criterion
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
     timer = _Timer()

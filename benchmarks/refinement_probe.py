@@ -14,25 +14,14 @@ from __future__ import annotations
 
 import argparse
 
-import lightning as L
 import torch
-from bench_shapes_profile import compose_shapes
-from omegaconf import open_dict
+from bench_shapes_profile import preset_for_training
 
-from detr_lightning.data.shapes import ensure_shapes_dataset
 from detr_lightning.lit_module import drop_crowd
-from detr_lightning.utils.build import build_datamodule, build_model
 
 
 def probe(steps: int, fixed_noise: bool, overrides: list[str], every: int = 20) -> None:
-    cfg = compose_shapes(overrides)
-    with open_dict(cfg):
-        cfg.paths.output_dir = "benchmarks/results/refinement_probe"
-    ensure_shapes_dataset(**cfg.data.generate_shapes)
-    L.seed_everything(0)
-    datamodule = build_datamodule(cfg)
-    datamodule.setup("fit")
-    lit = build_model(cfg, datamodule).train()
+    datamodule, lit = preset_for_training(overrides, "refinement_probe")
     net, criterion = lit.net, lit.criterion
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
     batch = next(iter(datamodule.train_dataloader()))
