@@ -20,6 +20,13 @@ from torch import Tensor, nn
 from detr_lightning.convergence.dims import ModelDims
 
 
+def real_extent(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """mask [B, h, w] bool True = real (padding at the bottom / right) -> the number of real
+    columns and rows of each image's map, float [B] each."""
+    real = mask.float()
+    return real[:, 0, :].sum(-1), real[:, :, 0].sum(-1)
+
+
 def token_centres(mask: Tensor) -> tuple[Tensor, Tensor]:
     """Normalised centres of the tokens of a feature map, relative to each image's real extent
     (as the boxes are).
@@ -29,12 +36,10 @@ def token_centres(mask: Tensor) -> tuple[Tensor, Tensor]:
     Returns:
         x, y: [B, h * w] in [0, 1] on real positions (beyond 1 on padding, which is masked).
     """
-    real = mask.float()
-    width = real[:, :1, :].sum(-1, keepdim=True).clamp(min=1)  # [B, 1, 1] real columns
-    height = real[:, :, :1].sum(-2, keepdim=True).clamp(min=1)  # [B, 1, 1] real rows
+    width, height = (n.clamp(min=1)[:, None, None] for n in real_extent(mask))  # [B, 1, 1]
     h, w = mask.shape[-2:]
-    cols = torch.arange(w, device=mask.device, dtype=real.dtype) + 0.5
-    rows = torch.arange(h, device=mask.device, dtype=real.dtype) + 0.5
+    cols = torch.arange(w, device=mask.device, dtype=width.dtype) + 0.5
+    rows = torch.arange(h, device=mask.device, dtype=width.dtype) + 0.5
     x = (cols[None, None, :] / width).expand(-1, h, -1)
     y = (rows[None, :, None] / height).expand(-1, -1, w)
     return x.flatten(1), y.flatten(1)

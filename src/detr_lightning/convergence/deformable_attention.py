@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detr_lightning.convergence.box_attention import real_extent
 from detr_lightning.convergence.dims import ModelDims
 
 
@@ -33,10 +34,8 @@ def valid_ratios(mask: Tensor) -> Tensor:
     """mask [B, h, w] bool True = real (padding at the bottom / right) -> [B, 1, 2] the real
     share of the map's width and height, which maps a box coordinate (relative to the image's
     own extent) onto the padded map."""
-    real = mask.float()
-    width = real[:, 0, :].sum(-1) / mask.shape[-1]
-    height = real[:, :, 0].sum(-1) / mask.shape[-2]
-    return torch.stack([width, height], -1)[:, None]
+    width, height = real_extent(mask)
+    return torch.stack([width / mask.shape[-1], height / mask.shape[-2]], -1)[:, None]
 
 
 class BoxDeformableAttention(nn.Module):
