@@ -18,7 +18,8 @@ from omegaconf.errors import MissingMandatoryValue
 
 from detr_lightning.lit_module import LitDETR
 from detr_lightning.utils import conf_dir
-from detr_lightning.utils.build import check_task, instantiate_dict
+from detr_lightning.utils.build import check_model_keys, check_task, instantiate_dict
+from detr_lightning.utils.config_check import ConfigError
 
 CONF = Path(conf_dir())
 REPO = CONF.parent
@@ -253,6 +254,24 @@ def test_every_lever_option_builds_on_the_convergence_model(group, option, tmp_p
                       tmp_path)  # fmt: skip
     lit = _model_on_meta(cfg)
     assert type(lit.net).__name__ == "ConvergenceDETR"
+
+
+@pytest.mark.parametrize(
+    ("group", "option"),
+    LEVER_OPTIONS + [("cls_loss", "focal"), ("cls_loss", "varifocal")],
+    ids=[f"{g}={o}" for g, o in LEVER_OPTIONS] + ["cls_loss=focal", "cls_loss=varifocal"],
+)
+def test_a_lever_on_the_papers_model_names_the_group_and_the_fix(group, option, tmp_path) -> None:
+    cfg = compose_cfg(["experiment=shapes_plain", f"{group}={option}"], tmp_path)
+    with pytest.raises(ConfigError, match=rf"chosen here: {group}={option}.*model=convergence"):
+        check_model_keys(cfg)
+    check_model_keys(compose_cfg(["experiment=shapes_plain", "model=convergence", f"{group}={option}",
+                                  *LEVER_STACKS.get(f"{group}={option}", [])], tmp_path))  # fmt: skip
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_no_preset_sets_a_key_its_target_rejects(name: str, tmp_path) -> None:
+    check_model_keys(compose_cfg([f"experiment={name}"], tmp_path))
 
 
 def test_cls_loss_switches_head_matcher_criterion_and_postprocess_together(tmp_path) -> None:

@@ -11,7 +11,8 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from detr_lightning.evaluation import format_ap_table, write_metrics_json
-from detr_lightning.utils.config_check import check_config
+from detr_lightning.utils.config_check import ConfigError, check_config
+from detr_lightning.utils.target_keys import target_key_errors
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,20 @@ def check_task(cfg: DictConfig) -> None:
             f"data._target_ is {target or None}. Fix: add data=coco_panoptic (COCO 2017 "
             "panoptic) or data=shapes_panoptic (the generated shapes), or use a panoptic preset "
             "(experiment=shapes_panoptic, r50_panoptic, ...)."
+        )
+
+
+def check_model_keys(cfg: DictConfig) -> None:
+    """Raise ConfigError naming every ``cfg.model`` key its ``_target_`` would reject (a lever
+    group chosen on the paper's model, a misspelt ``+model...`` key), with the fix."""
+    from hydra.core.hydra_config import HydraConfig
+
+    choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else None
+    errors = target_key_errors(cfg.model, "model", choices)
+    if errors:
+        raise ConfigError(
+            f"invalid config ({len(errors)} problem{'s' if len(errors) > 1 else ''}):\n  - "
+            + "\n  - ".join(errors)
         )
 
 
@@ -62,6 +77,7 @@ def build_model(cfg: DictConfig, datamodule: Any) -> L.LightningModule:
             "model.num_classes is unknown: the datamodule did not provide num_classes; set "
             "model.num_classes=<number of classes> (COCO: 91)"
         )
+    check_model_keys(cfg)
     model = instantiate(cfg.model, _convert_="all")
     if cfg.model.get("pretrained") and not cfg.get("ckpt_path"):
         # Once, here: the trained weights are never overwritten by a later stage's setup().

@@ -1,0 +1,100 @@
+"""Check that every ``_target_`` node of a config names only arguments its target accepts.
+
+Hydra reports a key the target does not take as a ``TypeError`` from deep inside
+``instantiate`` ("DETR.__init__() got an unexpected keyword argument 'focal'") without saying
+which config group put it there. The lever groups (``cls_loss=focal``, ``refine=boxes``, ...)
+add keys that only ``ConvergenceDETR`` and ``ConvergenceCriterion`` accept, so choosing one on
+the paper's model is the common way to get there; the message here names every such key with
+its full path and the fix, before anything is built.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from hydra.utils import get_object
+from omegaconf import DictConfig, ListConfig
+
+# The groups that set arguments only the convergence model and criterion accept.
+LEVER_GROUPS = (
+    "cls_loss=focal|varifocal",
+    "queries",
+    "refine",
+    "denoiser",
+    "aux_head",
+    "attention_prior",
+    "cross_attention",
+    "dense_loss",
+    "proposal_head",
+)
+_PAPER_PACKAGE = "detr_lightning.detr."
+
+
+def _accepted(target: str) -> set[str] | None:
+    """The keyword names ``target`` takes, or None when it takes any (``**kwargs``) or its
+    signature cannot be read (then Hydra's own error stands)."""
+    try:
+        signature = inspect.signature(get_object(target))
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return None
+    params = signature.parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind is not inspect.Parameter.POSITIONAL_ONLY}
+
+
+def unknown_target_keys(node: Any, path: str) -> list[tuple[str, str, str]]:
+    """``(key path, key, target)`` for every key of a ``_target_`` node under ``node`` (the
+    node itself included, at config path ``path``) that its target does not accept."""
+    found: list[tuple[str, str, str]] = []
+    if isinstance(node, DictConfig):
+        target = node.get("_target_") if "_target_" in node else None
+        accepted = _accepted(str(target)) if isinstance(target, str) else None
+        for key in node.keys():
+            key = str(key)
+            if key.startswith("_"):
+                continue
+            if accepted is not None and key not in accepted:
+                found.append((f"{path}.{key}", key, str(target)))
+            found += unknown_target_keys(node._get_node(key), f"{path}.{key}")
+    elif isinstance(node, ListConfig):
+        for i in range(len(node)):
+            found += unknown_target_keys(node._get_node(i), f"{path}[{i}]")
+    return found
+
+
+def _chosen_levers(choices: dict[str, Any]) -> list[str]:
+    """The lever groups chosen in a Hydra run (``hydra.runtime.choices``), as ``group=option``."""
+    groups = [g.split("=")[0] for g in LEVER_GROUPS]
+    return [
+        f"{g}={choices[g]}"
+        for g in groups
+        if choices.get(g) not in (None, "null")
+        and not (g == "cls_loss" and choices[g] == "softmax")
+    ]
+
+
+def target_key_errors(node: Any, path: str, choices: dict[str, Any] | None = None) -> list[str]:
+    """One message per key of ``node`` (config path ``path``) that its target would reject,
+    each with the fix. A key on the paper's DETR names the lever groups that need
+    ``model=convergence``: those chosen in ``choices`` (Hydra's ``runtime.choices``) when given
+    and any is, else all of them."""
+    errors = []
+    chosen = _chosen_levers(choices or {})
+    for key_path, key, target in unknown_target_keys(node, path):
+        if target.startswith(_PAPER_PACKAGE):
+            groups = (
+                "chosen here: " + ", ".join(chosen)
+                if chosen
+                else "one of " + ", ".join(LEVER_GROUPS)
+            )
+            fix = (
+                f"it comes from a convergence lever group ({groups}), which only the lever "
+                "model (ConvergenceDETR / ConvergenceCriterion) accepts: add model=convergence, "
+                "or drop the group"
+            )
+        else:
+            fix = f"remove it, or use one of {target}'s arguments"
+        errors.append(f"{key_path}: {target} takes no argument {key!r}. Fix: {fix}.")
+    return errors
