@@ -37,9 +37,10 @@ OUT = Path("benchmarks/results/convergence")
 PAPER_RECIPE = ["experiment=shapes_plain"]
 VARIANTS: dict[str, list[str]] = {
     "shapes": [],
-    # The decoder's start: proposal logits as a prior, the memory detached from the decoder.
+    # The decoder's start: proposal logits as a prior; the memory detached from the decoder
+    # (the preset lets the decoder's losses reach the trunk).
     "no_class_prior": ["model.net.queries.class_prior=false"],
-    "no_detach_memory": ["model.net.detach_memory=false"],
+    "detach_memory": ["model.net.detach_memory=true"],
     # Plain top-k query selection instead of 3x3 peaks of the proposal score map.
     "no_peaks": ["model.net.queries.head.peaks=false"],
     # The per-token linear proposal head instead of the conv tower.

@@ -298,9 +298,11 @@ def test_the_shapes_preset_is_varifocal_and_focal_without_iou_targets(tmp_path) 
 def test_the_shapes_preset_reads_with_deformable_attention_and_the_panoptic_one_does_not(
     tmp_path,
 ) -> None:
-    layers = _model_on_meta(compose_cfg(["experiment=shapes"], tmp_path)).net.transformer
-    kinds = {type(layer.multihead_attn).__name__ for layer in layers.decoder.layers}
+    # The panoptic preset keeps the dense, detached decoder its PQ figures were measured with.
+    net = _model_on_meta(compose_cfg(["experiment=shapes"], tmp_path)).net
+    kinds = {type(layer.multihead_attn).__name__ for layer in net.transformer.decoder.layers}
     assert kinds == {"BoxDeformableAttention"}
+    assert not net.detach_memory
     for overrides in (["experiment=shapes", "~cross_attention"], ["experiment=shapes_panoptic"]):
         net = _model_on_meta(compose_cfg(overrides, tmp_path)).net
         net = getattr(net, "detr", net)  # the panoptic wrapper's detector
@@ -308,6 +310,7 @@ def test_the_shapes_preset_reads_with_deformable_attention_and_the_panoptic_one_
         assert (
             type(net.transformer.decoder.layers[0].multihead_attn).__name__ == "MultiheadAttention"
         )
+    assert net.detach_memory  # shapes_panoptic
 
 
 def test_encoder_matcher_without_a_dense_head_is_explained(tmp_path) -> None:
