@@ -20,6 +20,7 @@ from detr_lightning.lit_module import LitDETR
 from detr_lightning.utils import conf_dir
 from detr_lightning.utils.build import check_model_keys, check_task, instantiate_dict
 from detr_lightning.utils.config_check import ConfigError
+from detr_lightning.utils.lr import build_scaled_optimizer
 
 CONF = Path(conf_dir())
 REPO = CONF.parent
@@ -311,6 +312,20 @@ def test_the_shapes_preset_reads_with_deformable_attention_and_the_panoptic_one_
             type(net.transformer.decoder.layers[0].multihead_attn).__name__ == "MultiheadAttention"
         )
     assert net.detach_memory  # shapes_panoptic
+
+
+def test_the_deformable_lever_trains_its_sampling_offsets_at_a_tenth_of_the_lr(tmp_path) -> None:
+    for overrides, expect in ((["experiment=shapes"], True),
+                              (["experiment=shapes", "~cross_attention"], False)):  # fmt: skip
+        lit = _model_on_meta(compose_cfg(overrides, tmp_path))
+        optimizer = build_scaled_optimizer(lit.net, lit.criterion, lit.optimizer_factory,
+                                           lit.hparams, trainer=None)  # fmt: skip
+        groups = {g["name"]: g for g in optimizer.param_groups}
+        offsets = {id(p) for n, p in lit.net.named_parameters() if "sampling_offsets" in n}
+        assert bool(offsets) == expect and ("sampling_offsets" in groups) == expect, overrides
+        if expect:
+            assert {id(p) for p in groups["sampling_offsets"]["params"]} == offsets
+            assert groups["sampling_offsets"]["lr"] == pytest.approx(0.1 * groups["main"]["lr"])
 
 
 def test_encoder_matcher_without_a_dense_head_is_explained(tmp_path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -74,6 +75,55 @@ def test_zero_backbone_lr_freezes_backbone(tmp_path) -> None:
     lit.trainer = trainer
     opt = lit.configure_optimizers()["optimizer"]
     assert [g["name"] for g in opt.param_groups] == ["main"]
+
+
+def test_lr_multipliers_split_named_parameters_off_their_groups(tmp_path) -> None:
+    lit = tiny_lit(
+        lr_backbone=1e-5,
+        lr_multipliers={"multihead_attn": 0.1, "layer4": 0.5, "decoder.layers.1": 3.0},
+        lr_schedule=functools.partial(step_schedule, drop_epochs=1, warmup_steps=2, gamma=0.1),
+    )
+    trainer = quiet_trainer(tmp_path, max_steps=2, limit_val_batches=0)
+    trainer.fit(lit, train_dataloaders=loader(2))
+    groups = {g["name"]: g for g in trainer.optimizers[0].param_groups}
+    names = {id(p): n for n, p in lit.net.named_parameters()}
+
+    def members(name: str) -> set[str]:
+        return {names[id(p)] for p in groups[name]["params"]}
+
+    trainable = {n for n, p in lit.net.named_parameters() if p.requires_grad}
+    # The first matching key wins: decoder layer 1's cross-attention is "multihead_attn" (0.1).
+    assert members("multihead_attn") == {n for n in trainable if "multihead_attn" in n}
+    assert members("backbone.layer4") == {n for n in trainable if "layer4" in n}
+    assert members("decoder.layers.1") == {
+        n for n in trainable if "decoder.layers.1" in n and "multihead_attn" not in n
+    }
+    assert not members("main") & (members("multihead_attn") | members("decoder.layers.1"))
+    assert {id(p) for g in groups.values() for p in g["params"]} == {
+        id(p) for p in lit.parameters() if p.requires_grad
+    }
+    # Base lrs are the group's x the factor; the schedule (warm-up, then the drop) keeps ratios.
+    base = {"main": 1e-3, "backbone": 1e-5, "multihead_attn": 1e-4, "decoder.layers.1": 3e-3,
+            "backbone.layer4": 5e-6}  # fmt: skip
+    assert {n: g["initial_lr"] for n, g in groups.items()} == pytest.approx(base)
+    factor = groups["main"]["lr"] / 1e-3
+    assert factor != pytest.approx(1.0)  # the schedule did move the lrs
+    assert {n: g["lr"] for n, g in groups.items()} == pytest.approx(
+        {n: lr * factor for n, lr in base.items()}
+    )
+
+
+@pytest.mark.parametrize(
+    ("multipliers", "message"),
+    [({"no_such_layer": 0.1}, r"no trainable parameter's name contains \['no_such_layer'\]"),
+     ({"multihead_attn": 0.0}, r"model.lr_multipliers.multihead_attn=0.0: must be a positive"),
+     ({"multihead_attn": "x"}, r"model.lr_multipliers.multihead_attn='x'")],
+)  # fmt: skip
+def test_lr_multipliers_that_would_change_nothing_are_errors(multipliers, message) -> None:
+    lit = tiny_lit(lr_backbone=1e-5, lr_multipliers=multipliers)
+    lit.trainer = quiet_trainer(Path("."), max_steps=1)
+    with pytest.raises(ValueError, match=message):
+        lit.configure_optimizers()
 
 
 def test_lr_scale_factor_rules() -> None:

@@ -67,6 +67,9 @@ class LitDETR(L.LightningModule):
         lr_backbone: lr of the backbone's trainable layers (and of learned position
             encodings, as the official code); 0 freezes the backbone (its parameters are then
             not given to the optimizer at all).
+        lr_multipliers: {part of a parameter name: factor}: those parameters train at that
+            multiple of their group's lr (``utils.lr.apply_lr_multipliers``; the deformable
+            cross-attention's ``sampling_offsets``: 0.1, as Deformable DETR).
         lr_scaling: None (lrs as written), "linear" or "sqrt" scaling with the total batch
             relative to ``base_batch_size`` (64, the paper's); see ``utils.lr.lr_scale_factor``.
         batch_size: per-device batch, used only by ``lr_scaling``.
@@ -103,6 +106,7 @@ class LitDETR(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         lr_schedule: Callable[..., Any] | None = None,
         lr_backbone: float = 1e-5,
+        lr_multipliers: Mapping[str, float] | None = None,
         lr_scaling: str | None = None,
         base_batch_size: int = 64,
         batch_size: int | None = None,
