@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 SUPPORT = HERE.parent / "support"
 
 
-def small_lit(num_classes: int = 3, num_queries: int = 5) -> LitDETR:
+def small_lit(num_classes: int = 3, num_queries: int = 5, **kwargs: Any) -> LitDETR:
     """A LitDETR small enough for several fits per test: ResNet-18 cut after layer2 (0.7 M
     parameters, a quarter of support/lit.py's tiny_lit time per step)."""
     net = DETR(Backbone("resnet18", pretrained=False, last_stage="layer2"),
@@ -41,7 +41,7 @@ def small_lit(num_classes: int = 3, num_queries: int = 5) -> LitDETR:
                num_classes=num_classes, num_queries=num_queries)  # fmt: skip
     return LitDETR(net, SetCriterion(num_classes, HungarianMatcher()), PostProcess(),
                    functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=1e-4),
-                   num_classes=num_classes)  # fmt: skip
+                   num_classes=num_classes, **kwargs)  # fmt: skip
 
 
 def compose_cfg(overrides: list[str], tmp: Path, name: str = "train") -> DictConfig:

@@ -12,6 +12,7 @@ import torch
 from lit import loader, quiet_trainer
 from reliability_support import compose_cfg, official_state_dict, run, small_lit
 
+from detr_lightning.checkpointing.optimizer_groups import check_optimizer_groups
 from detr_lightning.checkpointing.pretrained import load_pretrained
 from detr_lightning.checkpointing.validate import (
     CheckpointLoadError,
@@ -80,6 +81,25 @@ def test_other_architecture_and_class_count_are_named(files) -> None:
     msg = str(err.value)
     assert f"ckpt_path={files['good']}" in msg and "trained with 3 classes" in msg
     assert "has 6" in msg and "class_embed.weight" in msg and "Fix:" in msg
+
+
+def test_changed_optimizer_groups_are_named_before_resuming(files) -> None:
+    checkpoint = read_checkpoint(files["good"])
+    lit = small_lit()
+    check_optimizer_groups(checkpoint, lit, "good.ckpt")  # the groups it was trained with
+    backbone = sum(p.requires_grad for p in lit.net.backbone.parameters())
+    main = sum(p.requires_grad for p in lit.parameters()) - backbone
+    attn = sum(p.requires_grad for n, p in lit.net.named_parameters() if "multihead_attn" in n)
+    with pytest.raises(CheckpointLoadError) as err:
+        check_optimizer_groups(checkpoint, small_lit(lr_multipliers={"multihead_attn": 0.1}),
+                               "good.ckpt")  # fmt: skip
+    msg = str(err.value)
+    assert msg.startswith("ckpt_path=good.ckpt: ") and "~model.lr_multipliers" in msg
+    assert f"groups main ({main} tensors), backbone ({backbone} tensors);" in msg
+    assert (f"builds main ({main - attn} tensors), multihead_attn ({attn} tensors), "
+            f"backbone ({backbone} tensors)") in msg  # fmt: skip
+    with pytest.raises(CheckpointLoadError, match=r"builds main \(\d+ tensors\), so"):
+        check_optimizer_groups(checkpoint, small_lit(lr_backbone=0.0), "good.ckpt")
 
 
 def test_release_file_given_as_ckpt_path_says_use_pretrained(files) -> None:

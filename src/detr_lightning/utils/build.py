@@ -169,6 +169,10 @@ def build_run(
     model = build_model(cfg, datamodule)
     if checkpoint is not None:
         check_lightning_checkpoint(checkpoint, model, ckpt)
+        if stage == "fit":
+            from detr_lightning.checkpointing.optimizer_groups import check_optimizer_groups
+
+            check_optimizer_groups(checkpoint, model, ckpt)
         log.info("ckpt_path=%s: %s", ckpt, checkpoint_summary(checkpoint))
         del checkpoint  # memory-mapped: nothing was read beyond the headers
     return datamodule, model, build_trainer(cfg)
