@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from detr_lightning.checkpointing.validate import CheckpointLoadError
-from detr_lightning.utils.lr import build_optimizer
+from detr_lightning.utils.lr import multiplied_param_groups
 
 
 def _describe(groups: list[tuple[str, int]]) -> str:
@@ -25,13 +25,13 @@ def _describe(groups: list[tuple[str, int]]) -> str:
 def built_groups(model: nn.Module) -> list[tuple[str, int]] | None:
     """(name, number of parameter tensors) of each group the LitDETR ``model`` would give its
     optimizer (lr scaling changes lrs, not groups); None for another kind of module."""
-    factory = getattr(model, "optimizer_factory", None)
     hp = getattr(model, "hparams", {})
-    if factory is None or "lr_backbone" not in hp:
+    if "lr_backbone" not in hp or not hasattr(model, "criterion"):
         return None
-    optimizer = build_optimizer(model.net, model.criterion, factory, hp["lr_backbone"],
-                                lr_multipliers=hp.get("lr_multipliers"))  # fmt: skip
-    return [(g.get("name", "?"), len(g["params"])) for g in optimizer.param_groups]
+    # Group membership only: the lrs (1.0 here) do not decide which groups exist.
+    groups = multiplied_param_groups(model.net, model.criterion, 1.0, hp["lr_backbone"],
+                                     hp.get("lr_multipliers"))  # fmt: skip
+    return [(g["name"], len(g["params"])) for g in groups]
 
 
 def check_optimizer_groups(checkpoint: dict[str, Any], model: nn.Module, path: str) -> None:

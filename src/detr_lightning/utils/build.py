@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from detr_lightning.evaluation import format_ap_table, write_metrics_json
-from detr_lightning.utils.config_check import ConfigError, check_config
+from detr_lightning.utils.config_check import check_config, raise_config_errors
 from detr_lightning.utils.target_keys import target_key_errors
 
 log = logging.getLogger(__name__)
@@ -37,12 +37,7 @@ def check_model_keys(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else None
-    errors = target_key_errors(cfg.model, "model", choices)
-    if errors:
-        raise ConfigError(
-            f"invalid config ({len(errors)} problem{'s' if len(errors) > 1 else ''}):\n  - "
-            + "\n  - ".join(errors)
-        )
+    raise_config_errors(target_key_errors(cfg.model, "model", choices))
 
 
 def instantiate_dict(node: DictConfig | None) -> list[Any]:

@@ -184,6 +184,11 @@ def check_config(cfg: DictConfig, stage: str = "fit") -> None:
     _check_values(cfg, errors)
     _check_data_paths(cfg, stage, errors)
     _check_files(cfg, stage, errors)
+    raise_config_errors(errors)
+
+
+def raise_config_errors(errors: list[str]) -> None:
+    """Raise one ConfigError listing every message of ``errors`` (nothing when it is empty)."""
     if errors:
         raise ConfigError(
             f"invalid config ({len(errors)} problem{'s' if len(errors) > 1 else ''}):\n  - "

@@ -112,10 +112,21 @@ def build_optimizer(
     lr = getattr(factory, "keywords", {}).get("lr")
     if lr is None:
         raise ValueError("model.optimizer needs an explicit lr (e.g. lr: 1.0e-4)")
-    groups = param_groups(net, criterion, lr * scale, lr_backbone * scale)
-    if lr_multipliers:
-        groups = apply_lr_multipliers(net, groups, lr_multipliers)
-    return factory(groups)
+    return factory(
+        multiplied_param_groups(net, criterion, lr * scale, lr_backbone * scale, lr_multipliers)
+    )
+
+
+def multiplied_param_groups(
+    net: torch.nn.Module,
+    criterion: torch.nn.Module,
+    lr: float,
+    lr_backbone: float,
+    lr_multipliers: Mapping[str, float] | None = None,
+) -> list[dict[str, Any]]:
+    """The optimizer's groups: :func:`param_groups`, then :func:`apply_lr_multipliers`."""
+    groups = param_groups(net, criterion, lr, lr_backbone)
+    return apply_lr_multipliers(net, groups, lr_multipliers) if lr_multipliers else groups
 
 
 def build_scaled_optimizer(
