@@ -51,8 +51,11 @@ VARIANTS: dict[str, list[str]] = {
     "no_denoising": ["~denoiser"],
     "no_focal": ["cls_loss=softmax"],
     "with_encoder_layer": ["model.net.transformer.num_encoder_layers=1"],
-    # The earlier presets' backbone: half-width ResNet-18 cut at layer3 (stride 16).
-    "resnet18_backbone": ["backbone=narrow_r18"],
+    # The earlier presets' backbone: half-width ResNet-18 cut at layer3 (stride 16); the
+    # decoder's second level is then its stride-4 layer1.
+    "resnet18_backbone": ["backbone=narrow_r18", "model.net.cross_attention.levels=[layer1]"],
+    # The deformable decoder reads the memory only (8 points), not the stride-4 stage too.
+    "single_scale": ["cross_attention=deformable"],
     "paper_recipe": PAPER_RECIPE,
 }
 KEYS = {

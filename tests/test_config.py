@@ -243,6 +243,7 @@ LEVER_STACKS = {  # a lever option needs the convergence model and what it pairs
     "aux_head=conv": [],
     "attention_prior=box": ["queries=anchors", "refine=boxes"],
     "cross_attention=deformable": ["queries=anchors", "refine=boxes"],
+    "cross_attention=multiscale": ["queries=anchors", "refine=boxes", "backbone=compact"],
 }
 
 
@@ -304,6 +305,13 @@ def test_the_shapes_preset_reads_with_deformable_attention_and_the_panoptic_one_
     kinds = {type(layer.multihead_attn).__name__ for layer in net.transformer.decoder.layers}
     assert kinds == {"BoxDeformableAttention"}
     assert not net.detach_memory
+    attn = net.transformer.decoder.layers[0].multihead_attn
+    assert (attn.levels, attn.points) == (("c4",), 4)  # cross_attention=multiscale
+    assert net.backbone.stages[0] == "c4" and attn.level_proj[0].in_features == 32
+    single = _model_on_meta(compose_cfg(["experiment=shapes", "cross_attention=deformable"],
+                                        tmp_path)).net  # fmt: skip
+    attn = single.transformer.decoder.layers[0].multihead_attn
+    assert (attn.levels, attn.points, single.backbone.stages) == ((), 8, ("p8",))
     for overrides in (["experiment=shapes", "~cross_attention"], ["experiment=shapes_panoptic"]):
         net = _model_on_meta(compose_cfg(overrides, tmp_path)).net
         net = getattr(net, "detr", net)  # the panoptic wrapper's detector
@@ -312,6 +320,20 @@ def test_the_shapes_preset_reads_with_deformable_attention_and_the_panoptic_one_
             type(net.transformer.decoder.layers[0].multihead_attn).__name__ == "MultiheadAttention"
         )
     assert net.detach_memory  # shapes_panoptic
+
+
+def test_the_multiscale_lever_reads_a_resnets_stage_by_name_and_names_the_returned_ones(
+    tmp_path,
+) -> None:
+    resnet = ["experiment=shapes", "backbone=narrow_r18"]
+    net = _model_on_meta(compose_cfg([*resnet, "model.net.cross_attention.levels=[layer1]"],
+                                     tmp_path)).net  # fmt: skip
+    attn = net.transformer.decoder.layers[1].multihead_attn
+    assert attn.levels == ("layer1",) and attn.level_proj[0].in_features == 32  # half of 64
+    with pytest.raises(
+        Exception, match=r"names \['c4'\].*returns \['layer1', 'layer2', 'layer3'\]"
+    ):
+        _model_on_meta(compose_cfg(resnet, tmp_path))
 
 
 def test_the_deformable_lever_trains_its_sampling_offsets_at_a_tenth_of_the_lr(tmp_path) -> None:

@@ -11,15 +11,21 @@ reads is tied to a place in the box: its edges, its surroundings. The offsets st
 star (head h looks along direction 2 pi h / H, point k at (k + 1) / P of the half-box), so a
 fresh layer already reads the box's edges.
 
+With ``levels`` (Deformable DETR's multi-scale form) a query also reads earlier backbone stages,
+e.g. the compact trunk's stride-4 ``c4``: each level has its own points (the same box-relative
+placement) and value projection, and one softmax spans the points of all levels, so a head
+weighs fine detail against the memory. Why: an object of 8-16 px covers one or two cells of
+the stride-8 memory, whose stage has already pooled its edges and shape.
+
 The module takes ``nn.MultiheadAttention``'s call so it replaces a decoder layer's
-``multihead_attn``; the reference boxes and the feature map's padding mask come from
-:meth:`BoxDeformableAttention.bound`, which the model enters around its decoder pass.
+``multihead_attn``; the reference boxes, the feature map's padding mask and the extra levels
+come from :meth:`BoxDeformableAttention.bound`, which the model enters around its decoder pass.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -39,14 +45,16 @@ def valid_ratios(mask: Tensor) -> Tensor:
 
 
 class BoxDeformableAttention(nn.Module):
-    """Single-scale deformable cross-attention around reference boxes (module docstring).
+    """Deformable cross-attention around reference boxes (module docstring).
 
     Args:
-        dims: the model's sizes (``d_model``, ``nhead``).
-        num_points: sampling points per head and query.
+        dims: the model's sizes (``d_model``, ``nhead``, ``backbone_stages``).
+        num_points: sampling points per head, query and level.
+        levels: backbone stages read besides the memory (names from ``dims.backbone_stages``,
+            e.g. ``[c4]``; the backbone must return them: ``return_interm_layers``).
     """
 
-    def __init__(self, dims: ModelDims, num_points: int = 4) -> None:
+    def __init__(self, dims: ModelDims, num_points: int = 4, levels: Sequence[str] = ()) -> None:
         super().__init__()
         d, heads = dims.d_model, dims.nhead
         if d % heads:
@@ -56,13 +64,23 @@ class BoxDeformableAttention(nn.Module):
                 f"BoxDeformableAttention: num_points={num_points} must be >= 1 "
                 "(model.net.cross_attention.num_points)"
             )
-        self.heads, self.points = heads, num_points
-        self.sampling_offsets = nn.Linear(d, heads * num_points * 2)
-        self.attention_weights = nn.Linear(d, heads * num_points)
+        missing = [name for name in levels if name not in dims.backbone_stages]
+        if missing:
+            raise ValueError(
+                f"model.net.cross_attention.levels names {missing}, which the backbone does not "
+                f"return (it returns {list(dims.backbone_stages)}): set "
+                "model.net.backbone.return_interm_layers=true, or name returned stages."
+            )
+        self.heads, self.points, self.levels = heads, num_points, tuple(levels)
+        samples = heads * (1 + len(self.levels)) * num_points  # per query
+        self.sampling_offsets = nn.Linear(d, samples * 2)
+        self.attention_weights = nn.Linear(d, samples)
         self.value_proj = nn.Linear(d, d)
+        self.level_proj = nn.ModuleList(nn.Linear(dims.backbone_stages[n], d) for n in levels)
         self.output_proj = nn.Linear(d, d)
         self._reference: Callable[[], Tensor] | None = None
         self._mask: Tensor | None = None
+        self._stages: Mapping[str, tuple[Tensor, Tensor]] = {}
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -71,32 +89,50 @@ class BoxDeformableAttention(nn.Module):
         star = torch.stack([angle.cos(), angle.sin()], -1)
         star = star / star.abs().max(-1, keepdim=True).values  # onto the box's border
         steps = torch.arange(1, self.points + 1, dtype=star.dtype)
-        with torch.no_grad():
-            self.sampling_offsets.bias.copy_((star[:, None] * steps[None, :, None]).flatten())
+        per_level = star[:, None, None] * steps[None, None, :, None]  # [H, 1, P, 2]
+        with torch.no_grad():  # every level starts on the same star
+            self.sampling_offsets.bias.copy_(
+                per_level.expand(-1, self._num_levels, -1, -1).flatten()
+            )
         nn.init.zeros_(self.attention_weights.weight)
         nn.init.zeros_(self.attention_weights.bias)
-        for layer in (self.value_proj, self.output_proj):
+        for layer in (self.value_proj, self.output_proj, *self.level_proj):
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
 
+    @property
+    def _num_levels(self) -> int:
+        return 1 + len(self.levels)
+
     @contextmanager
-    def bound(self, reference: Callable[[], Tensor], mask: Tensor) -> Iterator[None]:
+    def bound(
+        self,
+        reference: Callable[[], Tensor],
+        mask: Tensor,
+        stages: Mapping[str, tuple[Tensor, Tensor]] | None = None,
+    ) -> Iterator[None]:
         """Inside, calls read ``reference()`` ([B, Q, 4] normalised cxcywh, the current layer's
-        boxes) and the memory's map mask [B, h, w] (True = real)."""
-        self._reference, self._mask = reference, mask
+        boxes), the memory's map mask [B, h, w] (True = real) and, for ``levels``, ``stages``:
+        {name: (features [B, C, h_l, w_l], mask [B, h_l, w_l] True = real)}."""
+        absent = [name for name in self.levels if name not in (stages or {})]
+        if absent:
+            raise ValueError(f"BoxDeformableAttention reads the levels {absent}: bind their maps")
+        self._reference, self._mask, self._stages = reference, mask, stages or {}
         try:
             yield
         finally:
-            self._reference = self._mask = None
+            self._reference, self._mask, self._stages = None, None, {}
 
     def sample_locations(self, query: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
-        """query [B, Q, d], boxes [B, Q, 4] cxcywh -> locations [B, Q, H, P, 2] (x, y relative
-        to each image's extent) and weights [B, Q, H, P] (softmax over a head's points)."""
+        """query [B, Q, d], boxes [B, Q, 4] cxcywh -> locations [B, Q, H, L*P, 2] (x, y relative
+        to each image's extent; level-major: the memory's P points, then each level's) and
+        weights [B, Q, H, L*P] (softmax over all of a head's points)."""
         b, q, _ = query.shape
-        offsets = self.sampling_offsets(query).view(b, q, self.heads, self.points, 2)
+        samples = self._num_levels * self.points
+        offsets = self.sampling_offsets(query).view(b, q, self.heads, samples, 2)
         half = boxes[:, :, None, None, 2:] / (2 * self.points)
         locations = boxes[:, :, None, None, :2] + offsets * half
-        weights = self.attention_weights(query).view(b, q, self.heads, self.points).softmax(-1)
+        weights = self.attention_weights(query).view(b, q, self.heads, samples).softmax(-1)
         return locations, weights
 
     def forward(
@@ -121,7 +157,7 @@ class BoxDeformableAttention(nn.Module):
         if self._reference is None or self._mask is None:
             raise RuntimeError(
                 "BoxDeformableAttention needs its reference boxes: call it inside "
-                "``with module.bound(reference, mask)`` (ConvergenceDETR does)"
+                "``with module.bound(reference, mask[, stages])`` (ConvergenceDETR does)"
             )
         if attn_mask is not None:
             raise ValueError(
@@ -140,18 +176,47 @@ class BoxDeformableAttention(nn.Module):
         value = self.value_proj(value).view(b, h, w, self.heads, d // self.heads)
         value = value.permute(0, 3, 4, 1, 2).flatten(0, 1)  # [B*H, d/H, h, w]
         locations, weights = self.sample_locations(query, self._reference())
-        locations = locations * valid_ratios(mask)[:, :, None, None]  # onto the padded map
-        grid = (2 * locations - 1).transpose(1, 2).flatten(0, 1)  # [B*H, Q, P, 2]
-        sampled = F.grid_sample(value, grid, align_corners=False)  # [B*H, d/H, Q, P]
-        per_head = weights.transpose(1, 2).flatten(0, 1)[:, None]  # [B*H, 1, Q, P]
-        out = (sampled * per_head).sum(-1).view(b, self.heads, d // self.heads, q)
-        out = self.output_proj(out.permute(0, 3, 1, 2).flatten(2))
+        where = locations.chunk(self._num_levels, dim=3)
+        share = weights.chunk(self._num_levels, dim=3)
+        grid = 2 * where[0] * valid_ratios(mask)[:, :, None, None] - 1  # onto the padded map
+        sampled = F.grid_sample(value, grid.transpose(1, 2).flatten(0, 1), align_corners=False)
+        out = (sampled * share[0].transpose(1, 2).flatten(0, 1)[:, None]).sum(-1)
+        out = out.view(b, self.heads, d // self.heads, q).permute(0, 3, 1, 2)  # [B, Q, H, d/H]
+        for name, proj, level_where, level_share in zip(
+            self.levels, self.level_proj, where[1:], share[1:], strict=True
+        ):
+            out = out + self._read_level(*self._stages[name], proj, level_where, level_share)
+        out = self.output_proj(out.flatten(2))
         if not need_weights:
             return out, None
+        locations = locations * valid_ratios(mask)[:, :, None, None]
         return out, self._dense_weights(locations, weights, h, w)
 
+    def _read_level(
+        self, features: Tensor, mask: Tensor, proj: nn.Linear, locations: Tensor, weights: Tensor
+    ) -> Tensor:
+        """features [B, C, h, w] (an earlier backbone stage), mask [B, h, w] True = real,
+        locations [B, Q, H, P, 2], weights [B, Q, H, P] -> [B, Q, H, d/H]: each head's
+        weighted reads, projected to the head's value channels.
+
+        Projects after sampling: bilinear reads and the linear projection commute, so the
+        C-channel map is read as it is and only B*Q*H reads are projected, not every pixel
+        (the stride-4 map has 4x the memory's pixels). The bias enters with the level's share
+        of the softmax weights, as a projected map would give it inside the image.
+        """
+        b, c = features.shape[:2]
+        q, heads, points = weights.shape[1:]
+        features = features.masked_fill(~mask[:, None], 0.0)
+        grid = 2 * locations * valid_ratios(mask)[:, :, None, None] - 1  # onto the padded map
+        sampled = F.grid_sample(features, grid.flatten(2, 3), align_corners=False)
+        mixed = torch.einsum("bcqhp,bqhp->bqhc", sampled.view(b, c, q, heads, points), weights)
+        weight = proj.weight.view(heads, -1, c)  # head h's rows of the value channels
+        bias = proj.bias.view(heads, -1) * weights.sum(-1, keepdim=True)
+        return torch.einsum("bqhc,hdc->bqhd", mixed, weight) + bias
+
     def _dense_weights(self, locations: Tensor, weights: Tensor, h: int, w: int) -> Tensor:
-        """The [B, Q, h*w] head-averaged map of bilinear sampling weights (zero outside)."""
+        """The [B, Q, h*w] head-averaged map of bilinear sampling weights (zero outside), every
+        level's points drawn on the memory's map (the same image positions)."""
         b, q = weights.shape[:2]
         x = locations[..., 0] * w - 0.5  # [B, Q, H, P] in map pixels, align_corners=False
         y = locations[..., 1] * h - 0.5

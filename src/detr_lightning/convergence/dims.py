@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,8 @@ class ModelDims:
         focal: sigmoid (focal) classification instead of softmax with a "no object" column.
         num_decoder_layers: decoder layers.
         nhead: attention heads.
+        backbone_stages: {stage name: channels} of the feature maps the backbone returns
+            (finest first; the last is the one the input projection reads).
     """
 
     d_model: int
@@ -27,3 +30,4 @@ class ModelDims:
     focal: bool
     num_decoder_layers: int
     nhead: int = 8
+    backbone_stages: Mapping[str, int] = field(default_factory=dict)

@@ -15,8 +15,8 @@ box MLP, output dict) plus components, each its own config node that exists only
   ``cls_loss`` config group together with the matcher, criterion and post-processing;
 * ``attention_prior`` — a bias on the decoder's cross-attention around each query's reference
   box (:mod:`~detr_lightning.convergence.box_attention`, SMCA); needs ``box_refinement``;
-* ``cross_attention`` — the decoder layers read the memory at learned points around their
-  reference box instead of attending to all of it
+* ``cross_attention`` — the decoder layers read the memory (and optionally earlier backbone
+  stages) at learned points around their reference box instead of attending to all of it
   (:mod:`~detr_lightning.convergence.deformable_attention`); needs ``box_refinement``;
 * ``detach_memory`` — the decoder reads the memory without back-propagating into it.
 
@@ -93,11 +93,14 @@ class ConvergenceDETR(SetDetector):
             aux_loss,
         )  # fmt: skip
         d = transformer.d_model
+        names, channels = getattr(backbone, "stages", ()), getattr(backbone, "stage_channels", ())
+        stages = dict(zip(names, channels, strict=True))  # FeatureBackbone's: name -> channels
         dims = ModelDims(
             d, num_queries, num_classes, num_logits, focal, len(transformer.decoder.layers),
-            transformer.nhead,
+            transformer.nhead, stages,
         )  # fmt: skip
         self.focal, self.detach_memory = focal, detach_memory
+        self.stage_names = tuple(stages)
         if focal:
             # Every class starts at a 1 % probability so the focal loss is not swamped.
             nn.init.constant_(self.class_embed.bias, -math.log((1 - 0.01) / 0.01))
@@ -173,9 +176,13 @@ class ConvergenceDETR(SetDetector):
             hook = RefiningDecoderHook(heads, self.ref_point_head, reference, bias)
         with ExitStack() as samplers:
             if self.deformable:  # each layer reads the hook's current reference boxes
+                stages = {  # the backbone's maps, for attention that reads earlier levels
+                    name: (features.detach() if self.detach_memory else features, mask)
+                    for name, (features, mask) in zip(self.stage_names, enc.features, strict=True)
+                }
                 for layer in self.transformer.decoder.layers:
                     samplers.enter_context(
-                        layer.multihead_attn.bound(lambda: hook.reference, enc.mask)
+                        layer.multihead_attn.bound(lambda: hook.reference, enc.mask, stages)
                     )
             hs = self.transformer.decode(
                 memory, enc.key_mask, enc.pos, position, content, attn_mask, hook
