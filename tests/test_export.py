@@ -101,13 +101,17 @@ def test_predict_with_onnxruntime_needs_only_the_onnx_file(exported, tmp_path) -
 def test_onnx_matches_pytorch_for_the_shapes_preset_model(
     tmp_path, exporter: str, variant: str
 ) -> None:
-    """The preset's model (``cross_attention=deformable``: grid_sample at points around each
-    layer's boxes, scaled by the mask's real extent), the same with the paper's dense
+    """The preset's model (``cross_attention=multiscale``: grid_sample at points around each
+    layer's boxes in the memory and the trunk's stride-4 stage, each scaled by its mask's real
+    extent, the stage's reads projected per head), the same with the paper's dense
     cross-attention, and that with the opt-in levers ``attention_prior=box`` (a bias built from
     each layer's reference boxes and the mask's real extent) and ``stride32`` (a third level)."""
     torch.manual_seed(0)
     if variant == "preset":
-        net = levers.compact_model(cross_attention=partial(BoxDeformableAttention))
+        net = levers.compact_model(
+            backbone=CompactBackbone(width=16, return_interm_layers=True),
+            cross_attention=partial(BoxDeformableAttention, num_points=4, levels=["c4"]),
+        )
         with torch.no_grad():  # query-dependent points and weights, not only the initial star
             for layer in net.transformer.decoder.layers:
                 layer.multihead_attn.sampling_offsets.weight.normal_(0, 0.3)
