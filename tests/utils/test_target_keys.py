@@ -53,6 +53,9 @@ def test_a_paper_model_key_names_the_chosen_lever_groups() -> None:
     assert "add model=convergence" in message
     (generic,) = target_key_errors(cfg, "model.criterion.matcher")  # no Hydra run: every group
     assert "cross_attention" in generic and "chosen here" not in generic
+    packaged = {"proposal_head@model.net.queries.head": "linear", "refine": "boxes"}
+    (message,) = target_key_errors(cfg, "model.criterion.matcher", packaged)
+    assert "chosen here: refine=boxes, proposal_head@model.net.queries.head=linear" in message
     other = OmegaConf.create({"_target_": f"{HERE}.takes_a_and_b", "a": 1, "z": 0})
     (message,) = target_key_errors(other, "data")
     assert "model=convergence" not in message and "remove it" in message

@@ -65,14 +65,17 @@ def unknown_target_keys(node: Any, path: str) -> list[tuple[str, str, str]]:
 
 
 def _chosen_levers(choices: dict[str, Any]) -> list[str]:
-    """The lever groups chosen in a Hydra run (``hydra.runtime.choices``), as ``group=option``."""
+    """The lever groups chosen in a Hydra run (``hydra.runtime.choices``), as ``group=option``
+    (``group@package=option`` for a group placed with a package override, as Hydra keys it)."""
     groups = [g.split("=")[0] for g in LEVER_GROUPS]
-    return [
-        f"{g}={choices[g]}"
-        for g in groups
-        if choices.get(g) not in (None, "null")
-        and not (g == "cls_loss" and choices[g] == "softmax")
+    chosen = [
+        (groups.index(key.split("@")[0]), f"{key}={option}")
+        for key, option in choices.items()
+        if key.split("@")[0] in groups
+        and option not in (None, "null")
+        and not (key == "cls_loss" and option == "softmax")
     ]
+    return [name for _, name in sorted(chosen)]
 
 
 def target_key_errors(node: Any, path: str, choices: dict[str, Any] | None = None) -> list[str]:
