@@ -201,6 +201,13 @@ def test_with_levels_a_query_reads_each_level_at_its_own_real_extent() -> None:
     centre = boxes[..., :2]
     expected = 0.5 * (centre * real8[:, None] - 0.5) + 0.5 * (centre * real4[:, None] - 0.5)
     torch.testing.assert_close(out, expected)
+    # A point at the real edge reads one padding column bilinearly: what lies there is not read.
+    edge = torch.tensor([[[0.98, 0.5, 0.1, 0.1]]]).expand(2, 1, 4)
+    reads = []
+    for garbage in (0.0, 100.0):
+        with attn.bound(lambda: edge, mask8, {"c4": (level + garbage * ~mask4[:, None], mask4)}):
+            reads.append(attn(torch.zeros(2, 1, 2), memory, memory)[0])
+    torch.testing.assert_close(reads[0], reads[1])
 
 
 def test_every_level_starts_on_the_star_and_one_softmax_spans_all_points() -> None:
