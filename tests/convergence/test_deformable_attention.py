@@ -10,7 +10,7 @@ import torch
 
 from detr_lightning.convergence.box_attention import BoxAttentionPrior
 from detr_lightning.convergence.compact_trunk import CompactBackbone
-from detr_lightning.convergence.deformable_attention import BoxDeformableAttention, valid_ratios
+from detr_lightning.convergence.deformable_attention import BoxDeformableAttention
 from detr_lightning.convergence.dims import ModelDims
 from detr_lightning.inference.attention import AttentionCapture
 
@@ -25,13 +25,6 @@ def _identity_projections(attn: BoxDeformableAttention) -> None:
         for layer in (attn.value_proj, attn.output_proj):
             layer.weight.copy_(torch.eye(layer.in_features))
             layer.bias.zero_()
-
-
-def test_valid_ratios_are_the_real_share_of_width_and_height() -> None:
-    mask = torch.zeros(2, 4, 8, dtype=torch.bool)
-    mask[0] = True
-    mask[1, :3, :6] = True
-    torch.testing.assert_close(valid_ratios(mask), torch.tensor([[[1.0, 1.0]], [[0.75, 0.75]]]))
 
 
 def test_a_fresh_layer_samples_a_star_reaching_the_box_border() -> None:

@@ -32,16 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detr_lightning.convergence.box_attention import real_extent
 from detr_lightning.convergence.dims import ModelDims
-
-
-def valid_ratios(mask: Tensor) -> Tensor:
-    """mask [B, h, w] bool True = real (padding at the bottom / right) -> [B, 1, 2] the real
-    share of the map's width and height, which maps a box coordinate (relative to the image's
-    own extent) onto the padded map."""
-    width, height = real_extent(mask)
-    return torch.stack([width / mask.shape[-1], height / mask.shape[-2]], -1)[:, None]
+from detr_lightning.convergence.sampling_map import sampling_weight_map, valid_ratios
 
 
 class BoxDeformableAttention(nn.Module):
@@ -148,6 +140,7 @@ class BoxDeformableAttention(nn.Module):
         """``nn.MultiheadAttention``'s call (batch first): query [B, Q, d] (content + positional
         query), value [B, S = h*w, d] the memory, key_padding_mask [B, S] True = padding.
         ``key`` is unused: where to read comes from the reference boxes, not from a dot product.
+        The ``levels`` are read from the stages given to :meth:`bound`.
 
         Returns:
             [B, Q, d], and with ``need_weights`` the attention over the map that the sampling
@@ -164,7 +157,7 @@ class BoxDeformableAttention(nn.Module):
                 "BoxDeformableAttention takes no attention bias: model.net.attention_prior and "
                 "model.net.cross_attention exclude each other"
             )
-        mask, (b, q, d) = self._mask, query.shape
+        mask, b, d = self._mask, query.shape[0], query.shape[-1]
         h, w = mask.shape[-2:]
         if value.shape[1] != h * w:
             raise ValueError(
@@ -173,15 +166,10 @@ class BoxDeformableAttention(nn.Module):
             )
         if key_padding_mask is not None:
             value = value.masked_fill(key_padding_mask[..., None], 0.0)
-        value = self.value_proj(value).view(b, h, w, self.heads, d // self.heads)
-        value = value.permute(0, 3, 4, 1, 2).flatten(0, 1)  # [B*H, d/H, h, w]
         locations, weights = self.sample_locations(query, self._reference())
-        where = locations.chunk(self._num_levels, dim=3)
+        where = locations.chunk(self._num_levels, dim=3)  # the memory's points, then each level's
         share = weights.chunk(self._num_levels, dim=3)
-        grid = 2 * where[0] * valid_ratios(mask)[:, :, None, None] - 1  # onto the padded map
-        sampled = F.grid_sample(value, grid.transpose(1, 2).flatten(0, 1), align_corners=False)
-        out = (sampled * share[0].transpose(1, 2).flatten(0, 1)[:, None]).sum(-1)
-        out = out.view(b, self.heads, d // self.heads, q).permute(0, 3, 1, 2)  # [B, Q, H, d/H]
+        out = self._read_memory(value.view(b, h, w, d), mask, where[0], share[0])
         for name, proj, level_where, level_share in zip(
             self.levels, self.level_proj, where[1:], share[1:], strict=True
         ):
@@ -190,7 +178,20 @@ class BoxDeformableAttention(nn.Module):
         if not need_weights:
             return out, None
         locations = locations * valid_ratios(mask)[:, :, None, None]
-        return out, self._dense_weights(locations, weights, h, w)
+        return out, sampling_weight_map(locations, weights, h, w)
+
+    def _read_memory(
+        self, memory: Tensor, mask: Tensor, locations: Tensor, weights: Tensor
+    ) -> Tensor:
+        """memory [B, h, w, d], mask [B, h, w] True = real, locations [B, Q, H, P, 2], weights
+        [B, Q, H, P] -> [B, Q, H, d/H]: each head's weighted reads of its projected values."""
+        b, h, w, d = memory.shape
+        value = self.value_proj(memory).view(b, h, w, self.heads, d // self.heads)
+        value = value.permute(0, 3, 4, 1, 2).flatten(0, 1)  # [B*H, d/H, h, w]
+        grid = 2 * locations * valid_ratios(mask)[:, :, None, None] - 1  # onto the padded map
+        sampled = F.grid_sample(value, grid.transpose(1, 2).flatten(0, 1), align_corners=False)
+        out = (sampled * weights.transpose(1, 2).flatten(0, 1)[:, None]).sum(-1)
+        return out.view(b, self.heads, d // self.heads, -1).permute(0, 3, 1, 2)
 
     def _read_level(
         self, features: Tensor, mask: Tensor, proj: nn.Linear, locations: Tensor, weights: Tensor
@@ -213,20 +214,3 @@ class BoxDeformableAttention(nn.Module):
         weight = proj.weight.view(heads, -1, c)  # head h's rows of the value channels
         bias = proj.bias.view(heads, -1) * weights.sum(-1, keepdim=True)
         return torch.einsum("bqhc,hdc->bqhd", mixed, weight) + bias
-
-    def _dense_weights(self, locations: Tensor, weights: Tensor, h: int, w: int) -> Tensor:
-        """The [B, Q, h*w] head-averaged map of bilinear sampling weights (zero outside), every
-        level's points drawn on the memory's map (the same image positions)."""
-        b, q = weights.shape[:2]
-        x = locations[..., 0] * w - 0.5  # [B, Q, H, P] in map pixels, align_corners=False
-        y = locations[..., 1] * h - 0.5
-        x0, y0 = x.floor(), y.floor()
-        dense = weights.new_zeros(b, q, h * w)
-        for dx in (0, 1):
-            for dy in (0, 1):
-                cx, cy = x0 + dx, y0 + dy
-                share = (1 - (x - cx).abs()) * (1 - (y - cy).abs()) * weights
-                inside = (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)
-                index = (cy.clamp(0, h - 1) * w + cx.clamp(0, w - 1)).long()
-                dense.scatter_add_(-1, index.flatten(2), (share * inside).flatten(2))
-        return dense / self.heads
