@@ -115,7 +115,7 @@ def test_lr_multipliers_split_named_parameters_off_their_groups(tmp_path) -> Non
 
 @pytest.mark.parametrize(
     ("multipliers", "message"),
-    [({"no_such_layer": 0.1}, r"no trainable parameter's name contains \['no_such_layer'\]"),
+    [({"no_such_layer": 0.1}, r"no parameter's name contains \['no_such_layer'\]"),
      ({"multihead_attn": 0.0}, r"model.lr_multipliers.multihead_attn=0.0: must be a positive"),
      ({"multihead_attn": "x"}, r"model.lr_multipliers.multihead_attn='x'")],
 )  # fmt: skip
@@ -124,6 +124,19 @@ def test_lr_multipliers_that_would_change_nothing_are_errors(multipliers, messag
     lit.trainer = quiet_trainer(Path("."), max_steps=1)
     with pytest.raises(ValueError, match=message):
         lit.configure_optimizers()
+
+
+def test_a_multiplier_on_frozen_parameters_adds_no_group_and_no_error() -> None:
+    """The panoptic recipe's stage 2 freezes the detector, sampling offsets included; here the
+    backbone (``lr_backbone=0``) holds every ``layer4`` parameter."""
+    lit = tiny_lit(lr_backbone=0.0, lr_multipliers={"layer4": 0.1})
+    lit.trainer = quiet_trainer(Path("."), max_steps=1)
+    assert any("layer4" in n for n, _ in lit.net.named_parameters())
+    groups = lit.configure_optimizers()["optimizer"].param_groups
+    assert [g["name"] for g in groups] == ["main"]
+    assert {id(p) for p in groups[0]["params"]} == {
+        id(p) for p in lit.parameters() if p.requires_grad
+    }
 
 
 def test_lr_scale_factor_rules() -> None:

@@ -68,7 +68,9 @@ def apply_lr_multipliers(
     example, trains its sampling offsets at a tenth of the lr: ``{"sampling_offsets": 0.1}``.
 
     Raises ValueError naming ``model.lr_multipliers.<key>`` for a multiplier that is not a
-    positive number or a key that matches no trainable parameter (it would change nothing)."""
+    positive number or a key that matches no parameter name (a typo would change nothing). A key
+    whose parameters are all frozen (the panoptic recipe's stage 2 freezes the detector) gets no
+    group and no error."""
     names = {id(p): n for n, p in net.named_parameters()}
     for key, mult in multipliers.items():
         if isinstance(mult, bool) or not isinstance(mult, (int, float)) or not mult > 0:
@@ -89,9 +91,10 @@ def apply_lr_multipliers(
                 name = key if group["name"] == "main" else f"{group['name']}.{key}"
                 out.append({**group, "params": params, "lr": group["lr"] * multipliers[key],
                             "name": name})  # fmt: skip
-    if missing := [k for k in multipliers if k not in matched]:
+    frozen = {k for k in multipliers if any(k in n for n in names.values())}
+    if missing := [k for k in multipliers if k not in matched | frozen]:
         raise ValueError(
-            f"model.lr_multipliers: no trainable parameter's name contains {missing} (this "
+            f"model.lr_multipliers: no parameter's name contains {missing} (this "
             "model's names look like "
             f"{next(iter(names.values()), '?')!r}). Fix: use a part of a parameter name "
             "(print [n for n, _ in model.net.named_parameters()]), or remove the key."
