@@ -76,8 +76,14 @@ def apply_lr_multipliers(
         if isinstance(mult, bool) or not isinstance(mult, (int, float)) or not mult > 0:
             raise ValueError(f"model.lr_multipliers.{key}={mult!r}: must be a positive number. "
                              f"Fix: e.g. model.lr_multipliers.{key}=0.1")  # fmt: skip
+    if missing := [k for k in multipliers if not any(k in n for n in names.values())]:
+        raise ValueError(
+            f"model.lr_multipliers: no parameter's name contains {missing} (this "
+            "model's names look like "
+            f"{next(iter(names.values()), '?')!r}). Fix: use a part of a parameter name "
+            "(print [n for n, _ in model.net.named_parameters()]), or remove the key."
+        )
     out: list[dict[str, Any]] = []
-    matched: set[str] = set()
     for group in groups:
         split: dict[str, list[torch.nn.Parameter]] = {key: [] for key in multipliers}
         rest = []
@@ -87,18 +93,9 @@ def apply_lr_multipliers(
         out.append({**group, "params": rest})
         for key, params in split.items():
             if params:
-                matched.add(key)
                 name = key if group["name"] == "main" else f"{group['name']}.{key}"
                 out.append({**group, "params": params, "lr": group["lr"] * multipliers[key],
                             "name": name})  # fmt: skip
-    frozen = {k for k in multipliers if any(k in n for n in names.values())}
-    if missing := [k for k in multipliers if k not in matched | frozen]:
-        raise ValueError(
-            f"model.lr_multipliers: no parameter's name contains {missing} (this "
-            "model's names look like "
-            f"{next(iter(names.values()), '?')!r}). Fix: use a part of a parameter name "
-            "(print [n for n, _ in model.net.named_parameters()]), or remove the key."
-        )
     return [g for g in out if g["params"]]
 
 
