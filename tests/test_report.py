@@ -10,7 +10,15 @@ from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 
 from detr_lightning.evaluation.coco import write_metrics_json
-from detr_lightning.report import COLUMNS, find_runs, load_run, main, read_val_curve, write_report
+from detr_lightning.report import (
+    COLUMNS,
+    PANOPTIC_COLUMNS,
+    find_runs,
+    load_run,
+    main,
+    read_val_curve,
+    write_report,
+)
 
 COMMON = ["experiment=shapes", "schedule=smoke"]
 
@@ -114,3 +122,22 @@ def test_runs_from_several_folders_in_job_order_with_failed_jobs(sweep, tmp_path
     assert_png(tmp_path / "cmp" / "ap_by_size.png")
     with pytest.raises(FileNotFoundError, match="no run directories"):
         find_runs([tmp_path / "cmp"])
+
+
+def test_a_panoptic_run_adds_pq_columns_and_a_staged_run_its_stages_wall_time(
+    sweep, tmp_path
+) -> None:
+    root, _ = sweep
+    pq = {"PQ": 0.5, "PQ_th": 0.38, "PQ_st": 0.71, "SQ": 0.8, "RQ": 0.61, "segm_AP": 0.24}
+    staged = tmp_path / "outputs" / "shapes_panoptic" / "2026-01-03_00-00-00"
+    (staged / "stage1_detector" / "csv").mkdir(parents=True)  # not a run of its own in the table
+    stages = {"detector": {"dir": "d", "checkpoint": "a.ckpt", "minutes": 9.06},
+              "masks": {"dir": "m", "checkpoint": "b.ckpt", "minutes": 8.14}}  # fmt: skip
+    write_metrics_json(staged, metrics(0.5) | pq, experiment="shapes_panoptic", stages=stages)
+    rows = table(write_report([root / "1", staged], tmp_path / "cmp").read_text())
+    assert len(rows) == 2 and len(rows[0]) == 2 + len(COLUMNS) + len(PANOPTIC_COLUMNS) + 2
+    assert rows[0][9:15] == ["–"] * 6  # the detection run has no PQ
+    assert rows[1][9:15] == [f"{pq[k]:.4f}" for k in PANOPTIC_COLUMNS]
+    assert rows[1][-1] == f"{60 * (9.06 + 8.14):.1f}" and rows[1][-2] == "–"
+    detection_only = table(write_report([root], tmp_path / "det").read_text())
+    assert len(detection_only[0]) == 2 + len(COLUMNS) + 2  # no PQ columns without a panoptic run

@@ -4,7 +4,8 @@ Every argument is a run directory (``outputs/<exp>/<time>``) or a folder holding
 ``multirun/<exp>/<time>``, or ``outputs/<exp>``). Each run's ``metrics.json``,
 ``.hydra/overrides.yaml`` and ``csv/metrics.csv`` are read, and written to ``--out``:
 
-* ``report.md``: one row per run with its overrides and AP, AP50, AP75, AP_S, AP_M, AP_L, AR;
+* ``report.md``: one row per run with its overrides and AP, AP50, AP75, AP_S, AP_M, AP_L, AR,
+  and, when a run is panoptic, PQ, PQ things, PQ stuff, SQ, RQ and segm AP;
 * ``ap_by_size.png``: AP_S / AP_M / AP_L grouped bars across runs;
 * ``val_ap.png``: val AP against epoch and against wall time (runs with a CSV log).
 
@@ -28,6 +29,8 @@ import yaml
 
 COLUMNS = {"AP": "AP", "AP50": "AP50", "AP75": "AP75", "AP_S": "AP_S", "AP_M": "AP_M",
            "AP_L": "AP_L", "AR_100": "AR"}  # fmt: skip
+PANOPTIC_COLUMNS = {"PQ": "PQ", "PQ_th": "PQ th", "PQ_st": "PQ st", "SQ": "SQ", "RQ": "RQ",
+                    "segm_AP": "segm AP"}  # fmt: skip
 CURVE_KEYS = ("val/AP", "epoch", "time/elapsed_s")
 _SKIP_DIRS = {"checkpoints", "csv", "wandb", "tensorboard", "val_images", ".hydra"}
 
@@ -122,29 +125,44 @@ def _cell(value: float | None, best: float | None) -> str:
     return f"**{text}**" if best is not None and value == best else text
 
 
+def wall_seconds(run: Run) -> float | None:
+    """Elapsed time at the run's last validation; for a staged run (its metrics.json lists the
+    stages, each with its minutes) the stages' sum."""
+    if run.curve and "time/elapsed_s" in run.curve[-1]:
+        return run.curve[-1]["time/elapsed_s"]
+    stages = run.info.get("stages") or {}
+    minutes = [s.get("minutes") for s in stages.values()]
+    return 60.0 * sum(minutes) if minutes and None not in minutes else None
+
+
 def markdown(runs: Sequence[Run], images: Sequence[str]) -> str:
     """report.md: common overrides, the table (best value per column in bold), the figures."""
     common, varying = split_overrides(runs)
     names = [
         os.path.relpath(r.path, os.path.commonpath([r.path.parent for r in runs])) for r in runs
     ]
+    panoptic = any("PQ" in r.metrics for r in runs)
+    columns = COLUMNS | PANOPTIC_COLUMNS if panoptic else COLUMNS
     best: dict[str, float | None] = {}
-    for key in COLUMNS:  # bold the best value of a column, unless every run has it
+    for key in columns:  # bold the best value of a column, unless every run has it
         values = [r.metrics[key] for r in runs if key in r.metrics]
         best[key] = max(values) if len(set(values)) > 1 else None
     lines = ["# Run comparison", ""]
     if common:
         lines += ["Overrides of every run: " + " ".join(f"`{o}`" for o in common), ""]
-    header = ["run", "overrides", *COLUMNS.values(), "epochs", "wall s"]
+    header = ["run", "overrides", *columns.values(), "epochs", "wall s"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, run, extra in zip(names, runs, varying, strict=True):
-        wall = run.curve[-1].get("time/elapsed_s") if run.curve else None
+        wall = wall_seconds(run)
         cells = [name, " ".join(f"`{o}`".replace("|", "\\|") for o in extra) or "–"]
-        cells += [_cell(run.metrics.get(k), best[k]) for k in COLUMNS]
+        cells += [_cell(run.metrics.get(k), best[k]) for k in columns]
         cells += [str(run.info.get("epochs", "–")), "–" if wall is None else f"{wall:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "AR: AR@100, all sizes. -1: no object of that size in the split (COCO). "
               "–: no metrics.json (the run failed or is still running).", ""]  # fmt: skip
+    if panoptic:
+        lines[-1:] = ["PQ th / PQ st: things / stuff; segm AP: the thing masks' COCO AP. A staged "
+                      "run's wall time is its stages' sum.", ""]  # fmt: skip
     return "\n".join(lines + [f"![{Path(i).stem}]({i})" for i in images]) + "\n"
 
 
