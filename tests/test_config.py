@@ -317,7 +317,7 @@ def test_the_shapes_preset_reads_with_deformable_attention_and_without_it_densel
 
 def test_the_panoptic_demo_wraps_the_shapes_detector_unchanged(tmp_path) -> None:
     # Only the head, the data and the stages differ: the detector, its loss and its training
-    # data settings are the shapes preset's (README: PQ 0.109 -> 0.351 when they were not).
+    # data settings are the shapes preset's (docs/panoptic_demo.md: PQ 0.109 -> 0.351).
     shapes = compose_cfg(["experiment=shapes"], tmp_path)
     panoptic = compose_cfg(["experiment=shapes_panoptic"], tmp_path)
     assert panoptic.model.net == shapes.model.net

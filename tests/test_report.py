@@ -130,7 +130,7 @@ def test_a_panoptic_run_adds_pq_columns_and_a_staged_run_its_stages_wall_time(
     root, _ = sweep
     pq = {"PQ": 0.5, "PQ_th": 0.38, "PQ_st": 0.71, "SQ": 0.8, "RQ": 0.61, "segm_AP": 0.24}
     staged = tmp_path / "outputs" / "shapes_panoptic" / "2026-01-03_00-00-00"
-    (staged / "stage1_detector" / "csv").mkdir(parents=True)  # not a run of its own in the table
+    write_metrics_json(staged / "stage2_masks", metrics(0.5) | pq)  # not a row of its own
     stages = {"detector": {"dir": "d", "checkpoint": "a.ckpt", "minutes": 9.06},
               "masks": {"dir": "m", "checkpoint": "b.ckpt", "minutes": 8.14}}  # fmt: skip
     write_metrics_json(staged, metrics(0.5) | pq, experiment="shapes_panoptic", stages=stages)
@@ -139,5 +139,6 @@ def test_a_panoptic_run_adds_pq_columns_and_a_staged_run_its_stages_wall_time(
     assert rows[0][9:15] == ["–"] * 6  # the detection run has no PQ
     assert rows[1][9:15] == [f"{pq[k]:.4f}" for k in PANOPTIC_COLUMNS]
     assert rows[1][-1] == f"{60 * (9.06 + 8.14):.1f}" and rows[1][-2] == "–"
+    assert "PQ th / PQ st: things / stuff" in (tmp_path / "cmp" / "report.md").read_text()
     detection_only = table(write_report([root], tmp_path / "det").read_text())
     assert len(detection_only[0]) == 2 + len(COLUMNS) + 2  # no PQ columns without a panoptic run

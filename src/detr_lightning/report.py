@@ -158,11 +158,12 @@ def markdown(runs: Sequence[Run], images: Sequence[str]) -> str:
         cells += [_cell(run.metrics.get(k), best[k]) for k in columns]
         cells += [str(run.info.get("epochs", "–")), "–" if wall is None else f"{wall:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "AR: AR@100, all sizes. -1: no object of that size in the split (COCO). "
-              "–: no metrics.json (the run failed or is still running).", ""]  # fmt: skip
+    notes = ["AR: AR@100, all sizes. -1: no object of that size in the split (COCO). "
+             "–: no metrics.json (the run failed or is still running)."]  # fmt: skip
     if panoptic:
-        lines[-1:] = ["PQ th / PQ st: things / stuff; segm AP: the thing masks' COCO AP. A staged "
-                      "run's wall time is its stages' sum.", ""]  # fmt: skip
+        notes.append("PQ th / PQ st: things / stuff; segm AP: the thing masks' COCO AP. A staged "
+                     "run's wall time is its stages' sum.")  # fmt: skip
+    lines += ["", *notes, ""]
     return "\n".join(lines + [f"![{Path(i).stem}]({i})" for i in images]) + "\n"
 
 
