@@ -14,9 +14,10 @@ decoder layer: whether the decoder moves its boxes towards the objects. A confus
 (rows: true class, columns: the class of the best box above IoU 0.5) ends the report, after the
 same figures by COCO size class of the box in input pixels (small < 32², large > 96²): found@0.5,
 class ok among the found, and the last layer's matched IoU. ``score~IoU`` is the rank
-correlation (Spearman) of the score with the IoU over those matched outputs whose best class is
-their object's: whether a tighter box scores higher, which AP75 rewards (``cls_loss=varifocal``
-trains for it).
+correlation (Spearman) of the score with the IoU over each found object's highest-scoring box
+above IoU 0.5, where its class is right: whether a tighter box scores higher, which AP75 rewards
+(``cls_loss=varifocal`` trains for it). The IoU-matched outputs would not tell: most of them are
+low-scoring duplicates.
 
 Run: ``python benchmarks/shapes_errors.py CKPT [hydra overrides of the run, e.g. experiment=shapes]``.
 """
@@ -102,15 +103,15 @@ def main() -> None:
                     continue
                 best = torch.where(over, scores[b], torch.full_like(scores[b], -1.0)).argmax()
                 class_ok = int(labels[b, best] == gt_labels[g])
+                if class_ok:
+                    score_iou.append((scores[b, best].item(), iou[best, g].item()))
                 counts["class ok"] += class_ok
                 by_size[("class ok", sizes[g])].append(float(class_ok))
                 counts["duplicates"] += int((over & (scores[b] > 0.3)).sum() > 1)
                 confusion[(int(gt_labels[g]), int(labels[b, best]))] += 1
             rows, cols = linear_sum_assignment((-iou).numpy())
-            for q, g, value in zip(rows, cols, iou[rows, cols].tolist(), strict=True):
+            for g, value in zip(cols, iou[rows, cols].tolist(), strict=True):
                 by_size[("mean IoU", sizes[g])].append(value)
-                if labels[b, q] == gt_labels[g]:
-                    score_iou.append((scores[b, q].item(), value))
             for name, boxes in stages.items():
                 matched = box_convert(boxes[b][rows], "cxcywh", "xyxy")
                 ious[name].append(box_iou(matched, gt[cols]).diagonal())
