@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detr_lightning.convergence.dims import ModelDims
-from detr_lightning.convergence.sampling_map import sampling_weight_map, valid_ratios
+from detr_lightning.convergence.sampling_map import onto_padded_map, sampling_weight_map
 
 
 class BoxDeformableAttention(nn.Module):
@@ -177,8 +177,7 @@ class BoxDeformableAttention(nn.Module):
         out = self.output_proj(out.flatten(2))
         if not need_weights:
             return out, None
-        locations = locations * valid_ratios(mask)[:, :, None, None]
-        return out, sampling_weight_map(locations, weights, h, w)
+        return out, sampling_weight_map(onto_padded_map(locations, mask), weights, h, w)
 
     def _read_memory(
         self, memory: Tensor, mask: Tensor, locations: Tensor, weights: Tensor
@@ -188,7 +187,7 @@ class BoxDeformableAttention(nn.Module):
         b, h, w, d = memory.shape
         value = self.value_proj(memory).view(b, h, w, self.heads, d // self.heads)
         value = value.permute(0, 3, 4, 1, 2).flatten(0, 1)  # [B*H, d/H, h, w]
-        grid = 2 * locations * valid_ratios(mask)[:, :, None, None] - 1  # onto the padded map
+        grid = 2 * onto_padded_map(locations, mask) - 1  # grid_sample's [-1, 1]
         sampled = F.grid_sample(value, grid.transpose(1, 2).flatten(0, 1), align_corners=False)
         out = (sampled * weights.transpose(1, 2).flatten(0, 1)[:, None]).sum(-1)
         return out.view(b, self.heads, d // self.heads, -1).permute(0, 3, 1, 2)
@@ -208,7 +207,7 @@ class BoxDeformableAttention(nn.Module):
         b, c = features.shape[:2]
         q, heads, points = weights.shape[1:]
         features = features.masked_fill(~mask[:, None], 0.0)
-        grid = 2 * locations * valid_ratios(mask)[:, :, None, None] - 1  # onto the padded map
+        grid = 2 * onto_padded_map(locations, mask) - 1  # grid_sample's [-1, 1]
         sampled = F.grid_sample(features, grid.flatten(2, 3), align_corners=False)
         mixed = torch.einsum("bcqhp,bqhp->bqhc", sampled.view(b, c, q, heads, points), weights)
         weight = proj.weight.view(heads, -1, c)  # head h's rows of the value channels

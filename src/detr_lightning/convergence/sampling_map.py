@@ -18,6 +18,12 @@ def valid_ratios(mask: Tensor) -> Tensor:
     return torch.stack([width / mask.shape[-1], height / mask.shape[-2]], -1)[:, None]
 
 
+def onto_padded_map(locations: Tensor, mask: Tensor) -> Tensor:
+    """locations [B, Q, H, P, 2] (x, y relative to each image's own extent), mask [B, h, w] True =
+    real -> the same points relative to the padded map, the extent ``grid_sample`` reads."""
+    return locations * valid_ratios(mask)[:, :, None, None]
+
+
 def sampling_weight_map(locations: Tensor, weights: Tensor, h: int, w: int) -> Tensor:
     """locations [B, Q, H, P, 2] (x, y relative to the padded map), weights [B, Q, H, P] ->
     [B, Q, h*w]: each read's bilinear weights times its weight, summed over its points and
