@@ -5,51 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
-from lightning.pytorch.loggers import CSVLogger
+from fake_runs import make_run, make_staged_run, metrics
 from PIL import Image
 
 from detr_lightning.evaluation.coco import write_metrics_json
-from detr_lightning.report import (
-    COLUMNS,
-    PANOPTIC_COLUMNS,
-    find_runs,
-    load_run,
-    main,
-    read_val_curve,
-    write_report,
-)
+from detr_lightning.report import COLUMNS, PANOPTIC_COLUMNS, main, write_report
+from detr_lightning.run_dirs import find_runs
 
 COMMON = ["experiment=shapes", "schedule=smoke"]
-
-
-def make_run(
-    path: Path,
-    overrides: list[str],
-    metrics: dict[str, float] | None,
-    val: list[tuple[int, float, float]] = (),
-) -> Path:
-    """A run directory as train.py leaves it: .hydra/overrides.yaml, metrics.json (unless None)
-    and a Lightning CSV log whose validations (epoch, val/AP, elapsed s) end each 3-step epoch;
-    elapsed time is logged in a row of its own, as callbacks may."""
-    (path / ".hydra").mkdir(parents=True)
-    (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    if metrics is not None:
-        write_metrics_json(path, metrics, experiment="shapes", epochs=len(val), global_step=9)
-    if val:
-        logger = CSVLogger(path, name="csv", version="")
-        for epoch, ap, elapsed in val:
-            step = 3 * epoch + 2
-            logger.log_metrics({"train/loss": 1.0 - ap, "epoch": epoch}, step=step - 1)
-            logger.log_metrics({"val/AP": ap, "epoch": epoch}, step=step)
-            logger.log_metrics({"time/elapsed_s": elapsed, "epoch": epoch}, step=step)
-        logger.save()
-    return path
-
-
-def metrics(ap: float, ap_s: float = 0.1) -> dict[str, float]:
-    return {"AP": ap, "AP50": ap + 0.2, "AP75": ap / 2, "AP_S": ap_s, "AP_M": ap + 0.01,
-            "AP_L": ap + 0.05, "AR_1": 0.1, "AR_10": 0.2, "AR_100": ap + 0.1}  # fmt: skip
 
 
 def table(report: str) -> list[list[str]]:
@@ -97,18 +60,6 @@ def test_report_on_a_sweep_has_a_row_per_run_and_valid_pngs(sweep, capsys) -> No
         assert_png(root / png)
 
 
-def test_val_curve_merges_the_rows_of_one_step(sweep) -> None:
-    root, _ = sweep
-    curve = read_val_curve(root / "1" / "csv" / "metrics.csv")
-    assert curve == [
-        {"val/AP": 0.2, "epoch": 0.0, "time/elapsed_s": 20.0},
-        {"val/AP": 0.4, "epoch": 1.0, "time/elapsed_s": 40.0},
-    ]
-    run = load_run(root / "0")
-    assert run.overrides == [*COMMON, "model.net.transformer.num_decoder_layers=1"]
-    assert run.metrics["AP_S"] == -1.0 and run.info["global_step"] == 9
-
-
 def test_runs_from_several_folders_in_job_order_with_failed_jobs(sweep, tmp_path) -> None:
     root, _ = sweep
     make_run(root / "10", [*COMMON, "model.net.transformer.num_decoder_layers=6"], metrics(0.5))
@@ -142,3 +93,12 @@ def test_a_panoptic_run_adds_pq_columns_and_a_staged_run_its_stages_wall_time(
     assert "PQ th / PQ st: things / stuff" in (tmp_path / "cmp" / "report.md").read_text()
     detection_only = table(write_report([root], tmp_path / "det").read_text())
     assert len(detection_only[0]) == 2 + len(COLUMNS) + 2  # no PQ columns without a panoptic run
+
+
+def test_a_staged_run_reports_its_epochs_per_stage_and_a_pq_figure(tmp_path) -> None:
+    run = make_staged_run(tmp_path / "shapes_panoptic" / "2026-01-03_00-00-00", tmp_path / "gone")
+    report = write_report([run], tmp_path / "cmp").read_text()
+    assert table(report)[0][-2:] == ["3+2", "300.0"]  # epochs per stage, the stages' minutes
+    for png in ("val_ap.png", "val_pq.png"):
+        assert f"]({png})" in report
+        assert_png(tmp_path / "cmp" / png)

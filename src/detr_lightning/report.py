@@ -7,7 +7,10 @@ Every argument is a run directory (``outputs/<exp>/<time>``) or a folder holding
 * ``report.md``: one row per run with its overrides and AP, AP50, AP75, AP_S, AP_M, AP_L, AR,
   and, when a run is panoptic, PQ, PQ things, PQ stuff, SQ, RQ and segm AP;
 * ``ap_by_size.png``: AP_S / AP_M / AP_L grouped bars across runs;
-* ``val_ap.png``: val AP against epoch and against wall time (runs with a CSV log).
+* ``val_ap.png``: val AP against epoch and against wall time (runs with a CSV log), and
+  ``val_pq.png`` the same for val PQ when a run is panoptic. A staged run (``shapes_panoptic``:
+  its metrics.json lists the stages) is one curve through its stages' logs, each stage's epochs
+  and seconds counted after those of the stages before it.
 
 ``--out`` defaults to the argument when there is one, else ``./report``.
 """
@@ -15,90 +18,17 @@ Every argument is a run directory (``outputs/<exp>/<time>``) or a folder holding
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import math
 import os
-import re
-from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from detr_lightning.run_dirs import Run, epochs_cell, find_runs, load_run, wall_seconds
 
 COLUMNS = {"AP": "AP", "AP50": "AP50", "AP75": "AP75", "AP_S": "AP_S", "AP_M": "AP_M",
            "AP_L": "AP_L", "AR_100": "AR"}  # fmt: skip
 PANOPTIC_COLUMNS = {"PQ": "PQ", "PQ_th": "PQ th", "PQ_st": "PQ st", "SQ": "SQ", "RQ": "RQ",
                     "segm_AP": "segm AP"}  # fmt: skip
-CURVE_KEYS = ("val/AP", "epoch", "time/elapsed_s")
-_SKIP_DIRS = {"checkpoints", "csv", "wandb", "tensorboard", "val_images", ".hydra"}
-
-
-@dataclass
-class Run:
-    """What one run left in its directory."""
-
-    path: Path
-    overrides: list[str] = field(default_factory=list)  # .hydra/overrides.yaml
-    metrics: dict[str, float] = field(default_factory=dict)  # metrics.json; empty: no test
-    info: dict = field(default_factory=dict)  # metrics.json "run": epochs, checkpoint, ...
-    curve: list[dict[str, float]] = field(default_factory=list)  # validations, in step order
-
-
-def _natural(path: Path) -> list:
-    """Sort key: sweep job 10 after job 9."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
-
-
-def is_run_dir(path: Path) -> bool:
-    """A run leaves metrics.json (after its test) or .hydra/overrides.yaml (from its start)."""
-    return (path / "metrics.json").is_file() or (path / ".hydra" / "overrides.yaml").is_file()
-
-
-def find_runs(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """The run directories at or under ``paths``, each once, in argument then natural order."""
-    found: list[Path] = []
-    for root in map(Path, paths):
-        if not root.is_dir():
-            raise FileNotFoundError(f"{root}: no such run or sweep directory")
-        here: list[Path] = []
-        for dirpath, dirnames, _ in os.walk(root):
-            if is_run_dir(Path(dirpath)):
-                here.append(Path(dirpath))
-                dirnames.clear()
-            else:
-                dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS]
-        found += [p for p in sorted(here, key=_natural) if p not in found]
-    if not found:
-        raise FileNotFoundError(f"no run directories (metrics.json, .hydra/) under {list(paths)}")
-    return found
-
-
-def read_val_curve(csv_path: Path) -> list[dict[str, float]]:
-    """The validation points of a Lightning CSV log: val/AP, epoch, time/elapsed_s per step
-    (values logged at one step are merged, whichever rows hold them)."""
-    by_step: dict[int, dict[str, float]] = defaultdict(dict)
-    with open(csv_path, newline="") as f:
-        for row in csv.DictReader(f):
-            step = int(float(row.get("step") or -1))
-            by_step[step].update({k: float(row[k]) for k in CURVE_KEYS if row.get(k)})
-    return [p for _, p in sorted(by_step.items()) if "val/AP" in p]
-
-
-def load_run(path: Path) -> Run:
-    """Read one run directory; absent files leave their fields empty."""
-    run = Run(path)
-    overrides = path / ".hydra" / "overrides.yaml"
-    if overrides.is_file():
-        run.overrides = [str(o) for o in yaml.safe_load(overrides.read_text()) or []]
-    if (path / "metrics.json").is_file():
-        payload = json.loads((path / "metrics.json").read_text())
-        run.info = payload.pop("run", {}) or {}
-        run.metrics = {k: float(v) for k, v in payload.items() if isinstance(v, int | float)}
-    if (path / "csv" / "metrics.csv").is_file():
-        run.curve = read_val_curve(path / "csv" / "metrics.csv")
-    return run
 
 
 def split_overrides(runs: Sequence[Run]) -> tuple[list[str], list[list[str]]]:
@@ -125,16 +55,6 @@ def _cell(value: float | None, best: float | None) -> str:
     return f"**{text}**" if best is not None and value == best else text
 
 
-def wall_seconds(run: Run) -> float | None:
-    """Elapsed time at the run's last validation; for a staged run (its metrics.json lists the
-    stages, each with its minutes) the stages' sum."""
-    if run.curve and "time/elapsed_s" in run.curve[-1]:
-        return run.curve[-1]["time/elapsed_s"]
-    stages = run.info.get("stages") or {}
-    minutes = [s.get("minutes") for s in stages.values()]
-    return 60.0 * sum(minutes) if minutes and None not in minutes else None
-
-
 def markdown(runs: Sequence[Run], images: Sequence[str]) -> str:
     """report.md: common overrides, the table (best value per column in bold), the figures."""
     common, varying = split_overrides(runs)
@@ -156,13 +76,13 @@ def markdown(runs: Sequence[Run], images: Sequence[str]) -> str:
         wall = wall_seconds(run)
         cells = [name, " ".join(f"`{o}`".replace("|", "\\|") for o in extra) or "–"]
         cells += [_cell(run.metrics.get(k), best[k]) for k in columns]
-        cells += [str(run.info.get("epochs", "–")), "–" if wall is None else f"{wall:.1f}"]
+        cells += [epochs_cell(run), "–" if wall is None else f"{wall:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     notes = ["AR: AR@100, all sizes. -1: no object of that size in the split (COCO). "
              "–: no metrics.json (the run failed or is still running)."]  # fmt: skip
     if panoptic:
         notes.append("PQ th / PQ st: things / stuff; segm AP: the thing masks' COCO AP. A staged "
-                     "run's wall time is its stages' sum.")  # fmt: skip
+                     "run's wall time is its stages' sum, its epochs one count per stage.")  # fmt: skip
     lines += ["", *notes, ""]
     return "\n".join(lines + [f"![{Path(i).stem}]({i})" for i in images]) + "\n"
 
@@ -183,6 +103,9 @@ def write_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike | No
         images.append(plot_ap_by_size([lab for lab, _ in tested], values, out / "ap_by_size.png"))
     if any(r.curve for r in runs):
         images.append(plot_val_curves(labels, [r.curve for r in runs], out / "val_ap.png"))
+    if any("val/PQ" in p for r in runs for p in r.curve):
+        curves = [[p for p in r.curve if "val/PQ" in p] for r in runs]
+        images.append(plot_val_curves(labels, curves, out / "val_pq.png", key="val/PQ"))
     path = out / "report.md"
     path.write_text(markdown(runs, [i.name for i in images]))
     return path

@@ -1,4 +1,4 @@
-"""The figures of :mod:`detr_lightning.report`: AP by object size, and val AP curves.
+"""The figures of :mod:`detr_lightning.report`: AP by object size, and val AP (PQ) curves.
 
 Matplotlib's object API with the Agg canvas: no display and no pyplot state are needed.
 """
@@ -52,31 +52,36 @@ def plot_ap_by_size(
 
 
 def plot_val_curves(
-    labels: Sequence[str], curves: Sequence[Sequence[dict[str, float]]], path: str | Path
+    labels: Sequence[str],
+    curves: Sequence[Sequence[dict[str, float]]],
+    path: str | Path,
+    key: str = "val/AP",
 ) -> Path:
-    """val AP against epochs completed (left) and wall-clock seconds (right), a line per run.
+    """``key`` (val AP, or val/PQ) against epochs completed (left) and wall-clock seconds
+    (right), a line per run.
 
-    Each curve is a list of points with "val/AP", "epoch" (0-based, as logged) and optionally
+    Each curve is a list of points with ``key``, "epoch" (0-based, as logged) and optionally
     "time/elapsed_s" (the ElapsedTime callback).
     """
+    name = key.replace("/", " ")
     fig = Figure(figsize=(11, 4.5))
     by_epoch, by_time = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     for label, points in zip(labels, curves, strict=True):
         if not points:
             continue
-        ap = [p["val/AP"] for p in points]
-        by_epoch.plot([p.get("epoch", math.nan) + 1 for p in points], ap, "o-", label=label)
+        values = [p[key] for p in points]
+        by_epoch.plot([p.get("epoch", math.nan) + 1 for p in points], values, "o-", label=label)
         timed = [p for p in points if "time/elapsed_s" in p]
         if timed:
             xs = [p["time/elapsed_s"] for p in timed]
-            by_time.plot(xs, [p["val/AP"] for p in timed], "o-", label=label)
+            by_time.plot(xs, [p[key] for p in timed], "o-", label=label)
     for ax, xlabel in ((by_epoch, "epochs completed"), (by_time, "wall time (s)")):
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("val AP")
+        ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     by_epoch.xaxis.set_major_locator(MaxNLocator(integer=True))
-    by_epoch.set_title("val AP per epoch")
-    by_time.set_title("val AP against wall time")
+    by_epoch.set_title(f"{name} per epoch")
+    by_time.set_title(f"{name} against wall time")
     return _save(fig, path)

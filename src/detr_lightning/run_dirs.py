@@ -1,0 +1,139 @@
+"""What a run left in its directory: finding run directories under a folder, and reading each
+one's ``metrics.json``, ``.hydra/overrides.yaml`` and CSV log (validation curve, wall time,
+epochs), a staged run's through its stage folders. :mod:`detr_lightning.report` compares them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+CURVE_KEYS = ("val/AP", "val/PQ", "epoch", "time/elapsed_s")
+_SKIP_DIRS = {"checkpoints", "csv", "wandb", "tensorboard", "val_images", ".hydra"}
+
+
+@dataclass
+class Run:
+    """What one run left in its directory."""
+
+    path: Path
+    overrides: list[str] = field(default_factory=list)  # .hydra/overrides.yaml
+    metrics: dict[str, float] = field(default_factory=dict)  # metrics.json; empty: no test
+    info: dict = field(default_factory=dict)  # metrics.json "run": epochs, checkpoint, ...
+    curve: list[dict[str, float]] = field(default_factory=list)  # validations, in step order
+    stage_epochs: list[int] = field(default_factory=list)  # a staged run's epochs per stage
+
+
+def _natural(path: Path) -> list:
+    """Sort key: sweep job 10 after job 9."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+
+
+def is_run_dir(path: Path) -> bool:
+    """A run leaves metrics.json (after its test) or .hydra/overrides.yaml (from its start)."""
+    return (path / "metrics.json").is_file() or (path / ".hydra" / "overrides.yaml").is_file()
+
+
+def find_runs(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """The run directories at or under ``paths``, each once, in argument then natural order."""
+    found: list[Path] = []
+    for root in map(Path, paths):
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root}: no such run or sweep directory")
+        here: list[Path] = []
+        for dirpath, dirnames, _ in os.walk(root):
+            if is_run_dir(Path(dirpath)):
+                here.append(Path(dirpath))
+                dirnames.clear()
+            else:
+                dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS]
+        found += [p for p in sorted(here, key=_natural) if p not in found]
+    if not found:
+        raise FileNotFoundError(f"no run directories (metrics.json, .hydra/) under {list(paths)}")
+    return found
+
+
+def read_val_curve(csv_path: Path) -> list[dict[str, float]]:
+    """The validation points of a Lightning CSV log: val/AP (and val/PQ), epoch, time/elapsed_s
+    per step (values logged at one step are merged, whichever rows hold them)."""
+    by_step: dict[int, dict[str, float]] = defaultdict(dict)
+    with open(csv_path, newline="") as f:
+        for row in csv.DictReader(f):
+            step = int(float(row.get("step") or -1))
+            by_step[step].update({k: float(row[k]) for k in CURVE_KEYS if row.get(k)})
+    return [p for _, p in sorted(by_step.items()) if "val/AP" in p]
+
+
+def read_staged_curve(
+    path: Path, stages: dict[str, dict]
+) -> tuple[list[dict[str, float]], list[int]]:
+    """(one curve through the stages' CSV logs, epochs per stage) of a staged run at ``path``.
+
+    A stage's epochs are those up to its last validation (a budget validates the last epoch; an
+    epoch cut by ``max_time`` is not counted). Its points move by the epochs of the stages
+    before it and by their wall seconds (metrics.json ``minutes``, their tests included). A stage folder is looked for in ``path``
+    first, so a moved run still reads; the curve ends at the first stage without a log.
+    """
+    curve: list[dict[str, float]] = []
+    epochs: list[int] = []
+    seconds = 0.0
+    for stage in stages.values():
+        folder = path / Path(stage.get("dir", "")).name
+        log = (folder if folder.is_dir() else Path(stage.get("dir", ""))) / "csv" / "metrics.csv"
+        if not log.is_file():
+            break
+        points = read_val_curve(log)
+        count = int(points[-1]["epoch"]) + 1 if points and "epoch" in points[-1] else 0
+        for p in points:
+            p["epoch"] = p.get("epoch", math.nan) + sum(epochs)
+            if "time/elapsed_s" in p:
+                p["time/elapsed_s"] += seconds
+        curve += points
+        epochs.append(count)
+        seconds += 60.0 * (stage.get("minutes") or math.nan)
+    return curve, epochs
+
+
+def load_run(path: Path) -> Run:
+    """Read one run directory; absent files leave their fields empty."""
+    run = Run(path)
+    overrides = path / ".hydra" / "overrides.yaml"
+    if overrides.is_file():
+        run.overrides = [str(o) for o in yaml.safe_load(overrides.read_text()) or []]
+    if (path / "metrics.json").is_file():
+        payload = json.loads((path / "metrics.json").read_text())
+        run.info = payload.pop("run", {}) or {}
+        run.metrics = {k: float(v) for k, v in payload.items() if isinstance(v, int | float)}
+    if (path / "csv" / "metrics.csv").is_file():
+        run.curve = read_val_curve(path / "csv" / "metrics.csv")
+    elif run.info.get("stages"):
+        run.curve, run.stage_epochs = read_staged_curve(path, run.info["stages"])
+    return run
+
+
+def wall_seconds(run: Run) -> float | None:
+    """A staged run's (its metrics.json lists the stages, each with its minutes) stages' sum;
+    else the elapsed time at the run's last validation."""
+    stages = run.info.get("stages") or {}
+    minutes = [s.get("minutes") for s in stages.values()]
+    if minutes:
+        return 60.0 * sum(minutes) if None not in minutes else None
+    if run.curve and "time/elapsed_s" in run.curve[-1]:
+        return run.curve[-1]["time/elapsed_s"]
+    return None
+
+
+def epochs_cell(run: Run) -> str:
+    """The epochs trained: metrics.json's count, or a staged run's per stage ("9+5")."""
+    if run.stage_epochs:
+        return "+".join(map(str, run.stage_epochs))
+    return str(run.info.get("epochs", "–"))

@@ -1,0 +1,64 @@
+"""Run directories as train.py leaves them, for the report and run-reading tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from lightning.pytorch.loggers import CSVLogger
+
+from detr_lightning.evaluation.coco import write_metrics_json
+
+
+def make_run(
+    path: Path,
+    overrides: list[str],
+    metrics: dict[str, float] | None,
+    val: list[tuple[int, float, float]] = (),
+) -> Path:
+    """A run directory as train.py leaves it: .hydra/overrides.yaml, metrics.json (unless None)
+    and a Lightning CSV log whose validations (epoch, val/AP, elapsed s) end each 3-step epoch;
+    elapsed time is logged in a row of its own, as callbacks may."""
+    (path / ".hydra").mkdir(parents=True)
+    (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if metrics is not None:
+        write_metrics_json(path, metrics, experiment="shapes", epochs=len(val), global_step=9)
+    if val:
+        logger = CSVLogger(path, name="csv", version="")
+        for epoch, ap, elapsed in val:
+            step = 3 * epoch + 2
+            logger.log_metrics({"train/loss": 1.0 - ap, "epoch": epoch}, step=step - 1)
+            logger.log_metrics({"val/AP": ap, "epoch": epoch}, step=step)
+            logger.log_metrics({"time/elapsed_s": elapsed, "epoch": epoch}, step=step)
+        logger.save()
+    return path
+
+
+def metrics(ap: float, ap_s: float = 0.1) -> dict[str, float]:
+    return {"AP": ap, "AP50": ap + 0.2, "AP75": ap / 2, "AP_S": ap_s, "AP_M": ap + 0.01,
+            "AP_L": ap + 0.05, "AR_1": 0.1, "AR_10": 0.2, "AR_100": ap + 0.1}  # fmt: skip
+
+
+def make_staged_run(run: Path, stage_dirs_at: Path) -> Path:
+    """A two-stage panoptic run: stage 1 validates box AP 0.1, 0.2, 0.3 at 50, 100, 150 s;
+    stage 2 (detector frozen: AP 0.3) PQ 0.2, 0.3 at 50, 100 s; 3 and 2 minutes. metrics.json
+    names the stage folders under ``stage_dirs_at`` (a run that has since moved when that is
+    not ``run``)."""
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["experiment=shapes_panoptic"]))
+    for folder, epochs in (("stage1_detector", 3), ("stage2_masks", 2)):
+        logger = CSVLogger(run / folder, name="csv", version="")
+        for epoch in range(epochs):
+            row = {
+                "val/AP": 0.1 * (epoch + 1),
+                "epoch": epoch,
+                "time/elapsed_s": 50.0 * (epoch + 1),
+            }
+            if folder == "stage2_masks":
+                row |= {"val/AP": 0.3, "val/PQ": 0.2 + 0.1 * epoch}
+            logger.log_metrics(row, step=10 * epoch + 9)
+        logger.save()
+    stages = {"detector": {"dir": str(stage_dirs_at / "stage1_detector"), "minutes": 3.0},
+              "masks": {"dir": str(stage_dirs_at / "stage2_masks"), "minutes": 2.0}}  # fmt: skip
+    write_metrics_json(run, metrics(0.3) | {"PQ": 0.3}, experiment="shapes_panoptic", stages=stages)
+    return run

@@ -1,0 +1,39 @@
+"""Reading run directories: validation curves from CSV logs, a staged run through its stages."""
+
+from __future__ import annotations
+
+import pytest
+from fake_runs import make_run, make_staged_run, metrics
+
+from detr_lightning.run_dirs import epochs_cell, load_run, read_val_curve, wall_seconds
+
+COMMON = ["experiment=shapes", "schedule=smoke"]
+
+
+def test_val_curve_merges_the_rows_of_one_step(tmp_path) -> None:
+    for job, ap in (("0", 0.1), ("1", 0.2)):
+        overrides = [*COMMON, f"model.net.transformer.num_decoder_layers={int(job) + 1}"]
+        make_run(
+            tmp_path / job, overrides, metrics(ap, ap_s=-1.0), [(0, ap, 20.0), (1, 2 * ap, 40.0)]
+        )
+    curve = read_val_curve(tmp_path / "1" / "csv" / "metrics.csv")
+    assert curve == [
+        {"val/AP": 0.2, "epoch": 0.0, "time/elapsed_s": 20.0},
+        {"val/AP": 0.4, "epoch": 1.0, "time/elapsed_s": 40.0},
+    ]
+    run = load_run(tmp_path / "0")
+    assert run.overrides == [*COMMON, "model.net.transformer.num_decoder_layers=1"]
+    assert run.metrics["AP_S"] == -1.0 and run.info["global_step"] == 9
+
+
+def test_a_staged_run_is_one_curve_through_its_stages_logs(tmp_path) -> None:
+    """Stage 2's points follow stage 1's by its epochs and minutes; the stage folders are found
+    by name inside the run after it has moved."""
+    run = make_staged_run(tmp_path / "outputs" / "2026-01-03_00-00-00", tmp_path / "elsewhere")
+    loaded = load_run(run)
+    assert loaded.stage_epochs == [3, 2] and epochs_cell(loaded) == "3+2"
+    assert [(p["epoch"], p["time/elapsed_s"], p.get("val/PQ")) for p in loaded.curve] == [
+        (0.0, 50.0, None), (1.0, 100.0, None), (2.0, 150.0, None),  # stage 1 as logged
+        (3.0, 180.0 + 50.0, 0.2), (4.0, 180.0 + 100.0, pytest.approx(0.3)),  # after 3 ep, 180 s
+    ]  # fmt: skip
+    assert wall_seconds(loaded) == 60.0 * (3.0 + 2.0)  # the stages' minutes, tests included
