@@ -91,3 +91,22 @@ def test_plain_detr_needs_no_mask():
     only_groups = query_attention_mask(num_queries=2, num_query_groups=3)
     assert only_groups.shape == (6, 6)
     assert torch.equal(~only_groups, torch.block_diag(*[torch.ones(2, 2, dtype=torch.bool)] * 3))
+
+
+def test_a_compiled_network_samples_the_noise_outside_its_graph():
+    """Under ``model.compile`` with dynamic sizes the target counts are symbolic, and Dynamo
+    cannot trace ``torch.rand`` over a symbolic shape: the builder runs eagerly, and the
+    compiled caller still gets noise of the batch's size."""
+    torch._dynamo.reset()
+
+    @torch.compile(dynamic=True, backend="eager")
+    def noised(targets):
+        dn = make_denoising_queries(targets, num_classes=5, num_groups=2)
+        return dn.boxes * 1.0, dn.valid
+
+    for counts in ((2, 3), (4, 1), (5, 6)):
+        targets = [{"labels": torch.zeros(n, dtype=torch.int64), "boxes": torch.full((n, 4), 0.5)}
+                   for n in counts]  # fmt: skip
+        boxes, valid = noised(targets)
+        assert boxes.shape == (2, 2 * max(counts), 4)
+        assert valid.sum(1).tolist() == [2 * n for n in counts]

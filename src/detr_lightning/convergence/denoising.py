@@ -59,6 +59,7 @@ class DenoisingQueries:
         return pairs
 
 
+@torch.compiler.disable
 def make_denoising_queries(
     targets: list[dict[str, Tensor]],
     num_classes: int,
