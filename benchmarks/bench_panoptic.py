@@ -11,7 +11,7 @@ as ``head=panoptic`` configures it); inference computes every query's mask.
   250 logits (COCO panoptic: 133 classes in a 250-slot head as official; here 134), 8 targets per
   image with masks; comparable with ``bench_core.py``;
 * ``shapes``: the CPU demo's model, composed from ``experiment=shapes_panoptic`` (compact trunk,
-  convergence levers), batch 16 at 160x224, 8 classes.
+  convergence levers), the preset's batch (``data.batch_size``, 8) at 160x224, 8 classes.
 
 Run: ``python benchmarks/bench_panoptic.py [--only r50|shapes] [--steps 3]``.
 """
@@ -141,7 +141,7 @@ def bench_shapes(steps: int) -> None:
             del cfg.model.criterion.weight_dict[key]
     box_criterion = instantiate(cfg.model.criterion, _convert_="all")
     measure("shapes_panoptic (CPU demo model)", lit.net.detr, lit.net,
-            (box_criterion, lit.criterion), 16, (160, 224), steps)  # fmt: skip
+            (box_criterion, lit.criterion), cfg.data.batch_size, (160, 224), steps)  # fmt: skip
 
 
 if __name__ == "__main__":
