@@ -89,7 +89,7 @@ def test_a_panoptic_run_adds_pq_columns_and_a_staged_run_its_stages_wall_time(
     assert len(rows) == 2 and len(rows[0]) == 2 + len(COLUMNS) + len(PANOPTIC_COLUMNS) + 2
     assert rows[0][9:15] == ["–"] * 6  # the detection run has no PQ
     assert rows[1][9:15] == [f"{pq[k]:.4f}" for k in PANOPTIC_COLUMNS]
-    assert rows[1][-1] == f"{60 * (9.06 + 8.14):.1f}" and rows[1][-2] == "–"
+    assert rows[1][-1] == f"{60 * (9.06 + 8.14):.1f}" and rows[1][-2] == "?+?"  # no stage logs
     assert "PQ th / PQ st: things / stuff" in (tmp_path / "cmp" / "report.md").read_text()
     detection_only = table(write_report([root], tmp_path / "det").read_text())
     assert len(detection_only[0]) == 2 + len(COLUMNS) + 2  # no PQ columns without a panoptic run

@@ -37,3 +37,11 @@ def test_a_staged_run_is_one_curve_through_its_stages_logs(tmp_path) -> None:
         (3.0, 180.0 + 50.0, 0.2), (4.0, 180.0 + 100.0, pytest.approx(0.3)),  # after 3 ep, 180 s
     ]  # fmt: skip
     assert wall_seconds(loaded) == 60.0 * (3.0 + 2.0)  # the stages' minutes, tests included
+
+
+def test_a_stage_without_its_log_ends_the_curve_and_counts_as_unknown(tmp_path) -> None:
+    run = make_staged_run(tmp_path / "2026-01-03_00-00-00", tmp_path / "2026-01-03_00-00-00")
+    (run / "stage2_masks" / "csv" / "metrics.csv").unlink()
+    loaded = load_run(run)
+    assert [p["epoch"] for p in loaded.curve] == [0.0, 1.0, 2.0]  # stage 1's points only
+    assert loaded.stage_epochs == [3, None] and epochs_cell(loaded) == "3+?"

@@ -30,7 +30,7 @@ class Run:
     metrics: dict[str, float] = field(default_factory=dict)  # metrics.json; empty: no test
     info: dict = field(default_factory=dict)  # metrics.json "run": epochs, checkpoint, ...
     curve: list[dict[str, float]] = field(default_factory=list)  # validations, in step order
-    stage_epochs: list[int] = field(default_factory=list)  # a staged run's epochs per stage
+    stage_epochs: list[int | None] = field(default_factory=list)  # per stage; None: no log
 
 
 def _natural(path: Path) -> list:
@@ -75,30 +75,33 @@ def read_val_curve(csv_path: Path) -> list[dict[str, float]]:
 
 def read_staged_curve(
     path: Path, stages: dict[str, dict]
-) -> tuple[list[dict[str, float]], list[int]]:
+) -> tuple[list[dict[str, float]], list[int | None]]:
     """(one curve through the stages' CSV logs, epochs per stage) of a staged run at ``path``.
 
-    A stage's epochs are those up to its last validation (a budget validates the last epoch; an
-    epoch cut by ``max_time`` is not counted). Its points move by the epochs of the stages
-    before it and by their wall seconds (metrics.json ``minutes``, their tests included). A stage folder is looked for in ``path``
-    first, so a moved run still reads; the curve ends at the first stage without a log.
+    A stage's epochs are those up to its last validation (the budget validates its last,
+    possibly partial, epoch). Its points move by the epochs of the stages before it and by their
+    wall seconds (metrics.json ``minutes``, their tests included). A stage folder is looked for
+    in ``path`` first, so a moved run still reads. The curve ends at the first stage without a
+    log; its epochs and those of the stages after it are None.
     """
     curve: list[dict[str, float]] = []
-    epochs: list[int] = []
-    seconds = 0.0
+    epochs: list[int | None] = []
+    done, seconds = 0, 0.0
     for stage in stages.values():
         folder = path / Path(stage.get("dir", "")).name
         log = (folder if folder.is_dir() else Path(stage.get("dir", ""))) / "csv" / "metrics.csv"
-        if not log.is_file():
-            break
+        if None in epochs or not log.is_file():
+            epochs.append(None)
+            continue
         points = read_val_curve(log)
         count = int(points[-1]["epoch"]) + 1 if points and "epoch" in points[-1] else 0
         for p in points:
-            p["epoch"] = p.get("epoch", math.nan) + sum(epochs)
+            p["epoch"] = p.get("epoch", math.nan) + done
             if "time/elapsed_s" in p:
                 p["time/elapsed_s"] += seconds
         curve += points
         epochs.append(count)
+        done += count
         seconds += 60.0 * (stage.get("minutes") or math.nan)
     return curve, epochs
 
@@ -133,7 +136,8 @@ def wall_seconds(run: Run) -> float | None:
 
 
 def epochs_cell(run: Run) -> str:
-    """The epochs trained: metrics.json's count, or a staged run's per stage ("9+5")."""
+    """The epochs trained: metrics.json's count, or a staged run's per stage ("9+5"; "9+?" for
+    a stage without its log)."""
     if run.stage_epochs:
-        return "+".join(map(str, run.stage_epochs))
+        return "+".join("?" if e is None else str(e) for e in run.stage_epochs)
     return str(run.info.get("epochs", "–"))
