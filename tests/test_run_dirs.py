@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fake_runs import make_run, make_staged_run, metrics
 
-from detr_lightning.run_dirs import epochs_cell, load_run, read_val_curve, wall_seconds
+from detr_lightning.run_dirs import load_run, read_val_curve, wall_seconds
 
 COMMON = ["experiment=shapes", "schedule=smoke"]
 
@@ -31,7 +31,7 @@ def test_a_staged_run_is_one_curve_through_its_stages_logs(tmp_path) -> None:
     by name inside the run after it has moved."""
     run = make_staged_run(tmp_path / "outputs" / "2026-01-03_00-00-00", tmp_path / "elsewhere")
     loaded = load_run(run)
-    assert loaded.stage_epochs == [3, 2] and epochs_cell(loaded) == "3+2"
+    assert loaded.stage_epochs == [3, 2]
     assert [(p["epoch"], p["time/elapsed_s"], p.get("val/PQ")) for p in loaded.curve] == [
         (0.0, 50.0, None), (1.0, 100.0, None), (2.0, 150.0, None),  # stage 1 as logged
         (3.0, 180.0 + 50.0, 0.2), (4.0, 180.0 + 100.0, pytest.approx(0.3)),  # after 3 ep, 180 s
@@ -44,4 +44,4 @@ def test_a_stage_without_its_log_ends_the_curve_and_counts_as_unknown(tmp_path) 
     (run / "stage2_masks" / "csv" / "metrics.csv").unlink()
     loaded = load_run(run)
     assert [p["epoch"] for p in loaded.curve] == [0.0, 1.0, 2.0]  # stage 1's points only
-    assert loaded.stage_epochs == [3, None] and epochs_cell(loaded) == "3+?"
+    assert loaded.stage_epochs == [3, None]  # the report writes "3+?"

@@ -23,7 +23,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from detr_lightning.run_dirs import Run, epochs_cell, find_runs, load_run, wall_seconds
+from detr_lightning.run_dirs import Run, find_runs, load_run, wall_seconds
 
 COLUMNS = {"AP": "AP", "AP50": "AP50", "AP75": "AP75", "AP_S": "AP_S", "AP_M": "AP_M",
            "AP_L": "AP_L", "AR_100": "AR"}  # fmt: skip
@@ -53,6 +53,14 @@ def _cell(value: float | None, best: float | None) -> str:
         return "–"
     text = f"{value:.4f}"
     return f"**{text}**" if best is not None and value == best else text
+
+
+def epochs_cell(run: Run) -> str:
+    """The epochs trained: metrics.json's count, or a staged run's per stage ("9+5"; "9+?" for
+    a stage without its log)."""
+    if run.stage_epochs:
+        return "+".join("?" if e is None else str(e) for e in run.stage_epochs)
+    return str(run.info.get("epochs", "–"))
 
 
 def markdown(runs: Sequence[Run], images: Sequence[str]) -> str:

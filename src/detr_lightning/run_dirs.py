@@ -133,11 +133,3 @@ def wall_seconds(run: Run) -> float | None:
     if run.curve and "time/elapsed_s" in run.curve[-1]:
         return run.curve[-1]["time/elapsed_s"]
     return None
-
-
-def epochs_cell(run: Run) -> str:
-    """The epochs trained: metrics.json's count, or a staged run's per stage ("9+5"; "9+?" for
-    a stage without its log)."""
-    if run.stage_epochs:
-        return "+".join("?" if e is None else str(e) for e in run.stage_epochs)
-    return str(run.info.get("epochs", "–"))
