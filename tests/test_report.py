@@ -5,14 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fake_runs import make_run, make_staged_run, metrics
+from fake_runs import COMMON, make_run, make_staged_run, metrics
 from PIL import Image
 
 from detr_lightning.evaluation.coco import write_metrics_json
 from detr_lightning.report import COLUMNS, PANOPTIC_COLUMNS, main, write_report
 from detr_lightning.run_dirs import find_runs
-
-COMMON = ["experiment=shapes", "schedule=smoke"]
 
 
 def table(report: str) -> list[list[str]]:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from fake_runs import make_run, make_staged_run, metrics
+from fake_runs import COMMON, make_run, make_staged_run, metrics
 
 from detr_lightning.run_dirs import load_run, read_val_curve, wall_seconds
-
-COMMON = ["experiment=shapes", "schedule=smoke"]
 
 
 def test_val_curve_merges_the_rows_of_one_step(tmp_path) -> None:

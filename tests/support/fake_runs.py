@@ -9,6 +9,8 @@ from lightning.pytorch.loggers import CSVLogger
 
 from detr_lightning.evaluation.coco import write_metrics_json
 
+COMMON = ["experiment=shapes", "schedule=smoke"]  # overrides every fake sweep job shares
+
 
 def make_run(
     path: Path,
