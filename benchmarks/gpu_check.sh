@@ -24,6 +24,9 @@ out=${1:?usage: gpu_check.sh OUT_DIR}
 work=/tmp/gpu_check
 mkdir -p "$out" "$work"
 export PYTHONUNBUFFERED=1
+# Every recompile prints the guard that failed (a few lines each), so the log says why a shape
+# compiled another graph.
+export TORCH_LOGS=${TORCH_LOGS:-recompiles}
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
