@@ -331,3 +331,27 @@ def test_pretrained_official_checkpoint_initialises_all_but_the_class_head(tmp_p
         assert torch.equal(ours[k], official[k]), k
     assert ours["class_embed.weight"].shape == (NUM_CLASSES + 1, 32)
     assert official["class_embed.weight"].shape == (92, 32)
+
+
+def test_fit_refuses_images_with_more_objects_than_queries(tmp_path) -> None:
+    from coco_files import write_coco
+
+    from detr_lightning.data.datamodule import DetrDataModule
+    from detr_lightning.data.errors import DatasetFormatError
+    from detr_lightning.data.transforms import make_eval_transforms
+
+    boxes = [{"id": i, "image_id": 1 + i % 2, "category_id": 1, "bbox": [i, i, 8, 8]}
+             for i in range(13)]  # fmt: skip
+    images, ann = write_coco(tmp_path, [(64, 48), (64, 48)], boxes, [{"id": 1, "name": "a"}])
+    dm = DetrDataModule(images, ann, images, ann, num_workers=0,
+                        train_transforms=make_eval_transforms(48),
+                        val_transforms=make_eval_transforms(48))  # fmt: skip
+    lit = tiny_lit(num_queries=6, label_to_category_id=[1])
+    trainer = quiet_trainer(tmp_path, max_steps=1)
+    with pytest.raises(DatasetFormatError, match=r"image id 1 \(0001\.jpg\) has 7 objects .*6 "
+                                                 r"queries.*num_queries=7"):  # fmt: skip
+        trainer.fit(lit, datamodule=dm)
+    assert trainer.global_step == 0
+    trainer = quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer.fit(tiny_lit(num_queries=7, label_to_category_id=[1]), datamodule=dm)
+    assert trainer.global_step == 1

@@ -144,6 +144,13 @@ class LitDETR(L.LightningModule):
             self.test_panoptic = panoptic(metric_backend=metric_backend) if panoptic else None
         self.test_metrics: dict[str, float] = {}
 
+    def setup(self, stage: str) -> None:
+        # An image with more objects than queries would stop the matcher mid-epoch: say so now.
+        queries = getattr(getattr(self.net, "detr", self.net), "num_queries", None)
+        for dataset in getattr(getattr(self.trainer, "datamodule", None), "datasets", {}).values():
+            if queries is not None and hasattr(dataset, "check_query_capacity"):
+                dataset.check_query_capacity(queries)
+
     # ---------------------------------------------------------------- steps
     def forward(self, pixel_values: Tensor, pixel_mask: Tensor) -> dict[str, Any]:
         """pixel_values [B, 3, H, W], pixel_mask [B, H, W] bool (True = real) -> DETR outputs."""

@@ -66,16 +66,18 @@ def test_degenerate_and_clipped_boxes_are_counted_and_logged(tmp_path, caplog):
         {"id": 2, "image_id": 1, "category_id": 1, "bbox": [-10, 5, 30, 10]},  # clipped
         {"id": 3, "image_id": 1, "category_id": 1, "bbox": [70, 5, 10, 10]},  # outside
         {"id": 4, "image_id": 1, "category_id": 1, "bbox": [5, 5, 0, 10]},  # zero width
-        {"id": 5, "image_id": 1, "category_id": 1, "bbox": [5, 5, 10, -3]},  # negative height
     ]
     img_dir, ann = write_coco(tmp_path, [(64, 48)], anns)
     with caplog.at_level(logging.WARNING, logger="detr_lightning.data.coco"):
         ds = CocoDetectionDataset(img_dir, ann)
-    assert ds.num_degenerate_boxes == 3 and ds.num_clipped_boxes == 1
+    assert ds.num_degenerate_boxes == 2 and ds.num_clipped_boxes == 1
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
-    assert "3 boxes with zero width or height" in warnings[0] and "3, 4, 5" in warnings[0]
+    assert "2 boxes with no area inside their image" in warnings[0] and "ids 3, 4;" in warnings[0]
     assert "1 boxes reaching outside" in warnings[0] and str(ann) in warnings[0]
+    assert (
+        "[x1, y1, x2, y2]" not in warnings[0]
+    )  # 1 of 4 reaches out (by 10 px): no format hint (one box)
     raw = ds.raw_target(0)["boxes"].as_subclass(torch.Tensor)
     assert raw.tolist() == [[10, 10, 30, 30], [0, 5, 20, 15]]
     # area missing from the json: the clipped box's area

@@ -182,8 +182,16 @@ def test_random_train_crops_keep_every_field_consistent(tiny: Path) -> None:
 
 def test_missing_png(tiny: Path) -> None:
     (tiny / "annotations/panoptic_train/000001.png").unlink()
+    with pytest.raises(ImageLoadError, match=r"^1 panoptic PNGs listed in .*json not found: "
+                                             r".*000001\.png\. Fix"):  # fmt: skip
+        dataset(tiny)
+
+
+def test_png_removed_after_the_dataset_was_built(tiny: Path) -> None:
+    data = dataset(tiny)
+    (tiny / "annotations/panoptic_train/000001.png").unlink()
     with pytest.raises(ImageLoadError, match=r"not found: .*000001\.png \(image_id 1 of .*json"):
-        dataset(tiny)[0]
+        data[0]
 
 
 def test_png_id_not_in_segments_info(tiny: Path) -> None:
@@ -309,3 +317,13 @@ def test_configs_select_panoptic_data(tmp_path: Path) -> None:
     image, target = dm.datasets["test"][0]
     assert image.shape[-2:] == (800, 1200) and target["masks"].shape == (3, 800, 1200)
     assert dm.datasets["test"].png_folder == coco / "annotations/panoptic_val2017"
+
+
+def test_instances_json_where_panoptic_is_expected(tmp_path: Path) -> None:
+    from coco_files import write_coco
+
+    box = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10]}
+    images, ann = write_coco(tmp_path, [(32, 24)], [box])
+    with pytest.raises(DatasetFormatError, match=r"is a COCO instances \(detection\) json .*"
+                                                 r"head=detection"):  # fmt: skip
+        CocoPanopticDataset(images, ann, png_folder=images)

@@ -135,3 +135,15 @@ def test_mapping_travels_in_lightning_checkpoints(tmp_path):
     trainer.save_checkpoint(tmp_path / "c.ckpt")
     ckpt = torch.load(tmp_path / "c.ckpt", weights_only=False)
     assert ckpt["DetrDataModule"]["label_to_category_id"] == [1, 2, 3, 4, 5]
+
+
+def test_setup_refuses_a_split_without_objects(tmp_path):
+    box = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10]}
+    tr = write_coco(tmp_path / "tr", [(64, 48)], [box])
+    va = write_coco(tmp_path / "va", [(64, 48)], [])  # labelled images, no annotation
+    dm = DetrDataModule(*tr, *va, num_workers=0, **TINY)
+    with pytest.raises(DatasetFormatError, match=r"the val split has no object to score against"):
+        dm.setup("fit")
+    assert "val" not in dm.datasets
+    with pytest.raises(DatasetFormatError, match=r"the train split has no object to train on"):
+        DetrDataModule(*va, num_workers=0, **TINY).setup("fit")

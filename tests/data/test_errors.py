@@ -1,5 +1,8 @@
 """Every bad input gets an error naming the file/record and the fix (issue: Bad input)."""
 
+import json
+import logging
+
 import pytest
 from coco_files import coco_dict, write_coco, write_image, write_json
 from PIL import Image
@@ -76,7 +79,7 @@ def test_missing_top_level_key(img_dir, key):
 def test_malformed_annotation_record(img_dir, record, field):
     _, make = build(img_dir, coco_dict([IMAGE], [record], CATS))
     with pytest.raises(
-        DatasetFormatError, match=rf'annotations\[0\] \(id={record["id"]}\) has field "{field}"'
+        DatasetFormatError, match=rf'annotations\[0\] \(id={record["id"]}\) has (field )?"{field}"'
     ):
         make()
 
@@ -112,7 +115,9 @@ def test_category_missing_from_an_explicit_mapping(img_dir):
 
 def test_duplicate_image_ids(img_dir):
     _, make = build(img_dir, coco_dict([IMAGE, IMAGE], [], CATS))
-    with pytest.raises(DatasetFormatError, match=r"image id 1 appears more than once"):
+    with pytest.raises(
+        DatasetFormatError, match=r"images\[1\] has id 1, which an earlier record.*unique id"
+    ):
         make()
 
 
@@ -127,10 +132,30 @@ def test_empty_dataset(img_dir):
         make(keep_empty=False)
 
 
-def test_missing_image_file(tmp_path):
+def test_missing_image_files_fail_when_the_dataset_is_built(tmp_path):
+    sizes = [(32, 24)] * 8
+    img_dir, path = write_coco(tmp_path, sizes, [ann(i, image_id=i) for i in range(1, 9)])
+    for i in (2, 3, 4, 5, 6, 8):
+        (img_dir / f"{i:04d}.jpg").unlink()
+    with pytest.raises(ImageLoadError) as err:
+        CocoDetectionDataset(img_dir, path)
+    msg = str(err.value)
+    assert msg.startswith(f"6 image files listed in {path} not found: ")
+    assert all(f"{i:04d}.jpg" in msg for i in (2, 3, 4, 5, 6)) and "0008.jpg" not in msg
+    assert "and 1 more" in msg and "Fix" in msg and "0001.jpg" not in msg
+
+
+def test_image_in_a_subfolder_is_found(tmp_path):
+    write_image(tmp_path / "img" / "a" / "b.jpg", 32, 24)
+    image = {**IMAGE, "file_name": "a/b.jpg"}
+    path = write_json(tmp_path / "ann.json", coco_dict([image], [ann()], CATS))
+    assert len(CocoDetectionDataset(tmp_path / "img", path)) == 1
+
+
+def test_image_removed_after_the_dataset_was_built(tmp_path):
     img_dir, path = write_coco(tmp_path, [(32, 24)], [ann()])
-    (img_dir / "0001.jpg").unlink()
     ds = CocoDetectionDataset(img_dir, path)
+    (img_dir / "0001.jpg").unlink()
     with pytest.raises(
         ImageLoadError, match=r"Image file not found: .*0001\.jpg \(listed in .*ann\.json\)"
     ):
@@ -163,12 +188,93 @@ def test_image_size_differs_from_json(tmp_path):
 
 def test_error_crosses_the_dataloader_worker_boundary(tmp_path):
     img_dir, path = write_coco(tmp_path, [(32, 24), (32, 24)], [ann()])
+    dataset = CocoDetectionDataset(img_dir, path)
     (img_dir / "0002.jpg").unlink()
-    loader = DataLoader(CocoDetectionDataset(img_dir, path), batch_size=2, num_workers=1,
-                        collate_fn=make_collate_fn())  # fmt: skip
+    loader = DataLoader(dataset, batch_size=2, num_workers=1, collate_fn=make_collate_fn())
     batches = iter(loader)
     with pytest.raises(ImageLoadError, match=r"Image file not found: .*0002\.jpg"):
         next(batches)
     # Stop the worker explicitly: left to the garbage collector, the iterator's queues can be
     # finalised before it, and torch then waits out a 5 s join timeout.
     batches._shutdown_workers()
+
+
+@pytest.mark.parametrize(
+    ("record", "problem"),
+    [
+        (ann(bbox=(20, 2, -10, 10)), r'"bbox" = \[20, 2, -10, 10\] with a negative width'),
+        (ann(bbox=(1, 12, 10, -10)), r'"bbox" = \[1, 12, 10, -10\] .*COCO boxes are \[x, y, width'),
+        ({**ann(), "iscrowd": 2}, r'"iscrowd" = 2; expected 0 or 1'),
+        ({**ann(), "area": -5}, r'"area" = -5; expected a number >= 0'),
+        ({**ann(), "area": float("nan")}, r'"area" = nan'),
+    ],
+)
+def test_out_of_range_annotation_values(img_dir, record, problem):
+    _, make = build(img_dir, coco_dict([IMAGE], [record], CATS))
+    with pytest.raises(DatasetFormatError, match=r"annotations\[0\] \(id=1\) has " + problem):
+        make()
+
+
+@pytest.mark.parametrize("section", ["categories", "annotations"])
+def test_duplicate_ids(img_dir, section):
+    cats = CATS + [{"id": 2, "name": "other"}]
+    anns = [ann(1), ann(2, category_id=2)]
+    data = coco_dict([IMAGE], anns, cats)
+    data[section][1]["id"] = 1
+    _, make = build(img_dir, data)
+    with pytest.raises(DatasetFormatError, match=rf"{section}\[1\] has id 1, which an earlier"):
+        make()
+
+
+def test_json_with_a_byte_order_mark(img_dir):
+    path = img_dir.parent / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(coco_dict([IMAGE], [ann()], CATS)).encode())
+    assert len(CocoDetectionDataset(img_dir, path)) == 1
+
+
+def test_panoptic_json_where_instances_are_expected(img_dir):
+    record = {"image_id": 1, "file_name": "0001.png", "segments_info": []}
+    _, make = build(img_dir, coco_dict([IMAGE], [record], CATS))
+    with pytest.raises(DatasetFormatError, match=r"is a COCO panoptic json .*data=coco_panoptic"):
+        make()
+
+
+def test_normalised_boxes(img_dir):
+    anns = [ann(1, bbox=(0.1, 0.2, 0.3, 0.4)), ann(2, bbox=(0.5, 0.5, 0.5, 0.5))]
+    _, make = build(img_dir, coco_dict([IMAGE], anns, CATS))
+    with pytest.raises(DatasetFormatError, match=r"all 2 bboxes lie within \[0, 1\], on images "
+                                                 r"up to 32x24 pixels: they look normalised"):  # fmt: skip
+        make()
+
+
+def test_corner_boxes_get_a_format_hint(img_dir, caplog):
+    # [x1, y1, x2, y2] read as [x, y, w, h]: boxes away from the origin reach far outside.
+    anns = [ann(1, bbox=(2, 2, 8, 8)), ann(2, bbox=(20, 12, 30, 22)), ann(3, bbox=(16, 4, 28, 20))]
+    _, make = build(img_dir, coco_dict([IMAGE], anns, CATS))
+    with caplog.at_level(logging.WARNING, logger="detr_lightning.data.coco"):
+        make()
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "2 boxes reaching outside their image were clipped" in warning
+    assert "2 of 3 boxes reach more than a pixel outside" in warning
+    assert "[x1, y1, x2, y2], convert them to COCO's [x, y, width, height]" in warning
+
+
+def test_split_without_objects(tmp_path):
+    img_dir, path = write_coco(tmp_path, [(32, 24)], [{**ann(), "iscrowd": 1}])
+    for split in ("train", "val"):
+        with pytest.raises(DatasetFormatError, match=rf"the {split} split has no object to "
+                                                     rf".*data\.{split}_ann"):  # fmt: skip
+            CocoDetectionDataset(img_dir, path).require_objects(split)
+
+
+def test_more_objects_than_queries(tmp_path):
+    anns = [ann(i, image_id=2) for i in range(1, 5)] + [ann(9, image_id=3), ann(10, image_id=3)]
+    anns.append({**ann(11, image_id=2), "iscrowd": 1})  # crowd objects never reach the matcher
+    img_dir, path = write_coco(tmp_path, [(32, 24)] * 3, anns)
+    ds = CocoDetectionDataset(img_dir, path)
+    assert ds.object_counts().tolist() == [0, 4, 2]
+    ds.check_query_capacity(4)
+    with pytest.raises(DatasetFormatError, match=r"image id 2 \(0002\.jpg\) has 4 objects .* "
+                                                 r"model's 3 queries \(1 images exceed it\).*"
+                                                 r"model\.net\.num_queries=4"):  # fmt: skip
+        ds.check_query_capacity(3)

@@ -77,7 +77,8 @@ def test_lightning_reinstantiates_it_around_a_distributed_sampler(tmp_path) -> N
     from lightning.pytorch.utilities.data import _update_dataloader
 
     sizes = [(64, 48), (48, 64), (80, 40), (40, 80), (64, 64), (96, 48), (72, 64), (32, 64)]
-    images, ann = write_coco(tmp_path, sizes, [])
+    boxes = [{"id": i, "image_id": i, "category_id": 1, "bbox": [1, 1, 8, 8]} for i in range(1, 9)]
+    images, ann = write_coco(tmp_path, sizes, boxes)
     dm = DetrDataModule(images, ann, batch_size=2, num_workers=0, group_by_aspect_ratio=True,
                         train_transforms=make_eval_transforms(64))  # fmt: skip
     with _replace_dunder_methods(BatchSampler):  # what Lightning does around *_dataloader()

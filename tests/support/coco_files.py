@@ -44,7 +44,7 @@ def random_coco(root: Path, num_images=12, seed=0, cat_ids=(3, 7, 10)):
             continue  # an image without annotations
         for _ in range(int(rng.integers(1, 6))):
             x, y = rng.uniform(-20, w), rng.uniform(-20, h)
-            bw, bh = rng.uniform(-2, w / 2), rng.uniform(0, h / 2)
+            bw, bh = rng.uniform(0, w / 2), rng.uniform(0, h / 2)
             if rng.random() < 0.1:
                 bw = 0.0
             anns.append({

@@ -11,7 +11,7 @@ float ``[3, H, W]`` ImageNet-normalised tensor after the transforms, and ``targe
 * ``iscrowd`` int64 [T]; ``area`` float32 [T], the json's ``area`` in original pixels.
 
 Conversions, all counted and logged once as a warning when they happen: json ``[x, y, w, h]``
-becomes xyxy, clipped to the image's json ``width``/``height``; boxes with w or h <= 0 after
+becomes xyxy, clipped to the image's json ``width``/``height``; boxes with no area left after
 clipping are dropped. ``train=True`` drops ``iscrowd`` objects (as DETR does), ``train=False``
 keeps them for evaluation. Images without annotations are kept as negatives unless
 ``keep_empty=False``. Images are converted to RGB and EXIF orientation is applied.
@@ -26,7 +26,7 @@ from torchvision import tv_tensors
 
 from detr_lightning.data.coco_json import build_index, read_coco_json
 from detr_lightning.data.errors import DatasetFormatError
-from detr_lightning.data.indexed_images import IndexedImageDataset, Transform
+from detr_lightning.data.indexed_images import IndexedImageDataset, Transform, check_files_exist
 from detr_lightning.data.transforms import make_base_transforms
 
 log = logging.getLogger(__name__)
@@ -80,17 +80,26 @@ class CocoDetectionDataset(IndexedImageDataset):
                 + ("" if keep_empty else " or set keep_empty=True")
                 + "."
             )
+        check_files_exist(self.img_folder, self._index.file_names, self.ann_file, "image files")
         self._log_stats()
 
     def _log_stats(self) -> None:
         s, parts = self.stats, []
         if s["clipped"]:
             parts.append(f"{s['clipped']} boxes reaching outside their image were clipped")
+            # A few boxes a few pixels over is annotation noise; most of them, a format mix-up.
+            if s["far_outside"] >= 2 and 3 * s["far_outside"] > s["boxes"]:
+                parts.append(
+                    f"{s['far_outside']} of {s['boxes']} boxes reach more than a pixel outside "
+                    f"their image: if the file's boxes are [x1, y1, x2, y2], convert them to "
+                    f"COCO's [x, y, width, height]"
+                )
         if s["degenerate"]:
             ids = ", ".join(map(str, self._index.degenerate_ids))
             parts.append(
-                f"{s['degenerate']} boxes with zero width or height after clipping were "
-                f"dropped (annotation ids {ids}{', ...' if s['degenerate'] > 10 else ''})"
+                f"{s['degenerate']} boxes with no area inside their image (zero width or height, "
+                f"or entirely outside it) were dropped (annotation ids {ids}"
+                f"{', ...' if s['degenerate'] > 10 else ''}; fix or remove them)"
             )
         if parts:
             log.warning("%s: %s.", self.ann_file, "; ".join(parts))

@@ -7,21 +7,18 @@ copying) millions of Python objects.
 """
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from detr_lightning.data.coco_records import (
+    REQUIRED_KEYS,
+    check_annotation_kind,
+    check_records,
+    check_unique_ids,
+)
 from detr_lightning.data.errors import DatasetFormatError
-
-REQUIRED_KEYS = ("images", "annotations", "categories")
-_OPTIONAL = {"iscrowd": int, "area": int | float}  # annotation fields checked when present
-_FIELDS = {
-    "images": {"id": int, "file_name": str, "width": int, "height": int},
-    "categories": {"id": int, "name": str},
-    "annotations": {"id": int, "image_id": int, "category_id": int, "bbox": list},
-}
 
 
 @dataclass
@@ -52,7 +49,7 @@ def read_coco_json(ann_file: str | Path, kind: str = "instances") -> dict:
             f"path, or generate the shapes dataset with `make data`."
         )
     try:
-        with open(ann_file, encoding="utf-8") as fh:
+        with open(ann_file, encoding="utf-8-sig") as fh:  # a BOM is harmless
             data = json.load(fh)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DatasetFormatError(
@@ -72,36 +69,8 @@ def read_coco_json(ann_file: str | Path, kind: str = "instances") -> dict:
                 f'"images", "annotations" and "categories" lists. Fix: use a COCO {kind} json '
                 f'(e.g. {kind}_val2017.json); for a split without labels add "{key}": [].'
             )
+    check_annotation_kind(data, ann_file, kind)
     return data
-
-
-def _check_records(records: list, section: str, ann_file: Path) -> None:
-    for i, rec in enumerate(records):
-        for name, kind in _FIELDS[section].items():
-            value = rec.get(name) if isinstance(rec, dict) else None
-            ok = isinstance(value, kind) and not isinstance(value, bool)
-            if ok and name == "bbox":
-                ok = len(value) == 4 and all(
-                    isinstance(v, int | float) and math.isfinite(v) for v in value
-                )
-            if not ok:
-                _field_error(ann_file, section, i, rec, name, value, kind)
-        if section == "annotations":
-            for name, kind in _OPTIONAL.items():
-                value = rec.get(name, 0)
-                if not isinstance(value, kind) or isinstance(value, bool):
-                    _field_error(ann_file, section, i, rec, name, value, kind)
-
-
-def _field_error(ann_file, section, i, rec, name, value, kind) -> None:
-    rid = rec.get("id", "?") if isinstance(rec, dict) else "?"
-    want = (
-        "4 finite numbers [x, y, w, h]" if name == "bbox" else getattr(kind, "__name__", "a number")
-    )
-    raise DatasetFormatError(
-        f'{ann_file}: {section}[{i}] (id={rid}) has field "{name}" = {value!r}; expected '
-        f"{want}. Fix: correct or remove that record."
-    )
 
 
 def _unknown_ref_error(ann_file: Path, ann_ids, bad: np.ndarray, ref: str, values, fix: str):
@@ -139,22 +108,28 @@ def _labels(data: dict, ann_file: Path, ann_ids, ann_img, image_ids, label_to_ca
     return np.array([lookup[int(c)] for c in ann_cat], dtype=np.int64)
 
 
+def _check_pixel_units(raw: np.ndarray, sizes: np.ndarray, ann_file: Path) -> None:
+    """Boxes that all fit in [0, 1] on images larger than a pixel are normalised coordinates
+    (YOLO-style) in the place of COCO's pixels: clipped and trained on, they would be specks."""
+    if len(raw) and raw.max() <= 1.0 and sizes.max() > 1:
+        height, width = (int(v) for v in sizes.max(axis=0))
+        raise DatasetFormatError(
+            f"{ann_file}: all {len(raw)} bboxes lie within [0, 1], on images up to {width}x"
+            f"{height} pixels: they look normalised. COCO's bbox is [x, y, width, height] in "
+            f"pixels. Fix: multiply x and width by the image's width, y and height by its height."
+        )
+
+
 def build_index(
     data: dict, ann_file: str | Path, label_to_category_id: list[int], train: bool, keep_empty: bool
 ) -> CocoIndex:
     """Validate records and build a CocoIndex; crowd boxes dropped when ``train``."""
     ann_file = Path(ann_file)
     for section in REQUIRED_KEYS:
-        _check_records(data[section], section, ann_file)
+        check_records(data[section], section, ann_file)
+        check_unique_ids((r["id"] for r in data[section]), section, ann_file)
     images, anns = data["images"], data["annotations"]
     image_ids = np.array([im["id"] for im in images], dtype=np.int64)
-    if len(np.unique(image_ids)) != len(image_ids):
-        ordered = np.sort(image_ids)
-        dup = int(ordered[np.flatnonzero(np.diff(ordered) == 0)[0]])
-        raise DatasetFormatError(
-            f'{ann_file}: image id {dup} appears more than once in "images". Fix: give every '
-            f"image record a unique id."
-        )
     sizes = np.array([[im["height"], im["width"]] for im in images], dtype=np.int64).reshape(-1, 2)
     ann_ids = np.array([a["id"] for a in anns], dtype=np.int64)
     ann_img = np.array([a["image_id"] for a in anns], dtype=np.int64)
@@ -166,6 +141,7 @@ def build_index(
     raw = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
     hw = sizes[img_idx].astype(np.float64)
     limits = np.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], axis=1)
+    _check_pixel_units(raw, sizes, ann_file)
     boxes = np.clip(raw, 0.0, limits)
     iscrowd = np.array([int(a.get("iscrowd", 0)) for a in anns], dtype=np.int64)
     box_area = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
@@ -174,8 +150,11 @@ def build_index(
     degenerate = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
     crowd_drop = (iscrowd == 1) & ~degenerate if train else np.zeros_like(degenerate)
     keep = ~degenerate & ~crowd_drop
+    beyond = np.abs(boxes - raw).max(axis=1, initial=0.0)  # pixels outside the image
     stats = {
-        "clipped": int(((np.abs(boxes - raw) > 0).any(axis=1) & ~degenerate).sum()),
+        "boxes": len(anns),
+        "clipped": int(((beyond > 0) & ~degenerate).sum()),
+        "far_outside": int(((beyond > 1) & ~degenerate).sum()),
         "degenerate": int(degenerate.sum()),
         "crowd_dropped": int(crowd_drop.sum()),
     }

@@ -41,7 +41,7 @@ from detr_lightning.data.categories import is_thing_per_label
 from detr_lightning.data.coco_json import read_coco_json
 from detr_lightning.data.coco_panoptic_json import build_panoptic_index
 from detr_lightning.data.errors import DatasetFormatError, ImageLoadError
-from detr_lightning.data.indexed_images import IndexedImageDataset, Transform
+from detr_lightning.data.indexed_images import IndexedImageDataset, Transform, check_files_exist
 from detr_lightning.data.transforms import (
     make_base_transforms,
     mask_boxes,
@@ -100,6 +100,8 @@ class CocoPanopticDataset(IndexedImageDataset):
                 f"{self.ann_file}: the dataset is empty ({len(data['images'])} image records, "
                 f"keep_empty={keep_empty}). Fix: point the config at a non-empty split."
             )
+        check_files_exist(self.img_folder, self._index.file_names, self.ann_file, "image files")
+        check_files_exist(self.png_folder, self._index.png_names, self.ann_file, "panoptic PNGs")
         if self._index.stats["empty_dropped"]:
             log.info("%s: dropped %d images without segments (keep_empty=False).",
                      self.ann_file, self._index.stats["empty_dropped"])  # fmt: skip

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detr_lightning.data.coco_json import _check_records
+from detr_lightning.data.coco_records import check_records, check_unique_ids
 from detr_lightning.data.errors import DatasetFormatError
 
 MAX_SEGMENT_ID = 256**3 - 1  # three 8-bit channels; 0 is VOID (unlabeled pixels)
@@ -46,7 +46,8 @@ def _int_field(rec: object, name: str, where: str, default: int | None = None) -
 
 
 def _check_categories(categories: list, ann_file: Path) -> None:
-    _check_records(categories, "categories", ann_file)
+    check_records(categories, "categories", ann_file)
+    check_unique_ids((c["id"] for c in categories), "categories", ann_file)
     for i, cat in enumerate(categories):
         where = f"{ann_file}: categories[{i}] (id={cat['id']})"
         if _int_field(cat, "isthing", where) not in (0, 1):
@@ -87,11 +88,10 @@ def build_panoptic_index(
     ``keep_empty``.
     """
     ann_file = Path(ann_file)
-    _check_records(data["images"], "images", ann_file)
+    check_records(data["images"], "images", ann_file)
     _check_categories(data["categories"], ann_file)
+    check_unique_ids((im["id"] for im in data["images"]), "images", ann_file)
     images = {im["id"]: im for im in data["images"]}
-    if len(images) != len(data["images"]):
-        raise DatasetFormatError(f'{ann_file}: an image id appears twice in "images". {_FIX}')
     json_cats = {int(c["id"]) for c in data["categories"]}
     lookup = {int(c): i for i, c in enumerate(label_to_category_id)}
     per_image: dict[int, tuple[str, list]] = {}

@@ -132,6 +132,7 @@ class DetrDataModule(L.LightningDataModule):
         )
         for split in wanted:
             if split not in self.datasets and (dataset := self._build(split)) is not None:
+                dataset.require_objects(split)
                 self.datasets[split] = dataset
 
     def _loader(self, split: str, train: bool) -> DataLoader:
