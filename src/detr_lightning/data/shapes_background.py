@@ -22,7 +22,9 @@ def noise(bank: np.ndarray, height: int, width: int, rng: np.random.Generator) -
     return bank[:, y : y + height, x : x + width]
 
 
-def background(height: int, width: int, rng: np.random.Generator, bank: np.ndarray):
+def background(
+    height: int, width: int, rng: np.random.Generator, bank: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """float32 [3, H, W] pixels and int32 [H, W] stuff segment ids (category_id * 1000).
 
     Each stuff region is ``c1 + (c2 - c1) * t`` for two random colours and a scalar pattern t:

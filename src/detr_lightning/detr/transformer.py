@@ -50,6 +50,9 @@ class TransformerEncoder(nn.Module):
         self.norm = norm
 
     def forward(self, src: Tensor, key_padding_mask: Tensor, pos: Tensor | None) -> Tensor:
+        """src/pos [B, S, d] (S = h * w tokens); key_padding_mask [B, S] bool, True = real pixel
+        (as ``pixel_mask``; the layers invert it for ``nn.MultiheadAttention``). Returns
+        [B, S, d], through the final norm when there is one."""
         for layer in self.layers:
             src = layer(src, key_padding_mask, pos)
         return src if self.norm is None else self.norm(src)
