@@ -118,6 +118,28 @@ def test_official_release_reports_coco_ids_without_imagenet_weights_or_coco_file
     assert not (tmp_path / "empty_hub").exists()
 
 
+def test_official_panoptic_release_predicts_coco_ids_without_data(tmp_path, image_folder) -> None:
+    from official_segmentation import official_panoptic_sd
+
+    torch.manual_seed(0)
+    # d 128 and 8 heads, as official: its mask head's GroupNorm(8) needs every width (d + heads,
+    # d / 2 ... d / 16) divisible by 8
+    sd = official_panoptic_sd("resnet18", d=128, heads=8, ff=64, q=5, classes=250, enc=1, dec=2)
+    sd["detr.class_embed.bias"][DOG] = 20.0  # every query says "dog"
+    release = tmp_path / "detr-tiny-panoptic.pth"
+    torch.save({"model": sd}, release)
+    out_dir = tmp_path / "pred"
+    out = run_cli("predict", ["experiment=r50_panoptic", f"model.pretrained={release}",
+                              f"input={image_folder}", f"output_dir={out_dir}", "num_workers=0",
+                              "device=cpu", "paths.coco_dir=/nonexistent",
+                              *[o.replace("nhead=4", "nhead=8").replace("d_model=32", "d_model=128")
+                                for o in TINY_DETR]],
+                  tmp_path)  # fmt: skip
+    assert "predicted 4 images" in out and "re-initialised: none" in out and "250 classes" in out
+    records = json.loads((out_dir / "predictions.json").read_text())
+    assert {(r["category_id"], r["category_name"]) for r in records} == {(DOG, "dog")}
+
+
 def test_bf16_on_a_cpu_without_native_bf16_warns_before_predicting(
     tmp_path, image_folder, monkeypatch
 ) -> None:

@@ -327,3 +327,29 @@ def test_instances_json_where_panoptic_is_expected(tmp_path: Path) -> None:
     with pytest.raises(DatasetFormatError, match=r"is a COCO instances \(detection\) json .*"
                                                  r"head=detection"):  # fmt: skip
         CocoPanopticDataset(images, ann, png_folder=images)
+
+
+def test_coco_panoptic_categories_keep_their_ids_in_250_slots(tiny: Path) -> None:
+    from detr_lightning.data.categories import COCO_CATEGORY_NAMES
+
+    # COCO panoptic 2017's layout: the 80 detection things with their ids and names, stuff
+    # with ids 92..200 (here three, one of them the fixture's id 10 moved to 184).
+    things = [{"id": i, "name": n, "isthing": 1} for i, n in COCO_CATEGORY_NAMES.items()]
+    stuff = [{"id": i, "name": f"stuff{i}", "isthing": 0} for i in (92, 184, 200)]
+
+    def to_coco_ids(data: dict) -> None:
+        data["categories"] = things + stuff
+        for ann in data["annotations"]:
+            for seg in ann["segments_info"]:
+                seg["category_id"] = {10: 184}.get(seg["category_id"], seg["category_id"])
+
+    edited_json(tiny, to_coco_ids)
+    ds = dataset(tiny)
+    assert ds.num_classes == 250 and ds.label_to_category_id == list(range(250))
+    assert ds[0][1]["labels"].tolist() == [184, 1, 3]  # sky, cat, dog: label == category id
+    assert ds.is_thing[1] and ds.is_thing[90] and not ds.is_thing[184] and not ds.is_thing[0]
+    remapped = dataset(tiny, coco_id_space=False)
+    assert remapped.num_classes == 83 and remapped[0][1]["labels"].tolist() == [81, 0, 2]
+    # stuff without COCO's 80 things is not COCO panoptic: contiguous labels (as the fixture's)
+    edited_json(tiny, lambda d: d.update(categories=things[:3] + stuff))
+    assert dataset(tiny).num_classes == 6

@@ -6,6 +6,10 @@ Rule (the same for every split, decided once from the training annotation file):
   80 COCO 2017 detection categories with their standard ids and names): ``label ==
   category_id`` and ``num_classes = max(91, max id + 1)``, the official DETR layout, so official
   checkpoints keep their class head. Unused slots (0, 12, 26, ...) are never a target.
+* COCO panoptic id space (``coco_id_space=True`` on categories with stuff, ``isthing: 0``, or
+  ``None`` and the things are exactly COCO's 80 beside stuff of ids below 250, as COCO panoptic
+  2017's 133 categories): ``label == category_id`` and ``num_classes = max(250, max id + 1)``,
+  the official panoptic model's 250 classes, so its release file keeps its class head too.
 * Otherwise (``coco_id_space=False``, or ``None`` and anything else): the sorted category ids
   are remapped to ``0..K-1`` and ``num_classes = K``.
 
@@ -33,6 +37,7 @@ COCO_CATEGORY_NAMES: dict[int, str] = {
     89: "hair drier", 90: "toothbrush",
 }  # fmt: skip
 COCO_NUM_CLASSES = 91
+COCO_PANOPTIC_NUM_CLASSES = 250  # the official panoptic DETR's class count (largest id: 200)
 
 
 def is_coco_categories(categories: Sequence[dict]) -> bool:
@@ -41,17 +46,34 @@ def is_coco_categories(categories: Sequence[dict]) -> bool:
     return found == COCO_CATEGORY_NAMES
 
 
+def _has_stuff(categories: Sequence[dict]) -> bool:
+    return any(int(c.get("isthing", 1)) == 0 for c in categories)
+
+
+def is_coco_panoptic_categories(categories: Sequence[dict]) -> bool:
+    """True when the things of ``categories`` are exactly the 80 COCO categories and the rest
+    are stuff with ids below 250 (COCO panoptic 2017: 80 things, 53 stuff, ids up to 200)."""
+    things = [c for c in categories if int(c.get("isthing", 1)) == 1]
+    ids = [int(c["id"]) for c in categories]
+    return (
+        _has_stuff(categories)
+        and is_coco_categories(things)
+        and max(ids) < COCO_PANOPTIC_NUM_CLASSES
+    )
+
+
 def label_map_from_categories(
     categories: Sequence[dict], coco_id_space: bool | None = None
 ) -> list[int]:
     """Return ``label_to_category_id`` for a json's ``categories`` list (see module docstring)."""
     ids = sorted(int(c["id"]) for c in categories)
     if coco_id_space is None:
-        coco_id_space = is_coco_categories(categories)
+        coco_id_space = is_coco_categories(categories) or is_coco_panoptic_categories(categories)
     if coco_id_space:
         if ids and ids[0] < 0:
             raise ValueError(f"coco_id_space=True needs non-negative category ids, got {ids[0]}")
-        return list(range(max([COCO_NUM_CLASSES, *(i + 1 for i in ids)])))
+        slots = COCO_PANOPTIC_NUM_CLASSES if _has_stuff(categories) else COCO_NUM_CLASSES
+        return list(range(max([slots, *(i + 1 for i in ids)])))
     return ids
 
 

@@ -65,17 +65,22 @@ def coco_names(category_ids: list[int]) -> list[str]:
 
 
 def official_meta(path: str) -> tuple[int, list[int], list[str] | None]:
-    """(num_classes, label_to_category_id, names) of an official release file."""
+    """(num_classes, label_to_category_id, names) of an official release file, detection or
+    panoptic: its labels are COCO's category ids (91 slots; panoptic: 250), so the things get
+    COCO's names (a panoptic release's stuff has no name without the data's categories)."""
     from detr_lightning.checkpointing.validate import read_checkpoint
-    from detr_lightning.data.categories import COCO_NUM_CLASSES
+    from detr_lightning.data.categories import COCO_NUM_CLASSES, COCO_PANOPTIC_NUM_CLASSES
+    from detr_lightning.detr.official import split_panoptic
 
     obj = read_checkpoint(path, "model.pretrained")  # mmap: only the shapes are read here
     sd = obj.get("model", obj) if isinstance(obj, dict) else {}
+    sd = split_panoptic(sd)[0] if isinstance(sd, dict) else {}
     if "class_embed.weight" not in sd:
         raise ValueError(f"model.pretrained={path}: not an official DETR file (no class_embed)")
     num_classes = int(sd["class_embed.weight"].shape[0]) - 1
     ids = list(range(num_classes))
-    return num_classes, ids, coco_names(ids) if num_classes == COCO_NUM_CLASSES else None
+    coco = num_classes in (COCO_NUM_CLASSES, COCO_PANOPTIC_NUM_CLASSES)
+    return num_classes, ids, coco_names(ids) if coco else None
 
 
 def inference_config(cfg: DictConfig) -> DictConfig:
