@@ -404,3 +404,31 @@ def test_tower_dilation_reaches_the_proposal_heads_convolutions(tmp_path) -> Non
         assert [c.dilation for c in convs] == [(d, d) for d in expected]
         assert [c.padding for c in convs] == [(d, d) for d in expected]
         assert lit.net.queries.head.class_conv.dilation == (1, 1)
+
+
+def test_shapes_preset_reads_no_spatial_encoding_and_refuses_a_posenc_row(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from detr_lightning.utils.build import build_model
+
+    # The deformable cross-attention samples the memory around each query's box without keys,
+    # and the preset has no encoder layer: the spatial encoding is neither read nor computed.
+    cfg = compose_cfg(["experiment=shapes"], tmp_path)
+    assert cfg.model.net.transformer.decoder_pos == "none"
+    meta = SimpleNamespace(num_classes=5, label_to_category_id=list(range(5)))
+    net = build_model(cfg, meta).net.eval()
+    calls = []
+    net.position_encoding.register_forward_hook(lambda *args: calls.append(1))
+    pixels, mask = torch.randn(1, 3, 64, 64), torch.ones(1, 64, 64, dtype=torch.bool)
+    with torch.no_grad():
+        net(pixels, mask)
+    assert calls == []
+    one_layer = ["experiment=shapes", "model.net.transformer.num_encoder_layers=1"]
+    net = build_model(compose_cfg(one_layer, tmp_path), meta).net.eval()
+    net.position_encoding.register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        net(pixels, mask)
+    assert calls == [1]  # an encoder layer reads it
+    # A Table 3 row would put it on keys nothing reads: refused, naming the keys.
+    with pytest.raises(Exception, match=r"decoder_pos=attn .*would have no effect"):
+        build_model(compose_cfg(["experiment=shapes", "posenc=baseline"], tmp_path), meta)

@@ -18,7 +18,7 @@ from detr_lightning.detr.position_encoding import PositionEmbeddingSine
 from detr_lightning.detr.transformer import Transformer
 
 
-def parts(backbone=None, encoder_layers: int = 1, decoder_layers: int = 3):
+def parts(backbone=None, encoder_layers: int = 1, decoder_layers: int = 3, decoder_pos="attn"):
     """(backbone, position encoding, transformer) of width 32."""
     torch.manual_seed(0)
     transformer = Transformer(
@@ -28,6 +28,7 @@ def parts(backbone=None, encoder_layers: int = 1, decoder_layers: int = 3):
         num_decoder_layers=decoder_layers,
         dim_feedforward=64,
         dropout=0.0,
+        decoder_pos=decoder_pos,
     )
     return backbone or Backbone("resnet18"), PositionEmbeddingSine(16), transformer
 
@@ -55,8 +56,10 @@ REFINE = BoxRefinement
 def model(backbone=None, encoder_layers: int = 1, decoder_layers: int = 3, **kwargs):
     """ConvergenceDETR with 3 classes, 5 queries unless given, and the given components."""
     kwargs.setdefault("num_queries", 5)
+    # A deformable cross-attention reads no keys: no spatial encoding on them (as its config).
+    decoder_pos = "none" if kwargs.get("cross_attention") else "attn"
     return ConvergenceDETR(
-        *parts(backbone, encoder_layers, decoder_layers), num_classes=3, **kwargs
+        *parts(backbone, encoder_layers, decoder_layers, decoder_pos), num_classes=3, **kwargs
     )
 
 

@@ -130,6 +130,13 @@ class ConvergenceDETR(SetDetector):
                 "model.net.box_refinement (refine=boxes) and replaces the attention that "
                 "model.net.attention_prior biases (remove one of them)."
             )
+        if cross_attention is not None and transformer.decoder_pos == "attn":
+            raise ValueError(
+                "model.net.cross_attention reads the memory at points around each box, never "
+                "through keys, so model.net.transformer.decoder_pos=attn (the spatial encoding "
+                "on the keys) would have no effect: set decoder_pos=none (cross_attention="
+                "deformable does) or input (added to the memory it reads)."
+            )
         self.deformable = cross_attention is not None
         for layer in transformer.decoder.layers if self.deformable else ():
             layer.multihead_attn = cross_attention(dims)

@@ -70,7 +70,8 @@ class SetDetector(nn.Module):
 
     Args:
         backbone: a :class:`~detr_lightning.detr.backbone.FeatureBackbone` (``num_channels``).
-        position_encoding: maps a mask [B, h, w] to an encoding [B, d, h, w].
+        position_encoding: maps a mask [B, h, w] to an encoding [B, d, h, w]; None: no spatial
+            encoding (the transformer's ``encoder_pos`` and ``decoder_pos`` are then "none").
         transformer: encoder-decoder with ``d_model`` = d.
         num_classes: real classes.
         num_logits: class-logit columns (the paper: ``num_classes + 1``, the last "no object").
@@ -81,7 +82,7 @@ class SetDetector(nn.Module):
     def __init__(
         self,
         backbone: nn.Module,
-        position_encoding: nn.Module,
+        position_encoding: nn.Module | None,
         transformer: Transformer,
         num_classes: int,
         num_logits: int,
@@ -89,6 +90,14 @@ class SetDetector(nn.Module):
         aux_loss: bool = True,
     ) -> None:
         super().__init__()
+        if position_encoding is not None and not isinstance(position_encoding, nn.Module):
+            raise TypeError(
+                f"position_encoding: expected a module (or None: no spatial encoding), got "
+                f"{type(position_encoding).__name__} {position_encoding!r}. A posenc row or "
+                "model.net.position_encoding key on a preset without a spatial encoding "
+                "(model.net.position_encoding: null) would have no effect: give the whole node "
+                "with its _target_, or drop the row."
+            )
         d = transformer.d_model
         self.backbone = backbone
         self.position_encoding = position_encoding
@@ -109,7 +118,9 @@ class SetDetector(nn.Module):
         """
         features = self.backbone(pixel_values, pixel_mask)
         src, mask = features[-1]
-        pos = self.position_encoding(mask).to(src.dtype)
+        pos = None
+        if self.position_encoding is not None and self.transformer.reads_pos:
+            pos = self.position_encoding(mask).to(src.dtype)
         memory, key_mask, pos_seq = self.transformer.encode(self.input_proj(src), mask, pos)
         return EncodedImage(features, memory, key_mask, pos_seq)
 

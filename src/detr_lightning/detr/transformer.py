@@ -201,6 +201,15 @@ class Transformer(nn.Module):
             tgt, decoder_memory, key_mask, cross_pos, query_pos, self_attn_mask, layer_hook
         )
 
+    @property
+    def reads_pos(self) -> bool:
+        """Whether the spatial encoding is read: at the encoder's input or attention layers
+        (when it has layers), or at the decoder's keys or memory."""
+        encoder = self.encoder_pos == "input" or (
+            self.encoder_pos == "attn" and self.encoder.layers
+        )
+        return bool(encoder) or self.decoder_pos != "none"
+
     def encode(
         self, src: Tensor, mask: Tensor, pos: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -216,7 +225,7 @@ class Transformer(nn.Module):
         """
         x = src.flatten(2).transpose(1, 2)
         key_mask = mask.flatten(1)
-        if pos is None and (self.encoder_pos, self.decoder_pos) != ("none", "none"):
+        if pos is None and self.reads_pos:
             raise ValueError("Transformer: pos is None but encoder_pos/decoder_pos use it")
         pos_seq = None if pos is None else pos.flatten(2).transpose(1, 2)
         if self.encoder_pos == "input":
