@@ -1,6 +1,7 @@
 """``make bench``: run every benchmark, each in its own process so peak-memory figures stay separate.
 
-Figures only, no assertions. Pass ``--quick`` to skip the minutes-long end-to-end training run.
+Figures only, no assertions, except check_panopticapi.py (exits 1 where our PQ differs from
+panopticapi's). Pass ``--quick`` to skip the minutes-long end-to-end training run.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ BENCHMARKS: list[tuple[str, bool]] = [
     ("bench_inference.py", True),  # eager vs torch.compile vs ONNX Runtime latency ratios
     ("bench_official.py", True),  # vs facebookresearch/detr at OFFICIAL_DETR (skipped if unset)
     ("bench_official_ops.py", True),  # the same training steps, op families (skipped if unset)
+    ("check_panopticapi.py", False),  # PQ vs panopticapi at PANOPTICAPI (skipped if unset)
     ("bench_compile.py", True),  # model.compile: distinct batch shapes and Dynamo graphs
 ]
 
