@@ -15,8 +15,10 @@ from reliability_support import compose_cfg, official_state_dict, run, small_lit
 from detr_lightning.checkpointing.optimizer_groups import check_optimizer_groups
 from detr_lightning.checkpointing.pretrained import load_pretrained
 from detr_lightning.checkpointing.validate import (
+    _RESAVE,
     CheckpointLoadError,
     check_lightning_checkpoint,
+    check_lightning_entries,
     read_checkpoint,
 )
 from detr_lightning.utils.build import build_run
@@ -49,6 +51,12 @@ def files(tmp_path_factory) -> dict[str, Path]:
     torch.save({"model": official}, d / "release.pth")
     (d / "release_truncated.pth").write_bytes((d / "release.pth").read_bytes()[:5000])
     torch.save({"model": official, "args": _Payload(str(d / "PWNED"))}, d / "release_unsafe.pth")
+    (d / "train.json").write_text('{"images": [], "annotations": []}')
+    (d / "notes.txt").write_text("epoch 3: AP 0.41\n")
+    (d / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    # what "keep the weights only" gives: Lightning then fails with KeyError on its version
+    torch.save({"state_dict": torch.load(good, weights_only=True)["state_dict"]},
+               d / "weights_only.ckpt")  # fmt: skip
     return {p.stem: p for p in d.iterdir()}
 
 
@@ -60,6 +68,19 @@ def test_truncated_checkpoint_is_named(files, name: str) -> None:
     assert f"ckpt_path={files[name]}" in msg and "truncated or corrupt" in msg and "Fix:" in msg
 
 
+@pytest.mark.parametrize(("name", "head"), [("train", "b'{\"images\": [], "),
+                                            ("notes", "b'epoch 3: AP 0.4"),
+                                            ("image", "b'\\x89PNG")])  # fmt: skip
+@pytest.mark.parametrize("key", ["ckpt_path", "model.pretrained"])
+def test_a_file_that_is_no_checkpoint_is_named(files, name: str, head: str, key: str) -> None:
+    path = next(p for p in files.values() if p.stem == name)
+    with pytest.raises(CheckpointLoadError) as err:
+        read_checkpoint(path, key)
+    msg = str(err.value)
+    assert msg.startswith(f"{key}={path}: not a PyTorch checkpoint (it starts with {head}")
+    assert "unsafe" not in msg and "weights_only" not in msg and "Fix: give " in msg
+
+
 def test_unsafe_checkpoint_is_refused_unexecuted(files) -> None:
     with pytest.raises(CheckpointLoadError) as err:
         read_checkpoint(files["unsafe"])
@@ -67,6 +88,35 @@ def test_unsafe_checkpoint_is_refused_unexecuted(files) -> None:
     assert f"ckpt_path={files['unsafe']}" in msg and "unsafe unpickling" in msg
     assert "exec" in msg and "Fix:" in msg  # torch's reason: the blocked global
     assert not (files["unsafe"].parent / "PWNED").exists()
+
+
+def test_a_weights_only_ckpt_names_the_missing_entries(files) -> None:
+    checkpoint = read_checkpoint(files["weights_only"])
+    for check in (lambda: check_lightning_entries(checkpoint, "w.ckpt"),
+                  lambda: check_lightning_checkpoint(checkpoint, small_lit(), "w.ckpt")):  # fmt: skip
+        with pytest.raises(CheckpointLoadError) as err:
+            check()
+        msg = str(err.value)
+        assert msg.startswith("ckpt_path=w.ckpt: a Lightning checkpoint lacks "
+                              "'hyper_parameters', 'pytorch-lightning_version'")  # fmt: skip
+        assert "Fix: " in msg and _RESAVE in msg
+
+
+def test_the_suggested_resave_recipe_gives_a_usable_checkpoint(files, tmp_path) -> None:
+    """The recipe of the unsafe-file message, run on a real .ckpt, loads in Lightning (which
+    failed with KeyError 'pytorch-lightning_version' on the weights-only recipe) and keeps the
+    class count that predict reads."""
+    ckpt = torch.load(files["good"], map_location="cpu", weights_only=False)
+    new_path = tmp_path / "resaved.ckpt"
+    exec(_RESAVE, {"torch": torch, "ckpt": ckpt, "new_path": new_path})  # noqa: S102
+    checkpoint = read_checkpoint(new_path)
+    check_lightning_checkpoint(checkpoint, small_lit(), str(new_path))  # no error
+    assert checkpoint["hyper_parameters"]["num_classes"] == 3
+    model = small_lit()
+    quiet_trainer(tmp_path).validate(model, dataloaders=loader(1), ckpt_path=new_path,
+                                     verbose=False)  # fmt: skip
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, ckpt["state_dict"][name]), name
 
 
 def test_other_architecture_and_class_count_are_named(files) -> None:
@@ -129,7 +179,7 @@ def test_pretrained_of_another_architecture_is_named(files) -> None:
 
 
 @pytest.mark.parametrize("stage", ["fit", "test", "predict"])
-@pytest.mark.parametrize("name", ["truncated", "unsafe", "good"])
+@pytest.mark.parametrize("name", ["truncated", "unsafe", "good", "weights_only", "train"])
 def test_entry_points_name_the_checkpoint(files, tmp_path, shapes_root, stage: str,
                                           name: str) -> None:  # fmt: skip
     """build_run is what train/eval/predict start with; "good" is the tiny model's checkpoint,
@@ -140,6 +190,18 @@ def test_entry_points_name_the_checkpoint(files, tmp_path, shapes_root, stage: s
     with pytest.raises(CheckpointLoadError) as err:
         build_run(cfg, stage)
     assert f"ckpt_path={files[name]}" in str(err.value) and "Fix:" in str(err.value)
+
+
+def test_predict_names_a_weights_only_ckpt_before_building(files, tmp_path, shapes_root) -> None:
+    """predict reads the class count from the hyper-parameters (it used to say "model.num_classes
+    is unknown" for a file without them)."""
+    from detr_lightning.inference.loading import load_detector
+
+    cfg = compose_cfg([f"paths.shapes_dir={shapes_root}", f"ckpt_path={files['weights_only']}"],
+                      tmp_path, name="predict")  # fmt: skip
+    with pytest.raises(CheckpointLoadError, match="lacks 'hyper_parameters'") as err:
+        load_detector(cfg)
+    assert str(err.value).startswith(f"ckpt_path={files['weights_only']}: ")
 
 
 @pytest.mark.slow  # the in-process build_run test above covers the message; this, the exit

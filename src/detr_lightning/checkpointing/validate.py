@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import zipfile
 from typing import Any
 
 import torch
@@ -38,10 +39,52 @@ def _fix_for(key: str) -> str:
     return "download or copy the file again (compare its size with the original)"
 
 
+# What ``trainer.fit/test/predict(ckpt_path=...)`` and ``predict`` read from a .ckpt besides the
+# weights: Lightning's version (its checkpoint migration) and the hyper-parameters (class count
+# and label map). A file re-saved with fewer entries fails deep in Lightning otherwise.
+LIGHTNING_KEYS = ("state_dict", "hyper_parameters", "pytorch-lightning_version")
+_RESAVE = (
+    "torch.save({k: ckpt[k] for k in ('state_dict', 'hyper_parameters', "
+    "'pytorch-lightning_version', 'label_to_category_id') if k in ckpt}, new_path)"
+)
+
+
 def _resave_example(key: str) -> str:
     if key == "ckpt_path":
-        return "e.g. torch.save({'state_dict': ckpt['state_dict']}, new_path) to evaluate it"
+        return f"a Lightning .ckpt, to evaluate or predict with it: {_RESAVE}"
     return "an official release: torch.save({'model': ckpt['model']}, new_path)"
+
+
+def _pickle_opcode(head: bytes) -> bool:
+    """Whether ``head`` starts like a pickle (torch's legacy format): PROTO, or the MARK / EMPTY
+    containers of protocols 0-1."""
+    return bool(head) and (head[:1] == b"\x80" or head[:1] in b"(}]")
+
+
+def _file_head(path: str, size: int = 16) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(size)
+
+
+def _not_a_checkpoint(path: str, key: str) -> CheckpointLoadError | None:
+    """A named error when ``path`` is neither a zip (torch.save's format) nor a pickle (the
+    legacy one): a json, text or image file given by mistake. None when it may be a checkpoint
+    (an empty file is reported as truncated)."""
+    try:
+        head = _file_head(path)
+    except OSError:
+        return None
+    if not head or zipfile.is_zipfile(path) or _pickle_opcode(head) or head[:2] == b"PK":
+        return None  # "PK" without a readable directory: a cut-short zip (truncated)
+    kind = (
+        "a Lightning .ckpt written by detr_lightning.train (checkpoints/last.ckpt)"
+        if key == "ckpt_path"
+        else "an official DETR release .pth"
+    )
+    return CheckpointLoadError(
+        f"{key}={path}: not a PyTorch checkpoint (it starts with {head!r}; torch.save writes "
+        f"a zip archive, older versions a pickle). Fix: give {key}= {kind}."
+    )
 
 
 def describe_load_error(path: str, key: str, err: BaseException) -> CheckpointLoadError:
@@ -55,6 +98,9 @@ def describe_load_error(path: str, key: str, err: BaseException) -> CheckpointLo
         )
     if isinstance(err, PermissionError):
         return CheckpointLoadError(f"{where}: not readable ({err}). Fix: check its permissions.")
+    foreign = _not_a_checkpoint(path, key)
+    if foreign is not None:
+        return foreign
     if isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower():
         return CheckpointLoadError(
             f"{where}: refused: loading it needs unsafe unpickling ({_torch_reason(err)}). Only "
@@ -98,9 +144,9 @@ def _run_config_hint(path: str) -> str:
     return ""
 
 
-def check_lightning_checkpoint(checkpoint: Any, model: nn.Module, path: str) -> None:
-    """CheckpointLoadError unless ``checkpoint`` is a Lightning checkpoint whose state dict fits
-    ``model`` exactly (what ``trainer.fit/test/predict(ckpt_path=path)`` will load strictly)."""
+def check_lightning_entries(checkpoint: Any, path: str) -> None:
+    """CheckpointLoadError unless ``checkpoint`` holds what a Lightning checkpoint of this
+    project must (:data:`LIGHTNING_KEYS`); cheap, so it runs before the model is built."""
     where = f"ckpt_path={path}"
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         official = isinstance(checkpoint, dict) and "model" in checkpoint
@@ -114,6 +160,21 @@ def check_lightning_checkpoint(checkpoint: Any, model: nn.Module, path: str) -> 
             f"{where}: not a Lightning checkpoint of this project (no 'state_dict' entry).{hint} "
             "Fix: point ckpt_path at a .ckpt written by detr_lightning.train."
         )
+    absent = [k for k in LIGHTNING_KEYS if k not in checkpoint]
+    if absent:
+        raise CheckpointLoadError(
+            f"{where}: a Lightning checkpoint lacks {', '.join(repr(k) for k in absent)} (it "
+            "was probably re-saved with its weights only); Lightning reads the version and the "
+            "prediction the class count and label map from them. Fix: use the run's original "
+            f".ckpt, or re-save every entry of it that you need, e.g. {_RESAVE}."
+        )
+
+
+def check_lightning_checkpoint(checkpoint: Any, model: nn.Module, path: str) -> None:
+    """CheckpointLoadError unless ``checkpoint`` is a Lightning checkpoint whose state dict fits
+    ``model`` exactly (what ``trainer.fit/test/predict(ckpt_path=path)`` will load strictly)."""
+    check_lightning_entries(checkpoint, path)
+    where = f"ckpt_path={path}"
     saved, own = checkpoint["state_dict"], model.state_dict()
     unexpected = sorted(set(saved) - set(own))
     missing = sorted(set(own) - set(saved))

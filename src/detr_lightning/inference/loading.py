@@ -119,7 +119,11 @@ def load_detector(
     checkpoints always use their own. The config must describe the checkpoint's architecture
     (the same experiment and overrides as its training run).
     """
-    from detr_lightning.checkpointing.validate import check_lightning_checkpoint, read_checkpoint
+    from detr_lightning.checkpointing.validate import (
+        check_lightning_checkpoint,
+        check_lightning_entries,
+        read_checkpoint,
+    )
     from detr_lightning.utils.build import build_model
 
     ckpt, pretrained = cfg.get("ckpt_path"), OmegaConf.select(cfg, "model.pretrained")
@@ -129,6 +133,7 @@ def load_detector(
     checkpoint = None
     if ckpt:
         checkpoint = read_checkpoint(ckpt)
+        check_lightning_entries(checkpoint, str(ckpt))
         hp = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
         ids = checkpoint.get("label_to_category_id") or hp.get("label_to_category_id")
         num_classes = hp.get("num_classes") or (len(ids) if ids else None)

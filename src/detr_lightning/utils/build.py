@@ -149,6 +149,7 @@ def build_run(
 
     from detr_lightning.checkpointing.validate import (
         check_lightning_checkpoint,
+        check_lightning_entries,
         checkpoint_summary,
         read_checkpoint,
     )
@@ -157,6 +158,8 @@ def build_run(
     check_config(cfg, stage)
     ckpt = cfg.get("ckpt_path")
     checkpoint = read_checkpoint(ckpt) if ckpt and "://" not in str(ckpt) else None
+    if checkpoint is not None:
+        check_lightning_entries(checkpoint, ckpt)
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     L.seed_everything(cfg.seed, workers=True)
