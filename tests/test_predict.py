@@ -99,6 +99,26 @@ def test_folder_predictions_load_with_loadres_and_skip_the_unreadable_file(
         assert (drawn.int() - original.int()).abs().amax(0).gt(60).sum() > 50
 
 
+@pytest.mark.parametrize("case", ["folder", "image", "text"])
+def test_predict_fails_naming_the_files_when_none_can_be_read(tmp_path, case: str) -> None:
+    """It used to print "predicted 0 images", write an empty predictions.json and exit 0."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    bad = folder / ("notes.txt" if case == "text" else "garbage.png")
+    bad.write_bytes(b"epoch 3: AP 0.41\n" if case == "text" else b"\x89PNG\r\n\x1a\n garbage")
+    source = folder if case == "folder" else bad
+    release = official_release(tmp_path / "detr-tiny.pth")
+    out_dir = tmp_path / "pred"
+    out = run_cli("predict", ["experiment=r50", f"model.pretrained={release}", f"input={source}",
+                              f"output_dir={out_dir}", "num_workers=0", "device=cpu",
+                              "paths.coco_dir=/nonexistent", *TINY_DETR], tmp_path,
+                  fails=True)  # fmt: skip
+    assert f"input={source}: none of the 1 image file(s) could be read" in out
+    reason = "UnidentifiedImageError" if case == "text" else "OSError: Truncated File Read"
+    assert f"cannot read image {bad} ({reason}" in out and "Fix: give input=" in out
+    assert "predicted 0 images" not in out and not (out_dir / "predictions.json").exists()
+
+
 def test_official_release_reports_coco_ids_without_imagenet_weights_or_coco_files(
     tmp_path, image_folder, monkeypatch
 ) -> None:

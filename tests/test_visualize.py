@@ -53,6 +53,19 @@ def test_visualize_writes_the_encoder_and_decoder_pictures(tmp_path) -> None:
             assert np.asarray(png.convert("L")).std() > 10  # a picture, not a blank canvas
 
 
+def test_visualize_fails_naming_an_unreadable_image(tmp_path) -> None:
+    """It used to exit 0 without a figure."""
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    release = official_release(tmp_path / "detr-tiny.pth")
+    out = run_cli("visualize", ["experiment=r50", f"model.pretrained={release}", f"input={image}",
+                                f"output_dir={tmp_path / 'vis'}", "device=cpu", *TINY_DETR],
+                  tmp_path, fails=True)  # fmt: skip
+    assert f"input={image}: none of the 1 image file(s) could be read" in out
+    assert f"cannot read image {image} (" in out and "Fix: give input=" in out
+    assert not list((tmp_path / "vis").glob("*.png"))
+
+
 def test_callback_saves_attention_pngs_every_n_epochs_without_a_logger(tmp_path) -> None:
     lit = tiny_lit()
     callback = AttentionMapLogger(every_n_epochs=1, num_images=2, score_threshold=0.0)

@@ -9,7 +9,7 @@ model.pretrained=detr-r50-e632da11.pth``: no ImageNet weights and no COCO files 
 
 Images: ``input=`` one image, or a folder (recursively; jpg, png, bmp, webp, tif, ...); without
 it, the data config's evaluation split (its COCO json's ids). Images that cannot be read are
-reported by name and skipped. Writes into ``output_dir`` (default: the run directory
+reported by name and skipped; when none can be read, predict fails with the list. Writes into ``output_dir`` (default: the run directory
 outputs/<experiment>/predict_<time>):
 
 * ``predictions.json``: COCO results (``image_id``, ``category_id`` = the dataset's original id,
@@ -18,7 +18,8 @@ outputs/<experiment>/predict_<time>):
 * ``images.json``: the predicted images and categories as a COCO file without annotations, so
   ``COCO("images.json").loadRes("predictions.json")`` works for any folder;
 * ``drawn/<image>.png``: each image with its boxes, class names and scores
-  (``draw.score_threshold``, ``draw.top_k``; ``draw.enabled=false`` writes none).
+  (``draw.score_threshold``, ``draw.top_k``; ``draw.enabled=false`` writes none); inputs that
+  differ only in their suffix keep it (``x.jpg``, ``x.png`` -> ``x.jpg.png``, ``x.png.png``).
 """
 
 from __future__ import annotations
@@ -110,6 +111,11 @@ def predict(cfg: DictConfig) -> str:
         batch_size=int(cfg.get("batch_size", 4)), num_workers=int(cfg.get("num_workers", 0)),
         device=device, progress=bool(cfg.get("progress", True)), focal=focal,
     )  # fmt: skip
+    if result.skipped and not result.images:
+        from detr_lightning.inference.images import unreadable_error
+
+        source = f"input={cfg.input}" if cfg.get("input") else "the evaluation split"
+        raise unreadable_error(result.skipped, source)
     path = os.path.join(out_dir, "predictions.json")
     with open(path, "w") as f:
         json.dump(result.records, f)

@@ -35,7 +35,12 @@ def visualize(cfg: DictConfig) -> list[str]:
 
     from detr_lightning.inference.attention_plot import save_figure
     from detr_lightning.inference.explain import attention_figures
-    from detr_lightning.inference.images import ImageListDataset, find_images
+    from detr_lightning.inference.images import (
+        ImageListDataset,
+        find_images,
+        output_stems,
+        unreadable_error,
+    )
     from detr_lightning.inference.loading import load_detector, resolve_device
 
     device = resolve_device(cfg.get("device"))
@@ -45,10 +50,13 @@ def visualize(cfg: DictConfig) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     points = OmegaConf.to_container(cfg.points) if cfg.get("points") else None
     written: list[str] = []
+    stems = output_stems([rec.file_name for rec in dataset.records])
+    skipped = []
     for i in range(len(dataset)):
         sample = dataset[i]
         if sample.error:
             log.warning("%s", sample.error)
+            skipped.append((sample.record, sample.error))
             continue
         pixels = sample.pixels[None].to(device)
         mask = pixels.new_ones(pixels.shape[0], *pixels.shape[-2:], dtype=bool)
@@ -57,15 +65,20 @@ def visualize(cfg: DictConfig) -> list[str]:
             detector.names, float(cfg.score_threshold), int(cfg.max_objects),
             int(cfg.num_points), points,
         )  # fmt: skip
-        stem = os.path.join(out_dir, os.path.splitext(sample.record.file_name)[0])
+        stem = os.path.join(out_dir, stems[i])
         os.makedirs(os.path.dirname(stem), exist_ok=True)
         written.append(save_figure(figs.decoder, f"{stem}_decoder.png"))
         if figs.encoder is not None:
             written.append(save_figure(figs.encoder, f"{stem}_encoder.png"))
         else:
             log.warning("the model has no encoder layer: no encoder self-attention to draw")
+    if skipped and len(skipped) == len(dataset):
+        raise unreadable_error(skipped, f"input={cfg.input}")
     for path in written:
         print(f"figure: {path}")
+    if skipped:
+        listing = "\n  ".join(str(rec.path) for rec, _ in skipped)
+        print(f"skipped {len(skipped)} unreadable image(s):\n  {listing}")
     print(f"run directory: {cfg.paths.output_dir}")
     return written
 

@@ -12,6 +12,7 @@ from detr_lightning.inference.images import (
     collate_images,
     find_images,
     image_loader,
+    output_stems,
 )
 
 
@@ -54,3 +55,11 @@ def test_unreadable_file_is_reported_by_name_and_the_batch_keeps_the_others(tmp_
     # only failures: an empty batch, no crash
     empty = collate_images([batch.failed[0]])
     assert empty.samples == [] and empty.pixel_values is None and len(empty.failed) == 1
+
+
+def test_output_stems_keep_the_suffix_only_where_names_would_collide() -> None:
+    names = ["a/x.jpg", "a/x.png", "a/y.jpg", "b/x.jpg", "Z.png", "z.JPG", "w.jpg", "w.jpg.png",
+             "w.png"]  # fmt: skip
+    assert output_stems(names) == ["a/x.jpg", "a/x.png", "a/y", "b/x", "Z.png", "z.JPG",
+                                   "w.jpg", "w.jpg~2", "w.png"]  # fmt: skip
+    assert output_stems(["only.jpeg"]) == ["only"]

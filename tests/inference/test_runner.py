@@ -42,3 +42,22 @@ def test_records_skipped_files_and_mask_segments(tmp_path) -> None:
     expected = 0.5 * 128 + 0.5 * torch.tensor(class_color(1), dtype=torch.float32)
     assert (inside.float() - expected).abs().max() <= 1  # the segment, in its class colour
     assert outside.tolist() == [128, 128, 128]  # query 1 scores low: not drawn
+
+
+def test_inputs_differing_only_in_suffix_get_a_drawing_each(tmp_path) -> None:
+    """x.png and x.jpg used to be drawn to the same drawn/x.png, the second over the first."""
+    Image.fromarray(np.full((40, 64, 3), 30, np.uint8)).save(tmp_path / "x.png")
+    Image.fromarray(np.full((40, 64, 3), 220, np.uint8)).save(tmp_path / "x.jpg", quality=100)
+    Image.fromarray(np.full((40, 64, 3), 128, np.uint8)).save(tmp_path / "y.jpg", quality=100)
+    out = tmp_path / "out"
+    result = run_predictions(
+        fake_panoptic, PostProcess(), find_images(tmp_path), make_eval_transforms(40, 80),
+        [5, 6, 7], draw_dir=out, draw=DrawOptions(score_threshold=1.0), progress=False,
+    )  # fmt: skip
+    assert len(result.images) == 3
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
+        "x.jpg.png", "x.png.png", "y.png"]  # fmt: skip
+    assert sorted(p.name for p in result.drawn) == ["x.jpg.png", "x.png.png", "y.png"]
+    for name, value in (("x.png.png", 30), ("x.jpg.png", 220), ("y.png", 128)):
+        drawn = decode_image(str(out / name)).float()  # nothing scores 1.0: the image itself
+        assert (drawn - value).abs().max() <= 2, name

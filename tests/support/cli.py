@@ -30,15 +30,18 @@ TINY = [
 ]
 
 
-def run_cli(module: str, args: list[str], cwd: Path, timeout: int = 600) -> str:
-    """Run ``python -m detr_lightning.<module> args`` in ``cwd``; returns stdout+stderr."""
+def run_cli(
+    module: str, args: list[str], cwd: Path, timeout: int = 600, fails: bool = False
+) -> str:
+    """Run ``python -m detr_lightning.<module> args`` in ``cwd``; returns stdout+stderr. Asserts
+    exit status 0, or non-zero with ``fails``."""
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(
         [sys.executable, "-m", f"detr_lightning.{module}", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
+    assert (proc.returncode != 0) if fails else (proc.returncode == 0), out[-4000:]
     return out
 
 

@@ -4,6 +4,8 @@ named errors, and padded batches that skip what cannot be read."""
 from __future__ import annotations
 
 import logging
+import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +64,38 @@ def find_images(source: str | Path) -> list[ImageRecord]:
             f"input={source}: the folder holds no image ({', '.join(IMAGE_EXTENSIONS)})"
         )
     return [ImageRecord(p, i + 1, p.relative_to(root).as_posix()) for i, p in enumerate(files)]
+
+
+def output_stems(file_names: Sequence[str]) -> list[str]:
+    """Per input, the unique stem of the files written for it (``drawn/<stem>.png``,
+    ``<stem>_decoder.png``): its relative path without the suffix (``a/x.jpg`` -> ``a/x``), or
+    with it when another input has the same stem (``x.jpg`` and ``x.png`` -> ``x.jpg`` and
+    ``x.png``), so that no output overwrites another. Compared case-insensitively (macOS and
+    Windows file systems); a name still taken after that gets ``~2``, ``~3``, ..."""
+    plain = [os.path.splitext(n)[0] for n in file_names]
+    count = Counter(s.casefold() for s in plain)
+    stems = [n if count[s.casefold()] > 1 else s for n, s in zip(file_names, plain, strict=True)]
+    reserved = {s.casefold() for s in stems}
+    taken: set[str] = set()
+    unique = []
+    for stem in stems:
+        name, k = stem, 1
+        while name.casefold() in taken or (name != stem and name.casefold() in reserved):
+            k += 1
+            name = f"{stem}~{k}"
+        taken.add(name.casefold())
+        unique.append(name)
+    return unique
+
+
+def unreadable_error(skipped: Sequence[tuple[ImageRecord, str]], source: str) -> ValueError:
+    """The error when no image of ``source`` could be read: every file and why, and the fix."""
+    listing = "\n  ".join(message.removesuffix("; skipped") for _, message in skipped)
+    return ValueError(
+        f"{source}: none of the {len(skipped)} image file(s) could be read, nothing was "
+        f"predicted:\n  {listing}\nFix: give input= an image file or a folder of images "
+        f"({', '.join(IMAGE_EXTENSIONS)}) that PIL can decode."
+    )
 
 
 def coco_split_images(images_dir: str | Path, ann_file: str | Path) -> list[ImageRecord]:

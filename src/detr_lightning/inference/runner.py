@@ -8,7 +8,6 @@ post-processing callable ``(outputs, sizes [B, 2]) -> detections`` in original p
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,13 @@ from detr_lightning.inference.draw import (
     query_detections,
     select_detections,
 )
-from detr_lightning.inference.images import ImageBatch, ImageListDataset, ImageRecord, image_loader
+from detr_lightning.inference.images import (
+    ImageBatch,
+    ImageListDataset,
+    ImageRecord,
+    image_loader,
+    output_stems,
+)
 from detr_lightning.inference.results import coco_records
 
 log = logging.getLogger(__name__)
@@ -57,11 +62,6 @@ class PredictResult:
     drawn: list[Path] = field(default_factory=list)
 
 
-def png_name(file_name: str) -> str:
-    """``a/b/c.jpg`` -> ``a/b/c.png`` (the input's sub-folders are kept: names stay unique)."""
-    return os.path.splitext(file_name)[0] + ".png"
-
-
 def run_predictions(
     forward: Forward,
     postprocess: PostProcess,
@@ -86,7 +86,8 @@ def run_predictions(
         records: the images, in output order.
         transform: the evaluation transform (``data.val_transforms``).
         category_ids, names: label -> dataset category id / class name.
-        draw_dir: where the PNGs go (mirroring the input's sub-folders); None: no drawing.
+        draw_dir: where the PNGs go (mirroring the input's sub-folders, named by
+            :func:`~detr_lightning.inference.images.output_stems`); None: no drawing.
         draw: what to draw.
         batch_size, num_workers: the DataLoader's.
         device: where the forward runs (inputs are moved there).
@@ -102,6 +103,8 @@ def run_predictions(
     device = torch.device(device)
     loader = image_loader(dataset, batch_size, num_workers, pin_memory=device.type == "cuda")
     result = PredictResult()
+    png_names = {rec: stem + ".png" for rec, stem in
+                 zip(records, output_stems([r.file_name for r in records]), strict=True)}  # fmt: skip
     bar = tqdm(total=len(records), unit="img", desc="predict", disable=not progress)
     for batch in loader:
         for failed in batch.failed:
@@ -122,8 +125,9 @@ def run_predictions(
                 result.images.append((rec, sample.orig_size))
                 if drawing:
                     shown = segments[i] if segments else pred
-                    result.drawn.append(_draw(sample.original, shown, rec, category_ids, names,
-                                              Path(draw_dir), draw))  # fmt: skip
+                    path = Path(draw_dir) / png_names[rec]
+                    result.drawn.append(_draw(sample.original, shown, path, category_ids, names,
+                                              draw))  # fmt: skip
         bar.update(len(batch.samples) + len(batch.failed))
     bar.close()
     return result
@@ -151,10 +155,9 @@ def _segments(
 def _draw(
     image: Tensor,
     pred: dict[str, Tensor],
-    record: ImageRecord,
+    path: Path,
     category_ids: Sequence[int],
     names: Sequence[str] | None,
-    out_dir: Path,
     opts: DrawOptions,
 ) -> Path:
     from torchvision.io import write_png
@@ -163,7 +166,6 @@ def _draw(
         image, pred, category_ids, names, opts.score_threshold, opts.top_k, opts.line_width,
         opts.font, opts.font_size,
     )  # fmt: skip
-    path = out_dir / png_name(record.file_name)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_png(drawn, str(path))
     return path
