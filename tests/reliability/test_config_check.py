@@ -4,10 +4,12 @@ line within seconds."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from reliability_support import compose_cfg, run
 
+from detr_lightning.utils import conf_dir
 from detr_lightning.utils.config_check import ConfigError, check_config
 
 
@@ -94,3 +96,92 @@ def test_cli_bad_batch_size_fails_within_seconds(tmp_path) -> None:
     assert proc.returncode != 0 and "data.batch_size='abc' (str): must be a positive integer" in out
     assert elapsed < 10, f"took {elapsed:.1f} s"
     assert not (tmp_path / "data").exists()  # nothing was generated or built
+
+
+@pytest.mark.parametrize(
+    ("config", "overrides", "key", "fix"),
+    [
+        ("train", ["model.net.num_queries=abc"], "model.net.num_queries='abc' (str)",
+         "model.net.num_queries=100"),
+        ("train", ["experiment=shapes", "model.net.num_queries=abc"],
+         "model.net.num_queries='abc' (str)", "positive integer"),
+        ("train", ["model.net.transformer.nhead=0"], "model.net.transformer.nhead=0",
+         "model.net.transformer.nhead=8"),
+        ("train", ["model.net.transformer.d_model=2.5"], "model.net.transformer.d_model=2.5",
+         "model.net.transformer.d_model=256"),
+        ("train", ["model.net.transformer.num_encoder_layers=-1"],
+         "model.net.transformer.num_encoder_layers=-1", "integer >= 0"),
+        ("train", ["model.net.transformer.num_decoder_layers=six"],
+         "model.net.transformer.num_decoder_layers='six'", "positive integer"),
+        ("train", ["experiment=shapes", "model.net.cross_attention.num_points=x"],
+         "model.net.cross_attention.num_points='x'", "model.net.cross_attention.num_points=4"),
+        ("train", ["data.keep_empty=maybe"], "data.keep_empty='maybe' (str)",
+         "data.keep_empty=true"),
+        ("train", ["data.coco_id_space=1"], "data.coco_id_space=1", "null (decided"),
+        ("predict", ["draw.score_threshold=abc"], "draw.score_threshold='abc' (str)",
+         "a number in [0, 1]"),
+        ("predict", ["draw.score_threshold=1.5"], "draw.score_threshold=1.5",
+         "draw.score_threshold=0.5"),
+        ("predict", ["draw.top_k=0"], "draw.top_k=0", "draw.top_k=20"),
+        ("predict", ["batch_size=many"], "batch_size='many' (str)", "batch_size=4"),
+        ("predict", ["device=gpu"], "device='gpu' (str)", "auto, cpu, cuda or cuda:N"),
+        ("visualize", ["input=x.png", "score_threshold=high"], "score_threshold='high'",
+         "score_threshold=0.5"),
+        ("visualize", ["input=x.png", "device=cuda1"], "device='cuda1'", "device=cuda:0"),
+        ("export", ["example_size=[10]"], "example_size=[10]",
+         "two positive integers [height, width]"),
+        ("export", ["example_size=[0,320]"], "example_size=[0, 320]", "example_size=[256,320]"),
+        ("export", ["verify_sizes=[[2,160]]"], "verify_sizes=[[2, 160]]", "three positive"),
+    ],
+)  # fmt: skip
+def test_bad_model_data_and_entry_point_values_are_named(
+    tmp_path, config: str, overrides: list[str], key: str, fix: str
+) -> None:
+    cfg = compose_cfg(overrides, tmp_path, name=config)
+    with pytest.raises(ConfigError) as err:
+        check_config(cfg)
+    msg = str(err.value)
+    assert "(1 problem)" in msg and key in msg and fix in msg and "Fix:" in msg
+
+
+PRESETS = sorted(p.stem for p in (Path(conf_dir()) / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("config", "experiment"),
+    [("train", e) for e in PRESETS]
+    + [(c, "shapes") for c in ("eval", "predict", "visualize", "export")],
+)
+def test_the_presets_and_entry_points_pass_as_they_are(tmp_path, config: str,
+                                                       experiment: str) -> None:  # fmt: skip
+    (tmp_path / "w.ckpt").write_bytes(b"x")
+    extra = ["input=x.png"] if config == "visualize" else []
+    cfg = compose_cfg([f"experiment={experiment}", f"ckpt_path={tmp_path}/w.ckpt", *extra],
+                      tmp_path, name=config)  # fmt: skip
+    try:
+        check_config(cfg, "predict" if config != "train" else "fit")
+    except ConfigError as err:  # only the COCO files the paper presets expect are absent here
+        problems = str(err).split("\n  - ")[1:]
+        assert all(p.startswith("data.") and ": no such " in p for p in problems), str(err)
+
+
+def test_valid_entry_point_values_pass(tmp_path) -> None:
+    (tmp_path / "w.ckpt").write_bytes(b"x")
+    ckpt = f"ckpt_path={tmp_path}/w.ckpt"
+    for overrides in (["device=cpu", "draw.top_k=null", "draw.score_threshold=0", "batch_size=1"],
+                      ["device=cuda:1", "draw.score_threshold=1", "data.keep_empty=false"]):  # fmt: skip
+        check_config(compose_cfg([ckpt, *overrides], tmp_path, name="predict"), "predict")
+    check_config(compose_cfg([ckpt, "example_size=[64,96]"], tmp_path, name="export"), "predict")
+
+
+def test_cli_predict_bad_draw_threshold_fails_before_loading_anything(tmp_path) -> None:
+    """It used to crash in the drawing code after the first batch, with no predictions.json."""
+    (tmp_path / "w.ckpt").write_bytes(b"x")
+    proc = run("predict", [f"ckpt_path={tmp_path}/w.ckpt", "input=x.png", "device=gpu",
+                           "draw.score_threshold=abc", f"output_dir={tmp_path}/out"],
+               tmp_path, timeout=60)  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "invalid config (2 problems)" in out
+    assert "draw.score_threshold='abc' (str): must be a number in [0, 1]" in out
+    assert "device='gpu' (str): must be auto, cpu, cuda or cuda:N" in out
+    assert not (tmp_path / "out").exists()

@@ -8,7 +8,6 @@ the fix, within a second of launching. Only omegaconf and the standard library a
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 from collections.abc import Callable
@@ -22,6 +21,9 @@ from omegaconf.errors import (
 )
 
 from detr_lightning.checkpointing.locate import SPECIAL, resolve_ckpt_path
+from detr_lightning.utils.config_rules import DATA_RULES, ENTRY_RULES, size_rules
+from detr_lightning.utils.config_rules import is_int as _is_int
+from detr_lightning.utils.config_rules import is_number as _is_number
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +33,6 @@ _NEEDS_WEIGHTS = ("test", "predict")
 
 class ConfigError(ValueError):
     """One or more config values are invalid; the message lists each key with its fix."""
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
 
 
 def _devices_ok(v: Any) -> bool:
@@ -104,7 +98,8 @@ def _select(cfg: DictConfig, key: str, errors: list[str]) -> Any:
 
 
 def _check_values(cfg: DictConfig, errors: list[str]) -> None:
-    for key, (accepts, what, example) in _RULES.items():
+    rules = {**_RULES, **DATA_RULES, **size_rules(cfg), **ENTRY_RULES}
+    for key, (accepts, what, example) in rules.items():
         value = _select(cfg, key, errors)
         if value is not _ABSENT and not accepts(value):
             errors.append(f"{key}={value!r} ({type(value).__name__}): must be {what}. Fix: e.g. "
@@ -175,7 +170,9 @@ def resolve_special_ckpt_path(cfg: DictConfig, stage: str = "fit") -> None:
 
 def check_config(cfg: DictConfig, stage: str = "fit") -> None:
     """Resolve ``ckpt_path=last|auto``, then raise ConfigError listing every invalid common key
-    (types and ranges, data paths for non-generated data, checkpoint files).
+    (types and ranges, :mod:`~detr_lightning.utils.config_rules` included: model sizes, data
+    booleans, the inference entry points' keys; data paths for non-generated data, checkpoint
+    files).
 
     ``stage``: "fit" (train), "test" (eval) or "predict": which data splits and files must exist.
     """
