@@ -164,8 +164,9 @@ def check_lightning_entries(checkpoint: Any, path: str) -> None:
     if absent:
         raise CheckpointLoadError(
             f"{where}: a Lightning checkpoint lacks {', '.join(repr(k) for k in absent)} (it "
-            "was probably re-saved with its weights only); Lightning reads the version and the "
-            "prediction the class count and label map from them. Fix: use the run's original "
+            "was probably re-saved with its weights only): Lightning needs its version entry "
+            "to load the file, predict the class count and label map of the hyper-parameters. "
+            "Fix: use the run's original "
             f".ckpt, or re-save every entry of it that you need, e.g. {_RESAVE}."
         )
 
