@@ -9,6 +9,9 @@ Draws the paper's two pictures with matplotlib for each image (``input`` may als
 * ``<name>_decoder.png``: each detected object's last-layer decoder cross-attention (objects
   scoring >= ``score_threshold``, at most ``max_objects``) above the image with its box.
 
+Unreadable images are skipped and listed; when none can be read, visualize fails with the list.
+Inputs that differ only in their suffix keep it in their figures' names (``x.jpg_decoder.png``).
+
 The attention is captured with hooks (:mod:`detr_lightning.inference.attention`); the model's
 outputs and weights are unchanged. Works for DETR and ConvergenceDETR.
 """
