@@ -53,7 +53,7 @@ def test_budget_run_ends_annealed_inside_its_budget(tmp_path, monkeypatch):
     stops after its first step, validates, and the run ends at 19 s, lr annealed."""
     clock = _FakeClock(monkeypatch)
     lit = tiny_lit(lr_schedule=functools.partial(budget_schedule, budget_min=20 / 60))
-    trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=[clock], limit_val_batches=2)
+    trainer = quiet_trainer(tmp_path, max_epochs=-1, callbacks=[clock], limit_val_batches=2)
     trainer.fit(lit, train_dataloaders=loader(3), val_dataloaders=loader(2))
     assert (trainer.current_epoch, trainer.global_step) == (6, 16)
     assert clock.steps_per_epoch == [3, 3, 3, 3, 3, 1]  # the last epoch stops part-way
@@ -76,10 +76,26 @@ def test_budget_plans_with_the_mean_epoch_time(tmp_path, monkeypatch):
     clock = _FakeClock(monkeypatch, batch_s=lambda epoch: 1.5 if epoch == 2 else 1.0)
     schedule = functools.partial(budget_schedule, budget_min=0.5, max_val_share=1.0)
     lit = tiny_lit(lr_schedule=schedule)
-    trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=[clock], limit_val_batches=2)
+    trainer = quiet_trainer(tmp_path, max_epochs=-1, callbacks=[clock], limit_val_batches=2)
     trainer.fit(lit, train_dataloaders=loader(3), val_dataloaders=loader(2))
     assert clock.plans == [7, 7, 6, 7, 7, 7]
     assert trainer.global_step == 20 and clock.now == pytest.approx(28.5)
     wall = next(c for c in trainer.callbacks if isinstance(c, budget.WallBudget))
     # the partial last epoch stays out of the mean
     assert (wall.train_s_sum, wall.train_s_count) == (pytest.approx(16.5), 5)
+
+
+def test_a_positive_max_epochs_caps_the_plan(tmp_path, monkeypatch):
+    """The first test's budget (20 s: 16 steps would fit) with trainer.max_epochs=3: the plan
+    stops at 3 epochs x 3 steps = 9, the cosine is aimed at step 9 from the start, the last
+    epoch validates, and the run ends at 3 x 3 s + 2 validations of 1 s = 11 s, annealed."""
+    clock = _FakeClock(monkeypatch)
+    lit = tiny_lit(lr_schedule=functools.partial(budget_schedule, budget_min=20 / 60))
+    trainer = quiet_trainer(tmp_path, max_epochs=3, callbacks=[clock], limit_val_batches=2)
+    trainer.fit(lit, train_dataloaders=loader(3), val_dataloaders=loader(2))
+    assert (trainer.current_epoch, trainer.global_step) == (3, 9)
+    assert clock.plans == [3, 3] and clock.val_epochs == [0, 2]
+    assert clock.now == pytest.approx(11)
+    base = 1e-3
+    want = [0.5 * (1 + math.cos(math.pi * s / 9)) for s in range(9)]
+    assert [lr / base for lr in clock.lrs] == pytest.approx(want)

@@ -10,7 +10,9 @@ left idle. The epoch time it plans with is the mean over the epochs after the fi
 also pays for start-up), so a few seconds of timing noise do not move the planned end, and with
 it the cosine, back and forth; validation is spaced so that it takes at most ``max_val_share`` of
 the time, and always runs after the last (possibly partial) epoch. A faster machine runs more
-steps, a slower one fewer, and both finish annealed inside the budget.
+steps, a slower one fewer, and both finish annealed inside the budget. A positive
+``trainer.max_epochs`` caps the plan (the run then anneals at that epoch's end, or earlier when
+the budget binds first); -1 leaves the epochs to the budget.
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ class WallBudget(L.Callback):
         self._epoch_start = 0.0
         self._val_s = 0.0
         self._last_val_s = 0.0
+        self._cap: int | None = None  # trainer.max_epochs when positive
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Read before the first plan overwrites fit_loop.max_epochs (also after a resume).
+        cap = trainer.fit_loop.max_epochs
+        self._cap = cap if cap is not None and cap > 0 else None
 
     def _scheduler(self, trainer: L.Trainer) -> BudgetLR:
         for config in trainer.lr_scheduler_configs:
@@ -43,7 +51,7 @@ class WallBudget(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start, self._val_s = time.perf_counter(), 0.0
-        if trainer.current_epoch + 1 >= trainer.fit_loop.max_epochs:
+        if 0 < trainer.fit_loop.max_epochs <= trainer.current_epoch + 1:
             trainer.check_val_every_n_epoch = 1  # the last epoch always validates
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -85,6 +93,8 @@ class WallBudget(L.Callback):
         done = trainer.current_epoch + 1
         steps = trainer.global_step / done  # optimizer steps per epoch
         steps_left = int(epochs_left * steps + 1e-6)  # 1e-6: an exact plan survives rounding
+        if self._cap is not None:
+            steps_left = min(steps_left, max(0, round(self._cap * steps) - trainer.global_step))
         trainer.fit_loop.max_epochs = done + math.ceil(steps_left / steps - 1e-6)
         trainer.check_val_every_n_epoch = every
         scheduler.factor.replan(trainer.global_step + steps_left)

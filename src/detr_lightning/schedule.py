@@ -140,7 +140,10 @@ def budget_schedule(
     (validation is then run every few epochs, always after the last)."""
     if budget_min <= 0:
         raise ValueError(f"model.lr_schedule.budget_min={budget_min}: need > 0")
-    first_guess = steps_per_epoch(trainer) * max(1, trainer.max_epochs or 1)
+    # The first plan, until WallBudget measures an epoch: the epoch cap when there is one, else
+    # no end in sight (peak lr through the first epoch).
+    cap = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+    first_guess = steps_per_epoch(trainer) * cap if cap else 10**9
     return BudgetLR(
         optimizer,
         BudgetCosine(warmup_steps, first_guess, decay_share),
