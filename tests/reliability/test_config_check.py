@@ -27,6 +27,10 @@ from detr_lightning.utils.config_check import ConfigError, check_config
         ("trainer.devices=0", "trainer.devices=0", "trainer.devices=1"),
         ("trainer.devices=[a]", "trainer.devices=['a']", "list of device ids"),
         ("data.num_workers=-1", "data.num_workers=-1", "data.num_workers=4"),
+        ("model.lr_schedule.warmup_steps=-5", "model.lr_schedule.warmup_steps=-5",
+         "model.lr_schedule.warmup_steps=0"),
+        ("model.lr_schedule.budget_min=0", "model.lr_schedule.budget_min=0", "positive number"),
+        ("model.lr_schedule.decay_share=1.5", "model.lr_schedule.decay_share=1.5", "(0, 1]"),
     ],
 )  # fmt: skip
 def test_bad_value_names_the_key_and_the_fix(tmp_path, override: str, key: str, fix: str) -> None:
@@ -185,3 +189,17 @@ def test_cli_predict_bad_draw_threshold_fails_before_loading_anything(tmp_path) 
     assert "draw.score_threshold='abc' (str): must be a number in [0, 1]" in out
     assert "device='gpu' (str): must be auto, cpu, cuda or cuda:N" in out
     assert not (tmp_path / "out").exists()
+
+
+def test_a_presets_required_key_must_be_given_to_a_fresh_training_run(tmp_path) -> None:
+    cfg = compose_cfg(["experiment=shapes_finetune"], tmp_path)
+    with pytest.raises(
+        ConfigError,
+        match=r"model\.pretrained is not set; experiment "
+        r"shapes_finetune needs it: an official DETR release",
+    ):
+        check_config(cfg)
+    for stage in ("test", "predict"):  # they read a checkpoint instead: not required there
+        with pytest.raises(ConfigError) as err:
+            check_config(compose_cfg(["experiment=shapes_finetune"], tmp_path), stage)
+        assert "needs it" not in str(err.value) and "nothing to evaluate" in str(err.value)

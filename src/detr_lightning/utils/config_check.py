@@ -58,8 +58,16 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
                            "a positive number", "model.optimizer.lr=1e-4"),
     "model.lr_backbone": (lambda v: _is_number(v) and v >= 0,
                           "a number >= 0 (0 freezes the backbone)", "model.lr_backbone=1e-5"),
-    "model.warmup_steps": (lambda v: _is_int(v) and v >= 0,
-                           "an integer >= 0", "model.warmup_steps=0"),
+    "model.lr_schedule.warmup_steps": (lambda v: _is_int(v) and v >= 0,
+                                       "an integer >= 0", "model.lr_schedule.warmup_steps=0"),
+    "model.lr_schedule.budget_min": (lambda v: _is_number(v) and v > 0,
+                                     "a positive number of minutes",
+                                     "model.lr_schedule.budget_min=13"),
+    "model.lr_schedule.decay_share": (lambda v: _is_number(v) and 0 < v <= 1,
+                                      "a number in (0, 1]", "model.lr_schedule.decay_share=0.3"),
+    "model.lr_schedule.max_val_share": (lambda v: _is_number(v) and 0 < v <= 1,
+                                        "a number in (0, 1]",
+                                        "model.lr_schedule.max_val_share=0.1"),
     "trainer.max_epochs": (lambda v: v is None or (_is_int(v) and v >= -1),
                            "an integer >= 0 (-1: no epoch limit)", "trainer.max_epochs=50"),
     "trainer.max_steps": (lambda v: _is_int(v) and v >= -1,
@@ -168,6 +176,18 @@ def resolve_special_ckpt_path(cfg: DictConfig, stage: str = "fit") -> None:
         cfg.ckpt_path = resolved
 
 
+def _check_required(cfg: DictConfig, stage: str, errors: list[str]) -> None:
+    """A preset's ``required``: {key: what it must be} that a fresh training run must be given
+    (a ``???`` in a preset cannot do it: merged over the base's value, it leaves that value)."""
+    if stage != "fit" or cfg.get("ckpt_path"):
+        return  # a resumed run, an evaluation or predictions read the checkpoint instead
+    for key, what in (cfg.get("required") or {}).items():
+        if _select(cfg, key, errors) in (None, _ABSENT, ""):
+            name = cfg.get("experiment_name", "this preset")
+            errors.append(f"{key} is not set; experiment {name} needs it: {what}. Fix: give "
+                          f"{key}=<value> on the command line.")  # fmt: skip
+
+
 def check_config(cfg: DictConfig, stage: str = "fit") -> None:
     """Resolve ``ckpt_path=last|auto``, then raise ConfigError listing every invalid common key
     (types and ranges, :mod:`~detr_lightning.utils.config_rules` included: model sizes, data
@@ -178,6 +198,7 @@ def check_config(cfg: DictConfig, stage: str = "fit") -> None:
     """
     resolve_special_ckpt_path(cfg, stage)
     errors: list[str] = []
+    _check_required(cfg, stage, errors)
     _check_values(cfg, errors)
     _check_data_paths(cfg, stage, errors)
     _check_files(cfg, stage, errors)
