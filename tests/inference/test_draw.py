@@ -42,3 +42,18 @@ def test_masks_are_filled_in_the_class_colour_and_top_k_limits_the_boxes() -> No
     assert (out[:, 44, 10] != image[:, 44, 10]).any()  # inside the segment
     assert torch.equal(out[:, 5:26, 50:71], image[:, 5:26, 50:71])  # top_k=1: one object
     assert select_detections(torch.tensor([0.2, 0.9, 0.6]), 0.5).tolist() == [1, 2]
+
+
+def test_font_size_alone_sizes_the_labels() -> None:
+    """A size without a font file draws with a TrueType font at that size: the white label
+    text grows with it (rows and columns holding white pixels)."""
+    pred = {"boxes": torch.tensor([[10.0, 10.0, 70.0, 55.0]]), "scores": torch.tensor([0.9]),
+            "labels": torch.tensor([0])}  # fmt: skip
+
+    def text_extent(font_size: int) -> tuple[int, int]:
+        out = draw_predictions(_image(), pred, [3], ["cat"], font_size=font_size)
+        white = (out == 255).all(0)
+        return int(white.any(1).sum()), int(white.any(0).sum())
+
+    (small_h, small_w), (large_h, large_w) = text_extent(12), text_extent(24)
+    assert 0 < small_h < large_h and 0 < small_w < large_w

@@ -111,7 +111,8 @@ def draw_predictions(
         names: label -> class name ("" where unknown), or None.
         score_threshold, top_k: which detections to draw (:func:`select_detections`).
         line_width: box outline in pixels.
-        font, font_size: a TrueType font file and its size (None: PIL's default bitmap font).
+        font, font_size: a TrueType font file and its size (both None: PIL's default bitmap
+            font; a size alone: matplotlib's DejaVu Sans at that size).
         mask_alpha: opacity of the segment colours.
     Returns:
         uint8 [3, H, W]; the input is not modified.
@@ -137,6 +138,11 @@ def draw_predictions(
         f"{label_name(lab, category_ids, names)} {s:.2f}"
         for lab, s in zip(labels, scores, strict=True)
     ]
+    if font is None and font_size is not None:
+        # torchvision sizes TrueType fonts only: matplotlib (a dependency) bundles one.
+        from matplotlib import font_manager
+
+        font = font_manager.findfont("DejaVu Sans")
     kwargs = {"font": font, "font_size": font_size} if font else {}
     # White text on a label box of the class colour: readable on any background.
     return draw_bounding_boxes(out, boxes, text, colors=colors, width=line_width,
