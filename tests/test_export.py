@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from functools import partial
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from detr_lightning.convergence.box_attention import BoxAttentionPrior
 from detr_lightning.convergence.compact_trunk import CompactBackbone
 from detr_lightning.convergence.deformable_attention import BoxDeformableAttention
 from detr_lightning.detr import DETR, Backbone, Transformer, build_position_encoding
-from detr_lightning.inference.onnx_export import export_onnx, verify_onnx
+from detr_lightning.inference.onnx_export import export_onnx, external_data_files, verify_onnx
 from detr_lightning.inference.onnx_runtime import OnnxDetector
 
 TINY_DETR = [
@@ -58,8 +59,24 @@ def exported(tmp_path_factory) -> tuple[Path, Path, str]:
     tmp = tmp_path_factory.mktemp("export")
     release = official_release(tmp / "detr-tiny.pth")
     out = run_cli("export", ["experiment=r50", f"model.pretrained={release}", "format=onnx",
-                             f"output={tmp / 'detr.onnx'}", *TINY_DETR], tmp)  # fmt: skip
-    return release, tmp / "detr.onnx", out
+                             f"output={tmp / 'onnx' / 'model.onnx'}", *TINY_DETR], tmp)  # fmt: skip
+    return release, tmp / "onnx" / "model.onnx", out
+
+
+def test_export_writes_one_self_contained_file(exported) -> None:
+    _, path, _ = exported
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx"]  # no model.onnx.data
+    assert external_data_files(path) == []
+    model = onnx.load(str(path))
+    assert sum(len(t.raw_data) for t in model.graph.initializer) > 10_000  # the weights are in it
+
+
+def test_external_data_files_names_the_weights_file_of_a_split_model(exported, tmp_path) -> None:
+    """What a model above the size limit looks like: its weights in a second file."""
+    model = onnx.load(str(exported[1]))
+    onnx.save(model, str(tmp_path / "big.onnx"), save_as_external_data=True,
+              location="big.onnx.data", size_threshold=0)  # fmt: skip
+    assert external_data_files(tmp_path / "big.onnx") == ["big.onnx.data"]
 
 
 def test_export_cli_writes_a_dynamic_model_that_matches_pytorch(exported) -> None:
@@ -79,7 +96,9 @@ def test_export_cli_writes_a_dynamic_model_that_matches_pytorch(exported) -> Non
 
 
 def test_predict_with_onnxruntime_needs_only_the_onnx_file(exported, tmp_path) -> None:
-    _, path, _ = exported
+    alone = tmp_path / "copied"
+    alone.mkdir()
+    path = Path(shutil.copy(exported[1], alone / "model.onnx"))  # the .onnx alone, elsewhere
     images = tmp_path / "images"
     images.mkdir()
     rng = np.random.default_rng(0)

@@ -99,6 +99,10 @@ def export_onnx(
             legacy tracer, deprecated in torch but faster to export).
         metadata: stored as JSON strings in the model's ``metadata_props`` (label map, class
             names, ``focal``), so ``predict backend=onnxruntime`` needs no checkpoint.
+
+    The weights are stored inside the one file. Only a model whose weights pass torch's
+    large-model threshold (1.5 GB, below protobuf's 2 GB limit on one file) gets them in
+    ``<path>.data`` next to it (logged as a warning): then the two files travel together.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -117,6 +121,9 @@ def export_onnx(
                 "pixel_values": dims,
                 "pixel_mask": {0: "batch", 1: "height", 2: "width"},
             },  # fmt: skip
+            # weights inside the .onnx (one self-contained file); torch still writes them to
+            # "<path>.data" when they pass its large-model threshold (1.5 GB, under protobuf's 2 GB)
+            "external_data": False,
         }
     elif exporter == "torchscript":
         kwargs = {
@@ -134,7 +141,24 @@ def export_onnx(
         )  # fmt: skip
     if metadata:
         _write_metadata(path, metadata)
+    external = external_data_files(path)
+    if external:
+        log.warning(
+            "%s: the weights are too large for one ONNX file (protobuf's 2 GB limit) and are in "
+            "%s next to it; copy them together", path, ", ".join(external),
+        )  # fmt: skip
     return path
+
+
+def external_data_files(path: str | Path) -> list[str]:
+    """The external-data files ``path``'s initializers refer to ([] for a self-contained model)."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    model = onnx.load(str(path), load_external_data=False)
+    return sorted(
+        {ExternalDataInfo(t).location for t in model.graph.initializer if uses_external_data(t)}
+    )
 
 
 def _write_metadata(path: Path, metadata: dict[str, Any]) -> None:
