@@ -188,7 +188,7 @@ class BoxDeformableAttention(nn.Module):
         value = self.value_proj(memory).view(b, h, w, self.heads, d // self.heads)
         value = value.permute(0, 3, 4, 1, 2).flatten(0, 1)  # [B*H, d/H, h, w]
         grid = 2 * onto_padded_map(locations, mask) - 1  # grid_sample's [-1, 1]
-        sampled = F.grid_sample(value, grid.transpose(1, 2).flatten(0, 1), align_corners=False)
+        sampled = _sample(value, grid.transpose(1, 2).flatten(0, 1))
         out = (sampled * weights.transpose(1, 2).flatten(0, 1)[:, None]).sum(-1)
         return out.view(b, self.heads, d // self.heads, -1).permute(0, 3, 1, 2)
 
@@ -208,8 +208,19 @@ class BoxDeformableAttention(nn.Module):
         q, heads, points = weights.shape[1:]
         features = features.masked_fill(~mask[:, None], 0.0)
         grid = 2 * onto_padded_map(locations, mask) - 1  # grid_sample's [-1, 1]
-        sampled = F.grid_sample(features, grid.flatten(2, 3), align_corners=False)
+        sampled = _sample(features, grid.flatten(2, 3))
         mixed = torch.einsum("bcqhp,bqhp->bqhc", sampled.view(b, c, q, heads, points), weights)
         weight = proj.weight.view(heads, -1, c)  # head h's rows of the value channels
         bias = proj.bias.view(heads, -1) * weights.sum(-1, keepdim=True)
         return torch.einsum("bqhc,hdc->bqhd", mixed, weight) + bias
+
+
+def _sample(values: Tensor, grid: Tensor) -> Tensor:
+    """``F.grid_sample(values, grid)`` (bilinear, align_corners=False) in float32, returned in
+    ``values``' dtype. In bf16 / fp16 inference the grid would otherwise need the values' dtype
+    (grid_sample takes one), and bf16 keeps 8 significant bits: a coordinate near 1 moves in
+    steps of 2^-7 of the map, most of a pixel on the stride-4 stage, and the bilinear weights
+    would be rounded as well. Reading the (exactly upcast) values at float32 positions keeps
+    the sub-pixel reads; only the result is rounded once. Float32 models are unchanged."""
+    sampled = F.grid_sample(values.float(), grid.float(), align_corners=False)
+    return sampled.to(values.dtype)

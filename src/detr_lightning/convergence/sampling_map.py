@@ -29,6 +29,7 @@ def sampling_weight_map(locations: Tensor, weights: Tensor, h: int, w: int) -> T
     [B, Q, h*w]: each read's bilinear weights times its weight, summed over its points and
     averaged over the heads (zero for reads outside the map, as ``grid_sample`` pads)."""
     b, q, heads = weights.shape[:3]
+    weights = weights.to(locations.dtype)  # bf16 weights, float32 locations: one dtype to scatter
     x = locations[..., 0] * w - 0.5  # [B, Q, H, P] in map pixels, align_corners=False
     y = locations[..., 1] * h - 0.5
     x0, y0 = x.floor(), y.floor()
