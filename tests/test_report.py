@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fake_runs import COMMON, make_run, make_staged_run, metrics
+from fake_runs import COMMON, make_hydra_job, make_run, make_staged_run, make_tool_outputs, metrics
 from PIL import Image
 
 from detr_lightning.evaluation.coco import write_metrics_json
@@ -71,6 +71,23 @@ def test_runs_from_several_folders_in_job_order_with_failed_jobs(sweep, tmp_path
     assert_png(tmp_path / "cmp" / "ap_by_size.png")
     with pytest.raises(FileNotFoundError, match="no run directories"):
         find_runs([tmp_path / "cmp"])
+
+
+def test_predict_export_and_visualize_folders_are_no_runs(tmp_path) -> None:
+    """``outputs/shapes`` holds training runs (one failed) and an evaluation, and predict's,
+    export's and visualize's folders: only the runs are rows."""
+    experiment = tmp_path / "outputs" / "shapes"
+    done = make_run(experiment / "2026-01-01_00-00-00", COMMON, metrics(0.3), [(0, 0.3, 10.0)])
+    failed = make_run(experiment / "2026-01-02_00-00-00", [*COMMON, "data.batch_size=abc"], None)
+    evaluated = make_hydra_job(experiment / "eval_2026-01-03_00-00-00", "eval", ["ckpt_path=x"])
+    write_metrics_json(evaluated, metrics(0.25), experiment="shapes")
+    tools = make_tool_outputs(experiment)
+    assert find_runs([experiment]) == [done, failed, evaluated]
+    rows = table(write_report([experiment]).read_text())
+    assert [r[0] for r in rows] == [done.name, failed.name, evaluated.name]
+    assert rows[1][2:9] == ["–"] * 7 and rows[2][2] == "0.2500"  # the failed run stays
+    with pytest.raises(FileNotFoundError, match="no run directories"):
+        find_runs([tools[0]])  # a predict folder alone holds no run
 
 
 def test_a_panoptic_run_adds_pq_columns_and_a_staged_run_its_stages_wall_time(

@@ -1,8 +1,9 @@
 """Compare runs without a server: ``python -m detr_lightning.report RUN_OR_FOLDER ... [--out DIR]``.
 
 Every argument is a run directory (``outputs/<exp>/<time>``) or a folder holding runs (a sweep's
-``multirun/<exp>/<time>``, or ``outputs/<exp>``). Each run's ``metrics.json``,
-``.hydra/overrides.yaml`` and ``csv/metrics.csv`` are read, and written to ``--out``:
+``multirun/<exp>/<time>``, or ``outputs/<exp>``: its predict / export / visualize folders are
+no runs and are skipped). Each run's ``metrics.json``, ``.hydra/overrides.yaml`` and
+``csv/metrics.csv`` are read, and written to ``--out``:
 
 * ``report.md``: one row per run with its overrides and AP, AP50, AP75, AP_S, AP_M, AP_L, AR,
   and, when a run is panoptic, PQ, PQ things, PQ stuff, SQ, RQ and segm AP;

@@ -38,9 +38,38 @@ def _natural(path: Path) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
 
 
-def is_run_dir(path: Path) -> bool:
-    """A run leaves metrics.json (after its test) or .hydra/overrides.yaml (from its start)."""
+RUN_TASKS = ("train", "eval")  # the Hydra jobs that train or test a model (and metrics.json)
+
+
+def hydra_task(path: Path) -> str | None:
+    """The Hydra job that made ``path``: ``hydra.job.name`` in ``.hydra/hydra.yaml`` ("train",
+    "eval", "predict", "export", "visualize"); None without a readable one."""
+    try:
+        config = yaml.safe_load((path / ".hydra" / "hydra.yaml").read_text()) or {}
+        name = config["hydra"]["job"]["name"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    return str(name) if name else None
+
+
+def is_job_dir(path: Path) -> bool:
+    """Any Hydra job's folder (or a run's, whose metrics.json marks it): nothing under it is a
+    run of its own."""
     return (path / "metrics.json").is_file() or (path / ".hydra" / "overrides.yaml").is_file()
+
+
+def is_run_dir(path: Path) -> bool:
+    """A training or evaluation run: it leaves metrics.json (after its test) or, from its start,
+    .hydra/overrides.yaml with a ``train`` / ``eval`` job in .hydra/hydra.yaml (a failed or
+    running run). The folders that predict, export and visualize write (``predict_<time>`` ...
+    next to the runs) are Hydra jobs too, and no runs. A folder without hydra.yaml counts as a
+    run."""
+    if (path / "metrics.json").is_file():
+        return True
+    if not (path / ".hydra" / "overrides.yaml").is_file():
+        return False
+    task = hydra_task(path)
+    return task is None or task in RUN_TASKS
 
 
 def find_runs(paths: Sequence[str | os.PathLike]) -> list[Path]:
@@ -51,14 +80,17 @@ def find_runs(paths: Sequence[str | os.PathLike]) -> list[Path]:
             raise FileNotFoundError(f"{root}: no such run or sweep directory")
         here: list[Path] = []
         for dirpath, dirnames, _ in os.walk(root):
-            if is_run_dir(Path(dirpath)):
-                here.append(Path(dirpath))
+            if is_job_dir(Path(dirpath)):  # a run, or predict's / export's / visualize's output
+                if is_run_dir(Path(dirpath)):
+                    here.append(Path(dirpath))
                 dirnames.clear()
             else:
                 dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS]
         found += [p for p in sorted(here, key=_natural) if p not in found]
     if not found:
-        raise FileNotFoundError(f"no run directories (metrics.json, .hydra/) under {list(paths)}")
+        raise FileNotFoundError(
+            f"no run directories (training or evaluation: metrics.json, .hydra/) under {list(paths)}"
+        )
     return found
 
 

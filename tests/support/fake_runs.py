@@ -18,11 +18,11 @@ def make_run(
     metrics: dict[str, float] | None,
     val: list[tuple[int, float, float]] = (),
 ) -> Path:
-    """A run directory as train.py leaves it: .hydra/overrides.yaml, metrics.json (unless None)
-    and a Lightning CSV log whose validations (epoch, val/AP, elapsed s) end each 3-step epoch;
-    elapsed time is logged in a row of its own, as callbacks may."""
-    (path / ".hydra").mkdir(parents=True)
-    (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    """A run directory as train.py leaves it: .hydra/overrides.yaml and hydra.yaml (job
+    ``train``), metrics.json (unless None) and a Lightning CSV log whose validations (epoch,
+    val/AP, elapsed s) end each 3-step epoch; elapsed time is logged in a row of its own, as
+    callbacks may."""
+    make_hydra_job(path, "train", overrides)
     if metrics is not None:
         write_metrics_json(path, metrics, experiment="shapes", epochs=len(val), global_step=9)
     if val:
@@ -34,6 +34,31 @@ def make_run(
             logger.log_metrics({"time/elapsed_s": elapsed, "epoch": epoch}, step=step)
         logger.save()
     return path
+
+
+def make_hydra_job(path: Path, task: str, overrides: list[str]) -> Path:
+    """The .hydra folder Hydra writes when job ``task`` (train, eval, predict, export,
+    visualize: the module's name) starts in ``path``."""
+    (path / ".hydra").mkdir(parents=True)
+    (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    job = {"name": task, "config_name": task, "chdir": None}
+    (path / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"job": job}}))
+    (path / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"seed": 42}))
+    return path
+
+
+def make_tool_outputs(experiment: Path) -> list[Path]:
+    """predict's, export's and visualize's folders next to an experiment's runs, as they write
+    them (``<task>_<time>``, a Hydra job each, their files, no metrics.json)."""
+    made = []
+    for task, files in (("predict", ["predictions.json", "images.json", "drawn/a.png"]),
+                        ("export", ["model.onnx"]), ("visualize", ["x_decoder.png"])):  # fmt: skip
+        folder = make_hydra_job(experiment / f"{task}_2026-01-05_00-00-00", task, ["ckpt_path=x"])
+        for name in files:
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text("{}")
+        made.append(folder)
+    return made
 
 
 def metrics(ap: float, ap_s: float = 0.1) -> dict[str, float]:
