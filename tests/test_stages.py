@@ -10,13 +10,15 @@ import pytest
 import torch
 from cli import TINY, run_cli, run_dirs
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
 from detr_lightning.data.shapes import generate_shapes_dataset
 from detr_lightning.detr.segmentation import DETRsegm
+from detr_lightning.evaluation import write_metrics_json
 from detr_lightning.evaluation.panoptic_evaluator import PQ_KEYS
-from detr_lightning.stages import stage_overrides
+from detr_lightning.stages import run_stages, stage_overrides
 from detr_lightning.utils import conf_dir
 
 PANOPTIC = ["shapes_panoptic", "r50_panoptic", "dc5_r50_panoptic", "r101_panoptic"]
@@ -81,6 +83,38 @@ def test_stage_overrides_accept_mappings_with_dropped_entries_and_lists() -> Non
 def test_head_panoptic_joint_training_is_one_stage_away() -> None:
     cfg = _compose(["experiment=shapes_panoptic", "stages=null"])
     assert cfg.stages is None and not cfg.model.segmentation.freeze_detr
+
+
+def test_staged_metrics_json_records_each_stages_epochs_and_step(tmp_path: Path) -> None:
+    """The run's metrics.json lists, per stage, the epochs and global step of that stage's own
+    metrics.json (stages faked: each "trains" by writing what a one-stage run leaves)."""
+    progress = {"detector": (7, 140), "masks": (3, 60)}  # epochs, global_step per stage
+
+    def train_one(stage_cfg) -> dict[str, float]:
+        stage_dir = Path(stage_cfg.paths.output_dir)
+        name = stage_dir.name.split("_", 1)[1]
+        (stage_dir / "checkpoints").mkdir(parents=True)
+        ckpt = stage_dir / "checkpoints" / "best.ckpt"
+        ckpt.write_bytes(b"")
+        epochs, step = progress[name]
+        write_metrics_json(stage_dir, {"AP": 0.1}, checkpoint=str(ckpt), epochs=epochs,
+                           global_step=step)  # fmt: skip
+        return {"AP": 0.1}
+
+    with initialize_config_dir(conf_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=shapes_panoptic",
+                      f"paths.output_dir={tmp_path / 'run'}"], return_hydra_config=True)  # fmt: skip
+        previous = HydraConfig.instance().cfg
+        HydraConfig.instance().set_config(cfg)  # run_stages composes as inside the Hydra app
+        try:
+            run_stages(cfg, train_one)
+        finally:
+            HydraConfig.instance().cfg = previous
+    stages = json.loads((tmp_path / "run" / "metrics.json").read_text())["run"]["stages"]
+    assert list(stages) == ["detector", "masks"]
+    for name, (epochs, step) in progress.items():
+        assert stages[name]["epochs"] == epochs and stages[name]["global_step"] == step
+        assert stages[name]["checkpoint"].endswith(f"_{name}/checkpoints/best.ckpt")
 
 
 def test_two_stage_cpu_run_freezes_stage_one_detector(tmp_path: Path) -> None:

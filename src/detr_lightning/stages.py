@@ -14,8 +14,9 @@ Each stage is composed anew from the run's own command-line overrides plus its o
 ``stages=null``), trains and tests as a one-stage run in ``<run dir>/stage<i>_<name>/``
 (checkpoints, logs, its ``metrics.json``), and hands its best checkpoint to the next stage as
 ``model.init_detector``. The last stage's metrics are also written to ``<run dir>/metrics.json``
-with, under ``run.stages``, each stage's directory, checkpoint and minutes. ``stages=null`` on the
-command line trains the composed config in one run (joint training for ``head=panoptic``).
+with, under ``run.stages``, each stage's directory, checkpoint, minutes, epochs and global step
+(the last two from the stage's own metrics.json). ``stages=null`` on the command line trains
+the composed config in one run (joint training for ``head=panoptic``).
 """
 
 from __future__ import annotations
@@ -56,6 +57,14 @@ def best_checkpoint(stage_dir: Path) -> str | None:
     best = [p for p in files if not p.name.startswith("last")]
     chosen = best[-1:] or [p for p in files if p.name == "last.ckpt"]
     return str(chosen[0]) if chosen else None
+
+
+def stage_progress(stage_dir: Path) -> dict[str, Any]:
+    """``{"epochs": ..., "global_step": ...}`` from a finished stage's own metrics.json ``run``
+    (None each when the stage wrote none, e.g. ``test=false``)."""
+    metrics = stage_dir / "metrics.json"
+    run = json.loads(metrics.read_text()).get("run", {}) if metrics.is_file() else {}
+    return {key: run.get(key) for key in ("epochs", "global_step")}
 
 
 @rank_zero_only
@@ -101,6 +110,7 @@ def run_stages(
         previous = best_checkpoint(stage_dir)
         minutes = round((time.perf_counter() - start) / 60, 2)
         info[name] = {"dir": str(stage_dir), "checkpoint": previous, "minutes": minutes}
+        info[name] |= stage_progress(stage_dir)
         _say(f"=== stage {i}/{len(stages)}: {name} done in {minutes} min; checkpoint {previous}")
         if i < len(stages):
             finish_wandb(summary=metrics)  # one wandb run per stage
