@@ -128,7 +128,7 @@ def test_cli_bad_batch_size_fails_within_seconds(tmp_path) -> None:
          "draw.score_threshold=0.5"),
         ("predict", ["draw.top_k=0"], "draw.top_k=0", "draw.top_k=20"),
         ("predict", ["batch_size=many"], "batch_size='many' (str)", "batch_size=4"),
-        ("predict", ["device=gpu"], "device='gpu' (str)", "auto, cpu, cuda or cuda:N"),
+        ("predict", ["device=gpu"], "device='gpu' (str)", "auto, cpu, cuda, cuda:N"),
         ("visualize", ["input=x.png", "score_threshold=high"], "score_threshold='high'",
          "score_threshold=0.5"),
         ("visualize", ["input=x.png", "device=cuda1"], "device='cuda1'", "device=cuda:0"),
@@ -187,7 +187,7 @@ def test_cli_predict_bad_draw_threshold_fails_before_loading_anything(tmp_path) 
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "invalid config (2 problems)" in out
     assert "draw.score_threshold='abc' (str): must be a number in [0, 1]" in out
-    assert "device='gpu' (str): must be auto, cpu, cuda or cuda:N" in out
+    assert "device='gpu' (str): must be auto, cpu, cuda, cuda:N" in out
     assert not (tmp_path / "out").exists()
 
 

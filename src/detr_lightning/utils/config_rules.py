@@ -50,7 +50,7 @@ def _ints(n: int) -> Callable[[Any], bool]:
 
 
 def _device(v: Any) -> bool:
-    return v in (None, "", "auto", "cpu", "cuda") or (
+    return v in (None, "", "auto", "cpu", "cuda", "mps") or (
         isinstance(v, str) and re.fullmatch(r"cuda:\d+", v) is not None
     )
 
@@ -88,7 +88,7 @@ DATA_RULES: dict[str, Rule] = {
 # Top-level keys of conf/predict.yaml, visualize.yaml and export.yaml.
 ENTRY_RULES: dict[str, Rule] = {
     "batch_size": (_positive, "a positive integer (images per forward)", "batch_size=4"),
-    "device": (_device, "auto, cpu, cuda or cuda:N (N a GPU index)", "device=cuda:0"),
+    "device": (_device, "auto, cpu, cuda, cuda:N (N a GPU index) or mps", "device=cuda:0"),
     "draw.enabled": (lambda v: isinstance(v, bool), _BOOL, "draw.enabled=false"),
     "draw.score_threshold": (_fraction, "a number in [0, 1]", "draw.score_threshold=0.5"),
     "draw.top_k": (_positive_or_null, "a positive integer, or null for all",
