@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -9,6 +11,7 @@ from PIL import Image
 from detr_lightning.data.transforms import make_eval_transforms
 from detr_lightning.inference.images import (
     ImageListDataset,
+    coco_split_images,
     collate_images,
     find_images,
     image_loader,
@@ -63,3 +66,20 @@ def test_output_stems_keep_the_suffix_only_where_names_would_collide() -> None:
     assert output_stems(names) == ["a/x.jpg", "a/x.png", "a/y", "b/x", "Z.png", "z.JPG",
                                    "w.jpg", "w.jpg~2", "w.png"]  # fmt: skip
     assert output_stems(["only.jpeg"]) == ["only"]
+
+
+@pytest.mark.parametrize("kind", ["instances", "panoptic"])
+def test_an_evaluation_split_of_either_kind_gives_its_images(tmp_path, kind) -> None:
+    # predict without input= reads the data config's split: detection or panoptic json alike
+    ann = {"image_id": 7, "file_name": "a.png", "segments_info": []} if kind == "panoptic" else {
+        "id": 1, "image_id": 7, "category_id": 1, "bbox": [1, 1, 4, 4]}  # fmt: skip
+    data = {"images": [{"id": 7, "file_name": "a.jpg", "width": 40, "height": 30}],
+            "annotations": [ann], "categories": [{"id": 1, "name": "x", "isthing": 1}]}  # fmt: skip
+    path = tmp_path / f"{kind}.json"
+    path.write_text(json.dumps(data))
+    (record,) = coco_split_images(tmp_path / "img", path)
+    assert (record.image_id, record.path, record.expected_size) == (
+        7,
+        tmp_path / "img" / "a.jpg",
+        (40, 30),
+    )

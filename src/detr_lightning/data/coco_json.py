@@ -41,8 +41,10 @@ class CocoIndex:
 def read_coco_json(ann_file: str | Path, kind: str = "instances") -> dict:
     """Load ``ann_file`` and check its top level; raises DatasetFormatError naming file and key.
 
-    ``kind`` ("instances" or "panoptic") only words the error messages."""
+    ``kind``: "instances" or "panoptic", the kind expected (an annotation file of the other
+    kind is named as such), or "any" (only the images are read; messages say "instances")."""
     ann_file = Path(ann_file)
+    words = "instances" if kind == "any" else kind
     if not ann_file.is_file():
         raise FileNotFoundError(
             f"Annotation file not found: {ann_file}. Fix: check the data config's annotation "
@@ -59,17 +61,18 @@ def read_coco_json(ann_file: str | Path, kind: str = "instances") -> dict:
     if not isinstance(data, dict):
         raise DatasetFormatError(
             f"{ann_file} holds a JSON {type(data).__name__}, not a COCO object with keys "
-            f"{list(REQUIRED_KEYS)}. Fix: point the config at a COCO {kind} file."
+            f"{list(REQUIRED_KEYS)}. Fix: point the config at a COCO {words} file."
         )
     for key in REQUIRED_KEYS:
         if not isinstance(data.get(key), list):
             problem = "is missing" if key not in data else "is not a list"
             raise DatasetFormatError(
-                f'{ann_file}: top-level key "{key}" {problem}. A COCO {kind} file needs '
-                f'"images", "annotations" and "categories" lists. Fix: use a COCO {kind} json '
-                f'(e.g. {kind}_val2017.json); for a split without labels add "{key}": [].'
+                f'{ann_file}: top-level key "{key}" {problem}. A COCO {words} file needs '
+                f'"images", "annotations" and "categories" lists. Fix: use a COCO {words} json '
+                f'(e.g. {words}_val2017.json); for a split without labels add "{key}": [].'
             )
-    check_annotation_kind(data, ann_file, kind)
+    if kind != "any":
+        check_annotation_kind(data, ann_file, kind)
     return data
 
 

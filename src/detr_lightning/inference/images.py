@@ -102,7 +102,7 @@ def coco_split_images(images_dir: str | Path, ann_file: str | Path) -> list[Imag
     """Every image record of a COCO json (its ids, file names and sizes), in the json's order."""
     from detr_lightning.data.coco_json import read_coco_json
 
-    data = read_coco_json(ann_file)
+    data = read_coco_json(ann_file, kind="any")  # instances or panoptic: only images are read
     return [
         ImageRecord(
             Path(images_dir) / im["file_name"],
