@@ -17,6 +17,9 @@ Each stage is composed anew from the run's own command-line overrides plus its o
 with, under ``run.stages``, each stage's directory, checkpoint, minutes, epochs and global step
 (the last two from the stage's own metrics.json). ``stages=null`` on the command line trains
 the composed config in one run (joint training for ``head=panoptic``).
+``ckpt_path=last`` / ``auto`` resumes the newest staged run of the experiment in its own directory:
+finished stages are not retrained, the interrupted one continues from its last.ckpt
+(:mod:`detr_lightning.stage_resume`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,14 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from detr_lightning.checkpointing.locate import stage_folders
+from detr_lightning.stage_resume import (
+    StageResumeError,
+    finished_stage,
+    mark_done,
+    resume_point,
+    stage_finished,
+)
 from detr_lightning.utils.config_check import ConfigError
 
 
@@ -83,25 +94,35 @@ def run_stages(
     from detr_lightning.evaluation import write_metrics_json
     from detr_lightning.utils.loggers import finish_wandb
 
-    if cfg.get("ckpt_path"):
-        raise ConfigError(
-            f"ckpt_path={cfg.ckpt_path} with stages: resume one stage instead, e.g. the mask "
-            "stage: `stages=null <that stage's overrides> ckpt_path=<its last.ckpt>` (the "
-            "overrides are listed under stages in the config)."
-        )
+    stages = stage_overrides(cfg)
+    folders = stage_folders([name for name, _ in stages])
+    run_dir, resume_at = Path(cfg.paths.output_dir), -1  # -1: a new run
+    if cfg.get("ckpt_path"):  # ckpt_path=last/auto resolved to a stage's checkpoint (or given)
+        try:
+            run_dir, resume_at = resume_point(str(cfg.ckpt_path), folders)
+        except StageResumeError as err:
+            raise ConfigError(str(err)) from None
+        _say(f"=== resuming the staged run {run_dir} (this job's log: {cfg.paths.output_dir})")
     hydra_cfg = HydraConfig.get()
     base = list(hydra_cfg.overrides.task)
-    run_dir = Path(cfg.paths.output_dir)
-    stages = stage_overrides(cfg)
     metrics: dict[str, float] = {}
     info: dict[str, Any] = {}
     previous: str | None = None
     for i, (name, overrides) in enumerate(stages, start=1):
+        stage_dir = run_dir / folders[i - 1]
+        if i - 1 < resume_at or (i - 1 == resume_at and stage_finished(stage_dir)):
+            previous = best_checkpoint(stage_dir)
+            metrics, minutes = finished_stage(stage_dir)
+            info[name] = {"dir": str(stage_dir), "checkpoint": previous, "minutes": minutes}
+            info[name] |= stage_progress(stage_dir)
+            _say(f"=== stage {i}/{len(stages)}: {name} already finished; checkpoint {previous}")
+            continue
         stage_cfg = compose(hydra_cfg.job.config_name, overrides=[*base, *overrides, "stages=null"])
-        stage_dir = run_dir / f"stage{i}_{name}"
         with open_dict(stage_cfg):
             stage_cfg.paths.output_dir = str(stage_dir)
             stage_cfg.run_name = f"{cfg.run_name}-{name}"
+            # the command line's ckpt_path=last/auto is the whole run's, not this stage's
+            stage_cfg.ckpt_path = cfg.ckpt_path if i - 1 == resume_at else None
             if previous is not None:
                 stage_cfg.model.init_detector = previous
         _say(f"=== stage {i}/{len(stages)}: {name} ({' '.join(overrides) or 'no overrides'})")
@@ -111,6 +132,8 @@ def run_stages(
         minutes = round((time.perf_counter() - start) / 60, 2)
         info[name] = {"dir": str(stage_dir), "checkpoint": previous, "minutes": minutes}
         info[name] |= stage_progress(stage_dir)
+        if rank_zero_only.rank == 0:
+            mark_done(stage_dir, previous, minutes)
         _say(f"=== stage {i}/{len(stages)}: {name} done in {minutes} min; checkpoint {previous}")
         if i < len(stages):
             finish_wandb(summary=metrics)  # one wandb run per stage

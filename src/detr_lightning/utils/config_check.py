@@ -158,19 +158,22 @@ def _check_files(cfg: DictConfig, stage: str, errors: list[str]) -> None:
 
 def resolve_special_ckpt_path(cfg: DictConfig, stage: str = "fit") -> None:
     """Replace ``ckpt_path=last|auto`` in ``cfg`` by the newest ``last.ckpt`` of the experiment
-    (``outputs/<experiment>/*/checkpoints/last.ckpt``, or None for "auto" with none to resume)."""
+    (``outputs/<experiment>/*/checkpoints/last.ckpt``, or None for "auto" with none to resume;
+    with ``stages``, in the stage folders: ``checkpointing.locate.resolve_ckpt_path``)."""
     value = cfg.get("ckpt_path")
     if value not in SPECIAL:
         return
     try:
         root = OmegaConf.select(cfg, "paths.root_dir", default=None) or os.getcwd()
         experiment = str(OmegaConf.select(cfg, "experiment_name", default=None) or "")
+        stages = [str(name) for name in (cfg.get("stages") or {})]
     except OmegaConfBaseException as err:  # ${hydra:...} outside a Hydra app
         raise ConfigError(
             f"ckpt_path={value}: cannot tell the experiment's output folder ({err}). Fix: give "
             "the checkpoint's path, or set experiment_name and paths.root_dir."
         ) from err
-    resolved = resolve_ckpt_path(value, root, experiment, required=stage in _NEEDS_WEIGHTS)
+    needs = stage in _NEEDS_WEIGHTS
+    resolved = resolve_ckpt_path(value, root, experiment, required=needs, stages=stages)
     log.info("ckpt_path=%s -> %s", value, resolved or "none found: starting from scratch")
     with open_dict(cfg):
         cfg.ckpt_path = resolved

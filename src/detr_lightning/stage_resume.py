@@ -1,0 +1,59 @@
+"""Resuming a staged run (``stages:``, :mod:`detr_lightning.stages`) where it stopped.
+
+``ckpt_path=last`` / ``auto`` (or a checkpoint given by path) inside
+``<run>/stage<k>_<name>/checkpoints/`` resumes ``<run>``, in the same directory: the stages
+before stage k are finished (their best checkpoint starts the next stage, as in a run that was
+not interrupted); stage k is finished too when it wrote its ``stage_done.json`` (or its own
+``metrics.json``), otherwise it resumes from that checkpoint; the stages after it train as
+usual. Standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+DONE = "stage_done.json"  # written into a stage's folder when its training (and test) returned
+
+
+class StageResumeError(ValueError):
+    """``ckpt_path`` given with ``stages`` does not lie in one of the config's stage folders."""
+
+
+def resume_point(ckpt: str, folders: list[str]) -> tuple[Path, int]:
+    """(run directory, index of the stage ``ckpt`` belongs to) for a checkpoint in
+    ``<run>/<one of folders>/checkpoints/``; StageResumeError otherwise."""
+    path = Path(ckpt).absolute()
+    stage_dir = path.parent.parent
+    if path.parent.name != "checkpoints" or stage_dir.name not in folders:
+        raise StageResumeError(
+            f"ckpt_path={ckpt} with stages: not a checkpoint of this config's stages (a staged "
+            f"run keeps them in <run dir>/{{{','.join(folders)}}}/checkpoints/). Fix: "
+            "ckpt_path=last or ckpt_path=auto (the newest staged run of the experiment), a file "
+            "in one of those folders, or resume one stage alone: `stages=null <that stage's "
+            "overrides> ckpt_path=<its last.ckpt>` (the overrides are listed under stages)."
+        )
+    return stage_dir.parent, folders.index(stage_dir.name)
+
+
+def stage_finished(stage_dir: Path) -> bool:
+    """The stage's training returned: its ``stage_done.json`` or its own ``metrics.json``."""
+    return (stage_dir / DONE).is_file() or (stage_dir / "metrics.json").is_file()
+
+
+def mark_done(stage_dir: Path, checkpoint: str | None, minutes: float) -> None:
+    """Write the stage's ``stage_done.json`` (its checkpoint and minutes)."""
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    payload = {"checkpoint": checkpoint, "minutes": minutes}
+    (stage_dir / DONE).write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def finished_stage(stage_dir: Path) -> tuple[dict[str, float], float | None]:
+    """(the test metrics in its metrics.json, {} without one; its minutes, None if unknown)."""
+    metrics: dict[str, Any] = {}
+    if (stage_dir / "metrics.json").is_file():
+        metrics = json.loads((stage_dir / "metrics.json").read_text())
+    done = json.loads((stage_dir / DONE).read_text()) if (stage_dir / DONE).is_file() else {}
+    numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+    return numbers, done.get("minutes")
