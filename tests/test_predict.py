@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli import TINY, run_cli, run_dirs
+from cli import INFER_TINY, TINY, run_cli, run_dirs
 from pycocotools.coco import COCO
 from torchvision.io import decode_image
 
@@ -78,7 +78,7 @@ def test_folder_predictions_load_with_loadres_and_skip_the_unreadable_file(
     out = run_cli("predict", ["experiment=shapes", f"ckpt_path={checkpoint}",
                               f"input={image_folder}", f"output_dir={out_dir}", "num_workers=0",
                               "batch_size=3", "draw.score_threshold=0", "draw.top_k=3",
-                              f"paths.shapes_dir={shapes_root}", *TINY], tmp_path)  # fmt: skip
+                              f"paths.shapes_dir={shapes_root}", *INFER_TINY], tmp_path)  # fmt: skip
     assert "cannot read image" in out and str(image_folder / "top" / "broken.jpg") in out
     assert "skipped 1 unreadable image(s)" in out
     gt = json.loads((out_dir / "images.json").read_text())

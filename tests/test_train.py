@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli import TINY, run_cli, run_dirs
+from cli import INFER_TINY, TINY, run_cli, run_dirs
 
 from detr_lightning.data.shapes import generate_shapes_dataset
 from detr_lightning.evaluation.coco import METRIC_NAMES
@@ -108,7 +108,7 @@ def test_predict_writes_coco_results_with_dataset_ids(first_run, shapes_root) ->
     cwd, _, run_dir = first_run
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     out = run_cli("predict", ["experiment=shapes", f"ckpt_path={ckpt}",
-                              f"paths.shapes_dir={shapes_root}", *TINY], cwd)  # fmt: skip
+                              f"paths.shapes_dir={shapes_root}", *INFER_TINY], cwd)  # fmt: skip
     records = json.loads((run_dirs(out)[0] / "predictions.json").read_text())
     val = json.loads((shapes_root / "annotations" / "instances_val.json").read_text())
     assert len(records) == 8 * len(val["images"])  # every query of every image

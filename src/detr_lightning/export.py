@@ -69,7 +69,10 @@ def export(cfg: DictConfig) -> tuple[str, dict[str, float]]:
 
 @hydra.main(config_path=conf_dir(), config_name="export", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point."""
+    """Hydra entry point: refuses training-only overrides first (they would be ignored)."""
+    from detr_lightning.utils.unread_overrides import refuse_unread_overrides
+
+    refuse_unread_overrides("export")
     export(cfg)
 
 

@@ -135,7 +135,10 @@ def predict(cfg: DictConfig) -> str:
 
 @hydra.main(config_path=conf_dir(), config_name="predict", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point."""
+    """Hydra entry point: refuses training-only overrides first (they would be ignored)."""
+    from detr_lightning.utils.unread_overrides import refuse_unread_overrides
+
+    refuse_unread_overrides("predict")
     predict(cfg)
 
 

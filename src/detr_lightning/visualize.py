@@ -88,7 +88,10 @@ def visualize(cfg: DictConfig) -> list[str]:
 
 @hydra.main(config_path=conf_dir(), config_name="visualize", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point."""
+    """Hydra entry point: refuses training-only overrides first (they would be ignored)."""
+    from detr_lightning.utils.unread_overrides import refuse_unread_overrides
+
+    refuse_unread_overrides("visualize")
     visualize(cfg)
 
 

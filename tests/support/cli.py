@@ -28,6 +28,8 @@ TINY = [
     "callbacks.progress_bar=null",
     "trainer.log_every_n_steps=1",
 ]
+# predict, visualize and export refuse training-only keys (utils/unread_overrides.py)
+INFER_TINY = [a for a in TINY if not a.startswith(("trainer.", "callbacks."))]
 
 
 def run_cli(

@@ -117,7 +117,8 @@ def load_detector(
 
     ``datamodule`` (optional) supplies the label map of a release fine-tuned on other data;
     checkpoints always use their own. The config must describe the checkpoint's architecture
-    (the same experiment and overrides as its training run).
+    (the same experiment and overrides as its training run; the entry points refuse the
+    training-only ones, :mod:`detr_lightning.utils.unread_overrides`).
     """
     from detr_lightning.checkpointing.validate import (
         check_lightning_checkpoint,
