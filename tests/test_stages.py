@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli import TINY, run_cli, run_dirs
+from cli import INFER_TINY, TINY, run_cli, run_dirs
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
@@ -141,3 +141,29 @@ def test_two_stage_cpu_run_freezes_stage_one_detector(tmp_path: Path) -> None:
     assert any(k.startswith("net.mask_head.") for k in second)
     for row in ("All", "Things", "Stuff"):
         assert f"\n{row:10}|" in out
+
+
+@pytest.mark.slow  # a real two-stage run (~25 s), then a re-submission and a prediction
+def test_resubmitted_staged_run_is_not_retrained_and_predict_takes_its_mask_model(
+    tmp_path: Path,
+) -> None:
+    root = generate_shapes_dataset(tmp_path / "shapes", train=8, val=4)
+    data = ["experiment=shapes_panoptic", f"paths.shapes_dir={root}"]
+    smoke = ["schedule=smoke", "stages.detector.budget=null", "stages.masks.schedule=null"]
+    out = run_cli("train", [*data, *TINY, *smoke, "ckpt_path=auto"], tmp_path)
+    run = run_dirs(out)[-1]
+    assert "=== stage 2/2: masks done" in out and "resuming" not in out  # auto: from scratch
+    before = json.loads((run / "metrics.json").read_text())
+    again = run_cli("train", [*data, *TINY, *smoke, "ckpt_path=auto"], tmp_path)
+    assert f"=== resuming the staged run {run} " in again
+    assert "detector already finished" in again and "masks already finished" in again
+    assert "initialised the detector" not in again and "Epoch" not in again
+    after = json.loads((run / "metrics.json").read_text())
+    assert {k: v for k, v in after.items() if k != "run"} == {
+        k: v for k, v in before.items() if k != "run"}  # fmt: skip
+    assert after["run"]["stages"]["masks"]["checkpoint"] == before["run"]["stages"]["masks"][
+        "checkpoint"]  # fmt: skip
+    pred = run_cli("predict", [*data, *INFER_TINY, "ckpt_path=last", f"input={root / 'val'}",
+                               "draw.enabled=false"], tmp_path)  # fmt: skip
+    assert f"ckpt_path=last -> {run / 'stage2_masks' / 'checkpoints' / 'last.ckpt'}" in pred
+    assert (run_dirs(pred)[-1] / "predictions.json").is_file()
