@@ -353,3 +353,13 @@ def test_coco_panoptic_categories_keep_their_ids_in_250_slots(tiny: Path) -> Non
     # stuff without COCO's 80 things is not COCO panoptic: contiguous labels (as the fixture's)
     edited_json(tiny, lambda d: d.update(categories=things[:3] + stuff))
     assert dataset(tiny).num_classes == 6
+
+
+def test_headers_cover_the_segment_pngs(tiny: Path) -> None:
+    dataset(tiny).check_headers()
+    Image.fromarray(np.zeros((20, 31, 3), np.uint8)).save(
+        tiny / "annotations/panoptic_train/000001.png"
+    )
+    with pytest.raises(ImageLoadError, match=r"1 panoptic PNGs listed in .* cannot be used: "
+                                             r".*000001\.png is 31x20, the json says 30x20"):  # fmt: skip
+        dataset(tiny).check_headers()

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from detr_lightning.data.collate import Batch
 from detr_lightning.data.datamodule import DetrDataModule
-from detr_lightning.data.errors import DatasetFormatError
+from detr_lightning.data.errors import DatasetFormatError, ImageLoadError
 from detr_lightning.data.transforms import make_eval_transforms, make_train_transforms
 
 TINY = dict(
@@ -147,3 +147,16 @@ def test_setup_refuses_a_split_without_objects(tmp_path):
     assert "val" not in dm.datasets
     with pytest.raises(DatasetFormatError, match=r"the train split has no object to train on"):
         DetrDataModule(*va, num_workers=0, **TINY).setup("fit")
+
+
+def test_evaluation_images_are_checked_before_training(tmp_path):
+    box = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10]}
+    tr = write_coco(tmp_path / "tr", [(64, 48)], [box])
+    va = write_coco(tmp_path / "va", [(64, 48)], [box])
+    (va[0] / "0001.jpg").write_bytes(b"\xff\xd8 truncated to nothing")
+    with pytest.raises(ImageLoadError, match=r"1 images listed in .*va.*ann\.json cannot be used"):
+        DetrDataModule(*tr, *va, num_workers=0, **TINY).setup("fit")
+    # a training image is read within the first epoch: not checked up front
+    dm = DetrDataModule(*va, *tr, num_workers=0, **TINY)
+    dm.setup("fit")
+    assert set(dm.datasets) == {"train", "val"}

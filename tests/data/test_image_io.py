@@ -7,7 +7,8 @@ from coco_files import coco_dict, write_json
 from PIL import Image
 
 from detr_lightning.data.coco import CocoDetectionDataset
-from detr_lightning.data.image_io import load_rgb_image
+from detr_lightning.data.errors import ImageLoadError
+from detr_lightning.data.image_io import check_image_headers, load_rgb_image
 from detr_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -97,3 +98,18 @@ def test_exif_ignored_when_the_json_describes_the_stored_pixels(tmp_path):
     assert np.abs(out - arr).mean() < 6
     rotated = np.asarray(load_rgb_image(path, "a.json")).astype(int)
     assert rotated.shape == (40, 20, 3) and np.abs(rotated - np.rot90(arr, k=1)).mean() < 6
+
+
+def test_headers_are_checked_without_decoding(tmp_path):
+    rotated = _save(_exif_image(6)[0], tmp_path / "r.jpg", exif=_exif_image(6)[2])  # 40x20 stored
+    plain = _save(Image.new("RGB", (30, 10)), tmp_path / "p.png")
+    check_image_headers([(rotated, (20, 40)), (rotated, (40, 20)), (plain, (30, 10))], "a.json")
+    garbage = tmp_path / "g.png"
+    garbage.write_bytes(b"not an image at all" * 4)
+    files = [(plain, (10, 30)), (garbage, (5, 5)), (rotated, (40, 40))]
+    with pytest.raises(ImageLoadError) as err:
+        check_image_headers(files, "a.json")
+    msg = str(err.value)
+    assert msg.startswith("3 images listed in a.json cannot be used: ")
+    assert "p.png is 30x10, the json says 10x30" in msg and "UnidentifiedImageError" in msg
+    assert "r.jpg is 40x20, the json says 40x40" in msg and "Fix" in msg

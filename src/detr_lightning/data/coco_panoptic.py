@@ -106,6 +106,13 @@ class CocoPanopticDataset(IndexedImageDataset):
             log.info("%s: dropped %d images without segments (keep_empty=False).",
                      self.ann_file, self._index.stats["empty_dropped"])  # fmt: skip
 
+    def header_files(self) -> list[tuple[Path, tuple[int, int], str]]:
+        """The images and their segment-id PNGs (the same json width/height)."""
+        ix = self._index
+        pngs = [(self.png_folder / name, (int(w), int(h)), "panoptic PNGs")
+                for name, (h, w) in zip(ix.png_names, ix.sizes, strict=True)]  # fmt: skip
+        return super().header_files() + pngs
+
     def _rows(self, idx: int) -> slice:
         return slice(int(self._index.offsets[idx]), int(self._index.offsets[idx + 1]))
 

@@ -133,6 +133,8 @@ class DetrDataModule(L.LightningDataModule):
         for split in wanted:
             if split not in self.datasets and (dataset := self._build(split)) is not None:
                 dataset.require_objects(split)
+                if split != "train":  # read after a training epoch: a bad file would cost it
+                    dataset.check_headers()
                 self.datasets[split] = dataset
 
     def _loader(self, split: str, train: bool) -> DataLoader:

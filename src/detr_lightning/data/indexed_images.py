@@ -17,7 +17,7 @@ from torchvision import tv_tensors
 
 from detr_lightning.data.categories import label_map_from_categories
 from detr_lightning.data.errors import DatasetFormatError, ImageLoadError
-from detr_lightning.data.image_io import load_rgb_image
+from detr_lightning.data.image_io import check_image_headers, load_rgb_image
 from detr_lightning.data.transforms import boxes_to_normalized_cxcywh
 
 Transform = Callable[[Any, dict[str, Any]], tuple[Any, dict[str, Any]]]
@@ -99,6 +99,19 @@ class IndexedImageDataset(Dataset):
         ix = self._index
         counted = np.concatenate([[0], np.cumsum(ix.iscrowd == 0)])
         return counted[ix.offsets[1:]] - counted[ix.offsets[:-1]]
+
+    def header_files(self) -> list[tuple[Path, tuple[int, int], str]]:
+        """(file, json (width, height), what) of every file a sample reads: the images here."""
+        ix = self._index
+        return [(self.img_folder / name, (int(w), int(h)), "images")
+                for name, (h, w) in zip(ix.file_names, ix.sizes, strict=True)]  # fmt: skip
+
+    def check_headers(self) -> None:
+        """:func:`~detr_lightning.data.image_io.check_image_headers` over :meth:`header_files`."""
+        files = self.header_files()
+        for what in dict.fromkeys(w for _, _, w in files):
+            chosen = [(path, size) for path, size, w in files if w == what]
+            check_image_headers(chosen, self.ann_file, what)
 
     def require_objects(self, split: str) -> None:
         """Raise when no image has an object: training would learn "no object" only, and
