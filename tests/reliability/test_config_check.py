@@ -203,3 +203,12 @@ def test_a_presets_required_key_must_be_given_to_a_fresh_training_run(tmp_path) 
         with pytest.raises(ConfigError) as err:
             check_config(compose_cfg(["experiment=shapes_finetune"], tmp_path), stage)
         assert "needs it" not in str(err.value) and "nothing to evaluate" in str(err.value)
+
+
+def test_generated_data_paths_outside_its_root_must_exist(tmp_path) -> None:
+    # Below data.generate_shapes.root the files are written on first use: not checked.
+    check_config(compose_cfg([f"paths.shapes_dir={tmp_path / 'not_yet'}"], tmp_path))
+    cfg = compose_cfg([f"paths.shapes_dir={tmp_path / 'not_yet'}", "data.val_ann=/nope.json"],
+                      tmp_path)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"data\.val_ann=/nope\.json: no such annotation file"):
+        check_config(cfg)

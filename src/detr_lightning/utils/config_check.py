@@ -123,14 +123,22 @@ def _data_keys(cfg: DictConfig, stage: str) -> list[str]:
 
 def _check_data_paths(cfg: DictConfig, stage: str, errors: list[str]) -> None:
     data = cfg.get("data")
-    if data is None or data.get("generate_shapes") is not None:
-        return  # generated data is written by prepare_data on first use
+    if data is None:
+        return
+    # Generated data is written by prepare_data on first use, below its root: only a path
+    # outside the root must exist already.
+    root = (
+        _select(cfg, "data.generate_shapes.root", errors) if data.get("generate_shapes") else None
+    )
+    root = os.path.abspath(root) if isinstance(root, str) else None
     for name in _data_keys(cfg, stage):
         if name not in data.keys():  # ("in" is False for ??? values, which must be reported)
             continue
         key = f"data.{name}"
         value = _select(cfg, key, errors)
         if value is _ABSENT or value is None:
+            continue
+        if root and os.path.abspath(value).startswith(root + os.sep):
             continue
         want_dir = name.endswith("_images")
         ok = os.path.isdir(value) if want_dir else os.path.isfile(value)
