@@ -83,7 +83,7 @@ def _not_a_checkpoint(path: str, key: str) -> CheckpointLoadError | None:
     )
     return CheckpointLoadError(
         f"{key}={path}: not a PyTorch checkpoint (it starts with {head!r}; torch.save writes "
-        f"a zip archive, older versions a pickle). Fix: give {key}= {kind}."
+        f"a zip archive, older versions a pickle). Fix: point {key} at {kind}."
     )
 
 
