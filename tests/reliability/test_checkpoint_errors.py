@@ -78,7 +78,7 @@ def test_a_file_that_is_no_checkpoint_is_named(files, name: str, head: str, key:
         read_checkpoint(path, key)
     msg = str(err.value)
     assert msg.startswith(f"{key}={path}: not a PyTorch checkpoint (it starts with {head}")
-    assert "unsafe" not in msg and "weights_only" not in msg and "Fix: give " in msg
+    assert "unsafe" not in msg and "weights_only" not in msg and f"Fix: point {key} at " in msg
 
 
 def test_unsafe_checkpoint_is_refused_unexecuted(files) -> None:
