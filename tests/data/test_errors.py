@@ -222,7 +222,10 @@ def test_duplicate_ids(img_dir, section):
     data = coco_dict([IMAGE], anns, cats)
     data[section][1]["id"] = 1
     _, make = build(img_dir, data)
-    with pytest.raises(DatasetFormatError, match=rf"{section}\[1\] has id 1, which an earlier"):
+    record = {"categories": "category", "annotations": "annotation"}[section]
+    with pytest.raises(
+        DatasetFormatError, match=rf"{section}\[1\] has id 1, .*every {record} record"
+    ):
         make()
 
 

@@ -17,6 +17,7 @@ _FIELDS = {
     "annotations": {"id": int, "image_id": int, "category_id": int, "bbox": list},
 }
 _FIX = "Fix: correct or remove that record."
+_RECORD = {"images": "image", "categories": "category", "annotations": "annotation"}
 
 
 def check_records(records: list, section: str, ann_file: Path) -> None:
@@ -73,7 +74,7 @@ def check_unique_ids(ids: Iterable[int], section: str, ann_file: Path) -> None:
         if value in seen:
             raise DatasetFormatError(
                 f'{ann_file}: {section}[{i}] has id {value}, which an earlier record of "{section}"'
-                f" already has. Fix: give every {section[:-1]} record a unique id."
+                f" already has. Fix: give every {_RECORD[section]} record a unique id."
             )
         seen.add(value)
 
