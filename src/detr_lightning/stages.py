@@ -70,12 +70,14 @@ def best_checkpoint(stage_dir: Path) -> str | None:
     return str(chosen[0]) if chosen else None
 
 
-def stage_progress(stage_dir: Path) -> dict[str, Any]:
-    """``{"epochs": ..., "global_step": ...}`` from a finished stage's own metrics.json ``run``
-    (None each when the stage wrote none, e.g. ``test=false``)."""
+def stage_info(stage_dir: Path, checkpoint: str | None, minutes: float | None) -> dict[str, Any]:
+    """A finished stage's entry under ``run.stages``: its directory, checkpoint and minutes, and
+    ``epochs`` / ``global_step`` from its own metrics.json ``run`` (None each when the stage
+    wrote none, e.g. ``test=false``)."""
     metrics = stage_dir / "metrics.json"
     run = json.loads(metrics.read_text()).get("run", {}) if metrics.is_file() else {}
-    return {key: run.get(key) for key in ("epochs", "global_step")}
+    progress = {key: run.get(key) for key in ("epochs", "global_step")}
+    return {"dir": str(stage_dir), "checkpoint": checkpoint, "minutes": minutes} | progress
 
 
 @rank_zero_only
@@ -113,8 +115,7 @@ def run_stages(
         if i - 1 < resume_at or (i - 1 == resume_at and stage_finished(stage_dir)):
             previous = best_checkpoint(stage_dir)
             metrics, minutes = finished_stage(stage_dir)
-            info[name] = {"dir": str(stage_dir), "checkpoint": previous, "minutes": minutes}
-            info[name] |= stage_progress(stage_dir)
+            info[name] = stage_info(stage_dir, previous, minutes)
             _say(f"=== stage {i}/{len(stages)}: {name} already finished; checkpoint {previous}")
             continue
         stage_cfg = compose(hydra_cfg.job.config_name, overrides=[*base, *overrides, "stages=null"])
@@ -130,8 +131,7 @@ def run_stages(
         metrics = train_one(stage_cfg)
         previous = best_checkpoint(stage_dir)
         minutes = round((time.perf_counter() - start) / 60, 2)
-        info[name] = {"dir": str(stage_dir), "checkpoint": previous, "minutes": minutes}
-        info[name] |= stage_progress(stage_dir)
+        info[name] = stage_info(stage_dir, previous, minutes)
         if rank_zero_only.rank == 0:
             mark_done(stage_dir, previous, minutes)
         _say(f"=== stage {i}/{len(stages)}: {name} done in {minutes} min; checkpoint {previous}")
