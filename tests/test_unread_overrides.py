@@ -20,7 +20,7 @@ READ = [  # what the entry points do read: the architecture, data, paths, their 
     "proposal_head@model.net.queries.head=conv", "model.panoptic.postprocess.threshold=0.4",
     "data.val_transforms.size=96", "paths.shapes_dir=/x", "ckpt_path=last", "input=a.png",
     "speed.dtype=bfloat16", "speed.compile=true", "device=cpu", "model.compile_dir=x",
-    "trainers=1", "test_images=x",
+    "trainers=1", "test_images=x", "data.val_batch_size=2", "data.train_ann=x.json",
 ]  # fmt: skip
 
 
@@ -33,7 +33,10 @@ def test_each_training_only_override_is_listed_with_its_replacement() -> None:
     lines = ["trainer.precision=bf16-mixed", "+model.compile={mode:max-autotune}",
              "trainer.devices=2", "~callbacks.progress_bar", "trainer=gpu", "schedule=smoke",
              "logger=wandb", "model.lr_schedule.drop_epochs=null", "stages=null", "test=false",
-             "trainer.log_every_n_steps=1"]  # fmt: skip
+             "trainer.log_every_n_steps=1", "model.optimizer.lr=2e-4", "model.lr_backbone=0",
+             "+model.lr_multipliers.sampling_offsets=0.1", "model.lr_scaling=linear",
+             "model.criterion.weight_dict.loss_giou=4", "model.criterion.matcher.cost_bbox=2",
+             "data.train_transforms.scales=[96]", "data.group_by_aspect_ratio=true"]  # fmt: skip
     got = unread_overrides(lines, "predict")
     assert [m.split(": ")[0] for m in got] == lines  # each one, in command-line order
     hints = {m.split(": ")[0]: m.rsplit("; ", 1)[1] for m in got}
@@ -42,7 +45,7 @@ def test_each_training_only_override_is_listed_with_its_replacement() -> None:
     assert hints["trainer.devices=2"].startswith("use device")
     assert hints["trainer=gpu"].startswith("use device and speed.*")
     for line in ("~callbacks.progress_bar", "schedule=smoke", "test=false",
-                 "trainer.log_every_n_steps=1"):  # fmt: skip
+                 "trainer.log_every_n_steps=1", *lines[-8:]):  # fmt: skip
         assert hints[line] == "drop it"
     # visualize has a device but no precision or compile key; export neither
     vis = {m.split(": ")[0]: m.rsplit("; ", 1)[1] for m in unread_overrides(lines, "visualize")}

@@ -29,7 +29,9 @@ TINY = [
     "trainer.log_every_n_steps=1",
 ]
 # predict, visualize and export refuse training-only keys (utils/unread_overrides.py)
-INFER_TINY = [a for a in TINY if not a.startswith(("trainer.", "callbacks."))]
+INFER_TINY = [
+    a for a in TINY if not a.startswith(("trainer.", "callbacks.", "data.train_transforms."))
+]
 
 
 def run_cli(

@@ -7,7 +7,10 @@ set their precision, compilation and device with their own keys (conf/predict.ya
 ``device``). :func:`refuse_unread_overrides` lists every such override, with the key that does
 the job where there is one, before anything heavy is imported. The architecture (``model.*``,
 ``backbone=``, ...), ``data.*``, ``paths.*``, ``experiment=`` and the entry point's own keys are
-read and stay accepted. Only Hydra and omegaconf are imported.
+read and stay accepted, except the training-only keys among them: the optimiser's
+(``model.optimizer``, ``model.lr_*``), the loss's (``model.criterion.weight_dict``,
+``model.criterion.matcher``) and the training batches' (``data.train_transforms``,
+``data.group_by_aspect_ratio``). Only Hydra and omegaconf are imported.
 """
 
 from __future__ import annotations
@@ -24,6 +27,15 @@ TRAIN_ONLY: dict[str, str] = {
     "schedule": "it sets the training epochs and lr schedule",
     "model.lr_schedule": "nothing is trained",
     "model.compile": "the training step's compilation",
+    "model.optimizer": "nothing is trained",
+    "model.lr_backbone": "it sets a training lr",
+    "model.lr_multipliers": "they scale training lrs",
+    "model.lr_scaling": "it scales training lrs",
+    "model.base_batch_size": "it scales training lrs",
+    "model.criterion.weight_dict": "no loss is computed",
+    "model.criterion.matcher": "no loss is computed",
+    "data.train_transforms": "no training image is loaded",
+    "data.group_by_aspect_ratio": "it groups training batches",
     "stages": "nothing is trained",
     "test": "the after-training test",
     "run_name": "the logger's run name",
