@@ -83,7 +83,7 @@ def predict(cfg: DictConfig) -> str:
         device = resolve_device(cfg.get("device"))
         detector = load_detector(cfg, datamodule, device)
         ids, names, source = detector.category_ids, detector.names, detector.source
-        from detr_lightning.detr.fast_inference import prepare_for_inference
+        from detr_lightning.inference.fast_graph import prepare_for_inference
         from detr_lightning.utils.cpu_precision import warn_if_cpu_emulates
 
         # folded BatchNorms, channels-last, optional bf16 / compile (conf/predict.yaml: speed)

@@ -7,4 +7,6 @@ Modules (imported one by one, so that the import-light ones stay light):
   locate     ckpt_path=last/auto -> the newest last.ckpt of the experiment (stdlib only)
   validate   read a checkpoint safely and name the file, the reason and the fix (torch)
   pretrained model.pretrained=: an official release loaded once, with the same named errors
+  init_detector     model.init_detector=: a detector's weights from a Lightning checkpoint (stage 2)
+  optimizer_groups  resuming: the checkpoint's optimizer groups must be the ones the config builds
 """

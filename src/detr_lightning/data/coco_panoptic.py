@@ -42,6 +42,7 @@ from detr_lightning.data.coco_json import read_coco_json
 from detr_lightning.data.coco_panoptic_json import build_panoptic_index
 from detr_lightning.data.errors import DatasetFormatError, ImageLoadError
 from detr_lightning.data.indexed_images import IndexedImageDataset, Transform, check_files_exist
+from detr_lightning.data.panoptic_png import rgb_to_ids
 from detr_lightning.data.transforms import (
     make_base_transforms,
     mask_boxes,
@@ -148,7 +149,7 @@ class CocoPanopticDataset(IndexedImageDataset):
                 f"{ix.file_names[idx]} is {width}x{height} (json width/height). Fix: use the PNG "
                 f"made for that image."
             )
-        ids = torch.from_numpy(rgb[..., :3].astype(np.int64) @ np.array([1, 256, 256**2]))
+        ids = torch.from_numpy(rgb_to_ids(rgb))
         values, counts = torch.unique(ids, return_counts=True)  # sorted
         found = values[values != 0].numpy()
         listed = ix.segment_ids[self._rows(idx)]

@@ -1,6 +1,7 @@
 """Generate the shapes dataset, the embedded default, in the COCO 2017 layout.
 
-``python -m detr_lightning.data.shapes --out DIR [--train N] [--val M] [--seed S]`` writes::
+``python -m detr_lightning.data.shapes --out DIR [--train N] [--val M] [--seed S] [--force]``
+writes (``--force`` replaces an existing dataset)::
 
     DIR/train/*.jpg  DIR/val/*.jpg
     DIR/annotations/instances_{train,val}.json     things only (detection)
@@ -31,6 +32,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 from PIL import Image
 
+from detr_lightning.data.panoptic_png import ids_to_rgb
 from detr_lightning.data.shapes_background import STUFF_IDS
 from detr_lightning.data.shapes_render import THING_IDS, render_image
 
@@ -58,11 +60,6 @@ def categories(panoptic: bool = False) -> list[dict]:
 def annotation_files(root: str | Path) -> list[Path]:
     ann = Path(root) / "annotations"
     return [ann / f"{kind}_{split}.json" for split in SPLITS for kind in ("instances", "panoptic")]
-
-
-def _rgb(ids: np.ndarray) -> np.ndarray:
-    """int [H, W] ids -> uint8 [H, W, 3] with id = R + 256 G + 256^2 B (COCO panoptic)."""
-    return np.ascontiguousarray(ids.astype("<u4").view(np.uint8).reshape(*ids.shape, 4)[..., :3])
 
 
 def _segments(seg: np.ndarray) -> list[dict]:
@@ -93,7 +90,7 @@ def _make_image(root: Path, split: str, index: int, seed: int) -> tuple[dict, li
     name = f"{image_id:012d}"
     Image.fromarray(pixels).save(root / split / f"{name}.jpg", quality=90)
     png = root / "annotations" / f"panoptic_{split}" / f"{name}.png"
-    Image.fromarray(_rgb(seg)).save(png, compress_level=1)
+    Image.fromarray(ids_to_rgb(seg)).save(png, compress_level=1)
     image = {"id": image_id, "file_name": f"{name}.jpg", "width": width, "height": height}
     instances = []
     for shape in shapes:

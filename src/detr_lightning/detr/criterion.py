@@ -52,7 +52,7 @@ class SetCriterion(nn.Module):
     the others, loss_ce = sigmoid_focal_loss(reduction="sum") / num_boxes; eos_coef must then be
     left unset (it has no effect). Extensions with extra query sets (denoising, query groups,
     dense proposals) reuse :meth:`set_losses`.
-    Subclasses adding loss groups (e.g. masks) extend `LOSS_KEYS`.
+    Subclasses adding loss groups extend `LOSS_KEYS`.
     """
 
     LOSS_KEYS: Mapping[str, tuple[str, ...]] = LOSS_KEYS

@@ -13,11 +13,12 @@ import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
+
+from detr_lightning.data.panoptic_png import ids_to_rgb
 
 Sizes = Tensor | Sequence[Sequence[int]]
 
@@ -37,10 +38,8 @@ def _canvas(sizes: list[tuple[int, int]], canvas_size: Sequence[int] | None) -> 
 
 def id_map_to_png(segment_map: Tensor) -> bytes:
     """[H, W] integer segment ids -> the COCO panoptic PNG (id = R + 256 G + 256^2 B)."""
-    ids = segment_map.cpu().numpy().astype(np.uint32)
-    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 256**2 % 256], axis=-1)
     with io.BytesIO() as buffer:
-        Image.fromarray(rgb.astype(np.uint8)).save(buffer, format="PNG")
+        Image.fromarray(ids_to_rgb(segment_map.cpu().numpy())).save(buffer, format="PNG")
         return buffer.getvalue()
 
 

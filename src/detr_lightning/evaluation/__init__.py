@@ -1,4 +1,7 @@
-"""Evaluation: COCO box AP (torchmetrics, equal to pycocotools) in :mod:`.coco`."""
+"""Evaluation: COCO box AP (torchmetrics, equal to pycocotools) in :mod:`.coco`; panoptic
+quality as panopticapi defines it (:mod:`.panoptic`), computed inside LitDETR
+(:mod:`.panoptic_evaluator`) from COCO panoptic files (:mod:`.panoptic_io`); the report's
+figures (:mod:`.report_plots`)."""
 
 from detr_lightning.evaluation.coco import (
     CocoBoxAP,

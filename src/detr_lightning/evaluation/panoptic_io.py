@@ -18,6 +18,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from detr_lightning.data.panoptic_png import rgb_to_ids
+
 
 class PanopticImage(TypedDict, total=False):
     """One image's panoptic segmentation, prediction or ground truth.
@@ -57,7 +59,7 @@ def read_id_png(path: str | os.PathLike) -> Tensor:
             f"{path}: expected an RGB panoptic PNG (id = R + 256 G + 256^2 B), got an array of "
             f"shape {rgb.shape}; write the ids as RGB (see panopticapi.utils.id2rgb)"
         )
-    return torch.from_numpy(rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2])
+    return torch.from_numpy(rgb_to_ids(rgb))
 
 
 def load_panoptic_pairs(
