@@ -11,7 +11,7 @@ loss, backward, clip at 0.1, AdamW with the two learning rates: the official loo
 ``engine.py`` (``torch.optim.AdamW`` defaults) and ours as ``LitDETR`` runs it (the optimizer of
 conf/model/detr.yaml), in float32 and under ``trainer.precision=bf16-mixed``. Inference: one image, eval mode, no gradients: the official model,
 ours as validation runs it, and ours as ``predict`` runs it
-(:func:`~detr_lightning.detr.fast_inference.prepare_for_inference`: folded BatchNorms,
+(:func:`~detr_lightning.inference.fast_graph.prepare_for_inference`: folded BatchNorms,
 channels-last; also in bf16, and compiled with ``--compile``), and the exported ONNX graph as
 ``predict backend=onnxruntime`` runs it (skip with ``--no-onnx``). The variants run interleaved,
 round after round, so that a busy machine slows all of them alike; the ratios (official time /
@@ -37,7 +37,7 @@ import torch.fx
 from torch import nn
 
 from detr_lightning.detr.backbone import Backbone
-from detr_lightning.detr.fast_inference import prepare_for_inference
+from detr_lightning.inference.fast_graph import prepare_for_inference
 from detr_lightning.detr.frozen_bn import ConvFrozenBN, FrozenBNLeafTracer
 from detr_lightning.detr.model import build_detr
 from detr_lightning.detr.official import convert_official_state_dict

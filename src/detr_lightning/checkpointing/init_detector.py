@@ -15,7 +15,12 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from detr_lightning.checkpointing.validate import CheckpointLoadError, read_checkpoint
+from detr_lightning.checkpointing.validate import (
+    CheckpointLoadError,
+    listing,
+    read_checkpoint,
+    state_dict_differences,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +34,6 @@ def detector_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     if any(k.startswith("detr.") for k in net):
         return {k[len("detr.") :]: v for k, v in net.items() if k.startswith("detr.")}
     return net
-
-
-def _listing(keys: list[str], limit: int = 8) -> str:
-    return ", ".join(keys[:limit]) + (
-        f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    )
 
 
 def load_detector(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
@@ -56,18 +55,12 @@ def load_detector(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
     net = getattr(model, "net", model)
     detector = getattr(net, "detr", net)
     weights = detector_state_dict(checkpoint["state_dict"])
-    own = detector.state_dict()
-    unexpected, missing = sorted(set(weights) - set(own)), sorted(set(own) - set(weights))
-    shapes = [
-        f"{k} {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(set(weights) & set(own))
-        if weights[k].shape != own[k].shape
-    ]
+    unexpected, missing, shapes = state_dict_differences(weights, detector.state_dict())
     if unexpected or missing or shapes:
         raise CheckpointLoadError(
             f"{where}: its detector does not fit the model built from this config. Checkpoint "
-            f"keys the detector lacks: [{_listing(unexpected)}]; detector keys absent from the "
-            f"checkpoint: [{_listing(missing)}]; shape mismatches: [{_listing(shapes)}]. Fix: "
+            f"keys the detector lacks: {listing(unexpected)}; detector keys absent from the "
+            f"checkpoint: {listing(missing)}; shape mismatches: {listing(shapes)}. Fix: "
             "compose the same model, backbone and data as the run that wrote it."
         )
     detector.load_state_dict(weights)

@@ -132,9 +132,23 @@ def read_checkpoint(path: str | os.PathLike, key: str = "ckpt_path") -> Any:
         raise describe_load_error(path, key, err) from err
 
 
-def _listing(items: list[str], limit: int = 8) -> str:
+def listing(items: list[str], limit: int = 8) -> str:
+    """``[a, b, ... (+N more)]``: the first ``limit`` items of a message's list."""
     more = f" ... (+{len(items) - limit} more)" if len(items) > limit else ""
     return "[" + ", ".join(items[:limit]) + more + "]"
+
+
+def state_dict_differences(
+    saved: dict[str, Any], own: dict[str, Any]
+) -> tuple[list[str], list[str], list[str]]:
+    """(keys only ``saved`` has, keys only ``own`` has, "key (shape) vs model (shape)" lines of
+    the shared keys whose shapes differ), each sorted."""
+    shapes = [
+        f"{k} {tuple(saved[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(saved) & set(own))
+        if tuple(saved[k].shape) != tuple(own[k].shape)
+    ]
+    return sorted(set(saved) - set(own)), sorted(set(own) - set(saved)), shapes
 
 
 def _run_config_hint(path: str) -> str:
@@ -177,13 +191,7 @@ def check_lightning_checkpoint(checkpoint: Any, model: nn.Module, path: str) -> 
     check_lightning_entries(checkpoint, path)
     where = f"ckpt_path={path}"
     saved, own = checkpoint["state_dict"], model.state_dict()
-    unexpected = sorted(set(saved) - set(own))
-    missing = sorted(set(own) - set(saved))
-    shapes = [
-        f"{k} {tuple(saved[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(set(saved) & set(own))
-        if tuple(saved[k].shape) != tuple(own[k].shape)
-    ]
+    unexpected, missing, shapes = state_dict_differences(saved, own)
     if not (unexpected or missing or shapes):
         return
     hparams = checkpoint.get("hyper_parameters") or {}
@@ -195,9 +203,9 @@ def check_lightning_checkpoint(checkpoint: Any, model: nn.Module, path: str) -> 
                 f" The checkpoint was trained with {hparams['num_classes']} classes, the data "
                 f"configured here has {ours}: use the dataset it was trained on."
             )
-    found = [(f"shape mismatches: {_listing(shapes)}" if shapes else ""),
-             (f"checkpoint keys the model lacks: {_listing(unexpected)}" if unexpected else ""),
-             (f"model keys absent from the checkpoint: {_listing(missing)}" if missing else "")]  # fmt: skip
+    found = [(f"shape mismatches: {listing(shapes)}" if shapes else ""),
+             (f"checkpoint keys the model lacks: {listing(unexpected)}" if unexpected else ""),
+             (f"model keys absent from the checkpoint: {listing(missing)}" if missing else "")]  # fmt: skip
     raise CheckpointLoadError(
         f"{where}: the checkpoint does not fit the model built from this config "
         f"(another architecture or class count).{classes} Differences: "
