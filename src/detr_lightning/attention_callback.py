@@ -57,7 +57,8 @@ class AttentionMapLogger(EveryNEpochs):
     ) -> None:
         if batch_idx != 0 or dataloader_idx != 0 or not self._active(trainer):
             return
-        from detr_lightning.inference.attention_plot import denormalize, figure_to_array
+        from detr_lightning.data.transforms import denormalize
+        from detr_lightning.inference.attention_plot import figure_to_array
         from detr_lightning.inference.explain import attention_figures
 
         n = min(self.num_images, len(batch.targets))

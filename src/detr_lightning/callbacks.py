@@ -14,8 +14,7 @@ from torch import Tensor
 from torchvision.ops import box_convert
 from torchvision.utils import draw_bounding_boxes
 
-_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+from detr_lightning.data.transforms import denormalize
 
 
 def draw_detections(
@@ -37,8 +36,7 @@ def draw_detections(
         uint8 [3, h, w] cropped to the unpadded image.
     """
     h, w = (int(x) for x in target["size"])
-    rgb = (image[:, :h, :w].float().cpu() * _STD + _MEAN).clamp(0, 1)
-    rgb = (rgb * 255).to(torch.uint8)
+    rgb = denormalize(image, (h, w))
     scale = torch.tensor([w, h, w, h], dtype=torch.float32)
     gt = box_convert(target["boxes"].float().cpu(), "cxcywh", "xyxy") * scale
     oh, ow = (float(x) for x in target["orig_size"])

@@ -11,8 +11,10 @@ from detr_lightning.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     PAPER_SCALES,
+    NormalizeImage,
     RandomSizeCrop,
     boxes_to_normalized_cxcywh,
+    denormalize,
     make_eval_transforms,
     make_train_transforms,
     per_box_fields,
@@ -176,3 +178,13 @@ def test_boxes_to_normalized_cxcywh():
     torch.testing.assert_close(boxes_to_normalized_cxcywh(b), torch.full((1, 4), 0.4))
     b = tv_tensors.BoundingBoxes([[10, 20, 20, 40]], format="XYWH", canvas_size=(100, 50))
     torch.testing.assert_close(boxes_to_normalized_cxcywh(b), torch.full((1, 4), 0.4))
+
+
+def test_denormalize_inverts_normalize_on_the_real_part_of_a_padded_image() -> None:
+    image = torch.randint(
+        0, 256, (3, 5, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    normalised = NormalizeImage()(tv_tensors.Image(image)).as_subclass(torch.Tensor)
+    padded = torch.full((3, 8, 9), 7.0)
+    padded[:, :5, :7] = normalised
+    assert torch.equal(denormalize(padded, (5, 7)), image)

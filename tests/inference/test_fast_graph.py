@@ -9,8 +9,8 @@ import torch
 from detr_lightning.convergence import conv_proposals
 from detr_lightning.convergence.compact_trunk import CompactBackbone
 from detr_lightning.convergence.deformable_attention import BoxDeformableAttention
-from detr_lightning.inference.fast_graph import prepare_for_inference
 from detr_lightning.detr.model import build_detr
+from detr_lightning.inference.fast_graph import prepare_for_inference
 
 
 def _net():

@@ -141,6 +141,16 @@ class NormalizeImage(v2.Transform):
         return tv_tensors.wrap(out, like=inpt)
 
 
+def denormalize(pixels: Tensor, size: tuple[int, int]) -> Tensor:
+    """ImageNet-normalised [3, H', W'] (possibly padded) -> uint8 [3, h, w] of its real part
+    (``size`` = (h, w)): the inverse of :class:`NormalizeImage`, for drawing."""
+    h, w = size
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    rgb = (pixels[:, :h, :w].float().cpu() * std + mean).clamp(0, 1)
+    return (rgb * 255).round().to(torch.uint8)
+
+
 def _finish(sanitize: bool, min_box_size: float) -> list[v2.Transform]:
     steps: list[v2.Transform] = [BoxesFromMasks(), v2.ClampBoundingBoxes()]
     if sanitize:

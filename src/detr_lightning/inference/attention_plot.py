@@ -19,7 +19,6 @@ matplotlib.use("Agg")  # before pyplot: figures are only written to files / logg
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 from torch import Tensor  # noqa: E402
@@ -139,14 +138,3 @@ def save_figure(fig: Figure, path: str, close: bool = True) -> str:
     if close:
         plt.close(fig)
     return path
-
-
-def denormalize(pixels: Tensor, size: tuple[int, int]) -> Tensor:
-    """ImageNet-normalised [3, H', W'] (possibly padded) -> uint8 [3, h, w] of its real part."""
-    from detr_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-    h, w = size
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    rgb = (pixels[:, :h, :w].float().cpu() * std + mean).clamp(0, 1)
-    return (rgb * 255).round().to(torch.uint8)
