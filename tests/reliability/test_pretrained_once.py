@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from cli import TINY
+from hydra.errors import InstantiationException
+from omegaconf import OmegaConf
 from reliability_support import WeightSpy, compose_cfg, official_state_dict
 
 import detr_lightning.checkpoint as public_api
@@ -46,3 +49,28 @@ def test_tested_weights_are_the_trained_ones(tmp_path, shapes_root, monkeypatch)
         assert torch.equal(seen["fit_start"][key], file_weights[key]), key  # started from it
         assert torch.equal(seen["test_start"][key], seen["train_end"][key]), key  # tested = trained
         assert not torch.equal(seen["test_start"][key], file_weights[key]), key  # not the file's
+
+
+def test_a_checkpoint_or_a_release_stands_in_for_the_imagenet_weights(
+    tmp_path, shapes_root, monkeypatch
+) -> None:
+    # `make eval CKPT=...` on an R50 preset, on a machine with no ImageNet file in the torch
+    # cache: the checkpoint holds the trained backbone, so the file is not needed.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_cache"))
+    cfg = compose_cfg(["experiment=shapes_plain", "backbone=r18", "model.net.backbone.pretrained=true",
+                       f"paths.shapes_dir={shapes_root}", *TINY], tmp_path, name="eval")  # fmt: skip
+    datamodule = build_datamodule(cfg)
+    with pytest.raises(InstantiationException, match="ImageNet weights for backbone 'resnet18'"):
+        build_model(copy.deepcopy(cfg), datamodule)  # the real loading path, nothing cached
+    plain = copy.deepcopy(cfg)
+    plain.model.net.backbone.pretrained = False
+    release = tmp_path / "release.pth"
+    torch.save({"model": official_state_dict(build_model(plain, datamodule).net)}, release)
+    for key, value in (
+        ("ckpt_path", str(tmp_path / "run.ckpt")),
+        ("model.pretrained", str(release)),
+    ):
+        given = copy.deepcopy(cfg)
+        OmegaConf.update(given, key, value, force_add=True)
+        build_model(given, datamodule)
+        assert given.model.net.backbone.pretrained is False, key

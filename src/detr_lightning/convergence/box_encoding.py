@@ -19,5 +19,7 @@ def box_sine_embedding(boxes: Tensor, dim: int, temperature: float = 10000.0) ->
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """logit of x [...] in [0, 1] (e.g. normalised cxcywh boxes), x clamped to [eps, 1 - eps] so
+    that boxes on the image border give finite logits; the inverse of ``torch.sigmoid``."""
     x = x.clamp(eps, 1 - eps)
     return torch.log(x / (1 - x))

@@ -59,9 +59,11 @@ def build_model(cfg: DictConfig, datamodule: Any) -> L.LightningModule:
     num_classes = getattr(datamodule, "num_classes", None)
     mapping = getattr(datamodule, "label_to_category_id", None)
     with open_dict(cfg):
-        if cfg.model.get("pretrained") and cfg.model.net.backbone.get("pretrained"):
-            # A DETR release carries its trained backbone: ImageNet weights would be overwritten.
-            log.info("model.pretrained is set: not loading ImageNet weights for the backbone")
+        holder = "ckpt_path" if cfg.get("ckpt_path") else "model.pretrained"
+        if OmegaConf.select(cfg, holder) and cfg.model.net.backbone.get("pretrained"):
+            # A checkpoint or a DETR release carries its trained backbone: ImageNet weights
+            # would be overwritten, and need not be on this machine.
+            log.info("%s is set: not loading ImageNet weights for the backbone", holder)
             cfg.model.net.backbone.pretrained = False
         if num_classes is not None:
             cfg.model.num_classes = int(num_classes)
