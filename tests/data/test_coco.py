@@ -84,12 +84,20 @@ def test_degenerate_and_clipped_boxes_are_counted_and_logged(tmp_path, caplog):
     assert ds[0][1]["area"].tolist() == [400.0, 200.0]
 
 
-def test_keep_empty_false_drops_images_without_annotations(tmp_path):
+def test_keep_empty_false_drops_images_without_annotations(tmp_path, caplog):
     anns = [{"id": 1, "image_id": 2, "category_id": 1, "bbox": [1, 1, 5, 5], "iscrowd": 1},
             {"id": 2, "image_id": 3, "category_id": 1, "bbox": [1, 1, 5, 5]}]  # fmt: skip
     img_dir, ann = write_coco(tmp_path, [(20, 20)] * 3, anns)
-    assert len(CocoDetectionDataset(img_dir, ann, train=True)) == 3
-    assert CocoDetectionDataset(img_dir, ann, train=True, keep_empty=False).image_ids == [3]
+    with caplog.at_level(logging.INFO, logger="detr_lightning.data.coco"):
+        assert len(CocoDetectionDataset(img_dir, ann, train=True)) == 3
+    # the log says what was dropped, and nothing of keep_empty when no image was dropped
+    assert [r.getMessage().split(": ", 1)[1] for r in caplog.records] == [
+        "dropped 1 crowd annotations (training split)."
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="detr_lightning.data.coco"):
+        assert CocoDetectionDataset(img_dir, ann, train=True, keep_empty=False).image_ids == [3]
+    assert "dropped 2 images without annotations (keep_empty=False)" in caplog.text
     assert CocoDetectionDataset(img_dir, ann, train=False, keep_empty=False).image_ids == [2, 3]
 
 

@@ -103,10 +103,12 @@ class CocoDetectionDataset(IndexedImageDataset):
             )
         if parts:
             log.warning("%s: %s.", self.ann_file, "; ".join(parts))
-        if s["crowd_dropped"] or s["empty_dropped"]:
-            log.info("%s: dropped %d crowd annotations (train mode) and %d images without "
-                     "annotations (keep_empty=False).",
-                     self.ann_file, s["crowd_dropped"], s["empty_dropped"])  # fmt: skip
+        if s["crowd_dropped"]:  # DETR never trains on crowd boxes
+            log.info("%s: dropped %d crowd annotations (training split).", self.ann_file,
+                     s["crowd_dropped"])  # fmt: skip
+        if s["empty_dropped"]:
+            log.info("%s: dropped %d images without annotations (keep_empty=False).",
+                     self.ann_file, s["empty_dropped"])  # fmt: skip
 
     @property
     def num_degenerate_boxes(self) -> int:
