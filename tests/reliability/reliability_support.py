@@ -72,18 +72,6 @@ def run(
     )  # fmt: skip
 
 
-def official_state_dict(net: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """``net``'s weights under the official release's key names (the converter's inverse)."""
-    out = {}
-    for k, v in net.state_dict().items():
-        if k.startswith("backbone."):
-            k = "backbone.0." + k[len("backbone.") :]
-        elif k.startswith("position_encoding."):
-            k = "backbone.1." + k[len("position_encoding.") :]
-        out[k] = v.detach().clone()
-    return out
-
-
 class KillAtStep(L.Callback):
     """SIGKILLs its own process right after optimizer step ``step``: no handler, no cleanup, as
     the OOM killer or a pre-empted node would. Runs before the checkpoint callbacks (Lightning

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 from lit import loader, quiet_trainer
-from reliability_support import compose_cfg, official_state_dict, run, small_lit
+from release_files import official_state_dict
+from reliability_support import compose_cfg, run, small_lit
 
 from detr_lightning.checkpointing.optimizer_groups import check_optimizer_groups
 from detr_lightning.checkpointing.pretrained import load_pretrained

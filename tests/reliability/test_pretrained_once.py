@@ -10,7 +10,8 @@ import torch
 from cli import TINY
 from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
-from reliability_support import WeightSpy, compose_cfg, official_state_dict
+from release_files import official_state_dict
+from reliability_support import WeightSpy, compose_cfg
 
 import detr_lightning.checkpoint as public_api
 from detr_lightning.train import train

@@ -41,6 +41,7 @@ from detr_lightning.convergence.box_attention import token_centres
 from detr_lightning.convergence.box_encoding import box_sine_embedding
 from detr_lightning.convergence.denoising import DenoisingQueries, query_attention_mask
 from detr_lightning.convergence.dims import ModelDims
+from detr_lightning.convergence.official_release import adapt_official_state_dict
 from detr_lightning.convergence.queries import DecoderQueries, LearnedQueries, ProposalQueries
 from detr_lightning.convergence.refinement import RefiningDecoderHook, zero_last_layer
 from detr_lightning.detr.model import MLP, EncodedImage, SetDetector, Targets
@@ -101,15 +102,9 @@ class ConvergenceDETR(SetDetector):
         )  # fmt: skip
         self.focal, self.detach_memory = focal, detach_memory
         self.stage_names = tuple(stages)
-        if focal:
-            # Every class starts at a 1 % probability so the focal loss is not swamped.
-            nn.init.constant_(self.class_embed.bias, -math.log((1 - 0.01) / 0.01))
         self.queries = (queries or LearnedQueries)(dims)
         _check_combination(self.queries, box_refinement, denoiser, aux_head, transformer)
-        if getattr(self.queries, "class_prior", False):
-            # The decoder's logits start equal to its proposals' (ProposalQueries).
-            nn.init.zeros_(self.class_embed.weight)
-            nn.init.zeros_(self.class_embed.bias)
+        self.init_class_head(reset=False)  # just built
         self.aux_head = aux_head(d, num_logits, focal) if aux_head is not None else None
         self.box_refinement = box_refinement(dims) if box_refinement is not None else None
         if self.box_refinement is not None:
@@ -140,6 +135,20 @@ class ConvergenceDETR(SetDetector):
         self.deformable = cross_attention is not None
         for layer in transformer.decoder.layers if self.deformable else ():
             layer.multihead_attn = cross_attention(dims)
+
+    def init_class_head(self, reset: bool = True) -> None:
+        """The class head's start (``reset``: from torch's Linear init first): a 1 % probability
+        per class under ``focal`` (so the focal loss is not swamped), or all zeros under a
+        proposal class prior (the decoder's logits then start equal to its proposals')."""
+        if reset:
+            super().init_class_head()
+        if getattr(self.queries, "class_prior", False):
+            nn.init.zeros_(self.class_embed.weight)
+            nn.init.zeros_(self.class_embed.bias)
+        elif self.focal:
+            nn.init.constant_(self.class_embed.bias, -math.log((1 - 0.01) / 0.01))
+
+    adapt_official_state_dict = adapt_official_state_dict
 
     def forward(
         self, pixel_values: Tensor, pixel_mask: Tensor | None = None, targets: Targets | None = None

@@ -109,6 +109,11 @@ class SetDetector(nn.Module):
         self.num_queries = num_queries
         self.aux_loss = aux_loss
 
+    def init_class_head(self) -> None:
+        """(Re-)initialise the class head (torch's Linear init): fine-tuning on a new label set
+        replaces a release's head with this one. Extensions with a class-head prior override it."""
+        self.class_embed.reset_parameters()
+
     def encode(self, pixel_values: Tensor, pixel_mask: Tensor | None = None) -> EncodedImage:
         """Backbone, position encoding, input projection and encoder.
 

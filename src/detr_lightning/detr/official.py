@@ -148,9 +148,17 @@ def _load_converted(model: nn.Module, sd: dict[str, Tensor], path: str) -> dict[
     """
     segm = isinstance(model, DETRsegm)
     detector, mask_part = split_panoptic(sd)
+    net = model.detr if segm else model
+    skipped, fresh = [] if segm else sorted(mask_part), []
+    # An extension of the paper's model names the release's tensors in its own terms, and lists
+    # its own parameters that no release holds (they keep their initialisation).
+    adapt = getattr(net, "adapt_official_state_dict", None)
+    if adapt is not None:
+        detector, unused, fresh = adapt(detector)
+        skipped += unused
     prefix = _DETR if segm else ""
     sd = {prefix + k: v for k, v in detector.items()}
-    skipped = [] if segm else sorted(mask_part)
+    fresh = [prefix + k for k in fresh]
     if segm:
         sd.update(mask_part)
     own = model.state_dict()
@@ -158,12 +166,13 @@ def _load_converted(model: nn.Module, sd: dict[str, Tensor], path: str) -> dict[
     unexpected = sorted(set(sd) - set(own))
     missing = sorted(set(own) - set(sd))
     kept = [k for k in missing if segm and not mask_part and k.startswith(_MASK_PARTS)]
+    kept += [k for k in missing if k in fresh]
     missing = [k for k in missing if k not in kept]
     mismatched = sorted(k for k in set(sd) & set(own) if sd[k].shape != own[k].shape)
     reinitialized: list[str] = []
     if any(k in mismatched for k in head) and sd[head[0]].shape[1] == own[head[0]].shape[1]:
         # The fine-tuning path: a new label set gets a fresh class head, everything else loads.
-        model.get_submodule(prefix + "class_embed").reset_parameters()
+        getattr(net, "init_class_head", net.class_embed.reset_parameters)()
         reinitialized = list(head)
         mismatched = [k for k in mismatched if k not in head]
     if unexpected or missing or mismatched:
@@ -194,7 +203,10 @@ def _load_converted(model: nn.Module, sd: dict[str, Tensor], path: str) -> dict[
             report["checkpoint_num_classes"],
             report["model_num_classes"],
         )
-    if kept:
+    if fresh:
+        log.warning("%s: %d tensors of the model's extensions are not in the release and keep "
+                    "their initialisation: %s", path, len(fresh), _listing(fresh))  # fmt: skip
+    if segm and not mask_part:
         log.info("%s: a detection file; the mask head keeps its initialisation", path)
     if skipped:
         log.info("%s: a panoptic file; its mask head (%d tensors) is not used", path, len(skipped))
