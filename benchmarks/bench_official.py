@@ -37,10 +37,10 @@ import torch.fx
 from torch import nn
 
 from detr_lightning.detr.backbone import Backbone
-from detr_lightning.inference.fast_graph import prepare_for_inference
 from detr_lightning.detr.frozen_bn import ConvFrozenBN, FrozenBNLeafTracer
 from detr_lightning.detr.model import build_detr
 from detr_lightning.detr.official import convert_official_state_dict
+from detr_lightning.inference.fast_graph import prepare_for_inference
 from detr_lightning.inference.onnx_runtime import OnnxDetector
 from detr_lightning.utils.cpu_precision import cpu_computes_natively
 
