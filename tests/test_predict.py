@@ -4,6 +4,7 @@ unreadable files, and official DETR releases without ImageNet weights or COCO fi
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -186,3 +187,25 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_before_predicting(
         with pytest.raises(cpu_precision.SlowPrecisionWarning, match="speed.dtype=bfloat16"):
             predict(cfg)
     assert not (out_dir / "predictions.json").exists()
+
+
+def test_the_checkpoint_names_its_evaluation_size_when_predict_uses_another(
+    checkpoint, shapes_root, caplog
+) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from detr_lightning.inference.loading import load_detector
+    from detr_lightning.utils import conf_dir
+
+    state = torch.load(checkpoint, weights_only=True)
+    record = next(v for v in state.values() if isinstance(v, dict) and "categories" in v)
+    assert record["val_transforms"]["size"] == 96  # TINY's data.val_transforms.size
+    overrides = ["experiment=shapes", f"ckpt_path={checkpoint}", f"paths.shapes_dir={shapes_root}",
+                 *INFER_TINY]  # fmt: skip
+    for size, warned in ((96, False), (160, True)):
+        with initialize_config_dir(conf_dir(), version_base="1.3"):
+            cfg = compose("predict", overrides=[*overrides, f"data.val_transforms.size={size}"])
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            load_detector(cfg)
+        assert ("{size: 96}; this run uses {size: 160}" in caplog.text) == warned

@@ -1,5 +1,7 @@
 """DetrDataModule: loaders yield Batches; label mapping is eager and round-trips checkpoints."""
 
+import logging
+
 import lightning as L
 import pytest
 import torch
@@ -85,6 +87,26 @@ def test_mapping_from_the_training_json_is_used_for_every_split(tmp_path):
     wrong.load_state_dict({"label_to_category_id": [4]})
     with pytest.raises(DatasetFormatError, match=r"annotation id 1 .*label mapping \[4\]"):
         wrong.setup("validate")
+
+
+def test_the_evaluation_transform_is_recorded_and_another_one_is_named(tmp_path, caplog):
+    cats = [{"id": 4, "name": "a"}]
+    tr = write_coco(tmp_path / "tr", [(40, 30)],
+                    [{"id": 1, "image_id": 1, "category_id": 4, "bbox": [1, 1, 9, 9]}], cats)  # fmt: skip
+    trained = DetrDataModule(*tr, *tr, num_workers=0, **TINY)
+    assert "val_transforms" not in trained.state_dict()  # nothing recorded, nothing claimed
+    trained.val_transforms_record = {"_target_": "x", "size": 800, "max_size": 1333}
+    state = trained.state_dict()
+    assert state["val_transforms"] == {"_target_": "x", "size": 800, "max_size": 1333}
+    same = DetrDataModule(*tr, *tr, num_workers=0, **TINY)
+    same.val_transforms_record = dict(state["val_transforms"])
+    other = DetrDataModule(*tr, *tr, num_workers=0, **TINY)
+    other.val_transforms_record = {"_target_": "x", "size": 160, "max_size": 1333}
+    with caplog.at_level(logging.WARNING):
+        same.load_state_dict(state)
+        assert "val_transforms" not in caplog.text
+        other.load_state_dict(state)
+    assert "{size: 800}; this run uses {size: 160} (size differ)" in caplog.text
 
 
 def test_instantiated_by_hydra_from_yaml_values(tmp_path):

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from detr_lightning.data import eval_transform_record
 from detr_lightning.data.categories import is_thing_per_label, label_map_from_categories
 from detr_lightning.data.coco import CocoDetectionDataset, Transform
 from detr_lightning.data.coco_json import read_coco_json
@@ -64,6 +65,8 @@ class DetrDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.group_by_aspect_ratio = group_by_aspect_ratio
+        # The composed data.val_transforms config, recorded in checkpoints (eval_transform_record).
+        self.val_transforms_record: dict[str, Any] | None = None
         self.paths = {
             "train": (train_images, train_ann),
             "val": (val_images, val_ann),
@@ -179,8 +182,11 @@ class DetrDataModule(L.LightningDataModule):
         return self._loader("test", train=False)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"label_to_category_id": list(self.label_to_category_id),
-                "categories": list(self.categories)}  # fmt: skip
+        state = {"label_to_category_id": list(self.label_to_category_id),
+                 "categories": list(self.categories)}  # fmt: skip
+        if self.val_transforms_record is not None:  # set by utils.build.build_datamodule
+            state[eval_transform_record.KEY] = self.val_transforms_record
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Adopt a checkpoint's mapping; datasets are rebuilt with it (an annotation whose
@@ -192,6 +198,8 @@ class DetrDataModule(L.LightningDataModule):
             self.datasets.clear()
         self.label_to_category_id = mapping
         self.categories = list(state_dict.get("categories", self.categories))
+        saved = state_dict.get(eval_transform_record.KEY)
+        eval_transform_record.warn_if_different(saved, self.val_transforms_record, "the checkpoint")
 
 
 class PanopticDataModule(DetrDataModule):

@@ -49,12 +49,17 @@ def names_from_categories(categories: list[dict], category_ids: list[int]) -> li
     return names if any(names) else None
 
 
-def _checkpoint_categories(checkpoint: dict) -> list[dict] | None:
-    """The datamodule state's ``categories`` (saved under the datamodule's class name)."""
+def _datamodule_state(checkpoint: dict) -> dict:
+    """The datamodule's state (saved under its class name; the one with ``categories``)."""
     for value in checkpoint.values():
         if isinstance(value, dict) and isinstance(value.get("categories"), list):
-            return value["categories"]
-    return None
+            return value
+    return {}
+
+
+def _checkpoint_categories(checkpoint: dict) -> list[dict] | None:
+    """The datamodule state's ``categories``."""
+    return _datamodule_state(checkpoint).get("categories")
 
 
 def coco_names(category_ids: list[int]) -> list[str]:
@@ -125,6 +130,7 @@ def load_detector(
         check_lightning_entries,
         read_checkpoint,
     )
+    from detr_lightning.data.eval_transform_record import KEY, transform_record, warn_if_different
     from detr_lightning.utils.build import build_model
 
     ckpt, pretrained = cfg.get("ckpt_path"), OmegaConf.select(cfg, "model.pretrained")
@@ -140,6 +146,8 @@ def load_detector(
         num_classes = hp.get("num_classes") or (len(ids) if ids else None)
         ids = [int(i) for i in ids] if ids else list(range(int(num_classes or 0)))
         categories = _checkpoint_categories(checkpoint)
+        warn_if_different(_datamodule_state(checkpoint).get(KEY),
+                          transform_record(cfg.get("data")), f"ckpt_path={ckpt}")  # fmt: skip
         names = names_from_categories(categories, ids) if categories else None
         source = str(ckpt)
     elif datamodule is not None:

@@ -50,8 +50,13 @@ def instantiate_dict(node: DictConfig | None) -> list[Any]:
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
-    """Instantiate ``cfg.data``."""
-    return instantiate(cfg.data, _convert_="all")
+    """Instantiate ``cfg.data``; its ``val_transforms`` config is recorded for checkpoints."""
+    from detr_lightning.data.eval_transform_record import transform_record
+
+    datamodule = instantiate(cfg.data, _convert_="all")
+    if hasattr(datamodule, "val_transforms_record"):
+        datamodule.val_transforms_record = transform_record(cfg.data)
+    return datamodule
 
 
 def build_model(cfg: DictConfig, datamodule: Any) -> L.LightningModule:
