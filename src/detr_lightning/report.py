@@ -88,7 +88,8 @@ def markdown(runs: Sequence[Run], images: Sequence[str]) -> str:
         cells += [epochs_cell(run), "–" if wall is None else f"{wall:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     notes = ["AR: AR@100, all sizes. -1: no object of that size in the split (COCO). "
-             "–: no metrics.json (the run failed or is still running)."]  # fmt: skip
+             "–: not there (no metrics.json: the run failed or is still running; "
+             "an evaluation run trains no epochs and logs no training time)."]  # fmt: skip
     if panoptic:
         notes.append("PQ th / PQ st: things / stuff; segm AP: the thing masks' COCO AP. A staged "
                      "run's wall time is its stages' sum, its epochs one count per stage.")  # fmt: skip

@@ -247,3 +247,28 @@ def test_class_prior_and_peaks_exist_only_on_proposal_queries():
         levers.model(queries=lambda dims: LearnedQueries(dims, class_prior=True))
     with pytest.raises(TypeError):
         EncoderProposals(8, 3, True, tower_layers=2)
+
+
+class _TransposedQueries(torch.nn.Module):
+    """A new query source with the content's axes swapped ([B, d, Q]: a typical slip)."""
+
+    uses_reference = False
+
+    def __init__(self, dims) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(dims.num_queries, dims.d_model)
+
+    def forward(self, enc):
+        from detr_lightning.convergence.queries import DecoderQueries
+
+        b = enc.memory.shape[0]
+        position = self.embed.weight.unsqueeze(0).expand(b, -1, -1)
+        return DecoderQueries(torch.zeros_like(position).transpose(1, 2), position)
+
+
+def test_a_query_source_breaking_the_contract_is_named_before_the_decoder() -> None:
+    model = levers.model(queries=_TransposedQueries)
+    x, mask = torch.randn(2, 3, 64, 64), torch.ones(2, 64, 64, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"queries=_TransposedQueries returned content of shape "
+                                         r"\(2, 32, 5\).*\[2, 5, 32\]"):  # fmt: skip
+        model(x, mask)

@@ -172,6 +172,7 @@ class ConvergenceDETR(SetDetector):
         dn = self.denoiser(targets) if self.denoiser is not None else None
         enc = self.encode(pixel_values, pixel_mask)
         queries = self.queries(enc)
+        queries.check(self.queries, enc.memory.shape[0], self.num_queries, enc.memory.shape[-1])
         dense = queries.dense
         if self.aux_head is not None and self.training:
             proposals = self.aux_head(enc.memory, enc.mask)

@@ -49,6 +49,22 @@ class DecoderQueries:
     groups: int = 1
     dense: dict[str, Tensor] | None = None
 
+    def check(self, source: nn.Module, batch: int, num_queries: int, d_model: int) -> None:
+        """Raise naming ``source`` (the ``model.net.queries`` component) when the shapes break
+        the contract above: a new query source fails here, not inside the decoder."""
+        n = self.groups * num_queries
+        expected = {"content": (batch, n, d_model), "position": (batch, n, d_model),
+                    "reference": (batch, n, 4)}  # fmt: skip
+        for name, shape in expected.items():
+            value = getattr(self, name)
+            if value is not None and tuple(value.shape) != shape:
+                raise ValueError(
+                    f"model.net.queries={type(source).__name__} returned {name} of shape "
+                    f"{tuple(value.shape)}; DecoderQueries.{name} must be [B, groups * "
+                    f"num_queries, {'4' if name == 'reference' else 'd_model'}] = {list(shape)} "
+                    "(convergence/queries.py, DecoderQueries)."
+                )
+
 
 class LearnedQueries(nn.Module):
     """The paper's learned object queries; ``groups`` > 1 trains that many independent sets.
