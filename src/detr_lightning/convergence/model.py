@@ -39,10 +39,11 @@ from torch import Tensor, nn
 
 from detr_lightning.convergence.box_attention import token_centres
 from detr_lightning.convergence.box_encoding import box_sine_embedding
+from detr_lightning.convergence.combinations import check_combination
 from detr_lightning.convergence.denoising import DenoisingQueries, query_attention_mask
 from detr_lightning.convergence.dims import ModelDims
 from detr_lightning.convergence.official_release import adapt_official_state_dict
-from detr_lightning.convergence.queries import DecoderQueries, LearnedQueries, ProposalQueries
+from detr_lightning.convergence.queries import DecoderQueries, LearnedQueries
 from detr_lightning.convergence.refinement import RefiningDecoderHook, zero_last_layer
 from detr_lightning.detr.model import MLP, EncodedImage, SetDetector, Targets
 from detr_lightning.detr.transformer import Transformer
@@ -103,7 +104,8 @@ class ConvergenceDETR(SetDetector):
         self.focal, self.detach_memory = focal, detach_memory
         self.stage_names = tuple(stages)
         self.queries = (queries or LearnedQueries)(dims)
-        _check_combination(self.queries, box_refinement, denoiser, aux_head, transformer)
+        check_combination(self.queries, box_refinement, denoiser, aux_head, transformer,
+                          attention_prior, cross_attention)  # fmt: skip
         self.init_class_head(reset=False)  # just built
         self.aux_head = aux_head(d, num_logits, focal) if aux_head is not None else None
         self.box_refinement = box_refinement(dims) if box_refinement is not None else None
@@ -113,25 +115,7 @@ class ConvergenceDETR(SetDetector):
             # Boxes (references, noised ground truth) -> positional queries.
             self.ref_point_head = MLP(d, d, d, 2)
         self.denoiser = denoiser(dims) if denoiser is not None else None
-        if attention_prior is not None and box_refinement is None:
-            raise ValueError(
-                "model.net.attention_prior centres each query's cross-attention on its "
-                "reference box, which needs model.net.box_refinement (add refine=boxes)."
-            )
         self.attention_prior = attention_prior(dims) if attention_prior is not None else None
-        if cross_attention is not None and (box_refinement is None or attention_prior):
-            raise ValueError(
-                "model.net.cross_attention samples around each query's reference box: it needs "
-                "model.net.box_refinement (refine=boxes) and replaces the attention that "
-                "model.net.attention_prior biases (remove one of them)."
-            )
-        if cross_attention is not None and transformer.decoder_pos == "attn":
-            raise ValueError(
-                "model.net.cross_attention reads the memory at points around each box, never "
-                "through keys, so model.net.transformer.decoder_pos=attn (the spatial encoding "
-                "on the keys) would have no effect: set decoder_pos=none (cross_attention="
-                "deformable does) or input (added to the memory it reads)."
-            )
         self.deformable = cross_attention is not None
         for layer in transformer.decoder.layers if self.deformable else ():
             layer.multihead_attn = cross_attention(dims)
@@ -252,35 +236,3 @@ class ConvergenceDETR(SetDetector):
             out["dn_outputs"] = self.layer_outputs(logits[:, :, :num_dn], boxes[:, :, :num_dn])
             out["dn_queries"] = dn
         return out
-
-
-def _check_combination(
-    queries: nn.Module,
-    box_refinement: Factory | None,
-    denoiser: Factory | None,
-    aux_head: Callable[..., nn.Module] | None,
-    transformer: Transformer,
-) -> None:
-    """Raise on lever combinations that cannot work, naming the config keys."""
-    name = type(queries).__name__
-    if queries.uses_reference and box_refinement is None:
-        raise ValueError(
-            f"model.net.queries={name} starts the decoder from reference boxes, which need "
-            "model.net.box_refinement (add refine=boxes, or use queries=learned)."
-        )
-    if box_refinement is not None and not queries.uses_reference:
-        raise ValueError(
-            f"model.net.box_refinement needs reference boxes, but model.net.queries={name} has "
-            "none: use queries=anchors or queries=proposals, or remove the box_refinement node."
-        )
-    if aux_head is not None and isinstance(queries, ProposalQueries):
-        raise ValueError(
-            "model.net.aux_head with model.net.queries=ProposalQueries: the proposal head "
-            "already trains the encoder densely; remove the aux_head node."
-        )
-    extra = box_refinement or denoiser or getattr(queries, "groups", 1) > 1
-    if extra and transformer.query_pos != "attn":
-        raise ValueError(
-            "model.net.box_refinement / denoiser / queries.groups need "
-            f"model.net.transformer.query_pos=attn (got {transformer.query_pos!r})."
-        )
