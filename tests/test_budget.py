@@ -99,3 +99,51 @@ def test_a_positive_max_epochs_caps_the_plan(tmp_path, monkeypatch):
     base = 1e-3
     want = [0.5 * (1 + math.cos(math.pi * s / 9)) for s in range(9)]
     assert [lr / base for lr in clock.lrs] == pytest.approx(want)
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashAtStep(L.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:  # before the checkpoint callback: last save is step-1
+            raise _Crash
+
+
+def test_a_mid_epoch_resume_continues_the_budget_and_the_cosine(tmp_path, monkeypatch):
+    """The first test's run (20 s budget, 3 steps of 1 s per epoch, every 3rd epoch validates)
+    killed at step 5; last.ckpt is step 4, one batch into epoch 1, at 4 s + 1 s spent. The
+    resumed process has another clock (a real perf_counter is the machine's uptime): its
+    plans must not read it. The rest of epoch 1 (2 steps, 2 s) is scaled to 3 s for the plan,
+    so the resumed run follows the uninterrupted one: steps 4..15 at the same lrs, the same
+    validations (epochs 2 and 5), the end at step 16 in epoch 6."""
+    schedule = functools.partial(budget_schedule, budget_min=20 / 60)
+    clock = _FakeClock(monkeypatch)
+    trainer = quiet_trainer(tmp_path / "a", max_epochs=-1, callbacks=[clock], limit_val_batches=2)
+    trainer.fit(tiny_lit(lr_schedule=schedule), train_dataloaders=loader(3),
+                val_dataloaders=loader(2))  # fmt: skip
+    reference = clock.lrs
+
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(tmp_path / "ckpt", every_n_train_steps=1,
+                                               save_last=True)  # fmt: skip
+    crashed = quiet_trainer(tmp_path / "b", max_epochs=-1, limit_val_batches=2,
+                            callbacks=[_FakeClock(monkeypatch), _CrashAtStep(5), ckpt],
+                            enable_checkpointing=True)  # fmt: skip
+    with pytest.raises(_Crash):
+        crashed.fit(tiny_lit(lr_schedule=schedule), train_dataloaders=loader(3),
+                    val_dataloaders=loader(2))  # fmt: skip
+
+    resumed_clock = _FakeClock(monkeypatch)
+    resumed_clock.now = 70_000.0
+    resumed = quiet_trainer(tmp_path / "c", max_epochs=-1, callbacks=[resumed_clock],
+                            limit_val_batches=2)  # fmt: skip
+    resumed.fit(tiny_lit(lr_schedule=schedule), train_dataloaders=loader(3),
+                val_dataloaders=loader(2), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))  # fmt: skip
+    assert (resumed.current_epoch, resumed.global_step) == (6, 16)
+    assert resumed_clock.lrs == pytest.approx(reference[4:])
+    assert resumed_clock.val_epochs == [2, 5]
+    assert resumed_clock.now - 70_000.0 == pytest.approx(19 - 5)

@@ -37,6 +37,10 @@ class WallBudget(L.Callback):
         self._val_s = 0.0
         self._last_val_s = 0.0
         self._cap: int | None = None  # trainer.max_epochs when positive
+        self._in_epoch = False  # between an epoch's (or a resumed part's) start and its end
+        self._whole_epoch = True  # False for the rest of an epoch resumed from a mid-epoch save
+        self._first_step = 0  # global step when the epoch (or its resumed part) started
+        self._every = 0  # the planned validation spacing (0: not planned yet)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Read before the first plan overwrites fit_loop.max_epochs (also after a resume).
@@ -49,8 +53,19 @@ class WallBudget(L.Callback):
                 return config.scheduler
         raise RuntimeError("WallBudget needs model.lr_schedule = budget_schedule")
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _begin(self, trainer: L.Trainer, whole: bool) -> None:
         self._epoch_start, self._val_s = time.perf_counter(), 0.0
+        self._in_epoch, self._whole_epoch, self._first_step = True, whole, trainer.global_step
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A run resumed from a mid-epoch checkpoint gets no on_train_epoch_start for that
+        # epoch: its rest is timed from here (a fresh run's epoch start follows at once).
+        self._begin(trainer, whole=False)
+        if self._every:
+            trainer.check_val_every_n_epoch = self._every
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._begin(trainer, whole=True)
         if 0 < trainer.fit_loop.max_epochs <= trainer.current_epoch + 1:
             trainer.check_val_every_n_epoch = 1  # the last epoch always validates
 
@@ -75,12 +90,22 @@ class WallBudget(L.Callback):
         scheduler = self._scheduler(trainer)
         epoch_s = time.perf_counter() - self._epoch_start
         self.spent_s += epoch_s
+        self._in_epoch = False
         if self._plan_done(trainer):
             # on_train_batch_end has stopped the run; a partial epoch stays out of the mean
             pl_module.log("budget/spent_s", self.spent_s)
             return
+        done = trainer.current_epoch + 1
+        steps = trainer.global_step / done  # optimizer steps per epoch
         train_s = max(epoch_s - self._val_s, 1e-3)
-        if trainer.current_epoch > 0:
+        if not self._whole_epoch:
+            # The resumed rest of an epoch stays out of the mean; scaled to a whole epoch, it
+            # plans only while there is no mean yet.
+            part = max(trainer.global_step - self._first_step, 1) / steps
+            train_s = train_s / min(part, 1.0)
+            if self.train_s_count:
+                train_s = self.train_s_sum / self.train_s_count
+        elif trainer.current_epoch > 0:
             self.train_s_sum += train_s
             self.train_s_count += 1
             train_s = self.train_s_sum / self.train_s_count
@@ -90,13 +115,11 @@ class WallBudget(L.Callback):
         every = max(1, math.ceil(val_s / max(share * (train_s + val_s), 1e-9)))
         left_s = scheduler.budget_s - self.spent_s - val_s  # the final validation is certain
         epochs_left = max(0.0, left_s / (train_s + val_s / every))
-        done = trainer.current_epoch + 1
-        steps = trainer.global_step / done  # optimizer steps per epoch
         steps_left = int(epochs_left * steps + 1e-6)  # 1e-6: an exact plan survives rounding
         if self._cap is not None:
             steps_left = min(steps_left, max(0, round(self._cap * steps) - trainer.global_step))
         trainer.fit_loop.max_epochs = done + math.ceil(steps_left / steps - 1e-6)
-        trainer.check_val_every_n_epoch = every
+        trainer.check_val_every_n_epoch = self._every = every
         scheduler.factor.replan(trainer.global_step + steps_left)
         if steps_left == 0:
             trainer.should_stop = True
@@ -108,8 +131,11 @@ class WallBudget(L.Callback):
         })  # fmt: skip
 
     def state_dict(self) -> dict[str, Any]:
+        # A mid-epoch save counts the epoch's time so far: the resumed rest adds the remainder.
+        running = time.perf_counter() - self._epoch_start if self._in_epoch else 0.0
         return {
-            "spent_s": self.spent_s,
+            "spent_s": self.spent_s + running,
+            "every": self._every,
             "last_val_s": self._last_val_s,
             "train_s_sum": self.train_s_sum,
             "train_s_count": self.train_s_count,
@@ -120,3 +146,4 @@ class WallBudget(L.Callback):
         self._last_val_s = float(state_dict.get("last_val_s", 0.0))
         self.train_s_sum = float(state_dict.get("train_s_sum", 0.0))
         self.train_s_count = int(state_dict.get("train_s_count", 0))
+        self._every = int(state_dict.get("every", 0))
