@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from detr_lightning.data.collate import Batch
 from detr_lightning.data.datamodule import DetrDataModule
+from detr_lightning.data.epoch_sampler import EpochRandomSampler
 from detr_lightning.data.errors import DatasetFormatError, ImageLoadError
 from detr_lightning.data.transforms import make_eval_transforms, make_train_transforms
 
@@ -182,3 +183,16 @@ def test_evaluation_images_are_checked_before_training(tmp_path):
     dm = DetrDataModule(*va, *tr, num_workers=0, **TINY)
     dm.setup("fit")
     assert set(dm.datasets) == {"train", "val"}
+
+
+def test_the_training_order_follows_the_run_seed(tmp_path):
+    cats = [{"id": 4, "name": "a"}]
+    tr = write_coco(tmp_path / "tr", [(40, 30), (30, 40)],
+                    [{"id": 1, "image_id": 1, "category_id": 4, "bbox": [1, 1, 9, 9]}], cats)  # fmt: skip
+    for grouped in (False, True):
+        torch.manual_seed(5)  # what seed_everything(seed) leaves
+        dm = DetrDataModule(*tr, *tr, num_workers=0, group_by_aspect_ratio=grouped, **TINY)
+        loader = dm.train_dataloader()
+        sampler = loader.batch_sampler.sampler if grouped else loader.sampler
+        assert isinstance(sampler, EpochRandomSampler) and sampler.seed == 5
+        assert not isinstance(dm.val_dataloader().sampler, EpochRandomSampler)

@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from detr_lightning.data import eval_transform_record
 from detr_lightning.data.categories import is_thing_per_label, label_map_from_categories
@@ -15,6 +15,7 @@ from detr_lightning.data.coco import CocoDetectionDataset, Transform
 from detr_lightning.data.coco_json import read_coco_json
 from detr_lightning.data.coco_panoptic import CocoPanopticDataset
 from detr_lightning.data.collate import make_collate_fn
+from detr_lightning.data.epoch_sampler import EpochRandomSampler
 from detr_lightning.data.sampler import (
     AspectRatioGroupedBatchSampler,
     aspect_ratio_groups,
@@ -149,10 +150,11 @@ class DetrDataModule(L.LightningDataModule):
             )
         if train and self.group_by_aspect_ratio:
             return self._grouped_loader(self.datasets[split])
+        dataset = self.datasets[split]
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size if train else self.val_batch_size,
-            shuffle=train,
+            sampler=EpochRandomSampler(dataset, torch.initial_seed()) if train else None,
             drop_last=False,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
@@ -162,7 +164,8 @@ class DetrDataModule(L.LightningDataModule):
 
     def _grouped_loader(self, dataset: Dataset) -> DataLoader:
         groups = aspect_ratio_groups(image_sizes(dataset))
-        batches = AspectRatioGroupedBatchSampler(RandomSampler(dataset), groups, self.batch_size)
+        order = EpochRandomSampler(dataset, torch.initial_seed())
+        batches = AspectRatioGroupedBatchSampler(order, groups, self.batch_size)
         return DataLoader(
             dataset,
             batch_sampler=batches,
