@@ -40,6 +40,11 @@ def test_kill_9_then_resume_last_loses_at_most_one_interval(tmp_path, shapes_roo
     assert kill_at - INTERVAL <= saved["global_step"] < kill_at, (kill_at, saved["global_step"])
     assert not list((run_dir / "checkpoints").glob("*.tmp"))  # no write was in flight
 
+    # what the checkpoint restores cannot be changed on the way: refused before training
+    assert saved["callbacks"]["RecipeRecord"]["recipe"]["model.optimizer.lr"] > 0
+    refused = run("train", [*common, "ckpt_path=last", "model.optimizer.lr=5e-5"], tmp_path)
+    assert refused.returncode != 0 and "model.optimizer.lr: " in refused.stderr
+
     probe = tmp_path / "probe.json"
     resumed = run("train", [*common, "ckpt_path=last", "test=false",
                             "+callbacks.probe._target_=reliability_support.ResumeProbe",

@@ -9,4 +9,5 @@ Modules (imported one by one, so that the import-light ones stay light):
   pretrained model.pretrained=: an official release loaded once, with the same named errors
   init_detector     model.init_detector=: a detector's weights from a Lightning checkpoint (stage 2)
   optimizer_groups  resuming: the checkpoint's optimizer groups must be the ones the config builds
+  recipe_record     resuming: overrides of what the checkpoint restores (optimiser, lr schedule) are refused
 """

@@ -96,13 +96,15 @@ def build_model(cfg: DictConfig, datamodule: Any) -> L.LightningModule:
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
-    """Instantiate ``cfg.trainer`` with the configured callbacks and loggers, and with atomic
+    """Instantiate ``cfg.trainer`` with the configured callbacks and loggers, the recipe record
+    (what a resume restores, saved in checkpoints: checkpointing/recipe_record.py) and atomic
     checkpoint writes (AtomicCheckpointIO) unless the config brings its own CheckpointIO."""
     from lightning.fabric.plugins import CheckpointIO
 
     from detr_lightning.checkpointing.atomic_io import AtomicCheckpointIO
+    from detr_lightning.checkpointing.recipe_record import RecipeRecord, recipe_record
 
-    callbacks = instantiate_dict(cfg.get("callbacks"))
+    callbacks = [*instantiate_dict(cfg.get("callbacks")), RecipeRecord(recipe_record(cfg))]
     loggers = instantiate_dict(cfg.get("logger"))
     plugins = instantiate(cfg.trainer.get("plugins"), _convert_="all") or []
     plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
@@ -176,8 +178,10 @@ def build_run(
         check_lightning_checkpoint(checkpoint, model, ckpt)
         if stage == "fit":
             from detr_lightning.checkpointing.optimizer_groups import check_optimizer_groups
+            from detr_lightning.checkpointing.recipe_record import check_resumed_recipe
 
             check_optimizer_groups(checkpoint, model, ckpt)
+            check_resumed_recipe(checkpoint, cfg, ckpt)
         log.info("ckpt_path=%s: %s", ckpt, checkpoint_summary(checkpoint))
         del checkpoint  # memory-mapped: nothing was read beyond the headers
     return datamodule, model, build_trainer(cfg)

@@ -1,0 +1,52 @@
+"""A resume refuses overrides of what the checkpoint restores (optimiser, lr schedule), naming
+each changed key, instead of composing them and training on with the checkpoint's values."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from lit import loader, quiet_trainer, tiny_lit
+
+from detr_lightning.checkpointing.recipe_record import (
+    RecipeRecord,
+    check_resumed_recipe,
+    recipe_record,
+)
+from detr_lightning.checkpointing.validate import CheckpointLoadError
+from detr_lightning.utils import conf_dir
+
+
+def _cfg(*overrides: str):
+    with initialize_config_dir(conf_dir(), version_base="1.3"):
+        return compose("train", overrides=["experiment=shapes", *overrides])
+
+
+def test_the_record_holds_the_resolved_leaves_of_the_restored_keys() -> None:
+    record = recipe_record(_cfg())
+    assert record["model.optimizer.lr"] == 1e-3  # the shapes preset's
+    assert record["model.lr_schedule.budget_min"] == 13.0
+    assert record["model.lr_schedule._target_"] == "detr_lightning.schedule.budget_schedule"
+    assert record["model.lr_multipliers.sampling_offsets"] == 0.1
+    assert not any(k.startswith(("model.net", "trainer", "data")) for k in record)
+
+
+def test_a_resume_with_another_lr_or_schedule_is_refused_naming_each_key(tmp_path) -> None:
+    trainer = quiet_trainer(tmp_path, max_steps=1, callbacks=[RecipeRecord(recipe_record(_cfg()))],
+                            enable_checkpointing=True)  # fmt: skip
+    trainer.fit(tiny_lit(), train_dataloaders=loader(1))
+    path = tmp_path / "run.ckpt"
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=True)  # the record survives a safe load
+
+    check_resumed_recipe(checkpoint, _cfg("trainer.max_epochs=30"), str(path))  # may change
+    changed = _cfg("model.optimizer.lr=5e-5", "model.lr_schedule.budget_min=5")
+    with pytest.raises(CheckpointLoadError) as err:
+        check_resumed_recipe(checkpoint, changed, str(path))
+    msg = str(err.value)
+    assert f"ckpt_path={path}: resuming restores the optimiser" in msg
+    assert "model.optimizer.lr: 0.001 in the run, 5e-05 here" in msg
+    assert "model.lr_schedule.budget_min: 13.0 in the run, 5 here" in msg
+    assert msg.count("\n  - ") == 2 and f"model.init_detector={path}" in msg
+    del checkpoint["callbacks"]  # a checkpoint from before the record: nothing to compare
+    check_resumed_recipe(checkpoint, changed, str(path))
