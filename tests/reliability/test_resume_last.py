@@ -59,3 +59,42 @@ def test_auto_without_checkpoint_trains_from_scratch(tmp_path) -> None:
     cfg = compose_cfg(["ckpt_path=auto"], tmp_path)
     check_config(cfg, "fit")
     assert cfg.ckpt_path is None
+
+
+def _sweep_job_cfg(tmp_path: Path, value: str, name: str = "train"):
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import read_write
+
+    cfg = compose_cfg([f"ckpt_path={value}"], tmp_path, name=name)
+    with read_write(cfg.hydra):
+        cfg.hydra.mode = RunMode.MULTIRUN
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture()
+def no_hydra_job_after():
+    from hydra.core.hydra_config import HydraConfig
+
+    yield
+    HydraConfig.instance().cfg = None  # later tests must not run "inside" this sweep job
+
+
+def test_a_sweep_job_resumes_its_own_folder_only(tmp_path, no_hydra_job_after) -> None:
+    other = _last(tmp_path, "shapes", "2026-01-01_00-00-00", 9_000)  # another job's, newest
+    cfg = _sweep_job_cfg(tmp_path, "auto")
+    check_config(cfg, "fit")
+    assert cfg.ckpt_path is None  # not the other configuration's run
+    with pytest.raises(NoCheckpointFound, match="sweep job's folder"):
+        check_config(_sweep_job_cfg(tmp_path, "last"), "fit")
+    own = tmp_path / "run" / "checkpoints" / "last.ckpt"  # compose_cfg's job folder
+    own.parent.mkdir(parents=True)
+    own.write_bytes(b"ckpt")
+    for value in ("auto", "last"):
+        cfg = _sweep_job_cfg(tmp_path, value)
+        check_config(cfg, "fit")
+        assert cfg.ckpt_path == str(own)
+    cfg = _sweep_job_cfg(tmp_path, "last", name="eval")  # a sweep over evaluation settings
+    check_config(cfg, "test")
+    assert cfg.ckpt_path == str(other)

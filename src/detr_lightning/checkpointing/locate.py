@@ -5,6 +5,9 @@ Runs live in ``outputs/<experiment>/<time>/`` (conf/hydra/default.yaml), each wi
 time: the file written most recently is the furthest training got. Standard library only, so the
 entry points can resolve it before the heavy imports.
 
+In a sweep (``-m``) training resumes a job from its own folder only (:func:`job_checkpoints`):
+the experiment's newest ``last.ckpt`` is another job's, of another configuration.
+
 A staged run (``stages:``, head=panoptic) keeps each stage's checkpoints in
 ``<run>/stage<i>_<name>/checkpoints/``: evaluation and prediction take the final stage's (the
 model with masks), training takes any stage's and resumes that run (:mod:`detr_lightning.stages`).
@@ -55,6 +58,15 @@ def last_checkpoints(
         if os.path.isfile(p)
     }
     return sorted(found, key=os.path.getmtime, reverse=True)
+
+
+def job_checkpoints(output_dir: str, stages: Sequence[str] = ()) -> list[str]:
+    """A sweep job's own ``last.ckpt`` files: ``<output_dir>/checkpoints/last.ckpt`` and each
+    stage folder's, newest first. In a sweep every job is a different configuration, so a
+    re-submitted job resumes only from its own folder (the same ``hydra.sweep.dir``)."""
+    subdirs = [[]] + [[stage] for stage in stage_folders(stages)]
+    found = [os.path.join(output_dir, *sub, "checkpoints", "last.ckpt") for sub in subdirs]
+    return sorted((p for p in found if os.path.isfile(p)), key=os.path.getmtime, reverse=True)
 
 
 def resolve_ckpt_path(

@@ -103,7 +103,8 @@ def check_inference_config(cfg: DictConfig, needs_data: bool, needs_weights: boo
     ``needs_data`` the data files are not checked (a copy without ``data`` is checked: images
     come from ``input=``); without ``needs_weights`` neither ckpt_path nor model.pretrained is
     required (checked as a "fit" stage: the ONNX backend has its weights in the .onnx)."""
-    from detr_lightning.utils.config_check import check_config, resolve_special_ckpt_path
+    from detr_lightning.utils.ckpt_resolution import resolve_special_ckpt_path
+    from detr_lightning.utils.config_check import check_config
 
     resolve_special_ckpt_path(cfg, "predict" if needs_weights else "fit")
     checked = cfg

@@ -13,14 +13,15 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import (
     InterpolationToMissingValueError,
     MissingMandatoryValue,
     OmegaConfBaseException,
 )
 
-from detr_lightning.checkpointing.locate import SPECIAL, resolve_ckpt_path
+from detr_lightning.utils.ckpt_resolution import NEEDS_WEIGHTS as _NEEDS_WEIGHTS
+from detr_lightning.utils.ckpt_resolution import resolve_special_ckpt_path
 from detr_lightning.utils.config_rules import DATA_RULES, ENTRY_RULES, size_rules
 from detr_lightning.utils.config_rules import is_int as _is_int
 from detr_lightning.utils.config_rules import is_number as _is_number
@@ -28,7 +29,6 @@ from detr_lightning.utils.config_rules import is_number as _is_number
 log = logging.getLogger(__name__)
 
 _ABSENT = object()
-_NEEDS_WEIGHTS = ("test", "predict")
 
 
 class ConfigError(ValueError):
@@ -162,29 +162,6 @@ def _check_files(cfg: DictConfig, stage: str, errors: list[str]) -> None:
         errors.append("nothing to evaluate: neither ckpt_path nor model.pretrained is set. Fix: "
                       "ckpt_path=<Lightning .ckpt> (or ckpt_path=last) or "
                       "model.pretrained=<official DETR .pth>.")  # fmt: skip
-
-
-def resolve_special_ckpt_path(cfg: DictConfig, stage: str = "fit") -> None:
-    """Replace ``ckpt_path=last|auto`` in ``cfg`` by the newest ``last.ckpt`` of the experiment
-    (``outputs/<experiment>/*/checkpoints/last.ckpt``, or None for "auto" with none to resume;
-    with ``stages``, in the stage folders: ``checkpointing.locate.resolve_ckpt_path``)."""
-    value = cfg.get("ckpt_path")
-    if value not in SPECIAL:
-        return
-    try:
-        root = OmegaConf.select(cfg, "paths.root_dir", default=None) or os.getcwd()
-        experiment = str(OmegaConf.select(cfg, "experiment_name", default=None) or "")
-        stages = [str(name) for name in (cfg.get("stages") or {})]
-    except OmegaConfBaseException as err:  # ${hydra:...} outside a Hydra app
-        raise ConfigError(
-            f"ckpt_path={value}: cannot tell the experiment's output folder ({err}). Fix: give "
-            "the checkpoint's path, or set experiment_name and paths.root_dir."
-        ) from err
-    needs = stage in _NEEDS_WEIGHTS
-    resolved = resolve_ckpt_path(value, root, experiment, required=needs, stages=stages)
-    log.info("ckpt_path=%s -> %s", value, resolved or "none found: starting from scratch")
-    with open_dict(cfg):
-        cfg.ckpt_path = resolved
 
 
 def _check_required(cfg: DictConfig, stage: str, errors: list[str]) -> None:
