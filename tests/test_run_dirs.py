@@ -43,3 +43,16 @@ def test_a_stage_without_its_log_ends_the_curve_and_counts_as_unknown(tmp_path) 
     loaded = load_run(run)
     assert [p["epoch"] for p in loaded.curve] == [0.0, 1.0, 2.0]  # stage 1's points only
     assert loaded.stage_epochs == [3, None]  # the report writes "3+?"
+
+
+def test_a_torn_metrics_json_or_csv_row_leaves_the_rest_of_the_run_readable(tmp_path, caplog):
+    make_run(tmp_path / "0", COMMON, metrics(0.3), [(0, 0.1, 20.0), (1, 0.2, 40.0)])
+    log = tmp_path / "0" / "csv" / "metrics.csv"
+    with open(log, "a") as f:  # a killed writer's last row, cut inside a number
+        f.write("2,8,,,0.3e\n")
+    (tmp_path / "0" / "metrics.json").write_text('{"AP": 0.3, "AP50"')
+    run = load_run(tmp_path / "0")
+    assert run.metrics == {} and run.overrides == COMMON
+    assert [p["val/AP"] for p in run.curve] == [0.1, 0.2]
+    assert f"{tmp_path / '0' / 'metrics.json'}: not readable json" in caplog.text
+    assert f"{log}: skipped a row" in caplog.text

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import re
@@ -14,8 +15,11 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
+
+log = logging.getLogger(__name__)
 
 CURVE_KEYS = ("val/AP", "val/PQ", "epoch", "time/elapsed_s")
 _SKIP_DIRS = {"checkpoints", "csv", "wandb", "tensorboard", "val_images", ".hydra"}
@@ -100,9 +104,23 @@ def read_val_curve(csv_path: Path) -> list[dict[str, float]]:
     by_step: dict[int, dict[str, float]] = defaultdict(dict)
     with open(csv_path, newline="") as f:
         for row in csv.DictReader(f):
-            step = int(float(row.get("step") or -1))
-            by_step[step].update({k: float(row[k]) for k in CURVE_KEYS if row.get(k)})
+            step = _number(row.get("step"))
+            values = {k: _number(row.get(k)) for k in CURVE_KEYS}
+            torn = [k for k, v in values.items() if v is None and row.get(k) not in (None, "")]
+            if step is None or torn:
+                # a row cut by a killed writer (the log's last): its values are not numbers
+                log.warning("%s: skipped a row that is not numbers: %s", csv_path, dict(row))
+                continue
+            by_step[int(step)].update({k: v for k, v in values.items() if v is not None})
     return [p for _, p in sorted(by_step.items()) if "val/AP" in p]
+
+
+def _number(text: str | None) -> float | None:
+    """float(text); None for an empty or torn value."""
+    try:
+        return float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
 
 
 def read_staged_curve(
@@ -138,14 +156,27 @@ def read_staged_curve(
     return curve, epochs
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    """The json object in ``path``; {} when absent, and {} with a warning naming the file when
+    it is not a json object (a torn write): one broken run does not stop the report."""
+    if not path.is_file():
+        return {}
+    try:
+        payload = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        log.warning("%s: not readable json (%s); the run is shown without metrics", path, err)
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
 def load_run(path: Path) -> Run:
     """Read one run directory; absent files leave their fields empty."""
     run = Run(path)
     overrides = path / ".hydra" / "overrides.yaml"
     if overrides.is_file():
         run.overrides = [str(o) for o in yaml.safe_load(overrides.read_text()) or []]
-    if (path / "metrics.json").is_file():
-        payload = json.loads((path / "metrics.json").read_text())
+    payload = _read_json(path / "metrics.json")
+    if payload:
         run.info = payload.pop("run", {}) or {}
         run.metrics = {k: float(v) for k, v in payload.items() if isinstance(v, int | float)}
     if (path / "csv" / "metrics.csv").is_file():

@@ -46,14 +46,27 @@ def mark_done(stage_dir: Path, checkpoint: str | None, minutes: float) -> None:
     """Write the stage's ``stage_done.json`` (its checkpoint and minutes)."""
     stage_dir.mkdir(parents=True, exist_ok=True)
     payload = {"checkpoint": checkpoint, "minutes": minutes}
-    (stage_dir / DONE).write_text(json.dumps(payload, indent=2) + "\n")
+    from detr_lightning.checkpointing.atomic_io import atomic_write_text
+
+    atomic_write_text(stage_dir / DONE, json.dumps(payload, indent=2) + "\n")
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """The json in ``path`` ({} when absent); a torn file (written before writes were atomic, or
+    by hand) stops the resume naming it."""
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path}: not readable json ({err}). Fix: delete it; the stage is then resumed "
+            "from its last.ckpt (or retrained) instead of taken as finished."
+        ) from err
 
 
 def finished_stage(stage_dir: Path) -> tuple[dict[str, float], float | None]:
     """(the test metrics in its metrics.json, {} without one; its minutes, None if unknown)."""
-    metrics: dict[str, Any] = {}
-    if (stage_dir / "metrics.json").is_file():
-        metrics = json.loads((stage_dir / "metrics.json").read_text())
-    done = json.loads((stage_dir / DONE).read_text()) if (stage_dir / DONE).is_file() else {}
+    metrics, done = _read(stage_dir / "metrics.json"), _read(stage_dir / DONE)
     numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
     return numbers, done.get("minutes")

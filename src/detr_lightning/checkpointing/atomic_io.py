@@ -14,6 +14,7 @@ import contextlib
 import glob
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from typing import IO, Any
@@ -73,9 +74,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(err, OSError | RuntimeError) and not isinstance(err, NotImplementedError):
+            # torch's zip writer reports a full disk as "unexpected pos ..." (the OSError is
+            # only chained): say which file, how much room is left, and that nothing was lost.
+            free = shutil.disk_usage(dirname).free / 2**20
+            raise OSError(
+                f"{path}: writing failed ({str(err).splitlines()[0]}); {free:.0f} MiB free on its "
+                "filesystem. The previous file, if any, is unchanged. Fix: free space there or "
+                "write elsewhere (paths.output_dir=...)."
+            ) from err
         raise
     _fsync_dir(dirname)
     remove_stale_temp_files(path)
@@ -95,6 +105,11 @@ def remove_stale_temp_files(path: str | os.PathLike) -> list[str]:
         with contextlib.suppress(OSError):
             os.unlink(leftover)
     return stale
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (metrics.json, stage_done.json)."""
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:

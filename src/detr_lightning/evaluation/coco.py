@@ -180,9 +180,9 @@ def write_metrics_json(
     os.makedirs(os.path.dirname(path), exist_ok=True)
     payload: dict[str, Any] = {k: float(v) for k, v in metrics.items()}
     payload["run"] = run_info
-    with open(path, "w") as f:
-        json.dump(payload, f, indent=2, default=str)
-        f.write("\n")
+    from detr_lightning.checkpointing.atomic_io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")  # never torn
     return path
 
 
