@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import netrc
+from types import SimpleNamespace
 
 import lightning as L
 import torch
@@ -11,7 +12,8 @@ from lit import fake_batch, tiny_lit
 from torch.utils.data import DataLoader
 from torchvision.io import decode_png
 
-from detr_lightning.callbacks import ValidationImageLogger, draw_detections
+from detr_lightning import callbacks
+from detr_lightning.callbacks import ElapsedTime, ValidationImageLogger, draw_detections
 from detr_lightning.utils.loggers import resolve_wandb_offline, wandb_logger
 
 
@@ -75,3 +77,19 @@ def test_wandb_logger_offline_run_records_config_and_metrics(tmp_path, monkeypat
     logger.experiment.finish()
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+
+
+def test_elapsed_time_goes_on_from_the_checkpoint_after_a_resume(monkeypatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(callbacks, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    first = ElapsedTime()
+    first.on_fit_start(None, None)
+    now[0] = 130.0
+    state = first.state_dict()  # saved in the checkpoint
+    assert state == {"elapsed_s": 30.0}
+    resumed = ElapsedTime()  # another process, whose clock reads anything
+    resumed.load_state_dict(state)
+    now[0] = 5_000.0
+    resumed.on_fit_start(None, None)
+    now[0] = 5_010.0
+    assert resumed.state_dict() == {"elapsed_s": 40.0}

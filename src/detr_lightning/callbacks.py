@@ -140,14 +140,26 @@ class ElapsedTime(L.Callback):
     """Logs ``time/elapsed_s``, wall seconds since fitting started, with every validation.
 
     Evaluation time counts: it is what a user waits for. ``benchmarks/convergence.py`` reads
-    it beside ``val/AP`` to draw AP-versus-time curves. Resumed runs restart the clock.
+    it beside ``val/AP`` to draw AP-versus-time curves. The seconds so far are saved in
+    checkpoints: a resumed run's clock goes on from them (the time between the checkpoint and
+    the interruption is not counted: its training was lost too).
     """
 
     def __init__(self) -> None:
         self._start: float | None = None
+        self._before_s = 0.0  # seconds of the run before this process resumed it
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start = time.perf_counter()
+        self._start = time.perf_counter() - self._before_s
+
+    def state_dict(self) -> dict[str, float]:
+        elapsed = time.perf_counter() - self._start if self._start is not None else 0.0
+        return {"elapsed_s": elapsed}
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        self._before_s = float(state_dict.get("elapsed_s", 0.0))
+        if self._start is not None:  # restored after on_fit_start
+            self._start = time.perf_counter() - self._before_s
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._start is None or trainer.sanity_checking:

@@ -102,6 +102,14 @@ def read_val_curve(csv_path: Path) -> list[dict[str, float]]:
     """The validation points of a Lightning CSV log: val/AP (and val/PQ), epoch, time/elapsed_s
     per step (values logged at one step are merged, whichever rows hold them)."""
     by_step: dict[int, dict[str, float]] = defaultdict(dict)
+    # an interrupted staged run's earlier parts (stage_resume.keep_interrupted_log), then the log
+    parts = sorted(csv_path.parent.glob("metrics_part*.csv"), key=lambda p: int(p.stem[12:] or 0))
+    for path in [*parts, csv_path]:
+        _read_rows(path, by_step)
+    return [p for _, p in sorted(by_step.items()) if "val/AP" in p]
+
+
+def _read_rows(csv_path: Path, by_step: dict[int, dict[str, float]]) -> None:
     with open(csv_path, newline="") as f:
         for row in csv.DictReader(f):
             step = _number(row.get("step"))
@@ -112,7 +120,6 @@ def read_val_curve(csv_path: Path) -> list[dict[str, float]]:
                 log.warning("%s: skipped a row that is not numbers: %s", csv_path, dict(row))
                 continue
             by_step[int(step)].update({k: v for k, v in values.items() if v is not None})
-    return [p for _, p in sorted(by_step.items()) if "val/AP" in p]
 
 
 def _number(text: str | None) -> float | None:

@@ -70,3 +70,32 @@ def finished_stage(stage_dir: Path) -> tuple[dict[str, float], float | None]:
     metrics, done = _read(stage_dir / "metrics.json"), _read(stage_dir / DONE)
     numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
     return numbers, done.get("minutes")
+
+
+def keep_interrupted_log(csv_dir: Path) -> Path | None:
+    """Rename an interrupted stage's ``metrics.csv`` to ``metrics_part<k>.csv`` before the stage
+    resumes in the same folder (Lightning's CSV logger would delete it); the report reads the
+    parts and the new file as one log (:func:`detr_lightning.run_dirs.read_val_curve`)."""
+    log = csv_dir / "metrics.csv"
+    if not log.is_file():
+        return None
+    k = 1 + sum(1 for _ in csv_dir.glob("metrics_part*.csv"))
+    kept = csv_dir / f"metrics_part{k}.csv"
+    log.rename(kept)
+    return kept
+
+
+def elapsed_before(ckpt_path: str) -> float:
+    """Seconds of training a checkpoint records (the ElapsedTime callback's state; 0 without)."""
+    import torch
+
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - an unreadable file is named by the resume's own check
+        return 0.0
+    state = (
+        checkpoint.get("callbacks", {}).get("ElapsedTime", {})
+        if isinstance(checkpoint, dict)
+        else {}
+    )
+    return float(state.get("elapsed_s", 0.0)) if isinstance(state, dict) else 0.0

@@ -36,7 +36,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from detr_lightning.checkpointing.locate import stage_folders
 from detr_lightning.stage_resume import (
     StageResumeError,
+    elapsed_before,
     finished_stage,
+    keep_interrupted_log,
     mark_done,
     resume_point,
     stage_finished,
@@ -128,6 +130,9 @@ def run_stages(
                 stage_cfg.model.init_detector = previous
         _say(f"=== stage {i}/{len(stages)}: {name} ({' '.join(overrides) or 'no overrides'})")
         start = time.perf_counter()
+        if stage_cfg.ckpt_path and rank_zero_only.rank == 0:  # this stage resumes in its folder
+            keep_interrupted_log(stage_dir / "csv")
+            start -= elapsed_before(str(stage_cfg.ckpt_path))  # its minutes before the stop
         metrics = train_one(stage_cfg)
         previous = best_checkpoint(stage_dir)
         minutes = round((time.perf_counter() - start) / 60, 2)
