@@ -199,7 +199,10 @@ def pq_compute(
 
 
 class PanopticQualityMetric(Metric):
-    """DDP-safe PQ accumulator: per-class tp / fp / fn / IoU-sum states, summed over ranks.
+    """PQ accumulator for your own loops: per-class tp / fp / fn / IoU-sum states, summed over
+    DDP ranks (an image a ``DistributedSampler`` repeats to pad the ranks counts twice;
+    LitDETR uses :class:`~detr_lightning.evaluation.panoptic_evaluator.ImagePanopticQuality`,
+    which keeps one entry per image id).
 
     ``categories``: ``[{"id", "isthing"}, ...]`` (the panoptic json's ``categories``; ids may
     be any ints). ``update(preds, targets)`` takes one :class:`PanopticImage` each, or
