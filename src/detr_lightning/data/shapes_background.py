@@ -29,7 +29,7 @@ def background(
 
     Each stuff region is ``c1 + (c2 - c1) * t`` for two random colours and a scalar pattern t:
     a vertical gradient (sky), blotchy noise (ground) or stripes (wall). Channels-first keeps
-    numpy's inner loops contiguous (broadcasting over a trailing RGB axis was 20x slower).
+    numpy's inner loops contiguous (broadcasting over a trailing RGB axis is far slower).
     """
     names = [str(n) for n in rng.choice(STUFF_NAMES, size=int(rng.integers(1, 3)), replace=False)]
     yy = np.arange(height, dtype=np.float32)[:, None]
