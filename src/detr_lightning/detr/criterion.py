@@ -53,6 +53,14 @@ class SetCriterion(nn.Module):
     left unset (it has no effect). Extensions with extra query sets (denoising, query groups,
     dense proposals) reuse :meth:`set_losses`.
     Subclasses adding loss groups extend `LOSS_KEYS`.
+
+    ``extra_terms`` ({name: module}) adds losses of the matched pairs without a subclass: each
+    module has ``keys`` (the loss names it returns) and is called as ``term(layers, targets,
+    pairs, num_boxes)`` with the L stacked prediction sets of :meth:`layer_losses`, their
+    :class:`~detr_lightning.detr.matched_pairs.MatchedPairs` and the normaliser, returning
+    {name: [L] tensor}. Like the paper's losses it applies to every query set (aux layers
+    ``_i``; an extension's ``_dn``, ``_enc``, ``_g<k>``) and is weighted by ``weight_dict``
+    (example: :class:`~detr_lightning.convergence.aspect_loss.AspectRatioLoss`).
     """
 
     LOSS_KEYS: Mapping[str, tuple[str, ...]] = LOSS_KEYS
@@ -67,8 +75,10 @@ class SetCriterion(nn.Module):
         focal: bool = False,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
+        extra_terms: Mapping[str, nn.Module] | None = None,
     ) -> None:
         super().__init__()
+        self.extra_terms = nn.ModuleDict(dict(extra_terms or {}))
         unknown = set(losses) - set(self.LOSS_KEYS)
         if unknown:
             raise ValueError(
@@ -76,11 +86,13 @@ class SetCriterion(nn.Module):
             )
         self.weight_dict = dict(DEFAULT_WEIGHTS if weight_dict is None else weight_dict)
         produced = {k for name in losses for k in self.LOSS_KEYS[name]}
+        produced |= {k for term in self.extra_terms.values() for k in term.keys}
         missing = {k for k in self.weight_dict if base_loss_name(k) not in produced}
         if missing:
             raise ValueError(
                 f"SetCriterion: weight_dict has {sorted(missing)} but losses={list(losses)} does "
-                "not compute them; add the loss group ('labels' or 'boxes') or drop the weight."
+                "not compute them; add the loss group ('labels' or 'boxes') or the extra term, "
+                "or drop the weight."
             )
         if getattr(matcher, "focal", focal) != focal:
             raise ValueError(
@@ -249,6 +261,8 @@ class SetCriterion(nn.Module):
             tgt = torch.cat([t["boxes"] for t in targets])[pairs.target]
             matched_boxes = (src, tgt)
             per_set.update(box_losses(src, tgt, pairs.sizes, num_boxes))
+        for term in self.extra_terms.values():
+            per_set.update(term(layers, targets, pairs, num_boxes))
         if "labels" in self.losses:
             labels = torch.cat([t["labels"] for t in targets])[pairs.target]
             per_set["loss_ce"] = self.classification_loss(
