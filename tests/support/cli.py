@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from detr_lightning.utils.unread_overrides import unread_overrides
+
 TINY = [
     "data.num_workers=0",
     "data.batch_size=4",
@@ -29,9 +31,7 @@ TINY = [
     "trainer.log_every_n_steps=1",
 ]
 # predict, visualize and export refuse training-only keys (utils/unread_overrides.py)
-INFER_TINY = [
-    a for a in TINY if not a.startswith(("trainer.", "callbacks.", "data.train_transforms."))
-]
+INFER_TINY = [a for a in TINY if not unread_overrides([a], "predict")]
 
 
 def run_cli(
