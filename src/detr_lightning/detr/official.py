@@ -149,7 +149,7 @@ def _load_converted(model: nn.Module, sd: dict[str, Tensor], path: str) -> dict[
     segm = isinstance(model, DETRsegm)
     detector, mask_part = split_panoptic(sd)
     net = model.detr if segm else model
-    skipped, fresh = [] if segm else sorted(mask_part), []
+    skipped, unused, fresh = [] if segm else sorted(mask_part), [], []
     # An extension of the paper's model names the release's tensors in its own terms, and lists
     # its own parameters that no release holds (they keep their initialisation).
     adapt = getattr(net, "adapt_official_state_dict", None)
@@ -208,8 +208,13 @@ def _load_converted(model: nn.Module, sd: dict[str, Tensor], path: str) -> dict[
                     "their initialisation: %s", path, len(fresh), _listing(fresh))  # fmt: skip
     if segm and not mask_part:
         log.info("%s: a detection file; the mask head keeps its initialisation", path)
-    if skipped:
-        log.info("%s: a panoptic file; its mask head (%d tensors) is not used", path, len(skipped))
+    if mask_part and not segm:
+        log.info(
+            "%s: a panoptic file; its mask head (%d tensors) is not used", path, len(mask_part)
+        )
+    if unused:
+        log.info("%s: %d tensors of the release are replaced by the model's extensions and not "
+                 "used: %s", path, len(unused), _listing(unused))  # fmt: skip
     return report
 
 
