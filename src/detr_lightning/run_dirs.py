@@ -103,10 +103,14 @@ def read_val_curve(csv_path: Path) -> list[dict[str, float]]:
     per step (values logged at one step are merged, whichever rows hold them)."""
     by_step: dict[int, dict[str, float]] = defaultdict(dict)
     # an interrupted staged run's earlier parts (stage_resume.keep_interrupted_log), then the log
-    parts = sorted(csv_path.parent.glob("metrics_part*.csv"), key=lambda p: int(p.stem[12:] or 0))
+    parts = sorted(csv_path.parent.glob("metrics_part*.csv"), key=_part_number)
     for path in [*parts, csv_path]:
         _read_rows(path, by_step)
     return [p for _, p in sorted(by_step.items()) if "val/AP" in p]
+
+
+def _part_number(path: Path) -> int:
+    return int(path.stem.removeprefix("metrics_part") or 0)
 
 
 def _read_rows(csv_path: Path, by_step: dict[int, dict[str, float]]) -> None:

@@ -51,7 +51,7 @@ def mark_done(stage_dir: Path, checkpoint: str | None, minutes: float) -> None:
     atomic_write_text(stage_dir / DONE, json.dumps(payload, indent=2) + "\n")
 
 
-def _read(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     """The json in ``path`` ({} when absent); a torn file (written before writes were atomic, or
     by hand) stops the resume naming it."""
     if not path.is_file():
@@ -67,7 +67,7 @@ def _read(path: Path) -> dict[str, Any]:
 
 def finished_stage(stage_dir: Path) -> tuple[dict[str, float], float | None]:
     """(the test metrics in its metrics.json, {} without one; its minutes, None if unknown)."""
-    metrics, done = _read(stage_dir / "metrics.json"), _read(stage_dir / DONE)
+    metrics, done = read_json(stage_dir / "metrics.json"), read_json(stage_dir / DONE)
     numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
     return numbers, done.get("minutes")
 

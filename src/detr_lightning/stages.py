@@ -24,7 +24,6 @@ finished stages are not retrained, the interrupted one continues from its last.c
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +39,7 @@ from detr_lightning.stage_resume import (
     finished_stage,
     keep_interrupted_log,
     mark_done,
+    read_json,
     resume_point,
     stage_finished,
 )
@@ -61,11 +61,9 @@ def stage_overrides(cfg: DictConfig) -> list[tuple[str, list[str]]]:
 def best_checkpoint(stage_dir: Path) -> str | None:
     """The checkpoint a finished stage was tested with (its metrics.json), else its newest
     best-metric checkpoint (every rank finds the same file), else its last.ckpt."""
-    metrics = stage_dir / "metrics.json"
-    if metrics.is_file():
-        ckpt = json.loads(metrics.read_text()).get("run", {}).get("checkpoint")
-        if ckpt and Path(ckpt).is_file():
-            return str(ckpt)
+    ckpt = read_json(stage_dir / "metrics.json").get("run", {}).get("checkpoint")
+    if ckpt and Path(ckpt).is_file():
+        return str(ckpt)
     files = sorted((stage_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
     best = [p for p in files if not p.name.startswith("last")]
     chosen = best[-1:] or [p for p in files if p.name == "last.ckpt"]
@@ -76,8 +74,7 @@ def stage_info(stage_dir: Path, checkpoint: str | None, minutes: float | None) -
     """A finished stage's entry under ``run.stages``: its directory, checkpoint and minutes, and
     ``epochs`` / ``global_step`` from its own metrics.json ``run`` (None each when the stage
     wrote none, e.g. ``test=false``)."""
-    metrics = stage_dir / "metrics.json"
-    run = json.loads(metrics.read_text()).get("run", {}) if metrics.is_file() else {}
+    run = read_json(stage_dir / "metrics.json").get("run", {})
     progress = {key: run.get(key) for key in ("epochs", "global_step")}
     return {"dir": str(stage_dir), "checkpoint": checkpoint, "minutes": minutes} | progress
 

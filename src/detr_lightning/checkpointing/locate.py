@@ -38,10 +38,16 @@ def stage_folders(names: Sequence[str]) -> list[str]:
     return [f"stage{i}_{name}" for i, name in enumerate(names, start=1)]
 
 
+def _last_ckpts(run: str, stages: Sequence[str], plain: bool) -> list[str]:
+    """The last.ckpt paths of the run folder ``run`` (a path or a glob): its own (``plain``) and
+    each of its stage folders' ``stages``."""
+    subdirs = ([[]] if plain else []) + [[stage] for stage in stages]
+    return [os.path.join(run, *sub, "checkpoints", "last.ckpt") for sub in subdirs]
+
+
 def _patterns(folder: str, stages: Sequence[str], plain: bool) -> list[str]:
     """The glob patterns of last.ckpt files under the experiment folder ``folder``."""
-    subdirs = ([[]] if plain else []) + [[stage] for stage in stages]
-    return [os.path.join(folder, "*", *sub, "checkpoints", "last.ckpt") for sub in subdirs]
+    return _last_ckpts(os.path.join(folder, "*"), stages, plain)
 
 
 def last_checkpoints(
@@ -64,8 +70,7 @@ def job_checkpoints(output_dir: str, stages: Sequence[str] = ()) -> list[str]:
     """A sweep job's own ``last.ckpt`` files: ``<output_dir>/checkpoints/last.ckpt`` and each
     stage folder's, newest first. In a sweep every job is a different configuration, so a
     re-submitted job resumes only from its own folder (the same ``hydra.sweep.dir``)."""
-    subdirs = [[]] + [[stage] for stage in stage_folders(stages)]
-    found = [os.path.join(output_dir, *sub, "checkpoints", "last.ckpt") for sub in subdirs]
+    found = _last_ckpts(output_dir, stage_folders(stages), plain=True)
     return sorted((p for p in found if os.path.isfile(p)), key=os.path.getmtime, reverse=True)
 
 
