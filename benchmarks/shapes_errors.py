@@ -36,6 +36,7 @@ from torch import Tensor
 from torchvision.ops import box_convert, box_iou
 
 from detr_lightning.checkpointing.validate import read_checkpoint
+from detr_lightning.detr.class_scoring import scoring_of
 from detr_lightning.utils.build import build_datamodule, build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -70,7 +71,7 @@ def main() -> None:
     lit = build_model(cfg, datamodule)
     lit.load_state_dict(read_checkpoint(args.ckpt)["state_dict"])
     net = lit.net.eval()
-    focal = bool(getattr(net, "focal", False))
+    scoring = scoring_of(net)
     captured: dict[str, Tensor] = {}
     if getattr(net, "box_refinement", None) is not None:  # the queries carry reference boxes
         net.queries.register_forward_hook(lambda m, a, o: captured.__setitem__("ref", o.reference))
@@ -82,7 +83,7 @@ def main() -> None:
     for batch in datamodule.val_dataloader():
         with torch.no_grad():
             out = net(batch.pixel_values, batch.pixel_mask)
-        probs = out["pred_logits"].sigmoid() if focal else out["pred_logits"].softmax(-1)[..., :-1]
+        probs = scoring.probabilities(out["pred_logits"])
         scores, labels = probs.max(-1)
         stages = layer_boxes(out, captured.get("ref"))
         for b, target in enumerate(batch.targets):

@@ -16,6 +16,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue
 
+from detr_lightning.convergence.focal_scoring import FocalScoring, VarifocalScoring
+from detr_lightning.detr.class_scoring import SoftmaxScoring
 from detr_lightning.lit_module import LitDETR
 from detr_lightning.utils import conf_dir
 from detr_lightning.utils.build import check_model_keys, check_task, instantiate_dict
@@ -126,7 +128,7 @@ def test_shapes_plain_is_the_papers_detr_at_cpu_size(tmp_path) -> None:
     lit = _model_on_meta(cfg)
     # No lever at all: the paper's DETR class, the paper's losses, weights and schedule rules.
     assert type(lit.net).__name__ == "DETR"
-    assert not lit.criterion.focal and not lit.postprocess.focal
+    assert type(lit.criterion.scoring) is SoftmaxScoring is type(lit.postprocess.scoring)
     assert getattr(lit.criterion, "encoder_matcher", None) is None
     assert lit.criterion.weight_dict == {"loss_ce": 1, "loss_bbox": 5, "loss_giou": 2}
     assert (lit.hparams.lr_backbone, cfg.model.lr_schedule.warmup_steps) == (1e-5, 0)
@@ -279,21 +281,22 @@ def test_no_preset_sets_a_key_its_target_rejects(name: str, tmp_path) -> None:
 def test_cls_loss_switches_head_matcher_criterion_and_postprocess_together(tmp_path) -> None:
     cfg = compose_cfg(["experiment=shapes_plain", "model=convergence", "cls_loss=focal"], tmp_path)
     lit = _model_on_meta(cfg)
-    assert lit.net.focal and lit.criterion.focal and lit.criterion.matcher.focal
-    assert lit.postprocess.focal and lit.net.class_embed.out_features == 91
-    with pytest.raises(Exception, match="cls_loss=focal"):
-        _model_on_meta(
-            compose_cfg(["experiment=shapes_plain", "+model.postprocess.focal=true"], tmp_path)
-        )
+    parts = (lit.net, lit.criterion, lit.criterion.matcher, lit.postprocess)
+    assert {type(part.scoring) for part in parts} == {FocalScoring}
+    assert lit.net.class_embed.out_features == lit.net.num_classes  # no "no object" column
+    focal_target = "detr_lightning.convergence.focal_scoring.FocalScoring"
+    one_part = ["experiment=shapes_plain", f"+model.postprocess.scoring._target_={focal_target}"]
+    with pytest.raises(Exception, match="model.postprocess.scoring=FocalScoring.*cls_loss=focal"):
+        _model_on_meta(compose_cfg(one_part, tmp_path))
 
 
 def test_the_shapes_preset_is_varifocal_and_focal_without_iou_targets(tmp_path) -> None:
     lit = _model_on_meta(compose_cfg(["experiment=shapes"], tmp_path))
-    assert lit.criterion.iou_aware and lit.criterion.focal and lit.criterion.matcher.focal
-    assert lit.net.focal and lit.postprocess.focal
+    parts = (lit.net, lit.criterion, lit.criterion.matcher, lit.postprocess)
+    assert {type(part.scoring) for part in parts} == {VarifocalScoring}
     assert lit.criterion.weight_dict["loss_ce"] == 2.0
     focal = _model_on_meta(compose_cfg(["experiment=shapes", "cls_loss=focal"], tmp_path))
-    assert focal.criterion.focal and not focal.criterion.iou_aware
+    assert type(focal.criterion.scoring) is FocalScoring
 
 
 def test_the_shapes_preset_reads_with_deformable_attention_and_without_it_densely(
@@ -321,7 +324,7 @@ def test_the_panoptic_demo_wraps_the_shapes_detector_unchanged(tmp_path) -> None
     shapes = compose_cfg(["experiment=shapes"], tmp_path)
     panoptic = compose_cfg(["experiment=shapes_panoptic"], tmp_path)
     assert panoptic.model.net == shapes.model.net
-    for key in ("matcher", "focal", "iou_aware", "encoder_matcher"):
+    for key in ("matcher", "scoring", "encoder_matcher"):
         assert panoptic.model.criterion[key] == shapes.model.criterion[key], key
     weights = dict(panoptic.model.criterion.weight_dict)
     assert (weights.pop("loss_mask"), weights.pop("loss_dice")) == (1.0, 1.0)
@@ -329,7 +332,8 @@ def test_the_panoptic_demo_wraps_the_shapes_detector_unchanged(tmp_path) -> None
     for key in ("batch_size", "train_transforms", "val_transforms"):
         assert panoptic.data[key] == shapes.data[key], key
     lit = _model_on_meta(panoptic)
-    assert lit.criterion.iou_aware and lit.net.detr.deformable and not lit.net.detr.detach_memory
+    assert type(lit.criterion.scoring) is VarifocalScoring is type(lit.net.scoring)
+    assert lit.net.detr.deformable and not lit.net.detr.detach_memory
     attn = lit.net.detr.transformer.decoder.layers[0].multihead_attn
     assert attn.levels == ("c4",)
 

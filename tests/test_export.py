@@ -21,9 +21,10 @@ from detr_lightning.checkpoint import load_official_detr
 from detr_lightning.convergence.box_attention import BoxAttentionPrior
 from detr_lightning.convergence.compact_trunk import CompactBackbone
 from detr_lightning.convergence.deformable_attention import BoxDeformableAttention
-from detr_lightning.detr import DETR, Backbone, Transformer, build_position_encoding
+from detr_lightning.convergence.focal_scoring import FocalScoring, VarifocalScoring
+from detr_lightning.detr import DETR, Backbone, SoftmaxScoring, Transformer, build_position_encoding
 from detr_lightning.inference.onnx_export import export_onnx, external_data_files, verify_onnx
-from detr_lightning.inference.onnx_runtime import OnnxDetector
+from detr_lightning.inference.onnx_runtime import OnnxDetector, exported_scoring
 
 TINY_DETR = [
     "backbone=r18", "model.net.num_queries=5", "model.net.transformer.d_model=32",
@@ -93,6 +94,15 @@ def test_export_cli_writes_a_dynamic_model_that_matches_pytorch(exported) -> Non
     meta = OnnxDetector(path).metadata
     assert meta["label_to_category_id"] == list(range(91)) and meta["category_names"][18] == "dog"
     assert meta["focal"] is False
+    assert meta["class_scoring"] == "detr_lightning.detr.class_scoring.SoftmaxScoring"
+    assert type(exported_scoring(meta)) is SoftmaxScoring
+
+
+def test_the_exported_scoring_of_an_earlier_export_follows_its_focal_flag() -> None:
+    assert type(exported_scoring({"focal": True})) is FocalScoring
+    assert type(exported_scoring({"focal": False})) is SoftmaxScoring
+    varifocal = "detr_lightning.convergence.focal_scoring.VarifocalScoring"
+    assert type(exported_scoring({"focal": True, "class_scoring": varifocal})) is VarifocalScoring
 
 
 def test_predict_with_onnxruntime_needs_only_the_onnx_file(exported, tmp_path) -> None:

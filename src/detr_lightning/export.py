@@ -5,7 +5,8 @@ Writes ``output`` (default ``<run dir>/model.onnx``): the detector's inference g
 ``pixel_values`` [B, 3, H, W] float32 (ImageNet-normalised, zero-padded) and ``pixel_mask``
 [B, H, W] bool (True = real pixel), outputs ``pred_logits`` [B, Q, K] and ``pred_boxes``
 [B, Q, 4] (normalised cxcywh relative to each unpadded image); B, H and W are dynamic. The label
-map, class names and the head's ``focal`` flag go into the model's metadata, so that
+map, class names and the class scoring (``class_scoring``, its class path, and ``focal``: a
+sigmoid head) go into the model's metadata, so that
 ``predict backend=onnxruntime onnx=...`` needs no checkpoint. Then ONNX Runtime runs random
 images of ``verify_sizes`` next to PyTorch and the max abs difference is printed; above ``atol``
 the export fails.
@@ -34,16 +35,19 @@ def export(cfg: DictConfig) -> tuple[str, dict[str, float]]:
     from detr_lightning.inference.loading import check_inference_config
 
     check_inference_config(cfg, needs_data=False)
+    from detr_lightning.detr.class_scoring import scoring_of
     from detr_lightning.inference.loading import load_detector
     from detr_lightning.inference.onnx_export import export_onnx, verify_onnx
 
     detector = load_detector(cfg, device="cpu")
     net = detector.model.net
+    scoring = scoring_of(net)
     transforms = cfg.data.get("val_transforms") or {}
     metadata = {
         "label_to_category_id": detector.category_ids,
         "category_names": detector.names,
-        "focal": bool(getattr(net, "focal", False)),
+        "focal": not scoring.no_object,  # read by exports of earlier versions
+        "class_scoring": f"{type(scoring).__module__}.{type(scoring).__qualname__}",
         "num_queries": int(net.num_queries),
         "weights": detector.source,
         "eval_size": transforms.get("size"),

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from detr_lightning.budget import WallBudget
 from detr_lightning.compile import CompileCounter, compile_network
+from detr_lightning.detr.class_scoring import scoring_of
 from detr_lightning.evaluation import (
     CocoBoxAP,
     metric_targets,
@@ -199,7 +200,7 @@ class LitDETR(L.LightningModule):
         if panoptic is not None and "pred_masks" in outputs:
             panoptic.update(
                 outputs, batch.pixel_values, batch.targets, ground_truth_dataset(self.trainer, stage),
-                self.hparams.label_to_category_id, focal=getattr(self.net, "focal", False),
+                self.hparams.label_to_category_id, scoring=scoring_of(self.net),
             )  # fmt: skip
         return {"preds": preds}
 

@@ -72,6 +72,7 @@ def predict(cfg: DictConfig) -> str:
     import torch
     from hydra.utils import instantiate
 
+    from detr_lightning.detr.class_scoring import scoring_of
     from detr_lightning.inference.loading import load_detector, resolve_device
     from detr_lightning.inference.results import images_json
     from detr_lightning.inference.runner import DrawOptions, run_predictions
@@ -91,9 +92,9 @@ def predict(cfg: DictConfig) -> str:
         warn_if_cpu_emulates(speed.get("dtype"), device, "speed.dtype")
         forward = prepare_for_inference(detector.model.net, **speed)
         postprocess = detector.model.detections
-        focal = bool(getattr(detector.model.net, "focal", False))
+        scoring = scoring_of(detector.model.net)
     else:
-        from detr_lightning.inference.onnx_runtime import OnnxDetector
+        from detr_lightning.inference.onnx_runtime import OnnxDetector, exported_scoring
 
         device = torch.device("cpu")  # ONNX Runtime picks its own provider; I/O is on the CPU
         session = OnnxDetector(cfg.onnx)
@@ -101,15 +102,15 @@ def predict(cfg: DictConfig) -> str:
         ids = [int(i) for i in meta["label_to_category_id"]]
         names, source = meta.get("category_names"), str(cfg.onnx)
         postprocess = instantiate(cfg.model.postprocess)
-        postprocess.focal = bool(meta.get("focal", postprocess.focal))  # the exported head's
-        forward, focal = session, postprocess.focal
+        postprocess.scoring = scoring = exported_scoring(meta)  # the exported head's
+        forward = session
     out_dir = cfg.get("output_dir") or cfg.paths.output_dir
     os.makedirs(out_dir, exist_ok=True)
     result = run_predictions(
         forward, postprocess, records, instantiate(cfg.data.val_transforms), ids, names,
         draw_dir=os.path.join(out_dir, "drawn"), draw=DrawOptions(**cfg.get("draw", {})),
         batch_size=int(cfg.get("batch_size", 4)), num_workers=int(cfg.get("num_workers", 0)),
-        device=device, progress=bool(cfg.get("progress", True)), focal=focal,
+        device=device, progress=bool(cfg.get("progress", True)), scoring=scoring,
     )  # fmt: skip
     if result.skipped and not result.images:
         from detr_lightning.inference.images import unreadable_error

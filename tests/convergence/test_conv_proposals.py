@@ -5,11 +5,13 @@ import torch
 from torchvision.ops import box_convert
 
 from detr_lightning.convergence.conv_proposals import NON_PEAK_DEMOTION, ConvProposals
+from detr_lightning.convergence.focal_scoring import FocalScoring
 from detr_lightning.convergence.proposals import best_class_probability
+from detr_lightning.detr.class_scoring import SoftmaxScoring
 
 
 def test_fresh_conv_proposals_are_four_cells_around_their_cell():
-    head = ConvProposals(8, 3, focal=True)
+    head = ConvProposals(8, 3, scoring=FocalScoring())
     mask = torch.zeros(1, 2, 4, dtype=torch.bool)
     mask[0, :, :2] = True  # 2 x 2 real cells, 2 padded columns
     out = head(torch.randn(1, 8, 8), mask)
@@ -23,7 +25,7 @@ def test_fresh_conv_proposals_are_four_cells_around_their_cell():
 
 
 def test_select_prefers_peaks_then_the_rest_and_never_padding():
-    head = ConvProposals(4, 2, focal=True)
+    head = ConvProposals(4, 2, scoring=FocalScoring())
     mask = torch.ones(1, 3, 3, dtype=torch.bool)
     mask[0, :, 2] = False  # the last column is padding
     logits = torch.full((1, 9, 2), -6.0)
@@ -46,10 +48,10 @@ def test_select_prefers_peaks_then_the_rest_and_never_padding():
     torch.testing.assert_close(prior[:, :2], logits[:, [7, 0]])
     torch.testing.assert_close(prior[:, 2], logits[:, 1] - NON_PEAK_DEMOTION)
     assert not (ref.requires_grad or content.requires_grad or prior.requires_grad)
-    plain = ConvProposals(4, 2, focal=True, peaks=False)
+    plain = ConvProposals(4, 2, scoring=FocalScoring(), peaks=False)
     assert plain.select(proposals, mask, k=2)[0].equal(boxes[:, [7, 0]].detach())
     # Softmax heads: the filler's no-object column is raised instead.
-    softmax = ConvProposals(4, 3, focal=False)
+    softmax = ConvProposals(4, 3, scoring=SoftmaxScoring())
     three = torch.cat([logits, torch.zeros(1, 9, 1)], dim=-1)
     _, _, prior3 = softmax.select({**proposals, "pred_logits": three}, mask, k=3)
     torch.testing.assert_close(prior3[0, 2], three[0, 1] + torch.tensor([0, 0, NON_PEAK_DEMOTION]))
@@ -61,7 +63,7 @@ def test_select_prefers_peaks_then_the_rest_and_never_padding():
     ("threshold", "expected_x"), [(0.6, (0.64 / 3, 1.84 / 3)), (0.9, (0.2, 0.6))]
 )
 def test_box_vote_averages_overlapping_neighbours_by_score(threshold, expected_x):
-    head = ConvProposals(4, 1, focal=True, box_vote=threshold)
+    head = ConvProposals(4, 1, scoring=FocalScoring(), box_vote=threshold)
     mask = torch.ones(1, 3, 4, dtype=torch.bool)
     mask[0, :, 3] = False  # the last column is padding
     xyxy = torch.tensor([0.0, 0.0, 0.05, 0.05]).repeat(12, 1)  # far from everything
@@ -72,7 +74,7 @@ def test_box_vote_averages_overlapping_neighbours_by_score(threshold, expected_x
     xyxy[7], probs[7] = torch.tensor([0.2, 0.2, 0.6, 0.6]), 0.99  # (1, 3): padding
     logits = torch.logit(probs)[None, :, None]
     cxcywh = box_convert(xyxy, "xyxy", "cxcywh")[None]
-    best = best_class_probability(logits, mask.flatten(1), focal=True)
+    best = best_class_probability(logits, mask.flatten(1), FocalScoring())
     voted = box_convert(head.voted_boxes(cxcywh, best, mask)[0, 5], "cxcywh", "xyxy")
     # By hand: IoU 0.6 < 0.818 -> (0.5 * A + 0.25 * B) / 0.75 = (2A + B) / 3 in x; the padded
     # cell's box (-inf score) and the disjoint one do not move it; IoU 0.9 keeps A alone.
@@ -86,7 +88,7 @@ def test_box_vote_averages_overlapping_neighbours_by_score(threshold, expected_x
 
 def test_box_vote_outside_zero_one_is_explained():
     with pytest.raises(ValueError, match="model.net.queries.head.box_vote=1.0"):
-        ConvProposals(4, 1, focal=True, box_vote=1.0)
+        ConvProposals(4, 1, scoring=FocalScoring(), box_vote=1.0)
 
 
 def _reach(head: ConvProposals, size: int = 21) -> torch.Tensor:
@@ -107,16 +109,16 @@ def test_tower_dilation_widens_what_a_cell_sees_without_holes(dilation, reach: i
     torch.manual_seed(0)
     # In eval mode: training's batch statistics would couple every cell to every other. Wide
     # enough that no cell's ReLUs are all off, which would cut a path (at 8 channels, some are).
-    head = ConvProposals(64, 3, focal=True, tower_dilation=dilation).eval()
+    head = ConvProposals(64, 3, scoring=FocalScoring(), tower_dilation=dilation).eval()
     expected = torch.zeros(21, 21, dtype=torch.bool)
     expected[10 - reach : 11 + reach, 10 - reach : 11 + reach] = True
     assert torch.equal(_reach(head), expected)
     # Same parameters as the plain head: a dilated head loads a plain one's weights.
-    head.load_state_dict(ConvProposals(64, 3, focal=True).state_dict())
+    head.load_state_dict(ConvProposals(64, 3, scoring=FocalScoring()).state_dict())
 
 
 def test_a_bad_tower_dilation_is_explained():
     with pytest.raises(ValueError, match=r"tower_dilation=\[0, 0\]: one dilation of 1"):
-        ConvProposals(4, 1, focal=True, tower_dilation=0)
+        ConvProposals(4, 1, scoring=FocalScoring(), tower_dilation=0)
     with pytest.raises(ValueError, match=r"tower_dilation=\[1, 2, 3\]: .* a list of 2"):
-        ConvProposals(4, 1, focal=True, tower_layers=2, tower_dilation=[1, 2, 3])
+        ConvProposals(4, 1, scoring=FocalScoring(), tower_layers=2, tower_dilation=[1, 2, 3])

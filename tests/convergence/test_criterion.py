@@ -5,12 +5,16 @@ import torch
 
 from detr_lightning.convergence.center_matcher import CenterMatcher
 from detr_lightning.convergence.criterion import ConvergenceCriterion
+from detr_lightning.convergence.focal_scoring import FocalScoring
 from detr_lightning.loss import HungarianMatcher
 
 
 def _criterion(k: int, num_classes: int = 2) -> ConvergenceCriterion:
     return ConvergenceCriterion(
-        num_classes, HungarianMatcher(focal=True), focal=True, encoder_matches=k
+        num_classes,
+        HungarianMatcher(scoring=FocalScoring()),
+        scoring=FocalScoring(),
+        encoder_matches=k,
     )
 
 
@@ -46,7 +50,10 @@ def test_criterion_normalises_encoder_losses_by_positive_tokens():
     enc = {"pred_logits": logits, "pred_boxes": boxes, "cells": cells}
     dec = {"pred_logits": torch.zeros(1, 3, 2), "pred_boxes": torch.full((1, 3, 4), 0.5)}
     criterion = ConvergenceCriterion(
-        2, HungarianMatcher(focal=True), focal=True, encoder_matcher=CenterMatcher()
+        2,
+        HungarianMatcher(scoring=FocalScoring()),
+        scoring=FocalScoring(),
+        encoder_matcher=CenterMatcher(),
     )
     losses = criterion({**dec, "enc_outputs": enc}, [target])
     # Every positive is off by 0.1 in cx only: L1 sum 5 * 0.1, over 5 positives.

@@ -7,6 +7,7 @@ import torch
 from torchvision.ops import box_convert, box_iou, sigmoid_focal_loss
 
 from detr_lightning.convergence.criterion import ConvergenceCriterion
+from detr_lightning.convergence.focal_scoring import FocalScoring, VarifocalScoring
 from detr_lightning.convergence.iou_aware_loss import paired_iou, varifocal_loss
 from detr_lightning.detr.matched_pairs import MatchedPairs
 from detr_lightning.loss import HungarianMatcher
@@ -86,8 +87,8 @@ def test_criterion_scores_every_set_by_iou_and_no_box_gets_its_gradient():
     boxes.requires_grad_(True)
 
     def losses(iou_aware: bool) -> dict:
-        criterion = ConvergenceCriterion(2, HungarianMatcher(focal=True), focal=True,
-                                         iou_aware=iou_aware)  # fmt: skip
+        scoring = VarifocalScoring() if iou_aware else FocalScoring()
+        criterion = ConvergenceCriterion(2, HungarianMatcher(scoring=scoring), scoring=scoring)
         return criterion(_outputs(boxes), [target])
 
     focal, vfl = losses(False), losses(True)
@@ -99,9 +100,8 @@ def test_criterion_scores_every_set_by_iou_and_no_box_gets_its_gradient():
     assert torch.autograd.grad(class_losses, boxes, allow_unused=True)[0] is None
 
 
-def test_iou_aware_needs_focal_and_the_box_losses():
-    with pytest.raises(ValueError, match="iou_aware.*focal"):
-        ConvergenceCriterion(2, HungarianMatcher(), iou_aware=True)
-    with pytest.raises(ValueError, match="'boxes'"):
-        ConvergenceCriterion(2, HungarianMatcher(focal=True), focal=True, iou_aware=True,
+def test_the_varifocal_scoring_needs_the_box_losses():
+    scoring = VarifocalScoring()
+    with pytest.raises(ValueError, match="needs 'boxes'"):
+        ConvergenceCriterion(2, HungarianMatcher(scoring=scoring), scoring=scoring,
                              losses=("labels",), weight_dict={"loss_ce": 1.0})  # fmt: skip

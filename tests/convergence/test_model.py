@@ -9,6 +9,7 @@ import torch
 
 from detr_lightning.convergence.center_matcher import CenterMatcher
 from detr_lightning.convergence.criterion import ConvergenceCriterion
+from detr_lightning.convergence.focal_scoring import FocalScoring
 from detr_lightning.convergence.model import ConvergenceDETR
 from detr_lightning.convergence.proposals import EncoderProposals
 from detr_lightning.detr.backbone import Backbone
@@ -41,7 +42,7 @@ def test_learned_queries_alone_are_the_paper_model():
 def test_levers_add_training_outputs_and_vanish_at_inference(box_refine):
     queries = levers.anchors(groups=3) if box_refine else levers.learned(groups=3)
     model = levers.model(
-        focal=True,
+        scoring=FocalScoring(),
         queries=queries,
         box_refinement=levers.REFINE if box_refine else None,
         denoiser=levers.denoiser(groups=2),
@@ -53,7 +54,9 @@ def test_levers_add_training_outputs_and_vanish_at_inference(box_refine):
     assert len(out["group_outputs"]) == 2
     assert out["dn_outputs"]["pred_boxes"].shape == (2, 2 * 2, 4)  # 2 dn groups x pad 2
     assert len(out["dn_outputs"]["aux_outputs"]) == 2
-    criterion = ConvergenceCriterion(3, HungarianMatcher(focal=True), focal=True)
+    criterion = ConvergenceCriterion(
+        3, HungarianMatcher(scoring=FocalScoring()), scoring=FocalScoring()
+    )
     losses = criterion(out, targets)
     for key in ("loss_ce", "loss_bbox_g1", "loss_giou_g2_1", "loss_ce_dn", "loss_bbox_dn_0"):
         assert torch.isfinite(losses[key]), key
@@ -93,7 +96,9 @@ def test_matching_queries_do_not_see_denoising_queries():
 
 def test_box_refine_starts_every_layer_at_its_anchor():
     """Per-layer box heads start at zero, so a fresh model predicts its anchors at every layer."""
-    model = levers.model(focal=True, queries=levers.anchors(), box_refinement=levers.REFINE)
+    model = levers.model(
+        scoring=FocalScoring(), queries=levers.anchors(), box_refinement=levers.REFINE
+    )
     assert len(model.box_refinement.layer_bbox_embed) == 2  # 3 layers: 2 heads + bbox_embed
     model.eval()
     out = model(*levers.batch()[:2])
@@ -131,7 +136,7 @@ def test_detach_memory_keeps_decoder_gradients_out_of_the_backbone(detach):
     model = levers.compact_model(detach_memory=detach, denoiser=levers.denoiser(2)).train()
     pixels, mask, targets = levers.batch(48)
     out = model(pixels, mask, targets=targets)
-    criterion = ConvergenceCriterion(3, HungarianMatcher(focal=True), focal=True,
+    criterion = ConvergenceCriterion(3, HungarianMatcher(scoring=FocalScoring()), scoring=FocalScoring(),
                                      encoder_matcher=CenterMatcher())  # fmt: skip
     losses = criterion(out, targets)
     decoder_only = sum(v for k, v in losses.items() if k.startswith("loss") and "_enc" not in k)
@@ -149,7 +154,7 @@ def test_detach_memory_keeps_decoder_gradients_out_of_the_backbone(detach):
 def test_two_stage_model_trains_the_backbone_through_the_encoder_head():
     backbone = Backbone("resnet18", norm="bn", last_stage="layer3")
     model = levers.model(
-        backbone, 1, 2, num_queries=6, focal=True, queries=levers.proposals("linear"),
+        backbone, 1, 2, num_queries=6, scoring=FocalScoring(), queries=levers.proposals("linear"),
         box_refinement=levers.REFINE, denoiser=levers.denoiser(2),
     )  # fmt: skip
     pixel_values = torch.randn(2, 3, 64, 96)
@@ -159,7 +164,9 @@ def test_two_stage_model_trains_the_backbone_through_the_encoder_head():
     out = model(pixel_values, pixel_mask, targets=targets)
     assert out["enc_outputs"]["pred_logits"].shape == (2, 4 * 6, 3)  # one proposal per token
     assert out["pred_boxes"].shape == (2, 6, 4)
-    criterion = ConvergenceCriterion(3, HungarianMatcher(focal=True), focal=True, encoder_matches=2)
+    criterion = ConvergenceCriterion(
+        3, HungarianMatcher(scoring=FocalScoring()), scoring=FocalScoring(), encoder_matches=2
+    )
     losses = criterion(out, targets)
     assert {"loss_ce_enc", "loss_bbox_enc", "loss_giou_enc", "loss_ce_dn"} <= losses.keys()
     (losses["loss_ce_enc"] + losses["loss_giou_enc"]).backward()
@@ -173,7 +180,7 @@ def test_encoder_aux_head_trains_the_backbone_and_leaves_the_decoder_alone():
 
     torch.manual_seed(0)
     backbone = Backbone("resnet18", norm="bn", last_stage="layer3", train_stem=True)
-    model = levers.model(backbone, 1, 2, focal=True, aux_head=partial(EncoderProposals))
+    model = levers.model(backbone, 1, 2, scoring=FocalScoring(), aux_head=partial(EncoderProposals))
     pixel_values = torch.randn(2, 3, 64, 64)
     targets = [{"labels": torch.tensor([2]), "boxes": torch.tensor([[0.3, 0.6, 0.2, 0.3]])}] * 2
     out = model(pixel_values, targets=targets)
@@ -188,7 +195,10 @@ def test_encoder_aux_head_trains_the_backbone_and_leaves_the_decoder_alone():
     assert "enc_outputs" not in plain
     model.aux_head = head
     criterion = ConvergenceCriterion(
-        3, HungarianMatcher(focal=True), focal=True, encoder_matcher=CenterMatcher()
+        3,
+        HungarianMatcher(scoring=FocalScoring()),
+        scoring=FocalScoring(),
+        encoder_matcher=CenterMatcher(),
     )
     losses = criterion(out, targets)
     model.zero_grad()

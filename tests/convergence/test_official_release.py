@@ -15,6 +15,7 @@ from release_files import official_state_dict
 
 from detr_lightning.checkpoint import load_pretrained_into
 from detr_lightning.convergence.deformable_attention import BoxDeformableAttention
+from detr_lightning.convergence.focal_scoring import FocalScoring
 from detr_lightning.detr.model import DETR
 
 
@@ -44,7 +45,9 @@ def test_learned_queries_are_the_papers_model_after_loading(tmp_path) -> None:
 
 def test_replaced_parts_are_skipped_and_lever_parameters_keep_their_init(tmp_path, caplog) -> None:
     detr, path = _release(tmp_path, num_classes=7)
-    model = levers.model(queries=levers.anchors(), box_refinement=levers.REFINE, focal=True)
+    model = levers.model(
+        queries=levers.anchors(), box_refinement=levers.REFINE, scoring=FocalScoring()
+    )
     fresh_before = {k: v.clone() for k, v in model.state_dict().items()
                     if k.startswith(("queries.", "box_refinement.", "ref_point_head.", "bbox_embed."))}  # fmt: skip
     report = load_pretrained_into(model, path)

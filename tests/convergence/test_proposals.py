@@ -3,14 +3,16 @@
 import pytest
 import torch
 
+from detr_lightning.convergence.focal_scoring import FocalScoring
 from detr_lightning.convergence.proposals import EncoderProposals
+from detr_lightning.detr.class_scoring import SoftmaxScoring
 
 
 def test_anchors_follow_each_images_unpadded_size():
     mask = torch.zeros(2, 2, 4, dtype=torch.bool)
     mask[0] = True  # full 2 x 4 map
     mask[1, :1, :2] = True  # 1 x 2 real cells, rest padding
-    head = EncoderProposals(8, 3, focal=True, anchor_cells=2.0)
+    head = EncoderProposals(8, 3, scoring=FocalScoring(), anchor_cells=2.0)
     cells = head.cells(mask).view(2, 2, 4, 4)
     # One cell of image 1 is half its real width (2 real columns) and all its real height.
     torch.testing.assert_close(cells[1, 0, 1], torch.tensor([0.75, 0.5, 0.5, 1.0]))
@@ -24,7 +26,7 @@ def test_anchors_follow_each_images_unpadded_size():
 
 def test_fresh_proposals_sit_on_their_anchors():
     torch.manual_seed(0)
-    head = EncoderProposals(8, 3, focal=True)
+    head = EncoderProposals(8, 3, scoring=FocalScoring())
     mask = torch.ones(1, 3, 3, dtype=torch.bool)
     out = head(torch.randn(1, 9, 8), mask)
     torch.testing.assert_close(out["pred_boxes"], head.anchors(head.cells(mask)), atol=1e-4, rtol=0)
@@ -35,7 +37,9 @@ def test_fresh_proposals_sit_on_their_anchors():
 
 @pytest.mark.parametrize("focal", [True, False])
 def test_select_takes_the_best_real_tokens(focal):
-    head = EncoderProposals(4, 3 if focal else 4, focal=focal)
+    head = EncoderProposals(
+        4, 3 if focal else 4, scoring=FocalScoring() if focal else SoftmaxScoring()
+    )
     logits = torch.full((1, 5, 3 if focal else 4), -5.0)
     if not focal:
         logits[..., -1] = 5.0  # "no object" wins everywhere ...

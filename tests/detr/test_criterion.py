@@ -1,4 +1,5 @@
-"""SetCriterion: loss values against hand-computed cases, normalisation, aux copies, focal."""
+"""SetCriterion: loss values against hand-computed cases, normalisation, aux copies, and a
+plugged-in class scoring (the focal one)."""
 
 import math
 
@@ -7,12 +8,12 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
+from detr_lightning.convergence.focal_scoring import FocalScoring
 from detr_lightning.loss import HungarianMatcher, SetCriterion, base_loss_name
 
 
 def _criterion(**kwargs):
-    focal = kwargs.get("focal", False)
-    return SetCriterion(2, HungarianMatcher(focal=focal), **kwargs)
+    return SetCriterion(2, HungarianMatcher(scoring=kwargs.get("scoring")), **kwargs)
 
 
 def _hand_case(q1_logits=(0.0, 0.0, 3.0)):
@@ -202,7 +203,7 @@ def test_focal_loss_equals_torchvision_on_hand_made_one_hot():
     outputs, targets, _ = _decoder_outputs(num_layers=1)
     logits = outputs["pred_logits"][..., :2].clone()  # focal heads have no no-object column
     focal_out = {"pred_logits": logits, "pred_boxes": outputs["pred_boxes"]}
-    crit = _criterion(focal=True)
+    crit = _criterion(scoring=FocalScoring())
     indices = crit.matcher(focal_out, targets)
     onehot = torch.zeros_like(logits)
     for b, (src, tgt) in enumerate(indices):
@@ -214,7 +215,7 @@ def test_focal_loss_equals_torchvision_on_hand_made_one_hot():
 
 def test_focal_loss_single_logit_by_hand():
     target = [{"labels": torch.tensor([0]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}]
-    crit = SetCriterion(1, HungarianMatcher(focal=True), focal=True)
+    crit = SetCriterion(1, HungarianMatcher(scoring=FocalScoring()), scoring=FocalScoring())
     pos = {
         "pred_logits": torch.zeros(1, 1, 1),
         "pred_boxes": torch.tensor([[[0.5, 0.5, 0.2, 0.2]]]),
@@ -239,8 +240,10 @@ def test_config_mismatches_are_clear_errors():
     outputs, targets = _hand_case()
     with pytest.raises(ValueError, match="num_classes"):
         SetCriterion(5, HungarianMatcher())(outputs, targets)
-    with pytest.raises(ValueError, match="focal"):
-        SetCriterion(2, HungarianMatcher(focal=False), focal=True)
+    with pytest.raises(ValueError, match="matcher.scoring is SoftmaxScoring"):
+        SetCriterion(2, HungarianMatcher(), scoring=FocalScoring())
+    with pytest.raises(ValueError, match="eos_coef=0.1 has no effect"):
+        SetCriterion(2, HungarianMatcher(scoring=FocalScoring()), 0.1, scoring=FocalScoring())
 
 
 def test_losses_under_known_matches_never_sync_with_the_host():

@@ -5,13 +5,8 @@ import math
 import pytest
 import torch
 
-from detr_lightning.detr.loss_terms import (
-    box_losses,
-    cardinality_error,
-    class_error,
-    class_loss,
-    giou_loss,
-)
+from detr_lightning.detr.class_scoring import SoftmaxScoring, softmax_class_loss
+from detr_lightning.detr.loss_terms import box_losses, cardinality_error, class_error, giou_loss
 from detr_lightning.detr.matched_pairs import MatchedPairs
 
 
@@ -41,7 +36,7 @@ def test_softmax_label_loss_weights_no_object() -> None:
     logits = torch.tensor([[[2.0, 0.0], [0.0, 1.0]]])
     weight = torch.tensor([1.0, 0.1])
     pairs = _pairs([[([0], [0])]], [1])
-    out = class_loss(logits[None], pairs, torch.tensor([0]), torch.tensor(1.0), weight)
+    out = softmax_class_loss(logits[None], pairs, torch.tensor([0]), weight)
     ce0 = -math.log(math.exp(2) / (math.exp(2) + 1))
     ce1 = -math.log(math.exp(1) / (math.exp(1) + 1))
     assert out.shape == (1,)
@@ -51,31 +46,14 @@ def test_softmax_label_loss_weights_no_object() -> None:
     assert class_error(logits[0, :0], torch.tensor([], dtype=torch.int64)).item() == 100.0
 
 
-def test_focal_label_loss_by_hand() -> None:
-    # One logit per class: the matched query's class-0 logit has target 1, all others 0.
-    logits = torch.tensor([[[0.0, 1.0]]])
-    pairs = _pairs([[([0], [0])]], [1])
-    out = class_loss(logits[None], pairs, torch.tensor([0]), torch.tensor(2.0), torch.ones(3),
-                     focal=True)  # fmt: skip
-
-    def focal(x: float, t: int, a: float = 0.25) -> float:
-        p = 1 / (1 + math.exp(-x))
-        pt = p if t else 1 - p
-        return -(a if t else 1 - a) * (1 - pt) ** 2 * math.log(pt)
-
-    assert out.item() == pytest.approx((focal(0.0, 1) + focal(1.0, 0)) / 2, rel=1e-6)
-
-
 def test_cardinality_error_counts_predicted_objects() -> None:
     # softmax: image 0 predicts 2 objects (argmax != last) for 1 target, image 1 none for 2.
     logits = torch.tensor([[[3.0, 0.0], [2.0, 1.0]], [[0.0, 1.0], [0.0, 5.0]]])
     targets = [{"labels": torch.tensor([0])}, {"labels": torch.tensor([0, 0])}]
-    assert cardinality_error(logits, targets, focal=False).item() == pytest.approx(1.5)
-    # focal: a query is an object when its best logit is > 0 (probability > 0.5).
-    focal_logits = torch.tensor([[[0.5], [-1.0]], [[-2.0], [-0.1]]])
-    assert cardinality_error(focal_logits, targets, focal=True).item() == pytest.approx(1.0)
+    is_object = SoftmaxScoring().is_object
+    assert cardinality_error(is_object(logits), targets).item() == pytest.approx(1.5)
     # a stack of sets gives one error per set
-    stacked = cardinality_error(torch.stack([logits, logits.flip(-1)]), targets, focal=False)
+    stacked = cardinality_error(is_object(torch.stack([logits, logits.flip(-1)])), targets)
     # flipped: image 0 predicts nothing for 1 target, image 1 two objects for 2 -> (1 + 0) / 2
     assert stacked.tolist() == pytest.approx([1.5, 0.5])
 
@@ -83,7 +61,7 @@ def test_cardinality_error_counts_predicted_objects() -> None:
 def test_stacked_sets_equal_pytorch_losses_of_each_set_alone() -> None:
     """Three sets with different matchings and pair counts (3, 2, 0): each entry of the
     stacked losses equals PyTorch's / torchvision's loss of that set computed on its own."""
-    from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+    from torchvision.ops import generalized_box_iou_loss
 
     gen = torch.Generator().manual_seed(3)
     logits = torch.randn(3, 2, 4, 3, generator=gen)  # [L, B, Q, K]: 2 classes + no object
@@ -95,26 +73,22 @@ def test_stacked_sets_equal_pytorch_losses_of_each_set_alone() -> None:
     labels = torch.cat(labels_per_image)[pairs.target]
     weight = torch.tensor([1.0, 1.0, 0.1])
     num_boxes = torch.tensor(3.0)
-    ce = class_loss(logits, pairs, labels, num_boxes, weight)
-    focal = class_loss(logits[..., :2], pairs, labels, num_boxes, weight, focal=True)
+    ce = softmax_class_loss(logits, pairs, labels, weight)
     src = boxes[pairs.layer, pairs.batch, pairs.query]
     box = box_losses(src, tgt_boxes[pairs.target], pairs.sizes, num_boxes)
     for layer, per_image in enumerate(matches):
         target = torch.full((2, 4), 2)
-        onehot = torch.zeros(2, 4, 2)
         src_l, tgt_l = [], []
         for b, (queries, tgts) in enumerate(per_image):
             for q, t in zip(queries, tgts, strict=True):
                 label = int(labels_per_image[b][t])
-                target[b, q], onehot[b, q, label] = label, 1.0
+                target[b, q] = label
                 src_l.append(boxes[layer, b, q])
                 tgt_l.append(tgt_boxes[t + (2 if b else 0)])
         expected_ce = torch.nn.functional.cross_entropy(
             logits[layer].transpose(1, 2), target, weight
         )
         assert ce[layer].item() == pytest.approx(expected_ce.item(), rel=1e-6)
-        expected_focal = sigmoid_focal_loss(logits[layer, ..., :2], onehot, reduction="sum") / 3
-        assert focal[layer].item() == pytest.approx(expected_focal.item(), rel=1e-6)
         if not src_l:
             assert box["loss_bbox"][layer].item() == box["loss_giou"][layer].item() == 0.0
             continue

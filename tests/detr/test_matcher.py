@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from detr_lightning.convergence.focal_scoring import FocalScoring
 from detr_lightning.loss import HungarianMatcher
 
 
@@ -53,7 +54,7 @@ def _random_image(gen, num_queries, num_targets, num_logits, num_classes):
 def test_matches_brute_force_optimum(num_queries, num_targets, weights, focal):
     gen = torch.Generator().manual_seed(num_queries * 10 + num_targets + int(focal))
     num_classes = 3
-    matcher = HungarianMatcher(*weights, focal=focal)
+    matcher = HungarianMatcher(*weights, scoring=FocalScoring() if focal else None)
     for _ in range(3):
         logits, boxes, tgt = _random_image(
             gen, num_queries, num_targets, num_classes + (0 if focal else 1), num_classes
@@ -143,7 +144,7 @@ def test_all_layers_at_once_equal_each_layer_alone(focal):
             }
         )
     targets = [i[2] for i in images]  # any targets: the same for every layer
-    matcher = HungarianMatcher(focal=focal)
+    matcher = HungarianMatcher(scoring=FocalScoring() if focal else None)
     together = matcher.match_layers(layers, targets)
     assert len(together) == len(layers)
     for out, per_image in zip(layers, together, strict=True):

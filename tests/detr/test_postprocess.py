@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from detr_lightning.convergence.focal_scoring import FocalScoring
 from detr_lightning.detr.postprocess import PostProcess
 
 
@@ -62,7 +63,7 @@ def test_focal_top_k_over_query_class_pairs():
     logits = torch.tensor([[[2.0, -1.0, 0.0], [1.0, -3.0, 3.0]]])
     boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.25, 0.25, 0.5, 0.5]]])
     out = {"pred_logits": logits, "pred_boxes": boxes}
-    (res,) = PostProcess(top_k=3, focal=True)(out, torch.tensor([[10, 10]]))
+    (res,) = PostProcess(top_k=3, scoring=FocalScoring())(out, torch.tensor([[10, 10]]))
 
     def sig(x):
         return 1 / (1 + math.exp(-x))
@@ -71,9 +72,9 @@ def test_focal_top_k_over_query_class_pairs():
     assert res["labels"].tolist() == [2, 0, 0]
     q0, q1 = [4.0, 4.0, 6.0, 6.0], [0.0, 0.0, 5.0, 5.0]
     assert res["boxes"].tolist() == [pytest.approx(b, abs=1e-5) for b in (q1, q0, q1)]
-    (default,) = PostProcess(focal=True)(out, torch.tensor([[10, 10]]))
+    (default,) = PostProcess(scoring=FocalScoring())(out, torch.tensor([[10, 10]]))
     assert len(default["scores"]) == 2  # top_k defaults to Q
-    (cut,) = PostProcess(focal=True, score_threshold=0.8)(out, torch.tensor([[10, 10]]))
+    (cut,) = PostProcess(scoring=FocalScoring(), score_threshold=0.8)(out, torch.tensor([[10, 10]]))
     assert cut["labels"].tolist() == [2, 0]  # sig(3)=0.95, sig(2)=0.88 >= 0.8 > sig(1)=0.73
 
 

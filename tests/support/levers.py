@@ -9,6 +9,7 @@ import torch
 from detr_lightning.convergence.compact_trunk import CompactBackbone
 from detr_lightning.convergence.conv_proposals import ConvProposals
 from detr_lightning.convergence.denoising import Denoiser
+from detr_lightning.convergence.focal_scoring import FocalScoring
 from detr_lightning.convergence.model import ConvergenceDETR
 from detr_lightning.convergence.proposals import EncoderProposals
 from detr_lightning.convergence.queries import AnchorQueries, LearnedQueries, ProposalQueries
@@ -69,7 +70,7 @@ def compact_model(backbone=None, **kwargs):
     preset's dilated tower) with box refinement, focal."""
     kwargs.setdefault("queries", proposals("conv", box_vote=0.6, tower_dilation=[1, 3]))
     kwargs.setdefault("box_refinement", REFINE)
-    return model(backbone or CompactBackbone(width=16), 0, 2, focal=True, **kwargs)
+    return model(backbone or CompactBackbone(width=16), 0, 2, scoring=FocalScoring(), **kwargs)
 
 
 def batch(width: int = 96):

@@ -43,6 +43,7 @@ from detr_lightning.convergence.proposals import (
     check_enough_tokens,
     gather_queries,
 )
+from detr_lightning.detr.class_scoring import SoftmaxScoring
 
 NON_PEAK_DEMOTION = 10.0  # logit units taken from the class prior of non-peak queries
 
@@ -52,8 +53,9 @@ class ConvProposals(nn.Module):
 
     Args:
         d_model: width of the memory (and of the tower).
-        num_logits: class-logit columns (``num_classes`` for focal heads, ``+1`` otherwise).
-        focal: score proposals by sigmoid (focal heads) or by softmax without the last column.
+        num_logits: class-logit columns (the scoring's).
+        scoring: the model's class scoring: it scores the proposals, starts the class conv and
+            demotes non-peaks.
         tower_layers: 3x3 conv + BatchNorm + ReLU layers before the two output convolutions.
         peaks: select only 3x3 local maxima of the score map (False = plain top-k).
         box_vote: IoU above which a 3x3 neighbour's box joins the selected cell's box in a
@@ -66,7 +68,7 @@ class ConvProposals(nn.Module):
         self,
         d_model: int,
         num_logits: int,
-        focal: bool,
+        scoring: SoftmaxScoring,
         tower_layers: int = 2,
         peaks: bool = True,
         box_vote: float | None = None,
@@ -87,7 +89,7 @@ class ConvProposals(nn.Module):
                 f"model.net.queries.head.box_vote={box_vote}: an IoU threshold in [0, 1), or "
                 "null for no box voting."
             )
-        self.focal, self.peaks, self.box_vote = focal, peaks, box_vote
+        self.scoring, self.peaks, self.box_vote = scoring, peaks, box_vote
         layers: list[nn.Module] = []
         for dil in dilations:
             layers += [
@@ -98,8 +100,7 @@ class ConvProposals(nn.Module):
         self.tower = nn.Sequential(*layers)
         self.class_conv = nn.Conv2d(d_model, num_logits, 3, padding=1)
         self.box_conv = nn.Conv2d(d_model, 4, 3, padding=1)
-        if focal:
-            nn.init.constant_(self.class_conv.bias, -math.log((1 - 0.01) / 0.01))
+        scoring.init_class_head(self.class_conv)
         # Every proposal starts as a box four cells wide and high around its cell centre.
         nn.init.zeros_(self.box_conv.weight)
         nn.init.constant_(self.box_conv.bias, math.log(2.0))
@@ -131,7 +132,7 @@ class ConvProposals(nn.Module):
     def scores(self, logits: Tensor, mask: Tensor) -> Tensor:
         """Best real-class probability per cell [B, S]: -inf on padding and, with ``peaks``, on
         every cell that is not the maximum of its 3x3 neighbourhood."""
-        best = best_class_probability(logits, mask.flatten(1), self.focal)
+        best = best_class_probability(logits, mask.flatten(1), self.scoring)
         return best.masked_fill(~self._peaks(best, mask), float("-inf"))
 
     def _peaks(self, best: Tensor, mask: Tensor) -> Tensor:
@@ -152,7 +153,7 @@ class ConvProposals(nn.Module):
         detached: the decoder refines them, the ``_enc`` losses train the head."""
         check_enough_tokens(mask, k)
         logits = proposals["pred_logits"]
-        best = best_class_probability(logits, mask.flatten(1), self.focal)
+        best = best_class_probability(logits, mask.flatten(1), self.scoring)
         peak = self._peaks(best, mask)
         # Non-peaks rank after every peak (probabilities are <= 1) but before padding (-inf).
         idx = torch.where(peak, best, best - 2.0).topk(k, dim=1).indices
@@ -160,11 +161,7 @@ class ConvProposals(nn.Module):
         # it a confident duplicate, so its prior says "no object" (sigmoid ~ e-10 lower, or the
         # no-object column raised) and the decoder starts it as background.
         filler = (~peak).gather(1, idx)[..., None].to(logits.dtype) * NON_PEAK_DEMOTION
-        prior = gather_queries(logits, idx)
-        if self.focal:
-            prior = prior - filler
-        else:
-            prior = torch.cat([prior[..., :-1], prior[..., -1:] + filler], dim=-1)
+        prior = self.scoring.demote(gather_queries(logits, idx), filler)
         boxes = proposals["pred_boxes"]
         if self.box_vote is not None:
             boxes = self.voted_boxes(boxes.detach(), best, mask)

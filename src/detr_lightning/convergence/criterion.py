@@ -11,9 +11,6 @@ On top of the paper's losses (:class:`~detr_lightning.detr.criterion.SetCriterio
   the positive tokens of this process) or, without one, by repeating every target
   ``encoder_matches`` times before Hungarian matching (H-DETR), normalised by
   ``encoder_matches * num_boxes``; suffix ``_enc``.
-
-With ``iou_aware=True`` every set's ``loss_ce`` is the varifocal loss
-(:mod:`~detr_lightning.convergence.iou_aware_loss`): the matched class's target is the box's IoU.
 """
 
 from __future__ import annotations
@@ -22,9 +19,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from detr_lightning.convergence.iou_aware_loss import paired_iou, varifocal_loss
 from detr_lightning.detr.criterion import SetCriterion
-from detr_lightning.detr.matched_pairs import MatchedPairs
 from detr_lightning.detr.matcher import HungarianMatcher
 
 
@@ -36,7 +31,6 @@ class ConvergenceCriterion(SetCriterion):
             Hungarian one-to-many matching.
         encoder_matches: k of that Hungarian one-to-many matching (only without
             ``encoder_matcher``).
-        iou_aware: the varifocal loss as ``loss_ce`` (needs ``focal`` and the "boxes" losses).
     """
 
     def __init__(
@@ -45,16 +39,9 @@ class ConvergenceCriterion(SetCriterion):
         matcher: HungarianMatcher,
         encoder_matcher: nn.Module | None = None,
         encoder_matches: int = 1,
-        iou_aware: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(num_classes, matcher, **kwargs)
-        if iou_aware and not (self.focal and "boxes" in self.losses):
-            raise ValueError(
-                "model.criterion.iou_aware=true scores sigmoid classes by their box's IoU: it "
-                f"needs model.criterion.focal=true (got {self.focal}) and 'boxes' in "
-                f"model.criterion.losses (got {list(self.losses)}); use cls_loss=varifocal."
-            )
         if encoder_matches < 1:
             raise ValueError(f"model.criterion.encoder_matches={encoder_matches}: need >= 1.")
         if encoder_matcher is not None and encoder_matches != 1:
@@ -64,23 +51,6 @@ class ConvergenceCriterion(SetCriterion):
             )
         self.encoder_matcher = encoder_matcher
         self.encoder_matches = encoder_matches
-        self.iou_aware = iou_aware
-
-    def classification_loss(
-        self,
-        logits: Tensor,
-        pairs: MatchedPairs,
-        labels: Tensor,
-        num_boxes: Tensor,
-        matched_boxes: tuple[Tensor, Tensor] | None,
-    ) -> Tensor:
-        """[L] ``loss_ce``: the varifocal loss with ``iou_aware``, else :class:`SetCriterion`'s."""
-        if not self.iou_aware:
-            return super().classification_loss(logits, pairs, labels, num_boxes, matched_boxes)
-        ious = paired_iou(*matched_boxes)
-        return varifocal_loss(
-            logits, pairs, labels, ious, num_boxes, self.focal_alpha, self.focal_gamma
-        )
 
     def forward(
         self,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from detr_lightning.detr.class_scoring import SoftmaxScoring
+
 
 @dataclass(frozen=True)
 class ModelDims:
@@ -15,8 +17,10 @@ class ModelDims:
         d_model: transformer width.
         num_queries: matching queries per group.
         num_classes: real classes.
-        num_logits: class-logit columns (``num_classes`` for focal heads, ``+1`` otherwise).
-        focal: sigmoid (focal) classification instead of softmax with a "no object" column.
+        num_logits: class-logit columns (the scoring's: ``num_classes`` for sigmoid heads,
+            ``+1`` for the paper's softmax).
+        scoring: the class scoring (:mod:`~detr_lightning.detr.class_scoring`), which also
+            scores proposals and starts their class heads.
         num_decoder_layers: decoder layers.
         nhead: attention heads.
         backbone_stages: {stage name: channels} of the feature maps the backbone returns
@@ -27,7 +31,7 @@ class ModelDims:
     num_queries: int
     num_classes: int
     num_logits: int
-    focal: bool
+    scoring: SoftmaxScoring
     num_decoder_layers: int
     nhead: int = 8
     backbone_stages: Mapping[str, int] = field(default_factory=dict)

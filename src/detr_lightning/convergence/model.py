@@ -11,8 +11,9 @@ box MLP, output dict) plus components, each its own config node that exists only
 * ``denoiser`` — DN-DETR training queries (:class:`~detr_lightning.convergence.denoising.Denoiser`);
 * ``aux_head`` — a training-only dense proposal head on the memory (Co-DETR), for learned or
   anchor queries;
-* ``focal`` — sigmoid classification (no "no object" column; a 1 % prior bias), set by the
-  ``cls_loss`` config group together with the matcher, criterion and post-processing;
+* ``scoring`` — the class scoring, e.g. sigmoid focal classification (no "no object" column;
+  a 1 % prior bias, :mod:`~detr_lightning.convergence.focal_scoring`), set by the ``cls_loss``
+  config group together with the matcher's, criterion's and post-processing's;
 * ``attention_prior`` — a bias on the decoder's cross-attention around each query's reference
   box (:mod:`~detr_lightning.convergence.box_attention`, SMCA); needs ``box_refinement``;
 * ``cross_attention`` — the decoder layers read the memory (and optionally earlier backbone
@@ -28,7 +29,6 @@ contract is DETR's.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from contextlib import ExitStack
 from functools import partial
@@ -45,6 +45,7 @@ from detr_lightning.convergence.dims import ModelDims
 from detr_lightning.convergence.official_release import adapt_official_state_dict
 from detr_lightning.convergence.queries import DecoderQueries, LearnedQueries
 from detr_lightning.convergence.refinement import RefiningDecoderHook, zero_last_layer
+from detr_lightning.detr.class_scoring import SoftmaxScoring
 from detr_lightning.detr.model import MLP, EncodedImage, SetDetector, Targets
 from detr_lightning.detr.transformer import Transformer
 
@@ -59,9 +60,10 @@ class ConvergenceDETR(SetDetector):
         box_refinement: partial :class:`~detr_lightning.convergence.refinement.BoxRefinement`
             or None; needed by, and only by, reference-box queries (anchors, proposals).
         denoiser: partial :class:`~detr_lightning.convergence.denoising.Denoiser` or None.
-        aux_head: partial proposal head ``(d_model, num_logits, focal)`` trained as a dense
+        aux_head: partial proposal head ``(d_model, num_logits, scoring)`` trained as a dense
             auxiliary head (``enc_outputs``), or None.
-        focal: sigmoid class head with ``num_classes`` columns.
+        scoring: the class scoring (None: the paper's softmax); e.g.
+            :class:`~detr_lightning.convergence.focal_scoring.FocalScoring`.
         detach_memory: the decoder's losses do not reach the encoder and backbone.
         attention_prior: partial
             :class:`~detr_lightning.convergence.box_attention.BoxAttentionPrior` or None; needs
@@ -84,30 +86,29 @@ class ConvergenceDETR(SetDetector):
         box_refinement: Factory | None = None,
         denoiser: Factory | None = None,
         aux_head: Callable[..., nn.Module] | None = None,
-        focal: bool = False,
+        scoring: SoftmaxScoring | None = None,
         detach_memory: bool = False,
         attention_prior: Factory | None = None,
         cross_attention: Factory | None = None,
     ) -> None:
-        num_logits = num_classes + (0 if focal else 1)
         super().__init__(
-            backbone, position_encoding, transformer, num_classes, num_logits, num_queries,
-            aux_loss,
-        )  # fmt: skip
+            backbone, position_encoding, transformer, num_classes, num_queries, aux_loss, scoring
+        )
+        num_logits = self.scoring.num_logits(num_classes)
         d = transformer.d_model
         names, channels = getattr(backbone, "stages", ()), getattr(backbone, "stage_channels", ())
         stages = dict(zip(names, channels, strict=True))  # FeatureBackbone's: name -> channels
         dims = ModelDims(
-            d, num_queries, num_classes, num_logits, focal, len(transformer.decoder.layers),
+            d, num_queries, num_classes, num_logits, self.scoring, len(transformer.decoder.layers),
             transformer.nhead, stages,
         )  # fmt: skip
-        self.focal, self.detach_memory = focal, detach_memory
+        self.detach_memory = detach_memory
         self.stage_names = tuple(stages)
         self.queries = (queries or LearnedQueries)(dims)
         check_combination(self.queries, box_refinement, denoiser, aux_head, transformer,
                           attention_prior, cross_attention)  # fmt: skip
         self.init_class_head(reset=False)  # just built
-        self.aux_head = aux_head(d, num_logits, focal) if aux_head is not None else None
+        self.aux_head = aux_head(d, num_logits, self.scoring) if aux_head is not None else None
         self.box_refinement = box_refinement(dims) if box_refinement is not None else None
         if self.box_refinement is not None:
             zero_last_layer(self.bbox_embed)  # the last layer's refinement head
@@ -121,16 +122,14 @@ class ConvergenceDETR(SetDetector):
             layer.multihead_attn = cross_attention(dims)
 
     def init_class_head(self, reset: bool = True) -> None:
-        """The class head's start (``reset``: from torch's Linear init first): a 1 % probability
-        per class under ``focal`` (so the focal loss is not swamped), or all zeros under a
-        proposal class prior (the decoder's logits then start equal to its proposals')."""
+        """The class head's start (``reset``: torch's Linear init and the scoring's start, e.g.
+        a focal prior, first): all zeros under a proposal class prior (the decoder's logits then
+        start equal to its proposals')."""
         if reset:
             super().init_class_head()
         if getattr(self.queries, "class_prior", False):
             nn.init.zeros_(self.class_embed.weight)
             nn.init.zeros_(self.class_embed.bias)
-        elif self.focal:
-            nn.init.constant_(self.class_embed.bias, -math.log((1 - 0.01) / 0.01))
 
     adapt_official_state_dict = adapt_official_state_dict
 

@@ -16,12 +16,11 @@ with the conv head.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from detr_lightning.convergence.box_encoding import inverse_sigmoid
+from detr_lightning.detr.class_scoring import SoftmaxScoring
 from detr_lightning.detr.model import MLP
 
 
@@ -30,22 +29,21 @@ class EncoderProposals(nn.Module):
 
     Args:
         d_model: width of the encoder memory.
-        num_logits: class-logit columns (``num_classes`` for focal heads, ``+1`` otherwise).
-        focal: score proposals by sigmoid (focal heads) or by softmax without the last column.
+        num_logits: class-logit columns (the scoring's).
+        scoring: the model's class scoring: it scores the proposals and starts the class head.
         anchor_cells: side of every token's anchor box, in feature-map cells.
     """
 
     def __init__(
-        self, d_model: int, num_logits: int, focal: bool, anchor_cells: float = 2.0
+        self, d_model: int, num_logits: int, scoring: SoftmaxScoring, anchor_cells: float = 2.0
     ) -> None:
         super().__init__()
-        self.focal = focal
+        self.scoring = scoring
         self.anchor_cells = anchor_cells
         self.proj = nn.Sequential(nn.Linear(d_model, d_model), nn.LayerNorm(d_model))
         self.class_embed = nn.Linear(d_model, num_logits)
         self.bbox_embed = MLP(d_model, d_model, 4, 3)
-        if focal:
-            nn.init.constant_(self.class_embed.bias, -math.log((1 - 0.01) / 0.01))
+        scoring.init_class_head(self.class_embed)
         # Start every proposal exactly at its anchor.
         nn.init.zeros_(self.bbox_embed.layers[-1].weight)
         nn.init.zeros_(self.bbox_embed.layers[-1].bias)
@@ -91,7 +89,7 @@ class EncoderProposals(nn.Module):
     def scores(self, logits: Tensor, key_mask: Tensor) -> Tensor:
         """Best real-class probability per token [B, S]; -inf on padding so it is never picked
         before a real token."""
-        return best_class_probability(logits, key_mask, self.focal)
+        return best_class_probability(logits, key_mask, self.scoring)
 
     def select(
         self, proposals: dict[str, Tensor], mask: Tensor, k: int
@@ -107,14 +105,10 @@ class EncoderProposals(nn.Module):
 
 
 @torch.no_grad()
-def best_class_probability(logits: Tensor, key_mask: Tensor, focal: bool) -> Tensor:
+def best_class_probability(logits: Tensor, key_mask: Tensor, scoring: SoftmaxScoring) -> Tensor:
     """logits [B, S, num_logits], key_mask [B, S] bool (True = real) -> [B, S]: the best real
-    class's probability (sigmoid for focal heads, softmax without the no-object column
-    otherwise), -inf on padding."""
-    if focal:
-        best = logits.sigmoid().max(-1).values
-    else:
-        best = logits.softmax(-1)[..., :-1].max(-1).values
+    class's probability under ``scoring``, -inf on padding."""
+    best = scoring.probabilities(logits).max(-1).values
     return best.masked_fill(~key_mask, float("-inf"))
 
 

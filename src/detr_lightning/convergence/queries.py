@@ -125,7 +125,7 @@ class ProposalQueries(nn.Module):
 
     Args:
         dims: the model's sizes.
-        head: partial proposal head, called ``head(d_model, num_logits, focal)``:
+        head: partial proposal head, called ``head(d_model, num_logits, scoring)``:
             :class:`~detr_lightning.convergence.proposals.EncoderProposals` (per-token linear)
             or :class:`~detr_lightning.convergence.conv_proposals.ConvProposals` (3x3 conv tower,
             peak selection).
@@ -141,7 +141,7 @@ class ProposalQueries(nn.Module):
     ) -> None:
         super().__init__()
         self.num_queries, self.class_prior = dims.num_queries, class_prior
-        self.head = head(dims.d_model, dims.num_logits, dims.focal)
+        self.head = head(dims.d_model, dims.num_logits, dims.scoring)
 
     def forward(self, enc: EncodedImage) -> DecoderQueries:
         proposals = self.head(enc.memory, enc.mask)

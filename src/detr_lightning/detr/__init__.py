@@ -1,9 +1,10 @@
 """The paper's DETR (Carion et al. 2020) and nothing else: backbone, position encodings,
-transformer, model, Hungarian matcher, set criterion, post-processing, the panoptic mask head
+transformer, model, Hungarian matcher, class scoring, set criterion, post-processing, the panoptic mask head
 (Sec. 4.4) and the conversion of the official release files. Nothing here imports
 :mod:`detr_lightning.convergence`."""
 
 from detr_lightning.detr.backbone import Backbone
+from detr_lightning.detr.class_scoring import SoftmaxScoring
 from detr_lightning.detr.criterion import SetCriterion, base_loss_name
 from detr_lightning.detr.mask_head import MaskHeadSmallConv, MHAttentionMap
 from detr_lightning.detr.matcher import HungarianMatcher
@@ -32,6 +33,7 @@ __all__ = [
     "PostProcessPanoptic",
     "PostProcessSegm",
     "SetCriterion",
+    "SoftmaxScoring",
     "Transformer",
     "base_loss_name",
     "build_detr",

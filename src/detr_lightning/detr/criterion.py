@@ -8,7 +8,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from detr_lightning.detr.loss_terms import box_losses, cardinality_error, class_error, class_loss
+from detr_lightning.detr.class_scoring import SoftmaxScoring, scoring_or_default
+from detr_lightning.detr.loss_terms import box_losses, cardinality_error, class_error
 from detr_lightning.detr.mask_losses import mask_losses
 from detr_lightning.detr.matched_pairs import MatchedPairs
 from detr_lightning.detr.matcher import HungarianMatcher, MatchIndices
@@ -47,11 +48,12 @@ class SetCriterion(nn.Module):
     L1) or {"loss_ce": 1, "loss_giou": 2} (class + GIoU); the missing box loss is still returned
     for logging but gets no gradient. The matcher's costs are independent of this choice.
 
-    focal=True replaces softmax CE + eos_coef by the sigmoid focal loss of Deformable DETR: logits
-    are [B, Q, C] (no "no object" column), targets are one-hot on matched queries and all-zero on
-    the others, loss_ce = sigmoid_focal_loss(reduction="sum") / num_boxes; eos_coef must then be
-    left unset (it has no effect). Extensions with extra query sets (denoising, query groups,
-    dense proposals) reuse :meth:`set_losses`.
+    ``scoring`` (the matcher's too) says what the logits mean and gives ``loss_ce``: the paper's
+    softmax cross-entropy over the classes and "no object", weighted by ``eos_coef``
+    (:class:`~detr_lightning.detr.class_scoring.SoftmaxScoring`, None), or an extension's (the
+    sigmoid focal loss of :mod:`~detr_lightning.convergence.focal_scoring`, whose logits have no
+    "no object" column, so ``eos_coef`` must then be left unset). Extensions with extra query
+    sets (denoising, query groups, dense proposals) reuse :meth:`set_losses`.
     Subclasses adding loss groups extend `LOSS_KEYS`.
 
     ``extra_terms`` ({name: module}) adds losses of the matched pairs without a subclass: each
@@ -72,9 +74,7 @@ class SetCriterion(nn.Module):
         eos_coef: float | None = None,
         losses: Sequence[str] = ("labels", "boxes", "cardinality"),
         weight_dict: Mapping[str, float] | None = None,
-        focal: bool = False,
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
+        scoring: SoftmaxScoring | None = None,
         extra_terms: Mapping[str, nn.Module] | None = None,
     ) -> None:
         super().__init__()
@@ -94,24 +94,32 @@ class SetCriterion(nn.Module):
                 "not compute them; add the loss group ('labels' or 'boxes') or the extra term, "
                 "or drop the weight."
             )
-        if getattr(matcher, "focal", focal) != focal:
+        scoring = scoring_or_default(scoring)
+        matcher_scoring = getattr(matcher, "scoring", scoring)
+        if matcher_scoring.num_logits(num_classes) != scoring.num_logits(num_classes):
             raise ValueError(
-                f"SetCriterion: criterion focal={focal} but matcher focal={matcher.focal}; set "
-                "both to the same value (focal heads have no 'no object' column)."
+                f"SetCriterion: model.criterion.scoring is {scoring} but "
+                f"model.criterion.matcher.scoring is {matcher_scoring}: they read the logits "
+                "differently (a 'no object' column or not); give both the same scoring (the "
+                "cls_loss config group sets them together)."
             )
-        if focal and eos_coef is not None:
+        if not scoring.no_object and eos_coef is not None:
             raise ValueError(
-                f"SetCriterion: eos_coef={eos_coef} has no effect with focal=True (a sigmoid head "
-                "has no 'no object' column); remove model.criterion.eos_coef."
+                f"SetCriterion: eos_coef={eos_coef} has no effect with {scoring} (its logits "
+                "have no 'no object' column); remove model.criterion.eos_coef."
+            )
+        if scoring.needs_matched_boxes and "boxes" not in losses:
+            raise ValueError(
+                f"SetCriterion: {scoring} scores classes by their matched boxes, so it needs "
+                f"'boxes' in model.criterion.losses (got {list(losses)}); add it, or use "
+                "cls_loss=focal."
             )
         eos_coef = 0.1 if eos_coef is None else eos_coef
         self.num_classes = num_classes
         self.matcher = matcher
         self.eos_coef = eos_coef
         self.losses = tuple(losses)
-        self.focal = focal
-        self.focal_alpha = focal_alpha
-        self.focal_gamma = focal_gamma
+        self.scoring = scoring
         weight = torch.ones(num_classes + 1)
         weight[-1] = eos_coef
         self.register_buffer("empty_weight", weight, persistent=False)
@@ -125,8 +133,8 @@ class SetCriterion(nn.Module):
         """Match and compute every loss, for the final layer and each aux output.
 
         Args:
-            outputs: "pred_logits" [B, Q, C+1] ([B, Q, C] if focal), "pred_boxes" [B, Q, 4]
-                normalised cxcywh, optional "aux_outputs": list of dicts with the same two keys.
+            outputs: "pred_logits" [B, Q, K] (K = C+1, or C for a sigmoid scoring),
+                "pred_boxes" [B, Q, 4] normalised cxcywh, optional "aux_outputs": list of dicts with the same two keys.
             targets: B dicts with "labels" [T_b] int64 and "boxes" [T_b, 4] normalised cxcywh
                 (with the "masks" loss also "masks" [T_b, H, W] bool on the padded canvas).
             num_boxes: box count to normalise by (e.g. averaged over DDP processes); None counts
@@ -135,12 +143,12 @@ class SetCriterion(nn.Module):
             unweighted scalar losses loss_ce, loss_bbox, loss_giou, logged-only class_error (%)
             and cardinality_error, and loss_<name>_<i> and cardinality_error_<i> for aux output i.
         """
-        expected = self.num_classes + (0 if self.focal else 1)
+        expected = self.scoring.num_logits(self.num_classes)
         if outputs["pred_logits"].shape[-1] != expected:
             raise ValueError(
                 f"SetCriterion: pred_logits has {outputs['pred_logits'].shape[-1]} columns but "
-                f"num_classes={self.num_classes} (focal={self.focal}) needs {expected}; make the "
-                "model's and the criterion's num_classes agree."
+                f"num_classes={self.num_classes} under {self.scoring} needs {expected}; make the "
+                "model's and the criterion's num_classes (and scoring) agree."
             )
         if "masks" in self.losses and "pred_masks" not in outputs:
             raise ValueError(
@@ -210,24 +218,6 @@ class SetCriterion(nn.Module):
             )
         return torch.stack(terms).sum()
 
-    def classification_loss(
-        self,
-        logits: Tensor,
-        pairs: MatchedPairs,
-        labels: Tensor,
-        num_boxes: Tensor,
-        matched_boxes: tuple[Tensor, Tensor] | None,
-    ) -> Tensor:
-        """[L] ``loss_ce`` of the stacked sets: the paper's softmax or the focal loss
-        (:func:`~detr_lightning.detr.loss_terms.class_loss`). ``matched_boxes`` ([M, 4]
-        predicted and target cxcywh boxes of the pairs, None without the "boxes" losses) is
-        unused here; it is there for subclasses whose class target depends on the box (an
-        IoU-aware score)."""
-        return class_loss(
-            logits, pairs, labels, num_boxes, self.empty_weight, self.focal,
-            self.focal_alpha, self.focal_gamma,
-        )  # fmt: skip
-
     def layer_losses(
         self,
         layers: Sequence[dict],
@@ -265,8 +255,8 @@ class SetCriterion(nn.Module):
             per_set.update(term(layers, targets, pairs, num_boxes))
         if "labels" in self.losses:
             labels = torch.cat([t["labels"] for t in targets])[pairs.target]
-            per_set["loss_ce"] = self.classification_loss(
-                logits, pairs, labels, num_boxes, matched_boxes
+            per_set["loss_ce"] = self.scoring.loss(
+                logits, pairs, labels, num_boxes, self.empty_weight, matched_boxes
             )
             if log:
                 first["class_error"] = class_error(
@@ -278,7 +268,8 @@ class SetCriterion(nn.Module):
                 mask_losses(layers[0]["pred_masks"], pairs.first_set(), tgt_masks, num_boxes)
             )
         if "cardinality" in self.losses and log:
-            per_set["cardinality_error"] = cardinality_error(logits, targets, self.focal)
+            is_object = self.scoring.is_object(logits)
+            per_set["cardinality_error"] = cardinality_error(is_object, targets)
         result = [{k: v[i] for k, v in per_set.items()} for i in range(len(layers))]
         result[0].update(first)
         return result

@@ -1,59 +1,17 @@
 """The loss terms of DETR's set criterion on matched predictions, for L prediction sets of the
 same queries at once (the decoder layers; :class:`~detr_lightning.detr.matched_pairs.MatchedPairs`):
-classification (softmax cross-entropy with a down-weighted "no object" class, or the sigmoid
-focal loss), the L1 and GIoU box losses, and the logged class and cardinality errors. Each
-loss is one [L] tensor, its entries as the single-set losses of the official code. The mask
-terms are in :mod:`~detr_lightning.detr.mask_losses`."""
+the L1 and GIoU box losses and the logged class and cardinality errors. Each loss is one [L]
+tensor, its entries as the single-set losses of the official code. The classification loss is
+the class scoring's (:mod:`~detr_lightning.detr.class_scoring`), the mask terms are in
+:mod:`~detr_lightning.detr.mask_losses`."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import box_convert, sigmoid_focal_loss
+from torchvision.ops import box_convert
 
-from detr_lightning.detr.matched_pairs import MatchedPairs, sum_per_set
-
-
-def class_loss(
-    logits: Tensor,
-    pairs: MatchedPairs,
-    labels: Tensor,
-    num_boxes: Tensor,
-    empty_weight: Tensor,
-    focal: bool = False,
-    alpha: float = 0.25,
-    gamma: float = 2.0,
-) -> Tensor:
-    """``loss_ce`` of every prediction set.
-
-    Args:
-        logits: [L, B, Q, K] class logits; K = classes + 1 ("no object" last) for softmax, the
-            classes for focal.
-        pairs: the matched predictions of the L sets.
-        labels: [M] target class of each pair.
-        num_boxes: the focal loss's normaliser (the batch's target count).
-        empty_weight: [classes + 1] softmax class weights (``eos_coef`` last); unused by focal.
-        focal: sigmoid focal loss: one-hot targets on the matched queries, all-zero elsewhere,
-            summed and divided by ``num_boxes``; else the class-weighted mean cross-entropy.
-    Returns:
-        [L] losses.
-    """
-    logits = logits.float()  # softmax / focal loss in float32 under bf16 or fp16 autocast
-    matched = (pairs.layer, pairs.batch, pairs.query)
-    if focal:
-        onehot = torch.zeros_like(logits)
-        onehot[matched + (labels,)] = 1.0
-        loss = sigmoid_focal_loss(logits, onehot, alpha, gamma, reduction="none")
-        return loss.flatten(1).sum(1) / num_boxes
-    no_object = logits.shape[-1] - 1
-    target = torch.full(logits.shape[:-1], no_object, dtype=torch.int64, device=logits.device)
-    target[matched] = labels
-    weight = empty_weight.to(logits)
-    # PyTorch's class-weighted mean, per set: sum(w_i * ce_i) / sum(w_i)
-    weighted = F.cross_entropy(logits.flatten(0, -2), target.flatten(), weight, reduction="none")
-    num_sets = logits.shape[0]
-    return weighted.view(num_sets, -1).sum(1) / weight[target].view(num_sets, -1).sum(1)
+from detr_lightning.detr.matched_pairs import sum_per_set
 
 
 @torch.no_grad()
@@ -117,20 +75,15 @@ def _area(wh: Tensor) -> Tensor:  # not .prod(-1): its backward checks for zeros
 
 
 @torch.no_grad()
-def cardinality_error(logits: Tensor, targets: list[dict[str, Tensor]], focal: bool) -> Tensor:
-    """Mean over images of |#predicted objects - #targets|; a query predicts an object when
-    its argmax is not "no object" (softmax) or its best sigmoid probability is > 0.5 (focal).
+def cardinality_error(is_object: Tensor, targets: list[dict[str, Tensor]]) -> Tensor:
+    """Mean over images of |#predicted objects - #targets|.
 
     Args:
-        logits: [..., B, Q, K] class logits (e.g. [L, B, Q, K]); targets: B dicts with
-            ``labels`` [T_b].
+        is_object: [..., B, Q] bool, the queries that predict an object (e.g. [L, B, Q]; the
+            class scoring's ``is_object``); targets: B dicts with ``labels`` [T_b].
     Returns:
-        [...] errors (a scalar for [B, Q, K]).
+        [...] errors (a scalar for [B, Q]).
     """
-    if focal:
-        is_object = logits.max(-1).values > 0
-    else:
-        is_object = logits.argmax(-1) != logits.shape[-1] - 1
     counts = torch.tensor([len(t["labels"]) for t in targets])  # host list: copy, no sync
-    counts = counts.to(logits.device, non_blocking=True)
+    counts = counts.to(is_object.device, non_blocking=True)
     return (is_object.sum(-1).float() - counts.float()).abs().mean(-1)

@@ -5,38 +5,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou
 
+from detr_lightning.detr.class_scoring import SoftmaxScoring, scoring_or_default
+
 MatchIndices = list[tuple[Tensor, Tensor]]
-
-
-def focal_class_cost(logits: Tensor, labels: Tensor, alpha: float, gamma: float) -> Tensor:
-    """Deformable DETR's classification cost for sigmoid (focal-loss) heads.
-
-    Args:
-        logits: [Q, C] raw class logits (no "no object" column).
-        labels: [T] int64 target classes in [0, C).
-    Returns:
-        [Q, T] cost = focal loss of calling the query positive for the target's class minus the
-        focal loss of calling it negative (lower = better match).
-    """
-    prob = logits.sigmoid()
-    # softplus(-x) = -log(sigmoid(x)) without the log(0) that the 1e-8 hack of the original guards
-    pos = alpha * (1 - prob) ** gamma * F.softplus(-logits)
-    neg = (1 - alpha) * prob**gamma * F.softplus(logits)
-    return (pos - neg)[:, labels]
 
 
 class HungarianMatcher(nn.Module):
     """One-to-one assignment of queries to targets minimising DETR's matching cost.
 
     cost = cost_class * class_cost + cost_bbox * L1(cxcywh) + cost_giou * (-GIoU(xyxy)),
-    where class_cost is -softmax probability of the target class (focal=False) or the
-    Deformable-DETR focal cost (focal=True). Each image's [Q, T] block is built on its own, so
-    time and memory grow linearly with the batch, unlike the official [B*Q, sum(T)] matrix.
+    where class_cost is the class scoring's: the paper's -softmax probability of the target
+    class (:class:`~detr_lightning.detr.class_scoring.SoftmaxScoring`, ``scoring`` None), or an
+    extension's (e.g. the focal cost of a sigmoid head). Each image's [Q, T] block is built on
+    its own, so time and memory grow linearly with the batch, unlike the official [B*Q, sum(T)]
+    matrix.
     """
 
     def __init__(
@@ -44,9 +30,7 @@ class HungarianMatcher(nn.Module):
         cost_class: float = 1.0,
         cost_bbox: float = 5.0,
         cost_giou: float = 2.0,
-        focal: bool = False,
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
+        scoring: SoftmaxScoring | None = None,
     ) -> None:
         super().__init__()
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
@@ -57,9 +41,7 @@ class HungarianMatcher(nn.Module):
         self.cost_class = cost_class
         self.cost_bbox = cost_bbox
         self.cost_giou = cost_giou
-        self.focal = focal
-        self.focal_alpha = focal_alpha
-        self.focal_gamma = focal_gamma
+        self.scoring = scoring_or_default(scoring)
 
     def cost_matrix(
         self, logits: Tensor, boxes: Tensor, tgt_labels: Tensor, tgt_boxes: Tensor
@@ -67,17 +49,15 @@ class HungarianMatcher(nn.Module):
         """Matching cost of one image.
 
         Args:
-            logits: [Q, C+1] class logits (softmax; last column = no object) or [Q, C] (focal).
+            logits: [Q, K] class logits (the paper's K = C+1, the last "no object"; a sigmoid
+                scoring's K = C).
             boxes: [Q, 4] predicted boxes, normalised cxcywh.
             tgt_labels: [T] int64 target classes.
             tgt_boxes: [T, 4] target boxes, normalised cxcywh.
         Returns:
             [Q, T] cost (lower = better match).
         """
-        if self.focal:
-            cls = focal_class_cost(logits, tgt_labels, self.focal_alpha, self.focal_gamma)
-        else:
-            cls = -logits.softmax(-1)[:, tgt_labels]
+        cls = self.scoring.match_cost(logits, tgt_labels)
         l1 = torch.cdist(boxes, tgt_boxes, p=1)
         giou = generalized_box_iou(
             box_convert(boxes, "cxcywh", "xyxy"), box_convert(tgt_boxes, "cxcywh", "xyxy")
@@ -101,7 +81,7 @@ class HungarianMatcher(nn.Module):
 
         Args:
             outputs: dict with
-                "pred_logits": [B, Q, C+1] class logits (focal=True: [B, Q, C]),
+                "pred_logits": [B, Q, K] class logits (K = C+1, or C for a sigmoid scoring),
                 "pred_boxes": [B, Q, 4] predicted boxes, normalised cxcywh.
             targets: list of B dicts with
                 "labels": [T_b] int64 class indices,
@@ -135,7 +115,8 @@ class HungarianMatcher(nn.Module):
                 )
         if not targets:
             return [[] for _ in layers]
-        num_classes = layers[0]["pred_logits"].shape[-1] - (0 if self.focal else 1)
+        # the columns beyond the real classes ("no object"): num_logits(0)
+        num_classes = layers[0]["pred_logits"].shape[-1] - self.scoring.num_logits(0)
         labels = torch.cat([t["labels"].reshape(-1) for t in targets])
         # clamped for the cost only: an out-of-range label must not fault the device before the
         # host has read the range (sent with the costs) and raised the error that explains it

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detr_lightning.detr.backbone import Backbone
+from detr_lightning.detr.class_scoring import SoftmaxScoring, scoring_or_default
 from detr_lightning.detr.position_encoding import build_position_encoding
 from detr_lightning.detr.transformer import Transformer
 
@@ -74,9 +75,12 @@ class SetDetector(nn.Module):
             encoding (the transformer's ``encoder_pos`` and ``decoder_pos`` are then "none").
         transformer: encoder-decoder with ``d_model`` = d.
         num_classes: real classes.
-        num_logits: class-logit columns (the paper: ``num_classes + 1``, the last "no object").
         num_queries: object queries (detection slots) per image.
         aux_loss: also return the predictions of every decoder layer but the last.
+        scoring: the class scoring shared with the matcher, criterion and post-processing: it
+            sets the class head's columns and start (None: the paper's softmax, ``num_classes
+            + 1`` columns, the last "no object";
+            :class:`~detr_lightning.detr.class_scoring.SoftmaxScoring`).
     """
 
     def __init__(
@@ -85,9 +89,9 @@ class SetDetector(nn.Module):
         position_encoding: nn.Module | None,
         transformer: Transformer,
         num_classes: int,
-        num_logits: int,
         num_queries: int = 100,
         aux_loss: bool = True,
+        scoring: SoftmaxScoring | None = None,
     ) -> None:
         super().__init__()
         if position_encoding is not None and not isinstance(position_encoding, nn.Module):
@@ -103,16 +107,20 @@ class SetDetector(nn.Module):
         self.position_encoding = position_encoding
         self.transformer = transformer
         self.input_proj = nn.Conv2d(backbone.num_channels, d, kernel_size=1)
-        self.class_embed = nn.Linear(d, num_logits)
+        self.scoring = scoring_or_default(scoring)
+        self.class_embed = nn.Linear(d, self.scoring.num_logits(num_classes))
+        self.scoring.init_class_head(self.class_embed)
         self.bbox_embed = MLP(d, d, 4, 3)
         self.num_classes = num_classes
         self.num_queries = num_queries
         self.aux_loss = aux_loss
 
     def init_class_head(self) -> None:
-        """(Re-)initialise the class head (torch's Linear init): fine-tuning on a new label set
-        replaces a release's head with this one. Extensions with a class-head prior override it."""
+        """(Re-)initialise the class head (torch's Linear init, then the scoring's start):
+        fine-tuning on a new label set replaces a release's head with this one. Extensions with
+        a class-head prior override it."""
         self.class_embed.reset_parameters()
+        self.scoring.init_class_head(self.class_embed)
 
     def encode(self, pixel_values: Tensor, pixel_mask: Tensor | None = None) -> EncodedImage:
         """Backbone, position encoding, input projection and encoder.
@@ -164,8 +172,8 @@ class SetDetector(nn.Module):
 class DETR(SetDetector):
     """Set-prediction detector: ``num_queries`` learned queries decoded against image features.
 
-    Arguments as :class:`SetDetector`'s; the logits have ``num_classes + 1`` columns, the last
-    "no object".
+    Arguments as :class:`SetDetector`'s but ``scoring``: the paper's softmax, so the logits have
+    ``num_classes + 1`` columns, the last "no object".
     """
 
     def __init__(
@@ -178,9 +186,8 @@ class DETR(SetDetector):
         aux_loss: bool = True,
     ) -> None:
         super().__init__(
-            backbone, position_encoding, transformer, num_classes, num_classes + 1,
-            num_queries, aux_loss,
-        )  # fmt: skip
+            backbone, position_encoding, transformer, num_classes, num_queries, aux_loss
+        )
         self.query_embed = nn.Embedding(num_queries, transformer.d_model)
 
     def forward(

@@ -19,6 +19,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from detr_lightning.data.panoptic_png import ids_to_rgb
+from detr_lightning.detr.class_scoring import SoftmaxScoring, scoring_or_default
 
 Sizes = Tensor | Sequence[Sequence[int]]
 
@@ -104,8 +105,8 @@ class PostProcessPanoptic(nn.Module):
         threshold: class-confidence threshold (strict, as official).
         min_area: segments with fewer pixels (at the output size) are dropped (official: 5).
         return_png: also return the COCO panoptic PNG bytes as ``png_string``.
-        focal: a sigmoid class head (``pred_logits`` [B, Q, C], no "no object" column): a
-            query's confidence is its best sigmoid probability.
+        scoring: the model's class scoring (None: the paper's softmax); a query's confidence is
+            its best real class's probability.
     """
 
     def __init__(
@@ -114,10 +115,10 @@ class PostProcessPanoptic(nn.Module):
         threshold: float = 0.85,
         min_area: int = 5,
         return_png: bool = False,
-        focal: bool = False,
+        scoring: SoftmaxScoring | None = None,
     ) -> None:
         super().__init__()
-        self.focal = focal
+        self.scoring = scoring_or_default(scoring)
         self.is_thing_map = is_thing_map
         self.threshold = threshold
         self.min_area = max(int(min_area), 1)  # an empty segment is never reported
@@ -133,8 +134,8 @@ class PostProcessPanoptic(nn.Module):
     ) -> list[dict[str, Any]]:
         """
         Args:
-            outputs: ``pred_logits`` [B, Q, C + 1] (softmax head, last column "no object";
-                focal: [B, Q, C]) and
+            outputs: ``pred_logits`` [B, Q, K] (the paper's K = C + 1, last column "no
+                object"; a sigmoid scoring's K = C) and
                 ``pred_masks`` [B, Q, h, w] logits on the padded canvas.
             processed_sizes: [B, 2] (h, w) of each image as fed to the model (targets' ``size``).
             target_sizes: [B, 2] (h, w) of the output (targets' ``orig_size``); default the
@@ -156,10 +157,7 @@ class PostProcessPanoptic(nn.Module):
         for cur_logits, cur_masks, (h, w), target in zip(
             logits, masks, sizes, targets, strict=True
         ):
-            if self.focal:
-                scores, labels = cur_logits.sigmoid().max(-1)
-            else:
-                scores, labels = cur_logits.softmax(-1)[:, :-1].max(-1)
+            scores, labels = self.scoring.probabilities(cur_logits).max(-1)
             keep = scores > self.threshold
             kept = cur_masks[keep][None]
             if kept.shape[1]:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from detr_lightning.detr.class_scoring import SoftmaxScoring, scoring_of
 from detr_lightning.detr.mask_head import MaskHeadSmallConv, MHAttentionMap
 from detr_lightning.detr.model import SetDetector, Targets
 
@@ -122,8 +123,8 @@ class DETRsegm(nn.Module):
         return self.detr.aux_loss
 
     @property
-    def focal(self) -> bool:
-        return getattr(self.detr, "focal", False)
+    def scoring(self) -> SoftmaxScoring:
+        return scoring_of(self.detr)
 
     def forward(
         self, pixel_values: Tensor, pixel_mask: Tensor | None = None, targets: Targets | None = None

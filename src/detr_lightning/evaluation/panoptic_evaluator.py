@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from detr_lightning.detr.class_scoring import SoftmaxScoring, scoring_or_default
 from detr_lightning.detr.panoptic_postprocess import PostProcessPanoptic, PostProcessSegm
 from detr_lightning.evaluation.coco import CocoBoxAP
 from detr_lightning.evaluation.panoptic import ClassStats, match_image, summarize
@@ -106,7 +107,8 @@ class PanopticEvaluator(nn.Module):
 
     Args:
         postprocess: partial :class:`PostProcessPanoptic` (``threshold``, ``min_area``); the
-            thing map (from the dataset's categories) and ``focal`` are filled in here.
+            thing map (from the dataset's categories) and the model's class ``scoring`` are filled in
+            here.
         segm_postprocess: :class:`PostProcessSegm` for segm AP, or None to skip segm AP.
         segm_top_k: segm AP keeps the best ``segm_top_k`` thing queries per image.
         metric_backend: of the segm AP (``CocoBoxAP(iou_type="segm")``).
@@ -134,12 +136,13 @@ class PanopticEvaluator(nn.Module):
         targets: Sequence[Mapping[str, Tensor]],
         dataset: Any,
         label_to_category_id: Sequence[int] | None = None,
-        focal: bool = False,
+        scoring: SoftmaxScoring | None = None,
     ) -> None:
         """One batch: outputs with ``pred_logits`` [B, Q, K] and ``pred_masks`` [B, Q, h, w];
         pixel_values [B, 3, H, W] (the padded canvas); targets with ``image_id``, ``size`` and
         ``orig_size``; the dataset giving the ground truth; the model's label -> category id
-        (None: the dataset's)."""
+        (None: the dataset's); the model's class scoring (None: the paper's softmax)."""
+        scoring = scoring_or_default(scoring)
         isthing = {int(c["id"]): int(c["isthing"]) == 1 for c in dataset.categories}
         ids = [int(c) for c in (label_to_category_id or dataset.label_to_category_id)]
         # Labels of no dataset category (unused COCO slots) can never form a segment.
@@ -147,7 +150,7 @@ class PanopticEvaluator(nn.Module):
         unknown = torch.tensor([c not in isthing for c in ids], device=logits.device)
         logits[..., : len(ids)][..., unknown] = float("-inf")
         thing_map = [isthing.get(c, False) for c in ids]
-        postprocess = self.make_postprocess(is_thing_map=thing_map, focal=focal)
+        postprocess = self.make_postprocess(is_thing_map=thing_map, scoring=scoring)
         sizes = torch.stack([t["size"] for t in targets])
         origs = torch.stack([t["orig_size"] for t in targets])
         masked = {"pred_logits": logits, "pred_masks": outputs["pred_masks"]}
@@ -161,7 +164,7 @@ class PanopticEvaluator(nn.Module):
             self.pq.update(pred, gt, image_id, categories)
             if self.segm is not None:
                 self._update_segm(logits[i], outputs["pred_masks"][i], pixel_values, target, gt,
-                                  ids, thing_map, focal)  # fmt: skip
+                                  ids, thing_map, scoring)  # fmt: skip
         self.updated = True
 
     def _update_segm(
@@ -173,12 +176,11 @@ class PanopticEvaluator(nn.Module):
         gt: PanopticImage,
         ids: list[int],
         thing_map: list[bool],
-        focal: bool,
+        scoring: SoftmaxScoring,
     ) -> None:
         """segm AP of one image: logits [Q, K], masks [Q, h, w] -> its best thing queries'
         masks at the original size, against the ground truth's thing segments."""
-        probs = logits.sigmoid() if focal else logits.softmax(-1)[:, :-1]
-        scores, labels = probs.max(-1)
+        scores, labels = scoring.probabilities(logits).max(-1)
         query = torch.tensor(thing_map, device=labels.device)[labels].nonzero()[:, 0]
         query = query[scores[query].argsort(descending=True)[: self.segm_top_k]]
         size = tuple(gt["ids"].shape)

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_convert
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
+from detr_lightning.detr.class_scoring import SoftmaxScoring, scoring_or_default
 from detr_lightning.inference.results import label_name
 
 Color = tuple[int, int, int]
@@ -43,19 +44,20 @@ def detector_of(net: nn.Module) -> nn.Module:
     return inner if isinstance(inner, nn.Module) else net
 
 
-def query_detections(outputs: dict, sizes: Tensor, focal: bool) -> list[dict[str, Tensor]]:
+def query_detections(
+    outputs: dict, sizes: Tensor, scoring: SoftmaxScoring | None = None
+) -> list[dict[str, Tensor]]:
     """One detection per query (its best real class), so that each keeps its query index.
 
     Args:
         outputs: "pred_logits" [B, Q, C(+1)], "pred_boxes" [B, Q, 4] normalised cxcywh.
         sizes: [B, 2] (h, w) the boxes are scaled to.
-        focal: sigmoid scores without a "no object" column (else softmax without the last).
+        scoring: the model's class scoring (None: the paper's softmax).
     Returns:
         B dicts of "scores" [Q], "labels" [Q], "boxes" [Q, 4] absolute xyxy (query order), CPU.
     """
     logits = outputs["pred_logits"].float()
-    probs = logits.sigmoid() if focal else logits.softmax(-1)[..., :-1]
-    scores, labels = probs.max(-1)
+    scores, labels = scoring_or_default(scoring).probabilities(logits).max(-1)
     h, w = sizes.to(logits).unbind(1)
     scale = torch.stack([w, h, w, h], 1)[:, None]
     boxes = box_convert(outputs["pred_boxes"].float(), "cxcywh", "xyxy") * scale

@@ -10,6 +10,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
+from detr_lightning.detr.class_scoring import scoring_of
 from detr_lightning.inference.attention import AttentionCapture
 from detr_lightning.inference.attention_plot import (
     plot_decoder_attention,
@@ -58,7 +59,7 @@ def attention_figures(
         outputs = net(pixel_values, pixel_mask)
     maps = capture.maps(num_queries=outputs["pred_logits"].shape[1])
     sizes = torch.tensor([tuple(im.shape[-2:]) for im in images])
-    dets = query_detections(outputs, sizes, getattr(net, "focal", False))
+    dets = query_detections(outputs, sizes, scoring_of(net))
     figures = []
     for i, (image, det) in enumerate(zip(images, dets, strict=True)):
         keep = select_detections(det["scores"], score_threshold, max_objects)

@@ -98,7 +98,7 @@ def export_onnx(
         exporter: "dynamo" (torch.export, the default of torch >= 2.9) or "torchscript" (the
             legacy tracer, deprecated in torch but faster to export).
         metadata: stored as JSON strings in the model's ``metadata_props`` (label map, class
-            names, ``focal``), so ``predict backend=onnxruntime`` needs no checkpoint.
+            names, class scoring), so ``predict backend=onnxruntime`` needs no checkpoint.
 
     The weights are stored inside the one file. Only a model whose weights pass torch's
     large-model threshold (1.5 GB, below protobuf's 2 GB limit on one file) gets them in

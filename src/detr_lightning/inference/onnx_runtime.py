@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.utils import get_object
 from torch import Tensor
 
+from detr_lightning.detr.class_scoring import SoftmaxScoring
 from detr_lightning.inference.onnx_export import INPUT_NAMES, OUTPUT_NAMES
 
 
@@ -48,7 +50,7 @@ class OnnxDetector:
 
     @property
     def metadata(self) -> dict[str, Any]:
-        """The JSON ``metadata_props`` written at export (label map, names, focal, ...)."""
+        """The JSON ``metadata_props`` written at export (label map, names, class scoring, ...)."""
         props = self.session.get_modelmeta().custom_metadata_map
         out = {}
         for key, value in props.items():
@@ -68,3 +70,17 @@ class OnnxDetector:
         return {
             name: torch.from_numpy(value) for name, value in zip(OUTPUT_NAMES, outputs, strict=True)
         }
+
+
+def exported_scoring(metadata: dict[str, Any]) -> SoftmaxScoring:
+    """The class scoring an exported model's logits need (:mod:`detr_lightning.export` writes
+    its class path as ``class_scoring``; exports of earlier versions carry only ``focal``),
+    built with its defaults: post-processing reads only its probabilities."""
+    path = metadata.get("class_scoring")
+    if path:
+        return get_object(str(path))()
+    if metadata.get("focal"):
+        from detr_lightning.convergence.focal_scoring import FocalScoring
+
+        return FocalScoring()
+    return SoftmaxScoring()

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from detr_lightning.detr.class_scoring import SoftmaxScoring
 from detr_lightning.inference.draw import (
     draw_predictions,
     instance_masks,
@@ -75,7 +76,7 @@ def run_predictions(
     num_workers: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
-    focal: bool = False,
+    scoring: SoftmaxScoring | None = None,
 ) -> PredictResult:
     """Predict on ``records`` in batches; unreadable images are logged by name and skipped.
 
@@ -92,7 +93,8 @@ def run_predictions(
         batch_size, num_workers: the DataLoader's.
         device: where the forward runs (inputs are moved there).
         progress: show a progress bar over the images.
-        focal: the class head is sigmoid (scores of the drawn segments, panoptic models only).
+        scoring: the model's class scoring (None: the paper's softmax); it scores the drawn
+            segments of panoptic models.
 
     Panoptic models (outputs with ``pred_masks``): each drawn detection is one query, filled with
     its mask (:func:`~detr_lightning.inference.draw.instance_masks`) in its class colour.
@@ -117,7 +119,7 @@ def run_predictions(
                     batch.pixel_mask.to(device, non_blocking=True),
                 )
                 preds = postprocess(outputs, batch.orig_sizes.to(device))
-                segments = _segments(outputs, batch, draw, focal) if drawing else None
+                segments = _segments(outputs, batch, draw, scoring) if drawing else None
             for i, (sample, pred) in enumerate(zip(batch.samples, preds, strict=True)):
                 pred = {k: v.cpu() for k, v in pred.items()}
                 rec = sample.record
@@ -134,7 +136,7 @@ def run_predictions(
 
 
 def _segments(
-    outputs: dict[str, Any], batch: ImageBatch, draw: DrawOptions, focal: bool
+    outputs: dict[str, Any], batch: ImageBatch, draw: DrawOptions, scoring: SoftmaxScoring | None
 ) -> list[dict[str, Tensor]] | None:
     """Per image, the detections to draw with their masks, when the model predicts masks."""
     masks = outputs.get("pred_masks") if isinstance(outputs, dict) else None
@@ -142,7 +144,7 @@ def _segments(
         return None
     canvas = tuple(batch.pixel_values.shape[-2:])
     shown = []
-    for i, det in enumerate(query_detections(outputs, batch.orig_sizes, focal)):
+    for i, det in enumerate(query_detections(outputs, batch.orig_sizes, scoring)):
         keep = select_detections(det["scores"], draw.score_threshold, draw.top_k)
         sample = batch.samples[i]
         det = {k: v[keep] for k, v in det.items()}

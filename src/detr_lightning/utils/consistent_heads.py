@@ -1,28 +1,29 @@
-"""Checks that a built detector's parts agree: one classification loss everywhere (net, matcher,
+"""Checks that a built detector's parts agree: one class scoring everywhere (net, matcher,
 criterion, post-processing), and a dense head wherever a dense-proposal matcher trains one."""
 
 from __future__ import annotations
 
 from torch import nn
 
+from detr_lightning.detr.class_scoring import scoring_of
+
 __all__ = ["check_consistent_heads"]
 
 
 def check_consistent_heads(net: nn.Module, criterion: nn.Module, postprocess: nn.Module) -> None:
-    """Raise when the classification loss is not the same everywhere (conf/cls_loss/*), or when
-    a dense-proposal matcher has no dense head to train."""
-    focal = {
-        "model.net.focal": getattr(net, "focal", False),
-        "model.criterion.focal": getattr(criterion, "focal", False),
-        "model.criterion.matcher.focal": getattr(
-            getattr(criterion, "matcher", None), "focal", False
-        ),
-        "model.postprocess.focal": getattr(postprocess, "focal", False),
+    """Raise when the class scoring (what the logits mean, conf/cls_loss/*) is not the same
+    everywhere, or when a dense-proposal matcher has no dense head to train."""
+    scorings = {
+        "model.net.scoring": scoring_of(net),
+        "model.criterion.scoring": scoring_of(criterion),
+        "model.criterion.matcher.scoring": scoring_of(getattr(criterion, "matcher", None)),
+        "model.postprocess.scoring": scoring_of(postprocess),
     }
-    if len(set(focal.values())) > 1:
+    if len({repr(s) for s in scorings.values()}) > 1:
+        listed = ", ".join(f"{key}={s}" for key, s in scorings.items())
         raise ValueError(
-            f"focal classification is set in some places only: {focal}; choose cls_loss=focal or "
-            "cls_loss=softmax instead of setting the keys one by one."
+            f"the class scoring differs between the model's parts: {listed}; choose "
+            "cls_loss=focal, varifocal or softmax instead of setting the keys one by one."
         )
     dense_head = getattr(net, "aux_head", None) is not None or hasattr(
         getattr(net, "queries", None), "head"

@@ -1,7 +1,7 @@
 """Check that every ``_target_`` node of a config names only arguments its target accepts.
 
 Hydra reports a key the target does not take as a ``TypeError`` from deep inside
-``instantiate`` ("DETR.__init__() got an unexpected keyword argument 'focal'") without saying
+``instantiate`` ("DETR.__init__() got an unexpected keyword argument 'scoring'") without saying
 which config group put it there. The lever groups (``cls_loss=focal``, ``refine=boxes``, ...)
 add keys that only ``ConvergenceDETR`` and ``ConvergenceCriterion`` accept, so choosing one on
 the paper's model is the common way to get there; the message here names every such key with
