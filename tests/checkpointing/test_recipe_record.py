@@ -50,3 +50,15 @@ def test_a_resume_with_another_lr_or_schedule_is_refused_naming_each_key(tmp_pat
     assert msg.count("\n  - ") == 2 and f"model.init_detector={path}" in msg
     del checkpoint["callbacks"]  # a checkpoint from before the record: nothing to compare
     check_resumed_recipe(checkpoint, changed, str(path))
+
+
+def test_a_restored_key_the_record_lacks_is_refused_too() -> None:
+    from omegaconf import OmegaConf
+
+    old = OmegaConf.create({"model": {"optimizer": {"lr": 1e-4},
+                                      "lr_schedule": {"budget_min": 13}}})  # fmt: skip
+    new = OmegaConf.create({"model": {"optimizer": {"lr": 1e-4},
+                                      "lr_schedule": {"budget_min": 13, "decay_share": 0.3}}})  # fmt: skip
+    ckpt = {"callbacks": {"RecipeRecord": {"recipe": recipe_record(old)}}}
+    with pytest.raises(CheckpointLoadError, match="decay_share"):
+        check_resumed_recipe(ckpt, new, "run.ckpt")

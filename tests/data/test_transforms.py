@@ -17,6 +17,7 @@ from detr_lightning.data.transforms import (
     denormalize,
     make_eval_transforms,
     make_train_transforms,
+    mask_boxes,
     per_box_fields,
 )
 
@@ -188,3 +189,9 @@ def test_denormalize_inverts_normalize_on_the_real_part_of_a_padded_image() -> N
     padded = torch.full((3, 8, 9), 7.0)
     padded[:, :5, :7] = normalised
     assert torch.equal(denormalize(padded, (5, 7)), image)
+
+
+def test_mask_boxes_run_along_pixel_edges() -> None:
+    mask = torch.zeros(1, 6, 6, dtype=torch.bool)
+    mask[0, 2, 3] = True  # one pixel at y=2, x=3 covers [3, 4] x [2, 3]
+    assert mask_boxes(mask).tolist() == [[3.0, 2.0, 4.0, 3.0]]

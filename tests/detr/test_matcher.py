@@ -199,3 +199,19 @@ def test_no_grad_and_device_of_outputs():
     tgt = {"labels": torch.tensor([0, 1]), "boxes": torch.rand(2, 4) * 0.5 + 0.2}
     ((pred_idx, tgt_idx),) = HungarianMatcher()({"pred_logits": logits, "pred_boxes": boxes}, [tgt])
     assert not pred_idx.requires_grad and pred_idx.device == logits.device
+
+
+def test_the_default_cost_is_the_papers_weighting() -> None:
+    """HungarianMatcher() with no arguments: 1 x class + 5 x L1 + 2 x (-GIoU), recomputed with
+    torchvision."""
+    from torchvision.ops import box_convert, generalized_box_iou
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 4, generator=gen)
+    boxes = torch.rand(6, 4, generator=gen) * 0.4 + 0.1
+    labels = torch.tensor([0, 2])
+    tgt = torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.6, 0.5, 0.3, 0.4]])
+    xyxy = box_convert(boxes, "cxcywh", "xyxy"), box_convert(tgt, "cxcywh", "xyxy")
+    want = (-logits.softmax(-1)[:, labels] + 5 * torch.cdist(boxes, tgt, p=1)
+            - 2 * generalized_box_iou(*xyxy))  # fmt: skip
+    torch.testing.assert_close(HungarianMatcher().cost_matrix(logits, boxes, labels, tgt), want)

@@ -18,6 +18,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from detr_lightning.detr.model import build_detr
 from detr_lightning.detr.official import (
+    convert_official_state_dict,
     infer_official_config,
     load_official_detr,
     load_pretrained_into,
@@ -275,3 +276,15 @@ def test_truncated_release_is_named(tmp_path) -> None:
     bad.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
     with pytest.raises(ValueError, match="detr-r50-truncated.pth.*truncated"):
         load_official_detr(bad)
+
+
+def test_key_conversion_also_under_a_panoptic_files_detr_prefix() -> None:
+    value = torch.zeros(1)
+    official = {"backbone.0.body.conv1.weight": value, "backbone.1.row_embed.weight": value,
+                "detr.backbone.0.body.conv1.weight": value, "detr.query_embed.weight": value,
+                "bbox_attention.q_linear.weight": value}  # fmt: skip
+    assert list(convert_official_state_dict(official)) == [
+        "backbone.body.conv1.weight", "position_encoding.row_embed.weight",
+        "detr.backbone.body.conv1.weight", "detr.query_embed.weight",
+        "bbox_attention.q_linear.weight",
+    ]  # fmt: skip

@@ -137,3 +137,26 @@ def test_postprocess_segm_threshold(canvas) -> None:
     sizes = torch.tensor([[16, 16]])
     out = PostProcessSegm(threshold=0.5)([{}], outputs, sizes, sizes, canvas_size=canvas)[0]
     assert out["masks"].flatten(1).all(1).tolist() == [False, True, False]
+
+
+def _two_queries(logits: list[list[float]], masks: torch.Tensor, **kwargs) -> dict:
+    """Panoptic post-processing of one 4x4 image with two thing queries of a sigmoid head."""
+    from detr_lightning.convergence.focal_scoring import FocalScoring
+
+    out = {"pred_logits": torch.tensor(logits)[None], "pred_masks": masks[None]}
+    return PostProcessPanoptic([True, True], scoring=FocalScoring(), **kwargs)(out, [(4, 4)])[0]
+
+
+def test_the_class_threshold_is_strict() -> None:
+    # query 0's probability is exactly the threshold (sigmoid(0) = 0.5): dropped, as official
+    masks = torch.zeros(2, 4, 4)
+    masks[0, :, :2], masks[1, :, 2:] = 5.0, 5.0
+    res = _two_queries([[0.0, -30.0], [10.0, -30.0]], masks, threshold=0.5, min_area=1)
+    assert [s["area"] for s in res["segments_info"]] == [16]
+
+
+def test_a_segment_of_exactly_min_area_pixels_is_kept() -> None:
+    masks = torch.zeros(2, 4, 4)
+    masks[0].view(-1)[:5], masks[1].view(-1)[5:] = 5.0, 5.0
+    res = _two_queries([[10.0, -30.0], [10.0, -30.0]], masks, threshold=0.5, min_area=5)
+    assert sorted(s["area"] for s in res["segments_info"]) == [5, 11]

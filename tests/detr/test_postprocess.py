@@ -83,3 +83,13 @@ def test_bad_target_sizes_is_a_clear_error():
         PostProcess()(_outputs(), torch.tensor([100, 200]))
     with pytest.raises(ValueError, match="top_k"):
         PostProcess(top_k=0)
+
+
+@pytest.mark.parametrize("focal", [False, True])
+def test_a_score_equal_to_the_threshold_is_kept(focal) -> None:
+    # documented: detections with score < score_threshold are dropped, so 0.5 stays at 0.5
+    logits = torch.tensor([[[0.0, -30.0]]]) if focal else torch.tensor([[[0.0, 0.0, -math.inf]]])
+    out = {"pred_logits": logits, "pred_boxes": torch.tensor([[[0.5, 0.5, 0.2, 0.2]]])}
+    scoring = FocalScoring() if focal else None
+    (res,) = PostProcess(score_threshold=0.5, scoring=scoring)(out, torch.tensor([[10, 10]]))
+    assert res["scores"].tolist() == [0.5]

@@ -20,6 +20,7 @@ from detr_lightning.evaluation.coco import (
     CocoBoxAP,
     format_ap_table,
     metric_targets,
+    select_decoder_layer,
     write_metrics_json,
 )
 
@@ -114,3 +115,8 @@ def test_table_and_metrics_json(tmp_path) -> None:
     path = write_metrics_json(tmp_path, metrics, checkpoint="x.ckpt")
     saved = json.loads(open(path).read())
     assert {k: saved[k] for k in metrics} == metrics and saved["run"] == {"checkpoint": "x.ckpt"}
+
+
+def test_decoder_layers_are_counted_from_zero_and_the_last_is_the_final_output() -> None:
+    outputs = {"i": 2, "aux_outputs": [{"i": 0}, {"i": 1}]}
+    assert [select_decoder_layer(outputs, k)["i"] for k in (0, 1, 2, None)] == [0, 1, 2, 2]

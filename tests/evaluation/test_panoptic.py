@@ -171,6 +171,15 @@ def test_crowd_region_is_neither_fn_nor_fp(tmp_path: Path) -> None:
     check(res["All"], 1, 1, 1, 2)
 
 
+def test_a_prediction_on_a_crowd_region_is_never_matched_to_it(tmp_path: Path) -> None:
+    case = crowd_case(pred_cat=1)
+    case.pred[5] = 0  # 20 of the crowd's 30 px: IoU 2/3 > 0.5, yet a crowd is never a match
+    res = evaluate(tmp_path, case)
+    # class 1: A alone is a true positive (IoU 1); the prediction on the crowd is excused
+    assert res["per_class"][1] == pytest.approx({"pq": 1.0, "sq": 1.0, "rq": 1.0})
+    check(res["All"], 1, 1, 1, 2)
+
+
 def test_crowd_region_only_excuses_its_own_category(tmp_path: Path) -> None:
     res = evaluate(tmp_path, crowd_case(pred_cat=2))  # a category-2 pred on a category-1 crowd
     assert res["per_class"][2] == {"pq": 0.0, "sq": 0.0, "rq": 0.0}

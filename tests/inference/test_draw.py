@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from detr_lightning.inference.draw import class_color, draw_predictions, select_detections
+from detr_lightning.inference.draw import (
+    class_color,
+    draw_predictions,
+    query_detections,
+    select_detections,
+)
 
 
 def _image() -> torch.Tensor:
@@ -57,3 +62,14 @@ def test_font_size_alone_sizes_the_labels() -> None:
 
     (small_h, small_w), (large_h, large_w) = text_extent(12), text_extent(24)
     assert 0 < small_h < large_h and 0 < small_w < large_w
+
+
+def test_the_draw_threshold_keeps_a_score_equal_to_it() -> None:
+    assert select_detections(torch.tensor([0.5, 0.7, 0.2]), 0.5).tolist() == [1, 0]
+
+
+def test_query_detections_scale_x_by_width_and_y_by_height() -> None:
+    out = {"pred_logits": torch.tensor([[[2.0, 0.0]]]),
+           "pred_boxes": torch.tensor([[[0.5, 0.5, 0.5, 0.5]]])}  # fmt: skip
+    (det,) = query_detections(out, torch.tensor([[100, 200]]))  # h 100, w 200
+    assert det["boxes"].tolist() == [[50.0, 25.0, 150.0, 75.0]]

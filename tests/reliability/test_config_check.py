@@ -31,6 +31,7 @@ from detr_lightning.utils.config_check import ConfigError, check_config
          "model.lr_schedule.warmup_steps=0"),
         ("model.lr_schedule.budget_min=0", "model.lr_schedule.budget_min=0", "positive number"),
         ("model.lr_schedule.decay_share=1.5", "model.lr_schedule.decay_share=1.5", "(0, 1]"),
+        ("model.lr_schedule.decay_share=0", "model.lr_schedule.decay_share=0", "(0, 1]"),
     ],
 )  # fmt: skip
 def test_bad_value_names_the_key_and_the_fix(tmp_path, override: str, key: str, fix: str) -> None:
