@@ -2,7 +2,9 @@
 budget (a fake clock makes the times exact, so the plans are hand-computed)."""
 
 import functools
+import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
@@ -147,3 +149,63 @@ def test_a_mid_epoch_resume_continues_the_budget_and_the_cosine(tmp_path, monkey
     assert resumed_clock.lrs == pytest.approx(reference[4:])
     assert resumed_clock.val_epochs == [2, 5]
     assert resumed_clock.now - 70_000.0 == pytest.approx(19 - 5)
+
+
+def test_a_slow_last_epoch_still_ends_with_a_validation(tmp_path, monkeypatch):
+    """The first test's run, but epoch 3 runs at 3 s a batch (9 s instead of 3): after it 4 + 3
+    + 4 + 9 = 20 s are spent and nothing is left, yet epoch 3 did not validate (every 3rd epoch
+    does). One more step makes epoch 4 the last, which validates the annealed weights."""
+    clock = _FakeClock(monkeypatch, batch_s=lambda epoch: 3.0 if epoch == 3 else 1.0)
+    lit = tiny_lit(lr_schedule=functools.partial(budget_schedule, budget_min=20 / 60))
+    trainer = quiet_trainer(tmp_path, max_epochs=-1, callbacks=[clock], limit_val_batches=2)
+    trainer.fit(lit, train_dataloaders=loader(3), val_dataloaders=loader(2))
+    assert clock.steps_per_epoch == [3, 3, 3, 3, 1]
+    assert clock.val_epochs == [0, 2, 4] and trainer.global_step == 13
+
+
+class _RankClock(L.Callback):
+    """Every rank's own WallBudget clock, set up in its process: rank r's training batches take
+    1 + 0.25 r seconds and validation 0.5 s, so the ranks time different epochs. At the end each
+    rank writes the lrs it stepped and the step it stopped at to ``rank<r>.json``."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        self.now, self.rank, self.lrs = 0.0, trainer.global_rank, []
+        budget.time = SimpleNamespace(perf_counter=lambda: self.now)  # this process only
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        self.now += 1.0 + 0.25 * self.rank
+
+    def on_validation_batch_end(self, trainer, *args) -> None:
+        self.now += 0.5
+
+    def on_fit_end(self, trainer, *args) -> None:
+        record = {"lrs": self.lrs, "global_step": trainer.global_step}
+        (Path(self.out_dir) / f"rank{self.rank}.json").write_text(json.dumps(record))
+
+
+def test_ddp_ranks_follow_rank_zeros_plan(tmp_path):
+    """Two gloo processes whose clocks disagree plan one schedule: the same lrs, the same last
+    step, and the run ends (ranks that stopped at different steps would hang; the short
+    process-group timeout turns that into an error). A progress bar is on: rank 0's bar reduces
+    the epoch metrics before the plan is shared."""
+    from datetime import timedelta
+
+    from lightning.pytorch.strategies import DDPStrategy
+
+    lit = tiny_lit(lr_schedule=functools.partial(budget_schedule, budget_min=20 / 60))
+    strategy = DDPStrategy(start_method="spawn", process_group_backend="gloo",
+                           timeout=timedelta(seconds=60))  # fmt: skip
+    trainer = L.Trainer(default_root_dir=tmp_path, accelerator="cpu", devices=2, strategy=strategy,
+                        max_epochs=-1, logger=False, enable_checkpointing=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1,
+                        callbacks=[_RankClock(str(tmp_path))])  # fmt: skip
+    trainer.fit(lit, train_dataloaders=loader(4), val_dataloaders=loader(2))
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]
+    assert ranks[0]["lrs"][-1] / 1e-3 < 0.05  # annealed on both

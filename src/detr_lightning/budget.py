@@ -12,7 +12,9 @@ it the cosine, back and forth; validation is spaced so that it takes at most ``m
 the time, and always runs after the last (possibly partial) epoch. A faster machine runs more
 steps, a slower one fewer, and both finish annealed inside the budget. A positive
 ``trainer.max_epochs`` caps the plan (the run then anneals at that epoch's end, or earlier when
-the budget binds first); -1 leaves the epochs to the budget.
+the budget binds first); -1 leaves the epochs to the budget. Under DDP each rank times its own
+epochs and rank 0's plan is broadcast, so every rank steps the same lrs and stops at the same
+step.
 """
 
 from __future__ import annotations
@@ -116,8 +118,16 @@ class WallBudget(L.Callback):
         left_s = scheduler.budget_s - self.spent_s - val_s  # the final validation is certain
         epochs_left = max(0.0, left_s / (train_s + val_s / every))
         steps_left = int(epochs_left * steps + 1e-6)  # 1e-6: an exact plan survives rounding
+        capped = False
         if self._cap is not None:
-            steps_left = min(steps_left, max(0, round(self._cap * steps) - trainer.global_step))
+            cap_left = max(0, round(self._cap * steps) - trainer.global_step)
+            capped, steps_left = cap_left <= steps_left, min(steps_left, cap_left)
+        if steps_left == 0 and not capped and self._val_s == 0:
+            # This epoch did not validate (a slow epoch used up the time the plan gave it): one
+            # more step makes the next epoch the last, which validates the annealed weights.
+            steps_left = 1
+        if trainer.world_size > 1:
+            steps_left, every = self._agree(trainer, steps_left, every)
         trainer.fit_loop.max_epochs = done + math.ceil(steps_left / steps - 1e-6)
         trainer.check_val_every_n_epoch = self._every = every
         scheduler.factor.replan(trainer.global_step + steps_left)
@@ -129,6 +139,16 @@ class WallBudget(L.Callback):
             "budget/train_s": train_s,  # the epoch time the plan used
             "budget/val_s": val_s,
         })  # fmt: skip
+
+    @staticmethod
+    def _agree(trainer: L.Trainer, steps_left: int, every: int) -> tuple[int, int]:
+        """Rank 0's plan for every rank: each rank times its own epochs, and ranks that plan
+        different lrs or last steps drift apart and then hang. Reading the callback metrics
+        first runs the epoch's ``sync_dist`` reductions on every rank, as Lightning's
+        EarlyStopping does before its own collective: rank 0's progress bar has already run
+        them, and a broadcast meeting those reductions would deadlock."""
+        _ = trainer.callback_metrics
+        return trainer.strategy.broadcast((steps_left, every), src=0)
 
     def state_dict(self) -> dict[str, Any]:
         # A mid-epoch save counts the epoch's time so far: the resumed rest adds the remainder.
