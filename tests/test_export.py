@@ -103,6 +103,10 @@ def test_the_exported_scoring_of_an_earlier_export_follows_its_focal_flag() -> N
     assert type(exported_scoring({"focal": False})) is SoftmaxScoring
     varifocal = "detr_lightning.convergence.focal_scoring.VarifocalScoring"
     assert type(exported_scoring({"focal": True, "class_scoring": varifocal})) is VarifocalScoring
+    with pytest.raises(ValueError, match="m.onnx: metadata class_scoring='os.getcwd' is not a"):
+        exported_scoring({"class_scoring": "os.getcwd"}, "m.onnx")
+    with pytest.raises(ValueError, match="cannot be imported"):
+        exported_scoring({"class_scoring": "no_such_package.Scoring"}, "m.onnx")
 
 
 def test_predict_with_onnxruntime_needs_only_the_onnx_file(exported, tmp_path) -> None:

@@ -102,7 +102,7 @@ def predict(cfg: DictConfig) -> str:
         ids = [int(i) for i in meta["label_to_category_id"]]
         names, source = meta.get("category_names"), str(cfg.onnx)
         postprocess = instantiate(cfg.model.postprocess)
-        postprocess.scoring = scoring = exported_scoring(meta)  # the exported head's
+        postprocess.scoring = scoring = exported_scoring(meta, str(cfg.onnx))
         forward = session
     out_dir = cfg.get("output_dir") or cfg.paths.output_dir
     os.makedirs(out_dir, exist_ok=True)

@@ -134,7 +134,8 @@ class SetCriterion(nn.Module):
 
         Args:
             outputs: "pred_logits" [B, Q, K] (K = C+1, or C for a sigmoid scoring),
-                "pred_boxes" [B, Q, 4] normalised cxcywh, optional "aux_outputs": list of dicts with the same two keys.
+                "pred_boxes" [B, Q, 4] normalised cxcywh, optional "aux_outputs": list of dicts
+                with the same two keys.
             targets: B dicts with "labels" [T_b] int64 and "boxes" [T_b, 4] normalised cxcywh
                 (with the "masks" loss also "masks" [T_b, H, W] bool on the padded canvas).
             num_boxes: box count to normalise by (e.g. averaged over DDP processes); None counts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
@@ -72,13 +73,26 @@ class OnnxDetector:
         }
 
 
-def exported_scoring(metadata: dict[str, Any]) -> SoftmaxScoring:
+def exported_scoring(metadata: dict[str, Any], source: str = "the .onnx file") -> SoftmaxScoring:
     """The class scoring an exported model's logits need (:mod:`detr_lightning.export` writes
     its class path as ``class_scoring``; exports of earlier versions carry only ``focal``),
-    built with its defaults: post-processing reads only its probabilities."""
+    built with its defaults: post-processing reads only its probabilities and detections."""
     path = metadata.get("class_scoring")
     if path:
-        return get_object(str(path))()
+        try:
+            scoring = get_object(str(path))
+        except (ImportError, AttributeError, ValueError) as err:
+            raise ValueError(
+                f"{source}: metadata class_scoring={path!r} cannot be imported ({err}); install "
+                "the package that defines it, or re-export the model with this one."
+            ) from err
+        if not (inspect.isclass(scoring) and hasattr(scoring, "detections")):
+            raise ValueError(
+                f"{source}: metadata class_scoring={path!r} is not a class scoring (a class "
+                "with the methods of detr_lightning.detr.class_scoring.SoftmaxScoring); "
+                "re-export the model."
+            )
+        return scoring()
     if metadata.get("focal"):
         from detr_lightning.convergence.focal_scoring import FocalScoring
 
