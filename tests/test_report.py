@@ -117,3 +117,29 @@ def test_a_staged_run_reports_its_epochs_per_stage_and_a_pq_figure(tmp_path) -> 
     for png in ("val_ap.png", "val_pq.png"):
         assert f"]({png})" in report
         assert_png(tmp_path / "cmp" / png)
+
+
+def test_report_bolds_no_value_when_every_run_has_it(tmp_path):
+    """Comment in markdown(): 'bold the best value of a column, unless every run has it'.
+    Two runs with equal AP: no bold; different AR: the larger one bold."""
+    from pathlib import Path
+
+    from detr_lightning.report import markdown
+    from detr_lightning.run_dirs import Run
+
+    runs = [Run(Path(tmp_path / "a"), ["x=1"], {"AP": 0.5, "AR_100": 0.3}),
+            Run(Path(tmp_path / "b"), ["x=2"], {"AP": 0.5, "AR_100": 0.4})]  # fmt: skip
+    text = markdown(runs, [])
+    assert "**0.5000**" not in text and "0.5000" in text
+    assert "**0.4000**" in text and "**0.3000**" not in text
+
+
+def test_run_labels_get_no_folder_prefix_when_already_distinct(tmp_path):
+    """Docstring: labels are the varied overrides (last key part); the folder name is
+    prefixed only when labels are ambiguous."""
+    from detr_lightning.report import run_labels
+    from detr_lightning.run_dirs import Run
+
+    runs = [Run(tmp_path / "r1"), Run(tmp_path / "r2")]
+    assert run_labels(runs, [["model.lr=1"], ["model.lr=2"]]) == ["lr=1", "lr=2"]
+    assert run_labels(runs, [["a.lr=1"], ["b.lr=1"]]) == ["r1: lr=1", "r2: lr=1"]

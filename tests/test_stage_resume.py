@@ -47,3 +47,31 @@ def test_elapsed_before_reads_the_checkpoints_clock(tmp_path) -> None:
     torch.save({"callbacks": {}}, tmp_path / "b.ckpt")
     assert elapsed_before(str(tmp_path / "a.ckpt")) == 12.5
     assert elapsed_before(str(tmp_path / "b.ckpt")) == 0.0
+
+
+def test_a_stage_with_either_marker_is_finished(tmp_path):
+    """Docstring: finished = 'its stage_done.json or its own metrics.json'."""
+    from detr_lightning.stage_resume import DONE, stage_finished
+
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for d in (a, b, c):
+        d.mkdir()
+    (a / DONE).write_text("{}")
+    (b / "metrics.json").write_text("{}")
+    assert stage_finished(a) and stage_finished(b) and not stage_finished(c)
+
+
+def test_resume_point_refuses_a_checkpoint_outside_a_stage_checkpoints_folder(tmp_path):
+    """Docstring: a checkpoint in <run>/<one of folders>/checkpoints/ only; StageResumeError
+    otherwise. Each of the two conditions alone must refuse."""
+    import pytest
+
+    from detr_lightning.stage_resume import StageResumeError, resume_point
+
+    folders = ["1_detector", "2_masks"]
+    good = tmp_path / "run" / "2_masks" / "checkpoints" / "last.ckpt"
+    assert resume_point(str(good), folders) == (tmp_path / "run", 1)
+    with pytest.raises(StageResumeError):  # a stage folder, but not its checkpoints/
+        resume_point(str(tmp_path / "run" / "2_masks" / "other" / "last.ckpt"), folders)
+    with pytest.raises(StageResumeError):  # checkpoints/, but of no stage folder
+        resume_point(str(tmp_path / "run" / "3_x" / "checkpoints" / "last.ckpt"), folders)

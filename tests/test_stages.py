@@ -167,3 +167,37 @@ def test_resubmitted_staged_run_is_not_retrained_and_predict_takes_its_mask_mode
                                "draw.enabled=false"], tmp_path)  # fmt: skip
     assert f"ckpt_path=last -> {run / 'stage2_masks' / 'checkpoints' / 'last.ckpt'}" in pred
     assert (run_dirs(pred)[-1] / "predictions.json").is_file()
+
+
+def test_best_checkpoint_is_the_newest_best_metric_file(tmp_path):
+    """Docstring: without metrics.json, 'its newest best-metric checkpoint ... else its
+    last.ckpt'. Two best files (older, newer by mtime) and last.ckpt: the newer one."""
+    import os
+
+    from detr_lightning.stages import best_checkpoint
+
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    for name, t in (("epoch=9-ap=0.5.ckpt", 1000), ("epoch=3-ap=0.6.ckpt", 2000),
+                    ("last.ckpt", 3000)):  # fmt: skip
+        (ckpts / name).write_bytes(b"x")
+        os.utime(ckpts / name, (t, t))
+    assert best_checkpoint(tmp_path) == str(ckpts / "epoch=3-ap=0.6.ckpt")
+    for name in ("epoch=9-ap=0.5.ckpt", "epoch=3-ap=0.6.ckpt"):
+        (ckpts / name).unlink()
+    assert best_checkpoint(tmp_path) == str(ckpts / "last.ckpt")
+
+
+def test_a_versioned_last_checkpoint_is_not_a_best_checkpoint(tmp_path):
+    """Lightning versions a clashing last checkpoint as last-v1.ckpt; it is not a
+    best-metric checkpoint, so the best file is still chosen even though last-v1 is newer."""
+    import os
+
+    from detr_lightning.stages import best_checkpoint
+
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    for name, t in (("epoch=3-ap=0.6.ckpt", 1000), ("last.ckpt", 2000), ("last-v1.ckpt", 3000)):
+        (ckpts / name).write_bytes(b"x")
+        os.utime(ckpts / name, (t, t))
+    assert best_checkpoint(tmp_path) == str(ckpts / "epoch=3-ap=0.6.ckpt")

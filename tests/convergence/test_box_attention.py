@@ -9,10 +9,11 @@ import torch
 
 from detr_lightning.convergence.box_attention import BoxAttentionPrior, token_centres
 from detr_lightning.convergence.dims import ModelDims
+from detr_lightning.convergence.focal_scoring import FocalScoring
 
 
 def _prior(**kwargs) -> BoxAttentionPrior:
-    return BoxAttentionPrior(ModelDims(16, 3, 2, 2, True, 2, nhead=4), **kwargs)
+    return BoxAttentionPrior(ModelDims(16, 3, 2, 2, FocalScoring(), 2, nhead=4), **kwargs)
 
 
 def test_token_centres_follow_each_images_real_extent() -> None:

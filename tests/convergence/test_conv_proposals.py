@@ -122,3 +122,95 @@ def test_a_bad_tower_dilation_is_explained():
         ConvProposals(4, 1, scoring=FocalScoring(), tower_dilation=0)
     with pytest.raises(ValueError, match=r"tower_dilation=\[1, 2, 3\]: .* a list of 2"):
         ConvProposals(4, 1, scoring=FocalScoring(), tower_layers=2, tower_dilation=[1, 2, 3])
+
+
+def test_every_peak_ranks_before_every_non_peak():
+    """Docstring: 'Top-k proposals per image (peaks first, then the best of the rest)'. A weak
+    isolated peak (p = 0.12) must beat a strong non-peak (p = 0.92, next to a stronger cell)."""
+    from detr_lightning.convergence.conv_proposals import ConvProposals
+    from detr_lightning.convergence.focal_scoring import FocalScoring
+
+    head = ConvProposals(4, 1, scoring=FocalScoring())
+    mask = torch.ones(1, 3, 3, dtype=torch.bool)
+    logits = torch.full((1, 9, 1), -8.0)
+    logits[0, 0, 0] = 3.0  # peak
+    logits[0, 1, 0] = 2.5  # neighbour of cell 0: not a peak
+    logits[0, 8, 0] = -2.0  # isolated weak peak
+    boxes = torch.rand(1, 9, 4)
+    feats = torch.randn(1, 9, 4)
+    ref, _, _ = head.select(
+        {"pred_logits": logits, "pred_boxes": boxes, "features": feats}, mask, k=2
+    )
+    torch.testing.assert_close(ref, boxes[:, [0, 8]])
+
+
+def test_conv_proposal_box_reads_its_four_side_distances():
+    """Docstring: a box is given as log distances from the cell centre to its four sides
+    (left, top, right, bottom), in cells. Distances (1, 0.5, 2, 0.25) cells at the centre
+    cell of a 4x4 map (cell side 0.25, centre (0.375, 0.375))."""
+    import math
+
+    from detr_lightning.convergence.conv_proposals import ConvProposals
+    from detr_lightning.convergence.focal_scoring import FocalScoring
+
+    head = ConvProposals(4, 1, scoring=FocalScoring()).eval()
+    with torch.no_grad():
+        head.box_conv.bias.copy_(torch.tensor([1.0, 0.5, 2.0, 0.25]).log())
+    mask = torch.ones(1, 4, 4, dtype=torch.bool)
+    out = head(torch.randn(1, 16, 4), mask)
+    x1, y1, x2, y2 = 0.375 - 0.25, 0.375 - 0.125, 0.375 + 0.5, 0.375 + 0.0625
+    want = torch.tensor([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1])
+    torch.testing.assert_close(out["pred_boxes"][0, 5], want)
+    assert math.isclose(float(out["pred_boxes"][0, 5, 2]), 0.75, rel_tol=1e-5)
+
+
+def test_box_vote_on_a_padded_map_ignores_padding_cells():
+    """best is -inf on padding; a real cell's voted box must stay the score-weighted mean of
+    its real, overlapping neighbours (brute force below), never NaN."""
+    from torchvision.ops import box_convert, box_iou
+
+    from detr_lightning.convergence.conv_proposals import ConvProposals
+    from detr_lightning.convergence.focal_scoring import FocalScoring
+
+    torch.manual_seed(0)
+    head = ConvProposals(4, 1, scoring=FocalScoring(), box_vote=0.3)
+    h, w = 3, 3
+    mask = torch.ones(1, h, w, dtype=torch.bool)
+    mask[0, :, 2] = False
+    boxes = torch.tensor([0.4, 0.5, 0.5, 0.5]).repeat(1, 9, 1) + 0.05 * torch.rand(1, 9, 4)
+    best = torch.rand(1, 9)
+    best[~mask.flatten(1)] = float("-inf")
+    voted = head.voted_boxes(boxes, best, mask)
+    xyxy = box_convert(boxes[0], "cxcywh", "xyxy")
+    for cell in range(9):
+        if not mask.flatten()[cell]:
+            continue
+        r, c = divmod(cell, w)
+        num, den = torch.zeros(4), 0.0
+        for rr in range(max(r - 1, 0), min(r + 2, h)):
+            for cc in range(max(c - 1, 0), min(c + 2, w)):
+                n = rr * w + cc
+                weight = max(float(best[0, n]), 0.0) + 1e-6
+                if box_iou(xyxy[n : n + 1], xyxy[cell : cell + 1]).item() > 0.3:
+                    num, den = num + weight * xyxy[n], den + weight
+        want = box_convert((num / den)[None], "xyxy", "cxcywh")[0]
+        torch.testing.assert_close(voted[0, cell], want, atol=1e-5, rtol=1e-5)
+
+
+def test_conv_proposals_on_real_cells_ignore_the_memory_under_padding():
+    """Docstring: padding cells are zeroed 'so that they do not leak into real cells': the
+    outputs at real cells do not change when the memory at padding positions does."""
+    from detr_lightning.convergence.conv_proposals import ConvProposals
+    from detr_lightning.convergence.focal_scoring import FocalScoring
+
+    torch.manual_seed(0)
+    head = ConvProposals(8, 2, scoring=FocalScoring()).eval()
+    mask = torch.ones(1, 4, 4, dtype=torch.bool)
+    mask[0, :, 3] = False
+    memory = torch.randn(1, 16, 8)
+    other = memory.clone()
+    other[0, ~mask.flatten()] += 5 * torch.randn(int((~mask).sum()), 8)
+    real = mask.flatten()
+    a, b = head(memory, mask), head(other, mask)
+    torch.testing.assert_close(a["pred_logits"][0, real], b["pred_logits"][0, real])
+    torch.testing.assert_close(a["pred_boxes"][0, real], b["pred_boxes"][0, real])

@@ -5,6 +5,7 @@ import torch
 
 from detr_lightning.convergence.center_matcher import CenterMatcher
 from detr_lightning.convergence.criterion import ConvergenceCriterion
+from detr_lightning.convergence.denoising import make_denoising_queries
 from detr_lightning.convergence.focal_scoring import FocalScoring
 from detr_lightning.loss import HungarianMatcher
 
@@ -61,3 +62,47 @@ def test_criterion_normalises_encoder_losses_by_positive_tokens():
     # Focal loss of the 5 positives at logit -20 (negatives contribute ~0), over 5 positives:
     # alpha * (1 - p)^2 * -log(p) with p = sigmoid(-20), i.e. about 0.25 * 20.
     torch.testing.assert_close(losses["loss_ce_enc"], torch.tensor(0.25 * 20.0), rtol=1e-3, atol=0)
+
+
+def test_denoising_losses_are_normalised_by_boxes_times_groups():
+    """Module docstring: each target appears once per dn group, hence num_boxes * groups.
+    2 targets, 3 dn groups, every dn box off by 0.1 in cx: L1 sum 6 * 0.1 over 2 * 3 = 0.1."""
+    from detr_lightning.convergence.criterion import ConvergenceCriterion
+    from detr_lightning.convergence.focal_scoring import FocalScoring
+    from detr_lightning.loss import HungarianMatcher
+
+    target = {"labels": torch.tensor([0, 1]),
+              "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.3, 0.4]])}  # fmt: skip
+    dn = make_denoising_queries(
+        [target], num_classes=2, num_groups=3, label_noise=0.0, box_noise=0.0
+    )
+    dn_boxes = dn.boxes + torch.tensor([0.1, 0.0, 0.0, 0.0])
+    dn_out = {"pred_logits": torch.zeros(1, 6, 2), "pred_boxes": dn_boxes}
+    dec = {"pred_logits": torch.zeros(1, 4, 2), "pred_boxes": torch.full((1, 4, 4), 0.5)}
+    crit = ConvergenceCriterion(2, HungarianMatcher(scoring=FocalScoring()), scoring=FocalScoring())
+    losses = crit({**dec, "dn_queries": dn, "dn_outputs": dn_out}, [target])
+    torch.testing.assert_close(losses["loss_bbox_dn"], torch.tensor(0.1))
+
+
+def test_one_to_many_encoder_losses_are_normalised_by_k_times_boxes():
+    """Module docstring: repeated k times before Hungarian matching, 'normalised by
+    encoder_matches * num_boxes'. 2 targets, k = 2, 4 tokens that are the targets off by 0.1
+    in cx (+ far tokens): L1 sum 4 * 0.1 over 2 * 2 = 0.1."""
+    from detr_lightning.convergence.criterion import ConvergenceCriterion
+    from detr_lightning.convergence.focal_scoring import FocalScoring
+    from detr_lightning.loss import HungarianMatcher
+
+    target = {"labels": torch.tensor([0, 1]),
+              "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.3, 0.4]])}  # fmt: skip
+    near = target["boxes"].repeat(2, 1) + torch.tensor([0.1, 0.0, 0.0, 0.0])
+    boxes = torch.cat([near, torch.tensor([[0.05, 0.05, 0.05, 0.05]] * 4)])
+    logits = torch.full((8, 2), -8.0)
+    logits[torch.arange(4), target["labels"].repeat(2)] = 8.0
+    dec = {"pred_logits": torch.zeros(1, 4, 2), "pred_boxes": torch.full((1, 4, 4), 0.5)}
+    crit = ConvergenceCriterion(
+        2, HungarianMatcher(scoring=FocalScoring()), scoring=FocalScoring(), encoder_matches=2
+    )
+    losses = crit(
+        {**dec, "enc_outputs": {"pred_logits": logits[None], "pred_boxes": boxes[None]}}, [target]
+    )
+    torch.testing.assert_close(losses["loss_bbox_enc"], torch.tensor(0.1))

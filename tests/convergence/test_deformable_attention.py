@@ -12,12 +12,15 @@ from detr_lightning.convergence.box_attention import BoxAttentionPrior
 from detr_lightning.convergence.compact_trunk import CompactBackbone
 from detr_lightning.convergence.deformable_attention import BoxDeformableAttention
 from detr_lightning.convergence.dims import ModelDims
+from detr_lightning.convergence.focal_scoring import FocalScoring
 from detr_lightning.inference.attention import AttentionCapture
 
 
 def _attention(d: int = 8, heads: int = 4, points: int = 2) -> BoxDeformableAttention:
     torch.manual_seed(0)
-    return BoxDeformableAttention(ModelDims(d, 3, 2, 2, True, 2, nhead=heads), num_points=points)
+    return BoxDeformableAttention(
+        ModelDims(d, 3, 2, 2, FocalScoring(), 2, nhead=heads), num_points=points
+    )
 
 
 def _identity_projections(attn: BoxDeformableAttention) -> None:
@@ -165,7 +168,7 @@ def test_the_lever_needs_refinement_and_excludes_the_attention_prior() -> None:
 
 
 def _two_level_attention() -> BoxDeformableAttention:
-    dims = ModelDims(2, 3, 2, 2, True, 2, nhead=1, backbone_stages={"c4": 2, "p8": 2})
+    dims = ModelDims(2, 3, 2, 2, FocalScoring(), 2, nhead=1, backbone_stages={"c4": 2, "p8": 2})
     attn = BoxDeformableAttention(dims, num_points=1, levels=["c4"])
     _identity_projections(attn)
     with torch.no_grad():
@@ -204,7 +207,7 @@ def test_with_levels_a_query_reads_each_level_at_its_own_real_extent() -> None:
 
 
 def test_every_level_starts_on_the_star_and_one_softmax_spans_all_points() -> None:
-    dims = ModelDims(8, 3, 2, 2, True, 2, nhead=4, backbone_stages={"c4": 5, "p8": 8})
+    dims = ModelDims(8, 3, 2, 2, FocalScoring(), 2, nhead=4, backbone_stages={"c4": 5, "p8": 8})
     attn = BoxDeformableAttention(dims, num_points=2, levels=["c4"])
     box = torch.tensor([[[0.5, 0.4, 0.2, 0.6]]])
     locations, weights = attn.sample_locations(torch.zeros(1, 1, 8), box)
@@ -215,10 +218,10 @@ def test_every_level_starts_on_the_star_and_one_softmax_spans_all_points() -> No
 
 
 def test_levels_the_backbone_does_not_return_or_bind_are_named() -> None:
-    dims = ModelDims(8, 3, 2, 2, True, 2, nhead=4, backbone_stages={"p8": 8})
+    dims = ModelDims(8, 3, 2, 2, FocalScoring(), 2, nhead=4, backbone_stages={"p8": 8})
     with pytest.raises(ValueError, match=r"names \['c4'\].*returns \['p8'\].*return_interm_layers"):
         BoxDeformableAttention(dims, levels=["c4"])
-    dims = ModelDims(8, 3, 2, 2, True, 2, nhead=4, backbone_stages={"c4": 4, "p8": 8})
+    dims = ModelDims(8, 3, 2, 2, FocalScoring(), 2, nhead=4, backbone_stages={"c4": 4, "p8": 8})
     attn = BoxDeformableAttention(dims, levels=["c4"])
     with pytest.raises(ValueError, match=r"reads the levels \['c4'\]: bind their maps"):
         with attn.bound(lambda: torch.rand(1, 1, 4), torch.ones(1, 4, 4, dtype=torch.bool)):
@@ -265,7 +268,7 @@ def test_reading_a_level_then_projecting_equals_projecting_the_map_then_reading(
     module reads the raw level and projects the reads. Inside the image (bias included) the
     two agree; here a brute-force projected map read with grid_sample, head by head."""
     torch.manual_seed(2)
-    dims = ModelDims(8, 3, 2, 2, True, 2, nhead=2, backbone_stages={"c4": 3, "p8": 8})
+    dims = ModelDims(8, 3, 2, 2, FocalScoring(), 2, nhead=2, backbone_stages={"c4": 3, "p8": 8})
     attn = BoxDeformableAttention(dims, num_points=3, levels=["c4"])
     proj = attn.level_proj[0]
     with torch.no_grad():
@@ -284,3 +287,22 @@ def test_reading_a_level_then_projecting_equals_projecting_the_map_then_reading(
         read = torch.nn.functional.grid_sample(values, grid, align_corners=False)
         expected = (read * weights[:, None, :, head]).sum(-1).transpose(1, 2)  # [B, Q, d/H]
         torch.testing.assert_close(out[:, :, head], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_fresh_deformable_points_of_every_head_reach_the_box_border():
+    """Module docstring: head h looks along direction 2 pi h / H, point k at (k + 1) / P of
+    the half-box, so the last point lies on the box's border (a corner for the diagonal heads
+    of H = 8): max(|dx| / (w / 2), |dy| / (h / 2)) == 1 for every head."""
+    import math
+
+    from detr_lightning.convergence.deformable_attention import BoxDeformableAttention
+
+    attn = BoxDeformableAttention(levers.dims(d_model=16, nhead=8), num_points=3)
+    box = torch.tensor([[[0.5, 0.5, 0.4, 0.2]]])
+    loc, _ = attn.sample_locations(torch.zeros(1, 1, 16), box)  # [1, 1, 8, 3, 2]
+    last = loc[0, 0, :, -1]  # each head's farthest point
+    rel = torch.stack([(last[:, 0] - 0.5) / 0.2, (last[:, 1] - 0.5) / 0.1], -1)
+    torch.testing.assert_close(rel.abs().max(-1).values, torch.ones(8))
+    # Head 1 (45 degrees) ends on the corner (cx + w/2, cy + h/2).
+    torch.testing.assert_close(last[1], torch.tensor([0.7, 0.6]))
+    assert math.isclose(float(loc[0, 0, 0, 0, 0]), 0.5 + 0.2 / 3, rel_tol=1e-5)

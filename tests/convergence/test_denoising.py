@@ -1,8 +1,13 @@
 """Denoising / group query construction: noise ranges, bookkeeping and the attention mask."""
 
+import levers
 import torch
 
-from detr_lightning.convergence.denoising import make_denoising_queries, query_attention_mask
+from detr_lightning.convergence.denoising import (
+    Denoiser,
+    make_denoising_queries,
+    query_attention_mask,
+)
 
 
 def _targets():
@@ -110,3 +115,24 @@ def test_a_compiled_network_samples_the_noise_outside_its_graph():
         boxes, valid = noised(targets)
         assert boxes.shape == (2, 2 * max(counts), 4)
         assert valid.sum(1).tolist() == [2 * n for n in counts]
+
+
+def test_denoising_padding_slots_keep_label_zero_under_full_label_noise():
+    """Docstring: labels are '0 on padding slots'. With label_noise=1 every real label is
+    redrawn, but padding slots (image 0 has 1 target, pad = 3) must stay 0."""
+    targets = [
+        {"labels": torch.tensor([2]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])},
+        {"labels": torch.tensor([1, 1, 1]), "boxes": torch.full((3, 4), 0.3)},
+    ]
+    gen = torch.Generator().manual_seed(0)
+    dn = make_denoising_queries(
+        targets, num_classes=50, num_groups=4, label_noise=1.0, box_noise=0.0, generator=gen
+    )
+    assert (dn.labels[~dn.valid] == 0).all()
+    assert (~dn.valid).sum() == 4 * 2  # 2 padding slots per group in image 0
+
+
+def test_denoiser_accepts_zero_box_noise():
+    """The message says 'box_noise >= 0': label-only denoising (box_noise=0) is allowed."""
+    den = Denoiser(levers.dims(), groups=2, label_noise=0.5, box_noise=0.0)
+    assert den.box_noise == 0.0

@@ -6,10 +6,11 @@ import torch
 
 from detr_lightning.convergence.dims import ModelDims
 from detr_lightning.convergence.grid_queries import GridQueries
+from detr_lightning.detr.class_scoring import SoftmaxScoring
 
 
 def test_grid_boxes_tile_the_image_row_by_row():
-    grid = GridQueries(ModelDims(8, 5, 3, 4, False, 2))
+    grid = GridQueries(ModelDims(8, 5, 3, 4, SoftmaxScoring(), 2))
     # ceil(sqrt(5)) = 3: cells of side 1/3, centres at 1/6, 1/2, 5/6; the first 5 in row order.
     third = 1 / 3
     expected = torch.tensor(

@@ -158,3 +158,21 @@ def test_empty_split_with_no_annotations_keeps_negatives(tmp_path):
     ds = CocoDetectionDataset(img_dir, ann, train=True)
     assert len(ds) == 2 and all(len(ds[i][1]["labels"]) == 0 for i in range(2))
     assert np.array_equal([ds[i][1]["size"].tolist() for i in range(2)], [[10, 20], [20, 10]])
+
+
+def test_a_single_far_outside_box_gets_no_format_hint(tmp_path, caplog):
+    """coco.py: the [x1, y1, x2, y2] hint needs at least two boxes far outside (one box is
+    annotation noise, not a format mix-up), even when it is the file's only box."""
+    import logging
+
+    from coco_files import write_coco
+
+    from detr_lightning.data.coco import CocoDetectionDataset
+
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [50, 5, 24, 10]}]  # 10 px over
+    img_dir, ann = write_coco(tmp_path, [(64, 48)], anns)
+    with caplog.at_level(logging.WARNING, logger="detr_lightning.data.coco"):
+        CocoDetectionDataset(img_dir, ann)
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "1 boxes reaching outside their image were clipped" in warning
+    assert "[x1, y1, x2, y2]" not in warning

@@ -363,3 +363,43 @@ def test_headers_cover_the_segment_pngs(tiny: Path) -> None:
     with pytest.raises(ImageLoadError, match=r"1 panoptic PNGs listed in .* cannot be used: "
                                              r".*000001\.png is 31x20, the json says 30x20"):  # fmt: skip
         dataset(tiny).check_headers()
+
+
+def test_panoptic_png_with_an_alpha_channel_is_read_like_rgb(tmp_path):
+    """Docstring of rgb_to_ids: 'an alpha channel is ignored, as panopticapi does'. An RGBA
+    PNG decodes to the same ids id = R + 256 G + 256^2 B (hand-built map)."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from detr_lightning.data.coco_panoptic import CocoPanopticDataset
+
+    ids = np.zeros((6, 8), np.int64)
+    ids[1:4, 2:6] = 700  # 188 + 256 * 2
+    (tmp_path / "train").mkdir()
+    pngs = tmp_path / "annotations" / "panoptic_train"
+    pngs.mkdir(parents=True)
+    Image.fromarray(np.full((6, 8, 3), 90, np.uint8)).save(tmp_path / "train" / "1.jpg")
+    colours = np.stack([ids % 256, ids // 256 % 256, ids // 256**2, np.full_like(ids, 255)], -1)
+    Image.fromarray(colours.astype(np.uint8), mode="RGBA").save(pngs / "1.png")
+    ann = tmp_path / "annotations" / "panoptic_train.json"
+    ann.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "1.jpg", "width": 8, "height": 6}],
+                "annotations": [
+                    {
+                        "image_id": 1,
+                        "file_name": "1.png",
+                        "segments_info": [{"id": 700, "category_id": 1, "iscrowd": 0}],
+                    }
+                ],
+                "categories": [{"id": 1, "name": "cat", "isthing": 1}],
+            }
+        )
+    )
+    ds = CocoPanopticDataset(tmp_path / "train", ann)
+    assert torch.equal(ds.read_id_map(0), torch.from_numpy(ids))
+    _, target = ds[0]
+    assert target["masks"].sum().item() == 12 and target["labels"].tolist() == [0]

@@ -155,3 +155,17 @@ def test_cli(tmp_path, capsys):
     assert len(load(tmp_path / "cli", "instances", "train")["images"]) == 4
     shapes.main(["--out", str(tmp_path / "cli")])
     assert "already holds" in capsys.readouterr().out
+
+
+def test_shapes_image_ids_start_at_one_in_each_split(tmp_path):
+    """COCO-style ids: train images 1..N, val images VAL_ID_OFFSET + 1.. (file names
+    000000000001.jpg, ...)."""
+    import json
+
+    from detr_lightning.data.shapes import VAL_ID_OFFSET, generate_shapes_dataset
+
+    root = generate_shapes_dataset(tmp_path / "shapes", train=2, val=1, seed=0)
+    train = json.loads((root / "annotations" / "instances_train.json").read_text())
+    val = json.loads((root / "annotations" / "instances_val.json").read_text())
+    assert sorted(im["id"] for im in train["images"]) == [1, 2]
+    assert [im["id"] for im in val["images"]] == [VAL_ID_OFFSET + 1]

@@ -181,3 +181,25 @@ def test_layer_hook_memory_bias_reaches_every_cross_attention() -> None:
     changed = model.decode(other, key_mask, pos_seq, query_pos, None, None, hook)
     torch.testing.assert_close(changed, seen)
     assert not torch.allclose(model.decode(other, key_mask, pos_seq, query_pos), plain)
+
+
+def test_encoder_pos_none_makes_the_memory_independent_of_the_spatial_encoding():
+    """encoder_pos='none': the encoder reads no spatial encoding, so its memory is the same for
+    any ``pos`` (invariant)."""
+    from detr_lightning.detr.transformer import Transformer
+
+    torch.manual_seed(0)
+    tr = Transformer(
+        d_model=8,
+        nhead=2,
+        num_encoder_layers=2,
+        num_decoder_layers=1,
+        dim_feedforward=16,
+        dropout=0.0,
+        encoder_pos="none",
+    ).eval()
+    src = torch.randn(1, 8, 3, 4)
+    mask = torch.ones(1, 3, 4, dtype=torch.bool)
+    m1, _, _ = tr.encode(src, mask, torch.randn(1, 8, 3, 4))
+    m2, _, _ = tr.encode(src, mask, torch.randn(1, 8, 3, 4))
+    torch.testing.assert_close(m1, m2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -110,7 +111,6 @@ def test_per_image_pq_equals_panopticapi_and_counts_a_repeat_once(shapes_root) -
 
 
 def _ddp_worker(rank: int, init_file: str, root: str, out: torch.Tensor) -> None:
-    from pathlib import Path
 
     from torch.utils.data import DistributedSampler
 
@@ -153,3 +153,92 @@ def test_pq_table_layout() -> None:
     assert lines[4].startswith("Things") and lines[5].startswith("Stuff")
     assert format_pq_table({"AP": 0.3}) == ""
     assert not math.isnan(float(lines[5].split()[-1]))
+
+
+def test_pq_counts_a_category_with_id_zero():
+    """-1 marks an image without segments; category id 0 is a real category (custom
+    COCO-format data keep their ids). A perfect prediction of a category-0 segment: PQ = 1."""
+    from detr_lightning.evaluation.panoptic_evaluator import ImagePanopticQuality
+
+    cats = [{"id": 0, "isthing": 1}, {"id": 1, "isthing": 0}]
+    ids = torch.zeros(6, 6, dtype=torch.long)
+    ids[1:4, 1:4] = 5
+    image = {"ids": ids, "segments_info": [{"id": 5, "category_id": 0, "iscrowd": 0}]}
+    metric = ImagePanopticQuality()
+    metric.update(image, image, 1, cats)
+    out = metric.compute()
+    assert out["PQ"] == 1.0 and out["PQ_th"] == 1.0
+
+
+def test_segm_ap_keeps_the_highest_scoring_thing_queries():
+    """segm_top_k: 'segm AP keeps the best segm_top_k thing queries per image'. With top 1,
+    a confident perfect mask (p ~ 1) beats a weak wrong one (p ~ 0.5): segm AP = 1."""
+    import functools
+
+    from detr_lightning.detr.panoptic_postprocess import PostProcessPanoptic, PostProcessSegm
+    from detr_lightning.evaluation.panoptic_evaluator import PanopticEvaluator
+
+    gt_ids = torch.zeros(16, 16, dtype=torch.long)
+    gt_ids[2:10, 2:10] = 7
+    gt = {"ids": gt_ids, "segments_info": [{"id": 7, "category_id": 1, "iscrowd": 0,
+                                            "isthing": 1, "area": 64}]}  # fmt: skip
+
+    class Data:
+        categories = [{"id": 1, "isthing": 1}]
+        label_to_category_id = [1]
+
+        def ground_truth(self, image_id):
+            return gt
+
+    logits = torch.tensor([[[10.0, -10.0], [0.0, 0.0]]])  # query 0 sure, query 1 p = 0.5
+    masks = torch.full((1, 2, 16, 16), -8.0)
+    masks[0, 0, 2:10, 2:10] = 8.0  # perfect
+    masks[0, 1, 11:15, 11:15] = 8.0  # elsewhere
+    ev = PanopticEvaluator(
+        functools.partial(PostProcessPanoptic, threshold=0.3, min_area=1),
+        PostProcessSegm(),
+        segm_top_k=1,
+    )
+    target = {"image_id": torch.tensor(1), "size": torch.tensor([16, 16]),
+              "orig_size": torch.tensor([16, 16])}  # fmt: skip
+    ev.update(
+        {"pred_logits": logits, "pred_masks": masks}, torch.zeros(1, 3, 16, 16), [target], Data()
+    )
+    out = ev.compute()
+    assert abs(out["segm_AP"] - 1.0) < 1e-6, out
+
+
+def test_segm_ap_ignores_crowd_ground_truth():
+    """COCO AP ignores crowd regions: a perfect prediction of the one non-crowd thing gives
+    segm AP 1 even though a crowd thing segment is left unpredicted."""
+    import functools
+
+    from detr_lightning.detr.panoptic_postprocess import PostProcessPanoptic, PostProcessSegm
+    from detr_lightning.evaluation.panoptic_evaluator import PanopticEvaluator
+
+    gt_ids = torch.zeros(16, 16, dtype=torch.long)
+    gt_ids[2:10, 2:10] = 7
+    gt_ids[11:15, 11:15] = 9
+    gt = {"ids": gt_ids, "segments_info": [
+        {"id": 7, "category_id": 1, "iscrowd": 0, "isthing": 1, "area": 64},
+        {"id": 9, "category_id": 1, "iscrowd": 1, "isthing": 1, "area": 16}]}  # fmt: skip
+
+    class Data:
+        categories = [{"id": 1, "isthing": 1}]
+        label_to_category_id = [1]
+
+        def ground_truth(self, image_id):
+            return gt
+
+    logits = torch.tensor([[[10.0, -10.0]]])
+    masks = torch.full((1, 1, 16, 16), -8.0)
+    masks[0, 0, 2:10, 2:10] = 8.0
+    ev = PanopticEvaluator(
+        functools.partial(PostProcessPanoptic, threshold=0.3, min_area=1), PostProcessSegm()
+    )
+    target = {"image_id": torch.tensor(1), "size": torch.tensor([16, 16]),
+              "orig_size": torch.tensor([16, 16])}  # fmt: skip
+    ev.update(
+        {"pred_logits": logits, "pred_masks": masks}, torch.zeros(1, 3, 16, 16), [target], Data()
+    )
+    assert abs(ev.compute()["segm_AP"] - 1.0) < 1e-6

@@ -9,12 +9,14 @@ import torch
 from detr_lightning.convergence.compact_trunk import CompactBackbone
 from detr_lightning.convergence.conv_proposals import ConvProposals
 from detr_lightning.convergence.denoising import Denoiser
+from detr_lightning.convergence.dims import ModelDims
 from detr_lightning.convergence.focal_scoring import FocalScoring
 from detr_lightning.convergence.model import ConvergenceDETR
 from detr_lightning.convergence.proposals import EncoderProposals
 from detr_lightning.convergence.queries import AnchorQueries, LearnedQueries, ProposalQueries
 from detr_lightning.convergence.refinement import BoxRefinement
 from detr_lightning.detr.backbone import Backbone
+from detr_lightning.detr.class_scoring import SoftmaxScoring
 from detr_lightning.detr.position_encoding import PositionEmbeddingSine
 from detr_lightning.detr.transformer import Transformer
 
@@ -92,3 +94,11 @@ def cells(h: int, w: int, real_w: int | None = None) -> torch.Tensor:
     mask = torch.zeros(1, h, w, dtype=torch.bool)
     mask[:, :, : real_w or w] = True
     return EncoderProposals.cells(mask)
+
+
+def dims(**overrides) -> ModelDims:
+    """ModelDims of a small softmax model (width 8, 4 queries, 3 classes, 2 decoder layers, 2
+    heads), with ``overrides``."""
+    sizes = dict(d_model=8, num_queries=4, num_classes=3, num_logits=4, scoring=SoftmaxScoring(),
+                 num_decoder_layers=2, nhead=2)  # fmt: skip
+    return ModelDims(**{**sizes, **overrides})

@@ -1,0 +1,12 @@
+"""Category id spaces: a slot for the largest id."""
+
+from __future__ import annotations
+
+
+def test_coco_id_space_has_a_slot_for_the_largest_id():
+    """In COCO's id space the label of category id c is c itself, so ids up to 95 need 96
+    slots (0..95)."""
+    from detr_lightning.data.categories import label_map_from_categories
+
+    cats = [{"id": 1, "name": "a"}, {"id": 95, "name": "b"}]
+    assert label_map_from_categories(cats, coco_id_space=True) == list(range(96))

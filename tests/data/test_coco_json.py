@@ -1,0 +1,59 @@
+"""Reading COCO json boxes: annotations follow their image, and the format hint's threshold."""
+
+from __future__ import annotations
+
+import torch
+
+
+def test_sub_pixel_overhangs_get_no_format_hint(tmp_path, caplog):
+    """coco.py: 'A few boxes a few pixels over is annotation noise'; the xyxy-format hint is
+    for boxes more than a pixel outside. Four boxes 0.5 px over the right edge: clipped and
+    counted, but no hint."""
+    import logging
+
+    from coco_files import write_coco
+
+    from detr_lightning.data.coco import CocoDetectionDataset
+
+    anns = [{"id": i, "image_id": 1, "category_id": 1, "bbox": [40.5, 2 + 10 * i, 24.0, 5]}
+            for i in range(1, 5)]  # fmt: skip
+    img_dir, ann = write_coco(tmp_path, [(64, 48)], anns)
+    with caplog.at_level(logging.WARNING, logger="detr_lightning.data.coco"):
+        ds = CocoDetectionDataset(img_dir, ann)
+    assert ds.num_clipped_boxes == 4
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "4 boxes reaching outside their image were clipped" in warning
+    assert "[x1, y1, x2, y2]" not in warning
+
+
+def test_annotations_follow_their_image_when_the_json_lists_ids_unsorted(tmp_path):
+    """Images listed with ids 3, 1, 2 (not sorted): each annotation must land on the image
+    with its image_id (hand-built, one distinct box per image)."""
+    import json
+
+    from coco_files import write_image
+
+    from detr_lightning.data.coco import CocoDetectionDataset
+
+    ids, images, anns = [3, 1, 2], [], []
+    for k, image_id in enumerate(ids):
+        write_image(tmp_path / "img" / f"{image_id}.jpg", 40, 30)
+        images.append({"id": image_id, "file_name": f"{image_id}.jpg", "width": 40, "height": 30})
+        anns.append(
+            {
+                "id": 10 + k,
+                "image_id": image_id,
+                "category_id": 1,
+                "area": 1.0,
+                "bbox": [float(image_id), 2.0, 5.0, 5.0],
+                "iscrowd": 0,
+            }
+        )
+    (tmp_path / "ann.json").write_text(
+        json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "a"}]})
+    )
+    ds = CocoDetectionDataset(tmp_path / "img", tmp_path / "ann.json")
+    for idx in range(3):
+        image_id = int(ds[idx][1]["image_id"])
+        raw = ds.raw_target(idx)["boxes"].as_subclass(torch.Tensor)
+        assert raw.tolist() == [[float(image_id), 2.0, image_id + 5.0, 7.0]]
