@@ -19,7 +19,9 @@ def check_consistent_heads(net: nn.Module, criterion: nn.Module, postprocess: nn
         "model.criterion.matcher.scoring": scoring_of(getattr(criterion, "matcher", None)),
         "model.postprocess.scoring": scoring_of(postprocess),
     }
-    if len({repr(s) for s in scorings.values()}) > 1:
+    # the same class and settings (separate instances: Hydra builds one per interpolation)
+    settings = [(type(s), vars(s)) for s in scorings.values()]
+    if any(other != settings[0] for other in settings[1:]):
         listed = ", ".join(f"{key}={s}" for key, s in scorings.items())
         raise ValueError(
             f"the class scoring differs between the model's parts: {listed}; choose "
