@@ -107,8 +107,8 @@ class PanopticEvaluator(nn.Module):
 
     Args:
         postprocess: partial :class:`PostProcessPanoptic` (``threshold``, ``min_area``); the
-            thing map (from the dataset's categories) and the model's class ``scoring`` are filled in
-            here.
+            thing map (from the dataset's categories) and the model's class ``scoring`` are
+            filled in here.
         segm_postprocess: :class:`PostProcessSegm` for segm AP, or None to skip segm AP.
         segm_top_k: segm AP keeps the best ``segm_top_k`` thing queries per image.
         metric_backend: of the segm AP (``CocoBoxAP(iou_type="segm")``).
