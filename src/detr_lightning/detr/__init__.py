@@ -1,8 +1,7 @@
 """The paper's DETR (Carion et al. 2020) and nothing else: backbone, position encodings,
 transformer, model, Hungarian matcher, class scoring (softmax and "no object"), set criterion,
 post-processing, the panoptic mask head (Sec. 4.4) and the conversion of the official release
-files. Nothing here imports
-:mod:`detr_lightning.convergence`."""
+files. Nothing here imports :mod:`detr_lightning.convergence`."""
 
 from detr_lightning.detr.backbone import Backbone
 from detr_lightning.detr.class_scoring import SoftmaxScoring
