@@ -209,3 +209,30 @@ def test_ddp_ranks_follow_rank_zeros_plan(tmp_path):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0] == ranks[1]
     assert ranks[0]["lrs"][-1] / 1e-3 < 0.05  # annealed on both
+
+
+def test_resume_recipe_config_plans_a_bigger_budget_at_once(tmp_path, monkeypatch):
+    """The first test's run (20 s budget) ends at step 16 after 19 s, its mean epoch 3 s and its
+    validation 1 s (every 3rd epoch). Resumed from its end with a 30 s budget and
+    resume_recipe=config, it plans at once: 30 - 19 - 1 (the last validation) = 10 s for epochs
+    of 3 s + 1/3 of a validation: 3 epochs = 9 steps. The cosine over 16 + 9 = 25 steps gives
+    steps 16..24 their lrs, and the run ends at step 25, validating at the end."""
+    from detr_lightning.checkpointing.recipe_record import RecipeRecord
+
+    clock = _FakeClock(monkeypatch)
+    trainer = quiet_trainer(tmp_path / "a", max_epochs=-1, callbacks=[clock], limit_val_batches=2)
+    trainer.fit(tiny_lit(lr_schedule=functools.partial(budget_schedule, budget_min=20 / 60)),
+                train_dataloaders=loader(3), val_dataloaders=loader(2))  # fmt: skip
+    assert trainer.global_step == 16 and clock.now == pytest.approx(19)
+    trainer.save_checkpoint(tmp_path / "end.ckpt")
+
+    resumed_clock = _FakeClock(monkeypatch)
+    resumed = quiet_trainer(tmp_path / "b", max_epochs=-1, limit_val_batches=2,
+                            callbacks=[resumed_clock, RecipeRecord({}, "config")])  # fmt: skip
+    resumed.fit(tiny_lit(lr_schedule=functools.partial(budget_schedule, budget_min=0.5)),
+                train_dataloaders=loader(3), val_dataloaders=loader(2),
+                ckpt_path=str(tmp_path / "end.ckpt"))  # fmt: skip
+    assert resumed.global_step == 25
+    want = [0.5 * (1 + math.cos(math.pi * s / 25)) for s in range(16, 25)]
+    assert [lr / 1e-3 for lr in resumed_clock.lrs] == pytest.approx(want)
+    assert resumed_clock.val_epochs[-1] == resumed.current_epoch - 1  # the last epoch validated

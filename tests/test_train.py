@@ -67,6 +67,29 @@ def test_resume_continues_the_step_count_and_optimizer(first_run, shapes_root) -
     assert json.loads((run_dirs(out)[0] / "metrics.json").read_text())["run"]["global_step"] == 6
 
 
+def test_resume_recipe_config_trains_on_with_the_composed_lrs(first_run, shapes_root) -> None:
+    """A resume with new lrs is refused by default (tests/checkpointing/test_recipe_record.py);
+    with resume_recipe=config each group's lr follows its new setting (the shapes preset's 1e-3
+    for the transformer and the backbone -> 5e-4 and 2e-4; multiplied groups follow the main
+    lr), and the Adam moments and step count go on from the checkpoint."""
+    cwd, _, run_dir = first_run
+    last = run_dir / "checkpoints" / "last.ckpt"
+    before = torch.load(last, weights_only=True)["optimizer_states"][0]["param_groups"]
+    out = run_cli("train", ["schedule=smoke", "trainer.max_epochs=2", f"ckpt_path={last}",
+                            "model.optimizer.lr=5e-4", "model.lr_backbone=2e-4",
+                            "resume_recipe=config", "test=false",
+                            f"paths.shapes_dir={shapes_root}", *TINY], cwd)  # fmt: skip
+    assert "model.optimizer.lr: 0.001 in the run, 0.0005 here" in out
+    assert "resume_recipe=config: the composed optimiser settings and lr schedule apply" in out
+    after = torch.load(run_dirs(out)[0] / "checkpoints" / "last.ckpt", weights_only=True)
+    groups = after["optimizer_states"][0]["param_groups"]
+    assert [g["name"] for g in groups] == [g["name"] for g in before]
+    for old, new in zip(before, groups, strict=True):
+        ratio = 0.2 if old["name"] == "backbone" else 0.5
+        assert new["lr"] == pytest.approx(old["lr"] * ratio), old["name"]
+    assert {float(s["step"]) for s in after["optimizer_states"][0]["state"].values()} == {6.0}
+
+
 def test_eval_from_checkpoint_reproduces_the_training_metrics(first_run, shapes_root) -> None:
     cwd, _, run_dir = first_run
     trained = json.loads((run_dir / "metrics.json").read_text())

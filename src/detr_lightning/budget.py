@@ -25,7 +25,7 @@ from typing import Any
 
 import lightning as L
 
-from detr_lightning.schedule import BudgetLR
+from detr_lightning.schedule import BudgetLR, steps_per_epoch
 
 
 class WallBudget(L.Callback):
@@ -98,7 +98,8 @@ class WallBudget(L.Callback):
             pl_module.log("budget/spent_s", self.spent_s)
             return
         done = trainer.current_epoch + 1
-        steps = trainer.global_step / done  # optimizer steps per epoch
+        # per epoch: not global_step / done, which a resumed run's partial epoch would skew
+        steps = float(steps_per_epoch(trainer))
         train_s = max(epoch_s - self._val_s, 1e-3)
         if not self._whole_epoch:
             # The resumed rest of an epoch stays out of the mean; scaled to a whole epoch, it
@@ -111,6 +112,24 @@ class WallBudget(L.Callback):
             self.train_s_sum += train_s
             self.train_s_count += 1
             train_s = self.train_s_sum / self.train_s_count
+        steps_left, every = self._plan(
+            trainer, scheduler, steps, train_s, validated=self._val_s > 0
+        )
+        self._follow(trainer, scheduler, done + math.ceil(steps_left / steps - 1e-6), steps_left,
+                     every)  # fmt: skip
+        pl_module.log_dict({
+            "budget/planned_epochs": done + steps_left / steps,
+            "budget/spent_s": self.spent_s,
+            "budget/train_s": train_s,  # the epoch time the plan used
+            "budget/val_s": self._last_val_s,
+        })  # fmt: skip
+
+    def _plan(
+        self, trainer: L.Trainer, scheduler: BudgetLR, steps: float, train_s: float, validated: bool
+    ) -> tuple[int, int]:
+        """(optimizer steps left, validation spacing in epochs) for what is left of the budget,
+        given ``steps`` optimizer steps per epoch and an epoch's training time ``train_s``;
+        rank 0's under DDP."""
         val_s = self._last_val_s
         # Validate every n epochs so that validation stays under its share of the time.
         share = scheduler.max_val_share
@@ -122,23 +141,43 @@ class WallBudget(L.Callback):
         if self._cap is not None:
             cap_left = max(0, round(self._cap * steps) - trainer.global_step)
             capped, steps_left = cap_left <= steps_left, min(steps_left, cap_left)
-        if steps_left == 0 and not capped and self._val_s == 0:
-            # This epoch did not validate (a slow epoch used up the time the plan gave it): one
-            # more step makes the next epoch the last, which validates the annealed weights.
+        if steps_left == 0 and not capped and not validated:
+            # The last epoch did not validate (a slow epoch used up the time the plan gave it):
+            # one more step makes the next epoch the last, which validates the annealed weights.
             steps_left = 1
         if trainer.world_size > 1:
             steps_left, every = self._agree(trainer, steps_left, every)
-        trainer.fit_loop.max_epochs = done + math.ceil(steps_left / steps - 1e-6)
+        return steps_left, every
+
+    def _follow(
+        self, trainer: L.Trainer, scheduler: BudgetLR, epochs: int, steps_left: int, every: int
+    ) -> None:
+        """Aim the epochs, the validations and the cosine at the planned last step, in epoch
+        ``epochs`` (1-based)."""
+        trainer.fit_loop.max_epochs = epochs
         trainer.check_val_every_n_epoch = self._every = every
         scheduler.factor.replan(trainer.global_step + steps_left)
         if steps_left == 0:
             trainer.should_stop = True
-        pl_module.log_dict({
-            "budget/planned_epochs": done + steps_left / steps,
-            "budget/spent_s": self.spent_s,
-            "budget/train_s": train_s,  # the epoch time the plan used
-            "budget/val_s": val_s,
-        })  # fmt: skip
+
+    def replan_resumed(self, trainer: L.Trainer) -> None:
+        """Plan again at once from the saved epoch times, for a resumed run whose budget changed
+        (``resume_recipe=config``); without a measured epoch the plan waits for the next one."""
+        if trainer.global_step == 0 or self.spent_s <= 0:
+            return
+        steps = float(steps_per_epoch(trainer))
+        if self.train_s_count:
+            train_s = self.train_s_sum / self.train_s_count
+        else:  # only the first epoch (or part of it) ran: its time, start-up included
+            train_s = self.spent_s / (trainer.global_step / steps)
+        scheduler = self._scheduler(trainer)
+        # validated=False: a budget already spent still trains a step, which ends the run with
+        # a validation
+        steps_left, every = self._plan(trainer, scheduler, steps, train_s, validated=False)
+        # The epochs count from the current one, taken as whole: a resume from a mid-epoch save
+        # ends its plan at the right step, and its next epoch end corrects the epoch count.
+        epochs = trainer.current_epoch + math.ceil(steps_left / steps - 1e-6)
+        self._follow(trainer, scheduler, epochs, steps_left, every)
 
     @staticmethod
     def _agree(trainer: L.Trainer, steps_left: int, every: int) -> tuple[int, int]:

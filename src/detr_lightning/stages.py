@@ -123,6 +123,8 @@ def run_stages(
             stage_cfg.run_name = f"{cfg.run_name}-{name}"
             # the command line's ckpt_path=last/auto is the whole run's, not this stage's
             stage_cfg.ckpt_path = cfg.ckpt_path if i - 1 == resume_at else None
+            if not stage_cfg.ckpt_path:  # resume_recipe is for the stage that resumes
+                stage_cfg.resume_recipe = "checkpoint"
             if previous is not None:
                 stage_cfg.model.init_detector = previous
         _say(f"=== stage {i}/{len(stages)}: {name} ({' '.join(overrides) or 'no overrides'})")

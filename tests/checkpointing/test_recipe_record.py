@@ -52,6 +52,26 @@ def test_a_resume_with_another_lr_or_schedule_is_refused_naming_each_key(tmp_pat
     check_resumed_recipe(checkpoint, changed, str(path))
 
 
+def test_the_cosine_records_max_epochs_its_length_and_config_applies_changes(caplog) -> None:
+    """Under the cosine, trainer.max_epochs sets the restored schedule's length: a resume with
+    another value is refused; with resume_recipe=config every change is logged instead."""
+    cosine = ["schedule=cpu_short", "model.lr_schedule._target_=detr_lightning.schedule.cosine_schedule",
+              "~model.lr_schedule.drop_epochs", "~model.lr_schedule.gamma"]  # fmt: skip
+    run = recipe_record(_cfg(*cosine, "trainer.max_epochs=10"))
+    assert run["trainer.max_epochs"] == 10
+    assert "trainer.max_epochs" not in recipe_record(_cfg())  # the budget plans its own epochs
+    ckpt = {"callbacks": {"RecipeRecord": {"recipe": run}}}
+    with pytest.raises(CheckpointLoadError, match="trainer.max_epochs: 10 in the run, 20 here"):
+        check_resumed_recipe(ckpt, _cfg(*cosine, "trainer.max_epochs=20"), "run.ckpt")
+    applied = _cfg(*cosine, "trainer.max_epochs=20", "model.optimizer.lr=5e-4",
+                   "resume_recipe=config")  # fmt: skip
+    with caplog.at_level("WARNING"):
+        check_resumed_recipe(ckpt, applied, "run.ckpt")
+    assert "apply from the resumed step on" in caplog.text
+    assert "trainer.max_epochs: 10 in the run, 20 here" in caplog.text
+    assert "model.optimizer.lr: 0.001 in the run, 0.0005 here" in caplog.text
+
+
 def test_a_restored_key_the_record_lacks_is_refused_too() -> None:
     from omegaconf import OmegaConf
 

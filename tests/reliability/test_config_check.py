@@ -32,6 +32,7 @@ from detr_lightning.utils.config_check import ConfigError, check_config
         ("model.lr_schedule.budget_min=0", "model.lr_schedule.budget_min=0", "positive number"),
         ("model.lr_schedule.decay_share=1.5", "model.lr_schedule.decay_share=1.5", "(0, 1]"),
         ("model.lr_schedule.decay_share=0", "model.lr_schedule.decay_share=0", "(0, 1]"),
+        ("resume_recipe=new", "resume_recipe='new'", "resume_recipe=config"),
     ],
 )  # fmt: skip
 def test_bad_value_names_the_key_and_the_fix(tmp_path, override: str, key: str, fix: str) -> None:
@@ -55,6 +56,15 @@ def test_every_problem_is_listed_at_once(tmp_path) -> None:
     for key in ("data.batch_size=", "model.optimizer.lr=0", "ckpt_path=/nope.ckpt: no such file",
                 "trainer.devices=0"):  # fmt: skip
         assert key in str(err.value)
+
+
+def test_resume_recipe_config_needs_a_resume(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"resume_recipe=config applies .* ckpt_path is not set"):
+        check_config(compose_cfg(["resume_recipe=config"], tmp_path))
+    check_config(compose_cfg(["resume_recipe=config", "ckpt_path=auto"], tmp_path))  # none yet
+    (tmp_path / "resume.ckpt").write_bytes(b"x")
+    check_config(compose_cfg(["resume_recipe=config", f"ckpt_path={tmp_path}/resume.ckpt"],
+                             tmp_path))  # fmt: skip
 
 
 def test_missing_pretrained_file_is_named_unless_resuming(tmp_path) -> None:

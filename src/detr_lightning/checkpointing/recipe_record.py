@@ -1,22 +1,34 @@
 """Resuming restores the optimiser and the lr schedule from the checkpoint: refuse overrides of
-them that the resumed run would silently ignore.
+them that the resumed run would silently ignore, unless ``resume_recipe=config`` applies them.
 
 Lightning reloads the optimiser's state (its lrs included) and the scheduler's (a budget
-schedule's minutes and shares included) from ``ckpt_path``, so ``model.optimizer.lr=5e-5`` or
-``model.lr_schedule.budget_min=5`` on a resume composed, was saved in the new run's
-``.hydra/config.yaml``, and changed nothing. :class:`RecipeRecord` saves the resolved values of
-those keys (:data:`RESTORED`) in every checkpoint; :func:`check_resumed_recipe` compares them
-with the resuming config before training and names every difference.
+schedule's minutes and shares, the step of a drop, the length of a cosine) from ``ckpt_path``,
+so ``model.optimizer.lr=5e-5`` or ``model.lr_schedule.budget_min=5`` on a resume composed, was
+saved in the new run's ``.hydra/config.yaml``, and changed nothing. :class:`RecipeRecord` saves
+the resolved values of those keys (:data:`RESTORED`, and ``trainer.max_epochs`` under the
+cosine schedule, whose length it sets) and the optimizer steps per epoch in every checkpoint.
+
+* ``resume_recipe=checkpoint`` (the default) resumes the run as it was:
+  :func:`check_resumed_recipe` refuses a changed key before training, and
+  :meth:`RecipeRecord.on_train_start` refuses another number of steps per epoch (other GPUs, batch
+  size or ``limit_train_batches``) under a schedule whose drops or length are counted in steps
+  from epochs, since those would then fall at other epochs.
+* ``resume_recipe=config`` trains on with the composed settings from the resumed step
+  (:mod:`~detr_lightning.checkpointing.apply_recipe`); the changes are logged.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import lightning as L
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from detr_lightning.checkpointing.validate import CheckpointLoadError
+from detr_lightning.schedule import cosine_schedule, step_schedule, steps_per_epoch
+
+log = logging.getLogger(__name__)
 
 # The keys whose effect a resume takes from the checkpoint instead of the config.
 RESTORED = ("model.optimizer", "model.lr_backbone", "model.lr_multipliers", "model.lr_scaling",
@@ -34,6 +46,8 @@ def recipe_record(cfg: DictConfig) -> dict[str, Any]:
             else node
         )
         _flatten(key, value, out)
+    if str(OmegaConf.select(cfg, "model.lr_schedule._target_")).endswith(".cosine_schedule"):
+        out["trainer.max_epochs"] = OmegaConf.select(cfg, "trainer.max_epochs")
     return out
 
 
@@ -46,16 +60,53 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
 
 
 class RecipeRecord(L.Callback):
-    """Saves :func:`recipe_record` of the training config in the checkpoint (state only)."""
+    """Saves :func:`recipe_record` of the training config and the optimizer steps per epoch in
+    the checkpoint; on a resume, applies the config's recipe (``mode="config"``) or refuses a
+    changed number of steps per epoch that the restored schedule counts in (see the module
+    docstring)."""
 
-    def __init__(self, record: dict[str, Any]) -> None:
-        self.record = record
+    def __init__(self, record: dict[str, Any], mode: str = "checkpoint") -> None:
+        self.record, self.mode = record, mode
+        self.steps_per_epoch: int | None = None  # this run's, once training starts
+        self.saved_steps_per_epoch: int | None = None  # the checkpoint's
 
     def state_dict(self) -> dict[str, Any]:
-        return {"recipe": dict(self.record)}
+        return {"recipe": dict(self.record), "steps_per_epoch": self.steps_per_epoch}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Nothing to restore: the comparison ran before ``fit`` (:func:`check_resumed_recipe`)."""
+        # The recipe itself was compared before ``fit`` (:func:`check_resumed_recipe`).
+        self.saved_steps_per_epoch = state_dict.get("steps_per_epoch")
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.steps_per_epoch = steps_per_epoch(trainer)
+        if trainer.ckpt_path is None:
+            return
+        if self.mode == "config":
+            from detr_lightning.checkpointing.apply_recipe import apply_recipe
+
+            apply_recipe(trainer, pl_module)
+            return
+        saved, now = self.saved_steps_per_epoch, self.steps_per_epoch
+        if saved is not None and saved != now and _counts_epochs_in_steps(pl_module):
+            raise CheckpointLoadError(
+                f"ckpt_path={trainer.ckpt_path}: an epoch has {now} optimizer steps here and "
+                f"had {saved} in the run (another number of devices, data.batch_size, "
+                "trainer.accumulate_grad_batches or trainer.limit_train_batches), and the "
+                "restored lr schedule counts its drop epochs or its length in the run's steps, "
+                "so they would fall at other epochs. Fix: resume with the run's settings, or "
+                "rebuild the schedule for the new epoch from the resumed step: "
+                "resume_recipe=config."
+            )
+
+
+def _counts_epochs_in_steps(pl_module: L.LightningModule) -> bool:
+    """Whether the module's lr schedule turns epochs into a count of steps when it is built: a
+    step schedule with drops, or the cosine (the budget schedule plans in measured steps)."""
+    schedule = getattr(pl_module, "lr_schedule", None)
+    func = getattr(schedule, "func", None)
+    if func is cosine_schedule:
+        return True
+    return func is step_schedule and bool(schedule.keywords.get("drop_epochs"))
 
 
 def check_resumed_recipe(checkpoint: Any, cfg: DictConfig, path: str) -> None:
@@ -70,12 +121,16 @@ def check_resumed_recipe(checkpoint: Any, cfg: DictConfig, path: str) -> None:
     current = recipe_record(cfg)
     changed = [f"{k}: {saved.get(k, '(absent)')!r} in the run, {current.get(k, '(absent)')!r} here"
                for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]  # fmt: skip
-    if changed:
+    if changed and cfg.get("resume_recipe") == "config":
+        log.warning("ckpt_path=%s, resume_recipe=config: these settings differ from the run's "
+                    "and apply from the resumed step on:\n  - %s", path, "\n  - ".join(changed))  # fmt: skip
+    elif changed:
         raise CheckpointLoadError(
             f"ckpt_path={path}: resuming restores the optimiser and the lr schedule from the "
             "checkpoint, so these settings, which differ from the run's, would be ignored:\n  - "
             + "\n  - ".join(changed)
-            + "\nFix: drop those overrides to resume the run as it was; to train on from its "
-            f"weights with the new settings, start a new run: ckpt_path=null "
-            f"model.init_detector={path}."
+            + "\nFix: drop those overrides to resume the run as it was; to train on with them "
+            "from the resumed step (the optimiser's moments kept, the lr schedule rebuilt at "
+            "that step): resume_recipe=config; to start a new run from its weights: "
+            f"ckpt_path=null model.init_detector={path}."
         )

@@ -104,7 +104,10 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     from detr_lightning.checkpointing.atomic_io import AtomicCheckpointIO
     from detr_lightning.checkpointing.recipe_record import RecipeRecord, recipe_record
 
-    callbacks = [*instantiate_dict(cfg.get("callbacks")), RecipeRecord(recipe_record(cfg))]
+    callbacks = [
+        *instantiate_dict(cfg.get("callbacks")),
+        RecipeRecord(recipe_record(cfg), cfg.get("resume_recipe") or "checkpoint"),
+    ]
     loggers = instantiate_dict(cfg.get("logger"))
     plugins = instantiate(cfg.trainer.get("plugins"), _convert_="all") or []
     plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]

@@ -68,6 +68,9 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "model.lr_schedule.max_val_share": (lambda v: _is_number(v) and 0 < v <= 1,
                                         "a number in (0, 1]",
                                         "model.lr_schedule.max_val_share=0.1"),
+    "resume_recipe": (lambda v: v in ("checkpoint", "config"),
+                      "checkpoint (resume the run's recipe) or config (apply the composed one)",
+                      "resume_recipe=config"),
     "trainer.max_epochs": (lambda v: v is None or (_is_int(v) and v >= -1),
                            "an integer >= 0 (-1: no epoch limit)", "trainer.max_epochs=50"),
     "trainer.max_steps": (lambda v: _is_int(v) and v >= -1,
@@ -184,8 +187,12 @@ def check_config(cfg: DictConfig, stage: str = "fit") -> None:
 
     ``stage``: "fit" (train), "test" (eval) or "predict": which data splits and files must exist.
     """
-    resolve_special_ckpt_path(cfg, stage)
     errors: list[str] = []
+    if stage == "fit" and cfg.get("resume_recipe") == "config" and not cfg.get("ckpt_path"):
+        errors.append("resume_recipe=config applies the composed recipe to a resumed run, and "
+                      "ckpt_path is not set. Fix: give ckpt_path=<.ckpt>|last|auto, or drop "
+                      "resume_recipe=config.")  # fmt: skip
+    resolve_special_ckpt_path(cfg, stage)
     _check_required(cfg, stage, errors)
     _check_values(cfg, errors)
     _check_data_paths(cfg, stage, errors)

@@ -38,6 +38,7 @@ TRAIN_ONLY: dict[str, str] = {
     "data.group_by_aspect_ratio": "it groups training batches",
     "stages": "nothing is trained",
     "test": "the after-training test",
+    "resume_recipe": "nothing is resumed",
     "run_name": "the logger's run name",
     "tags": "the logger's tags",
 }
