@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -16,11 +17,11 @@ from detr_lightning.evaluation.coco import METRIC_NAMES
 
 
 def test_ddp_cpu_training_and_evaluation_match_single_process(tmp_path) -> None:
-    # 5 val images on 2 ranks: Lightning's DistributedSampler pads rank 1 with a repeated image.
-    # The smoke schedule's 2 test batches per rank would score only 4 of the 5 images, so the
-    # final test is lifted to the whole split, as the single-process eval below sees it.
+    # 5 val images in batches of 2 on 2 ranks: rank 0 evaluates [0 1] [4], rank 1 a repeat of
+    # [0 1] and [2 3] (data/eval_sampler.py). The smoke schedule's 2 test batches per rank are
+    # lifted to the whole split, as the single-process eval below sees it.
     root = generate_shapes_dataset(tmp_path / "shapes", train=8, val=5)
-    common = [f"paths.shapes_dir={root}", *TINY, "data.val_batch_size=1"]
+    common = [f"paths.shapes_dir={root}", *TINY, "data.val_batch_size=2"]
     whole = ["trainer.limit_test_batches=1.0"]
     out = run_cli("train", ["trainer=ddp_cpu", "schedule=smoke", *whole, *common], tmp_path)
     assert "MEMBER: 2/2" in out, out[-3000:]
@@ -54,8 +55,11 @@ def test_num_boxes_is_averaged_over_processes() -> None:
     assert result.tolist() == [3.5, 3.5]  # (1 + 6) / 2 on both ranks
 
 
-def _metric_worker(rank: int, init_file: str, folder: str, ann: str, out: torch.Tensor) -> None:
-    """One rank: evaluate its DistributedSampler shard (padded with repeats) of fixed detections."""
+def _metric_worker(
+    rank: int, init_file: str, folder: str, ann: str, out: torch.Tensor, whole: bool
+) -> None:
+    """One rank: evaluate its shard of fixed detections: Lightning's DistributedSampler's (padded
+    with a repeat to equal counts) or, ``whole``, whole batches of 2 (4 images and 3)."""
     import contextlib
     import io
 
@@ -65,6 +69,7 @@ def _metric_worker(rank: int, init_file: str, folder: str, ann: str, out: torch.
 
     from detr_lightning.data.coco import CocoDetectionDataset
     from detr_lightning.data.collate import collate
+    from detr_lightning.data.eval_sampler import WholeBatchDistributedSampler
     from detr_lightning.data.transforms import make_eval_transforms
     from detr_lightning.evaluation.coco import CocoBoxAP, metric_targets
 
@@ -74,7 +79,11 @@ def _metric_worker(rank: int, init_file: str, folder: str, ann: str, out: torch.
         dets = fake_detections(COCO(ann))
     to_label = {c: i for i, c in enumerate(ds.label_to_category_id)}
     metric = CocoBoxAP()
-    indices = list(DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=False))
+    if whole:
+        indices = list(WholeBatchDistributedSampler(ds, 2, num_replicas=2, rank=rank))
+        assert len(indices) == (4, 3)[rank]
+    else:
+        indices = list(DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=False))
     for i in indices:
         b = collate([ds[i]])
         mine = [d for d in dets if d["image_id"] == int(b.targets[0]["image_id"])]
@@ -88,8 +97,10 @@ def _metric_worker(rank: int, init_file: str, folder: str, ann: str, out: torch.
     dist.destroy_process_group()
 
 
-def test_metric_gathered_over_ranks_equals_cocoeval(tmp_path) -> None:
-    """Real 2-process gather of a non-trivial evaluation, 7 images (one padded repeat)."""
+@pytest.mark.parametrize("whole", [False, True])
+def test_metric_gathered_over_ranks_equals_cocoeval(tmp_path, whole: bool) -> None:
+    """Real 2-process gather of a non-trivial evaluation, 7 images: one padded repeat, or 4 and 3
+    images on the ranks (whole batches; torchmetrics' own gather needs equal counts)."""
     import contextlib
     import io
 
@@ -99,7 +110,7 @@ def test_metric_gathered_over_ranks_equals_cocoeval(tmp_path) -> None:
     root = generate_shapes_dataset(tmp_path / "shapes", train=1, val=7)
     folder, ann = str(root / "val"), str(root / "annotations" / "instances_val.json")
     out = torch.zeros(2, len(METRIC_NAMES)).share_memory_()
-    mp.spawn(_metric_worker, args=(str(tmp_path / "init"), folder, ann, out), nprocs=2)
+    mp.spawn(_metric_worker, args=(str(tmp_path / "init"), folder, ann, out, whole), nprocs=2)
     with contextlib.redirect_stdout(io.StringIO()):
         ref = pycocotools_stats(ann, fake_detections(COCO(ann)))
     assert ref[0] > 0.2

@@ -16,6 +16,7 @@ from detr_lightning.data.coco_json import read_coco_json
 from detr_lightning.data.coco_panoptic import CocoPanopticDataset
 from detr_lightning.data.collate import make_collate_fn
 from detr_lightning.data.epoch_sampler import EpochRandomSampler
+from detr_lightning.data.eval_sampler import WholeBatchDistributedSampler
 from detr_lightning.data.sampler import (
     AspectRatioGroupedBatchSampler,
     aspect_ratio_groups,
@@ -37,7 +38,9 @@ class DetrDataModule(L.LightningDataModule):
     ``state_dict``. ``generate_shapes`` (kwargs of
     :func:`~detr_lightning.data.shapes.ensure_shapes_dataset`) makes ``prepare_data`` generate
     the shapes dataset when it is missing. ``batch_size`` is per device; Lightning adds the
-    distributed sampler. ``group_by_aspect_ratio`` batches training images of the same
+    distributed sampler for training; under DDP the evaluation splits are dealt out in whole
+    single-process batches (:mod:`detr_lightning.data.eval_sampler`: the same padding, so the
+    same detections, as one process). ``group_by_aspect_ratio`` batches training images of the same
     orientation together (:mod:`detr_lightning.data.sampler`: less padding; DDP-safe).
     """
 
@@ -151,10 +154,16 @@ class DetrDataModule(L.LightningDataModule):
         if train and self.group_by_aspect_ratio:
             return self._grouped_loader(self.datasets[split])
         dataset = self.datasets[split]
+        if train:
+            sampler = EpochRandomSampler(dataset, torch.initial_seed())
+        elif torch.distributed.is_available() and torch.distributed.is_initialized():
+            sampler = WholeBatchDistributedSampler(dataset, self.val_batch_size)
+        else:
+            sampler = None
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.val_batch_size,
-            sampler=EpochRandomSampler(dataset, torch.initial_seed()) if train else None,
+            sampler=sampler,
             drop_last=False,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

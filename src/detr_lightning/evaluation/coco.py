@@ -30,6 +30,8 @@ from torch import Tensor
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_convert
 
+from detr_lightning.evaluation.image_gather import GatherImageLists
+
 # torchmetrics key -> our key, in pycocotools' summary order.
 METRIC_NAMES: dict[str, str] = {
     "map": "AP",
@@ -73,12 +75,13 @@ _IMAGE_STATES = (
 )
 
 
-class CocoBoxAP(MeanAveragePrecision):
+class CocoBoxAP(GatherImageLists, MeanAveragePrecision):
     """``MeanAveragePrecision`` (xyxy boxes) that also records each image's id.
 
-    Under DDP, Lightning's DistributedSampler pads the last batches with repeated images so that
-    every rank gets the same count; gathered naively, those images would be evaluated twice. After
-    the cross-process gather, ``compute`` keeps the first copy of every ``image_id`` and orders
+    Under DDP the ranks may evaluate different numbers of images
+    (:mod:`~detr_lightning.evaluation.image_gather` gathers them), and a sampler that evens out
+    the ranks repeats a few; gathered naively, those images would be evaluated twice. After the
+    cross-process gather, ``compute`` keeps the first copy of every ``image_id`` and orders
     images by id, so a DDP evaluation equals the single-process one (pycocotools also orders
     images by id, which decides the order of equal-score detections).
 

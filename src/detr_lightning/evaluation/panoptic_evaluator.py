@@ -7,9 +7,10 @@ the dataset's original-size ground truth (``dataset.ground_truth(image_id)``, e.
 :class:`~detr_lightning.data.coco_panoptic.CocoPanopticDataset`), looked up on each process for
 the images of its own shard.
 
-DDP: Lightning's DistributedSampler pads the last shard with repeated images. Both metrics keep
-one entry per image with its id, gathered over processes, and count each image once, in image-id
-order, so a multi-process evaluation equals the single-process one exactly (as ``CocoBoxAP``).
+DDP: the ranks may evaluate different numbers of images, a few of them repeated to even out the
+ranks. Both metrics keep one entry per image with its id, gathered over processes
+(:mod:`~detr_lightning.evaluation.image_gather`), and count each image once, in image-id order,
+so a multi-process evaluation equals the single-process one exactly (as ``CocoBoxAP``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torchmetrics import Metric
 from detr_lightning.detr.class_scoring import SoftmaxScoring, scoring_or_default
 from detr_lightning.detr.panoptic_postprocess import PostProcessPanoptic, PostProcessSegm
 from detr_lightning.evaluation.coco import CocoBoxAP
+from detr_lightning.evaluation.image_gather import GatherImageLists
 from detr_lightning.evaluation.panoptic import ClassStats, match_image, summarize
 from detr_lightning.evaluation.panoptic_io import PanopticImage
 
@@ -32,7 +34,7 @@ PQ_KEYS = ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st
 _GROUPS = (("", "All"), ("_th", "Things"), ("_st", "Stuff"))
 
 
-class ImagePanopticQuality(Metric):
+class ImagePanopticQuality(GatherImageLists, Metric):
     """PQ (panopticapi's definition, :mod:`.panoptic`) with one stats entry per image.
 
     ``update(pred, gt, image_id, categories)``; ``compute()`` gives the :data:`PQ_KEYS` as
@@ -61,7 +63,7 @@ class ImagePanopticQuality(Metric):
         self.isthing = {int(c["id"]): int(c["isthing"]) == 1 for c in categories}
         stats = match_image(pred, gt, self.isthing)
         rows = [[cat, s.tp, s.fp, s.fn, s.iou] for cat, s in sorted(stats.items())]
-        rows = rows or [[-1, 0, 0, 0, 0.0]]  # never empty: every rank gathers a [n>0, 5] row
+        rows = rows or [[-1, 0, 0, 0, 0.0]]  # an image without segments: a row compute skips
         self.rows.append(torch.tensor(rows, dtype=torch.float64, device=self.device))
         self.image_ids.append(torch.tensor([int(image_id)], device=self.device))
 
