@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,8 +58,15 @@ def test_resume_continues_the_step_count_and_optimizer(first_run, shapes_root) -
     last = run_dir / "checkpoints" / "last.ckpt"
     before = torch.load(last, weights_only=False)
     assert before["global_step"] == 3
+    # what a kill during the next save would have left: removed by the resume once idle 10 min
+    stale, live = (last.parent / f".last.ckpt.{tag}.tmp" for tag in ("abcd1234", "efgh5678"))
+    stale.write_bytes(b"partial")
+    live.write_bytes(b"partial")
+    os.utime(stale, (time.time() - 601,) * 2)
     out = run_cli("train", ["schedule=smoke", "trainer.max_epochs=2", f"ckpt_path={last}",
                             f"paths.shapes_dir={shapes_root}", *TINY], cwd)  # fmt: skip
+    assert not stale.exists() and live.exists() and f"removed {stale}" in out
+    live.unlink()
     after = torch.load(run_dirs(out)[0] / "checkpoints" / "last.ckpt", weights_only=False)
     assert after["global_step"] == 6 and after["epoch"] == 1
     adam = after["optimizer_states"][0]["state"]

@@ -14,7 +14,11 @@ import pytest
 import torch
 from reliability_support import compose_cfg
 
-from detr_lightning.checkpointing.atomic_io import AtomicCheckpointIO, atomic_torch_save
+from detr_lightning.checkpointing.atomic_io import (
+    AtomicCheckpointIO,
+    atomic_torch_save,
+    remove_abandoned_temp_files,
+)
 
 # Runs AtomicCheckpointIO.save_checkpoint (what Lightning calls) on two targets at once, with a
 # torch.save that writes half of the real bytes, flushes, announces it and then hangs forever.
@@ -82,6 +86,15 @@ def test_kill_9_mid_write_leaves_the_old_file_or_none(tmp_path) -> None:
     other = [p for p in leftovers if p.startswith(".epoch001.ckpt.")]
     assert len(other) == 1
     assert sorted(os.listdir(existing.parent)) == sorted([*other, "last.ckpt"])
+    # A resume clears the folder of temp files idle for 10 minutes (a live write is not idle),
+    # and nothing else: not a checkpoint, not a hidden .tmp file of another name.
+    (existing.parent / ".notes.tmp").write_text("mine")
+    ten_min_ago = time.time() - 601
+    os.utime(existing.parent / ".notes.tmp", (ten_min_ago, ten_min_ago))
+    assert remove_abandoned_temp_files(existing.parent) == []
+    os.utime(existing.parent / other[0], (ten_min_ago, ten_min_ago))
+    assert remove_abandoned_temp_files(existing.parent) == [str(existing.parent / other[0])]
+    assert sorted(os.listdir(existing.parent)) == [".notes.tmp", "last.ckpt"]
 
 
 def test_save_replaces_whole_file_with_normal_permissions(tmp_path) -> None:

@@ -14,8 +14,10 @@ import contextlib
 import glob
 import logging
 import os
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -105,6 +107,32 @@ def remove_stale_temp_files(path: str | os.PathLike) -> list[str]:
         with contextlib.suppress(OSError):
             os.unlink(leftover)
     return stale
+
+
+# The temp file names atomic_write gives: ".<target name>.<mkstemp's 8 characters>.tmp".
+_TMP_NAME = re.compile(r"\..+\.[A-Za-z0-9_]{8}" + re.escape(_TMP_SUFFIX))
+
+
+def remove_abandoned_temp_files(folder: str | os.PathLike, idle_s: float = 600.0) -> list[str]:
+    """Delete the temp files of writes a killed process left in ``folder`` (e.g. a dead run's
+    ``checkpoints/``, when a new run resumes from it); returns their paths.
+
+    A file counts as abandoned when nothing has written to it for ``idle_s`` seconds: a live
+    writer is writing it continuously, and another process may still own the folder (a run
+    that is still going, whose ``last.ckpt`` a ``ckpt_path=last`` picked)."""
+    pattern = os.path.join(glob.escape(os.fspath(folder)), ".*" + _TMP_SUFFIX)
+    removed = []
+    for path in glob.glob(pattern, include_hidden=True):
+        if not _TMP_NAME.fullmatch(os.path.basename(path)):
+            continue
+        with contextlib.suppress(OSError):
+            if time.time() - os.path.getmtime(path) > idle_s:
+                size = os.path.getsize(path)
+                os.unlink(path)
+                removed.append(path)
+                log.warning("removed %s (%.1f MiB), left by a checkpoint write that was killed",
+                            path, size / 2**20)  # fmt: skip
+    return removed
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import lightning as L
@@ -180,11 +181,16 @@ def build_run(
     if checkpoint is not None:
         check_lightning_checkpoint(checkpoint, model, ckpt)
         if stage == "fit":
+            from lightning.pytorch.utilities import rank_zero_only
+
+            from detr_lightning.checkpointing.atomic_io import remove_abandoned_temp_files
             from detr_lightning.checkpointing.optimizer_groups import check_optimizer_groups
             from detr_lightning.checkpointing.recipe_record import check_resumed_recipe
 
             check_optimizer_groups(checkpoint, model, ckpt)
             check_resumed_recipe(checkpoint, cfg, ckpt)
+            if rank_zero_only.rank == 0:  # the interrupted run's folder: what its kill left
+                remove_abandoned_temp_files(os.path.dirname(os.path.abspath(ckpt)))
         log.info("ckpt_path=%s: %s", ckpt, checkpoint_summary(checkpoint))
         del checkpoint  # memory-mapped: nothing was read beyond the headers
     return datamodule, model, build_trainer(cfg)
