@@ -236,3 +236,28 @@ def test_resume_recipe_config_plans_a_bigger_budget_at_once(tmp_path, monkeypatc
     want = [0.5 * (1 + math.cos(math.pi * s / 25)) for s in range(16, 25)]
     assert [lr / 1e-3 for lr in resumed_clock.lrs] == pytest.approx(want)
     assert resumed_clock.val_epochs[-1] == resumed.current_epoch - 1  # the last epoch validated
+
+
+def test_a_changed_budget_after_one_epoch_plans_from_its_time(tmp_path, monkeypatch):
+    """A run capped at one epoch (3 steps, 3 s + 1 s of validation) resumed with a 30 s budget and
+    resume_recipe=config: no mean yet, so the plan takes the 4 s spent per epoch done. Validation
+    every ceil(1 / (0.1 x 5)) = 2 epochs; 30 - 4 - 1 = 25 s for epochs of 4 + 1/2 s: 5.56 epochs
+    = 16 steps, so the first resumed step (3) runs at the cosine over 19 steps. Without the plan
+    the restored one (it ended at step 3) would stop the run at once."""
+    from detr_lightning.checkpointing.recipe_record import RecipeRecord
+
+    clock = _FakeClock(monkeypatch)
+    trainer = quiet_trainer(tmp_path / "a", max_epochs=1, callbacks=[clock], limit_val_batches=2)
+    trainer.fit(tiny_lit(lr_schedule=functools.partial(budget_schedule, budget_min=20 / 60)),
+                train_dataloaders=loader(3), val_dataloaders=loader(2))  # fmt: skip
+    assert trainer.global_step == 3 and clock.now == pytest.approx(4)
+    trainer.save_checkpoint(tmp_path / "one.ckpt")
+
+    resumed_clock = _FakeClock(monkeypatch)
+    resumed = quiet_trainer(tmp_path / "b", max_epochs=-1, limit_val_batches=2,
+                            callbacks=[resumed_clock, RecipeRecord({}, "config")])  # fmt: skip
+    resumed.fit(tiny_lit(lr_schedule=functools.partial(budget_schedule, budget_min=0.5)),
+                train_dataloaders=loader(3), val_dataloaders=loader(2),
+                ckpt_path=str(tmp_path / "one.ckpt"))  # fmt: skip
+    assert resumed_clock.lrs[0] / 1e-3 == pytest.approx(0.5 * (1 + math.cos(math.pi * 3 / 19)))
+    assert resumed.global_step > 3

@@ -17,8 +17,8 @@ from detr_lightning.evaluation.coco import METRIC_NAMES
 
 
 def test_ddp_cpu_training_and_evaluation_match_single_process(tmp_path) -> None:
-    # 5 val images in batches of 2 on 2 ranks: rank 0 evaluates [0 1] [4], rank 1 a repeat of
-    # [0 1] and [2 3] (data/eval_sampler.py). The smoke schedule's 2 test batches per rank are
+    # 5 val images in batches of 2 on 2 ranks: rank 0 evaluates [0 1] [4], rank 1 [2 3] and a
+    # repeat of [0 1] (data/eval_sampler.py). The smoke schedule's 2 test batches per rank are
     # lifted to the whole split, as the single-process eval below sees it.
     root = generate_shapes_dataset(tmp_path / "shapes", train=8, val=5)
     common = [f"paths.shapes_dir={root}", *TINY, "data.val_batch_size=2"]

@@ -14,8 +14,8 @@ from detr_lightning.evaluation.panoptic_evaluator import PQ_KEYS
 
 @pytest.mark.slow
 def test_ddp_panoptic_evaluation_matches_single_process(tmp_path) -> None:
-    # 5 val images in batches of 2 on 2 ranks: rank 0 evaluates [0 1] [4], rank 1 a repeat of
-    # [0 1] and [2 3] (data/eval_sampler.py): 3 images against 4, masks included.
+    # 5 val images in batches of 2 on 2 ranks: rank 0 evaluates [0 1] [4], rank 1 [2 3] and a
+    # repeat of [0 1] (data/eval_sampler.py): 3 images against 4, masks included.
     root = generate_shapes_dataset(tmp_path / "shapes", train=8, val=5)
     common = ["experiment=shapes_panoptic", f"paths.shapes_dir={root}", *TINY,
               "data.val_batch_size=2", "model.panoptic.postprocess.threshold=0.2"]  # fmt: skip

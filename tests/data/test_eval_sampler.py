@@ -43,8 +43,12 @@ def test_ranks_get_the_single_process_batches_in_equal_numbers(batch: int, ranks
 
 def test_two_ranks_hand_dealt() -> None:
     """5 images, batches of 2: [0 1] [2 3] [4]; rank 0 takes batches 0 and 2, rank 1 batch 1
-    and a repeat of batch 0, the repeat first."""
-    assert _rank_batches(5, 2, 2) == [[(0, 1), (4,)], [(0, 1), (2, 3)]]
+    and a repeat of batch 0."""
+    assert _rank_batches(5, 2, 2) == [[(0, 1), (4,)], [(2, 3), (0, 1)]]
+    # 7 images in 3s on 2 ranks: [0 1 2] [3 4 5] [6]; 9 images in 2s on 4 ranks: 5 batches
+    assert _rank_batches(7, 3, 2) == [[(0, 1, 2), (6,)], [(3, 4, 5), (0, 1, 2)]]
+    assert _rank_batches(9, 2, 4) == [[(0, 1), (8,)], [(2, 3), (0, 1)], [(4, 5), (2, 3)],
+                                      [(6, 7), (4, 5)]]  # fmt: skip
 
 
 class _Detections(L.Callback):

@@ -39,12 +39,14 @@ class FakeStages:
 
     def __init__(self, stop_in: str | None = None) -> None:
         self.calls: list[dict] = []
+        self.recipes: list[str] = []  # each stage's resume_recipe
         self.stop_in = stop_in
 
     def __call__(self, cfg) -> dict[str, float]:
         out = Path(cfg.paths.output_dir)
         self.calls.append({"dir": out, "ckpt_path": cfg.ckpt_path,
                            "init": cfg.model.get("init_detector")})  # fmt: skip
+        self.recipes.append(cfg.resume_recipe)
         _ckpt(out / "checkpoints" / "last.ckpt")
         if out.name.endswith(str(self.stop_in)):
             raise Interrupted(out.name)
@@ -52,8 +54,8 @@ class FakeStages:
         return {"AP": 0.5, "PQ": float(len(self.calls))}
 
 
-def _train(tmp: Path, run: str, ckpt_path: str, fake: FakeStages):
-    cfg = compose_cfg([f"experiment={EXP}", f"ckpt_path={ckpt_path}"], tmp)
+def _train(tmp: Path, run: str, ckpt_path: str, fake: FakeStages, *overrides: str):
+    cfg = compose_cfg([f"experiment={EXP}", f"ckpt_path={ckpt_path}", *overrides], tmp)
     cfg.paths.output_dir = str(tmp / "outputs" / EXP / run)
     check_config(cfg, "fit")  # resolves ckpt_path=last|auto, as train() does
     with initialize_config_dir(conf_dir(), version_base="1.3"):
@@ -98,6 +100,16 @@ def test_killed_in_first_stage_resumes_it_then_trains_the_second(tmp_path) -> No
     last = str(run / "stage1_detector" / "checkpoints" / "last.ckpt")
     assert [(c["dir"].name, c["ckpt_path"]) for c in fake.calls] == [
         ("stage1_detector", last), ("stage2_masks", None)]  # fmt: skip
+
+
+def test_resume_recipe_config_is_for_the_stage_that_resumes(tmp_path) -> None:
+    """The stage after the resumed one starts fresh: resume_recipe=config would be refused there
+    (it needs a ckpt_path), so it gets the default."""
+    with pytest.raises(Interrupted):
+        _train(tmp_path, "t1", "auto", FakeStages(stop_in="detector"))
+    fake = FakeStages()
+    _train(tmp_path, "t2", "auto", fake, "resume_recipe=config")
+    assert fake.recipes == ["config", "checkpoint"]
     # Finished stages are skipped on a second re-submission: nothing is trained again.
     again = FakeStages()
     _train(tmp_path, "t3", "auto", again)

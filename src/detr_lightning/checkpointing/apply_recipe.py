@@ -50,8 +50,8 @@ def apply_recipe(trainer: L.Trainer, pl_module: L.LightningModule) -> list[float
         # the schedule built below scales lr from the config's base lr (initial_lr)
         group["lr"] = new.get("initial_lr", new["lr"])
         group.pop("initial_lr", None)
-    configs = trainer.lr_scheduler_configs
-    if "lr_scheduler" in fresh and configs:
+    configs = trainer.lr_scheduler_configs  # the config's (none: constant lrs from here on)
+    if configs:
         old = configs[0].scheduler
         scheduler = pl_module.lr_schedule(optimizer, trainer)
         configs[0].scheduler = scheduler
@@ -61,8 +61,6 @@ def apply_recipe(trainer: L.Trainer, pl_module: L.LightningModule) -> list[float
             warnings.simplefilter("ignore")
             for _ in range(trainer.global_step):
                 scheduler.step()
-    elif configs:
-        raise RuntimeError("the checkpoint has an lr schedule and the config none")
     after = [g["lr"] for g in groups]
     log.warning(
         "resume_recipe=config: the composed optimiser settings and lr schedule apply from step "

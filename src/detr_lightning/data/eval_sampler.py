@@ -9,9 +9,9 @@ single-process batches first (``0..B-1``, ``B..2B-1``, ...; the last may be shor
 those out instead: rank ``r`` gets batches ``r, r + W, r + 2W, ...``. Every rank gets the same
 number of batches (DDP's collectives need that): the batch list is padded by repeating its first
 batches, which the evaluation drops by ``image_id`` after gathering, as it does for Lightning's
-padded repeats. A rank's repeats come first, so that the short batch, when the rank has it,
-comes last and a ``DataLoader`` with ``batch_size=B`` cuts the rank's indices into exactly the
-batches above.
+padded repeats. The repeats and the short last batch all fall in the last round of the dealing,
+one batch per rank, so a rank's last batch is its only one that can be short, and a
+``DataLoader`` with ``batch_size=B`` cuts the rank's indices into exactly the batches above.
 """
 
 from __future__ import annotations
@@ -45,11 +45,8 @@ class WholeBatchDistributedSampler(DistributedSampler):
         batches = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
         per_rank = math.ceil(len(batches) / self.num_replicas)
         padded = [batches[i % len(batches)] for i in range(per_rank * self.num_replicas)]
-        mine = list(range(self.rank, len(padded), self.num_replicas))
-        repeats = [padded[i] for i in mine if i >= len(batches)]
-        own = [padded[i] for i in mine if i < len(batches)]
-        self.indices = [i for batch in repeats + own for i in batch]
-        self.num_batches = per_rank
+        mine = padded[self.rank :: self.num_replicas]
+        self.indices = [i for batch in mine for i in batch]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices)
