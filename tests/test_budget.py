@@ -211,14 +211,24 @@ def test_ddp_ranks_follow_rank_zeros_plan(tmp_path):
     assert ranks[0]["lrs"][-1] / 1e-3 < 0.05  # annealed on both
 
 
+def _resume_with_30s_budget(ckpt: Path, monkeypatch) -> tuple[L.Trainer, _FakeClock]:
+    """Resume ``ckpt`` with a 30 s budget and resume_recipe=config, on a fresh fake clock."""
+    from detr_lightning.checkpointing.recipe_record import RecipeRecord
+
+    clock = _FakeClock(monkeypatch)
+    trainer = quiet_trainer(ckpt.parent / "resumed", max_epochs=-1, limit_val_batches=2,
+                            callbacks=[clock, RecipeRecord({}, "config")])  # fmt: skip
+    trainer.fit(tiny_lit(lr_schedule=functools.partial(budget_schedule, budget_min=0.5)),
+                train_dataloaders=loader(3), val_dataloaders=loader(2), ckpt_path=str(ckpt))  # fmt: skip
+    return trainer, clock
+
+
 def test_resume_recipe_config_plans_a_bigger_budget_at_once(tmp_path, monkeypatch):
     """The first test's run (20 s budget) ends at step 16 after 19 s, its mean epoch 3 s and its
     validation 1 s (every 3rd epoch). Resumed from its end with a 30 s budget and
     resume_recipe=config, it plans at once: 30 - 19 - 1 (the last validation) = 10 s for epochs
     of 3 s + 1/3 of a validation: 3 epochs = 9 steps. The cosine over 16 + 9 = 25 steps gives
     steps 16..24 their lrs, and the run ends at step 25, validating at the end."""
-    from detr_lightning.checkpointing.recipe_record import RecipeRecord
-
     clock = _FakeClock(monkeypatch)
     trainer = quiet_trainer(tmp_path / "a", max_epochs=-1, callbacks=[clock], limit_val_batches=2)
     trainer.fit(tiny_lit(lr_schedule=functools.partial(budget_schedule, budget_min=20 / 60)),
@@ -226,12 +236,7 @@ def test_resume_recipe_config_plans_a_bigger_budget_at_once(tmp_path, monkeypatc
     assert trainer.global_step == 16 and clock.now == pytest.approx(19)
     trainer.save_checkpoint(tmp_path / "end.ckpt")
 
-    resumed_clock = _FakeClock(monkeypatch)
-    resumed = quiet_trainer(tmp_path / "b", max_epochs=-1, limit_val_batches=2,
-                            callbacks=[resumed_clock, RecipeRecord({}, "config")])  # fmt: skip
-    resumed.fit(tiny_lit(lr_schedule=functools.partial(budget_schedule, budget_min=0.5)),
-                train_dataloaders=loader(3), val_dataloaders=loader(2),
-                ckpt_path=str(tmp_path / "end.ckpt"))  # fmt: skip
+    resumed, resumed_clock = _resume_with_30s_budget(tmp_path / "end.ckpt", monkeypatch)
     assert resumed.global_step == 25
     want = [0.5 * (1 + math.cos(math.pi * s / 25)) for s in range(16, 25)]
     assert [lr / 1e-3 for lr in resumed_clock.lrs] == pytest.approx(want)
@@ -244,8 +249,6 @@ def test_a_changed_budget_after_one_epoch_plans_from_its_time(tmp_path, monkeypa
     every ceil(1 / (0.1 x 5)) = 2 epochs; 30 - 4 - 1 = 25 s for epochs of 4 + 1/2 s: 5.56 epochs
     = 16 steps, so the first resumed step (3) runs at the cosine over 19 steps. Without the plan
     the restored one (it ended at step 3) would stop the run at once."""
-    from detr_lightning.checkpointing.recipe_record import RecipeRecord
-
     clock = _FakeClock(monkeypatch)
     trainer = quiet_trainer(tmp_path / "a", max_epochs=1, callbacks=[clock], limit_val_batches=2)
     trainer.fit(tiny_lit(lr_schedule=functools.partial(budget_schedule, budget_min=20 / 60)),
@@ -253,11 +256,6 @@ def test_a_changed_budget_after_one_epoch_plans_from_its_time(tmp_path, monkeypa
     assert trainer.global_step == 3 and clock.now == pytest.approx(4)
     trainer.save_checkpoint(tmp_path / "one.ckpt")
 
-    resumed_clock = _FakeClock(monkeypatch)
-    resumed = quiet_trainer(tmp_path / "b", max_epochs=-1, limit_val_batches=2,
-                            callbacks=[resumed_clock, RecipeRecord({}, "config")])  # fmt: skip
-    resumed.fit(tiny_lit(lr_schedule=functools.partial(budget_schedule, budget_min=0.5)),
-                train_dataloaders=loader(3), val_dataloaders=loader(2),
-                ckpt_path=str(tmp_path / "one.ckpt"))  # fmt: skip
+    resumed, resumed_clock = _resume_with_30s_budget(tmp_path / "one.ckpt", monkeypatch)
     assert resumed_clock.lrs[0] / 1e-3 == pytest.approx(0.5 * (1 + math.cos(math.pi * 3 / 19)))
     assert resumed.global_step > 3
