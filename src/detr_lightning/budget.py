@@ -115,8 +115,7 @@ class WallBudget(L.Callback):
         steps_left, every = self._plan(
             trainer, scheduler, steps, train_s, validated=self._val_s > 0
         )
-        self._follow(trainer, scheduler, done + math.ceil(steps_left / steps - 1e-6), steps_left,
-                     every)  # fmt: skip
+        self._follow(trainer, scheduler, done, steps, steps_left, every)
         pl_module.log_dict({
             "budget/planned_epochs": done + steps_left / steps,
             "budget/spent_s": self.spent_s,
@@ -150,11 +149,17 @@ class WallBudget(L.Callback):
         return steps_left, every
 
     def _follow(
-        self, trainer: L.Trainer, scheduler: BudgetLR, epochs: int, steps_left: int, every: int
+        self,
+        trainer: L.Trainer,
+        scheduler: BudgetLR,
+        epochs_done: int,
+        steps: float,
+        steps_left: int,
+        every: int,
     ) -> None:
-        """Aim the epochs, the validations and the cosine at the planned last step, in epoch
-        ``epochs`` (1-based)."""
-        trainer.fit_loop.max_epochs = epochs
+        """Aim the epochs, the validations and the cosine at the planned last step, which lies
+        ``steps_left`` steps (of ``steps`` per epoch) after ``epochs_done`` whole epochs."""
+        trainer.fit_loop.max_epochs = epochs_done + math.ceil(steps_left / steps - 1e-6)
         trainer.check_val_every_n_epoch = self._every = every
         scheduler.factor.replan(trainer.global_step + steps_left)
         if steps_left == 0:
@@ -176,8 +181,7 @@ class WallBudget(L.Callback):
         steps_left, every = self._plan(trainer, scheduler, steps, train_s, validated=False)
         # The epochs count from the current one, taken as whole: a resume from a mid-epoch save
         # ends its plan at the right step, and its next epoch end corrects the epoch count.
-        epochs = trainer.current_epoch + math.ceil(steps_left / steps - 1e-6)
-        self._follow(trainer, scheduler, epochs, steps_left, every)
+        self._follow(trainer, scheduler, trainer.current_epoch, steps, steps_left, every)
 
     @staticmethod
     def _agree(trainer: L.Trainer, steps_left: int, every: int) -> tuple[int, int]:

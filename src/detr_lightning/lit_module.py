@@ -264,10 +264,14 @@ class LitDETR(L.LightningModule):
             log.warning("using the checkpoint's label_to_category_id (%d labels)", len(saved))
             self.hparams["label_to_category_id"] = [int(i) for i in saved]
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = build_scaled_optimizer(
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The configured optimiser over its param groups, at the (scaled) base lrs."""
+        return build_scaled_optimizer(
             self.net, self.criterion, self.optimizer_factory, self.hparams, self.trainer
         )
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.build_optimizer()
         if self.lr_schedule is None:
             return {"optimizer": optimizer}
         scheduler = self.lr_schedule(optimizer, self.trainer)

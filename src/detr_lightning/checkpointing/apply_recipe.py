@@ -33,23 +33,17 @@ from detr_lightning.schedule import BudgetLR
 
 log = logging.getLogger(__name__)
 
-# Param-group entries that are not hyperparameters of the optimiser's update rule.
-_NOT_HYPER = ("params", "initial_lr")
-
 
 def apply_recipe(trainer: L.Trainer, pl_module: L.LightningModule) -> list[float]:
     """Give the restored optimiser the config's hyperparameters and lr schedule at
     ``trainer.global_step`` (see the module docstring); returns the param groups' lrs now."""
     (optimizer,) = trainer.optimizers
-    fresh = pl_module.configure_optimizers()
-    groups, new_groups = optimizer.param_groups, fresh["optimizer"].param_groups
+    groups, new_groups = optimizer.param_groups, pl_module.build_optimizer().param_groups
     before = [g["lr"] for g in groups]
     # strict: the group lists were compared before training (optimizer_groups)
     for group, new in zip(groups, new_groups, strict=True):
-        group.update({k: v for k, v in new.items() if k not in _NOT_HYPER})
-        # the schedule built below scales lr from the config's base lr (initial_lr)
-        group["lr"] = new.get("initial_lr", new["lr"])
-        group.pop("initial_lr", None)
+        group.update({k: v for k, v in new.items() if k != "params"})  # the base lrs
+        group.pop("initial_lr", None)  # the schedule built below takes it from lr
     configs = trainer.lr_scheduler_configs  # the config's (none: constant lrs from here on)
     if configs:
         old = configs[0].scheduler
