@@ -17,6 +17,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import warm_cli
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
@@ -62,14 +63,12 @@ def compose_cfg(overrides: list[str], tmp: Path, name: str = "train") -> DictCon
 def run(
     module: str, args: list[str], cwd: Path, timeout: int = 600, env: dict | None = None
 ) -> subprocess.CompletedProcess:
-    """``python -m detr_lightning.<module> args`` in ``cwd``; the return code is not checked."""
+    """``python -m detr_lightning.<module> args`` in ``cwd`` (forked from a warm interpreter:
+    support/warm_cli.py); the return code is not checked."""
     paths = [str(HERE), str(SUPPORT), os.environ.get("PYTHONPATH", "")]
     full_env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore",
                 "PYTHONPATH": os.pathsep.join(p for p in paths if p), **(env or {})}  # fmt: skip
-    return subprocess.run(
-        [sys.executable, "-m", f"detr_lightning.{module}", *args],
-        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+    return warm_cli.run(f"detr_lightning.{module}", args, cwd, full_env, timeout)
 
 
 class KillAtStep(L.Callback):

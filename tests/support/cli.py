@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
+
+import warm_cli
 
 from detr_lightning.utils.unread_overrides import unread_overrides
 
@@ -37,13 +37,11 @@ INFER_TINY = [a for a in TINY if not unread_overrides([a], "predict")]
 def run_cli(
     module: str, args: list[str], cwd: Path, timeout: int = 600, fails: bool = False
 ) -> str:
-    """Run ``python -m detr_lightning.<module> args`` in ``cwd``; returns stdout+stderr. Asserts
-    exit status 0, or non-zero with ``fails``."""
+    """Run ``python -m detr_lightning.<module> args`` in ``cwd`` (forked from a warm interpreter:
+    support/warm_cli.py); returns stdout+stderr. Asserts exit status 0, or non-zero with
+    ``fails``."""
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(
-        [sys.executable, "-m", f"detr_lightning.{module}", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+    proc = warm_cli.run(f"detr_lightning.{module}", args, cwd, env, timeout)
     out = proc.stdout + proc.stderr
     assert (proc.returncode != 0) if fails else (proc.returncode == 0), out[-4000:]
     return out

@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import warm_cli
 from cli import TINY
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
@@ -134,10 +133,7 @@ def wandb_sweep(tmp_path_factory) -> tuple[Path, str]:
     env.pop("WANDB_API_KEY", None)
     args = ["-m", "experiment=shapes", "schedule=smoke", "logger=[csv,wandb]", "tags=[demo]",
             f"paths.shapes_dir={shapes}", *TINY, f"{SWEPT}=1,2"]  # fmt: skip
-    proc = subprocess.run(
-        [sys.executable, "-m", "detr_lightning.train", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    proc = warm_cli.run("detr_lightning.train", args, cwd, env, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     (sweep,) = (cwd / "multirun" / "shapes").iterdir()
