@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import warm_cli
 
-PROBE = '''
+PROBE = """
 import os, sys, warnings
 print("argv", sys.argv[1:], "main", __name__, "cwd", os.getcwd())
 print("path0", sys.path[0] == os.getcwd(), "env", os.environ.get("PROBE_VALUE"))
@@ -29,7 +29,7 @@ if end == "exitmsg":
 if end == "kill":
     os.kill(os.getpid(), 9)
 print("ended normally", file=sys.stderr)
-'''
+"""
 
 
 @pytest.fixture()
