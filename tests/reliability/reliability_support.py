@@ -61,14 +61,19 @@ def compose_cfg(overrides: list[str], tmp: Path, name: str = "train") -> DictCon
 
 
 def run(
-    module: str, args: list[str], cwd: Path, timeout: int = 600, env: dict | None = None
+    module: str,
+    args: list[str],
+    cwd: Path,
+    timeout: int = 600,
+    env: dict | None = None,
+    fresh: bool = False,
 ) -> subprocess.CompletedProcess:
     """``python -m detr_lightning.<module> args`` in ``cwd`` (forked from a warm interpreter:
-    support/warm_cli.py); the return code is not checked."""
+    support/warm_cli.py, or a new one with ``fresh``); the return code is not checked."""
     paths = [str(HERE), str(SUPPORT), os.environ.get("PYTHONPATH", "")]
     full_env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore",
                 "PYTHONPATH": os.pathsep.join(p for p in paths if p), **(env or {})}  # fmt: skip
-    return warm_cli.run(f"detr_lightning.{module}", args, cwd, full_env, timeout)
+    return warm_cli.run(f"detr_lightning.{module}", args, cwd, full_env, timeout, fresh)
 
 
 class KillAtStep(L.Callback):
