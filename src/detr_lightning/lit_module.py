@@ -8,32 +8,19 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import Tensor, nn
 
 from detr_lightning.budget import WallBudget
 from detr_lightning.compile import CompileCounter, compile_network
-from detr_lightning.detr.class_scoring import scoring_of
-from detr_lightning.evaluation import (
-    CocoBoxAP,
-    metric_targets,
-    select_decoder_layer,
-    with_category_ids,
-)
-from detr_lightning.evaluation.panoptic_evaluator import PanopticEvaluator, ground_truth_dataset
+from detr_lightning.evaluation.panoptic_evaluator import PanopticEvaluator
+from detr_lightning.lit_evaluation import EvaluationSteps
+from detr_lightning.lit_optimization import OptimizationHooks
 from detr_lightning.schedule import budget_schedule
 from detr_lightning.utils.attention_backend import NoCudnnAttention
-from detr_lightning.utils.clipping import clip_true_gradients
 from detr_lightning.utils.consistent_heads import check_consistent_heads
 from detr_lightning.utils.cpu_precision import SlowPrecisionCheck
 from detr_lightning.utils.distributed import reduce_tensor
-from detr_lightning.utils.finite import (
-    NonFiniteLossError,
-    check_gradients,
-    check_losses,
-    check_predictions,
-)
-from detr_lightning.utils.lr import build_scaled_optimizer
+from detr_lightning.utils.finite import NonFiniteLossError, check_losses, check_predictions
 
 __all__ = ["LitDETR", "NonFiniteLossError", "drop_crowd"]
 
@@ -52,8 +39,10 @@ def drop_crowd(target: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: v[keep] if k in _PER_OBJECT else v for k, v in target.items()}
 
 
-class LitDETR(L.LightningModule):
-    """DETR + set criterion + COCO evaluation.
+class LitDETR(EvaluationSteps, OptimizationHooks):
+    """DETR + set criterion + COCO evaluation. Training lives here, evaluation in
+    :class:`~detr_lightning.lit_evaluation.EvaluationSteps`, the optimiser, schedule and gradient
+    clipping in :class:`~detr_lightning.lit_optimization.OptimizationHooks`.
 
     Args:
         net: the detector (``DETR``); ``net(pixel_values, pixel_mask)`` returns pred_logits
@@ -138,12 +127,7 @@ class LitDETR(L.LightningModule):
         if lr_backbone <= 0:
             for p in self.net.backbone.parameters():
                 p.requires_grad_(False)
-        with torch.device("cpu"):  # metric constants need real memory even under a meta init
-            self.val_map = CocoBoxAP(backend=metric_backend)
-            self.test_map = CocoBoxAP(backend=metric_backend)
-            self.val_panoptic = panoptic(metric_backend=metric_backend) if panoptic else None
-            self.test_panoptic = panoptic(metric_backend=metric_backend) if panoptic else None
-        self.test_metrics: dict[str, float] = {}
+        self._build_metrics(metric_backend, panoptic)
 
     def setup(self, stage: str) -> None:
         # An image with more objects than queries would stop the matcher mid-epoch: say so now.
@@ -185,70 +169,11 @@ class LitDETR(L.LightningModule):
         self.log_dict(epoch_logs, on_step=False, on_epoch=True, sync_dist=True, batch_size=bs)
         return total
 
-    def _eval_step(
-        self, batch: Any, stage: str, metric: CocoBoxAP, batch_idx: int = -1
-    ) -> dict[str, Any]:
-        outputs, losses, total = self._step(batch, stage, batch_idx)
-        logs = {f"{stage}/{k}": v for k, v in losses.items()}
-        logs[f"{stage}/loss"] = total
-        self.log_dict(
-            logs, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(batch.targets)
-        )
-        preds = self.detections(outputs, torch.stack([t["orig_size"] for t in batch.targets]))
-        metric.update(preds, metric_targets(batch.targets))
-        panoptic = self.val_panoptic if stage == "val" else self.test_panoptic
-        if panoptic is not None and "pred_masks" in outputs:
-            panoptic.update(
-                outputs, batch.pixel_values, batch.targets, ground_truth_dataset(self.trainer, stage),
-                self.hparams.label_to_category_id, scoring=scoring_of(self.net),
-            )  # fmt: skip
-        return {"preds": preds}
-
-    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
-        return self._eval_step(batch, "val", self.val_map, batch_idx)
-
-    def test_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
-        return self._eval_step(batch, "test", self.test_map, batch_idx)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_metric("val", self.val_map, self.val_panoptic)
-
-    def on_test_epoch_end(self) -> None:
-        self.test_metrics = self._log_metric("test", self.test_map, self.test_panoptic)
-
-    def predict_step(self, batch: Any, batch_idx: int) -> list[dict[str, Any]]:
-        """Detections per image with the dataset's category ids (``category_id`` [K])."""
-        outputs = self.net(batch.pixel_values, batch.pixel_mask)
-        preds = self.detections(outputs, torch.stack([t["orig_size"] for t in batch.targets]))
-        return with_category_ids(preds, batch.targets, self.hparams.label_to_category_id)
-
-    def detections(self, outputs: dict[str, Any], sizes: Tensor) -> list[dict[str, Tensor]]:
-        """Post-process the evaluated decoder layer; sizes [B, 2] (h, w) -> absolute xyxy boxes."""
-        return self.postprocess(
-            select_decoder_layer(outputs, self.hparams.eval_decoder_layer), sizes
-        )
-
     # ---------------------------------------------------------------- helpers
-    def _log_metric(
-        self, stage: str, metric: CocoBoxAP, panoptic: PanopticEvaluator | None = None
-    ) -> dict[str, float]:
-        values = metric.compute()
-        metric.reset()
-        if panoptic is not None:  # PQ_*, segm_AP_* (nothing when the outputs had no masks)
-            values.update({k: torch.tensor(v) for k, v in panoptic.compute().items()})
-        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, sync_dist=True)
-        return {k: float(v) for k, v in values.items()}
-
     def _global_num_boxes(self, targets: list[dict[str, Tensor]]) -> Tensor:
         """Boxes per process averaged over all processes (the official normalisation), >= 1."""
         n = torch.tensor(float(sum(len(t["labels"]) for t in targets)), device=self.device)
         return reduce_tensor(n, "mean", self._trainer).clamp(min=1)
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # Under 16-mixed the gradient scaler owns overflow: it skips a step whose gradients are
-        # inf/NaN and lowers the scale, which its first steps do by design.
-        if getattr(self.trainer.precision_plugin, "scaler", None) is None:
-            check_gradients(self, optimizer)
 
     # ---------------------------------------------------------------- checkpoints
     # ``pretrained`` is loaded once, where the model is built (utils.build.build_model): loading
@@ -263,41 +188,6 @@ class LitDETR(L.LightningModule):
         if saved is not None and list(saved) != self.hparams.label_to_category_id:
             log.warning("using the checkpoint's label_to_category_id (%d labels)", len(saved))
             self.hparams["label_to_category_id"] = [int(i) for i in saved]
-
-    def build_optimizer(self) -> torch.optim.Optimizer:
-        """The configured optimiser over its param groups, at the (scaled) base lrs."""
-        return build_scaled_optimizer(
-            self.net, self.criterion, self.optimizer_factory, self.hparams, self.trainer
-        )
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = self.build_optimizer()
-        if self.lr_schedule is None:
-            return {"optimizer": optimizer}
-        scheduler = self.lr_schedule(optimizer, self.trainer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
-
-    def configure_gradient_clipping(
-        self,
-        optimizer: torch.optim.Optimizer,
-        gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str | None = None,
-    ) -> None:
-        """Lightning's clipping, except for a fused optimizer under mixed precision, which
-        Lightning refuses: there the true gradient is clipped (:mod:`.utils.clipping`)."""
-        plugin = self.trainer.precision_plugin
-        if (
-            gradient_clip_val
-            and isinstance(plugin, MixedPrecision)
-            and getattr(optimizer, "_step_supports_amp_scaling", False)
-        ):
-            algorithm = getattr(gradient_clip_algorithm, "value", gradient_clip_algorithm)
-            clip_true_gradients(optimizer, gradient_clip_val, algorithm or "norm", plugin.scaler)
-            return
-        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_callbacks(self) -> list[L.Callback]:
         callbacks: list[L.Callback] = [SlowPrecisionCheck()]
