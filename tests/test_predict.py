@@ -82,6 +82,13 @@ def test_folder_predictions_load_with_loadres_and_skip_the_unreadable_file(
                               f"paths.shapes_dir={shapes_root}", *INFER_TINY], tmp_path)  # fmt: skip
     assert "cannot read image" in out and str(image_folder / "top" / "broken.jpg") in out
     assert "skipped 1 unreadable image(s)" in out
+    # output_dir is the run directory: the log and the composed config are there, nowhere else
+    assert f"run directory: {out_dir}" in out and not (tmp_path / "outputs").exists()
+    assert "cannot read image" in (out_dir / "predict.log").read_text()
+    assert (
+        "draw:\n  enabled: true\n  score_threshold: 0"
+        in (out_dir / ".hydra" / "config.yaml").read_text()
+    )
     gt = json.loads((out_dir / "images.json").read_text())
     readable = sorted(p.relative_to(image_folder).as_posix()
                       for p in image_folder.rglob("*.jpg") if p.name != "broken.jpg")  # fmt: skip
@@ -209,3 +216,17 @@ def test_the_checkpoint_names_its_evaluation_size_when_predict_uses_another(
         with caplog.at_level(logging.WARNING):
             load_detector(cfg)
         assert ("{size: 96}; this run uses {size: 160}" in caplog.text) == warned
+
+
+def test_a_predict_sweep_writes_each_job_into_its_own_folder(checkpoint, shapes_root, tmp_path):
+    """Without output_dir each job writes into its own run directory (Hydra's sweep folders)."""
+    out = run_cli("predict", ["-m", "experiment=shapes", f"ckpt_path={checkpoint}",
+                              f"input={shapes_root / 'val'}", "draw.enabled=false",
+                              "draw.top_k=1,2", "num_workers=0",
+                              f"paths.shapes_dir={shapes_root}", *INFER_TINY], tmp_path)  # fmt: skip
+    dirs = run_dirs(out)
+    assert len(dirs) == len(set(dirs)) == 2
+    for job, top_k in zip(dirs, (1, 2), strict=True):
+        assert job.parent.parent == tmp_path / "multirun" / "shapes"
+        assert len(json.loads((job / "predictions.json").read_text())) == 8 * 4
+        assert f"top_k: {top_k}" in (job / ".hydra" / "config.yaml").read_text()

@@ -51,6 +51,10 @@ def test_visualize_writes_the_encoder_and_decoder_pictures(tmp_path) -> None:
         with Image.open(path) as png:
             assert png.width > 300 and png.height > 200
             assert np.asarray(png.convert("L")).std() > 10  # a picture, not a blank canvas
+    # output_dir is the run directory: log and config beside the figures, no outputs/ folder
+    assert f"run directory: {tmp_path / 'vis'}" in out and not (tmp_path / "outputs").exists()
+    assert (tmp_path / "vis" / "visualize.log").exists()
+    assert "max_objects: 3" in (tmp_path / "vis" / ".hydra" / "config.yaml").read_text()
 
 
 def test_visualize_fails_naming_an_unreadable_image(tmp_path) -> None:

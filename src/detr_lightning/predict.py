@@ -10,7 +10,8 @@ model.pretrained=detr-r50-e632da11.pth``: no ImageNet weights and no COCO files 
 Images: ``input=`` one image, or a folder (recursively; jpg, png, bmp, webp, tif, ...); without
 it, the data config's evaluation split (its COCO json's ids). Images that cannot be read are
 reported by name and skipped; when none can be read, predict fails with the list. Writes into
-``output_dir`` (default: the run directory outputs/<experiment>/predict_<time>):
+``output_dir``, the run directory (default outputs/<experiment>/predict_<time>; ``output_dir=DIR``
+on the command line makes DIR the run directory, log and ``.hydra/`` included):
 
 * ``predictions.json``: COCO results (``image_id``, ``category_id`` = the dataset's original id,
   ``bbox`` [x, y, w, h] in original pixels, ``score``, and ``category_name`` when the checkpoint

@@ -21,3 +21,28 @@ def conf_dir() -> str:
         return os.path.abspath(env)
     repo = Path(__file__).resolve().parents[3] / "conf"
     return str(repo if repo.is_dir() else Path.cwd() / "conf")
+
+
+def _given_output_dir(task_overrides: list[str], default: str) -> str:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    given = [
+        o.value()
+        for o in OverridesParser.create().parse_overrides(list(task_overrides))
+        if o.key_or_group == "output_dir" and not o.is_delete()
+    ]
+    return str(given[-1]) if given else default
+
+
+def register_resolvers() -> None:
+    """``${given_output_dir:${hydra.overrides.task},DEFAULT}``: the ``output_dir=`` of the command
+    line, else DEFAULT. Predict and visualize make it their run directory, so that one folder
+    holds their outputs, log and ``.hydra/``; a ``-m`` sweep's jobs keep their own folders (Hydra
+    reads ``hydra.sweep`` there, not ``hydra.run.dir``)."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("given_output_dir", _given_output_dir, replace=True)
+
+
+# Every composition of conf/ (entry points, the compose API, tests) imports this package first.
+register_resolvers()
