@@ -202,7 +202,8 @@ def test_cli_predict_bad_draw_threshold_fails_before_loading_anything(tmp_path) 
     assert proc.returncode != 0 and "invalid config (2 problems)" in out
     assert "draw.score_threshold='abc' (str): must be a number in [0, 1]" in out
     assert "device='gpu' (str): must be auto, cpu, cuda, cuda:N" in out
-    assert not (tmp_path / "out").exists()
+    # output_dir is the run directory: it holds the failed run's log and config, nothing else
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".hydra", "predict.log"]
 
 
 def test_a_presets_required_key_must_be_given_to_a_fresh_training_run(tmp_path) -> None:

@@ -19,6 +19,7 @@ instead, for environment variables that libraries read at import time.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import select
@@ -98,18 +99,27 @@ class _Server:
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            text=True, bufsize=1,
-        )  # fmt: skip
+            [sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0
+        )
+        self._pending = b""  # read past the last reply: select() cannot see a reader's buffer
         atexit.register(self.close)
 
+    def request(self, job: dict) -> None:
+        data = memoryview(json.dumps(job).encode() + b"\n")
+        while data:  # an unbuffered write may take part of a large request
+            data = data[self.proc.stdin.write(data) :]
+
     def reply(self, timeout: float | None) -> dict:
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not ready:
-            raise TimeoutError
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the warm CLI server exited ({self.proc.poll()})")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self._pending:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([self.proc.stdout], [], [], wait)[0]:
+                raise TimeoutError
+            chunk = os.read(self.proc.stdout.fileno(), 4096)
+            if not chunk:
+                raise RuntimeError(f"the warm CLI server exited ({self.proc.poll()})")
+            self._pending += chunk
+        line, self._pending = self._pending.split(b"\n", 1)
         return json.loads(line)
 
     def close(self) -> None:
@@ -141,14 +151,14 @@ def run(
     with tempfile.TemporaryDirectory() as tmp:
         outs = {name: os.path.join(tmp, name) for name in ("stdout", "stderr")}
         job = {"module": module, "args": list(args), "cwd": str(cwd), "env": dict(env), **outs}
-        _server.proc.stdin.write(json.dumps(job) + "\n")
-        _server.proc.stdin.flush()
+        _server.request(job)
         pid = _server.reply(None)["pid"]
         start = time.monotonic()
         try:
             status = _server.reply(timeout)["status"]
         except TimeoutError:
-            os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # it may end as the time runs out
+                os.killpg(pid, signal.SIGKILL)
             _server.reply(None)
             status = None
         text = {name: Path(path).read_text(errors="replace") for name, path in outs.items()}
