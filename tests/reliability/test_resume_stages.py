@@ -100,6 +100,10 @@ def test_killed_in_first_stage_resumes_it_then_trains_the_second(tmp_path) -> No
     last = str(run / "stage1_detector" / "checkpoints" / "last.ckpt")
     assert [(c["dir"].name, c["ckpt_path"]) for c in fake.calls] == [
         ("stage1_detector", last), ("stage2_masks", None)]  # fmt: skip
+    # Finished stages are skipped on a second re-submission: nothing is trained again.
+    again = FakeStages()
+    _train(tmp_path, "t3", "auto", again)
+    assert again.calls == []
 
 
 def test_resume_recipe_config_is_for_the_stage_that_resumes(tmp_path) -> None:
@@ -110,10 +114,6 @@ def test_resume_recipe_config_is_for_the_stage_that_resumes(tmp_path) -> None:
     fake = FakeStages()
     _train(tmp_path, "t2", "auto", fake, "resume_recipe=config")
     assert fake.recipes == ["config", "checkpoint"]
-    # Finished stages are skipped on a second re-submission: nothing is trained again.
-    again = FakeStages()
-    _train(tmp_path, "t3", "auto", again)
-    assert again.calls == []
 
 
 def test_checkpoint_outside_the_stage_folders_is_refused(tmp_path) -> None:
