@@ -8,7 +8,6 @@ import torch
 from lit import NUM_CLASSES, loader, quiet_trainer, tiny_lit
 
 from detr_lightning.checkpointing.pretrained import load_pretrained
-from detr_lightning.detr import DETR, Backbone, Transformer, build_position_encoding
 from detr_lightning.lit_module import NonFiniteLossError, drop_crowd
 
 
@@ -57,16 +56,7 @@ def test_non_finite_loss_stops_before_the_optimizer_step(tmp_path) -> None:
 
 def _official_file(path, num_classes: int) -> dict:
     """An official-format release file made from a tiny random DETR (keys renamed back)."""
-    net = tiny_lit().net if num_classes == NUM_CLASSES else None
-    if net is None:
-        net = DETR(
-            Backbone("resnet18", pretrained=False),
-            build_position_encoding("sine", 32),
-            Transformer(d_model=32, nhead=4, num_encoder_layers=1, num_decoder_layers=2,
-                        dim_feedforward=64, dropout=0.0),
-            num_classes=num_classes,
-            num_queries=5,
-        )  # fmt: skip
+    net = tiny_lit(num_classes=num_classes).net
     official = {}
     for k, v in net.state_dict().items():
         k = "backbone.0." + k[len("backbone.") :] if k.startswith("backbone.") else k

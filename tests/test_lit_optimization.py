@@ -59,6 +59,7 @@ def test_zero_backbone_lr_freezes_backbone(tmp_path) -> None:
 def test_lr_multipliers_split_named_parameters_off_their_groups(tmp_path) -> None:
     lit = tiny_lit(
         lr_backbone=1e-5,
+        last_stage="layer4",
         lr_multipliers={"multihead_attn": 0.1, "layer4": 0.5, "decoder.layers.1": 3.0},
         lr_schedule=functools.partial(step_schedule, drop_epochs=1, warmup_steps=2, gamma=0.1),
     )
@@ -108,7 +109,7 @@ def test_lr_multipliers_that_would_change_nothing_are_errors(multipliers, messag
 def test_a_multiplier_on_frozen_parameters_adds_no_group_and_no_error() -> None:
     """The panoptic recipe's stage 2 freezes the detector, sampling offsets included; here the
     backbone (``lr_backbone=0``) holds every ``layer4`` parameter."""
-    lit = tiny_lit(lr_backbone=0.0, lr_multipliers={"layer4": 0.1})
+    lit = tiny_lit(lr_backbone=0.0, lr_multipliers={"layer4": 0.1}, last_stage="layer4")
     lit.trainer = quiet_trainer(Path("."), max_steps=1)
     assert any("layer4" in n for n, _ in lit.net.named_parameters())
     groups = lit.configure_optimizers()["optimizer"].param_groups

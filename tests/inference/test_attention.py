@@ -22,7 +22,7 @@ def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def test_maps_have_the_feature_map_shape_and_sum_to_one_over_keys() -> None:
-    net = tiny_lit(num_queries=5).net.eval()
+    net = tiny_lit(num_queries=5, last_stage="layer4").net.eval()
     pixels, mask = _inputs()
     reference = net(pixels, mask)
     with AttentionCapture(net) as capture:

@@ -6,7 +6,6 @@ callbacks below can be added with ``+callbacks.NAME._target_=reliability_support
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import signal
@@ -22,27 +21,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from detr_lightning.detr import DETR, Backbone, Transformer, build_position_encoding
-from detr_lightning.detr.postprocess import PostProcess
-from detr_lightning.lit_module import LitDETR
-from detr_lightning.loss import HungarianMatcher, SetCriterion
 from detr_lightning.utils import conf_dir
 
 HERE = Path(__file__).resolve().parent
 SUPPORT = HERE.parent / "support"
-
-
-def small_lit(num_classes: int = 3, num_queries: int = 5, **kwargs: Any) -> LitDETR:
-    """A LitDETR small enough for several fits per test: ResNet-18 cut after layer2 (0.7 M
-    parameters, a quarter of support/lit.py's tiny_lit time per step)."""
-    net = DETR(Backbone("resnet18", pretrained=False, last_stage="layer2"),
-               build_position_encoding("sine", 32),
-               Transformer(d_model=32, nhead=4, num_encoder_layers=1, num_decoder_layers=2,
-                           dim_feedforward=64, dropout=0.0),
-               num_classes=num_classes, num_queries=num_queries)  # fmt: skip
-    return LitDETR(net, SetCriterion(num_classes, HungarianMatcher()), PostProcess(),
-                   functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=1e-4),
-                   num_classes=num_classes, **kwargs)  # fmt: skip
 
 
 def compose_cfg(overrides: list[str], tmp: Path, name: str = "train") -> DictConfig:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from lit import loader, quiet_trainer
+from lit import loader, quiet_trainer, tiny_lit
 from release_files import official_state_dict
-from reliability_support import compose_cfg, run, small_lit
+from reliability_support import compose_cfg, run
 
 from detr_lightning.checkpointing.optimizer_groups import check_optimizer_groups
 from detr_lightning.checkpointing.pretrained import load_pretrained
@@ -41,14 +41,14 @@ def files(tmp_path_factory) -> dict[str, Path]:
     official-format release files."""
     d = tmp_path_factory.mktemp("ckpts")
     trainer = quiet_trainer(d, max_steps=1)
-    trainer.fit(small_lit(), train_dataloaders=loader(1))
+    trainer.fit(tiny_lit(), train_dataloaders=loader(1))
     good = d / "good.ckpt"
     trainer.save_checkpoint(good)
     data = good.read_bytes()
     (d / "truncated.ckpt").write_bytes(data[: len(data) // 2])
     (d / "empty.ckpt").write_bytes(b"")
     torch.save({"state_dict": {}, "x": _Payload(str(d / "PWNED"))}, d / "unsafe.ckpt")
-    official = official_state_dict(small_lit().net)
+    official = official_state_dict(tiny_lit().net)
     torch.save({"model": official}, d / "release.pth")
     (d / "release_truncated.pth").write_bytes((d / "release.pth").read_bytes()[:5000])
     torch.save({"model": official, "args": _Payload(str(d / "PWNED"))}, d / "release_unsafe.pth")
@@ -94,7 +94,7 @@ def test_unsafe_checkpoint_is_refused_unexecuted(files) -> None:
 def test_a_weights_only_ckpt_names_the_missing_entries(files) -> None:
     checkpoint = read_checkpoint(files["weights_only"])
     for check in (lambda: check_lightning_entries(checkpoint, "w.ckpt"),
-                  lambda: check_lightning_checkpoint(checkpoint, small_lit(), "w.ckpt")):  # fmt: skip
+                  lambda: check_lightning_checkpoint(checkpoint, tiny_lit(), "w.ckpt")):  # fmt: skip
         with pytest.raises(CheckpointLoadError) as err:
             check()
         msg = str(err.value)
@@ -111,9 +111,9 @@ def test_the_suggested_resave_recipe_gives_a_usable_checkpoint(files, tmp_path) 
     new_path = tmp_path / "resaved.ckpt"
     exec(_RESAVE, {"torch": torch, "ckpt": ckpt, "new_path": new_path})  # noqa: S102
     checkpoint = read_checkpoint(new_path)
-    check_lightning_checkpoint(checkpoint, small_lit(), str(new_path))  # no error
+    check_lightning_checkpoint(checkpoint, tiny_lit(), str(new_path))  # no error
     assert checkpoint["hyper_parameters"]["num_classes"] == 3
-    model = small_lit()
+    model = tiny_lit()
     quiet_trainer(tmp_path).validate(model, dataloaders=loader(1), ckpt_path=new_path,
                                      verbose=False)  # fmt: skip
     for name, value in model.state_dict().items():
@@ -122,13 +122,13 @@ def test_the_suggested_resave_recipe_gives_a_usable_checkpoint(files, tmp_path) 
 
 def test_other_architecture_and_class_count_are_named(files) -> None:
     checkpoint = read_checkpoint(files["good"])
-    check_lightning_checkpoint(checkpoint, small_lit(), str(files["good"]))  # fits: no error
+    check_lightning_checkpoint(checkpoint, tiny_lit(), str(files["good"]))  # fits: no error
     with pytest.raises(
         CheckpointLoadError, match=r"query_embed.weight \(5, 32\) vs model \(7, 32\)"
     ):
-        check_lightning_checkpoint(checkpoint, small_lit(num_queries=7), str(files["good"]))
+        check_lightning_checkpoint(checkpoint, tiny_lit(num_queries=7), str(files["good"]))
     with pytest.raises(CheckpointLoadError) as err:
-        check_lightning_checkpoint(checkpoint, small_lit(num_classes=6), str(files["good"]))
+        check_lightning_checkpoint(checkpoint, tiny_lit(num_classes=6), str(files["good"]))
     msg = str(err.value)
     assert f"ckpt_path={files['good']}" in msg and "trained with 3 classes" in msg
     assert "has 6" in msg and "class_embed.weight" in msg and "Fix:" in msg
@@ -136,13 +136,13 @@ def test_other_architecture_and_class_count_are_named(files) -> None:
 
 def test_changed_optimizer_groups_are_named_before_resuming(files) -> None:
     checkpoint = read_checkpoint(files["good"])
-    lit = small_lit()
+    lit = tiny_lit()
     check_optimizer_groups(checkpoint, lit, "good.ckpt")  # the groups it was trained with
     backbone = sum(p.requires_grad for p in lit.net.backbone.parameters())
     main = sum(p.requires_grad for p in lit.parameters()) - backbone
     attn = sum(p.requires_grad for n, p in lit.net.named_parameters() if "multihead_attn" in n)
     with pytest.raises(CheckpointLoadError) as err:
-        check_optimizer_groups(checkpoint, small_lit(lr_multipliers={"multihead_attn": 0.1}),
+        check_optimizer_groups(checkpoint, tiny_lit(lr_multipliers={"multihead_attn": 0.1}),
                                "good.ckpt")  # fmt: skip
     msg = str(err.value)
     assert msg.startswith("ckpt_path=good.ckpt: ") and "~model.lr_multipliers" in msg
@@ -150,12 +150,12 @@ def test_changed_optimizer_groups_are_named_before_resuming(files) -> None:
     assert (f"builds main ({main - attn} tensors), multihead_attn ({attn} tensors), "
             f"backbone ({backbone} tensors)") in msg  # fmt: skip
     with pytest.raises(CheckpointLoadError, match=r"builds main \(\d+ tensors\), so"):
-        check_optimizer_groups(checkpoint, small_lit(lr_backbone=0.0), "good.ckpt")
+        check_optimizer_groups(checkpoint, tiny_lit(lr_backbone=0.0), "good.ckpt")
 
 
 def test_release_file_given_as_ckpt_path_says_use_pretrained(files) -> None:
     with pytest.raises(CheckpointLoadError, match="model.pretrained=PATH"):
-        check_lightning_checkpoint(read_checkpoint(files["release"]), small_lit(), "x.pth")
+        check_lightning_checkpoint(read_checkpoint(files["release"]), tiny_lit(), "x.pth")
 
 
 @pytest.mark.parametrize(
@@ -165,7 +165,7 @@ def test_release_file_given_as_ckpt_path_says_use_pretrained(files) -> None:
 )  # fmt: skip
 def test_pretrained_errors_are_named(files, name: str, reason: str) -> None:
     with pytest.raises(CheckpointLoadError) as err:
-        load_pretrained(small_lit(), files[name])
+        load_pretrained(tiny_lit(), files[name])
     msg = str(err.value)
     assert msg.startswith(f"model.pretrained={files[name]}: ") and reason in msg
     assert not (files[name].parent / "PWNED").exists()
@@ -173,7 +173,7 @@ def test_pretrained_errors_are_named(files, name: str, reason: str) -> None:
 
 def test_pretrained_of_another_architecture_is_named(files) -> None:
     with pytest.raises(CheckpointLoadError) as err:
-        load_pretrained(small_lit(num_queries=7), files["release"])
+        load_pretrained(tiny_lit(num_queries=7), files["release"])
     msg = str(err.value)
     assert msg.startswith(f"model.pretrained={files['release']}: ") and "query_embed" in msg
     assert "Check that" in msg  # official.py's fix

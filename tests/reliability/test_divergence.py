@@ -9,8 +9,8 @@ import re
 import lightning as L
 import pytest
 import torch
-from lit import loader, quiet_trainer
-from reliability_support import run, small_lit
+from lit import loader, quiet_trainer, tiny_lit
+from reliability_support import run
 
 from detr_lightning.checkpointing.callback import BestAndLastCheckpoint
 from detr_lightning.lit_module import NonFiniteLossError
@@ -43,7 +43,7 @@ def _watch_criterion(lit) -> list[bool]:
 
 
 def test_divergence_stops_at_the_predictions_naming_step_lr_and_checkpoint(tmp_path) -> None:
-    lit = small_lit()
+    lit = tiny_lit()
     criterion_saw = _watch_criterion(lit)
     cb = BestAndLastCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1)
     trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[_HugeLr(), cb],
@@ -62,10 +62,10 @@ def test_after_a_resume_the_resumed_checkpoint_is_named(tmp_path) -> None:
     first = BestAndLastCheckpoint(dirpath=tmp_path / "run1")
     trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[first], enable_checkpointing=True,
                             limit_val_batches=0)  # fmt: skip
-    trainer.fit(small_lit(), train_dataloaders=loader(1))
+    trainer.fit(tiny_lit(), train_dataloaders=loader(1))
     resumed_from = tmp_path / "run1" / "last.ckpt"
 
-    lit = small_lit()
+    lit = tiny_lit()
     net_forward = lit.net.forward
 
     def poisoned(*args, **kwargs):
@@ -86,7 +86,7 @@ def test_after_a_resume_the_resumed_checkpoint_is_named(tmp_path) -> None:
 
 
 def test_prediction_check_names_bad_predictions_and_ignores_other_tensors() -> None:
-    lit = small_lit()
+    lit = tiny_lit()
     # proposal_scores: not a prediction; such internal tensors may hold a deliberate -inf.
     good = {"pred_logits": torch.zeros(1, 2, 4), "pred_boxes": torch.rand(1, 2, 4),
             "aux_outputs": [{"pred_boxes": torch.rand(1, 2, 4)}], "indices": torch.arange(2),

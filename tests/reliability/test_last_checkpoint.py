@@ -7,8 +7,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lit import loader, quiet_trainer
-from reliability_support import small_lit
+from lit import loader, quiet_trainer, tiny_lit
 
 from detr_lightning.checkpointing.callback import BestAndLastCheckpoint
 
@@ -18,7 +17,7 @@ ARGS = dict(filename="epoch{epoch:03d}-AP{val/AP:.4f}", auto_insert_metric_name=
 
 def _stalled_ap_lit():
     """A tiny LitDETR whose val/AP is 0.25 at every validation (it never improves)."""
-    lit = small_lit()
+    lit = tiny_lit()
 
     def constant_ap() -> None:
         lit.val_map.reset()

@@ -17,22 +17,34 @@ from detr_lightning.loss import HungarianMatcher, SetCriterion
 NUM_CLASSES = 3
 
 
-def tiny_lit(num_queries: int = 5, layers: int = 2, **kwargs) -> LitDETR:
+def tiny_lit(
+    num_queries: int = 5,
+    layers: int = 2,
+    last_stage: str = "layer2",
+    num_classes: int = NUM_CLASSES,
+    **kwargs,
+) -> LitDETR:
+    """A LitDETR small enough for several fits per test: d_model 32, ``layers`` decoder layers,
+    ResNet-18 cut after ``last_stage``. The default "layer2" (stride 8, 0.7 M parameters) takes
+    about a fifth of the whole trunk's time per step, whose layer4 weights dominate a CPU step;
+    tests of stride 32 or of layer4's parameters ask for "layer4". With the default three
+    classes, labels map to category ids 10, 20, 30."""
     net = DETR(
-        Backbone("resnet18", pretrained=False),
+        Backbone("resnet18", pretrained=False, last_stage=last_stage),
         build_position_encoding("sine", 32),
         Transformer(d_model=32, nhead=4, num_encoder_layers=1, num_decoder_layers=layers,
                     dim_feedforward=64, dropout=0.0),
-        num_classes=NUM_CLASSES,
+        num_classes=num_classes,
         num_queries=num_queries,
     )  # fmt: skip
-    kwargs.setdefault("label_to_category_id", [10, 20, 30])
+    if num_classes == NUM_CLASSES:
+        kwargs.setdefault("label_to_category_id", [10, 20, 30])
     return LitDETR(
         net,
-        SetCriterion(NUM_CLASSES, HungarianMatcher()),
+        SetCriterion(num_classes, HungarianMatcher()),
         PostProcess(),
         functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=1e-4),
-        num_classes=NUM_CLASSES,
+        num_classes=num_classes,
         **kwargs,
     )
 
