@@ -93,7 +93,7 @@ def _timed(step: Callable[[], float], steps: int, device: torch.device) -> dict[
 
 def bench_train(mode: str, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
     torch.manual_seed(0)
-    model = build_detr(backbone=args.backbone).to(device).train()
+    model = build_detr(backbone=args.backbone, num_queries=args.queries).to(device).train()
     if mode.startswith("compiled"):
         model.compile()
     pixels, mask, targets = _batch(args.batch, tuple(args.size), device)
@@ -105,7 +105,7 @@ def bench_train(mode: str, args: argparse.Namespace, device: torch.device) -> di
 
 def bench_inference(mode: str, args: argparse.Namespace, device: torch.device) -> dict:
     torch.manual_seed(0)
-    model = build_detr(backbone=args.backbone).to(device).eval()
+    model = build_detr(backbone=args.backbone, num_queries=args.queries).to(device).eval()
     if mode.startswith("compiled"):
         model.compile()
     dtype = AUTOCAST[mode.removeprefix("compiled ")]
@@ -128,7 +128,7 @@ def profile_train(mode: str, args: argparse.Namespace, device: torch.device) -> 
     from torch.profiler import ProfilerActivity, profile
 
     torch.manual_seed(0)
-    model = build_detr(backbone=args.backbone).to(device).train()
+    model = build_detr(backbone=args.backbone, num_queries=args.queries).to(device).train()
     pixels, mask, targets = _batch(args.batch, tuple(args.size), device)
     step = our_train_step(model, pixels, mask, targets, mode)
     step(), step()
@@ -204,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=4)  # the paper's images per GPU
     parser.add_argument("--size", type=int, nargs=2, default=[800, 1088])  # a padded COCO batch
     parser.add_argument("--steps", type=int, default=10)
+    # Fewer queries shrink the decoder, whose bf16 matmuls CPUs without bf16 instructions emulate
+    # slowly: what the suite's CPU run of this script uses. At least 8 (objects per image).
+    parser.add_argument("--queries", type=int, default=100, help="object queries (paper: 100)")
     parser.add_argument("--modes", default=",".join(MODES), help="'' for none (--e2e alone)")
     parser.add_argument("--profile", choices=list(AUTOCAST), help="profile this mode's step")
     parser.add_argument("--e2e", action="store_true", help="also the command-line runs")
