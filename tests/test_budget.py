@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import lightning as L
 import pytest
+from ddp_workers import start_method
 from lit import loader, quiet_trainer, tiny_lit
 
 from detr_lightning import budget
@@ -199,7 +200,7 @@ def test_ddp_ranks_follow_rank_zeros_plan(tmp_path):
     from lightning.pytorch.strategies import DDPStrategy
 
     lit = tiny_lit(lr_schedule=functools.partial(budget_schedule, budget_min=20 / 60))
-    strategy = DDPStrategy(start_method="spawn", process_group_backend="gloo",
+    strategy = DDPStrategy(start_method=start_method(), process_group_backend="gloo",
                            timeout=timedelta(seconds=60))  # fmt: skip
     trainer = L.Trainer(default_root_dir=tmp_path, accelerator="cpu", devices=2, strategy=strategy,
                         max_epochs=-1, logger=False, enable_checkpointing=False,

@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from cli import TINY, run_cli, run_dirs
+from ddp_workers import start_method
 
 from detr_lightning.data.shapes import generate_shapes_dataset
 from detr_lightning.evaluation.coco import METRIC_NAMES
@@ -51,7 +52,8 @@ def _num_boxes_worker(rank: int, init_file: str, result: torch.Tensor) -> None:
 def test_num_boxes_is_averaged_over_processes() -> None:
     result = torch.zeros(2).share_memory_()
     with tempfile.TemporaryDirectory() as d:
-        mp.spawn(_num_boxes_worker, args=(os.path.join(d, "init"), result), nprocs=2)
+        mp.start_processes(_num_boxes_worker, args=(os.path.join(d, "init"), result), nprocs=2,
+                           start_method=start_method())  # fmt: skip
     assert result.tolist() == [3.5, 3.5]  # (1 + 6) / 2 on both ranks
 
 
@@ -110,7 +112,8 @@ def test_metric_gathered_over_ranks_equals_cocoeval(tmp_path, whole: bool) -> No
     root = generate_shapes_dataset(tmp_path / "shapes", train=1, val=7)
     folder, ann = str(root / "val"), str(root / "annotations" / "instances_val.json")
     out = torch.zeros(2, len(METRIC_NAMES)).share_memory_()
-    mp.spawn(_metric_worker, args=(str(tmp_path / "init"), folder, ann, out, whole), nprocs=2)
+    args = (str(tmp_path / "init"), folder, ann, out, whole)
+    mp.start_processes(_metric_worker, args=args, nprocs=2, start_method=start_method())
     with contextlib.redirect_stdout(io.StringIO()):
         ref = pycocotools_stats(ann, fake_detections(COCO(ann)))
     assert ref[0] > 0.2

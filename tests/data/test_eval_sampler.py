@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from ddp_workers import start_method, tensors_by_file_name
 from hydra import compose, initialize_config_dir
 from torch.utils.data import DataLoader
 
@@ -88,14 +89,14 @@ def test_ddp_validation_detects_what_one_process_does_at_batch_2(tmp_path) -> No
                   enable_model_summary=False, enable_checkpointing=False)  # fmt: skip
     for name, kwargs in [
         ("single", dict(devices=1)),
-        ("ddp", dict(devices=2, strategy=DDPStrategy(start_method="spawn",
+        ("ddp", dict(devices=2, strategy=DDPStrategy(start_method=start_method(),
                      process_group_backend="gloo", timeout=timedelta(seconds=60)))),
     ]:  # fmt: skip
         (tmp_path / name).mkdir()
-        callback = _Detections(str(tmp_path / name))
-        L.Trainer(default_root_dir=tmp_path, callbacks=[callback], **common, **kwargs).validate(
-            model, datamodule=datamodule, verbose=False
-        )
+        trainer = L.Trainer(default_root_dir=tmp_path, callbacks=[_Detections(str(tmp_path / name))],
+                            **common, **kwargs)  # fmt: skip
+        with tensors_by_file_name():
+            trainer.validate(model, datamodule=datamodule, verbose=False)
     single = json.loads((tmp_path / "single" / "rank0.json").read_text())
     ddp = {}
     for rank in (0, 1):

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from ddp_workers import start_method
 
 from detr_lightning.data.coco_panoptic import CocoPanopticDataset
 from detr_lightning.data.collate import collate
@@ -127,7 +128,8 @@ def _ddp_worker(rank: int, init_file: str, root: str, out: torch.Tensor) -> None
 
 def test_two_process_gloo_evaluation_equals_single_process(shapes_root, tmp_path) -> None:
     out = torch.zeros(2, len(PQ_KEYS) + 2, dtype=torch.float64).share_memory_()
-    mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), str(shapes_root), out), nprocs=2)
+    args = (str(tmp_path / "init"), str(shapes_root), out)
+    mp.start_processes(_ddp_worker, args=args, nprocs=2, start_method=start_method())
     single = _evaluator()
     _update(single, _dataset(shapes_root), range(5))
     values = single.compute()

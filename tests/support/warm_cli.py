@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 # Imported by the server before it forks: what every entry point imports anyway.
-_WARM_MODULES = (
+WARM_MODULES = (
     "torch", "torchvision", "lightning", "hydra", "omegaconf", "torchmetrics",
     "detr_lightning.lit_module", "detr_lightning.utils.build", "detr_lightning.data.datamodule",
 )  # fmt: skip
@@ -41,7 +41,7 @@ def _serve() -> None:
     """Server loop: one JSON request per stdin line; answers the child's pid, then its status."""
     import importlib
 
-    for name in _WARM_MODULES:
+    for name in WARM_MODULES:
         importlib.import_module(name)
     requests, replies = sys.stdin.buffer, os.fdopen(os.dup(1), "w", buffering=1)
     for line in requests:
