@@ -25,10 +25,10 @@ def tiny_lit(
     **kwargs,
 ) -> LitDETR:
     """A LitDETR small enough for several fits per test: d_model 32, ``layers`` decoder layers,
-    ResNet-18 cut after ``last_stage``. The default "layer2" (stride 8, 0.7 M parameters) takes
-    about a fifth of the whole trunk's time per step, whose layer4 weights dominate a CPU step;
-    tests of stride 32 or of layer4's parameters ask for "layer4". With the default three
-    classes, labels map to category ids 10, 20, 30."""
+    ResNet-18 cut after ``last_stage``. The default "layer2" (stride 8, 0.7 M of the trunk's
+    11 M parameters) leaves out layer3 and layer4, whose weights' gradients and AdamW updates
+    are most of a CPU step; tests of stride 32 or of layer4's parameters ask for "layer4". With
+    the default three classes, labels map to category ids 10, 20, 30."""
     net = DETR(
         Backbone("resnet18", pretrained=False, last_stage=last_stage),
         build_position_encoding("sine", 32),
