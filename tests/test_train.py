@@ -6,8 +6,6 @@ import csv
 import json
 import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -125,12 +123,8 @@ def _logged(csv_path: Path, key: str) -> float:
 
 
 def test_eval_without_a_checkpoint_says_what_to_pass(tmp_path, shapes_root) -> None:
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "detr_lightning.eval", f"paths.shapes_dir={shapes_root}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode != 0 and "ckpt_path=" in proc.stderr + proc.stdout
+    out = run_cli("eval", [f"paths.shapes_dir={shapes_root}"], tmp_path, timeout=300, fails=True)
+    assert "ckpt_path=" in out
 
 
 def test_multirun_runs_two_jobs_with_their_own_dirs(tmp_path, shapes_root) -> None:

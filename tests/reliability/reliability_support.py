@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 import torch
 import warm_cli
+from cli import cli_env
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
@@ -53,8 +54,7 @@ def run(
     """``python -m detr_lightning.<module> args`` in ``cwd`` (forked from a warm interpreter:
     support/warm_cli.py, or a new one with ``fresh``); the return code is not checked."""
     paths = [str(HERE), str(SUPPORT), os.environ.get("PYTHONPATH", "")]
-    full_env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore",
-                "PYTHONPATH": os.pathsep.join(p for p in paths if p), **(env or {})}  # fmt: skip
+    full_env = cli_env(PYTHONPATH=os.pathsep.join(p for p in paths if p), **(env or {}))
     return warm_cli.run(f"detr_lightning.{module}", args, cwd, full_env, timeout, fresh)
 
 

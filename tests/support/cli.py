@@ -34,14 +34,19 @@ TINY = [
 INFER_TINY = [a for a in TINY if not unread_overrides([a], "predict")]
 
 
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of the tests' CLI runs: this one, wandb offline, warnings hidden, then
+    ``extra``."""
+    return {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore", **extra}
+
+
 def run_cli(
     module: str, args: list[str], cwd: Path, timeout: int = 600, fails: bool = False
 ) -> str:
     """Run ``python -m detr_lightning.<module> args`` in ``cwd`` (forked from a warm interpreter:
     support/warm_cli.py); returns stdout+stderr. Asserts exit status 0, or non-zero with
     ``fails``."""
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
-    proc = warm_cli.run(f"detr_lightning.{module}", args, cwd, env, timeout)
+    proc = warm_cli.run(f"detr_lightning.{module}", args, cwd, cli_env(), timeout)
     out = proc.stdout + proc.stderr
     assert (proc.returncode != 0) if fails else (proc.returncode == 0), out[-4000:]
     return out

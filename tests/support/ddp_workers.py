@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import os
 from collections.abc import Iterator
 
 import torch
-from warm_cli import WARM_MODULES
+from warm_cli import WARM_MODULES, fresh_python
 
 
 def start_method() -> str:
     """``"forkserver"`` with :data:`warm_cli.WARM_MODULES` preloaded (the preload takes effect
     when the server starts: at the first such run of the session), or ``"spawn"`` under
     ``DETR_TESTS_FRESH_PYTHON=1``."""
-    if os.environ.get("DETR_TESTS_FRESH_PYTHON") == "1":
+    if fresh_python():
         return "spawn"
     multiprocessing.set_forkserver_preload(list(WARM_MODULES))
     return "forkserver"

@@ -131,6 +131,11 @@ class _Server:
 _server: _Server | None = None
 
 
+def fresh_python() -> bool:
+    """``DETR_TESTS_FRESH_PYTHON=1``: every run and worker in a new interpreter instead."""
+    return os.environ.get("DETR_TESTS_FRESH_PYTHON") == "1"
+
+
 def run(
     module: str,
     args: list[str],
@@ -142,7 +147,7 @@ def run(
     """``python -m module args`` in ``cwd`` with exactly ``env``; stdout and stderr captured as
     text. Raises ``subprocess.TimeoutExpired`` (after killing the run) past ``timeout``."""
     command = [sys.executable, "-m", module, *args]
-    if fresh or os.environ.get("DETR_TESTS_FRESH_PYTHON") == "1":
+    if fresh or fresh_python():
         return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
                               timeout=timeout)  # fmt: skip
     global _server

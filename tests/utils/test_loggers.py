@@ -4,7 +4,6 @@ config, final test metrics in the summary. Checked on offline runs (their ``.wan
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 
 import pytest
 import warm_cli
-from cli import TINY
+from cli import TINY, cli_env
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -124,12 +123,7 @@ def wandb_sweep(tmp_path_factory) -> tuple[Path, str]:
     shapes = generate_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", train=8, val=4)
     cwd = tmp_path_factory.mktemp("sweep")
     # Not silent (CI sets WANDB_SILENT=true): the test reads the "wandb sync" lines each job prints.
-    env = {
-        **os.environ,
-        "WANDB_MODE": "offline",
-        "WANDB_SILENT": "false",
-        "PYTHONWARNINGS": "ignore",
-    }
+    env = cli_env(WANDB_SILENT="false")
     env.pop("WANDB_API_KEY", None)
     args = ["-m", "experiment=shapes", "schedule=smoke", "logger=[csv,wandb]", "tags=[demo]",
             f"paths.shapes_dir={shapes}", *TINY, f"{SWEPT}=1,2"]  # fmt: skip
