@@ -117,6 +117,20 @@ class _CrashAtStep(L.Callback):
             raise _Crash
 
 
+def _killed_at_step_5(tmp_path: Path, monkeypatch) -> Path:
+    """The first test's run (20 s budget) with a save every step, killed at step 5: returns its
+    last.ckpt (step 4, one batch into epoch 1, 4 s + 1 s spent)."""
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(tmp_path / "ckpt", every_n_train_steps=1,
+                                               save_last=True)  # fmt: skip
+    crashed = quiet_trainer(tmp_path / "b", max_epochs=-1, limit_val_batches=2,
+                            callbacks=[_FakeClock(monkeypatch), _CrashAtStep(5), ckpt],
+                            enable_checkpointing=True)  # fmt: skip
+    with pytest.raises(_Crash):
+        crashed.fit(tiny_lit(lr_schedule=functools.partial(budget_schedule, budget_min=20 / 60)),
+                    train_dataloaders=loader(3), val_dataloaders=loader(2))  # fmt: skip
+    return tmp_path / "ckpt" / "last.ckpt"
+
+
 def test_a_mid_epoch_resume_continues_the_budget_and_the_cosine(tmp_path, monkeypatch):
     """The first test's run (20 s budget, 3 steps of 1 s per epoch, every 3rd epoch validates)
     killed at step 5; last.ckpt is step 4, one batch into epoch 1, at 4 s + 1 s spent. The
@@ -131,21 +145,14 @@ def test_a_mid_epoch_resume_continues_the_budget_and_the_cosine(tmp_path, monkey
                 val_dataloaders=loader(2))  # fmt: skip
     reference = clock.lrs
 
-    ckpt = L.pytorch.callbacks.ModelCheckpoint(tmp_path / "ckpt", every_n_train_steps=1,
-                                               save_last=True)  # fmt: skip
-    crashed = quiet_trainer(tmp_path / "b", max_epochs=-1, limit_val_batches=2,
-                            callbacks=[_FakeClock(monkeypatch), _CrashAtStep(5), ckpt],
-                            enable_checkpointing=True)  # fmt: skip
-    with pytest.raises(_Crash):
-        crashed.fit(tiny_lit(lr_schedule=schedule), train_dataloaders=loader(3),
-                    val_dataloaders=loader(2))  # fmt: skip
+    last = _killed_at_step_5(tmp_path, monkeypatch)
 
     resumed_clock = _FakeClock(monkeypatch)
     resumed_clock.now = 70_000.0
     resumed = quiet_trainer(tmp_path / "c", max_epochs=-1, callbacks=[resumed_clock],
                             limit_val_batches=2)  # fmt: skip
     resumed.fit(tiny_lit(lr_schedule=schedule), train_dataloaders=loader(3),
-                val_dataloaders=loader(2), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))  # fmt: skip
+                val_dataloaders=loader(2), ckpt_path=str(last))  # fmt: skip
     assert (resumed.current_epoch, resumed.global_step) == (6, 16)
     assert resumed_clock.lrs == pytest.approx(reference[4:])
     assert resumed_clock.val_epochs == [2, 5]
@@ -260,3 +267,33 @@ def test_a_changed_budget_after_one_epoch_plans_from_its_time(tmp_path, monkeypa
     resumed, resumed_clock = _resume_with_30s_budget(tmp_path / "one.ckpt", monkeypatch)
     assert resumed_clock.lrs[0] / 1e-3 == pytest.approx(0.5 * (1 + math.cos(math.pi * 3 / 19)))
     assert resumed.global_step > 3
+
+
+class _FirstBatch(L.Callback):
+    """Records ``(max_epochs, the cosine's planned last step)`` at the first training batch."""
+
+    seen: tuple[int, int] | None = None
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        if self.seen is None:
+            total = trainer.lr_scheduler_configs[0].scheduler.factor.total_steps
+            self.seen = (trainer.fit_loop.max_epochs, total)
+
+
+def test_a_changed_budget_resumed_mid_epoch_counts_the_epoch_it_ends_in(tmp_path, monkeypatch):
+    """The mid-epoch save of ``_killed_at_step_5`` (step 4, one step into epoch 1, 5 s spent, no
+    mean yet: 5 s / (4/3) epochs = 3.75 s per epoch) resumed with a 31 s budget and
+    resume_recipe=config: validation every ceil(1 / (0.1 x 4.75)) = 3 epochs, 31 - 5 - 1 = 25 s
+    for epochs of 3.75 + 1/3 s: 6.12 epochs = 18 steps. The last step, 4 + 18 = 22, lies in
+    epoch 7 (steps 21-23), so the plan runs 8 epochs from the first resumed batch on (counting
+    the resumed epoch as whole would give 1 + 18 / 3 = 7)."""
+    from detr_lightning.checkpointing.recipe_record import RecipeRecord
+
+    last = _killed_at_step_5(tmp_path, monkeypatch)
+    first = _FirstBatch()
+    resumed = quiet_trainer(tmp_path / "c", max_epochs=-1, limit_val_batches=2,
+                            callbacks=[_FakeClock(monkeypatch), first, RecipeRecord({}, "config")])  # fmt: skip
+    resumed.fit(tiny_lit(lr_schedule=functools.partial(budget_schedule, budget_min=31 / 60)),
+                train_dataloaders=loader(3), val_dataloaders=loader(2),
+                ckpt_path=str(last))  # fmt: skip
+    assert first.seen == (8, 22)

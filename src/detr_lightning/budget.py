@@ -156,10 +156,14 @@ class WallBudget(L.Callback):
         steps: float,
         steps_left: int,
         every: int,
+        into_epoch: int = 0,
     ) -> None:
         """Aim the epochs, the validations and the cosine at the planned last step, which lies
-        ``steps_left`` steps (of ``steps`` per epoch) after ``epochs_done`` whole epochs."""
-        trainer.fit_loop.max_epochs = epochs_done + math.ceil(steps_left / steps - 1e-6)
+        ``steps_left`` steps (of ``steps`` per epoch) after ``epochs_done`` whole epochs and
+        ``into_epoch`` steps of the next (a resume from a mid-epoch save)."""
+        trainer.fit_loop.max_epochs = epochs_done + max(
+            1 if into_epoch else 0, math.ceil((into_epoch + steps_left) / steps - 1e-6)
+        )
         trainer.check_val_every_n_epoch = self._every = every
         scheduler.factor.replan(trainer.global_step + steps_left)
         if steps_left == 0:
@@ -179,9 +183,10 @@ class WallBudget(L.Callback):
         # validated=False: a budget already spent still trains a step, which ends the run with
         # a validation
         steps_left, every = self._plan(trainer, scheduler, steps, train_s, validated=False)
-        # The epochs count from the current one, taken as whole: a resume from a mid-epoch save
-        # ends its plan at the right step, and its next epoch end corrects the epoch count.
-        self._follow(trainer, scheduler, trainer.current_epoch, steps, steps_left, every)
+        # The steps a mid-epoch save had done in its epoch (from the step count: Lightning
+        # restores the epoch's batch progress only after on_train_start); 0 at an epoch's end.
+        into = min(max(trainer.global_step - trainer.current_epoch * int(steps), 0), int(steps) - 1)
+        self._follow(trainer, scheduler, trainer.current_epoch, steps, steps_left, every, into)
 
     @staticmethod
     def _agree(trainer: L.Trainer, steps_left: int, every: int) -> tuple[int, int]:
