@@ -278,6 +278,19 @@ def test_no_preset_sets_a_key_its_target_rejects(name: str, tmp_path) -> None:
     check_model_keys(compose_cfg([f"experiment={name}"], tmp_path))
 
 
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_a_schedule_chosen_on_the_command_line_wins_over_every_preset(name: str, tmp_path) -> None:
+    """A preset sets its epochs and lr schedule through the schedule group, so ``schedule=smoke``
+    replaces them all (a preset's own trainer.max_epochs would silently win over it)."""
+    cfg = compose_cfg([f"experiment={name}", "schedule=smoke"], tmp_path)
+    smoke = OmegaConf.load(CONF / "schedule" / "smoke.yaml")
+    assert {key: cfg.trainer[key] for key in smoke.trainer} == dict(smoke.trainer)
+    assert OmegaConf.to_container(cfg.model.lr_schedule) == OmegaConf.to_container(
+        smoke.model.lr_schedule
+    )
+    assert cfg.trainer.get("max_time") is None  # no preset's hard stop left behind
+
+
 def test_cls_loss_switches_head_matcher_criterion_and_postprocess_together(tmp_path) -> None:
     cfg = compose_cfg(["experiment=shapes_plain", "model=convergence", "cls_loss=focal"], tmp_path)
     lit = _model_on_meta(cfg)

@@ -20,9 +20,8 @@ from detr_lightning.utils.build import build_datamodule, build_model
 
 def test_tested_weights_are_the_trained_ones(tmp_path, shapes_root, monkeypatch) -> None:
     cfg = compose_cfg(["experiment=shapes_plain", "schedule=smoke", f"paths.shapes_dir={shapes_root}",
-                       *TINY, "trainer.limit_train_batches=2", "trainer.max_time=null",
+                       *TINY, "trainer.limit_train_batches=2",
                        "model.optimizer.lr=1e-3", "model.lr_backbone=1e-3", "logger=none",
-                       "trainer.max_epochs=1",
                        # No checkpoint callback: train.py tests the in-memory weights, the case
                        # where LitDETR.setup() used to re-load the release over them.
                        "callbacks.model_checkpoint=null", "+trainer.enable_checkpointing=false",
