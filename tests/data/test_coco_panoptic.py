@@ -157,7 +157,7 @@ class FixedCrop(RandomSizeCrop):
 
 
 def test_crop_drops_emptied_segments_and_tightens_boxes(tiny: Path) -> None:
-    tf = v2.Compose([v2.ToImage(), FixedCrop(1, 1), *_finish(True, 1.0)])
+    tf = v2.Compose([v2.ToImage(), FixedCrop(1, 1), *_finish(True)])
     _, t = dataset(tiny, transforms=tf)[1]
     # the thin cat (column 10) is outside the window; the L keeps only its vertical arm
     assert t["labels"].tolist() == [2, 1] and t["masks"].shape == (2, 10, 8)

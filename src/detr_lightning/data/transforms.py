@@ -9,8 +9,9 @@ dataset then turns boxes into normalised cxcywh with :func:`boxes_to_normalized_
 Training (DETR section 4): horizontal flip (p 0.5), then either a resize of the shorter side to
 one of ``scales`` (longer side <= ``max_size``), or a resize to one of ``crop_resize_scales``, a
 random crop of ``crop_size`` px per side, and the same random resize. Boxes cut by the crop are
-clamped; boxes left smaller than ``min_box_size`` px are removed with their labels, crowd flags
-and areas. Evaluation: shorter side ``size``, longer <= ``max_size``; no box is removed.
+clamped; boxes left without area are removed with their labels, crowd flags and areas
+(:class:`DropEmptyBoxes`; boxes a resize made thinner than a pixel stay, as in the official
+code). Evaluation: shorter side ``size``, longer <= ``max_size``; no box is removed.
 
 Segmentation targets (panoptic) add ``target["masks"]``, a ``tv_tensors.Mask`` [T, H, W] on the
 image's canvas, uint8 0/1 or bool (uint8 resizes ~3x faster: torchvision resizes bool masks via
@@ -18,7 +19,7 @@ float32). Every step moves it with the image (flip, nearest-neighbour resize, cr
 NormalizeImage leaves it alone), and the pipeline returns it as bool. Before the clamp, :class:`BoxesFromMasks` drops the objects
 whose mask became empty (cropped away, or too thin to survive a downscale) and replaces every box
 with its mask's tight box, so a kept object always has a non-empty mask and a box of at least
-1 x 1 px that SanitizeBoundingBoxes keeps. Without ``masks`` it does nothing, so detection is
+1 x 1 px. Without ``masks`` it does nothing, so detection is
 unchanged.
 """
 
@@ -41,10 +42,26 @@ PAPER_CROP_SIZE = (384, 600)
 PER_BOX_KEYS = ("labels", "iscrowd", "area")
 
 
-def per_box_fields(inputs: Any) -> tuple[Tensor, ...]:
-    """SanitizeBoundingBoxes labels_getter: every per-box tensor of the target, kept in sync."""
-    target = inputs[1]
-    return tuple(target[k] for k in PER_BOX_KEYS if k in target)
+class DropEmptyBoxes(v2.Transform):
+    """Remove the boxes left without area (width or height <= 0 after the clamp: cropped away)
+    with their per-box fields (``masks`` and :data:`PER_BOX_KEYS`), the official DETR crop rule.
+    A box that a resize made thinner than a pixel stays a target, as it does there.
+    torchvision's SanitizeBoundingBoxes cannot do this: its smallest ``min_size`` is 1 px."""
+
+    def forward(self, *inputs: Any) -> Any:
+        sample = inputs if len(inputs) > 1 else inputs[0]
+        image, target = sample
+        boxes = target["boxes"]
+        xyxy = F.convert_bounding_box_format(boxes, new_format="XYXY").as_subclass(Tensor)
+        keep = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+        if keep.all():
+            return sample
+        fields = (*PER_BOX_KEYS, "masks")
+        out = {k: v[keep] if k in fields else v for k, v in target.items()}
+        out["boxes"] = tv_tensors.wrap(boxes[keep], like=boxes)
+        if "masks" in target:
+            out["masks"] = tv_tensors.wrap(out["masks"], like=target["masks"])
+        return image, out
 
 
 class RandomSizeCrop(v2.Transform):
@@ -151,11 +168,9 @@ def denormalize(pixels: Tensor, size: tuple[int, int]) -> Tensor:
     return (rgb * 255).round().to(torch.uint8)
 
 
-def _finish(sanitize: bool, min_box_size: float) -> list[v2.Transform]:
+def _finish(drop_empty: bool) -> list[v2.Transform]:
     steps: list[v2.Transform] = [BoxesFromMasks(), v2.ClampBoundingBoxes()]
-    if sanitize:
-        steps.append(v2.SanitizeBoundingBoxes(min_size=min_box_size, labels_getter=per_box_fields))
-    return steps + [NormalizeImage()]
+    return steps + ([DropEmptyBoxes()] if drop_empty else []) + [NormalizeImage()]
 
 
 def make_train_transforms(
@@ -165,7 +180,6 @@ def make_train_transforms(
     crop_size: Sequence[int] = PAPER_CROP_SIZE,
     flip_prob: float = 0.5,
     crop_prob: float = 0.5,
-    min_box_size: float = 1.0,
 ) -> v2.Compose:
     """The paper's training augmentation; defaults are the paper's values (see module doc)."""
     scales, crop_resize_scales = _ints(scales), _ints(crop_resize_scales)
@@ -176,20 +190,18 @@ def make_train_transforms(
         [v2.RandomShortestSize(crop_resize_scales), RandomSizeCrop(lo, hi), resize]
     )
     choice = v2.RandomChoice([resize, crop_then_resize], p=[1.0 - crop_prob, crop_prob])
-    return v2.Compose(
-        [v2.ToImage(), v2.RandomHorizontalFlip(flip_prob), choice, *_finish(True, min_box_size)]
-    )
+    return v2.Compose([v2.ToImage(), v2.RandomHorizontalFlip(flip_prob), choice, *_finish(True)])
 
 
 def make_eval_transforms(size: int = 800, max_size: int | None = PAPER_MAX_SIZE) -> v2.Compose:
     """Resize the shorter side to ``size`` (longer <= ``max_size``), then normalise."""
     max_size = None if max_size is None else int(max_size)
-    return v2.Compose([v2.ToImage(), v2.Resize(int(size), max_size=max_size), *_finish(False, 1.0)])
+    return v2.Compose([v2.ToImage(), v2.Resize(int(size), max_size=max_size), *_finish(False)])
 
 
 def make_base_transforms() -> v2.Compose:
     """No geometry: tensor conversion and ImageNet normalisation only."""
-    return v2.Compose([v2.ToImage(), *_finish(False, 1.0)])
+    return v2.Compose([v2.ToImage(), *_finish(False)])
 
 
 def boxes_to_normalized_cxcywh(boxes: tv_tensors.BoundingBoxes) -> Tensor:
