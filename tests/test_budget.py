@@ -117,6 +117,19 @@ class _CrashAtStep(L.Callback):
             raise _Crash
 
 
+def test_validation_as_long_as_training_keeps_to_its_share(tmp_path, monkeypatch):
+    """3 s of training and 3 s of validation (6 batches) per epoch in a 40 s budget, at most 10 %
+    for validation: every n epochs costs 3/n s in 3 + 3/n, 10 % from n = 3 x 0.9 / (0.1 x 3) = 9
+    on (val / (share x (train + val)) = 5 would spend 0.6 / 3.6 = 17 %). After epoch 0 (6 s):
+    40 - 6 - 3 (the last validation) = 31 s for epochs of 3 + 1/3 s: 9.3 epochs = 27 steps, so
+    the run validates after epoch 0, epoch 8 (every 9th) and epoch 9, its last."""
+    clock = _FakeClock(monkeypatch)
+    lit = tiny_lit(lr_schedule=functools.partial(budget_schedule, budget_min=40 / 60))
+    trainer = quiet_trainer(tmp_path, max_epochs=-1, callbacks=[clock], limit_val_batches=6)
+    trainer.fit(lit, train_dataloaders=loader(3), val_dataloaders=loader(6))
+    assert trainer.global_step == 3 + 27 and clock.val_epochs == [0, 8, 9]
+
+
 def _killed_at_step_5(tmp_path: Path, monkeypatch) -> Path:
     """The first test's run (20 s budget) with a save every step, killed at step 5: returns its
     last.ckpt (step 4, one batch into epoch 1, 4 s + 1 s spent)."""
@@ -254,8 +267,8 @@ def test_resume_recipe_config_plans_a_bigger_budget_at_once(tmp_path, monkeypatc
 def test_a_changed_budget_after_one_epoch_plans_from_its_time(tmp_path, monkeypatch):
     """A run capped at one epoch (3 steps, 3 s + 1 s of validation) resumed with a 30 s budget and
     resume_recipe=config: no mean yet, so the plan takes the 4 s spent per epoch done. Validation
-    every ceil(1 / (0.1 x 5)) = 2 epochs; 30 - 4 - 1 = 25 s for epochs of 4 + 1/2 s: 5.56 epochs
-    = 16 steps, so the first resumed step (3) runs at the cosine over 19 steps. Without the plan
+    every ceil(1 x 0.9 / (0.1 x 4)) = 3 epochs; 30 - 4 - 1 = 25 s for epochs of 4 + 1/3 s: 5.77
+    epochs = 17 steps, so the first resumed step (3) runs at the cosine over 20 steps. Without the plan
     the restored one (it ended at step 3) would stop the run at once."""
     clock = _FakeClock(monkeypatch)
     trainer = quiet_trainer(tmp_path / "a", max_epochs=1, callbacks=[clock], limit_val_batches=2)
@@ -265,7 +278,7 @@ def test_a_changed_budget_after_one_epoch_plans_from_its_time(tmp_path, monkeypa
     trainer.save_checkpoint(tmp_path / "one.ckpt")
 
     resumed, resumed_clock = _resume_with_30s_budget(tmp_path / "one.ckpt", monkeypatch)
-    assert resumed_clock.lrs[0] / 1e-3 == pytest.approx(0.5 * (1 + math.cos(math.pi * 3 / 19)))
+    assert resumed_clock.lrs[0] / 1e-3 == pytest.approx(0.5 * (1 + math.cos(math.pi * 3 / 20)))
     assert resumed.global_step > 3
 
 
@@ -283,8 +296,8 @@ class _FirstBatch(L.Callback):
 def test_a_changed_budget_resumed_mid_epoch_counts_the_epoch_it_ends_in(tmp_path, monkeypatch):
     """The mid-epoch save of ``_killed_at_step_5`` (step 4, one step into epoch 1, 5 s spent, no
     mean yet: 5 s / (4/3) epochs = 3.75 s per epoch) resumed with a 31 s budget and
-    resume_recipe=config: validation every ceil(1 / (0.1 x 4.75)) = 3 epochs, 31 - 5 - 1 = 25 s
-    for epochs of 3.75 + 1/3 s: 6.12 epochs = 18 steps. The last step, 4 + 18 = 22, lies in
+    resume_recipe=config: validation every ceil(1 x 0.9 / (0.1 x 3.75)) = 3 epochs,
+    31 - 5 - 1 = 25 s for epochs of 3.75 + 1/3 s: 6.12 epochs = 18 steps. The last step, 4 + 18 = 22, lies in
     epoch 7 (steps 21-23), so the plan runs 8 epochs from the first resumed batch on (counting
     the resumed epoch as whole would give 1 + 18 / 3 = 7)."""
     from detr_lightning.checkpointing.recipe_record import RecipeRecord

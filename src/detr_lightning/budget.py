@@ -130,9 +130,10 @@ class WallBudget(L.Callback):
         given ``steps`` optimizer steps per epoch and an epoch's training time ``train_s``;
         rank 0's under DDP."""
         val_s = self._last_val_s
-        # Validate every n epochs so that validation stays under its share of the time.
+        # Validate every n epochs so that validation stays under its share of the time:
+        # (val_s / n) / (train_s + val_s / n) <= share  <=>  n >= val_s (1 - share) / (share train_s)
         share = scheduler.max_val_share
-        every = max(1, math.ceil(val_s / max(share * (train_s + val_s), 1e-9)))
+        every = max(1, math.ceil(val_s * (1 - share) / max(share * train_s, 1e-9) - 1e-9))
         left_s = scheduler.budget_s - self.spent_s - val_s  # the final validation is certain
         epochs_left = max(0.0, left_s / (train_s + val_s / every))
         steps_left = int(epochs_left * steps + 1e-6)  # 1e-6: an exact plan survives rounding
