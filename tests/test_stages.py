@@ -86,8 +86,10 @@ def test_head_panoptic_joint_training_is_one_stage_away() -> None:
 
 
 def test_staged_metrics_json_records_each_stages_epochs_and_step(tmp_path: Path) -> None:
-    """The run's metrics.json lists, per stage, the epochs and global step of that stage's own
-    metrics.json (stages faked: each "trains" by writing what a one-stage run leaves)."""
+    """The run's metrics.json lists, per stage, the epochs and global step of that stage: from
+    its own metrics.json, or, for the preset's detector stage (test=false: no metrics.json), from
+    its last.ckpt (Lightning's ``epoch`` is the last epoch's index). Stages faked: each "trains"
+    by writing what a one-stage run leaves."""
     progress = {"detector": (7, 140), "masks": (3, 60)}  # epochs, global_step per stage
 
     def train_one(stage_cfg) -> dict[str, float]:
@@ -97,6 +99,11 @@ def test_staged_metrics_json_records_each_stages_epochs_and_step(tmp_path: Path)
         ckpt = stage_dir / "checkpoints" / "best.ckpt"
         ckpt.write_bytes(b"")
         epochs, step = progress[name]
+        torch.save(
+            {"epoch": epochs - 1, "global_step": step}, stage_dir / "checkpoints" / "last.ckpt"
+        )
+        if not stage_cfg.test:
+            return {}
         write_metrics_json(stage_dir, {"AP": 0.1}, checkpoint=str(ckpt), epochs=epochs,
                            global_step=step)  # fmt: skip
         return {"AP": 0.1}
@@ -112,6 +119,7 @@ def test_staged_metrics_json_records_each_stages_epochs_and_step(tmp_path: Path)
             HydraConfig.instance().cfg = previous
     stages = json.loads((tmp_path / "run" / "metrics.json").read_text())["run"]["stages"]
     assert list(stages) == ["detector", "masks"]
+    assert not (tmp_path / "run" / "stage1_detector" / "metrics.json").exists()
     for name, (epochs, step) in progress.items():
         assert stages[name]["epochs"] == epochs and stages[name]["global_step"] == step
         assert stages[name]["checkpoint"].endswith(f"_{name}/checkpoints/best.ckpt")
@@ -129,6 +137,9 @@ def test_two_stage_cpu_run_freezes_stage_one_detector(tmp_path: Path) -> None:
     assert set(PQ_KEYS) | {"AP", "segm_AP"} <= set(summary)
     stages = summary["run"]["stages"]
     assert list(stages) == ["detector", "masks"]
+    # one epoch of 8 images / batch 4 = 2 steps each; the detector (test=false) has them from
+    # its last.ckpt, the masks stage from its metrics.json
+    assert [(s["epochs"], s["global_step"]) for s in stages.values()] == [(1, 2), (1, 2)]
     assert f"initialised the detector from {stages['detector']['checkpoint']}" in out
     first = torch.load(stages["detector"]["checkpoint"], map_location="cpu")["state_dict"]
     second = torch.load(stages["masks"]["checkpoint"], map_location="cpu")["state_dict"]

@@ -15,7 +15,7 @@ Each stage is composed anew from the run's own command-line overrides plus its o
 (checkpoints, logs, its ``metrics.json``), and hands its best checkpoint to the next stage as
 ``model.init_detector``. The last stage's metrics are also written to ``<run dir>/metrics.json``
 with, under ``run.stages``, each stage's directory, checkpoint, minutes, epochs and global step
-(the last two from the stage's own metrics.json). ``stages=null`` on the command line trains
+(the last two from the stage's own metrics.json, or its last.ckpt when it tests nothing). ``stages=null`` on the command line trains
 the composed config in one run (joint training for ``head=panoptic``).
 ``ckpt_path=last`` / ``auto`` resumes the newest staged run of the experiment in its own directory:
 finished stages are not retrained, the interrupted one continues from its last.ckpt
@@ -72,10 +72,18 @@ def best_checkpoint(stage_dir: Path) -> str | None:
 
 def stage_info(stage_dir: Path, checkpoint: str | None, minutes: float | None) -> dict[str, Any]:
     """A finished stage's entry under ``run.stages``: its directory, checkpoint and minutes, and
-    ``epochs`` / ``global_step`` from its own metrics.json ``run`` (None each when the stage
-    wrote none, e.g. ``test=false``)."""
+    ``epochs`` / ``global_step`` from its own metrics.json ``run``; a stage that tests nothing
+    (``test=false``, the panoptic detector's) has them from its last.ckpt, which the last epoch's
+    end writes (None each without either file)."""
     run = read_json(stage_dir / "metrics.json").get("run", {})
     progress = {key: run.get(key) for key in ("epochs", "global_step")}
+    last = stage_dir / "checkpoints" / "last.ckpt"
+    if progress["epochs"] is None and last.is_file():
+        from detr_lightning.checkpointing.validate import read_checkpoint
+
+        saved = read_checkpoint(last)
+        # "epoch" is the index of the epoch whose end wrote the file: epochs run = index + 1
+        progress = {"epochs": int(saved["epoch"]) + 1, "global_step": int(saved["global_step"])}
     return {"dir": str(stage_dir), "checkpoint": checkpoint, "minutes": minutes} | progress
 
 
