@@ -20,6 +20,7 @@ from detr_lightning.evaluation import write_metrics_json
 from detr_lightning.evaluation.panoptic_evaluator import PQ_KEYS
 from detr_lightning.stages import run_stages, stage_overrides
 from detr_lightning.utils import conf_dir
+from detr_lightning.utils.config_check import ConfigError
 
 PANOPTIC = ["shapes_panoptic", "r50_panoptic", "dc5_r50_panoptic", "r101_panoptic"]
 
@@ -85,6 +86,39 @@ def test_head_panoptic_joint_training_is_one_stage_away() -> None:
     assert cfg.stages is None and not cfg.model.segmentation.freeze_detr
 
 
+def _run_stages_in_app(overrides: list[str], train_one) -> None:
+    """``run_stages`` on the composed ``overrides``, with Hydra's config set as inside the app
+    (run_stages composes each stage with the command line's overrides)."""
+    with initialize_config_dir(conf_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        previous = HydraConfig.instance().cfg
+        HydraConfig.instance().set_config(cfg)
+        try:
+            run_stages(cfg, train_one)
+        finally:
+            HydraConfig.instance().cfg = previous
+
+
+@pytest.mark.parametrize(
+    ("overrides", "entry"),
+    [([], "stages.detector.budget"), (["stages.detector.budget=null"], "stages.masks.schedule")],
+)
+def test_a_stage_override_that_does_not_apply_stops_the_run_before_any_stage_trains(
+    tmp_path: Path, overrides: list[str], entry: str
+) -> None:
+    """schedule=smoke has no budget_min, which both stages of shapes_panoptic set: the error names
+    the stage's entry and how to drop it, before stage 1 trains (also when only stage 2's entry
+    does not apply)."""
+    trained = []
+    base = ["experiment=shapes_panoptic", "schedule=smoke", f"paths.output_dir={tmp_path}"]
+    with pytest.raises(ConfigError) as err:
+        _run_stages_in_app([*base, *overrides], lambda stage_cfg: trained.append(stage_cfg))
+    assert trained == []
+    msg = str(err.value)
+    assert "model.lr_schedule.budget_min=" in msg and f"({entry})" in msg
+    assert f"Fix: drop it for this run with {entry}=null" in msg
+
+
 def test_staged_metrics_json_records_each_stages_epochs_and_step(tmp_path: Path) -> None:
     """The run's metrics.json lists, per stage, the epochs and global step of that stage: from
     its own metrics.json, or, for the preset's detector stage (test=false: no metrics.json), from
@@ -108,15 +142,8 @@ def test_staged_metrics_json_records_each_stages_epochs_and_step(tmp_path: Path)
                            global_step=step)  # fmt: skip
         return {"AP": 0.1}
 
-    with initialize_config_dir(conf_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=shapes_panoptic",
-                      f"paths.output_dir={tmp_path / 'run'}"], return_hydra_config=True)  # fmt: skip
-        previous = HydraConfig.instance().cfg
-        HydraConfig.instance().set_config(cfg)  # run_stages composes as inside the Hydra app
-        try:
-            run_stages(cfg, train_one)
-        finally:
-            HydraConfig.instance().cfg = previous
+    _run_stages_in_app(["experiment=shapes_panoptic", f"paths.output_dir={tmp_path / 'run'}"],
+                       train_one)  # fmt: skip
     stages = json.loads((tmp_path / "run" / "metrics.json").read_text())["run"]["stages"]
     assert list(stages) == ["detector", "masks"]
     assert not (tmp_path / "run" / "stage1_detector" / "metrics.json").exists()

@@ -24,6 +24,7 @@ finished stages are not retrained, the interrupted one continues from its last.c
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +46,8 @@ from detr_lightning.stage_resume import (
 )
 from detr_lightning.utils.config_check import ConfigError
 
+log = logging.getLogger(__name__)
+
 
 def stage_overrides(cfg: DictConfig) -> list[tuple[str, list[str]]]:
     """``cfg.stages`` -> ``[(name, [override, ...]), ...]`` in order (null entries dropped)."""
@@ -56,6 +59,41 @@ def stage_overrides(cfg: DictConfig) -> list[tuple[str, list[str]]]:
         values = overrides.values() if isinstance(overrides, dict) else overrides or []
         out.append((str(name), [str(v) for v in values if v is not None]))
     return out
+
+
+def _entry(cfg: DictConfig, name: str, override: str) -> str:
+    """The config path of the stage entry that holds ``override``: ``stages.<name>.<label>``
+    (a mapping) or ``stages.<name>[i]`` (a list)."""
+    entries = cfg.stages[name]
+    if isinstance(entries, DictConfig):
+        label = next(k for k, v in entries.items() if v is not None and str(v) == override)
+        return f"stages.{name}.{label}"
+    return f"stages.{name}[{list(map(str, entries)).index(override)}]"
+
+
+def compose_stages(cfg: DictConfig, stages: list[tuple[str, list[str]]], base: list[str],
+                   config_name: str) -> dict[str, DictConfig]:  # fmt: skip
+    """Every stage's config, composed before the first trains, so that an override which does
+    not apply (``model.lr_schedule.budget_min`` under ``schedule=smoke``) stops the run at once,
+    naming its entry, and not after the stages before it have trained."""
+    from hydra import compose
+
+    composed = {}
+    for name, overrides in stages:
+        try:
+            composed[name] = compose(config_name, overrides=[*base, *overrides, "stages=null"])
+        except Exception as err:  # noqa: BLE001 - Hydra's composition errors have no common type
+            wrong = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in str(err)]
+            where = ", ".join(f"{o} ({_entry(cfg, name, o)})" for o in wrong) or " ".join(overrides)
+            drop = " ".join(f"{_entry(cfg, name, o)}=null" for o in wrong) or f"stages.{name}=..."
+            first = str(err).strip().splitlines()[0]
+            raise ConfigError(
+                f"stage '{name}': its override {where} does not apply to this config ({first}). "
+                f"Fix: drop it for this run with {drop}, or choose the config the preset expects "
+                "(a short staged run of shapes_panoptic: schedule=smoke "
+                "stages.detector.budget=null stages.masks.schedule=null)."
+            ) from None
+    return composed
 
 
 def best_checkpoint(stage_dir: Path) -> str | None:
@@ -79,11 +117,14 @@ def stage_info(stage_dir: Path, checkpoint: str | None, minutes: float | None) -
     progress = {key: run.get(key) for key in ("epochs", "global_step")}
     last = stage_dir / "checkpoints" / "last.ckpt"
     if progress["epochs"] is None and last.is_file():
-        from detr_lightning.checkpointing.validate import read_checkpoint
+        from detr_lightning.checkpointing.validate import CheckpointLoadError, read_checkpoint
 
-        saved = read_checkpoint(last)
-        # "epoch" is the index of the epoch whose end wrote the file: epochs run = index + 1
-        progress = {"epochs": int(saved["epoch"]) + 1, "global_step": int(saved["global_step"])}
+        try:
+            saved = read_checkpoint(last)
+            # "epoch" is the index of the epoch whose end wrote the file: epochs = index + 1
+            progress = {"epochs": int(saved["epoch"]) + 1, "global_step": int(saved["global_step"])}
+        except (CheckpointLoadError, KeyError, TypeError) as err:  # a record, not a reason to stop
+            log.warning("run.stages.%s: epochs and step unknown (%s)", stage_dir.name, err)
     return {"dir": str(stage_dir), "checkpoint": checkpoint, "minutes": minutes} | progress
 
 
@@ -97,7 +138,6 @@ def run_stages(
 ) -> dict[str, float]:
     """Train every stage of ``cfg.stages`` with ``train_one`` (the one-stage ``train``); returns
     the last stage's metrics. Must run inside the Hydra app (it composes with its overrides)."""
-    from hydra import compose
     from hydra.core.hydra_config import HydraConfig
 
     from detr_lightning.evaluation import write_metrics_json
@@ -113,19 +153,26 @@ def run_stages(
             raise ConfigError(str(err)) from None
         _say(f"=== resuming the staged run {run_dir} (this job's log: {cfg.paths.output_dir})")
     hydra_cfg = HydraConfig.get()
-    base = list(hydra_cfg.overrides.task)
+    to_train = [
+        (name, overrides)
+        for i, (name, overrides) in enumerate(stages)
+        if not (i < resume_at or (i == resume_at and stage_finished(run_dir / folders[i])))
+    ]
+    configs = compose_stages(
+        cfg, to_train, list(hydra_cfg.overrides.task), hydra_cfg.job.config_name
+    )
     metrics: dict[str, float] = {}
     info: dict[str, Any] = {}
     previous: str | None = None
     for i, (name, overrides) in enumerate(stages, start=1):
         stage_dir = run_dir / folders[i - 1]
-        if i - 1 < resume_at or (i - 1 == resume_at and stage_finished(stage_dir)):
+        if name not in configs:
             previous = best_checkpoint(stage_dir)
             metrics, minutes = finished_stage(stage_dir)
             info[name] = stage_info(stage_dir, previous, minutes)
             _say(f"=== stage {i}/{len(stages)}: {name} already finished; checkpoint {previous}")
             continue
-        stage_cfg = compose(hydra_cfg.job.config_name, overrides=[*base, *overrides, "stages=null"])
+        stage_cfg = configs[name]
         with open_dict(stage_cfg):
             stage_cfg.paths.output_dir = str(stage_dir)
             stage_cfg.run_name = f"{cfg.run_name}-{name}"
