@@ -7,6 +7,9 @@ LAUNCHER ?=
 RUNS    ?=
 OUT     ?=
 INPUT   ?=
+# Hydra's parser takes no override after a flag: -m / --multirun in ARGS go before the overrides.
+MULTIRUN  = $(filter -m --multirun,$(ARGS))
+OVERRIDES = $(filter-out -m --multirun,$(ARGS))
 
 .PHONY: install test test-slow lint format bench bench-convergence data train eval predict \
 	visualize export sweep report clean
@@ -36,30 +39,31 @@ data:
 	$(PY) -m detr_lightning.data.shapes --out data/shapes
 
 train:
-	$(PY) -m detr_lightning.train experiment=$(EXP) $(ARGS)
+	$(PY) -m detr_lightning.train $(MULTIRUN) experiment=$(EXP) $(OVERRIDES)
 
 eval:
-	$(PY) -m detr_lightning.eval experiment=$(EXP) ckpt_path=$(CKPT) $(ARGS)
+	$(PY) -m detr_lightning.eval $(MULTIRUN) experiment=$(EXP) ckpt_path=$(CKPT) $(OVERRIDES)
 
 # Predictions (predictions.json, images.json, drawn/*.png) on INPUT (an image or a folder; none:
 # the evaluation split). CKPT: a .ckpt; or ARGS="model.pretrained=detr-r50-e632da11.pth" EXP=r50.
 predict:
-	$(PY) -m detr_lightning.predict experiment=$(EXP) $(if $(CKPT),ckpt_path=$(CKPT)) \
-		$(if $(INPUT),input=$(INPUT)) $(if $(OUT),output_dir=$(OUT)) $(ARGS)
+	$(PY) -m detr_lightning.predict $(MULTIRUN) experiment=$(EXP) $(if $(CKPT),ckpt_path=$(CKPT)) \
+		$(if $(INPUT),input=$(INPUT)) $(if $(OUT),output_dir=$(OUT)) $(OVERRIDES)
 
 # The paper's attention pictures (encoder self-attention, decoder cross-attention) of INPUT.
 visualize:
 	@test -n "$(INPUT)" || { echo 'usage: make visualize CKPT=path.ckpt INPUT=image [EXP=..] [OUT=dir]'; exit 2; }
-	$(PY) -m detr_lightning.visualize experiment=$(EXP) $(if $(CKPT),ckpt_path=$(CKPT)) \
-		input=$(INPUT) $(if $(OUT),output_dir=$(OUT)) $(ARGS)
+	$(PY) -m detr_lightning.visualize $(MULTIRUN) experiment=$(EXP) $(if $(CKPT),ckpt_path=$(CKPT)) \
+		input=$(INPUT) $(if $(OUT),output_dir=$(OUT)) $(OVERRIDES)
 
 # ONNX model (verified against PyTorch with ONNX Runtime); OUT: the .onnx path.
 export:
-	$(PY) -m detr_lightning.export experiment=$(EXP) $(if $(CKPT),ckpt_path=$(CKPT)) format=onnx \
-		$(if $(OUT),output=$(OUT)) $(ARGS)
+	$(PY) -m detr_lightning.export $(MULTIRUN) experiment=$(EXP) $(if $(CKPT),ckpt_path=$(CKPT)) \
+		format=onnx $(if $(OUT),output=$(OUT)) $(OVERRIDES)
 
 sweep:
-	$(PY) -m detr_lightning.train -m experiment=$(EXP) $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(ARGS)
+	$(PY) -m detr_lightning.train -m experiment=$(EXP) $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) \
+		$(OVERRIDES)
 
 # Compare runs: report.md (AP table, overrides) + PNGs. RUNS: run dirs and/or sweep folders.
 report:

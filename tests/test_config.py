@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -233,6 +234,29 @@ def test_make_train_prints_the_composed_config() -> None:
         cwd=REPO, capture_output=True, text=True, check=True, timeout=120,
     ).stdout  # fmt: skip
     assert direct == out
+
+
+@pytest.mark.parametrize("target", ["train", "eval", "predict", "visualize", "export", "sweep"])
+def test_make_targets_put_multirun_before_the_overrides(target: str) -> None:
+    """Hydra's parser takes no override after a flag, so ``ARGS='data=shapes -m trainer=cpu'``
+    must reach it with -m first: each target's command line parses with Hydra's own parser."""
+    from hydra._internal.utils import get_args_parser
+
+    make = [
+        "make",
+        "-n",
+        "-s",
+        target,
+        "CKPT=c.ckpt",
+        "INPUT=i.png",
+        "ARGS=data=shapes -m trainer=cpu",
+    ]
+    printed = subprocess.run(make, cwd=REPO, capture_output=True, text=True, check=True,
+                             timeout=60).stdout.replace("\\\n", " ")  # fmt: skip
+    argv = shlex.split(printed)
+    args = get_args_parser().parse_args(argv[argv.index("-m") + 2 :])  # after "-m <module>"
+    assert args.multirun
+    assert {"data=shapes", "trainer=cpu", "experiment=shapes"} <= set(args.overrides)
 
 
 LEVER_STACKS = {  # a lever option needs the convergence model and what it pairs with
