@@ -80,6 +80,8 @@ def test_a_file_that_is_no_checkpoint_is_named(files, name: str, head: str, key:
     msg = str(err.value)
     assert msg.startswith(f"{key}={path}: not a PyTorch checkpoint (it starts with {head}")
     assert "unsafe" not in msg and "weights_only" not in msg and f"Fix: point {key} at " in msg
+    # one message: torch's own (its weights_only=False advice) is not chained above it
+    assert err.value.__cause__ is None and err.value.__suppress_context__
 
 
 def test_unsafe_checkpoint_is_refused_unexecuted(files) -> None:

@@ -123,13 +123,13 @@ def read_checkpoint(path: str | os.PathLike, key: str = "ckpt_path") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as err:
-        raise describe_load_error(path, key, err) from err
+        raise describe_load_error(path, key, err) from None  # the message carries the reason
     except Exception:  # noqa: BLE001 - mmap refuses legacy/non-zip files: retry to classify
         pass
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise describe_load_error(path, key, err) from err
+        raise describe_load_error(path, key, err) from None  # the message carries the reason
 
 
 def listing(items: list[str], limit: int = 8) -> str:
