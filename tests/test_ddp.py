@@ -17,6 +17,17 @@ from detr_lightning.data.shapes import generate_shapes_dataset
 from detr_lightning.evaluation.coco import METRIC_NAMES
 
 
+def test_a_local_sweep_of_ddp_jobs_stops_before_starting_processes(tmp_path) -> None:
+    """Under -m Lightning would start rank 1 by running the whole sweep again: the first job
+    stops with the fix before any process starts (no "MEMBER" line, no checkpoint)."""
+    root = generate_shapes_dataset(tmp_path / "shapes", train=4, val=2)
+    out = run_cli("train", ["-m", "trainer=ddp_cpu", "schedule=smoke", f"paths.shapes_dir={root}",
+                            *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}", "seed=1,2"],
+                  tmp_path, fails=True)  # fmt: skip
+    assert "a multirun (-m) job with 2 DDP processes" in out and "hydra/launcher=slurm" in out
+    assert "MEMBER" not in out and not list((tmp_path / "sweep").rglob("*.ckpt"))
+
+
 def test_ddp_cpu_training_and_evaluation_match_single_process(tmp_path) -> None:
     # 5 val images in batches of 2 on 2 ranks: rank 0 evaluates [0 1] [4], rank 1 [2 3] and a
     # repeat of [0 1] (data/eval_sampler.py). The smoke schedule's 2 test batches per rank are

@@ -166,6 +166,7 @@ def build_run(
         checkpoint_summary,
         read_checkpoint,
     )
+    from detr_lightning.utils.distributed import refuse_multirun_launch
 
     check_task(cfg)
     check_config(cfg, stage)
@@ -193,4 +194,6 @@ def build_run(
                 remove_abandoned_temp_files(os.path.dirname(os.path.abspath(ckpt)))
         log.info("ckpt_path=%s: %s", ckpt, checkpoint_summary(checkpoint))
         del checkpoint  # memory-mapped: nothing was read beyond the headers
-    return datamodule, model, build_trainer(cfg)
+    trainer = build_trainer(cfg)
+    refuse_multirun_launch(trainer)
+    return datamodule, model, trainer

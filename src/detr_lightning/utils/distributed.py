@@ -24,3 +24,31 @@ def reduce_tensor(x: Tensor, op: str, trainer: Any | None) -> Tensor:
     y = x.clone()
     dist.all_reduce(y, op=dist.ReduceOp.MIN if op == "min" else dist.ReduceOp.SUM)
     return y if op == "min" else y / dist.get_world_size()
+
+
+def refuse_multirun_launch(trainer: Any) -> None:
+    """Stop a Hydra multirun (``-m``) job that would start its own DDP processes: Lightning starts
+    each further rank by running the command line again, which under ``-m`` is the whole sweep,
+    so every rank would run every job. Jobs whose processes come from outside (the SLURM
+    launcher, torchrun) pass, as do one-process jobs."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    from detr_lightning.utils.config_check import ConfigError
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if (
+        isinstance(launcher, _SubprocessScriptLauncher)
+        and launcher.num_processes > 1
+        and not launcher.cluster_environment.creates_processes_externally
+    ):
+        raise ConfigError(
+            f"a multirun (-m) job with {launcher.num_processes} DDP processes on this machine: "
+            "Lightning starts each further process by running the command line again, here the "
+            "whole sweep. Fix: hydra/launcher=slurm (make sweep LAUNCHER=slurm: SLURM starts the "
+            "processes), or trainer.devices=1 (one process per job), or one command per job "
+            "without -m."
+        )
