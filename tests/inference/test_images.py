@@ -60,6 +60,22 @@ def test_unreadable_file_is_reported_by_name_and_the_batch_keeps_the_others(tmp_
     assert empty.samples == [] and empty.pixel_values is None and len(empty.failed) == 1
 
 
+@pytest.mark.parametrize(("images", "workers"), [(1, 0), (4, 0), (5, 1), (10, 2), (40, 8)])
+def test_the_loader_starts_no_more_workers_than_batches_after_the_first(
+    tmp_path, images: int, workers: int
+) -> None:
+    """Batches of 4 with num_workers=8: ceil(n / 4) - 1 workers, at most 8, and every image
+    comes back once, in order."""
+    for i in range(images):
+        _write(tmp_path / f"{i:02d}.png")
+    dataset = ImageListDataset(find_images(tmp_path), make_eval_transforms(32, 64))
+    loader = image_loader(dataset, batch_size=4, num_workers=8)
+    assert loader.num_workers == workers
+    if images <= 5:
+        names = [s.record.file_name for batch in loader for s in batch.samples]
+        assert names == [f"{i:02d}.png" for i in range(images)]
+
+
 def test_output_stems_keep_the_suffix_only_where_names_would_collide() -> None:
     names = ["a/x.jpg", "a/x.png", "a/y.jpg", "b/x.jpg", "Z.png", "z.JPG", "w.jpg", "w.jpg.png",
              "w.png"]  # fmt: skip

@@ -191,8 +191,13 @@ def collate_images(samples: Sequence[Sample], pad_to_multiple: int | None = None
 def image_loader(
     dataset: ImageListDataset, batch_size: int, num_workers: int = 0, **kwargs: Any
 ) -> torch.utils.data.DataLoader:
-    """In-order batches of :class:`ImageBatch` (predictions keep the input's order)."""
+    """In-order batches of :class:`ImageBatch` (predictions keep the input's order).
+
+    At most one worker per batch after the first (a worker helps by decoding the next batch while
+    the model runs on this one): one image is read in the main process, not by 8 new processes
+    each importing torch."""
+    batches = -(-len(dataset) // batch_size)
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        collate_fn=collate_images, **kwargs,
+        dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_images,
+        num_workers=max(0, min(num_workers, batches - 1)), **kwargs,
     )  # fmt: skip
