@@ -185,8 +185,9 @@ class WallBudget(L.Callback):
         # a validation
         steps_left, every = self._plan(trainer, scheduler, steps, train_s, validated=False)
         # The steps a mid-epoch save had done in its epoch (from the step count: Lightning
-        # restores the epoch's batch progress only after on_train_start); 0 at an epoch's end.
-        into = min(max(trainer.global_step - trainer.current_epoch * int(steps), 0), int(steps) - 1)
+        # restores the epoch's batch progress only after on_train_start); 0 after an epoch-end
+        # save, whose resume starts at the next epoch.
+        into = max(trainer.global_step - trainer.current_epoch * int(steps), 0)
         self._follow(trainer, scheduler, trainer.current_epoch, steps, steps_left, every, into)
 
     @staticmethod

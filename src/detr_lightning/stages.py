@@ -15,8 +15,9 @@ Each stage is composed anew from the run's own command-line overrides plus its o
 (checkpoints, logs, its ``metrics.json``), and hands its best checkpoint to the next stage as
 ``model.init_detector``. The last stage's metrics are also written to ``<run dir>/metrics.json``
 with, under ``run.stages``, each stage's directory, checkpoint, minutes, epochs and global step
-(the last two from the stage's own metrics.json, or its last.ckpt when it tests nothing). ``stages=null`` on the command line trains
-the composed config in one run (joint training for ``head=panoptic``).
+(the last two from the stage's own metrics.json, or its last.ckpt when it tests nothing).
+``stages=null`` on the command line trains the composed config in one run (joint training for
+``head=panoptic``).
 ``ckpt_path=last`` / ``auto`` resumes the newest staged run of the experiment in its own directory:
 finished stages are not retrained, the interrupted one continues from its last.ckpt
 (:mod:`detr_lightning.stage_resume`).

@@ -19,8 +19,7 @@ float32). Every step moves it with the image (flip, nearest-neighbour resize, cr
 NormalizeImage leaves it alone), and the pipeline returns it as bool. Before the clamp, :class:`BoxesFromMasks` drops the objects
 whose mask became empty (cropped away, or too thin to survive a downscale) and replaces every box
 with its mask's tight box, so a kept object always has a non-empty mask and a box of at least
-1 x 1 px. Without ``masks`` it does nothing, so detection is
-unchanged.
+1 x 1 px. Without ``masks`` it does nothing, so detection is unchanged.
 """
 
 from collections.abc import Sequence
