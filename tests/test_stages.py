@@ -18,7 +18,7 @@ from detr_lightning.data.shapes import generate_shapes_dataset
 from detr_lightning.detr.segmentation import DETRsegm
 from detr_lightning.evaluation import write_metrics_json
 from detr_lightning.evaluation.panoptic_evaluator import PQ_KEYS
-from detr_lightning.stages import run_stages, stage_overrides
+from detr_lightning.stages import _entry, run_stages, stage_overrides
 from detr_lightning.utils import conf_dir
 from detr_lightning.utils.config_check import ConfigError
 
@@ -79,6 +79,17 @@ def test_panoptic_presets_and_their_stages_compose_and_instantiate(name: str) ->
 def test_stage_overrides_accept_mappings_with_dropped_entries_and_lists() -> None:
     cfg = OmegaConf.create({"stages": {"a": {"x": "k=1", "y": None}, "b": ["m=2", "n=3"]}})
     assert stage_overrides(cfg) == [("a", ["k=1"]), ("b", ["m=2", "n=3"])]
+
+
+def test_a_stage_entry_is_named_as_an_override_that_drops_it(tmp_path: Path) -> None:
+    """The fix a composition error gives (``<entry>=null``) must itself be a Hydra override that
+    drops the entry: a mapping's label, a list's index (Hydra has no ``[i]`` syntax)."""
+    (tmp_path / "c.yaml").write_text("stages:\n  a: {x: k=1, y: m=2}\n  b: [m=2, n=3]\n")
+    with initialize_config_dir(str(tmp_path), version_base="1.3"):
+        cfg = compose("c")
+        assert _entry(cfg, "a", "m=2") == "stages.a.y" and _entry(cfg, "b", "n=3") == "stages.b.1"
+        for entry, left in (("stages.a.y", ("a", ["k=1"])), ("stages.b.1", ("b", ["m=2"]))):
+            assert left in stage_overrides(compose("c", overrides=[f"{entry}=null"]))
 
 
 def test_head_panoptic_joint_training_is_one_stage_away() -> None:

@@ -63,13 +63,13 @@ def stage_overrides(cfg: DictConfig) -> list[tuple[str, list[str]]]:
 
 
 def _entry(cfg: DictConfig, name: str, override: str) -> str:
-    """The config path of the stage entry that holds ``override``: ``stages.<name>.<label>``
-    (a mapping) or ``stages.<name>[i]`` (a list)."""
+    """The override path of the stage entry that holds ``override``: ``stages.<name>.<label>``
+    for a mapping, ``stages.<name>.<index>`` for a list (Hydra's syntax for an element)."""
     entries = cfg.stages[name]
     if isinstance(entries, DictConfig):
         label = next(k for k, v in entries.items() if v is not None and str(v) == override)
         return f"stages.{name}.{label}"
-    return f"stages.{name}[{list(map(str, entries)).index(override)}]"
+    return f"stages.{name}.{list(map(str, entries)).index(override)}"
 
 
 def compose_stages(cfg: DictConfig, stages: list[tuple[str, list[str]]], base: list[str],
