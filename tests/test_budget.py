@@ -268,8 +268,8 @@ def test_a_changed_budget_after_one_epoch_plans_from_its_time(tmp_path, monkeypa
     """A run capped at one epoch (3 steps, 3 s + 1 s of validation) resumed with a 30 s budget and
     resume_recipe=config: no mean yet, so the plan takes the 4 s spent per epoch done. Validation
     every ceil(1 x 0.9 / (0.1 x 4)) = 3 epochs; 30 - 4 - 1 = 25 s for epochs of 4 + 1/3 s: 5.77
-    epochs = 17 steps, so the first resumed step (3) runs at the cosine over 20 steps. Without the plan
-    the restored one (it ended at step 3) would stop the run at once."""
+    epochs = 17 steps, so the first resumed step (3) runs at the cosine over 20 steps. Without
+    the plan the restored one (it ended at step 3) would stop the run at once."""
     clock = _FakeClock(monkeypatch)
     trainer = quiet_trainer(tmp_path / "a", max_epochs=1, callbacks=[clock], limit_val_batches=2)
     trainer.fit(tiny_lit(lr_schedule=functools.partial(budget_schedule, budget_min=20 / 60)),
@@ -297,9 +297,9 @@ def test_a_changed_budget_resumed_mid_epoch_counts_the_epoch_it_ends_in(tmp_path
     """The mid-epoch save of ``_killed_at_step_5`` (step 4, one step into epoch 1, 5 s spent, no
     mean yet: 5 s / (4/3) epochs = 3.75 s per epoch) resumed with a 31 s budget and
     resume_recipe=config: validation every ceil(1 x 0.9 / (0.1 x 3.75)) = 3 epochs,
-    31 - 5 - 1 = 25 s for epochs of 3.75 + 1/3 s: 6.12 epochs = 18 steps. The last step, 4 + 18 = 22, lies in
-    epoch 7 (steps 21-23), so the plan runs 8 epochs from the first resumed batch on (counting
-    the resumed epoch as whole would give 1 + 18 / 3 = 7)."""
+    31 - 5 - 1 = 25 s for epochs of 3.75 + 1/3 s: 6.12 epochs = 18 steps. The last step,
+    4 + 18 = 22, lies in epoch 7 (steps 21-23), so the plan runs 8 epochs from the first resumed
+    batch on (counting the resumed epoch as whole would give 1 + 18 / 3 = 7)."""
     from detr_lightning.checkpointing.recipe_record import RecipeRecord
 
     last = _killed_at_step_5(tmp_path, monkeypatch)

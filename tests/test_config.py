@@ -242,15 +242,8 @@ def test_make_targets_put_multirun_before_the_overrides(target: str) -> None:
     must reach it with -m first: each target's command line parses with Hydra's own parser."""
     from hydra._internal.utils import get_args_parser
 
-    make = [
-        "make",
-        "-n",
-        "-s",
-        target,
-        "CKPT=c.ckpt",
-        "INPUT=i.png",
-        "ARGS=data=shapes -m trainer=cpu",
-    ]
+    make = ["make", "-n", "-s", target, "CKPT=c.ckpt", "INPUT=i.png",
+            "ARGS=data=shapes -m trainer=cpu"]  # fmt: skip
     printed = subprocess.run(make, cwd=REPO, capture_output=True, text=True, check=True,
                              timeout=60).stdout.replace("\\\n", " ")  # fmt: skip
     argv = shlex.split(printed)

@@ -18,7 +18,7 @@ from detr_lightning.data.shapes import generate_shapes_dataset
 from detr_lightning.detr.segmentation import DETRsegm
 from detr_lightning.evaluation import write_metrics_json
 from detr_lightning.evaluation.panoptic_evaluator import PQ_KEYS
-from detr_lightning.stages import _entry, run_stages, stage_overrides
+from detr_lightning.stages import run_stages, stage_entry, stage_overrides
 from detr_lightning.utils import conf_dir
 from detr_lightning.utils.config_check import ConfigError
 
@@ -87,7 +87,10 @@ def test_a_stage_entry_is_named_as_an_override_that_drops_it(tmp_path: Path) -> 
     (tmp_path / "c.yaml").write_text("stages:\n  a: {x: k=1, y: m=2}\n  b: [m=2, n=3]\n")
     with initialize_config_dir(str(tmp_path), version_base="1.3"):
         cfg = compose("c")
-        assert _entry(cfg, "a", "m=2") == "stages.a.y" and _entry(cfg, "b", "n=3") == "stages.b.1"
+        assert (
+            stage_entry(cfg, "a", "m=2") == "stages.a.y"
+            and stage_entry(cfg, "b", "n=3") == "stages.b.1"
+        )
         for entry, left in (("stages.a.y", ("a", ["k=1"])), ("stages.b.1", ("b", ["m=2"]))):
             assert left in stage_overrides(compose("c", overrides=[f"{entry}=null"]))
 

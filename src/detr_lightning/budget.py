@@ -131,7 +131,7 @@ class WallBudget(L.Callback):
         rank 0's under DDP."""
         val_s = self._last_val_s
         # Validate every n epochs so that validation stays under its share of the time:
-        # (val_s / n) / (train_s + val_s / n) <= share  <=>  n >= val_s (1 - share) / (share train_s)
+        # (val / n) / (train + val / n) <= share  <=>  n >= val (1 - share) / (share train)
         share = scheduler.max_val_share
         every = max(1, math.ceil(val_s * (1 - share) / max(share * train_s, 1e-9) - 1e-9))
         left_s = scheduler.budget_s - self.spent_s - val_s  # the final validation is certain

@@ -62,7 +62,7 @@ def stage_overrides(cfg: DictConfig) -> list[tuple[str, list[str]]]:
     return out
 
 
-def _entry(cfg: DictConfig, name: str, override: str) -> str:
+def stage_entry(cfg: DictConfig, name: str, override: str) -> str:
     """The override path of the stage entry that holds ``override``: ``stages.<name>.<label>``
     for a mapping, ``stages.<name>.<index>`` for a list (Hydra's syntax for an element)."""
     entries = cfg.stages[name]
@@ -85,11 +85,13 @@ def compose_stages(cfg: DictConfig, stages: list[tuple[str, list[str]]], base: l
             composed[name] = compose(config_name, overrides=[*base, *overrides, "stages=null"])
         except Exception as err:  # noqa: BLE001 - Hydra's composition errors have no common type
             wrong = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in str(err)]
-            where = ", ".join(f"{o} ({_entry(cfg, name, o)})" for o in wrong) or " ".join(overrides)
-            drop = " ".join(f"{_entry(cfg, name, o)}=null" for o in wrong) or f"stages.{name}=..."
+            entries = [stage_entry(cfg, name, o) for o in wrong]
+            where = ", ".join(f"{o} ({e})" for o, e in zip(wrong, entries, strict=True))
+            drop = " ".join(f"{e}=null" for e in entries) or f"stages.{name}=..."
             first = str(err).strip().splitlines()[0]
             raise ConfigError(
-                f"stage '{name}': its override {where} does not apply to this config ({first}). "
+                f"stage '{name}': its override {where or ' '.join(overrides)} does not apply to "
+                f"this config ({first}). "
                 f"Fix: drop it for this run with {drop}, or choose the config the preset expects "
                 "(a short staged run of shapes_panoptic: schedule=smoke "
                 "stages.detector.budget=null stages.masks.schedule=null)."
