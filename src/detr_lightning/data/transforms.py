@@ -31,6 +31,7 @@ from torchvision import tv_tensors
 from torchvision.ops import box_convert, masks_to_boxes
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
+from torchvision.tv_tensors import TVTensor
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -39,6 +40,21 @@ PAPER_MAX_SIZE = 1333
 PAPER_CROP_RESIZE_SCALES = (400, 500, 600)
 PAPER_CROP_SIZE = (384, 600)
 PER_BOX_KEYS = ("labels", "iscrowd", "area")
+
+
+def keep_objects(target: dict[str, Any], keep: Tensor) -> dict[str, Any]:
+    """``target`` with the objects where ``keep`` (bool [T]) is True, in every per-object entry
+    (``boxes``, ``masks`` and :data:`PER_BOX_KEYS`; tv_tensors stay tv_tensors). ``target`` itself
+    when every object is kept: indexing would copy every mask."""
+    if keep.all():
+        return target
+    out = dict(target)
+    for key in ("boxes", "masks", *PER_BOX_KEYS):
+        if key in target:
+            value = target[key]
+            kept = value[keep]
+            out[key] = tv_tensors.wrap(kept, like=value) if isinstance(value, TVTensor) else kept
+    return out
 
 
 class DropEmptyBoxes(v2.Transform):
@@ -50,17 +66,8 @@ class DropEmptyBoxes(v2.Transform):
     def forward(self, *inputs: Any) -> Any:
         sample = inputs if len(inputs) > 1 else inputs[0]
         image, target = sample
-        boxes = target["boxes"]
-        xyxy = F.convert_bounding_box_format(boxes, new_format="XYXY").as_subclass(Tensor)
-        keep = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
-        if keep.all():
-            return sample
-        fields = (*PER_BOX_KEYS, "masks")
-        out = {k: v[keep] if k in fields else v for k, v in target.items()}
-        out["boxes"] = tv_tensors.wrap(boxes[keep], like=boxes)
-        if "masks" in target:
-            out["masks"] = tv_tensors.wrap(out["masks"], like=target["masks"])
-        return image, out
+        xyxy = F.convert_bounding_box_format(target["boxes"], new_format="XYXY").as_subclass(Tensor)
+        return image, keep_objects(target, (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1]))
 
 
 class RandomSizeCrop(v2.Transform):
@@ -123,12 +130,8 @@ class BoxesFromMasks(v2.Transform):
                 f"with tv_tensors.Mask(masks) before the transforms."
             )
         keep = masks.flatten(1).any(1).to(torch.bool)  # any() of uint8 is uint8
-        if keep.all():  # the usual case; indexing would copy every mask
-            out, kept = dict(target), masks
-        else:
-            out = {k: v[keep] if k in PER_BOX_KEYS else v for k, v in target.items()}
-            kept = masks[keep]
-        out["masks"] = tv_tensors.wrap(kept.to(torch.bool), like=masks)
+        out = dict(keep_objects(target, keep))
+        out["masks"] = tv_tensors.wrap(out["masks"].to(torch.bool), like=masks)
         out["boxes"] = tv_tensors.BoundingBoxes(
             mask_boxes(out["masks"]), format="XYXY", canvas_size=tuple(masks.shape[-2:])
         )
