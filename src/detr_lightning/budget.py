@@ -162,8 +162,8 @@ class WallBudget(L.Callback):
         """Aim the epochs, the validations and the cosine at the planned last step, which lies
         ``steps_left`` steps (of ``steps`` per epoch) after ``epochs_done`` whole epochs and
         ``into_epoch`` steps of the next (a resume from a mid-epoch save)."""
-        trainer.fit_loop.max_epochs = epochs_done + max(
-            1 if into_epoch else 0, math.ceil((into_epoch + steps_left) / steps - 1e-6)
+        trainer.fit_loop.max_epochs = epochs_done + math.ceil(
+            (into_epoch + steps_left) / steps - 1e-6
         )
         trainer.check_val_every_n_epoch = self._every = every
         scheduler.factor.replan(trainer.global_step + steps_left)
