@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from hydra_jobs import compose_job
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue
 
@@ -36,19 +35,6 @@ OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml")
 PAPER = ["r50", "dc5_r50", "r101", "dc5_r101"]
 
 
-def compose_cfg(overrides: list[str], tmp: Path, name: str = "train") -> DictConfig:
-    """Compose like the entry points do, with run/data dirs in ``tmp``."""
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose(name, overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp / "run")
-        cfg.paths.root_dir = str(tmp)
-        cfg.hydra.job.num = 0  # what a (multi)run sets before the job starts
-        cfg.hydra.job.override_dirname = ",".join(overrides)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
-
-
 def resolved(cfg: DictConfig) -> dict:
     """The job config fully resolved (the hydra node holds run-time-only values)."""
     job = cfg.copy()
@@ -65,7 +51,7 @@ def test_conf_experiment_is_the_experiments_folder() -> None:
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_group_option_composes(group: str, option: str, tmp_path) -> None:
     extra = [f"data.{k}=/d/{k}" for k in ("train_images", "train_ann", "val_images", "val_ann")]
-    cfg = compose_cfg([f"{group}={option}", *(extra if option == "custom" else [])], tmp_path)
+    cfg = compose_job([f"{group}={option}", *(extra if option == "custom" else [])], tmp_path)
     assert cfg.hydra.runtime.choices[group] == option
     resolved(cfg)
     if group == "backbone" and option in ("compact", "narrow_r18"):
@@ -84,15 +70,15 @@ def test_every_group_option_composes(group: str, option: str, tmp_path) -> None:
 def test_cpu_group_objects_instantiate(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     for logger in ("csv", "wandb", "none"):
-        cfg = compose_cfg([f"logger={logger}"], tmp_path)
+        cfg = compose_job([f"logger={logger}"], tmp_path)
         made = instantiate_dict(cfg.logger)
         assert len(made) == (0 if logger == "none" else 1)
-    cfg = compose_cfg([], tmp_path)
+    cfg = compose_job([], tmp_path)
     names = [type(c).__name__ for c in instantiate_dict(cfg.callbacks)]
     assert names == ["BestAndLastCheckpoint", "RichProgressBar", "RichModelSummary",
                      "ValidationImageLogger", "AttentionMapLogger", "ElapsedTime"]  # fmt: skip
     for trainer in ("cpu", "ddp_cpu"):
-        cfg = compose_cfg([f"trainer={trainer}"], tmp_path)
+        cfg = compose_job([f"trainer={trainer}"], tmp_path)
         t = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
         # The default experiment (shapes) clips at 1.0 instead of the paper's 0.1.
         assert t.gradient_clip_val == 1.0 and t.num_devices == (2 if trainer == "ddp_cpu" else 1)
@@ -112,7 +98,7 @@ def test_every_experiment_composes_and_instantiates(name: str, tmp_path) -> None
     overrides = [f"experiment={name}"]
     if name == "shapes_finetune":
         overrides.append("model.pretrained=/some/detr-r50.pth")
-    cfg = compose_cfg(overrides, tmp_path)
+    cfg = compose_job(overrides, tmp_path)
     assert cfg.experiment_name == name and cfg.run_name.startswith(name)
     assert f"outputs/{name}/" in cfg.hydra.run.dir and f"multirun/{name}/" in cfg.hydra.sweep.dir
     resolved(cfg)
@@ -125,7 +111,7 @@ def test_every_experiment_composes_and_instantiates(name: str, tmp_path) -> None
 
 
 def test_shapes_plain_is_the_papers_detr_at_cpu_size(tmp_path) -> None:
-    cfg = compose_cfg(["experiment=shapes_plain"], tmp_path)
+    cfg = compose_job(["experiment=shapes_plain"], tmp_path)
     lit = _model_on_meta(cfg)
     # No lever at all: the paper's DETR class, the paper's losses, weights and schedule rules.
     assert type(lit.net).__name__ == "DETR"
@@ -144,7 +130,7 @@ def test_shapes_plain_is_the_papers_detr_at_cpu_size(tmp_path) -> None:
 
 @pytest.mark.parametrize("name", PAPER)
 def test_paper_presets_follow_the_paper(name: str, tmp_path) -> None:
-    cfg = compose_cfg([f"experiment={name}"], tmp_path)
+    cfg = compose_job([f"experiment={name}"], tmp_path)
     m = cfg.model
     assert (m.optimizer.lr, m.lr_backbone, m.optimizer.weight_decay) == (1e-4, 1e-5, 1e-4)
     assert (cfg.trainer.max_epochs, m.lr_schedule.drop_epochs, m.lr_schedule.gamma) == (
@@ -156,12 +142,12 @@ def test_paper_presets_follow_the_paper(name: str, tmp_path) -> None:
     assert m.criterion.eos_coef == 0.1 and m.net.backbone.pretrained
     assert dict(m.criterion.weight_dict) == {"loss_ce": 1, "loss_bbox": 5, "loss_giou": 2}
     assert m.net.backbone.dilation == name.startswith("dc5")
-    short = compose_cfg([f"experiment={name}_300ep"], tmp_path)
+    short = compose_job([f"experiment={name}_300ep"], tmp_path)
     assert (short.trainer.max_epochs, short.model.lr_schedule.drop_epochs) == (300, [200])
 
 
 def test_one_paper_preset_fully_instantiates_and_runs(tmp_path) -> None:
-    cfg = compose_cfg(["experiment=r50_300ep", "model.net.backbone.pretrained=false"], tmp_path)
+    cfg = compose_job(["experiment=r50_300ep", "model.net.backbone.pretrained=false"], tmp_path)
     with open_dict(cfg):
         cfg.model.num_classes = 91
     model = instantiate(cfg.model, _convert_="all").eval()
@@ -183,7 +169,7 @@ POSENC_ROWS = {  # paper Table 3: (kind, encoder, decoder, queries)
 
 def test_ablation_sweeps_cover_the_paper_rows(tmp_path) -> None:
     def params(name: str) -> dict:
-        cfg = compose_cfg([f"experiment={name}"], tmp_path)
+        cfg = compose_job([f"experiment={name}"], tmp_path)
         assert cfg.trainer.max_epochs == 300 and cfg.model.net.backbone.name == "resnet50"
         return {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
 
@@ -195,29 +181,29 @@ def test_ablation_sweeps_cover_the_paper_rows(tmp_path) -> None:
     assert params("ablation_loss") == {"losses": ["class_l1", "class_giou", "class_l1_giou"]}
     assert sorted(params("ablation_posenc")["posenc"]) == sorted(POSENC_ROWS)
     for row, (kind, enc, dec, query) in POSENC_ROWS.items():
-        net = compose_cfg(["experiment=ablation_posenc", f"posenc={row}"], tmp_path).model.net
+        net = compose_job(["experiment=ablation_posenc", f"posenc={row}"], tmp_path).model.net
         got = (
             net.position_encoding.kind,
             *(net.transformer[f"{k}_pos"] for k in ("encoder", "decoder", "query")),
         )  # noqa: E501
         assert got == (kind, enc, dec, query), row
     for row, zero in (("class_l1", "loss_giou"), ("class_giou", "loss_bbox")):
-        crit = compose_cfg([f"losses={row}"], tmp_path).model.criterion
+        crit = compose_job([f"losses={row}"], tmp_path).model.criterion
         assert crit.weight_dict[zero] == 0 and crit.weight_dict["loss_ce"] == 1
 
 
 def test_panoptic_head_needs_panoptic_data(tmp_path) -> None:
     # The head is implemented; on detection data (the default preset picks data=shapes) it stops
     # at once, naming the data configs to use.
-    cfg = compose_cfg(["head=panoptic"], tmp_path)
+    cfg = compose_job(["head=panoptic"], tmp_path)
     with pytest.raises(ValueError, match="head=panoptic needs panoptic data.*data=shapes_panoptic"):
         check_task(cfg)
-    check_task(compose_cfg(["head=panoptic", "data=shapes_panoptic"], tmp_path))
-    check_task(compose_cfg(["experiment=shapes_panoptic"], tmp_path))
+    check_task(compose_job(["head=panoptic", "data=shapes_panoptic"], tmp_path))
+    check_task(compose_job(["experiment=shapes_panoptic"], tmp_path))
 
 
 def test_custom_data_requires_its_paths(tmp_path) -> None:
-    cfg = compose_cfg(["data=custom"], tmp_path)
+    cfg = compose_job(["data=custom"], tmp_path)
     with pytest.raises(MissingMandatoryValue, match="train_images"):
         instantiate(cfg.data)
 
@@ -271,7 +257,7 @@ LEVER_STACKS = {  # a lever option needs the convergence model and what it pairs
 )
 def test_every_lever_option_builds_on_the_convergence_model(group, option, tmp_path) -> None:
     extra = LEVER_STACKS[f"{group}={option}"]
-    cfg = compose_cfg(["experiment=shapes_plain", "model=convergence", f"{group}={option}", *extra],
+    cfg = compose_job(["experiment=shapes_plain", "model=convergence", f"{group}={option}", *extra],
                       tmp_path)  # fmt: skip
     lit = _model_on_meta(cfg)
     assert type(lit.net).__name__ == "ConvergenceDETR"
@@ -283,23 +269,23 @@ def test_every_lever_option_builds_on_the_convergence_model(group, option, tmp_p
     ids=[f"{g}={o}" for g, o in LEVER_OPTIONS] + ["cls_loss=focal", "cls_loss=varifocal"],
 )
 def test_a_lever_on_the_papers_model_names_the_group_and_the_fix(group, option, tmp_path) -> None:
-    cfg = compose_cfg(["experiment=shapes_plain", f"{group}={option}"], tmp_path)
+    cfg = compose_job(["experiment=shapes_plain", f"{group}={option}"], tmp_path)
     with pytest.raises(ConfigError, match=rf"chosen here: {group}={option}.*model=convergence"):
         check_model_keys(cfg)
-    check_model_keys(compose_cfg(["experiment=shapes_plain", "model=convergence", f"{group}={option}",
+    check_model_keys(compose_job(["experiment=shapes_plain", "model=convergence", f"{group}={option}",
                                   *LEVER_STACKS.get(f"{group}={option}", [])], tmp_path))  # fmt: skip
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_no_preset_sets_a_key_its_target_rejects(name: str, tmp_path) -> None:
-    check_model_keys(compose_cfg([f"experiment={name}"], tmp_path))
+    check_model_keys(compose_job([f"experiment={name}"], tmp_path))
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_a_schedule_chosen_on_the_command_line_wins_over_every_preset(name: str, tmp_path) -> None:
     """A preset sets its epochs and lr schedule through the schedule group, so ``schedule=smoke``
     replaces them all (a preset's own trainer.max_epochs would silently win over it)."""
-    cfg = compose_cfg([f"experiment={name}", "schedule=smoke"], tmp_path)
+    cfg = compose_job([f"experiment={name}", "schedule=smoke"], tmp_path)
     smoke = OmegaConf.load(CONF / "schedule" / "smoke.yaml")
     assert {key: cfg.trainer[key] for key in smoke.trainer} == dict(smoke.trainer)
     assert OmegaConf.to_container(cfg.model.lr_schedule) == OmegaConf.to_container(
@@ -309,7 +295,7 @@ def test_a_schedule_chosen_on_the_command_line_wins_over_every_preset(name: str,
 
 
 def test_cls_loss_switches_head_matcher_criterion_and_postprocess_together(tmp_path) -> None:
-    cfg = compose_cfg(["experiment=shapes_plain", "model=convergence", "cls_loss=focal"], tmp_path)
+    cfg = compose_job(["experiment=shapes_plain", "model=convergence", "cls_loss=focal"], tmp_path)
     lit = _model_on_meta(cfg)
     parts = (lit.net, lit.criterion, lit.criterion.matcher, lit.postprocess)
     assert {type(part.scoring) for part in parts} == {FocalScoring}
@@ -317,33 +303,33 @@ def test_cls_loss_switches_head_matcher_criterion_and_postprocess_together(tmp_p
     focal_target = "detr_lightning.convergence.focal_scoring.FocalScoring"
     one_part = ["experiment=shapes_plain", f"+model.postprocess.scoring._target_={focal_target}"]
     with pytest.raises(Exception, match="model.postprocess.scoring=FocalScoring.*cls_loss=focal"):
-        _model_on_meta(compose_cfg(one_part, tmp_path))
+        _model_on_meta(compose_job(one_part, tmp_path))
 
 
 def test_the_shapes_preset_is_varifocal_and_focal_without_iou_targets(tmp_path) -> None:
-    lit = _model_on_meta(compose_cfg(["experiment=shapes"], tmp_path))
+    lit = _model_on_meta(compose_job(["experiment=shapes"], tmp_path))
     parts = (lit.net, lit.criterion, lit.criterion.matcher, lit.postprocess)
     assert {type(part.scoring) for part in parts} == {VarifocalScoring}
     assert lit.criterion.weight_dict["loss_ce"] == 2.0
-    focal = _model_on_meta(compose_cfg(["experiment=shapes", "cls_loss=focal"], tmp_path))
+    focal = _model_on_meta(compose_job(["experiment=shapes", "cls_loss=focal"], tmp_path))
     assert type(focal.criterion.scoring) is FocalScoring
 
 
 def test_the_shapes_preset_reads_with_deformable_attention_and_without_it_densely(
     tmp_path,
 ) -> None:
-    net = _model_on_meta(compose_cfg(["experiment=shapes"], tmp_path)).net
+    net = _model_on_meta(compose_job(["experiment=shapes"], tmp_path)).net
     kinds = {type(layer.multihead_attn).__name__ for layer in net.transformer.decoder.layers}
     assert kinds == {"BoxDeformableAttention"}
     assert not net.detach_memory
     attn = net.transformer.decoder.layers[0].multihead_attn
     assert (attn.levels, attn.points) == (("c4",), 4)  # cross_attention=multiscale
     assert net.backbone.stages[0] == "c4" and attn.level_proj[0].in_features == 32
-    single = _model_on_meta(compose_cfg(["experiment=shapes", "cross_attention=deformable"],
+    single = _model_on_meta(compose_job(["experiment=shapes", "cross_attention=deformable"],
                                         tmp_path)).net  # fmt: skip
     attn = single.transformer.decoder.layers[0].multihead_attn
     assert (attn.levels, attn.points, single.backbone.stages) == ((), 8, ("p8",))
-    net = _model_on_meta(compose_cfg(["experiment=shapes", "~cross_attention"], tmp_path)).net
+    net = _model_on_meta(compose_job(["experiment=shapes", "~cross_attention"], tmp_path)).net
     assert not net.deformable
     assert type(net.transformer.decoder.layers[0].multihead_attn).__name__ == "MultiheadAttention"
 
@@ -351,8 +337,8 @@ def test_the_shapes_preset_reads_with_deformable_attention_and_without_it_densel
 def test_the_panoptic_demo_wraps_the_shapes_detector_unchanged(tmp_path) -> None:
     # Only the head, the data and the stages differ: the detector, its loss and its training
     # data settings are the shapes preset's (docs/panoptic_demo.md: PQ 0.109 -> 0.351).
-    shapes = compose_cfg(["experiment=shapes"], tmp_path)
-    panoptic = compose_cfg(["experiment=shapes_panoptic"], tmp_path)
+    shapes = compose_job(["experiment=shapes"], tmp_path)
+    panoptic = compose_job(["experiment=shapes_panoptic"], tmp_path)
     assert panoptic.model.net == shapes.model.net
     for key in ("matcher", "scoring", "encoder_matcher"):
         assert panoptic.model.criterion[key] == shapes.model.criterion[key], key
@@ -372,20 +358,20 @@ def test_the_multiscale_lever_reads_a_resnets_stage_by_name_and_names_the_return
     tmp_path,
 ) -> None:
     resnet = ["experiment=shapes", "backbone=narrow_r18"]
-    net = _model_on_meta(compose_cfg([*resnet, "model.net.cross_attention.levels=[layer1]"],
+    net = _model_on_meta(compose_job([*resnet, "model.net.cross_attention.levels=[layer1]"],
                                      tmp_path)).net  # fmt: skip
     attn = net.transformer.decoder.layers[1].multihead_attn
     assert attn.levels == ("layer1",) and attn.level_proj[0].in_features == 32  # half of 64
     with pytest.raises(
         Exception, match=r"names \['c4'\].*returns \['layer1', 'layer2', 'layer3'\]"
     ):
-        _model_on_meta(compose_cfg(resnet, tmp_path))
+        _model_on_meta(compose_job(resnet, tmp_path))
 
 
 def test_the_deformable_lever_trains_its_sampling_offsets_at_a_tenth_of_the_lr(tmp_path) -> None:
     for overrides, expect in ((["experiment=shapes"], True),
                               (["experiment=shapes", "~cross_attention"], False)):  # fmt: skip
-        lit = _model_on_meta(compose_cfg(overrides, tmp_path))
+        lit = _model_on_meta(compose_job(overrides, tmp_path))
         optimizer = build_scaled_optimizer(lit.net, lit.criterion, lit.optimizer_factory,
                                            lit.hparams, trainer=None)  # fmt: skip
         groups = {g["name"]: g for g in optimizer.param_groups}
@@ -399,7 +385,7 @@ def test_the_deformable_lever_trains_its_sampling_offsets_at_a_tenth_of_the_lr(t
 def test_encoder_matcher_without_a_dense_head_is_explained(tmp_path) -> None:
     # encoder_matches / encoder_matcher used to be silently ignored without a dense head.
     matcher = "detr_lightning.convergence.center_matcher.CenterMatcher"
-    cfg = compose_cfg(["experiment=shapes", "queries=anchors",
+    cfg = compose_job(["experiment=shapes", "queries=anchors",
                        f"+model.criterion.encoder_matcher._target_={matcher}"], tmp_path)  # fmt: skip
     with pytest.raises(Exception, match="encoder_matcher"):
         _model_on_meta(cfg)
@@ -407,7 +393,7 @@ def test_encoder_matcher_without_a_dense_head_is_explained(tmp_path) -> None:
 
 def test_focal_criterion_rejects_an_eos_coef(tmp_path) -> None:
     # eos_coef used to be silently ignored under focal.
-    cfg = compose_cfg(["experiment=shapes", "+model.criterion.eos_coef=0.1"], tmp_path)
+    cfg = compose_job(["experiment=shapes", "+model.criterion.eos_coef=0.1"], tmp_path)
     with pytest.raises(Exception, match="eos_coef"):
         _model_on_meta(cfg)
 
@@ -425,7 +411,7 @@ def _bench_variants() -> dict[str, list[str]]:
 def test_every_convergence_bench_variant_builds(name: str, overrides: list[str], tmp_path) -> None:
     experiment = [o for o in overrides if o.startswith("experiment=")] or ["experiment=shapes"]
     rest = [o for o in overrides if not o.startswith("experiment=")]
-    cfg = compose_cfg([*experiment, *rest], tmp_path)
+    cfg = compose_job([*experiment, *rest], tmp_path)
     lit = _model_on_meta(cfg)
     assert lit.net.num_queries == cfg.model.net.num_queries
 
@@ -433,7 +419,7 @@ def test_every_convergence_bench_variant_builds(name: str, overrides: list[str],
 def test_tower_dilation_reaches_the_proposal_heads_convolutions(tmp_path) -> None:
     key = "model.net.queries.head.tower_dilation"
     for value, expected in (("3", [3, 3]), ("[1,3]", [1, 3])):
-        lit = _model_on_meta(compose_cfg(["experiment=shapes", f"{key}={value}"], tmp_path))
+        lit = _model_on_meta(compose_job(["experiment=shapes", f"{key}={value}"], tmp_path))
         convs = [m for m in lit.net.queries.head.tower if isinstance(m, torch.nn.Conv2d)]
         assert [c.dilation for c in convs] == [(d, d) for d in expected]
         assert [c.padding for c in convs] == [(d, d) for d in expected]
@@ -447,7 +433,7 @@ def test_shapes_preset_reads_no_spatial_encoding_and_refuses_a_posenc_row(tmp_pa
 
     # The deformable cross-attention samples the memory around each query's box without keys,
     # and the preset has no encoder layer: the spatial encoding is neither read nor computed.
-    cfg = compose_cfg(["experiment=shapes"], tmp_path)
+    cfg = compose_job(["experiment=shapes"], tmp_path)
     assert cfg.model.net.transformer.decoder_pos == "none"
     meta = SimpleNamespace(num_classes=5, label_to_category_id=list(range(5)))
     net = build_model(cfg, meta).net.eval()
@@ -458,11 +444,11 @@ def test_shapes_preset_reads_no_spatial_encoding_and_refuses_a_posenc_row(tmp_pa
         net(pixels, mask)
     assert calls == []
     one_layer = ["experiment=shapes", "model.net.transformer.num_encoder_layers=1"]
-    net = build_model(compose_cfg(one_layer, tmp_path), meta).net.eval()
+    net = build_model(compose_job(one_layer, tmp_path), meta).net.eval()
     net.position_encoding.register_forward_hook(lambda *args: calls.append(1))
     with torch.no_grad():
         net(pixels, mask)
     assert calls == [1]  # an encoder layer reads it
     # A Table 3 row would put it on keys nothing reads: refused, naming the keys.
     with pytest.raises(Exception, match=r"decoder_pos=attn .*would have no effect"):
-        build_model(compose_cfg(["experiment=shapes", "posenc=baseline"], tmp_path), meta)
+        build_model(compose_job(["experiment=shapes", "posenc=baseline"], tmp_path), meta)

@@ -10,8 +10,8 @@ import pytest
 import torch
 from cli import INFER_TINY, TINY, run_cli, run_dirs
 from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from hydra_jobs import compose_job
 from omegaconf import OmegaConf, open_dict
 
 from detr_lightning.data.shapes import generate_shapes_dataset
@@ -101,16 +101,11 @@ def test_head_panoptic_joint_training_is_one_stage_away() -> None:
 
 
 def _run_stages_in_app(overrides: list[str], train_one) -> None:
-    """``run_stages`` on the composed ``overrides``, with Hydra's config set as inside the app
-    (run_stages composes each stage with the command line's overrides)."""
-    with initialize_config_dir(conf_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-        previous = HydraConfig.instance().cfg
-        HydraConfig.instance().set_config(cfg)
-        try:
-            run_stages(cfg, train_one)
-        finally:
-            HydraConfig.instance().cfg = previous
+    """``run_stages`` inside the job of ``overrides`` (it composes each stage with the command
+    line's overrides, which it reads from Hydra's config)."""
+    cfg = compose_job(overrides)
+    with initialize_config_dir(conf_dir(), version_base="1.3"):  # Hydra's, as in the app
+        run_stages(cfg, train_one)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Helpers of the reliability tests: config composition, subprocess runs, probe callbacks.
+"""Helpers of the reliability tests: subprocess runs, probe callbacks.
 
 Importable by name in the CLI subprocesses too (``run`` puts this folder on PYTHONPATH), so the
 callbacks below can be added with ``+callbacks.NAME._target_=reliability_support.CLASS``.
@@ -18,29 +18,9 @@ import lightning as L
 import torch
 import warm_cli
 from cli import cli_env
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
-
-from detr_lightning.utils import conf_dir
 
 HERE = Path(__file__).resolve().parent
 SUPPORT = HERE.parent / "support"
-
-
-def compose_cfg(overrides: list[str], tmp: Path, name: str = "train") -> DictConfig:
-    """Compose like the entry points do, with the run directory in ``tmp/run`` and outputs/
-    relative to ``tmp`` (as if launched from there)."""
-    with initialize_config_dir(conf_dir(), version_base="1.3"):
-        cfg = compose(name, overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp / "run")
-        cfg.paths.root_dir = str(tmp)
-        cfg.hydra.job.num = 0
-        cfg.hydra.job.override_dirname = ",".join(overrides)
-        cfg.hydra.runtime.output_dir = str(tmp / "run")
-    HydraConfig.instance().set_config(cfg)
-    return cfg
 
 
 def run(

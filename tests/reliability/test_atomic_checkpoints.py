@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from reliability_support import compose_cfg
+from hydra_jobs import compose_job
 
 from detr_lightning.checkpointing.atomic_io import (
     AtomicCheckpointIO,
@@ -129,6 +129,6 @@ def test_failed_write_keeps_the_target_and_removes_the_temp_file(tmp_path) -> No
 def test_every_trainer_config_writes_atomically(tmp_path, trainer_cfg: str) -> None:
     from detr_lightning.utils.build import build_trainer
 
-    cfg = compose_cfg([f"trainer={trainer_cfg}", "logger=none"], tmp_path)
+    cfg = compose_job([f"trainer={trainer_cfg}", "logger=none"], tmp_path)
     trainer = build_trainer(cfg)
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra_jobs import compose_job
 from lit import loader, quiet_trainer, tiny_lit
 from release_files import official_state_dict
-from reliability_support import compose_cfg, run
+from reliability_support import run
 
 from detr_lightning.checkpointing.optimizer_groups import check_optimizer_groups
 from detr_lightning.checkpointing.pretrained import load_pretrained
@@ -188,7 +189,7 @@ def test_entry_points_name_the_checkpoint(files, tmp_path, shapes_root, stage: s
     """build_run is what train/eval/predict start with; "good" is the tiny model's checkpoint,
     which does not fit the shapes model."""
     config = "train" if stage == "fit" else ("eval" if stage == "test" else "predict")
-    cfg = compose_cfg([f"paths.shapes_dir={shapes_root}", f"ckpt_path={files[name]}"], tmp_path,
+    cfg = compose_job([f"paths.shapes_dir={shapes_root}", f"ckpt_path={files[name]}"], tmp_path,
                       name=config)  # fmt: skip
     with pytest.raises(CheckpointLoadError) as err:
         build_run(cfg, stage)
@@ -200,7 +201,7 @@ def test_predict_names_a_weights_only_ckpt_before_building(files, tmp_path, shap
     is unknown" for a file without them)."""
     from detr_lightning.inference.loading import load_detector
 
-    cfg = compose_cfg([f"paths.shapes_dir={shapes_root}", f"ckpt_path={files['weights_only']}"],
+    cfg = compose_job([f"paths.shapes_dir={shapes_root}", f"ckpt_path={files['weights_only']}"],
                       tmp_path, name="predict")  # fmt: skip
     with pytest.raises(CheckpointLoadError, match="lacks 'hyper_parameters'") as err:
         load_detector(cfg)

@@ -7,7 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-from reliability_support import compose_cfg, run
+from hydra_jobs import compose_job
+from reliability_support import run
 
 from detr_lightning.utils import conf_dir
 from detr_lightning.utils.config_check import ConfigError, check_config
@@ -36,7 +37,7 @@ from detr_lightning.utils.config_check import ConfigError, check_config
     ],
 )  # fmt: skip
 def test_bad_value_names_the_key_and_the_fix(tmp_path, override: str, key: str, fix: str) -> None:
-    cfg = compose_cfg([override], tmp_path)
+    cfg = compose_job([override], tmp_path)
     with pytest.raises(ConfigError) as err:
         check_config(cfg)
     assert key in str(err.value) and fix in str(err.value) and "Fix:" in str(err.value)
@@ -45,11 +46,11 @@ def test_bad_value_names_the_key_and_the_fix(tmp_path, override: str, key: str, 
 def test_valid_configs_pass(tmp_path) -> None:
     for overrides in ([], ["trainer.devices=auto"], ["trainer.devices=[0,1]"],
                       ["trainer.max_epochs=-1", "model.lr_backbone=0"]):  # fmt: skip
-        check_config(compose_cfg(overrides, tmp_path))
+        check_config(compose_job(overrides, tmp_path))
 
 
 def test_every_problem_is_listed_at_once(tmp_path) -> None:
-    cfg = compose_cfg(["data.batch_size=abc", "model.optimizer.lr=0", "ckpt_path=/nope.ckpt",
+    cfg = compose_job(["data.batch_size=abc", "model.optimizer.lr=0", "ckpt_path=/nope.ckpt",
                        "trainer.devices=0"], tmp_path)  # fmt: skip
     with pytest.raises(ConfigError, match=r"4 problems") as err:
         check_config(cfg)
@@ -60,18 +61,18 @@ def test_every_problem_is_listed_at_once(tmp_path) -> None:
 
 def test_resume_recipe_config_needs_a_resume(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"resume_recipe=config applies .* ckpt_path is not set"):
-        check_config(compose_cfg(["resume_recipe=config"], tmp_path))
-    check_config(compose_cfg(["resume_recipe=config", "ckpt_path=auto"], tmp_path))  # none yet
+        check_config(compose_job(["resume_recipe=config"], tmp_path))
+    check_config(compose_job(["resume_recipe=config", "ckpt_path=auto"], tmp_path))  # none yet
     (tmp_path / "resume.ckpt").write_bytes(b"x")
-    check_config(compose_cfg(["resume_recipe=config", f"ckpt_path={tmp_path}/resume.ckpt"],
+    check_config(compose_job(["resume_recipe=config", f"ckpt_path={tmp_path}/resume.ckpt"],
                              tmp_path))  # fmt: skip
 
 
 def test_missing_pretrained_file_is_named_unless_resuming(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"model.pretrained=/nope.pth: no such file"):
-        check_config(compose_cfg(["model.pretrained=/nope.pth"], tmp_path))
+        check_config(compose_job(["model.pretrained=/nope.pth"], tmp_path))
     (tmp_path / "resume.ckpt").write_bytes(b"x")  # resuming: the release file is not read
-    check_config(compose_cfg(["model.pretrained=/nope.pth", f"ckpt_path={tmp_path}/resume.ckpt"],
+    check_config(compose_job(["model.pretrained=/nope.pth", f"ckpt_path={tmp_path}/resume.ckpt"],
                              tmp_path))  # fmt: skip
 
 
@@ -80,14 +81,14 @@ def test_missing_data_paths_are_named_per_stage(tmp_path) -> None:
     (tmp_path / "val.json").write_text("{}")
     paths = [f"data.train_images={tmp_path}/nope", f"data.train_ann={tmp_path}/nope.json",
              f"data.val_images={tmp_path}/val", f"data.val_ann={tmp_path}/val.json"]  # fmt: skip
-    cfg = compose_cfg(["data=custom", *paths], tmp_path)
+    cfg = compose_job(["data=custom", *paths], tmp_path)
     with pytest.raises(ConfigError) as err:
         check_config(cfg, "fit")
     msg = str(err.value)
     assert "2 problems" in msg and "data.train_images=" in msg and "no such image folder" in msg
     assert "data.train_ann=" in msg and "no such annotation file" in msg
     # Evaluation reads only the test split (= val here): the missing train data does not matter.
-    cfg = compose_cfg(["data=custom", *paths, "ckpt_path=null", "model.pretrained=null"],
+    cfg = compose_job(["data=custom", *paths, "ckpt_path=null", "model.pretrained=null"],
                       tmp_path, name="eval")  # fmt: skip
     with pytest.raises(ConfigError) as err:
         check_config(cfg, "test")
@@ -96,7 +97,7 @@ def test_missing_data_paths_are_named_per_stage(tmp_path) -> None:
 
 def test_unset_mandatory_path_is_named(tmp_path) -> None:
     with pytest.raises(ConfigError) as err:
-        check_config(compose_cfg(["data=custom"], tmp_path))
+        check_config(compose_job(["data=custom"], tmp_path))
     msg = str(err.value)
     assert "4 problems" in msg  # train/val images and annotations; test_* refer to val_*
     assert "data.train_images is not set (???). Fix: give data.train_images=<value>" in msg
@@ -155,7 +156,7 @@ def test_cli_bad_batch_size_fails_before_importing_torch(tmp_path) -> None:
 def test_bad_model_data_and_entry_point_values_are_named(
     tmp_path, config: str, overrides: list[str], key: str, fix: str
 ) -> None:
-    cfg = compose_cfg(overrides, tmp_path, name=config)
+    cfg = compose_job(overrides, tmp_path, name=config)
     with pytest.raises(ConfigError) as err:
         check_config(cfg)
     msg = str(err.value)
@@ -174,7 +175,7 @@ def test_the_presets_and_entry_points_pass_as_they_are(tmp_path, config: str,
                                                        experiment: str) -> None:  # fmt: skip
     (tmp_path / "w.ckpt").write_bytes(b"x")
     extra = ["input=x.png"] if config == "visualize" else []
-    cfg = compose_cfg([f"experiment={experiment}", f"ckpt_path={tmp_path}/w.ckpt", *extra],
+    cfg = compose_job([f"experiment={experiment}", f"ckpt_path={tmp_path}/w.ckpt", *extra],
                       tmp_path, name=config)  # fmt: skip
     try:
         check_config(cfg, "predict" if config != "train" else "fit")
@@ -190,8 +191,8 @@ def test_valid_entry_point_values_pass(tmp_path) -> None:
     ckpt = f"ckpt_path={tmp_path}/w.ckpt"
     for overrides in (["device=cpu", "draw.top_k=null", "draw.score_threshold=0", "batch_size=1"],
                       ["device=cuda:1", "draw.score_threshold=1", "data.keep_empty=false"]):  # fmt: skip
-        check_config(compose_cfg([ckpt, *overrides], tmp_path, name="predict"), "predict")
-    check_config(compose_cfg([ckpt, "example_size=[64,96]"], tmp_path, name="export"), "predict")
+        check_config(compose_job([ckpt, *overrides], tmp_path, name="predict"), "predict")
+    check_config(compose_job([ckpt, "example_size=[64,96]"], tmp_path, name="export"), "predict")
 
 
 def test_cli_predict_bad_draw_threshold_fails_before_loading_anything(tmp_path) -> None:
@@ -209,7 +210,7 @@ def test_cli_predict_bad_draw_threshold_fails_before_loading_anything(tmp_path) 
 
 
 def test_a_presets_required_key_must_be_given_to_a_fresh_training_run(tmp_path) -> None:
-    cfg = compose_cfg(["experiment=shapes_finetune"], tmp_path)
+    cfg = compose_job(["experiment=shapes_finetune"], tmp_path)
     with pytest.raises(
         ConfigError,
         match=r"model\.pretrained is not set; experiment "
@@ -218,14 +219,14 @@ def test_a_presets_required_key_must_be_given_to_a_fresh_training_run(tmp_path) 
         check_config(cfg)
     for stage in ("test", "predict"):  # they read a checkpoint instead: not required there
         with pytest.raises(ConfigError) as err:
-            check_config(compose_cfg(["experiment=shapes_finetune"], tmp_path), stage)
+            check_config(compose_job(["experiment=shapes_finetune"], tmp_path), stage)
         assert "needs it" not in str(err.value) and "nothing to evaluate" in str(err.value)
 
 
 def test_generated_data_paths_outside_its_root_must_exist(tmp_path) -> None:
     # Below data.generate_shapes.root the files are written on first use: not checked.
-    check_config(compose_cfg([f"paths.shapes_dir={tmp_path / 'not_yet'}"], tmp_path))
-    cfg = compose_cfg([f"paths.shapes_dir={tmp_path / 'not_yet'}", "data.val_ann=/nope.json"],
+    check_config(compose_job([f"paths.shapes_dir={tmp_path / 'not_yet'}"], tmp_path))
+    cfg = compose_job([f"paths.shapes_dir={tmp_path / 'not_yet'}", "data.val_ann=/nope.json"],
                       tmp_path)  # fmt: skip
     with pytest.raises(ConfigError, match=r"data\.val_ann=/nope\.json: no such annotation file"):
         check_config(cfg)

@@ -9,9 +9,10 @@ import pytest
 import torch
 from cli import TINY
 from hydra.errors import InstantiationException
+from hydra_jobs import compose_job
 from omegaconf import OmegaConf
 from release_files import official_state_dict
-from reliability_support import WeightSpy, compose_cfg
+from reliability_support import WeightSpy
 
 import detr_lightning.checkpoint as public_api
 from detr_lightning.train import train
@@ -19,7 +20,7 @@ from detr_lightning.utils.build import build_datamodule, build_model
 
 
 def test_tested_weights_are_the_trained_ones(tmp_path, shapes_root, monkeypatch) -> None:
-    cfg = compose_cfg(["experiment=shapes_plain", "schedule=smoke", f"paths.shapes_dir={shapes_root}",
+    cfg = compose_job(["experiment=shapes_plain", "schedule=smoke", f"paths.shapes_dir={shapes_root}",
                        *TINY, "trainer.limit_train_batches=2",
                        "model.optimizer.lr=1e-3", "model.lr_backbone=1e-3", "logger=none",
                        # No checkpoint callback: train.py tests the in-memory weights, the case
@@ -57,7 +58,7 @@ def test_a_checkpoint_or_a_release_stands_in_for_the_imagenet_weights(
     # `make eval CKPT=...` on an R50 preset, on a machine with no ImageNet file in the torch
     # cache: the checkpoint holds the trained backbone, so the file is not needed.
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_cache"))
-    cfg = compose_cfg(["experiment=shapes_plain", "backbone=r18", "model.net.backbone.pretrained=true",
+    cfg = compose_job(["experiment=shapes_plain", "backbone=r18", "model.net.backbone.pretrained=true",
                        f"paths.shapes_dir={shapes_root}", *TINY], tmp_path, name="eval")  # fmt: skip
     datamodule = build_datamodule(cfg)
     with pytest.raises(InstantiationException, match="ImageNet weights for backbone 'resnet18'"):

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-from reliability_support import compose_cfg
+from hydra.types import RunMode
+from hydra_jobs import compose_job
 
 from detr_lightning.checkpointing.locate import NoCheckpointFound, resolve_ckpt_path
 from detr_lightning.utils.config_check import check_config
@@ -50,45 +51,29 @@ def test_none_found_last_fails_auto_starts_fresh(tmp_path) -> None:
 def test_entry_point_configs_resolve_last(tmp_path, config: str, stage: str) -> None:
     newest = _last(tmp_path, "shapes", "2026-01-01_00-00-00", 5_000)
     _last(tmp_path, "shapes", "2026-01-02_00-00-00", 4_000)
-    cfg = compose_cfg(["ckpt_path=last"], tmp_path, name=config)
+    cfg = compose_job(["ckpt_path=last"], tmp_path, name=config)
     check_config(cfg, stage)
     assert cfg.ckpt_path == str(newest)
 
 
 def test_auto_without_checkpoint_trains_from_scratch(tmp_path) -> None:
-    cfg = compose_cfg(["ckpt_path=auto"], tmp_path)
+    cfg = compose_job(["ckpt_path=auto"], tmp_path)
     check_config(cfg, "fit")
     assert cfg.ckpt_path is None
 
 
 def _sweep_job_cfg(tmp_path: Path, value: str, name: str = "train"):
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-    from omegaconf import read_write
-
-    cfg = compose_cfg([f"ckpt_path={value}"], tmp_path, name=name)
-    with read_write(cfg.hydra):
-        cfg.hydra.mode = RunMode.MULTIRUN
-    HydraConfig.instance().set_config(cfg)
-    return cfg
+    return compose_job([f"ckpt_path={value}"], tmp_path, name, {"mode": RunMode.MULTIRUN})
 
 
-@pytest.fixture()
-def no_hydra_job_after():
-    from hydra.core.hydra_config import HydraConfig
-
-    yield
-    HydraConfig.instance().cfg = None  # later tests must not run "inside" this sweep job
-
-
-def test_a_sweep_job_resumes_its_own_folder_only(tmp_path, no_hydra_job_after) -> None:
+def test_a_sweep_job_resumes_its_own_folder_only(tmp_path) -> None:
     other = _last(tmp_path, "shapes", "2026-01-01_00-00-00", 9_000)  # another job's, newest
     cfg = _sweep_job_cfg(tmp_path, "auto")
     check_config(cfg, "fit")
     assert cfg.ckpt_path is None  # not the other configuration's run
     with pytest.raises(NoCheckpointFound, match="sweep job's folder"):
         check_config(_sweep_job_cfg(tmp_path, "last"), "fit")
-    own = tmp_path / "run" / "checkpoints" / "last.ckpt"  # compose_cfg's job folder
+    own = tmp_path / "run" / "checkpoints" / "last.ckpt"  # compose_job's run folder
     own.parent.mkdir(parents=True)
     own.write_bytes(b"ckpt")
     for value in ("auto", "last"):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from hydra import initialize_config_dir
-from reliability_support import compose_cfg
+from hydra_jobs import compose_job
 
 from detr_lightning.checkpointing.locate import NoCheckpointFound
 from detr_lightning.stages import run_stages
@@ -55,7 +55,7 @@ class FakeStages:
 
 
 def _train(tmp: Path, run: str, ckpt_path: str, fake: FakeStages, *overrides: str):
-    cfg = compose_cfg([f"experiment={EXP}", f"ckpt_path={ckpt_path}", *overrides], tmp)
+    cfg = compose_job([f"experiment={EXP}", f"ckpt_path={ckpt_path}", *overrides], tmp)
     cfg.paths.output_dir = str(tmp / "outputs" / EXP / run)
     check_config(cfg, "fit")  # resolves ckpt_path=last|auto, as train() does
     with initialize_config_dir(conf_dir(), version_base="1.3"):
@@ -129,14 +129,14 @@ def test_inference_last_is_the_final_stage_newest_last_ckpt(tmp_path, config: st
     newest = _ckpt(root / "b" / "stage2_masks" / "checkpoints" / "last.ckpt", 2_000)
     _ckpt(root / "c" / "stage1_detector" / "checkpoints" / "last.ckpt", 3_000)  # no masks
     extra = ["input=x.png"] if config in ("predict", "visualize") else []
-    cfg = compose_cfg([f"experiment={EXP}", "ckpt_path=last", *extra], tmp_path, config)
+    cfg = compose_job([f"experiment={EXP}", "ckpt_path=last", *extra], tmp_path, config)
     check_config(cfg, "test")
     assert cfg.ckpt_path == str(newest)
 
 
 def test_inference_last_without_a_final_stage_names_what_it_searched(tmp_path) -> None:
     _ckpt(tmp_path / "outputs" / EXP / "c" / "stage1_detector" / "checkpoints" / "last.ckpt")
-    cfg = compose_cfg([f"experiment={EXP}", "ckpt_path=last"], tmp_path, "predict")
+    cfg = compose_job([f"experiment={EXP}", "ckpt_path=last"], tmp_path, "predict")
     with pytest.raises(NoCheckpointFound, match=r"stage2_masks.*ckpt_path=auto") as err:
         check_config(cfg, "predict")
     assert str(tmp_path / "outputs" / EXP / "*" / "stage2_masks" / "checkpoints") in str(err.value)

@@ -12,12 +12,9 @@ from typing import Any
 import pytest
 import warm_cli
 from cli import TINY, cli_env
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import open_dict
+from hydra_jobs import compose_job
 
-from detr_lightning.utils import conf_dir
 from detr_lightning.utils.loggers import finish_wandb, override_tags, wandb_logger
 
 SWEPT = "model.net.transformer.num_decoder_layers"
@@ -70,16 +67,9 @@ def offline_run(run_dir: Path) -> dict[str, Any]:
 def hydra_multirun(tmp_path) -> Iterator[list[str]]:
     """HydraConfig of job 1 of a sweep launched at multirun/shapes/2026-01-01_00-00-00."""
     overrides = ["experiment=shapes", f"{SWEPT}=2", f"paths.shapes_dir={tmp_path}", "seed=7"]
-    with initialize_config_dir(conf_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.mode = RunMode.MULTIRUN
-        cfg.hydra.sweep.dir = "multirun/shapes/2026-01-01_00-00-00"
-        cfg.hydra.job.num = 1
-    before = HydraConfig.instance().cfg
-    HydraConfig.instance().set_config(cfg)
+    sweep = {"mode": RunMode.MULTIRUN, "sweep.dir": "multirun/shapes/2026-01-01_00-00-00"}
+    compose_job(overrides, hydra={**sweep, "job.num": 1})
     yield overrides
-    HydraConfig.instance().cfg = before
     finish_wandb()
 
 
