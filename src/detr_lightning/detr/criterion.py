@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from detr_lightning.detr.class_scoring import SoftmaxScoring, scoring_or_default
+from detr_lightning.detr.extra_terms import call_extra_term, check_extra_terms
 from detr_lightning.detr.loss_terms import box_losses, cardinality_error, class_error
 from detr_lightning.detr.mask_losses import mask_losses
 from detr_lightning.detr.matched_pairs import MatchedPairs
@@ -85,6 +86,9 @@ class SetCriterion(nn.Module):
                 f"SetCriterion: unknown losses {sorted(unknown)}; choose from {list(self.LOSS_KEYS)}."
             )
         self.weight_dict = dict(DEFAULT_WEIGHTS if weight_dict is None else weight_dict)
+        built_in = {k for keys in self.LOSS_KEYS.values() for k in keys}
+        built_in |= {"class_error", "cardinality_error"}
+        check_extra_terms(self.extra_terms, built_in, {base_loss_name(k) for k in self.weight_dict})
         produced = {k for name in losses for k in self.LOSS_KEYS[name]}
         produced |= {k for term in self.extra_terms.values() for k in term.keys}
         missing = {k for k in self.weight_dict if base_loss_name(k) not in produced}
@@ -252,8 +256,8 @@ class SetCriterion(nn.Module):
             tgt = torch.cat([t["boxes"] for t in targets])[pairs.target]
             matched_boxes = (src, tgt)
             per_set.update(box_losses(src, tgt, pairs.sizes, num_boxes))
-        for term in self.extra_terms.values():
-            per_set.update(term(layers, targets, pairs, num_boxes))
+        for name, term in self.extra_terms.items():
+            per_set.update(call_extra_term(name, term, layers, targets, pairs, num_boxes))
         if "labels" in self.losses:
             labels = torch.cat([t["labels"] for t in targets])[pairs.target]
             per_set["loss_ce"] = self.scoring.loss(
