@@ -215,3 +215,43 @@ def test_cli_names_a_truncated_checkpoint(files, tmp_path, shapes_root) -> None:
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert f"ckpt_path={files['truncated']}: the file is truncated or corrupt" in out
+
+
+TINY_R50 = ["experiment=r50", "data=shapes", "trainer=cpu", "backbone=r18",
+            "model.net.num_queries=5", "model.net.transformer.d_model=32",
+            "model.net.transformer.nhead=4", "model.net.transformer.dim_feedforward=64",
+            "model.net.transformer.num_encoder_layers=1",
+            "model.net.transformer.num_decoder_layers=1"]  # fmt: skip
+
+
+@pytest.mark.parametrize(("stage", "config"), [("test", "eval"), ("predict", "predict")])
+def test_a_release_of_other_classes_is_refused_outside_training(
+    tmp_path, shapes_root, stage: str, config: str
+) -> None:
+    """A release's class head re-initialised for the data's 5 classes would be random: eval and
+    predict on the data refuse it; training fine-tunes from it (the head re-initialised)."""
+    from types import SimpleNamespace
+
+    from detr_lightning.utils.build import build_model
+
+    overrides = [*TINY_R50, f"paths.shapes_dir={shapes_root}"]
+    coco = build_model(compose_job(overrides, tmp_path), SimpleNamespace(num_classes=91))
+    release = tmp_path / "detr-tiny.pth"
+    torch.save({"model": official_state_dict(coco.net)}, release)
+    overrides.append(f"model.pretrained={release}")
+    with pytest.raises(CheckpointLoadError) as err:
+        build_run(compose_job(overrides, tmp_path, name=config), stage)
+    msg = str(err.value)
+    assert msg.startswith(f"model.pretrained={release}: the release has 91 classes and the data 5")
+    assert "Fix: fine-tune first" in msg and "data.coco_id_space=true" in msg
+    if stage == "predict":  # predict's own loader, on the evaluation split's label map
+        from detr_lightning.inference.loading import load_detector
+        from detr_lightning.utils.build import build_datamodule
+
+        cfg = compose_job(overrides, tmp_path, name=config)
+        with pytest.raises(CheckpointLoadError, match="the release has 91 classes and the data 5"):
+            load_detector(cfg, build_datamodule(cfg))
+        return
+    _, model, _ = build_run(compose_job(overrides, tmp_path), "fit")
+    assert model.net.class_embed.weight.shape[0] == 6
+    assert torch.equal(model.net.query_embed.weight, coco.net.query_embed.weight)

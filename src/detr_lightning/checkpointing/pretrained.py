@@ -25,9 +25,12 @@ def _strip_path(message: str, path: str) -> str:
     return message[len(path) + 2 :] if message.startswith(f"{path}: ") else message
 
 
-def load_pretrained(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
+def load_pretrained(
+    model: nn.Module, path: str | os.PathLike, new_class_head: bool = True
+) -> dict[str, Any]:
     """Load the official release ``path`` into ``model.net`` (or ``model`` itself when it has no
-    ``net``); the class head is re-initialised when the class counts differ.
+    ``net``); the class head is re-initialised when the class counts differ (fine-tuning), or,
+    with ``new_class_head=False`` (evaluation, inference), that is refused.
 
     Returns ``load_pretrained_into``'s report. Raises CheckpointLoadError naming
     ``model.pretrained=<path>``, the reason and the fix for a missing, truncated, corrupt or
@@ -51,6 +54,16 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]
         raise CheckpointLoadError(f"{KEY}={path}: no such file. Fix: check the path.") from err
     except ValueError as err:
         raise CheckpointLoadError(f"{KEY}={path}: {_strip_path(str(err), path)}") from err
+    if report["reinitialized"] and not new_class_head:
+        n_file, n_data = report["checkpoint_num_classes"], report["model_num_classes"]
+        raise CheckpointLoadError(
+            f"{KEY}={path}: the release has {n_file} classes and the data {n_data}; its class "
+            "head would be re-initialised (random) and scored. A new class head is trained by "
+            "fine-tuning only. Fix: fine-tune first (train with model.pretrained=PATH) and give "
+            "the run's checkpoint as ckpt_path=; or keep the release's classes: "
+            "data.coco_id_space=true when the data's category ids are COCO's, or, for predict, "
+            "input=<image or folder> without data overrides."
+        )
     log.info(
         "initialised the model from %s (%d tensors; re-initialised: %s)",
         path,

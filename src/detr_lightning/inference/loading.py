@@ -160,7 +160,7 @@ def load_detector(
         num_classes, ids, names = official_meta(str(pretrained))
         source = str(pretrained)
     meta = SimpleNamespace(num_classes=num_classes, label_to_category_id=ids)
-    model = build_model(cfg, meta)  # loads model.pretrained when there is no ckpt_path
+    model = build_model(cfg, meta, training=False)  # loads model.pretrained without ckpt_path
     if checkpoint is not None:
         check_lightning_checkpoint(checkpoint, model, str(ckpt))
         model.load_state_dict(checkpoint["state_dict"])

@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from detr_lightning.evaluation import format_ap_table, write_metrics_json
-from detr_lightning.utils.config_check import check_config, raise_config_errors
+from detr_lightning.utils.config_check import ConfigError, check_config, raise_config_errors
 from detr_lightning.utils.target_keys import target_key_errors
 
 log = logging.getLogger(__name__)
@@ -60,10 +60,21 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     return datamodule
 
 
-def build_model(cfg: DictConfig, datamodule: Any) -> L.LightningModule:
-    """Instantiate ``cfg.model`` with num_classes and the label map taken from the data."""
+def build_model(cfg: DictConfig, datamodule: Any, training: bool = True) -> L.LightningModule:
+    """Instantiate ``cfg.model`` with num_classes and the label map taken from the data (or,
+    for inference, a checkpoint's record of them). ``training=False`` (evaluation, inference):
+    a ``model.pretrained`` release whose class count differs is refused, as its re-initialised
+    class head would be scored."""
     num_classes = getattr(datamodule, "num_classes", None)
     mapping = getattr(datamodule, "label_to_category_id", None)
+    given = cfg.model.get("num_classes")
+    if num_classes is not None and given is not None and int(given) != int(num_classes):
+        raise ConfigError(
+            f"model.num_classes={given} is set, but the class count comes from the data (or "
+            f"the checkpoint): {num_classes} classes here. Fix: drop model.num_classes; to "
+            "keep COCO's 91 id slots for data with COCO's category ids, set "
+            "data.coco_id_space=true."
+        )
     with open_dict(cfg):
         holder = "ckpt_path" if cfg.get("ckpt_path") else "model.pretrained"
         if OmegaConf.select(cfg, holder) and cfg.model.net.backbone.get("pretrained"):
@@ -87,7 +98,7 @@ def build_model(cfg: DictConfig, datamodule: Any) -> L.LightningModule:
         # When resuming (ckpt_path), the checkpoint's weights replace these anyway.
         from detr_lightning.checkpointing.pretrained import load_pretrained
 
-        load_pretrained(model, cfg.model.pretrained)
+        load_pretrained(model, cfg.model.pretrained, new_class_head=training)
     if cfg.model.get("init_detector") and not cfg.get("ckpt_path"):
         # The panoptic recipe's stage 2: the detector of a previous stage's checkpoint.
         from detr_lightning.checkpointing.init_detector import load_detector
@@ -178,7 +189,7 @@ def build_run(
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
-    model = build_model(cfg, datamodule)
+    model = build_model(cfg, datamodule, training=stage == "fit")
     if checkpoint is not None:
         check_lightning_checkpoint(checkpoint, model, ckpt)
         if stage == "fit":

@@ -1,0 +1,26 @@
+"""build_model: the class count comes from the data; an explicit one that differs is refused
+(it used to be overwritten silently)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from hydra_jobs import compose_job
+
+from detr_lightning.utils.build import build_model
+from detr_lightning.utils.config_check import ConfigError
+
+TINY = ["experiment=r50", "backbone=r18", "model.net.num_queries=3",
+        "model.net.transformer.d_model=16", "model.net.transformer.nhead=2",
+        "model.net.transformer.dim_feedforward=16", "model.net.transformer.num_encoder_layers=1",
+        "model.net.transformer.num_decoder_layers=1"]  # fmt: skip
+DATA = SimpleNamespace(num_classes=3, label_to_category_id=[7, 9, 12])
+
+
+def test_an_explicit_num_classes_other_than_the_data_is_refused(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"model.num_classes=91 is set.*3 classes here"):
+        build_model(compose_job([*TINY, "model.num_classes=91"], tmp_path), DATA)
+    for given in ([], ["model.num_classes=3"]):  # unset, or the data's own count
+        model = build_model(compose_job([*TINY, *given], tmp_path), DATA)
+        assert model.net.class_embed.weight.shape[0] == 4  # 3 classes + "no object"
