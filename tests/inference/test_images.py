@@ -99,3 +99,23 @@ def test_an_evaluation_split_of_either_kind_gives_its_images(tmp_path, kind) -> 
         tmp_path / "img" / "a.jpg",
         (40, 30),
     )
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        ({"id": 8, "file_name": "b.jpg", "height": 30}, r'images\[1\].*"width"'),
+        ({"id": "img8", "file_name": "b.jpg", "width": 40, "height": 30}, r'images\[1\].*"id"'),
+        ({"id": 7, "file_name": "b.jpg", "width": 40, "height": 30}, r"images\[1\] has id 7"),
+    ],
+)
+def test_an_evaluation_split_with_a_bad_image_record_is_named(tmp_path, image, message) -> None:
+    # it used to stop with a bare KeyError / ValueError from the json's values
+    from detr_lightning.data.errors import DatasetFormatError
+
+    good = {"id": 7, "file_name": "a.jpg", "width": 40, "height": 30}
+    path = tmp_path / "val.json"
+    path.write_text(json.dumps({"images": [good, image], "annotations": [], "categories": []}))
+    with pytest.raises(DatasetFormatError, match=message) as err:
+        coco_split_images(tmp_path / "img", path)
+    assert str(err.value).startswith(str(path)) and "Fix:" in str(err.value)

@@ -99,10 +99,14 @@ def unreadable_error(skipped: Sequence[tuple[ImageRecord, str]], source: str) ->
 
 
 def coco_split_images(images_dir: str | Path, ann_file: str | Path) -> list[ImageRecord]:
-    """Every image record of a COCO json (its ids, file names and sizes), in the json's order."""
+    """Every image record of a COCO json (its ids, file names and sizes), in the json's order;
+    a record with a missing or mistyped field, or a repeated id, is a DatasetFormatError."""
     from detr_lightning.data.coco_json import read_coco_json
+    from detr_lightning.data.coco_records import check_records, check_unique_ids
 
     data = read_coco_json(ann_file, kind="any")  # instances or panoptic: only images are read
+    check_records(data["images"], "images", Path(ann_file))
+    check_unique_ids((im["id"] for im in data["images"]), "images", Path(ann_file))
     return [
         ImageRecord(
             Path(images_dir) / im["file_name"],
