@@ -172,6 +172,15 @@ def test_setup_refuses_a_split_without_objects(tmp_path):
         DetrDataModule(*va, num_workers=0, **TINY).setup("fit")
 
 
+def test_keep_empty_false_drops_training_images_only(tmp_path):
+    # COCO's AP counts the false positives on an evaluation image without objects
+    box = {"id": 1, "image_id": 2, "category_id": 1, "bbox": [2, 2, 10, 10]}
+    split = write_coco(tmp_path / "d", [(64, 48)] * 2, [box])  # image 1 has no object
+    dm = DetrDataModule(*split, *split, *split, num_workers=0, keep_empty=False, **TINY)
+    dm.setup()
+    assert [dm.datasets[s].image_ids for s in ("train", "val", "test")] == [[2], [1, 2], [1, 2]]
+
+
 def test_evaluation_images_are_checked_before_training(tmp_path):
     box = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10]}
     tr = write_coco(tmp_path / "tr", [(64, 48)], [box])

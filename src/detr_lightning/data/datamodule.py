@@ -42,6 +42,8 @@ class DetrDataModule(L.LightningDataModule):
     single-process batches (:mod:`detr_lightning.data.eval_sampler`: the same padding, so the
     same detections, as one process). ``group_by_aspect_ratio`` batches training images of the same
     orientation together (:mod:`detr_lightning.data.sampler`: less padding; DDP-safe).
+    ``keep_empty=False`` drops training images without objects; the evaluation splits keep
+    theirs, as COCO's AP counts the false positives on them.
     """
 
     panoptic = False  # the kind of annotation file train_ann etc. name
@@ -130,7 +132,7 @@ class DetrDataModule(L.LightningDataModule):
             transforms=self.train_transforms if split == "train" else self.val_transforms,
             train=split == "train",
             label_to_category_id=self.label_to_category_id,
-            keep_empty=self.keep_empty,
+            keep_empty=self.keep_empty or split != "train",
         )
 
     def setup(self, stage: str | None = None) -> None:
@@ -248,5 +250,5 @@ class PanopticDataModule(DetrDataModule):
             png_folder=self.png_folders[split],
             transforms=self.train_transforms if split == "train" else self.val_transforms,
             label_to_category_id=self.label_to_category_id,
-            keep_empty=self.keep_empty,
+            keep_empty=self.keep_empty or split != "train",
         )
