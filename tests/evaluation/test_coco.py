@@ -68,6 +68,30 @@ def test_reported_ap_equals_cocoeval_on_the_json(val_json, backend) -> None:
     assert [ours[k] for k in METRIC_NAMES.values()] == pytest.approx(list(ref), abs=1e-6)
 
 
+@pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])
+def test_boxes_the_model_cannot_train_on_are_scored_as_the_json_has_them(
+    val_json, tmp_path, backend
+) -> None:
+    """The model's targets clip a box reaching outside its image and drop one without area; the
+    metric still scores the json's own boxes, as pycocotools does (it scored the altered ones,
+    and reported a higher AP)."""
+    folder, ann = val_json
+    data = json.loads(open(ann).read())
+    outside, flat = data["annotations"][0], data["annotations"][7]
+    outside["bbox"] = [outside["bbox"][0] - 30, *outside["bbox"][1:3], outside["bbox"][3] + 400]
+    flat["bbox"][2] = 0
+    altered = tmp_path / "altered.json"
+    altered.write_text(json.dumps(data))
+    with contextlib.redirect_stdout(io.StringIO()):
+        dets = fake_detections(COCO(str(altered)), seed=2)
+    ds = CocoDetectionDataset(folder, str(altered), make_eval_transforms(96, 200), train=False)
+    assert (ds.num_clipped_boxes, ds.num_degenerate_boxes) == (1, 1)
+    ours = our_stats(folder, str(altered), dets, backend)
+    assert [ours[k] for k in METRIC_NAMES.values()] == pytest.approx(
+        list(pycocotools_stats(str(altered), dets)), abs=1e-6
+    )
+
+
 def test_crowd_and_area_matter(val_json) -> None:
     """Dropping iscrowd/area (as a naive metric would) changes the numbers: they are used."""
     folder, ann = val_json

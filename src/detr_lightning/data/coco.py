@@ -13,7 +13,8 @@ float ``[3, H, W]`` ImageNet-normalised tensor after the transforms, and ``targe
 Conversions, all counted and logged once as a warning when they happen: json ``[x, y, w, h]``
 becomes xyxy, clipped to the image's json ``width``/``height``; boxes with no area left after
 clipping are dropped. ``train=True`` drops ``iscrowd`` objects (as DETR does), ``train=False``
-keeps them for evaluation. Images without annotations are kept as negatives unless
+keeps them for evaluation and adds the json's unaltered boxes as ``gt_boxes``, ``gt_labels``,
+``gt_iscrowd``, ``gt_area``: the box metric's ground truth, as pycocotools reads the json. Images without annotations are kept as negatives unless
 ``keep_empty=False``. Images are converted to RGB and EXIF orientation is applied.
 """
 
@@ -130,4 +131,17 @@ class CocoDetectionDataset(IndexedImageDataset):
             "labels": torch.from_numpy(ix.labels[lo:hi]),
             "iscrowd": torch.from_numpy(ix.iscrowd[lo:hi]),
             "area": torch.from_numpy(ix.area[lo:hi]),
+        }
+
+    def evaluation_ground_truth(self, idx: int) -> dict[str, Tensor]:
+        """Evaluation splits: ``gt_boxes`` [G, 4] absolute xyxy in original pixels as the json
+        has them (unclipped, boxes without area included), ``gt_labels``, ``gt_iscrowd``,
+        ``gt_area`` [G]: pycocotools' ground truth for the same json. Training: none."""
+        gt = self._index.ground_truth
+        if gt is None:
+            return {}
+        lo, hi = int(gt["offsets"][idx]), int(gt["offsets"][idx + 1])
+        return {
+            f"gt_{k}": torch.from_numpy(gt[k][lo:hi])
+            for k in ("boxes", "labels", "iscrowd", "area")
         }

@@ -36,6 +36,9 @@ class CocoIndex:
     ann_ids: np.ndarray  # int64 [M]
     stats: dict[str, int] = field(default_factory=dict)
     degenerate_ids: list[int] = field(default_factory=list)
+    # Evaluation splits: the json's own boxes (unclipped xyxy, those without area included),
+    # "labels", "iscrowd", "area", and "offsets" per image: what pycocotools scores against.
+    ground_truth: dict[str, np.ndarray] | None = None
 
 
 def read_coco_json(ann_file: str | Path, kind: str = "instances") -> dict:
@@ -126,7 +129,8 @@ def _check_pixel_units(raw: np.ndarray, sizes: np.ndarray, ann_file: Path) -> No
 def build_index(
     data: dict, ann_file: str | Path, label_to_category_id: list[int], train: bool, keep_empty: bool
 ) -> CocoIndex:
-    """Validate records and build a CocoIndex; crowd boxes dropped when ``train``."""
+    """Validate records and build a CocoIndex; crowd boxes dropped when ``train``; the json's
+    unaltered ground truth kept beside the model's targets when not ``train``."""
     ann_file = Path(ann_file)
     for section in REQUIRED_KEYS:
         check_records(data[section], section, ann_file)
@@ -167,6 +171,22 @@ def build_index(
     keep_img = np.ones(len(images), bool) if keep_empty else counts > 0
     stats["empty_dropped"] = int((~keep_img).sum())
     kept = np.flatnonzero(keep_img)  # only images with no rows are dropped: rows stay valid
+    ground_truth = None
+    if not train:
+        rank = np.full(len(images), -1, np.int64)
+        rank[kept] = np.arange(len(kept))
+        rows = np.flatnonzero(rank[img_idx] >= 0)
+        rows = rows[np.argsort(rank[img_idx[rows]], kind="stable")]
+        json_area = [a.get("area", w * h) for a, (w, h) in zip(anns, xywh[:, 2:], strict=True)]
+        ground_truth = {
+            "offsets": np.concatenate(
+                [[0], np.cumsum(np.bincount(rank[img_idx[rows]], minlength=len(kept)))]
+            ).astype(np.int64),
+            "boxes": raw[rows].astype(np.float32),
+            "labels": labels[rows],
+            "iscrowd": iscrowd[rows],
+            "area": np.asarray(json_area, np.float32).reshape(-1)[rows],
+        }
     return CocoIndex(
         file_names=[images[i]["file_name"] for i in kept],
         image_ids=image_ids[kept],
@@ -179,4 +199,5 @@ def build_index(
         ann_ids=ann_ids[sel],
         stats=stats,
         degenerate_ids=ann_ids[degenerate][:10].tolist(),
+        ground_truth=ground_truth,
     )

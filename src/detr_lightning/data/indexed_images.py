@@ -144,6 +144,11 @@ class IndexedImageDataset(Dataset):
         """Target before transforms, at the original size (``boxes`` absolute XYXY)."""
         raise NotImplementedError
 
+    def evaluation_ground_truth(self, idx: int) -> dict[str, Tensor]:
+        """``gt_*`` entries added to the target after the transforms: the ground truth the box
+        metric scores against when it is not the model's target (none here)."""
+        return {}
+
     def __getitem__(self, idx: int) -> tuple[Tensor, dict[str, Tensor]]:
         """-> (image [3, H, W] float after the transforms, target): ``boxes`` [T, 4] normalised
         cxcywh, ``labels`` [T], ``iscrowd`` [T], ``area`` [T], ``masks`` [T, H, W] bool (panoptic
@@ -164,4 +169,5 @@ class IndexedImageDataset(Dataset):
         target["image_id"] = torch.tensor(int(ix.image_ids[idx]), dtype=torch.int64)
         target["orig_size"] = torch.tensor([height, width], dtype=torch.int64)
         target["size"] = torch.tensor(tuple(image.shape[-2:]), dtype=torch.int64)
+        target.update(self.evaluation_ground_truth(idx))
         return image, target

@@ -131,18 +131,25 @@ class CocoBoxAP(GatherImageLists, MeanAveragePrecision):
 
 
 def metric_targets(targets: Sequence[Mapping[str, Tensor]]) -> list[dict[str, Tensor]]:
-    """Targets in the metric's format: boxes back in original-image pixels.
+    """Targets in the metric's format: boxes back in original-image pixels, or, where a target
+    carries it, its ``gt_*`` ground truth as the json has it (what pycocotools scores against:
+    the model's ``boxes`` are clipped to the image and have area).
 
     Args:
         targets: per image "boxes" [T, 4] normalised cxcywh (relative to the transformed image,
             which evaluation transforms only resize), "labels" [T], "orig_size" [2] (h, w),
-            "image_id", optional "iscrowd" [T] and "area" [T].
+            "image_id", optional "iscrowd" [T] and "area" [T]; optional "gt_boxes" [G, 4]
+            absolute xyxy, "gt_labels", "gt_iscrowd", "gt_area" [G].
     Returns:
         per image "boxes" [T, 4] absolute xyxy in the original image, "labels", "image_id",
         "iscrowd" (zeros when absent) and "area" (only when given; else torchmetrics uses w*h).
     """
     out = []
     for t in targets:
+        if "gt_boxes" in t:  # the json's own ground truth (evaluation splits of COCO datasets)
+            out.append({"boxes": t["gt_boxes"], "labels": t["gt_labels"], "image_id": t["image_id"],
+                        "iscrowd": t["gt_iscrowd"], "area": t["gt_area"]})  # fmt: skip
+            continue
         h, w = t["orig_size"].to(t["boxes"].dtype).unbind()
         boxes = box_convert(t["boxes"], "cxcywh", "xyxy") * torch.stack([w, h, w, h])
         item = {
