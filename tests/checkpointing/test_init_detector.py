@@ -46,3 +46,34 @@ def test_wrong_files_are_named_with_the_fix(tmp_path) -> None:
     other = _ckpt(tmp_path, tiny_lit())  # a ResNet-18 detector: another architecture
     with pytest.raises(CheckpointLoadError, match="does not fit.*backbone"):
         load_detector(model, other)
+
+
+def test_a_run_of_other_classes_starts_training_with_a_fresh_class_head(tmp_path) -> None:
+    """Fine-tuning a run of this project on data of other classes (README: start afresh from
+    a run's weights): everything but the class head loads; outside training it is refused."""
+    path = _ckpt(tmp_path, tiny_lit(num_classes=3))
+    saved = torch.load(path, weights_only=True)["state_dict"]
+    model = tiny_lit(num_classes=2)
+    fresh_head = {k: v.clone() for k, v in model.net.class_embed.state_dict().items()}
+    report = load_detector(model, path)
+    assert report["reinitialized"] == ["class_embed.bias", "class_embed.weight"]
+    for key, value in model.net.state_dict().items():
+        if key.startswith("class_embed."):
+            assert torch.equal(value, fresh_head[key[len("class_embed.") :]]), key
+        else:
+            assert torch.equal(value, saved[f"net.{key}"]), key
+    with pytest.raises(CheckpointLoadError, match=r"shape mismatches: .*class_embed\.bias"):
+        load_detector(tiny_lit(num_classes=2), path, new_class_head=False)
+
+
+def test_the_tensors_sized_by_the_class_count_are_found_by_the_class_heads_difference() -> None:
+    from detr_lightning.checkpointing.init_detector import class_count_keys
+
+    z = torch.zeros
+    saved = {"class_embed.weight": z(6, 8), "class_embed.bias": z(6), "dn.label_embed": z(5, 8),
+             "query_embed.weight": z(5, 8), "other.weight": z(7, 8)}  # fmt: skip
+    own = {"class_embed.weight": z(4, 8), "class_embed.bias": z(4), "dn.label_embed": z(3, 8),
+           "query_embed.weight": z(5, 8), "other.weight": z(6, 8)}  # fmt: skip
+    assert class_count_keys(saved, own) == ["class_embed.bias", "class_embed.weight",
+                                            "dn.label_embed"]  # fmt: skip
+    assert class_count_keys(own, own) == []

@@ -36,13 +36,35 @@ def detector_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     return net
 
 
-def load_detector(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
-    """Copy the detector weights of the Lightning checkpoint ``path`` into ``model.net``'s
-    detector (``model.net.detr`` for a DETRsegm). Every tensor must match by name and shape.
+def class_count_keys(saved: dict[str, Tensor], own: dict[str, Tensor]) -> list[str]:
+    """The shared keys whose first dimension differs by exactly the class-count difference of
+    the two ``class_embed`` heads (the class head, and an extension's per-class tables such as
+    a denoiser's label embedding), all else equal; [] when the class counts agree."""
+    head = "class_embed.weight"
+    if head not in saved or head not in own:
+        return []
+    delta = saved[head].shape[0] - own[head].shape[0]
+    return sorted(
+        k
+        for k in set(saved) & set(own)
+        if delta
+        and saved[k].dim() == own[k].dim() >= 1
+        and saved[k].shape[1:] == own[k].shape[1:]
+        and saved[k].shape[0] - own[k].shape[0] == delta
+    )
 
-    Returns ``{"path", "loaded": number of tensors}``. Raises CheckpointLoadError naming
-    ``model.init_detector=<path>`` for an unreadable file, a file that is not a Lightning
-    checkpoint, or one of another architecture.
+
+def load_detector(
+    model: nn.Module, path: str | os.PathLike, new_class_head: bool = True
+) -> dict[str, Any]:
+    """Copy the detector weights of the Lightning checkpoint ``path`` into ``model.net``'s
+    detector (``model.net.detr`` for a DETRsegm). Every tensor must match by name and shape,
+    except, with ``new_class_head`` (training on data of other classes), the tensors sized by
+    the class count (:func:`class_count_keys`), which keep the fresh model's initialisation.
+
+    Returns ``{"path", "loaded": number of tensors, "reinitialized": keys}``. Raises
+    CheckpointLoadError naming ``model.init_detector=<path>`` for an unreadable file, a file that
+    is not a Lightning checkpoint, or one of another architecture.
     """
     path = os.fspath(path)
     checkpoint = read_checkpoint(path, KEY)
@@ -55,7 +77,12 @@ def load_detector(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
     net = getattr(model, "net", model)
     detector = getattr(net, "detr", net)
     weights = detector_state_dict(checkpoint["state_dict"])
-    unexpected, missing, shapes = state_dict_differences(weights, detector.state_dict())
+    own = detector.state_dict()
+    fresh = class_count_keys(weights, own) if new_class_head else []
+    unexpected, missing, shapes = state_dict_differences(
+        {k: v for k, v in weights.items() if k not in fresh},
+        {k: v for k, v in own.items() if k not in fresh},
+    )
     if unexpected or missing or shapes:
         raise CheckpointLoadError(
             f"{where}: its detector does not fit the model built from this config. Checkpoint "
@@ -63,6 +90,13 @@ def load_detector(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
             f"checkpoint: {listing(missing)}; shape mismatches: {listing(shapes)}. Fix: "
             "compose the same model, backbone and data as the run that wrote it."
         )
-    detector.load_state_dict(weights)
+    if fresh:
+        log.warning(
+            "%s: class head re-initialised (%d logits in the checkpoint, %d in the model): %s",
+            where, weights["class_embed.weight"].shape[0], own["class_embed.weight"].shape[0],
+            listing(fresh),
+        )  # fmt: skip
+        weights = {k: v for k, v in weights.items() if k not in fresh}
+    detector.load_state_dict(weights, strict=not fresh)
     log.info("initialised the detector from %s (%d tensors)", path, len(weights))
-    return {"path": path, "loaded": len(weights)}
+    return {"path": path, "loaded": len(weights), "reinitialized": fresh}

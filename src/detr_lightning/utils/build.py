@@ -103,7 +103,7 @@ def build_model(cfg: DictConfig, datamodule: Any, training: bool = True) -> L.Li
         # The panoptic recipe's stage 2: the detector of a previous stage's checkpoint.
         from detr_lightning.checkpointing.init_detector import load_detector
 
-        load_detector(model, cfg.model.init_detector)
+        load_detector(model, cfg.model.init_detector, new_class_head=training)
     return model
 
 
