@@ -300,17 +300,22 @@ def test_configs_select_panoptic_data(tmp_path: Path) -> None:
     coco = tmp_path / "coco"
     for split in ("train2017", "val2017"):
         write_split(coco, split, [image_one(), image_two()])
+    mine = write_split(tmp_path / "mine", "val", [image_one()])  # a custom json elsewhere
     with initialize_config_dir(str(Path(conf_dir())), version_base="1.3"):
         cfg = compose("train", overrides=["data=coco_panoptic", "data.num_workers=0"])
         shp = compose("train", overrides=["data=shapes_panoptic"])
-    for c in (cfg, shp):
+        own = compose("train", overrides=["data=coco_panoptic", "data.num_workers=0",
+                                          f"data.val_ann={mine}", f"data.val_images={mine.parents[1]}/val"])  # fmt: skip
+    for c in (cfg, shp, own):
         with open_dict(c):
             c.paths.root_dir = str(tmp_path)  # instead of hydra's run-time cwd
-    with open_dict(cfg):
-        cfg.paths.coco_dir = str(coco)
+            c.paths.coco_dir = str(coco)
     assert shp.data._target_.endswith("PanopticDataModule")
     assert shp.data.train_ann.endswith("annotations/panoptic_train.json")
-    assert shp.data.val_png.endswith("annotations/panoptic_val") and shp.data.generate_shapes
+    assert shp.data.val_ann.endswith("annotations/panoptic_val.json") and shp.data.generate_shapes
+    own_dm = instantiate(own.data)
+    own_dm.setup("test")  # its PNGs follow the json given, not the COCO folder
+    assert own_dm.datasets["test"].png_folder == tmp_path / "mine/annotations/panoptic_val"
     dm = instantiate(cfg.data)
     assert isinstance(dm, PanopticDataModule) and dm.label_to_category_id == [1, 3, 10]
     dm.setup("test")
