@@ -30,7 +30,7 @@ format:
 	$(PY) -m ruff format . && $(PY) -m ruff check --fix .
 
 bench:
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py $(ARGS)
 
 bench-convergence:
 	$(PY) benchmarks/convergence.py $(ARGS)

@@ -2,8 +2,9 @@
 
 R50 backbone (random init, frozen BN, stem + layer1 frozen), batch 2 at 512x512, the paper's
 transformer (6 + 6 layers, d 256, 100 queries, 92 logits), set loss with aux outputs, AdamW with
-the paper's two learning rates and gradient clipping at 0.1. Compare with REFERENCE.md, which
-measured the official code on this kind of machine (2.0 s per step, 0.34 s inference).
+the paper's two learning rates and gradient clipping at 0.1. Compare with REFERENCE.md (outside
+this repository: ../shared/REFERENCE.md beside the checkout), which measured the official code
+on this kind of machine (2.0 s per step, 0.34 s inference).
 Run: ``python benchmarks/bench_core.py [--size 512] [--backbone resnet50] [--dilation]``.
 """
 

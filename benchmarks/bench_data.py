@@ -93,8 +93,9 @@ def padding_fraction(sizes: np.ndarray, batches, multiple: int | None = None) ->
 def bench_padding(num_images: int = 4000, seed: int = 0) -> dict[str, float]:
     """Padding fraction of training batches, random vs aspect-ratio grouped (2 groups, from the
     json sizes), for a COCO-like size distribution with the paper's augmentation (batch 2 and
-    4) and for the shapes training json with its preset's augmentation (batch 8)."""
-    from omegaconf import OmegaConf
+    4) and for the shapes training json with the ``experiment=shapes`` preset's augmentation and
+    batch size."""
+    from bench_shapes_profile import compose_shapes
 
     repo = Path(__file__).resolve().parents[1]
     cases = [("COCO-like, paper aug.", coco_like_sizes(num_images, seed), make_train_transforms(),
@@ -102,10 +103,13 @@ def bench_padding(num_images: int = 4000, seed: int = 0) -> dict[str, float]:
     shapes_json = repo / "data" / "shapes" / "annotations" / "instances_train.json"
     if shapes_json.is_file():
         images = json.loads(shapes_json.read_text())["images"]
-        aug = OmegaConf.load(repo / "conf" / "data" / "shapes.yaml").train_transforms
-        shapes_tf = make_train_transforms(**{k: v for k, v in aug.items() if k != "_target_"})
+        # The preset as `make train` composes it: conf/data/shapes.yaml alone has the
+        # multi-scale crop that experiment=shapes turns off.
+        data = compose_shapes([]).data
+        aug = {k: v for k, v in data.train_transforms.items() if k != "_target_"}
+        shapes_tf = make_train_transforms(**aug)
         sizes = np.array([[im["height"], im["width"]] for im in images], dtype=np.int64)
-        cases.append(("shapes train, preset aug.", sizes, shapes_tf, (8,)))
+        cases.append(("shapes train, preset aug.", sizes, shapes_tf, (data.batch_size,)))
     results = {}
     print("padding fraction of training batches (padded / canvas pixels), one epoch:")
     for name, sizes, tf, batch_sizes in cases:

@@ -7,7 +7,8 @@ into ``benchmarks/results/convergence/``:
 
 * ``curves.csv``: variant, elapsed_s, epoch, AP, AP50, AP_S, AP_M, AP_L per validation;
 * ``curves.png``: AP against minutes, one line per variant;
-* ``table.md``: best and last AP, AP50 and epochs reached per variant (printed as well).
+* ``table.md``: best and last AP, AP50 and epochs reached per variant (printed as well; a last
+  epoch cut short counts by its share of steps).
 
 The variants switch one lever of the preset at a time (or swap one component for the earlier
 presets' choice) plus the paper's recipe at CPU size. ``--budget-min`` sets the wall budget per variant (default 5; the
@@ -67,14 +68,25 @@ KEYS = {
 }
 
 
-def budget_overrides(budget_min: float) -> list[str]:
-    """A wall budget for the ordinary shapes run (the schedule anneals within it)."""
+def budget_overrides(budget_min: float, planned: bool = True) -> list[str]:
+    """A wall budget. The shapes schedule (``planned``) anneals within it and ends on its own,
+    so its hard stop leaves a minute's slack; another preset's schedule plans nothing, so the
+    budget itself is its hard stop (with the slack it would train past the table's budget)."""
+    if not planned:
+        s = round(budget_min * 60)
+        return [f"trainer.max_time=00:{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}",
+                "trainer.max_epochs=100"]  # fmt: skip
     minutes = int(budget_min + 1)
     return [
         f"model.lr_schedule.budget_min={budget_min}",
         f"trainer.max_time=00:00:{minutes:02d}:00",
         "trainer.max_epochs=100",
     ]
+
+
+def experiment_of(overrides: list[str]) -> list[str]:
+    """The preset a variant names (``experiment=...``), else the shapes preset."""
+    return [o for o in overrides if o.startswith("experiment=")] or ["experiment=shapes"]
 
 
 def fit_overrides(root: Path, images: int, steps: int, batch_size: int = 8) -> list[str]:
@@ -98,10 +110,8 @@ def run_variant(
 ) -> list[dict[str, float]]:
     """Train one variant; return its validation curve (one dict per validation)."""
     # A variant may name its own preset (experiment=...); every other override follows it.
-    experiment = [o for o in overrides if o.startswith("experiment=")] or ["experiment=shapes"]
+    experiment = experiment_of(overrides)
     overrides = [o for o in overrides if not o.startswith("experiment=")]
-    if experiment != ["experiment=shapes"]:  # other presets keep their own lr schedule
-        setting = [o for o in setting if not o.startswith("model.lr_schedule.budget_min")]
     cmd = [
         sys.executable, "-m", "detr_lightning.train", *experiment, *setting,
         "test=false", "logger=csv", f"run_name=convergence_{name}", *overrides, *extra,
@@ -121,7 +131,8 @@ def read_curve(run_dir: Path) -> list[dict[str, float]]:
     with (run_dir / "csv" / "metrics.csv").open() as f:
         for row in csv.DictReader(f):
             if row.get("val/AP") and row.get("time/elapsed_s"):
-                point = {"elapsed_s": float(row["time/elapsed_s"]), "epoch": float(row["epoch"])}
+                point = {"elapsed_s": float(row["time/elapsed_s"]), "epoch": float(row["epoch"]),
+                         "step": float(row["step"]) + 1}  # fmt: skip
                 point.update({short: float(row[k]) for k, short in KEYS.items() if row.get(k)})
                 curve.append(point)
     return curve
@@ -148,7 +159,7 @@ def write_fit_table(curves: dict[str, list[dict[str, float]]], images: int, step
 def write_results(curves: dict[str, list[dict[str, float]]], budget_min: float) -> str:
     """Write curves.csv, curves.png and table.md; return the table."""
     OUT.mkdir(parents=True, exist_ok=True)
-    fields = ["variant", "elapsed_s", "epoch", *KEYS.values()]
+    fields = ["variant", "elapsed_s", "epoch", "step", *KEYS.values()]
     with (OUT / "curves.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
@@ -167,13 +178,21 @@ def write_results(curves: dict[str, list[dict[str, float]]], budget_min: float) 
         best = max(p["AP"] for p in curve)
         lines.append(
             f"| {name} | {best:.3f} | {last['AP']:.3f} | {last['AP50']:.3f} | "
-            f"{last['AP_S']:.3f} | {last['AP_M']:.3f} | {last['AP_L']:.3f} | {last['epoch'] + 1:.0f} |"
+            f"{last['AP_S']:.3f} | {last['AP_M']:.3f} | {last['AP_L']:.3f} | {epochs_done(curve):.1f} |"
         )
     table = "\n".join(lines)
     (OUT / "table.md").write_text(table + "\n")
 
     plot_curves(curves, OUT / "curves.png")
     return table
+
+
+def epochs_done(curve: list[dict[str, float]]) -> float:
+    """Epochs trained by the last validation, a last epoch cut short (by max_time or by the
+    budget's plan) counted by its share of steps."""
+    # A whole epoch's validation has the most steps per epoch; a part-epoch's has fewer.
+    per_epoch = max(p["step"] / (p["epoch"] + 1) for p in curve)
+    return curve[-1]["step"] / per_epoch
 
 
 def plot_curves(curves: dict[str, list[dict[str, float]]], path: Path) -> None:
@@ -230,8 +249,11 @@ def main() -> None:
         curves = {name: run_variant(name, VARIANTS[name], setting, extra) for name in names}
         print(write_fit_table(curves, args.fit_images, args.fit_steps))
         return
-    setting = budget_overrides(args.budget_min)
-    curves = {name: run_variant(name, VARIANTS[name], setting, extra) for name in names}
+    curves = {}
+    for name in names:
+        planned = experiment_of(VARIANTS[name]) == ["experiment=shapes"]
+        setting = budget_overrides(args.budget_min, planned)
+        curves[name] = run_variant(name, VARIANTS[name], setting, extra)
     print(write_results(curves, args.budget_min))
     print(f"[convergence] curves and plot in {OUT}/")
 

@@ -1,7 +1,10 @@
 """``make bench``: run every benchmark, each in its own process so peak-memory figures stay separate.
 
 Figures only, no assertions, except check_panopticapi.py (exits 1 where our PQ differs from
-panopticapi's). Pass ``--quick`` to skip the minutes-long end-to-end training run.
+panopticapi's). A full run takes more than half an hour on 2 CPU cores: bench_train.py trains the
+shapes preset for its 13-minute budget, and every other script runs its full settings. Pass
+``--quick`` (``make bench ARGS=--quick``) to skip that training run and use each script's smaller
+settings: about 11 minutes on 2 cores.
 """
 
 from __future__ import annotations

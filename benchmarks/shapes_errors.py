@@ -8,6 +8,9 @@ For every ground-truth object of the val split, with the model's final outputs:
   what the score ranking, and so AP, sees;
 * ``duplicates``: more than one box above IoU 0.5 scores above 0.3.
 
+Each is printed as a share of all the val objects, ``class ok`` also as a share of the objects
+found at IoU 0.5 (the only ones that can have it), which is what the by-size rows give.
+
 With box refinement (``refine=boxes``) it also prints the mean IoU of the outputs matched one
 to one (Hungarian, by IoU) to the objects at the decoder's reference boxes and after every
 decoder layer: whether the decoder moves its boxes towards the objects. A confusion matrix
@@ -119,9 +122,11 @@ def main() -> None:
     n = counts.pop("objects")
     print(f"{args.ckpt}: {int(n)} val objects")
     for key, value in counts.items():
-        print(f"  {key:12s} {value / n:.3f}")
+        print(f"  {key + ' (of all objects)':30s} {value / n:.3f}")
+    of_found = counts["class ok"] / max(counts["found@0.5"], 1)
+    print(f"  {'class ok (of the found@0.5)':30s} {of_found:.3f}")
     matched_scores, matched_ious = zip(*score_iou, strict=True)
-    print(f"  score~IoU    {spearmanr(matched_scores, matched_ious).statistic:.3f}")
+    print(f"  {'score~IoU':30s} {spearmanr(matched_scores, matched_ious).statistic:.3f}")
     if len(ious) > 1:
         print("  mean IoU of the outputs matched to the objects (Hungarian, by IoU):")
         for name, values in ious.items():
