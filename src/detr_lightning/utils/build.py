@@ -100,7 +100,7 @@ def build_model(cfg: DictConfig, datamodule: Any, training: bool = True) -> L.Li
 
         load_pretrained(model, cfg.model.pretrained, new_class_head=training)
     if cfg.model.get("init_detector") and not cfg.get("ckpt_path"):
-        # The panoptic recipe's stage 2: the detector of a previous stage's checkpoint.
+        # A previous run's detector: the panoptic recipe's stage 2, or a fresh start from it.
         from detr_lightning.checkpointing.init_detector import load_detector
 
         load_detector(model, cfg.model.init_detector, new_class_head=training)
