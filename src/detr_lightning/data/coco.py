@@ -14,8 +14,9 @@ Conversions, all counted and logged once as a warning when they happen: json ``[
 becomes xyxy, clipped to the image's json ``width``/``height``; boxes with no area left after
 clipping are dropped. ``train=True`` drops ``iscrowd`` objects (as DETR does), ``train=False``
 keeps them for evaluation and adds the json's unaltered boxes as ``gt_boxes``, ``gt_labels``,
-``gt_iscrowd``, ``gt_area``: the box metric's ground truth, as pycocotools reads the json. Images without annotations are kept as negatives unless
-``keep_empty=False``. Images are converted to RGB and EXIF orientation is applied.
+``gt_iscrowd``, ``gt_area``: the box metric's ground truth, as pycocotools reads the json.
+Images without annotations are kept as negatives unless ``keep_empty=False``. Images are
+converted to RGB and EXIF orientation is applied.
 """
 
 import logging
