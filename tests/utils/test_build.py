@@ -1,5 +1,5 @@
 """build_model: the class count comes from the data; an explicit one that differs is refused
-(it used to be overwritten silently)."""
+(it used to be overwritten silently). build_run: a GPU trainer without a GPU is named first."""
 
 from __future__ import annotations
 
@@ -24,3 +24,21 @@ def test_an_explicit_num_classes_other_than_the_data_is_refused(tmp_path) -> Non
     for given in ([], ["model.num_classes=3"]):  # unset, or the data's own count
         model = build_model(compose_job([*TINY, *given], tmp_path), DATA)
         assert model.net.class_embed.weight.shape[0] == 4  # 3 classes + "no object"
+
+
+@pytest.mark.parametrize("trainer", ["gpu", "ddp"])
+def test_a_gpu_trainer_without_a_gpu_is_named_before_anything_is_built(
+    tmp_path, monkeypatch, trainer: str
+) -> None:
+    # Lightning's own message was "No supported gpu backend found!", after the model was built
+    import torch
+
+    from detr_lightning.utils.build import build_run
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    shapes = tmp_path / "shapes"
+    cfg = compose_job(["experiment=shapes", f"trainer={trainer}", f"paths.shapes_dir={shapes}"],
+                      tmp_path)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"trainer.accelerator=gpu .*Fix: trainer=cpu"):
+        build_run(cfg)
+    assert not shapes.exists()  # the data was not generated
