@@ -316,6 +316,13 @@ def test_configs_select_panoptic_data(tmp_path: Path) -> None:
     own_dm = instantiate(own.data)
     own_dm.setup("test")  # its PNGs follow the json given, not the COCO folder
     assert own_dm.datasets["test"].png_folder == tmp_path / "mine/annotations/panoptic_val"
+    moved = tmp_path / "pngs"
+    (tmp_path / "mine/annotations/panoptic_val").rename(moved)
+    with open_dict(own):
+        own.data.val_png = str(moved)
+    own_dm = instantiate(own.data)
+    own_dm.setup("test")  # the test split (the val json by default) follows val_png too
+    assert own_dm.datasets["test"].png_folder == moved
     dm = instantiate(cfg.data)
     assert isinstance(dm, PanopticDataModule) and dm.label_to_category_id == [1, 3, 10]
     dm.setup("test")
