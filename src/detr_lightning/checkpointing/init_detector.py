@@ -37,18 +37,21 @@ def detector_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def class_count_keys(saved: dict[str, Tensor], own: dict[str, Tensor]) -> list[str]:
-    """The shared keys whose first dimension differs by exactly the class-count difference of
-    the two ``class_embed`` heads (the class head, and an extension's per-class tables such as
-    a denoiser's label embedding), all else equal; [] when the class counts agree."""
+    """The shared keys sized by the class count: first dimension that of the saved
+    ``class_embed`` head, or one less (logits with and without "no object"), and differing by
+    exactly the two heads' difference, all else equal (the class head, and an extension's
+    per-class tables such as a denoiser's label embedding); [] when the class counts agree."""
     head = "class_embed.weight"
     if head not in saved or head not in own:
         return []
-    delta = saved[head].shape[0] - own[head].shape[0]
+    rows = saved[head].shape[0]
+    delta = rows - own[head].shape[0]
     return sorted(
         k
         for k in set(saved) & set(own)
         if delta
         and saved[k].dim() == own[k].dim() >= 1
+        and saved[k].shape[0] in (rows, rows - 1)
         and saved[k].shape[1:] == own[k].shape[1:]
         and saved[k].shape[0] - own[k].shape[0] == delta
     )

@@ -183,11 +183,14 @@ def build_run(
     check_config(cfg, stage)
     accelerator = OmegaConf.select(cfg, "trainer.accelerator", default=None)
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            f"trainer.accelerator={accelerator} (trainer=gpu or trainer=ddp: the paper presets "
-            "train on GPUs), but no CUDA GPU is visible here. Fix: trainer=cpu, or "
-            "trainer=ddp_cpu for several CPU processes."
-        )
+        from lightning.pytorch.accelerators import MPSAccelerator
+
+        if accelerator == "cuda" or not MPSAccelerator.is_available():  # Lightning's "gpu": either
+            raise ConfigError(
+                f"trainer.accelerator={accelerator} (trainer=gpu or trainer=ddp: the paper presets "
+                "train on GPUs), but no GPU is visible here. Fix: trainer=cpu, or "
+                "trainer=ddp_cpu for several CPU processes."
+            )
     ckpt = cfg.get("ckpt_path")
     checkpoint = read_checkpoint(ckpt) if ckpt and "://" not in str(ckpt) else None
     if checkpoint is not None:
