@@ -255,3 +255,21 @@ def test_a_release_of_other_classes_is_refused_outside_training(
     _, model, _ = build_run(compose_job(overrides, tmp_path), "fit")
     assert model.net.class_embed.weight.shape[0] == 6
     assert torch.equal(model.net.query_embed.weight, coco.net.query_embed.weight)
+
+
+def test_a_release_without_the_mask_head_is_refused_outside_training(tmp_path) -> None:
+    """A detection release in a panoptic model: fine-tuning trains the mask head from its
+    initialisation; evaluation or inference would score it untrained."""
+    from panoptic_support import tiny_panoptic_lit
+
+    release = tmp_path / "detr-detection.pth"
+    torch.save({"model": official_state_dict(tiny_panoptic_lit().net.detr)}, release)
+    report = load_pretrained(tiny_panoptic_lit(), release)
+    assert report["not_in_checkpoint"] and all(
+        k.startswith(("mask_head.", "bbox_attention.")) for k in report["not_in_checkpoint"]
+    )
+    with pytest.raises(CheckpointLoadError) as err:
+        load_pretrained(tiny_panoptic_lit(), release, new_class_head=False)
+    msg = str(err.value)
+    assert msg.startswith(f"model.pretrained={release}: the release lacks ")
+    assert "mask_head." in msg and "Fix: fine-tune first" in msg

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from detr_lightning.checkpointing.validate import CheckpointLoadError, read_checkpoint
+from detr_lightning.checkpointing.validate import CheckpointLoadError, listing, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,10 @@ def load_pretrained(
     model: nn.Module, path: str | os.PathLike, new_class_head: bool = True
 ) -> dict[str, Any]:
     """Load the official release ``path`` into ``model.net`` (or ``model`` itself when it has no
-    ``net``); the class head is re-initialised when the class counts differ (fine-tuning), or,
-    with ``new_class_head=False`` (evaluation, inference), that is refused.
+    ``net``); the class head is re-initialised when the class counts differ, and the model's
+    tensors the release lacks (a mask head, a lever's own) keep their initialisation
+    (fine-tuning); with ``new_class_head=False`` (evaluation, inference) either is refused, as
+    it would be scored untrained.
 
     Returns ``load_pretrained_into``'s report. Raises CheckpointLoadError naming
     ``model.pretrained=<path>``, the reason and the fix for a missing, truncated, corrupt or
@@ -54,6 +56,15 @@ def load_pretrained(
         raise CheckpointLoadError(f"{KEY}={path}: no such file. Fix: check the path.") from err
     except ValueError as err:
         raise CheckpointLoadError(f"{KEY}={path}: {_strip_path(str(err), path)}") from err
+    if report["not_in_checkpoint"] and not new_class_head:
+        raise CheckpointLoadError(
+            f"{KEY}={path}: the release lacks {len(report['not_in_checkpoint'])} tensors of this "
+            f"model ({listing(report['not_in_checkpoint'])}: a mask head or a lever's own "
+            "parameters), which would be scored untrained. They are trained by fine-tuning "
+            "only. Fix: fine-tune first (train with model.pretrained=PATH) and give the run's "
+            "checkpoint as ckpt_path=; or evaluate the release on the model it holds (a "
+            "panoptic release for head=panoptic; the paper's model=detr)."
+        )
     if report["reinitialized"] and not new_class_head:
         n_file, n_data = report["checkpoint_num_classes"], report["model_num_classes"]
         raise CheckpointLoadError(
