@@ -63,7 +63,7 @@ def test_a_run_of_other_classes_starts_training_with_a_fresh_class_head(tmp_path
         else:
             assert torch.equal(value, saved[f"net.{key}"]), key
     with pytest.raises(CheckpointLoadError, match=r"shape mismatches: .*class_embed\.bias"):
-        load_detector(tiny_lit(num_classes=2), path, new_class_head=False)
+        load_detector(tiny_lit(num_classes=2), path, fine_tuning=False)
 
 
 def test_the_tensors_sized_by_the_class_count_are_found_by_the_class_heads_difference() -> None:

@@ -269,7 +269,7 @@ def test_a_release_without_the_mask_head_is_refused_outside_training(tmp_path) -
         k.startswith(("mask_head.", "bbox_attention.")) for k in report["not_in_checkpoint"]
     )
     with pytest.raises(CheckpointLoadError) as err:
-        load_pretrained(tiny_panoptic_lit(), release, new_class_head=False)
+        load_pretrained(tiny_panoptic_lit(), release, fine_tuning=False)
     msg = str(err.value)
     assert msg.startswith(f"model.pretrained={release}: the release lacks ")
     assert "mask_head." in msg and "Fix: fine-tune first" in msg

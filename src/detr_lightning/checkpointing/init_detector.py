@@ -58,11 +58,11 @@ def class_count_keys(saved: dict[str, Tensor], own: dict[str, Tensor]) -> list[s
 
 
 def load_detector(
-    model: nn.Module, path: str | os.PathLike, new_class_head: bool = True
+    model: nn.Module, path: str | os.PathLike, fine_tuning: bool = True
 ) -> dict[str, Any]:
     """Copy the detector weights of the Lightning checkpoint ``path`` into ``model.net``'s
     detector (``model.net.detr`` for a DETRsegm). Every tensor must match by name and shape,
-    except, with ``new_class_head`` (training on data of other classes), the tensors sized by
+    except, with ``fine_tuning`` (training on data of other classes), the tensors sized by
     the class count (:func:`class_count_keys`), which keep the fresh model's initialisation.
 
     Returns ``{"path", "loaded": number of tensors, "reinitialized": keys}``. Raises
@@ -81,7 +81,7 @@ def load_detector(
     detector = getattr(net, "detr", net)
     weights = detector_state_dict(checkpoint["state_dict"])
     own = detector.state_dict()
-    fresh = class_count_keys(weights, own) if new_class_head else []
+    fresh = class_count_keys(weights, own) if fine_tuning else []
     unexpected, missing, shapes = state_dict_differences(
         {k: v for k, v in weights.items() if k not in fresh},
         {k: v for k, v in own.items() if k not in fresh},

@@ -26,12 +26,12 @@ def _strip_path(message: str, path: str) -> str:
 
 
 def load_pretrained(
-    model: nn.Module, path: str | os.PathLike, new_class_head: bool = True
+    model: nn.Module, path: str | os.PathLike, fine_tuning: bool = True
 ) -> dict[str, Any]:
     """Load the official release ``path`` into ``model.net`` (or ``model`` itself when it has no
     ``net``); the class head is re-initialised when the class counts differ, and the model's
     tensors the release lacks (a mask head, a lever's own) keep their initialisation
-    (fine-tuning); with ``new_class_head=False`` (evaluation, inference) either is refused, as
+    (fine-tuning); with ``fine_tuning=False`` (evaluation, inference) either is refused, as
     it would be scored untrained.
 
     Returns ``load_pretrained_into``'s report. Raises CheckpointLoadError naming
@@ -56,7 +56,7 @@ def load_pretrained(
         raise CheckpointLoadError(f"{KEY}={path}: no such file. Fix: check the path.") from err
     except ValueError as err:
         raise CheckpointLoadError(f"{KEY}={path}: {_strip_path(str(err), path)}") from err
-    if report["not_in_checkpoint"] and not new_class_head:
+    if report["not_in_checkpoint"] and not fine_tuning:
         raise CheckpointLoadError(
             f"{KEY}={path}: the release lacks {len(report['not_in_checkpoint'])} tensors of this "
             f"model ({listing(report['not_in_checkpoint'])}: a mask head or a lever's own "
@@ -65,7 +65,7 @@ def load_pretrained(
             "checkpoint as ckpt_path=; or evaluate the release on the model it holds (a "
             "panoptic release for head=panoptic; the paper's model=detr)."
         )
-    if report["reinitialized"] and not new_class_head:
+    if report["reinitialized"] and not fine_tuning:
         n_file, n_data = report["checkpoint_num_classes"], report["model_num_classes"]
         raise CheckpointLoadError(
             f"{KEY}={path}: the release has {n_file} classes and the data {n_data}; its class "

@@ -98,12 +98,12 @@ def build_model(cfg: DictConfig, datamodule: Any, training: bool = True) -> L.Li
         # When resuming (ckpt_path), the checkpoint's weights replace these anyway.
         from detr_lightning.checkpointing.pretrained import load_pretrained
 
-        load_pretrained(model, cfg.model.pretrained, new_class_head=training)
+        load_pretrained(model, cfg.model.pretrained, fine_tuning=training)
     if cfg.model.get("init_detector") and not cfg.get("ckpt_path"):
         # A previous run's detector: the panoptic recipe's stage 2, or a fresh start from it.
         from detr_lightning.checkpointing.init_detector import load_detector
 
-        load_detector(model, cfg.model.init_detector, new_class_head=training)
+        load_detector(model, cfg.model.init_detector, fine_tuning=training)
     return model
 
 
