@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from detr_lightning.budget import WallBudget
 from detr_lightning.compile import CompileCounter, compile_network
+from detr_lightning.data.transforms import keep_objects
 from detr_lightning.evaluation.panoptic_evaluator import PanopticEvaluator
 from detr_lightning.lit_evaluation import EvaluationSteps
 from detr_lightning.lit_optimization import OptimizationHooks
@@ -26,8 +27,6 @@ __all__ = ["LitDETR", "NonFiniteLossError", "drop_crowd"]
 
 log = logging.getLogger(__name__)
 
-# Target entries with one row per object (filtered together when crowd objects are dropped).
-_PER_OBJECT = ("labels", "boxes", "iscrowd", "area", "masks")
 _STEP_LOGGED = ("loss_ce", "loss_bbox", "loss_giou", "class_error")
 
 
@@ -35,8 +34,7 @@ def drop_crowd(target: dict[str, Tensor]) -> dict[str, Tensor]:
     """The target without its ``iscrowd == 1`` objects (DETR never trains on crowd boxes)."""
     if "iscrowd" not in target:
         return target
-    keep = target["iscrowd"] == 0
-    return {k: v[keep] if k in _PER_OBJECT else v for k, v in target.items()}
+    return keep_objects(target, target["iscrowd"] == 0)
 
 
 class LitDETR(EvaluationSteps, OptimizationHooks):
