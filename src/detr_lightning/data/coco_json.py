@@ -126,6 +126,14 @@ def _check_pixel_units(raw: np.ndarray, sizes: np.ndarray, ann_file: Path) -> No
         )
 
 
+def _by_image(
+    rows: np.ndarray, img_idx: np.ndarray, num_images: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``rows`` (annotation positions) ordered by their image, stably, and each image's count."""
+    rows = rows[np.argsort(img_idx[rows], kind="stable")]
+    return rows, np.bincount(img_idx[rows], minlength=num_images)
+
+
 def build_index(
     data: dict, ann_file: str | Path, label_to_category_id: list[int], train: bool, keep_empty: bool
 ) -> CocoIndex:
@@ -152,7 +160,8 @@ def build_index(
     boxes = np.clip(raw, 0.0, limits)
     iscrowd = np.array([int(a.get("iscrowd", 0)) for a in anns], dtype=np.int64)
     box_area = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
-    area = np.array([a.get("area", b) for a, b in zip(anns, box_area, strict=True)], np.float32)
+    json_area = np.array([a.get("area", np.nan) for a in anns], np.float64).reshape(-1)
+    area = np.where(np.isnan(json_area), box_area, json_area).astype(np.float32)
 
     degenerate = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
     crowd_drop = (iscrowd == 1) & ~degenerate if train else np.zeros_like(degenerate)
@@ -165,27 +174,20 @@ def build_index(
         "degenerate": int(degenerate.sum()),
         "crowd_dropped": int(crowd_drop.sum()),
     }
-    sel = np.flatnonzero(keep)
-    sel = sel[np.argsort(img_idx[sel], kind="stable")]
-    counts = np.bincount(img_idx[sel], minlength=len(images))
+    sel, counts = _by_image(np.flatnonzero(keep), img_idx, len(images))
     keep_img = np.ones(len(images), bool) if keep_empty else counts > 0
     stats["empty_dropped"] = int((~keep_img).sum())
     kept = np.flatnonzero(keep_img)  # only images with no rows are dropped: rows stay valid
     ground_truth = None
     if not train:
-        rank = np.full(len(images), -1, np.int64)
-        rank[kept] = np.arange(len(kept))
-        rows = np.flatnonzero(rank[img_idx] >= 0)
-        rows = rows[np.argsort(rank[img_idx[rows]], kind="stable")]
-        json_area = [a.get("area", w * h) for a, (w, h) in zip(anns, xywh[:, 2:], strict=True)]
+        rows, gt_counts = _by_image(np.flatnonzero(keep_img[img_idx]), img_idx, len(images))
+        raw_area = np.where(np.isnan(json_area), xywh[:, 2] * xywh[:, 3], json_area)
         ground_truth = {
-            "offsets": np.concatenate(
-                [[0], np.cumsum(np.bincount(rank[img_idx[rows]], minlength=len(kept)))]
-            ).astype(np.int64),
+            "offsets": np.concatenate([[0], np.cumsum(gt_counts[kept])]).astype(np.int64),
             "boxes": raw[rows].astype(np.float32),
             "labels": labels[rows],
             "iscrowd": iscrowd[rows],
-            "area": np.asarray(json_area, np.float32).reshape(-1)[rows],
+            "area": raw_area[rows].astype(np.float32),
         }
     return CocoIndex(
         file_names=[images[i]["file_name"] for i in kept],
