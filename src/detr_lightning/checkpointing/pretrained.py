@@ -18,6 +18,10 @@ from detr_lightning.checkpointing.validate import CheckpointLoadError, listing, 
 log = logging.getLogger(__name__)
 
 KEY = "model.pretrained"
+# What evaluation and inference need of a release that does not hold the whole model.
+_FINE_TUNE_FIRST = (
+    "fine-tune first (train with model.pretrained=PATH) and give the run's checkpoint as ckpt_path="
+)
 
 
 def _strip_path(message: str, path: str) -> str:
@@ -61,8 +65,7 @@ def load_pretrained(
             f"{KEY}={path}: the release lacks {len(report['not_in_checkpoint'])} tensors of this "
             f"model ({listing(report['not_in_checkpoint'])}: a mask head or a lever's own "
             "parameters), which would be scored untrained. They are trained by fine-tuning "
-            "only. Fix: fine-tune first (train with model.pretrained=PATH) and give the run's "
-            "checkpoint as ckpt_path=; or evaluate the release on the model it holds (a "
+            f"only. Fix: {_FINE_TUNE_FIRST}; or evaluate the release on the model it holds (a "
             "panoptic release for head=panoptic; the paper's model=detr)."
         )
     if report["reinitialized"] and not fine_tuning:
@@ -70,8 +73,7 @@ def load_pretrained(
         raise CheckpointLoadError(
             f"{KEY}={path}: the release has {n_file} classes and the data {n_data}; its class "
             "head would be re-initialised (random) and scored. A new class head is trained by "
-            "fine-tuning only. Fix: fine-tune first (train with model.pretrained=PATH) and give "
-            "the run's checkpoint as ckpt_path=; or keep the release's classes: "
+            f"fine-tuning only. Fix: {_FINE_TUNE_FIRST}; or keep the release's classes: "
             "data.coco_id_space=true when the data's category ids are COCO's, or, for predict, "
             "input=<image or folder> without data overrides."
         )
