@@ -16,6 +16,7 @@ import pytest
 import torch
 from cli import run_cli
 from PIL import Image
+from release_files import TINY_DETR
 
 from detr_lightning.checkpoint import load_official_detr
 from detr_lightning.convergence.box_attention import BoxAttentionPrior
@@ -26,12 +27,6 @@ from detr_lightning.detr import DETR, Backbone, SoftmaxScoring, Transformer, bui
 from detr_lightning.inference.onnx_export import export_onnx, external_data_files, verify_onnx
 from detr_lightning.inference.onnx_runtime import OnnxDetector, exported_scoring
 
-TINY_DETR = [
-    "backbone=r18", "model.net.num_queries=5", "model.net.transformer.d_model=32",
-    "model.net.transformer.nhead=4", "model.net.transformer.dim_feedforward=64",
-    "model.net.transformer.num_encoder_layers=1", "model.net.transformer.num_decoder_layers=2",
-    "data.val_transforms.size=96", "data.val_transforms.max_size=160",
-]  # fmt: skip
 # Padding edges at exact multiples of the stride (112 = 3.5 x 32 -> 4 cells, cut at 56) are
 # where ONNX Resize and PyTorch's nearest rounding disagree; the export must not.
 SIZES = ((2, 80, 112), (1, 130, 70), (3, 96, 128))

@@ -12,6 +12,7 @@ import pytest
 import torch
 from cli import INFER_TINY, TINY, run_cli, run_dirs
 from pycocotools.coco import COCO
+from release_files import TINY_DETR
 from torchvision.io import decode_image
 
 from detr_lightning.data.categories import COCO_CATEGORY_NAMES
@@ -19,12 +20,6 @@ from detr_lightning.data.shapes import generate_shapes_dataset
 from detr_lightning.detr import DETR, Backbone, Transformer, build_position_encoding
 
 # The paper's DETR at test size, as the r50 preset with overrides (official-file tests).
-TINY_DETR = [
-    "backbone=r18", "model.net.num_queries=5", "model.net.transformer.d_model=32",
-    "model.net.transformer.nhead=4", "model.net.transformer.dim_feedforward=64",
-    "model.net.transformer.num_encoder_layers=1", "model.net.transformer.num_decoder_layers=2",
-    "data.val_transforms.size=96", "data.val_transforms.max_size=160",
-]  # fmt: skip
 DOG = 18  # a COCO id: an official COCO model's label is the id itself
 
 

@@ -9,16 +9,10 @@ import torch
 from cli import run_cli
 from lit import loader, quiet_trainer, tiny_lit
 from PIL import Image
+from release_files import TINY_DETR
 
 from detr_lightning.attention_callback import AttentionMapLogger
 from detr_lightning.detr import DETR, Backbone, Transformer, build_position_encoding
-
-TINY_DETR = [
-    "backbone=r18", "model.net.num_queries=5", "model.net.transformer.d_model=32",
-    "model.net.transformer.nhead=4", "model.net.transformer.dim_feedforward=64",
-    "model.net.transformer.num_encoder_layers=1", "model.net.transformer.num_decoder_layers=2",
-    "data.val_transforms.size=96", "data.val_transforms.max_size=160",
-]  # fmt: skip
 
 
 def official_release(path: Path) -> Path:

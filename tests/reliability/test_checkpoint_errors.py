@@ -11,7 +11,7 @@ import pytest
 import torch
 from hydra_jobs import compose_job
 from lit import loader, quiet_trainer, tiny_lit
-from release_files import official_state_dict
+from release_files import TINY_DETR, official_state_dict
 from reliability_support import run
 
 from detr_lightning.checkpointing.optimizer_groups import check_optimizer_groups
@@ -217,11 +217,7 @@ def test_cli_names_a_truncated_checkpoint(files, tmp_path, shapes_root) -> None:
     assert f"ckpt_path={files['truncated']}: the file is truncated or corrupt" in out
 
 
-TINY_R50 = ["experiment=r50", "data=shapes", "trainer=cpu", "backbone=r18",
-            "model.net.num_queries=5", "model.net.transformer.d_model=32",
-            "model.net.transformer.nhead=4", "model.net.transformer.dim_feedforward=64",
-            "model.net.transformer.num_encoder_layers=1",
-            "model.net.transformer.num_decoder_layers=1"]  # fmt: skip
+TINY_R50 = ["experiment=r50", "data=shapes", "trainer=cpu", *TINY_DETR]
 
 
 @pytest.mark.parametrize(("stage", "config"), [("test", "eval"), ("predict", "predict")])

@@ -7,14 +7,12 @@ from types import SimpleNamespace
 
 import pytest
 from hydra_jobs import compose_job
+from release_files import TINY_DETR
 
 from detr_lightning.utils.build import build_model
 from detr_lightning.utils.config_check import ConfigError
 
-TINY = ["experiment=r50", "backbone=r18", "model.net.num_queries=3",
-        "model.net.transformer.d_model=16", "model.net.transformer.nhead=2",
-        "model.net.transformer.dim_feedforward=16", "model.net.transformer.num_encoder_layers=1",
-        "model.net.transformer.num_decoder_layers=1"]  # fmt: skip
+TINY = ["experiment=r50", *TINY_DETR]
 DATA = SimpleNamespace(num_classes=3, label_to_category_id=[7, 9, 12])
 
 
