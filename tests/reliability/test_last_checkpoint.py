@@ -3,6 +3,8 @@ first step on; the best-by-AP file stays separate."""
 
 from __future__ import annotations
 
+import warnings
+
 import lightning as L
 import pytest
 import torch
@@ -27,11 +29,11 @@ def _stalled_ap_lit():
     return lit
 
 
-def _fit(tmp_path, callback, epochs: int = 3, batches: int = 1) -> L.Trainer:
+def _fit(tmp_path, callback, epochs: int = 3, batches: int = 1, ckpt_path=None) -> L.Trainer:
     trainer = quiet_trainer(tmp_path, max_epochs=epochs, callbacks=[callback],
                             enable_checkpointing=True, limit_val_batches=1)  # fmt: skip
     trainer.fit(_stalled_ap_lit(), train_dataloaders=loader(batches),
-                val_dataloaders=loader(1, offset=50))  # fmt: skip
+                val_dataloaders=loader(1, offset=50), ckpt_path=ckpt_path)  # fmt: skip
     return trainer
 
 
@@ -83,3 +85,25 @@ def test_every_n_train_steps_writes_last_before_the_first_validation(tmp_path) -
     assert probe.seen == {2: (2, ["last.ckpt"])}  # written although there is no val/AP yet
     assert sorted(p.name for p in folder.iterdir()) == ["epoch000-AP0.2500.ckpt", "last.ckpt"]
     assert _step(folder / "last.ckpt") == 3
+
+
+def test_evaluating_a_checkpoint_keeps_the_run_bookkeeping_out(tmp_path) -> None:
+    """eval / predict of a run's checkpoint from another folder: no "dirpath has changed"
+    warning, and nothing of the training run's top-k list adopted; a resumed fit restores it."""
+    trained = BestAndLastCheckpoint(dirpath=tmp_path / "run", **ARGS)
+    _fit(tmp_path, trained, epochs=1)
+    ckpt = str(tmp_path / "run" / "last.ckpt")
+
+    evaluating = BestAndLastCheckpoint(dirpath=tmp_path / "eval", **ARGS)
+    trainer = quiet_trainer(tmp_path, callbacks=[evaluating], enable_checkpointing=True,
+                            limit_test_batches=1)  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.test(_stalled_ap_lit(), dataloaders=loader(1, offset=50), ckpt_path=ckpt)
+    assert not [w for w in caught if "dirpath has changed" in str(w.message)]
+    assert evaluating.best_model_path == "" and evaluating.best_k_models == {}
+    assert not (tmp_path / "eval").exists()
+
+    resumed = BestAndLastCheckpoint(dirpath=tmp_path / "run", **ARGS)
+    _fit(tmp_path / "resume", resumed, epochs=2, ckpt_path=ckpt)
+    assert trained.best_model_path in resumed.best_k_models

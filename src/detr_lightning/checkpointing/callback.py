@@ -99,6 +99,19 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         if trainer.global_step != self._last_written_step:
             self.write_last(trainer)
 
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._fitting = stage == "fit"
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # eval / predict of a run's checkpoint: that run's top-k bookkeeping (paths in its own
+        # folder) means nothing to a run that writes no checkpoints, and the parent would warn
+        # on every evaluation that the folder changed.
+        if getattr(self, "_fitting", True):
+            super().load_state_dict(state_dict)
+
     # ------------------------------------------------------------------ what
     def write_last(self, trainer: L.Trainer) -> None:
         """Write ``last.ckpt`` now (a no-op outside fitting and before the first step)."""
