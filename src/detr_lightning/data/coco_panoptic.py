@@ -188,8 +188,8 @@ class CocoPanopticDataset(IndexedImageDataset):
         return {"ids": self.read_id_map(idx), "segments_info": segments, "name": name}
 
     def raw_target(self, idx: int) -> dict[str, Tensor]:
-        """Target before transforms: ``masks`` Mask uint8 0/1 [T, H, W] (uint8: the transforms
-        resize it 3x faster than bool and return bool) and ``boxes`` absolute XYXY at the
+        """Target before transforms: ``masks`` Mask uint8 0/1 [T, H, W] (uint8: cheaper to resize
+        than bool; the transforms return bool) and ``boxes`` absolute XYXY at the
         original size, plus ``labels``, ``iscrowd``, ``area`` [T]."""
         ix, rows = self._index, self._rows(idx)
         ids, areas = self._read_id_map(idx)

@@ -14,7 +14,7 @@ clamped; boxes left without area are removed with their labels, crowd flags and 
 code). Evaluation: shorter side ``size``, longer <= ``max_size``; no box is removed.
 
 Segmentation targets (panoptic) add ``target["masks"]``, a ``tv_tensors.Mask`` [T, H, W] on the
-image's canvas, uint8 0/1 or bool (uint8 resizes ~3x faster: torchvision resizes bool masks via
+image's canvas, uint8 0/1 or bool (uint8 is cheaper: torchvision resizes bool masks through
 float32). Every step moves it with the image (flip, nearest-neighbour resize, crop;
 NormalizeImage leaves it alone), and the pipeline returns it as bool. Before the clamp, :class:`BoxesFromMasks` drops the objects
 whose mask became empty (cropped away, or too thin to survive a downscale) and replaces every box

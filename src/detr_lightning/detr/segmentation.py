@@ -44,15 +44,14 @@ class DETRsegm(nn.Module):
             training forwards with targets compute masks only for the queries it matches to a
             target, the only masks the mask losses read; the other queries' ``pred_masks`` are
             0. Exact (a query's mask depends on its own hidden state only, and the matching on
-            the detector's outputs only) and Q / #targets times cheaper: the per-query conv
-            head dominates a training step (5x the detector's on the CPU demo). The criterion
-            matches again, with the same result.
+            the detector's outputs only) and Q / #targets times cheaper; the per-query conv
+            head is most of a training step (``benchmarks/bench_panoptic.py`` times both). The
+            criterion matches again, with the same result.
         scale_attention: multiply each query's attention maps by heads x real pixels, so that a
             uniform map is 1 everywhere. The official maps sum to 1 over heads x pixels (values
             ~1e-4 next to O(1) features), which leaves a randomly initialised head nearly blind
-            to its query for hundreds of steps (fitting a single batch, its DICE loss barely
-            moves in 150 steps without the scaling, and falls steeply with it). Off by default: official weights need it
-            off; the CPU demo (experiments/shapes_panoptic.yaml) turns it on.
+            to its query. Off by default: official weights need it off; the CPU demo
+            (experiments/shapes_panoptic.yaml) turns it on.
     """
 
     def __init__(
