@@ -4,9 +4,16 @@ import math
 
 import pytest
 import torch
+from torchvision.ops import box_iou
 
 from detr_lightning.detr.class_scoring import SoftmaxScoring, softmax_class_loss
-from detr_lightning.detr.loss_terms import box_losses, cardinality_error, class_error, giou_loss
+from detr_lightning.detr.loss_terms import (
+    box_losses,
+    cardinality_error,
+    class_error,
+    giou_loss,
+    paired_inter_union,
+)
 from detr_lightning.detr.matched_pairs import MatchedPairs
 
 
@@ -102,6 +109,23 @@ def test_stacked_sets_equal_pytorch_losses_of_each_set_alone() -> None:
 def _random_xyxy(n: int, gen: torch.Generator) -> torch.Tensor:
     lo = torch.rand(n, 2, generator=gen, dtype=torch.float64)
     return torch.cat([lo, lo + torch.rand(n, 2, generator=gen, dtype=torch.float64) * 0.5], 1)
+
+
+def test_paired_inter_union_is_box_ious_diagonal_and_broadcasts() -> None:
+    """Row i with row i only, as the diagonal of torchvision's all-pairs box_iou; leading
+    dimensions broadcast (the conv proposals' box vote compares [B, 9, h, w] neighbours with
+    [B, 1, h, w] centres)."""
+    g = torch.Generator().manual_seed(0)
+    lo = torch.rand(6, 2, generator=g)
+    src = torch.cat([lo, lo + torch.rand(6, 2, generator=g)], 1)
+    lo = torch.rand(6, 2, generator=g)
+    tgt = torch.cat([lo, lo + torch.rand(6, 2, generator=g)], 1)
+    inter, union = paired_inter_union(src, tgt)
+    assert torch.allclose(inter / union, box_iou(src, tgt).diagonal(), atol=1e-6)
+    grid = src.view(2, 3, 1, 4)  # [2, 3, 1, 4] against [1, 1, 6, 4]
+    inter, union = paired_inter_union(grid, tgt.view(1, 1, 6, 4))
+    assert inter.shape == (2, 3, 6)
+    assert torch.allclose(inter / union, box_iou(src, tgt).view(2, 3, 6), atol=1e-6)
 
 
 def test_giou_loss_equals_torchvisions_in_value_and_gradient() -> None:

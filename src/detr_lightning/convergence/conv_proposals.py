@@ -44,6 +44,7 @@ from detr_lightning.convergence.proposals import (
     gather_queries,
 )
 from detr_lightning.detr.class_scoring import SoftmaxScoring
+from detr_lightning.detr.loss_terms import paired_inter_union
 
 NON_PEAK_DEMOTION = 10.0  # logit units taken from the class prior of non-peak queries
 
@@ -188,16 +189,10 @@ class ConvProposals(nn.Module):
             [padded[..., dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)], 2
         )  # [B, 5, 9, h, w]
         near_boxes, near_weight = near[:, :4], near[:, 4]
-        overlap = _elementwise_iou(near_boxes, xyxy[:, :, None])
+        inter, union = paired_inter_union(
+            near_boxes.movedim(1, -1), xyxy[:, :, None].movedim(1, -1)
+        )
+        overlap = inter / union.clamp(min=1e-12)  # [B, 9, h, w]
         near_weight = near_weight * (overlap > self.box_vote)
         voted = (near_boxes * near_weight[:, None]).sum(2) / near_weight.sum(1)[:, None]
         return box_convert(voted.flatten(2).transpose(1, 2), "xyxy", "cxcywh")
-
-
-def _elementwise_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of xyxy boxes laid out along dim 1 (a [B, 4, ...], b broadcastable) -> [B, ...]."""
-    lt, rb = torch.maximum(a[:, :2], b[:, :2]), torch.minimum(a[:, 2:], b[:, 2:])
-    inter = (rb - lt).clamp(min=0).prod(1)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / (area_a + area_b - inter).clamp(min=1e-12)

@@ -61,17 +61,19 @@ def paired_inter_union(src: Tensor, tgt: Tensor) -> tuple[Tensor, Tensor]:
     ``torchvision.ops.box_iou``), without host syncs.
 
     Args:
-        src, tgt: [M, 4] boxes, absolute or normalised xyxy (x1 <= x2, y1 <= y2).
+        src, tgt: [M, 4] boxes, absolute or normalised xyxy (x1 <= x2, y1 <= y2); any shapes
+            [..., 4] that broadcast against each other.
     Returns:
-        ([M] intersections, [M] unions).
+        ([M] intersections, [M] unions), or the broadcast shape without its last dimension.
     """
-    inter = _area((torch.min(src[:, 2:], tgt[:, 2:]) - torch.max(src[:, :2], tgt[:, :2])).clamp(0))
-    union = _area(src[:, 2:] - src[:, :2]) + _area(tgt[:, 2:] - tgt[:, :2]) - inter
+    low, high = torch.max(src[..., :2], tgt[..., :2]), torch.min(src[..., 2:], tgt[..., 2:])
+    inter = _area((high - low).clamp(0))
+    union = _area(src[..., 2:] - src[..., :2]) + _area(tgt[..., 2:] - tgt[..., :2]) - inter
     return inter, union
 
 
 def _area(wh: Tensor) -> Tensor:  # not .prod(-1): its backward checks for zeros on the host
-    return wh[:, 0] * wh[:, 1]
+    return wh[..., 0] * wh[..., 1]
 
 
 @torch.no_grad()
