@@ -49,6 +49,25 @@ def test_batch_to_moves_targets_and_collate_fn_pickles():
     assert to_meta.pixel_values.is_meta and to_meta.targets[0]["boxes"].is_meta
 
 
+def test_pin_memory_pins_every_tensor_of_the_batch(monkeypatch):
+    """DataLoader(pin_memory=True) calls Batch.pin_memory (no accelerator here: the pinning
+    itself is replaced by a recorder, which returns each tensor + 1)."""
+    pinned = []
+
+    def record(t: torch.Tensor) -> torch.Tensor:
+        pinned.append(t)
+        return t + 1
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", record)
+    batch = make_collate_fn(32)(samples([(5, 7), (6, 4)]))
+    out = batch.pin_memory()
+    tensors = [batch.pixel_values, batch.pixel_mask]
+    tensors += [v for t in batch.targets for v in t.values() if isinstance(v, torch.Tensor)]
+    assert all(p is t for p, t in zip(pinned, tensors, strict=True))
+    assert torch.equal(out.targets[1]["boxes"], batch.targets[1]["boxes"] + 1)
+    assert torch.equal(out.pixel_values, batch.pixel_values + 1)
+
+
 def test_empty_list_is_an_error():
     with pytest.raises(ValueError, match="empty"):
         collate([])

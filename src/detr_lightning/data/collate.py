@@ -27,26 +27,20 @@ class Batch:
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         """Move every tensor (targets included) to ``device``; Lightning calls this."""
-
-        def move(t: Any) -> Any:
-            return t.to(device, non_blocking=non_blocking) if isinstance(t, Tensor) else t
-
-        return Batch(
-            pixel_values=move(self.pixel_values),
-            pixel_mask=move(self.pixel_mask),
-            targets=[{k: move(v) for k, v in t.items()} for t in self.targets],
-        )
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> "Batch":
         """Page-lock every tensor; DataLoader(pin_memory=True) calls this on custom batches."""
+        return self._map(Tensor.pin_memory)
 
-        def pin(t: Any) -> Any:
-            return t.pin_memory() if isinstance(t, Tensor) else t
+    def _map(self, fn: Callable[[Tensor], Tensor]) -> "Batch":
+        def apply(t: Any) -> Any:
+            return fn(t) if isinstance(t, Tensor) else t
 
         return Batch(
-            pixel_values=pin(self.pixel_values),
-            pixel_mask=pin(self.pixel_mask),
-            targets=[{k: pin(v) for k, v in t.items()} for t in self.targets],
+            pixel_values=fn(self.pixel_values),
+            pixel_mask=fn(self.pixel_mask),
+            targets=[{k: apply(v) for k, v in t.items()} for t in self.targets],
         )
 
     def __len__(self) -> int:
