@@ -7,7 +7,7 @@ import torch
 
 from detr_lightning.convergence.proposals import EncoderProposals
 from detr_lightning.convergence.queries import AnchorQueries, ProposalQueries
-from detr_lightning.detr.model import EncodedImage
+from detr_lightning.detr.set_detector import EncodedImage
 
 
 def test_proposal_queries_give_no_prior_without_class_prior():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from detr_lightning.convergence.refinement import RefiningDecoderHook
-from detr_lightning.detr.model import MLP
+from detr_lightning.detr.set_detector import MLP
 
 
 def test_refined_box_gradient_stays_local_to_its_layer():

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from detr_lightning.detr.model import MLP, build_detr
+from detr_lightning.detr.model import build_detr
+from detr_lightning.detr.set_detector import MLP
 
 SMALL = dict(
     backbone="resnet18", num_classes=5, num_queries=7, hidden_dim=32, nheads=4,

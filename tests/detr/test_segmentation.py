@@ -14,10 +14,11 @@ from detr_lightning.detr.backbone import Backbone
 from detr_lightning.detr.criterion import SetCriterion
 from detr_lightning.detr.mask_head import MHAttentionMap
 from detr_lightning.detr.matcher import HungarianMatcher
-from detr_lightning.detr.model import DETR, SetDetector, build_detr
+from detr_lightning.detr.model import DETR, build_detr
 from detr_lightning.detr.official import load_official_detr, load_pretrained_into
 from detr_lightning.detr.position_encoding import build_position_encoding
 from detr_lightning.detr.segmentation import DETRsegm
+from detr_lightning.detr.set_detector import SetDetector
 from detr_lightning.detr.transformer import Transformer
 
 Q, C = 5, 4

@@ -15,7 +15,7 @@ from torch import nn
 
 from detr_lightning.convergence.dims import ModelDims
 from detr_lightning.convergence.queries import DecoderQueries
-from detr_lightning.detr.model import EncodedImage
+from detr_lightning.detr.set_detector import EncodedImage
 
 
 def grid_boxes(num_queries: int) -> torch.Tensor:

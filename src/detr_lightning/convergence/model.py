@@ -1,6 +1,6 @@
 """ConvergenceDETR: the paper's detector with lever components plugged in.
 
-The model is :class:`~detr_lightning.detr.model.SetDetector` (backbone, encoder, class head,
+The model is :class:`~detr_lightning.detr.set_detector.SetDetector` (backbone, encoder, class head,
 box MLP, output dict) plus components, each its own config node that exists only when used:
 
 * ``queries`` — what the decoder starts from (:mod:`~detr_lightning.convergence.queries`):
@@ -46,7 +46,7 @@ from detr_lightning.convergence.official_release import adapt_official_state_dic
 from detr_lightning.convergence.queries import DecoderQueries, LearnedQueries
 from detr_lightning.convergence.refinement import RefiningDecoderHook, zero_last_layer
 from detr_lightning.detr.class_scoring import SoftmaxScoring
-from detr_lightning.detr.model import MLP, EncodedImage, SetDetector, Targets
+from detr_lightning.detr.set_detector import MLP, EncodedImage, SetDetector, Targets
 from detr_lightning.detr.transformer import Transformer
 
 Factory = Callable[[ModelDims], nn.Module]

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from detr_lightning.convergence.box_encoding import inverse_sigmoid
 from detr_lightning.detr.class_scoring import SoftmaxScoring
-from detr_lightning.detr.model import MLP
+from detr_lightning.detr.set_detector import MLP
 
 
 class EncoderProposals(nn.Module):

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from detr_lightning.convergence.box_encoding import inverse_sigmoid
 from detr_lightning.convergence.dims import ModelDims
-from detr_lightning.detr.model import EncodedImage
+from detr_lightning.detr.set_detector import EncodedImage
 
 
 @dataclass

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from detr_lightning.convergence.box_encoding import box_sine_embedding, inverse_sigmoid
 from detr_lightning.convergence.dims import ModelDims
-from detr_lightning.detr.model import MLP
+from detr_lightning.detr.set_detector import MLP
 
 
 def zero_last_layer(head: MLP) -> None:

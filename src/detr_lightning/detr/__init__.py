@@ -8,7 +8,7 @@ from detr_lightning.detr.class_scoring import SoftmaxScoring
 from detr_lightning.detr.criterion import SetCriterion, base_loss_name
 from detr_lightning.detr.mask_head import MaskHeadSmallConv, MHAttentionMap
 from detr_lightning.detr.matcher import HungarianMatcher
-from detr_lightning.detr.model import DETR, MLP, build_detr
+from detr_lightning.detr.model import DETR, build_detr
 from detr_lightning.detr.panoptic_postprocess import PostProcessPanoptic, PostProcessSegm
 from detr_lightning.detr.position_encoding import (
     PositionEmbeddingLearned,
@@ -17,6 +17,7 @@ from detr_lightning.detr.position_encoding import (
 )
 from detr_lightning.detr.postprocess import PostProcess
 from detr_lightning.detr.segmentation import DETRsegm
+from detr_lightning.detr.set_detector import MLP
 from detr_lightning.detr.transformer import Transformer
 
 __all__ = [

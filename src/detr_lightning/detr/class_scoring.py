@@ -5,7 +5,7 @@ the criterion's ``loss_ce``, the cardinality error and the post-processing share
 cannot disagree on the logits' layout. :class:`SoftmaxScoring` is the paper's. An extension
 supplies another with the same attributes and methods (the sigmoid focal scoring of
 :mod:`~detr_lightning.convergence.focal_scoring`) through the ``scoring`` argument of
-:class:`~detr_lightning.detr.model.SetDetector`,
+:class:`~detr_lightning.detr.set_detector.SetDetector`,
 :class:`~detr_lightning.detr.matcher.HungarianMatcher`,
 :class:`~detr_lightning.detr.criterion.SetCriterion` and the post-processors.
 """

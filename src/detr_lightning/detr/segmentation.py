@@ -18,14 +18,14 @@ from torch import Tensor, nn
 
 from detr_lightning.detr.class_scoring import SoftmaxScoring, scoring_of
 from detr_lightning.detr.mask_head import MaskHeadSmallConv, MHAttentionMap
-from detr_lightning.detr.model import SetDetector, Targets
+from detr_lightning.detr.set_detector import SetDetector, Targets
 
 
 class DETRsegm(nn.Module):
-    """A :class:`~detr_lightning.detr.model.SetDetector` with DETR's panoptic mask head.
+    """A :class:`~detr_lightning.detr.set_detector.SetDetector` with DETR's panoptic mask head.
 
     The detector must implement
-    :meth:`~detr_lightning.detr.model.SetDetector.forward_with_hidden` (:class:`DETR` and
+    :meth:`~detr_lightning.detr.set_detector.SetDetector.forward_with_hidden` (:class:`DETR` and
     :class:`~detr_lightning.convergence.model.ConvergenceDETR` do) and
     its backbone must return its intermediate levels (``return_interm_layers=True``: a ResNet's
     layer1..layer4, CompactBackbone's c4, c8, p8); the head's widths follow the backbone's
