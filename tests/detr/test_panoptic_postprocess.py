@@ -160,3 +160,43 @@ def test_a_segment_of_exactly_min_area_pixels_is_kept() -> None:
     masks[0].view(-1)[:5], masks[1].view(-1)[5:] = 5.0, 5.0
     res = _two_queries([[10.0, -30.0], [10.0, -30.0]], masks, threshold=0.5, min_area=5)
     assert sorted(s["area"] for s in res["segments_info"]) == [5, 11]
+
+
+def _probability_logits(rows: list[list[float]]) -> torch.Tensor:
+    """[1, Q, K] logits whose softmax is each row of probabilities."""
+    return torch.tensor(rows).log()[None]
+
+
+def test_a_query_whose_argmax_is_no_object_is_dropped_below_half() -> None:
+    """The official rule: the best of all K columns must be a real class. At threshold 0.3,
+    p(class 0) = 0.45 passes the threshold but "no object" (0.50) wins: no segment. A query
+    where class 1 wins with 0.40 (no object 0.35) is kept."""
+    masks = torch.zeros(2, 4, 4)
+    masks[0, :, :2], masks[1, :, 2:] = 5.0, 5.0
+    logits = _probability_logits([[0.45, 0.05, 0.0 + 1e-9, 1e-9, 0.50],
+                                  [0.05, 0.40, 0.1, 0.1, 0.35]])  # fmt: skip
+    out = PostProcessPanoptic(IS_THING, threshold=0.3, min_area=1)(
+        {"pred_logits": logits, "pred_masks": masks[None]}, [(4, 4)]
+    )[0]
+    assert [(s["category_id"], s["area"]) for s in out["segments_info"]] == [(1, 16)]
+
+
+def test_labels_left_out_of_the_thing_map_form_no_segment_and_renormalise_nothing() -> None:
+    """Label 3 has no category (an unused COCO slot; left out of the map). Query 0's best label
+    is 3: dropped. Query 1 has p(label 0) = 0.80 at threshold 0.85, with 0.10 on label 3:
+    dropped too (renormalising without label 3 would give 0.89 and keep it). Query 2 (0.90)
+    stays."""
+    masks = torch.zeros(3, 6, 6)
+    masks[0, :2], masks[1, 2:4], masks[2, 4:] = 5.0, 5.0, 5.0
+    logits = _probability_logits([[0.02, 0.02, 0.02, 0.90, 0.04],
+                                  [0.80, 0.00 + 1e-9, 0.00 + 1e-9, 0.10, 0.10],
+                                  [0.90, 0.02, 0.02, 0.02, 0.04]])  # fmt: skip
+    known = {0: True, 1: True, 2: False}
+    out = PostProcessPanoptic(known, threshold=0.85, min_area=1)(
+        {"pred_logits": logits, "pred_masks": masks[None]}, [(6, 6)]
+    )[0]
+    assert [(s["category_id"], s["area"]) for s in out["segments_info"]] == [(0, 36)]
+    everything = PostProcessPanoptic({**known, 3: False}, threshold=0.85, min_area=1)(
+        {"pred_logits": logits, "pred_masks": masks[None]}, [(6, 6)]
+    )[0]  # the same outputs with label 3 a category: query 0 is a segment
+    assert sorted(s["category_id"] for s in everything["segments_info"]) == [0, 3]

@@ -244,3 +244,41 @@ def test_segm_ap_ignores_crowd_ground_truth():
         {"pred_logits": logits, "pred_masks": masks}, torch.zeros(1, 3, 16, 16), [target], Data()
     )
     assert abs(ev.compute()["segm_AP"] - 1.0) < 1e-6
+
+
+def test_an_unused_label_slot_forms_no_segment_and_lifts_no_other_score():
+    """label_to_category_id [999, 1, 2, 3]: label 0 is a slot of no category (COCO's unused
+    ids). q0 is thing segment 7's perfect mask with p(category 1) = 0.80, p(slot) = 0.10,
+    p(no object) = 0.10: under 0.85, dropped as by the official rule (a softmax renormalised
+    without the slot would give 0.89 and keep it). q1 is thing segment 9's perfect mask at 0.95.
+    q2's best label is the slot: no segment. q3 is stuff (category 3) with mask logit 0
+    everywhere, so it takes every pixel q1 does not: 256 - 36 = 220 px against its 184.
+    By hand: category 1 FN 1 (PQ 0), 2 TP at IoU 1, 3 TP at IoU 184 / 220."""
+    gt_ids = torch.full((16, 16), 11, dtype=torch.long)
+    gt_ids[2:8, 2:8], gt_ids[10:16, 10:16] = 7, 9
+    gt = {"ids": gt_ids, "segments_info": [
+        {"id": 7, "category_id": 1, "iscrowd": 0, "isthing": 1, "area": 36},
+        {"id": 9, "category_id": 2, "iscrowd": 0, "isthing": 1, "area": 36},
+        {"id": 11, "category_id": 3, "iscrowd": 0, "isthing": 0, "area": 184},
+    ]}  # fmt: skip
+
+    class Data:
+        categories = [{"id": 1, "isthing": 1}, {"id": 2, "isthing": 1}, {"id": 3, "isthing": 0}]
+        label_to_category_id = [999, 1, 2, 3]
+
+        def ground_truth(self, image_id):
+            return gt
+
+    probs = torch.tensor([[0.10, 0.80, 1e-9, 1e-9, 0.10], [0.02, 1e-9, 0.95, 1e-9, 0.03],
+                          [0.95, 0.02, 0.02, 1e-9, 0.01], [1e-9, 1e-9, 1e-9, 0.99, 0.01]])  # fmt: skip
+    masks = torch.full((1, 4, 16, 16), -8.0)
+    masks[0, 0][gt_ids == 7], masks[0, 1][gt_ids == 9] = 8.0, 8.0
+    masks[0, 2, :8, 8:], masks[0, 3] = 9.0, 0.0
+    ev = PanopticEvaluator(functools.partial(PostProcessPanoptic, threshold=0.85, min_area=1))
+    target = {"image_id": torch.tensor(1), "size": torch.tensor([16, 16]),
+              "orig_size": torch.tensor([16, 16])}  # fmt: skip
+    outputs = {"pred_logits": probs.log()[None], "pred_masks": masks}
+    ev.update(outputs, torch.zeros(1, 3, 16, 16), [target], Data())
+    out = ev.compute()
+    assert out["PQ"] == pytest.approx((0 + 1 + 184 / 220) / 3), out
+    assert out["RQ"] == pytest.approx(2 / 3) and out["PQ_th"] == pytest.approx(0.5), out

@@ -92,7 +92,10 @@ class PostProcessSegm(nn.Module):
 class PostProcessPanoptic(nn.Module):
     """Panoptic segmentation per image from DETR's outputs (paper Sec. 4.4).
 
-    Queries whose best real-class probability exceeds ``threshold`` are kept; every pixel goes
+    A query is kept when its best class's probability exceeds ``threshold`` and, under the
+    paper's softmax, that best class is not "no object" (the official rule; it only matters for
+    thresholds under 0.5); a label missing from a mapping ``is_thing_map`` is no category (COCO's
+    unused slots) and its queries are dropped, the probabilities unchanged. Every pixel goes
     to the kept query with the highest mask logit (so no pixel is in two segments); the queries
     of one stuff class form one segment; segments under ``min_area`` pixels are dropped and
     their pixels re-assigned among the rest, repeatedly. Unlike the official code, segment ids
@@ -101,7 +104,7 @@ class PostProcessPanoptic(nn.Module):
 
     Args:
         is_thing_map: label -> True for thing classes, False for stuff (a dict or a sequence
-            indexed by the model's label).
+            indexed by the model's label; a dict may leave out labels of no category).
         threshold: class-confidence threshold (strict, as official).
         min_area: segments with fewer pixels (at the output size) are dropped (official: 5).
         return_png: also return the COCO panoptic PNG bytes as ``png_string``.
@@ -159,6 +162,11 @@ class PostProcessPanoptic(nn.Module):
         ):
             scores, labels = self.scoring.probabilities(cur_logits).max(-1)
             keep = scores > self.threshold
+            if self.scoring.no_object:
+                keep &= self.scoring.is_object(cur_logits)
+            if isinstance(self.is_thing_map, Mapping):
+                known = [label in self.is_thing_map for label in range(cur_logits.shape[-1])]
+                keep &= torch.tensor(known, device=keep.device)[labels]
             kept = cur_masks[keep][None]
             if kept.shape[1]:
                 kept = F.interpolate(kept, size=canvas, mode="bilinear", align_corners=False)

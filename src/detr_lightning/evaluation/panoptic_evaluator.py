@@ -147,16 +147,16 @@ class PanopticEvaluator(nn.Module):
         scoring = scoring_or_default(scoring)
         isthing = {int(c["id"]): int(c["isthing"]) == 1 for c in dataset.categories}
         ids = [int(c) for c in (label_to_category_id or dataset.label_to_category_id)]
-        # Labels of no dataset category (unused COCO slots) can never form a segment.
-        logits = outputs["pred_logits"].clone()
-        unknown = torch.tensor([c not in isthing for c in ids], device=logits.device)
-        logits[..., : len(ids)][..., unknown] = float("-inf")
-        thing_map = [isthing.get(c, False) for c in ids]
-        postprocess = self.make_postprocess(is_thing_map=thing_map, scoring=scoring)
+        # Labels of no dataset category (unused COCO slots) are left out of the thing map: their
+        # queries form no segment, and the other queries' probabilities stay as the model gave
+        # them (as official, which never renormalises).
+        known = {label: isthing[c] for label, c in enumerate(ids) if c in isthing}
+        postprocess = self.make_postprocess(is_thing_map=known, scoring=scoring)
         sizes = torch.stack([t["size"] for t in targets])
         origs = torch.stack([t["orig_size"] for t in targets])
-        masked = {"pred_logits": logits, "pred_masks": outputs["pred_masks"]}
-        results = postprocess(masked, sizes, origs, canvas_size=pixel_values.shape[-2:])
+        results = postprocess(outputs, sizes, origs, canvas_size=pixel_values.shape[-2:])
+        logits = outputs["pred_logits"]
+        thing_map = [known.get(label, False) for label in range(len(ids))]
         categories = [{"id": c, "isthing": int(t)} for c, t in isthing.items()]
         for i, (result, target) in enumerate(zip(results, targets, strict=True)):
             image_id = int(target["image_id"])
