@@ -237,7 +237,7 @@ def test_malformed_records_are_named(tiny: Path) -> None:
     Image.fromarray(image_one()[0].astype(np.uint8)).save(
         tiny / "annotations/panoptic_train/000001.png"
     )  # grey-level: no RGB encoding
-    with pytest.raises(DatasetFormatError, match=r"000001\.png .*mode L"):
+    with pytest.raises(DatasetFormatError, match=r"000001\.png .*mode L.* Fix: write it as an RGB"):
         dataset(tiny)[0]
     edited_json(tiny, lambda d: d["annotations"][0]["segments_info"][2].update(id=SKY))
     with pytest.raises(DatasetFormatError, match=r"segments_info\[2\] .*id 700 is a duplicate"):
@@ -246,6 +246,30 @@ def test_malformed_records_are_named(tiny: Path) -> None:
     edited_json(tiny, lambda d: d["annotations"].pop())
     with pytest.raises(DatasetFormatError, match='image id 3 .* has no record in "annotations"'):
         dataset(tiny)
+
+
+@pytest.mark.parametrize("area", [360, 0])
+def test_a_json_area_other_than_the_pngs_pixel_count_is_refused(tiny: Path, area: int) -> None:
+    """PQ's union reads the json's area (as panopticapi's): a wrong one would skew PQ silently
+    (0 divided by zero). The cat has 36 pixels in the PNG; the json says otherwise."""
+    edited_json(tiny, lambda d: d["annotations"][0]["segments_info"][1].update(area=area))
+    expected = (rf"000001\.png \(image_id 1 of .*\): segment id {CAT} has area {area} in the "
+                r"segments_info of .*panoptic_train\.json, but the PNG has 36 pixels of it\. "
+                r"Fix: set area to the PNG's pixel count")  # fmt: skip
+    with pytest.raises(DatasetFormatError, match=expected):
+        dataset(tiny)[0]
+    with pytest.raises(DatasetFormatError, match=expected):
+        dataset(tiny).ground_truth(1)
+
+
+def test_category_and_folder_errors_give_the_fix(tiny: Path) -> None:
+    edited_json(tiny, lambda d: d["categories"][0].update(isthing=2))
+    with pytest.raises(DatasetFormatError, match=r'"isthing" = 2; expected 0 or 1\. Fix: 1 for '):
+        dataset(tiny)
+    edited_json(tiny, lambda d: d["categories"][0].update(isthing=1))
+    with pytest.raises(FileNotFoundError, match=r"Panoptic PNG folder not found: .*elsewhere .*"
+                                                r"Fix: give the folder in data\.train_png"):  # fmt: skip
+        dataset(tiny, png_folder=tiny / "elsewhere")
 
 
 @pytest.fixture(scope="module")

@@ -82,11 +82,15 @@ class CocoPanopticDataset(IndexedImageDataset):
         self.img_folder, self.ann_file = Path(img_folder), Path(ann_file)
         self.png_folder = Path(png_folder) if png_folder else self.ann_file.with_suffix("")
         data = read_coco_json(self.ann_file, kind="panoptic")
-        for folder, what in ((self.img_folder, "Image"), (self.png_folder, "Panoptic PNG")):
+        for folder, what, keys in (
+            (self.img_folder, "Image", "data.train_images / data.val_images"),
+            (self.png_folder, "Panoptic PNG", "data.train_png / data.val_png (null: the json's "
+             "path without .json)"),
+        ):  # fmt: skip
             if not folder.is_dir():
                 raise FileNotFoundError(
-                    f"{what} folder not found: {folder} (of {self.ann_file}). Fix: check the "
-                    f"data config's paths, or generate the shapes dataset with `make data`."
+                    f"{what} folder not found: {folder} (of {self.ann_file}). Fix: give the "
+                    f"folder in {keys}, or generate the shapes dataset with `make data`."
                 )
         self._set_categories(data["categories"], label_to_category_id, coco_id_space)
         self.is_thing = is_thing_per_label(self.categories, self.label_to_category_id)
@@ -142,7 +146,10 @@ class CocoPanopticDataset(IndexedImageDataset):
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
             raise ImageLoadError(f"Cannot decode panoptic PNG {where}: {err}.") from err
         if mode not in ("RGB", "RGBA"):  # an L/P PNG holds no R + 256 G + 256^2 B encoding
-            raise DatasetFormatError(f"{where} has mode {mode}; expected RGB-encoded segment ids.")
+            raise DatasetFormatError(
+                f"{where} has mode {mode}; expected RGB-encoded segment ids. Fix: write it as an "
+                "RGB PNG with id = R + 256 G + 256^2 B (panopticapi.utils.id2rgb)."
+            )
         if rgb.shape[:2] != (height, width):
             raise DatasetFormatError(
                 f"{where} is {rgb.shape[1]}x{rgb.shape[0]} (width x height) but its image "
@@ -162,7 +169,18 @@ class CocoPanopticDataset(IndexedImageDataset):
                     + f" is in {holder} but not in the {other} of that image. Fix: the PNG and "
                     f"segments_info must list the same segment ids (0 = VOID)."
                 )
-        return ids, counts[np.searchsorted(values.numpy(), listed)]
+        areas = counts[np.searchsorted(values.numpy(), listed)]
+        stated = ix.area[self._rows(idx)]  # the json's; PQ's union reads it, as panopticapi's
+        wrong = np.flatnonzero(~np.isnan(stated) & (stated != areas.numpy()))
+        if len(wrong):
+            j = int(wrong[0])
+            raise DatasetFormatError(
+                f"{where}: segment id {int(listed[j])} has area {stated[j]:g} in the "
+                f"segments_info of {self.ann_file}, but the PNG has {int(areas[j])} pixels of it"
+                + (f" ({len(wrong) - 1} more segments differ)" if len(wrong) > 1 else "")
+                + ". Fix: set area to the PNG's pixel count, or leave the field out."
+            )
+        return ids, areas
 
     def ground_truth(self, image_id: int) -> dict[str, Any]:
         """One image's ground truth for PQ, at its original size, in the layout of

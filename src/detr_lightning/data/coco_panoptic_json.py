@@ -51,7 +51,10 @@ def _check_categories(categories: list, ann_file: Path) -> None:
     for i, cat in enumerate(categories):
         where = f"{ann_file}: categories[{i}] (id={cat['id']})"
         if _int_field(cat, "isthing", where) not in (0, 1):
-            raise DatasetFormatError(f'{where} has "isthing" = {cat["isthing"]}; expected 0 or 1.')
+            raise DatasetFormatError(
+                f'{where} has "isthing" = {cat["isthing"]}; expected 0 or 1. Fix: 1 for a class '
+                "of countable objects (thing), 0 for an amorphous region (stuff)."
+            )
 
 
 def _segment_rows(ann: dict, where: str) -> list[tuple[int, int, int, float]]:
