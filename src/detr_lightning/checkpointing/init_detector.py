@@ -21,6 +21,7 @@ from detr_lightning.checkpointing.validate import (
     read_checkpoint,
     state_dict_differences,
 )
+from detr_lightning.detr.segmentation import detector_of
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def load_detector(
             ".ckpt written by detr_lightning.train (an official release goes to model.pretrained)."
         )
     net = getattr(model, "net", model)
-    detector = getattr(net, "detr", net)
+    detector = detector_of(net)
     weights = detector_state_dict(checkpoint["state_dict"])
     own = detector.state_dict()
     fresh = class_count_keys(weights, own) if fine_tuning else []
