@@ -20,8 +20,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from detr_lightning.detr.class_scoring import scoring_of
 from detr_lightning.detr.model import build_detr
-from detr_lightning.detr.segmentation import DETRsegm
+from detr_lightning.detr.segmentation import DETRsegm, detector_of
+from detr_lightning.detr.state_dicts import (
+    class_count_keys,
+    listing,
+    num_classes,
+    state_dict_differences,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +128,7 @@ def infer_official_config(sd: dict[str, Tensor], path: str = "<state dict>") -> 
     ffn = [k for k in ("encoder", "decoder") if f"transformer.{k}.layers.0.linear1.weight" in sd]
     cfg: dict[str, Any] = {
         "backbone": backbone,
-        "num_classes": sd["class_embed.weight"].shape[0] - 1,
+        "num_classes": num_classes(sd),
         "num_queries": sd["query_embed.weight"].shape[0],
         "hidden_dim": sd["query_embed.weight"].shape[1],
         "enc_layers": _count(sd, "transformer.encoder.layers."),
@@ -135,11 +142,6 @@ def infer_official_config(sd: dict[str, Tensor], path: str = "<state dict>") -> 
     return cfg
 
 
-def _listing(keys: list[str], limit: int = 20) -> str:
-    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
 def _load_converted(model: nn.Module, sd: dict[str, Tensor], path: str) -> dict[str, Any]:
     """Load a converted state dict (detection or panoptic) into a DETR or a DETRsegm.
 
@@ -148,7 +150,9 @@ def _load_converted(model: nn.Module, sd: dict[str, Tensor], path: str) -> dict[
     """
     segm = isinstance(model, DETRsegm)
     detector, mask_part = split_panoptic(sd)
-    net = model.detr if segm else model
+    net = detector_of(model)
+    own_detector = net.state_dict()
+    release_classes = num_classes(detector)  # official releases score with the softmax
     skipped, unused, fresh = [] if segm else sorted(mask_part), [], []
     # An extension of the paper's model names the release's tensors in its own terms, and lists
     # its own parameters that no release holds (they keep their initialisation).
@@ -156,34 +160,33 @@ def _load_converted(model: nn.Module, sd: dict[str, Tensor], path: str) -> dict[
     if adapt is not None:
         detector, unused, fresh = adapt(detector)
         skipped += unused
+    # The fine-tuning path: a new label set gets a fresh class head (and fresh per-class
+    # tables), everything else loads.
+    reinitialized = class_count_keys(detector, own_detector)
     prefix = _DETR if segm else ""
     sd = {prefix + k: v for k, v in detector.items()}
     fresh = [prefix + k for k in fresh]
+    reinitialized = [prefix + k for k in reinitialized]
     if segm:
         sd.update(mask_part)
     own = model.state_dict()
-    head = tuple(prefix + k for k in _HEAD)
-    unexpected = sorted(set(sd) - set(own))
-    missing = sorted(set(own) - set(sd))
+    unexpected, missing, shapes = state_dict_differences(
+        {k: v for k, v in sd.items() if k not in reinitialized},
+        {k: v for k, v in own.items() if k not in reinitialized},
+    )
     kept = [k for k in missing if segm and not mask_part and k.startswith(_MASK_PARTS)]
     kept += [k for k in missing if k in fresh]
     missing = [k for k in missing if k not in kept]
-    mismatched = sorted(k for k in set(sd) & set(own) if sd[k].shape != own[k].shape)
-    reinitialized: list[str] = []
-    if any(k in mismatched for k in head) and sd[head[0]].shape[1] == own[head[0]].shape[1]:
-        # The fine-tuning path: a new label set gets a fresh class head, everything else loads.
-        getattr(net, "init_class_head", net.class_embed.reset_parameters)()
-        reinitialized = list(head)
-        mismatched = [k for k in mismatched if k not in head]
-    if unexpected or missing or mismatched:
-        shapes = [f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in mismatched]
+    if unexpected or missing or shapes:
         raise ValueError(
             f"{path}: checkpoint does not match the model. Unmatched checkpoint keys: "
-            f"[{_listing(unexpected)}]; model keys absent from the checkpoint: [{_listing(missing)}];"
-            f" shape mismatches: [{_listing(shapes)}]. Check that backbone depth, hidden_dim, "
+            f"{listing(unexpected)}; model keys absent from the checkpoint: {listing(missing)};"
+            f" shape mismatches: {listing(shapes)}. Check that backbone depth, hidden_dim, "
             "enc/dec layers, num_queries, pre_norm and position_embedding match the checkpoint "
             "(and, for the mask head, nheads and return_interm_layers)."
         )
+    if prefix + _HEAD[0] in reinitialized:
+        getattr(net, "init_class_head", net.class_embed.reset_parameters)()
     weights = {k: v for k, v in sd.items() if k not in reinitialized}
     model.load_state_dict(weights, strict=False)
     report = {
@@ -192,8 +195,8 @@ def _load_converted(model: nn.Module, sd: dict[str, Tensor], path: str) -> dict[
         "reinitialized": reinitialized,
         "not_in_checkpoint": kept,
         "skipped": skipped,
-        "checkpoint_num_classes": sd[head[0]].shape[0] - 1,
-        "model_num_classes": own[head[0]].shape[0] - 1,
+        "checkpoint_num_classes": release_classes,
+        "model_num_classes": num_classes(own_detector, scoring_of(net)),
     }
     log.info("loaded %d tensors from %s", len(weights), path)
     if reinitialized:
@@ -205,7 +208,7 @@ def _load_converted(model: nn.Module, sd: dict[str, Tensor], path: str) -> dict[
         )
     if fresh:
         log.warning("%s: %d tensors of the model's extensions are not in the release and keep "
-                    "their initialisation: %s", path, len(fresh), _listing(fresh))  # fmt: skip
+                    "their initialisation: %s", path, len(fresh), listing(fresh))  # fmt: skip
     if segm and not mask_part:
         log.info("%s: a detection file; the mask head keeps its initialisation", path)
     if mask_part and not segm:
@@ -214,7 +217,7 @@ def _load_converted(model: nn.Module, sd: dict[str, Tensor], path: str) -> dict[
         )
     if unused:
         log.info("%s: %d tensors of the release are replaced by the model's extensions and not "
-                 "used: %s", path, len(unused), _listing(unused))  # fmt: skip
+                 "used: %s", path, len(unused), listing(unused))  # fmt: skip
     return report
 
 

@@ -76,13 +76,14 @@ def official_meta(path: str) -> tuple[int, list[int], list[str] | None]:
     from detr_lightning.checkpointing.validate import read_checkpoint
     from detr_lightning.data.categories import COCO_NUM_CLASSES, COCO_PANOPTIC_NUM_CLASSES
     from detr_lightning.detr.official import split_panoptic
+    from detr_lightning.detr.state_dicts import num_classes as release_classes
 
     obj = read_checkpoint(path, "model.pretrained")  # mmap: only the shapes are read here
     sd = obj.get("model", obj) if isinstance(obj, dict) else {}
     sd = split_panoptic(sd)[0] if isinstance(sd, dict) else {}
     if "class_embed.weight" not in sd:
         raise ValueError(f"model.pretrained={path}: not an official DETR file (no class_embed)")
-    num_classes = int(sd["class_embed.weight"].shape[0]) - 1
+    num_classes = release_classes(sd)
     ids = list(range(num_classes))
     coco = num_classes in (COCO_NUM_CLASSES, COCO_PANOPTIC_NUM_CLASSES)
     return num_classes, ids, coco_names(ids) if coco else None
