@@ -94,14 +94,21 @@ def read_official_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
             f"{path}: not a readable torch file ({str(err).splitlines()[0]}); it is probably "
             "truncated or corrupt: download the release again and compare its size."
         ) from err
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
-    if not isinstance(obj, dict) or not ("class_embed.weight" in obj or is_panoptic(obj)):
+    return release_state_dict(obj, path)
+
+
+def release_state_dict(content: Any, source: str) -> dict[str, Tensor]:
+    """The official state dict of a release file's loaded ``content`` (``{"model": state_dict}``
+    or the state dict itself); ValueError starting with ``source`` (the file, as the caller
+    names it) when it is neither."""
+    if isinstance(content, dict) and isinstance(content.get("model"), dict):
+        content = content["model"]
+    if not isinstance(content, dict) or not (_HEAD[0] in content or is_panoptic(content)):
         raise ValueError(
-            f"{path}: expected an official DETR file {{'model': state_dict}} with a "
+            f"{source}: expected an official DETR file {{'model': state_dict}} with a "
             "'class_embed.weight' (panoptic: 'detr.class_embed.weight') entry; got something else"
         )
-    return obj
+    return content
 
 
 def _count(sd: dict[str, Tensor], prefix: str) -> int:
@@ -232,7 +239,14 @@ def load_pretrained_into(model: nn.Module, path: str | os.PathLike) -> dict[str,
     (model keys kept as initialised), ``skipped`` (file keys not used) and both class counts.
     """
     path = os.fspath(path)
-    return _load_converted(model, convert_official_state_dict(read_official_state_dict(path)), path)
+    return load_state_dict_into(model, read_official_state_dict(path), path)
+
+
+def load_state_dict_into(model: nn.Module, sd: dict[str, Tensor], source: str) -> dict[str, Any]:
+    """:func:`load_pretrained_into` on a release's state dict already read (official key
+    names, e.g. by :func:`release_state_dict`); ``source`` names it in the errors, the logs and
+    the report's ``path``."""
+    return _load_converted(model, convert_official_state_dict(sd), source)
 
 
 def load_official_detr(
@@ -273,5 +287,5 @@ def load_official_detr(
     )
     if masks:
         model = DETRsegm(model)
-    _load_converted(model, convert_official_state_dict(sd), path)
+    load_state_dict_into(model, sd, path)
     return model.eval()
