@@ -1,13 +1,12 @@
-"""Official facebookresearch/detr checkpoints: key conversion, architecture inference, loading.
+"""Official facebookresearch/detr checkpoints: reading and loading (key mapping:
+:mod:`~detr_lightning.detr.official_keys`).
 
 A release file is ``{"model": state_dict}`` with keys such as ``backbone.0.body.layer1.0.conv1.weight``
 (ResNet trunk), ``backbone.1.row_embed.weight`` (learned position encoding, if any),
 ``transformer.encoder.layers.0.self_attn.in_proj_weight``, ``class_embed.weight``,
 ``bbox_embed.layers.0.weight``, ``query_embed.weight`` and ``input_proj.weight``.
-
-A panoptic release file (``detr-r50-panoptic-00ce5173.pth``) holds the same detector keys
-prefixed ``detr.`` plus the mask head's ``bbox_attention.*`` and ``mask_head.*``: the layout of
-:class:`~detr_lightning.detr.segmentation.DETRsegm`, so only the detector's prefixes are renamed.
+A panoptic release file (``detr-r50-panoptic-00ce5173.pth``) holds the same keys under ``detr.``
+beside its mask head's, the layout of :class:`~detr_lightning.detr.segmentation.DETRsegm`.
 """
 
 from __future__ import annotations
@@ -22,58 +21,37 @@ from torch import Tensor, nn
 
 from detr_lightning.detr.class_scoring import scoring_of
 from detr_lightning.detr.model import build_detr
+from detr_lightning.detr.official_keys import (
+    DETR_PREFIX,
+    MASK_PARTS,
+    convert_official_state_dict,
+    infer_official_config,
+    is_panoptic,
+    split_panoptic,
+)
 from detr_lightning.detr.segmentation import DETRsegm, detector_of
 from detr_lightning.detr.state_dicts import (
+    CLASS_HEAD,
     class_count_keys,
     listing,
     num_classes,
     state_dict_differences,
 )
 
+# Re-exported: the key mapping's public names have always been imported from here.
+__all__ = [
+    "convert_official_state_dict",
+    "infer_official_config",
+    "is_panoptic",
+    "load_official_detr",
+    "load_pretrained_into",
+    "load_state_dict_into",
+    "read_official_state_dict",
+    "release_state_dict",
+    "split_panoptic",
+]
+
 log = logging.getLogger(__name__)
-
-_PREFIXES = (("backbone.0.", "backbone."), ("backbone.1.", "position_encoding."))
-_HEAD = ("class_embed.weight", "class_embed.bias")
-# The detector's prefix in panoptic files (and in DETRsegm), and the mask head's parts.
-_DETR = "detr."
-_MASK_PARTS = ("bbox_attention.", "mask_head.")
-_RESNETS = {
-    (False, 2): "resnet18",
-    (False, 6): "resnet34",
-    (True, 6): "resnet50",
-    (True, 23): "resnet101",
-}
-
-
-def convert_official_state_dict(official_sd: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Rename official DETR keys to this project's (``backbone.0.body.X`` -> ``backbone.body.X``,
-    ``backbone.1.X`` -> ``position_encoding.X``; transformer and heads keep their names), also
-    under a panoptic file's ``detr.`` prefix (the mask head's keys keep their names)."""
-    out = {}
-    for key, value in official_sd.items():
-        prefix = _DETR if key.startswith(_DETR) else ""
-        rest = key[len(prefix) :]
-        for old, new in _PREFIXES:
-            if rest.startswith(old):
-                rest = new + rest[len(old) :]
-                break
-        out[prefix + rest] = value
-    return out
-
-
-def is_panoptic(sd: dict[str, Tensor]) -> bool:
-    """Whether a state dict (official or converted) is a panoptic one (detector under
-    ``detr.``)."""
-    return _DETR + _HEAD[0] in sd
-
-
-def split_panoptic(sd: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """A panoptic state dict -> (the detector's keys without ``detr.``, the mask head's keys);
-    a detection state dict -> (itself, {})."""
-    if not is_panoptic(sd):
-        return sd, {}
-    detector = {k[len(_DETR) :]: v for k, v in sd.items() if k.startswith(_DETR)}
-    return detector, {k: v for k, v in sd.items() if not k.startswith(_DETR)}
 
 
 def read_official_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
@@ -103,50 +81,12 @@ def release_state_dict(content: Any, source: str) -> dict[str, Tensor]:
     names it) when it is neither."""
     if isinstance(content, dict) and isinstance(content.get("model"), dict):
         content = content["model"]
-    if not isinstance(content, dict) or not (_HEAD[0] in content or is_panoptic(content)):
+    if not isinstance(content, dict) or not (CLASS_HEAD in content or is_panoptic(content)):
         raise ValueError(
             f"{source}: expected an official DETR file {{'model': state_dict}} with a "
             "'class_embed.weight' (panoptic: 'detr.class_embed.weight') entry; got something else"
         )
     return content
-
-
-def _count(sd: dict[str, Tensor], prefix: str) -> int:
-    """Number of numbered children under ``prefix`` (e.g. blocks of a ResNet stage)."""
-    idx = {int(k[len(prefix) :].split(".")[0]) for k in sd if k.startswith(prefix)}
-    return max(idx) + 1 if idx else 0
-
-
-def infer_official_config(sd: dict[str, Tensor], path: str = "<state dict>") -> dict[str, Any]:
-    """``build_detr`` keyword arguments read off an official state dict's keys and shapes.
-
-    Not recoverable from weights: the head count (default 8) and DC5 dilation. A panoptic state
-    dict gives its detector's configuration.
-    """
-    sd = split_panoptic(sd)[0]
-    blocks = _count(sd, "backbone.0.body.layer3.")
-    bottleneck = "backbone.0.body.layer1.0.conv3.weight" in sd
-    backbone = _RESNETS.get((bottleneck, blocks))
-    if backbone is None:
-        raise ValueError(
-            f"{path}: cannot infer the ResNet depth: layer3 has {blocks} "
-            f"{'bottleneck' if bottleneck else 'basic'} blocks (known: resnet18/34/50/101)"
-        )
-    ffn = [k for k in ("encoder", "decoder") if f"transformer.{k}.layers.0.linear1.weight" in sd]
-    cfg: dict[str, Any] = {
-        "backbone": backbone,
-        "num_classes": num_classes(sd),
-        "num_queries": sd["query_embed.weight"].shape[0],
-        "hidden_dim": sd["query_embed.weight"].shape[1],
-        "enc_layers": _count(sd, "transformer.encoder.layers."),
-        "dec_layers": _count(sd, "transformer.decoder.layers."),
-        "pre_norm": "transformer.encoder.norm.weight" in sd,
-        "position_embedding": "learned" if "backbone.1.row_embed.weight" in sd else "sine",
-        "use_ffn": bool(ffn),
-    }
-    if ffn:
-        cfg["dim_feedforward"] = sd[f"transformer.{ffn[0]}.layers.0.linear1.weight"].shape[0]
-    return cfg
 
 
 def _load_converted(model: nn.Module, sd: dict[str, Tensor], path: str) -> dict[str, Any]:
@@ -170,7 +110,7 @@ def _load_converted(model: nn.Module, sd: dict[str, Tensor], path: str) -> dict[
     # The fine-tuning path: a new label set gets a fresh class head (and fresh per-class
     # tables), everything else loads.
     reinitialized = class_count_keys(detector, own_detector)
-    prefix = _DETR if segm else ""
+    prefix = DETR_PREFIX if segm else ""
     sd = {prefix + k: v for k, v in detector.items()}
     fresh = [prefix + k for k in fresh]
     reinitialized = [prefix + k for k in reinitialized]
@@ -181,7 +121,7 @@ def _load_converted(model: nn.Module, sd: dict[str, Tensor], path: str) -> dict[
         {k: v for k, v in sd.items() if k not in reinitialized},
         {k: v for k, v in own.items() if k not in reinitialized},
     )
-    kept = [k for k in missing if segm and not mask_part and k.startswith(_MASK_PARTS)]
+    kept = [k for k in missing if segm and not mask_part and k.startswith(MASK_PARTS)]
     kept += [k for k in missing if k in fresh]
     missing = [k for k in missing if k not in kept]
     if unexpected or missing or shapes:
@@ -192,7 +132,7 @@ def _load_converted(model: nn.Module, sd: dict[str, Tensor], path: str) -> dict[
             "enc/dec layers, num_queries, pre_norm and position_embedding match the checkpoint "
             "(and, for the mask head, nheads and return_interm_layers)."
         )
-    if prefix + _HEAD[0] in reinitialized:
+    if prefix + CLASS_HEAD in reinitialized:
         getattr(net, "init_class_head", net.class_embed.reset_parameters)()
     weights = {k: v for k, v in sd.items() if k not in reinitialized}
     model.load_state_dict(weights, strict=False)

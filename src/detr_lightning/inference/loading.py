@@ -75,7 +75,7 @@ def official_meta(release: dict[str, torch.Tensor]) -> tuple[int, list[int], lis
     labels are COCO's category ids (91 slots; panoptic: 250), so the things get COCO's names (a
     panoptic release's stuff has no name without the data's categories)."""
     from detr_lightning.data.categories import COCO_NUM_CLASSES, COCO_PANOPTIC_NUM_CLASSES
-    from detr_lightning.detr.official import split_panoptic
+    from detr_lightning.detr.official_keys import split_panoptic
     from detr_lightning.detr.state_dicts import num_classes as release_classes
 
     num_classes = release_classes(split_panoptic(release)[0])
