@@ -172,8 +172,9 @@ def load_pretrained_into(model: nn.Module, path: str | os.PathLike) -> dict[str,
     """Load an official DETR release file into an existing model (fine-tuning start point).
 
     ``model`` is a DETR or a DETRsegm; the file a detection or a panoptic release. Every tensor
-    must match by name and shape, except the class head, which is re-initialised when the
-    model's ``num_classes`` differs from the checkpoint's; a detection file leaves a DETRsegm's
+    must match by name and shape, except the tensors sized by the class count (the class head:
+    :func:`~detr_lightning.detr.state_dicts.class_count_keys`), re-initialised when the
+    model's class count differs from the checkpoint's; a detection file leaves a DETRsegm's
     mask head as initialised, and a panoptic file's mask head is not used by a DETR. Returns a
     report dict with ``path``, ``loaded`` (our keys), ``reinitialized``, ``not_in_checkpoint``
     (model keys kept as initialised), ``skipped`` (file keys not used) and both class counts.
