@@ -225,3 +225,25 @@ def test_a_predict_sweep_writes_each_job_into_its_own_folder(checkpoint, shapes_
         assert job.parent.parent == tmp_path / "multirun" / "shapes"
         assert len(json.loads((job / "predictions.json").read_text())) == 8 * 4
         assert f"top_k: {top_k}" in (job / ".hydra" / "config.yaml").read_text()
+
+
+def test_an_official_release_is_read_once_for_its_classes_and_weights(
+    tmp_path, monkeypatch
+) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from detr_lightning.inference.loading import load_detector
+    from detr_lightning.utils import conf_dir
+
+    release = official_release(tmp_path / "detr-tiny.pth")
+    with initialize_config_dir(conf_dir(), version_base="1.3"):
+        cfg = compose("predict", overrides=["experiment=r50", f"model.pretrained={release}",
+                                            "paths.coco_dir=/nonexistent", *TINY_DETR])  # fmt: skip
+    reads = []
+    load = torch.load
+    monkeypatch.setattr(
+        torch, "load", lambda f, *a, **kw: reads.append(str(f)) or load(f, *a, **kw)
+    )
+    detector = load_detector(cfg)
+    assert reads == [str(release)]
+    assert len(detector.category_ids) == 91 and detector.names[DOG] == "dog"

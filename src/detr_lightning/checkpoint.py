@@ -7,6 +7,7 @@ from detr_lightning.detr.official import (
     infer_official_config,
     load_official_detr,
     load_pretrained_into,
+    load_state_dict_into,
     read_official_state_dict,
 )
 
@@ -15,5 +16,6 @@ __all__ = [
     "infer_official_config",
     "load_official_detr",
     "load_pretrained_into",
+    "load_state_dict_into",
     "read_official_state_dict",
 ]

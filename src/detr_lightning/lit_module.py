@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from detr_lightning.budget import WallBudget
 from detr_lightning.compile import CompileCounter, compile_network
 from detr_lightning.data.transforms import keep_objects
+from detr_lightning.detr.segmentation import detector_of
 from detr_lightning.evaluation.panoptic_evaluator import PanopticEvaluator
 from detr_lightning.lit_evaluation import EvaluationSteps
 from detr_lightning.lit_optimization import OptimizationHooks
@@ -116,7 +117,7 @@ class LitDETR(EvaluationSteps, OptimizationHooks):
             ignore=["net", "criterion", "postprocess", "optimizer", "lr_schedule", "segmentation",
                     "panoptic"], logger=False,
         )  # fmt: skip
-        check_consistent_heads(getattr(net, "detr", net), criterion, postprocess)
+        check_consistent_heads(detector_of(net), criterion, postprocess)
         if segmentation is not None:
             net = segmentation(net)
         self.hparams["label_to_category_id"] = label_to_category_id
@@ -129,7 +130,7 @@ class LitDETR(EvaluationSteps, OptimizationHooks):
 
     def setup(self, stage: str) -> None:
         # An image with more objects than queries would stop the matcher mid-epoch: say so now.
-        queries = getattr(getattr(self.net, "detr", self.net), "num_queries", None)
+        queries = getattr(detector_of(self.net), "num_queries", None)
         for dataset in getattr(getattr(self.trainer, "datamodule", None), "datasets", {}).values():
             if queries is not None and hasattr(dataset, "check_query_capacity"):
                 dataset.check_query_capacity(queries)

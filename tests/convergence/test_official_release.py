@@ -14,6 +14,8 @@ import torch
 from release_files import official_state_dict
 
 from detr_lightning.checkpoint import load_pretrained_into
+from detr_lightning.checkpointing.pretrained import load_pretrained
+from detr_lightning.checkpointing.validate import CheckpointLoadError
 from detr_lightning.convergence.deformable_attention import BoxDeformableAttention
 from detr_lightning.convergence.focal_scoring import FocalScoring
 from detr_lightning.detr.model import DETR
@@ -61,7 +63,7 @@ def test_replaced_parts_are_skipped_and_lever_parameters_keep_their_init(tmp_pat
         assert torch.equal(model.state_dict()[k], release[k])
     # 7 softmax classes + no-object in the file, 3 sigmoid classes here: a fresh head with the
     # focal prior (1 % per class), not torch's default bias
-    assert report["reinitialized"] == ["class_embed.weight", "class_embed.bias"]
+    assert report["reinitialized"] == ["class_embed.bias", "class_embed.weight"]
     torch.testing.assert_close(model.class_embed.bias, torch.full((3,), -math.log(99.0)))
     assert "keep their initialisation" in caplog.text
 
@@ -81,3 +83,23 @@ def test_another_architecture_still_stops_naming_the_differences(tmp_path) -> No
     _, path = _release(tmp_path, decoder_layers=3)
     with pytest.raises(ValueError, match="transformer.decoder.layers.2"):
         load_pretrained_into(levers.model(queries=levers.learned(), decoder_layers=2), path)
+
+
+def test_a_coco_release_into_a_focal_model_counts_the_models_classes_by_its_scoring(
+    tmp_path,
+) -> None:
+    # 91 softmax classes + "no object" in the file; 3 sigmoid classes here (3 logit rows, no
+    # "no object" row), with a denoiser whose label table [3, d] is sized by the class count too.
+    _, path = _release(tmp_path, num_classes=91)
+    model = levers.model(queries=levers.anchors(), box_refinement=levers.REFINE,
+                         denoiser=levers.denoiser(), scoring=FocalScoring())  # fmt: skip
+    table = model.denoiser.label_embed.weight.clone()
+    report = load_pretrained_into(model, path)
+    assert (report["checkpoint_num_classes"], report["model_num_classes"]) == (91, 3)
+    assert report["reinitialized"] == ["class_embed.bias", "class_embed.weight"]
+    assert "denoiser.label_embed.weight" in report["not_in_checkpoint"]
+    assert torch.equal(model.denoiser.label_embed.weight, table)
+    # Evaluating the release on such a model (nothing else missing) names both class counts.
+    plain = levers.model(queries=levers.learned(), scoring=FocalScoring())
+    with pytest.raises(CheckpointLoadError, match="the release has 91 classes and the data 3;"):
+        load_pretrained(plain, path, fine_tuning=False)

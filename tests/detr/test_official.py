@@ -193,7 +193,7 @@ def test_num_classes_change_reinitialises_only_the_class_head(tmp_path) -> None:
         dec_layers=2, dim_feedforward=FF,
     )  # fmt: skip
     report = load_pretrained_into(fresh, path)
-    assert report["reinitialized"] == ["class_embed.weight", "class_embed.bias"]
+    assert report["reinitialized"] == ["class_embed.bias", "class_embed.weight"]
     assert report["checkpoint_num_classes"] == C and report["model_num_classes"] == 3
     assert set(report["loaded"]) == {_ours(k) for k in sd if not k.startswith("class_embed.")}
     assert torch.equal(fresh.query_embed.weight, sd["query_embed.weight"])

@@ -223,7 +223,7 @@ def test_panoptic_and_detection_files_cross_load(tmp_path) -> None:
                   dec_layers=2, dim_feedforward=64, return_interm_layers=True)  # fmt: skip
     segm = DETRsegm(build_detr(num_classes=2, **kwargs))
     report = load_pretrained_into(segm, panoptic)
-    assert report["reinitialized"] == ["detr.class_embed.weight", "detr.class_embed.bias"]
+    assert report["reinitialized"] == ["detr.class_embed.bias", "detr.class_embed.weight"]
     assert report["checkpoint_num_classes"] == C and report["model_num_classes"] == 2
     assert torch.equal(segm.mask_head.lay1.weight, sd["mask_head.lay1.weight"])
     # A detection file fills a DETRsegm's detector; the mask head keeps its initialisation.

@@ -15,12 +15,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from detr_lightning.checkpointing.validate import (
-    CheckpointLoadError,
-    listing,
-    read_checkpoint,
-    state_dict_differences,
-)
+from detr_lightning.checkpointing.validate import CheckpointLoadError, read_checkpoint
+from detr_lightning.detr.segmentation import detector_of
+from detr_lightning.detr.state_dicts import class_count_keys, listing, state_dict_differences
 
 log = logging.getLogger(__name__)
 
@@ -34,27 +31,6 @@ def detector_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     if any(k.startswith("detr.") for k in net):
         return {k[len("detr.") :]: v for k, v in net.items() if k.startswith("detr.")}
     return net
-
-
-def class_count_keys(saved: dict[str, Tensor], own: dict[str, Tensor]) -> list[str]:
-    """The shared keys sized by the class count: first dimension that of the saved
-    ``class_embed`` head, or one less (logits with and without "no object"), and differing by
-    exactly the two heads' difference, all else equal (the class head, and an extension's
-    per-class tables such as a denoiser's label embedding); [] when the class counts agree."""
-    head = "class_embed.weight"
-    if head not in saved or head not in own:
-        return []
-    rows = saved[head].shape[0]
-    delta = rows - own[head].shape[0]
-    return sorted(
-        k
-        for k in set(saved) & set(own)
-        if delta
-        and saved[k].dim() == own[k].dim() >= 1
-        and saved[k].shape[0] in (rows, rows - 1)
-        and saved[k].shape[1:] == own[k].shape[1:]
-        and saved[k].shape[0] - own[k].shape[0] == delta
-    )
 
 
 def load_detector(
@@ -78,7 +54,7 @@ def load_detector(
             ".ckpt written by detr_lightning.train (an official release goes to model.pretrained)."
         )
     net = getattr(model, "net", model)
-    detector = getattr(net, "detr", net)
+    detector = detector_of(net)
     weights = detector_state_dict(checkpoint["state_dict"])
     own = detector.state_dict()
     fresh = class_count_keys(weights, own) if fine_tuning else []

@@ -1,8 +1,8 @@
 """``model.pretrained=``: initialise a freshly built model from an official DETR release, once.
 
-The file is first read with ``validate.read_checkpoint`` (weights_only, mmap: cheap), so that a
+The file is read once, with ``validate.read_checkpoint`` (weights_only, mmap), so that a
 truncated, corrupt or unsafe file fails with the same named message as ``ckpt_path=``; then
-``detr_lightning.checkpoint.load_pretrained_into`` maps the official keys and checks them.
+``detr_lightning.detr.official.load_state_dict_into`` maps the official keys and checks them.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import logging
 import os
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from detr_lightning.checkpointing.validate import CheckpointLoadError, listing, read_checkpoint
 
@@ -24,42 +24,54 @@ _FINE_TUNE_FIRST = (
 )
 
 
-def _strip_path(message: str, path: str) -> str:
-    # official.py's messages start with "<path>: "; ours start with "model.pretrained=<path>: ".
-    return message[len(path) + 2 :] if message.startswith(f"{path}: ") else message
-
-
-def load_pretrained(
-    model: nn.Module, path: str | os.PathLike, fine_tuning: bool = True
-) -> dict[str, Any]:
-    """Load the official release ``path`` into ``model.net`` (or ``model`` itself when it has no
-    ``net``); the class head is re-initialised when the class counts differ, and the model's
-    tensors the release lacks (a mask head, a lever's own) keep their initialisation
-    (fine-tuning); with ``fine_tuning=False`` (evaluation, inference) either is refused, as
-    it would be scored untrained.
-
-    Returns ``load_pretrained_into``'s report. Raises CheckpointLoadError naming
-    ``model.pretrained=<path>``, the reason and the fix for a missing, truncated, corrupt or
-    unsafe file and for one of another architecture.
-    """
-    from detr_lightning.checkpoint import load_pretrained_into
+def read_release(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The official state dict of the release ``path``, read once (weights_only, mmap: tensors
+    are only mapped until loaded). Raises CheckpointLoadError naming ``model.pretrained=<path>``,
+    the reason and the fix for a missing, truncated, corrupt or unsafe file, a Lightning
+    checkpoint of this project, or any other content."""
+    from detr_lightning.detr.official import release_state_dict
 
     path = os.fspath(path)
-    content = read_checkpoint(path, KEY)  # named errors for unreadable files, before mapping
+    content = read_checkpoint(path, KEY)
     if isinstance(content, dict) and "state_dict" in content and "model" not in content:
         raise CheckpointLoadError(
             f"{KEY}={path}: a Lightning checkpoint of this project, not an official DETR release. "
             "Fix: give it as ckpt_path=PATH (resume, eval, predict) and leave model.pretrained "
             "unset."
         )
-    del content
+    try:
+        return release_state_dict(content, f"{KEY}={path}")
+    except ValueError as err:
+        raise CheckpointLoadError(str(err)) from None  # the message carries the reason
+
+
+def load_pretrained(
+    model: nn.Module,
+    path: str | os.PathLike,
+    fine_tuning: bool = True,
+    release: dict[str, Tensor] | None = None,
+) -> dict[str, Any]:
+    """Load the official release ``path`` into ``model.net`` (or ``model`` itself when it has no
+    ``net``); the class head is re-initialised when the class counts differ, and the model's
+    tensors the release lacks (a mask head, a lever's own) keep their initialisation
+    (fine-tuning); with ``fine_tuning=False`` (evaluation, inference) either is refused, as
+    it would be scored untrained. ``release``: the file's :func:`read_release`, when the caller
+    has read it already.
+
+    Returns ``load_state_dict_into``'s report. Raises CheckpointLoadError naming
+    ``model.pretrained=<path>``, the reason and the fix for a missing, truncated, corrupt or
+    unsafe file and for one of another architecture.
+    """
+    from detr_lightning.detr.official import load_state_dict_into
+
+    path = os.fspath(path)
+    if release is None:
+        release = read_release(path)
     net = getattr(model, "net", model)
     try:
-        report = load_pretrained_into(net, path)
-    except FileNotFoundError as err:
-        raise CheckpointLoadError(f"{KEY}={path}: no such file. Fix: check the path.") from err
+        report = load_state_dict_into(net, release, f"{KEY}={path}")
     except ValueError as err:
-        raise CheckpointLoadError(f"{KEY}={path}: {_strip_path(str(err), path)}") from err
+        raise CheckpointLoadError(str(err)) from None  # the message carries the reason
     if report["not_in_checkpoint"] and not fine_tuning:
         raise CheckpointLoadError(
             f"{KEY}={path}: the release lacks {len(report['not_in_checkpoint'])} tensors of this "

@@ -16,6 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
+# In detr/ so that the official loader shares them (detr/ imports nothing from here).
+from detr_lightning.detr.state_dicts import listing, state_dict_differences
+
 
 class CheckpointLoadError(ValueError):
     """A checkpoint cannot be used; the message names the file, the reason and the fix."""
@@ -130,25 +133,6 @@ def read_checkpoint(path: str | os.PathLike, key: str = "ckpt_path") -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise describe_load_error(path, key, err) from None  # the message carries the reason
-
-
-def listing(items: list[str], limit: int = 8) -> str:
-    """``[a, b, ... (+N more)]``: the first ``limit`` items of a message's list."""
-    more = f" ... (+{len(items) - limit} more)" if len(items) > limit else ""
-    return "[" + ", ".join(items[:limit]) + more + "]"
-
-
-def state_dict_differences(
-    saved: dict[str, Any], own: dict[str, Any]
-) -> tuple[list[str], list[str], list[str]]:
-    """(keys only ``saved`` has, keys only ``own`` has, "key (shape) vs model (shape)" lines of
-    the shared keys whose shapes differ), each sorted."""
-    shapes = [
-        f"{k} {tuple(saved[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(set(saved) & set(own))
-        if tuple(saved[k].shape) != tuple(own[k].shape)
-    ]
-    return sorted(set(saved) - set(own)), sorted(set(own) - set(saved)), shapes
 
 
 def _run_config_hint(path: str) -> str:

@@ -1,13 +1,12 @@
-"""Official facebookresearch/detr checkpoints: key conversion, architecture inference, loading.
+"""Official facebookresearch/detr checkpoints: reading and loading (key mapping:
+:mod:`~detr_lightning.detr.official_keys`).
 
 A release file is ``{"model": state_dict}`` with keys such as ``backbone.0.body.layer1.0.conv1.weight``
 (ResNet trunk), ``backbone.1.row_embed.weight`` (learned position encoding, if any),
 ``transformer.encoder.layers.0.self_attn.in_proj_weight``, ``class_embed.weight``,
 ``bbox_embed.layers.0.weight``, ``query_embed.weight`` and ``input_proj.weight``.
-
-A panoptic release file (``detr-r50-panoptic-00ce5173.pth``) holds the same detector keys
-prefixed ``detr.`` plus the mask head's ``bbox_attention.*`` and ``mask_head.*``: the layout of
-:class:`~detr_lightning.detr.segmentation.DETRsegm`, so only the detector's prefixes are renamed.
+A panoptic release file (``detr-r50-panoptic-00ce5173.pth``) holds the same keys under ``detr.``
+beside its mask head's, the layout of :class:`~detr_lightning.detr.segmentation.DETRsegm`.
 """
 
 from __future__ import annotations
@@ -20,53 +19,39 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from detr_lightning.detr.class_scoring import scoring_of
 from detr_lightning.detr.model import build_detr
-from detr_lightning.detr.segmentation import DETRsegm
+from detr_lightning.detr.official_keys import (
+    DETR_PREFIX,
+    MASK_PARTS,
+    convert_official_state_dict,
+    infer_official_config,
+    is_panoptic,
+    split_panoptic,
+)
+from detr_lightning.detr.segmentation import DETRsegm, detector_of
+from detr_lightning.detr.state_dicts import (
+    CLASS_HEAD,
+    class_count_keys,
+    listing,
+    num_classes,
+    state_dict_differences,
+)
+
+# Re-exported: the key mapping's public names have always been imported from here.
+__all__ = [
+    "convert_official_state_dict",
+    "infer_official_config",
+    "is_panoptic",
+    "load_official_detr",
+    "load_pretrained_into",
+    "load_state_dict_into",
+    "read_official_state_dict",
+    "release_state_dict",
+    "split_panoptic",
+]
 
 log = logging.getLogger(__name__)
-
-_PREFIXES = (("backbone.0.", "backbone."), ("backbone.1.", "position_encoding."))
-_HEAD = ("class_embed.weight", "class_embed.bias")
-# The detector's prefix in panoptic files (and in DETRsegm), and the mask head's parts.
-_DETR = "detr."
-_MASK_PARTS = ("bbox_attention.", "mask_head.")
-_RESNETS = {
-    (False, 2): "resnet18",
-    (False, 6): "resnet34",
-    (True, 6): "resnet50",
-    (True, 23): "resnet101",
-}
-
-
-def convert_official_state_dict(official_sd: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Rename official DETR keys to this project's (``backbone.0.body.X`` -> ``backbone.body.X``,
-    ``backbone.1.X`` -> ``position_encoding.X``; transformer and heads keep their names), also
-    under a panoptic file's ``detr.`` prefix (the mask head's keys keep their names)."""
-    out = {}
-    for key, value in official_sd.items():
-        prefix = _DETR if key.startswith(_DETR) else ""
-        rest = key[len(prefix) :]
-        for old, new in _PREFIXES:
-            if rest.startswith(old):
-                rest = new + rest[len(old) :]
-                break
-        out[prefix + rest] = value
-    return out
-
-
-def is_panoptic(sd: dict[str, Tensor]) -> bool:
-    """Whether a state dict (official or converted) is a panoptic one (detector under
-    ``detr.``)."""
-    return _DETR + _HEAD[0] in sd
-
-
-def split_panoptic(sd: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """A panoptic state dict -> (the detector's keys without ``detr.``, the mask head's keys);
-    a detection state dict -> (itself, {})."""
-    if not is_panoptic(sd):
-        return sd, {}
-    detector = {k[len(_DETR) :]: v for k, v in sd.items() if k.startswith(_DETR)}
-    return detector, {k: v for k, v in sd.items() if not k.startswith(_DETR)}
 
 
 def read_official_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
@@ -87,57 +72,21 @@ def read_official_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
             f"{path}: not a readable torch file ({str(err).splitlines()[0]}); it is probably "
             "truncated or corrupt: download the release again and compare its size."
         ) from err
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
-    if not isinstance(obj, dict) or not ("class_embed.weight" in obj or is_panoptic(obj)):
+    return release_state_dict(obj, path)
+
+
+def release_state_dict(content: Any, source: str) -> dict[str, Tensor]:
+    """The official state dict of a release file's loaded ``content`` (``{"model": state_dict}``
+    or the state dict itself); ValueError starting with ``source`` (the file, as the caller
+    names it) when it is neither."""
+    if isinstance(content, dict) and isinstance(content.get("model"), dict):
+        content = content["model"]
+    if not isinstance(content, dict) or not (CLASS_HEAD in content or is_panoptic(content)):
         raise ValueError(
-            f"{path}: expected an official DETR file {{'model': state_dict}} with a "
+            f"{source}: expected an official DETR file {{'model': state_dict}} with a "
             "'class_embed.weight' (panoptic: 'detr.class_embed.weight') entry; got something else"
         )
-    return obj
-
-
-def _count(sd: dict[str, Tensor], prefix: str) -> int:
-    """Number of numbered children under ``prefix`` (e.g. blocks of a ResNet stage)."""
-    idx = {int(k[len(prefix) :].split(".")[0]) for k in sd if k.startswith(prefix)}
-    return max(idx) + 1 if idx else 0
-
-
-def infer_official_config(sd: dict[str, Tensor], path: str = "<state dict>") -> dict[str, Any]:
-    """``build_detr`` keyword arguments read off an official state dict's keys and shapes.
-
-    Not recoverable from weights: the head count (default 8) and DC5 dilation. A panoptic state
-    dict gives its detector's configuration.
-    """
-    sd = split_panoptic(sd)[0]
-    blocks = _count(sd, "backbone.0.body.layer3.")
-    bottleneck = "backbone.0.body.layer1.0.conv3.weight" in sd
-    backbone = _RESNETS.get((bottleneck, blocks))
-    if backbone is None:
-        raise ValueError(
-            f"{path}: cannot infer the ResNet depth: layer3 has {blocks} "
-            f"{'bottleneck' if bottleneck else 'basic'} blocks (known: resnet18/34/50/101)"
-        )
-    ffn = [k for k in ("encoder", "decoder") if f"transformer.{k}.layers.0.linear1.weight" in sd]
-    cfg: dict[str, Any] = {
-        "backbone": backbone,
-        "num_classes": sd["class_embed.weight"].shape[0] - 1,
-        "num_queries": sd["query_embed.weight"].shape[0],
-        "hidden_dim": sd["query_embed.weight"].shape[1],
-        "enc_layers": _count(sd, "transformer.encoder.layers."),
-        "dec_layers": _count(sd, "transformer.decoder.layers."),
-        "pre_norm": "transformer.encoder.norm.weight" in sd,
-        "position_embedding": "learned" if "backbone.1.row_embed.weight" in sd else "sine",
-        "use_ffn": bool(ffn),
-    }
-    if ffn:
-        cfg["dim_feedforward"] = sd[f"transformer.{ffn[0]}.layers.0.linear1.weight"].shape[0]
-    return cfg
-
-
-def _listing(keys: list[str], limit: int = 20) -> str:
-    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
+    return content
 
 
 def _load_converted(model: nn.Module, sd: dict[str, Tensor], path: str) -> dict[str, Any]:
@@ -148,7 +97,9 @@ def _load_converted(model: nn.Module, sd: dict[str, Tensor], path: str) -> dict[
     """
     segm = isinstance(model, DETRsegm)
     detector, mask_part = split_panoptic(sd)
-    net = model.detr if segm else model
+    net = detector_of(model)
+    own_detector = net.state_dict()
+    release_classes = num_classes(detector)  # official releases score with the softmax
     skipped, unused, fresh = [] if segm else sorted(mask_part), [], []
     # An extension of the paper's model names the release's tensors in its own terms, and lists
     # its own parameters that no release holds (they keep their initialisation).
@@ -156,34 +107,33 @@ def _load_converted(model: nn.Module, sd: dict[str, Tensor], path: str) -> dict[
     if adapt is not None:
         detector, unused, fresh = adapt(detector)
         skipped += unused
-    prefix = _DETR if segm else ""
+    # The fine-tuning path: a new label set gets a fresh class head (and fresh per-class
+    # tables), everything else loads.
+    reinitialized = class_count_keys(detector, own_detector)
+    prefix = DETR_PREFIX if segm else ""
     sd = {prefix + k: v for k, v in detector.items()}
     fresh = [prefix + k for k in fresh]
+    reinitialized = [prefix + k for k in reinitialized]
     if segm:
         sd.update(mask_part)
     own = model.state_dict()
-    head = tuple(prefix + k for k in _HEAD)
-    unexpected = sorted(set(sd) - set(own))
-    missing = sorted(set(own) - set(sd))
-    kept = [k for k in missing if segm and not mask_part and k.startswith(_MASK_PARTS)]
+    unexpected, missing, shapes = state_dict_differences(
+        {k: v for k, v in sd.items() if k not in reinitialized},
+        {k: v for k, v in own.items() if k not in reinitialized},
+    )
+    kept = [k for k in missing if segm and not mask_part and k.startswith(MASK_PARTS)]
     kept += [k for k in missing if k in fresh]
     missing = [k for k in missing if k not in kept]
-    mismatched = sorted(k for k in set(sd) & set(own) if sd[k].shape != own[k].shape)
-    reinitialized: list[str] = []
-    if any(k in mismatched for k in head) and sd[head[0]].shape[1] == own[head[0]].shape[1]:
-        # The fine-tuning path: a new label set gets a fresh class head, everything else loads.
-        getattr(net, "init_class_head", net.class_embed.reset_parameters)()
-        reinitialized = list(head)
-        mismatched = [k for k in mismatched if k not in head]
-    if unexpected or missing or mismatched:
-        shapes = [f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in mismatched]
+    if unexpected or missing or shapes:
         raise ValueError(
             f"{path}: checkpoint does not match the model. Unmatched checkpoint keys: "
-            f"[{_listing(unexpected)}]; model keys absent from the checkpoint: [{_listing(missing)}];"
-            f" shape mismatches: [{_listing(shapes)}]. Check that backbone depth, hidden_dim, "
+            f"{listing(unexpected)}; model keys absent from the checkpoint: {listing(missing)};"
+            f" shape mismatches: {listing(shapes)}. Check that backbone depth, hidden_dim, "
             "enc/dec layers, num_queries, pre_norm and position_embedding match the checkpoint "
             "(and, for the mask head, nheads and return_interm_layers)."
         )
+    if prefix + CLASS_HEAD in reinitialized:
+        getattr(net, "init_class_head", net.class_embed.reset_parameters)()
     weights = {k: v for k, v in sd.items() if k not in reinitialized}
     model.load_state_dict(weights, strict=False)
     report = {
@@ -192,8 +142,8 @@ def _load_converted(model: nn.Module, sd: dict[str, Tensor], path: str) -> dict[
         "reinitialized": reinitialized,
         "not_in_checkpoint": kept,
         "skipped": skipped,
-        "checkpoint_num_classes": sd[head[0]].shape[0] - 1,
-        "model_num_classes": own[head[0]].shape[0] - 1,
+        "checkpoint_num_classes": release_classes,
+        "model_num_classes": num_classes(own_detector, scoring_of(net)),
     }
     log.info("loaded %d tensors from %s", len(weights), path)
     if reinitialized:
@@ -205,7 +155,7 @@ def _load_converted(model: nn.Module, sd: dict[str, Tensor], path: str) -> dict[
         )
     if fresh:
         log.warning("%s: %d tensors of the model's extensions are not in the release and keep "
-                    "their initialisation: %s", path, len(fresh), _listing(fresh))  # fmt: skip
+                    "their initialisation: %s", path, len(fresh), listing(fresh))  # fmt: skip
     if segm and not mask_part:
         log.info("%s: a detection file; the mask head keeps its initialisation", path)
     if mask_part and not segm:
@@ -214,7 +164,7 @@ def _load_converted(model: nn.Module, sd: dict[str, Tensor], path: str) -> dict[
         )
     if unused:
         log.info("%s: %d tensors of the release are replaced by the model's extensions and not "
-                 "used: %s", path, len(unused), _listing(unused))  # fmt: skip
+                 "used: %s", path, len(unused), listing(unused))  # fmt: skip
     return report
 
 
@@ -222,14 +172,22 @@ def load_pretrained_into(model: nn.Module, path: str | os.PathLike) -> dict[str,
     """Load an official DETR release file into an existing model (fine-tuning start point).
 
     ``model`` is a DETR or a DETRsegm; the file a detection or a panoptic release. Every tensor
-    must match by name and shape, except the class head, which is re-initialised when the
-    model's ``num_classes`` differs from the checkpoint's; a detection file leaves a DETRsegm's
+    must match by name and shape, except the tensors sized by the class count (the class head:
+    :func:`~detr_lightning.detr.state_dicts.class_count_keys`), re-initialised when the
+    model's class count differs from the checkpoint's; a detection file leaves a DETRsegm's
     mask head as initialised, and a panoptic file's mask head is not used by a DETR. Returns a
     report dict with ``path``, ``loaded`` (our keys), ``reinitialized``, ``not_in_checkpoint``
     (model keys kept as initialised), ``skipped`` (file keys not used) and both class counts.
     """
     path = os.fspath(path)
-    return _load_converted(model, convert_official_state_dict(read_official_state_dict(path)), path)
+    return load_state_dict_into(model, read_official_state_dict(path), path)
+
+
+def load_state_dict_into(model: nn.Module, sd: dict[str, Tensor], source: str) -> dict[str, Any]:
+    """:func:`load_pretrained_into` on a release's state dict already read (official key
+    names, e.g. by :func:`release_state_dict`); ``source`` names it in the errors, the logs and
+    the report's ``path``."""
+    return _load_converted(model, convert_official_state_dict(sd), source)
 
 
 def load_official_detr(
@@ -270,5 +228,5 @@ def load_official_detr(
     )
     if masks:
         model = DETRsegm(model)
-    _load_converted(model, convert_official_state_dict(sd), path)
+    load_state_dict_into(model, sd, path)
     return model.eval()

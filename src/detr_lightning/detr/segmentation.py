@@ -21,6 +21,12 @@ from detr_lightning.detr.mask_head import MaskHeadSmallConv, MHAttentionMap
 from detr_lightning.detr.set_detector import SetDetector, Targets
 
 
+def detector_of(net: nn.Module) -> nn.Module:
+    """The detector inside a panoptic wrapper (``DETRsegm.detr``), else ``net`` itself."""
+    inner = getattr(net, "detr", None)
+    return inner if isinstance(inner, nn.Module) else net
+
+
 class DETRsegm(nn.Module):
     """A :class:`~detr_lightning.detr.set_detector.SetDetector` with DETR's panoptic mask head.
 

@@ -60,7 +60,7 @@ class AttentionCapture:
     """
 
     def __init__(self, net: nn.Module, encoder: bool = True) -> None:
-        from detr_lightning.inference.draw import detector_of
+        from detr_lightning.detr.segmentation import detector_of
 
         self.net = net = detector_of(net)  # a panoptic DETRsegm: hooks go on its detector
         enc, self._decoder_attn = _attention_modules(net)

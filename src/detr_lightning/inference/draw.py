@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torchvision.ops import box_convert
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
@@ -36,12 +36,6 @@ def select_detections(
     keep = torch.nonzero(scores >= score_threshold).flatten()
     keep = keep[scores[keep].argsort(descending=True)]
     return keep if top_k is None else keep[:top_k]
-
-
-def detector_of(net: nn.Module) -> nn.Module:
-    """The detector inside a panoptic wrapper (``DETRsegm.detr``), else ``net`` itself."""
-    inner = getattr(net, "detr", None)
-    return inner if isinstance(inner, nn.Module) else net
 
 
 def query_detections(

@@ -11,13 +11,14 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from detr_lightning.detr.class_scoring import scoring_of
+from detr_lightning.detr.segmentation import detector_of
 from detr_lightning.inference.attention import AttentionCapture
 from detr_lightning.inference.attention_plot import (
     plot_decoder_attention,
     plot_encoder_attention,
     reference_points,
 )
-from detr_lightning.inference.draw import detector_of, query_detections, select_detections
+from detr_lightning.inference.draw import query_detections, select_detections
 from detr_lightning.inference.results import label_name
 
 

@@ -69,20 +69,16 @@ def coco_names(category_ids: list[int]) -> list[str]:
     return [COCO_CATEGORY_NAMES.get(int(i), "") for i in category_ids]
 
 
-def official_meta(path: str) -> tuple[int, list[int], list[str] | None]:
-    """(num_classes, label_to_category_id, names) of an official release file, detection or
-    panoptic: its labels are COCO's category ids (91 slots; panoptic: 250), so the things get
-    COCO's names (a panoptic release's stuff has no name without the data's categories)."""
-    from detr_lightning.checkpointing.validate import read_checkpoint
+def official_meta(release: dict[str, torch.Tensor]) -> tuple[int, list[int], list[str] | None]:
+    """(num_classes, label_to_category_id, names) of an official release's state dict
+    (:func:`~detr_lightning.checkpointing.pretrained.read_release`), detection or panoptic: its
+    labels are COCO's category ids (91 slots; panoptic: 250), so the things get COCO's names (a
+    panoptic release's stuff has no name without the data's categories)."""
     from detr_lightning.data.categories import COCO_NUM_CLASSES, COCO_PANOPTIC_NUM_CLASSES
-    from detr_lightning.detr.official import split_panoptic
+    from detr_lightning.detr.official_keys import split_panoptic
+    from detr_lightning.detr.state_dicts import num_classes as release_classes
 
-    obj = read_checkpoint(path, "model.pretrained")  # mmap: only the shapes are read here
-    sd = obj.get("model", obj) if isinstance(obj, dict) else {}
-    sd = split_panoptic(sd)[0] if isinstance(sd, dict) else {}
-    if "class_embed.weight" not in sd:
-        raise ValueError(f"model.pretrained={path}: not an official DETR file (no class_embed)")
-    num_classes = int(sd["class_embed.weight"].shape[0]) - 1
+    num_classes = release_classes(split_panoptic(release)[0])
     ids = list(range(num_classes))
     coco = num_classes in (COCO_NUM_CLASSES, COCO_PANOPTIC_NUM_CLASSES)
     return num_classes, ids, coco_names(ids) if coco else None
@@ -126,6 +122,7 @@ def load_detector(
     (the same experiment and overrides as its training run; the entry points refuse the
     training-only ones, :mod:`detr_lightning.utils.unread_overrides`).
     """
+    from detr_lightning.checkpointing.pretrained import read_release
     from detr_lightning.checkpointing.validate import (
         check_lightning_checkpoint,
         check_lightning_entries,
@@ -138,7 +135,7 @@ def load_detector(
     if not ckpt and not pretrained:
         raise ValueError("give ckpt_path=<Lightning .ckpt> or model.pretrained=<official .pth>")
     cfg = inference_config(cfg)
-    checkpoint = None
+    checkpoint = release = None
     if ckpt:
         checkpoint = read_checkpoint(ckpt)
         check_lightning_entries(checkpoint, str(ckpt))
@@ -157,10 +154,13 @@ def load_detector(
         names = list(getattr(datamodule, "category_names", [])) or None
         source = str(pretrained)
     else:
-        num_classes, ids, names = official_meta(str(pretrained))
+        release = read_release(str(pretrained))  # read once: the class count, then the weights
+        num_classes, ids, names = official_meta(release)
         source = str(pretrained)
     meta = SimpleNamespace(num_classes=num_classes, label_to_category_id=ids)
-    model = build_model(cfg, meta, training=False)  # loads model.pretrained without ckpt_path
+    # Loads model.pretrained without ckpt_path.
+    model = build_model(cfg, meta, training=False, release=release)
+    del release
     if checkpoint is not None:
         check_lightning_checkpoint(checkpoint, model, str(ckpt))
         model.load_state_dict(checkpoint["state_dict"])

@@ -34,7 +34,7 @@ class DetectorGraph(nn.Module):
     (the auxiliary outputs are dropped, so the exporter prunes nothing it needs)."""
 
     def __init__(self, net: nn.Module) -> None:
-        from detr_lightning.inference.draw import detector_of
+        from detr_lightning.detr.segmentation import detector_of
 
         super().__init__()
         self.net = detector_of(net)  # panoptic: the detector; the mask head is not exported

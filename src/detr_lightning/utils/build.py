@@ -60,11 +60,14 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     return datamodule
 
 
-def build_model(cfg: DictConfig, datamodule: Any, training: bool = True) -> L.LightningModule:
+def build_model(
+    cfg: DictConfig, datamodule: Any, training: bool = True, release: dict | None = None
+) -> L.LightningModule:
     """Instantiate ``cfg.model`` with num_classes and the label map taken from the data (or,
     for inference, a checkpoint's record of them). ``training=False`` (evaluation, inference):
     a ``model.pretrained`` release whose class count differs is refused, as its re-initialised
-    class head would be scored."""
+    class head would be scored. ``release``: the ``model.pretrained`` file's state dict when the
+    caller has read it already (``checkpointing.pretrained.read_release``)."""
     num_classes = getattr(datamodule, "num_classes", None)
     mapping = getattr(datamodule, "label_to_category_id", None)
     given = cfg.model.get("num_classes")
@@ -98,7 +101,7 @@ def build_model(cfg: DictConfig, datamodule: Any, training: bool = True) -> L.Li
         # When resuming (ckpt_path), the checkpoint's weights replace these anyway.
         from detr_lightning.checkpointing.pretrained import load_pretrained
 
-        load_pretrained(model, cfg.model.pretrained, fine_tuning=training)
+        load_pretrained(model, cfg.model.pretrained, fine_tuning=training, release=release)
     if cfg.model.get("init_detector") and not cfg.get("ckpt_path"):
         # A previous run's detector: the panoptic recipe's stage 2, or a fresh start from it.
         from detr_lightning.checkpointing.init_detector import load_detector
