@@ -8,14 +8,17 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from cli import INFER_TINY, TINY, run_cli, run_dirs
+from PIL import Image
 from pycocotools.coco import COCO
 from release_files import TINY_DETR
 from torchvision.io import decode_image
 
 from detr_lightning.data.categories import COCO_CATEGORY_NAMES
+from detr_lightning.data.panoptic_png import rgb_to_ids
 from detr_lightning.data.shapes import generate_shapes_dataset
 from detr_lightning.detr import DETR, Backbone, Transformer, build_position_encoding
 
@@ -161,6 +164,29 @@ def test_official_panoptic_release_predicts_coco_ids_without_data(tmp_path, imag
     assert "predicted 4 images" in out and "re-initialised: none" in out and "250 classes" in out
     records = json.loads((out_dir / "predictions.json").read_text())
     assert {(r["category_id"], r["category_name"]) for r in records} == {(DOG, "dog")}
+    # The panoptic segmentation, in COCO's format: one PNG per image at its original size,
+    # named as its drawing, holding exactly the listed segments (all dogs: a thing, id <= 90).
+    panoptic = json.loads((out_dir / "panoptic.json").read_text())
+    drawn = sorted(
+        str(p.relative_to(out_dir / "drawn")) for p in (out_dir / "drawn").rglob("*.png")
+    )
+    assert sorted(a["file_name"] for a in panoptic["annotations"]) == drawn
+    sizes = {i["id"]: (i["height"], i["width"]) for i in
+             json.loads((out_dir / "images.json").read_text())["images"]}  # fmt: skip
+    segments = 0
+    for ann in panoptic["annotations"]:
+        png = np.asarray(Image.open(out_dir / "panoptic" / ann["file_name"]).convert("RGB"))
+        ids = rgb_to_ids(png)
+        assert ids.shape == sizes[ann["image_id"]]
+        values, counts = np.unique(ids[ids > 0], return_counts=True)
+        listed = {s["id"]: s["area"] for s in ann["segments_info"]}
+        assert dict(zip(values.tolist(), counts.tolist(), strict=True)) == listed
+        assert all(s["category_id"] == DOG and s["isthing"] for s in ann["segments_info"])
+        segments += len(listed)
+    assert segments > 0
+    assert {(c["id"], c["name"]) for c in panoptic["categories"] if c["id"] == DOG} == {
+        (DOG, "dog")
+    }
 
 
 def test_bf16_on_a_cpu_without_native_bf16_warns_before_predicting(

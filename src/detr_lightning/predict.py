@@ -20,7 +20,9 @@ on the command line makes DIR the run directory, log and ``.hydra/`` included):
   ``COCO("images.json").loadRes("predictions.json")`` works for any folder;
 * ``drawn/<image>.png``: each image with its boxes, class names and scores
   (``draw.score_threshold``, ``draw.top_k``; ``draw.enabled=false`` writes none); inputs that
-  differ only in their suffix keep it (``x.jpg``, ``x.png`` -> ``x.jpg.png``, ``x.png.png``).
+  differ only in their suffix keep it (``x.jpg``, ``x.png`` -> ``x.jpg.png``, ``x.png.png``);
+* a panoptic model (``head=panoptic``, torch backend): ``panoptic.json`` and
+  ``panoptic/<image>.png`` in COCO's panoptic format (:mod:`detr_lightning.inference.panoptic_output`).
 """
 
 from __future__ import annotations
@@ -107,11 +109,17 @@ def predict(cfg: DictConfig) -> str:
         forward = session
     out_dir = cfg.get("output_dir") or cfg.paths.output_dir
     os.makedirs(out_dir, exist_ok=True)
+    panoptic = None
+    if backend == "torch":  # the exported graph holds the detector only: no masks
+        from detr_lightning.inference.panoptic_output import panoptic_writer
+
+        panoptic = panoptic_writer(cfg, detector, scoring, os.path.join(out_dir, "panoptic"))
     result = run_predictions(
         forward, postprocess, records, instantiate(cfg.data.val_transforms), ids, names,
         draw_dir=os.path.join(out_dir, "drawn"), draw=DrawOptions(**cfg.get("draw", {})),
         batch_size=int(cfg.get("batch_size", 4)), num_workers=int(cfg.get("num_workers", 0)),
         device=device, progress=bool(cfg.get("progress", True)), scoring=scoring,
+        panoptic=panoptic,
     )  # fmt: skip
     if result.skipped and not result.images:
         from detr_lightning.inference.images import unreadable_error
@@ -130,6 +138,9 @@ def predict(cfg: DictConfig) -> str:
         print(f"skipped {len(result.skipped)} unreadable image(s):\n  {listing}")
     if result.drawn:
         print(f"drawings: {os.path.join(out_dir, 'drawn')}")
+    if panoptic is not None:
+        written = panoptic.write_json(os.path.join(out_dir, "panoptic.json"))
+        print(f"panoptic segmentation: {written} (PNGs in {panoptic.folder})")
     print(f"predictions: {path}")
     print(f"run directory: {cfg.paths.output_dir}")
     return path

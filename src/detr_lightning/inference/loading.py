@@ -34,12 +34,15 @@ class Detector:
         category_ids: label -> the dataset's category id.
         names: label -> class name ("" where unknown), or None when nothing is known.
         source: the file the weights came from.
+        categories: the data's COCO ``categories`` (with ``isthing`` for panoptic data), when
+            known (a checkpoint's or the datamodule's; None for a bare official release).
     """
 
     model: Any
     category_ids: list[int]
     names: list[str] | None
     source: str
+    categories: list[dict] | None = None
 
 
 def names_from_categories(categories: list[dict], category_ids: list[int]) -> list[str] | None:
@@ -152,11 +155,12 @@ def load_detector(
         ids = [int(i) for i in datamodule.label_to_category_id]
         num_classes = len(ids)
         names = list(getattr(datamodule, "category_names", [])) or None
+        categories = getattr(datamodule, "categories", None)
         source = str(pretrained)
     else:
         release = read_release(str(pretrained))  # read once: the class count, then the weights
         num_classes, ids, names = official_meta(release)
-        source = str(pretrained)
+        categories, source = None, str(pretrained)
     meta = SimpleNamespace(num_classes=num_classes, label_to_category_id=ids)
     # Loads model.pretrained without ckpt_path.
     model = build_model(cfg, meta, training=False, release=release)
@@ -166,7 +170,7 @@ def load_detector(
         model.load_state_dict(checkpoint["state_dict"])
         del checkpoint
     log.info("detector from %s: %d classes", source, num_classes)
-    return Detector(model.eval().to(device), ids, names, source)
+    return Detector(model.eval().to(device), ids, names, source, categories)
 
 
 def resolve_device(name: str | None) -> torch.device:

@@ -31,6 +31,7 @@ from detr_lightning.inference.images import (
     image_loader,
     output_stems,
 )
+from detr_lightning.inference.panoptic_output import PanopticWriter
 from detr_lightning.inference.results import coco_records
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ def run_predictions(
     device: str | torch.device = "cpu",
     progress: bool = True,
     scoring: SoftmaxScoring | None = None,
+    panoptic: PanopticWriter | None = None,
 ) -> PredictResult:
     """Predict on ``records`` in batches; unreadable images are logged by name and skipped.
 
@@ -95,6 +97,8 @@ def run_predictions(
         progress: show a progress bar over the images.
         scoring: the model's class scoring (None: the paper's softmax); it scores the drawn
             segments of panoptic models.
+        panoptic: collects each image's panoptic segmentation (PNG named as the drawn one) when
+            the outputs have ``pred_masks``.
 
     Panoptic models (outputs with ``pred_masks``): each drawn detection is one query, filled with
     its mask (:func:`~detr_lightning.inference.draw.instance_masks`) in its class colour.
@@ -120,6 +124,14 @@ def run_predictions(
                 )
                 preds = postprocess(outputs, batch.orig_sizes.to(device))
                 segments = _segments(outputs, batch, draw, scoring) if drawing else None
+                if panoptic is not None and "pred_masks" in outputs:
+                    samples = batch.samples
+                    panoptic.add(
+                        outputs, [tuple(s.pixels.shape[-2:]) for s in samples],
+                        [s.orig_size for s in samples], tuple(batch.pixel_values.shape[-2:]),
+                        [s.record.image_id for s in samples],
+                        [png_names[s.record] for s in samples],
+                    )  # fmt: skip
             for i, (sample, pred) in enumerate(zip(batch.samples, preds, strict=True)):
                 pred = {k: v.cpu() for k, v in pred.items()}
                 rec = sample.record

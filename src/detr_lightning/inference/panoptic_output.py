@@ -1,0 +1,119 @@
+"""``predict``'s panoptic output: per image a segment-id PNG and its ``segments_info``, together
+in COCO's panoptic format, so that ``panopticapi.evaluation.pq_compute(gt_json,
+"panoptic.json", gt_folder, "panoptic")`` (or :func:`~detr_lightning.evaluation.panoptic.pq_compute`)
+scores a prediction run, and a COCO test-dev submission is the folder and json as written.
+
+* ``panoptic/<image>.png``: RGB ids (id = R + 256 G + 256^2 B, 0 = VOID) at the image's original
+  size, named as ``drawn/`` names its PNGs;
+* ``panoptic.json``: ``{"annotations": [{"image_id", "file_name" (relative to panoptic/),
+  "segments_info": [{"id", "category_id" (the dataset's), "isthing", "area"}]}], "categories"}``.
+
+Segments are :class:`~detr_lightning.detr.panoptic_postprocess.PostProcessPanoptic`'s with the
+evaluation's settings (``model.panoptic.postprocess``: threshold, min_area), the same the
+validation PQ uses.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from detr_lightning.detr.class_scoring import SoftmaxScoring
+from detr_lightning.detr.panoptic_postprocess import PostProcessPanoptic, id_map_to_png
+from detr_lightning.detr.segmentation import DETRsegm
+from detr_lightning.inference.loading import Detector
+
+# Official DETR's rule for its COCO panoptic releases (hubconf ``is_thing_map``): the ids up to
+# 90 are COCO's thing classes, the rest stuff; what a release predicts without the data's
+# categories.
+COCO_LAST_THING_ID = 90
+
+
+def thing_map(category_ids: Sequence[int], categories: Sequence[dict] | None) -> dict[int, bool]:
+    """label -> isthing for every label whose category is known: from ``categories`` (each
+    with ``isthing``; labels of no category, e.g. COCO's unused slots, are left out and form no
+    segment); without them, the official rule for COCO ids (<= 90: thing)."""
+    if categories is None:
+        return {label: int(c) <= COCO_LAST_THING_ID for label, c in enumerate(category_ids)}
+    things = {int(c["id"]): bool(c.get("isthing", 1)) for c in categories}
+    return {label: things[int(c)] for label, c in enumerate(category_ids) if int(c) in things}
+
+
+class PanopticWriter:
+    """Collects one prediction run's panoptic segmentations and writes them (module docstring).
+
+    Args:
+        folder: where the PNGs go (``<run dir>/panoptic``).
+        postprocess: its thing map (:func:`thing_map`) and the model's scoring filled in.
+        category_ids: label -> the dataset's category id.
+        names: label -> class name (None: the ids stand for names).
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        postprocess: PostProcessPanoptic,
+        category_ids: Sequence[int],
+        names: Sequence[str] | None = None,
+    ) -> None:
+        self.folder, self.postprocess = Path(folder), postprocess
+        self.category_ids = [int(c) for c in category_ids]
+        self.names = names
+        self.annotations: list[dict[str, Any]] = []
+
+    def add(
+        self,
+        outputs: dict[str, Any],
+        processed_sizes: Sequence[tuple[int, int]],
+        original_sizes: Sequence[tuple[int, int]],
+        canvas_size: Sequence[int],
+        image_ids: Sequence[int],
+        png_names: Sequence[str],
+    ) -> None:
+        """One batch: outputs with ``pred_logits`` [B, Q, K] and ``pred_masks`` [B, Q, h, w] on
+        the padded canvas (H, W) = ``canvas_size``; per image its (h, w) as fed to the model,
+        its original (H_i, W_i), its id and its PNG's path relative to ``folder``."""
+        results = self.postprocess(outputs, processed_sizes, original_sizes, canvas_size)
+        for result, image_id, name in zip(results, image_ids, png_names, strict=True):
+            path = self.folder / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(id_map_to_png(result["segment_map"]))
+            segments = [
+                dict(s, category_id=self.category_ids[s["category_id"]])
+                for s in result["segments_info"]
+            ]
+            self.annotations.append(
+                {"image_id": int(image_id), "file_name": name, "segments_info": segments}
+            )
+
+    def write_json(self, path: str | Path) -> Path:
+        """``panoptic.json``: the collected annotations and the categories a segment can have
+        (``id``, ``name``, ``isthing``)."""
+        categories = [
+            {"id": self.category_ids[label], "isthing": int(thing),
+             "name": (self.names[label] if self.names else "") or str(self.category_ids[label])}
+            for label, thing in sorted(self.postprocess.is_thing_map.items())
+        ]  # fmt: skip
+        path = Path(path)
+        path.write_text(json.dumps({"annotations": self.annotations, "categories": categories}))
+        return path
+
+
+def panoptic_writer(
+    cfg: DictConfig, detector: Detector, scoring: SoftmaxScoring, folder: str | Path
+) -> PanopticWriter | None:
+    """The writer of a detector with DETR's mask head (``head=panoptic``), else None; the
+    segments follow ``model.panoptic.postprocess`` (threshold, min_area)."""
+    from hydra.utils import instantiate
+
+    if not isinstance(detector.model.net, DETRsegm):
+        return None
+    settings = OmegaConf.select(cfg, "model.panoptic.postprocess")
+    make = instantiate(settings) if settings is not None else PostProcessPanoptic
+    things = thing_map(detector.category_ids, detector.categories)
+    postprocess = make(is_thing_map=things, scoring=scoring)
+    return PanopticWriter(folder, postprocess, detector.category_ids, detector.names)
