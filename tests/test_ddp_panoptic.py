@@ -9,7 +9,7 @@ import pytest
 from cli import TINY, run_cli, run_dirs
 
 from detr_lightning.data.shapes import generate_shapes_dataset
-from detr_lightning.evaluation.panoptic_evaluator import PQ_KEYS
+from detr_lightning.evaluation.panoptic import PQ_KEYS
 
 
 @pytest.mark.slow

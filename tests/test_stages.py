@@ -17,7 +17,7 @@ from omegaconf import OmegaConf, open_dict
 from detr_lightning.data.shapes import generate_shapes_dataset
 from detr_lightning.detr.segmentation import DETRsegm
 from detr_lightning.evaluation import write_metrics_json
-from detr_lightning.evaluation.panoptic_evaluator import PQ_KEYS
+from detr_lightning.evaluation.panoptic import PQ_KEYS
 from detr_lightning.stages import run_stages, stage_entry, stage_overrides
 from detr_lightning.utils import conf_dir
 from detr_lightning.utils.config_check import ConfigError

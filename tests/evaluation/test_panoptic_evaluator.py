@@ -18,12 +18,12 @@ from detr_lightning.data.collate import collate
 from detr_lightning.data.shapes import generate_shapes_dataset
 from detr_lightning.detr.panoptic_postprocess import PostProcessPanoptic, PostProcessSegm
 from detr_lightning.evaluation import PanopticQualityMetric
+from detr_lightning.evaluation.panoptic import PQ_KEYS
 from detr_lightning.evaluation.panoptic_evaluator import (
-    PQ_KEYS,
-    ImagePanopticQuality,
     PanopticEvaluator,
     format_pq_table,
 )
+from detr_lightning.evaluation.panoptic_metrics import ImagePanopticQuality
 
 Q = 12
 
@@ -160,7 +160,7 @@ def test_pq_table_layout() -> None:
 def test_pq_counts_a_category_with_id_zero():
     """-1 marks an image without segments; category id 0 is a real category (custom
     COCO-format data keep their ids). A perfect prediction of a category-0 segment: PQ = 1."""
-    from detr_lightning.evaluation.panoptic_evaluator import ImagePanopticQuality
+    from detr_lightning.evaluation.panoptic_metrics import ImagePanopticQuality
 
     cats = [{"id": 0, "isthing": 1}, {"id": 1, "isthing": 0}]
     ids = torch.zeros(6, 6, dtype=torch.long)

@@ -1,6 +1,7 @@
 """Evaluation: COCO box AP (torchmetrics, equal to pycocotools) in :mod:`.coco`; panoptic
-quality as panopticapi defines it (:mod:`.panoptic`), computed inside LitDETR
-(:mod:`.panoptic_evaluator`) from COCO panoptic files (:mod:`.panoptic_io`); the report's
+quality as panopticapi defines it (:mod:`.panoptic`), accumulated as torchmetrics
+(:mod:`.panoptic_metrics`), computed inside LitDETR (:mod:`.panoptic_evaluator`) or from COCO
+panoptic files (:mod:`.panoptic_io`); the report's
 figures (:mod:`.report_plots`)."""
 
 from detr_lightning.evaluation.coco import (
@@ -11,12 +12,9 @@ from detr_lightning.evaluation.coco import (
     with_category_ids,
     write_metrics_json,
 )
-from detr_lightning.evaluation.panoptic import (
-    PanopticQualityMetric,
-    match_image,
-    pq_compute,
-)
+from detr_lightning.evaluation.panoptic import match_image, pq_compute
 from detr_lightning.evaluation.panoptic_io import PanopticImage
+from detr_lightning.evaluation.panoptic_metrics import PanopticQualityMetric
 
 __all__ = [
     "CocoBoxAP",

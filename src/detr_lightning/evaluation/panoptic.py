@@ -27,14 +27,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torchmetrics import Metric
 
 from detr_lightning.evaluation.panoptic_io import PanopticImage, load_panoptic_pairs
 
 OFFSET = 256**3  # ids fit in 3 RGB bytes, so gt * OFFSET + pred encodes a (gt, pred) pair
 VOID = 0
 _FIX = "segments_info and the id map must list the same segment ids"
-_STATES = (("tp", torch.int64), ("fp", torch.int64), ("fn", torch.int64), ("iou", torch.float64))
 
 
 @dataclass
@@ -179,6 +177,19 @@ def summarize(stats: Mapping[int, ClassStats], isthing: Mapping[int, bool]) -> d
     return results
 
 
+PQ_KEYS = ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st")
+PQ_GROUPS = (("", "All"), ("_th", "Things"), ("_st", "Stuff"))  # key suffix, summarize's group
+
+
+def pq_keys(results: Mapping[str, Any]) -> dict[str, float]:
+    """:func:`summarize`'s groups as the flat :data:`PQ_KEYS` the metrics log."""
+    return {
+        key.upper() + suffix: float(results[group][key])
+        for suffix, group in PQ_GROUPS
+        for key in ("pq", "sq", "rq")
+    }
+
+
 def pq_compute(
     gt_json_file: str | os.PathLike,
     pred_json_file: str | os.PathLike,
@@ -196,60 +207,3 @@ def pq_compute(
         for cat, stats in match_image(pred, gt, isthing).items():
             total[cat] += stats
     return summarize(total, isthing)
-
-
-class PanopticQualityMetric(Metric):
-    """PQ accumulator for your own loops: per-class tp / fp / fn / IoU-sum states, summed over
-    DDP ranks (an image a ``DistributedSampler`` repeats to pad the ranks counts twice;
-    LitDETR uses :class:`~detr_lightning.evaluation.panoptic_evaluator.ImagePanopticQuality`,
-    which keeps one entry per image id).
-
-    ``categories``: ``[{"id", "isthing"}, ...]`` (the panoptic json's ``categories``; ids may
-    be any ints). ``update(preds, targets)`` takes one :class:`PanopticImage` each, or
-    equal-length sequences of them (a batch); ``compute()`` returns floats in [0, 1]:
-    ``PQ, SQ, RQ`` (all classes), ``PQ_th, SQ_th, RQ_th`` (things), ``PQ_st, SQ_st, RQ_st``
-    (stuff), equal to :func:`pq_compute` on the same images.
-    """
-
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
-    def __init__(self, categories: Sequence[Mapping[str, Any]], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.isthing = {int(cat["id"]): cat["isthing"] == 1 for cat in categories}
-        if len(self.isthing) != len(categories):
-            raise ValueError("PanopticQualityMetric: categories have duplicate ids")
-        self.index = {cat: i for i, cat in enumerate(self.isthing)}
-        for name, dtype in _STATES:
-            self.add_state(name, torch.zeros(len(self.index), dtype=dtype), dist_reduce_fx="sum")
-
-    def update(
-        self,
-        preds: PanopticImage | Sequence[PanopticImage],
-        targets: PanopticImage | Sequence[PanopticImage],
-    ) -> None:
-        if isinstance(preds, Mapping):
-            preds, targets = [preds], [targets]
-        if len(preds) != len(targets):
-            raise ValueError(f"update: {len(preds)} predictions for {len(targets)} targets")
-        # Counts travel as float64 (exact below 2**53) to build one [4, K] delta per batch.
-        delta = torch.zeros(len(_STATES), len(self.index), dtype=torch.float64)
-        for pred, gt in zip(preds, targets, strict=True):
-            for cat, s in match_image(pred, gt, self.index).items():
-                row = torch.tensor([s.tp, s.fp, s.fn, s.iou], dtype=torch.float64)
-                delta[:, self.index[cat]] += row
-        for (name, dtype), row in zip(_STATES, delta, strict=True):
-            state = getattr(self, name)
-            setattr(self, name, state + row.to(device=state.device, dtype=dtype))
-
-    def compute(self) -> dict[str, float]:
-        columns = [getattr(self, name).tolist() for name, _ in _STATES]
-        stats = {cat: ClassStats(*(col[i] for col in columns)) for cat, i in self.index.items()}
-        results = summarize(stats, self.isthing)
-        groups = (("", "All"), ("_th", "Things"), ("_st", "Stuff"))
-        return {
-            key.upper() + suffix: float(results[group][key])
-            for suffix, group in groups
-            for key in ("pq", "sq", "rq")
-        }

@@ -15,74 +15,18 @@ so a multi-process evaluation equals the single-process one exactly (as ``CocoBo
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchmetrics import Metric
 
 from detr_lightning.detr.class_scoring import SoftmaxScoring, scoring_or_default
 from detr_lightning.detr.panoptic_postprocess import PostProcessPanoptic, PostProcessSegm
 from detr_lightning.evaluation.coco import CocoBoxAP
-from detr_lightning.evaluation.image_gather import GatherImageLists
-from detr_lightning.evaluation.panoptic import ClassStats, match_image, summarize
+from detr_lightning.evaluation.panoptic import PQ_GROUPS
 from detr_lightning.evaluation.panoptic_io import PanopticImage
-
-PQ_KEYS = ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st")
-_GROUPS = (("", "All"), ("_th", "Things"), ("_st", "Stuff"))
-
-
-class ImagePanopticQuality(GatherImageLists, Metric):
-    """PQ (panopticapi's definition, :mod:`.panoptic`) with one stats entry per image.
-
-    ``update(pred, gt, image_id, categories)``; ``compute()`` gives the :data:`PQ_KEYS` as
-    floats in [0, 1], equal to :func:`~detr_lightning.evaluation.panoptic.pq_compute` on the
-    same images, and the same on any number of processes (module docstring).
-    """
-
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        # Per image: its id [1], and rows [n, 5] float64 (category_id, tp, fp, fn, iou_sum).
-        self.add_state("image_ids", default=[], dist_reduce_fx=None)
-        self.add_state("rows", default=[], dist_reduce_fx=None)
-        self.isthing: dict[int, bool] = {}
-
-    def update(  # type: ignore[override]
-        self,
-        pred: PanopticImage,
-        gt: PanopticImage,
-        image_id: int,
-        categories: Sequence[Mapping[str, Any]],
-    ) -> None:
-        self.isthing = {int(c["id"]): int(c["isthing"]) == 1 for c in categories}
-        stats = match_image(pred, gt, self.isthing)
-        rows = [[cat, s.tp, s.fp, s.fn, s.iou] for cat, s in sorted(stats.items())]
-        rows = rows or [[-1, 0, 0, 0, 0.0]]  # an image without segments: a row compute skips
-        self.rows.append(torch.tensor(rows, dtype=torch.float64, device=self.device))
-        self.image_ids.append(torch.tensor([int(image_id)], device=self.device))
-
-    def compute(self) -> dict[str, float]:
-        ids = [int(i) for i in self.image_ids]
-        first: dict[int, int] = {}
-        for pos, image_id in enumerate(ids):
-            first.setdefault(image_id, pos)  # a padded repeat counts once
-        total: dict[int, ClassStats] = defaultdict(ClassStats)
-        for image_id in sorted(first):  # a fixed summation order: exact across world sizes
-            for cat, tp, fp, fn, iou in self.rows[first[image_id]].tolist():
-                if cat >= 0:
-                    total[int(cat)] += ClassStats(int(tp), int(fp), int(fn), iou)
-        results = summarize(total, self.isthing)
-        return {
-            key.upper() + suffix: float(results[group][key])
-            for suffix, group in _GROUPS
-            for key in ("pq", "sq", "rq")
-        }
+from detr_lightning.evaluation.panoptic_metrics import ImagePanopticQuality
 
 
 def ground_truth_dataset(trainer: Any, stage: str) -> Any:
@@ -213,7 +157,7 @@ class PanopticEvaluator(nn.Module):
         self.segm.update([pred], [truth])
 
     def compute(self) -> dict[str, float]:
-        """:data:`PQ_KEYS` and ``segm_AP``, ``segm_AP50``, ... (CocoBoxAP's names prefixed);
+        """:data:`~detr_lightning.evaluation.panoptic.PQ_KEYS` and ``segm_AP``, ``segm_AP50``, ... (CocoBoxAP's names prefixed);
         empty when nothing was updated (e.g. a detector without a mask head). Resets."""
         if not self.updated:
             return {}
@@ -231,11 +175,11 @@ class PanopticEvaluator(nn.Module):
 
 
 def format_pq_table(metrics: Mapping[str, float], title: str = "Panoptic quality") -> str:
-    """panopticapi's summary layout (x100) for the :data:`PQ_KEYS` present; "" when absent."""
+    """panopticapi's summary layout (x100) for the :data:`~detr_lightning.evaluation.panoptic.PQ_KEYS` present; "" when absent."""
     if "PQ" not in metrics:
         return ""
     lines = [title, f"{'':10}|{'PQ':>7}{'SQ':>7}{'RQ':>7}", "-" * 31]
-    for suffix, name in _GROUPS:
+    for suffix, name in PQ_GROUPS:
         row = [100 * float(metrics.get(f"{k}{suffix}", float("nan"))) for k in ("PQ", "SQ", "RQ")]
         lines.append(f"{name:10}|" + "".join(f"{v:7.1f}" for v in row))
     return "\n".join(lines)
