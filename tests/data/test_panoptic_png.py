@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from PIL import Image
 
-from detr_lightning.data.panoptic_png import ids_to_rgb, rgb_to_ids
+from detr_lightning.data.errors import DatasetFormatError, ImageLoadError
+from detr_lightning.data.panoptic_png import ids_to_rgb, read_segment_ids, rgb_to_ids
+from detr_lightning.evaluation.panoptic_io import read_id_png
 
 
 def test_hand_computed_colours_and_round_trip() -> None:
@@ -20,3 +24,20 @@ def test_hand_computed_colours_and_round_trip() -> None:
 def test_alpha_channel_is_ignored() -> None:
     rgba = np.array([[[3, 2, 1, 255], [3, 2, 1, 0]]], dtype=np.uint8)
     assert rgb_to_ids(rgba).tolist() == [[3 + 2 * 256 + 65536] * 2]
+
+
+def test_read_segment_ids_decodes_rgb_and_names_what_cannot_hold_ids(tmp_path) -> None:
+    """The one PNG reader of the dataset and of pq_compute: RGB(A) decodes; a grey PNG (no
+    colour encoding) and a broken file are refused naming the file and the fix."""
+    ids = np.array([[0, 700], [70000, 5]])
+    Image.fromarray(ids_to_rgb(ids)).save(tmp_path / "rgb.png")
+    assert read_segment_ids(tmp_path / "rgb.png", "rgb.png").tolist() == ids.tolist()
+    Image.fromarray(ids.astype(np.uint8)).save(tmp_path / "grey.png")
+    with pytest.raises(DatasetFormatError, match=r"grey\.png .*mode L.*Fix: write it as an RGB"):
+        read_segment_ids(tmp_path / "grey.png", "grey.png (image_id 3)")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(ImageLoadError, match=r"Cannot decode panoptic PNG broken\.png"):
+        read_segment_ids(tmp_path / "broken.png", "broken.png")
+    # pq_compute's reader goes through it
+    with pytest.raises(DatasetFormatError, match=r"grey\.png has mode L"):
+        read_id_png(tmp_path / "grey.png")

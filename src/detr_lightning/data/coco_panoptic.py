@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torchvision import tv_tensors
 
@@ -42,7 +41,7 @@ from detr_lightning.data.coco_json import read_coco_json
 from detr_lightning.data.coco_panoptic_json import build_panoptic_index
 from detr_lightning.data.errors import DatasetFormatError, ImageLoadError
 from detr_lightning.data.indexed_images import IndexedImageDataset, Transform, check_files_exist
-from detr_lightning.data.panoptic_png import rgb_to_ids
+from detr_lightning.data.panoptic_png import read_segment_ids
 from detr_lightning.data.transforms import (
     make_base_transforms,
     mask_boxes,
@@ -140,23 +139,14 @@ class CocoPanopticDataset(IndexedImageDataset):
                 f"Panoptic PNG not found: {where}. Fix: restore it, or point png_folder at the "
                 f"folder that holds the PNGs (default: the json path without .json)."
             )
-        try:
-            with Image.open(path) as png:
-                mode, rgb = png.mode, np.asarray(png)
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-            raise ImageLoadError(f"Cannot decode panoptic PNG {where}: {err}.") from err
-        if mode not in ("RGB", "RGBA"):  # an L/P PNG holds no R + 256 G + 256^2 B encoding
+        decoded = read_segment_ids(path, where)
+        if decoded.shape != (height, width):
             raise DatasetFormatError(
-                f"{where} has mode {mode}; expected RGB-encoded segment ids. Fix: write it as an "
-                "RGB PNG with id = R + 256 G + 256^2 B (panopticapi.utils.id2rgb)."
-            )
-        if rgb.shape[:2] != (height, width):
-            raise DatasetFormatError(
-                f"{where} is {rgb.shape[1]}x{rgb.shape[0]} (width x height) but its image "
+                f"{where} is {decoded.shape[1]}x{decoded.shape[0]} (width x height) but its image "
                 f"{ix.file_names[idx]} is {width}x{height} (json width/height). Fix: use the PNG "
                 f"made for that image."
             )
-        ids = torch.from_numpy(rgb_to_ids(rgb))
+        ids = torch.from_numpy(decoded)
         values, counts = torch.unique(ids, return_counts=True)  # sorted
         found = values[values != 0].numpy()
         listed = ix.segment_ids[self._rows(idx)]

@@ -13,12 +13,10 @@ import os
 from collections.abc import Iterator
 from typing import Any, Required, TypedDict
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
-from detr_lightning.data.panoptic_png import rgb_to_ids
+from detr_lightning.data.panoptic_png import read_segment_ids
 
 
 class PanopticImage(TypedDict, total=False):
@@ -51,15 +49,7 @@ def read_id_png(path: str | os.PathLike) -> Tensor:
     """Decode a panoptic PNG to an int64 ``[H, W]`` tensor of segment ids (0 = VOID)."""
     if not os.path.isfile(path):
         raise ValueError(f"{path}: panoptic PNG not found; check the folder and 'file_name'")
-    with Image.open(path) as img:
-        rgb = np.asarray(img, dtype=np.int64)
-    # Like panopticapi, an alpha channel is ignored; a single-channel PNG has no id encoding.
-    if rgb.ndim != 3 or rgb.shape[2] < 3:
-        raise ValueError(
-            f"{path}: expected an RGB panoptic PNG (id = R + 256 G + 256^2 B), got an array of "
-            f"shape {rgb.shape}; write the ids as RGB (see panopticapi.utils.id2rgb)"
-        )
-    return torch.from_numpy(rgb_to_ids(rgb))
+    return torch.from_numpy(read_segment_ids(path, str(path)))
 
 
 def load_panoptic_pairs(
