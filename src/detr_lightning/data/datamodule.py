@@ -2,6 +2,7 @@
 segmentation (:class:`PanopticDataModule`); COCO, custom data, generated shapes."""
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ class DetrDataModule(L.LightningDataModule):
     """
 
     panoptic = False  # the kind of annotation file train_ann etc. name
+    dataset_class: Callable[..., Dataset] = CocoDetectionDataset  # built per split by _build
 
     def __init__(
         self,
@@ -126,14 +128,18 @@ class DetrDataModule(L.LightningDataModule):
         images, ann = self.paths[split]
         if images is None or ann is None:
             return None
-        return CocoDetectionDataset(
+        return self.dataset_class(
             images,
             ann,
             transforms=self.train_transforms if split == "train" else self.val_transforms,
-            train=split == "train",
             label_to_category_id=self.label_to_category_id,
             keep_empty=self.keep_empty or split != "train",
+            **self._split_kwargs(split),
         )
+
+    def _split_kwargs(self, split: str) -> dict[str, Any]:
+        """The dataset class's own arguments for ``split``."""
+        return {"train": split == "train"}
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(
@@ -162,29 +168,19 @@ class DetrDataModule(L.LightningDataModule):
             sampler = WholeBatchDistributedSampler(dataset, self.val_batch_size)
         else:
             sampler = None
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if train else self.val_batch_size,
-            sampler=sampler,
-            drop_last=False,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-            collate_fn=self.collate_fn,
-        )
+        batch_size = self.batch_size if train else self.val_batch_size
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=False,
+                          **self._worker_kwargs())  # fmt: skip
 
     def _grouped_loader(self, dataset: Dataset) -> DataLoader:
         groups = aspect_ratio_groups(image_sizes(dataset))
         order = EpochRandomSampler(dataset, torch.initial_seed())
         batches = AspectRatioGroupedBatchSampler(order, groups, self.batch_size)
-        return DataLoader(
-            dataset,
-            batch_sampler=batches,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-            collate_fn=self.collate_fn,
-        )
+        return DataLoader(dataset, batch_sampler=batches, **self._worker_kwargs())
+
+    def _worker_kwargs(self) -> dict[str, Any]:
+        return {"num_workers": self.num_workers, "pin_memory": self.pin_memory,
+                "persistent_workers": self.persistent_workers, "collate_fn": self.collate_fn}  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
@@ -228,6 +224,7 @@ class PanopticDataModule(DetrDataModule):
     """
 
     panoptic = True
+    dataset_class = CocoPanopticDataset
 
     def __init__(
         self,
@@ -240,15 +237,5 @@ class PanopticDataModule(DetrDataModule):
         super().__init__(*args, **kwargs)
         self.png_folders = {"train": train_png, "val": val_png, "test": test_png}
 
-    def _build(self, split: str) -> Dataset | None:
-        images, ann = self.paths[split]
-        if images is None or ann is None:
-            return None
-        return CocoPanopticDataset(
-            images,
-            ann,
-            png_folder=self.png_folders[split],
-            transforms=self.train_transforms if split == "train" else self.val_transforms,
-            label_to_category_id=self.label_to_category_id,
-            keep_empty=self.keep_empty or split != "train",
-        )
+    def _split_kwargs(self, split: str) -> dict[str, Any]:
+        return {"png_folder": self.png_folders[split]}
