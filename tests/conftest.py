@@ -1,6 +1,7 @@
 """Shared pytest fixtures."""
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,3 +20,12 @@ def _no_hydra_job_after() -> Iterator[None]:
     # test must not run inside it.
     yield
     HydraConfig.instance().cfg = None
+
+
+@pytest.fixture(scope="session")
+def shapes_root(tmp_path_factory) -> Path:
+    """A tiny generated shapes dataset (12 train, 5 val images); a test module may define its
+    own of another size."""
+    from detr_lightning.data.shapes import generate_shapes_dataset
+
+    return generate_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", train=12, val=5)

@@ -1,4 +1,5 @@
-"""Helpers of the reliability tests: subprocess runs, probe callbacks.
+"""Helpers of the fault-tolerance tests (resume, atomic checkpoints, divergence, config checks):
+subprocess runs, probe callbacks.
 
 Importable by name in the CLI subprocesses too (``run`` puts this folder on PYTHONPATH), so the
 callbacks below can be added with ``+callbacks.NAME._target_=reliability_support.CLASS``.
@@ -19,8 +20,7 @@ import torch
 import warm_cli
 from cli import cli_env
 
-HERE = Path(__file__).resolve().parent
-SUPPORT = HERE.parent / "support"
+SUPPORT = Path(__file__).resolve().parent
 
 
 def run(
@@ -33,7 +33,7 @@ def run(
 ) -> subprocess.CompletedProcess:
     """``python -m detr_lightning.<module> args`` in ``cwd`` (forked from a warm interpreter:
     support/warm_cli.py, or a new one with ``fresh``); the return code is not checked."""
-    paths = [str(HERE), str(SUPPORT), os.environ.get("PYTHONPATH", "")]
+    paths = [str(SUPPORT), os.environ.get("PYTHONPATH", "")]
     full_env = cli_env(PYTHONPATH=os.pathsep.join(p for p in paths if p), **(env or {}))
     return warm_cli.run(f"detr_lightning.{module}", args, cwd, full_env, timeout, fresh)
 
