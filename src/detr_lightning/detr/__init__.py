@@ -5,7 +5,8 @@ files. Nothing here imports :mod:`detr_lightning.convergence`."""
 
 from detr_lightning.detr.backbone import Backbone
 from detr_lightning.detr.class_scoring import SoftmaxScoring
-from detr_lightning.detr.criterion import SetCriterion, base_loss_name
+from detr_lightning.detr.criterion import SetCriterion
+from detr_lightning.detr.criterion_args import base_loss_name
 from detr_lightning.detr.mask_head import MaskHeadSmallConv, MHAttentionMap
 from detr_lightning.detr.matcher import HungarianMatcher
 from detr_lightning.detr.model import DETR, build_detr

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from detr_lightning.detr.class_scoring import SoftmaxScoring, scoring_or_default
-from detr_lightning.detr.extra_terms import call_extra_term, check_extra_terms
+from detr_lightning.detr.criterion_args import base_loss_name, check_criterion_args
+from detr_lightning.detr.extra_terms import call_extra_term
 from detr_lightning.detr.loss_terms import box_losses, cardinality_error, class_error
 from detr_lightning.detr.mask_losses import mask_losses
 from detr_lightning.detr.matched_pairs import MatchedPairs
@@ -23,18 +23,6 @@ LOSS_KEYS = {
     "cardinality": (),
     "masks": ("loss_mask", "loss_dice"),
 }
-_SUFFIX = re.compile(r"_(\d+|dn|enc|g\d+)$")
-
-
-def base_loss_name(key: str) -> str:
-    """Strip aux-layer (`_3`), denoising (`_dn`), encoder-proposal (`_enc`) and query-group
-    (`_g2`) suffixes, repeatedly.
-
-    "loss_ce_3" -> "loss_ce", "loss_bbox_dn_0" -> "loss_bbox", "loss_giou_g1_4" -> "loss_giou".
-    """
-    while (stripped := _SUFFIX.sub("", key)) != key:
-        key = stripped
-    return key
 
 
 class SetCriterion(nn.Module):
@@ -80,44 +68,10 @@ class SetCriterion(nn.Module):
     ) -> None:
         super().__init__()
         self.extra_terms = nn.ModuleDict(dict(extra_terms or {}))
-        unknown = set(losses) - set(self.LOSS_KEYS)
-        if unknown:
-            raise ValueError(
-                f"SetCriterion: unknown losses {sorted(unknown)}; choose from {list(self.LOSS_KEYS)}."
-            )
         self.weight_dict = dict(DEFAULT_WEIGHTS if weight_dict is None else weight_dict)
-        built_in = {k for keys in self.LOSS_KEYS.values() for k in keys}
-        built_in |= {"class_error", "cardinality_error"}
-        check_extra_terms(self.extra_terms, built_in, {base_loss_name(k) for k in self.weight_dict})
-        produced = {k for name in losses for k in self.LOSS_KEYS[name]}
-        produced |= {k for term in self.extra_terms.values() for k in term.keys}
-        missing = {k for k in self.weight_dict if base_loss_name(k) not in produced}
-        if missing:
-            raise ValueError(
-                f"SetCriterion: weight_dict has {sorted(missing)} but losses={list(losses)} does "
-                "not compute them; add the loss group ('labels' or 'boxes') or the extra term, "
-                "or drop the weight."
-            )
         scoring = scoring_or_default(scoring)
-        matcher_scoring = getattr(matcher, "scoring", scoring)
-        if matcher_scoring.num_logits(num_classes) != scoring.num_logits(num_classes):
-            raise ValueError(
-                f"SetCriterion: model.criterion.scoring is {scoring} but "
-                f"model.criterion.matcher.scoring is {matcher_scoring}: they read the logits "
-                "differently (a 'no object' column or not); give both the same scoring (the "
-                "cls_loss config group sets them together)."
-            )
-        if not scoring.no_object and eos_coef is not None:
-            raise ValueError(
-                f"SetCriterion: eos_coef={eos_coef} has no effect with {scoring} (its logits "
-                "have no 'no object' column); remove model.criterion.eos_coef."
-            )
-        if scoring.needs_matched_boxes and "boxes" not in losses:
-            raise ValueError(
-                f"SetCriterion: {scoring} scores classes by their matched boxes, so it needs "
-                f"'boxes' in model.criterion.losses (got {list(losses)}); add it, or use "
-                "cls_loss=focal."
-            )
+        check_criterion_args(self.LOSS_KEYS, losses, self.weight_dict, self.extra_terms, scoring,
+                             getattr(matcher, "scoring", scoring), num_classes, eos_coef)  # fmt: skip
         eos_coef = 0.1 if eos_coef is None else eos_coef
         self.num_classes = num_classes
         self.matcher = matcher
