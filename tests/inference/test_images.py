@@ -119,3 +119,17 @@ def test_an_evaluation_split_with_a_bad_image_record_is_named(tmp_path, image, m
     with pytest.raises(DatasetFormatError, match=message) as err:
         coco_split_images(tmp_path / "img", path)
     assert str(err.value).startswith(str(path)) and "Fix:" in str(err.value)
+
+
+def test_an_image_over_the_pixel_limit_is_skipped_with_the_deliberate_fix(
+    tmp_path, monkeypatch
+) -> None:
+    """predict keeps image_io's decompression-bomb message whole: the pixel count and how to
+    raise the limit, worded for a folder (no annotation file to edit)."""
+    _write(tmp_path / "big.png", size=(30, 20))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # refused above 2 x 100 pixels
+    records = find_images(tmp_path)
+    sample = ImageListDataset(records, make_eval_transforms(size=16, max_size=32))[0]
+    assert sample.pixels is None and str(tmp_path / "big.png") in sample.error
+    assert "600 pixels" in sample.error and "DETR_MAX_IMAGE_PIXELS=600" in sample.error
+    assert "remove it from the input" in sample.error and "annotations" not in sample.error

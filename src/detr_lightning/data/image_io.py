@@ -23,17 +23,22 @@ if os.environ.get(PIXEL_LIMIT_ENV):
 
 
 def decompression_bomb_message(path: Path, ann_file: str | Path, err: Exception) -> str:
-    """The DecompressionBombError text with the file, its pixel count and the deliberate fix."""
+    """The DecompressionBombError text with the file, its pixel count and the deliberate fix.
+    ``ann_file``: the json that lists the image, or the folder it was found in (predict)."""
     found = re.search(r"\((\d+) pixels\)", str(err))
     pixels = int(found.group(1)) if found else None
     count = f"{pixels:,} pixels" if pixels is not None else "too many pixels"
+    listed = str(ann_file).endswith(".json")
+    where = f"listed in {ann_file}" if listed else f"in {ann_file}"
+    otherwise = (f"remove the image and its annotations from {ann_file}" if listed
+                 else "remove it from the input")  # fmt: skip
     return (
-        f"Image {path} (listed in {ann_file}) has {count}, over PIL's decompression-bomb limit "
+        f"Image {path} ({where}) has {count}, over PIL's decompression-bomb limit "
         f"(2 x Image.MAX_IMAGE_PIXELS = {2 * (Image.MAX_IMAGE_PIXELS or 0):,}); PIL refuses to "
         f"decode it ({err}). Fix: if the image is genuine, downscale it, or raise the limit "
         f"deliberately: {PIXEL_LIMIT_ENV}={pixels or '<pixels>'} in the environment (or "
-        f"PIL.Image.MAX_IMAGE_PIXELS = {pixels or '<pixels>'} before training); otherwise remove "
-        f"the image and its annotations from {ann_file}."
+        f"PIL.Image.MAX_IMAGE_PIXELS = {pixels or '<pixels>'} before the run); otherwise "
+        f"{otherwise}."
     )
 
 

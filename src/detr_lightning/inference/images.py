@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
@@ -156,7 +157,9 @@ class ImageListDataset(Dataset):
             image = load_rgb_image(rec.path, rec.path.parent, expected_size=rec.expected_size)
         except ImageLoadError as err:
             cause = err.__cause__
-            reason = f"{type(cause).__name__}: {cause}" if cause else str(err)
+            # A decompression bomb's own message carries the deliberate fix: keep it whole.
+            bomb = isinstance(cause, Image.DecompressionBombError)
+            reason = f"{type(cause).__name__}: {cause}" if cause and not bomb else str(err)
             return Sample(rec, error=f"cannot read image {rec.path} ({reason}); skipped")
         width, height = image.size
         # The eval transforms expect a detection target; an empty box list keeps them generic.
