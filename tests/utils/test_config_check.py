@@ -147,6 +147,8 @@ def test_cli_bad_batch_size_fails_before_importing_torch(tmp_path) -> None:
         ("visualize", ["input=x.png", "score_threshold=high"], "score_threshold='high'",
          "score_threshold=0.5"),
         ("visualize", ["input=x.png", "device=cuda1"], "device='cuda1'", "device=cuda:0"),
+        ("visualize", [], "input is not set (???)", "give input=<value>"),
+        ("predict", ["input=''"], "input=''", "input=photos/"),
         ("export", ["example_size=[10]"], "example_size=[10]",
          "two positive integers [height, width]"),
         ("export", ["example_size=[0,320]"], "example_size=[0, 320]", "example_size=[256,320]"),

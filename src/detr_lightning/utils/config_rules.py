@@ -87,6 +87,9 @@ DATA_RULES: dict[str, Rule] = {
 
 # Top-level keys of conf/predict.yaml, visualize.yaml and export.yaml.
 ENTRY_RULES: dict[str, Rule] = {
+    # predict: null = the evaluation split; visualize: ??? (required), so an unset one is named
+    "input": (lambda v: v is None or (isinstance(v, str) and v != ""),
+              "an image or a folder of images", "input=photos/"),
     "batch_size": (_positive, "a positive integer (images per forward)", "batch_size=4"),
     "device": (_device, "auto, cpu, cuda, cuda:N (N a GPU index) or mps", "device=cuda:0"),
     "draw.enabled": (lambda v: isinstance(v, bool), _BOOL, "draw.enabled=false"),
