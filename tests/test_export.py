@@ -121,6 +121,15 @@ def test_predict_with_onnxruntime_needs_only_the_onnx_file(exported, tmp_path) -
     assert len(records) == 2 * 5 and {r["category_id"] for r in records} == {18}
     assert {r["category_name"] for r in records} == {"dog"}
     assert len(list((tmp_path / "pred" / "drawn").glob("*.png"))) == 2
+    assert "data.val_transforms" not in (tmp_path / "pred" / "predict.log").read_text()
+    # another size than the export's (recorded in the file): said, naming both
+    run_cli("predict", ["experiment=r50", "backend=onnxruntime", f"onnx={path}",
+                        f"input={images}", f"output_dir={tmp_path / 'other'}", "num_workers=0",
+                        "data.val_transforms.size=64", "data.val_transforms.max_size=160"],
+            tmp_path)  # fmt: skip
+    log = (tmp_path / "other" / "predict.log").read_text()
+    assert f"onnx={path} was trained with data.val_transforms {{size: 96}}; this run uses " \
+           "{size: 64}" in log  # fmt: skip
 
 
 @pytest.mark.slow

@@ -35,6 +35,7 @@ def export(cfg: DictConfig) -> tuple[str, dict[str, float]]:
     from detr_lightning.inference.loading import check_inference_config
 
     check_inference_config(cfg, needs_data=False)
+    from detr_lightning.data.eval_transform_record import KEY, transform_record
     from detr_lightning.detr.class_scoring import scoring_of
     from detr_lightning.inference.loading import load_detector
     from detr_lightning.inference.onnx_export import export_onnx, verify_onnx
@@ -42,7 +43,6 @@ def export(cfg: DictConfig) -> tuple[str, dict[str, float]]:
     detector = load_detector(cfg, device="cpu")
     net = detector.model.net
     scoring = scoring_of(net)
-    transforms = cfg.data.get("val_transforms") or {}
     metadata = {
         "label_to_category_id": detector.category_ids,
         "category_names": detector.names,
@@ -50,8 +50,8 @@ def export(cfg: DictConfig) -> tuple[str, dict[str, float]]:
         "class_scoring": f"{type(scoring).__module__}.{type(scoring).__qualname__}",
         "num_queries": int(net.num_queries),
         "weights": detector.source,
-        "eval_size": transforms.get("size"),
-        "eval_max_size": transforms.get("max_size"),
+        # predict backend=onnxruntime warns when it resizes otherwise (as for checkpoints)
+        KEY: transform_record(cfg.get("data")),
     }
     size = tuple(int(v) for v in cfg.get("example_size", (256, 320)))
     path = export_onnx(net, cfg.output, size, int(cfg.opset), str(cfg.exporter), metadata)

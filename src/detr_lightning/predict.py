@@ -100,8 +100,12 @@ def predict(cfg: DictConfig) -> str:
         from detr_lightning.inference.onnx_runtime import OnnxDetector, exported_scoring
 
         device = torch.device("cpu")  # ONNX Runtime picks its own provider; I/O is on the CPU
+        from detr_lightning.data import eval_transform_record as recorded
+
         session = OnnxDetector(cfg.onnx)
         meta = session.metadata
+        recorded.warn_if_different(meta.get(recorded.KEY),
+                                   recorded.transform_record(cfg.get("data")), f"onnx={cfg.onnx}")  # fmt: skip
         ids = [int(i) for i in meta["label_to_category_id"]]
         names, source = meta.get("category_names"), str(cfg.onnx)
         postprocess = instantiate(cfg.model.postprocess)
