@@ -34,6 +34,20 @@ def test_records_load_with_loadres_and_keep_original_ids(tmp_path) -> None:
     assert {c["id"]: c["name"] for c in gt["categories"]} == {7: "cat", 11: "dog"}
 
 
+def test_scores_keep_every_float32_value_so_low_scores_do_not_tie() -> None:
+    """Scores of a barely trained model sit far below 1e-3; the written ones rank as the
+    float32 scores the evaluation used (they read back as the same float32)."""
+    scores = torch.tensor([3.1e-7, 3.2e-7, 1.23456789e-4, 0.987654321], dtype=torch.float32)
+    pred = {
+        "boxes": torch.zeros(4, 4),
+        "scores": scores,
+        "labels": torch.zeros(4, dtype=torch.long),
+    }
+    written = [r["score"] for r in coco_records(pred, image_id=1, category_ids=[1])]
+    assert torch.equal(torch.tensor(written, dtype=torch.float32), scores)
+    assert len(set(written)) == 4
+
+
 def test_without_names_every_id_is_a_category() -> None:
     gt = images_json([], [1, 2, 3])
     assert [c["id"] for c in gt["categories"]] == [1, 2, 3]
