@@ -99,6 +99,17 @@ def test_a_coco_release_into_a_focal_model_counts_the_models_classes_by_its_scor
     assert report["reinitialized"] == ["class_embed.bias", "class_embed.weight"]
     assert "denoiser.label_embed.weight" in report["not_in_checkpoint"]
     assert torch.equal(model.denoiser.label_embed.weight, table)
+    # 2 softmax classes + "no object" = 3 rows, as 3 sigmoid classes: the shapes agree, yet the
+    # softmax head is no sigmoid head: fresh (focal prior) for fine-tuning, refused for eval.
+    (tmp_path / "two").mkdir()
+    _, two = _release(tmp_path / "two", num_classes=2)
+    same_rows = levers.model(queries=levers.learned(), scoring=FocalScoring())
+    report = load_pretrained_into(same_rows, two)
+    assert report["reinitialized"] == ["class_embed.bias", "class_embed.weight"]
+    torch.testing.assert_close(same_rows.class_embed.bias, torch.full((3,), -math.log(99.0)))
+    with pytest.raises(CheckpointLoadError, match="re-initialised|class head"):
+        load_pretrained(levers.model(queries=levers.learned(), scoring=FocalScoring()), two,
+                        fine_tuning=False)  # fmt: skip
     # Evaluating the release on such a model (nothing else missing) names both class counts.
     plain = levers.model(queries=levers.learned(), scoring=FocalScoring())
     with pytest.raises(CheckpointLoadError, match="the release has 91 classes and the data 3;"):

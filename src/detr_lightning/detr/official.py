@@ -110,6 +110,11 @@ def _load_converted(model: nn.Module, sd: dict[str, Tensor], path: str) -> dict[
     # The fine-tuning path: a new label set gets a fresh class head (and fresh per-class
     # tables), everything else loads.
     reinitialized = class_count_keys(detector, own_detector)
+    if not scoring_of(net).no_object:
+        # A release's head was trained for the softmax; under another scoring its logits mean
+        # something else, even where the row counts happen to agree.
+        head = {k for k in (CLASS_HEAD, "class_embed.bias") if k in detector and k in own_detector}
+        reinitialized = sorted(set(reinitialized) | head)
     prefix = DETR_PREFIX if segm else ""
     sd = {prefix + k: v for k, v in detector.items()}
     fresh = [prefix + k for k in fresh]
