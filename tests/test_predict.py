@@ -143,23 +143,19 @@ def test_official_release_reports_coco_ids_without_imagenet_weights_or_coco_file
     assert {c["id"]: c["name"] for c in categories} == COCO_CATEGORY_NAMES
     assert not (tmp_path / "empty_hub").exists()
 
-    # The same output_dir again, on one image: the earlier drawings go, the user's file stays.
-    (out_dir / "notes.txt").write_text("mine")
-    single = next(p for p in (image_folder / "top").iterdir() if p.name != "broken.jpg")
+    # The same output_dir again: refused before loading anything, nothing there touched.
+    def listing() -> list[str]:
+        return sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*")
+                      if ".hydra" not in p.parts and p.name != "predict.log")  # fmt: skip
+
+    before = listing()
     out = run_cli("predict", ["experiment=r50", f"model.pretrained={release}",
-                              f"input={single}", f"output_dir={out_dir}", "num_workers=0",
+                              f"input={image_folder}", f"output_dir={out_dir}", "num_workers=0",
                               "device=cpu", "paths.coco_dir=/nonexistent", *TINY_DETR],
-                  tmp_path)  # fmt: skip
-    assert "predicted 1 images" in out
-    drawn = sorted(str(p.relative_to(out_dir)) for p in (out_dir / "drawn").rglob("*"))
-    assert drawn == [f"drawn/{single.stem}.png"]
-    images = json.loads((out_dir / "images.json").read_text())["images"]
-    assert [i["file_name"] for i in images] == [single.name]
-    assert (out_dir / "notes.txt").read_text() == "mine"
-    assert (
-        "holds an earlier prediction run's outputs (6 files)"
-        in (out_dir / "predict.log").read_text()
-    )
+                  tmp_path, fails=True)  # fmt: skip
+    assert "already holds predictions.json, images.json, drawn" in out
+    assert "Fix: give a new output_dir" in out and "detector from" not in out
+    assert listing() == before
 
 
 def test_official_panoptic_release_predicts_coco_ids_without_data(tmp_path, image_folder) -> None:

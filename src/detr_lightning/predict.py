@@ -38,30 +38,20 @@ from detr_lightning.utils import conf_dir
 
 log = logging.getLogger(__name__)
 BACKENDS = ("torch", "onnxruntime")
-OUTPUT_FILES = ("predictions.json", "images.json", "panoptic.json")
-OUTPUT_FOLDERS = ("drawn", "panoptic")  # of PNGs
+OUTPUT_NAMES = ("predictions.json", "images.json", "panoptic.json", "drawn", "panoptic")
 
 
-def _clear_previous_outputs(out_dir: str) -> None:
-    """An ``output_dir`` given again: remove the earlier run's predictions and PNGs, which would
-    otherwise sit beside this run's as if one result (Hydra has already replaced its config and
-    log there). Nothing else in the folder is touched."""
-    from pathlib import Path
-
-    root = Path(out_dir)
-    old = [root / name for name in OUTPUT_FILES if (root / name).is_file()]
-    for folder in OUTPUT_FOLDERS:
-        old += sorted((root / folder).rglob("*.png")) if (root / folder).is_dir() else []
-    if not old:
-        return
-    log.warning("output_dir=%s holds an earlier prediction run's outputs (%d files): replacing "
-                "them with this run's", out_dir, len(old))  # fmt: skip
-    for path in old:
-        path.unlink()
-    for folder in OUTPUT_FOLDERS:  # the emptied sub-folders, deepest first
-        for sub in sorted((root / folder).rglob("*"), key=lambda p: -len(p.parts)):
-            if sub.is_dir() and not any(sub.iterdir()):
-                sub.rmdir()
+def _refuse_earlier_outputs(out_dir: str) -> None:
+    """An ``output_dir`` that already holds what predict writes: this run's files would sit
+    beside (or over) the earlier ones as if one result. Refused before anything loads; nothing
+    there is deleted."""
+    found = [name for name in OUTPUT_NAMES if os.path.exists(os.path.join(out_dir, name))]
+    if found:
+        raise FileExistsError(
+            f"output_dir={out_dir} already holds {', '.join(found)} (an earlier predict run's?): "
+            "this run's predictions would mix with them. Fix: give a new output_dir (or none: "
+            "a fresh outputs/<experiment>/predict_<time>), or move those away first."
+        )
 
 
 def _records(cfg: DictConfig) -> tuple[list, object | None]:
@@ -95,6 +85,8 @@ def predict(cfg: DictConfig) -> str:
     from detr_lightning.inference.loading import check_inference_config
 
     check_inference_config(cfg, needs_data=not cfg.get("input"), needs_weights=backend == "torch")
+    out_dir = cfg.get("output_dir") or cfg.paths.output_dir
+    _refuse_earlier_outputs(out_dir)
 
     import torch
     from hydra.utils import instantiate
@@ -135,9 +127,7 @@ def predict(cfg: DictConfig) -> str:
         postprocess = instantiate(cfg.model.postprocess)
         postprocess.scoring = scoring = exported_scoring(meta, str(cfg.onnx))
         forward = session
-    out_dir = cfg.get("output_dir") or cfg.paths.output_dir
     os.makedirs(out_dir, exist_ok=True)
-    _clear_previous_outputs(out_dir)
     panoptic = None
     if backend == "torch":  # the exported graph holds the detector only: no masks
         from detr_lightning.inference.panoptic_output import panoptic_writer
