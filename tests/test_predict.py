@@ -198,9 +198,10 @@ def test_official_panoptic_release_predicts_coco_ids_without_data(tmp_path, imag
         assert all(s["category_id"] == DOG and s["isthing"] for s in ann["segments_info"])
         segments += len(listed)
     assert segments > 0
-    assert {(c["id"], c["name"]) for c in panoptic["categories"] if c["id"] == DOG} == {
-        (DOG, "dog")
-    }
+    # COCO panoptic's 133 categories: a segment can never get an unused slot's id
+    listed = {c["id"]: (c["name"], c["isthing"]) for c in panoptic["categories"]}
+    assert len(listed) == 133 and listed[DOG] == ("dog", 1)
+    assert listed[187] == ("sky-other-merged", 0) and 12 not in listed and 0 not in listed
 
 
 def test_bf16_on_a_cpu_without_native_bf16_warns_before_predicting(

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from detr_lightning.data.categories import coco_categories
 from detr_lightning.data.coco_panoptic import CocoPanopticDataset
 from detr_lightning.data.collate import collate
 from detr_lightning.data.panoptic_png import rgb_to_ids
@@ -85,6 +86,14 @@ def test_written_files_score_with_pq_compute_as_the_evaluator_scores(val, tmp_pa
     for group, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
         for key in ("pq", "sq", "rq"):
             assert scored[group][key] == pytest.approx(ours[key.upper() + suffix], abs=1e-9)
+
+
+def test_a_coco_panoptic_release_knows_its_133_categories() -> None:
+    """250 labels = COCO ids; only COCO panoptic's 80 things and 53 stuff can form segments."""
+    things = thing_map(list(range(250)), coco_categories(panoptic=True))
+    assert len(things) == 133 and sum(things.values()) == 80
+    assert things[18] and not things[187] and 12 not in things and 0 not in things
+    assert max(things) == 200
 
 
 def test_thing_map_follows_the_categories_or_the_official_coco_rule() -> None:

@@ -36,8 +36,32 @@ COCO_CATEGORY_NAMES: dict[int, str] = {
     82: "refrigerator", 84: "book", 85: "clock", 86: "vase", 87: "scissors", 88: "teddy bear",
     89: "hair drier", 90: "toothbrush",
 }  # fmt: skip
+# COCO panoptic 2017's 53 stuff categories (isthing 0; its things are the 80 above), as
+# panopticapi's panoptic_coco_categories.json lists them.
+COCO_PANOPTIC_STUFF_NAMES: dict[int, str] = {
+    92: "banner", 93: "blanket", 95: "bridge", 100: "cardboard", 107: "counter", 109: "curtain",
+    112: "door-stuff", 118: "floor-wood", 119: "flower", 122: "fruit", 125: "gravel",
+    128: "house", 130: "light", 133: "mirror-stuff", 138: "net", 141: "pillow", 144: "platform",
+    145: "playingfield", 147: "railroad", 148: "river", 149: "road", 151: "roof", 154: "sand",
+    155: "sea", 156: "shelf", 159: "snow", 161: "stairs", 166: "tent", 168: "towel",
+    171: "wall-brick", 175: "wall-stone", 176: "wall-tile", 177: "wall-wood",
+    178: "water-other", 180: "window-blind", 181: "window-other", 184: "tree-merged",
+    185: "fence-merged", 186: "ceiling-merged", 187: "sky-other-merged", 188: "cabinet-merged",
+    189: "table-merged", 190: "floor-other-merged", 191: "pavement-merged",
+    192: "mountain-merged", 193: "grass-merged", 194: "dirt-merged", 195: "paper-merged",
+    196: "food-other-merged", 197: "building-other-merged", 198: "rock-merged",
+    199: "wall-other-merged", 200: "rug-merged",
+}  # fmt: skip
 COCO_NUM_CLASSES = 91
 COCO_PANOPTIC_NUM_CLASSES = 250  # the official panoptic DETR's class count (largest id: 200)
+
+
+def coco_categories(panoptic: bool) -> list[dict]:
+    """COCO 2017's categories (``id``, ``name``, ``isthing``): the 80 detection ones, and with
+    ``panoptic`` the 53 stuff ones too (133, COCO panoptic's)."""
+    things = [{"id": i, "name": n, "isthing": 1} for i, n in COCO_CATEGORY_NAMES.items()]
+    stuff = [{"id": i, "name": n, "isthing": 0} for i, n in COCO_PANOPTIC_STUFF_NAMES.items()]
+    return things + stuff if panoptic else things
 
 
 def is_coco_categories(categories: Sequence[dict]) -> bool:

@@ -65,26 +65,24 @@ def _checkpoint_categories(checkpoint: dict) -> list[dict] | None:
     return _datamodule_state(checkpoint).get("categories")
 
 
-def coco_names(category_ids: list[int]) -> list[str]:
-    """COCO's names by id ("" for the unused slots)."""
-    from detr_lightning.data.categories import COCO_CATEGORY_NAMES
-
-    return [COCO_CATEGORY_NAMES.get(int(i), "") for i in category_ids]
-
-
-def official_meta(release: dict[str, torch.Tensor]) -> tuple[int, list[int], list[str] | None]:
-    """(num_classes, label_to_category_id, names) of an official release's state dict
+def official_meta(release: dict[str, torch.Tensor]) -> tuple[int, list[int], list[dict] | None]:
+    """(num_classes, label_to_category_id, categories) of an official release's state dict
     (:func:`~detr_lightning.checkpointing.pretrained.read_release`), detection or panoptic: its
-    labels are COCO's category ids (91 slots; panoptic: 250), so the things get COCO's names (a
-    panoptic release's stuff has no name without the data's categories)."""
-    from detr_lightning.data.categories import COCO_NUM_CLASSES, COCO_PANOPTIC_NUM_CLASSES
+    labels are COCO's category ids (91 slots; panoptic: 250), so its categories are COCO's
+    (detection: the 80 things; panoptic: COCO panoptic's 133). Other class counts: None."""
+    from detr_lightning.data.categories import (
+        COCO_NUM_CLASSES,
+        COCO_PANOPTIC_NUM_CLASSES,
+        coco_categories,
+    )
     from detr_lightning.detr.official_keys import split_panoptic
     from detr_lightning.detr.state_dicts import num_classes as release_classes
 
     num_classes = release_classes(split_panoptic(release)[0])
     ids = list(range(num_classes))
-    coco = num_classes in (COCO_NUM_CLASSES, COCO_PANOPTIC_NUM_CLASSES)
-    return num_classes, ids, coco_names(ids) if coco else None
+    if num_classes not in (COCO_NUM_CLASSES, COCO_PANOPTIC_NUM_CLASSES):
+        return num_classes, ids, None
+    return num_classes, ids, coco_categories(panoptic=num_classes == COCO_PANOPTIC_NUM_CLASSES)
 
 
 def inference_config(cfg: DictConfig) -> DictConfig:
@@ -159,8 +157,9 @@ def load_detector(
         source = str(pretrained)
     else:
         release = read_release(str(pretrained))  # read once: the class count, then the weights
-        num_classes, ids, names = official_meta(release)
-        categories, source = None, str(pretrained)
+        num_classes, ids, categories = official_meta(release)
+        names = names_from_categories(categories, ids) if categories else None
+        source = str(pretrained)
     meta = SimpleNamespace(num_classes=num_classes, label_to_category_id=ids)
     # Loads model.pretrained without ckpt_path.
     model = build_model(cfg, meta, training=False, release=release)

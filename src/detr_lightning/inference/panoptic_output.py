@@ -27,16 +27,16 @@ from detr_lightning.detr.panoptic_postprocess import PostProcessPanoptic, id_map
 from detr_lightning.detr.segmentation import DETRsegm
 from detr_lightning.inference.loading import Detector
 
-# Official DETR's rule for its COCO panoptic releases (hubconf ``is_thing_map``): the ids up to
-# 90 are COCO's thing classes, the rest stuff; what a release predicts without the data's
-# categories.
+# Official DETR's rule (hubconf ``is_thing_map``): ids up to 90 are things, the rest stuff; for
+# a model whose categories nothing records (a COCO release gets COCO panoptic's own).
 COCO_LAST_THING_ID = 90
 
 
 def thing_map(category_ids: Sequence[int], categories: Sequence[dict] | None) -> dict[int, bool]:
     """label -> isthing for every label whose category is known: from ``categories`` (each
     with ``isthing``; labels of no category, e.g. COCO's unused slots, are left out and form no
-    segment); without them, the official rule for COCO ids (<= 90: thing)."""
+    segment); without them (a release of another class count), the official rule (<= 90:
+    thing) for every label."""
     if categories is None:
         return {label: int(c) <= COCO_LAST_THING_ID for label, c in enumerate(category_ids)}
     things = {int(c["id"]): bool(c.get("isthing", 1)) for c in categories}
