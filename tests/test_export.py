@@ -128,7 +128,7 @@ def test_predict_with_onnxruntime_needs_only_the_onnx_file(exported, tmp_path) -
                         "data.val_transforms.size=64", "data.val_transforms.max_size=160"],
             tmp_path)  # fmt: skip
     log = (tmp_path / "other" / "predict.log").read_text()
-    assert f"onnx={path} was trained with data.val_transforms {{size: 96}}; this run uses " \
+    assert f"onnx={path} records data.val_transforms {{size: 96}} (its evaluation's); this run uses " \
            "{size: 64}" in log  # fmt: skip
 
 

@@ -251,7 +251,7 @@ def test_the_checkpoint_names_its_evaluation_size_when_predict_uses_another(
         caplog.clear()
         with caplog.at_level(logging.WARNING):
             load_detector(cfg)
-        assert ("{size: 96}; this run uses {size: 160}" in caplog.text) == warned
+        assert ("{size: 96} (its evaluation's); this run uses {size: 160}" in caplog.text) == warned
 
 
 def test_a_predict_sweep_writes_each_job_into_its_own_folder(checkpoint, shapes_root, tmp_path):

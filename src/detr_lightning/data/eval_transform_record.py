@@ -1,4 +1,5 @@
-"""The evaluation transform a checkpoint was trained with, recorded in it and compared on load.
+"""The evaluation transform a checkpoint (or an exported .onnx) was made with, recorded in it and
+compared on load.
 
 A checkpoint holds the weights, not the image size the detector was evaluated at: ``eval`` or
 ``predict`` composed with another ``data`` group (the shapes data's 160 px for a model trained at
@@ -31,7 +32,7 @@ def warn_if_different(saved: Any, current: dict[str, Any] | None, checkpoint: st
         return False
     changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     log.warning(
-        "%s was trained with data.val_transforms %s; this run uses %s (%s differ): images are "
+        "%s records data.val_transforms %s (its evaluation's); this run uses %s (%s differ): images are "
         "resized otherwise than in its evaluation, and boxes and AP change. Fix: give the "
         "training run's data overrides (its .hydra/overrides.yaml), unless the other size is "
         "what you want.",

@@ -23,7 +23,7 @@ _STATES = (("tp", torch.int64), ("fp", torch.int64), ("fn", torch.int64), ("iou"
 class PanopticQualityMetric(Metric):
     """PQ accumulator for your own loops: per-class tp / fp / fn / IoU-sum states, summed over
     DDP ranks (an image a ``DistributedSampler`` repeats to pad the ranks counts twice;
-    LitDETR uses :class:`~detr_lightning.evaluation.panoptic_evaluator.ImagePanopticQuality`,
+    LitDETR uses :class:`ImagePanopticQuality`,
     which keeps one entry per image id).
 
     ``categories``: ``[{"id", "isthing"}, ...]`` (the panoptic json's ``categories``; ids may

@@ -89,7 +89,8 @@ DATA_RULES: dict[str, Rule] = {
 ENTRY_RULES: dict[str, Rule] = {
     # predict: null = the evaluation split; visualize: ??? (required), so an unset one is named
     "input": (lambda v: v is None or (isinstance(v, str) and v != ""),
-              "an image or a folder of images", "input=photos/"),
+              "an image or a folder of images (a name Hydra reads as a number: quote it, "
+              "input=\"'2024'\")", "input=photos/"),
     "batch_size": (_positive, "a positive integer (images per forward)", "batch_size=4"),
     "device": (_device, "auto, cpu, cuda, cuda:N (N a GPU index) or mps", "device=cuda:0"),
     "draw.enabled": (lambda v: isinstance(v, bool), _BOOL, "draw.enabled=false"),
