@@ -113,11 +113,10 @@ def predict(cfg: DictConfig) -> str:
         postprocess = detector.model.detections
         scoring = scoring_of(detector.model.net)
     else:
+        from detr_lightning.data import eval_transform_record as recorded
         from detr_lightning.inference.onnx_runtime import OnnxDetector, exported_scoring
 
         device = torch.device("cpu")  # ONNX Runtime picks its own provider; I/O is on the CPU
-        from detr_lightning.data import eval_transform_record as recorded
-
         session = OnnxDetector(cfg.onnx)
         meta = session.metadata
         recorded.warn_if_different(meta.get(recorded.KEY),
