@@ -107,7 +107,7 @@ def test_the_evaluation_transform_is_recorded_and_another_one_is_named(tmp_path,
         same.load_state_dict(state)
         assert "val_transforms" not in caplog.text
         other.load_state_dict(state)
-    assert "{size: 800}; this run uses {size: 160} (size differ)" in caplog.text
+    assert "{size: 800} (its evaluation's); this run uses {size: 160} (size differ)" in caplog.text
 
 
 def test_instantiated_by_hydra_from_yaml_values(tmp_path):
