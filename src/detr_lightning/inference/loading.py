@@ -34,8 +34,9 @@ class Detector:
         category_ids: label -> the dataset's category id.
         names: label -> class name ("" where unknown), or None when nothing is known.
         source: the file the weights came from.
-        categories: the data's COCO ``categories`` (with ``isthing`` for panoptic data), when
-            known (a checkpoint's or the datamodule's; None for a bare official release).
+        categories: COCO-style ``categories`` (with ``isthing`` for panoptic data): a
+            checkpoint's or the datamodule's, COCO's for a COCO-sized official release, else
+            None.
     """
 
     model: Any
