@@ -101,10 +101,22 @@ def label_map_from_categories(
     return ids
 
 
+def thing_labels(
+    categories: Sequence[dict], label_to_category_id: Sequence[int]
+) -> dict[int, bool]:
+    """label -> ``isthing`` of its category, for the labels whose category is in
+    ``categories`` (True also for categories without an ``isthing`` field, i.e. detection
+    data); labels of no category (COCO's unused slots) are left out."""
+    things = {int(c["id"]): bool(c.get("isthing", 1)) for c in categories}
+    return {
+        label: things[int(c)] for label, c in enumerate(label_to_category_id) if int(c) in things
+    }
+
+
 def is_thing_per_label(
     categories: Sequence[dict], label_to_category_id: Sequence[int]
 ) -> list[bool]:
     """``isthing`` of each label's category: True for things (and for categories without an
     ``isthing`` field, i.e. detection data), False for panoptic stuff and unused COCO slots."""
-    things = {int(c["id"]): bool(c.get("isthing", 1)) for c in categories}
-    return [things.get(int(c), False) for c in label_to_category_id]
+    known = thing_labels(categories, label_to_category_id)
+    return [known.get(label, False) for label in range(len(label_to_category_id))]

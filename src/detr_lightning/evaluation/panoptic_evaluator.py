@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from detr_lightning.data.categories import thing_labels
 from detr_lightning.detr.class_scoring import SoftmaxScoring, scoring_or_default
 from detr_lightning.detr.panoptic_postprocess import PostProcessPanoptic, PostProcessSegm
 from detr_lightning.evaluation.coco import CocoBoxAP
@@ -94,7 +95,7 @@ class PanopticEvaluator(nn.Module):
         # Labels of no dataset category (unused COCO slots) are left out of the thing map: their
         # queries form no segment, and the other queries' probabilities stay as the model gave
         # them (as official, which never renormalises).
-        known = {label: isthing[c] for label, c in enumerate(ids) if c in isthing}
+        known = thing_labels(dataset.categories, ids)
         postprocess = self.make_postprocess(is_thing_map=known, scoring=scoring)
         sizes = torch.stack([t["size"] for t in targets])
         origs = torch.stack([t["orig_size"] for t in targets])

@@ -22,6 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from detr_lightning.data.categories import thing_labels
 from detr_lightning.detr.class_scoring import SoftmaxScoring
 from detr_lightning.detr.panoptic_postprocess import PostProcessPanoptic, id_map_to_png
 from detr_lightning.detr.segmentation import DETRsegm
@@ -39,8 +40,7 @@ def thing_map(category_ids: Sequence[int], categories: Sequence[dict] | None) ->
     thing) for every label."""
     if categories is None:
         return {label: int(c) <= COCO_LAST_THING_ID for label, c in enumerate(category_ids)}
-    things = {int(c["id"]): bool(c.get("isthing", 1)) for c in categories}
-    return {label: things[int(c)] for label, c in enumerate(category_ids) if int(c) in things}
+    return thing_labels(categories, category_ids)
 
 
 class PanopticWriter:
