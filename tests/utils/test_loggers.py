@@ -42,13 +42,14 @@ def wandb_records(path: Path) -> Iterator[Any]:
 
 
 def offline_run(run_dir: Path) -> dict[str, Any]:
-    """id, group, tags, config, summary and exit code of an offline run directory."""
+    """id, group, name, tags, config, summary and exit code of an offline run directory."""
     (log,) = run_dir.glob("run-*.wandb")
     run: dict[str, Any] = {"config": {}, "summary": {}, "exit_code": None}
     for record in wandb_records(log):
         kind = record.WhichOneof("record_type")
         if kind == "run":
-            run.update(id=record.run.run_id, group=record.run.run_group, tags=list(record.run.tags))
+            run.update(id=record.run.run_id, group=record.run.run_group, tags=list(record.run.tags),
+                       name=record.run.display_name)  # fmt: skip
             items = record.run.config.update
         elif kind in ("config", "summary"):
             items = getattr(record, kind).update
@@ -86,8 +87,10 @@ def test_sweep_job_logger_groups_tags_and_gets_its_own_run(
     hydra_multirun, tmp_path, monkeypatch
 ) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")  # Lightning sets it to dryrun: restore it after
-    first = wandb_logger(mode="offline", project="t", save_dir=str(tmp_path / "a"), group="shapes")
+    first = wandb_logger(mode="offline", project="t", save_dir=str(tmp_path / "a"), group="shapes",
+                         name="shapes")  # fmt: skip
     assert first._wandb_init["group"] == "shapes-2026-01-01_00-00-00"
+    assert first._wandb_init["name"] == f"shapes_{SWEPT}=2,seed=7"
     assert first._wandb_init["tags"] == [f"{SWEPT}=2", "seed=7"]  # experiment, paths: no tag
     assert first._wandb_init["config"] == {"overrides": hydra_multirun}
     left_open = first.experiment.id  # a job that failed before finishing its run
@@ -132,6 +135,7 @@ def test_sweep_jobs_log_one_offline_run_each_in_one_group(wandb_sweep) -> None:
         assert f"wandb sync {run_dir}" in out
         run = offline_run(run_dir)
         assert f"{SWEPT}={layers}" in run["tags"] and "demo" in run["tags"]
+        assert run["name"].startswith("shapes_") and f"{SWEPT}={layers}" in run["name"]
         assert f"{SWEPT}={layers}" in run["config"]["overrides"]
         assert run["config"]["model"]["net"]["transformer"]["num_decoder_layers"] == layers
         metrics = json.loads((sweep / job / "metrics.json").read_text())

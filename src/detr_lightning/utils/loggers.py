@@ -133,18 +133,24 @@ def wandb_logger(
     """A Lightning ``WandbLogger`` for one Hydra job; ``kwargs`` go to it (project, name, ...).
 
     In a multirun, ``sweep_group`` appends the sweep folder's name (its launch time) to
-    ``group``, so one sweep is one wandb group. ``tag_overrides`` adds the job's overrides to
-    ``tags``; they are also in ``config.overrides``. A run left open in this process (a failed
+    ``group``, so one sweep is one wandb group, and the job's overrides (as tags, see
+    :func:`override_tags`) to the run's ``name``, so that its runs are told apart by name.
+    ``tag_overrides`` adds the job's overrides to ``tags``; they are also in
+    ``config.overrides``. A run left open in this process (a failed
     earlier job) is finished first, so that this job gets its own run.
     """
     offline = resolve_wandb_offline(mode)
     os.makedirs(save_dir, exist_ok=True)
     job = hydra_job()
-    if sweep_group and job["sweep"] and group:
-        group = f"{group}-{job['sweep']}"
+    job_tags = override_tags(job["overrides"], job["exclude_keys"])
+    if sweep_group and job["sweep"]:
+        if group:
+            group = f"{group}-{job['sweep']}"
+        if kwargs.get("name") and job_tags:
+            kwargs["name"] = f"{kwargs['name']}_{','.join(job_tags)}"
     tags = list(tags)
     if tag_overrides:
-        tags += [t for t in override_tags(job["overrides"], job["exclude_keys"]) if t not in tags]
+        tags += [t for t in job_tags if t not in tags]
     config = {"overrides": job["overrides"], **kwargs.pop("config", {})}
     if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
         log.warning("finishing the wandb run left open by an earlier job in this process")
