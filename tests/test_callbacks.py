@@ -23,14 +23,15 @@ def test_draw_detections_puts_boxes_where_they_belong() -> None:
               "size": torch.tensor([40, 60]), "orig_size": torch.tensor([80, 120])}  # fmt: skip
     pred = {"boxes": torch.tensor([[0.0, 0.0, 40.0, 40.0]]), "scores": torch.tensor([0.9]),
             "labels": torch.tensor([1])}  # fmt: skip
-    out = draw_detections(image, target, pred, label_names=[7, 8])
+    out = draw_detections(image, target, pred, category_ids=[7, 8])
     assert out.shape == (3, 40, 60) and out.dtype == torch.uint8
     green = (out[1] == 255) & (out[0] < 100)
     red = (out[0] == 255) & (out[1] < 100)
     # GT: cxcywh (0.5,0.5,0.5,0.5) on 60x40 -> x 15..45, y 10..30; pred: 0..40 px of a 120x80
-    # original -> 0..20 px here
+    # original -> 0..20 px here (its label box may run right of it, in its top rows)
     assert green[10, 15:45].any() and green[30, 15:45].any() and not green[35:, :].any()
-    assert red[0:20, 0].any() and not red[:, 25:].any()
+    assert red[14:21, 0].all() and red[14:21, 20].all() and red[20, :21].all()
+    assert not red[21:, :].any() and not red[14:, 21:].any()
 
 
 def test_image_logger_writes_pngs_without_wandb(tmp_path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
@@ -15,6 +16,8 @@ from torchvision.ops import box_convert
 from torchvision.utils import draw_bounding_boxes
 
 from detr_lightning.data.transforms import denormalize
+from detr_lightning.inference.draw import draw_predictions
+from detr_lightning.inference.results import label_name
 
 
 def draw_detections(
@@ -22,39 +25,35 @@ def draw_detections(
     target: dict[str, Tensor],
     pred: dict[str, Tensor],
     score_threshold: float = 0.5,
-    label_names: list[int] | None = None,
+    category_ids: Sequence[int] = (),
+    names: Sequence[str] | None = None,
 ) -> Tensor:
-    """One image with ground truth (green) and predictions (red) drawn on it.
+    """One image with ground truth (green) and predictions (red, "name score") drawn on it.
 
     Args:
         image: [3, H, W] ImageNet-normalised, possibly padded.
         target: "boxes" [T, 4] normalised cxcywh w.r.t. "size" (h, w), "labels" [T],
             "size" and "orig_size" [2].
         pred: "boxes" [K, 4] absolute xyxy in the original image, "scores" [K], "labels" [K].
-        label_names: label -> printed id (e.g. the dataset's category ids).
+        category_ids, names: label -> dataset category id / class name, as predict prints them
+            (:func:`~detr_lightning.inference.results.label_name`; neither: the label).
     Returns:
         uint8 [3, h, w] cropped to the unpadded image.
     """
     h, w = (int(x) for x in target["size"])
     rgb = denormalize(image, (h, w))
-    scale = torch.tensor([w, h, w, h], dtype=torch.float32)
-    gt = box_convert(target["boxes"].float().cpu(), "cxcywh", "xyxy") * scale
-    oh, ow = (float(x) for x in target["orig_size"])
-    keep = pred["scores"].cpu() >= score_threshold
-    boxes = pred["boxes"].float().cpu()[keep] * torch.tensor([w / ow, h / oh, w / ow, h / oh])
-
-    def name(label: Tensor) -> str:
-        i = int(label)
-        return str(label_names[i] if label_names and i < len(label_names) else i)
-
+    gt = box_convert(target["boxes"].float().cpu(), "cxcywh", "xyxy")
     if len(gt):
-        gt_text = [name(lab) for lab in target["labels"].cpu()]
-        rgb = draw_bounding_boxes(rgb, gt, gt_text, colors="lime", width=1)
-    if len(boxes):
-        labels, scores = pred["labels"].cpu()[keep], pred["scores"].cpu()[keep]
-        text = [f"{name(lab)}:{s:.2f}" for lab, s in zip(labels, scores, strict=True)]
-        rgb = draw_bounding_boxes(rgb, boxes, text, colors="red", width=1)
-    return rgb
+        text = [label_name(int(lab), category_ids, names) for lab in target["labels"]]
+        gt = gt * torch.tensor([w, h, w, h], dtype=torch.float32)
+        rgb = draw_bounding_boxes(rgb, gt, text, colors="lime", width=1)
+    oh, ow = (float(x) for x in target["orig_size"])
+    scale = torch.tensor([w / ow, h / oh, w / ow, h / oh])
+    # Boxes, scores and labels only: masks (panoptic) are at the original size, not this one.
+    resized = {"boxes": pred["boxes"].float().cpu() * scale, "scores": pred["scores"],
+               "labels": pred["labels"]}  # fmt: skip
+    return draw_predictions(rgb, resized, category_ids, names, score_threshold, line_width=1,
+                            color=(255, 0, 0))  # fmt: skip
 
 
 class EveryNEpochs(L.Callback):
@@ -103,13 +102,16 @@ class ValidationImageLogger(EveryNEpochs):
             return
         if not isinstance(outputs, dict) or "preds" not in outputs:
             return
-        names = pl_module.hparams.get("label_to_category_id")
+        ids = pl_module.hparams.get("label_to_category_id") or ()
+        names = getattr(getattr(trainer, "datamodule", None), "category_names", None)
         for image, target, pred in zip(
             batch.pixel_values, batch.targets, outputs["preds"], strict=True
         ):
             if len(self._images) >= self.num_images:
                 break
-            self._images.append(draw_detections(image, target, pred, self.score_threshold, names))
+            self._images.append(
+                draw_detections(image, target, pred, self.score_threshold, ids, names)
+            )
 
     @rank_zero_only
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -96,6 +96,7 @@ def draw_predictions(
     font: str | None = None,
     font_size: int | None = None,
     mask_alpha: float = 0.5,
+    color: Color | None = None,
 ) -> Tensor:
     """The image with the selected detections drawn.
 
@@ -110,6 +111,7 @@ def draw_predictions(
         font, font_size: a TrueType font file and its size (both None: PIL's default bitmap
             font; a size alone: matplotlib's DejaVu Sans at that size).
         mask_alpha: opacity of the segment colours.
+        color: one colour for every detection (None: each class its own, :func:`class_color`).
     Returns:
         uint8 [3, H, W]; the input is not modified.
     """
@@ -119,7 +121,7 @@ def draw_predictions(
         return out.clone()
     labels = pred["labels"].detach().cpu()[keep].tolist()
     scores = pred["scores"].detach().cpu()[keep].tolist()
-    colors = [class_color(lab) for lab in labels]
+    colors = [color or class_color(lab) for lab in labels]
     masks = pred.get("masks")
     if masks is not None:
         out = draw_segmentation_masks(
