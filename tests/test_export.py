@@ -164,3 +164,57 @@ def test_onnx_matches_pytorch_for_the_shapes_preset_model(
         net = levers.compact_model()  # conv proposals, refinement, focal, dense cross-attention
     path = export_onnx(net.eval(), tmp_path / "shapes.onnx", (96, 128), exporter=exporter)
     assert verify_onnx(net, path, SIZES)["max"] <= 1e-4
+
+
+def test_a_panoptic_export_gives_predict_the_torch_backends_segmentation(tmp_path) -> None:
+    """``head=panoptic``: the graph gains ``pred_masks`` and the metadata the thing map, so
+    ``predict backend=onnxruntime`` writes the panoptic output that the checkpoint's own
+    predict writes (the same segments; a pixel may flip where two queries' mask logits tie)."""
+    from official_segmentation import official_panoptic_sd
+
+    from detr_lightning.data.panoptic_png import rgb_to_ids
+
+    torch.manual_seed(0)
+    sd = official_panoptic_sd("resnet18", d=128, heads=8, ff=64, q=5, classes=250, enc=1, dec=2)
+    sd["detr.class_embed.bias"][18] = 20.0  # every query a "dog" (a thing)
+    sd["detr.class_embed.bias"][184] = 19.5  # ... or "tree-merged" (stuff) at a softmax's reach
+    release = tmp_path / "detr-tiny-panoptic.pth"
+    torch.save({"model": sd}, release)
+    tiny = [o.replace("nhead=4", "nhead=8").replace("d_model=32", "d_model=128") for o in TINY_DETR]
+    common = ["experiment=r50_panoptic", "paths.coco_dir=/nonexistent",
+              "model.panoptic.postprocess.threshold=0.5", *tiny]  # fmt: skip
+    onnx_path = tmp_path / "pan.onnx"
+    out = run_cli("export", [*common, f"model.pretrained={release}", f"output={onnx_path}",
+                             "example_size=[96,128]"], tmp_path)  # fmt: skip
+    found = re.search(r"max abs difference .*pred_masks (\S+)", out)
+    assert found and float(found.group(1)) <= 1e-4
+    assert [o.name for o in onnx.load(str(onnx_path)).graph.output] == [
+        "pred_logits", "pred_boxes", "pred_masks"]  # fmt: skip
+    meta = OnnxDetector(onnx_path).metadata
+    assert len(meta["is_thing_map"]) == 133 and meta["is_thing_map"]["18"] is True
+    assert meta["panoptic_postprocess"]["threshold"] == 0.5
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(90, 120), (140, 100), (64, 64)]):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    predicted = {}
+    # the .onnx alone (a detection experiment): its categories and threshold come from the file
+    for backend, args in (("torch", [*common, f"model.pretrained={release}"]),
+                          ("onnxruntime", ["experiment=r50", f"onnx={onnx_path}", *tiny[-2:]])):  # fmt: skip
+        run_cli("predict", [*args, f"backend={backend}", f"input={images}", "num_workers=0",
+                            f"output_dir={tmp_path / backend}", "batch_size=2"], tmp_path)  # fmt: skip
+        predicted[backend] = json.loads((tmp_path / backend / "panoptic.json").read_text())
+    torch_json, onnx_json = predicted["torch"], predicted["onnxruntime"]
+    assert onnx_json["categories"] == torch_json["categories"]
+    kinds = set()
+    for a, b in zip(torch_json["annotations"], onnx_json["annotations"], strict=True):
+        assert a["file_name"] == b["file_name"]
+        ids_a, ids_b = (rgb_to_ids(np.asarray(Image.open(tmp_path / backend / "panoptic" /
+                        a["file_name"]).convert("RGB"))) for backend in ("torch", "onnxruntime"))  # fmt: skip
+        # a random mask head's two best logits are within ONNX's ~1e-5 at ~1 % of the pixels
+        assert (ids_a == ids_b).mean() >= 0.99
+        cats = ({s["id"]: s["category_id"] for s in ann["segments_info"]} for ann in (a, b))
+        assert next(cats) == next(cats)
+        kinds |= {s["isthing"] for s in a["segments_info"]}
+    assert kinds == {0, 1}  # things and stuff both reached the output

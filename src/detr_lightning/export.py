@@ -4,9 +4,11 @@ CKPT=...``), or ``experiment=r50 model.pretrained=<official .pth> format=onnx``.
 Writes ``output`` (default ``<run dir>/model.onnx``): the detector's inference graph with inputs
 ``pixel_values`` [B, 3, H, W] float32 (ImageNet-normalised, zero-padded) and ``pixel_mask``
 [B, H, W] bool (True = real pixel), outputs ``pred_logits`` [B, Q, K] and ``pred_boxes``
-[B, Q, 4] (normalised cxcywh relative to each unpadded image); B, H and W are dynamic. The label
-map, class names and the class scoring (``class_scoring``, its class path, and ``focal``: a
-sigmoid head) go into the model's metadata, so that
+[B, Q, 4] (normalised cxcywh relative to each unpadded image), and for a panoptic model
+(``head=panoptic``) ``pred_masks`` [B, Q, H/4, W/4] (mask logits); B, H and W are dynamic. The
+label map, class names and the class scoring (``class_scoring``, its class path, and ``focal``:
+a sigmoid head) go into the model's metadata, a panoptic model's ``is_thing_map`` (label ->
+isthing) and ``panoptic_postprocess`` (``model.panoptic.postprocess``) too, so that
 ``predict backend=onnxruntime onnx=...`` needs no checkpoint. Then ONNX Runtime runs random
 images of ``verify_sizes`` next to PyTorch and the max abs difference is printed; above ``atol``
 the export fails.
@@ -21,7 +23,7 @@ from __future__ import annotations
 import logging
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from detr_lightning.utils import conf_dir
 
@@ -37,8 +39,10 @@ def export(cfg: DictConfig) -> tuple[str, dict[str, float]]:
     check_inference_config(cfg, needs_data=False)
     from detr_lightning.data.eval_transform_record import KEY, transform_record
     from detr_lightning.detr.class_scoring import scoring_of
+    from detr_lightning.detr.segmentation import DETRsegm
     from detr_lightning.inference.loading import load_detector
     from detr_lightning.inference.onnx_export import export_onnx, verify_onnx
+    from detr_lightning.inference.panoptic_output import thing_map
 
     detector = load_detector(cfg, device="cpu")
     net = detector.model.net
@@ -53,6 +57,11 @@ def export(cfg: DictConfig) -> tuple[str, dict[str, float]]:
         # predict backend=onnxruntime warns when it resizes otherwise (as for checkpoints)
         KEY: transform_record(cfg.get("data")),
     }
+    if isinstance(net, DETRsegm):  # what predict's panoptic output needs besides the graph
+        metadata["is_thing_map"] = thing_map(detector.category_ids, detector.categories)
+        settings = OmegaConf.select(cfg, "model.panoptic.postprocess")
+        if settings is not None:
+            metadata["panoptic_postprocess"] = OmegaConf.to_container(settings, resolve=True)
     size = tuple(int(v) for v in cfg.get("example_size", (256, 320)))
     path = export_onnx(net, cfg.output, size, int(cfg.opset), str(cfg.exporter), metadata)
     print(f"onnx: {path}")

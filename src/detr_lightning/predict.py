@@ -21,8 +21,10 @@ on the command line makes DIR the run directory, log and ``.hydra/`` included):
 * ``drawn/<image>.png``: each image with its boxes, class names and scores
   (``draw.score_threshold``, ``draw.top_k``; ``draw.enabled=false`` writes none); inputs that
   differ only in their suffix keep it (``x.jpg``, ``x.png`` -> ``x.jpg.png``, ``x.png.png``);
-* a panoptic model (``head=panoptic``, torch backend): ``panoptic.json`` and
-  ``panoptic/<image>.png`` in COCO's panoptic format (:mod:`detr_lightning.inference.panoptic_output`).
+* a panoptic model (``head=panoptic``, or its ONNX export): ``panoptic.json`` and
+  ``panoptic/<image>.png`` in COCO's panoptic format
+  (:mod:`detr_lightning.inference.panoptic_output`), segments as ``model.panoptic.postprocess``
+  says (threshold, min_area: the run's, else those recorded in the .onnx).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import logging
 import os
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from detr_lightning.utils import conf_dir
 
@@ -127,11 +129,23 @@ def predict(cfg: DictConfig) -> str:
         postprocess.scoring = scoring = exported_scoring(meta, str(cfg.onnx))
         forward = session
     os.makedirs(out_dir, exist_ok=True)
-    panoptic = None
-    if backend == "torch":  # the exported graph holds the detector only: no masks
-        from detr_lightning.inference.panoptic_output import panoptic_writer
+    from detr_lightning.detr.segmentation import DETRsegm
+    from detr_lightning.inference.panoptic_output import (
+        exported_panoptic_settings,
+        panoptic_writer,
+        thing_map,
+    )
 
-        panoptic = panoptic_writer(cfg, detector, scoring, os.path.join(out_dir, "panoptic"))
+    panoptic = None
+    settings = OmegaConf.select(cfg, "model.panoptic.postprocess")
+    folder = os.path.join(out_dir, "panoptic")
+    if backend == "torch" and isinstance(detector.model.net, DETRsegm):
+        things = thing_map(ids, detector.categories)
+        panoptic = panoptic_writer(settings, things, ids, names, scoring, folder)
+    elif backend == "onnxruntime" and session.panoptic:
+        things = {int(label): bool(thing) for label, thing in meta["is_thing_map"].items()}
+        settings = exported_panoptic_settings(settings, meta.get("panoptic_postprocess"), source)
+        panoptic = panoptic_writer(settings, things, ids, names, scoring, folder)
     result = run_predictions(
         forward, postprocess, records, instantiate(cfg.data.val_transforms), ids, names,
         draw_dir=os.path.join(out_dir, "drawn"), draw=DrawOptions(**cfg.get("draw", {})),

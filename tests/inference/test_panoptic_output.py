@@ -102,3 +102,22 @@ def test_thing_map_follows_the_categories_or_the_official_coco_rule() -> None:
     assert thing_map([3, 7, 99], categories) == {0: True, 1: False}
     # a bare COCO panoptic release: ids up to 90 are things (official hubconf)
     assert thing_map([0, 90, 91, 199], None) == {0: True, 1: True, 2: False, 3: False}
+
+
+def test_an_exported_models_settings_yield_to_the_runs_with_a_warning(caplog) -> None:
+    from omegaconf import OmegaConf
+
+    from detr_lightning.inference.panoptic_output import exported_panoptic_settings
+
+    recorded = {"_target_": "x.PostProcessPanoptic", "_partial_": True, "threshold": 0.5,
+                "min_area": 5}  # fmt: skip
+    assert exported_panoptic_settings(None, recorded, "m.onnx") == recorded
+    assert exported_panoptic_settings(None, None, "m.onnx") is None
+    same = OmegaConf.create(recorded)
+    assert exported_panoptic_settings(same, recorded, "m.onnx") is same and not caplog.records
+    run = OmegaConf.create({**recorded, "threshold": 0.85})
+    assert exported_panoptic_settings(run, recorded, "m.onnx") is run
+    (record,) = caplog.records
+    assert record.levelname == "WARNING" and record.getMessage().startswith(
+        "m.onnx records model.panoptic.postprocess {threshold: 0.5} (its export's); this run uses "
+        "{threshold: 0.85}")  # fmt: skip

@@ -2,12 +2,12 @@
 
 The graph is the inference forward only: ``pixel_values`` [B, 3, H, W] float32 and
 ``pixel_mask`` [B, H, W] bool (True = real pixel) in, ``pred_logits`` [B, Q, K] and
-``pred_boxes`` [B, Q, 4] (normalised cxcywh) out, with B, H and W dynamic. What stays in
-Python: the Hungarian matcher and the losses (training only: they need targets and scipy's
-``linear_sum_assignment``, which has no ONNX operator), the auxiliary decoder outputs (training
-losses), and the post-processing (softmax / top-k, box scaling, and the panoptic merge, which
-loops over a data-dependent number of segments). A panoptic model (``DETRsegm``) exports its
-detector: the mask head's ``pred_masks`` are not part of the graph.
+``pred_boxes`` [B, Q, 4] (normalised cxcywh) out, with B, H and W dynamic; a panoptic model
+(``DETRsegm``) adds ``pred_masks`` [B, Q, H/4, W/4] (mask logits on the padded canvas). What
+stays in Python: the Hungarian matcher and the losses (training only: they need targets and
+scipy's ``linear_sum_assignment``, which has no ONNX operator), the auxiliary decoder outputs
+(training losses), and the post-processing (softmax / top-k, box scaling, and the panoptic
+merge, which loops over a data-dependent number of segments).
 """
 
 from __future__ import annotations
@@ -27,21 +27,24 @@ log = logging.getLogger(__name__)
 
 INPUT_NAMES = ("pixel_values", "pixel_mask")
 OUTPUT_NAMES = ("pred_logits", "pred_boxes")
+MASK_OUTPUT = "pred_masks"
 
 
 class DetectorGraph(nn.Module):
-    """``net(pixel_values, pixel_mask)`` -> (pred_logits, pred_boxes): the exported signature
-    (the auxiliary outputs are dropped, so the exporter prunes nothing it needs)."""
+    """``net(pixel_values, pixel_mask)`` -> (pred_logits, pred_boxes[, pred_masks]): the
+    exported signature (the auxiliary outputs are dropped, so the exporter prunes nothing it
+    needs); ``output_names`` names them."""
 
     def __init__(self, net: nn.Module) -> None:
-        from detr_lightning.detr.segmentation import detector_of
+        from detr_lightning.detr.segmentation import DETRsegm
 
         super().__init__()
-        self.net = detector_of(net)  # panoptic: the detector; the mask head is not exported
+        self.net = net
+        self.output_names = OUTPUT_NAMES + ((MASK_OUTPUT,) if isinstance(net, DETRsegm) else ())
 
-    def forward(self, pixel_values: Tensor, pixel_mask: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, pixel_values: Tensor, pixel_mask: Tensor) -> tuple[Tensor, ...]:
         out = self.net(pixel_values, pixel_mask)
-        return out["pred_logits"], out["pred_boxes"]
+        return tuple(out[name] for name in self.output_names)
 
 
 def _nearest_by_index(x: Tensor, size: Sequence[Any]) -> Tensor:
@@ -90,7 +93,8 @@ def export_onnx(
     """Write ``net``'s inference graph to ``path`` (dynamic batch, height and width).
 
     Args:
-        net: the detector (``DETR`` / ``ConvergenceDETR``), put in eval mode here.
+        net: the detector (``DETR`` / ``ConvergenceDETR``, or either in ``DETRsegm``: then
+            ``pred_masks`` is an output too), put in eval mode here.
         path: the .onnx file to write.
         example_size: (H, W) of the tracing input; batch 2, because torch.export specialises
             dimensions of size 1 into constants.
@@ -130,14 +134,15 @@ def export_onnx(
             "dynamo": False,
             "dynamic_axes": {"pixel_values": {0: "batch", 2: "height", 3: "width"},
                              "pixel_mask": {0: "batch", 1: "height", 2: "width"},
-                             "pred_logits": {0: "batch"}, "pred_boxes": {0: "batch"}},
+                             "pred_logits": {0: "batch"}, "pred_boxes": {0: "batch"},
+                             MASK_OUTPUT: {0: "batch", 2: "mask_height", 3: "mask_width"}},
         }  # fmt: skip
     else:
         raise ValueError(f"exporter={exporter!r}: use dynamo or torchscript")
     with exact_nearest_resize(), torch.no_grad():
         torch.onnx.export(
             graph, (pixels, mask), str(path), input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES), opset_version=opset, **kwargs,
+            output_names=list(graph.output_names), opset_version=opset, **kwargs,
         )  # fmt: skip
     if metadata:
         _write_metadata(path, metadata)
@@ -180,14 +185,15 @@ def verify_onnx(
     """Max |ONNX Runtime - PyTorch| per output over random images of the given (B, H, W).
 
     Batches of more than one image pad the second image by a quarter of its width, so the
-    padding-mask path is compared too. Returns ``{"pred_logits": d, "pred_boxes": d, "max": d}``.
+    padding-mask path is compared too. Returns ``{"pred_logits": d, "pred_boxes": d, "max": d}``
+    (and ``"pred_masks": d`` for a panoptic model).
     """
     from detr_lightning.inference.onnx_runtime import OnnxDetector
 
     session = OnnxDetector(path)
     graph = DetectorGraph(net.eval()).eval()
     gen = torch.Generator().manual_seed(seed)
-    diffs = dict.fromkeys(OUTPUT_NAMES, 0.0)
+    diffs = dict.fromkeys(graph.output_names, 0.0)
     for b, h, w in sizes:
         pixels = torch.randn(b, 3, h, w, generator=gen)
         mask = torch.ones(b, h, w, dtype=torch.bool)
@@ -195,9 +201,11 @@ def verify_onnx(
             mask[1, :, w - w // 4 :] = False
             pixels[1, :, :, w - w // 4 :] = 0
         with torch.no_grad():
-            reference = dict(zip(OUTPUT_NAMES, graph(pixels, mask), strict=True))
+            reference = dict(zip(graph.output_names, graph(pixels, mask), strict=True))
         got = session(pixels, mask)
-        for name in OUTPUT_NAMES:
+        if set(got) != set(reference):
+            raise ValueError(f"{path}: outputs {sorted(got)}, the model has {sorted(reference)}")
+        for name in graph.output_names:
             diff = (got[name].float() - reference[name].float()).abs().max().item()
             diffs[name] = max(diffs[name], diff)
     diffs["max"] = max(diffs.values())

@@ -13,12 +13,13 @@ from hydra.utils import get_object
 from torch import Tensor
 
 from detr_lightning.detr.class_scoring import SoftmaxScoring
-from detr_lightning.inference.onnx_export import INPUT_NAMES, OUTPUT_NAMES
+from detr_lightning.inference.onnx_export import INPUT_NAMES, MASK_OUTPUT, OUTPUT_NAMES
 
 
 class OnnxDetector:
     """``OnnxDetector(path)(pixel_values, pixel_mask)`` -> ``{"pred_logits", "pred_boxes"}``
-    (CPU torch tensors), like ``net(...)`` without the auxiliary outputs.
+    (and ``"pred_masks"`` for a panoptic model; CPU torch tensors), like ``net(...)`` without
+    the auxiliary outputs.
 
     Args:
         path: an .onnx file written by :func:`~detr_lightning.inference.onnx_export.export_onnx`.
@@ -47,7 +48,19 @@ class OnnxDetector:
         inputs = [i.name for i in self.session.get_inputs()]
         if tuple(inputs) != INPUT_NAMES:
             raise ValueError(f"onnx={path}: inputs {inputs}, expected {list(INPUT_NAMES)}")
+        self.output_names = tuple(o.name for o in self.session.get_outputs())
+        if self.output_names not in (OUTPUT_NAMES, OUTPUT_NAMES + (MASK_OUTPUT,)):
+            raise ValueError(
+                f"onnx={path}: outputs {list(self.output_names)}, expected "
+                f"{list(OUTPUT_NAMES)} (+ {MASK_OUTPUT}); write it with python -m "
+                "detr_lightning.export"
+            )
         self.path = path
+
+    @property
+    def panoptic(self) -> bool:
+        """Whether the graph has the mask head's ``pred_masks`` output."""
+        return MASK_OUTPUT in self.output_names
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -67,9 +80,10 @@ class OnnxDetector:
             "pixel_values": pixel_values.detach().float().cpu().contiguous().numpy(),
             "pixel_mask": pixel_mask.detach().bool().cpu().contiguous().numpy(),
         }
-        outputs = self.session.run(list(OUTPUT_NAMES), feeds)
+        outputs = self.session.run(list(self.output_names), feeds)
         return {
-            name: torch.from_numpy(value) for name, value in zip(OUTPUT_NAMES, outputs, strict=True)
+            name: torch.from_numpy(value)
+            for name, value in zip(self.output_names, outputs, strict=True)
         }
 
 

@@ -16,21 +16,21 @@ validation PQ uses.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from detr_lightning.data.categories import thing_labels
 from detr_lightning.detr.class_scoring import SoftmaxScoring
 from detr_lightning.detr.panoptic_postprocess import PostProcessPanoptic, id_map_to_png
-from detr_lightning.detr.segmentation import DETRsegm
-from detr_lightning.inference.loading import Detector
 
 # Official DETR's rule (hubconf ``is_thing_map``): ids up to 90 are things, the rest stuff; for
 # a model whose categories nothing records (a COCO release gets COCO panoptic's own).
 COCO_LAST_THING_ID = 90
+log = logging.getLogger(__name__)
 
 
 def thing_map(category_ids: Sequence[int], categories: Sequence[dict] | None) -> dict[int, bool]:
@@ -104,16 +104,44 @@ class PanopticWriter:
 
 
 def panoptic_writer(
-    cfg: DictConfig, detector: Detector, scoring: SoftmaxScoring, folder: str | Path
-) -> PanopticWriter | None:
-    """The writer of a detector with DETR's mask head (``head=panoptic``), else None; the
-    segments follow ``model.panoptic.postprocess`` (threshold, min_area)."""
+    settings: Any,
+    is_thing_map: Mapping[int, bool],
+    category_ids: Sequence[int],
+    names: Sequence[str] | None,
+    scoring: SoftmaxScoring,
+    folder: str | Path,
+) -> PanopticWriter:
+    """The writer of a model with DETR's mask head (``head=panoptic``).
+
+    Args:
+        settings: the ``model.panoptic.postprocess`` node (``_target_``, threshold, min_area;
+            None: :class:`PostProcessPanoptic`'s defaults).
+        is_thing_map: label -> isthing (:func:`thing_map`).
+        category_ids, names: label -> category id / class name.
+        scoring: the model's class scoring.
+        folder: where the PNGs go.
+    """
     from hydra.utils import instantiate
 
-    if not isinstance(detector.model.net, DETRsegm):
-        return None
-    settings = OmegaConf.select(cfg, "model.panoptic.postprocess")
     make = instantiate(settings) if settings is not None else PostProcessPanoptic
-    things = thing_map(detector.category_ids, detector.categories)
-    postprocess = make(is_thing_map=things, scoring=scoring)
-    return PanopticWriter(folder, postprocess, detector.category_ids, detector.names)
+    postprocess = make(is_thing_map=is_thing_map, scoring=scoring)
+    return PanopticWriter(folder, postprocess, category_ids, names)
+
+
+def exported_panoptic_settings(run: Any, recorded: dict[str, Any] | None, source: str) -> Any:
+    """The panoptic post-processing settings for an exported model: this run's
+    ``model.panoptic.postprocess`` when it composes one (``head=panoptic``; a warning names both
+    when it differs from the export's), else those recorded at export (None: the defaults)."""
+    if run is None:
+        return recorded
+    current = OmegaConf.to_container(run, resolve=True)
+    if recorded is not None and current != recorded:
+        changed = sorted(k for k in {*current, *recorded} if current.get(k) != recorded.get(k))
+        log.warning(
+            "%s records model.panoptic.postprocess {%s} (its export's); this run uses {%s}: the "
+            "segments differ from that model's evaluation. Fix: give the training run's "
+            "model.panoptic.postprocess overrides, unless these are what you want.",
+            source, ", ".join(f"{k}: {recorded.get(k)!r}" for k in changed),
+            ", ".join(f"{k}: {current.get(k)!r}" for k in changed),
+        )  # fmt: skip
+    return run
