@@ -179,6 +179,20 @@ def _check_required(cfg: DictConfig, stage: str, errors: list[str]) -> None:
                           f"{key}=<value> on the command line.")  # fmt: skip
 
 
+def _check_top_level(cfg: DictConfig, errors: list[str]) -> None:
+    """Top-level keys the running entry point does not read (:mod:`.top_level_keys`)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from detr_lightning.utils import conf_dir
+    from detr_lightning.utils.top_level_keys import unknown_top_level_keys
+
+    if not HydraConfig.initialized():
+        return  # composed outside a job (the compose API): no entry point to check against
+    job = HydraConfig.get()
+    choices = {str(k): str(v) for k, v in job.runtime.choices.items()}
+    errors += unknown_top_level_keys(list(cfg), conf_dir(), job.job.config_name, choices)
+
+
 def check_config(cfg: DictConfig, stage: str = "fit") -> None:
     """Resolve ``ckpt_path=last|auto``, then raise ConfigError listing every invalid common key
     (types and ranges, :mod:`~detr_lightning.utils.config_rules` included: model sizes, data
@@ -193,6 +207,7 @@ def check_config(cfg: DictConfig, stage: str = "fit") -> None:
                       "ckpt_path is not set. Fix: give ckpt_path=<.ckpt>|last|auto, or drop "
                       "resume_recipe=config.")  # fmt: skip
     resolve_special_ckpt_path(cfg, stage)
+    _check_top_level(cfg, errors)
     _check_required(cfg, stage, errors)
     _check_values(cfg, errors)
     _check_data_paths(cfg, stage, errors)
