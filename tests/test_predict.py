@@ -288,3 +288,22 @@ def test_an_official_release_is_read_once_for_its_classes_and_weights(
     detector = load_detector(cfg)
     assert reads == [str(release)]
     assert len(detector.category_ids) == 91 and detector.names[DOG] == "dog"
+
+
+def test_a_checkpoint_loaded_with_another_net_config_is_named(checkpoint, shapes_root, tmp_path,
+                                                               caplog) -> None:  # fmt: skip
+    """The training run's composition loads silently; one that changes no tensor shape
+    (the proposal queries kept, 8 -> 6) is named, key by key."""
+    from hydra_jobs import compose_job
+
+    from detr_lightning.inference.loading import load_detector
+
+    base = ["experiment=shapes", f"ckpt_path={checkpoint}", f"paths.shapes_dir={shapes_root}",
+            *INFER_TINY]  # fmt: skip
+    caplog.set_level(logging.WARNING)
+    load_detector(compose_job(base, tmp_path, name="predict"), None, torch.device("cpu"))
+    assert "another model.net" not in caplog.text
+    load_detector(compose_job([*base, "model.net.num_queries=6"], tmp_path, name="predict"), None,
+                  torch.device("cpu"))  # fmt: skip
+    assert f"ckpt_path={checkpoint} was trained with another model.net than this run composes " \
+           "(model.net.num_queries: 8 -> 6)" in caplog.text  # fmt: skip

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from detr_lightning.budget import WallBudget
+from detr_lightning.checkpointing import net_record
 from detr_lightning.compile import CompileCounter, compile_network
 from detr_lightning.data.transforms import keep_objects
 from detr_lightning.detr.segmentation import detector_of
@@ -121,6 +122,8 @@ class LitDETR(EvaluationSteps, OptimizationHooks):
         if segmentation is not None:
             net = segmentation(net)
         self.hparams["label_to_category_id"] = label_to_category_id
+        # the composed model.net, set by utils.build.build_model (checkpointing/net_record.py)
+        self.net_record: dict[str, Any] | None = None
         self.net, self.criterion, self.postprocess = net, criterion, postprocess
         self.optimizer_factory, self.lr_schedule = optimizer, lr_schedule
         if lr_backbone <= 0:
@@ -179,6 +182,8 @@ class LitDETR(EvaluationSteps, OptimizationHooks):
     # it in setup() re-read the file at every stage and could overwrite trained weights.
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["label_to_category_id"] = self.hparams.label_to_category_id
+        if self.net_record is not None:  # the architecture (checkpointing/net_record.py)
+            checkpoint[net_record.KEY] = self.net_record
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The checkpoint's label mapping wins (the datamodule adopts it too): predictions must
@@ -187,6 +192,8 @@ class LitDETR(EvaluationSteps, OptimizationHooks):
         if saved is not None and list(saved) != self.hparams.label_to_category_id:
             log.warning("using the checkpoint's label_to_category_id (%d labels)", len(saved))
             self.hparams["label_to_category_id"] = [int(i) for i in saved]
+        net_record.warn_if_different(checkpoint.get(net_record.KEY), self.net_record,
+                                     "the checkpoint")  # fmt: skip
 
     def configure_callbacks(self) -> list[L.Callback]:
         callbacks: list[L.Callback] = [SlowPrecisionCheck()]

@@ -10,4 +10,5 @@ Modules (imported one by one, so that the import-light ones stay light):
   init_detector     model.init_detector=: a detector's weights from a Lightning checkpoint (stage 2)
   optimizer_groups  resuming: the checkpoint's optimizer groups must be the ones the config builds
   recipe_record     resuming: overrides of what the checkpoint restores (optimiser, lr schedule) are refused
+  net_record        the model.net a checkpoint was trained with; loading warns where it differs
 """

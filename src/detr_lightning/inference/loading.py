@@ -168,6 +168,10 @@ def load_detector(
     if checkpoint is not None:
         check_lightning_checkpoint(checkpoint, model, str(ckpt))
         model.load_state_dict(checkpoint["state_dict"])
+        from detr_lightning.checkpointing import net_record
+
+        net_record.warn_if_different(checkpoint.get(net_record.KEY), model.net_record,
+                                     f"ckpt_path={ckpt}")  # fmt: skip
         del checkpoint
     log.info("detector from %s: %d classes", source, num_classes)
     return Detector(model.eval().to(device), ids, names, source, categories)

@@ -96,6 +96,9 @@ def build_model(
         )
     check_model_keys(cfg)
     model = instantiate(cfg.model, _convert_="all")
+    from detr_lightning.checkpointing.net_record import net_record
+
+    model.net_record = net_record(cfg.model)
     if cfg.model.get("pretrained") and not cfg.get("ckpt_path"):
         # Once, here: the trained weights are never overwritten by a later stage's setup().
         # When resuming (ckpt_path), the checkpoint's weights replace these anyway.
