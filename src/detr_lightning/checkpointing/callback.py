@@ -26,6 +26,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,18 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         if best_first:
             log.info("resumed from %s: best %s so far %s (%s)", state_dict.get("dirpath"),
                      self.monitor, _number(self.best_model_score), self.best_model_path)  # fmt: skip
+
+    @override
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        # SIGTERM (pre-emption, scancel): Lightning stops at a batch boundary, where the state
+        # is consistent; without this the resume loses everything since the last save.
+        if (
+            isinstance(exception, SIGTERMException)
+            and trainer.global_step != self._last_written_step
+        ):
+            self.write_last(trainer)
 
     # ------------------------------------------------------------------ what
     def write_last(self, trainer: L.Trainer) -> None:
