@@ -31,6 +31,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
         return run_stages(cfg, train)
     # Heavy imports here, so that `--cfg job` / `--help` stay fast.
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from detr_lightning.checkpointing.interrupted import exit_on_sigterm
     from detr_lightning.lit_module import NonFiniteLossError
     from detr_lightning.utils.build import build_run, log_config, report
 
@@ -43,13 +46,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     except NonFiniteLossError as err:
         log.error("%s", err)
         raise
+    except SIGTERMException:  # a SystemExit(None): exit status 0 unless turned into 143
+        exit_on_sigterm(trainer, "training")
     if not cfg.get("test", True):
         return {}
     callback = trainer.checkpoint_callback
     ckpt = ""
     if callback is not None:
         ckpt = getattr(callback, "best_model_path", "") or getattr(callback, "last_model_path", "")
-    trainer.test(model, datamodule=datamodule, ckpt_path=ckpt or None, verbose=False)
+    try:
+        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt or None, verbose=False)
+    except SIGTERMException:
+        exit_on_sigterm(trainer, "the final test (training had finished)")
     metrics = dict(model.test_metrics)
     report(trainer, cfg, metrics, checkpoint=ckpt or "final weights",
            epochs=trainer.current_epoch, global_step=trainer.global_step)  # fmt: skip

@@ -3,6 +3,7 @@ file (or absent), loadable, and nothing half-written carries the final name."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -132,3 +133,37 @@ def test_every_trainer_config_writes_atomically(tmp_path, trainer_cfg: str) -> N
     cfg = compose_job([f"trainer={trainer_cfg}", "logger=none"], tmp_path)
     trainer = build_trainer(cfg)
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+def _refuse(code: int):
+    def mkstemp(*args, dir: str, **kwargs):  # what the OS says, naming the temp file
+        raise OSError(code, os.strerror(code), os.path.join(dir, ".last.ckpt.abcd1234.tmp"))
+
+    return mkstemp
+
+
+def test_a_read_only_folder_is_named_with_a_writable_fix(tmp_path, monkeypatch) -> None:
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    target = folder / "last.ckpt"
+    if os.geteuid() == 0:  # root writes through chmod 0o555: simulate a read-only filesystem
+        monkeypatch.setattr("tempfile.mkstemp", _refuse(errno.EROFS))
+    else:
+        folder.chmod(0o555)
+    try:
+        with pytest.raises(OSError) as err:
+            atomic_torch_save({"x": 1}, target)
+    finally:
+        folder.chmod(0o755)
+    msg = str(err.value)
+    assert msg.startswith(f"{target}: writing failed (") and ".tmp" not in msg
+    assert f"its folder {folder} is not writable" in msg and "free" not in msg
+    assert "Fix: make it writable, or write elsewhere: a writable paths.output_dir=" in msg
+
+
+def test_a_full_disk_or_quota_says_free_space(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("tempfile.mkstemp", _refuse(errno.EDQUOT))
+    with pytest.raises(OSError, match=r"last.ckpt: writing failed \(Disk quota exceeded\); \d+ "
+                                      r"MiB free .*\(out of space or over quota\)\. .* Fix: free "
+                                      r"space there"):  # fmt: skip
+        atomic_torch_save({"x": 1}, tmp_path / "last.ckpt")

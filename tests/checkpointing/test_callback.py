@@ -107,3 +107,53 @@ def test_evaluating_a_checkpoint_keeps_the_run_bookkeeping_out(tmp_path) -> None
     resumed = BestAndLastCheckpoint(dirpath=tmp_path / "run", **ARGS)
     _fit(tmp_path / "resume", resumed, epochs=2, ckpt_path=ckpt)
     assert trained.best_model_path in resumed.best_k_models
+
+
+def _ap_lit(values: dict[int, float]):
+    """A tiny LitDETR whose val/AP at epoch e is ``values[e]``."""
+    lit = tiny_lit()
+
+    def scripted_ap() -> None:
+        lit.val_map.reset()
+        lit.log("val/AP", values[lit.current_epoch])
+
+    lit.on_validation_epoch_end = scripted_ap
+    return lit
+
+
+def _fit_ap(root, folder, values: dict[int, float], ckpt_path=None) -> BestAndLastCheckpoint:
+    cb = BestAndLastCheckpoint(dirpath=folder, **ARGS)
+    trainer = quiet_trainer(root, max_epochs=max(values) + 1, callbacks=[cb],
+                            enable_checkpointing=True, limit_val_batches=1)  # fmt: skip
+    trainer.fit(_ap_lit(values), train_dataloaders=loader(1),
+                val_dataloaders=loader(1, offset=50), ckpt_path=ckpt_path)  # fmt: skip
+    return cb
+
+
+def test_resume_into_a_new_folder_keeps_the_runs_best(tmp_path) -> None:
+    """ckpt_path=last from a new run directory: "best" (what train.py tests) stays the run's
+    best, not the best since the resume; a better one replaces it; no earlier file is deleted."""
+    first = tmp_path / "first"
+    _fit_ap(tmp_path, first, {0: 0.5, 1: 0.3})
+    before = sorted(p.name for p in first.iterdir())
+    assert before == ["epoch000-AP0.5000.ckpt", "last.ckpt"]
+
+    worse = _fit_ap(tmp_path, tmp_path / "worse", {2: 0.2, 3: 0.1}, first / "last.ckpt")
+    assert worse.best_model_path == str(first / "epoch000-AP0.5000.ckpt")
+    assert float(worse.best_model_score) == 0.5
+    assert sorted(p.name for p in (tmp_path / "worse").iterdir()) == ["last.ckpt"]
+
+    better = _fit_ap(tmp_path, tmp_path / "better", {2: 0.2, 3: 0.9}, first / "last.ckpt")
+    assert better.best_model_path == str(tmp_path / "better" / "epoch003-AP0.9000.ckpt")
+    assert sorted(p.name for p in first.iterdir()) == before  # outside its folder: kept
+
+
+def test_resume_whose_earlier_best_is_gone_warns_with_its_path(tmp_path, caplog) -> None:
+    first = tmp_path / "first"
+    _fit_ap(tmp_path, first, {0: 0.5, 1: 0.3})
+    (first / "epoch000-AP0.5000.ckpt").unlink()
+    with caplog.at_level("WARNING"):
+        cb = _fit_ap(tmp_path, tmp_path / "next", {2: 0.2}, first / "last.ckpt")
+    assert f"best val/AP so far (0.5000) comes from {first / 'epoch000-AP0.5000.ckpt'}, which " \
+        "no longer exists" in caplog.text  # fmt: skip
+    assert cb.best_model_path == str(tmp_path / "next" / "epoch002-AP0.2000.ckpt")

@@ -5,6 +5,7 @@ unsafely."""
 from __future__ import annotations
 
 import builtins
+import re
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,10 @@ def files(tmp_path_factory) -> dict[str, Path]:
     data = good.read_bytes()
     (d / "truncated.ckpt").write_bytes(data[: len(data) // 2])
     (d / "empty.ckpt").write_bytes(b"")
+    damaged = bytearray(data)  # bytes flipped inside the tensor data: torch.load does not notice
+    at = len(data) // 3
+    damaged[at : at + 4000] = bytes(b ^ 0xFF for b in damaged[at : at + 4000])
+    (d / "corrupt.ckpt").write_bytes(bytes(damaged))
     torch.save({"state_dict": {}, "x": _Payload(str(d / "PWNED"))}, d / "unsafe.ckpt")
     official = official_state_dict(tiny_lit().net)
     torch.save({"model": official}, d / "release.pth")
@@ -60,6 +65,15 @@ def files(tmp_path_factory) -> dict[str, Path]:
     torch.save({"state_dict": torch.load(good, weights_only=True)["state_dict"]},
                d / "weights_only.ckpt")  # fmt: skip
     return {p.stem: p for p in d.iterdir()}
+
+
+def test_damaged_bytes_inside_a_checkpoint_are_named(files) -> None:
+    with pytest.raises(CheckpointLoadError) as err:
+        read_checkpoint(files["corrupt"])
+    msg = str(err.value)
+    assert msg.startswith(f"ckpt_path={files['corrupt']}: the file is corrupt: the bytes of its ")
+    assert re.search(r"member '[^']+/data/\d+' do not match the CRC-32", msg)  # a tensor's
+    assert "Fix: copy or download it again" in msg and "ckpt_path=last" in msg
 
 
 @pytest.mark.parametrize("name", ["truncated", "empty"])
@@ -183,7 +197,9 @@ def test_pretrained_of_another_architecture_is_named(files) -> None:
 
 
 @pytest.mark.parametrize("stage", ["fit", "test", "predict"])
-@pytest.mark.parametrize("name", ["truncated", "unsafe", "good", "weights_only", "train"])
+@pytest.mark.parametrize(
+    "name", ["truncated", "corrupt", "unsafe", "good", "weights_only", "train"]
+)
 def test_entry_points_name_the_checkpoint(files, tmp_path, shapes_root, stage: str,
                                           name: str) -> None:  # fmt: skip
     """build_run is what train/eval/predict start with; "good" is the tiny model's checkpoint,
@@ -194,6 +210,8 @@ def test_entry_points_name_the_checkpoint(files, tmp_path, shapes_root, stage: s
     with pytest.raises(CheckpointLoadError) as err:
         build_run(cfg, stage)
     assert f"ckpt_path={files[name]}" in str(err.value) and "Fix:" in str(err.value)
+    if name == "corrupt":  # refused for its damage, before its (mismatched) weights are compared
+        assert "the file is corrupt" in str(err.value)
 
 
 def test_predict_names_a_weights_only_ckpt_before_building(files, tmp_path, shapes_root) -> None:

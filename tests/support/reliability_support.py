@@ -87,3 +87,16 @@ class WeightSpy(L.Callback):
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._keep("test_start", pl_module)
+
+
+class TermAtStep(L.Callback):
+    """Sends SIGTERM to its own process after optimizer step ``step``, as a scheduler
+    pre-empting the job (``scancel``, ``docker stop``) would; Lightning stops at the batch's end."""
+
+    def __init__(self, step: int) -> None:
+        self.step, self.sent = step, False
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step >= self.step and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)

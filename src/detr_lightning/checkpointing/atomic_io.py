@@ -11,6 +11,7 @@ target's own directory, so ``os.replace`` is always a same-filesystem rename.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import logging
 import os
@@ -67,9 +68,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     is removed and ``path`` is untouched."""
     path = os.fspath(path)
     dirname = os.path.dirname(os.path.abspath(path))
-    os.makedirs(dirname, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=_TMP_SUFFIX, dir=dirname)
+    tmp = None
     try:
+        os.makedirs(dirname, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=_TMP_SUFFIX, dir=dirname)
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), _FILE_MODE)
             write(f)
@@ -77,20 +79,52 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as err:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         if isinstance(err, OSError | RuntimeError) and not isinstance(err, NotImplementedError):
-            # torch's zip writer reports a full disk as "unexpected pos ..." (the OSError is
-            # only chained): say which file, how much room is left, and that nothing was lost.
-            free = shutil.disk_usage(dirname).free / 2**20
-            raise OSError(
-                f"{path}: writing failed ({str(err).splitlines()[0]}); {free:.0f} MiB free on its "
-                "filesystem. The previous file, if any, is unchanged. Fix: free space there or "
-                "write elsewhere (paths.output_dir=...)."
-            ) from err
+            raise OSError(_write_failure(path, dirname, err)) from err
         raise
     _fsync_dir(dirname)
     remove_stale_temp_files(path)
+
+
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _errno(err: BaseException | None) -> int | None:
+    # torch's zip writer reports a full disk as a RuntimeError ("unexpected pos ..."), the
+    # OSError only chained to it
+    while err is not None:
+        if isinstance(err, OSError) and err.errno is not None:
+            return err.errno
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _write_failure(path: str, dirname: str, err: BaseException) -> str:
+    """The message of a failed write: the target (never the temp file), the reason, the fix."""
+    # strerror, not str(err): an OSError of mkstemp names the hidden temp file, not the target
+    text = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    first = text.splitlines()[0] if text else type(err).__name__
+    code = _errno(err)
+    head = f"{path}: writing failed ({first})"
+    kept = "The previous file, if any, is unchanged."
+    if code in _NOT_WRITABLE:
+        return (
+            f"{head}: its folder {dirname} is not writable (read-only filesystem or "
+            f"permissions). {kept} Fix: make it writable, or write elsewhere: a writable "
+            "paths.output_dir=... (or hydra.run.dir=...)."
+        )
+    room = ""
+    with contextlib.suppress(OSError):
+        room = f"; {shutil.disk_usage(dirname).free / 2**20:.0f} MiB free on its filesystem"
+    why = " (out of space or over quota)" if code in _NO_ROOM else ""
+    return (
+        f"{head}{room}{why}. {kept} Fix: free space there (or raise the quota), or write "
+        "elsewhere (paths.output_dir=...)."
+    )
 
 
 def remove_stale_temp_files(path: str | os.PathLike) -> list[str]:

@@ -12,17 +12,28 @@ improvement. Here they are independent:
   optimizer steps (from the first step on, metric or not) and when training ends.
 
 ``best_model_path``, ``best_model_score`` and ``last_model_path`` keep their Lightning meaning
-(train.py tests ``best_model_path``; the non-finite guard names ``last_model_path``).
+(train.py tests ``best_model_path``; the non-finite guard names ``last_model_path``). A resume
+into another folder keeps the earlier run's best files as the top-k (the parent forgets them).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
+
+log = logging.getLogger(__name__)
+
+
+def _number(score: Any) -> str:
+    return f"{float(score):.4f}" if score is not None else "?"
 
 
 class BestAndLastCheckpoint(ModelCheckpoint):
@@ -109,8 +120,49 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         # eval / predict of a run's checkpoint: that run's top-k bookkeeping (paths in its own
         # folder) means nothing to a run that writes no checkpoints, and the parent would warn
         # on every evaluation that the folder changed.
-        if getattr(self, "_fitting", True):
+        if not getattr(self, "_fitting", True):
+            return
+        earlier = state_dict.get("dirpath")
+        if earlier is None or self.dirpath is None or Path(earlier) == Path(self.dirpath):
             super().load_state_dict(state_dict)
+        else:  # a resume into a new run folder: the parent would forget the run's best so far
+            self._keep_earlier_best(state_dict)
+
+    def _keep_earlier_best(self, state_dict: dict[str, Any]) -> None:
+        """Adopt the top-k files of the run resumed from (another folder) that still exist, so
+        that "best" (train.py's final test) is the run's best, not the best since the resume.
+        They can leave the top-k list but are never deleted: the parent only removes files
+        under its own dirpath (``_should_remove_checkpoint``)."""
+        saved = {str(p): s for p, s in (state_dict.get("best_k_models") or {}).items()}
+        for path in [p for p in saved if not os.path.isfile(p)]:
+            log.warning(
+                "the best %s so far (%s) comes from %s, which no longer exists: the final test "
+                "uses the best checkpoint that still exists (or this run's last.ckpt)",
+                self.monitor, _number(saved.pop(path)), path,
+            )  # fmt: skip
+        best_first = sorted(saved, key=lambda p: float(saved[p]), reverse=self.mode == "max")
+        if self.save_top_k > 0:
+            best_first = best_first[: self.save_top_k]
+        self.best_k_models = {p: saved[p] for p in best_first}
+        self.best_model_path = best_first[0] if best_first else ""
+        self.best_model_score = saved[best_first[0]] if best_first else None
+        if best_first and (self.save_top_k < 0 or len(best_first) == self.save_top_k):
+            self.kth_best_model_path, self.kth_value = best_first[-1], saved[best_first[-1]]
+        if best_first:
+            log.info("resumed from %s: best %s so far %s (%s)", state_dict.get("dirpath"),
+                     self.monitor, _number(self.best_model_score), self.best_model_path)  # fmt: skip
+
+    @override
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        # SIGTERM (pre-emption, scancel): Lightning stops at a batch boundary, where the state
+        # is consistent; without this the resume loses everything since the last save.
+        if (
+            isinstance(exception, SIGTERMException)
+            and trainer.global_step != self._last_written_step
+        ):
+            self.write_last(trainer)
 
     # ------------------------------------------------------------------ what
     def write_last(self, trainer: L.Trainer) -> None:

@@ -2,8 +2,9 @@
 
 Every read is ``torch.load(weights_only=True)``: a file that needs more than tensors and plain
 containers is refused, never unpickled (that could run arbitrary code). ``mmap=True`` keeps the
-check cheap: tensors are only mapped, so validating a 500 MB checkpoint before
-``trainer.fit/test/predict`` costs milliseconds, and the errors come before anything heavy.
+load cheap: tensors are only mapped. Before it, the zip archive's CRC-32s are checked (one
+sequential read of the file), since torch.load does not check them and damaged tensor bytes would
+load as wrong weights. The errors come before anything heavy.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
+import zlib
 from typing import Any
 
 import torch
@@ -119,10 +121,35 @@ def describe_load_error(path: str, key: str, err: BaseException) -> CheckpointLo
     )
 
 
+def check_archive(path: str, key: str = "ckpt_path") -> None:
+    """CheckpointLoadError when a checkpoint's zip archive fails its CRC check: torch.load never
+    checks them, so damaged tensor bytes (bad disk, broken copy) would load as wrong weights.
+    A file that is no zip, or one cut short, is left to torch.load, whose error is classified."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()  # one sequential read of every member
+    except OSError:
+        return  # unreadable: torch.load's error names it
+    except (zipfile.BadZipFile, EOFError, zlib.error) as err:
+        reason = f"its zip structure is damaged ({type(err).__name__}: {err})"
+    else:
+        if bad is None:
+            return
+        reason = f"the bytes of its member '{bad}' do not match the CRC-32 stored for them"
+    raise CheckpointLoadError(
+        f"{key}={path}: the file is corrupt: {reason}. Loading it would give silently wrong "
+        "values; it was probably damaged on disk or in a copy. Fix: copy or download it again "
+        f"from an intact source, or {_fix_for(key)}."
+    )
+
+
 def read_checkpoint(path: str | os.PathLike, key: str = "ckpt_path") -> Any:
     """``torch.load(path, weights_only=True, mmap=True)`` on CPU; CheckpointLoadError naming
     ``key=path`` when the file is missing, truncated, corrupt or needs unsafe unpickling."""
     path = os.fspath(path)
+    check_archive(path, key)
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as err:

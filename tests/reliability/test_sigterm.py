@@ -1,0 +1,45 @@
+"""SIGTERM (pre-emption, scancel, docker stop): last.ckpt is written at the step the run stopped,
+the run says so and exits 143 (not 0, also in a sweep), and ``ckpt_path=last`` continues there."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from cli import TINY
+from reliability_support import run
+
+STEPS_PER_EPOCH, TERM_AT = 3, 5  # mid-way through the second epoch; its first end wrote step 3
+
+
+def test_sigterm_saves_last_at_that_step_exits_143_and_resumes(tmp_path, shapes_root) -> None:
+    common = ["schedule=smoke", f"paths.shapes_dir={shapes_root}", *TINY, "trainer.max_epochs=2",
+              f"trainer.limit_train_batches={STEPS_PER_EPOCH}"]  # fmt: skip
+    term = ["+callbacks.term._target_=reliability_support.TermAtStep",
+            f"+callbacks.term.step={TERM_AT}"]  # fmt: skip
+    stopped = run("train", [*common, *term], tmp_path)
+    out = stopped.stdout + stopped.stderr
+    assert stopped.returncode == 143, out[-3000:]
+    (run_dir,) = (tmp_path / "outputs" / "shapes").iterdir()
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == TERM_AT > STEPS_PER_EPOCH
+    assert (
+        f"SIGTERM: training stopped during training at global step {TERM_AT} (epoch 1); "
+        f"last.ckpt (global step {TERM_AT}) is {last}. To resume, rerun the command with "
+        "ckpt_path=last." in out
+    )
+    assert out.count("SIGTERM: training stopped") == 1
+
+    resumed = run("train", [*common, "ckpt_path=last", "test=false"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"ckpt_path=last -> {last}" in resumed.stdout + resumed.stderr
+    new_dir = re.findall(r"^run directory: (.+)$", resumed.stdout, flags=re.M)[0]
+    final = torch.load(f"{new_dir}/checkpoints/last.ckpt", weights_only=True)
+    assert final["global_step"] == 2 * STEPS_PER_EPOCH  # one step left after the stop
+
+    sweep = tmp_path / "sweep"
+    swept = run("train", ["-m", *common, *term, f"hydra.sweep.dir={sweep}", "seed=1"], tmp_path)
+    assert swept.returncode == 143  # a sweep does not report success
+    assert f"rerun the sweep command with ckpt_path=auto hydra.sweep.dir={sweep}" in (
+        swept.stdout + swept.stderr
+    )
