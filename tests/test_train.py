@@ -53,11 +53,15 @@ def test_training_writes_metrics_checkpoints_and_config(first_run) -> None:
 
 def test_lightnings_own_messages_are_printed_once_and_logged(first_run) -> None:
     """Lightning's INFO lines (its device summary, "Restoring states from ...", Ctrl-C's
-    "Detected KeyboardInterrupt") reach the console once and the run's train.log."""
+    "Detected KeyboardInterrupt", the seed) reach the console once and the run's train.log;
+    its advert and callback-merging notes neither."""
     _, out, run_dir = first_run
     log = (run_dir / "train.log").read_text()
-    for line in ("GPU available: ", "Restoring states from the checkpoint path at "):
+    for line in ("GPU available: ", "Restoring states from the checkpoint path at ",
+                 "Seed set to 42"):  # fmt: skip
         assert out.count(line) == 1 and line in log, line
+    for noise in ("Tip:", "model summary callbacks", "configure_callbacks` will override"):
+        assert noise not in out and noise not in log, noise
 
 
 def test_resume_continues_the_step_count_and_optimizer(first_run, shapes_root) -> None:
