@@ -391,6 +391,22 @@ def test_encoder_matcher_without_a_dense_head_is_explained(tmp_path) -> None:
         _model_on_meta(cfg)
 
 
+def test_an_enc_weight_without_a_dense_head_is_refused_when_the_model_is_built(tmp_path) -> None:
+    # The shapes preset's loss_ce_enc used to be silently ignored with queries=anchors.
+    cfg = compose_job(["experiment=shapes", "queries=anchors"], tmp_path)
+    with pytest.raises(Exception, match=r"weight_dict has \['loss_ce_enc'\].*aux_head=conv"):
+        _model_on_meta(cfg)
+    _model_on_meta(compose_job(["experiment=shapes", "queries=anchors", "aux_head=conv"], tmp_path))
+    _model_on_meta(compose_job(["experiment=shapes", "queries=anchors",
+                                "~model.criterion.weight_dict.loss_ce_enc"], tmp_path))  # fmt: skip
+    cfg = compose_job(["experiment=shapes", "~denoiser"], tmp_path)  # dn weights? none set: fine
+    _model_on_meta(cfg)
+    cfg = compose_job(["experiment=shapes", "~denoiser", "+model.criterion.weight_dict.loss_ce_dn=1"],
+                      tmp_path)  # fmt: skip
+    with pytest.raises(Exception, match=r"loss_ce_dn: denoiser=dn"):
+        _model_on_meta(cfg)
+
+
 def test_focal_criterion_rejects_an_eos_coef(tmp_path) -> None:
     # eos_coef used to be silently ignored under focal.
     cfg = compose_job(["experiment=shapes", "+model.criterion.eos_coef=0.1"], tmp_path)

@@ -102,3 +102,21 @@ def test_fit_refuses_images_with_more_objects_than_queries(tmp_path) -> None:
     trainer = quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0)
     trainer.fit(tiny_lit(num_queries=7, label_to_category_id=[1]), datamodule=dm)
     assert trainer.global_step == 1
+
+
+def test_a_weight_for_a_loss_set_the_model_does_not_compute_is_refused_at_the_first_step() -> None:
+    """``loss_ce_9`` with two decoder layers (aux set _0 only) would be silently ignored: the
+    first training step names it, the losses that exist and the removal."""
+    from lit import fake_batch
+
+    lit = tiny_lit(layers=2)
+    lit.criterion.weight_dict["loss_ce_0"] = 1.0  # an existing aux set: accepted
+    lit._step(fake_batch(0), "val")  # validation computes fewer sets: never judged
+    lit._step(fake_batch(0), "train")
+    lit = tiny_lit(layers=2)
+    lit.criterion.weight_dict["loss_ce_9"] = 3.0
+    with pytest.raises(ValueError) as info:
+        lit._step(fake_batch(0), "train")
+    message = str(info.value)
+    assert "model.criterion.weight_dict has ['loss_ce_9']" in message
+    assert "'loss_ce_0'" in message and "'~model.criterion.weight_dict.loss_ce_9'" in message

@@ -143,3 +143,17 @@ def test_run_labels_get_no_folder_prefix_when_already_distinct(tmp_path):
     runs = [Run(tmp_path / "r1"), Run(tmp_path / "r2")]
     assert run_labels(runs, [["model.lr=1"], ["model.lr=2"]]) == ["lr=1", "lr=2"]
     assert run_labels(runs, [["a.lr=1"], ["b.lr=1"]]) == ["r1: lr=1", "r2: lr=1"]
+
+
+def test_a_run_without_a_csv_log_is_not_reported_as_failed(sweep, tmp_path) -> None:
+    """logger=wandb: metrics.json but no csv/metrics.csv. Its wall time cell and the legend say
+    so and how to get one, and the curve plot names it as left out."""
+    root, _ = sweep
+    make_run(root / "2", [*COMMON, "model.net.transformer.num_decoder_layers=3"], metrics(0.5))
+    report = write_report([root], tmp_path / "cmp").read_text()
+    rows = table(report)
+    assert rows[2][2] == "0.5000" and rows[2][-1] == "no csv"
+    assert rows[0][-1] == "20.0"  # a run with its log keeps its wall time
+    assert "no csv: metrics.json but no csv/metrics.csv" in report
+    assert "logger=[csv,wandb]" in report
+    assert "val_ap.png leaves out the runs without a validation log: 2." in report

@@ -14,6 +14,7 @@ from detr_lightning.budget import WallBudget
 from detr_lightning.checkpointing import net_record
 from detr_lightning.compile import CompileCounter, compile_network
 from detr_lightning.data.transforms import keep_objects
+from detr_lightning.detr.criterion_args import check_weights_used
 from detr_lightning.detr.segmentation import detector_of
 from detr_lightning.evaluation.panoptic_evaluator import PanopticEvaluator
 from detr_lightning.lit_evaluation import EvaluationSteps
@@ -119,6 +120,7 @@ class LitDETR(EvaluationSteps, OptimizationHooks):
                     "panoptic"], logger=False,
         )  # fmt: skip
         check_consistent_heads(detector_of(net), criterion, postprocess)
+        self._weights_checked = False
         if segmentation is not None:
             net = segmentation(net)
         self.hparams["label_to_category_id"] = label_to_category_id
@@ -155,6 +157,14 @@ class LitDETR(EvaluationSteps, OptimizationHooks):
         # Before the matcher: a NaN cost matrix would fail there without naming step or lr.
         check_predictions(self, outputs, batch_idx, stage)
         losses = self.criterion(outputs, targets, num_boxes=self._global_num_boxes(targets))
+        if (
+            stage == "train"
+            and not self._weights_checked
+            and any(len(t["labels"]) for t in targets)
+        ):
+            # The first step with boxes computes every loss set (a batch without any has no _dn).
+            check_weights_used(getattr(self.criterion, "weight_dict", {}), losses)
+            self._weights_checked = True
         return outputs, losses, self.criterion.weighted_total(losses)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:

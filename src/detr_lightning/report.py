@@ -24,7 +24,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from detr_lightning.run_dirs import Run, find_runs, load_run, wall_seconds
+from detr_lightning.run_dirs import Run, find_runs, hydra_task, load_run, wall_seconds
 
 COLUMNS = {"AP": "AP", "AP50": "AP50", "AP75": "AP75", "AP_S": "AP_S", "AP_M": "AP_M",
            "AP_L": "AP_L", "AR_100": "AR"}  # fmt: skip
@@ -64,6 +64,30 @@ def epochs_cell(run: Run) -> str:
     return str(run.info.get("epochs", "–"))
 
 
+def without_csv_log(run: Run) -> bool:
+    """A tested training run without ``csv/metrics.csv`` (``logger=wandb`` or ``tensorboard``
+    alone): it has metrics but no curve or wall time, and must not read as a failed run."""
+    return (
+        bool(run.metrics)
+        and not run.info.get("stages")
+        and not (run.path / "csv" / "metrics.csv").is_file()
+        and hydra_task(run.path) != "eval"
+    )
+
+
+NO_CSV = "no csv"
+NO_CSV_NOTE = (f"{NO_CSV}: metrics.json but no csv/metrics.csv (the run logged to wandb or "
+               "tensorboard only): run with logger=csv (or logger=[csv,wandb]) for curves and "
+               "wall time.")  # fmt: skip
+
+
+def wall_cell(run: Run) -> str:
+    wall = wall_seconds(run)
+    if wall is not None:
+        return f"{wall:.1f}"
+    return NO_CSV if without_csv_log(run) else "–"
+
+
 def markdown(runs: Sequence[Run], images: Sequence[str]) -> str:
     """report.md: common overrides, the table (best value per column in bold), the figures."""
     common, varying = split_overrides(runs)
@@ -82,14 +106,19 @@ def markdown(runs: Sequence[Run], images: Sequence[str]) -> str:
     header = ["run", "overrides", *columns.values(), "epochs", "wall s"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, run, extra in zip(names, runs, varying, strict=True):
-        wall = wall_seconds(run)
         cells = [name, " ".join(f"`{o}`".replace("|", "\\|") for o in extra) or "–"]
         cells += [_cell(run.metrics.get(k), best[k]) for k in columns]
-        cells += [epochs_cell(run), "–" if wall is None else f"{wall:.1f}"]
+        cells += [epochs_cell(run), wall_cell(run)]
         lines.append("| " + " | ".join(cells) + " |")
     notes = ["AR: AR@100, all sizes. -1: no object of that size in the split (COCO). "
              "–: not there (no metrics.json: the run failed or is still running; "
              "an evaluation run trains no epochs and logs no training time)."]  # fmt: skip
+    if any(without_csv_log(r) for r in runs):
+        notes.append(NO_CSV_NOTE)
+    left_out = [name for name, run in zip(names, runs, strict=True) if not run.curve]
+    if "val_ap.png" in images and left_out:
+        notes.append("val_ap.png leaves out the runs without a validation log: "
+                     + ", ".join(left_out) + ".")  # fmt: skip
     if panoptic:
         notes.append("PQ th / PQ st: things / stuff; segm AP: the thing masks' COCO AP. A staged "
                      "run's wall time is its stages' sum, its epochs one count per stage.")  # fmt: skip

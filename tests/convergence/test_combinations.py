@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import levers
 import pytest
+from torch import nn
 
 from detr_lightning.convergence.combinations import check_combination
 from detr_lightning.convergence.queries import AnchorQueries, LearnedQueries
@@ -34,3 +35,14 @@ def test_deformable_cross_attention_refuses_decoder_pos_attn_only():
     for ok in ("none", "input"):
         check_combination(queries, factory, None, None, _transformer(decoder_pos=ok),
                           cross_attention=factory)  # fmt: skip
+
+
+def test_query_source_without_uses_reference_is_named():
+    """A query source lacking the required ``uses_reference`` flag is refused by config path,
+    attribute and contract, not with a bare AttributeError."""
+
+    class NoFlag(nn.Module):  # a query source that never set the flag
+        pass
+
+    with pytest.raises(ValueError, match=r"model.net.queries=NoFlag .*`uses_reference`"):
+        check_combination(NoFlag(), None, None, None, _transformer())

@@ -114,6 +114,9 @@ def test_pretrained_missing_file_names_path_and_never_downloads(tmp_path, monkey
     with pytest.raises(FileNotFoundError) as info:
         Backbone("resnet18", pretrained=True)
     assert path in str(info.value) and "TORCH_HOME" in str(info.value)
+    # torch.hub's layout, not "$TORCH_HOME/checkpoints/": a user following it must succeed.
+    assert "$TORCH_HOME/hub/checkpoints/" in str(info.value)
+    assert path == os.path.join(str(tmp_path), "hub", "checkpoints", os.path.basename(path))
     assert not os.path.exists(path)
 
 

@@ -101,3 +101,18 @@ def test_a_term_returning_other_names_or_shapes_is_named(name, value, message) -
     criterion = _criterion({"center": Returns(name, value)}, loss_center=1.0)
     with pytest.raises(ValueError, match=message):
         criterion(*_batch())
+
+
+class ThreeArgs(CenterLoss):
+    """Forgets ``num_boxes``: a forward the criterion cannot call."""
+
+    def forward(self, layers, targets, pairs):
+        return super().forward(layers, targets, pairs, 1.0)
+
+
+def test_a_term_with_a_wrong_forward_signature_is_refused_at_construction() -> None:
+    with pytest.raises(ValueError) as info:
+        _criterion({"center": ThreeArgs()}, loss_center=1.0)
+    message = str(info.value)
+    assert "model.criterion.extra_terms.center (ThreeArgs)" in message
+    assert "forward(layers, targets, pairs, num_boxes)" in message

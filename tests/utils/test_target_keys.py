@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from detr_lightning.utils.target_keys import target_key_errors, unknown_target_keys
+from detr_lightning.utils.target_keys import (
+    CONVERGENCE_COUNTERPARTS,
+    target_key_errors,
+    unknown_target_keys,
+)
 
 
 def takes_a_and_b(a: int, b: int = 1) -> tuple[int, int]:
@@ -44,18 +48,44 @@ def test_targets_taking_any_keyword_or_unreadable_are_not_judged() -> None:
 
 
 def test_a_paper_model_key_names_the_chosen_lever_groups() -> None:
-    cfg = OmegaConf.create({"_target_": "detr_lightning.detr.matcher.HungarianMatcher",
-                            "cost_class": 1.0, "focal_typo": True})  # fmt: skip
+    cfg = OmegaConf.create({"_target_": "detr_lightning.detr.model.DETR",
+                            "num_queries": 10, "box_refinement": {}})  # fmt: skip
     chosen = {"cls_loss": "varifocal", "refine": "boxes", "queries": None, "data": "shapes"}
-    (message,) = target_key_errors(cfg, "model.criterion.matcher", chosen)
-    assert message.startswith("model.criterion.matcher.focal_typo: ")
+    (message,) = target_key_errors(cfg, "model.net", chosen)
+    assert message.startswith("model.net.box_refinement: ")
     assert "chosen here: cls_loss=varifocal, refine=boxes" in message
     assert "add model=convergence" in message
-    (generic,) = target_key_errors(cfg, "model.criterion.matcher")  # no Hydra run: every group
+    (generic,) = target_key_errors(cfg, "model.net")  # no Hydra run: every group
     assert "cross_attention" in generic and "chosen here" not in generic
     packaged = {"proposal_head@model.net.queries.head": "linear", "refine": "boxes"}
-    (message,) = target_key_errors(cfg, "model.criterion.matcher", packaged)
+    (message,) = target_key_errors(cfg, "model.net", packaged)
     assert "chosen here: refine=boxes, proposal_head@model.net.queries.head=linear" in message
     other = OmegaConf.create({"_target_": f"{HERE}.takes_a_and_b", "a": 1, "z": 0})
     (message,) = target_key_errors(other, "data")
-    assert "model=convergence" not in message and "remove it" in message
+    assert "model=convergence" not in message and "remove it; " in message
+
+
+def test_a_typo_on_a_paper_target_gets_the_closest_argument_not_the_lever_hint() -> None:
+    """Only a key the convergence counterpart accepts can come from a lever group: a misspelt
+    backbone or matcher key (no counterpart), or one ConvergenceCriterion rejects too, is a
+    typo, answered with the target's arguments, the closest first."""
+    cases = [
+        ("detr_lightning.detr.backbone.Backbone", "nmae", "name"),
+        ("detr_lightning.detr.matcher.HungarianMatcher", "cost_center", "cost_class"),
+        ("detr_lightning.detr.criterion.SetCriterion", "eos_coeff", "eos_coef"),
+    ]
+    chosen = {"refine": "boxes"}
+    for target, key, closest in cases:
+        cfg = OmegaConf.create({"_target_": target, key: 1})
+        (message,) = target_key_errors(cfg, "model.x", chosen)
+        assert "model=convergence" not in message and "lever group" not in message, message
+        assert f"did you mean {closest!r}?" in message, message
+        assert f"{target}'s arguments: " in message and closest in message.split("arguments: ")[1]
+
+
+def test_counterparts_are_the_targets_model_convergence_sets() -> None:
+    lever = OmegaConf.load("conf/model/convergence.yaml")
+    paper = OmegaConf.load("conf/model/detr.yaml")
+    assert CONVERGENCE_COUNTERPARTS == {
+        paper[k]._target_: lever[k]._target_ for k in ("net", "criterion")
+    }

@@ -23,14 +23,27 @@ def check_combination(
     attention_prior: Factory | None = None,
     cross_attention: Factory | None = None,
 ) -> None:
-    """Raise on lever combinations that cannot work, naming the config keys."""
+    """Raise on lever combinations that cannot work, naming the config keys.
+
+    A query source must declare ``uses_reference`` (README: Adding a lever): it is required, not
+    defaulted, because a source that returns reference boxes but is taken for one without would
+    run with ``refine=boxes`` missing and its boxes never read."""
     name = type(queries).__name__
-    if queries.uses_reference and box_refinement is None:
+    uses_reference = getattr(queries, "uses_reference", None)
+    if not isinstance(uses_reference, bool):
+        raise ValueError(
+            f"model.net.queries={name} has no boolean class attribute `uses_reference` (got "
+            f"{uses_reference!r}); a query source declares whether its DecoderQueries carry "
+            "reference boxes (convergence/queries.py, README: Adding a lever). Fix: add "
+            "`uses_reference = True` (reference boxes: needs refine=boxes) or "
+            "`uses_reference = False` to the class."
+        )
+    if uses_reference and box_refinement is None:
         raise ValueError(
             f"model.net.queries={name} starts the decoder from reference boxes, which need "
             "model.net.box_refinement (add refine=boxes, or use queries=learned)."
         )
-    if box_refinement is not None and not queries.uses_reference:
+    if box_refinement is not None and not uses_reference:
         raise ValueError(
             f"model.net.box_refinement needs reference boxes, but model.net.queries={name} has "
             "none: use queries=anchors or queries=proposals, or remove the box_refinement node."

@@ -39,7 +39,8 @@ def _load_imagenet_weights(resnet: nn.Module, name: str) -> None:
         raise FileNotFoundError(
             f"ImageNet weights for backbone '{name}' not found at {path}. This project never "
             f"downloads: copy {_WEIGHTS[name].url} to that path (or point TORCH_HOME at a "
-            "directory whose checkpoints/ folder holds it), or set model.net.backbone.pretrained=false."
+            "directory whose hub/checkpoints/ folder holds it: torch.hub reads "
+            "$TORCH_HOME/hub/checkpoints/), or set model.net.backbone.pretrained=false."
         )
     state_dict = torch.load(path, map_location="cpu", weights_only=True)
     # FrozenBatchNorm2d drops num_batches_tracked itself; anything else missing is an error.

@@ -5,7 +5,7 @@ setting the scoring ignores. Each is refused with the config key and the fix."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from torch import nn
 
@@ -73,3 +73,49 @@ def check_criterion_args(
             f"'boxes' in model.criterion.losses (got {list(losses)}); add it, or use "
             "cls_loss=focal."
         )
+
+
+# Which lever computes each suffixed set of losses: the fix for a weight of a set not computed.
+_SOURCES = {
+    "_enc": "a dense head (queries=proposals or aux_head=conv)",
+    "_dn": "denoiser=dn",
+    "_g": "query groups (model.net.queries.groups)",
+    "_": "aux_loss with more decoder layers (aux layer i: _i)",
+}
+
+
+def _source(key: str) -> str:
+    tail = key[len(base_loss_name(key)) :]
+    return next(src for suffix, src in _SOURCES.items() if tail.startswith(suffix))
+
+
+def loss_sets(key: str) -> list[str]:
+    """The suffixes of ``key`` beyond its base name: "loss_ce_dn_0" -> ["_dn", "_0"]."""
+    tail = key[len(base_loss_name(key)) :]
+    return ["_" + part for part in tail.split("_")[1:]]
+
+
+def unused_weight_message(unused: Collection[str], produced: Collection[str] | None) -> str:
+    """The error for weight_dict keys that name a loss set the model does not compute
+    (``produced``: the loss keys of a training step; None when refused at build time)."""
+    needs = "; ".join(f"{k}: {_source(k)}" for k in sorted(unused))
+    removals = " ".join(f"'~model.criterion.weight_dict.{k}'" for k in sorted(unused))
+    computed = (
+        f"The losses computed are {sorted(k for k in produced if k.startswith('loss'))}. "
+        if produced is not None
+        else ""
+    )
+    return (
+        f"model.criterion.weight_dict has {sorted(unused)}, but no such loss is computed, so the "
+        f"weight would be silently ignored ({needs}). {computed}Fix: remove it ({removals}), or "
+        "choose what computes it."
+    )
+
+
+def check_weights_used(weight_dict: Mapping[str, float], produced: Collection[str]) -> None:
+    """Refuse a suffixed weight_dict key (``loss_ce_9``, ``loss_ce_enc``) that names none of the
+    ``produced`` loss keys. A base name (``loss_ce``) applies to every set and is checked when
+    the criterion is built; the suffixed sets exist only once a training step has run."""
+    unused = [k for k in weight_dict if k != base_loss_name(k) and k not in produced]
+    if unused:
+        raise ValueError(unused_weight_message(unused, produced))

@@ -3,11 +3,13 @@
 A research loss added from the command line fails quietly in three ways when nothing checks it:
 a term without a weight is logged but never trained, a term returning a name other than its
 declared ``keys`` leaves its weight unused, and a term named like a paper loss replaces it. Each
-is refused here with the term's name and the fix.
+is refused here with the term's name and the fix, as is a ``forward`` with the wrong arguments
+(else a bare TypeError at the first step).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Collection, Mapping, Sequence
 
 from torch import Tensor, nn
@@ -30,6 +32,7 @@ def check_extra_terms(
     weight_dict's entries; a weight of 0 logs the term without training it)."""
     owners: dict[str, str] = {}
     for name, term in terms.items():
+        check_forward_signature(name, term)
         keys = getattr(term, "keys", None)
         if isinstance(keys, str) or not isinstance(keys, Sequence) or not keys:
             raise ValueError(
@@ -52,6 +55,25 @@ def check_extra_terms(
                     f"+model.criterion.weight_dict.{key}=<weight> (0 logs it only)."
                 )
             owners[key] = name
+
+
+def check_forward_signature(name: str, term: nn.Module) -> None:
+    """Refuse a term whose ``forward`` cannot take ``(layers, targets, pairs, num_boxes)``: at
+    construction, by its config path, rather than as a bare TypeError at the first step (a
+    TypeError raised inside a correct ``forward`` is left alone)."""
+    forward = getattr(term, "forward", None)
+    try:
+        signature = inspect.signature(forward)  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # not introspectable (a C function): the call will tell
+        return
+    try:
+        signature.bind("layers", "targets", "pairs", "num_boxes")
+    except TypeError as err:
+        raise ValueError(
+            f"model.criterion.extra_terms.{name} ({type(term).__name__}) has "
+            f"forward{signature}, which cannot be called as forward(layers, targets, pairs, "
+            f"num_boxes) ({err}); {CONTRACT}. Fix: give forward exactly those four arguments."
+        ) from None
 
 
 def call_extra_term(

@@ -1,7 +1,7 @@
 """Framework helpers: building objects from the config (:mod:`.build`), checking it before
 anything heavy runs (:mod:`.config_check`, :mod:`.config_rules`, :mod:`.target_keys`,
-:mod:`.unread_overrides`, :mod:`.consistent_heads`), optimiser groups (:mod:`.lr`), loggers,
-numerical guards (:mod:`.finite`, :mod:`.clipping`, :mod:`.cpu_precision`,
+:mod:`.component_nodes`, :mod:`.unread_overrides`, :mod:`.consistent_heads`), optimiser groups
+(:mod:`.lr`), loggers, numerical guards (:mod:`.finite`, :mod:`.clipping`, :mod:`.cpu_precision`,
 :mod:`.attention_backend`) and cross-process helpers (:mod:`.distributed`).
 
 Kept import-light (no torch/Lightning) so that ``--cfg job`` and ``--help`` answer quickly.

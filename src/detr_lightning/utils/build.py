@@ -34,11 +34,19 @@ def check_task(cfg: DictConfig) -> None:
 
 def check_model_keys(cfg: DictConfig) -> None:
     """Raise ConfigError naming every ``cfg.model`` key its ``_target_`` would reject (a lever
-    group chosen on the paper's model, a misspelt ``+model...`` key), with the fix."""
+    group chosen on the paper's model, a misspelt ``+model...`` key) and every mapping without
+    ``_target_`` where a component is expected (a group's keys set without the group), with
+    the fix."""
     from hydra.core.hydra_config import HydraConfig
 
+    from detr_lightning.utils import conf_dir
+    from detr_lightning.utils.component_nodes import component_node_errors
+
     choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else None
-    raise_config_errors(target_key_errors(cfg.model, "model", choices))
+    raise_config_errors(
+        target_key_errors(cfg.model, "model", choices)
+        + component_node_errors(cfg.model, "model", conf_dir())
+    )
 
 
 def instantiate_dict(node: DictConfig | None) -> list[Any]:

@@ -10,6 +10,7 @@ its full path and the fix, before anything is built.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from typing import Any
 
@@ -28,7 +29,14 @@ LEVER_GROUPS = (
     "dense_loss",
     "proposal_head",
 )
-_PAPER_PACKAGE = "detr_lightning.detr."
+# The paper's targets that model=convergence replaces (conf/model/convergence.yaml): only a key
+# these counterparts accept can come from a lever group; any other key is a typo.
+CONVERGENCE_COUNTERPARTS = {
+    "detr_lightning.detr.model.DETR": "detr_lightning.convergence.model.ConvergenceDETR",
+    "detr_lightning.detr.criterion.SetCriterion": (
+        "detr_lightning.convergence.criterion.ConvergenceCriterion"
+    ),
+}
 
 
 def _accepted(target: str) -> set[str] | None:
@@ -78,15 +86,44 @@ def _chosen_levers(choices: dict[str, Any]) -> list[str]:
     return [name for _, name in sorted(chosen)]
 
 
+def _counterpart_accepted(counterpart: str) -> set[str] | None:
+    """The keys a convergence counterpart takes: its own arguments and, as it hands
+    ``**kwargs`` to the paper class it extends, those of its bases; None when unreadable."""
+    try:
+        cls = get_object(counterpart)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    accepted: set[str] = set()
+    for base in inspect.getmro(cls) if isinstance(cls, type) else ():
+        if "__init__" not in vars(base):
+            continue
+        params = inspect.signature(base.__init__).parameters.values()
+        accepted |= {p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD}
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            return accepted - {"self"}
+    return None
+
+
+def _closest_argument(key: str, target: str) -> str:
+    """The fix for a key ``target`` does not take: its closest argument, and all of them."""
+    accepted = sorted(_accepted(target) or ())
+    close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.55)
+    hint = f"did you mean {close[0]!r}? Rename or " if close else ""
+    return f"{hint}remove it; {target}'s arguments: {', '.join(accepted)}"
+
+
 def target_key_errors(node: Any, path: str, choices: dict[str, Any] | None = None) -> list[str]:
     """One message per key of ``node`` (config path ``path``) that its target would reject,
     each with the fix. A key on the paper's DETR names the lever groups that need
     ``model=convergence``: those chosen in ``choices`` (Hydra's ``runtime.choices``) when given
-    and any is, else all of them."""
+    and any is, else all of them, when the convergence counterpart (``CONVERGENCE_COUNTERPARTS``)
+    accepts the key; any other key gets its target's arguments, the closest first."""
     errors = []
     chosen = _chosen_levers(choices or {})
     for key_path, key, target in unknown_target_keys(node, path):
-        if target.startswith(_PAPER_PACKAGE):
+        counterpart = CONVERGENCE_COUNTERPARTS.get(target)
+        lever_keys = _counterpart_accepted(counterpart) if counterpart else set()
+        if counterpart and (lever_keys is None or key in lever_keys):  # None: takes any key
             groups = (
                 "chosen here: " + ", ".join(chosen)
                 if chosen
@@ -98,6 +135,6 @@ def target_key_errors(node: Any, path: str, choices: dict[str, Any] | None = Non
                 "or drop the group"
             )
         else:
-            fix = f"remove it, or use one of {target}'s arguments"
+            fix = _closest_argument(key, target)
         errors.append(f"{key_path}: {target} takes no argument {key!r}. Fix: {fix}.")
     return errors
