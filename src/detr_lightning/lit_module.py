@@ -160,9 +160,12 @@ class LitDETR(EvaluationSteps, OptimizationHooks):
         if (
             stage == "train"
             and not self._weights_checked
+            and not getattr(self.net, "freeze_detr", False)
             and any(len(t["labels"]) for t in targets)
         ):
             # The first step with boxes computes every loss set (a batch without any has no _dn).
+            # A frozen detector (panoptic stage 2) runs in eval mode, without its training-only
+            # sets (_enc, _dn, _g<k>), whose weights its own stage already used.
             check_weights_used(getattr(self.criterion, "weight_dict", {}), losses)
             self._weights_checked = True
         return outputs, losses, self.criterion.weighted_total(losses)
