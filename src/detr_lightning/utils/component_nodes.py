@@ -87,10 +87,11 @@ def _component_mapping(hint: Any) -> bool:
 
 def _groups_setting(path: str, conf: Path) -> list[str]:
     """``group=option`` of the config files in ``conf`` that put a ``_target_`` at ``path``."""
+    from detr_lightning.utils.top_level_keys import option_package
+
     found = []
     for file in sorted(conf.glob("*/*.yaml")):
-        first = file.read_text().partition("\n")[0]
-        package = first.split("@package", 1)[1].strip() if "@package" in first else file.parent.name
+        package = option_package(file) or file.parent.name
         if package == "_global_":
             inside = path
         elif path == package or path.startswith(package + "."):

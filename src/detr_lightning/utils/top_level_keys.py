@@ -29,7 +29,7 @@ import yaml
 _PACKAGE = re.compile(r"^#\s*@package\s+(\S+)", re.M)
 
 
-def _package(path: Path) -> str | None:
+def option_package(path: Path) -> str | None:
     """The ``# @package`` of an option file (None: the group's name, Hydra's default)."""
     found = _PACKAGE.search(path.read_text()[:2000])
     return found.group(1) if found else None
@@ -61,17 +61,21 @@ def known_top_level_keys(conf: str, entry: str) -> frozenset[str]:
                 for group, option in item.items():
                     group = str(group).split("@")[0].removeprefix("override ").strip("/ ")
                     option_file = root / group / f"{option}.yaml"
-                    if "/" not in group and option_file.is_file() and not _package(option_file):
+                    if (
+                        "/" not in group
+                        and option_file.is_file()
+                        and not option_package(option_file)
+                    ):
                         keys.add(group)
     for option_file in root.glob("*/*.yaml"):
-        if option_file.parent.name != "experiment" and _package(option_file) == "_global_":
+        if option_file.parent.name != "experiment" and option_package(option_file) == "_global_":
             keys |= {k for k in _load(option_file) if k != "defaults"}
     return frozenset(keys)
 
 
 def _group_header(conf: Path, group: str) -> str | None:
     """The ``@package`` the group's shipped option files share, if they agree on one."""
-    packages = {_package(f) for f in (conf / group).glob("*.yaml")} - {None}
+    packages = {option_package(f) for f in (conf / group).glob("*.yaml")} - {None}
     return packages.pop() if len(packages) == 1 else None
 
 
