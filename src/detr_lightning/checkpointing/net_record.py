@@ -16,6 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from detr_lightning.utils.config_records import differing_keys
+
 log = logging.getLogger(__name__)
 
 KEY = "net_config"
@@ -49,7 +51,7 @@ def warn_if_different(saved: Any, current: dict[str, Any] | None, checkpoint: st
     this run's; returns those keys ([] when they agree or either record is missing)."""
     if not isinstance(saved, Mapping) or current is None:
         return []
-    changed = sorted(k for k in {*saved, *current} if saved.get(k) != current.get(k))
+    changed = differing_keys(saved, current)
     if changed:
         shown = "; ".join(
             f"model.net.{k}: {saved.get(k, '(absent)')!r} -> {current.get(k, '(absent)')!r}"

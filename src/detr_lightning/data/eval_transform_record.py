@@ -14,6 +14,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from detr_lightning.utils.config_records import differing_keys, shown
+
 log = logging.getLogger(__name__)
 
 KEY = "val_transforms"
@@ -30,16 +32,12 @@ def warn_if_different(saved: Any, current: dict[str, Any] | None, checkpoint: st
     this run's; True if it did. Nothing to compare (an older checkpoint, no data config): False."""
     if not isinstance(saved, dict) or current is None or saved == current:
         return False
-    changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    changed = differing_keys(saved, current)
     log.warning(
         "%s records data.val_transforms %s (its evaluation's); this run uses %s (%s differ): images are "
         "resized otherwise than in its evaluation, and boxes and AP change. Fix: give the "
         "training run's data overrides (its .hydra/overrides.yaml), unless the other size is "
         "what you want.",
-        checkpoint, _short(saved, changed), _short(current, changed), ", ".join(changed),
+        checkpoint, shown(saved, changed), shown(current, changed), ", ".join(changed),
     )  # fmt: skip
     return True
-
-
-def _short(record: dict[str, Any], keys: list[str]) -> str:
-    return "{" + ", ".join(f"{k}: {record.get(k)!r}" for k in keys) + "}"

@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 from detr_lightning.data.categories import thing_labels
 from detr_lightning.detr.class_scoring import SoftmaxScoring
 from detr_lightning.detr.panoptic_postprocess import PostProcessPanoptic, id_map_to_png
+from detr_lightning.utils.config_records import differing_keys, shown
 
 # Official DETR's rule (hubconf ``is_thing_map``): ids up to 90 are things, the rest stuff; for
 # a model whose categories nothing records (a COCO release gets COCO panoptic's own).
@@ -136,12 +137,11 @@ def exported_panoptic_settings(run: Any, recorded: dict[str, Any] | None, source
         return recorded
     current = OmegaConf.to_container(run, resolve=True)
     if recorded is not None and current != recorded:
-        changed = sorted(k for k in {*current, *recorded} if current.get(k) != recorded.get(k))
+        changed = differing_keys(recorded, current)
         log.warning(
-            "%s records model.panoptic.postprocess {%s} (its export's); this run uses {%s}: the "
+            "%s records model.panoptic.postprocess %s (its export's); this run uses %s: the "
             "segments differ from that model's evaluation. Fix: give the training run's "
             "model.panoptic.postprocess overrides, unless these are what you want.",
-            source, ", ".join(f"{k}: {recorded.get(k)!r}" for k in changed),
-            ", ".join(f"{k}: {current.get(k)!r}" for k in changed),
+            source, shown(recorded, changed), shown(current, changed),
         )  # fmt: skip
     return run
