@@ -22,6 +22,8 @@ from typing import Any
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from detr_lightning.utils.target_keys import signature_chain
+
 _CONTAINERS = (dict, collections.abc.Mapping, typing.Any)
 
 
@@ -32,29 +34,16 @@ def _parameters(target: str) -> dict[str, Any]:
         obj = get_object(target)
     except (ImportError, AttributeError, ValueError):
         return {}
-    chain = (
-        [b for b in inspect.getmro(obj) if "__init__" in vars(b)] if inspect.isclass(obj) else [obj]
-    )
     found: dict[str, Any] = {}
-    for function in chain:
-        init = function.__init__ if inspect.isclass(function) else function
+    for p, function in signature_chain(obj)[0]:
+        namespace = vars(sys.modules.get(getattr(function, "__module__", ""), typing))
+        annotation = p.annotation  # a string under `from __future__ import annotations`
         try:
-            params = inspect.signature(init).parameters.values()
-        except (TypeError, ValueError):
-            break
-        namespace = vars(sys.modules.get(getattr(init, "__module__", ""), typing))
-        for p in params:
-            if p.name in found or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
-                continue
-            annotation = p.annotation  # a string under `from __future__ import annotations`
-            try:
-                found[p.name] = (
-                    eval(annotation, namespace) if isinstance(annotation, str) else annotation
-                )
-            except Exception:  # a name only imported under TYPE_CHECKING: not judged
-                continue
-        if not any(p.kind is p.VAR_KEYWORD for p in params):
-            break
+            found[p.name] = (
+                eval(annotation, namespace) if isinstance(annotation, str) else annotation
+            )
+        except Exception:  # a name only imported under TYPE_CHECKING: not judged
+            continue
     return found
 
 

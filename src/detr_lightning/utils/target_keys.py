@@ -86,6 +86,33 @@ def _chosen_levers(choices: dict[str, Any]) -> list[str]:
     return [name for _, name in sorted(chosen)]
 
 
+def signature_chain(obj: Any) -> tuple[list[tuple[inspect.Parameter, Any]], bool]:
+    """``(parameter, the function it belongs to)`` for the named arguments of ``obj`` (a class:
+    its ``__init__``), following ``**kwargs`` into the bases a class hands them to; and whether
+    the chain ends in a signature without ``**kwargs`` (False: any key may be taken, or a
+    signature could not be read)."""
+    functions = (
+        [b.__init__ for b in inspect.getmro(obj) if "__init__" in vars(b)]
+        if inspect.isclass(obj)
+        else [obj]
+    )
+    found: list[tuple[inspect.Parameter, Any]] = []
+    for function in functions:
+        try:
+            params = list(inspect.signature(function).parameters.values())
+        except (TypeError, ValueError):
+            return found, False
+        named = {p.name for p, _ in found}
+        found += [
+            (p, function)
+            for p in params
+            if p.name not in named and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        ]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            return found, True
+    return found, False
+
+
 def _counterpart_accepted(counterpart: str) -> set[str] | None:
     """The keys a convergence counterpart takes: its own arguments and, as it hands
     ``**kwargs`` to the paper class it extends, those of its bases; None when unreadable."""
@@ -93,15 +120,8 @@ def _counterpart_accepted(counterpart: str) -> set[str] | None:
         cls = get_object(counterpart)
     except (ImportError, AttributeError, ValueError):
         return None
-    accepted: set[str] = set()
-    for base in inspect.getmro(cls) if isinstance(cls, type) else ():
-        if "__init__" not in vars(base):
-            continue
-        params = inspect.signature(base.__init__).parameters.values()
-        accepted |= {p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD}
-        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-            return accepted - {"self"}
-    return None
+    chain, complete = signature_chain(cls)
+    return {p.name for p, _ in chain} - {"self"} if complete else None
 
 
 def _closest_argument(key: str, target: str) -> str:
