@@ -10,6 +10,7 @@ from PIL import Image
 
 from detr_lightning.evaluation.coco import write_metrics_json
 from detr_lightning.report import COLUMNS, PANOPTIC_COLUMNS, main, write_report
+from detr_lightning.resume_logs import record_resumed_from
 from detr_lightning.run_dirs import find_runs
 
 
@@ -157,3 +158,26 @@ def test_a_run_without_a_csv_log_is_not_reported_as_failed(sweep, tmp_path) -> N
     assert "no csv: metrics.json but no csv/metrics.csv" in report
     assert "logger=[csv,wandb]" in report
     assert "val_ap.png leaves out the runs without a validation log: 2." in report
+
+
+def test_an_interrupted_run_continued_by_a_resume_is_no_row_of_its_own(tmp_path) -> None:
+    """t1 was killed after 2 epochs (no metrics.json); t2 resumed its step-5 checkpoint into a
+    new folder (``ckpt_path=last``) and finished; t3 is another run. Two rows, and t2's curve
+    runs through t1's validations."""
+    experiment = tmp_path / "outputs" / "shapes"
+    t1 = make_run(experiment / "t1", COMMON, None, [(0, 0.1, 20.0), (1, 0.2, 40.0)])
+    t2 = make_run(experiment / "t2", [*COMMON, "ckpt_path=last"], metrics(0.4),
+                  [(2, 0.3, 61.0), (3, 0.4, 81.0)])  # fmt: skip
+    write_metrics_json(t2, metrics(0.4), experiment="shapes", epochs=4, global_step=11)
+    make_run(experiment / "t3", [*COMMON, "seed=2"], metrics(0.35), [(0, 0.2, 21.0)])
+    record_resumed_from(t2, str(t1 / "checkpoints" / "last.ckpt"), 5)
+    report = write_report([experiment]).read_text()
+    rows = table(report)
+    assert [r[0] for r in rows] == ["t2", "t3"]
+    assert rows[0][-2:] == ["4", "81.0"]  # trainer.current_epoch goes on; wall s too
+    assert "t2 resumed t1 at global step 5" in report
+    assert "No row (interrupted, continued by a resumed run above): t1." in report
+    assert "val_ap.png leaves out" not in report  # t1's points are in t2's curve
+
+    write_metrics_json(t1, metrics(0.2), experiment="shapes", epochs=2, global_step=5)
+    assert [r[0] for r in table(write_report([experiment]).read_text())] == ["t1", "t2", "t3"]

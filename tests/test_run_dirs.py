@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from fake_runs import COMMON, make_run, make_staged_run, metrics
 
+from detr_lightning.resume_logs import record_resumed_from
 from detr_lightning.run_dirs import load_run, read_val_curve, wall_seconds
 
 
@@ -16,8 +17,8 @@ def test_val_curve_merges_the_rows_of_one_step(tmp_path) -> None:
         )
     curve = read_val_curve(tmp_path / "1" / "csv" / "metrics.csv")
     assert curve == [
-        {"val/AP": 0.2, "epoch": 0.0, "time/elapsed_s": 20.0},
-        {"val/AP": 0.4, "epoch": 1.0, "time/elapsed_s": 40.0},
+        {"val/AP": 0.2, "epoch": 0.0, "time/elapsed_s": 20.0, "step": 2.0},
+        {"val/AP": 0.4, "epoch": 1.0, "time/elapsed_s": 40.0, "step": 5.0},
     ]
     run = load_run(tmp_path / "0")
     assert run.overrides == [*COMMON, "model.net.transformer.num_decoder_layers=1"]
@@ -56,3 +57,21 @@ def test_a_torn_metrics_json_or_csv_row_leaves_the_rest_of_the_run_readable(tmp_
     assert [p["val/AP"] for p in run.curve] == [0.1, 0.2]
     assert f"{tmp_path / '0' / 'metrics.json'}: not readable json" in caplog.text
     assert f"{log}: skipped a row" in caplog.text
+
+
+def test_a_resumed_run_is_one_curve_through_the_run_it_continues(tmp_path) -> None:
+    """The earlier run's validations up to the step resumed from (3 epochs of 3 steps: step 5,
+    the end of epoch 1), then the resumed run's; its record loops back to nothing."""
+    earlier = make_run(tmp_path / "t1", COMMON, None, [(0, 0.1, 20.0), (1, 0.2, 40.0),
+                                                       (2, 0.25, 60.0)])  # fmt: skip
+    later = make_run(tmp_path / "t2", COMMON, metrics(0.4), [(2, 0.3, 61.0), (3, 0.4, 81.0)])
+    record_resumed_from(later, str(earlier / "checkpoints" / "last.ckpt"), 5)
+    run = load_run(later)
+    assert run.resumed == (earlier, 5)
+    assert [(p["epoch"], p["val/AP"]) for p in run.curve] == [
+        (0.0, 0.1), (1.0, 0.2), (2.0, 0.3), (3.0, 0.4)]  # fmt: skip
+    assert wall_seconds(run) == 81.0  # the resumed clock goes on from the checkpoint's
+    assert [p["val/AP"] for p in load_run(earlier).curve] == [0.1, 0.2, 0.25]  # itself, alone
+
+    record_resumed_from(earlier, str(later / "checkpoints" / "last.ckpt"), 2)  # a loop, by hand
+    assert [p["val/AP"] for p in load_run(later).curve] == [0.1, 0.2, 0.3, 0.4]

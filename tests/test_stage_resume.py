@@ -7,12 +7,10 @@ import json
 import pytest
 import torch
 
-from detr_lightning.run_dirs import read_val_curve
 from detr_lightning.stage_resume import (
     DONE,
     elapsed_before,
     finished_stage,
-    keep_interrupted_log,
     mark_done,
 )
 
@@ -26,20 +24,6 @@ def test_done_file_round_trips_and_a_torn_metrics_json_is_named(tmp_path) -> Non
     (tmp_path / "metrics.json").write_text('{"AP": 0.4')
     with pytest.raises(ValueError, match=r"metrics.json: not readable json .* Fix: delete it"):
         finished_stage(tmp_path)
-
-
-def test_an_interrupted_stages_log_is_kept_and_read_with_the_resumed_one(tmp_path) -> None:
-    csv_dir = tmp_path / "csv"
-    csv_dir.mkdir()
-    head = "epoch,step,time/elapsed_s,val/AP\n"
-    (csv_dir / "metrics.csv").write_text(head + "0,9,30.0,0.1\n1,19,60.0,0.2\n")
-    assert keep_interrupted_log(csv_dir) == csv_dir / "metrics_part1.csv"
-    assert keep_interrupted_log(csv_dir) is None  # nothing left to keep
-    # the resumed process (from the step-19 checkpoint) writes a fresh metrics.csv
-    (csv_dir / "metrics.csv").write_text(head + "2,29,90.0,0.3\n")
-    curve = read_val_curve(csv_dir / "metrics.csv")
-    assert [(p["epoch"], p["val/AP"], p["time/elapsed_s"]) for p in curve] == [
-        (0.0, 0.1, 30.0), (1.0, 0.2, 60.0), (2.0, 0.3, 90.0)]  # fmt: skip
 
 
 def test_elapsed_before_reads_the_checkpoints_clock(tmp_path) -> None:

@@ -11,7 +11,9 @@ no runs and are skipped). Each run's ``metrics.json``, ``.hydra/overrides.yaml``
 * ``val_ap.png``: val AP against epoch and against wall time (runs with a CSV log), and
   ``val_pq.png`` the same for val PQ when a run is panoptic. A staged run (``shapes_panoptic``:
   its metrics.json lists the stages) is one curve through its stages' logs, each stage's epochs
-  and seconds counted after those of the stages before it.
+  and seconds counted after those of the stages before it. A run resumed into a new folder
+  (``ckpt_path=last``: its ``resumed_from.json``) is one curve through the run it continues;
+  that interrupted run (no metrics.json) is then no row of its own.
 
 ``--out`` defaults to the argument when there is one, else ``./report``.
 """
@@ -88,12 +90,36 @@ def wall_cell(run: Run) -> str:
     return NO_CSV if without_csv_log(run) else "–"
 
 
-def markdown(runs: Sequence[Run], images: Sequence[str]) -> str:
-    """report.md: common overrides, the table (best value per column in bold), the figures."""
+def continued_elsewhere(runs: Sequence[Run]) -> list[Run]:
+    """The runs without metrics.json that another of ``runs`` resumed: an interrupted training
+    whose curve and result are that run's."""
+    resumed = {r.resumed[0].resolve() for r in runs if r.resumed is not None}
+    return [r for r in runs if not r.metrics and r.path.resolve() in resumed]
+
+
+def _names(runs: Sequence[Run]) -> dict[Path, str]:
+    """Each run's folder relative to the folder that holds them all."""
+    root = os.path.commonpath([r.path.parent.absolute() for r in runs])
+    return {r.path: os.path.relpath(r.path.absolute(), root) for r in runs}
+
+
+def resume_notes(runs: Sequence[Run], names: dict[Path, str]) -> list[str]:
+    """One note per resumed run: which run and step it continues."""
+    notes = []
+    for run in [r for r in runs if r.resumed is not None]:
+        earlier, step = run.resumed
+        shown = next((n for p, n in names.items() if p.resolve() == earlier.resolve()), earlier)
+        notes.append(f"{names[run.path]} resumed {shown} at global step {step}: its curve "
+                     "starts with that run's validations up to that step.")  # fmt: skip
+    return notes
+
+
+def markdown(runs: Sequence[Run], images: Sequence[str], hidden: Sequence[Run] = ()) -> str:
+    """report.md: common overrides, the table (best value per column in bold), the figures.
+    ``hidden``: runs continued by one of ``runs`` (no row; named in the notes)."""
     common, varying = split_overrides(runs)
-    names = [
-        os.path.relpath(r.path, os.path.commonpath([r.path.parent for r in runs])) for r in runs
-    ]
+    where = _names([*runs, *hidden])
+    names = [where[r.path] for r in runs]
     panoptic = any("PQ" in r.metrics for r in runs)
     columns = COLUMNS | PANOPTIC_COLUMNS if panoptic else COLUMNS
     best: dict[str, float | None] = {}
@@ -119,6 +145,10 @@ def markdown(runs: Sequence[Run], images: Sequence[str]) -> str:
     if "val_ap.png" in images and left_out:
         notes.append("val_ap.png leaves out the runs without a validation log: "
                      + ", ".join(left_out) + ".")  # fmt: skip
+    notes += resume_notes(runs, where)
+    if hidden:
+        notes.append("No row (interrupted, continued by a resumed run above): "
+                     + ", ".join(where[r.path] for r in hidden) + ".")  # fmt: skip
     if panoptic:
         notes.append("PQ th / PQ st: things / stuff; segm AP: the thing masks' COCO AP. A staged "
                      "run's wall time is its stages' sum, its epochs one count per stage.")  # fmt: skip
@@ -132,6 +162,8 @@ def write_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike | No
     from detr_lightning.evaluation.report_plots import SIZES, plot_ap_by_size, plot_val_curves
 
     runs = [load_run(p) for p in find_runs(paths)]
+    hidden = continued_elsewhere(runs)
+    runs = [r for r in runs if r not in hidden]
     out = Path(out if out is not None else paths[0] if len(paths) == 1 else "report")
     out.mkdir(parents=True, exist_ok=True)
     labels = run_labels(runs, split_overrides(runs)[1])
@@ -146,7 +178,7 @@ def write_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike | No
         curves = [[p for p in r.curve if "val/PQ" in p] for r in runs]
         images.append(plot_val_curves(labels, curves, out / "val_pq.png", key="val/PQ"))
     path = out / "report.md"
-    path.write_text(markdown(runs, [i.name for i in images]))
+    path.write_text(markdown(runs, [i.name for i in images], hidden))
     return path
 
 

@@ -1,6 +1,7 @@
 """What a run left in its directory: finding run directories under a folder, and reading each
 one's ``metrics.json``, ``.hydra/overrides.yaml`` and CSV log (validation curve, wall time,
-epochs), a staged run's through its stage folders. :mod:`detr_lightning.report` compares them.
+epochs), a staged run's through its stage folders, a resumed run's through the run it continues.
+:mod:`detr_lightning.report` compares them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from detr_lightning.resume_logs import resumed_from
+
 log = logging.getLogger(__name__)
 
 CURVE_KEYS = ("val/AP", "val/PQ", "epoch", "time/elapsed_s")
@@ -35,6 +38,7 @@ class Run:
     info: dict = field(default_factory=dict)  # metrics.json "run": epochs, checkpoint, ...
     curve: list[dict[str, float]] = field(default_factory=list)  # validations, in step order
     stage_epochs: list[int | None] = field(default_factory=list)  # per stage; None: no log
+    resumed: tuple[Path, int] | None = None  # (the run it continues, the step): resumed_from.json
 
 
 def _natural(path: Path) -> list:
@@ -102,11 +106,11 @@ def read_val_curve(csv_path: Path) -> list[dict[str, float]]:
     """The validation points of a Lightning CSV log: val/AP (and val/PQ), epoch, time/elapsed_s
     per step (values logged at one step are merged, whichever rows hold them)."""
     by_step: dict[int, dict[str, float]] = defaultdict(dict)
-    # an interrupted staged run's earlier parts (stage_resume.keep_interrupted_log), then the log
+    # an interrupted staged run's earlier parts (resume_logs.keep_interrupted_log), then the log
     parts = sorted(csv_path.parent.glob("metrics_part*.csv"), key=_part_number)
     for path in [*parts, csv_path]:
         _read_rows(path, by_step)
-    return [p for _, p in sorted(by_step.items()) if "val/AP" in p]
+    return [p | {"step": float(s)} for s, p in sorted(by_step.items()) if "val/AP" in p]
 
 
 def _part_number(path: Path) -> int:
@@ -180,8 +184,10 @@ def _read_json(path: Path) -> dict[str, Any]:
     return payload if isinstance(payload, dict) else {}
 
 
-def load_run(path: Path) -> Run:
-    """Read one run directory; absent files leave their fields empty."""
+def load_run(path: Path, _after: tuple[Path, ...] = ()) -> Run:
+    """Read one run directory; absent files leave their fields empty. A run resumed from
+    another run's checkpoint (its ``resumed_from.json``) has one curve: the earlier run's points
+    up to the step resumed from, then its own."""
     run = Run(path)
     overrides = path / ".hydra" / "overrides.yaml"
     if overrides.is_file():
@@ -194,6 +200,11 @@ def load_run(path: Path) -> Run:
         run.curve = read_val_curve(path / "csv" / "metrics.csv")
     elif run.info.get("stages"):
         run.curve, run.stage_epochs = read_staged_curve(path, run.info["stages"])
+    run.resumed = resumed_from(path)
+    if run.resumed is not None and run.resumed[0].resolve() not in _after:  # no loop of records
+        earlier, step = run.resumed
+        before = load_run(earlier, (*_after, path.resolve())).curve
+        run.curve = [p for p in before if p["step"] <= step] + run.curve
     return run
 
 

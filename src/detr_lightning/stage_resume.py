@@ -5,18 +5,15 @@
 before stage k are finished (their best checkpoint starts the next stage, as in a run that was
 not interrupted); stage k is finished too when it wrote its ``stage_done.json`` (or its own
 ``metrics.json``), otherwise it resumes from that checkpoint; the stages after it train as
-usual. The run's CSV log survives a resume into its folder (:func:`keep_resumed_log`: staged runs
-and sweep jobs). Standard library only at import time.
+usual. The run's CSV log survives a resume into its folder
+(:func:`detr_lightning.resume_logs.keep_resumed_log`). Standard library only at import time.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
-
-_log = logging.getLogger(__name__)
 
 DONE = "stage_done.json"  # written into a stage's folder when its training (and test) returned
 
@@ -74,39 +71,6 @@ def finished_stage(stage_dir: Path) -> tuple[dict[str, float], float | None]:
     metrics, done = read_json(stage_dir / "metrics.json"), read_json(stage_dir / DONE)
     numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
     return numbers, done.get("minutes")
-
-
-def keep_interrupted_log(csv_dir: Path) -> Path | None:
-    """Rename an interrupted stage's ``metrics.csv`` to ``metrics_part<k>.csv`` before the stage
-    resumes in the same folder (Lightning's CSV logger would delete it); the report reads the
-    parts and the new file as one log (:func:`detr_lightning.run_dirs.read_val_curve`)."""
-    log = csv_dir / "metrics.csv"
-    if not log.is_file():
-        return None
-    k = 1 + sum(1 for _ in csv_dir.glob("metrics_part*.csv"))
-    kept = csv_dir / f"metrics_part{k}.csv"
-    log.rename(kept)
-    return kept
-
-
-def keep_resumed_log(cfg: Any) -> str | None:
-    """Before a resume creates its logger: keep the CSV log the run folder already holds (a
-    sweep job resumed with ``ckpt_path=auto|last`` in its own folder, a staged run's stage), as
-    ``metrics_part<k>.csv``; Lightning's CSVLogger would delete it. Returns the kept file."""
-    from omegaconf import OmegaConf
-
-    csv_logger = OmegaConf.select(cfg, "logger.csv", default=None)
-    if not csv_logger or not str(csv_logger.get("_target_", "")).endswith("CSVLogger"):
-        return None
-    folder = Path(str(csv_logger.save_dir)) / str(csv_logger.get("name") or "lightning_logs")
-    version = csv_logger.get("version")
-    if version is None:  # Lightning picks a new version_<n> folder: nothing is overwritten
-        return None
-    folder = folder / (version if isinstance(version, str) else f"version_{version}")
-    kept = keep_interrupted_log(folder)
-    if kept is not None:
-        _log.info("resuming into %s: its earlier log is kept as %s", folder, kept)
-    return str(kept) if kept else None
 
 
 def elapsed_before(ckpt_path: str) -> float:

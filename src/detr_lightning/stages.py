@@ -187,7 +187,7 @@ def run_stages(
         _say(f"=== stage {i}/{len(stages)}: {name} ({' '.join(overrides) or 'no overrides'})")
         start = time.perf_counter()
         if stage_cfg.ckpt_path and rank_zero_only.rank == 0:  # this stage resumes in its folder
-            # (its CSV log is kept by build_run: stage_resume.keep_resumed_log)
+            # (its CSV log is kept by build_run: resume_logs.keep_resumed_log)
             start -= elapsed_before(str(stage_cfg.ckpt_path))  # its minutes before the stop
         metrics = train_one(stage_cfg)
         previous = best_checkpoint(stage_dir)

@@ -3,11 +3,15 @@ the run says so and exits 143 (not 0, also in a sweep), and ``ckpt_path=last`` c
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import torch
 from cli import TINY
 from reliability_support import run
+
+from detr_lightning.run_dirs import load_run
 
 STEPS_PER_EPOCH, TERM_AT = 3, 5  # mid-way through the second epoch; its first end wrote step 3
 
@@ -36,6 +40,10 @@ def test_sigterm_saves_last_at_that_step_exits_143_and_resumes(tmp_path, shapes_
     new_dir = re.findall(r"^run directory: (.+)$", resumed.stdout, flags=re.M)[0]
     final = torch.load(f"{new_dir}/checkpoints/last.ckpt", weights_only=True)
     assert final["global_step"] == 2 * STEPS_PER_EPOCH  # one step left after the stop
+    record = json.loads((Path(new_dir) / "resumed_from.json").read_text())
+    assert record == {"run": str(run_dir), "checkpoint": str(last), "global_step": TERM_AT}
+    # the report's curve of the resumed run: the first run's epoch-0 validation, then its own
+    assert [p["epoch"] for p in load_run(Path(new_dir)).curve] == [0.0, 1.0]
 
     sweep = tmp_path / "sweep"
     swept = run("train", ["-m", *common, *term, f"hydra.sweep.dir={sweep}", "seed=1"], tmp_path)
