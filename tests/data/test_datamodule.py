@@ -205,3 +205,21 @@ def test_the_training_order_follows_the_run_seed(tmp_path):
         sampler = loader.batch_sampler.sampler if grouped else loader.sampler
         assert isinstance(sampler, EpochRandomSampler) and sampler.seed == 5
         assert not isinstance(dm.val_dataloader().sampler, EpochRandomSampler)
+
+
+def test_making_a_training_iterator_draws_nothing_from_the_global_random_state(tmp_path):
+    """Its workers' seed comes from the loader's own generator, so the model's random numbers
+    do not depend on when Lightning makes the iterator (earlier in a resumed run)."""
+    cats = [{"id": 4, "name": "a"}]
+    tr = write_coco(tmp_path / "tr", [(40, 30), (30, 40)],
+                    [{"id": 1, "image_id": 1, "category_id": 4, "bbox": [1, 1, 9, 9]}], cats)  # fmt: skip
+    for grouped in (False, True):
+        torch.manual_seed(5)
+        dm = DetrDataModule(*tr, *tr, num_workers=0, group_by_aspect_ratio=grouped, **TINY)
+        loader = dm.train_dataloader()
+        before = torch.get_rng_state()
+        iter(loader)
+        iter(loader)
+        assert torch.equal(torch.get_rng_state(), before)
+        seeds = [iter(dm.train_dataloader())._base_seed for _ in range(2)]
+        assert seeds[0] == seeds[1]  # a function of the run's seed

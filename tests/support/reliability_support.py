@@ -100,3 +100,15 @@ class TermAtStep(L.Callback):
         if trainer.global_step >= self.step and not self.sent:
             self.sent = True
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+class StopAfterEpoch(L.Callback):
+    """Stops fitting after epoch ``epoch`` has ended (its checkpoints written), as a run stopped
+    between epochs would."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch >= self.epoch:
+            trainer.should_stop = True

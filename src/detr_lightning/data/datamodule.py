@@ -170,13 +170,15 @@ class DetrDataModule(L.LightningDataModule):
             sampler = None
         batch_size = self.batch_size if train else self.val_batch_size
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=False,
+                          generator=_worker_seeds() if train else None,
                           **self._worker_kwargs())  # fmt: skip
 
     def _grouped_loader(self, dataset: Dataset) -> DataLoader:
         groups = aspect_ratio_groups(image_sizes(dataset))
         order = EpochRandomSampler(dataset, torch.initial_seed())
         batches = AspectRatioGroupedBatchSampler(order, groups, self.batch_size)
-        return DataLoader(dataset, batch_sampler=batches, **self._worker_kwargs())
+        return DataLoader(dataset, batch_sampler=batches, generator=_worker_seeds(),
+                          **self._worker_kwargs())  # fmt: skip
 
     def _worker_kwargs(self) -> dict[str, Any]:
         return {"num_workers": self.num_workers, "pin_memory": self.pin_memory,
@@ -210,6 +212,15 @@ class DetrDataModule(L.LightningDataModule):
         self.categories = list(state_dict.get("categories", self.categories))
         saved = state_dict.get(eval_transform_record.KEY)
         eval_transform_record.warn_if_different(saved, self.val_transforms_record, "the checkpoint")
+
+
+def _worker_seeds() -> torch.Generator:
+    """The training loader's own generator: every epoch's iterator draws its workers' seed from
+    it, not from the global random state, so that the model's random numbers (dropout, the
+    augmentation in the main process) do not depend on how many iterators were made before
+    (a resumed run makes its first one earlier than an uninterrupted one:
+    checkpointing/rng_states.py)."""
+    return torch.Generator().manual_seed(torch.initial_seed())
 
 
 class PanopticDataModule(DetrDataModule):

@@ -123,16 +123,19 @@ def build_model(
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     """Instantiate ``cfg.trainer`` with the configured callbacks and loggers, the recipe record
-    (what a resume restores, saved in checkpoints: checkpointing/recipe_record.py) and atomic
+    (what a resume restores, saved in checkpoints: checkpointing/recipe_record.py), the random
+    generators' states (checkpointing/rng_states.py) and atomic
     checkpoint writes (AtomicCheckpointIO) unless the config brings its own CheckpointIO."""
     from lightning.fabric.plugins import CheckpointIO
 
     from detr_lightning.checkpointing.atomic_io import AtomicCheckpointIO
     from detr_lightning.checkpointing.recipe_record import RecipeRecord, recipe_record
+    from detr_lightning.checkpointing.rng_states import RngStates
 
     callbacks = [
         *instantiate_dict(cfg.get("callbacks")),
         RecipeRecord(recipe_record(cfg), cfg.get("resume_recipe") or "checkpoint"),
+        RngStates(),
     ]
     loggers = instantiate_dict(cfg.get("logger"))
     plugins = instantiate(cfg.trainer.get("plugins"), _convert_="all") or []
