@@ -11,6 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 from detr_lightning.utils import conf_dir
+from detr_lightning.utils.job_errors import exit_on_explained_errors
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -36,6 +37,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(config_path=conf_dir(), config_name="eval", version_base="1.3")
+@exit_on_explained_errors
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns AP (for sweeps over evaluation settings)."""
     from detr_lightning.utils.config_check import check_config

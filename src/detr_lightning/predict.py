@@ -37,6 +37,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from detr_lightning.utils import conf_dir
+from detr_lightning.utils.job_errors import exit_on_explained_errors
 
 log = logging.getLogger(__name__)
 BACKENDS = ("torch", "onnxruntime")
@@ -179,6 +180,7 @@ def predict(cfg: DictConfig) -> str:
 
 
 @hydra.main(config_path=conf_dir(), config_name="predict", version_base="1.3")
+@exit_on_explained_errors
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: refuses training-only overrides first (they would be ignored)."""
     from detr_lightning.utils.unread_overrides import refuse_unread_overrides

@@ -15,10 +15,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from detr_lightning.errors import ExplainedError
+
 DONE = "stage_done.json"  # written into a stage's folder when its training (and test) returned
 
 
-class StageResumeError(ValueError):
+class StageResumeError(ExplainedError, ValueError):
     """``ckpt_path`` given with ``stages`` does not lie in one of the config's stage folders."""
 
 

@@ -8,14 +8,11 @@ with ``stages`` (head=panoptic) trains each stage in turn (:mod:`detr_lightning.
 
 from __future__ import annotations
 
-import logging
-
 import hydra
 from omegaconf import DictConfig
 
 from detr_lightning.utils import conf_dir
-
-log = logging.getLogger(__name__)
+from detr_lightning.utils.job_errors import exit_on_explained_errors
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -33,8 +30,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # Heavy imports here, so that `--cfg job` / `--help` stay fast.
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from detr_lightning.checkpointing.interrupted import exit_on_sigterm
-    from detr_lightning.lit_module import NonFiniteLossError
+    from detr_lightning.checkpointing.interrupted import exit_on_sigterm, note_data_error
+    from detr_lightning.data.errors import DatasetFormatError, ImageLoadError
     from detr_lightning.utils.build import build_run, log_config, report
 
     datamodule, model, trainer = build_run(cfg)
@@ -43,8 +40,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         print(f"run directory: {cfg.paths.output_dir}")
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    except NonFiniteLossError as err:
-        log.error("%s", err)
+    except (ImageLoadError, DatasetFormatError) as err:  # a file read only in its batch
+        note_data_error(err, trainer)
         raise
     except SIGTERMException:  # a SystemExit(None): exit status 0 unless turned into 143
         exit_on_sigterm(trainer, "training")
@@ -65,6 +62,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(config_path=conf_dir(), config_name="train", version_base="1.3")
+@exit_on_explained_errors
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns AP so that sweepers (e.g. Optuna) can optimise it."""
     from detr_lightning.utils.config_check import check_config

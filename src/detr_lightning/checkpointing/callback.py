@@ -29,6 +29,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
+from detr_lightning.data.errors import DatasetFormatError, ImageLoadError
+
 log = logging.getLogger(__name__)
 
 
@@ -156,12 +158,11 @@ class BestAndLastCheckpoint(ModelCheckpoint):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        # SIGTERM (pre-emption, scancel): Lightning stops at a batch boundary, where the state
-        # is consistent; without this the resume loses everything since the last save.
-        if (
-            isinstance(exception, SIGTERMException)
-            and trainer.global_step != self._last_written_step
-        ):
+        # SIGTERM (pre-emption, scancel) stops at a batch boundary, and a bad image or panoptic
+        # PNG fails while its batch is read, before its step: the state is consistent at the
+        # last step. Without this the resume loses everything since the last save.
+        stops_cleanly = (SIGTERMException, ImageLoadError, DatasetFormatError)
+        if isinstance(exception, stops_cleanly) and trainer.global_step != self._last_written_step:
             self.write_last(trainer)
 
     # ------------------------------------------------------------------ what

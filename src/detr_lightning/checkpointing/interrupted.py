@@ -1,5 +1,5 @@
-"""What a training run stopped by SIGTERM (pre-emption, ``scancel``, ``docker stop``) says and
-returns. Lightning turns the signal into ``SIGTERMException`` at the next batch boundary, a
+"""What a training run stopped by SIGTERM (pre-emption, ``scancel``, ``docker stop``), or by a
+bad file found while fitting, says and returns. Lightning turns the signal into ``SIGTERMException`` at the next batch boundary, a
 ``SystemExit`` without a code: the run would end with status 0 and no word, as if it had
 finished. ``BestAndLastCheckpoint.on_exception`` has written ``last.ckpt`` at that step by then.
 """
@@ -26,19 +26,33 @@ def resume_hint() -> str:
     return "rerun the command with ckpt_path=last"
 
 
+def saved_checkpoint(trainer: L.Trainer) -> str:
+    """ "last.ckpt (global step S) is PATH", or that this run wrote none."""
+    callback = trainer.checkpoint_callback
+    step = getattr(callback, "last_written_step", None)
+    path = getattr(callback, "last_model_path", "") or ""
+    if step is not None and path:
+        return f"last.ckpt (global step {step}) is {path}"
+    return "no checkpoint was written by this run"
+
+
 def exit_on_sigterm(trainer: L.Trainer, during: str) -> NoReturn:
     """Name the step, the checkpoint a resume continues from and how; exit with status 143."""
     if trainer.is_global_zero:
-        callback = trainer.checkpoint_callback
-        step = getattr(callback, "last_written_step", None)
-        path = getattr(callback, "last_model_path", "") or ""
-        saved = (
-            f"last.ckpt (global step {step}) is {path}"
-            if step is not None and path
-            else "no checkpoint was written by this run"
-        )
         log.error(
             "SIGTERM: training stopped during %s at global step %d (epoch %d); %s. To resume, %s.",
-            during, trainer.global_step, trainer.current_epoch, saved, resume_hint(),
+            during, trainer.global_step, trainer.current_epoch, saved_checkpoint(trainer),
+            resume_hint(),
         )  # fmt: skip
     raise SystemExit(EXIT_SIGTERM)
+
+
+def note_data_error(err: BaseException, trainer: L.Trainer) -> None:
+    """Add to a data error found while fitting (an image or panoptic PNG read only in its batch)
+    where training stopped, the checkpoint ``BestAndLastCheckpoint.on_exception`` wrote, and how
+    to go on once the file is fixed."""
+    err.add_note(
+        f"Training stopped at global step {trainer.global_step} (epoch {trainer.current_epoch}); "
+        f"{saved_checkpoint(trainer)}. Once the file is fixed (or its record removed from the "
+        f"json), {resume_hint()} to go on from there."
+    )

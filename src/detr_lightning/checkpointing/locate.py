@@ -19,12 +19,14 @@ import glob
 import os
 from collections.abc import Sequence
 
+from detr_lightning.errors import ExplainedError
+
 # Lightning's own "last" means "the last checkpoint of *this* trainer's callbacks": in a fresh run
 # directory there is none, and it silently starts from scratch. These are resolved here instead.
 SPECIAL = ("last", "auto")
 
 
-class NoCheckpointFound(FileNotFoundError):
+class NoCheckpointFound(ExplainedError, FileNotFoundError):
     """``ckpt_path=last`` found no ``last.ckpt`` for the experiment."""
 
 

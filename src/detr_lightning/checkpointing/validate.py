@@ -20,9 +20,10 @@ from torch import nn
 
 # In detr/ so that the official loader shares them (detr/ imports nothing from here).
 from detr_lightning.detr.state_dicts import listing, state_dict_differences
+from detr_lightning.errors import ExplainedError
 
 
-class CheckpointLoadError(ValueError):
+class CheckpointLoadError(ExplainedError, ValueError):
     """A checkpoint cannot be used; the message names the file, the reason and the fix."""
 
 

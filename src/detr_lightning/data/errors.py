@@ -5,10 +5,12 @@ process by calling ``type(exc)(message)``, so the message must name the file, th
 fix on its own.
 """
 
+from detr_lightning.errors import ExplainedError
 
-class DatasetFormatError(ValueError):
+
+class DatasetFormatError(ExplainedError, ValueError):
     """An annotation file or dataset folder is missing, malformed or inconsistent."""
 
 
-class ImageLoadError(RuntimeError):
+class ImageLoadError(ExplainedError, RuntimeError):
     """An image referenced by an annotation file is missing, unreadable, corrupt or truncated."""

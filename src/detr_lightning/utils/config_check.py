@@ -20,6 +20,7 @@ from omegaconf.errors import (
     OmegaConfBaseException,
 )
 
+from detr_lightning.errors import ExplainedError
 from detr_lightning.utils.ckpt_resolution import NEEDS_WEIGHTS as _NEEDS_WEIGHTS
 from detr_lightning.utils.ckpt_resolution import resolve_special_ckpt_path
 from detr_lightning.utils.config_rules import DATA_RULES, ENTRY_RULES, size_rules
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 _ABSENT = object()
 
 
-class ConfigError(ValueError):
+class ConfigError(ExplainedError, ValueError):
     """One or more config values are invalid; the message lists each key with its fix."""
 
 

@@ -18,10 +18,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from detr_lightning.errors import ExplainedError
 from detr_lightning.utils.distributed import reduce_tensor
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(ExplainedError, RuntimeError):
     """A prediction, training loss or gradient became NaN/inf; raised before the optimizer step."""
 
 

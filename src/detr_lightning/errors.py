@@ -1,0 +1,13 @@
+"""The base of the errors whose message is the whole story.
+
+Configuration, data, checkpoint and divergence errors name what is wrong, where (the key, the
+file, the record) and the fix. The entry points print such a message alone, without the
+traceback through Lightning and Hydra that would bury it (:mod:`detr_lightning.utils.job_errors`;
+``HYDRA_FULL_ERROR=1`` shows the traceback). Standard library only.
+"""
+
+from __future__ import annotations
+
+
+class ExplainedError(Exception):
+    """An error whose message (and notes) tells the user what to change."""

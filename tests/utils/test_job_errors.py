@@ -1,0 +1,48 @@
+"""Entry points end an explained error with its message alone (and its notes), exit status 1;
+HYDRA_FULL_ERROR=1 keeps the traceback; other errors pass through untouched."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from detr_lightning.data.errors import DatasetFormatError, ImageLoadError
+from detr_lightning.errors import ExplainedError
+from detr_lightning.utils.config_check import ConfigError
+from detr_lightning.utils.job_errors import exit_on_explained_errors
+
+
+def _failing(err: BaseException):
+    @exit_on_explained_errors
+    def main(cfg: object) -> None:
+        raise err
+
+    return main
+
+
+def test_an_explained_error_is_logged_alone_with_its_notes_and_exits_1(caplog, monkeypatch):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    err = ImageLoadError("Cannot decode image a.jpg (listed in t.json). Fix: re-export it.")
+    err.add_note("Training stopped at global step 3 (epoch 0); last.ckpt (global step 3) is x.")
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as stop:
+        _failing(err)(None)
+    assert stop.value.code == 1
+    assert caplog.messages == [
+        "ImageLoadError: Cannot decode image a.jpg (listed in t.json). Fix: re-export it.\n"
+        "Training stopped at global step 3 (epoch 0); last.ckpt (global step 3) is x.\n"
+        "(HYDRA_FULL_ERROR=1 shows the traceback)"
+    ]
+
+
+@pytest.mark.parametrize("kind", [ConfigError, DatasetFormatError, ImageLoadError])
+def test_the_projects_named_errors_are_explained_and_others_pass(kind, monkeypatch) -> None:
+    assert issubclass(kind, ExplainedError)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit):
+        _failing(kind("bad"))(None)
+    with pytest.raises(KeyError):  # a bug keeps its traceback
+        _failing(KeyError("x"))(None)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(kind, match="bad"):
+        _failing(kind("bad"))(None)
