@@ -57,3 +57,24 @@ def test_annotations_follow_their_image_when_the_json_lists_ids_unsorted(tmp_pat
         image_id = int(ds[idx][1]["image_id"])
         raw = ds.raw_target(idx)["boxes"].as_subclass(torch.Tensor)
         assert raw.tolist() == [[float(image_id), 2.0, image_id + 5.0, 7.0]]
+
+
+def test_two_image_records_on_one_file_are_refused(tmp_path):
+    """Image ids 3 and 77 both on img0.jpg: each record would get only its own id's objects
+    (a perfect detector then loses AP). The error names both ids, the file, the json and the fix."""
+    import pytest
+    from coco_files import coco_dict, write_image, write_json
+
+    from detr_lightning.data.coco import CocoDetectionDataset
+    from detr_lightning.data.errors import DatasetFormatError
+
+    write_image(tmp_path / "img" / "img0.jpg", 40, 30)
+    images = [{"id": i, "file_name": "img0.jpg", "width": 40, "height": 30} for i in (3, 77)]
+    anns = [{"id": 10 + k, "image_id": i, "category_id": 1, "bbox": [1, 1, 5, 5]}
+            for k, i in enumerate((3, 77))]  # fmt: skip
+    ann = write_json(tmp_path / "val.json", coco_dict(images, anns))
+    with pytest.raises(DatasetFormatError) as err:
+        CocoDetectionDataset(tmp_path / "img", ann)
+    msg = str(err.value)
+    assert str(ann) in msg and "image ids 3 and 77" in msg and '"img0.jpg"' in msg
+    assert "Fix: merge the two records" in msg

@@ -439,3 +439,12 @@ def test_panoptic_png_with_an_alpha_channel_is_read_like_rgb(tmp_path):
     assert torch.equal(ds.read_id_map(0), torch.from_numpy(ids))
     _, target = ds[0]
     assert target["masks"].sum().item() == 12 and target["labels"].tolist() == [0]
+
+
+def test_two_image_records_on_one_file_are_refused(tiny: Path) -> None:
+    """Images 1 and 2 of the panoptic json both named 000001.jpg: refused like the instances
+    json (one shared check), naming both ids, the file name and the merge fix."""
+    edited_json(tiny, lambda d: d["images"][1].update(file_name="000001.jpg"))
+    with pytest.raises(DatasetFormatError, match=r'panoptic_train\.json: image ids 1 and 2 both '
+                                                 r'have "file_name" "000001\.jpg".* Fix: merge'):  # fmt: skip
+        dataset(tiny)

@@ -14,7 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from detr_lightning.data.coco_records import check_records, check_unique_ids
+from detr_lightning.data.coco_records import (
+    check_records,
+    check_unique_file_names,
+    check_unique_ids,
+)
 from detr_lightning.data.errors import DatasetFormatError
 
 MAX_SEGMENT_ID = 256**3 - 1  # three 8-bit channels; 0 is VOID (unlabeled pixels)
@@ -94,6 +98,7 @@ def build_panoptic_index(
     check_records(data["images"], "images", ann_file)
     _check_categories(data["categories"], ann_file)
     check_unique_ids((im["id"] for im in data["images"]), "images", ann_file)
+    check_unique_file_names(data["images"], ann_file)
     images = {im["id"]: im for im in data["images"]}
     json_cats = {int(c["id"]) for c in data["categories"]}
     lookup = {int(c): i for i, c in enumerate(label_to_category_id)}

@@ -79,6 +79,23 @@ def check_unique_ids(ids: Iterable[int], section: str, ann_file: Path) -> None:
         seen.add(value)
 
 
+def check_unique_file_names(images: list[dict], ann_file: Path) -> None:
+    """Two image records on one file would split that image's objects between them: each
+    sample would train on part of its objects, and evaluation would score a perfect detector's
+    every box as a false positive on one record or the other."""
+    first: dict[str, object] = {}
+    for rec in images:
+        name = rec["file_name"]
+        if name in first:
+            raise DatasetFormatError(
+                f'{ann_file}: image ids {first[name]} and {rec["id"]} both have "file_name" '
+                f'"{name}"; each would get only the annotations that name its own id. Fix: merge '
+                f"the two records into one (point the annotations of image id {rec['id']} at "
+                f"image id {first[name]} and remove the second record)."
+            )
+        first[name] = rec["id"]
+
+
 def check_annotation_kind(data: dict, ann_file: Path, kind: str) -> None:
     """An instances json given where a panoptic one is expected, or the reverse, is named as
     such (its first annotation tells), rather than failing on a field the other kind lacks."""
