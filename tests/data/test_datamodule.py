@@ -205,3 +205,30 @@ def test_the_training_order_follows_the_run_seed(tmp_path):
         sampler = loader.batch_sampler.sampler if grouped else loader.sampler
         assert isinstance(sampler, EpochRandomSampler) and sampler.seed == 5
         assert not isinstance(dm.val_dataloader().sampler, EpochRandomSampler)
+
+
+def test_a_split_naming_category_ids_otherwise_than_training_is_refused(tmp_path, caplog):
+    """train.json 1=square, 2=disc; val.json 1=disc, 2=square (ids swapped names): labels follow
+    ids, so val would be scored against the wrong classes. Refused, naming each id with both
+    names and both files. A checkpoint whose names differ from the data's is only warned about
+    (its names are used)."""
+    box = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10]}
+    train_cats = [{"id": 1, "name": "square"}, {"id": 2, "name": "disc"}]
+    tr = write_coco(tmp_path / "tr", [(64, 48)], [box], train_cats, name="train.json")
+    va = write_coco(tmp_path / "va", [(64, 48)], [box], train_cats[::-1], name="val.json")
+    va[1].write_text(va[1].read_text().replace('"square"', '"tmp"').replace('"disc"', '"square"')
+                     .replace('"tmp"', '"disc"'))  # fmt: skip
+    with pytest.raises(DatasetFormatError) as err:
+        DetrDataModule(*tr, *va, num_workers=0, **TINY).setup("fit")
+    msg = str(err.value)
+    assert f"id 1: 'disc' in {va[1]}, 'square' in {tr[1]}" in msg
+    assert f"id 2: 'square' in {va[1]}, 'disc' in {tr[1]}" in msg
+    assert "Fix: use one categories list" in msg
+
+    dm = DetrDataModule(*tr, *tr, num_workers=0, **TINY)
+    with caplog.at_level(logging.WARNING):
+        dm.load_state_dict({"label_to_category_id": [1, 2], "categories": [
+            {"id": 1, "name": "square"}, {"id": 2, "name": "circle"}]})  # fmt: skip
+    assert f"id 2: 'disc' in {tr[1]}, 'circle' in the checkpoint" in caplog.text
+    assert "id 1:" not in caplog.text and dm.category_names == ["square", "circle"]
+    dm.setup("fit")  # the data's own splits still agree with each other

@@ -11,7 +11,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from detr_lightning.data import eval_transform_record
-from detr_lightning.data.categories import is_thing_per_label, label_map_from_categories
+from detr_lightning.data.categories import (
+    check_same_names,
+    describe_name_differences,
+    differing_names,
+    is_thing_per_label,
+    label_map_from_categories,
+)
 from detr_lightning.data.coco import CocoDetectionDataset, Transform
 from detr_lightning.data.coco_json import read_coco_json
 from detr_lightning.data.coco_panoptic import CocoPanopticDataset
@@ -94,6 +100,7 @@ class DetrDataModule(L.LightningDataModule):
         self.keep_empty, self.coco_id_space = keep_empty, coco_id_space
         self.generate_shapes = dict(generate_shapes) if generate_shapes else None
         self.categories = self._read_categories(Path(train_ann))
+        self._train_categories = list(self.categories)  # the other splits' names must match
         self.label_to_category_id = label_map_from_categories(self.categories, coco_id_space)
         self.datasets: dict[str, Dataset] = {}
 
@@ -128,7 +135,7 @@ class DetrDataModule(L.LightningDataModule):
         images, ann = self.paths[split]
         if images is None or ann is None:
             return None
-        return self.dataset_class(
+        dataset = self.dataset_class(
             images,
             ann,
             transforms=self.train_transforms if split == "train" else self.val_transforms,
@@ -136,6 +143,8 @@ class DetrDataModule(L.LightningDataModule):
             keep_empty=self.keep_empty or split != "train",
             **self._split_kwargs(split),
         )
+        check_same_names(dataset.categories, ann, self._train_categories, self.paths["train"][1])
+        return dataset
 
     def _split_kwargs(self, split: str) -> dict[str, Any]:
         """The dataset class's own arguments for ``split``."""
@@ -207,7 +216,16 @@ class DetrDataModule(L.LightningDataModule):
                         "(%d classes).", len(mapping), self.num_classes)  # fmt: skip
             self.datasets.clear()
         self.label_to_category_id = mapping
-        self.categories = list(state_dict.get("categories", self.categories))
+        names = list(state_dict.get("categories", self.categories))
+        if diffs := differing_names(self.categories, names):
+            log.warning(
+                "The checkpoint names %d category id(s) otherwise than the data (%s); its names "
+                "are used. If the data's classes changed meaning, fine-tuning or evaluating this "
+                "checkpoint on it mixes classes: fix the categories of the data or start from "
+                "another checkpoint.", len(diffs),
+                describe_name_differences(diffs, str(self.paths["train"][1]), "the checkpoint"),
+            )  # fmt: skip
+        self.categories = names
         saved = state_dict.get(eval_transform_record.KEY)
         eval_transform_record.warn_if_different(saved, self.val_transforms_record, "the checkpoint")
 
