@@ -78,3 +78,23 @@ def test_two_image_records_on_one_file_are_refused(tmp_path):
     msg = str(err.value)
     assert str(ann) in msg and "image ids 3 and 77" in msg and '"img0.jpg"' in msg
     assert "Fix: merge the two records" in msg
+
+
+def test_two_categories_with_one_name_are_refused(tmp_path):
+    """Category ids 1 and 2 both named "square" (the second with a trailing space): two
+    classes that predictions and drawings cannot tell apart. Refused naming both ids, the name
+    and the file."""
+    import pytest
+    from coco_files import write_coco
+
+    from detr_lightning.data.coco import CocoDetectionDataset
+    from detr_lightning.data.errors import DatasetFormatError
+
+    box = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10]}
+    cats = [{"id": 1, "name": "square"}, {"id": 2, "name": "square "}]
+    img_dir, ann = write_coco(tmp_path, [(64, 48)], [box], cats)
+    with pytest.raises(DatasetFormatError) as err:
+        CocoDetectionDataset(img_dir, ann)
+    msg = str(err.value)
+    assert msg.startswith(f'{ann}: category ids 1 and 2 are both named "square"')
+    assert "Fix: rename one of them" in msg

@@ -448,3 +448,15 @@ def test_two_image_records_on_one_file_are_refused(tiny: Path) -> None:
     with pytest.raises(DatasetFormatError, match=r'panoptic_train\.json: image ids 1 and 2 both '
                                                  r'have "file_name" "000001\.jpg".* Fix: merge'):  # fmt: skip
         dataset(tiny)
+
+
+def test_two_categories_with_one_name_are_refused(tiny: Path) -> None:
+    """The panoptic json's categories go through the same check as the instances json's."""
+
+    def rename(d: dict) -> None:
+        d["categories"][1]["name"] = d["categories"][0]["name"]
+
+    edited_json(tiny, rename)
+    with pytest.raises(DatasetFormatError, match=r"panoptic_train\.json: category ids \d+ and \d+ "
+                                                 r'are both named ".+"'):  # fmt: skip
+        dataset(tiny)

@@ -16,6 +16,7 @@ from detr_lightning.data.coco_records import (
     REQUIRED_KEYS,
     check_annotation_kind,
     check_records,
+    check_unique_category_names,
     check_unique_file_names,
     check_unique_ids,
 )
@@ -145,6 +146,7 @@ def build_index(
         check_records(data[section], section, ann_file)
         check_unique_ids((r["id"] for r in data[section]), section, ann_file)
     check_unique_file_names(data["images"], ann_file)
+    check_unique_category_names(data["categories"], ann_file)
     images, anns = data["images"], data["annotations"]
     image_ids = np.array([im["id"] for im in images], dtype=np.int64)
     sizes = np.array([[im["height"], im["width"]] for im in images], dtype=np.int64).reshape(-1, 2)

@@ -16,6 +16,7 @@ import numpy as np
 
 from detr_lightning.data.coco_records import (
     check_records,
+    check_unique_category_names,
     check_unique_file_names,
     check_unique_ids,
 )
@@ -52,6 +53,7 @@ def _int_field(rec: object, name: str, where: str, default: int | None = None) -
 def _check_categories(categories: list, ann_file: Path) -> None:
     check_records(categories, "categories", ann_file)
     check_unique_ids((c["id"] for c in categories), "categories", ann_file)
+    check_unique_category_names(categories, ann_file)
     for i, cat in enumerate(categories):
         where = f"{ann_file}: categories[{i}] (id={cat['id']})"
         if _int_field(cat, "isthing", where) not in (0, 1):

@@ -79,6 +79,22 @@ def check_unique_ids(ids: Iterable[int], section: str, ann_file: Path) -> None:
         seen.add(value)
 
 
+def check_unique_category_names(categories: list[dict], ann_file: Path) -> None:
+    """Two categories with one name (surrounding spaces ignored) are two classes that the
+    predictions, the per-class metrics and the drawings cannot tell apart."""
+    first: dict[str, object] = {}
+    for rec in categories:
+        name = rec["name"].strip()
+        if name in first:
+            raise DatasetFormatError(
+                f'{ann_file}: category ids {first[name]} and {rec["id"]} are both named "{name}"; '
+                f"predictions, per-class metrics and drawings could not tell them apart. Fix: "
+                f"rename one of them, or merge them into one category (point the annotations of "
+                f"category id {rec['id']} at category id {first[name]} and remove it)."
+            )
+        first[name] = rec["id"]
+
+
 def check_unique_file_names(images: list[dict], ann_file: Path) -> None:
     """Two image records on one file would split that image's objects between them: each
     sample would train on part of its objects, and evaluation would score a perfect detector's
