@@ -22,7 +22,7 @@ def test_sub_pixel_overhangs_get_no_format_hint(tmp_path, caplog):
         ds = CocoDetectionDataset(img_dir, ann)
     assert ds.num_clipped_boxes == 4
     warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
-    assert "4 boxes reaching outside their image were clipped" in warning
+    assert "4 boxes reaching outside their image (annotation ids 1, 2, 3, 4) are scored" in warning
     assert "[x1, y1, x2, y2]" not in warning
 
 

@@ -232,3 +232,17 @@ def test_a_split_naming_category_ids_otherwise_than_training_is_refused(tmp_path
     assert f"id 2: 'disc' in {tr[1]}, 'circle' in the checkpoint" in caplog.text
     assert "id 1:" not in caplog.text and dm.category_names == ["square", "circle"]
     dm.setup("fit")  # the data's own splits still agree with each other
+
+
+def test_a_test_split_on_the_val_files_is_read_and_warned_about_once(tmp_path, caplog):
+    """val and test name the same json and folder (a box reaching outside its image): one
+    dataset serves both, so the json's warning is printed once, not twice."""
+    box = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10]}
+    tr = write_coco(tmp_path / "tr", [(64, 48)], [box])
+    va = write_coco(tmp_path / "va", [(64, 48)], [{**box, "bbox": [60, 2, 10, 10]}])
+    dm = DetrDataModule(*tr, *va, *va, num_workers=0, **TINY)
+    with caplog.at_level(logging.WARNING, logger="detr_lightning.data.coco"):
+        dm.setup("fit")
+        dm.setup("test")
+    assert dm.datasets["test"] is dm.datasets["val"]
+    assert [r.getMessage().count(str(va[1])) for r in caplog.records] == [1]

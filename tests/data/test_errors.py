@@ -257,7 +257,7 @@ def test_corner_boxes_get_a_format_hint(img_dir, caplog):
     with caplog.at_level(logging.WARNING, logger="detr_lightning.data.coco"):
         make()
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert "2 boxes reaching outside their image were clipped" in warning
+    assert "2 boxes reaching outside their image (annotation ids 2, 3) are scored" in warning
     assert "2 of 3 boxes reach more than a pixel outside" in warning
     assert "[x1, y1, x2, y2], convert them to COCO's [x, y, width, height]" in warning
 

@@ -22,6 +22,8 @@ from detr_lightning.data.coco_records import (
 )
 from detr_lightning.data.errors import DatasetFormatError
 
+SHOWN_IDS = 10  # annotation ids a warning names (then "...")
+
 
 @dataclass
 class CocoIndex:
@@ -37,7 +39,8 @@ class CocoIndex:
     area: np.ndarray  # float32 [M] json "area" (clipped box area when absent)
     ann_ids: np.ndarray  # int64 [M]
     stats: dict[str, int] = field(default_factory=dict)
-    degenerate_ids: list[int] = field(default_factory=list)
+    degenerate_ids: list[int] = field(default_factory=list)  # the first few, for the warning
+    clipped_ids: list[int] = field(default_factory=list)  # the first few, for the warning
     # Evaluation splits: the json's own boxes (unclipped xyxy, those without area included),
     # "labels", "iscrowd", "area", and "offsets" per image: what pycocotools scores against.
     ground_truth: dict[str, np.ndarray] | None = None
@@ -204,6 +207,7 @@ def build_index(
         area=area[sel],
         ann_ids=ann_ids[sel],
         stats=stats,
-        degenerate_ids=ann_ids[degenerate][:10].tolist(),
+        degenerate_ids=ann_ids[degenerate][:SHOWN_IDS].tolist(),
+        clipped_ids=ann_ids[(beyond > 0) & ~degenerate][:SHOWN_IDS].tolist(),
         ground_truth=ground_truth,
     )

@@ -146,6 +146,13 @@ class DetrDataModule(L.LightningDataModule):
         check_same_names(dataset.categories, ann, self._train_categories, self.paths["train"][1])
         return dataset
 
+    def _same_as_val(self, split: str) -> bool:
+        """Whether ``split`` names the validation split's files (a common layout: the test
+        split is the validation json again), so that the val dataset can serve it."""
+        files = [[str(v) for v in (*self.paths[s], *self._split_kwargs(s).values())]
+                 for s in (split, "val")]  # fmt: skip
+        return files[0] == files[1]
+
     def _split_kwargs(self, split: str) -> dict[str, Any]:
         """The dataset class's own arguments for ``split``."""
         return {"train": split == "train"}
@@ -155,6 +162,8 @@ class DetrDataModule(L.LightningDataModule):
             stage or "", ("train", "val", "test")
         )
         for split in wanted:
+            if split == "test" and "val" in self.datasets and self._same_as_val("test"):
+                self.datasets["test"] = self.datasets["val"]  # read (and warned about) once
             if split not in self.datasets and (dataset := self._build(split)) is not None:
                 dataset.require_objects(split)
                 if split != "train":  # read after a training epoch: a bad file would cost it
