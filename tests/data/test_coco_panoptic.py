@@ -264,7 +264,9 @@ def test_a_json_area_other_than_the_pngs_pixel_count_is_refused(tiny: Path, area
 
 def test_category_and_folder_errors_give_the_fix(tiny: Path) -> None:
     edited_json(tiny, lambda d: d["categories"][0].update(isthing=2))
-    with pytest.raises(DatasetFormatError, match=r'"isthing" = 2; expected 0 or 1\. Fix: 1 for '):
+    with pytest.raises(
+        DatasetFormatError, match=r'"isthing" = 2; expected 0 or 1\. Fix: "isthing": 1 for '
+    ):
         dataset(tiny)
     edited_json(tiny, lambda d: d["categories"][0].update(isthing=1))
     with pytest.raises(FileNotFoundError, match=r"Panoptic PNG folder not found: .*elsewhere .*"
@@ -459,4 +461,14 @@ def test_two_categories_with_one_name_are_refused(tiny: Path) -> None:
     edited_json(tiny, rename)
     with pytest.raises(DatasetFormatError, match=r"panoptic_train\.json: category ids \d+ and \d+ "
                                                  r'are both named ".+"'):  # fmt: skip
+        dataset(tiny)
+
+
+def test_a_missing_isthing_is_named_with_its_meaning(tiny: Path) -> None:
+    """A category without "isthing" reads as missing, with the 1 = thing, 0 = stuff hint."""
+    edited_json(tiny, lambda d: d["categories"][0].pop("isthing"))
+    with pytest.raises(DatasetFormatError, match=r'categories\[0\] \(id=\d+\) has no "isthing" '
+                                                 r'field \(missing\); expected int\. Fix: '
+                                                 r'"isthing": 1 for a class of countable '
+                                                 r"objects \(thing\), 0 for"):  # fmt: skip
         dataset(tiny)

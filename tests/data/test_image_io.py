@@ -143,3 +143,17 @@ def test_the_limit_is_raised_deliberately_by_environment(tmp_path, monkeypatch) 
     finally:
         monkeypatch.delenv(image_io.PIXEL_LIMIT_ENV)
         importlib.reload(image_io)
+
+
+def test_a_panoptic_png_of_another_size_is_named_as_the_problem(tmp_path):
+    """The images' headers are checked first, so a PNG whose size is not the json's is the PNG's
+    fault: the fix says to re-export the PNG, not to edit the json's width/height (which would
+    then disagree with the image). Images keep the width/height hint."""
+    png = _save(Image.new("RGB", (50, 40)), tmp_path / "seg.png")
+    with pytest.raises(ImageLoadError) as err:
+        check_image_headers([(png, (183, 171))], "pan.json", "panoptic PNGs")
+    msg = str(err.value)
+    assert "seg.png is 50x40, the json says 183x171" in msg
+    assert "re-export each at its image's size" in msg and "correct their width" not in msg
+    with pytest.raises(ImageLoadError, match=r"correct their width/height in pan\.json"):
+        check_image_headers([(png, (183, 171))], "pan.json", "images")

@@ -77,11 +77,21 @@ def read_coco_json(ann_file: str | Path, kind: str = "instances") -> dict:
             raise DatasetFormatError(
                 f'{ann_file}: top-level key "{key}" {problem}. A COCO {words} file needs '
                 f'"images", "annotations" and "categories" lists. Fix: use a COCO {words} json '
-                f'(e.g. {words}_val2017.json); for a split without labels add "{key}": [].'
+                f"(e.g. {words}_val2017.json), or {_KEY_FIX[key]}"
             )
     if kind != "any":
         check_annotation_kind(data, ann_file, kind)
     return data
+
+
+# What each top-level list needs when it is absent: only a split without labels gets by with an
+# empty "annotations"; the categories define the classes and must be the training json's.
+_KEY_FIX = {
+    "images": 'list every image under "images" (id, file_name, width, height).',
+    "annotations": 'for a split without labels, add "annotations": [].',
+    "categories": 'add the training json\'s "categories" list ([{"id": 1, "name": "..."}, ...]; '
+    "the same ids and names in every split).",
+}
 
 
 def _unknown_ref_error(ann_file: Path, ann_ids, bad: np.ndarray, ref: str, values, fix: str):

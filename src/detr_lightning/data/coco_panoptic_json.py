@@ -43,10 +43,15 @@ class PanopticIndex:
     stats: dict[str, int] = field(default_factory=dict)
 
 
-def _int_field(rec: object, name: str, where: str, default: int | None = None) -> int:
+def _int_field(
+    rec: object, name: str, where: str, default: int | None = None, fix: str = _FIX
+) -> int:
+    """``rec[name]`` as an int; an absent field (without ``default``) is named as missing."""
     value = rec.get(name, default) if isinstance(rec, dict) else None
     if not isinstance(value, int) or isinstance(value, bool):
-        raise DatasetFormatError(f'{where} has field "{name}" = {value!r}; expected int. {_FIX}')
+        missing = value is None and (not isinstance(rec, dict) or name not in rec)
+        found = f'has no "{name}" field (missing)' if missing else f'has field "{name}" = {value!r}'
+        raise DatasetFormatError(f"{where} {found}; expected int. {fix}")
     return value
 
 
@@ -54,13 +59,13 @@ def _check_categories(categories: list, ann_file: Path) -> None:
     check_records(categories, "categories", ann_file)
     check_unique_ids((c["id"] for c in categories), "categories", ann_file)
     check_unique_category_names(categories, ann_file)
+    fix = ('Fix: "isthing": 1 for a class of countable objects (thing), 0 for an amorphous '
+           "region (stuff).")  # fmt: skip
     for i, cat in enumerate(categories):
         where = f"{ann_file}: categories[{i}] (id={cat['id']})"
-        if _int_field(cat, "isthing", where) not in (0, 1):
-            raise DatasetFormatError(
-                f'{where} has "isthing" = {cat["isthing"]}; expected 0 or 1. Fix: 1 for a class '
-                "of countable objects (thing), 0 for an amorphous region (stuff)."
-            )
+        if _int_field(cat, "isthing", where, fix=fix) not in (0, 1):
+            raise DatasetFormatError(f'{where} has "isthing" = {cat["isthing"]}; expected 0 or 1. '
+                                     f"{fix}")  # fmt: skip
 
 
 def _segment_rows(ann: dict, where: str) -> list[tuple[int, int, int, float]]:

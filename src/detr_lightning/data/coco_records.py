@@ -58,11 +58,16 @@ def _record_error(ann_file: Path, section: str, i: int, rec: object, problem: st
     raise DatasetFormatError(f"{ann_file}: {section}[{i}] (id={rid}) {problem}. {_FIX}")
 
 
-def _field_error(ann_file, section, i, rec, name, value, kind) -> None:
+def _field_error(
+    ann_file: Path, section: str, i: int, rec: object, name: str, value: object, kind: type
+) -> None:
+    """A field that is absent reads as missing, not as ``= None`` (which a json can hold too)."""
     want = (
         "4 finite numbers [x, y, w, h]" if name == "bbox" else getattr(kind, "__name__", "a number")
     )
-    _record_error(ann_file, section, i, rec, f'has field "{name}" = {value!r}; expected {want}')
+    found = (f'has no "{name}" field (missing)' if not isinstance(rec, dict) or name not in rec
+             else f'has field "{name}" = {value!r}')  # fmt: skip
+    _record_error(ann_file, section, i, rec, f"{found}; expected {want}")
 
 
 def check_unique_ids(ids: Iterable[int], section: str, ann_file: Path) -> None:

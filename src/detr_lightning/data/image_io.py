@@ -138,8 +138,12 @@ def check_image_headers(
             bad.append(f"{path} is {size[0]}x{size[1]}, the json says {expected[0]}x{expected[1]}")
     if bad:
         shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+        # A PNG is checked against the json's size only after its image agreed with it (the
+        # images come first): the PNG, not the json, is then what to correct.
+        sizes = ("re-export each at its image's size (the json's width/height match the image;"
+                 " a PNG of another size was resized or belongs to another image)"
+                 if "PNG" in what else f"correct their width/height in {ann_file}")  # fmt: skip
         raise ImageLoadError(
             f"{len(bad)} {what} listed in {ann_file} cannot be used: {shown}. Fix: re-download "
-            f"or re-export them, correct their width/height in {ann_file}, or remove them and "
-            f"their annotations from it."
+            f"or re-export them, {sizes}, or remove them and their annotations from it."
         )

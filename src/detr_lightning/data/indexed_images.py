@@ -47,11 +47,25 @@ def check_files_exist(folder: Path, names: Sequence[str], ann_file: Path, what: 
         shown = ", ".join(str(p) for p in missing[:5])
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise ImageLoadError(
-            f"{len(missing)} {what} listed in {ann_file} not found: {shown}{more}. Fix: restore "
-            f"them (an interrupted download or unzip is the usual cause), point the data config "
-            f"at the folder that holds them, or remove those images and their annotations from "
-            f"{ann_file}."
+            f"{len(missing)} {what} listed in {ann_file} not found: {shown}{more}. Fix: "
+            + _backslash_hint(names, set(missing), folder)
+            + f"restore them (an interrupted download or unzip is the usual cause), point the "
+            f"data config at the folder that holds them, or remove those images and their "
+            f"annotations from {ann_file}."
         )
+
+
+def _backslash_hint(names: Sequence[str], missing: set[Path], folder: Path) -> str:
+    """A Windows-made json's ``sub\\img.jpg`` is one odd file name on POSIX, not a folder and a
+    file: say so first, as no restore would help."""
+    slashed = [name for name in names if "\\" in name and folder / name in missing]
+    if not slashed:
+        return ""
+    return (
+        f"{len(slashed)} of these file_names contain a backslash (e.g. {slashed[0]}), the Windows "
+        f"path separator, which is a plain character of the file name here: write them with "
+        f"forward slashes in the json (e.g. {slashed[0].replace(chr(92), '/')}); otherwise "
+    )
 
 
 class IndexedImageDataset(Dataset):
