@@ -157,3 +157,38 @@ def test_a_panoptic_png_of_another_size_is_named_as_the_problem(tmp_path):
     assert "re-export each at its image's size" in msg and "correct their width" not in msg
     with pytest.raises(ImageLoadError, match=r"correct their width/height in pan\.json"):
         check_image_headers([(png, (183, 171))], "pan.json", "images")
+
+
+def _png16(path, values: list[int]):
+    """A 16-bit grayscale PNG (PIL mode "I;16"), one row holding ``values``."""
+    img = Image.new("I;16", (len(values), 1))
+    for x, value in enumerate(values):
+        img.putpixel((x, 0), value)
+    return _save(img, path)
+
+
+def test_16_bit_images_share_one_rule_and_narrow_data_is_warned_once(tmp_path, monkeypatch, caplog):
+    """Every 16-bit image maps by value >> 8 (hand-computed: 300 -> 1, 4000 -> 15, 40000 -> 156,
+    65535 -> 255), whatever its brightest pixel: value 255 is 0 beside 300 and beside 65535
+    alike (it was 255 in an image whose peak was 255). Images peaking below 4096 (12-bit data)
+    are warned about once, naming the first such file."""
+    import logging
+
+    monkeypatch.setattr(image_io, "_narrow_warned", False)
+    cases = {
+        "peak255.png": ([255, 0], [0, 0]),
+        "peak300.png": ([255, 300], [0, 1]),
+        "12bit.png": ([4000, 255], [15, 0]),
+        "full.png": ([65535, 40000, 255], [255, 156, 0]),
+    }
+    with caplog.at_level(logging.WARNING, logger="detr_lightning.data.image_io"):
+        for name, (values, expected) in cases.items():
+            path = _png16(tmp_path / name, values)
+            assert Image.open(path).mode == "I;16"
+            out = np.asarray(load_rgb_image(path, "x.json"))
+            assert out[0, :, 0].tolist() == expected and (out[..., 0] == out[..., 2]).all()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert (
+        len(warnings) == 1 and "peak255.png is 16-bit with a brightest value of 255" in warnings[0]
+    )
+    assert "value >> 4" in warnings[0]

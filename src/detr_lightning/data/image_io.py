@@ -1,5 +1,6 @@
 """Image decoding: any PIL mode to RGB, EXIF orientation applied, errors that name the file."""
 
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -10,9 +11,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from detr_lightning.data.errors import ImageLoadError
 
+log = logging.getLogger(__name__)
 # Modes holding more than 8 bits per sample; PIL's convert("RGB") would saturate them.
 _WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 _EXIF_ORIENTATION = 0x0112
+# A wide image whose maximum is below 2**12 holds at most 12 bits of data: warned once.
+_NARROW_PEAK = 4096
+_narrow_warned = False
 # PIL refuses images over 2 x Image.MAX_IMAGE_PIXELS (89.5 M by default) as possible decompression
 # bombs. A run on genuinely huge images raises the limit deliberately with this variable (read
 # once here; DataLoader workers inherit it): a pixel count, or "none" to disable the check.
@@ -42,18 +47,40 @@ def decompression_bomb_message(path: Path, ann_file: str | Path, err: Exception)
     )
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def _to_rgb(img: Image.Image, path: Path | None = None) -> Image.Image:
+    """``img`` as RGB. Wide (16-bit, 32-bit int, float) grayscale always maps the 16-bit range
+    to 8 bits, ``value >> 8`` (0..65535 -> 0..255; values outside it clipped first): one rule
+    for every image, so that brightness means the same in each (a rule that looked at each
+    image's brightest pixel scaled one image and not the next). Data of 12 bits or fewer
+    stored in 16 (an image whose maximum is below 4096) comes out nearly black under that
+    rule: warned once per process, naming the file, so that it can be converted to 8 bits
+    beforehand at its own range (12-bit: ``value >> 4``)."""
     if img.mode == "RGB":
         return img
     if img.mode in _WIDE_MODES:
-        arr = np.asarray(img, dtype=np.float32)
-        peak = float(arr.max()) if arr.size else 0.0
-        scale = 255.0 / 65535.0 if peak > 255.0 else 1.0
-        img = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), mode="L")
+        arr = np.clip(np.asarray(img, dtype=np.float64), 0, 65535).astype(np.uint16)
+        if arr.size and int(arr.max()) < _NARROW_PEAK:
+            _warn_narrow(path, int(arr.max()))
+        img = Image.fromarray((arr >> 8).astype(np.uint8), mode="L")
     elif img.mode == "P" and "transparency" in img.info:
         # Going through RGBA avoids PIL's warning about palette transparency; alpha is dropped.
         img = img.convert("RGBA")
     return img.convert("RGB")
+
+
+def _warn_narrow(path: Path | None, peak: int) -> None:
+    global _narrow_warned
+    if _narrow_warned:
+        return
+    _narrow_warned = True
+    log.warning(
+        "Image %s is 16-bit with a brightest value of %d, below %d: 12-bit (or narrower) data "
+        "stored in 16 bits. Wide images map 0..65535 to 0..255 (value >> 8), so this one, and "
+        "any like it (named only once), trains nearly black. Fix: convert such images to 8 bits "
+        "at their own range before training (12-bit: value >> 4; e.g. with numpy and PIL: "
+        "Image.fromarray((np.asarray(img) >> 4).astype(np.uint8)).save(...)).",
+        path, peak, _NARROW_PEAK,
+    )  # fmt: skip
 
 
 def _orient(img: Image.Image, expected_size: tuple[int, int] | None) -> Image.Image:
@@ -75,7 +102,8 @@ def load_rgb_image(
 ) -> Image.Image:
     """Decode ``path`` fully into an RGB PIL image (H x W x 3, uint8).
 
-    Grayscale, 16-bit, RGBA, LA, CMYK and palette images are converted to RGB (alpha dropped).
+    Grayscale, 16-bit, RGBA, LA, CMYK and palette images are converted to RGB (alpha dropped;
+    16-bit: ``value >> 8`` for every image, see :func:`_to_rgb`).
     With ``exif_transpose`` the EXIF orientation tag is applied, so the pixels are the upright
     image; if only the stored (un-rotated) pixels match ``expected_size`` = (width, height) from
     the annotation file, those are returned instead, as the annotations were made on them.
@@ -93,7 +121,7 @@ def load_rgb_image(
         img = Image.open(path)
         img.load()  # force a full decode here so truncation surfaces with the file's name
         oriented = _orient(img, expected_size) if exif_transpose else img
-        out = _to_rgb(oriented)
+        out = _to_rgb(oriented, path)
     except Image.DecompressionBombError as err:  # not an OSError: caught on its own
         raise ImageLoadError(decompression_bomb_message(path, ann_file, err)) from err
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
