@@ -246,3 +246,58 @@ def test_a_test_split_on_the_val_files_is_read_and_warned_about_once(tmp_path, c
         dm.setup("test")
     assert dm.datasets["test"] is dm.datasets["val"]
     assert [r.getMessage().count(str(va[1])) for r in caplog.records] == [1]
+
+
+def _square_turned(path, orientation: int = 6):
+    """A 32x32 JPEG, left half red, right half blue, with an EXIF orientation tag (6: viewers
+    turn it 90 degrees clockwise, so the red half ends up on top)."""
+    import numpy as np
+    from PIL import Image
+
+    arr = np.zeros((32, 32, 3), np.uint8)
+    arr[:, :16] = (255, 0, 0)
+    arr[:, 16:] = (0, 0, 255)
+    img = Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = orientation
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, exif=exif, quality=98)
+
+
+@pytest.mark.parametrize("exif_transpose", [True, False])
+def test_exif_transpose_reaches_the_datasets_and_square_turns_are_counted(
+    tmp_path, caplog, exif_transpose
+):
+    """data.exif_transpose picks the pixels of a square EXIF-turned image (width == height
+    cannot tell which the labels were made on): true, upright (red on top); false, as stored
+    (red on the left). The val split's header check counts such images and names the key."""
+    box = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10]}
+    tr = write_coco(tmp_path / "tr", [(32, 32)], [box])
+    va = write_coco(tmp_path / "va", [(32, 32)] * 3, [box])
+    _square_turned(va[0] / "0001.jpg", 6)
+    _square_turned(va[0] / "0002.jpg", 3)  # 180 degrees: the size never tells either
+    dm = DetrDataModule(*tr, *va, num_workers=0, exif_transpose=exif_transpose, **TINY)
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+    ds = dm.datasets["val"]
+    assert ds.exif_transpose is exif_transpose and dm.datasets["train"].exif_transpose is (
+        exif_transpose
+    )
+    red = ds[0][0][0]  # normalised red channel, 64x64 after the eval resize
+    top, left = red[:32].mean() - red[32:].mean(), red[:, :32].mean() - red[:, 32:].mean()
+    assert (top > 1.0 and abs(left) < 0.3) if exif_transpose else (left > 1.0 and abs(top) < 0.3)
+    counted = f"{va[1]}: 2 images have an EXIF orientation that keeps their size"
+    assert (counted in caplog.text) is exif_transpose
+    if exif_transpose:
+        assert "set data.exif_transpose=false" in caplog.text
+
+
+def test_exif_transpose_is_a_data_config_key():
+    """Every data config composes data.exif_transpose (true by default: images read upright)."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    conf = Path(__file__).resolve().parents[2] / "conf" / "data"
+    for name in ("coco", "custom"):  # the others inherit one of these through defaults
+        assert OmegaConf.load(conf / f"{name}.yaml").exif_transpose is True

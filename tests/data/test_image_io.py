@@ -174,7 +174,7 @@ def test_16_bit_images_share_one_rule_and_narrow_data_is_warned_once(tmp_path, m
     are warned about once, naming the first such file."""
     import logging
 
-    monkeypatch.setattr(image_io, "_narrow_warned", False)
+    monkeypatch.setattr(image_io, "_warned", set())
     cases = {
         "peak255.png": ([255, 0], [0, 0]),
         "peak300.png": ([255, 300], [0, 1]),
@@ -192,3 +192,24 @@ def test_16_bit_images_share_one_rule_and_narrow_data_is_warned_once(tmp_path, m
         len(warnings) == 1 and "peak255.png is 16-bit with a brightest value of 255" in warnings[0]
     )
     assert "value >> 4" in warnings[0]
+
+
+def test_a_square_image_turned_by_exif_is_named_once_with_the_key(tmp_path, monkeypatch, caplog):
+    """Decoding (the training split's only check): a 20x20 image with orientation 6 is read
+    upright, and the first such file is named with data.exif_transpose; the second is not."""
+    import logging
+
+    monkeypatch.setattr(image_io, "_warned", set())
+    img = Image.new("RGB", (20, 20), (255, 0, 0))
+    exif = img.getexif()
+    exif[0x0112] = 6
+    paths = [_save(img, tmp_path / f"sq{i}.jpg", exif=exif) for i in range(2)]
+    with caplog.at_level(logging.WARNING, logger="detr_lightning.data.image_io"):
+        for path in paths:
+            load_rgb_image(path, "a.json", expected_size=(20, 20))
+        load_rgb_image(paths[0], "a.json", exif_transpose=False, expected_size=(20, 20))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert (
+        len(warnings) == 1 and "sq0.jpg has an EXIF orientation that keeps its size" in warnings[0]
+    )
+    assert "set data.exif_transpose=false" in warnings[0]

@@ -50,7 +50,9 @@ class DetrDataModule(L.LightningDataModule):
     same detections, as one process). ``group_by_aspect_ratio`` batches training images of the same
     orientation together (:mod:`detr_lightning.data.sampler`: less padding; DDP-safe).
     ``keep_empty=False`` drops training images without objects; the evaluation splits keep
-    theirs, as COCO's AP counts the false positives on them.
+    theirs, as COCO's AP counts the false positives on them. ``exif_transpose=False`` reads the
+    stored pixels of images with an EXIF orientation (labels made by a tool that ignores EXIF),
+    where the json's width/height cannot tell (a square image turned by 90 degrees).
     """
 
     panoptic = False  # the kind of annotation file train_ann etc. name
@@ -76,8 +78,10 @@ class DetrDataModule(L.LightningDataModule):
         coco_id_space: bool | None = None,
         generate_shapes: dict[str, Any] | None = None,
         group_by_aspect_ratio: bool = False,
+        exif_transpose: bool = True,
     ) -> None:
         super().__init__()
+        self.exif_transpose = exif_transpose
         self.group_by_aspect_ratio = group_by_aspect_ratio
         # The composed data.val_transforms config, recorded in checkpoints (eval_transform_record).
         self.val_transforms_record: dict[str, Any] | None = None
@@ -141,6 +145,7 @@ class DetrDataModule(L.LightningDataModule):
             transforms=self.train_transforms if split == "train" else self.val_transforms,
             label_to_category_id=self.label_to_category_id,
             keep_empty=self.keep_empty or split != "train",
+            exif_transpose=self.exif_transpose,
             **self._split_kwargs(split),
         )
         check_same_names(dataset.categories, ann, self._train_categories, self.paths["train"][1])

@@ -17,7 +17,7 @@ _WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 _EXIF_ORIENTATION = 0x0112
 # A wide image whose maximum is below 2**12 holds at most 12 bits of data: warned once.
 _NARROW_PEAK = 4096
-_narrow_warned = False
+_warned: set[str] = set()  # what _warn_once has warned about in this process
 # PIL refuses images over 2 x Image.MAX_IMAGE_PIXELS (89.5 M by default) as possible decompression
 # bombs. A run on genuinely huge images raises the limit deliberately with this variable (read
 # once here; DataLoader workers inherit it): a pixel count, or "none" to disable the check.
@@ -68,12 +68,16 @@ def _to_rgb(img: Image.Image, path: Path | None = None) -> Image.Image:
     return img.convert("RGB")
 
 
+def _warn_once(key: str, message: str, *args: object) -> None:
+    """A per-image condition warned about once per process (each DataLoader worker is one)."""
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message, *args)
+
+
 def _warn_narrow(path: Path | None, peak: int) -> None:
-    global _narrow_warned
-    if _narrow_warned:
-        return
-    _narrow_warned = True
-    log.warning(
+    _warn_once(
+        "narrow",
         "Image %s is 16-bit with a brightest value of %d, below %d: 12-bit (or narrower) data "
         "stored in 16 bits. Wide images map 0..65535 to 0..255 (value >> 8), so this one, and "
         "any like it (named only once), trains nearly black. Fix: convert such images to 8 bits "
@@ -83,7 +87,7 @@ def _warn_narrow(path: Path | None, peak: int) -> None:
     )  # fmt: skip
 
 
-def _orient(img: Image.Image, expected_size: tuple[int, int] | None) -> Image.Image:
+def _orient(img: Image.Image, expected_size: tuple[int, int] | None, path: Path) -> Image.Image:
     if img.getexif().get(_EXIF_ORIENTATION, 1) in (None, 1):
         return img
     upright = ImageOps.exif_transpose(img)
@@ -91,6 +95,12 @@ def _orient(img: Image.Image, expected_size: tuple[int, int] | None) -> Image.Im
     # which of the two the boxes refer to.
     if expected_size is not None and upright.size != expected_size and img.size == expected_size:
         return img
+    if upright.size == img.size:  # a square image turned, or any turned by 180 / mirrored
+        _warn_once("same_size_turn", "Image %s has an EXIF orientation that keeps its size: its "
+                   "width/height cannot tell whether the labels were made on the stored or the "
+                   "upright pixels; it is read upright (data.exif_transpose=true; images like it "
+                   "are not named again). If the labels were made on the stored pixels, set "
+                   "data.exif_transpose=false.", path)  # fmt: skip
     return upright
 
 
@@ -120,7 +130,7 @@ def load_rgb_image(
     try:
         img = Image.open(path)
         img.load()  # force a full decode here so truncation surfaces with the file's name
-        oriented = _orient(img, expected_size) if exif_transpose else img
+        oriented = _orient(img, expected_size, path) if exif_transpose else img
         out = _to_rgb(oriented, path)
     except Image.DecompressionBombError as err:  # not an OSError: caught on its own
         raise ImageLoadError(decompression_bomb_message(path, ann_file, err)) from err
@@ -144,19 +154,24 @@ def load_rgb_image(
 
 def check_image_headers(
     files: Sequence[tuple[Path, tuple[int, int]]], ann_file: str | Path, what: str = "images"
-) -> None:
+) -> int:
     """Open every file's header (not its pixels) and raise ImageLoadError listing those that
     are not images or whose size is not the json's (width, height) in either EXIF orientation.
 
     For evaluation splits, before training: read only when validation first reaches it, such a
     file would stop the run after a training epoch, before that epoch's checkpoint. A header
     costs well under a millisecond (COCO's 5,000 validation images: a second or two); a file
-    truncated after its header still fails when it is decoded, with its name."""
-    bad = []
+    truncated after its header still fails when it is decoded, with its name.
+
+    Returns how many files have an EXIF orientation that keeps their size (a square image
+    turned by 90 degrees, any image turned by 180 or mirrored): for those the json's
+    width/height cannot tell whether the labels were made on the stored or the upright pixels."""
+    bad, same_size_turns = [], 0
     for path, expected in files:
         try:
             with Image.open(path) as img:
-                size, turned = img.size, img.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8)
+                orientation = img.getexif().get(_EXIF_ORIENTATION)
+                size, turned = img.size, orientation in (5, 6, 7, 8)
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
             bad.append(f"{path} ({type(err).__name__}: {err})")
             continue
@@ -164,6 +179,8 @@ def check_image_headers(
             continue  # allowed or not, decoding it says so with the fix (load_rgb_image)
         if size != tuple(expected) and not (turned and size[::-1] == tuple(expected)):
             bad.append(f"{path} is {size[0]}x{size[1]}, the json says {expected[0]}x{expected[1]}")
+        elif orientation in (2, 3, 4) or (turned and size[0] == size[1]):
+            same_size_turns += 1
     if bad:
         shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
         # A PNG is checked against the json's size only after its image agreed with it (the
@@ -175,3 +192,4 @@ def check_image_headers(
             f"{len(bad)} {what} listed in {ann_file} cannot be used: {shown}. Fix: re-download "
             f"or re-export them, {sizes}, or remove them and their annotations from it."
         )
+    return same_size_turns

@@ -3,6 +3,7 @@ the sample pipeline image -> transforms -> DETR target."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ from detr_lightning.data.errors import DatasetFormatError, ImageLoadError
 from detr_lightning.data.image_io import check_image_headers, load_rgb_image
 from detr_lightning.data.transforms import boxes_to_normalized_cxcywh
 
+log = logging.getLogger(__name__)
 Transform = Callable[[Any, dict[str, Any]], tuple[Any, dict[str, Any]]]
 
 
@@ -125,7 +127,16 @@ class IndexedImageDataset(Dataset):
         files = self.header_files()
         for what in dict.fromkeys(w for _, _, w in files):
             chosen = [(path, size) for path, size, w in files if w == what]
-            check_image_headers(chosen, self.ann_file, what)
+            turns = check_image_headers(chosen, self.ann_file, what)
+            if turns and what == "images" and self.exif_transpose:
+                log.warning(
+                    "%s: %d images have an EXIF orientation that keeps their size (square "
+                    "images turned by 90 degrees, or images turned by 180 degrees or mirrored): "
+                    "their width/height cannot tell whether the labels were made on the stored "
+                    "or on the upright pixels. They are read upright (data.exif_transpose=true); "
+                    "if your annotation tool labelled the stored pixels, set "
+                    "data.exif_transpose=false.", self.ann_file, turns,
+                )  # fmt: skip
 
     def require_objects(self, split: str) -> None:
         """Raise when no image has an object: training would learn "no object" only, and
