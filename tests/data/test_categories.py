@@ -10,3 +10,12 @@ def test_coco_id_space_has_a_slot_for_the_largest_id():
 
     cats = [{"id": 1, "name": "a"}, {"id": 95, "name": "b"}]
     assert label_map_from_categories(cats, coco_id_space=True) == list(range(96))
+
+
+def test_differing_names_lists_ids_named_otherwise():
+    """Only ids in both lists with another name (spaces ignored) are listed, sorted by id."""
+    from detr_lightning.data.categories import differing_names
+
+    a = [{"id": 3, "name": "cat"}, {"id": 1, "name": "disc"}, {"id": 2, "name": "dog "}]
+    b = [{"id": 1, "name": "square"}, {"id": 2, "name": "dog"}, {"id": 5, "name": "x"}]
+    assert differing_names(a, b) == [(1, "disc", "square")]

@@ -174,5 +174,32 @@ def test_a_single_far_outside_box_gets_no_format_hint(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="detr_lightning.data.coco"):
         CocoDetectionDataset(img_dir, ann)
     warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
-    assert "1 boxes reaching outside their image were clipped" in warning
+    assert "1 boxes reaching outside their image (annotation ids 1) are scored as" in warning
     assert "[x1, y1, x2, y2]" not in warning
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_box_warnings_name_the_ids_and_say_what_the_split_does(tmp_path, caplog, train):
+    """12 boxes 10 px over the right edge (ids 1..12) and one zero-width box (id 20). Training
+    clips/drops them from its targets; evaluation scores them as the json has them. Both name
+    the first 10 clipped ids, then "..."."""
+    anns = [{"id": i, "image_id": 1, "category_id": 1, "bbox": [50, 2 + 3 * i, 24, 2]}
+            for i in range(1, 13)]  # fmt: skip
+    anns.append({"id": 20, "image_id": 1, "category_id": 1, "bbox": [5, 5, 0, 10]})
+    img_dir, ann = write_coco(tmp_path, [(64, 48)], anns)
+    with caplog.at_level(logging.WARNING, logger="detr_lightning.data.coco"):
+        CocoDetectionDataset(img_dir, ann, train=train)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    ids = "annotation ids 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, ..."
+    if train:
+        assert f"12 boxes reaching outside their image were clipped to it in the training " \
+               f"targets ({ids})" in warning  # fmt: skip
+        assert "were dropped from the training targets (annotation ids 20;" in warning
+        assert "scored" not in warning
+    else:
+        assert f"12 boxes reaching outside their image ({ids}) are scored as the json has " \
+               "them" in warning  # fmt: skip
+        assert "1 boxes with no area inside their image (zero width or height, or entirely " \
+               "outside it) are scored as the json has them" in warning  # fmt: skip
+        assert "(annotation ids 20; fix or remove them)" in warning
+        assert "dropped" not in warning and "clipped to it" not in warning

@@ -264,7 +264,9 @@ def test_a_json_area_other_than_the_pngs_pixel_count_is_refused(tiny: Path, area
 
 def test_category_and_folder_errors_give_the_fix(tiny: Path) -> None:
     edited_json(tiny, lambda d: d["categories"][0].update(isthing=2))
-    with pytest.raises(DatasetFormatError, match=r'"isthing" = 2; expected 0 or 1\. Fix: 1 for '):
+    with pytest.raises(
+        DatasetFormatError, match=r'"isthing" = 2; expected 0 or 1\. Fix: "isthing": 1 for '
+    ):
         dataset(tiny)
     edited_json(tiny, lambda d: d["categories"][0].update(isthing=1))
     with pytest.raises(FileNotFoundError, match=r"Panoptic PNG folder not found: .*elsewhere .*"
@@ -439,3 +441,34 @@ def test_panoptic_png_with_an_alpha_channel_is_read_like_rgb(tmp_path):
     assert torch.equal(ds.read_id_map(0), torch.from_numpy(ids))
     _, target = ds[0]
     assert target["masks"].sum().item() == 12 and target["labels"].tolist() == [0]
+
+
+def test_two_image_records_on_one_file_are_refused(tiny: Path) -> None:
+    """Images 1 and 2 of the panoptic json both named 000001.jpg: refused like the instances
+    json (one shared check), naming both ids, the file name and the merge fix."""
+    edited_json(tiny, lambda d: d["images"][1].update(file_name="000001.jpg"))
+    with pytest.raises(DatasetFormatError, match=r'panoptic_train\.json: image ids 1 and 2 both '
+                                                 r'have "file_name" "000001\.jpg".* Fix: merge'):  # fmt: skip
+        dataset(tiny)
+
+
+def test_two_categories_with_one_name_are_refused(tiny: Path) -> None:
+    """The panoptic json's categories go through the same check as the instances json's."""
+
+    def rename(d: dict) -> None:
+        d["categories"][1]["name"] = d["categories"][0]["name"]
+
+    edited_json(tiny, rename)
+    with pytest.raises(DatasetFormatError, match=r"panoptic_train\.json: category ids \d+ and \d+ "
+                                                 r'are both named ".+"'):  # fmt: skip
+        dataset(tiny)
+
+
+def test_a_missing_isthing_is_named_with_its_meaning(tiny: Path) -> None:
+    """A category without "isthing" reads as missing, with the 1 = thing, 0 = stuff hint."""
+    edited_json(tiny, lambda d: d["categories"][0].pop("isthing"))
+    with pytest.raises(DatasetFormatError, match=r'categories\[0\] \(id=\d+\) has no "isthing" '
+                                                 r'field \(missing\); expected int\. Fix: '
+                                                 r'"isthing": 1 for a class of countable '
+                                                 r"objects \(thing\), 0 for"):  # fmt: skip
+        dataset(tiny)

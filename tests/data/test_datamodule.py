@@ -223,3 +223,99 @@ def test_making_a_training_iterator_draws_nothing_from_the_global_random_state(t
         assert torch.equal(torch.get_rng_state(), before)
         seeds = [iter(dm.train_dataloader())._base_seed for _ in range(2)]
         assert seeds[0] == seeds[1]  # a function of the run's seed
+
+
+def test_a_split_naming_category_ids_otherwise_than_training_is_refused(tmp_path, caplog):
+    """train.json 1=square, 2=disc; val.json 1=disc, 2=square (ids swapped names): labels follow
+    ids, so val would be scored against the wrong classes. Refused, naming each id with both
+    names and both files. A checkpoint whose names differ from the data's is only warned about
+    (its names are used)."""
+    box = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10]}
+    train_cats = [{"id": 1, "name": "square"}, {"id": 2, "name": "disc"}]
+    tr = write_coco(tmp_path / "tr", [(64, 48)], [box], train_cats, name="train.json")
+    va = write_coco(tmp_path / "va", [(64, 48)], [box], train_cats[::-1], name="val.json")
+    va[1].write_text(va[1].read_text().replace('"square"', '"tmp"').replace('"disc"', '"square"')
+                     .replace('"tmp"', '"disc"'))  # fmt: skip
+    with pytest.raises(DatasetFormatError) as err:
+        DetrDataModule(*tr, *va, num_workers=0, **TINY).setup("fit")
+    msg = str(err.value)
+    assert f"id 1: 'disc' in {va[1]}, 'square' in {tr[1]}" in msg
+    assert f"id 2: 'square' in {va[1]}, 'disc' in {tr[1]}" in msg
+    assert "Fix: use one categories list" in msg
+
+    dm = DetrDataModule(*tr, *tr, num_workers=0, **TINY)
+    with caplog.at_level(logging.WARNING):
+        dm.load_state_dict({"label_to_category_id": [1, 2], "categories": [
+            {"id": 1, "name": "square"}, {"id": 2, "name": "circle"}]})  # fmt: skip
+    assert f"id 2: 'disc' in {tr[1]}, 'circle' in the checkpoint" in caplog.text
+    assert "id 1:" not in caplog.text and dm.category_names == ["square", "circle"]
+    dm.setup("fit")  # the data's own splits still agree with each other
+
+
+def test_a_test_split_on_the_val_files_is_read_and_warned_about_once(tmp_path, caplog):
+    """val and test name the same json and folder (a box reaching outside its image): one
+    dataset serves both, so the json's warning is printed once, not twice."""
+    box = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10]}
+    tr = write_coco(tmp_path / "tr", [(64, 48)], [box])
+    va = write_coco(tmp_path / "va", [(64, 48)], [{**box, "bbox": [60, 2, 10, 10]}])
+    dm = DetrDataModule(*tr, *va, *va, num_workers=0, **TINY)
+    with caplog.at_level(logging.WARNING, logger="detr_lightning.data.coco"):
+        dm.setup("fit")
+        dm.setup("test")
+    assert dm.datasets["test"] is dm.datasets["val"]
+    assert [r.getMessage().count(str(va[1])) for r in caplog.records] == [1]
+
+
+def _square_turned(path, orientation: int = 6):
+    """A 32x32 JPEG, left half red, right half blue, with an EXIF orientation tag (6: viewers
+    turn it 90 degrees clockwise, so the red half ends up on top)."""
+    import numpy as np
+    from PIL import Image
+
+    arr = np.zeros((32, 32, 3), np.uint8)
+    arr[:, :16] = (255, 0, 0)
+    arr[:, 16:] = (0, 0, 255)
+    img = Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = orientation
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, exif=exif, quality=98)
+
+
+@pytest.mark.parametrize("exif_transpose", [True, False])
+def test_exif_transpose_reaches_the_datasets_and_square_turns_are_counted(
+    tmp_path, caplog, exif_transpose
+):
+    """data.exif_transpose picks the pixels of a square EXIF-turned image (width == height
+    cannot tell which the labels were made on): true, upright (red on top); false, as stored
+    (red on the left). The val split's header check counts such images and names the key."""
+    box = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10]}
+    tr = write_coco(tmp_path / "tr", [(32, 32)], [box])
+    va = write_coco(tmp_path / "va", [(32, 32)] * 3, [box])
+    _square_turned(va[0] / "0001.jpg", 6)
+    _square_turned(va[0] / "0002.jpg", 3)  # 180 degrees: the size never tells either
+    dm = DetrDataModule(*tr, *va, num_workers=0, exif_transpose=exif_transpose, **TINY)
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+    ds = dm.datasets["val"]
+    assert ds.exif_transpose is exif_transpose and dm.datasets["train"].exif_transpose is (
+        exif_transpose
+    )
+    red = ds[0][0][0]  # normalised red channel, 64x64 after the eval resize
+    top, left = red[:32].mean() - red[32:].mean(), red[:, :32].mean() - red[:, 32:].mean()
+    assert (top > 1.0 and abs(left) < 0.3) if exif_transpose else (left > 1.0 and abs(top) < 0.3)
+    counted = f"{va[1]}: 2 images have an EXIF orientation that keeps their size"
+    assert (counted in caplog.text) is exif_transpose
+    if exif_transpose:
+        assert "set data.exif_transpose=false" in caplog.text
+
+
+def test_exif_transpose_is_a_data_config_key():
+    """Every data config composes data.exif_transpose (true by default: images read upright)."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    conf = Path(__file__).resolve().parents[2] / "conf" / "data"
+    for name in ("coco", "custom"):  # the others inherit one of these through defaults
+        assert OmegaConf.load(conf / f"{name}.yaml").exif_transpose is True

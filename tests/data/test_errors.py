@@ -79,7 +79,8 @@ def test_missing_top_level_key(img_dir, key):
 def test_malformed_annotation_record(img_dir, record, field):
     _, make = build(img_dir, coco_dict([IMAGE], [record], CATS))
     with pytest.raises(
-        DatasetFormatError, match=rf'annotations\[0\] \(id={record["id"]}\) has (field )?"{field}"'
+        DatasetFormatError,
+        match=rf'annotations\[0\] \(id={record["id"]}\) has (field |no )?"{field}"',
     ):
         make()
 
@@ -87,7 +88,9 @@ def test_malformed_annotation_record(img_dir, record, field):
 def test_image_record_without_size(img_dir):
     image = {"id": 1, "file_name": "0001.jpg"}
     _, make = build(img_dir, coco_dict([image], [], CATS))
-    with pytest.raises(DatasetFormatError, match=r'images\[0\] \(id=1\) has field "width"'):
+    with pytest.raises(
+        DatasetFormatError, match=r'images\[0\] \(id=1\) has no "width" field \(missing\)'
+    ):
         make()
 
 
@@ -257,7 +260,7 @@ def test_corner_boxes_get_a_format_hint(img_dir, caplog):
     with caplog.at_level(logging.WARNING, logger="detr_lightning.data.coco"):
         make()
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert "2 boxes reaching outside their image were clipped" in warning
+    assert "2 boxes reaching outside their image (annotation ids 2, 3) are scored" in warning
     assert "2 of 3 boxes reach more than a pixel outside" in warning
     assert "[x1, y1, x2, y2], convert them to COCO's [x, y, width, height]" in warning
 
@@ -281,3 +284,39 @@ def test_more_objects_than_queries(tmp_path):
                                                  r"model's 3 queries \(1 images exceed it\).*"
                                                  r"model\.net\.num_queries=4"):  # fmt: skip
         ds.check_query_capacity(3)
+
+
+def test_a_missing_field_reads_as_missing_not_none(img_dir):
+    """An annotation without "bbox" is named as missing; one with "bbox": null keeps "= None"."""
+    record = {"id": 4, "image_id": 1, "category_id": 1}
+    _, make = build(img_dir, coco_dict([IMAGE], [record], CATS))
+    with pytest.raises(DatasetFormatError, match=r'annotations\[0\] \(id=4\) has no "bbox" field '
+                                                 r"\(missing\); expected 4 finite numbers"):  # fmt: skip
+        make()
+    _, make = build(img_dir, coco_dict([IMAGE], [{**record, "bbox": None}], CATS))
+    with pytest.raises(DatasetFormatError, match=r'has field "bbox" = None; expected 4'):
+        make()
+
+
+def test_missing_categories_ask_for_the_training_categories(img_dir):
+    """A json without "categories" needs the training json's list, not an empty one."""
+    data = coco_dict([IMAGE], [ann()], CATS)
+    del data["categories"]
+    _, make = build(img_dir, data)
+    with pytest.raises(DatasetFormatError) as err:
+        make()
+    msg = str(err.value)
+    assert 'add the training json\'s "categories" list' in msg and '"categories": []' not in msg
+
+
+def test_a_backslash_in_a_file_name_gets_the_windows_separator_hint(img_dir):
+    """sub\\0001.jpg (a Windows-made json) is one file name on POSIX, not found; the image is
+    at sub/0001.jpg. The error says to write forward slashes."""
+    write_image(img_dir / "sub" / "0001.jpg", 32, 24)
+    image = {**IMAGE, "file_name": "sub\\0001.jpg"}
+    _, make = build(img_dir, coco_dict([image], [ann()], CATS))
+    with pytest.raises(ImageLoadError) as err:
+        make()
+    msg = str(err.value)
+    assert "1 of these file_names contain a backslash (e.g. sub\\0001.jpg)" in msg
+    assert "forward slashes in the json (e.g. sub/0001.jpg)" in msg

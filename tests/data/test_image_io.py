@@ -143,3 +143,73 @@ def test_the_limit_is_raised_deliberately_by_environment(tmp_path, monkeypatch) 
     finally:
         monkeypatch.delenv(image_io.PIXEL_LIMIT_ENV)
         importlib.reload(image_io)
+
+
+def test_a_panoptic_png_of_another_size_is_named_as_the_problem(tmp_path):
+    """The images' headers are checked first, so a PNG whose size is not the json's is the PNG's
+    fault: the fix says to re-export the PNG, not to edit the json's width/height (which would
+    then disagree with the image). Images keep the width/height hint."""
+    png = _save(Image.new("RGB", (50, 40)), tmp_path / "seg.png")
+    with pytest.raises(ImageLoadError) as err:
+        check_image_headers([(png, (183, 171))], "pan.json", "panoptic PNGs")
+    msg = str(err.value)
+    assert "seg.png is 50x40, the json says 183x171" in msg
+    assert "re-export each at its image's size" in msg and "correct their width" not in msg
+    with pytest.raises(ImageLoadError, match=r"correct their width/height in pan\.json"):
+        check_image_headers([(png, (183, 171))], "pan.json", "images")
+
+
+def _png16(path, values: list[int]):
+    """A 16-bit grayscale PNG (PIL mode "I;16"), one row holding ``values``."""
+    img = Image.new("I;16", (len(values), 1))
+    for x, value in enumerate(values):
+        img.putpixel((x, 0), value)
+    return _save(img, path)
+
+
+def test_16_bit_images_share_one_rule_and_narrow_data_is_warned_once(tmp_path, monkeypatch, caplog):
+    """Every 16-bit image maps by value >> 8 (hand-computed: 300 -> 1, 4000 -> 15, 40000 -> 156,
+    65535 -> 255), whatever its brightest pixel: value 255 is 0 beside 300 and beside 65535
+    alike (it was 255 in an image whose peak was 255). Images peaking below 4096 (12-bit data)
+    are warned about once, naming the first such file."""
+    import logging
+
+    monkeypatch.setattr(image_io, "_warned", set())
+    cases = {
+        "peak255.png": ([255, 0], [0, 0]),
+        "peak300.png": ([255, 300], [0, 1]),
+        "12bit.png": ([4000, 255], [15, 0]),
+        "full.png": ([65535, 40000, 255], [255, 156, 0]),
+    }
+    with caplog.at_level(logging.WARNING, logger="detr_lightning.data.image_io"):
+        for name, (values, expected) in cases.items():
+            path = _png16(tmp_path / name, values)
+            assert Image.open(path).mode == "I;16"
+            out = np.asarray(load_rgb_image(path, "x.json"))
+            assert out[0, :, 0].tolist() == expected and (out[..., 0] == out[..., 2]).all()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert (
+        len(warnings) == 1 and "peak255.png is 16-bit with a brightest value of 255" in warnings[0]
+    )
+    assert "value >> 4" in warnings[0]
+
+
+def test_a_square_image_turned_by_exif_is_named_once_with_the_key(tmp_path, monkeypatch, caplog):
+    """Decoding (the training split's only check): a 20x20 image with orientation 6 is read
+    upright, and the first such file is named with data.exif_transpose; the second is not."""
+    import logging
+
+    monkeypatch.setattr(image_io, "_warned", set())
+    img = Image.new("RGB", (20, 20), (255, 0, 0))
+    exif = img.getexif()
+    exif[0x0112] = 6
+    paths = [_save(img, tmp_path / f"sq{i}.jpg", exif=exif) for i in range(2)]
+    with caplog.at_level(logging.WARNING, logger="detr_lightning.data.image_io"):
+        for path in paths:
+            load_rgb_image(path, "a.json", expected_size=(20, 20))
+        load_rgb_image(paths[0], "a.json", exif_transpose=False, expected_size=(20, 20))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert (
+        len(warnings) == 1 and "sq0.jpg has an EXIF orientation that keeps its size" in warnings[0]
+    )
+    assert "set data.exif_transpose=false" in warnings[0]

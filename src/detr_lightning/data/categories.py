@@ -19,6 +19,9 @@ checkpoints reuse the training mapping).
 """
 
 from collections.abc import Sequence
+from pathlib import Path
+
+from detr_lightning.data.errors import DatasetFormatError
 
 COCO_CATEGORY_NAMES: dict[int, str] = {
     1: "person", 2: "bicycle", 3: "car", 4: "motorcycle", 5: "airplane", 6: "bus", 7: "train",
@@ -99,6 +102,43 @@ def label_map_from_categories(
         slots = COCO_PANOPTIC_NUM_CLASSES if _has_stuff(categories) else COCO_NUM_CLASSES
         return list(range(max([slots, *(i + 1 for i in ids)])))
     return ids
+
+
+def differing_names(
+    categories: Sequence[dict], reference: Sequence[dict]
+) -> list[tuple[int, str, str]]:
+    """(id, name in ``categories``, name in ``reference``) of each id that both lists hold
+    under different names (surrounding spaces ignored), sorted by id. Ids alone tie a label to
+    a class: the same id named otherwise in another split (or a checkpoint) means the same
+    label is trained and scored as different classes."""
+    ref = {int(c["id"]): str(c["name"]) for c in reference}
+    found = {int(c["id"]): str(c["name"]) for c in categories}
+    return [
+        (i, found[i], ref[i])
+        for i in sorted(found.keys() & ref.keys())
+        if found[i].strip() != ref[i].strip()
+    ]
+
+
+def describe_name_differences(diffs: Sequence[tuple[int, str, str]], a: str, b: str) -> str:
+    """``diffs`` of :func:`differing_names` as "id 1: 'disc' in A, 'square' in B; ..."."""
+    return "; ".join(f"id {i}: {x!r} in {a}, {y!r} in {b}" for i, x, y in diffs)
+
+
+def check_same_names(
+    categories: Sequence[dict], ann: str | Path, reference: Sequence[dict], ref_ann: str | Path
+) -> None:
+    """Refuse a split (json ``ann``) that names a category id otherwise than the training json
+    ``ref_ann``: labels follow the ids alone, so that split would be trained or scored against
+    the wrong classes without a sign (e.g. 1=disc, 2=square beside 1=square, 2=disc)."""
+    diffs = differing_names(categories, reference)
+    if diffs:
+        raise DatasetFormatError(
+            f"{ann} names {len(diffs)} category id(s) otherwise than the training json "
+            f"{ref_ann}: {describe_name_differences(diffs, str(ann), str(ref_ann))}. Labels "
+            f"follow the ids, so these classes would be trained or scored as the wrong ones. "
+            f"Fix: use one categories list (the same ids and names) in every split's json."
+        )
 
 
 def thing_labels(

@@ -26,12 +26,17 @@ import torch
 from torch import Tensor
 from torchvision import tv_tensors
 
-from detr_lightning.data.coco_json import build_index, read_coco_json
+from detr_lightning.data.coco_json import SHOWN_IDS, build_index, read_coco_json
 from detr_lightning.data.errors import DatasetFormatError
 from detr_lightning.data.indexed_images import IndexedImageDataset, Transform, check_files_exist
 from detr_lightning.data.transforms import make_base_transforms
 
 log = logging.getLogger(__name__)
+
+
+def _shown(ids: list[int], count: int) -> str:
+    """The first ids of ``count`` as "3, 4" or "3, 4, ..." when there are more."""
+    return ", ".join(map(str, ids)) + (", ..." if count > SHOWN_IDS else "")
 
 
 class CocoDetectionDataset(IndexedImageDataset):
@@ -86,9 +91,18 @@ class CocoDetectionDataset(IndexedImageDataset):
         self._log_stats()
 
     def _log_stats(self) -> None:
-        s, parts = self.stats, []
+        """Warn once about clipped and area-less boxes, worded by split: training clips or
+        drops them from its targets; evaluation scores them as the json has them (only the
+        validation loss's targets are clipped), so there they are reported, not dropped."""
+        s, ix, parts = self.stats, self._index, []
         if s["clipped"]:
-            parts.append(f"{s['clipped']} boxes reaching outside their image were clipped")
+            ids = f"annotation ids {_shown(ix.clipped_ids, s['clipped'])}"
+            parts.append(
+                f"{s['clipped']} boxes reaching outside their image were clipped to it in the "
+                f"training targets ({ids})" if self.train else
+                f"{s['clipped']} boxes reaching outside their image ({ids}) are scored as the "
+                f"json has them (only the validation loss's targets are clipped)"
+            )  # fmt: skip
             # A few boxes a few pixels over is annotation noise; most of them, a format mix-up.
             if s["far_outside"] >= 2 and 3 * s["far_outside"] > s["boxes"]:
                 parts.append(
@@ -97,12 +111,15 @@ class CocoDetectionDataset(IndexedImageDataset):
                     f"COCO's [x, y, width, height]"
                 )
         if s["degenerate"]:
-            ids = ", ".join(map(str, self._index.degenerate_ids))
+            ids = f"annotation ids {_shown(ix.degenerate_ids, s['degenerate'])}"
+            what = (f"{s['degenerate']} boxes with no area inside their image (zero width or "
+                    "height, or entirely outside it)")  # fmt: skip
             parts.append(
-                f"{s['degenerate']} boxes with no area inside their image (zero width or height, "
-                f"or entirely outside it) were dropped (annotation ids {ids}"
-                f"{', ...' if s['degenerate'] > 10 else ''}; fix or remove them)"
-            )
+                f"{what} were dropped from the training targets ({ids}; fix or remove them)"
+                if self.train else
+                f"{what} are scored as the json has them: no prediction can match them, so each "
+                f"counts as a missed object ({ids}; fix or remove them)"
+            )  # fmt: skip
         if parts:
             log.warning("%s: %s.", self.ann_file, "; ".join(parts))
         if s["crowd_dropped"]:  # DETR never trains on crowd boxes

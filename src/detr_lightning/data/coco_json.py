@@ -16,9 +16,13 @@ from detr_lightning.data.coco_records import (
     REQUIRED_KEYS,
     check_annotation_kind,
     check_records,
+    check_unique_category_names,
+    check_unique_file_names,
     check_unique_ids,
 )
 from detr_lightning.data.errors import DatasetFormatError
+
+SHOWN_IDS = 10  # annotation ids a warning names (then "...")
 
 
 @dataclass
@@ -35,7 +39,8 @@ class CocoIndex:
     area: np.ndarray  # float32 [M] json "area" (clipped box area when absent)
     ann_ids: np.ndarray  # int64 [M]
     stats: dict[str, int] = field(default_factory=dict)
-    degenerate_ids: list[int] = field(default_factory=list)
+    degenerate_ids: list[int] = field(default_factory=list)  # the first few, for the warning
+    clipped_ids: list[int] = field(default_factory=list)  # the first few, for the warning
     # Evaluation splits: the json's own boxes (unclipped xyxy, those without area included),
     # "labels", "iscrowd", "area", and "offsets" per image: what pycocotools scores against.
     ground_truth: dict[str, np.ndarray] | None = None
@@ -72,11 +77,21 @@ def read_coco_json(ann_file: str | Path, kind: str = "instances") -> dict:
             raise DatasetFormatError(
                 f'{ann_file}: top-level key "{key}" {problem}. A COCO {words} file needs '
                 f'"images", "annotations" and "categories" lists. Fix: use a COCO {words} json '
-                f'(e.g. {words}_val2017.json); for a split without labels add "{key}": [].'
+                f"(e.g. {words}_val2017.json), or {_KEY_FIX[key]}"
             )
     if kind != "any":
         check_annotation_kind(data, ann_file, kind)
     return data
+
+
+# What each top-level list needs when it is absent: only a split without labels gets by with an
+# empty "annotations"; the categories define the classes and must be the training json's.
+_KEY_FIX = {
+    "images": 'list every image under "images" (id, file_name, width, height).',
+    "annotations": 'for a split without labels, add "annotations": [].',
+    "categories": 'add the training json\'s "categories" list ([{"id": 1, "name": "..."}, ...]; '
+    "the same ids and names in every split).",
+}
 
 
 def _unknown_ref_error(ann_file: Path, ann_ids, bad: np.ndarray, ref: str, values, fix: str):
@@ -143,6 +158,8 @@ def build_index(
     for section in REQUIRED_KEYS:
         check_records(data[section], section, ann_file)
         check_unique_ids((r["id"] for r in data[section]), section, ann_file)
+    check_unique_file_names(data["images"], ann_file)
+    check_unique_category_names(data["categories"], ann_file)
     images, anns = data["images"], data["annotations"]
     image_ids = np.array([im["id"] for im in images], dtype=np.int64)
     sizes = np.array([[im["height"], im["width"]] for im in images], dtype=np.int64).reshape(-1, 2)
@@ -200,6 +217,7 @@ def build_index(
         area=area[sel],
         ann_ids=ann_ids[sel],
         stats=stats,
-        degenerate_ids=ann_ids[degenerate][:10].tolist(),
+        degenerate_ids=ann_ids[degenerate][:SHOWN_IDS].tolist(),
+        clipped_ids=ann_ids[(beyond > 0) & ~degenerate][:SHOWN_IDS].tolist(),
         ground_truth=ground_truth,
     )

@@ -14,7 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from detr_lightning.data.coco_records import check_records, check_unique_ids
+from detr_lightning.data.coco_records import (
+    check_records,
+    check_unique_category_names,
+    check_unique_file_names,
+    check_unique_ids,
+)
 from detr_lightning.data.errors import DatasetFormatError
 
 MAX_SEGMENT_ID = 256**3 - 1  # three 8-bit channels; 0 is VOID (unlabeled pixels)
@@ -38,23 +43,29 @@ class PanopticIndex:
     stats: dict[str, int] = field(default_factory=dict)
 
 
-def _int_field(rec: object, name: str, where: str, default: int | None = None) -> int:
+def _int_field(
+    rec: object, name: str, where: str, default: int | None = None, fix: str = _FIX
+) -> int:
+    """``rec[name]`` as an int; an absent field (without ``default``) is named as missing."""
     value = rec.get(name, default) if isinstance(rec, dict) else None
     if not isinstance(value, int) or isinstance(value, bool):
-        raise DatasetFormatError(f'{where} has field "{name}" = {value!r}; expected int. {_FIX}')
+        missing = value is None and (not isinstance(rec, dict) or name not in rec)
+        found = f'has no "{name}" field (missing)' if missing else f'has field "{name}" = {value!r}'
+        raise DatasetFormatError(f"{where} {found}; expected int. {fix}")
     return value
 
 
 def _check_categories(categories: list, ann_file: Path) -> None:
     check_records(categories, "categories", ann_file)
     check_unique_ids((c["id"] for c in categories), "categories", ann_file)
+    check_unique_category_names(categories, ann_file)
+    fix = ('Fix: "isthing": 1 for a class of countable objects (thing), 0 for an amorphous '
+           "region (stuff).")  # fmt: skip
     for i, cat in enumerate(categories):
         where = f"{ann_file}: categories[{i}] (id={cat['id']})"
-        if _int_field(cat, "isthing", where) not in (0, 1):
-            raise DatasetFormatError(
-                f'{where} has "isthing" = {cat["isthing"]}; expected 0 or 1. Fix: 1 for a class '
-                "of countable objects (thing), 0 for an amorphous region (stuff)."
-            )
+        if _int_field(cat, "isthing", where, fix=fix) not in (0, 1):
+            raise DatasetFormatError(f'{where} has "isthing" = {cat["isthing"]}; expected 0 or 1. '
+                                     f"{fix}")  # fmt: skip
 
 
 def _segment_rows(ann: dict, where: str) -> list[tuple[int, int, int, float]]:
@@ -94,6 +105,7 @@ def build_panoptic_index(
     check_records(data["images"], "images", ann_file)
     _check_categories(data["categories"], ann_file)
     check_unique_ids((im["id"] for im in data["images"]), "images", ann_file)
+    check_unique_file_names(data["images"], ann_file)
     images = {im["id"]: im for im in data["images"]}
     json_cats = {int(c["id"]) for c in data["categories"]}
     lookup = {int(c): i for i, c in enumerate(label_to_category_id)}

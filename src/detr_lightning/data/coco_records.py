@@ -58,11 +58,16 @@ def _record_error(ann_file: Path, section: str, i: int, rec: object, problem: st
     raise DatasetFormatError(f"{ann_file}: {section}[{i}] (id={rid}) {problem}. {_FIX}")
 
 
-def _field_error(ann_file, section, i, rec, name, value, kind) -> None:
+def _field_error(
+    ann_file: Path, section: str, i: int, rec: object, name: str, value: object, kind: type
+) -> None:
+    """A field that is absent reads as missing, not as ``= None`` (which a json can hold too)."""
     want = (
         "4 finite numbers [x, y, w, h]" if name == "bbox" else getattr(kind, "__name__", "a number")
     )
-    _record_error(ann_file, section, i, rec, f'has field "{name}" = {value!r}; expected {want}')
+    found = (f'has no "{name}" field (missing)' if not isinstance(rec, dict) or name not in rec
+             else f'has field "{name}" = {value!r}')  # fmt: skip
+    _record_error(ann_file, section, i, rec, f"{found}; expected {want}")
 
 
 def check_unique_ids(ids: Iterable[int], section: str, ann_file: Path) -> None:
@@ -77,6 +82,39 @@ def check_unique_ids(ids: Iterable[int], section: str, ann_file: Path) -> None:
                 f" already has. Fix: give every {_RECORD[section]} record a unique id."
             )
         seen.add(value)
+
+
+def check_unique_category_names(categories: list[dict], ann_file: Path) -> None:
+    """Two categories with one name (surrounding spaces ignored) are two classes that the
+    predictions, the per-class metrics and the drawings cannot tell apart."""
+    first: dict[str, object] = {}
+    for rec in categories:
+        name = rec["name"].strip()
+        if name in first:
+            raise DatasetFormatError(
+                f'{ann_file}: category ids {first[name]} and {rec["id"]} are both named "{name}"; '
+                f"predictions, per-class metrics and drawings could not tell them apart. Fix: "
+                f"rename one of them, or merge them into one category (point the annotations of "
+                f"category id {rec['id']} at category id {first[name]} and remove it)."
+            )
+        first[name] = rec["id"]
+
+
+def check_unique_file_names(images: list[dict], ann_file: Path) -> None:
+    """Two image records on one file would split that image's objects between them: each
+    sample would train on part of its objects, and evaluation would score a perfect detector's
+    every box as a false positive on one record or the other."""
+    first: dict[str, object] = {}
+    for rec in images:
+        name = rec["file_name"]
+        if name in first:
+            raise DatasetFormatError(
+                f'{ann_file}: image ids {first[name]} and {rec["id"]} both have "file_name" '
+                f'"{name}"; each would get only the annotations that name its own id. Fix: merge '
+                f"the two records into one (point the annotations of image id {rec['id']} at "
+                f"image id {first[name]} and remove the second record)."
+            )
+        first[name] = rec["id"]
 
 
 def check_annotation_kind(data: dict, ann_file: Path, kind: str) -> None:

@@ -11,7 +11,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from detr_lightning.data import eval_transform_record
-from detr_lightning.data.categories import is_thing_per_label, label_map_from_categories
+from detr_lightning.data.categories import (
+    check_same_names,
+    describe_name_differences,
+    differing_names,
+    is_thing_per_label,
+    label_map_from_categories,
+)
 from detr_lightning.data.coco import CocoDetectionDataset, Transform
 from detr_lightning.data.coco_json import read_coco_json
 from detr_lightning.data.coco_panoptic import CocoPanopticDataset
@@ -44,7 +50,9 @@ class DetrDataModule(L.LightningDataModule):
     same detections, as one process). ``group_by_aspect_ratio`` batches training images of the same
     orientation together (:mod:`detr_lightning.data.sampler`: less padding; DDP-safe).
     ``keep_empty=False`` drops training images without objects; the evaluation splits keep
-    theirs, as COCO's AP counts the false positives on them.
+    theirs, as COCO's AP counts the false positives on them. ``exif_transpose=False`` reads the
+    stored pixels of images with an EXIF orientation (labels made by a tool that ignores EXIF),
+    where the json's width/height cannot tell (a square image turned by 90 degrees).
     """
 
     panoptic = False  # the kind of annotation file train_ann etc. name
@@ -70,8 +78,10 @@ class DetrDataModule(L.LightningDataModule):
         coco_id_space: bool | None = None,
         generate_shapes: dict[str, Any] | None = None,
         group_by_aspect_ratio: bool = False,
+        exif_transpose: bool = True,
     ) -> None:
         super().__init__()
+        self.exif_transpose = exif_transpose
         self.group_by_aspect_ratio = group_by_aspect_ratio
         # The composed data.val_transforms config, recorded in checkpoints (eval_transform_record).
         self.val_transforms_record: dict[str, Any] | None = None
@@ -94,6 +104,7 @@ class DetrDataModule(L.LightningDataModule):
         self.keep_empty, self.coco_id_space = keep_empty, coco_id_space
         self.generate_shapes = dict(generate_shapes) if generate_shapes else None
         self.categories = self._read_categories(Path(train_ann))
+        self._train_categories = list(self.categories)  # the other splits' names must match
         self.label_to_category_id = label_map_from_categories(self.categories, coco_id_space)
         self.datasets: dict[str, Dataset] = {}
 
@@ -128,14 +139,24 @@ class DetrDataModule(L.LightningDataModule):
         images, ann = self.paths[split]
         if images is None or ann is None:
             return None
-        return self.dataset_class(
+        dataset = self.dataset_class(
             images,
             ann,
             transforms=self.train_transforms if split == "train" else self.val_transforms,
             label_to_category_id=self.label_to_category_id,
             keep_empty=self.keep_empty or split != "train",
+            exif_transpose=self.exif_transpose,
             **self._split_kwargs(split),
         )
+        check_same_names(dataset.categories, ann, self._train_categories, self.paths["train"][1])
+        return dataset
+
+    def _same_as_val(self, split: str) -> bool:
+        """Whether ``split`` names the validation split's files (a common layout: the test
+        split is the validation json again), so that the val dataset can serve it."""
+        files = [[str(v) for v in (*self.paths[s], *self._split_kwargs(s).values())]
+                 for s in (split, "val")]  # fmt: skip
+        return files[0] == files[1]
 
     def _split_kwargs(self, split: str) -> dict[str, Any]:
         """The dataset class's own arguments for ``split``."""
@@ -146,6 +167,8 @@ class DetrDataModule(L.LightningDataModule):
             stage or "", ("train", "val", "test")
         )
         for split in wanted:
+            if split == "test" and "val" in self.datasets and self._same_as_val("test"):
+                self.datasets["test"] = self.datasets["val"]  # read (and warned about) once
             if split not in self.datasets and (dataset := self._build(split)) is not None:
                 dataset.require_objects(split)
                 if split != "train":  # read after a training epoch: a bad file would cost it
@@ -209,7 +232,16 @@ class DetrDataModule(L.LightningDataModule):
                         "(%d classes).", len(mapping), self.num_classes)  # fmt: skip
             self.datasets.clear()
         self.label_to_category_id = mapping
-        self.categories = list(state_dict.get("categories", self.categories))
+        names = list(state_dict.get("categories", self.categories))
+        if diffs := differing_names(self.categories, names):
+            log.warning(
+                "The checkpoint names %d category id(s) otherwise than the data (%s); its names "
+                "are used. If the data's classes changed meaning, fine-tuning or evaluating this "
+                "checkpoint on it mixes classes: fix the categories of the data or start from "
+                "another checkpoint.", len(diffs),
+                describe_name_differences(diffs, str(self.paths["train"][1]), "the checkpoint"),
+            )  # fmt: skip
+        self.categories = names
         saved = state_dict.get(eval_transform_record.KEY)
         eval_transform_record.warn_if_different(saved, self.val_transforms_record, "the checkpoint")
 

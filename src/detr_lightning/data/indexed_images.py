@@ -3,6 +3,7 @@ the sample pipeline image -> transforms -> DETR target."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ from detr_lightning.data.errors import DatasetFormatError, ImageLoadError
 from detr_lightning.data.image_io import check_image_headers, load_rgb_image
 from detr_lightning.data.transforms import boxes_to_normalized_cxcywh
 
+log = logging.getLogger(__name__)
 Transform = Callable[[Any, dict[str, Any]], tuple[Any, dict[str, Any]]]
 
 
@@ -47,11 +49,25 @@ def check_files_exist(folder: Path, names: Sequence[str], ann_file: Path, what: 
         shown = ", ".join(str(p) for p in missing[:5])
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise ImageLoadError(
-            f"{len(missing)} {what} listed in {ann_file} not found: {shown}{more}. Fix: restore "
-            f"them (an interrupted download or unzip is the usual cause), point the data config "
-            f"at the folder that holds them, or remove those images and their annotations from "
-            f"{ann_file}."
+            f"{len(missing)} {what} listed in {ann_file} not found: {shown}{more}. Fix: "
+            + _backslash_hint(names, set(missing), folder)
+            + f"restore them (an interrupted download or unzip is the usual cause), point the "
+            f"data config at the folder that holds them, or remove those images and their "
+            f"annotations from {ann_file}."
         )
+
+
+def _backslash_hint(names: Sequence[str], missing: set[Path], folder: Path) -> str:
+    """A Windows-made json's ``sub\\img.jpg`` is one odd file name on POSIX, not a folder and a
+    file: say so first, as no restore would help."""
+    slashed = [name for name in names if "\\" in name and folder / name in missing]
+    if not slashed:
+        return ""
+    return (
+        f"{len(slashed)} of these file_names contain a backslash (e.g. {slashed[0]}), the Windows "
+        f"path separator, which is a plain character of the file name here: write them with "
+        f"forward slashes in the json (e.g. {slashed[0].replace(chr(92), '/')}); otherwise "
+    )
 
 
 class IndexedImageDataset(Dataset):
@@ -111,7 +127,16 @@ class IndexedImageDataset(Dataset):
         files = self.header_files()
         for what in dict.fromkeys(w for _, _, w in files):
             chosen = [(path, size) for path, size, w in files if w == what]
-            check_image_headers(chosen, self.ann_file, what)
+            turns = check_image_headers(chosen, self.ann_file, what)
+            if turns and what == "images" and self.exif_transpose:
+                log.warning(
+                    "%s: %d images have an EXIF orientation that keeps their size (square "
+                    "images turned by 90 degrees, or images turned by 180 degrees or mirrored): "
+                    "their width/height cannot tell whether the labels were made on the stored "
+                    "or on the upright pixels. They are read upright (data.exif_transpose=true); "
+                    "if your annotation tool labelled the stored pixels, set "
+                    "data.exif_transpose=false.", self.ann_file, turns,
+                )  # fmt: skip
 
     def require_objects(self, split: str) -> None:
         """Raise when no image has an object: training would learn "no object" only, and
