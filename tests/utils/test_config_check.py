@@ -136,6 +136,8 @@ def test_cli_bad_batch_size_fails_before_importing_torch(tmp_path) -> None:
          "model.net.cross_attention.num_points='x'", "model.net.cross_attention.num_points=4"),
         ("train", ["data.keep_empty=maybe"], "data.keep_empty='maybe' (str)",
          "data.keep_empty=true"),
+        ("train", ["data.exif_transpose=maybe"], "data.exif_transpose='maybe' (str)",
+         "data.exif_transpose=true"),
         ("train", ["data.coco_id_space=1"], "data.coco_id_space=1", "null (decided"),
         ("predict", ["draw.score_threshold=abc"], "draw.score_threshold='abc' (str)",
          "a number in [0, 1]"),

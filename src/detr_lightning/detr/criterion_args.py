@@ -11,6 +11,7 @@ from torch import nn
 
 from detr_lightning.detr.class_scoring import SoftmaxScoring
 from detr_lightning.detr.extra_terms import check_extra_terms
+from detr_lightning.errors import ExplainedError
 
 _SUFFIX = re.compile(r"_(\d+|dn|enc|g\d+)$")
 
@@ -95,6 +96,10 @@ def loss_sets(key: str) -> list[str]:
     return ["_" + part for part in tail.split("_")[1:]]
 
 
+class UnusedWeightError(ExplainedError, ValueError):
+    """A ``weight_dict`` key names a loss that this model does not compute."""
+
+
 def unused_weight_message(unused: Collection[str], produced: Collection[str] | None) -> str:
     """The error for weight_dict keys that name a loss set the model does not compute
     (``produced``: the loss keys of a training step; None when refused at build time)."""
@@ -118,4 +123,4 @@ def check_weights_used(weight_dict: Mapping[str, float], produced: Collection[st
     the criterion is built; the suffixed sets exist only once a training step has run."""
     unused = [k for k in weight_dict if k != base_loss_name(k) and k not in produced]
     if unused:
-        raise ValueError(unused_weight_message(unused, produced))
+        raise UnusedWeightError(unused_weight_message(unused, produced))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import lightning as L
@@ -220,19 +219,9 @@ def build_run(
     if checkpoint is not None:
         check_lightning_checkpoint(checkpoint, model, ckpt)
         if stage == "fit":
-            from lightning.pytorch.utilities import rank_zero_only
+            from detr_lightning.checkpointing.before_resume import before_resume
 
-            from detr_lightning.checkpointing.atomic_io import remove_abandoned_temp_files
-            from detr_lightning.checkpointing.optimizer_groups import check_optimizer_groups
-            from detr_lightning.checkpointing.recipe_record import check_resumed_recipe
-            from detr_lightning.resume_logs import keep_resumed_log, record_resumed_from
-
-            check_optimizer_groups(checkpoint, model, ckpt)
-            check_resumed_recipe(checkpoint, cfg, ckpt)
-            if rank_zero_only.rank == 0:  # the interrupted run's folder: what its kill left
-                remove_abandoned_temp_files(os.path.dirname(os.path.abspath(ckpt)))
-                keep_resumed_log(cfg)  # before build_trainer creates the CSV logger
-                record_resumed_from(cfg.paths.output_dir, ckpt, checkpoint.get("global_step", 0))
+            before_resume(checkpoint, model, cfg, ckpt)  # before build_trainer: the CSV logger
         log.info("ckpt_path=%s: %s", ckpt, checkpoint_summary(checkpoint))
         del checkpoint  # memory-mapped: nothing was read beyond the headers
     trainer = build_trainer(cfg)

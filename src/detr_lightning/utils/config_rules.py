@@ -73,6 +73,7 @@ SIZE_RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
 _BOOL = "true or false"
 DATA_RULES: dict[str, Rule] = {
     "data.keep_empty": (lambda v: isinstance(v, bool), _BOOL, "data.keep_empty=true"),
+    "data.exif_transpose": (lambda v: isinstance(v, bool), _BOOL, "data.exif_transpose=true"),
     "data.pin_memory": (lambda v: isinstance(v, bool), _BOOL, "data.pin_memory=false"),
     "data.persistent_workers": (lambda v: isinstance(v, bool), _BOOL,
                                 "data.persistent_workers=true"),

@@ -7,7 +7,7 @@ from __future__ import annotations
 from torch import nn
 
 from detr_lightning.detr.class_scoring import scoring_of
-from detr_lightning.detr.criterion_args import loss_sets, unused_weight_message
+from detr_lightning.detr.criterion_args import UnusedWeightError, loss_sets, unused_weight_message
 
 __all__ = ["check_consistent_heads"]
 
@@ -46,4 +46,4 @@ def check_consistent_heads(net: nn.Module, criterion: nn.Module, postprocess: nn
         or ("_dn" in loss_sets(key) and getattr(net, "denoiser", None) is None)
     ]
     if dead:
-        raise ValueError(unused_weight_message(dead, None))
+        raise UnusedWeightError(unused_weight_message(dead, None))
