@@ -3,6 +3,7 @@
 import math
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 
@@ -10,6 +11,7 @@ from detr_lightning.schedule import (
     BudgetCosine,
     cosine_schedule,
     step_schedule,
+    steps_per_epoch,
 )
 
 
@@ -75,3 +77,30 @@ def test_budget_cosine_keeps_the_peak_until_its_decay_share():
     assert factor(30) == pytest.approx(1.0) and factor(40) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="decay_share"):
         BudgetCosine(0, 10, decay_share=0.0)
+
+
+class _TinyModule(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(1, 1)
+        self.planned = None
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).sum()
+
+    def configure_optimizers(self):
+        self.planned = steps_per_epoch(self.trainer)  # where the schedules ask for it
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def test_steps_per_epoch_equals_the_optimizer_steps_lightning_takes():
+    # Lightning steps the optimizer after every 3 batches and on the epoch's last one: 10
+    # batches under accumulate_grad_batches=3 take ceil(10 / 3) = 4 steps
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(10, 1)))
+    module = _TinyModule()
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=1, accumulate_grad_batches=3, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(module, data)
+    assert trainer.global_step == 4 == module.planned

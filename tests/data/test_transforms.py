@@ -202,3 +202,30 @@ def test_mask_boxes_run_along_pixel_edges() -> None:
     mask = torch.zeros(1, 6, 6, dtype=torch.bool)
     mask[0, 2, 3] = True  # one pixel at y=2, x=3 covers [3, 4] x [2, 3]
     assert mask_boxes(mask).tolist() == [[3.0, 2.0, 4.0, 3.0]]
+
+
+def test_training_resize_keeps_the_long_side_under_max_size():
+    # torchvision's rule: scale = min(800 / 100, 1333 / 1000), short side 100 * 1.333 -> 133
+    tf = make_train_transforms(scales=(800,), max_size=1333, flip_prob=0.0, crop_prob=0.0)
+    image, _ = tf(Image.new("RGB", (1000, 100)), target_for([[10, 10, 500, 90]], (100, 1000)))
+    h, w = image.shape[-2:]
+    assert w <= 1333 and h == 133
+
+
+def test_random_size_crop_reaches_every_size_and_position():
+    # uniform over the closed ranges: widths/heights {3, 4, 5}, a width-3 window's left {0, 1, 2}
+    crop = RandomSizeCrop(3, 5)
+    flat = [tv_tensors.Image(torch.zeros(3, 5, 5, dtype=torch.uint8))]
+    torch.manual_seed(0)
+    draws = [crop.make_params(flat) for _ in range(500)]
+    assert {d["width"] for d in draws} == {3, 4, 5} == {d["height"] for d in draws}
+    assert {d["left"] for d in draws if d["width"] == 3} == {0, 1, 2}
+    assert {d["top"] for d in draws if d["height"] == 3} == {0, 1, 2}
+    assert all(d["left"] + d["width"] <= 5 and d["top"] + d["height"] <= 5 for d in draws)
+
+
+def test_denormalize_clamps_to_the_uint8_range() -> None:
+    # normalised +10 is far above white (mean + 10 std > 1) and -10 far below black: 255 and 0
+    pixels = torch.stack([torch.full((3, 2), 10.0), torch.full((3, 2), -10.0)], 1)
+    out = denormalize(pixels, (2, 2))
+    assert (out[:, 0] == 255).all() and (out[:, 1] == 0).all()

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
 from detr_lightning.convergence.focal_scoring import FocalScoring
+from detr_lightning.detr.mask_losses import mask_losses
 from detr_lightning.loss import HungarianMatcher, SetCriterion, base_loss_name
 
 
@@ -263,3 +264,50 @@ def test_losses_under_known_matches_never_sync_with_the_host():
     names = {event.name for event in prof.events()}
     assert "aten::cross_entropy_loss" in names  # the profile saw the losses
     assert not {"aten::nonzero", "aten::item", "aten::_local_scalar_dense"} & names
+
+
+def test_class_error_reads_the_final_layer_not_an_aux_one():
+    # final layer's matched query 0 says class 1 (right): 0 %; the aux layer says no-object there
+    outputs, targets = _hand_case()
+    wrong = outputs["pred_logits"].clone()
+    wrong[0, 0] = torch.tensor([0.0, 0.0, 9.0])
+    outputs["aux_outputs"] = [{"pred_logits": wrong, "pred_boxes": outputs["pred_boxes"].clone()}]
+    losses = _criterion()(outputs, targets)
+    assert losses["class_error"].item() == pytest.approx(0.0)
+
+
+def _two_halves_case():
+    """1 image, 2 targets on a 4x4 canvas: target 0 (class 0) the left half, target 1 (class 1)
+    the right half. Query 0 predicts target 1's class and box, query 1 target 0's, so the
+    matching is crossed; each query's mask logits are +-10 on its matched target's mask."""
+    left = torch.zeros(4, 4, dtype=torch.bool)
+    left[:, :2] = True
+    masks = torch.stack([left, ~left])
+    target = {
+        "labels": torch.tensor([0, 1]),
+        "boxes": torch.tensor([[0.25, 0.5, 0.5, 1.0], [0.75, 0.5, 0.5, 1.0]]),
+        "masks": masks,
+    }
+    logits = torch.tensor([[[0.0, 6.0, 0.0], [6.0, 0.0, 0.0]]])
+    boxes = target["boxes"][[1, 0]][None].clone()
+    pred_masks = (masks[[1, 0]].float() * 20 - 10)[None]  # [1, 2, 4, 4]
+    return {"pred_logits": logits, "pred_boxes": boxes, "pred_masks": pred_masks}, [target]
+
+
+def test_mask_losses_use_the_targets_in_matched_order():
+    outputs, targets = _two_halves_case()
+    crit = SetCriterion(
+        2, HungarianMatcher(), losses=("labels", "boxes", "masks"),
+        weight_dict={"loss_ce": 1, "loss_mask": 1, "loss_dice": 1},
+    )  # fmt: skip
+    ((src, tgt),) = crit.matcher(outputs, targets)
+    assert src.tolist() == [0, 1] and tgt.tolist() == [1, 0]
+    losses = crit(outputs, targets)
+    # each query reproduces its matched mask: DICE ~ 1 - (16 p + 1) / 17, p = sigmoid(10)
+    assert losses["loss_dice"].item() < 1e-3
+    direct = mask_losses(
+        outputs["pred_masks"], (torch.zeros(2, dtype=torch.long), src), [targets[0]["masks"][tgt]],
+        torch.tensor(2.0),
+    )  # fmt: skip
+    assert losses["loss_dice"].item() == pytest.approx(direct["loss_dice"].item(), rel=1e-6)
+    assert losses["loss_mask"].item() == pytest.approx(direct["loss_mask"].item(), rel=1e-6)

@@ -161,3 +161,10 @@ def test_box_losses_never_sync_with_the_host() -> None:
     names = {event.name for event in prof.events()}
     assert "aten::l1_loss" in names or "aten::abs" in names  # the profile saw the losses
     assert not {"aten::nonzero", "aten::item"} & names
+
+
+def test_class_error_is_the_percentage_of_wrong_matches() -> None:
+    # by hand: 3 matched pairs, 2 argmaxes right -> 1 wrong in 3 = 100/3 %
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [2.0, 0.0, 0.0]])
+    labels = torch.tensor([0, 1, 1])
+    assert class_error(logits, labels).item() == pytest.approx(100 / 3, rel=1e-6)

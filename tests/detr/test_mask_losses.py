@@ -4,9 +4,15 @@ import math
 
 import pytest
 import torch
+from torchvision.ops import sigmoid_focal_loss
 
 from detr_lightning.detr.criterion import SetCriterion
-from detr_lightning.detr.mask_losses import dice_loss, focal_mask_loss, mask_losses
+from detr_lightning.detr.mask_losses import (
+    dice_loss,
+    focal_mask_loss,
+    mask_losses,
+    pad_target_masks,
+)
 from detr_lightning.detr.matcher import HungarianMatcher
 
 
@@ -132,3 +138,42 @@ def test_masks_loss_needs_pred_masks() -> None:
     del outputs["pred_masks"]
     with pytest.raises(ValueError, match="pred_masks"):
         _criterion()(outputs, targets)
+
+
+def test_focal_alpha_weights_positives_by_a_quarter() -> None:
+    # by hand: logit 0, target 1: alpha * (1 - 0.5)^2 * ln 2 with alpha = 0.25 (paper/official)
+    one = focal_mask_loss(torch.tensor([[0.0]]), torch.tensor([[1.0]]), 1.0)
+    assert one.item() == pytest.approx(0.25 * 0.25 * math.log(2), rel=1e-6)
+    # asymmetric data against torchvision.ops.sigmoid_focal_loss(alpha=0.25, gamma=2), reduced as
+    # documented: mean over pixels, summed over masks, / num_boxes
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 16, generator=gen) * 3
+    targets = (torch.rand(3, 16, generator=gen) < 0.2).float()
+    ref = sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0, reduction="none")
+    expected = ref.mean(1).sum() / 2.0
+    assert focal_mask_loss(logits, targets, 2.0).item() == pytest.approx(expected.item(), rel=1e-6)
+    out = mask_losses(
+        logits.view(1, 3, 4, 4), (torch.zeros(3, dtype=torch.long), torch.arange(3)),
+        [targets.view(3, 4, 4).bool()], 2.0,
+    )  # fmt: skip
+    assert out["loss_mask"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_no_matched_mask_keeps_the_loss_in_the_graph() -> None:
+    # DDP needs every parameter in the graph: zero losses that still backpropagate (zero grads)
+    pred = torch.randn(1, 3, 2, 2, requires_grad=True)
+    none = (torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+    out = mask_losses(pred, none, [torch.zeros(0, 4, 4, dtype=torch.bool)], 1.0)
+    assert out["loss_mask"].requires_grad and out["loss_dice"].requires_grad
+    (out["loss_mask"] + out["loss_dice"]).backward()
+    assert pred.grad is not None and (pred.grad == 0).all()
+    assert out["loss_mask"].item() == 0 and out["loss_dice"].item() == 0
+
+
+def test_pad_target_masks_pads_bottom_and_right() -> None:
+    # by hand: a 2x2 mask on a 4x4 canvas keeps its top-left corner
+    padded = pad_target_masks([torch.ones(1, 2, 2), torch.ones(1, 4, 4)])
+    expected = torch.zeros(2, 4, 4)
+    expected[0, :2, :2] = 1
+    expected[1] = 1
+    assert torch.equal(padded, expected)

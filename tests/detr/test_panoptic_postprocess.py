@@ -200,3 +200,32 @@ def test_labels_left_out_of_the_thing_map_form_no_segment_and_renormalise_nothin
         {"pred_logits": logits, "pred_masks": masks[None]}, [(6, 6)]
     )[0]  # the same outputs with label 3 a category: query 0 is a segment
     assert sorted(s["category_id"] for s in everything["segments_info"]) == [0, 3]
+
+
+def test_default_canvas_is_the_largest_height_and_the_largest_width() -> None:
+    # a 4x8 and a 6x4 image pad to a 6x8 canvas: the default must equal canvas_size=(6, 8)
+    gen = torch.Generator().manual_seed(0)
+    logits = _logits([(0, SURE), (1, SURE), (2, SURE)])
+    batch = {
+        "pred_logits": torch.stack([logits, logits]),
+        "pred_masks": torch.randn(2, 3, 3, 4, generator=gen) * 5,
+    }
+    sizes = torch.tensor([[4, 8], [6, 4]])
+    post = PostProcessPanoptic(IS_THING, min_area=1)
+    default, explicit = post(batch, sizes), post(batch, sizes, canvas_size=(6, 8))
+    for a, b in zip(default, explicit, strict=True):
+        assert torch.equal(a["segment_map"], b["segment_map"])
+        assert a["segments_info"] == b["segments_info"]
+
+
+@pytest.mark.parametrize(("n_in", "n_out"), [(3, 5), (5, 3)])
+def test_id_map_resize_is_nearest_exact(n_in: int, n_out: int) -> None:
+    # each input pixel is its own segment (category = pixel index); output pixel d takes input
+    # pixel floor((d + 0.5) * n_in / n_out) per axis (pixel centres; torch's "nearest-exact")
+    masks = torch.eye(n_in * n_in).view(n_in * n_in, n_in, n_in) * 10
+    labels = list(range(n_in * n_in))
+    out = PostProcessPanoptic([True] * len(labels), min_area=1).segment(masks, labels, (n_out,) * 2)
+    category = torch.tensor([0] + [s["category_id"] for s in out["segments_info"]])
+    src = [(2 * d + 1) * n_in // (2 * n_out) for d in range(n_out)]
+    expected = torch.tensor([[n_in * y + x for x in src] for y in src])
+    assert torch.equal(category[out["segment_map"]], expected)

@@ -73,6 +73,12 @@ def test_learned_rejects_maps_larger_than_its_table() -> None:
         PositionEmbeddingLearned(8)(torch.ones(1, 51, 4, dtype=torch.bool))
 
 
+def test_learned_rejects_maps_wider_than_its_table() -> None:
+    # the column table has 50 rows too: a 4x51 map is the same clear error, not an IndexError
+    with pytest.raises(ValueError, match="4x51"):
+        PositionEmbeddingLearned(8)(torch.ones(1, 4, 51, dtype=torch.bool))
+
+
 def test_build_position_encoding() -> None:
     sine = build_position_encoding("sine", hidden_dim=64)
     assert isinstance(sine, PositionEmbeddingSine) and sine.num_pos_feats == 32

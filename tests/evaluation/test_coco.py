@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 
+import numpy as np
 import pytest
 import torch
 from cocoeval import fake_detections, pycocotools_stats
@@ -144,3 +145,28 @@ def test_table_and_metrics_json(tmp_path) -> None:
 def test_decoder_layers_are_counted_from_zero_and_the_last_is_the_final_output() -> None:
     outputs = {"i": 2, "aux_outputs": [{"i": 0}, {"i": 1}]}
     assert [select_decoder_layer(outputs, k)["i"] for k in (0, 1, 2, None)] == [0, 1, 2, 2]
+
+
+def test_metric_targets_without_gt_boxes_go_back_to_original_pixels() -> None:
+    # by hand: cxcywh (.5, .25, .2, .5) -> xyxy (.4, 0, .6, .5), times (w, h) = (200, 100)
+    t = {
+        "boxes": torch.tensor([[0.5, 0.25, 0.2, 0.5]]),
+        "labels": torch.tensor([3]),
+        "image_id": torch.tensor(7),
+        "orig_size": torch.tensor([100, 200]),  # (h, w)
+        "area": torch.tensor([123.0]),
+    }
+    (out,) = metric_targets([t])
+    torch.testing.assert_close(out["boxes"], torch.tensor([[80.0, 0.0, 120.0, 50.0]]))
+    assert out["labels"].tolist() == [3] and int(out["image_id"]) == 7
+    assert out["iscrowd"].tolist() == [0]
+    assert out["area"].tolist() == [123.0]  # the dataset's area, not the box's w * h
+    (no_area,) = metric_targets([{k: v for k, v in t.items() if k != "area"}])
+    assert "area" not in no_area
+
+
+def test_recall_thresholds_are_pycocotools_float64_ones() -> None:
+    # pycocotools' recThrs = np.linspace(0, 1, 101) in float64 (not a float32 linspace)
+    metric = CocoBoxAP()
+    assert metric.rec_thresholds == np.linspace(0.0, 1.0, 101).tolist()
+    assert metric.iou_thresholds == np.linspace(0.5, 0.95, 10).tolist()

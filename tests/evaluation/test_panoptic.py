@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from detr_lightning.evaluation import PanopticQualityMetric, pq_compute
+from detr_lightning.evaluation.panoptic import ClassStats, match_image
 
 CATEGORIES = [
     {"id": 1, "name": "thing_a", "isthing": 1},
@@ -303,3 +304,13 @@ def test_metric_batched_update_and_errors() -> None:
         metric.update(named, gt)
     with pytest.raises(ValueError, match="duplicate ids"):
         PanopticQualityMetric([*CATEGORIES, CATEGORIES[0]])
+
+
+def test_a_prediction_of_another_category_never_matches() -> None:
+    # panopticapi matches only same-category pairs: the same pixels under category 2 are a
+    # miss of category 1 and a false positive of category 2 (PQ 0), not a true positive
+    ids = torch.ones(4, 4, dtype=torch.long)
+    gt = {"ids": ids, "segments_info": [{"id": 1, "category_id": 1, "iscrowd": 0}]}
+    pred = {"ids": ids * 2, "segments_info": [{"id": 2, "category_id": 2}]}
+    stats = match_image(pred, gt, {1, 2})
+    assert stats == {1: ClassStats(fn=1), 2: ClassStats(fp=1)}
