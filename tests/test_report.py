@@ -181,3 +181,12 @@ def test_an_interrupted_run_continued_by_a_resume_is_no_row_of_its_own(tmp_path)
 
     write_metrics_json(t1, metrics(0.2), experiment="shapes", epochs=2, global_step=5)
     assert [r[0] for r in table(write_report([experiment]).read_text())] == ["t1", "t2", "t3"]
+
+
+def test_the_command_line_names_a_missing_folder_as_a_usage_error(tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "nowhere")])
+    assert stop.value.code == 2  # argparse's usage error, not a traceback
+    assert (
+        f"error: {tmp_path / 'nowhere'}: no such run or sweep directory" in capsys.readouterr().err
+    )

@@ -11,3 +11,11 @@ from __future__ import annotations
 
 class ExplainedError(Exception):
     """An error whose message (and notes) tells the user what to change."""
+
+
+class MissingFileError(ExplainedError, FileNotFoundError):
+    """A file or folder that a setting names (``input=``, ``onnx=``) does not exist."""
+
+
+class ExistingOutputError(ExplainedError, FileExistsError):
+    """An output folder already holds what this job would write."""

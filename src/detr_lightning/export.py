@@ -26,6 +26,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from detr_lightning.utils import conf_dir
+from detr_lightning.utils.config_check import ConfigError
 from detr_lightning.utils.job_errors import exit_on_explained_errors
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 def export(cfg: DictConfig) -> tuple[str, dict[str, float]]:
     """Export (and verify); returns the file and the measured differences ({} without verify)."""
     if cfg.get("format", "onnx") != "onnx":
-        raise ValueError(f"format={cfg.format}: only format=onnx is supported")
+        raise ConfigError(f"format={cfg.format}: only format=onnx is supported")
     from detr_lightning.inference.loading import check_inference_config
 
     check_inference_config(cfg, needs_data=False)

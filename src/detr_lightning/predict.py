@@ -36,7 +36,9 @@ import os
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from detr_lightning.errors import ExistingOutputError
 from detr_lightning.utils import conf_dir
+from detr_lightning.utils.config_check import ConfigError
 from detr_lightning.utils.job_errors import exit_on_explained_errors
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,7 @@ def _refuse_earlier_outputs(out_dir: str) -> None:
     there is deleted."""
     found = [name for name in OUTPUT_NAMES if os.path.exists(os.path.join(out_dir, name))]
     if found:
-        raise FileExistsError(
+        raise ExistingOutputError(
             f"output_dir={out_dir} already holds {', '.join(found)} (an earlier predict run's?): "
             "this run's predictions would mix with them. Fix: give a new output_dir (or none: "
             "a fresh outputs/<experiment>/predict_<time>), or move those away first."
@@ -77,14 +79,14 @@ def predict(cfg: DictConfig) -> str:
     """Predict, write predictions.json, images.json and the drawings; returns the json's path."""
     backend = cfg.get("backend", "torch")
     if backend not in BACKENDS:
-        raise ValueError(f"backend={backend}: use one of {', '.join(BACKENDS)}")
+        raise ConfigError(f"backend={backend}: use one of {', '.join(BACKENDS)}")
     if backend == "torch" and not cfg.get("ckpt_path") and not cfg.model.get("pretrained"):
-        raise ValueError(
+        raise ConfigError(
             "give ckpt_path=<Lightning .ckpt> or model.pretrained=<official .pth> "
             "(or backend=onnxruntime onnx=<exported .onnx>)"
         )
     if backend == "onnxruntime" and not cfg.get("onnx"):
-        raise ValueError("backend=onnxruntime needs onnx=<file written by detr_lightning.export>")
+        raise ConfigError("backend=onnxruntime needs onnx=<file written by detr_lightning.export>")
     from detr_lightning.inference.loading import check_inference_config
 
     check_inference_config(cfg, needs_data=not cfg.get("input"), needs_weights=backend == "torch")

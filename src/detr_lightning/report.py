@@ -188,7 +188,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("runs", nargs="+", help="run directories or folders of runs (sweeps)")
     parser.add_argument("--out", help="output folder (default: the one argument, else ./report)")
     args = parser.parse_args(argv)
-    path = write_report(args.runs, args.out)
+    try:
+        path = write_report(args.runs, args.out)
+    except FileNotFoundError as err:  # a path given, or no run under it: usage, not a trace
+        parser.error(str(err))
     print(path.read_text().split("\n\n![")[0])
     print(f"report: {path}")
 

@@ -46,3 +46,14 @@ def test_the_projects_named_errors_are_explained_and_others_pass(kind, monkeypat
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
     with pytest.raises(kind, match="bad"):
         _failing(kind("bad"))(None)
+
+
+def test_errors_of_using_a_model_are_explained_too(tmp_path) -> None:
+    """predict's and export's setting errors keep their built-in bases (callers catch those)."""
+    from detr_lightning.errors import ExistingOutputError, MissingFileError
+    from detr_lightning.inference.images import find_images
+
+    assert issubclass(MissingFileError, FileNotFoundError)
+    assert issubclass(ExistingOutputError, FileExistsError)
+    with pytest.raises(MissingFileError, match="input=.*no such image file or folder"):
+        find_images(tmp_path / "nowhere")

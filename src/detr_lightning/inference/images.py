@@ -21,6 +21,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 from detr_lightning.data.collate import collate
 from detr_lightning.data.errors import ImageLoadError
 from detr_lightning.data.image_io import load_rgb_image
+from detr_lightning.errors import MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +51,18 @@ class ImageRecord:
 
 def find_images(source: str | Path) -> list[ImageRecord]:
     """One image file, or every file with an :data:`IMAGE_EXTENSIONS` suffix under a folder
-    (recursively, sorted by relative path). Raises FileNotFoundError naming ``input=``."""
+    (recursively, sorted by relative path). Raises MissingFileError (a FileNotFoundError) naming ``input=``."""
     root = Path(source)
     if root.is_file():  # given explicitly: tried whatever its suffix
         return [ImageRecord(root, 1, root.name)]
     if not root.is_dir():
-        raise FileNotFoundError(f"input={source}: no such image file or folder")
+        raise MissingFileError(f"input={source}: no such image file or folder")
     files = sorted(
         (p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
         key=lambda p: p.relative_to(root).as_posix(),
     )
     if not files:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"input={source}: the folder holds no image ({', '.join(IMAGE_EXTENSIONS)})"
         )
     return [ImageRecord(p, i + 1, p.relative_to(root).as_posix()) for i, p in enumerate(files)]

@@ -13,7 +13,9 @@ from hydra.utils import get_object
 from torch import Tensor
 
 from detr_lightning.detr.class_scoring import SoftmaxScoring
+from detr_lightning.errors import MissingFileError
 from detr_lightning.inference.onnx_export import INPUT_NAMES, MASK_OUTPUT, OUTPUT_NAMES
+from detr_lightning.utils.config_check import ConfigError
 
 
 class OnnxDetector:
@@ -34,7 +36,7 @@ class OnnxDetector:
 
         path = os.fspath(path)
         if not os.path.isfile(path):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"onnx={path}: no such file. Fix: write it with python -m detr_lightning.export"
             )
         if providers is None:
@@ -47,10 +49,10 @@ class OnnxDetector:
         self.session = ort.InferenceSession(path, options, providers=providers)
         inputs = [i.name for i in self.session.get_inputs()]
         if tuple(inputs) != INPUT_NAMES:
-            raise ValueError(f"onnx={path}: inputs {inputs}, expected {list(INPUT_NAMES)}")
+            raise ConfigError(f"onnx={path}: inputs {inputs}, expected {list(INPUT_NAMES)}")
         self.output_names = tuple(o.name for o in self.session.get_outputs())
         if self.output_names not in (OUTPUT_NAMES, OUTPUT_NAMES + (MASK_OUTPUT,)):
-            raise ValueError(
+            raise ConfigError(
                 f"onnx={path}: outputs {list(self.output_names)}, expected "
                 f"{list(OUTPUT_NAMES)} (+ {MASK_OUTPUT}); write it with python -m "
                 "detr_lightning.export"
