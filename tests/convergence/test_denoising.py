@@ -56,18 +56,28 @@ def test_slots_point_at_their_targets():
     assert dn.matching_indices()[0][1].tolist() == [0, 1, 0, 1, 0, 1]
 
 
-def test_box_noise_bounds_match_dn_detr_definition():
-    box = torch.tensor([[0.5, 0.5, 0.2, 0.4]])
-    targets = [{"labels": torch.tensor([0]), "boxes": box}]
-    gen = torch.Generator().manual_seed(1)
+def _noised(box: list[float], groups: int, box_noise: float, seed: int) -> torch.Tensor:
+    """[groups, 4] noised copies (cxcywh) of one box of class 0."""
+    targets = [{"labels": torch.tensor([0]), "boxes": torch.tensor([box])}]
+    gen = torch.Generator().manual_seed(seed)
     dn = make_denoising_queries(
-        targets, num_classes=1, num_groups=200, box_noise=0.4, generator=gen
+        targets, num_classes=1, num_groups=groups, box_noise=box_noise, generator=gen
     )
-    noised = dn.boxes[0]
+    return dn.boxes[0]
+
+
+def test_box_noise_bounds_match_dn_detr_definition():
+    noised = _noised([0.5, 0.5, 0.2, 0.4], groups=1000, box_noise=0.4, seed=1)
     # centre shift at most lambda * side / 2, side scale within [1 - lambda, 1 + lambda]
     assert (noised[:, 0] - 0.5).abs().max() <= 0.4 * 0.2 / 2 + 1e-6
     assert (noised[:, 1] - 0.5).abs().max() <= 0.4 * 0.4 / 2 + 1e-6
     assert noised[:, 2].min() >= 0.2 * 0.6 - 1e-6 and noised[:, 2].max() <= 0.2 * 1.4 + 1e-6
+    # uniform draws: 1000 of them come within 10 % of each bound (a halved range would not)
+    assert noised[:, 2].max() >= 0.2 * (1 + 0.9 * 0.4)
+    assert noised[:, 2].min() <= 0.2 * (1 - 0.9 * 0.4)
+    assert noised[:, 3].max() >= 0.4 * (1 + 0.9 * 0.4)
+    assert (noised[:, 0] - 0.5).abs().max() >= 0.9 * 0.4 * 0.2 / 2
+    assert (noised[:, 1] - 0.5).abs().max() >= 0.9 * 0.4 * 0.4 / 2
     assert (noised[:, 3] - 0.4).abs().max() > 0.05  # noise is actually applied
 
 
@@ -138,32 +148,9 @@ def test_denoiser_accepts_zero_box_noise():
     assert den.box_noise == 0.0
 
 
-def test_box_noise_fills_its_whole_range():
-    # DN-DETR's lambda = 0.4 on a 0.2 x 0.4 box: side factors uniform in [0.6, 1.4], centre
-    # shifts uniform within +-lambda * side / 2; 1000 draws come within 10 % of each bound
-    box = torch.tensor([[0.5, 0.5, 0.2, 0.4]])
-    targets = [{"labels": torch.tensor([0]), "boxes": box}]
-    gen = torch.Generator().manual_seed(2)
-    dn = make_denoising_queries(
-        targets, num_classes=1, num_groups=1000, box_noise=0.4, generator=gen
-    )
-    noised = dn.boxes[0]
-    assert noised[:, 2].max() >= 0.2 * (1 + 0.9 * 0.4)
-    assert noised[:, 2].min() <= 0.2 * (1 - 0.9 * 0.4)
-    assert noised[:, 3].max() >= 0.4 * (1 + 0.9 * 0.4)
-    assert (noised[:, 0] - 0.5).abs().max() >= 0.9 * 0.4 * 0.2 / 2
-    assert (noised[:, 1] - 0.5).abs().max() >= 0.9 * 0.4 * 0.4 / 2
-
-
 def test_noised_sides_keep_the_minimum_of_1e3():
     # lambda = 1 scales a side by [0, 2]: a 0.01 side often drops under 1e-3, clamped to 1e-3
     # (the documented minimum that keeps inverse-sigmoid finite)
-    box = torch.tensor([[0.5, 0.5, 0.01, 0.01]])
-    targets = [{"labels": torch.tensor([0]), "boxes": box}]
-    gen = torch.Generator().manual_seed(3)
-    dn = make_denoising_queries(
-        targets, num_classes=1, num_groups=500, box_noise=1.0, generator=gen
-    )
-    sides = dn.boxes[0, :, 2:]
+    sides = _noised([0.5, 0.5, 0.01, 0.01], groups=500, box_noise=1.0, seed=3)[:, 2:]
     assert sides.min().item() >= 1e-3 - 1e-9
     assert (sides <= 1e-3 + 1e-9).sum() > 0  # the clamp was actually needed
