@@ -22,13 +22,7 @@ from detr_lightning.data.coco import CocoDetectionDataset, Transform
 from detr_lightning.data.coco_json import read_coco_json
 from detr_lightning.data.coco_panoptic import CocoPanopticDataset
 from detr_lightning.data.collate import make_collate_fn
-from detr_lightning.data.epoch_sampler import EpochRandomSampler
-from detr_lightning.data.eval_sampler import WholeBatchDistributedSampler
-from detr_lightning.data.sampler import (
-    AspectRatioGroupedBatchSampler,
-    aspect_ratio_groups,
-    image_sizes,
-)
+from detr_lightning.data.loaders import evaluation_loader, training_loader
 from detr_lightning.data.shapes import categories as shapes_categories
 from detr_lightning.data.shapes import ensure_shapes_dataset
 from detr_lightning.data.transforms import make_eval_transforms, make_train_transforms
@@ -182,30 +176,12 @@ class DetrDataModule(L.LightningDataModule):
             raise ValueError(
                 f"No {split} dataset: set the data config's {split}_images and {split}_ann."
             )
-        if train and self.group_by_aspect_ratio:
-            return self._grouped_loader(self.datasets[split])
-        dataset = self.datasets[split]
+        workers = {"num_workers": self.num_workers, "pin_memory": self.pin_memory,
+                   "persistent_workers": self.persistent_workers, "collate_fn": self.collate_fn}  # fmt: skip
         if train:
-            sampler = EpochRandomSampler(dataset, torch.initial_seed())
-        elif torch.distributed.is_available() and torch.distributed.is_initialized():
-            sampler = WholeBatchDistributedSampler(dataset, self.val_batch_size)
-        else:
-            sampler = None
-        batch_size = self.batch_size if train else self.val_batch_size
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=False,
-                          generator=_worker_seeds() if train else None,
-                          **self._worker_kwargs())  # fmt: skip
-
-    def _grouped_loader(self, dataset: Dataset) -> DataLoader:
-        groups = aspect_ratio_groups(image_sizes(dataset))
-        order = EpochRandomSampler(dataset, torch.initial_seed())
-        batches = AspectRatioGroupedBatchSampler(order, groups, self.batch_size)
-        return DataLoader(dataset, batch_sampler=batches, generator=_worker_seeds(),
-                          **self._worker_kwargs())  # fmt: skip
-
-    def _worker_kwargs(self) -> dict[str, Any]:
-        return {"num_workers": self.num_workers, "pin_memory": self.pin_memory,
-                "persistent_workers": self.persistent_workers, "collate_fn": self.collate_fn}  # fmt: skip
+            return training_loader(self.datasets[split], self.batch_size,
+                                   self.group_by_aspect_ratio, **workers)  # fmt: skip
+        return evaluation_loader(self.datasets[split], self.val_batch_size, **workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
@@ -244,15 +220,6 @@ class DetrDataModule(L.LightningDataModule):
         self.categories = names
         saved = state_dict.get(eval_transform_record.KEY)
         eval_transform_record.warn_if_different(saved, self.val_transforms_record, "the checkpoint")
-
-
-def _worker_seeds() -> torch.Generator:
-    """The training loader's own generator: every epoch's iterator draws its workers' seed from
-    it, not from the global random state, so that the model's random numbers (dropout, the
-    augmentation in the main process) do not depend on how many iterators were made before
-    (a resumed run makes its first one earlier than an uninterrupted one:
-    checkpointing/rng_states.py)."""
-    return torch.Generator().manual_seed(torch.initial_seed())
 
 
 class PanopticDataModule(DetrDataModule):

@@ -1,0 +1,52 @@
+"""The data loaders of a :class:`~detr_lightning.data.datamodule.DetrDataModule`: training in an
+order that is a function of the seed and the epoch (optionally in aspect-ratio groups),
+evaluation in whole batches per DDP rank."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from detr_lightning.data.epoch_sampler import EpochRandomSampler
+from detr_lightning.data.eval_sampler import WholeBatchDistributedSampler
+from detr_lightning.data.sampler import (
+    AspectRatioGroupedBatchSampler,
+    aspect_ratio_groups,
+    image_sizes,
+)
+
+
+def training_loader(
+    dataset: Dataset, batch_size: int, grouped: bool, **worker_kwargs: Any
+) -> DataLoader:
+    """Each image once per epoch (:class:`EpochRandomSampler` seeded with the run's seed); with
+    ``grouped``, batches of one aspect-ratio group (:mod:`detr_lightning.data.sampler`).
+    ``worker_kwargs``: num_workers, pin_memory, persistent_workers, collate_fn."""
+    order = EpochRandomSampler(dataset, torch.initial_seed())
+    if grouped:
+        batches = AspectRatioGroupedBatchSampler(order, aspect_ratio_groups(image_sizes(dataset)),
+                                                 batch_size)  # fmt: skip
+        return DataLoader(dataset, batch_sampler=batches, generator=_worker_seeds(),
+                          **worker_kwargs)  # fmt: skip
+    return DataLoader(dataset, batch_size=batch_size, sampler=order, drop_last=False,
+                      generator=_worker_seeds(), **worker_kwargs)  # fmt: skip
+
+
+def evaluation_loader(dataset: Dataset, batch_size: int, **worker_kwargs: Any) -> DataLoader:
+    """In dataset order; under DDP each rank gets whole batches (no image twice in the AP)."""
+    sampler = None
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        sampler = WholeBatchDistributedSampler(dataset, batch_size)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=False,
+                      **worker_kwargs)  # fmt: skip
+
+
+def _worker_seeds() -> torch.Generator:
+    """The training loader's own generator: every epoch's iterator draws its workers' seed from
+    it, not from the global random state, so that the model's random numbers (dropout, the
+    augmentation in the main process) do not depend on how many iterators were made before
+    (a resumed run makes its first one earlier than an uninterrupted one:
+    checkpointing/rng_states.py)."""
+    return torch.Generator().manual_seed(torch.initial_seed())
