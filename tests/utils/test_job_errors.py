@@ -57,3 +57,16 @@ def test_errors_of_using_a_model_are_explained_too(tmp_path) -> None:
     assert issubclass(ExistingOutputError, FileExistsError)
     with pytest.raises(MissingFileError, match="input=.*no such image file or folder"):
         find_images(tmp_path / "nowhere")
+
+
+def test_in_a_sweep_the_job_fails_and_hydra_goes_on(monkeypatch, caplog) -> None:
+    """Hydra catches an Exception per job and runs the next one; a SystemExit would end the
+    sweep."""
+    from detr_lightning.utils import job_errors
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(job_errors, "_in_sweep", lambda: True)
+    with pytest.raises(job_errors.JobFailed, match=r"^ConfigError: bad\b") as failed:
+        _failing(ConfigError("bad"))(None)
+    assert isinstance(failed.value, Exception) and failed.value.__cause__ is None
+    assert "ConfigError: bad" in caplog.text  # in the job's log too

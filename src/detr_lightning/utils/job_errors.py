@@ -1,7 +1,9 @@
 """Entry points end an :class:`~detr_lightning.errors.ExplainedError` with its message alone and
 exit status 1, instead of Hydra's report of the error under a traceback through Lightning (40
 lines for a bad image found in a batch). ``HYDRA_FULL_ERROR=1`` raises it as before, with the
-whole traceback. Import-light: no torch or Lightning.
+whole traceback. In a sweep (``-m``) the job fails and the next one runs, as Hydra does for any
+error: the message is logged, and Hydra names the failed job at the end of the sweep under a
+short :class:`JobFailed` (exit status 1). Import-light: no torch or Lightning.
 """
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ from detr_lightning.errors import ExplainedError
 log = logging.getLogger(__name__)
 
 Main = TypeVar("Main", bound=Callable[..., Any])
+
+
+class JobFailed(Exception):
+    """A sweep job that ended with an explained error (its message); Hydra reports it after the
+    sweep's other jobs ran."""
 
 
 def explained(err: BaseException) -> str:
@@ -36,6 +43,16 @@ def exit_on_explained_errors(main: Main) -> Main:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             log.error("%s\n(HYDRA_FULL_ERROR=1 shows the traceback)", explained(err))
+            if _in_sweep():
+                raise JobFailed(explained(err)) from None
             raise SystemExit(1) from None
 
     return task  # type: ignore[return-value]
+
+
+def _in_sweep() -> bool:
+    """Whether this process runs a job of a Hydra multirun (its other jobs are still to run)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
