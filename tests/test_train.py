@@ -153,6 +153,16 @@ def test_multirun_runs_two_jobs_with_their_own_dirs(tmp_path, shapes_root) -> No
         assert "AP" in json.loads((d / "metrics.json").read_text())
 
 
+def test_a_sweep_job_with_a_config_error_fails_alone(tmp_path, shapes_root) -> None:
+    """Job 0's error is its message alone; job 1 still trains; the sweep exits 1 naming job 0."""
+    out = run_cli("train", ["-m", "schedule=smoke", f"paths.shapes_dir={shapes_root}", *TINY,
+                            "data.val_batch_size=0,2"], tmp_path, fails=True)  # fmt: skip
+    assert out.count("ConfigError: invalid config (1 problem):") == 2  # logged, then at the end
+    assert "Error executing job with overrides: [" in out and "data.val_batch_size=0" in out
+    (job,) = set(run_dirs(out))  # only job 1 reached training
+    assert job.name == "1" and "AP" in json.loads((job / "metrics.json").read_text())
+
+
 def test_predict_writes_coco_results_with_dataset_ids(first_run, shapes_root) -> None:
     cwd, _, run_dir = first_run
     ckpt = run_dir / "checkpoints" / "last.ckpt"
