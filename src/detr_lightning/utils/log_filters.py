@@ -1,4 +1,4 @@
-"""A logging filter for the run's console and ``train.log`` (conf/hydra/default.yaml)."""
+"""Logging filters for the run's console and ``train.log`` (conf/hydra/default.yaml)."""
 
 from __future__ import annotations
 
@@ -18,3 +18,11 @@ class DropLightningNoise(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith(_NOISE)
+
+
+class BelowError(logging.Filter):
+    """Keeps records below ERROR: the stdout console handler leaves errors to the stderr one,
+    so that a job's error message is on stderr (where scripts and schedulers look) once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
