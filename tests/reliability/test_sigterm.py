@@ -51,3 +51,42 @@ def test_sigterm_saves_last_at_that_step_exits_143_and_resumes(tmp_path, shapes_
     assert f"rerun the sweep command with ckpt_path=auto hydra.sweep.dir={sweep}" in (
         swept.stdout + swept.stderr
     )
+
+
+def test_sigterm_during_validation_saves_the_last_training_step_and_resumes(
+    tmp_path, shapes_root
+) -> None:
+    """SIGTERM while the first epoch validates: Lightning stops at that validation batch's end,
+    last.ckpt holds the epoch's last training step (3), exit 143. The resume finishes epoch 0
+    without rerunning its interrupted validation (Lightning resumes a validation only when its
+    batch was cut mid-way, never one stopped between batches), then trains and validates epoch 1."""
+    common = ["schedule=smoke", f"paths.shapes_dir={shapes_root}", *TINY, "trainer.max_epochs=2",
+              f"trainer.limit_train_batches={STEPS_PER_EPOCH}"]  # fmt: skip
+    term = ["+callbacks.term._target_=reliability_support.TermInValidation"]
+    stopped = run("train", [*common, *term], tmp_path)
+    out = stopped.stdout + stopped.stderr
+    assert stopped.returncode == 143, out[-3000:]
+    assert "Validation" in out  # the signal came while validating (the progress bar says so)
+    (run_dir,) = (tmp_path / "outputs" / "shapes").iterdir()
+    last = run_dir / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=True)
+    assert (state["global_step"], state["epoch"]) == (STEPS_PER_EPOCH, 0)
+    # the validation had run one of its two batches; no top-k file (no val/AP yet)
+    val_progress = state["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]
+    assert val_progress["current"]["completed"] == 1
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
+    assert (
+        f"SIGTERM: training stopped during training at global step {STEPS_PER_EPOCH} (epoch 0); "
+        f"last.ckpt (global step {STEPS_PER_EPOCH}) is {last}. To resume, rerun the command with "
+        "ckpt_path=last." in out
+    )
+    assert out.count("SIGTERM: training stopped") == 1
+
+    resumed = run("train", [*common, "ckpt_path=last", "test=false"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    new_dir = Path(re.findall(r"^run directory: (.+)$", resumed.stdout, flags=re.M)[0])
+    final = torch.load(new_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (final["global_step"], final["epoch"]) == (2 * STEPS_PER_EPOCH, 1)
+    # epoch 0's validation is not rerun: the only validation point is epoch 1's
+    assert [p["epoch"] for p in load_run(new_dir).curve] == [1.0]
+    assert [p.name[:9] for p in (new_dir / "checkpoints").glob("epoch*.ckpt")] == ["epoch001-"]

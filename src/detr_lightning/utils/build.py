@@ -123,11 +123,13 @@ def build_model(
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     """Instantiate ``cfg.trainer`` with the configured callbacks and loggers, the recipe record
     (what a resume restores, saved in checkpoints: checkpointing/recipe_record.py), the random
-    generators' states (checkpointing/rng_states.py) and atomic
+    generators' states (checkpointing/rng_states.py), one SIGTERM per process
+    (checkpointing/interrupted.py) and atomic
     checkpoint writes (AtomicCheckpointIO) unless the config brings its own CheckpointIO."""
     from lightning.fabric.plugins import CheckpointIO
 
     from detr_lightning.checkpointing.atomic_io import AtomicCheckpointIO
+    from detr_lightning.checkpointing.interrupted import FirstSigtermOnly
     from detr_lightning.checkpointing.recipe_record import RecipeRecord, recipe_record
     from detr_lightning.checkpointing.rng_states import RngStates
 
@@ -135,6 +137,7 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
         *instantiate_dict(cfg.get("callbacks")),
         RecipeRecord(recipe_record(cfg), cfg.get("resume_recipe") or "checkpoint"),
         RngStates(),
+        FirstSigtermOnly(),  # DDP: a repeated SIGTERM would hang the ranks (interrupted.py)
     ]
     loggers = instantiate_dict(cfg.get("logger"))
     plugins = instantiate(cfg.trainer.get("plugins"), _convert_="all") or []
