@@ -1,7 +1,8 @@
 """What a training run stopped by SIGTERM (pre-emption, ``scancel``, ``docker stop``), or by a
-bad file found while fitting, says and returns. Lightning turns the signal into ``SIGTERMException`` at the next batch boundary, a
-``SystemExit`` without a code: the run would end with status 0 and no word, as if it had
-finished. ``BestAndLastCheckpoint.on_exception`` has written ``last.ckpt`` at that step by then.
+bad file found while fitting, says and returns. Lightning turns the signal into
+``SIGTERMException`` at the next batch boundary, a ``SystemExit`` without a code: the run would
+end with status 0 and no word, as if it had finished. ``BestAndLastCheckpoint.on_exception`` has
+written ``last.ckpt`` at that step by then.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def resume_hint() -> str:
 
 
 def saved_checkpoint(trainer: L.Trainer) -> str:
-    """ "last.ckpt (global step S) is PATH", or that this run wrote none."""
+    """Where this run's last.ckpt is and its step, or that the run wrote none."""
     callback = trainer.checkpoint_callback
     step = getattr(callback, "last_written_step", None)
     path = getattr(callback, "last_model_path", "") or ""

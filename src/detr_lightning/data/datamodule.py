@@ -177,7 +177,8 @@ class DetrDataModule(L.LightningDataModule):
                 f"No {split} dataset: set the data config's {split}_images and {split}_ann."
             )
         workers = {"num_workers": self.num_workers, "pin_memory": self.pin_memory,
-                   "persistent_workers": self.persistent_workers, "collate_fn": self.collate_fn}  # fmt: skip
+                   "persistent_workers": self.persistent_workers,
+                   "collate_fn": self.collate_fn}  # fmt: skip
         if train:
             return training_loader(self.datasets[split], self.batch_size,
                                    self.group_by_aspect_ratio, **workers)  # fmt: skip

@@ -51,7 +51,8 @@ class ImageRecord:
 
 def find_images(source: str | Path) -> list[ImageRecord]:
     """One image file, or every file with an :data:`IMAGE_EXTENSIONS` suffix under a folder
-    (recursively, sorted by relative path). Raises MissingFileError (a FileNotFoundError) naming ``input=``."""
+    (recursively, sorted by relative path). Raises MissingFileError (a FileNotFoundError)
+    naming ``input=``."""
     root = Path(source)
     if root.is_file():  # given explicitly: tried whatever its suffix
         return [ImageRecord(root, 1, root.name)]
