@@ -92,22 +92,16 @@ class WeightSpy(L.Callback):
 class TermAtStep(L.Callback):
     """Sends SIGTERM to its own process after optimizer step ``step``, as a scheduler
     pre-empting the job (``scancel``, ``docker stop``) would; Lightning stops at the batch's end.
-
     Under DDP every rank has this callback, so each rank signals itself at that step (what
-    ``scancel`` does: SIGTERM to every task); with ``group`` only rank 0 signals, to its whole
-    process group (every rank of a local run, as ``kill -TERM -PGID`` would), so the ranks get
-    it at whatever point each has reached."""
+    ``scancel`` does: SIGTERM to every task)."""
 
-    def __init__(self, step: int, group: bool = False) -> None:
-        self.step, self.group, self.sent = step, group, False
+    def __init__(self, step: int) -> None:
+        self.step, self.sent = step, False
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if trainer.global_step >= self.step and not self.sent:
             self.sent = True
-            if not self.group:
-                os.kill(os.getpid(), signal.SIGTERM)
-            elif trainer.global_rank == 0:
-                os.killpg(os.getpgrp(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 class TermInValidation(L.Callback):
