@@ -16,23 +16,34 @@ from detr_lightning.run_dirs import load_run
 STEPS_PER_EPOCH, TERM_AT = 3, 5  # mid-way through the second epoch; its first end wrote step 3
 
 
-def test_sigterm_saves_last_at_that_step_exits_143_and_resumes(tmp_path, shapes_root) -> None:
-    common = ["schedule=smoke", f"paths.shapes_dir={shapes_root}", *TINY, "trainer.max_epochs=2",
-              f"trainer.limit_train_batches={STEPS_PER_EPOCH}"]  # fmt: skip
-    term = ["+callbacks.term._target_=reliability_support.TermAtStep",
-            f"+callbacks.term.step={TERM_AT}"]  # fmt: skip
+def _common(shapes_root: Path) -> list[str]:
+    return ["schedule=smoke", f"paths.shapes_dir={shapes_root}", *TINY, "trainer.max_epochs=2",
+            f"trainer.limit_train_batches={STEPS_PER_EPOCH}"]  # fmt: skip
+
+
+def _stopped(common: list[str], term: list[str], tmp_path: Path, step: int, epoch: int):
+    """Run with the SIGTERM callback ``term``; check exit 143 and the one line naming the step,
+    the epoch and last.ckpt. Returns (output, run dir, last.ckpt)."""
     stopped = run("train", [*common, *term], tmp_path)
     out = stopped.stdout + stopped.stderr
     assert stopped.returncode == 143, out[-3000:]
     (run_dir,) = (tmp_path / "outputs" / "shapes").iterdir()
     last = run_dir / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["global_step"] == TERM_AT > STEPS_PER_EPOCH
     assert (
-        f"SIGTERM: training stopped during training at global step {TERM_AT} (epoch 1); "
-        f"last.ckpt (global step {TERM_AT}) is {last}. To resume, rerun the command with "
+        f"SIGTERM: training stopped during training at global step {step} (epoch {epoch}); "
+        f"last.ckpt (global step {step}) is {last}. To resume, rerun the command with "
         "ckpt_path=last." in out
     )
     assert out.count("SIGTERM: training stopped") == 1
+    return out, run_dir, last
+
+
+def test_sigterm_saves_last_at_that_step_exits_143_and_resumes(tmp_path, shapes_root) -> None:
+    common = _common(shapes_root)
+    term = ["+callbacks.term._target_=reliability_support.TermAtStep",
+            f"+callbacks.term.step={TERM_AT}"]  # fmt: skip
+    _, run_dir, last = _stopped(common, term, tmp_path, TERM_AT, 1)
+    assert torch.load(last, weights_only=True)["global_step"] == TERM_AT > STEPS_PER_EPOCH
 
     resumed = run("train", [*common, "ckpt_path=last", "test=false"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -60,27 +71,16 @@ def test_sigterm_during_validation_saves_the_last_training_step_and_resumes(
     last.ckpt holds the epoch's last training step (3), exit 143. The resume finishes epoch 0
     without rerunning its interrupted validation (Lightning resumes a validation only when its
     batch was cut mid-way, never one stopped between batches), then trains and validates epoch 1."""
-    common = ["schedule=smoke", f"paths.shapes_dir={shapes_root}", *TINY, "trainer.max_epochs=2",
-              f"trainer.limit_train_batches={STEPS_PER_EPOCH}"]  # fmt: skip
+    common = _common(shapes_root)
     term = ["+callbacks.term._target_=reliability_support.TermInValidation"]
-    stopped = run("train", [*common, *term], tmp_path)
-    out = stopped.stdout + stopped.stderr
-    assert stopped.returncode == 143, out[-3000:]
+    out, _, last = _stopped(common, term, tmp_path, STEPS_PER_EPOCH, 0)
     assert "Validation" in out  # the signal came while validating (the progress bar says so)
-    (run_dir,) = (tmp_path / "outputs" / "shapes").iterdir()
-    last = run_dir / "checkpoints" / "last.ckpt"
     state = torch.load(last, weights_only=True)
     assert (state["global_step"], state["epoch"]) == (STEPS_PER_EPOCH, 0)
     # the validation had run one of its two batches; no top-k file (no val/AP yet)
     val_progress = state["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]
     assert val_progress["current"]["completed"] == 1
     assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
-    assert (
-        f"SIGTERM: training stopped during training at global step {STEPS_PER_EPOCH} (epoch 0); "
-        f"last.ckpt (global step {STEPS_PER_EPOCH}) is {last}. To resume, rerun the command with "
-        "ckpt_path=last." in out
-    )
-    assert out.count("SIGTERM: training stopped") == 1
 
     resumed = run("train", [*common, "ckpt_path=last", "test=false"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
