@@ -30,7 +30,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # Heavy imports here, so that `--cfg job` / `--help` stay fast.
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from detr_lightning.checkpointing.interrupted import exit_on_sigterm, note_data_error
+    from detr_lightning.checkpointing.interrupted import (
+        exit_on_sigterm,
+        fit_phase,
+        note_data_error,
+    )
     from detr_lightning.data.errors import DatasetFormatError, ImageLoadError
     from detr_lightning.utils.build import build_run, log_config, report
 
@@ -44,7 +48,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         note_data_error(err, trainer)
         raise
     except SIGTERMException:  # a SystemExit(None): exit status 0 unless turned into 143
-        exit_on_sigterm(trainer, "training")
+        exit_on_sigterm(trainer, fit_phase(trainer))
     if not cfg.get("test", True):
         return {}
     callback = trainer.checkpoint_callback

@@ -21,7 +21,8 @@ def _common(shapes_root: Path) -> list[str]:
             f"trainer.limit_train_batches={STEPS_PER_EPOCH}"]  # fmt: skip
 
 
-def _stopped(common: list[str], term: list[str], tmp_path: Path, step: int, epoch: int):
+def _stopped(common: list[str], term: list[str], tmp_path: Path, step: int, epoch: int,
+             during: str):  # fmt: skip
     """Run with the SIGTERM callback ``term``; check exit 143 and the one line naming the step,
     the epoch and last.ckpt. Returns (output, run dir, last.ckpt)."""
     stopped = run("train", [*common, *term], tmp_path)
@@ -30,7 +31,7 @@ def _stopped(common: list[str], term: list[str], tmp_path: Path, step: int, epoc
     (run_dir,) = (tmp_path / "outputs" / "shapes").iterdir()
     last = run_dir / "checkpoints" / "last.ckpt"
     assert (
-        f"SIGTERM: training stopped during training at global step {step} (epoch {epoch}); "
+        f"SIGTERM: training stopped during {during} at global step {step} (epoch {epoch}); "
         f"last.ckpt (global step {step}) is {last}. To resume, rerun the command with "
         "ckpt_path=last." in out
     )
@@ -42,7 +43,7 @@ def test_sigterm_saves_last_at_that_step_exits_143_and_resumes(tmp_path, shapes_
     common = _common(shapes_root)
     term = ["+callbacks.term._target_=reliability_support.TermAtStep",
             f"+callbacks.term.step={TERM_AT}"]  # fmt: skip
-    _, run_dir, last = _stopped(common, term, tmp_path, TERM_AT, 1)
+    _, run_dir, last = _stopped(common, term, tmp_path, TERM_AT, 1, "training")
     assert torch.load(last, weights_only=True)["global_step"] == TERM_AT > STEPS_PER_EPOCH
 
     resumed = run("train", [*common, "ckpt_path=last", "test=false"], tmp_path)
@@ -73,7 +74,7 @@ def test_sigterm_during_validation_saves_the_last_training_step_and_resumes(
     batch was cut mid-way, never one stopped between batches), then trains and validates epoch 1."""
     common = _common(shapes_root)
     term = ["+callbacks.term._target_=reliability_support.TermInValidation"]
-    out, _, last = _stopped(common, term, tmp_path, STEPS_PER_EPOCH, 0)
+    out, _, last = _stopped(common, term, tmp_path, STEPS_PER_EPOCH, 0, "validation")
     assert "Validation" in out  # the signal came while validating (the progress bar says so)
     state = torch.load(last, weights_only=True)
     assert (state["global_step"], state["epoch"]) == (STEPS_PER_EPOCH, 0)

@@ -71,6 +71,7 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         super().__init__(save_last=True, **kwargs)
         self.last_every_n_train_steps = int(every_n_train_steps or 0)
         self._last_written_step = -1  # global step held by the current last.ckpt (this run)
+        self.stopped_in: str | None = None  # "training" / "validation": where an exception hit
 
     # ------------------------------------------------------------------ when
     @staticmethod
@@ -161,6 +162,7 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         # SIGTERM (pre-emption, scancel) stops at a batch boundary, and a bad image or panoptic
         # PNG fails while its batch is read, before its step: the state is consistent at the
         # last step. Without this the resume loses everything since the last save.
+        self.stopped_in = "validation" if trainer.validating else "training"
         stops_cleanly = (SIGTERMException, ImageLoadError, DatasetFormatError)
         if isinstance(exception, stops_cleanly) and trainer.global_step != self._last_written_step:
             self.write_last(trainer)

@@ -80,6 +80,12 @@ def saved_checkpoint(trainer: L.Trainer) -> str:
     return "no checkpoint was written by this run"
 
 
+def fit_phase(trainer: L.Trainer) -> str:
+    """Where fitting stopped: "validation" or "training" (what the checkpoint callback saw when
+    the exception reached it)."""
+    return getattr(trainer.checkpoint_callback, "stopped_in", None) or "training"
+
+
 def exit_on_sigterm(trainer: L.Trainer, during: str) -> NoReturn:
     """Name the step, the checkpoint a resume continues from and how; exit with status 143."""
     if trainer.is_global_zero:
