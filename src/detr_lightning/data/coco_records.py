@@ -5,7 +5,7 @@ record (section, position and id) and the fix, before anything is trained on the
 """
 
 import math
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from pathlib import Path
 
 from detr_lightning.data.errors import DatasetFormatError
@@ -70,51 +70,59 @@ def _field_error(
     _record_error(ann_file, section, i, rec, f"{found}; expected {want}")
 
 
+def _first_repeat(
+    pairs: Iterable[tuple[Hashable, object]],
+) -> tuple[Hashable, object, object] | None:
+    """(key, the first record's tag, the repeating record's tag) for the first key that repeats
+    in ``(key, tag)`` pairs; None when every key is unique."""
+    first: dict[Hashable, object] = {}
+    for key, tag in pairs:
+        if key in first:
+            return key, first[key], tag
+        first[key] = tag
+    return None
+
+
 def check_unique_ids(ids: Iterable[int], section: str, ann_file: Path) -> None:
     """Ids must be unique within a section: two categories with one id would merge two classes
     under one name, two annotations with one id would make COCO's evaluator count one of them
     twice and drop the other."""
-    seen: set[int] = set()
-    for i, value in enumerate(ids):
-        if value in seen:
-            raise DatasetFormatError(
-                f'{ann_file}: {section}[{i}] has id {value}, which an earlier record of "{section}"'
-                f" already has. Fix: give every {_RECORD[section]} record a unique id."
-            )
-        seen.add(value)
+    repeat = _first_repeat((value, i) for i, value in enumerate(ids))
+    if repeat is not None:
+        value, _, i = repeat
+        raise DatasetFormatError(
+            f'{ann_file}: {section}[{i}] has id {value}, which an earlier record of "{section}"'
+            f" already has. Fix: give every {_RECORD[section]} record a unique id."
+        )
 
 
 def check_unique_category_names(categories: list[dict], ann_file: Path) -> None:
     """Two categories with one name (surrounding spaces ignored) are two classes that the
     predictions, the per-class metrics and the drawings cannot tell apart."""
-    first: dict[str, object] = {}
-    for rec in categories:
-        name = rec["name"].strip()
-        if name in first:
-            raise DatasetFormatError(
-                f'{ann_file}: category ids {first[name]} and {rec["id"]} are both named "{name}"; '
-                f"predictions, per-class metrics and drawings could not tell them apart. Fix: "
-                f"rename one of them, or merge them into one category (point the annotations of "
-                f"category id {rec['id']} at category id {first[name]} and remove it)."
-            )
-        first[name] = rec["id"]
+    repeat = _first_repeat((rec["name"].strip(), rec["id"]) for rec in categories)
+    if repeat is not None:
+        name, first, second = repeat
+        raise DatasetFormatError(
+            f'{ann_file}: category ids {first} and {second} are both named "{name}"; '
+            f"predictions, per-class metrics and drawings could not tell them apart. Fix: "
+            f"rename one of them, or merge them into one category (point the annotations of "
+            f"category id {second} at category id {first} and remove it)."
+        )
 
 
 def check_unique_file_names(images: list[dict], ann_file: Path) -> None:
     """Two image records on one file would split that image's objects between them: each
     sample would train on part of its objects, and evaluation would score a perfect detector's
     every box as a false positive on one record or the other."""
-    first: dict[str, object] = {}
-    for rec in images:
-        name = rec["file_name"]
-        if name in first:
-            raise DatasetFormatError(
-                f'{ann_file}: image ids {first[name]} and {rec["id"]} both have "file_name" '
-                f'"{name}"; each would get only the annotations that name its own id. Fix: merge '
-                f"the two records into one (point the annotations of image id {rec['id']} at "
-                f"image id {first[name]} and remove the second record)."
-            )
-        first[name] = rec["id"]
+    repeat = _first_repeat((rec["file_name"], rec["id"]) for rec in images)
+    if repeat is not None:
+        name, first, second = repeat
+        raise DatasetFormatError(
+            f'{ann_file}: image ids {first} and {second} both have "file_name" "{name}"; each '
+            f"would get only the annotations that name its own id. Fix: merge the two records "
+            f"into one (point the annotations of image id {second} at image id {first} and "
+            f"remove the second record)."
+        )
 
 
 def check_annotation_kind(data: dict, ann_file: Path, kind: str) -> None:

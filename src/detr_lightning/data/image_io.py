@@ -87,15 +87,23 @@ def _warn_narrow(path: Path | None, peak: int) -> None:
     )  # fmt: skip
 
 
+def _keeps_size(orientation: int | None, size: tuple[int, int]) -> bool:
+    """Whether EXIF ``orientation`` leaves an image of ``size`` (width, height) as wide and as
+    high as stored: mirrored or turned by 180 degrees (2, 3, 4), or a square turned by 90
+    (5..8). The json's width/height then cannot tell stored from upright pixels."""
+    return orientation in (2, 3, 4) or (orientation in (5, 6, 7, 8) and size[0] == size[1])
+
+
 def _orient(img: Image.Image, expected_size: tuple[int, int] | None, path: Path) -> Image.Image:
-    if img.getexif().get(_EXIF_ORIENTATION, 1) in (None, 1):
+    orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+    if orientation in (None, 1):
         return img
     upright = ImageOps.exif_transpose(img)
     # Annotation tools that ignore EXIF label the stored pixels; the json's width/height tell
     # which of the two the boxes refer to.
     if expected_size is not None and upright.size != expected_size and img.size == expected_size:
         return img
-    if upright.size == img.size:  # a square image turned, or any turned by 180 / mirrored
+    if _keeps_size(orientation, img.size):
         _warn_once("same_size_turn", "Image %s has an EXIF orientation that keeps its size: its "
                    "width/height cannot tell whether the labels were made on the stored or the "
                    "upright pixels; it is read upright (data.exif_transpose=true; images like it "
@@ -179,7 +187,7 @@ def check_image_headers(
             continue  # allowed or not, decoding it says so with the fix (load_rgb_image)
         if size != tuple(expected) and not (turned and size[::-1] == tuple(expected)):
             bad.append(f"{path} is {size[0]}x{size[1]}, the json says {expected[0]}x{expected[1]}")
-        elif orientation in (2, 3, 4) or (turned and size[0] == size[1]):
+        elif _keeps_size(orientation, size):
             same_size_turns += 1
     if bad:
         shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
