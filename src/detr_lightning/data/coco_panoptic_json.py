@@ -19,6 +19,7 @@ from detr_lightning.data.coco_records import (
     check_unique_category_names,
     check_unique_file_names,
     check_unique_ids,
+    field_found,
 )
 from detr_lightning.data.errors import DatasetFormatError
 
@@ -49,9 +50,7 @@ def _int_field(
     """``rec[name]`` as an int; an absent field (without ``default``) is named as missing."""
     value = rec.get(name, default) if isinstance(rec, dict) else None
     if not isinstance(value, int) or isinstance(value, bool):
-        missing = value is None and (not isinstance(rec, dict) or name not in rec)
-        found = f'has no "{name}" field (missing)' if missing else f'has field "{name}" = {value!r}'
-        raise DatasetFormatError(f"{where} {found}; expected int. {fix}")
+        raise DatasetFormatError(f"{where} {field_found(rec, name, value)}; expected int. {fix}")
     return value
 
 

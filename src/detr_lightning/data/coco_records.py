@@ -61,13 +61,18 @@ def _record_error(ann_file: Path, section: str, i: int, rec: object, problem: st
 def _field_error(
     ann_file: Path, section: str, i: int, rec: object, name: str, value: object, kind: type
 ) -> None:
-    """A field that is absent reads as missing, not as ``= None`` (which a json can hold too)."""
     want = (
         "4 finite numbers [x, y, w, h]" if name == "bbox" else getattr(kind, "__name__", "a number")
     )
-    found = (f'has no "{name}" field (missing)' if not isinstance(rec, dict) or name not in rec
-             else f'has field "{name}" = {value!r}')  # fmt: skip
-    _record_error(ann_file, section, i, rec, f"{found}; expected {want}")
+    _record_error(ann_file, section, i, rec, f"{field_found(rec, name, value)}; expected {want}")
+
+
+def field_found(rec: object, name: str, value: object) -> str:
+    """What a record holds under ``name``, for an error: an absent field reads as missing, not
+    as ``= None`` (which a json can hold too)."""
+    if not isinstance(rec, dict) or name not in rec:
+        return f'has no "{name}" field (missing)'
+    return f'has field "{name}" = {value!r}'
 
 
 def _first_repeat(
