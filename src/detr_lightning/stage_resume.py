@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from detr_lightning.errors import ExplainedError
+from detr_lightning.resume_logs import checkpoint_run
 
 DONE = "stage_done.json"  # written into a stage's folder when its training (and test) returned
 
@@ -27,9 +28,8 @@ class StageResumeError(ExplainedError, ValueError):
 def resume_point(ckpt: str, folders: list[str]) -> tuple[Path, int]:
     """(run directory, index of the stage ``ckpt`` belongs to) for a checkpoint in
     ``<run>/<one of folders>/checkpoints/``; StageResumeError otherwise."""
-    path = Path(ckpt).absolute()
-    stage_dir = path.parent.parent
-    if path.parent.name != "checkpoints" or stage_dir.name not in folders:
+    stage_dir = checkpoint_run(ckpt)
+    if stage_dir is None or stage_dir.name not in folders:
         raise StageResumeError(
             f"ckpt_path={ckpt} with stages: not a checkpoint of this config's stages (a staged "
             f"run keeps them in <run dir>/{{{','.join(folders)}}}/checkpoints/). Fix: "
