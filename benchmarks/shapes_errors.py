@@ -38,7 +38,7 @@ from scipy.stats import spearmanr
 from torch import Tensor
 from torchvision.ops import box_convert, box_iou
 
-from detr_lightning.checkpointing.validate import read_checkpoint
+from detr_lightning.checkpointing.read import read_checkpoint
 from detr_lightning.detr.class_scoring import scoring_of
 from detr_lightning.utils.build import build_datamodule, build_model
 

@@ -119,7 +119,7 @@ def stage_info(stage_dir: Path, checkpoint: str | None, minutes: float | None) -
     progress = {key: run.get(key) for key in ("epochs", "global_step")}
     last = stage_dir / "checkpoints" / "last.ckpt"
     if progress["epochs"] is None and last.is_file():
-        from detr_lightning.checkpointing.validate import CheckpointLoadError, read_checkpoint
+        from detr_lightning.checkpointing.read import CheckpointLoadError, read_checkpoint
 
         try:
             saved = read_checkpoint(last)

@@ -12,8 +12,8 @@ import pytest
 import torch
 from lit import loader, quiet_trainer, tiny_lit
 
+from detr_lightning.checkpointing.read import CheckpointLoadError
 from detr_lightning.checkpointing.recipe_record import RecipeRecord
-from detr_lightning.checkpointing.validate import CheckpointLoadError
 from detr_lightning.schedule import cosine_schedule, step_schedule
 
 BASE = 1e-3  # tiny_lit's lr

@@ -8,7 +8,7 @@ from lit import tiny_lit
 from panoptic_support import tiny_detector, tiny_panoptic_lit
 
 from detr_lightning.checkpointing.init_detector import detector_state_dict, load_detector
-from detr_lightning.checkpointing.validate import CheckpointLoadError
+from detr_lightning.checkpointing.read import CheckpointLoadError
 from detr_lightning.lit_module import LitDETR
 
 

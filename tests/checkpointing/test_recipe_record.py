@@ -8,12 +8,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from lit import loader, quiet_trainer, tiny_lit
 
+from detr_lightning.checkpointing.read import CheckpointLoadError
 from detr_lightning.checkpointing.recipe_record import (
     RecipeRecord,
     check_resumed_recipe,
     recipe_record,
 )
-from detr_lightning.checkpointing.validate import CheckpointLoadError
 from detr_lightning.utils import conf_dir
 
 

@@ -15,7 +15,7 @@ from release_files import official_state_dict
 
 from detr_lightning.checkpoint import load_pretrained_into
 from detr_lightning.checkpointing.pretrained import load_pretrained
-from detr_lightning.checkpointing.validate import CheckpointLoadError
+from detr_lightning.checkpointing.read import CheckpointLoadError
 from detr_lightning.convergence.deformable_attention import BoxDeformableAttention
 from detr_lightning.convergence.focal_scoring import FocalScoring
 from detr_lightning.detr.model import DETR

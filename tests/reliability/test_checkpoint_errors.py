@@ -17,12 +17,10 @@ from reliability_support import run
 
 from detr_lightning.checkpointing.optimizer_groups import check_optimizer_groups
 from detr_lightning.checkpointing.pretrained import load_pretrained
+from detr_lightning.checkpointing.read import RESAVE_EXAMPLE, CheckpointLoadError, read_checkpoint
 from detr_lightning.checkpointing.validate import (
-    _RESAVE,
-    CheckpointLoadError,
     check_lightning_checkpoint,
     check_lightning_entries,
-    read_checkpoint,
 )
 from detr_lightning.utils.build import build_run
 
@@ -117,7 +115,7 @@ def test_a_weights_only_ckpt_names_the_missing_entries(files) -> None:
         msg = str(err.value)
         assert msg.startswith("ckpt_path=w.ckpt: a Lightning checkpoint lacks "
                               "'hyper_parameters', 'pytorch-lightning_version'")  # fmt: skip
-        assert "Fix: " in msg and _RESAVE in msg
+        assert "Fix: " in msg and RESAVE_EXAMPLE in msg
 
 
 def test_the_suggested_resave_recipe_gives_a_usable_checkpoint(files, tmp_path) -> None:
@@ -126,7 +124,7 @@ def test_the_suggested_resave_recipe_gives_a_usable_checkpoint(files, tmp_path) 
     class count that predict reads."""
     ckpt = torch.load(files["good"], map_location="cpu", weights_only=False)
     new_path = tmp_path / "resaved.ckpt"
-    exec(_RESAVE, {"torch": torch, "ckpt": ckpt, "new_path": new_path})  # noqa: S102
+    exec(RESAVE_EXAMPLE, {"torch": torch, "ckpt": ckpt, "new_path": new_path})  # noqa: S102
     checkpoint = read_checkpoint(new_path)
     check_lightning_checkpoint(checkpoint, tiny_lit(), str(new_path))  # no error
     assert checkpoint["hyper_parameters"]["num_classes"] == 3

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from detr_lightning.checkpointing.validate import CheckpointLoadError, read_checkpoint
+from detr_lightning.checkpointing.read import CheckpointLoadError, read_checkpoint
 from detr_lightning.detr.segmentation import detector_of
 from detr_lightning.detr.state_dicts import class_count_keys, listing, state_dict_differences
 

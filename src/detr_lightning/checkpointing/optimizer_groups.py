@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from detr_lightning.checkpointing.validate import CheckpointLoadError
+from detr_lightning.checkpointing.read import CheckpointLoadError
 from detr_lightning.utils.lr import multiplied_param_groups
 
 

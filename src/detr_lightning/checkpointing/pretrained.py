@@ -13,7 +13,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from detr_lightning.checkpointing.validate import CheckpointLoadError, listing, read_checkpoint
+from detr_lightning.checkpointing.read import CheckpointLoadError, read_checkpoint
+from detr_lightning.detr.state_dicts import listing
 
 log = logging.getLogger(__name__)
 

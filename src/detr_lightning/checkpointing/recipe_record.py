@@ -25,7 +25,7 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from detr_lightning.checkpointing.validate import CheckpointLoadError
+from detr_lightning.checkpointing.read import CheckpointLoadError
 from detr_lightning.schedule import cosine_schedule, step_schedule, steps_per_epoch
 
 log = logging.getLogger(__name__)

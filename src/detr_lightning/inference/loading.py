@@ -125,10 +125,10 @@ def load_detector(
     training-only ones, :mod:`detr_lightning.utils.unread_overrides`).
     """
     from detr_lightning.checkpointing.pretrained import read_release
+    from detr_lightning.checkpointing.read import read_checkpoint
     from detr_lightning.checkpointing.validate import (
         check_lightning_checkpoint,
         check_lightning_entries,
-        read_checkpoint,
     )
     from detr_lightning.data.eval_transform_record import KEY, transform_record, warn_if_different
     from detr_lightning.utils.build import build_model

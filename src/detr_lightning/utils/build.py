@@ -190,11 +190,11 @@ def build_run(
     """
     import torch
 
+    from detr_lightning.checkpointing.read import read_checkpoint
     from detr_lightning.checkpointing.validate import (
         check_lightning_checkpoint,
         check_lightning_entries,
         checkpoint_summary,
-        read_checkpoint,
     )
     from detr_lightning.utils.distributed import refuse_multirun_launch
 
