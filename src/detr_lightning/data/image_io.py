@@ -58,7 +58,8 @@ def _to_rgb(img: Image.Image, path: Path | None = None) -> Image.Image:
     if img.mode == "RGB":
         return img
     if img.mode in _WIDE_MODES:
-        arr = np.clip(np.asarray(img, dtype=np.float64), 0, 65535).astype(np.uint16)
+        # Clipped in the image's own dtype (uint16, int32 or float32 hold 0..65535 exactly).
+        arr = np.clip(np.asarray(img), 0, 65535).astype(np.uint16)
         if arr.size and int(arr.max()) < _NARROW_PEAK:
             _warn_narrow(path, int(arr.max()))
         img = Image.fromarray((arr >> 8).astype(np.uint8), mode="L")
