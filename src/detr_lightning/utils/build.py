@@ -197,9 +197,11 @@ def build_run(
         checkpoint_summary,
     )
     from detr_lightning.utils.distributed import refuse_multirun_launch
+    from detr_lightning.utils.run_component_keys import run_component_errors
 
     check_task(cfg)
     check_config(cfg, stage)
+    raise_config_errors(run_component_errors(cfg))
     accelerator = OmegaConf.select(cfg, "trainer.accelerator", default=None)
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         from lightning.pytorch.accelerators import MPSAccelerator

@@ -41,14 +41,19 @@ CONVERGENCE_COUNTERPARTS = {
 
 def _accepted(target: str) -> set[str] | None:
     """The keyword names ``target`` takes, or None when it takes any (``**kwargs``) or its
-    signature cannot be read (then Hydra's own error stands)."""
+    signature cannot be read (then Hydra's own error stands). A class of this project that
+    takes ``**kwargs`` hands them to its bases (the project's rule), so it takes theirs."""
     try:
-        signature = inspect.signature(get_object(target))
+        obj = get_object(target)
+        signature = inspect.signature(obj)
     except (ImportError, AttributeError, ValueError, TypeError):
         return None
     params = signature.parameters.values()
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
+        if not (inspect.isclass(obj) and obj.__module__.startswith("detr_lightning.")):
+            return None
+        chain, complete = signature_chain(obj)
+        return {p.name for p, _ in chain} - {"self"} if complete else None
     return {p.name for p in params if p.kind is not inspect.Parameter.POSITIONAL_ONLY}
 
 
