@@ -20,9 +20,10 @@ from detr_lightning.convergence.focal_scoring import FocalScoring, VarifocalScor
 from detr_lightning.detr.class_scoring import SoftmaxScoring
 from detr_lightning.lit_module import LitDETR
 from detr_lightning.utils import conf_dir
-from detr_lightning.utils.build import check_model_keys, check_task, instantiate_dict
+from detr_lightning.utils.build import check_task, instantiate_dict
 from detr_lightning.utils.config_check import ConfigError
 from detr_lightning.utils.lr import build_scaled_optimizer
+from detr_lightning.utils.run_component_keys import check_model_keys
 
 CONF = Path(conf_dir())
 REPO = CONF.parent

@@ -11,9 +11,9 @@ from hydra_jobs import compose_job
 from omegaconf import OmegaConf
 from torch import nn
 
-from detr_lightning.utils.build import check_model_keys
 from detr_lightning.utils.component_nodes import component_node_errors
 from detr_lightning.utils.config_check import ConfigError
+from detr_lightning.utils.run_component_keys import check_model_keys
 
 HERE = __name__
 

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from detr_lightning.evaluation import format_ap_table, write_metrics_json
 from detr_lightning.utils.config_check import ConfigError, check_config, raise_config_errors
-from detr_lightning.utils.target_keys import target_key_errors
+from detr_lightning.utils.run_component_keys import check_model_keys
 
 log = logging.getLogger(__name__)
 
@@ -29,23 +29,6 @@ def check_task(cfg: DictConfig) -> None:
             "panoptic) or data=shapes_panoptic (the generated shapes), or use a panoptic preset "
             "(experiment=shapes_panoptic, r50_panoptic, ...)."
         )
-
-
-def check_model_keys(cfg: DictConfig) -> None:
-    """Raise ConfigError naming every ``cfg.model`` key its ``_target_`` would reject (a lever
-    group chosen on the paper's model, a misspelt ``+model...`` key) and every mapping without
-    ``_target_`` where a component is expected (a group's keys set without the group), with
-    the fix."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from detr_lightning.utils import conf_dir
-    from detr_lightning.utils.component_nodes import component_node_errors
-
-    choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else None
-    raise_config_errors(
-        target_key_errors(cfg.model, "model", choices)
-        + component_node_errors(cfg.model, "model", conf_dir())
-    )
 
 
 def instantiate_dict(node: DictConfig | None) -> list[Any]:

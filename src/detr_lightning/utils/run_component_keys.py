@@ -1,8 +1,9 @@
-"""Check the keys of the run's other components before any is built: the data module, the
-trainer, and the name -> component mappings ``callbacks`` and ``logger``.
+"""Check the keys of the run's components before any is built: the model
+(:func:`check_model_keys`, when it is built, with the lever-group hints), and the data module,
+the trainer and the name -> component mappings ``callbacks`` and ``logger``
+(:func:`run_component_errors`, before the data is read).
 
-The model's keys are checked in :func:`detr_lightning.utils.build.check_model_keys`. Here, a
-misspelt argument (``+trainer.max_epoch=3``) is named with its closest argument before the data
+A misspelt argument (``+trainer.max_epoch=3``) is named with its closest argument before the data
 is read, instead of Hydra's TypeError once the data module or the trainer is instantiated. A
 callback or logger entry without ``_target_`` (``+callbacks.checkpoint.every_n_epochs=2``, where
 the entry is ``model_checkpoint``) builds nothing: it would be dropped without a word, so it is
@@ -15,6 +16,7 @@ import difflib
 
 from omegaconf import DictConfig
 
+from detr_lightning.utils.config_check import raise_config_errors
 from detr_lightning.utils.target_keys import target_key_errors
 
 NAMED_COMPONENTS = ("callbacks", "logger")  # name -> component mappings (utils/build.py)
@@ -61,3 +63,20 @@ def run_component_errors(cfg: DictConfig) -> list[str]:
         if isinstance(node, DictConfig):
             errors += target_key_errors(node, path)
     return errors
+
+
+def check_model_keys(cfg: DictConfig) -> None:
+    """Raise ConfigError naming every ``cfg.model`` key its ``_target_`` would reject (a lever
+    group chosen on the paper's model, a misspelt ``+model...`` key) and every mapping without
+    ``_target_`` where a component is expected (a group's keys set without the group), with
+    the fix."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from detr_lightning.utils import conf_dir
+    from detr_lightning.utils.component_nodes import component_node_errors
+
+    choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else None
+    raise_config_errors(
+        target_key_errors(cfg.model, "model", choices)
+        + component_node_errors(cfg.model, "model", conf_dir())
+    )
