@@ -1,12 +1,13 @@
 """A run stopped after an epoch and resumed with ``ckpt_path=last`` trains exactly as the run that
-was not stopped: same order, same augmentation and dropout draws, same weights (CPU, data in the
-main process)."""
+was not stopped: same order, same augmentation and dropout draws, same weights (CPU; data in the
+main process, or in worker processes made every epoch)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import pytest
 import torch
 from cli import TINY
 from reliability_support import run
@@ -20,19 +21,32 @@ def _train(args: list[str], cwd: Path) -> dict:
     return torch.load(f"{folder}/checkpoints/last.ckpt", weights_only=True)
 
 
+@pytest.mark.parametrize(
+    ("workers", "epochs"),
+    [
+        (["data.num_workers=0"], 2),
+        # stopped after epoch 1: the resumed epoch 2 needs worker seeds other than the second
+        # ones the training loader's generator draws
+        (["data.num_workers=2", "data.persistent_workers=false"], 3),
+    ],
+    ids=["main-process", "workers"],
+)
 def test_a_resumed_run_ends_with_the_weights_of_the_uninterrupted_one(
-    tmp_path, shapes_root
+    tmp_path, shapes_root, workers, epochs
 ) -> None:
-    common = ["schedule=smoke", f"paths.shapes_dir={shapes_root}", *TINY, "trainer.max_epochs=2",
-              "test=false"]  # fmt: skip
+    # with workers, the resumed epoch ran in epoch 0's order with other worker seeds before
+    # data/epoch_streams.py
+    tiny = [a for a in TINY if not a.startswith("data.num_workers=")]
+    common = ["schedule=smoke", f"paths.shapes_dir={shapes_root}", *tiny, *workers,
+              f"trainer.max_epochs={epochs}", "test=false"]  # fmt: skip
     straight = _train(common, tmp_path / "straight")
     stop = [
         "+callbacks.stop._target_=reliability_support.StopAfterEpoch",
-        "+callbacks.stop.epoch=0",
+        f"+callbacks.stop.epoch={epochs - 2}",
     ]
-    assert _train([*common, *stop], tmp_path / "stopped")["global_step"] == 3
+    assert _train([*common, *stop], tmp_path / "stopped")["global_step"] == 3 * (epochs - 1)
     resumed = _train([*common, "ckpt_path=last"], tmp_path / "stopped")
-    assert resumed["global_step"] == straight["global_step"] == 6
+    assert resumed["global_step"] == straight["global_step"] == 3 * epochs
     differing = [k for k, v in straight["state_dict"].items()
                  if not torch.equal(v, resumed["state_dict"][k])]  # fmt: skip
     assert differing == []

@@ -4,8 +4,9 @@
 ``seed_everything`` resets at every start: a run resumed after epoch 3 trained its epoch 4 on
 epoch 0's order, and a job pre-empted again and again saw the same leading images each time.
 :class:`EpochRandomSampler` draws epoch ``e``'s permutation from its own generator seeded with
-``seed + e`` (Lightning calls ``set_epoch`` at every epoch start, resumed or not), and leaves the
-global random state to the model. Under DDP Lightning replaces it by a ``DistributedSampler``,
+``seed + e`` (Lightning calls ``set_epoch`` at every epoch start, resumed or not; with worker
+processes the resumed epoch's iterator is remade after it, ``data/epoch_streams.py``), and leaves
+the global random state to the model. Under DDP Lightning replaces it by a ``DistributedSampler``,
 which already orders by seed and epoch. A run resumed mid-epoch restarts that epoch's order
 from its beginning for the batches that remain (Lightning does not skip the ones already seen).
 """

@@ -48,5 +48,6 @@ def _worker_seeds() -> torch.Generator:
     it, not from the global random state, so that the model's random numbers (dropout, the
     augmentation in the main process) do not depend on how many iterators were made before
     (a resumed run makes its first one earlier than an uninterrupted one:
-    checkpointing/rng_states.py)."""
+    checkpointing/rng_states.py). It is re-seeded with (seed, epoch) at every epoch start
+    (data/epoch_streams.py)."""
     return torch.Generator().manual_seed(torch.initial_seed())

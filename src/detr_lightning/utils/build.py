@@ -106,7 +106,8 @@ def build_model(
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     """Instantiate ``cfg.trainer`` with the configured callbacks and loggers, the recipe record
     (what a resume restores, saved in checkpoints: checkpointing/recipe_record.py), the random
-    generators' states (checkpointing/rng_states.py), one SIGTERM per process
+    generators' states (checkpointing/rng_states.py), each epoch's data streams
+    (data/epoch_streams.py), one SIGTERM per process
     (checkpointing/interrupted.py) and atomic
     checkpoint writes (AtomicCheckpointIO) unless the config brings its own CheckpointIO."""
     from lightning.fabric.plugins import CheckpointIO
@@ -115,11 +116,13 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     from detr_lightning.checkpointing.interrupted import FirstSigtermOnly
     from detr_lightning.checkpointing.recipe_record import RecipeRecord, recipe_record
     from detr_lightning.checkpointing.rng_states import RngStates
+    from detr_lightning.data.epoch_streams import EpochStreams
 
     callbacks = [
         *instantiate_dict(cfg.get("callbacks")),
         RecipeRecord(recipe_record(cfg), cfg.get("resume_recipe") or "checkpoint"),
         RngStates(),
+        EpochStreams(cfg.seed),  # epoch e's data order and worker seeds on resume too
         FirstSigtermOnly(),  # DDP: a repeated SIGTERM would hang the ranks (interrupted.py)
     ]
     loggers = instantiate_dict(cfg.get("logger"))
