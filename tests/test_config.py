@@ -202,6 +202,15 @@ def test_panoptic_head_needs_panoptic_data(tmp_path) -> None:
     check_task(compose_job(["experiment=shapes_panoptic"], tmp_path))
 
 
+@pytest.mark.parametrize("name", ["r50_panoptic", "dc5_r50_panoptic", "r101_panoptic"])
+def test_panoptic_presets_train_on_crowd_segments_as_official(name: str, tmp_path) -> None:
+    # The official CocoPanoptic keeps every segment, crowd ones included, as a target in both
+    # stages (the box model and the mask head); its detection data drops them.
+    cfg = compose_job([f"experiment={name}"], tmp_path)
+    assert _model_on_meta(cfg).hparams.train_on_crowd is True
+    assert _model_on_meta(compose_job(["experiment=r50"], tmp_path)).hparams.train_on_crowd is False
+
+
 def test_custom_data_requires_its_paths(tmp_path) -> None:
     cfg = compose_job(["data=custom"], tmp_path)
     with pytest.raises(MissingMandatoryValue, match="train_images"):
