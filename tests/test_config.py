@@ -19,6 +19,7 @@ from omegaconf.errors import MissingMandatoryValue
 from detr_lightning.convergence.focal_scoring import FocalScoring, VarifocalScoring
 from detr_lightning.detr.class_scoring import SoftmaxScoring
 from detr_lightning.lit_module import LitDETR
+from detr_lightning.stages import stage_overrides
 from detr_lightning.utils import conf_dir
 from detr_lightning.utils.build import check_task, instantiate_dict
 from detr_lightning.utils.config_check import ConfigError
@@ -147,6 +148,23 @@ def test_paper_presets_follow_the_paper(name: str, tmp_path) -> None:
     assert (short.trainer.max_epochs, short.model.lr_schedule.drop_epochs) == (300, [200])
 
 
+PAPER_RUNS = [*PAPER, *(f"{p}_300ep" for p in PAPER), "r50_panoptic", "dc5_r50_panoptic",
+              "r101_panoptic", "ablation_enc_layers", "ablation_posenc", "ablation_loss",
+              "ablation_ffn"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", PAPER_RUNS)
+def test_paper_runs_report_the_final_model_not_the_best_epoch(name: str, tmp_path) -> None:
+    # The paper and the official model zoo report the final model; val2017 is also the test
+    # split here, so the best val/AP epoch would be chosen on the test data. Without a monitor
+    # the kept (and tested) checkpoint is the latest epoch's.
+    cfg = compose_job([f"experiment={name}"], tmp_path)
+    assert cfg.callbacks.model_checkpoint.monitor is None
+    if cfg.stages:  # panoptic: the mask head starts from the box model's last checkpoint
+        for _, overrides in stage_overrides(cfg):
+            assert not any("model_checkpoint.monitor" in o for o in overrides), overrides
+
+
 def test_one_paper_preset_fully_instantiates_and_runs(tmp_path) -> None:
     cfg = compose_job(["experiment=r50_300ep", "model.net.backbone.pretrained=false"], tmp_path)
     with open_dict(cfg):
@@ -201,6 +219,15 @@ def test_panoptic_head_needs_panoptic_data(tmp_path) -> None:
         check_task(cfg)
     check_task(compose_job(["head=panoptic", "data=shapes_panoptic"], tmp_path))
     check_task(compose_job(["experiment=shapes_panoptic"], tmp_path))
+
+
+@pytest.mark.parametrize("name", ["r50_panoptic", "dc5_r50_panoptic", "r101_panoptic"])
+def test_panoptic_presets_train_on_crowd_segments_as_official(name: str, tmp_path) -> None:
+    # The official CocoPanoptic keeps every segment, crowd ones included, as a target in both
+    # stages (the box model and the mask head); its detection data drops them.
+    cfg = compose_job([f"experiment={name}"], tmp_path)
+    assert _model_on_meta(cfg).hparams.train_on_crowd is True
+    assert _model_on_meta(compose_job(["experiment=r50"], tmp_path)).hparams.train_on_crowd is False
 
 
 def test_custom_data_requires_its_paths(tmp_path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from lit import NUM_CLASSES, loader, quiet_trainer, tiny_lit
+from lit import NUM_CLASSES, fake_batch, loader, quiet_trainer, tiny_lit
 
 from detr_lightning.checkpointing.pretrained import load_pretrained
 from detr_lightning.lit_module import NonFiniteLossError, drop_crowd
@@ -25,6 +25,27 @@ def test_drop_crowd_filters_every_per_object_field() -> None:
     assert out["boxes"].tolist() == [[0, 1, 2, 3], [8, 9, 10, 11]]
     assert out["area"].tolist() == [1.0, 3.0]
     assert out["orig_size"].tolist() == [5, 7] and int(out["image_id"]) == 4
+
+
+def test_crowd_objects_are_targets_only_with_train_on_crowd() -> None:
+    """The official panoptic training keeps crowd segments as targets (its CocoPanoptic drops
+    none); its detection data drops them. head=panoptic sets train_on_crowd."""
+    batch = fake_batch(0, batch=2)
+    for t in batch.targets:
+        t["iscrowd"][0] = 1
+    crowd = sum(int(t["iscrowd"].sum()) for t in batch.targets)
+    for keep, expected in ((False, 0), (True, crowd)):
+        lit = tiny_lit(train_on_crowd=keep)
+        seen = []
+        forward = lit.criterion.forward
+
+        def spy(outputs, targets, num_boxes=None, forward=forward, seen=seen):
+            seen.append(sum(int(t["iscrowd"].sum()) for t in targets))
+            return forward(outputs, targets, num_boxes)
+
+        lit.criterion.forward = spy
+        lit._step(batch, "train")
+        assert seen == [expected], keep
 
 
 def test_non_finite_loss_stops_before_the_optimizer_step(tmp_path) -> None:

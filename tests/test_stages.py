@@ -48,11 +48,16 @@ def test_panoptic_presets_and_their_stages_compose_and_instantiate(name: str) ->
     assert isinstance(lit.net, DETRsegm) and not lit.net.freeze_detr and lit.net.matcher
     assert "masks" in lit.criterion.losses
     assert lit.criterion.weight_dict["loss_mask"] == lit.criterion.weight_dict["loss_dice"] == 1
-    assert lit.val_panoptic is not None and cfg.callbacks.model_checkpoint.monitor == "val/PQ"
+    # The paper presets keep and test the final epoch (and hand it to the mask head), as the
+    # official recipe; the CPU demo keeps the best.
+    paper = name != "shapes_panoptic"
+    assert lit.val_panoptic is not None
+    assert cfg.callbacks.model_checkpoint.monitor == (None if paper else "val/PQ")
     (first, one), (second, two) = stage_overrides(cfg)
     assert (first, second) == ("detector", "masks")
     detector = _compose([*base, *one, "stages=null"])
-    assert detector.stages is None and detector.callbacks.model_checkpoint.monitor == "val/AP"
+    assert detector.stages is None
+    assert detector.callbacks.model_checkpoint.monitor == (None if paper else "val/AP")
     lit = _on_meta(detector)
     assert not isinstance(lit.net, DETRsegm) and "masks" not in lit.criterion.losses
     masks = _compose([*base, *two, "stages=null"])

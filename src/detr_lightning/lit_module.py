@@ -87,6 +87,10 @@ class LitDETR(EvaluationSteps, OptimizationHooks):
         cudnn_attention: let PyTorch use cuDNN's fused attention while training on CUDA (off by
             default: its backward gives NaN gradients for some feature-map sizes; see
             :mod:`detr_lightning.utils.attention_backend`).
+        train_on_crowd: keep ``iscrowd == 1`` objects as targets of the loss (matched like any
+            other). False drops them (:func:`drop_crowd`), as the official detection data does;
+            the official panoptic data keeps every segment, crowd ones included, so
+            ``head=panoptic`` sets it (conf/head/panoptic.yaml). The metrics see them either way.
     """
 
     def __init__(
@@ -111,6 +115,7 @@ class LitDETR(EvaluationSteps, OptimizationHooks):
         init_detector: str | None = None,
         compile: bool | dict[str, Any] = False,
         cudnn_attention: bool = False,
+        train_on_crowd: bool = False,
     ) -> None:
         super().__init__()
         if label_to_category_id is not None:
@@ -138,7 +143,9 @@ class LitDETR(EvaluationSteps, OptimizationHooks):
         queries = getattr(detector_of(self.net), "num_queries", None)
         for dataset in getattr(getattr(self.trainer, "datamodule", None), "datasets", {}).values():
             if queries is not None and hasattr(dataset, "check_query_capacity"):
-                dataset.check_query_capacity(queries)
+                dataset.check_query_capacity(
+                    queries, crowd=self.hparams.get("train_on_crowd", False)
+                )
 
     # ---------------------------------------------------------------- steps
     def forward(self, pixel_values: Tensor, pixel_mask: Tensor) -> dict[str, Any]:
@@ -149,7 +156,9 @@ class LitDETR(EvaluationSteps, OptimizationHooks):
         self, batch: Any, stage: str, batch_idx: int = -1
     ) -> tuple[dict[str, Any], dict[str, Tensor], Tensor]:
         """Forward + loss, shared by every stage. Returns (outputs, loss dict, weighted total)."""
-        targets = [drop_crowd(t) for t in batch.targets]
+        targets = list(batch.targets)
+        if not self.hparams.get("train_on_crowd", False):
+            targets = [drop_crowd(t) for t in targets]
         if stage == "train":
             outputs = self.net(batch.pixel_values, batch.pixel_mask, targets=targets)
         else:

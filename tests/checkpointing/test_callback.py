@@ -55,6 +55,17 @@ def test_last_ckpt_holds_the_final_step_when_ap_stalls(tmp_path) -> None:
     assert cb.last_model_path.endswith("last.ckpt") and cb.last_written_step == 3
 
 
+def test_without_a_monitor_the_tested_checkpoint_is_the_final_epochs(tmp_path) -> None:
+    # The paper presets (monitor: null) report the final model, as the paper and the official
+    # model zoo do: train.py tests best_model_path, which is then the last validated epoch.
+    cb = BestAndLastCheckpoint(dirpath=tmp_path / "ckpt", **{**ARGS, "monitor": None})
+    _fit(tmp_path, cb)
+    files = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert files == ["epoch002-AP0.2500.ckpt", "last.ckpt"]
+    assert cb.best_model_path.endswith("epoch002-AP0.2500.ckpt")
+    assert _step(cb.best_model_path) == 3
+
+
 @pytest.mark.slow  # documents the Lightning behaviour the callback replaces
 def test_stock_model_checkpoint_leaves_last_ckpt_stale(tmp_path) -> None:
     """What the callback fixes (Lightning 2.6): last.ckpt only moves with a new best."""

@@ -284,6 +284,10 @@ def test_more_objects_than_queries(tmp_path):
                                                  r"model's 3 queries \(1 images exceed it\).*"
                                                  r"model\.net\.num_queries=4"):  # fmt: skip
         ds.check_query_capacity(3)
+    # A model that trains on crowd objects (model.train_on_crowd, head=panoptic) matches them.
+    assert ds.object_counts(crowd=True).tolist() == [0, 5, 2]
+    with pytest.raises(DatasetFormatError, match=r"has 5 objects \(crowd ones counted"):
+        ds.check_query_capacity(4, crowd=True)
 
 
 def test_a_missing_field_reads_as_missing_not_none(img_dir):

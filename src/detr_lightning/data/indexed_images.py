@@ -109,11 +109,12 @@ class IndexedImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self._index.file_names)
 
-    def object_counts(self) -> np.ndarray:
+    def object_counts(self, crowd: bool = False) -> np.ndarray:
         """int64 [N]: each image's non-crowd objects, the targets the matcher sees (crowd
-        objects never reach it)."""
+        objects never reach it), or with ``crowd`` every object (a model that trains on crowd
+        objects too: ``model.train_on_crowd``)."""
         ix = self._index
-        counted = np.concatenate([[0], np.cumsum(ix.iscrowd == 0)])
+        counted = np.concatenate([[0], np.cumsum((ix.iscrowd == 0) | crowd)])
         return counted[ix.offsets[1:]] - counted[ix.offsets[:-1]]
 
     def header_files(self) -> list[tuple[Path, tuple[int, int], str]]:
@@ -150,17 +151,20 @@ class IndexedImageDataset(Dataset):
                 f"warnings above)."
             )
 
-    def check_query_capacity(self, num_queries: int) -> None:
-        """Raise when an image has more (non-crowd) objects than the model has queries: DETR
-        predicts at most one object per query, and the matcher would stop mid-epoch."""
-        counts = self.object_counts()
+    def check_query_capacity(self, num_queries: int, crowd: bool = False) -> None:
+        """Raise when an image has more (non-crowd; with ``crowd`` any) objects than the model
+        has queries: DETR predicts at most one object per query, and the matcher would stop
+        mid-epoch."""
+        counts = self.object_counts(crowd)
         over = np.flatnonzero(counts > num_queries)
         if len(over):
             i = int(over[counts[over].argmax()])
+            which = (
+                "crowd ones counted: model.train_on_crowd" if crowd else "crowd ones not counted"
+            )
             raise DatasetFormatError(
                 f"{self.ann_file}: image id {int(self._index.image_ids[i])} "
-                f"({self._index.file_names[i]}) has {int(counts[i])} objects (crowd ones not "
-                f"counted), more than the model's {num_queries} queries ({len(over)} images "
+                f"({self._index.file_names[i]}) has {int(counts[i])} objects ({which}), more than the model's {num_queries} queries ({len(over)} images "
                 f"exceed it); DETR predicts at most one object per query. Fix: "
                 f"model.net.num_queries={int(counts.max())} or more."
             )
