@@ -16,8 +16,9 @@ things and stuff alike (``is_thing`` tells them apart by label):
 * ``labels`` int64 [T] (mapping rule of :mod:`detr_lightning.data.categories`, from the
   panoptic json's categories); ``iscrowd`` int64 [T]: crowd segments are KEPT, also in training
   (the LightningModule drops them before the loss unless ``model.train_on_crowd``, which
-  head=panoptic sets: the official panoptic training keeps them as targets); ``area`` float32 [T], the segment's pixel
-  count in the original-size PNG (what COCO's json ``area`` is);
+  head=panoptic sets: the official panoptic training keeps them as targets); ``area``
+  float32 [T], the segment's pixel count in the original-size PNG (what COCO's json ``area``
+  is);
 * ``image_id`` int64 scalar; ``orig_size`` / ``size`` int64 [2] (h, w), original and transformed.
 
 Segments whose mask is empty after the geometric transforms (cropped away, or erased by a
