@@ -156,7 +156,10 @@ class LitDETR(EvaluationSteps, OptimizationHooks):
             outputs = self.net(batch.pixel_values, batch.pixel_mask)
         # Before the matcher: a NaN cost matrix would fail there without naming step or lr.
         check_predictions(self, outputs, batch_idx, stage)
-        losses = self.criterion(outputs, targets, num_boxes=self._global_num_boxes(targets))
+        # Training normalises by the boxes averaged over ranks (official DETR); evaluation by
+        # the batch's own, so that an evaluation batch's losses do not depend on the ranks.
+        num_boxes = self._global_num_boxes(targets) if stage == "train" else None
+        losses = self.criterion(outputs, targets, num_boxes=num_boxes)
         if (
             stage == "train"
             and not self._weights_checked
