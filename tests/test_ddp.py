@@ -54,6 +54,12 @@ def test_ddp_cpu_training_and_evaluation_match_single_process(tmp_path) -> None:
     # one run directory, the checkpoint, the test loop). The cross-rank merge of detections is
     # checked on a non-trivial AP in test_metric_gathered_over_ranks_equals_cocoeval.
     assert ddp["run"]["global_step"] == 1  # 8 images / 2 ranks / batch 4: one step per rank
+    # The step's logged loss is the mean over the ranks, as the epoch's synced one (one step
+    # here): not rank 0's own share (lit_module.LitDETR._mean_over_ranks).
+    train = _logged(ddp_dir[0], ("train/loss", "train_epoch/loss", "train/loss_bbox",
+                                 "train_epoch/loss_bbox"))  # fmt: skip
+    assert train["train/loss"] == pytest.approx(train["train_epoch/loss"], rel=1e-6)
+    assert train["train/loss_bbox"] == pytest.approx(train["train_epoch/loss_bbox"], rel=1e-6)
 
 
 def _test_losses(run_dir) -> dict[str, float]:
@@ -61,6 +67,13 @@ def _test_losses(run_dir) -> dict[str, float]:
     with (run_dir / "csv" / "metrics.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     return {k: float(v) for r in rows for k, v in r.items() if k.startswith("test/loss") and v}
+
+
+def _logged(run_dir, keys) -> dict[str, float]:
+    """The last value of each of ``keys`` in a run's CSV log."""
+    with (run_dir / "csv" / "metrics.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: float(v) for r in rows for k, v in r.items() if k in keys and v}
 
 
 def _num_boxes_worker(rank: int, init_file: str, result: torch.Tensor) -> None:
