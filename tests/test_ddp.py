@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import tempfile
@@ -44,10 +45,35 @@ def test_ddp_cpu_training_and_evaluation_match_single_process(tmp_path) -> None:
     single = json.loads((run_dirs(single_out)[0] / "metrics.json").read_text())
     keys = list(METRIC_NAMES.values())
     assert {k: ddp[k] for k in keys} == {k: single[k] for k in keys}
+    # The test losses too: each batch once (not rank 1's repeat of [0 1]), normalised by its
+    # own boxes, weighted by images as one process does (evaluation/batch_losses.py).
+    losses = [_test_losses(run_dirs(o)[0]) for o in (out, single_out)]
+    assert losses[0].keys() == losses[1].keys() and "test/loss" in losses[0]
+    assert losses[0] == losses[1]
     # One step leaves every AP and AR at 0 here: this checks the DDP run end to end (both ranks,
     # one run directory, the checkpoint, the test loop). The cross-rank merge of detections is
     # checked on a non-trivial AP in test_metric_gathered_over_ranks_equals_cocoeval.
     assert ddp["run"]["global_step"] == 1  # 8 images / 2 ranks / batch 4: one step per rank
+    # The step's logged loss is the mean over the ranks, as the epoch's synced one (one step
+    # here): not rank 0's own share (lit_module.LitDETR._mean_over_ranks).
+    train = _logged(ddp_dir[0], ("train/loss", "train_epoch/loss", "train/loss_bbox",
+                                 "train_epoch/loss_bbox"))  # fmt: skip
+    assert train["train/loss"] == pytest.approx(train["train_epoch/loss"], rel=1e-6)
+    assert train["train/loss_bbox"] == pytest.approx(train["train_epoch/loss_bbox"], rel=1e-6)
+
+
+def _test_losses(run_dir) -> dict[str, float]:
+    """The ``test/loss*`` values of a run's CSV log (Lightning writes them in one row)."""
+    with (run_dir / "csv" / "metrics.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: float(v) for r in rows for k, v in r.items() if k.startswith("test/loss") and v}
+
+
+def _logged(run_dir, keys) -> dict[str, float]:
+    """The last value of each of ``keys`` in a run's CSV log."""
+    with (run_dir / "csv" / "metrics.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: float(v) for r in rows for k, v in r.items() if k in keys and v}
 
 
 def _num_boxes_worker(rank: int, init_file: str, result: torch.Tensor) -> None:

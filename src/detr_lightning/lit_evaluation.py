@@ -16,6 +16,7 @@ from detr_lightning.evaluation import (
     select_decoder_layer,
     with_category_ids,
 )
+from detr_lightning.evaluation.batch_losses import BatchLossMean
 from detr_lightning.evaluation.panoptic_evaluator import PanopticEvaluator, ground_truth_dataset
 
 
@@ -35,6 +36,7 @@ class EvaluationSteps(L.LightningModule):
             self.val_panoptic = panoptic(metric_backend=metric_backend) if panoptic else None
             self.test_panoptic = panoptic(metric_backend=metric_backend) if panoptic else None
         self.test_metrics: dict[str, float] = {}
+        self.eval_losses = {"val": BatchLossMean(), "test": BatchLossMean()}
 
     def _eval_step(
         self, batch: Any, stage: str, metric: CocoBoxAP, batch_idx: int = -1
@@ -42,9 +44,8 @@ class EvaluationSteps(L.LightningModule):
         outputs, losses, total = self._step(batch, stage, batch_idx)
         logs = {f"{stage}/{k}": v for k, v in losses.items()}
         logs[f"{stage}/loss"] = total
-        self.log_dict(
-            logs, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(batch.targets)
-        )
+        # Logged at the epoch's end, each batch once over all ranks (evaluation/batch_losses.py)
+        self.eval_losses[stage].update([int(t["image_id"]) for t in batch.targets], logs)
         preds = self.detections(outputs, torch.stack([t["orig_size"] for t in batch.targets]))
         metric.update(preds, metric_targets(batch.targets))
         panoptic = self.val_panoptic if stage == "val" else self.test_panoptic
@@ -60,6 +61,12 @@ class EvaluationSteps(L.LightningModule):
 
     def test_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
         return self._eval_step(batch, "test", self.test_map, batch_idx)
+
+    def on_validation_epoch_start(self) -> None:
+        self.eval_losses["val"].reset()  # a loop stopped mid-way (SIGTERM) left its batches
+
+    def on_test_epoch_start(self) -> None:
+        self.eval_losses["test"].reset()
 
     def on_validation_epoch_end(self) -> None:
         self._log_metric("val", self.val_map, self.val_panoptic)
@@ -84,6 +91,8 @@ class EvaluationSteps(L.LightningModule):
     ) -> dict[str, float]:
         values = metric.compute()
         metric.reset()
+        # the same on every rank already: sync_dist below averages equal numbers
+        self.log_dict(self.eval_losses[stage].compute(), sync_dist=True)
         if panoptic is not None:  # PQ_*, segm_AP_* (nothing when the outputs had no masks)
             values.update({k: torch.tensor(v) for k, v in panoptic.compute().items()})
         self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, sync_dist=True)

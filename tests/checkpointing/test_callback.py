@@ -168,3 +168,21 @@ def test_resume_whose_earlier_best_is_gone_warns_with_its_path(tmp_path, caplog)
     assert f"best val/AP so far (0.5000) comes from {first / 'epoch000-AP0.5000.ckpt'}, which " \
         "no longer exists" in caplog.text  # fmt: skip
     assert cb.best_model_path == str(tmp_path / "next" / "epoch002-AP0.2000.ckpt")
+
+
+@pytest.mark.parametrize(("world_size", "writes"), [(1, True), (2, False)])
+def test_a_bad_image_writes_last_ckpt_only_without_ddp(tmp_path, world_size, writes) -> None:
+    """A file that fails to decode fails on the one DDP rank that reads it, while the others
+    are inside the step's collectives: a save there (Lightning's barrier) hung the job (2 gloo
+    ranks, a bad image in rank 1's second batch: no exit in 3 minutes). Under DDP the rank
+    raises at once and the others fail with it; alone, last.ckpt keeps the step."""
+    from types import SimpleNamespace
+
+    from detr_lightning.data.errors import ImageLoadError
+
+    callback = BestAndLastCheckpoint(dirpath=tmp_path, monitor="val/AP", mode="max")
+    written = []
+    callback.write_last = written.append  # type: ignore[method-assign]
+    trainer = SimpleNamespace(world_size=world_size, validating=False, global_step=3)
+    callback.on_exception(trainer, None, ImageLoadError("Cannot decode image x.jpg"))
+    assert bool(written) == writes

@@ -282,3 +282,28 @@ def test_a_query_source_breaking_the_contract_is_named_before_the_decoder() -> N
     with pytest.raises(ValueError, match=r"queries=_TransposedQueries returned content of shape "
                                          r"\(2, 32, 5\).*\[2, 5, 32\]"):  # fmt: skip
         model(x, mask)
+
+
+@pytest.mark.parametrize("refine", [True, False])
+def test_a_batch_without_objects_gives_every_weight_a_gradient(refine):
+    """DDP (``find_unused_parameters=false``) stops a run when one rank's weights get no gradient
+    in a step: a batch without objects has no denoising queries, yet the denoiser's label
+    embedding (and, without box refinement, the head that embeds the noised boxes) must take
+    part, with a zero gradient, as on a rank whose batch has objects."""
+    torch.manual_seed(0)
+    if refine:
+        model = levers.compact_model(denoiser=levers.denoiser()).train()
+    else:
+        model = levers.model(queries=levers.learned(), denoiser=levers.denoiser()).train()
+    pixel_values, pixel_mask, _ = levers.batch(48)
+    empty = [{"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}] * 2
+    plain = model(pixel_values, pixel_mask, targets=None)  # no denoiser at all: the reference
+    out = model(pixel_values, pixel_mask, targets=empty)
+    assert torch.equal(out["pred_boxes"], plain["pred_boxes"])  # the tie changes no value
+    total = sum(v.sum() for k, v in out.items() if k in ("pred_logits", "pred_boxes"))
+    total = total + sum(o["pred_boxes"].sum() for o in out.get("aux_outputs", []))
+    total = total + sum(v.sum() for v in out.get("enc_outputs", {}).values() if v.requires_grad)
+    total.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+    assert model.denoiser.label_embed.weight.grad.abs().sum() == 0

@@ -163,7 +163,13 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         # PNG fails while its batch is read, before its step: the state is consistent at the
         # last step. Without this the resume loses everything since the last save.
         self.stopped_in = "validation" if trainer.validating else "training"
-        stops_cleanly = (SIGTERMException, ImageLoadError, DatasetFormatError)
+        stops_cleanly: tuple[type[BaseException], ...] = (SIGTERMException,)
+        if trainer.world_size == 1:
+            # A bad file fails on the one rank that reads it, while the others are inside the
+            # step's collectives: a save there (Lightning's barrier) waits on them for ever.
+            # Under DDP the rank exits and the others fail with it; last.ckpt stays the last
+            # periodic or epoch-end one. SIGTERM reaches every rank at the same step.
+            stops_cleanly = (SIGTERMException, ImageLoadError, DatasetFormatError)
         if isinstance(exception, stops_cleanly) and trainer.global_step != self._last_written_step:
             self.write_last(trainer)
 

@@ -59,6 +59,16 @@ class DenoisingQueries:
         return pairs
 
 
+def zero_tie(*modules: nn.Module | None) -> Tensor:
+    """Scalar 0 that depends on every parameter of ``modules`` (None skipped): added to an
+    output, it gives them a zero gradient where they were not used, as DDP needs."""
+    params = [p for m in modules if m is not None for p in m.parameters()]
+    total = params[0].sum()  # on the parameters' device and dtype
+    for p in params[1:]:
+        total = total + p.sum()
+    return total * 0.0
+
+
 @torch.compiler.disable
 def make_denoising_queries(
     targets: list[dict[str, Tensor]],

@@ -40,7 +40,11 @@ from torch import Tensor, nn
 from detr_lightning.convergence.box_attention import token_centres
 from detr_lightning.convergence.box_encoding import box_sine_embedding
 from detr_lightning.convergence.combinations import check_combination
-from detr_lightning.convergence.denoising import DenoisingQueries, query_attention_mask
+from detr_lightning.convergence.denoising import (
+    DenoisingQueries,
+    query_attention_mask,
+    zero_tie,
+)
 from detr_lightning.convergence.dims import ModelDims
 from detr_lightning.convergence.official_release import adapt_official_state_dict
 from detr_lightning.convergence.queries import DecoderQueries, LearnedQueries
@@ -205,6 +209,12 @@ class ConvergenceDETR(SetDetector):
             queries.content, queries.position, queries.reference, queries.prior,
         )  # fmt: skip
         if dn is None:
+            if self.training and self.denoiser is not None:
+                # A batch without objects has no dn queries. Under DDP (find_unused_parameters
+                # false) a weight without a gradient on one rank stops the run, so the dn-only
+                # weights join the graph with weight 0 (values unchanged).
+                dn_only = [self.denoiser, self.ref_point_head if reference is None else None]
+                content = content + zero_tie(*dn_only)
             return content, position, reference, prior
         content = torch.cat([self.denoiser.label_embed(dn.labels), content], dim=1)
         if reference is not None:
