@@ -13,7 +13,16 @@ With the data in the main process (``data.num_workers=0``) or workers that are r
 epoch, a run resumed from an epoch-end checkpoint then trains exactly as the uninterrupted run
 (CPU, deterministic kernels). Persistent workers keep their own generators, which no checkpoint
 holds, and a mid-epoch checkpoint restarts its epoch's order: those resumes stay statistically,
-not bitwise, equal. Under DDP the states are rank 0's (every rank was seeded alike).
+not bitwise, equal.
+
+Under DDP every process is seeded alike (``seed_everything`` before the launch), so without more
+every rank would draw the same dropout masks, denoising noise and main-process augmentation for
+its own images. Official DETR seeds each process with ``seed + rank``; here, when fitting starts,
+rank ``r > 0`` moves its generators to a state derived from the shared one and ``r``
+(:func:`separate_rank_streams`; rank 0 keeps the run's streams, the data order keeps the run's
+seed). Checkpoints hold rank 0's states: after a resume rank 0 continues exactly, and the other
+ranks derive their streams from the restored state again (reproducible, not the interrupted
+run's).
 """
 
 from __future__ import annotations
@@ -48,12 +57,30 @@ def restore(states: dict[str, Any]) -> None:
     random.setstate((python[0], tuple(python[1]), python[2]))
 
 
+def separate_rank_streams(rank: int) -> None:
+    """On DDP rank ``rank`` > 0, seed the torch (and CUDA), numpy and Python generators from
+    one number drawn from the current torch stream and the rank: distinct streams per rank,
+    each a function of the shared state. Rank 0 is left as it is."""
+    if rank == 0:
+        return
+    drawn = int(torch.randint(0, 2**62, (1,)).item())
+    seed = int(np.random.SeedSequence([drawn, int(rank)]).generate_state(1, np.uint64)[0] >> 1)
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
 class RngStates(L.Callback):
     """Saves :func:`capture` in every checkpoint; restores it when a resumed run's first training
-    epoch starts."""
+    epoch starts. Under DDP, gives each rank its own streams (:func:`separate_rank_streams`)
+    when fitting starts and after a restore."""
 
     def __init__(self) -> None:
         self._restore: dict[str, Any] | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            separate_rank_streams(trainer.global_rank)
 
     def state_dict(self) -> dict[str, Any]:
         return capture()
@@ -65,3 +92,4 @@ class RngStates(L.Callback):
         if self._restore is not None:
             restore(self._restore)
             self._restore = None
+            separate_rank_streams(trainer.global_rank)

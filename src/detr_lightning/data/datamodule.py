@@ -101,6 +101,9 @@ class DetrDataModule(L.LightningDataModule):
         self._train_categories = list(self.categories)  # the other splits' names must match
         self.label_to_category_id = label_map_from_categories(self.categories, coco_id_space)
         self.datasets: dict[str, Dataset] = {}
+        # The run's seed (seed_everything ran before this is built), kept for the training
+        # order: under DDP each rank's own random streams start at setup (rng_states.py).
+        self.seed = torch.initial_seed()
 
     def _read_categories(self, train_ann: Path) -> list[dict]:
         if not train_ann.is_file() and self.generate_shapes is not None:
@@ -181,7 +184,7 @@ class DetrDataModule(L.LightningDataModule):
                    "collate_fn": self.collate_fn}  # fmt: skip
         if train:
             return training_loader(self.datasets[split], self.batch_size,
-                                   self.group_by_aspect_ratio, **workers)  # fmt: skip
+                                   self.group_by_aspect_ratio, self.seed, **workers)  # fmt: skip
         return evaluation_loader(self.datasets[split], self.val_batch_size, **workers)
 
     def train_dataloader(self) -> DataLoader:

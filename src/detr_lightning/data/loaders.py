@@ -19,19 +19,19 @@ from detr_lightning.data.sampler import (
 
 
 def training_loader(
-    dataset: Dataset, batch_size: int, grouped: bool, **worker_kwargs: Any
+    dataset: Dataset, batch_size: int, grouped: bool, seed: int, **worker_kwargs: Any
 ) -> DataLoader:
-    """Each image once per epoch (:class:`EpochRandomSampler` seeded with the run's seed); with
-    ``grouped``, batches of one aspect-ratio group (:mod:`detr_lightning.data.sampler`).
+    """Each image once per epoch (:class:`EpochRandomSampler` seeded with the run's ``seed``);
+    with ``grouped``, batches of one aspect-ratio group (:mod:`detr_lightning.data.sampler`).
     ``worker_kwargs``: num_workers, pin_memory, persistent_workers, collate_fn."""
-    order = EpochRandomSampler(dataset, torch.initial_seed())
+    order = EpochRandomSampler(dataset, seed)
     if grouped:
         batches = AspectRatioGroupedBatchSampler(order, aspect_ratio_groups(image_sizes(dataset)),
                                                  batch_size)  # fmt: skip
-        return DataLoader(dataset, batch_sampler=batches, generator=_worker_seeds(),
+        return DataLoader(dataset, batch_sampler=batches, generator=_worker_seeds(seed),
                           **worker_kwargs)  # fmt: skip
     return DataLoader(dataset, batch_size=batch_size, sampler=order, drop_last=False,
-                      generator=_worker_seeds(), **worker_kwargs)  # fmt: skip
+                      generator=_worker_seeds(seed), **worker_kwargs)  # fmt: skip
 
 
 def evaluation_loader(dataset: Dataset, batch_size: int, **worker_kwargs: Any) -> DataLoader:
@@ -43,11 +43,11 @@ def evaluation_loader(dataset: Dataset, batch_size: int, **worker_kwargs: Any) -
                       **worker_kwargs)  # fmt: skip
 
 
-def _worker_seeds() -> torch.Generator:
+def _worker_seeds(seed: int) -> torch.Generator:
     """The training loader's own generator: every epoch's iterator draws its workers' seed from
     it, not from the global random state, so that the model's random numbers (dropout, the
     augmentation in the main process) do not depend on how many iterators were made before
     (a resumed run makes its first one earlier than an uninterrupted one:
     checkpointing/rng_states.py). It is re-seeded with (seed, epoch) at every epoch start
     (data/epoch_streams.py)."""
-    return torch.Generator().manual_seed(torch.initial_seed())
+    return torch.Generator().manual_seed(seed)
