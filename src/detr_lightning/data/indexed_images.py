@@ -165,7 +165,8 @@ class IndexedImageDataset(Dataset):
             raise DatasetFormatError(
                 f"{self.ann_file}: image id {int(self._index.image_ids[i])} "
                 f"({self._index.file_names[i]}) has {int(counts[i])} objects ({which}), more "
-                f"than the model's {num_queries} queries ({len(over)} images exceed it); DETR predicts at most one object per query. Fix: "
+                f"than the model's {num_queries} queries ({len(over)} images exceed it); DETR "
+                f"predicts at most one object per query. Fix: "
                 f"model.net.num_queries={int(counts.max())} or more."
             )
 
