@@ -118,17 +118,6 @@ def signature_chain(obj: Any) -> tuple[list[tuple[inspect.Parameter, Any]], bool
     return found, False
 
 
-def _counterpart_accepted(counterpart: str) -> set[str] | None:
-    """The keys a convergence counterpart takes: its own arguments and, as it hands
-    ``**kwargs`` to the paper class it extends, those of its bases; None when unreadable."""
-    try:
-        cls = get_object(counterpart)
-    except (ImportError, AttributeError, ValueError):
-        return None
-    chain, complete = signature_chain(cls)
-    return {p.name for p, _ in chain} - {"self"} if complete else None
-
-
 def _closest_argument(key: str, target: str) -> str:
     """The fix for a key ``target`` does not take: its closest argument, and all of them."""
     accepted = sorted(_accepted(target) or ())
@@ -147,7 +136,7 @@ def target_key_errors(node: Any, path: str, choices: dict[str, Any] | None = Non
     chosen = _chosen_levers(choices or {})
     for key_path, key, target in unknown_target_keys(node, path):
         counterpart = CONVERGENCE_COUNTERPARTS.get(target)
-        lever_keys = _counterpart_accepted(counterpart) if counterpart else set()
+        lever_keys = _accepted(counterpart) if counterpart else set()
         if counterpart and (lever_keys is None or key in lever_keys):  # None: takes any key
             groups = (
                 "chosen here: " + ", ".join(chosen)
