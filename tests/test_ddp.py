@@ -55,7 +55,7 @@ def test_ddp_cpu_training_and_evaluation_match_single_process(tmp_path) -> None:
     # checked on a non-trivial AP in test_metric_gathered_over_ranks_equals_cocoeval.
     assert ddp["run"]["global_step"] == 1  # 8 images / 2 ranks / batch 4: one step per rank
     # The step's logged loss is the mean over the ranks, as the epoch's synced one (one step
-    # here): not rank 0's own share (lit_module.LitDETR._mean_over_ranks).
+    # here): not rank 0's own share (LitDETR.training_step logs them with sync_dist).
     train = _logged(ddp_dir[0], ("train/loss", "train_epoch/loss", "train/loss_bbox",
                                  "train_epoch/loss_bbox"))  # fmt: skip
     assert train["train/loss"] == pytest.approx(train["train_epoch/loss"], rel=1e-6)

@@ -188,10 +188,11 @@ class LitDETR(EvaluationSteps, OptimizationHooks):
         bs = len(batch.targets)
         step_logs = {f"train/{k}": losses[k] for k in _STEP_LOGGED if k in losses}
         step_logs["train/loss"] = total
-        step_logs = self._mean_over_ranks(step_logs)
-        for group in self.optimizers().param_groups if self._trainer else []:
-            step_logs[f"lr/{group.get('name', 'main')}"] = group["lr"]
-        self.log_dict(step_logs, on_step=True, on_epoch=False, batch_size=bs)
+        # Synced: rank 0 writes the logs, which would otherwise show its own share of the step.
+        self.log_dict(step_logs, on_step=True, on_epoch=False, sync_dist=True, batch_size=bs)
+        lrs = {f"lr/{group.get('name', 'main')}": group["lr"]
+               for group in (self.optimizers().param_groups if self._trainer else [])}  # fmt: skip
+        self.log_dict(lrs, on_step=True, on_epoch=False, batch_size=bs)
         epoch_logs = {f"train_epoch/{k}": v for k, v in losses.items()}
         epoch_logs["train_epoch/loss"] = total
         self.log_dict(epoch_logs, on_step=False, on_epoch=True, sync_dist=True, batch_size=bs)
@@ -202,16 +203,6 @@ class LitDETR(EvaluationSteps, OptimizationHooks):
         """Boxes per process averaged over all processes (the official normalisation), >= 1."""
         n = torch.tensor(float(sum(len(t["labels"]) for t in targets)), device=self.device)
         return reduce_tensor(n, "mean", self._trainer).clamp(min=1)
-
-    def _mean_over_ranks(self, logs: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Scalars averaged over the processes in one collective: rank 0 writes the step's logs,
-        which would otherwise show its own share of the step only. Under DDP, with the boxes
-        averaged over ranks, the mean is the loss of the step's whole batch over all ranks."""
-        if self._trainer is None or self.trainer.world_size == 1:
-            return logs
-        names = list(logs)
-        stacked = torch.stack([logs[k].detach().float().reshape(()) for k in names])
-        return dict(zip(names, reduce_tensor(stacked, "mean", self.trainer), strict=True))
 
     # ---------------------------------------------------------------- checkpoints
     # ``pretrained`` is loaded once, where the model is built (utils.build.build_model): loading
