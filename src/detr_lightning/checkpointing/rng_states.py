@@ -57,14 +57,20 @@ def restore(states: dict[str, Any]) -> None:
     random.setstate((python[0], tuple(python[1]), python[2]))
 
 
+def derive_seed(*keys: int) -> int:
+    """A 63-bit seed that is a function of the non-negative integers ``keys`` (numpy's
+    ``SeedSequence``: no arithmetic overlap such as ``(a, b + 1)`` against ``(a + 1, b)``)."""
+    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)
+    return int(state[0] >> np.uint64(1))
+
+
 def separate_rank_streams(rank: int) -> None:
     """On DDP rank ``rank`` > 0, seed the torch (and CUDA), numpy and Python generators from
     one number drawn from the current torch stream and the rank: distinct streams per rank,
     each a function of the shared state. Rank 0 is left as it is."""
     if rank == 0:
         return
-    drawn = int(torch.randint(0, 2**62, (1,)).item())
-    seed = int(np.random.SeedSequence([drawn, int(rank)]).generate_state(1, np.uint64)[0] >> 1)
+    seed = derive_seed(int(torch.randint(0, 2**62, (1,)).item()), rank)
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)

@@ -26,17 +26,16 @@ from __future__ import annotations
 import logging
 
 import lightning as L
-import numpy as np
 from torch.utils.data import DataLoader
+
+from detr_lightning.checkpointing.rng_states import derive_seed
 
 log = logging.getLogger(__name__)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
-    """A 63-bit seed for epoch ``epoch`` of a run seeded ``seed`` (distinct epochs, distinct
-    seeds; no arithmetic overlap between ``(seed, epoch + 1)`` and ``(seed + 1, epoch)``)."""
-    state = np.random.SeedSequence([int(seed) % 2**32, int(epoch)]).generate_state(1, np.uint64)
-    return int(state[0] >> np.uint64(1))
+    """The seed of epoch ``epoch``'s worker seeds in a run seeded ``seed``."""
+    return derive_seed(int(seed) % 2**32, epoch)
 
 
 class EpochStreams(L.Callback):
