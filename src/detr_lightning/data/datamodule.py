@@ -1,7 +1,6 @@
 """LightningDataModules for COCO-format data: detection (:class:`DetrDataModule`) and panoptic
 segmentation (:class:`PanopticDataModule`); COCO, custom data, generated shapes."""
 
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,11 +12,10 @@ from torch.utils.data import DataLoader, Dataset
 from detr_lightning.data import eval_transform_record
 from detr_lightning.data.categories import (
     check_same_names,
-    describe_name_differences,
-    differing_names,
     is_thing_per_label,
     label_map_from_categories,
 )
+from detr_lightning.data.checkpoint_labels import adopt_labels, labels_state
 from detr_lightning.data.coco import CocoDetectionDataset, Transform
 from detr_lightning.data.coco_json import read_coco_json
 from detr_lightning.data.coco_panoptic import CocoPanopticDataset
@@ -26,8 +24,6 @@ from detr_lightning.data.loaders import evaluation_loader, training_loader
 from detr_lightning.data.shapes import categories as shapes_categories
 from detr_lightning.data.shapes import ensure_shapes_dataset
 from detr_lightning.data.transforms import make_eval_transforms, make_train_transforms
-
-log = logging.getLogger(__name__)
 
 
 class DetrDataModule(L.LightningDataModule):
@@ -197,31 +193,21 @@ class DetrDataModule(L.LightningDataModule):
         return self._loader("test", train=False)
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"label_to_category_id": list(self.label_to_category_id),
-                 "categories": list(self.categories)}  # fmt: skip
+        state = labels_state(self.label_to_category_id, self.categories)
         if self.val_transforms_record is not None:  # set by utils.build.build_datamodule
             state[eval_transform_record.KEY] = self.val_transforms_record
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Adopt a checkpoint's mapping; datasets are rebuilt with it (an annotation whose
-        category the mapping lacks then raises an error naming it)."""
-        mapping = [int(c) for c in state_dict["label_to_category_id"]]
+        """Adopt a checkpoint's mapping (:mod:`~detr_lightning.data.checkpoint_labels`);
+        datasets are rebuilt with it (an annotation whose category the mapping lacks then raises
+        an error naming it)."""
+        mapping, self.categories = adopt_labels(
+            state_dict, self.label_to_category_id, self.categories, str(self.paths["train"][1])
+        )
         if mapping != self.label_to_category_id:
-            log.warning("Checkpoint label mapping (%d classes) replaces the one from the data "
-                        "(%d classes).", len(mapping), self.num_classes)  # fmt: skip
             self.datasets.clear()
         self.label_to_category_id = mapping
-        names = list(state_dict.get("categories", self.categories))
-        if diffs := differing_names(self.categories, names):
-            log.warning(
-                "The checkpoint names %d category id(s) otherwise than the data (%s); its names "
-                "are used. If the data's classes changed meaning, fine-tuning or evaluating this "
-                "checkpoint on it mixes classes: fix the categories of the data or start from "
-                "another checkpoint.", len(diffs),
-                describe_name_differences(diffs, str(self.paths["train"][1]), "the checkpoint"),
-            )  # fmt: skip
-        self.categories = names
         saved = state_dict.get(eval_transform_record.KEY)
         eval_transform_record.warn_if_different(saved, self.val_transforms_record, "the checkpoint")
 
