@@ -34,20 +34,15 @@ from contextlib import ExitStack
 from functools import partial
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from detr_lightning.convergence.box_attention import token_centres
-from detr_lightning.convergence.box_encoding import box_sine_embedding
 from detr_lightning.convergence.combinations import check_combination
-from detr_lightning.convergence.denoising import (
-    DenoisingQueries,
-    query_attention_mask,
-    zero_tie,
-)
+from detr_lightning.convergence.denoising import query_attention_mask
 from detr_lightning.convergence.dims import ModelDims
 from detr_lightning.convergence.official_release import adapt_official_state_dict
-from detr_lightning.convergence.queries import DecoderQueries, LearnedQueries
+from detr_lightning.convergence.queries import LearnedQueries
+from detr_lightning.convergence.query_rows import prepend_denoising, split_outputs
 from detr_lightning.convergence.refinement import RefiningDecoderHook, zero_last_layer
 from detr_lightning.detr.class_scoring import SoftmaxScoring
 from detr_lightning.detr.set_detector import MLP, EncodedImage, SetDetector, Targets
@@ -164,7 +159,9 @@ class ConvergenceDETR(SetDetector):
         if self.aux_head is not None and self.training:
             proposals = self.aux_head(enc.memory, enc.mask)
             dense = {k: proposals[k] for k in ("pred_logits", "pred_boxes", "cells")}
-        content, position, reference, prior = self._prepend_denoising(queries, dn)
+        content, position, reference, prior = prepend_denoising(
+            queries, dn, self.denoiser, getattr(self, "ref_point_head", None), self.training
+        )
         memory = enc.memory.detach() if self.detach_memory else enc.memory
         attn_mask = query_attention_mask(
             self.num_queries, queries.groups, dn.num_groups if dn else 0, dn.pad if dn else 0,
@@ -195,53 +192,8 @@ class ConvergenceDETR(SetDetector):
         if prior is not None:
             logits = logits + prior
         boxes = hook.finish(hs) if hook is not None else self.bbox_embed(hs).sigmoid()
-        out = self._split_outputs(logits, boxes, queries.groups, dn)
+        out = split_outputs(logits, boxes, self.num_queries, queries.groups, dn, self.layer_outputs)
         if dense is not None and self.training:
             out["enc_outputs"] = dense
         num_dn = dn.num_queries if dn is not None else 0  # [dn | group 0 | group 1 ...]
         return out, enc, hs[:, :, num_dn : num_dn + self.num_queries]
-
-    def _prepend_denoising(
-        self, queries: DecoderQueries, dn: DenoisingQueries | None
-    ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
-        """Content, positions, reference boxes and class prior with the dn queries in front."""
-        content, position, reference, prior = (
-            queries.content, queries.position, queries.reference, queries.prior,
-        )  # fmt: skip
-        if dn is None:
-            if self.training and self.denoiser is not None:
-                # A batch without objects has no dn queries. Under DDP (find_unused_parameters
-                # false) a weight without a gradient on one rank stops the run, so the dn-only
-                # weights join the graph with weight 0 (values unchanged).
-                dn_only = [self.denoiser, self.ref_point_head if reference is None else None]
-                content = content + zero_tie(*dn_only)
-            return content, position, reference, prior
-        content = torch.cat([self.denoiser.label_embed(dn.labels), content], dim=1)
-        if reference is not None:
-            reference = torch.cat([dn.boxes, reference], dim=1)
-        else:
-            dn_pos = self.ref_point_head(box_sine_embedding(dn.boxes, content.shape[-1]))
-            position = torch.cat([dn_pos, position], dim=1)
-        if prior is not None:  # denoising queries have no proposal: their prior is 0
-            prior = torch.cat([prior.new_zeros(*dn.labels.shape, prior.shape[-1]), prior], 1)
-        return content, position, reference, prior
-
-    def _split_outputs(
-        self, logits: Tensor, boxes: Tensor, groups: int, dn: DenoisingQueries | None
-    ) -> dict[str, Any]:
-        """Cut the [L, B, N, *] stacks into the dn part and one output dict per query group."""
-        q, num_dn = self.num_queries, dn.num_queries if dn is not None else 0
-        chunks = [
-            self.layer_outputs(
-                logits[:, :, num_dn + g * q : num_dn + (g + 1) * q],
-                boxes[:, :, num_dn + g * q : num_dn + (g + 1) * q],
-            )
-            for g in range(groups)
-        ]
-        out = chunks[0]
-        if groups > 1:
-            out["group_outputs"] = chunks[1:]
-        if dn is not None:
-            out["dn_outputs"] = self.layer_outputs(logits[:, :, :num_dn], boxes[:, :, :num_dn])
-            out["dn_queries"] = dn
-        return out
