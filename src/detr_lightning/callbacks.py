@@ -118,15 +118,18 @@ class ValidationImageLogger(EveryNEpochs):
         if not self._images:
             return
         epoch = trainer.current_epoch
+        # Lightning logs this validation's val/AP at its own step counter (the last training
+        # batch's step, restored on resume); trainer.global_step is one more there
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped
         wrote = False
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 images = [img.permute(1, 2, 0).numpy() for img in self._images]
-                logger.log_image(key="val/images", images=images, step=trainer.global_step)
+                logger.log_image(key="val/images", images=images, step=step)
                 wrote = True
             elif isinstance(logger, TensorBoardLogger):
                 for i, img in enumerate(self._images):
-                    logger.experiment.add_image(f"val/image_{i}", img, trainer.global_step)
+                    logger.experiment.add_image(f"val/image_{i}", img, step)
                 wrote = True
         if not wrote:
             from torchvision.io import write_png
