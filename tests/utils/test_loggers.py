@@ -135,6 +135,8 @@ def test_sweep_jobs_log_one_offline_run_each_in_one_group(wandb_sweep) -> None:
         assert f"wandb sync {run_dir}" in out
         run = offline_run(run_dir)
         assert f"{SWEPT}={layers}" in run["tags"] and "demo" in run["tags"]
+        assert not [t for t in run["tags"] if t.startswith("tags=")]  # demo, not "tags=[demo]"
+        assert "tags=" not in run["name"]
         assert run["name"].startswith("shapes_") and f"{SWEPT}={layers}" in run["name"]
         assert f"{SWEPT}={layers}" in run["config"]["overrides"]
         assert run["config"]["model"]["net"]["transformer"]["num_decoder_layers"] == layers
@@ -194,3 +196,11 @@ def test_validation_images_are_logged_at_their_validations_step(tmp_path, monkey
     image_steps = [int(r["trainer/global_step"]) for r in rows if "val/images/count" in r]
     assert ap_steps == [1, 3]  # 2 steps per epoch: after steps 0-1 and 2-3
     assert image_steps == ap_steps
+
+
+def test_overrides_that_name_or_label_the_run_are_no_tags() -> None:
+    """run_name, tags and logger settings say what the run is called, not what was run: in a
+    sweep they would otherwise turn up as tags ("tags=[demo]") and in every run's name."""
+    overrides = ["run_name=abl", "tags=[demo]", "+tags=[x]", "logger.wandb.project=p",
+                 "logger.wandb.tag_overrides=true", "seed=1", "model.lr_backbone=0"]  # fmt: skip
+    assert override_tags(overrides) == ["seed=1", "model.lr_backbone=0"]
