@@ -56,6 +56,12 @@ def draw_detections(
                             color=(255, 0, 0))  # fmt: skip
 
 
+def validation_log_step(trainer: L.Trainer) -> int:
+    """The step Lightning logs a validation's val/AP at: its own step counter (the last
+    training batch's step, restored on resume); ``trainer.global_step`` is one more there."""
+    return trainer.fit_loop.epoch_loop._batches_that_stepped
+
+
 class EveryNEpochs(L.Callback):
     """A callback that acts after every ``every_n_epochs``-th epoch's validation (0 = never),
     never in the sanity check."""
@@ -118,9 +124,7 @@ class ValidationImageLogger(EveryNEpochs):
         if not self._images:
             return
         epoch = trainer.current_epoch
-        # Lightning logs this validation's val/AP at its own step counter (the last training
-        # batch's step, restored on resume); trainer.global_step is one more there
-        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        step = validation_log_step(trainer)
         wrote = False
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):

@@ -162,22 +162,27 @@ def test_report_compares_the_sweep_jobs(wandb_sweep) -> None:
         assert (sweep / png).stat().st_size > 1000
 
 
-def test_validation_images_are_logged_at_their_validations_step(tmp_path, monkeypatch) -> None:
+def test_validation_and_attention_images_are_logged_at_their_validations_step(
+    tmp_path, monkeypatch
+) -> None:
     """wandb plots every key against trainer/global_step: a validation's images belong at the
-    step of its val/AP (Lightning logs validation at the optimizer steps done, not one after)."""
+    step of its val/AP (Lightning logs a validation at its last training batch's step, one less
+    than trainer.global_step)."""
     import lightning as L
     import wandb
     from lightning.pytorch.loggers import WandbLogger
     from lit import fake_batch, tiny_lit
     from torch.utils.data import DataLoader
 
+    from detr_lightning.attention_callback import AttentionMapLogger
     from detr_lightning.callbacks import ValidationImageLogger
 
     monkeypatch.setenv("WANDB_SILENT", "true")
     logger = WandbLogger(offline=True, save_dir=str(tmp_path), project="t")
     trainer = L.Trainer(
         default_root_dir=tmp_path, accelerator="cpu", logger=logger, max_epochs=2,
-        callbacks=[ValidationImageLogger(every_n_epochs=1, num_images=1, score_threshold=0.0)],
+        callbacks=[ValidationImageLogger(every_n_epochs=1, num_images=1, score_threshold=0.0),
+                   AttentionMapLogger(every_n_epochs=1, num_images=1, score_threshold=0.0)],
         enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0,
         limit_train_batches=2, log_every_n_steps=1,
     )  # fmt: skip
@@ -196,6 +201,9 @@ def test_validation_images_are_logged_at_their_validations_step(tmp_path, monkey
     image_steps = [int(r["trainer/global_step"]) for r in rows if "val/images/count" in r]
     assert ap_steps == [1, 3]  # 2 steps per epoch: after steps 0-1 and 2-3
     assert image_steps == ap_steps
+    # decoder and encoder pictures: a log call each
+    attention = {int(r["trainer/global_step"]) for r in rows if any("attention" in k for k in r)}
+    assert sorted(attention) == ap_steps
 
 
 def test_overrides_that_name_or_label_the_run_are_no_tags() -> None:
