@@ -206,6 +206,9 @@ def test_a_failed_sweep_job_is_named_failed_with_its_error(tmp_path, shapes_root
     assert [r[0] for r in rows] == ["0", "1", "2"]
     assert [r[9] for r in rows] == ["failed", "failed", "0"]  # the epochs column
     for job, value in (("0", "0"), ("1", "-1")):
-        assert f"{job} failed: ConfigError: invalid config (1 problem):" in report
+        assert (
+            f"{job} failed: ConfigError: invalid config (1 problem): - data.val_batch_size="
+            in report
+        )
         assert f"data.val_batch_size={value}" in rows[int(job)][1]
     assert "2 failed" not in report

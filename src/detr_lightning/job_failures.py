@@ -47,7 +47,8 @@ def record_failure(run_dir: str | os.PathLike | None, error: str) -> None:
 
 
 def read_failure(run_dir: str | os.PathLike) -> str | None:
-    """The error a failed run recorded (its first line), else None."""
+    """The error a failed run recorded, else None: its first line, and the first item of a list
+    that line announces ("invalid config (6 problems): - data.train_images=...")."""
     path = Path(run_dir, FAILED)
     if not path.is_file():
         return None
@@ -55,4 +56,7 @@ def read_failure(run_dir: str | os.PathLike) -> str | None:
         error = json.loads(path.read_text()).get("error")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
         return "failed (unreadable failed.json)"
-    return str(error or "failed").splitlines()[0]
+    lines = [line.strip() for line in str(error or "failed").splitlines() if line.strip()]
+    if lines[0].endswith(":") and len(lines) > 1:
+        return f"{lines[0]} {lines[1]}" + (" ..." if len(lines) > 2 else "")
+    return lines[0]

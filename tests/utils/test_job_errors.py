@@ -83,6 +83,12 @@ def test_a_failing_job_leaves_failed_json_and_a_job_run_again_removes_it(tmp_pat
     with pytest.raises(job_errors.JobFailed):
         _failing(ConfigError("bad value\nsecond line"))(None)
     assert job_failures.read_failure(tmp_path) == "ConfigError: bad value"
+    with pytest.raises(job_errors.JobFailed):
+        _failing(ConfigError("invalid config (2 problems):\n  - a=1: bad\n  - b=2: bad"))(None)
+    assert (
+        job_failures.read_failure(tmp_path)
+        == "ConfigError: invalid config (2 problems): - a=1: bad ..."
+    )
     with pytest.raises(KeyError):
         _failing(KeyError("x"))(None)
     assert job_failures.read_failure(tmp_path) == "KeyError: 'x'"
