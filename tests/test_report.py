@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cli import run_cli
 from fake_runs import COMMON, make_hydra_job, make_run, make_staged_run, make_tool_outputs, metrics
 from PIL import Image
 
@@ -190,3 +191,24 @@ def test_the_command_line_names_a_missing_folder_as_a_usage_error(tmp_path, caps
     assert (
         f"error: {tmp_path / 'nowhere'}: no such run or sweep directory" in capsys.readouterr().err
     )
+
+
+def test_a_failed_sweep_job_is_named_failed_with_its_error(tmp_path, shapes_root) -> None:
+    """A real sweep whose two jobs fail on a bad value: each row says failed, the notes name
+    the job and its error, not "failed or still running"; a finished run beside them is not."""
+    run_cli("train", ["-m", "schedule=smoke", f"paths.shapes_dir={shapes_root}",
+                      "hydra.sweep.dir=sweep", "data.val_batch_size=0,-1"], tmp_path,
+            fails=True)  # fmt: skip
+    root = tmp_path / "sweep"
+    make_run(root / "2", [*COMMON, "data.val_batch_size=2"], metrics(0.3))
+    report = write_report([root]).read_text()
+    rows = table(report)
+    assert [r[0] for r in rows] == ["0", "1", "2"]
+    assert [r[9] for r in rows] == ["failed", "failed", "0"]  # the epochs column
+    for job, value in (("0", "0"), ("1", "-1")):
+        assert (
+            f"{job} failed: ConfigError: invalid config (1 problem): - data.val_batch_size="
+            in report
+        )
+        assert f"data.val_batch_size={value}" in rows[int(job)][1]
+    assert "2 failed" not in report

@@ -20,7 +20,7 @@ import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from detr_lightning.callbacks import EveryNEpochs
+from detr_lightning.callbacks import EveryNEpochs, validation_log_step
 
 
 class AttentionMapLogger(EveryNEpochs):
@@ -82,6 +82,7 @@ class AttentionMapLogger(EveryNEpochs):
         self._log(trainer, pictures)
 
     def _log(self, trainer: L.Trainer, pictures: dict[str, list]) -> None:
+        step = validation_log_step(trainer)  # with the val/AP of this validation
         wrote = False
         for logger in trainer.loggers:
             for kind, arrays in pictures.items():
@@ -89,13 +90,11 @@ class AttentionMapLogger(EveryNEpochs):
                     continue
                 key = f"val/attention_{kind}"
                 if isinstance(logger, WandbLogger):
-                    logger.log_image(key=key, images=arrays, step=trainer.global_step)
+                    logger.log_image(key=key, images=arrays, step=step)
                     wrote = True
                 elif isinstance(logger, TensorBoardLogger):
                     for i, arr in enumerate(arrays):
-                        logger.experiment.add_image(
-                            f"{key}_{i}", arr, trainer.global_step, dataformats="HWC"
-                        )
+                        logger.experiment.add_image(f"{key}_{i}", arr, step, dataformats="HWC")
                     wrote = True
         if wrote:
             return

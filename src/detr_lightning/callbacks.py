@@ -56,6 +56,12 @@ def draw_detections(
                             color=(255, 0, 0))  # fmt: skip
 
 
+def validation_log_step(trainer: L.Trainer) -> int:
+    """The step Lightning logs a validation's val/AP at: its own step counter (the last
+    training batch's step, restored on resume); ``trainer.global_step`` is one more there."""
+    return trainer.fit_loop.epoch_loop._batches_that_stepped
+
+
 class EveryNEpochs(L.Callback):
     """A callback that acts after every ``every_n_epochs``-th epoch's validation (0 = never),
     never in the sanity check."""
@@ -118,15 +124,16 @@ class ValidationImageLogger(EveryNEpochs):
         if not self._images:
             return
         epoch = trainer.current_epoch
+        step = validation_log_step(trainer)
         wrote = False
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 images = [img.permute(1, 2, 0).numpy() for img in self._images]
-                logger.log_image(key="val/images", images=images, step=trainer.global_step)
+                logger.log_image(key="val/images", images=images, step=step)
                 wrote = True
             elif isinstance(logger, TensorBoardLogger):
                 for i, img in enumerate(self._images):
-                    logger.experiment.add_image(f"val/image_{i}", img, trainer.global_step)
+                    logger.experiment.add_image(f"val/image_{i}", img, step)
                 wrote = True
         if not wrote:
             from torchvision.io import write_png

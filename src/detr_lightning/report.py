@@ -15,6 +15,8 @@ no runs and are skipped). Each run's ``metrics.json``, ``.hydra/overrides.yaml``
   (``ckpt_path=last``: its ``resumed_from.json``) is one curve through the run it continues;
   that interrupted run (no metrics.json) is then no row of its own.
 
+A job that failed (its ``failed.json``, :mod:`detr_lightning.job_failures`) says so in its row.
+
 ``--out`` defaults to the argument when there is one, else ``./report``.
 """
 
@@ -26,6 +28,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from detr_lightning.job_failures import read_failure
 from detr_lightning.run_dirs import Run, find_runs, hydra_task, load_run, wall_seconds
 
 COLUMNS = {"AP": "AP", "AP50": "AP50", "AP75": "AP75", "AP_S": "AP_S", "AP_M": "AP_M",
@@ -58,9 +61,16 @@ def _cell(value: float | None, best: float | None) -> str:
     return f"**{text}**" if best is not None and value == best else text
 
 
+def failure(run: Run) -> str | None:
+    """The error of a run that failed (no metrics.json, its job's failed.json), else None."""
+    return None if run.metrics else read_failure(run.path)
+
+
 def epochs_cell(run: Run) -> str:
     """The epochs trained: metrics.json's count, or a staged run's per stage ("9+5"; "9+?" for
-    a stage without its log)."""
+    a stage without its log); "failed" for a failed run."""
+    if failure(run):
+        return "failed"
     if run.stage_epochs:
         return "+".join("?" if e is None else str(e) for e in run.stage_epochs)
     return str(run.info.get("epochs", "–"))
@@ -145,6 +155,8 @@ def markdown(runs: Sequence[Run], images: Sequence[str], hidden: Sequence[Run] =
     if "val_ap.png" in images and left_out:
         notes.append("val_ap.png leaves out the runs without a validation log: "
                      + ", ".join(left_out) + ".")  # fmt: skip
+    notes += [f"{name} failed: {failure(run)}" for name, run in zip(names, runs, strict=True)
+              if failure(run)]  # fmt: skip
     notes += resume_notes(runs, where)
     if hidden:
         notes.append("No row (interrupted, continued by a resumed run above): "

@@ -135,6 +135,8 @@ def test_sweep_jobs_log_one_offline_run_each_in_one_group(wandb_sweep) -> None:
         assert f"wandb sync {run_dir}" in out
         run = offline_run(run_dir)
         assert f"{SWEPT}={layers}" in run["tags"] and "demo" in run["tags"]
+        assert not [t for t in run["tags"] if t.startswith("tags=")]  # demo, not "tags=[demo]"
+        assert "tags=" not in run["name"]
         assert run["name"].startswith("shapes_") and f"{SWEPT}={layers}" in run["name"]
         assert f"{SWEPT}={layers}" in run["config"]["overrides"]
         assert run["config"]["model"]["net"]["transformer"]["num_decoder_layers"] == layers
@@ -158,3 +160,55 @@ def test_report_compares_the_sweep_jobs(wandb_sweep) -> None:
         assert re.search(rf"^\| {job} \| `{SWEPT}={layers}` \| (\*\*)?{ap:.4f}", report, re.M)
     for png in ("ap_by_size.png", "val_ap.png"):
         assert (sweep / png).stat().st_size > 1000
+
+
+def test_validation_and_attention_images_are_logged_at_their_validations_step(
+    tmp_path, monkeypatch
+) -> None:
+    """wandb plots every key against trainer/global_step: a validation's images belong at the
+    step of its val/AP (Lightning logs a validation at its last training batch's step, one less
+    than trainer.global_step)."""
+    import lightning as L
+    import wandb
+    from lightning.pytorch.loggers import WandbLogger
+    from lit import fake_batch, tiny_lit
+    from torch.utils.data import DataLoader
+
+    from detr_lightning.attention_callback import AttentionMapLogger
+    from detr_lightning.callbacks import ValidationImageLogger
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = WandbLogger(offline=True, save_dir=str(tmp_path), project="t")
+    trainer = L.Trainer(
+        default_root_dir=tmp_path, accelerator="cpu", logger=logger, max_epochs=2,
+        callbacks=[ValidationImageLogger(every_n_epochs=1, num_images=1, score_threshold=0.0),
+                   AttentionMapLogger(every_n_epochs=1, num_images=1, score_threshold=0.0)],
+        enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0,
+        limit_train_batches=2, log_every_n_steps=1,
+    )  # fmt: skip
+    batches = DataLoader([fake_batch(i) for i in range(2)], batch_size=None)
+    trainer.fit(tiny_lit(), train_dataloaders=batches, val_dataloaders=batches)
+    wandb.finish()
+    wandb.teardown()  # flushes the offline run's records
+    (log,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    rows = []
+    for record in wandb_records(log):
+        if record.WhichOneof("record_type") == "history":
+            rows.append(
+                {i.key or "/".join(i.nested_key): i.value_json for i in record.history.item}
+            )
+    ap_steps = [int(r["trainer/global_step"]) for r in rows if "val/AP" in r]
+    image_steps = [int(r["trainer/global_step"]) for r in rows if "val/images/count" in r]
+    assert ap_steps == [1, 3]  # 2 steps per epoch: after steps 0-1 and 2-3
+    assert image_steps == ap_steps
+    # decoder and encoder pictures: a log call each
+    attention = {int(r["trainer/global_step"]) for r in rows if any("attention" in k for k in r)}
+    assert sorted(attention) == ap_steps
+
+
+def test_overrides_that_name_or_label_the_run_are_no_tags() -> None:
+    """run_name, tags and logger settings say what the run is called, not what was run: in a
+    sweep they would otherwise turn up as tags ("tags=[demo]") and in every run's name."""
+    overrides = ["run_name=abl", "tags=[demo]", "+tags=[x]", "logger.wandb.project=p",
+                 "logger.wandb.tag_overrides=true", "seed=1", "model.lr_backbone=0"]  # fmt: skip
+    assert override_tags(overrides) == ["seed=1", "model.lr_backbone=0"]

@@ -21,8 +21,10 @@ log = logging.getLogger(__name__)
 
 _OFFLINE_MODES = ("offline", "dryrun", "disabled")
 MAX_TAG_LEN = 64  # wandb rejects longer tags
-# Overrides that say where things are, not what was run: no tag for them.
-_UNTAGGED_PREFIXES = ("paths.", "hydra.", "ckpt_path")
+# Overrides that say where things are or what the run is called, not what was run: no tag
+# (and no part of a sweep job's run name) for them.
+_UNTAGGED_PREFIXES = ("paths.", "hydra.", "ckpt_path", "logger.")
+_UNTAGGED_KEYS = ("run_name", "tags")
 
 
 def wandb_credentials_present() -> bool:
@@ -63,12 +65,13 @@ def override_tag(override: str) -> str:
 
 
 def override_tags(overrides: Sequence[str], exclude_keys: Sequence[str] = ()) -> list[str]:
-    """Tags for a job's overrides, without ``exclude_keys`` (Hydra's override_dirname ones)
-    and the path-like keys (``paths.*``, ``hydra.*``, ``ckpt_path``)."""
+    """Tags for a job's overrides, without ``exclude_keys`` (Hydra's override_dirname ones),
+    the path-like keys (``paths.*``, ``hydra.*``, ``ckpt_path``) and those that name or label
+    the run (``run_name``, ``tags``, ``logger.*``)."""
     tags = []
     for override in overrides:
         key = override.partition("=")[0].lstrip("+~")
-        if key in exclude_keys or key.startswith(_UNTAGGED_PREFIXES):
+        if key in exclude_keys or key in _UNTAGGED_KEYS or key.startswith(_UNTAGGED_PREFIXES):
             continue
         tags.append(override_tag(override))
     return tags
