@@ -50,6 +50,20 @@ def test_image_logger_writes_pngs_without_wandb(tmp_path) -> None:
                                        dtype=torch.uint8)).shape == (3, 64, 64)  # fmt: skip
 
 
+def test_spaced_validations_still_get_the_images_after_each_window(tmp_path) -> None:
+    """Validations every 3 epochs (as the wall-time budget may space them) and images every 4:
+    the validation after epoch 4 (epoch 6) draws them, where (epoch + 1) % 4 never meets one."""
+    trainer = L.Trainer(
+        default_root_dir=tmp_path, accelerator="cpu", logger=CSVLogger(tmp_path), max_epochs=6,
+        callbacks=[ValidationImageLogger(every_n_epochs=4, num_images=1, score_threshold=0.0)],
+        enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0,
+        limit_train_batches=1, check_val_every_n_epoch=3,
+    )  # fmt: skip
+    batches = DataLoader([fake_batch(i) for i in range(2)], batch_size=None)
+    trainer.fit(tiny_lit(), train_dataloaders=batches, val_dataloaders=batches)
+    assert sorted(p.name for p in (tmp_path / "val_images").iterdir()) == ["epoch005_0.png"]
+
+
 def test_wandb_goes_offline_without_credentials(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)

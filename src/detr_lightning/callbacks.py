@@ -63,17 +63,28 @@ def validation_log_step(trainer: L.Trainer) -> int:
 
 
 class EveryNEpochs(L.Callback):
-    """A callback that acts after every ``every_n_epochs``-th epoch's validation (0 = never),
-    never in the sanity check."""
+    """A callback that acts in one validation per ``every_n_epochs`` epochs (0 = never), never
+    in the sanity check: the first validation at or after the end of epoch n, 2n, ... (1-based).
+
+    With a validation every epoch that is epochs n, 2n, ...; when validations are spaced out
+    (``check_val_every_n_epoch``, set by the wall-time budget), it is the next validation
+    after each multiple of n, so that spacing never skips the pictures altogether.
+    """
 
     every_n_epochs: int = 0
+    _window_done = 0  # the last window (epochs // every_n_epochs) acted in
+    _acting = False  # whether the running validation acts
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        window = (trainer.current_epoch + 1) // max(self.every_n_epochs, 1)
+        self._acting = (
+            self.every_n_epochs > 0 and not trainer.sanity_checking and window > self._window_done
+        )
+        if self._acting:
+            self._window_done = window
 
     def _active(self, trainer: L.Trainer) -> bool:
-        return (
-            self.every_n_epochs > 0
-            and not trainer.sanity_checking
-            and (trainer.current_epoch + 1) % self.every_n_epochs == 0
-        )
+        return self._acting
 
 
 class ValidationImageLogger(EveryNEpochs):
