@@ -17,6 +17,8 @@ channels-last; also in bf16, and compiled with ``--compile``), and the exported 
 round after round, so that a busy machine slows all of them alike; the ratios (official time /
 ours, > 1 = ours faster) come from the per-variant minimum and median of the same run.
 ``--ablate`` adds our training step with one lever off at a time: where the gain comes from.
+``--parity`` times nothing and prints the max differences of outputs, losses and gradients
+(:mod:`official_parity`).
 """
 
 from __future__ import annotations
@@ -54,10 +56,12 @@ def is_official_checkout(path: str | None) -> bool:
     return bool(path) and (Path(path) / "models" / "detr.py").is_file()
 
 
-def build_official(path: str) -> tuple[nn.Module, nn.Module]:
+def build_official(path: str, **overrides) -> tuple[nn.Module, nn.Module]:
     """The official DETR-R50 and its criterion, from its own builders, with ``main.py``'s
-    default arguments on the CPU; its backbone would download ImageNet weights on the main
-    process, so it is told it is not the main process (random init)."""
+    default arguments (``overrides`` replace some, e.g. ``dropout=0.0``) on the CPU; its
+    backbone would download ImageNet weights on the main process, so it is told it is not the
+    main process (random init). The official post-processors are kept as
+    ``model.official_postprocessors``."""
     sys.path.insert(0, path)
     import main as official_main
     import models.backbone as official_backbone
@@ -66,7 +70,10 @@ def build_official(path: str) -> tuple[nn.Module, nn.Module]:
     official_backbone.is_main_process = lambda: False
     args = official_main.get_args_parser().parse_args([])
     args.device = "cpu"
-    model, criterion, _ = build_model(args)
+    for key, value in overrides.items():
+        setattr(args, key, value)
+    model, criterion, postprocessors = build_model(args)
+    model.official_postprocessors = postprocessors
     return model, criterion
 
 
@@ -186,6 +193,9 @@ def main() -> int:
     parser.add_argument("--only", choices=("train", "inference"), help="one half only")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice; "
                         "1 is steadier on a machine other jobs share)")  # fmt: skip
+    parser.add_argument("--parity", action="store_true",
+                        help="max differences of outputs, losses and gradients; no timing "
+                        "(benchmarks/official_parity.py)")  # fmt: skip
     args = parser.parse_args()
     if not is_official_checkout(args.official):
         print("[official] skipped: set OFFICIAL_DETR to a checkout of facebookresearch/detr "
@@ -196,6 +206,12 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.parity:
+        from official_parity import run_parity
+
+        official, criterion = build_official(args.official, dropout=0.0)
+        run_parity(official, criterion, official.official_postprocessors["bbox"])
+        return 0
     official, official_criterion = build_official(args.official)
     size, batch = args.size, args.batch
     pixels = torch.randn(batch, 3, size, size)

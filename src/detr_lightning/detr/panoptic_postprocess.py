@@ -100,7 +100,10 @@ class PostProcessPanoptic(nn.Module):
     of one stuff class form one segment; segments under ``min_area`` pixels are dropped and
     their pixels re-assigned among the rest, repeatedly. Unlike the official code, segment ids
     start at 1 (0 is VOID in the COCO format), stuff stays merged after the small-segment
-    filter, and an image with no segment is all VOID with an empty ``segments_info``.
+    filter, an image with no segment is all VOID with an empty ``segments_info``, and in a
+    padded batch each image's masks are cut out of the padded canvas before they are resized
+    (the official code resizes the whole canvas's masks onto the image, which stretches every
+    padded image's segments over its padding).
 
     Args:
         is_thing_map: label -> True for thing classes, False for stuff (a dict or a sequence
