@@ -89,7 +89,7 @@ def without_csv_log(run: Run) -> bool:
 
 NO_CSV = "no csv"
 NO_CSV_NOTE = (f"{NO_CSV}: metrics.json but no csv/metrics.csv (the run logged to wandb or "
-               "tensorboard only): run with logger=csv (or logger=[csv,wandb]) for curves and "
+               "tensorboard only, or logger=none): run with logger=csv (or logger=[csv,wandb]) for curves and "
                "wall time.")  # fmt: skip
 
 
