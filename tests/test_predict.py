@@ -143,14 +143,17 @@ def test_official_release_reports_coco_ids_without_imagenet_weights_or_coco_file
     assert {c["id"]: c["name"] for c in categories} == COCO_CATEGORY_NAMES
     assert not (tmp_path / "empty_hub").exists()
 
-    # The same output_dir again: refused before loading anything, nothing there touched.
-    def listing() -> list[str]:
-        return sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*")
-                      if ".hydra" not in p.parts and p.name != "predict.log")  # fmt: skip
+    # The same output_dir again: refused before loading anything, nothing there touched: not
+    # the earlier run's .hydra/ (its overrides) and predict.log either, and no failed.json.
+    def listing() -> dict[str, bytes]:
+        return {str(p.relative_to(out_dir)): p.read_bytes() for p in out_dir.rglob("*")
+                if p.is_file()}  # fmt: skip
 
     before = listing()
+    assert ".hydra/overrides.yaml" in before and "predict.log" in before
     out = run_cli("predict", ["experiment=r50", f"model.pretrained={release}",
-                              f"input={image_folder}", f"output_dir={out_dir}", "num_workers=0",
+                              f"input={image_folder / 'top'}", f"output_dir={out_dir}",
+                              "num_workers=0",
                               "device=cpu", "paths.coco_dir=/nonexistent", *TINY_DETR],
                   tmp_path, fails=True)  # fmt: skip
     assert "already holds predictions.json, images.json, drawn" in out

@@ -36,27 +36,13 @@ import os
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from detr_lightning.errors import ExistingOutputError
+from detr_lightning.predict_outputs import refuse_earlier_outputs, refuse_given_output_dir
 from detr_lightning.utils import conf_dir
 from detr_lightning.utils.config_check import ConfigError
 from detr_lightning.utils.job_errors import exit_on_explained_errors
 
 log = logging.getLogger(__name__)
 BACKENDS = ("torch", "onnxruntime")
-OUTPUT_NAMES = ("predictions.json", "images.json", "panoptic.json", "drawn", "panoptic")
-
-
-def _refuse_earlier_outputs(out_dir: str) -> None:
-    """An ``output_dir`` that already holds what predict writes: this run's files would sit
-    beside (or over) the earlier ones as if one result. Refused before anything loads; nothing
-    there is deleted."""
-    found = [name for name in OUTPUT_NAMES if os.path.exists(os.path.join(out_dir, name))]
-    if found:
-        raise ExistingOutputError(
-            f"output_dir={out_dir} already holds {', '.join(found)} (an earlier predict run's?): "
-            "this run's predictions would mix with them. Fix: give a new output_dir (or none: "
-            "a fresh outputs/<experiment>/predict_<time>), or move those away first."
-        )
 
 
 def _records(cfg: DictConfig) -> tuple[list, object | None]:
@@ -91,7 +77,7 @@ def predict(cfg: DictConfig) -> str:
 
     check_inference_config(cfg, needs_data=not cfg.get("input"), needs_weights=backend == "torch")
     out_dir = cfg.get("output_dir") or cfg.paths.output_dir
-    _refuse_earlier_outputs(out_dir)
+    refuse_earlier_outputs(out_dir)  # the default folder, or a sweep's jobs sharing one
 
     import torch
     from hydra.utils import instantiate
@@ -183,12 +169,19 @@ def predict(cfg: DictConfig) -> str:
 
 @hydra.main(config_path=conf_dir(), config_name="predict", version_base="1.3")
 @exit_on_explained_errors
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     """Hydra entry point: refuses training-only overrides first (they would be ignored)."""
     from detr_lightning.utils.unread_overrides import refuse_unread_overrides
 
     refuse_unread_overrides("predict")
     predict(cfg)
+
+
+def main() -> None:
+    """``output_dir=DIR`` holding an earlier run's outputs is refused before Hydra writes its
+    ``.hydra/`` and log there (predict_outputs.py), then the Hydra app runs."""
+    refuse_given_output_dir()
+    _main()
 
 
 if __name__ == "__main__":

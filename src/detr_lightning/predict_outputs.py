@@ -1,0 +1,66 @@
+"""What ``predict`` writes into its ``output_dir``, and the refusal of a folder that already
+holds an earlier run's outputs (two runs never mix; nothing there is deleted or rewritten).
+
+``output_dir=DIR`` on the command line makes ``DIR`` the Hydra run directory, so Hydra itself
+writes there (``.hydra/``, ``predict.log``) before the task function runs, and the entry point's
+error handling adds ``failed.json``: :func:`refuse_given_output_dir` checks the command line
+before Hydra starts. Import-light: no torch or Lightning.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from detr_lightning.errors import ExistingOutputError
+
+OUTPUT_NAMES = ("predictions.json", "images.json", "panoptic.json", "drawn", "panoptic")
+# Flags under which Hydra runs no job here (a sweep's jobs write into their own folders)
+_NO_RUN_FLAGS = {"-m", "--multirun", "-c", "--cfg", "-h", "--help", "--hydra-help", "-i",
+                 "--info", "-sc", "--shell-completion"}  # fmt: skip
+
+
+def refuse_earlier_outputs(out_dir: str) -> None:
+    """An ``output_dir`` that already holds what predict writes: this run's files would sit
+    beside (or over) the earlier ones as if one result. Refused before anything loads."""
+    found = [name for name in OUTPUT_NAMES if os.path.exists(os.path.join(out_dir, name))]
+    if found:
+        raise ExistingOutputError(
+            f"output_dir={out_dir} already holds {', '.join(found)} (an earlier predict run's?): "
+            "this run's predictions would mix with them. Fix: give a new output_dir (or none: "
+            "a fresh outputs/<experiment>/predict_<time>), or move those away first."
+        )
+
+
+def given_output_dir(argv: list[str]) -> str | None:
+    """The ``output_dir=`` of a command line that runs one job (the run directory), else None."""
+    if any(arg.split("=", 1)[0] in _NO_RUN_FLAGS for arg in argv):
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    given = None
+    for arg in argv:
+        if "output_dir=" not in arg or arg.startswith("-"):
+            continue
+        try:
+            override = OverridesParser.create().parse_override(arg)
+        except Exception:  # noqa: BLE001 - a malformed override: Hydra reports it
+            continue
+        if override.key_or_group == "output_dir" and not override.is_delete():
+            given = str(override.value())
+    return given
+
+
+def refuse_given_output_dir(argv: list[str] | None = None) -> None:
+    """Before Hydra writes into ``output_dir=DIR``: refuse a ``DIR`` holding an earlier run's
+    outputs, message on stderr and exit status 1 (``HYDRA_FULL_ERROR=1``: raised)."""
+    out_dir = given_output_dir(sys.argv[1:] if argv is None else argv)
+    if out_dir is None:
+        return
+    try:
+        refuse_earlier_outputs(out_dir)
+    except ExistingOutputError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"{type(err).__name__}: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
