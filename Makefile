@@ -41,12 +41,19 @@ data:
 train:
 	$(PY) -m detr_lightning.train $(MULTIRUN) experiment=$(EXP) $(OVERRIDES)
 
+# Weights of eval and predict: CKPT (a .ckpt, or last: the newest last.ckpt of EXP's runs), or in
+# ARGS ckpt_path=.., model.pretrained=<official .pth> (predict: also onnx=<exported .onnx>).
+WEIGHTS = $(CKPT)$(filter ckpt_path=% model.pretrained=% +model.pretrained=% onnx=%,$(OVERRIDES))
+
 eval:
-	$(PY) -m detr_lightning.eval $(MULTIRUN) experiment=$(EXP) ckpt_path=$(CKPT) $(OVERRIDES)
+	@test -n "$(WEIGHTS)" || { echo 'usage: make eval CKPT=<run dir>/checkpoints/last.ckpt [EXP=..] [ARGS=..] (CKPT=last: the newest run of EXP; no CKPT: ARGS=model.pretrained=<official .pth>)'; exit 2; }
+	$(PY) -m detr_lightning.eval $(MULTIRUN) experiment=$(EXP) $(if $(CKPT),ckpt_path=$(CKPT)) \
+		$(OVERRIDES)
 
 # Predictions (predictions.json, images.json, drawn/*.png) on INPUT (an image or a folder; none:
 # the evaluation split). CKPT: a .ckpt; or ARGS="model.pretrained=detr-r50-e632da11.pth" EXP=r50.
 predict:
+	@test -n "$(WEIGHTS)" || { echo 'usage: make predict CKPT=<run dir>/checkpoints/last.ckpt [INPUT=image or folder] [EXP=..] [OUT=dir] [ARGS=..] (CKPT=last: the newest run of EXP; no CKPT: ARGS=model.pretrained=<official .pth> or ARGS="backend=onnxruntime onnx=<.onnx>")'; exit 2; }
 	$(PY) -m detr_lightning.predict $(MULTIRUN) experiment=$(EXP) $(if $(CKPT),ckpt_path=$(CKPT)) \
 		$(if $(INPUT),input=$(INPUT)) $(if $(OUT),output_dir=$(OUT)) $(OVERRIDES)
 

@@ -266,6 +266,37 @@ def test_make_targets_put_multirun_before_the_overrides(target: str) -> None:
     assert {"data=shapes", "trainer=cpu", "experiment=shapes"} <= set(args.overrides)
 
 
+@pytest.mark.parametrize("target", ["eval", "predict"])
+def test_make_eval_and_predict_without_weights_print_their_usage(target: str) -> None:
+    """``make eval`` right after ``make train``: no CKPT and no weights in ARGS. The make variable
+    to set is named (CKPT=, CKPT=last), not the Hydra key a make user cannot pass directly."""
+    make = ["make", "-s", target, "PY=false"]  # PY=false: the entry point must not be reached
+    proc = subprocess.run(make, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert proc.stdout.startswith(f"usage: make {target} CKPT=<run dir>/checkpoints/last.ckpt")
+    assert "CKPT=last: the newest run of EXP" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("target", "args"),
+    [("eval", "ARGS=model.pretrained=x.pth"), ("eval", "CKPT=last"),
+     ("predict", "ARGS=backend=onnxruntime onnx=m.onnx"), ("predict", "CKPT=c.ckpt")],
+)  # fmt: skip
+def test_make_eval_and_predict_pass_ckpt_path_only_when_given(target: str, args: str) -> None:
+    """Weights in CKPT or in ARGS run the entry point, with ``ckpt_path=`` only from CKPT (no
+    empty ``ckpt_path=`` override: it showed in the report's overrides column)."""
+    make = ["make", "-n", "-s", target, args]
+    printed = subprocess.run(make, cwd=REPO, capture_output=True, text=True, check=True,
+                             timeout=60).stdout.replace("\\\n", " ")  # fmt: skip
+    command = shlex.split(printed.splitlines()[-1])
+    assert command[1:3] == ["-m", f"detr_lightning.{target}"]
+    variable, given = args.split("=", 1)
+    expected = [f"ckpt_path={given}"] if variable == "CKPT" else given.split()
+    assert set(expected) <= set(command)
+    ckpt_args = [a for a in command if a.startswith("ckpt_path=")]
+    assert ckpt_args == ([f"ckpt_path={given}"] if variable == "CKPT" else [])
+
+
 LEVER_STACKS = {  # a lever option needs the convergence model and what it pairs with
     "queries=learned": [],
     "queries=anchors": ["refine=boxes"],
