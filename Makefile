@@ -35,8 +35,9 @@ bench:
 bench-convergence:
 	$(PY) benchmarks/convergence.py $(ARGS)
 
+# The shapes data (make train makes it on first use); ARGS: --force (regenerate), --train N, --val N
 data:
-	$(PY) -m detr_lightning.data.shapes --out data/shapes
+	$(PY) -m detr_lightning.data.shapes --out data/shapes $(ARGS)
 
 train:
 	$(PY) -m detr_lightning.train $(MULTIRUN) experiment=$(EXP) $(OVERRIDES)

@@ -266,6 +266,16 @@ def test_make_targets_put_multirun_before_the_overrides(target: str) -> None:
     assert {"data=shapes", "trainer=cpu", "experiment=shapes"} <= set(args.overrides)
 
 
+def test_make_data_passes_args_to_the_generator() -> None:
+    """The generator's message for existing data says ``--force``: through make, ARGS gives it."""
+    make = ["make", "-n", "-s", "data", "ARGS=--force --val 10"]
+    printed = subprocess.run(make, cwd=REPO, capture_output=True, text=True, check=True,
+                             timeout=60).stdout  # fmt: skip
+    command = shlex.split(printed)
+    assert command[1:] == ["-m", "detr_lightning.data.shapes", "--out", "data/shapes", "--force",
+                           "--val", "10"]  # fmt: skip
+
+
 @pytest.mark.parametrize("target", ["eval", "predict"])
 def test_make_eval_and_predict_without_weights_print_their_usage(target: str) -> None:
     """``make eval`` right after ``make train``: no CKPT and no weights in ARGS. The make variable

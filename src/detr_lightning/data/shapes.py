@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.force and args.out.exists():
         shutil.rmtree(args.out)
     if all(p.is_file() for p in annotation_files(args.out)):
-        print(f"{args.out} already holds a shapes dataset; use --force to regenerate it")
+        print(f"{args.out} already holds a shapes dataset; use --force to regenerate it "
+              "(make data ARGS=--force)")  # fmt: skip
         return
     generate_shapes_dataset(args.out, train=args.train, val=args.val, seed=args.seed)
     print(f"wrote {args.train} train and {args.val} val images to {args.out}")
