@@ -266,6 +266,15 @@ def test_make_targets_put_multirun_before_the_overrides(target: str) -> None:
     assert {"data=shapes", "trainer=cpu", "experiment=shapes"} <= set(args.overrides)
 
 
+@pytest.mark.skipif(not (REPO / ".git").exists(), reason="not a git checkout")
+@pytest.mark.parametrize("written", ["outputs/shapes/t/metrics.json", "report/report.md"])
+def test_what_the_make_targets_write_is_ignored_by_git(written: str) -> None:
+    """make train writes outputs/, make report with several RUNS and no OUT writes ./report/."""
+    proc = subprocess.run(["git", "check-ignore", "-q", "--no-index", written], cwd=REPO,
+                          capture_output=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, f"{written} would show as untracked in git status"
+
+
 def test_make_data_passes_args_to_the_generator() -> None:
     """The generator's message for existing data says ``--force``: through make, ARGS gives it."""
     make = ["make", "-n", "-s", "data", "ARGS=--force --val 10"]
