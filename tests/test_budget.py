@@ -104,6 +104,22 @@ def test_a_positive_max_epochs_caps_the_plan(tmp_path, monkeypatch):
     assert [lr / base for lr in clock.lrs] == pytest.approx(want)
 
 
+def test_an_epoch_longer_than_the_budget_is_planned_inside_it(tmp_path, monkeypatch):
+    """20 batches of 1 s in a 6 s budget: the plan cannot wait for the epoch's end (20 s).
+    Checked every 3 steps: after 3 s, 3 s are left, 90 % of them (validation not measured yet
+    gets max_val_share) = 2.7 steps -> 2 more, the last step is 5. The epoch stops there,
+    validates (1 s) and the run ends at 6 s; the cosine is aimed at step 5 from step 4 on (the
+    lr of step 3 was set before the plan)."""
+    clock = _FakeClock(monkeypatch)
+    lit = tiny_lit(lr_schedule=functools.partial(budget_schedule, budget_min=6 / 60))
+    trainer = quiet_trainer(tmp_path, max_epochs=-1, callbacks=[clock], limit_val_batches=2)
+    trainer.fit(lit, train_dataloaders=loader(20), val_dataloaders=loader(2))
+    assert trainer.global_step == 5 and clock.steps_per_epoch == [5]
+    assert clock.val_epochs == [0] and clock.now == pytest.approx(6)
+    want = [1, 1, 1, 1, 0.5 * (1 + math.cos(math.pi * 4 / 5))]
+    assert [lr / 1e-3 for lr in clock.lrs] == pytest.approx(want)
+
+
 class _Crash(Exception):
     pass
 

@@ -9,7 +9,9 @@ remainder after the last whole epoch, up to an epoch on a slow machine, is train
 left idle. The epoch time it plans with is the mean over the epochs after the first (the first
 also pays for start-up), so a few seconds of timing noise do not move the planned end, and with
 it the cosine, back and forth; validation is spaced so that it takes at most ``max_val_share`` of
-the time, and always runs after the last (possibly partial) epoch. A faster machine runs more
+the time, and always runs after the last (possibly partial) epoch. An epoch longer than the
+whole budget does not wait for its end: the first plan is then made inside it, from the time per
+step so far (one process only). A faster machine runs more
 steps, a slower one fewer, and both finish annealed inside the budget. A positive
 ``trainer.max_epochs`` caps the plan (the run then anneals at that epoch's end, or earlier when
 the budget binds first); -1 leaves the epochs to the budget. Under DDP each rank times its own
@@ -83,10 +85,32 @@ class WallBudget(L.Callback):
         return trainer.global_step >= self._scheduler(trainer).factor.total_steps
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if not self._every and trainer.world_size == 1:
+            self._plan_inside_epoch(trainer)
         # The planned last step may fall inside an epoch: stop there. Lightning still runs the
         # validation of an epoch stopped through should_stop.
         if self._plan_done(trainer):
             trainer.should_stop = True
+
+    def _plan_inside_epoch(self, trainer: L.Trainer) -> None:
+        """Before the first plan: when the epoch running now would end after the budget (one
+        epoch longer than the whole budget), plan the steps that fit from the time per step so
+        far, checked every 5 % of the epoch (3 steps at least). Validation, not measured yet,
+        gets ``max_val_share`` of what is left. Under DDP the first plan waits for the epoch's
+        end (a decision mid-epoch would need a collective at every check)."""
+        steps = steps_per_epoch(trainer)
+        done = trainer.global_step - self._first_step
+        into = trainer.global_step - trainer.current_epoch * steps  # steps into this epoch
+        if done == 0 or done % max(3, steps // 20) or into >= steps:
+            return
+        scheduler = self._scheduler(trainer)
+        elapsed = time.perf_counter() - self._epoch_start - self._val_s
+        per_step = elapsed / done
+        left_s = (scheduler.budget_s - self.spent_s - elapsed) * (1 - scheduler.max_val_share)
+        if per_step * (steps - into) <= left_s:
+            return  # the epoch ends inside the budget: planned at its end, as usual
+        steps_left = max(0, int(left_s / per_step + 1e-6))
+        self._follow(trainer, scheduler, trainer.current_epoch, steps, steps_left, 1, into)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         scheduler = self._scheduler(trainer)
