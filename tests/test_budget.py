@@ -8,12 +8,16 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
+import lit
 import pytest
 from ddp_workers import start_method
-from lit import loader, quiet_trainer, tiny_lit
+from lit import quiet_trainer, tiny_lit
 
 from detr_lightning import budget
 from detr_lightning.schedule import budget_schedule
+
+# The fake clock sets every time, so the images' size changes no plan: 32 px, not lit's 64.
+loader = functools.partial(lit.loader, size=32)
 
 
 class _FakeClock(L.Callback):

@@ -30,13 +30,18 @@ from detr_lightning.inference.onnx_runtime import OnnxDetector, exported_scoring
 # Padding edges at exact multiples of the stride (112 = 3.5 x 32 -> 4 cells, cut at 56) are
 # where ONNX Resize and PyTorch's nearest rounding disagree; the export must not.
 SIZES = ((2, 80, 112), (1, 130, 70), (3, 96, 128))
+# The fixture's release has one decoder layer: torch.export's tracing, most of an export's
+# time, grows with the layers (about 19 s against 31 s for two); what the tests of the fixture
+# check does not depend on their number. (The panoptic test keeps two: its random mask head's
+# parity with one happens to exceed the 1e-4 tolerance, 1.7e-4.)
+ONE_LAYER = [o.replace("num_decoder_layers=2", "num_decoder_layers=1") for o in TINY_DETR]
 
 
 def official_release(path: Path) -> Path:
     """A tiny random paper DETR as an official release file (91 COCO classes, "dog" favoured)."""
     torch.manual_seed(0)
     net = DETR(Backbone("resnet18"), build_position_encoding("sine", 32),
-               Transformer(d_model=32, nhead=4, num_encoder_layers=1, num_decoder_layers=2,
+               Transformer(d_model=32, nhead=4, num_encoder_layers=1, num_decoder_layers=1,
                            dim_feedforward=64), num_classes=91, num_queries=5)  # fmt: skip
     with torch.no_grad():
         net.class_embed.bias[18] = 20.0
@@ -55,7 +60,7 @@ def exported(tmp_path_factory) -> tuple[Path, Path, str]:
     tmp = tmp_path_factory.mktemp("export")
     release = official_release(tmp / "detr-tiny.pth")
     out = run_cli("export", ["experiment=r50", f"model.pretrained={release}", "format=onnx",
-                             f"output={tmp / 'onnx' / 'model.onnx'}", *TINY_DETR], tmp)  # fmt: skip
+                             f"output={tmp / 'onnx' / 'model.onnx'}", *ONE_LAYER], tmp)  # fmt: skip
     return release, tmp / "onnx" / "model.onnx", out
 
 

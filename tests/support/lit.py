@@ -69,8 +69,8 @@ def fake_batch(seed: int, size: int = 64, batch: int = 2) -> Batch:
     return Batch(pixels, torch.ones(batch, size, size, dtype=torch.bool), targets)
 
 
-def loader(n: int, offset: int = 0) -> DataLoader:
-    return DataLoader([fake_batch(offset + i) for i in range(n)], batch_size=None)
+def loader(n: int, offset: int = 0, size: int = 64) -> DataLoader:
+    return DataLoader([fake_batch(offset + i, size=size) for i in range(n)], batch_size=None)
 
 
 def quiet_trainer(tmp_path, **kwargs) -> L.Trainer:
