@@ -31,9 +31,9 @@ from detr_lightning.inference.onnx_runtime import OnnxDetector, exported_scoring
 # where ONNX Resize and PyTorch's nearest rounding disagree; the export must not.
 SIZES = ((2, 80, 112), (1, 130, 70), (3, 96, 128))
 # The fixture's release has one decoder layer: torch.export's tracing, most of an export's
-# time, grows with the layers (about 19 s against 31 s for two); what the tests of the fixture
-# check does not depend on their number. (The panoptic test keeps two: its random mask head's
-# parity with one happens to exceed the 1e-4 tolerance, 1.7e-4.)
+# time, grows with the layers, and what the fixture's tests check does not depend on their
+# number. (The panoptic test keeps two: with one, its random mask head's ONNX-vs-PyTorch
+# difference exceeds the 1e-4 tolerance.)
 ONE_LAYER = [o.replace("num_decoder_layers=2", "num_decoder_layers=1") for o in TINY_DETR]
 
 
