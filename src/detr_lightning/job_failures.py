@@ -1,22 +1,30 @@
 """A failed job's record in its run directory, ``failed.json``, for ``report`` to name it.
 
 A sweep job that fails (a bad override value, a bug, a bad image) leaves no ``metrics.json``,
-as a job still running does; Hydra names it in the console only. The entry points
-(:mod:`detr_lightning.utils.job_errors`) write ``failed.json`` with the error's type and message
-when a job ends with an exception, and remove a stale one when a job starts (a resumed job).
+as a job still running does; Hydra names it in the console only. The entry points whose runs
+``report`` lists, ``train`` and ``eval``, are wrapped in :func:`records_failures`: a job ending
+with an exception writes ``failed.json`` with the error's type and message, and a job starting
+removes a stale one (a resumed job). ``predict``, ``visualize`` and ``export`` write none: their
+folders are no report rows, and a refused run leaves its folder as it was.
 Import-light: no torch or Lightning.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
+
+from detr_lightning.utils.job_errors import explained
 
 log = logging.getLogger(__name__)
 
 FAILED = "failed.json"
+Main = TypeVar("Main", bound=Callable[..., Any])
 
 
 def job_dir() -> Path | None:
@@ -60,3 +68,21 @@ def read_failure(run_dir: str | os.PathLike) -> str | None:
     if lines[0].endswith(":") and len(lines) > 1:
         return f"{lines[0]} {lines[1]}" + (" ..." if len(lines) > 2 else "")
     return lines[0]
+
+
+def records_failures(main: Main) -> Main:
+    """Wrap a Hydra task function (inside ``exit_on_explained_errors``): a stale
+    ``failed.json`` is removed when the job starts, and any exception the job ends with is
+    recorded in a new one, then raised on."""
+
+    @functools.wraps(main)
+    def task(*args: Any, **kwargs: Any) -> Any:
+        run_dir = job_dir()
+        clear_failure(run_dir)
+        try:
+            return main(*args, **kwargs)
+        except Exception as err:
+            record_failure(run_dir, explained(err))
+            raise
+
+    return task  # type: ignore[return-value]

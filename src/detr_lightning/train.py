@@ -11,6 +11,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from detr_lightning.job_failures import records_failures
 from detr_lightning.utils import conf_dir
 from detr_lightning.utils.job_errors import exit_on_explained_errors
 
@@ -67,6 +68,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(config_path=conf_dir(), config_name="train", version_base="1.3")
 @exit_on_explained_errors
+@records_failures
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns AP so that sweepers (e.g. Optuna) can optimise it."""
     from detr_lightning.utils.config_check import check_config

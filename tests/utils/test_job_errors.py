@@ -70,32 +70,3 @@ def test_in_a_sweep_the_job_fails_and_hydra_goes_on(monkeypatch, caplog) -> None
         _failing(ConfigError("bad"))(None)
     assert isinstance(failed.value, Exception) and failed.value.__cause__ is None
     assert "ConfigError: bad" in caplog.text  # in the job's log too
-
-
-def test_a_failing_job_leaves_failed_json_and_a_job_run_again_removes_it(tmp_path, monkeypatch):
-    """The explained error's message, or a bug's type and message, is what report names."""
-    from detr_lightning import job_failures
-    from detr_lightning.utils import job_errors
-
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    monkeypatch.setattr(job_failures, "job_dir", lambda: tmp_path)
-    monkeypatch.setattr(job_errors, "_in_sweep", lambda: True)
-    with pytest.raises(job_errors.JobFailed):
-        _failing(ConfigError("bad value\nsecond line"))(None)
-    assert job_failures.read_failure(tmp_path) == "ConfigError: bad value"
-    with pytest.raises(job_errors.JobFailed):
-        _failing(ConfigError("invalid config (2 problems):\n  - a=1: bad\n  - b=2: bad"))(None)
-    assert (
-        job_failures.read_failure(tmp_path)
-        == "ConfigError: invalid config (2 problems): - a=1: bad ..."
-    )
-    with pytest.raises(KeyError):
-        _failing(KeyError("x"))(None)
-    assert job_failures.read_failure(tmp_path) == "KeyError: 'x'"
-
-    @exit_on_explained_errors
-    def works(cfg: object) -> None:
-        return None
-
-    works(None)  # the job run again (a resumed sweep job) succeeds
-    assert not (tmp_path / "failed.json").exists()

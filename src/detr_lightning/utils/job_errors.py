@@ -3,9 +3,7 @@ exit status 1, instead of Hydra's report of the error under a traceback through 
 lines for a bad image found in a batch). ``HYDRA_FULL_ERROR=1`` raises it as before, with the
 whole traceback. In a sweep (``-m``) the job fails and the next one runs, as Hydra does for any
 error: the message is logged, and Hydra names the failed job at the end of the sweep under a
-short :class:`JobFailed` (exit status 1). A job ending with any exception leaves
-``failed.json`` in its folder (:mod:`detr_lightning.job_failures`: ``report`` names it).
-Import-light: no torch or Lightning.
+short :class:`JobFailed` (exit status 1). Import-light: no torch or Lightning.
 """
 
 from __future__ import annotations
@@ -39,23 +37,15 @@ def exit_on_explained_errors(main: Main) -> Main:
 
     @functools.wraps(main)
     def task(*args: Any, **kwargs: Any) -> Any:
-        from detr_lightning.job_failures import clear_failure, job_dir, record_failure
-
-        run_dir = job_dir()
-        clear_failure(run_dir)  # a job run again (a resumed sweep job) starts unfailed
         try:
             return main(*args, **kwargs)
         except ExplainedError as err:
-            record_failure(run_dir, explained(err))
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             log.error("%s\n(HYDRA_FULL_ERROR=1 shows the traceback)", explained(err))
             if _in_sweep():
                 raise JobFailed(explained(err)) from None
             raise SystemExit(1) from None
-        except Exception as err:  # a bug: Hydra keeps its traceback; the report names the job
-            record_failure(run_dir, explained(err))
-            raise
 
     return task  # type: ignore[return-value]
 
