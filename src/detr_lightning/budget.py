@@ -11,12 +11,11 @@ also pays for start-up), so a few seconds of timing noise do not move the planne
 it the cosine, back and forth; validation is spaced so that it takes at most ``max_val_share`` of
 the time, and always runs after the last (possibly partial) epoch. An epoch longer than the
 whole budget does not wait for its end: the first plan is then made inside it, from the time per
-step so far (one process only). A faster machine runs more
-steps, a slower one fewer, and both finish annealed inside the budget. A positive
-``trainer.max_epochs`` caps the plan (the run then anneals at that epoch's end, or earlier when
-the budget binds first); -1 leaves the epochs to the budget. Under DDP each rank times its own
-epochs and rank 0's plan is broadcast, so every rank steps the same lrs and stops at the same
-step.
+step so far (one process only). A faster machine runs more steps, a slower one fewer, and both
+finish annealed inside the budget. A positive ``trainer.max_epochs`` caps the plan (the run
+then anneals at that epoch's end, or earlier when the budget binds first); -1 leaves the epochs
+to the budget. Under DDP each rank times its own epochs and rank 0's plan is broadcast, so every
+rank steps the same lrs and stops at the same step.
 """
 
 from __future__ import annotations

@@ -89,8 +89,8 @@ def without_csv_log(run: Run) -> bool:
 
 NO_CSV = "no csv"
 NO_CSV_NOTE = (f"{NO_CSV}: metrics.json but no csv/metrics.csv (the run logged to wandb or "
-               "tensorboard only, or logger=none): run with logger=csv (or logger=[csv,wandb]) for curves and "
-               "wall time.")  # fmt: skip
+               "tensorboard only, or logger=none): run with logger=csv (or "
+               "logger=[csv,wandb]) for curves and wall time.")  # fmt: skip
 
 
 def wall_cell(run: Run) -> str:
