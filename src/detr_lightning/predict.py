@@ -180,7 +180,7 @@ def _main(cfg: DictConfig) -> None:
 def main() -> None:
     """``output_dir=DIR`` holding an earlier run's outputs is refused before Hydra writes its
     ``.hydra/`` and log there (predict_outputs.py), then the Hydra app runs."""
-    refuse_given_output_dir()
+    exit_on_explained_errors(refuse_given_output_dir)()
     _main()
 
 

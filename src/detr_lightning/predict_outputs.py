@@ -2,9 +2,9 @@
 holds an earlier run's outputs (two runs never mix; nothing there is deleted or rewritten).
 
 ``output_dir=DIR`` on the command line makes ``DIR`` the Hydra run directory, so Hydra itself
-writes there (``.hydra/``, ``predict.log``) before the task function runs, and the entry point's
-error handling adds ``failed.json``: :func:`refuse_given_output_dir` checks the command line
-before Hydra starts. Import-light: no torch or Lightning.
+writes there (``.hydra/``, ``predict.log``) before the task function runs:
+:func:`refuse_given_output_dir` checks the command line before Hydra starts.
+Import-light: no torch or Lightning.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import sys
 
 from detr_lightning.errors import ExistingOutputError
+from detr_lightning.utils import output_dir_override
 
 OUTPUT_NAMES = ("predictions.json", "images.json", "panoptic.json", "drawn", "panoptic")
 # Flags under which Hydra runs no job here (a sweep's jobs write into their own folders)
@@ -36,31 +37,12 @@ def given_output_dir(argv: list[str]) -> str | None:
     """The ``output_dir=`` of a command line that runs one job (the run directory), else None."""
     if any(arg.split("=", 1)[0] in _NO_RUN_FLAGS for arg in argv):
         return None
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    given = None
-    for arg in argv:
-        if "output_dir=" not in arg or arg.startswith("-"):
-            continue
-        try:
-            override = OverridesParser.create().parse_override(arg)
-        except Exception:  # noqa: BLE001 - a malformed override: Hydra reports it
-            continue
-        if override.key_or_group == "output_dir" and not override.is_delete():
-            given = str(override.value())
-    return given
+    return output_dir_override(argv)
 
 
 def refuse_given_output_dir(argv: list[str] | None = None) -> None:
-    """Before Hydra writes into ``output_dir=DIR``: refuse a ``DIR`` holding an earlier run's
-    outputs, message on stderr and exit status 1 (``HYDRA_FULL_ERROR=1``: raised)."""
+    """Before Hydra writes into ``output_dir=DIR``: raise :class:`ExistingOutputError` for a
+    ``DIR`` holding an earlier run's outputs (the entry point ends the run with its message)."""
     out_dir = given_output_dir(sys.argv[1:] if argv is None else argv)
-    if out_dir is None:
-        return
-    try:
+    if out_dir is not None:
         refuse_earlier_outputs(out_dir)
-    except ExistingOutputError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"{type(err).__name__}: {err}", file=sys.stderr)
-        raise SystemExit(1) from None

@@ -23,15 +23,27 @@ def conf_dir() -> str:
     return str(repo if repo.is_dir() else Path.cwd() / "conf")
 
 
-def _given_output_dir(task_overrides: list[str], default: str) -> str:
+def output_dir_override(overrides: list[str]) -> str | None:
+    """The value of the last ``output_dir=`` among command-line ``overrides`` (Hydra's syntax),
+    else None; flags and items that do not parse as an override are skipped."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    given = [
-        o.value()
-        for o in OverridesParser.create().parse_overrides(list(task_overrides))
-        if o.key_or_group == "output_dir" and not o.is_delete()
-    ]
-    return str(given[-1]) if given else default
+    parser, given = OverridesParser.create(), None
+    for item in overrides:
+        if "output_dir=" not in item or item.startswith("-"):
+            continue
+        try:
+            override = parser.parse_override(item)
+        except Exception:  # noqa: BLE001 - a malformed override: Hydra reports it itself
+            continue
+        if override.key_or_group == "output_dir" and not override.is_delete():
+            given = str(override.value())
+    return given
+
+
+def _given_output_dir(task_overrides: list[str], default: str) -> str:
+    given = output_dir_override(list(task_overrides))
+    return default if given is None else given
 
 
 def register_resolvers() -> None:
