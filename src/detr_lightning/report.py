@@ -155,8 +155,8 @@ def markdown(runs: Sequence[Run], images: Sequence[str], hidden: Sequence[Run] =
     if "val_ap.png" in images and left_out:
         notes.append("val_ap.png leaves out the runs without a validation log: "
                      + ", ".join(left_out) + ".")  # fmt: skip
-    notes += [f"{name} failed: {failure(run)}" for name, run in zip(names, runs, strict=True)
-              if failure(run)]  # fmt: skip
+    notes += [f"{name} failed: {error}" for name, run in zip(names, runs, strict=True)
+              if (error := failure(run))]  # fmt: skip
     notes += resume_notes(runs, where)
     if hidden:
         notes.append("No row (interrupted, continued by a resumed run above): "
