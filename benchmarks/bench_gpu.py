@@ -91,9 +91,14 @@ def _timed(step: Callable[[], float], steps: int, device: torch.device) -> dict[
             "finite": all(math.isfinite(x) for x in losses)}  # fmt: skip
 
 
+def _model(args: argparse.Namespace) -> torch.nn.Module:
+    return build_detr(backbone=args.backbone, num_queries=args.queries,
+                      enc_layers=args.layers, dec_layers=args.layers)  # fmt: skip
+
+
 def bench_train(mode: str, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
     torch.manual_seed(0)
-    model = build_detr(backbone=args.backbone, num_queries=args.queries).to(device).train()
+    model = _model(args).to(device).train()
     if mode.startswith("compiled"):
         model.compile()
     pixels, mask, targets = _batch(args.batch, tuple(args.size), device)
@@ -105,7 +110,7 @@ def bench_train(mode: str, args: argparse.Namespace, device: torch.device) -> di
 
 def bench_inference(mode: str, args: argparse.Namespace, device: torch.device) -> dict:
     torch.manual_seed(0)
-    model = build_detr(backbone=args.backbone, num_queries=args.queries).to(device).eval()
+    model = _model(args).to(device).eval()
     if mode.startswith("compiled"):
         model.compile()
     dtype = AUTOCAST[mode.removeprefix("compiled ")]
@@ -128,7 +133,7 @@ def profile_train(mode: str, args: argparse.Namespace, device: torch.device) -> 
     from torch.profiler import ProfilerActivity, profile
 
     torch.manual_seed(0)
-    model = build_detr(backbone=args.backbone, num_queries=args.queries).to(device).train()
+    model = _model(args).to(device).train()
     pixels, mask, targets = _batch(args.batch, tuple(args.size), device)
     step = our_train_step(model, pixels, mask, targets, mode)
     step(), step()
@@ -207,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     # Fewer queries shrink the decoder, whose bf16 matmuls CPUs without bf16 instructions emulate
     # slowly: what the suite's CPU run of this script uses. At least 8 (objects per image).
     parser.add_argument("--queries", type=int, default=100, help="object queries (paper: 100)")
+    # The suite's CPU run checks the script, not the paper model's figures: fewer layers.
+    parser.add_argument("--layers", type=int, default=6, help="encoder and decoder layers each")
     parser.add_argument("--modes", default=",".join(MODES), help="'' for none (--e2e alone)")
     parser.add_argument("--profile", choices=list(AUTOCAST), help="profile this mode's step")
     parser.add_argument("--e2e", action="store_true", help="also the command-line runs")

@@ -22,7 +22,7 @@ def _bench_gpu():
 def test_bench_gpu_runs_its_modes_on_cpu(tmp_path):
     bench = _bench_gpu()
     argv = ["--device", "cpu", "--backbone", "resnet18", "--batch", "2", "--size", "64", "96",
-            "--steps", "1", "--queries", "10", "--modes", "fp32,bf16-mixed",
+            "--steps", "1", "--queries", "10", "--layers", "1", "--modes", "fp32,bf16-mixed",
             "--out", str(tmp_path)]  # fmt: skip
     start = time.perf_counter()
     assert bench.main(argv) == 0
@@ -81,7 +81,7 @@ def test_bench_gpu_command_lines_compose(tmp_path):
 def test_bench_gpu_profile_alone_writes_the_table(tmp_path) -> None:
     bench = _bench_gpu()
     argv = ["--device", "cpu", "--backbone", "resnet18", "--batch", "1", "--size", "64", "64",
-            "--queries", "10", "--modes", "", "--profile", "fp32", "--out", str(tmp_path)]  # fmt: skip
+            "--queries", "10", "--layers", "1", "--modes", "", "--profile", "fp32", "--out", str(tmp_path)]  # fmt: skip
     assert bench.main(argv) == 0
     text = (tmp_path / "profile.txt").read_text()
     assert text.count("aten::") >= 10 and "Self CPU time total" in text  # 15 ops by CPU time
