@@ -1,11 +1,15 @@
-"""DDP on CPU (gloo): training runs, and its evaluation equals the single-process one exactly."""
+"""DDP on CPU (gloo): training runs, its evaluation equals the single-process one exactly, and a
+resume from an epoch end continues every rank's random streams."""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
+import re
 import tempfile
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,6 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from cli import TINY, run_cli, run_dirs
 from ddp_workers import start_method
+from reliability_support import run
 
 from detr_lightning.data.shapes import generate_shapes_dataset
 from detr_lightning.evaluation.coco import METRIC_NAMES
@@ -156,3 +161,85 @@ def test_metric_gathered_over_ranks_equals_cocoeval(tmp_path, whole: bool) -> No
     assert ref[0] > 0.2
     assert torch.equal(out[0], out[1])
     assert out[0].tolist() == torch.tensor(ref, dtype=torch.float32).tolist()
+
+
+def _rng_resume_worker(rank: int, init_file: str, ckpt: str, out: torch.Tensor) -> None:
+    """One rank of a 2-process run: epoch 0, its epoch-end checkpoint (every rank dumps, rank 0
+    writes, as Lightning's ``save_checkpoint``), epoch 1's draws; then, as a resumed process, epoch
+    1's draws after the restore. ``out[resumed, rank]``: the draws."""
+    from detr_lightning.checkpointing.rng_states import RngStates
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    trainer = SimpleNamespace(global_rank=rank, world_size=2)
+    for resumed in (False, True):
+        torch.manual_seed(0)  # seed_everything before the launch: alike on every rank
+        callback = RngStates()
+        callback.setup(trainer, None, "fit")
+        if resumed:
+            saved = torch.load(ckpt, weights_only=True)["callbacks"]["RngStates"]
+            callback.load_state_dict(saved)
+            torch.rand(7)  # what building the trainer and the sanity check draw
+        else:
+            callback.on_train_epoch_start(trainer, None)
+            callback.on_train_batch_start(trainer, None, None, 0)
+            torch.rand(5)  # epoch 0's dropout, augmentation, denoising
+            callback.on_train_epoch_end(trainer, None)
+            states = callback.state_dict()
+            if rank == 0:
+                torch.save({"callbacks": {"RngStates": states}}, ckpt)
+            dist.barrier()
+        callback.on_train_epoch_start(trainer, None)
+        out[int(resumed), rank] = torch.rand(4)
+    dist.destroy_process_group()
+
+
+def test_a_ddp_resume_from_an_epoch_end_continues_every_ranks_own_streams(tmp_path) -> None:
+    """Two gloo processes: each rank's draws after the resume are the uninterrupted run's (with
+    rank 0's states only, rank 1 derived new ones)."""
+    out = torch.zeros(2, 2, 4).share_memory_()
+    args = (str(tmp_path / "init"), str(tmp_path / "last.ckpt"), out)
+    mp.start_processes(_rng_resume_worker, args=args, nprocs=2, start_method=start_method())
+    assert not torch.equal(out[0, 0], out[0, 1])  # each rank its own streams
+    assert torch.equal(out[1, 0], out[0, 0])
+    assert torch.equal(out[1, 1], out[0, 1])
+
+
+def _train_ddp(args: list[str], cwd: Path) -> dict:
+    """A ``trainer=ddp_cpu`` training run in ``cwd``; its last checkpoint."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    proc = run("train", args, cwd, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    folder = re.findall(r"^run directory: (.+)$", proc.stdout, flags=re.M)[0]
+    return torch.load(f"{folder}/checkpoints/last.ckpt", weights_only=True)
+
+
+@pytest.mark.slow  # three 2-process CLI runs: 70 to 120 s on 2 cores
+def test_a_ddp_run_resumed_after_an_epoch_ends_as_the_uninterrupted_one(
+    tmp_path, shapes_root
+) -> None:
+    """The CLI under ``trainer=ddp_cpu``: stopped after epoch 0 and resumed, every rank's
+    generators end where the uninterrupted run's do, and so do the weights (rank 1's dropout
+    and augmentation draws enter them through the averaged gradients)."""
+    common = ["trainer=ddp_cpu", "schedule=smoke", f"paths.shapes_dir={shapes_root}", *TINY,
+              "trainer.max_epochs=2", "test=false"]  # fmt: skip
+
+    def probe(name: str) -> list[str]:
+        return ["+callbacks.rng_probe._target_=reliability_support.RngProbe",
+                f"+callbacks.rng_probe.folder={tmp_path / name}"]  # fmt: skip
+
+    straight = _train_ddp([*common, *probe("straight_rng")], tmp_path / "straight")
+    stop = [
+        "+callbacks.stop._target_=reliability_support.StopAfterEpoch",
+        "+callbacks.stop.epoch=0",
+    ]
+    assert _train_ddp([*common, *stop], tmp_path / "stopped")["global_step"] == 2
+    resumed = _train_ddp([*common, *probe("resumed_rng"), "ckpt_path=last"], tmp_path / "stopped")
+    assert resumed["global_step"] == straight["global_step"] == 4  # 2 steps an epoch per rank
+    for rank in (0, 1):
+        ends = [torch.load(tmp_path / f"{run}_rng" / f"rank{rank}.pt", weights_only=True)
+                for run in ("straight", "resumed")]  # fmt: skip
+        assert torch.equal(ends[0]["torch"], ends[1]["torch"]), rank
+        assert ends[0]["numpy"] == ends[1]["numpy"] and ends[0]["python"] == ends[1]["python"]
+    differing = [k for k, v in straight["state_dict"].items()
+                 if not torch.equal(v, resumed["state_dict"][k])]  # fmt: skip
+    assert differing == []

@@ -9,6 +9,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from detr_lightning.checkpointing import rng_states
+from detr_lightning.checkpointing.rng_ranks import RANKS
 from detr_lightning.checkpointing.rng_states import (
     RngStates,
     capture,
@@ -16,7 +18,7 @@ from detr_lightning.checkpointing.rng_states import (
     separate_rank_streams,
 )
 
-RANK0 = SimpleNamespace(global_rank=0)  # what the callback reads of the trainer
+RANK0 = SimpleNamespace(global_rank=0, world_size=1)  # what the callback reads of the trainer
 
 
 def draws() -> tuple[list[float], list[float], list[float]]:
@@ -80,5 +82,56 @@ def test_the_callback_separates_the_ranks_when_fitting_starts_and_after_a_restor
     torch.manual_seed(8)
     callback.load_state_dict(capture())
     torch.manual_seed(0)
-    callback.on_train_epoch_start(SimpleNamespace(global_rank=1), None)
+    callback.on_train_epoch_start(SimpleNamespace(global_rank=1, world_size=2), None)
     assert torch.rand(3).tolist() == _after(8, 1)[0]
+
+
+def _two_ranks(monkeypatch, rank1_seed: int) -> tuple[RngStates, list[float]]:
+    """Rank 0's callback at an epoch end of a 2-process run whose rank 1 is at ``rank1_seed``
+    (the gather stubbed); also what rank 1 draws next."""
+    torch.manual_seed(rank1_seed), np.random.seed(rank1_seed), random.seed(rank1_seed)
+    rank1 = capture()
+    rank1_next = torch.rand(3).tolist()
+    monkeypatch.setattr(rng_states, "gather", lambda states, world_size: [states, rank1])
+    callback = RngStates()
+    callback.setup(SimpleNamespace(global_rank=0), None, "validate")
+    torch.manual_seed(6), np.random.seed(6), random.seed(6)
+    callback.on_train_epoch_end(SimpleNamespace(world_size=2), None)
+    return callback, rank1_next
+
+
+def test_an_epoch_end_checkpoint_holds_every_ranks_states_and_rank_1_continues_its_own(
+    monkeypatch, tmp_path
+) -> None:
+    callback, rank1_next = _two_ranks(monkeypatch, rank1_seed=11)
+    torch.save({"callbacks": {"RngStates": callback.state_dict()}}, tmp_path / "a.ckpt")
+    saved = torch.load(tmp_path / "a.ckpt", weights_only=True)["callbacks"]["RngStates"]
+    assert len(saved[RANKS]) == 2
+    rank0_next = torch.rand(3).tolist()
+    for rank, expected in ((1, rank1_next), (0, rank0_next)):
+        resumed = RngStates()
+        resumed.load_state_dict(saved)
+        torch.manual_seed(0)  # a resumed process re-seeds, rank 1 then separates its streams
+        separate_rank_streams(rank)
+        resumed.on_train_epoch_start(SimpleNamespace(global_rank=rank, world_size=2), None)
+        assert torch.rand(3).tolist() == expected, rank
+
+
+def test_a_checkpoint_after_the_epoch_end_or_after_a_draw_holds_rank_0s_states_only(
+    monkeypatch, caplog
+) -> None:
+    callback, _ = _two_ranks(monkeypatch, rank1_seed=11)
+    assert RANKS in callback.state_dict()  # the epoch-end save, moments later
+    callback.on_train_batch_start(RANK0, None, None, 0)  # the next epoch: mid-epoch saves
+    assert RANKS not in callback.state_dict()
+    callback, _ = _two_ranks(monkeypatch, rank1_seed=11)
+    torch.rand(1)  # something drew between the exchange and the save
+    assert RANKS not in callback.state_dict()
+    assert "moved between the epoch end's exchange" in caplog.text
+
+
+def test_a_one_process_run_exchanges_nothing(monkeypatch) -> None:
+    monkeypatch.setattr(rng_states, "gather", lambda *args: 1 / 0)
+    callback = RngStates()
+    callback.on_train_epoch_end(SimpleNamespace(world_size=1), None)
+    assert RANKS not in callback.state_dict()

@@ -128,3 +128,17 @@ class StopAfterEpoch(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch >= self.epoch:
             trainer.should_stop = True
+
+
+class RngProbe(L.Callback):
+    """Saves each rank's random generators' states (``rng_states.capture``) when fitting ends,
+    to ``folder/rank<r>.pt``: what a resumed run's ranks must have continued to."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from detr_lightning.checkpointing.rng_states import capture
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        torch.save(capture(), self.folder / f"rank{trainer.global_rank}.pt")

@@ -20,19 +20,42 @@ every rank would draw the same dropout masks, denoising noise and main-process a
 its own images. Official DETR seeds each process with ``seed + rank``; here, when fitting starts,
 rank ``r > 0`` moves its generators to a state derived from the shared one and ``r``
 (:func:`separate_rank_streams`; rank 0 keeps the run's streams, the data order keeps the run's
-seed). Checkpoints hold rank 0's states: after a resume rank 0 continues exactly, and the other
-ranks derive their streams from the restored state again (reproducible, not the interrupted
-run's).
+seed).
+
+Checkpoints written at the end of a training epoch hold every rank's states (``rng_ranks.py``), and
+on a resume with as many processes each rank puts back its own: every rank continues its streams
+exactly. The ranks exchange their states (``all_gather``) in ``on_train_epoch_end``, a hook every
+rank runs at the same point and before the checkpoint callbacks' (Lightning runs those last), and
+rank 0's ``state_dict`` returns them. Not inside ``state_dict``, which Lightning calls on each rank
+that saves: a collective there needs every rank to save at the same point. Our saves do (epoch end,
+every n steps, top-k at validation end, train end, a SIGTERM every rank gets at the same step), but
+not every save must: ``trainer.save_checkpoint`` from rank-0-only code, a SIGTERM that one rank acts
+on a batch before the others (Lightning syncs rank 0's flag when a step starts, but each rank also
+stops on its own flag when a step ends). There the collective would wait for ever, or pair with
+another one of the other ranks; an exchange no save depends on cannot. The exchange is kept until
+the next training batch starts, and used only while rank 0's generators are still where they were at
+the exchange, so a checkpoint written later (mid-epoch: every n steps, SIGTERM; a top-k save at
+validation end) holds rank 0's states only, as before.
+
+A resume from such a checkpoint, from one written before per-rank states, or on another number
+of processes falls back to the earlier behaviour, with a logged line (rank 0): rank 0 continues
+its streams, every other rank derives new ones from rank 0's (reproducible, not the interrupted
+run's). A one-process resume of a DDP checkpoint continues rank 0's.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+
+from detr_lightning.checkpointing.rng_ranks import RANKS, gather, states_for_rank
+
+log = logging.getLogger(__name__)
 
 
 def capture() -> dict[str, Any]:
@@ -77,25 +100,67 @@ def separate_rank_streams(rank: int) -> None:
 
 
 class RngStates(L.Callback):
-    """Saves :func:`capture` in every checkpoint; restores it when a resumed run's first training
-    epoch starts. Under DDP, gives each rank its own streams (:func:`separate_rank_streams`)
-    when fitting starts and after a restore."""
+    """Saves :func:`capture` in every checkpoint, with every DDP rank's states in those written at
+    a training epoch's end; restores them when a resumed run's first training epoch starts.
+    Under DDP, gives each rank its own streams (:func:`separate_rank_streams`) when fitting
+    starts, and after a restore of rank 0's states on a rank > 0."""
 
     def __init__(self) -> None:
         self._restore: dict[str, Any] | None = None
+        self._rank = 0
+        self._ranks: list[dict[str, Any]] | None = None  # every rank's states at the epoch end
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._rank = trainer.global_rank
         if stage == "fit":
             separate_rank_streams(trainer.global_rank)
 
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Every rank runs this hook at the same point (the same number of batches per epoch), so
+        # the collective is safe here; the epoch-end checkpoint is written moments later.
+        if trainer.world_size > 1:
+            self._ranks = gather(capture(), trainer.world_size)
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._ranks = None  # training goes on: the exchanged states are behind
+
     def state_dict(self) -> dict[str, Any]:
-        return capture()
+        states = capture()
+        ranks = self._ranks
+        if ranks is not None and not _same(ranks[self._rank], states):
+            # Something drew random numbers between the exchange and this save: on rank 0 the
+            # list would not be the checkpoint's moment, on another rank its entry is stale.
+            log.warning(
+                "rank %d's random generators moved between the epoch end's exchange of states "
+                "and this checkpoint: a resume from it does not continue every rank's streams "
+                "exactly", self._rank,
+            )  # fmt: skip
+            ranks = None
+        return {**states, RANKS: ranks} if ranks is not None else states
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restore = dict(state_dict) if state_dict else None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._restore is not None:
-            restore(self._restore)
-            self._restore = None
+        if self._restore is None:
+            return
+        states, own = states_for_rank(self._restore, trainer.global_rank, trainer.world_size)
+        self._restore = None
+        restore(states)
+        if not own:
             separate_rank_streams(trainer.global_rank)
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two :func:`capture` results are the same states."""
+    cuda_a, cuda_b = a.get("cuda") or [], b.get("cuda") or []
+    return (
+        torch.equal(a["torch"], b["torch"])
+        and len(cuda_a) == len(cuda_b)
+        and all(torch.equal(x, y) for x, y in zip(cuda_a, cuda_b, strict=True))
+        and list(a["numpy"][1:]) == list(b["numpy"][1:])
+        and tuple(a["python"][1]) == tuple(b["python"][1])
+        and a["python"][2] == b["python"][2]
+    )
