@@ -7,6 +7,8 @@ LAUNCHER ?=
 RUNS    ?=
 OUT     ?=
 INPUT   ?=
+# make test: pytest-xdist workers (auto: one per core; 0: one process)
+TEST_WORKERS ?= auto
 # Hydra's parser takes no override after a flag: -m / --multirun in ARGS go before the overrides.
 MULTIRUN  = $(filter -m --multirun,$(ARGS))
 OVERRIDES = $(filter-out -m --multirun,$(ARGS))
@@ -18,7 +20,7 @@ install:
 	bash scripts/install.sh
 
 test:
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-slow:
 	$(PY) -m pytest -q -m slow -o addopts="--import-mode=importlib -p no:cacheprovider"

@@ -1,11 +1,28 @@
 """Shared pytest fixtures."""
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from hydra.core.hydra_config import HydraConfig
+
+
+def _share_the_cores() -> None:
+    """Under pytest-xdist (``make test`` runs a worker per core), give each worker, and the
+    processes it starts, its share of the cores: with torch's default of a thread per core in
+    every worker, the workers' threads spin on each other's cores and the suite runs slower
+    than in one process. An ``OMP_NUM_THREADS`` set by the caller is kept."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers < 2 or "OMP_NUM_THREADS" in os.environ:
+        return
+    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # read by the CLI runs' interpreters
+    torch.set_num_threads(threads)
+
+
+_share_the_cores()
 
 
 @pytest.fixture(autouse=True)
