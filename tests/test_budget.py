@@ -330,3 +330,48 @@ def test_a_changed_budget_resumed_mid_epoch_counts_the_epoch_it_ends_in(tmp_path
                 train_dataloaders=loader(3), val_dataloaders=loader(2),
                 ckpt_path=str(last))  # fmt: skip
     assert first.seen == (8, 22)
+
+
+def _resume_capped(ckpt: Path, cap: int, monkeypatch) -> tuple[L.Trainer, _FakeClock]:
+    """Resume ``ckpt`` (20 s budget) with ``trainer.max_epochs=cap`` and resume_recipe=config."""
+    from detr_lightning.checkpointing.recipe_record import RecipeRecord
+
+    clock = _FakeClock(monkeypatch)
+    trainer = quiet_trainer(ckpt.parent / f"cap{cap}", max_epochs=cap, limit_val_batches=2,
+                            callbacks=[clock, RecipeRecord({}, "config")])  # fmt: skip
+    trainer.fit(tiny_lit(lr_schedule=functools.partial(budget_schedule, budget_min=20 / 60)),
+                train_dataloaders=loader(3), val_dataloaders=loader(2), ckpt_path=str(ckpt))  # fmt: skip
+    return trainer, clock
+
+
+def test_a_raised_epoch_cap_extends_a_finished_run_at_once(tmp_path, monkeypatch):
+    """A run capped at one epoch (3 steps, 3 s + 1 s of validation, 20 s budget) resumed with
+    trainer.max_epochs=3 and resume_recipe=config: planned again at once from its 4 s epoch,
+    20 - 4 - 1 = 15 s would fit 10 steps, the cap leaves 9 - 3 = 6, so steps 3..8 run on the
+    cosine over 9 steps. The restored plan (it ended at step 3) ran one step at lr 0 and
+    stopped: the new cap was ignored."""
+    trainer = quiet_trainer(tmp_path / "a", max_epochs=1, limit_val_batches=2,
+                            callbacks=[_FakeClock(monkeypatch)])  # fmt: skip
+    trainer.fit(tiny_lit(lr_schedule=functools.partial(budget_schedule, budget_min=20 / 60)),
+                train_dataloaders=loader(3), val_dataloaders=loader(2))  # fmt: skip
+    assert trainer.global_step == 3
+    trainer.save_checkpoint(tmp_path / "one.ckpt")
+
+    resumed, clock = _resume_capped(tmp_path / "one.ckpt", 3, monkeypatch)
+    assert resumed.global_step == 9
+    want = [0.5 * (1 + math.cos(math.pi * s / 9)) for s in range(3, 9)]
+    assert [lr / 1e-3 for lr in clock.lrs] == pytest.approx(want)
+
+
+def test_a_lowered_epoch_cap_anneals_at_the_new_end(tmp_path, monkeypatch):
+    """The uncapped run killed at step 5 (last.ckpt: step 4, one step into epoch 1, planned to
+    end at step 16) resumed with trainer.max_epochs=2 and resume_recipe=config: the cap leaves
+    6 - 4 = 2 steps, and the cosine is aimed at step 6 from the first resumed step, so the run
+    ends annealed, and validates (the plan ends in the resumed epoch, which gets no epoch
+    start). Following the restored plan, steps 4 and 5 ran near the peak lr and the cap stopped
+    the run there, not annealed."""
+    last = _killed_at_step_5(tmp_path, monkeypatch)
+    resumed, clock = _resume_capped(last, 2, monkeypatch)
+    assert resumed.global_step == 6 and clock.val_epochs == [1]
+    want = [0.5 * (1 + math.cos(math.pi * s / 6)) for s in (4, 5)]
+    assert [lr / 1e-3 for lr in clock.lrs] == pytest.approx(want)

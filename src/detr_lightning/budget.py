@@ -14,8 +14,10 @@ whole budget does not wait for its end: the first plan is then made inside it, f
 step so far (one process only). A faster machine runs more steps, a slower one fewer, and both
 finish annealed inside the budget. A positive ``trainer.max_epochs`` caps the plan (the run
 then anneals at that epoch's end, or earlier when the budget binds first); -1 leaves the epochs
-to the budget. Under DDP each rank times its own epochs and rank 0's plan is broadcast, so every
-rank steps the same lrs and stops at the same step.
+to the budget. The cap is saved in checkpoints: a resume with another one is refused, or planned
+again at once under ``resume_recipe=config`` (checkpointing/recipe_record.py). Under DDP each
+rank times its own epochs and rank 0's plan is broadcast, so every rank steps the same lrs and
+stops at the same step.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from typing import Any
 import lightning as L
 
 from detr_lightning.schedule import BudgetLR, steps_per_epoch
+
+_UNKNOWN = object()
 
 
 class WallBudget(L.Callback):
@@ -40,6 +44,8 @@ class WallBudget(L.Callback):
         self._val_s = 0.0
         self._last_val_s = 0.0
         self._cap: int | None = None  # trainer.max_epochs when positive
+        # The checkpoint's cap on a resume; _UNKNOWN from a checkpoint written before it was saved
+        self._saved_cap: int | None | object = _UNKNOWN
         self._in_epoch = False  # between an epoch's (or a resumed part's) start and its end
         self._whole_epoch = True  # False for the rest of an epoch resumed from a mid-epoch save
         self._first_step = 0  # global step when the epoch (or its resumed part) started
@@ -49,6 +55,12 @@ class WallBudget(L.Callback):
         # Read before the first plan overwrites fit_loop.max_epochs (also after a resume).
         cap = trainer.fit_loop.max_epochs
         self._cap = cap if cap is not None and cap > 0 else None
+
+    @property
+    def cap_changed(self) -> bool:
+        """On a resume (after ``on_fit_start``): whether this run's epoch cap differs from the
+        checkpoint's, or the checkpoint does not say (then a replan is the safe side)."""
+        return self._saved_cap is _UNKNOWN or self._saved_cap != self._cap
 
     def _scheduler(self, trainer: L.Trainer) -> BudgetLR:
         for config in trainer.lr_scheduler_configs:
@@ -66,6 +78,10 @@ class WallBudget(L.Callback):
         self._begin(trainer, whole=False)
         if self._every:
             trainer.check_val_every_n_epoch = self._every
+        if 0 < trainer.fit_loop.max_epochs <= trainer.current_epoch + 1:
+            # a plan made on resume (resume_recipe=config) may end in the resumed epoch, whose
+            # on_train_epoch_start (where the last epoch is made to validate) does not run
+            trainer.check_val_every_n_epoch = 1
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._begin(trainer, whole=True)
@@ -232,6 +248,7 @@ class WallBudget(L.Callback):
             "last_val_s": self._last_val_s,
             "train_s_sum": self.train_s_sum,
             "train_s_count": self.train_s_count,
+            "cap": self._cap,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -240,3 +257,4 @@ class WallBudget(L.Callback):
         self.train_s_sum = float(state_dict.get("train_s_sum", 0.0))
         self.train_s_count = int(state_dict.get("train_s_count", 0))
         self._every = int(state_dict.get("every", 0))
+        self._saved_cap = state_dict.get("cap", _UNKNOWN)

@@ -28,7 +28,8 @@ def test_the_record_holds_the_resolved_leaves_of_the_restored_keys() -> None:
     assert record["model.lr_schedule.budget_min"] == 13.0
     assert record["model.lr_schedule._target_"] == "detr_lightning.schedule.budget_schedule"
     assert record["model.lr_multipliers.sampling_offsets"] == 0.1
-    assert not any(k.startswith(("model.net", "trainer", "data")) for k in record)
+    assert not any(k.startswith(("model.net", "data")) for k in record)
+    assert [k for k in record if k.startswith("trainer")] == ["trainer.max_epochs"]  # the cap
 
 
 def test_a_resume_with_another_lr_or_schedule_is_refused_naming_each_key(tmp_path) -> None:
@@ -39,7 +40,7 @@ def test_a_resume_with_another_lr_or_schedule_is_refused_naming_each_key(tmp_pat
     trainer.save_checkpoint(path)
     checkpoint = torch.load(path, weights_only=True)  # the record survives a safe load
 
-    check_resumed_recipe(checkpoint, _cfg("trainer.max_epochs=30"), str(path))  # may change
+    check_resumed_recipe(checkpoint, _cfg("trainer.limit_val_batches=2"), str(path))  # may change
     changed = _cfg("model.optimizer.lr=5e-5", "model.lr_schedule.budget_min=5")
     with pytest.raises(CheckpointLoadError) as err:
         check_resumed_recipe(checkpoint, changed, str(path))
@@ -59,7 +60,6 @@ def test_the_cosine_records_max_epochs_its_length_and_config_applies_changes(cap
               "~model.lr_schedule.drop_epochs", "~model.lr_schedule.gamma"]  # fmt: skip
     run = recipe_record(_cfg(*cosine, "trainer.max_epochs=10"))
     assert run["trainer.max_epochs"] == 10
-    assert "trainer.max_epochs" not in recipe_record(_cfg())  # the budget plans its own epochs
     ckpt = {"callbacks": {"RecipeRecord": {"recipe": run}}}
     with pytest.raises(CheckpointLoadError, match="trainer.max_epochs: 10 in the run, 20 here"):
         check_resumed_recipe(ckpt, _cfg(*cosine, "trainer.max_epochs=20"), "run.ckpt")
@@ -82,3 +82,21 @@ def test_a_restored_key_the_record_lacks_is_refused_too() -> None:
     ckpt = {"callbacks": {"RecipeRecord": {"recipe": recipe_record(old)}}}
     with pytest.raises(CheckpointLoadError, match="decay_share"):
         check_resumed_recipe(ckpt, new, "run.ckpt")
+
+
+def test_the_budget_records_its_epoch_cap_and_older_records_still_resume(caplog) -> None:
+    """Under the budget schedule trainer.max_epochs caps the restored plan: another value is
+    refused, or applied with resume_recipe=config. A record written before the cap was recorded
+    lacks the key: such checkpoints resume with any cap, as they did."""
+    run = recipe_record(_cfg())  # the shapes preset: a budget without a cap
+    assert run["trainer.max_epochs"] == -1
+    ckpt = {"callbacks": {"RecipeRecord": {"recipe": run}}}
+    with pytest.raises(CheckpointLoadError, match="trainer.max_epochs: -1 in the run, 3 here"):
+        check_resumed_recipe(ckpt, _cfg("trainer.max_epochs=3"), "run.ckpt")
+    with caplog.at_level("WARNING"):
+        check_resumed_recipe(ckpt, _cfg("trainer.max_epochs=3", "resume_recipe=config"), "run.ckpt")
+    assert "trainer.max_epochs: -1 in the run, 3 here" in caplog.text
+    older = {k: v for k, v in run.items() if k != "trainer.max_epochs"}
+    for cap in (-1, 3):
+        check_resumed_recipe({"callbacks": {"RecipeRecord": {"recipe": older}}},
+                             _cfg(f"trainer.max_epochs={cap}"), "old.ckpt")  # fmt: skip

@@ -108,6 +108,37 @@ def test_sweep_job_logger_groups_tags_and_gets_its_own_run(
     assert offline_run(b)["summary"]["test/AP"] == 0.25
 
 
+def test_a_sweep_jobs_logged_config_names_its_run_as_wandb_does(tmp_path, monkeypatch) -> None:
+    """Job 1 of a sweep with logger=wandb: the run is named ``shapes_<its overrides>``, and the
+    config it logs says that name as ``run_name`` and ``logger.wandb.name`` (it said
+    ``shapes``, the composed value, which names no run of the sweep)."""
+    from types import SimpleNamespace
+
+    from hydra.utils import instantiate
+    from omegaconf import open_dict
+
+    from detr_lightning.utils.build import log_config
+
+    monkeypatch.setenv("WANDB_MODE", "offline")  # Lightning sets it to dryrun: restore it after
+    overrides = ["experiment=shapes", "logger=wandb", "logger.wandb.mode=offline", f"{SWEPT}=2",
+                 "seed=7"]  # fmt: skip
+    sweep = {"mode": RunMode.MULTIRUN, "sweep.dir": "multirun/shapes/2026-01-01_00-00-00"}
+    cfg = compose_job(overrides, tmp_path, hydra={**sweep, "job.num": 1})
+    with open_dict(cfg):
+        del cfg.hydra  # what a job's function receives
+    logger = instantiate(cfg.logger.wandb)
+    log_config(SimpleNamespace(loggers=[logger]), cfg)
+    finish_wandb()
+    import wandb
+
+    wandb.teardown()  # flushes the offline run's records
+    (run_dir,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    run = offline_run(run_dir)
+    assert run["name"] == f"shapes_{SWEPT}=2,seed=7"
+    assert run["config"]["run_name"] == run["config"]["logger"]["wandb"]["name"] == run["name"]
+    assert run["config"]["experiment_name"] == "shapes"
+
+
 @pytest.fixture(scope="module")
 def wandb_sweep(tmp_path_factory) -> tuple[Path, str]:
     """``train -m ... logger=[csv,wandb] num_decoder_layers=1,2`` offline: (sweep dir, output)."""
@@ -138,6 +169,7 @@ def test_sweep_jobs_log_one_offline_run_each_in_one_group(wandb_sweep) -> None:
         assert not [t for t in run["tags"] if t.startswith("tags=")]  # demo, not "tags=[demo]"
         assert "tags=" not in run["name"]
         assert run["name"].startswith("shapes_") and f"{SWEPT}={layers}" in run["name"]
+        assert run["config"]["run_name"] == run["name"]  # the config names the run it is in
         assert f"{SWEPT}={layers}" in run["config"]["overrides"]
         assert run["config"]["model"]["net"]["transformer"]["num_decoder_layers"] == layers
         metrics = json.loads((sweep / job / "metrics.json").read_text())

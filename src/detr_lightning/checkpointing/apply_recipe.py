@@ -15,7 +15,8 @@ counts stay the checkpoint's. Uses:
   new epoch's steps (the checkpoint's schedule counts them in the old one's);
 * a budget run given more minutes (``model.lr_schedule.budget_min``): the time already spent
   counts, and the plan is made again at once from the saved epoch times
-  (:meth:`~detr_lightning.budget.WallBudget.replan_resumed`).
+  (:meth:`~detr_lightning.budget.WallBudget.replan_resumed`); so is one given another
+  ``trainer.max_epochs`` (the cap on its plan), which otherwise would follow the restored plan.
 
 The param groups themselves must match the checkpoint's
 (:mod:`~detr_lightning.checkpointing.optimizer_groups` checks that before training).
@@ -67,9 +68,9 @@ def apply_recipe(trainer: L.Trainer, pl_module: L.LightningModule) -> list[float
 
 
 def _keep_budget_plan(trainer: L.Trainer, old: BudgetLR, new: BudgetLR) -> None:
-    """The new budget schedule goes on with the checkpoint's plan; a changed budget is planned
-    again at once from the saved epoch times."""
+    """The new budget schedule goes on with the checkpoint's plan; a changed budget or epoch cap
+    is planned again at once from the saved epoch times."""
     new.factor.replan(old.factor.total_steps)
-    if new.budget_s != old.budget_s:
-        budget = next(c for c in trainer.callbacks if isinstance(c, WallBudget))
+    budget = next(c for c in trainer.callbacks if isinstance(c, WallBudget))
+    if new.budget_s != old.budget_s or budget.cap_changed:
         budget.replan_resumed(trainer)

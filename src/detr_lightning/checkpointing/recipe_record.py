@@ -6,7 +6,17 @@ schedule's minutes and shares, the step of a drop, the length of a cosine) from 
 so ``model.optimizer.lr=5e-5`` or ``model.lr_schedule.budget_min=5`` on a resume composed, was
 saved in the new run's ``.hydra/config.yaml``, and changed nothing. :class:`RecipeRecord` saves
 the resolved values of those keys (:data:`RESTORED`, and ``trainer.max_epochs`` under the
-cosine schedule, whose length it sets) and the optimizer steps per epoch in every checkpoint.
+schedules whose length it sets: :data:`EPOCH_LENGTH_SCHEDULES`) and the optimizer steps per
+epoch in every checkpoint.
+
+``trainer.max_epochs`` under the budget schedule caps the plan, and the plan (the step the
+cosine anneals at) is restored with the scheduler: a resume with another cap followed the
+restored plan until the next epoch's end and then cut or stretched the cosine part-way, and one
+that extended a finished run trained a step at lr 0 and stopped. So it is a recipe key like
+``budget_min``: refused by default, and applied at once under ``resume_recipe=config``
+(:meth:`~detr_lightning.budget.WallBudget.replan_resumed`). Checkpoints written before it was
+recorded lack it: :data:`RECORDED_LATER` keys absent from a checkpoint's record are not compared,
+so those checkpoints resume as they did (their cap is unknown).
 
 * ``resume_recipe=checkpoint`` (the default) resumes the run as it was:
   :func:`check_resumed_recipe` refuses a changed key before training, and
@@ -33,6 +43,10 @@ log = logging.getLogger(__name__)
 # The keys whose effect a resume takes from the checkpoint instead of the config.
 RESTORED = ("model.optimizer", "model.lr_backbone", "model.lr_multipliers", "model.lr_scaling",
             "model.base_batch_size", "model.lr_schedule")  # fmt: skip
+# The schedules whose length (cosine) or cap on the planned length (budget) trainer.max_epochs is.
+EPOCH_LENGTH_SCHEDULES = (".cosine_schedule", ".budget_schedule")
+# Recorded after checkpoints were written without them: compared only when the record has them.
+RECORDED_LATER = ("trainer.max_epochs",)
 
 
 def recipe_record(cfg: DictConfig) -> dict[str, Any]:
@@ -46,7 +60,7 @@ def recipe_record(cfg: DictConfig) -> dict[str, Any]:
             else node
         )
         _flatten(key, value, out)
-    if str(OmegaConf.select(cfg, "model.lr_schedule._target_")).endswith(".cosine_schedule"):
+    if str(OmegaConf.select(cfg, "model.lr_schedule._target_")).endswith(EPOCH_LENGTH_SCHEDULES):
         out["trainer.max_epochs"] = OmegaConf.select(cfg, "trainer.max_epochs")
     return out
 
@@ -112,13 +126,17 @@ def _counts_epochs_in_steps(pl_module: L.LightningModule) -> bool:
 def check_resumed_recipe(checkpoint: Any, cfg: DictConfig, path: str) -> None:
     """CheckpointLoadError listing each :data:`RESTORED` key whose value in ``cfg`` differs from
     the one recorded in the checkpoint ``path`` (nothing to compare in a checkpoint without a
-    record, e.g. one written before the record existed)."""
+    record, e.g. one written before the record existed; nor a :data:`RECORDED_LATER` key its
+    record lacks)."""
     states = checkpoint.get("callbacks", {}) if isinstance(checkpoint, dict) else {}
     saved = next((s["recipe"] for k, s in states.items()
                   if "RecipeRecord" in str(k) and isinstance(s, dict) and "recipe" in s), None)  # fmt: skip
     if saved is None:
         return
     current = recipe_record(cfg)
+    for key in RECORDED_LATER:
+        if key not in saved:
+            current.pop(key, None)
     changed = [f"{k}: {saved.get(k, '(absent)')!r} in the run, {current.get(k, '(absent)')!r} here"
                for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]  # fmt: skip
     if changed and cfg.get("resume_recipe") == "config":

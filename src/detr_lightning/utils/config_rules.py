@@ -110,6 +110,7 @@ ENTRY_RULES: dict[str, Rule] = {
                      "a list of [batch, height, width], each three positive integers",
                      "verify_sizes=[[2,160,224]]"),
     "atol": (lambda v: is_number(v) and v >= 0, "a number >= 0", "atol=1e-4"),
+    "rtol": (lambda v: is_number(v) and v >= 0, "a number >= 0", "rtol=1e-5"),
 }  # fmt: skip
 
 

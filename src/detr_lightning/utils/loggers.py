@@ -2,7 +2,9 @@
 
 One wandb run per Hydra job: a sweep's jobs share a ``group``, carry their overrides as tags and
 as ``config.overrides``, and every job finishes its run (:func:`finish_wandb`) so that Hydra's
-in-process launcher never logs two jobs into one run.
+in-process launcher never logs two jobs into one run. A sweep job's run is named
+:func:`sweep_run_name` (the configured name and its overrides), and the config it logs says that
+name (:func:`with_wandb_run_name`), so a run's config and its name agree.
 """
 
 from __future__ import annotations
@@ -94,6 +96,34 @@ def hydra_job() -> dict[str, Any]:
     return info
 
 
+def sweep_run_name(name: str | None, job: dict[str, Any]) -> str | None:
+    """The wandb run name of a Hydra job (:func:`hydra_job`) configured with ``name``: in a
+    multirun, ``name`` and the job's override tags, so that the sweep's runs are told apart by
+    name; the name itself otherwise (or when the job has no taggable override)."""
+    tags = override_tags(job["overrides"], job["exclude_keys"])
+    return f"{name}_{','.join(tags)}" if name and job["sweep"] and tags else name
+
+
+def with_wandb_run_name(config: dict[str, Any]) -> dict[str, Any]:
+    """The resolved run ``config`` as a logger should record it: ``logger.wandb.name`` set to the
+    name :func:`wandb_logger` gives the run (:func:`sweep_run_name` under ``sweep_group``), and
+    ``run_name`` too where the wandb name was built from it (``name: ${run_name}``, the
+    default). Without this a sweep job's config said the plain experiment name next to a run
+    named with its overrides. Hydra's ``.hydra/config.yaml`` keeps the composed value."""
+    logger = config.get("logger")
+    wandb = logger.get("wandb") if isinstance(logger, dict) else None
+    if not isinstance(wandb, dict) or not str(wandb.get("_target_")).endswith(".wandb_logger"):
+        return config  # no wandb, or one that names its run otherwise
+    name = wandb.get("name")
+    real = sweep_run_name(name, hydra_job()) if wandb.get("sweep_group", True) else name
+    if real == name:
+        return config
+    named = {**config, "logger": {**logger, "wandb": {**wandb, "name": real}}}
+    if config.get("run_name") == name:
+        named["run_name"] = real
+    return named
+
+
 def finish_wandb(summary: Mapping[str, float] | None = None, exit_code: int | None = None) -> None:
     """Finish the active wandb run, if any, after writing ``summary`` as ``test/<name>`` keys.
 
@@ -149,8 +179,7 @@ def wandb_logger(
     if sweep_group and job["sweep"]:
         if group:
             group = f"{group}-{job['sweep']}"
-        if kwargs.get("name") and job_tags:
-            kwargs["name"] = f"{kwargs['name']}_{','.join(job_tags)}"
+        kwargs["name"] = sweep_run_name(kwargs.get("name"), job)
     tags = list(tags)
     if tag_overrides:
         tags += [t for t in job_tags if t not in tags]
