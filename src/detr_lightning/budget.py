@@ -71,22 +71,19 @@ class WallBudget(L.Callback):
     def _begin(self, trainer: L.Trainer, whole: bool) -> None:
         self._epoch_start, self._val_s = time.perf_counter(), 0.0
         self._in_epoch, self._whole_epoch, self._first_step = True, whole, trainer.global_step
+        if 0 < trainer.fit_loop.max_epochs <= trainer.current_epoch + 1:
+            trainer.check_val_every_n_epoch = 1  # the last epoch always validates
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A run resumed from a mid-epoch checkpoint gets no on_train_epoch_start for that
-        # epoch: its rest is timed from here (a fresh run's epoch start follows at once).
-        self._begin(trainer, whole=False)
+        # epoch: its rest is timed from here (a fresh run's epoch start follows at once), and
+        # a plan made on resume (resume_recipe=config) may end in it, which then validates.
         if self._every:
             trainer.check_val_every_n_epoch = self._every
-        if 0 < trainer.fit_loop.max_epochs <= trainer.current_epoch + 1:
-            # a plan made on resume (resume_recipe=config) may end in the resumed epoch, whose
-            # on_train_epoch_start (where the last epoch is made to validate) does not run
-            trainer.check_val_every_n_epoch = 1
+        self._begin(trainer, whole=False)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._begin(trainer, whole=True)
-        if 0 < trainer.fit_loop.max_epochs <= trainer.current_epoch + 1:
-            trainer.check_val_every_n_epoch = 1  # the last epoch always validates
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._val_start = time.perf_counter()
