@@ -17,17 +17,18 @@ then anneals at that epoch's end, or earlier when the budget binds first); -1 le
 to the budget. The cap is saved in checkpoints: a resume with another one is refused, or planned
 again at once under ``resume_recipe=config`` (checkpointing/recipe_record.py). Under DDP each
 rank times its own epochs and rank 0's plan is broadcast, so every rank steps the same lrs and
-stops at the same step.
+stops at the same step. This module measures; the arithmetic of a plan is in
+:mod:`~detr_lightning.budget_plan`.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
 import lightning as L
 
+from detr_lightning.budget_plan import agree, aim, plan_steps
 from detr_lightning.schedule import BudgetLR, steps_per_epoch
 
 _UNKNOWN = object()
@@ -162,49 +163,17 @@ class WallBudget(L.Callback):
     def _plan(
         self, trainer: L.Trainer, scheduler: BudgetLR, steps: float, train_s: float, validated: bool
     ) -> tuple[int, int]:
-        """(optimizer steps left, validation spacing in epochs) for what is left of the budget,
-        given ``steps`` optimizer steps per epoch and an epoch's training time ``train_s``;
-        rank 0's under DDP."""
-        val_s = self._last_val_s
-        # Validate every n epochs so that validation stays under its share of the time:
-        # (val / n) / (train + val / n) <= share  <=>  n >= val (1 - share) / (share train)
-        share = scheduler.max_val_share
-        every = max(1, math.ceil(val_s * (1 - share) / max(share * train_s, 1e-9) - 1e-9))
-        left_s = scheduler.budget_s - self.spent_s - val_s  # the final validation is certain
-        epochs_left = max(0.0, left_s / (train_s + val_s / every))
-        steps_left = int(epochs_left * steps + 1e-6)  # 1e-6: an exact plan survives rounding
-        capped = False
-        if self._cap is not None:
-            cap_left = max(0, round(self._cap * steps) - trainer.global_step)
-            capped, steps_left = cap_left <= steps_left, min(steps_left, cap_left)
-        if steps_left == 0 and not capped and not validated:
-            # The last epoch did not validate (a slow epoch used up the time the plan gave it):
-            # one more step makes the next epoch the last, which validates the annealed weights.
-            steps_left = 1
-        if trainer.world_size > 1:
-            steps_left, every = self._agree(trainer, steps_left, every)
-        return steps_left, every
+        """:func:`~detr_lightning.budget_plan.plan_steps` from this run's times; rank 0's under
+        DDP."""
+        planned = plan_steps(scheduler, self.spent_s, self._last_val_s, train_s, steps, self._cap,
+                             trainer.global_step, validated)  # fmt: skip
+        return agree(trainer, *planned) if trainer.world_size > 1 else planned
 
-    def _follow(
-        self,
-        trainer: L.Trainer,
-        scheduler: BudgetLR,
-        epochs_done: int,
-        steps: float,
-        steps_left: int,
-        every: int,
-        into_epoch: int = 0,
-    ) -> None:
-        """Aim the epochs, the validations and the cosine at the planned last step, which lies
-        ``steps_left`` steps (of ``steps`` per epoch) after ``epochs_done`` whole epochs and
-        ``into_epoch`` steps of the next (a resume from a mid-epoch save)."""
-        trainer.fit_loop.max_epochs = epochs_done + math.ceil(
-            (into_epoch + steps_left) / steps - 1e-6
-        )
-        trainer.check_val_every_n_epoch = self._every = every
-        scheduler.factor.replan(trainer.global_step + steps_left)
-        if steps_left == 0:
-            trainer.should_stop = True
+    def _follow(self, trainer: L.Trainer, scheduler: BudgetLR, *plan: float) -> None:
+        """:func:`~detr_lightning.budget_plan.aim` at the plan ``(epochs_done, steps, steps_left,
+        every[, into_epoch])``, whose validation spacing a resume continues."""
+        aim(trainer, scheduler, *plan)
+        self._every = trainer.check_val_every_n_epoch
 
     def replan_resumed(self, trainer: L.Trainer) -> None:
         """Plan again at once from the saved epoch times, for a resumed run whose budget changed
@@ -225,16 +194,6 @@ class WallBudget(L.Callback):
         # save, whose resume starts at the next epoch.
         into = max(trainer.global_step - trainer.current_epoch * int(steps), 0)
         self._follow(trainer, scheduler, trainer.current_epoch, steps, steps_left, every, into)
-
-    @staticmethod
-    def _agree(trainer: L.Trainer, steps_left: int, every: int) -> tuple[int, int]:
-        """Rank 0's plan for every rank: each rank times its own epochs, and ranks that plan
-        different lrs or last steps drift apart and then hang. Reading the callback metrics
-        first runs the epoch's ``sync_dist`` reductions on every rank, as Lightning's
-        EarlyStopping does before its own collective: rank 0's progress bar has already run
-        them, and a broadcast meeting those reductions would deadlock."""
-        _ = trainer.callback_metrics
-        return trainer.strategy.broadcast((steps_left, every), src=0)
 
     def state_dict(self) -> dict[str, Any]:
         # A mid-epoch save counts the epoch's time so far: the resumed rest adds the remainder.
