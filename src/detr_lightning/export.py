@@ -44,6 +44,7 @@ def export(cfg: DictConfig) -> tuple[str, dict[str, float]]:
     from detr_lightning.detr.segmentation import DETRsegm
     from detr_lightning.inference.loading import load_detector
     from detr_lightning.inference.onnx_export import (
+        compared_outputs,
         export_onnx,
         unfaithful_outputs,
         verify_onnx,
@@ -75,7 +76,7 @@ def export(cfg: DictConfig) -> tuple[str, dict[str, float]]:
     if cfg.get("verify", True):
         sizes = [tuple(int(v) for v in s) for s in cfg.verify_sizes]
         diffs = verify_onnx(net, path, sizes)
-        outputs = [k for k in diffs if k != "max" and not k.endswith(".scale")]
+        outputs = compared_outputs(diffs)
         shown = ", ".join(f"{k} {diffs[k]:.2e}" for k in outputs)
         scales = ", ".join(f"{k} {diffs[k + '.scale']:.3g}" for k in outputs)
         print(f"ONNX Runtime vs PyTorch, max abs difference over {sizes}: {shown}")

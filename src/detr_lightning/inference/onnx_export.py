@@ -215,16 +215,19 @@ def verify_onnx(
     return diffs
 
 
+def compared_outputs(diffs: dict[str, float]) -> list[str]:
+    """The output names in :func:`verify_onnx`'s ``diffs`` (not ``"max"``, not the scales)."""
+    return [name for name in diffs if name != "max" and not name.endswith(".scale")]
+
+
 def unfaithful_outputs(diffs: dict[str, float], atol: float, rtol: float) -> list[str]:
     """The outputs of :func:`verify_onnx`'s ``diffs`` that differ by more than ``atol + rtol x``
     their scale, described. Relative to the scale because float32 rounding is: an output of
     values ~20 (a confident class logit) differs from float64 by ~2e-4 in PyTorch itself, and
     ONNX Runtime, which adds and fuses in another order, by as much (tests/test_export.py)."""
     failed = []
-    for name, diff in diffs.items():
-        if name == "max" or name.endswith(".scale"):
-            continue
-        scale = diffs.get(f"{name}.scale", 0.0)
+    for name in compared_outputs(diffs):
+        diff, scale = diffs[name], diffs.get(f"{name}.scale", 0.0)
         if diff > atol + rtol * scale:
             failed.append(f"{name} {diff:.2e} > {atol:g} + {rtol:g} x {scale:.3g}")
     return failed
