@@ -214,25 +214,36 @@ def _train_ddp(args: list[str], cwd: Path) -> dict:
 
 
 @pytest.mark.slow  # three 2-process CLI runs: 70 to 120 s on 2 cores
-def test_a_ddp_run_resumed_after_an_epoch_ends_as_the_uninterrupted_one(
-    tmp_path, shapes_root
+@pytest.mark.parametrize("stop", ["epoch-end", "mid-epoch"])
+def test_a_ddp_run_resumed_after_a_stop_ends_as_the_uninterrupted_one(
+    tmp_path, shapes_root, stop
 ) -> None:
-    """The CLI under ``trainer=ddp_cpu``: stopped after epoch 0 and resumed, every rank's
-    generators end where the uninterrupted run's do, and so do the weights (rank 1's dropout
-    and augmentation draws enter them through the averaged gradients)."""
+    """The CLI under ``trainer=ddp_cpu``, stopped and resumed: every rank's generators end where
+    the uninterrupted run's do, and so do the weights (rank 1's dropout and augmentation draws
+    enter them through the averaged gradients). Stopped after epoch 0, or killed (SIGKILL, every
+    rank) after step 2, the last of epoch 0, whose save is lost: the resume starts from the
+    every-step ``last.ckpt`` of step 1, mid-epoch (each rank's batch position and its states)."""
     common = ["trainer=ddp_cpu", "schedule=smoke", f"paths.shapes_dir={shapes_root}", *TINY,
-              "trainer.max_epochs=2", "test=false"]  # fmt: skip
+              "trainer.max_epochs=2", "test=false",
+              "callbacks.model_checkpoint.every_n_train_steps=1"]  # fmt: skip
 
     def probe(name: str) -> list[str]:
         return ["+callbacks.rng_probe._target_=reliability_support.RngProbe",
                 f"+callbacks.rng_probe.folder={tmp_path / name}"]  # fmt: skip
 
     straight = _train_ddp([*common, *probe("straight_rng")], tmp_path / "straight")
-    stop = [
-        "+callbacks.stop._target_=reliability_support.StopAfterEpoch",
-        "+callbacks.stop.epoch=0",
-    ]
-    assert _train_ddp([*common, *stop], tmp_path / "stopped")["global_step"] == 2
+    if stop == "epoch-end":
+        ends = ["+callbacks.stop._target_=reliability_support.StopAfterEpoch",
+                "+callbacks.stop.epoch=0"]  # fmt: skip
+        assert _train_ddp([*common, *ends], tmp_path / "stopped")["global_step"] == 2
+    else:
+        (tmp_path / "stopped").mkdir()
+        kill = ["+callbacks.kill._target_=reliability_support.KillAtStep", "+callbacks.kill.step=2"]
+        killed = run("train", [*common, *kill], tmp_path / "stopped", timeout=300)
+        assert killed.returncode == -9, (killed.stdout + killed.stderr)[-3000:]
+        (last,) = (tmp_path / "stopped").rglob("last.ckpt")
+        saved = torch.load(last, weights_only=True)
+        assert saved["global_step"] == 1 and len(saved["callbacks"]["RngStates"]["ranks"]) == 2
     resumed = _train_ddp([*common, *probe("resumed_rng"), "ckpt_path=last"], tmp_path / "stopped")
     assert resumed["global_step"] == straight["global_step"] == 4  # 2 steps an epoch per rank
     for rank in (0, 1):

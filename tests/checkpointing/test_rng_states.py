@@ -127,7 +127,7 @@ def test_a_checkpoint_after_the_epoch_end_or_after_a_draw_holds_rank_0s_states_o
     callback, _ = _two_ranks(monkeypatch, rank1_seed=11)
     torch.rand(1)  # something drew between the exchange and the save
     assert RANKS not in callback.state_dict()
-    assert "moved between the epoch end's exchange" in caplog.text
+    assert "moved between the ranks' exchange" in caplog.text
 
 
 def test_a_one_process_run_exchanges_nothing(monkeypatch) -> None:
@@ -135,3 +135,18 @@ def test_a_one_process_run_exchanges_nothing(monkeypatch) -> None:
     callback = RngStates()
     callback.on_train_epoch_end(SimpleNamespace(world_size=1), None)
     assert RANKS not in callback.state_dict()
+
+
+def test_a_last_ckpt_written_every_n_steps_holds_every_ranks_states(monkeypatch) -> None:
+    rank1 = {"torch": torch.zeros(1)}
+    monkeypatch.setattr(rng_states, "gather", lambda states, world_size: [states, rank1])
+    callback = RngStates()
+    callback.setup(SimpleNamespace(global_rank=0), None, "validate")
+    for writes in (False, True):
+        checkpoint = SimpleNamespace(writes_last_after_batch=lambda trainer, w=writes: w)
+        trainer = SimpleNamespace(world_size=2, checkpoint_callbacks=[checkpoint])
+        callback.on_train_batch_start(trainer, None, None, 0)
+        callback.on_train_batch_end(trainer, None, None, None, 0)
+        saved = callback.state_dict()
+        assert (RANKS in saved) is writes  # no exchange at the steps that write nothing
+    assert saved[RANKS][1] is rank1

@@ -202,7 +202,7 @@ def test_the_training_order_follows_the_run_seed(tmp_path):
         torch.manual_seed(5)  # what seed_everything(seed) leaves
         dm = DetrDataModule(*tr, *tr, num_workers=0, group_by_aspect_ratio=grouped, **TINY)
         loader = dm.train_dataloader()
-        sampler = loader.batch_sampler.sampler if grouped else loader.sampler
+        sampler = loader.batch_sampler.sampler
         assert isinstance(sampler, EpochRandomSampler) and sampler.seed == 5
         assert not isinstance(dm.val_dataloader().sampler, EpochRandomSampler)
 

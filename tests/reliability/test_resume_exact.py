@@ -50,3 +50,24 @@ def test_a_resumed_run_ends_with_the_weights_of_the_uninterrupted_one(
     differing = [k for k, v in straight["state_dict"].items()
                  if not torch.equal(v, resumed["state_dict"][k])]  # fmt: skip
     assert differing == []
+
+
+def test_a_run_resumed_after_a_sigterm_mid_epoch_ends_with_the_weights_of_the_uninterrupted_one(
+    tmp_path, shapes_root
+) -> None:
+    """SIGTERM after step 4, the second of epoch 1's three: the resume trains that epoch's last
+    two batches (data/epoch_streams.py) with the generators as they were at the stop."""
+    common = ["schedule=smoke", f"paths.shapes_dir={shapes_root}", *TINY, "trainer.max_epochs=2",
+              "test=false"]  # fmt: skip
+    straight = _train(common, tmp_path / "straight")
+    term = ["+callbacks.term._target_=reliability_support.TermAtStep", "+callbacks.term.step=4"]
+    (tmp_path / "stopped").mkdir()
+    stopped = run("train", [*common, *term], tmp_path / "stopped")
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    resumed = _train([*common, "ckpt_path=last"], tmp_path / "stopped")
+    assert resumed["global_step"] == straight["global_step"] == 6
+    # before: the resumed epoch trained on its first two batches again, with the generators of
+    # the process start
+    differing = [k for k, v in straight["state_dict"].items()
+                 if not torch.equal(v, resumed["state_dict"][k])]  # fmt: skip
+    assert differing == []

@@ -87,13 +87,17 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
         batch_idx: int,
     ) -> None:  # fmt: skip
+        if self.writes_last_after_batch(trainer):
+            self.write_last(trainer)
+
+    def writes_last_after_batch(self, trainer: L.Trainer) -> bool:
+        """Whether this training batch's end writes ``last.ckpt`` (every n steps; the same answer
+        on every DDP rank)."""
         n = self.last_every_n_train_steps
         if n < 1 or trainer.global_step % n != 0 or trainer.global_step == self._last_written_step:
-            return
+            return False
         # The epoch end writes moments later (with the validation results): no need to write twice.
-        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            return
-        self.write_last(trainer)
+        return not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
 
     @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

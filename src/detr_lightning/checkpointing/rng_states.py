@@ -7,13 +7,14 @@ of each epoch's data-loader workers, all from the torch CPU generator (CUDA's on
 numpy and Python's ``random`` where user code draws. ``seed_everything`` at the start of a
 resumed process sets them to the run's first state; this callback puts back the state at the
 checkpoint when the resumed run's first training epoch starts (not at load time: building the
-trainer and a sanity check draw numbers that the uninterrupted run did not draw there).
+trainer and a sanity check draw numbers that the uninterrupted run did not draw there), or, for a
+checkpoint written mid-epoch, when training starts, before the resumed epoch reads its next batch.
 
-With the data in the main process (``data.num_workers=0``) or workers that are re-created every
-epoch, a run resumed from an epoch-end checkpoint then trains exactly as the uninterrupted run
-(CPU, deterministic kernels). Persistent workers keep their own generators, which no checkpoint
-holds, and a mid-epoch checkpoint restarts its epoch's order: those resumes stay statistically,
-not bitwise, equal.
+With the data in the main process (``data.num_workers=0``), a run resumed from an epoch-end or a
+mid-epoch checkpoint then trains exactly as the uninterrupted run (CPU, deterministic kernels);
+with workers re-created every epoch, from an epoch-end one. Persistent workers keep their own
+generators, which no checkpoint holds, and a worker's generator mid-epoch has drawn for the
+batches it loaded before: those resumes stay statistically, not bitwise, equal.
 
 Under DDP every process is seeded alike (``seed_everything`` before the launch), so without more
 every rank would draw the same dropout masks, denoising noise and main-process augmentation for
@@ -22,11 +23,13 @@ rank ``r > 0`` moves its generators to a state derived from the shared one and `
 (:func:`separate_rank_streams`; rank 0 keeps the run's streams, the data order keeps the run's
 seed).
 
-Checkpoints written at the end of a training epoch hold every rank's states (``rng_ranks.py``), and
-on a resume with as many processes each rank puts back its own: every rank continues its streams
-exactly. The ranks exchange their states (``all_gather``) in ``on_train_epoch_end``, a hook every
-rank runs at the same point and before the checkpoint callbacks' (Lightning runs those last), and
-rank 0's ``state_dict`` returns them. Not inside ``state_dict``, which Lightning calls on each rank
+Checkpoints written at the end of a training epoch, and the ``last.ckpt`` written every n steps,
+hold every rank's states (``rng_ranks.py``), and on a resume with as many processes each rank puts
+back its own: every rank continues its streams exactly. The ranks exchange their states
+(``all_gather``) in ``on_train_epoch_end``, and in ``on_train_batch_end`` at the steps whose end
+writes ``last.ckpt`` (``BestAndLastCheckpoint.writes_last_after_batch``): hooks every rank runs
+at the same point and before the checkpoint callbacks' (Lightning runs those last). Rank 0's
+``state_dict`` returns them. Not inside ``state_dict``, which Lightning calls on each rank
 that saves: a collective there needs every rank to save at the same point. Our saves do (epoch end,
 every n steps, top-k at validation end, train end, a SIGTERM every rank gets at the same step), but
 not every save must: ``trainer.save_checkpoint`` from rank-0-only code, a SIGTERM that one rank acts
@@ -34,8 +37,8 @@ on a batch before the others (Lightning syncs rank 0's flag when a step starts, 
 stops on its own flag when a step ends). There the collective would wait for ever, or pair with
 another one of the other ranks; an exchange no save depends on cannot. The exchange is kept until
 the next training batch starts, and used only while rank 0's generators are still where they were at
-the exchange, so a checkpoint written later (mid-epoch: every n steps, SIGTERM; a top-k save at
-validation end) holds rank 0's states only, as before.
+the exchange, so a checkpoint written at another point (SIGTERM; a top-k save at a validation
+end) holds rank 0's states only, as before.
 
 A resume from such a checkpoint, from one written before per-rank states, or on another number
 of processes falls back to the earlier behaviour, with a logged line (rank 0): rank 0 continues
@@ -101,7 +104,8 @@ def separate_rank_streams(rank: int) -> None:
 
 class RngStates(L.Callback):
     """Saves :func:`capture` in every checkpoint, with every DDP rank's states in those written at
-    a training epoch's end; restores them when a resumed run's first training epoch starts.
+    a training epoch's end or every n steps; restores them when a resumed run's first training
+    epoch starts (when training starts, for a checkpoint written mid-epoch).
     Under DDP, gives each rank its own streams (:func:`separate_rank_streams`) when fitting
     starts, and after a restore of rank 0's states on a rank > 0."""
 
@@ -121,6 +125,19 @@ class RngStates(L.Callback):
         if trainer.world_size > 1:
             self._ranks = gather(capture(), trainer.world_size)
 
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int,
+    ) -> None:  # fmt: skip
+        # Only at a step that writes last.ckpt: every rank knows it (the step count), and a
+        # collective every step would cost a synchronisation each.
+        if trainer.world_size > 1 and any(
+            callable(writes := getattr(callback, "writes_last_after_batch", None))
+            and writes(trainer)
+            for callback in trainer.checkpoint_callbacks
+        ):
+            self._ranks = gather(capture(), trainer.world_size)
+
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -133,8 +150,8 @@ class RngStates(L.Callback):
             # Something drew random numbers between the exchange and this save: on rank 0 the
             # list would not be the checkpoint's moment, on another rank its entry is stale.
             log.warning(
-                "rank %d's random generators moved between the epoch end's exchange of states "
-                "and this checkpoint: a resume from it does not continue every rank's streams "
+                "rank %d's random generators moved between the ranks' exchange of states and "
+                "this checkpoint: a resume from it does not continue every rank's streams "
                 "exactly", self._rank,
             )  # fmt: skip
             ranks = None
@@ -143,7 +160,16 @@ class RngStates(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restore = dict(state_dict) if state_dict else None
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning (2.6) does not call on_train_epoch_start for an epoch it resumes part-way:
+        # the states go back here, before the resumed epoch's next batch is read.
+        if trainer.fit_loop.restarted_mid_epoch:
+            self._put_back(trainer)
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._put_back(trainer)
+
+    def _put_back(self, trainer: L.Trainer) -> None:
         if self._restore is None:
             return
         states, own = states_for_rank(self._restore, trainer.global_rank, trainer.world_size)

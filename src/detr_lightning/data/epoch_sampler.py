@@ -7,8 +7,8 @@ epoch 0's order, and a job pre-empted again and again saw the same leading image
 ``seed + e`` (Lightning calls ``set_epoch`` at every epoch start, resumed or not; with worker
 processes the resumed epoch's iterator is remade after it, ``data/epoch_streams.py``), and leaves
 the global random state to the model. Under DDP Lightning replaces it by a ``DistributedSampler``,
-which already orders by seed and epoch. A run resumed mid-epoch restarts that epoch's order
-from its beginning for the batches that remain (Lightning does not skip the ones already seen).
+which already orders by seed and epoch. A run resumed mid-epoch goes on at the next batch of that
+epoch's order (``data/resumable_batches.py``; Lightning itself would restart the order).
 """
 
 from __future__ import annotations

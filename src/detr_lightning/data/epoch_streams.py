@@ -18,17 +18,27 @@ starts, before Lightning makes the epoch's iterator, and in the first epoch of a
 remakes the iterator that was made before the restore. Persistent workers are made once per
 process and keep their own generators, which no checkpoint holds: with
 ``data.persistent_workers=true`` the order is right, the augmentation draws after a resume
-differ (statistically equal). A checkpoint written mid-epoch restarts that epoch's order.
+differ (statistically equal).
+
+A checkpoint written mid-epoch (every ``n`` steps, SIGTERM) holds Lightning's count of the
+interrupted epoch's batches; when the resumed epoch starts, the training batch sampler is set to
+begin after them (:mod:`detr_lightning.data.resumable_batches`), so the remaining batches are the
+ones the uninterrupted run trained on next. A loader whose batch sampler cannot (one a user's
+datamodule made) restarts that epoch's order, with a warning.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
+from typing import Any
 
 import lightning as L
+from lightning.fabric.utilities.data import _set_sampler_epoch
 from torch.utils.data import DataLoader
 
 from detr_lightning.checkpointing.rng_states import derive_seed
+from detr_lightning.data.resumable_batches import ResumableBatches
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +51,8 @@ def epoch_seed(seed: int, epoch: int) -> int:
 class EpochStreams(L.Callback):
     """At each training epoch start: the training loader's generator seeded with
     :func:`epoch_seed` ``(seed, epoch)``; in a resumed fit's first epoch, the iterator remade
-    (in the sampler's resumed epoch, with that epoch's worker seeds).
+    (in the sampler's resumed epoch, with that epoch's worker seeds, after the batches a
+    mid-epoch checkpoint's run had trained on).
 
     Args:
         seed: the run's seed (``cfg.seed``).
@@ -50,6 +61,22 @@ class EpochStreams(L.Callback):
     def __init__(self, seed: int) -> None:
         self.seed = int(seed)
         self._started = False
+        self._saved_at: tuple[int, int] | None = None  # (epoch, its batches done) in the checkpoint
+
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
+        if progress and "epoch" in checkpoint:
+            # batches whose training step ran: what Lightning counts as done when it resumes
+            self._saved_at = (int(checkpoint["epoch"]), int(progress["current"]["processed"]))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning (2.6) does not call on_train_epoch_start for an epoch it resumes part-way,
+        # and sets the samplers' epoch only after this hook.
+        if trainer.fit_loop.restarted_mid_epoch:
+            _set_sampler_epoch(trainer.train_dataloader, trainer.current_epoch)
+            self.on_train_epoch_start(trainer, pl_module)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         loader = trainer.train_dataloader
@@ -57,9 +84,43 @@ class EpochStreams(L.Callback):
         if isinstance(loader, DataLoader) and loader.generator is not None:
             loader.generator.manual_seed(epoch_seed(self.seed, epoch))
         first, self._started = not self._started, True
-        if first and epoch > 0 and isinstance(loader, DataLoader) and loader.num_workers > 0:
+        if not (first and isinstance(loader, DataLoader)):
+            return
+        done = self._batches_done(epoch, trainer.num_training_batches)
+        if done and not self._start_at(loader, done, epoch):
+            done = 0
+        if (loader.num_workers > 0 and epoch > 0) or done:
             fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
             if fetcher is None:  # a Lightning without it: the resumed epoch keeps epoch 0's order
                 log.warning("Resumed epoch %d: its data order could not be restored.", epoch)
                 return
             iter(fetcher)  # Lightning reuses this iterator for the resumed epoch
+
+    def _batches_done(self, epoch: int, total: float) -> int:
+        """How many of ``epoch``'s ``total`` batches the checkpoint's run trained on; 0 when it
+        trained none or all of them (ended an earlier epoch, or was stopped in the epoch-end
+        validation): then no batch of this epoch is read, and the start would stay for the next
+        epoch's pass."""
+        saved, self._saved_at = self._saved_at, None
+        if saved is None or saved[0] != epoch or saved[1] >= total:
+            return 0
+        return saved[1]
+
+    @staticmethod
+    def _start_at(loader: DataLoader, done: int, epoch: int) -> bool:
+        """Set the loader's next pass to begin at batch ``done``; False if it cannot."""
+        batches = loader.batch_sampler
+        if not isinstance(batches, ResumableBatches):
+            log.warning(
+                "Resumed mid-epoch %d after %d batches: the training loader's batch sampler (%s) "
+                "cannot start part-way, so the epoch's remaining batches restart its order",
+                epoch, done, type(batches).__name__,
+            )  # fmt: skip
+            return False
+        batches.start_at(done)
+        log.info("Resumed mid-epoch %d: its order continues at batch %d", epoch, done)
+        # Lightning warns of a mid-epoch resume unless the loader has a state_dict of its own;
+        # its position is restored here instead.
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended "
+                                "before the epoch ended")  # fmt: skip
+        return True

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from detr_lightning.data.epoch_sampler import EpochRandomSampler
 from detr_lightning.data.eval_sampler import WholeBatchDistributedSampler
+from detr_lightning.data.resumable_batches import ResumableBatchSampler
 from detr_lightning.data.sampler import (
     AspectRatioGroupedBatchSampler,
     aspect_ratio_groups,
@@ -23,15 +24,17 @@ def training_loader(
 ) -> DataLoader:
     """Each image once per epoch (:class:`EpochRandomSampler` seeded with the run's ``seed``);
     with ``grouped``, batches of one aspect-ratio group (:mod:`detr_lightning.data.sampler`).
+    Either batch sampler can start a resumed epoch where it was interrupted
+    (:mod:`detr_lightning.data.resumable_batches`).
     ``worker_kwargs``: num_workers, pin_memory, persistent_workers, collate_fn."""
     order = EpochRandomSampler(dataset, seed)
     if grouped:
         batches = AspectRatioGroupedBatchSampler(order, aspect_ratio_groups(image_sizes(dataset)),
                                                  batch_size)  # fmt: skip
-        return DataLoader(dataset, batch_sampler=batches, generator=_worker_seeds(seed),
-                          **worker_kwargs)  # fmt: skip
-    return DataLoader(dataset, batch_size=batch_size, sampler=order, drop_last=False,
-                      generator=_worker_seeds(seed), **worker_kwargs)  # fmt: skip
+    else:
+        batches = ResumableBatchSampler(order, batch_size, drop_last=False)
+    return DataLoader(dataset, batch_sampler=batches, generator=_worker_seeds(seed),
+                      **worker_kwargs)  # fmt: skip
 
 
 def evaluation_loader(dataset: Dataset, batch_size: int, **worker_kwargs: Any) -> DataLoader:

@@ -13,6 +13,9 @@ after group in batches of ``batch_size``, so an epoch has exactly ``ceil(n / bat
 batches (``floor`` with ``drop_last``), every index of the sampler appears exactly once, and
 at most ``groups - 1`` batches (the tail) mix two groups.
 
+A resumed run can start a pass part-way through the epoch (``start_at``, from
+:mod:`detr_lightning.data.resumable_batches`).
+
 DDP: under Lightning the sampler argument is replaced by a ``DistributedSampler`` (this class
 subclasses ``BatchSampler`` and names its argument ``sampler``, so Lightning re-instantiates it
 per rank, and calls ``set_epoch`` on that sampler). Every rank then gets the same number of
@@ -26,6 +29,8 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 from torch.utils.data import BatchSampler, Dataset, Sampler
+
+from detr_lightning.data.resumable_batches import ResumableBatches
 
 
 def image_sizes(dataset: Dataset) -> np.ndarray:
@@ -50,7 +55,7 @@ def aspect_ratio_groups(sizes: np.ndarray, bins: Sequence[float] = (1.0,)) -> li
     return [bisect.bisect_left(edges, float(r)) for r in ratios]
 
 
-class AspectRatioGroupedBatchSampler(BatchSampler):
+class AspectRatioGroupedBatchSampler(ResumableBatches, BatchSampler):
     """Batches of ``batch_size`` indices from ``sampler`` sharing a group id (module docstring).
 
     Args:
@@ -77,7 +82,7 @@ class AspectRatioGroupedBatchSampler(BatchSampler):
         self.batch_size = int(batch_size)
         self.drop_last = bool(drop_last)
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def batches(self) -> Iterator[list[int]]:
         buffers: dict[int, list[int]] = {}
         for idx in self.sampler:
             buffer = buffers.setdefault(self.group_ids[idx], [])
