@@ -23,8 +23,10 @@ differ (statistically equal).
 A checkpoint written mid-epoch (every ``n`` steps, SIGTERM) holds Lightning's count of the
 interrupted epoch's batches; when the resumed epoch starts, the training batch sampler is set to
 begin after them (:mod:`detr_lightning.data.resumable_batches`), so the remaining batches are the
-ones the uninterrupted run trained on next. A loader whose batch sampler cannot (one a user's
-datamodule made) restarts that epoch's order, with a warning.
+ones the uninterrupted run trained on next. The position is a count of batches, as Lightning's:
+resumed with other settings (devices, ``data.batch_size``, under ``resume_recipe=config``) it
+skips as many batches of the new size, not the same images. A loader whose batch sampler cannot
+(one a user's datamodule made) restarts that epoch's order, with a warning.
 """
 
 from __future__ import annotations
