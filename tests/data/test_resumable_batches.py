@@ -4,14 +4,12 @@ Lightning keeps the class around its DistributedSampler."""
 from __future__ import annotations
 
 import pytest
-from coco_files import write_coco
-from torch.utils.data import BatchSampler, DistributedSampler
+from lightning_loaders import rank_1_of_2, requested_training_loader
+from torch.utils.data import BatchSampler
 
-from detr_lightning.data.datamodule import DetrDataModule
 from detr_lightning.data.epoch_sampler import EpochRandomSampler
 from detr_lightning.data.resumable_batches import ResumableBatchSampler
 from detr_lightning.data.sampler import AspectRatioGroupedBatchSampler
-from detr_lightning.data.transforms import make_eval_transforms
 
 
 @pytest.mark.parametrize("grouped", [False, True])
@@ -44,19 +42,9 @@ def test_a_negative_start_is_refused() -> None:
 
 
 def test_lightning_keeps_the_plain_one_around_a_distributed_sampler(tmp_path) -> None:
-    from lightning.fabric.utilities.data import _replace_dunder_methods
-    from lightning.pytorch.utilities.data import _update_dataloader
-
-    sizes = [(64, 48)] * 6
-    boxes = [{"id": i, "image_id": i, "category_id": 1, "bbox": [1, 1, 8, 8]} for i in range(1, 7)]
-    images, ann = write_coco(tmp_path, sizes, boxes)
-    dm = DetrDataModule(images, ann, batch_size=2, num_workers=0, group_by_aspect_ratio=False,
-                        train_transforms=make_eval_transforms(64))  # fmt: skip
-    with _replace_dunder_methods(BatchSampler):  # what Lightning does around *_dataloader()
-        loader = dm.train_dataloader()
+    dm, loader = requested_training_loader(tmp_path, [(64, 48)] * 6, grouped=False)
     assert isinstance(loader.batch_sampler, ResumableBatchSampler)
-    dist = DistributedSampler(dm.datasets["train"], num_replicas=2, rank=1, shuffle=True)
-    ddp_loader = _update_dataloader(loader, dist)
+    ddp_loader, dist = rank_1_of_2(dm, loader)
     batches = ddp_loader.batch_sampler
     assert isinstance(batches, ResumableBatchSampler) and batches.sampler is dist
     whole = list(batches)

@@ -3,16 +3,14 @@
 import numpy as np
 import pytest
 import torch
-from coco_files import write_coco
-from torch.utils.data import BatchSampler, DistributedSampler, RandomSampler
+from lightning_loaders import rank_1_of_2, requested_training_loader
+from torch.utils.data import DistributedSampler, RandomSampler
 
-from detr_lightning.data.datamodule import DetrDataModule
 from detr_lightning.data.sampler import (
     AspectRatioGroupedBatchSampler,
     aspect_ratio_groups,
     image_sizes,
 )
-from detr_lightning.data.transforms import make_eval_transforms
 
 
 def _coco_like_sizes(n: int, seed: int = 0) -> np.ndarray:
@@ -73,22 +71,13 @@ def test_ranks_get_equal_batch_counts_and_cover_every_image() -> None:
 
 
 def test_lightning_reinstantiates_it_around_a_distributed_sampler(tmp_path) -> None:
-    from lightning.fabric.utilities.data import _replace_dunder_methods
-    from lightning.pytorch.utilities.data import _update_dataloader
-
     sizes = [(64, 48), (48, 64), (80, 40), (40, 80), (64, 64), (96, 48), (72, 64), (32, 64)]
-    boxes = [{"id": i, "image_id": i, "category_id": 1, "bbox": [1, 1, 8, 8]} for i in range(1, 9)]
-    images, ann = write_coco(tmp_path, sizes, boxes)
-    dm = DetrDataModule(images, ann, batch_size=2, num_workers=0, group_by_aspect_ratio=True,
-                        train_transforms=make_eval_transforms(64))  # fmt: skip
-    with _replace_dunder_methods(BatchSampler):  # what Lightning does around *_dataloader()
-        loader = dm.train_dataloader()
+    dm, loader = requested_training_loader(tmp_path, sizes, grouped=True)
     groups = aspect_ratio_groups(image_sizes(dm.datasets["train"]))
     assert groups == [1, 0, 1, 0, 0, 1, 1, 0]  # sizes are (w, h); 4 + 4: no mixed tail
     for batch in loader:  # real batches: padded to one orientation only
         assert len({bool(t["size"][1] > t["size"][0]) for t in batch.targets}) == 1
-    dist = DistributedSampler(dm.datasets["train"], num_replicas=2, rank=1, shuffle=True)
-    ddp_loader = _update_dataloader(loader, dist)
+    ddp_loader, dist = rank_1_of_2(dm, loader)
     assert isinstance(ddp_loader.batch_sampler, AspectRatioGroupedBatchSampler)
     assert ddp_loader.batch_sampler.sampler is dist
     assert len(ddp_loader.batch_sampler) == 2  # 4 of the 8 images per rank, batches of 2
