@@ -1,12 +1,13 @@
 """Every DDP rank's random-generator states in one checkpoint, and which of them a resumed rank
 puts back (the callback that calls these is ``rng_states.RngStates``; why it exchanges the
-states at the end of each training epoch and not while a checkpoint is written is told there).
+states at the end of each training epoch and at the steps that write ``last.ckpt`` every n steps,
+and not while a checkpoint is written, is told there).
 
 A checkpoint's ``RngStates`` entry holds rank 0's states at its top level (``rng_states.capture``:
 what every checkpoint held before per-rank states, so older code and older checkpoints read the
-same way) and, in checkpoints written at the end of a training epoch under DDP, ``ranks``: a
-list of ``world_size`` such dicts, entry ``r`` the states of rank ``r`` (entry 0 is rank 0's
-again).
+same way) and, in checkpoints written at the end of a training epoch or every n steps under
+DDP, ``ranks``: a list of ``world_size`` such dicts, entry ``r`` the states of rank ``r`` (entry 0
+is rank 0's again).
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ def states_for_rank(
     which a rank > 0 then derives its streams (False; ``rng_states.separate_rank_streams``).
 
     Rank 0 always gets rank 0's states. A rank > 0 gets its own when the checkpoint holds as many
-    ranks as the run has; otherwise (a checkpoint from before per-rank states, one written
-    mid-epoch or at a validation's top-k save, or one saved by another number of processes)
+    ranks as the run has; otherwise (a checkpoint from before per-rank states, one written at a
+    SIGTERM or a validation's top-k save, or one saved by another number of processes)
     rank 0's, and rank 0 logs once what the other ranks do.
     """
     ranks = saved.get(RANKS) or []
@@ -74,7 +75,7 @@ def _explain(saved_ranks: int, world_size: int) -> None:
         )  # fmt: skip
     elif world_size > 1:
         log.info(
-            "the checkpoint holds rank 0's random generator states only (written mid-epoch, "
+            "the checkpoint holds rank 0's random generator states only (written at a SIGTERM, "
             "by a top-k save, or before per-rank states): rank 0 continues its streams, the "
             "other ranks derive new ones from rank 0's (reproducible, not the interrupted run's)"
         )

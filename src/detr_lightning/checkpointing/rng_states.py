@@ -112,7 +112,7 @@ class RngStates(L.Callback):
     def __init__(self) -> None:
         self._restore: dict[str, Any] | None = None
         self._rank = 0
-        self._ranks: list[dict[str, Any]] | None = None  # every rank's states at the epoch end
+        self._ranks: list[dict[str, Any]] | None = None  # every rank's, at the last exchange
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._rank = trainer.global_rank
