@@ -1,6 +1,6 @@
-"""A run stopped after an epoch and resumed with ``ckpt_path=last`` trains exactly as the run that
-was not stopped: same order, same augmentation and dropout draws, same weights (CPU; data in the
-main process, or in worker processes made every epoch)."""
+"""A run stopped after an epoch or mid-epoch and resumed with ``ckpt_path=last`` trains exactly as
+the run that was not stopped: same order, same augmentation and dropout draws, same weights (CPU;
+data in the main process, in worker processes made every epoch, or in persistent ones)."""
 
 from __future__ import annotations
 
@@ -52,13 +52,21 @@ def test_a_resumed_run_ends_with_the_weights_of_the_uninterrupted_one(
     assert differing == []
 
 
+@pytest.mark.parametrize(
+    "workers",
+    [["data.num_workers=0"], ["data.num_workers=2", "data.persistent_workers=true"]],
+    ids=["main-process", "persistent-workers"],
+)
 def test_a_run_resumed_after_a_sigterm_mid_epoch_ends_with_the_weights_of_the_uninterrupted_one(
-    tmp_path, shapes_root
+    tmp_path, shapes_root, workers
 ) -> None:
     """SIGTERM after step 4, the second of epoch 1's three: the resume trains that epoch's last
-    two batches (data/epoch_streams.py) with the generators as they were at the stop."""
-    common = ["schedule=smoke", f"paths.shapes_dir={shapes_root}", *TINY, "trainer.max_epochs=2",
-              "test=false"]  # fmt: skip
+    two batches (data/epoch_streams.py) with the generators as they were at the stop and, with
+    persistent workers (whose generators no checkpoint holds, and which had loaded other
+    batches before), the same augmentation of those batches (data/sample_seeds.py)."""
+    tiny = [a for a in TINY if not a.startswith("data.num_workers=")]
+    common = ["schedule=smoke", f"paths.shapes_dir={shapes_root}", *tiny, *workers,
+              "trainer.max_epochs=2", "test=false"]  # fmt: skip
     straight = _train(common, tmp_path / "straight")
     term = ["+callbacks.term._target_=reliability_support.TermAtStep", "+callbacks.term.step=4"]
     (tmp_path / "stopped").mkdir()

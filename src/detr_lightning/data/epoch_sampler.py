@@ -19,7 +19,8 @@ from torch.utils.data import Dataset, RandomSampler
 
 class EpochRandomSampler(RandomSampler):
     """Each index of ``data_source`` once per epoch, in the order of ``randperm`` seeded with
-    ``seed + epoch``."""
+    ``seed + epoch``. ``seed`` and ``epoch`` also seed each sample's augmentation
+    (:mod:`detr_lightning.data.sample_seeds`)."""
 
     def __init__(self, data_source: Dataset, seed: int) -> None:
         super().__init__(data_source, generator=torch.Generator())
@@ -28,4 +29,5 @@ class EpochRandomSampler(RandomSampler):
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration epoch ``epoch``'s order (called by Lightning)."""
+        self.epoch = int(epoch)
         self.generator.manual_seed((self.seed + int(epoch)) % 2**64)

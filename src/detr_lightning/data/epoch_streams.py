@@ -9,16 +9,16 @@ Two things made a resumed epoch differ when ``data.num_workers > 0``:
   ``set_epoch``; a worker iterator reads its first indices as it is made, so the resumed
   epoch ran in epoch 0's order (:class:`~detr_lightning.data.epoch_sampler.EpochRandomSampler`
   or, under DDP, Lightning's ``DistributedSampler``).
-- **The augmentation.** Every epoch's workers are seeded from a base seed that the iterator
+- **The workers' seeds.** Every epoch's workers are seeded from a base seed that the iterator
   draws from the training loader's own generator (``data/loaders.py``): epoch ``e`` drew the
-  ``e + 1``-th number of it, a resumed process its first.
+  ``e + 1``-th number of it, a resumed process its first. The samples' augmentation no longer
+  draws from them (each sample's draws are seeded from ``(seed, epoch, index)``:
+  ``data/sample_seeds.py``, which also covers persistent workers, made once per process with
+  generators no checkpoint holds); what a collate function draws in a worker still does.
 
 :class:`EpochStreams` seeds that generator with ``(seed, epoch)`` when each training epoch
 starts, before Lightning makes the epoch's iterator, and in the first epoch of a resumed fit
-remakes the iterator that was made before the restore. Persistent workers are made once per
-process and keep their own generators, which no checkpoint holds: with
-``data.persistent_workers=true`` the order is right, the augmentation draws after a resume
-differ (statistically equal).
+remakes the iterator that was made before the restore.
 
 A checkpoint written mid-epoch (every ``n`` steps, SIGTERM) holds Lightning's count of the
 interrupted epoch's batches; when the resumed epoch starts, the training batch sampler is set to

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from detr_lightning.data.epoch_sampler import EpochRandomSampler
 from detr_lightning.data.eval_sampler import WholeBatchDistributedSampler
 from detr_lightning.data.resumable_batches import ResumableBatchSampler
+from detr_lightning.data.sample_seeds import SeededSamples
 from detr_lightning.data.sampler import (
     AspectRatioGroupedBatchSampler,
     aspect_ratio_groups,
@@ -25,7 +26,9 @@ def training_loader(
     """Each image once per epoch (:class:`EpochRandomSampler` seeded with the run's ``seed``);
     with ``grouped``, batches of one aspect-ratio group (:mod:`detr_lightning.data.sampler`).
     Either batch sampler can start a resumed epoch where it was interrupted
-    (:mod:`detr_lightning.data.resumable_batches`).
+    (:mod:`detr_lightning.data.resumable_batches`), and each sample's augmentation is drawn from
+    ``(seed, epoch, index)`` (:mod:`detr_lightning.data.sample_seeds`; the loader's dataset is
+    ``SeededSamples(dataset)``).
     ``worker_kwargs``: num_workers, pin_memory, persistent_workers, collate_fn."""
     order = EpochRandomSampler(dataset, seed)
     if grouped:
@@ -33,8 +36,8 @@ def training_loader(
                                                  batch_size)  # fmt: skip
     else:
         batches = ResumableBatchSampler(order, batch_size, drop_last=False)
-    return DataLoader(dataset, batch_sampler=batches, generator=_worker_seeds(seed),
-                      **worker_kwargs)  # fmt: skip
+    return DataLoader(SeededSamples(dataset), batch_sampler=batches,
+                      generator=_worker_seeds(seed), **worker_kwargs)  # fmt: skip
 
 
 def evaluation_loader(dataset: Dataset, batch_size: int, **worker_kwargs: Any) -> DataLoader:
@@ -48,9 +51,10 @@ def evaluation_loader(dataset: Dataset, batch_size: int, **worker_kwargs: Any) -
 
 def _worker_seeds(seed: int) -> torch.Generator:
     """The training loader's own generator: every epoch's iterator draws its workers' seed from
-    it, not from the global random state, so that the model's random numbers (dropout, the
-    augmentation in the main process) do not depend on how many iterators were made before
-    (a resumed run makes its first one earlier than an uninterrupted one:
-    checkpointing/rng_states.py). It is re-seeded with (seed, epoch) at every epoch start
-    (data/epoch_streams.py)."""
+    it, not from the global random state, so that the model's random numbers (dropout, noise)
+    do not depend on how many iterators were made before (a resumed run makes its first one
+    earlier than an uninterrupted one: checkpointing/rng_states.py). It is re-seeded with
+    (seed, epoch) at every epoch start (data/epoch_streams.py). The samples' augmentation does
+    not use the workers' seeds (data/sample_seeds.py); draws outside a sample's load (a
+    collate function's) do."""
     return torch.Generator().manual_seed(seed)

@@ -11,6 +11,8 @@ index lists (no image is read), and the pass after that one is whole again.
 Both training batch samplers (:class:`ResumableBatchSampler`, and the aspect-ratio grouped one in
 ``data/sampler.py``) take the index sampler as their ``sampler`` argument, so under DDP Lightning
 re-instantiates them around its ``DistributedSampler`` and each rank skips its own batches.
+Each index they hand out carries the seed of its sample's augmentation
+(:mod:`detr_lightning.data.sample_seeds`).
 """
 
 from __future__ import annotations
@@ -18,13 +20,18 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 
-from torch.utils.data import BatchSampler
+from torch.utils.data import BatchSampler, Sampler
+
+from detr_lightning.data.sample_seeds import seeded_indices
 
 
 class ResumableBatches:
     """A batch sampler mixin: :meth:`start_at` makes the next pass begin at a given batch.
-    Subclasses yield the epoch's batches from :meth:`batches`."""
+    Subclasses yield the epoch's batches from :meth:`batches`; a pass hands them out as indices
+    that carry their sample's seed (:func:`~detr_lightning.data.sample_seeds.seeded_indices`
+    of ``sampler``, the index sampler)."""
 
+    sampler: Sampler
     _start = 0
 
     def start_at(self, batch: int) -> None:
@@ -41,7 +48,8 @@ class ResumableBatches:
         # Read when the first batch is asked for, not when the iterator is made: a worker
         # DataLoader iterator makes one, drops it and makes another before reading.
         start, self._start = self._start, 0
-        yield from itertools.islice(self.batches(), start, None)
+        for batch in itertools.islice(self.batches(), start, None):
+            yield seeded_indices(batch, self.sampler)
 
 
 class ResumableBatchSampler(ResumableBatches, BatchSampler):
