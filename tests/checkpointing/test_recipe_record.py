@@ -96,6 +96,12 @@ def test_the_budget_records_its_epoch_cap_and_older_records_still_resume(caplog)
     with caplog.at_level("WARNING"):
         check_resumed_recipe(ckpt, _cfg("trainer.max_epochs=3", "resume_recipe=config"), "run.ckpt")
     assert "trainer.max_epochs: -1 in the run, 3 here" in caplog.text
+    # null and -1 both leave the epochs to the budget: no change, either way round
+    check_resumed_recipe(ckpt, _cfg("trainer.max_epochs=null"), "run.ckpt")
+    uncapped = {"callbacks": {"RecipeRecord": {"recipe": {**run, "trainer.max_epochs": None}}}}
+    check_resumed_recipe(uncapped, _cfg(), "run.ckpt")
+    with pytest.raises(CheckpointLoadError, match="trainer.max_epochs: None in the run, 3 here"):
+        check_resumed_recipe(uncapped, _cfg("trainer.max_epochs=3"), "run.ckpt")
     older = {k: v for k, v in run.items() if k != "trainer.max_epochs"}
     for cap in (-1, 3):
         check_resumed_recipe({"callbacks": {"RecipeRecord": {"recipe": older}}},

@@ -65,6 +65,15 @@ def recipe_record(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
+_ABSENT = object()
+
+
+def _compared(key: str, value: Any) -> Any:
+    """``value`` as a resume compares it: ``trainer.max_epochs`` null as -1, since under the
+    budget schedule both leave the epochs to the budget (the cosine refuses either)."""
+    return -1 if key == "trainer.max_epochs" and value is None else value
+
+
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
     if isinstance(value, dict) and value:
         for k, v in value.items():
@@ -138,7 +147,8 @@ def check_resumed_recipe(checkpoint: Any, cfg: DictConfig, path: str) -> None:
         if key not in saved:
             current.pop(key, None)
     changed = [f"{k}: {saved.get(k, '(absent)')!r} in the run, {current.get(k, '(absent)')!r} here"
-               for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]  # fmt: skip
+               for k in sorted(set(saved) | set(current))
+               if _compared(k, saved.get(k, _ABSENT)) != _compared(k, current.get(k, _ABSENT))]  # fmt: skip
     if changed and cfg.get("resume_recipe") == "config":
         log.warning("ckpt_path=%s, resume_recipe=config: these settings differ from the run's "
                     "and apply from the resumed step on:\n  - %s", path, "\n  - ".join(changed))  # fmt: skip
