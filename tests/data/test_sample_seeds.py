@@ -95,11 +95,17 @@ def _process_draws() -> tuple[float, float, float]:
     return _Draws()[0]
 
 
+def _seed_process(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
 def test_a_seeded_load_leaves_the_process_streams_as_they_were() -> None:
     data = SeededSamples(_Draws())
-    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    _seed_process(1)
     expected = _process_draws()
-    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    _seed_process(1)
     first = data[SeededIndex(2, seed=11)]
     assert _process_draws() == expected  # the load drew nothing from the process's streams
     other_stream = data[SeededIndex(2, seed=11)]  # after other draws, in another state
@@ -109,9 +115,9 @@ def test_a_seeded_load_leaves_the_process_streams_as_they_were() -> None:
 
 def test_a_plain_index_draws_from_the_process_streams() -> None:
     data = SeededSamples(_Draws())
-    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    _seed_process(1)
     expected = _process_draws()
-    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    _seed_process(1)
     assert data[2] == expected
 
 
