@@ -11,6 +11,7 @@ import math
 import lightning as L
 
 from detr_lightning.schedule import BudgetLR
+from detr_lightning.utils.distributed import settle_epoch_metrics
 
 
 def plan_steps(
@@ -48,11 +49,9 @@ def plan_steps(
 
 def agree(trainer: L.Trainer, steps_left: int, every: int) -> tuple[int, int]:
     """Rank 0's plan for every rank: each rank times its own epochs, and ranks that plan
-    different lrs or last steps drift apart and then hang. Reading the callback metrics first
-    runs the epoch's ``sync_dist`` reductions on every rank, as Lightning's EarlyStopping does
-    before its own collective: rank 0's progress bar has already run them, and a broadcast
-    meeting those reductions would deadlock."""
-    _ = trainer.callback_metrics
+    different lrs or last steps drift apart and then hang. The epoch's metric reductions run
+    first (:func:`~detr_lightning.utils.distributed.settle_epoch_metrics`)."""
+    settle_epoch_metrics(trainer)
     return trainer.strategy.broadcast((steps_left, every), src=0)
 
 

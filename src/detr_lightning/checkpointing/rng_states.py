@@ -57,6 +57,7 @@ import numpy as np
 import torch
 
 from detr_lightning.checkpointing.rng_ranks import RANKS, gather, states_for_rank
+from detr_lightning.utils.distributed import settle_epoch_metrics
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,10 @@ class RngStates(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Every rank runs this hook at the same point (the same number of batches per epoch), so
-        # the collective is safe here; the epoch-end checkpoint is written moments later.
+        # the collective is safe here once the epoch's metric reductions have paired up (rank
+        # 0's progress bar ran them already); the epoch-end checkpoint is written moments later.
         if trainer.world_size > 1:
+            settle_epoch_metrics(trainer)
             self._ranks = gather(capture(), trainer.world_size)
 
     def on_train_batch_end(

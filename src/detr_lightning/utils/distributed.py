@@ -26,6 +26,18 @@ def reduce_tensor(x: Tensor, op: str, trainer: Any | None) -> Tensor:
     return y if op == "min" else y / dist.get_world_size()
 
 
+def settle_epoch_metrics(trainer: Any) -> None:
+    """Run the epoch's pending ``sync_dist`` reductions on this rank now; call it before a
+    collective of one's own at a training epoch's end.
+
+    Lightning reduces epoch metrics when they are first read. Rank 0's progress bar reads them
+    in its ``on_train_epoch_end`` (one collective per metric); the other ranks have no progress
+    bar and read them only after the epoch-end hooks. A collective of a later callback would
+    then meet rank 0's reductions on the other ranks, and every rank would wait for ever. Read
+    here, the reductions pair up first on every rank, as Lightning's EarlyStopping does."""
+    _ = trainer.callback_metrics
+
+
 def refuse_multirun_launch(trainer: Any) -> None:
     """Stop a Hydra multirun (``-m``) job that would start its own DDP processes: Lightning starts
     each further rank by running the command line again, which under ``-m`` is the whole sweep,
