@@ -175,7 +175,7 @@ def _rng_resume_worker(rank: int, init_file: str, ckpt: str, out: torch.Tensor) 
     from detr_lightning.checkpointing.rng_states import RngStates
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    trainer = SimpleNamespace(global_rank=rank, world_size=2)
+    trainer = SimpleNamespace(global_rank=rank, world_size=2, callback_metrics={})
     for resumed in (False, True):
         torch.manual_seed(0)  # seed_everything before the launch: alike on every rank
         callback = RngStates()

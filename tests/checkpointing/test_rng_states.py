@@ -96,7 +96,7 @@ def _two_ranks(monkeypatch, rank1_seed: int) -> tuple[RngStates, list[float]]:
     callback = RngStates()
     callback.setup(SimpleNamespace(global_rank=0), None, "validate")
     torch.manual_seed(6), np.random.seed(6), random.seed(6)
-    callback.on_train_epoch_end(SimpleNamespace(world_size=2), None)
+    callback.on_train_epoch_end(SimpleNamespace(world_size=2, callback_metrics={}), None)
     return callback, rank1_next
 
 
