@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,7 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from cli import TINY, run_cli, run_dirs
 from ddp_workers import start_method
-from reliability_support import run
+from reliability_support import run, train_to_last_checkpoint
 
 from detr_lightning.data.shapes import generate_shapes_dataset
 from detr_lightning.evaluation.coco import METRIC_NAMES
@@ -211,11 +210,7 @@ def test_a_ddp_resume_from_an_epoch_end_continues_every_ranks_own_streams(tmp_pa
 
 def _train_ddp(args: list[str], cwd: Path) -> dict:
     """A ``trainer=ddp_cpu`` training run in ``cwd``; its last checkpoint."""
-    cwd.mkdir(parents=True, exist_ok=True)
-    proc = run("train", args, cwd, timeout=300)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    folder = re.findall(r"^run directory: (.+)$", proc.stdout, flags=re.M)[0]
-    return torch.load(f"{folder}/checkpoints/last.ckpt", weights_only=True)
+    return train_to_last_checkpoint(args, cwd, timeout=300)
 
 
 @pytest.mark.slow  # three 2-process CLI runs: 70 to 120 s on 2 cores

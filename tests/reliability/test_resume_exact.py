@@ -4,21 +4,10 @@ data in the main process, in worker processes made every epoch, or in persistent
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import pytest
 import torch
 from cli import TINY
-from reliability_support import run
-
-
-def _train(args: list[str], cwd: Path) -> dict:
-    cwd.mkdir(parents=True, exist_ok=True)
-    proc = run("train", args, cwd)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    folder = re.findall(r"^run directory: (.+)$", proc.stdout, flags=re.M)[0]
-    return torch.load(f"{folder}/checkpoints/last.ckpt", weights_only=True)
+from reliability_support import run, train_to_last_checkpoint
 
 
 @pytest.mark.parametrize(
@@ -39,13 +28,14 @@ def test_a_resumed_run_ends_with_the_weights_of_the_uninterrupted_one(
     tiny = [a for a in TINY if not a.startswith("data.num_workers=")]
     common = ["schedule=smoke", f"paths.shapes_dir={shapes_root}", *tiny, *workers,
               f"trainer.max_epochs={epochs}", "test=false"]  # fmt: skip
-    straight = _train(common, tmp_path / "straight")
+    straight = train_to_last_checkpoint(common, tmp_path / "straight")
     stop = [
         "+callbacks.stop._target_=reliability_support.StopAfterEpoch",
         f"+callbacks.stop.epoch={epochs - 2}",
     ]
-    assert _train([*common, *stop], tmp_path / "stopped")["global_step"] == 3 * (epochs - 1)
-    resumed = _train([*common, "ckpt_path=last"], tmp_path / "stopped")
+    stopped = train_to_last_checkpoint([*common, *stop], tmp_path / "stopped")
+    assert stopped["global_step"] == 3 * (epochs - 1)
+    resumed = train_to_last_checkpoint([*common, "ckpt_path=last"], tmp_path / "stopped")
     assert resumed["global_step"] == straight["global_step"] == 3 * epochs
     differing = [k for k, v in straight["state_dict"].items()
                  if not torch.equal(v, resumed["state_dict"][k])]  # fmt: skip
@@ -67,12 +57,12 @@ def test_a_run_resumed_after_a_sigterm_mid_epoch_ends_with_the_weights_of_the_un
     tiny = [a for a in TINY if not a.startswith("data.num_workers=")]
     common = ["schedule=smoke", f"paths.shapes_dir={shapes_root}", *tiny, *workers,
               "trainer.max_epochs=2", "test=false"]  # fmt: skip
-    straight = _train(common, tmp_path / "straight")
+    straight = train_to_last_checkpoint(common, tmp_path / "straight")
     term = ["+callbacks.term._target_=reliability_support.TermAtStep", "+callbacks.term.step=4"]
     (tmp_path / "stopped").mkdir()
     stopped = run("train", [*common, *term], tmp_path / "stopped")
     assert stopped.returncode == 143, stopped.stderr[-3000:]
-    resumed = _train([*common, "ckpt_path=last"], tmp_path / "stopped")
+    resumed = train_to_last_checkpoint([*common, "ckpt_path=last"], tmp_path / "stopped")
     assert resumed["global_step"] == straight["global_step"] == 6
     # before: the resumed epoch trained on its first two batches again, with the generators of
     # the process start

@@ -3,20 +3,15 @@ same augmented images and ends with the same weights (data/sample_seeds.py)."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
 from cli import TINY
-from reliability_support import run
+from reliability_support import train_to_last_checkpoint
 
 
 def _weights(args: list[str], cwd: Path) -> dict[str, torch.Tensor]:
-    cwd.mkdir(parents=True)
-    proc = run("train", args, cwd)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    folder = re.findall(r"^run directory: (.+)$", proc.stdout, flags=re.M)[0]
-    return torch.load(f"{folder}/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    return train_to_last_checkpoint(args, cwd)["state_dict"]
 
 
 def test_a_run_ends_with_the_same_weights_with_and_without_data_workers(

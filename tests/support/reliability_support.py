@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,6 +37,16 @@ def run(
     paths = [str(SUPPORT), os.environ.get("PYTHONPATH", "")]
     full_env = cli_env(PYTHONPATH=os.pathsep.join(p for p in paths if p), **(env or {}))
     return warm_cli.run(f"detr_lightning.{module}", args, cwd, full_env, timeout, fresh)
+
+
+def train_to_last_checkpoint(args: list[str], cwd: Path, timeout: int = 600) -> dict:
+    """A training run with ``args`` in ``cwd`` (made if missing) that must succeed; its
+    ``last.ckpt``, loaded."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    proc = run("train", args, cwd, timeout=timeout)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    folder = re.findall(r"^run directory: (.+)$", proc.stdout, flags=re.M)[0]
+    return torch.load(f"{folder}/checkpoints/last.ckpt", weights_only=True)
 
 
 class KillAtStep(L.Callback):
