@@ -214,7 +214,7 @@ def _train_ddp(args: list[str], cwd: Path) -> dict:
 
 
 @pytest.mark.slow  # three 2-process CLI runs: 70 to 120 s on 2 cores
-@pytest.mark.parametrize("stop", ["epoch-end", "mid-epoch"])
+@pytest.mark.parametrize("stop", ["epoch-end", "mid-epoch-kill", "mid-epoch-sigterm-on-rank-1"])
 def test_a_ddp_run_resumed_after_a_stop_ends_as_the_uninterrupted_one(
     tmp_path, shapes_root, stop
 ) -> None:
@@ -222,7 +222,9 @@ def test_a_ddp_run_resumed_after_a_stop_ends_as_the_uninterrupted_one(
     the uninterrupted run's do, and so do the weights (rank 1's dropout and augmentation draws
     enter them through the averaged gradients). Stopped after epoch 0, or killed (SIGKILL, every
     rank) after step 2, the last of epoch 0, whose save is lost: the resume starts from the
-    every-step ``last.ckpt`` of step 1, mid-epoch (each rank's batch position and its states)."""
+    every-step ``last.ckpt`` of step 1, mid-epoch (each rank's batch position and its states). Or
+    stopped by a SIGTERM that rank 1 alone receives during step 1 (no every-step saves): every
+    rank stops after that step, and the ``last.ckpt`` written there holds every rank's states."""
     common = ["trainer=ddp_cpu", "schedule=smoke", f"paths.shapes_dir={shapes_root}", *TINY,
               "trainer.max_epochs=2", "test=false",
               "callbacks.model_checkpoint.every_n_train_steps=1"]  # fmt: skip
@@ -238,9 +240,16 @@ def test_a_ddp_run_resumed_after_a_stop_ends_as_the_uninterrupted_one(
         assert _train_ddp([*common, *ends], tmp_path / "stopped")["global_step"] == 2
     else:
         (tmp_path / "stopped").mkdir()
-        kill = ["+callbacks.kill._target_=reliability_support.KillAtStep", "+callbacks.kill.step=2"]
-        killed = run("train", [*common, *kill], tmp_path / "stopped", timeout=300)
-        assert killed.returncode == -9, (killed.stdout + killed.stderr)[-3000:]
+        if stop == "mid-epoch-kill":
+            stops, code = ["+callbacks.kill._target_=reliability_support.KillAtStep",
+                           "+callbacks.kill.step=2"], -9  # fmt: skip
+        else:
+            stops, code = ["+callbacks.term._target_=reliability_support.TermAtStep",
+                           "+callbacks.term.step=1", "+callbacks.term.rank=1",
+                           "+callbacks.term.mid_step=true",
+                           "callbacks.model_checkpoint.every_n_train_steps=null"], 143  # fmt: skip
+        stopped = run("train", [*common, *stops], tmp_path / "stopped", timeout=300)
+        assert stopped.returncode == code, (stopped.stdout + stopped.stderr)[-3000:]
         (last,) = (tmp_path / "stopped").rglob("last.ckpt")
         saved = torch.load(last, weights_only=True)
         assert saved["global_step"] == 1 and len(saved["callbacks"]["RngStates"]["ranks"]) == 2

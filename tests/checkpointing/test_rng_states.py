@@ -7,6 +7,7 @@ import random
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
 from detr_lightning.checkpointing import rng_states
@@ -137,16 +138,28 @@ def test_a_one_process_run_exchanges_nothing(monkeypatch) -> None:
     assert RANKS not in callback.state_dict()
 
 
-def test_a_last_ckpt_written_every_n_steps_holds_every_ranks_states(monkeypatch) -> None:
+@pytest.mark.parametrize(
+    ("writes", "sigterm", "last_batch", "exchanged"),
+    [(False, False, False, False), (True, False, False, True),  # every n steps
+     (False, True, False, True),  # the ranks stop on a SIGTERM at this batch's end
+     (False, True, True, False)],  # at an epoch's last batch Lightning stops later
+)  # fmt: skip
+def test_the_ranks_states_are_exchanged_at_the_batch_ends_that_save(
+    monkeypatch, writes: bool, sigterm: bool, last_batch: bool, exchanged: bool
+) -> None:
     rank1 = {"torch": torch.zeros(1)}
     monkeypatch.setattr(rng_states, "gather", lambda states, world_size: [states, rank1])
     callback = RngStates()
     callback.setup(SimpleNamespace(global_rank=0), None, "validate")
-    for writes in (False, True):
-        checkpoint = SimpleNamespace(writes_last_after_batch=lambda trainer, w=writes: w)
-        trainer = SimpleNamespace(world_size=2, checkpoint_callbacks=[checkpoint])
-        callback.on_train_batch_start(trainer, None, None, 0)
-        callback.on_train_batch_end(trainer, None, None, None, 0)
-        saved = callback.state_dict()
-        assert (RANKS in saved) is writes  # no exchange at the steps that write nothing
-    assert saved[RANKS][1] is rank1
+    checkpoint = SimpleNamespace(writes_last_after_batch=lambda trainer: writes)
+    progress = SimpleNamespace(batch_progress=SimpleNamespace(is_last_batch=last_batch))
+    trainer = SimpleNamespace(
+        world_size=2, checkpoint_callbacks=[checkpoint], received_sigterm=sigterm,
+        fit_loop=SimpleNamespace(epoch_loop=progress),
+    )  # fmt: skip
+    callback.on_train_batch_start(trainer, None, None, 0)
+    callback.on_train_batch_end(trainer, None, None, None, 0)
+    saved = callback.state_dict()
+    assert (RANKS in saved) is exchanged
+    if exchanged:
+        assert saved[RANKS][1] is rank1

@@ -1,13 +1,13 @@
 """SIGTERM under ``trainer=ddp_cpu`` (2 processes, gloo): a scheduler pre-empting the job signals
-every process (``scancel``); here each rank signals itself after the same optimizer step. The
-ranks stop together, ``last.ckpt`` holds that step, the run exits 143 without hanging and leaves
-no process behind, and ``ckpt_path=last`` resumes under DDP."""
+every process (``scancel``), in no order, or one of them (a ``kill``); here each rank signals
+itself after the same optimizer step, or rank 1 alone in the middle of a step. The ranks stop
+together, ``last.ckpt`` holds that step, the run exits 143 without hanging and leaves no process
+behind, and ``ckpt_path=last`` resumes under DDP."""
 
 from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -16,8 +16,6 @@ import pytest
 import torch
 from cli import TINY
 from reliability_support import run
-
-from detr_lightning.checkpointing.interrupted import FirstSigtermOnly
 
 # 12 train images / 2 ranks / batch 4: 2 steps an epoch; step 3 is mid-way through the second
 STEPS_PER_EPOCH, TERM_AT = 2, 3
@@ -44,11 +42,17 @@ def _ddp_run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
         pytest.fail(f"the DDP run hung (killed after 150 s):\n{out[-3000:]}")
 
 
-def test_ddp_sigterm_on_every_rank_saves_last_exits_143_and_resumes(tmp_path, shapes_root):
+@pytest.mark.parametrize(
+    "who", [[], ["+callbacks.term.rank=1", "+callbacks.term.mid_step=true"]],
+    ids=["every-rank-at-a-step-end", "rank-1-alone-mid-step"],
+)  # fmt: skip
+def test_ddp_sigterm_saves_last_at_one_step_for_every_rank_exits_143_and_resumes(
+    tmp_path, shapes_root, who
+):
     common = ["trainer=ddp_cpu", "schedule=smoke", f"paths.shapes_dir={shapes_root}", *TINY,
               "trainer.max_epochs=2"]  # fmt: skip
     term = ["+callbacks.term._target_=reliability_support.TermAtStep",
-            f"+callbacks.term.step={TERM_AT}"]  # fmt: skip
+            f"+callbacks.term.step={TERM_AT}", *who]  # fmt: skip
     stopped = _ddp_run([*common, *term], tmp_path)
     out = stopped.stdout + stopped.stderr
     assert stopped.returncode == 143, out[-3000:]
@@ -75,18 +79,3 @@ def test_ddp_sigterm_on_every_rank_saves_last_exits_143_and_resumes(tmp_path, sh
     new_dir = re.findall(r"^run directory: (.+)$", resumed.stdout, flags=re.M)[0]
     final = torch.load(f"{new_dir}/checkpoints/last.ckpt", weights_only=True)
     assert (final["global_step"], final["epoch"]) == (2 * STEPS_PER_EPOCH, 1)
-
-
-def test_only_the_first_sigterm_reaches_lightnings_handler() -> None:
-    """Lightning's DDP handler runs a collective per signal; rank 0 forwards the signal to the
-    other ranks, which a scheduler signals too: a repeat must not run it again."""
-    calls = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
-    try:
-        FirstSigtermOnly()._install()
-        FirstSigtermOnly()._install()  # the sanity check, then training: wrapped once
-        os.kill(os.getpid(), signal.SIGTERM)
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert calls == [signal.SIGTERM]
-    finally:
-        signal.signal(signal.SIGTERM, previous)

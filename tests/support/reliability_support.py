@@ -104,15 +104,27 @@ class TermAtStep(L.Callback):
     """Sends SIGTERM to its own process after optimizer step ``step``, as a scheduler
     pre-empting the job (``scancel``, ``docker stop``) would; Lightning stops at the batch's end.
     Under DDP every rank has this callback, so each rank signals itself at that step (what
-    ``scancel`` does: SIGTERM to every task)."""
+    ``scancel`` does: SIGTERM to every task), or only rank ``rank``. With ``mid_step`` the signal
+    comes during the batch that makes step ``step``, before its backward pass (inside the step's
+    collectives, where a scheduler's signal may land on one rank)."""
 
-    def __init__(self, step: int) -> None:
-        self.step, self.sent = step, False
+    def __init__(self, step: int, rank: int | None = None, mid_step: bool = False) -> None:
+        self.step, self.rank, self.mid_step, self.sent = step, rank, mid_step, False
 
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if trainer.global_step >= self.step and not self.sent:
+    def _maybe_send(self, trainer: L.Trainer, steps_done: int) -> None:
+        if self.sent or steps_done < self.step:
+            return
+        if self.rank is None or trainer.global_rank == self.rank:
             self.sent = True
             os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_before_backward(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.mid_step:
+            self._maybe_send(trainer, trainer.global_step + 1)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if not self.mid_step:
+            self._maybe_send(trainer, trainer.global_step)
 
 
 class TermInValidation(L.Callback):

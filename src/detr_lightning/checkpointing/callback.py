@@ -172,7 +172,8 @@ class BestAndLastCheckpoint(ModelCheckpoint):
             # A bad file fails on the one rank that reads it, while the others are inside the
             # step's collectives: a save there (Lightning's barrier) waits on them for ever.
             # Under DDP the rank exits and the others fail with it; last.ckpt stays the last
-            # periodic or epoch-end one. SIGTERM reaches every rank at the same step.
+            # periodic or epoch-end one. SIGTERM stops every rank after the same batch
+            # (sigterm_agreement.py).
             stops_cleanly = (SIGTERMException, ImageLoadError, DatasetFormatError)
         if isinstance(exception, stops_cleanly) and trainer.global_step != self._last_written_step:
             self.write_last(trainer)

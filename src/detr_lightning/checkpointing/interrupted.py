@@ -2,62 +2,20 @@
 bad file found while fitting, says and returns. Lightning turns the signal into
 ``SIGTERMException`` at the next batch boundary, a ``SystemExit`` without a code: the run would
 end with status 0 and no word, as if it had finished. ``BestAndLastCheckpoint.on_exception`` has
-written ``last.ckpt`` at that step by then.
+written ``last.ckpt`` at that step by then (under DDP every rank stops after the same batch:
+``sigterm_agreement.py``).
 """
 
 from __future__ import annotations
 
 import logging
-import signal
-from types import FrameType
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import lightning as L
 
 log = logging.getLogger(__name__)
 
 EXIT_SIGTERM = 143  # 128 + SIGTERM, what a shell reports for a process the signal ended
-
-
-class FirstSigtermOnly(L.Callback):
-    """Lets each process's first SIGTERM reach Lightning's handler and ignores the ones after it.
-
-    Under DDP, Lightning's handler (2.6) runs a collective, ``dist.broadcast`` from rank 0, once
-    per signal received, and rank 0's handler also forwards the signal to the ranks it started.
-    A scheduler that signals every process (``scancel``, ``kill`` of the process group) thus
-    signals those ranks twice: they broadcast twice (the second one inside the first, whose wait
-    runs pending handlers), rank 0 once, and the ranks wait on each other forever instead of
-    writing ``last.ckpt``. The first signal already stops the run: a repeat has nothing to add.
-    Installed over Lightning's handler once that is registered (before the sanity check, the
-    training and the test loops); Lightning restores the original handler when it returns.
-    """
-
-    @staticmethod
-    def _install() -> None:
-        handler = signal.getsignal(signal.SIGTERM)
-        if not callable(handler) or getattr(handler, "first_sigterm_only", False):
-            return
-        received = False
-
-        def first_only(signum: int, frame: FrameType | None) -> None:
-            nonlocal received
-            if received:
-                log.info("SIGTERM again: already stopping at the next batch boundary")
-                return
-            received = True
-            handler(signum, frame)
-
-        first_only.first_sigterm_only = True  # type: ignore[attr-defined]
-        signal.signal(signal.SIGTERM, first_only)
-
-    def on_sanity_check_start(self, *args: Any) -> None:
-        self._install()
-
-    def on_train_start(self, *args: Any) -> None:
-        self._install()
-
-    def on_test_start(self, *args: Any) -> None:
-        self._install()
 
 
 def resume_hint() -> str:

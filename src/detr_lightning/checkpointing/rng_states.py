@@ -23,22 +23,22 @@ rank ``r > 0`` moves its generators to a state derived from the shared one and `
 (:func:`separate_rank_streams`; rank 0 keeps the run's streams, the data order keeps the run's
 seed).
 
-Checkpoints written at the end of a training epoch, and the ``last.ckpt`` written every n steps,
-hold every rank's states (``rng_ranks.py``), and on a resume with as many processes each rank puts
-back its own: every rank continues its streams exactly. The ranks exchange their states
-(``all_gather``) in ``on_train_epoch_end``, and in ``on_train_batch_end`` at the steps whose end
-writes ``last.ckpt`` (``BestAndLastCheckpoint.writes_last_after_batch``): hooks every rank runs
-at the same point and before the checkpoint callbacks' (Lightning runs those last). Rank 0's
-``state_dict`` returns them. Not inside ``state_dict``, which Lightning calls on each rank
-that saves: a collective there needs every rank to save at the same point. Our saves do (epoch end,
-every n steps, top-k at validation end, train end, a SIGTERM every rank gets at the same step), but
-not every save must: ``trainer.save_checkpoint`` from rank-0-only code, a SIGTERM that one rank acts
-on a batch before the others (Lightning syncs rank 0's flag when a step starts, but each rank also
-stops on its own flag when a step ends). There the collective would wait for ever, or pair with
-another one of the other ranks; an exchange no save depends on cannot. The exchange is kept until
-the next training batch starts, and used only while rank 0's generators are still where they were at
-the exchange, so a checkpoint written at another point (SIGTERM; a top-k save at a validation
-end) holds rank 0's states only, as before.
+Checkpoints written at the end of a training epoch, the ``last.ckpt`` written every n steps and
+the one a SIGTERM in training writes hold every rank's states (``rng_ranks.py``), and on a resume
+with as many processes each rank puts back its own: every rank continues its streams exactly. The
+ranks exchange their states (``all_gather``) in ``on_train_epoch_end``, and in
+``on_train_batch_end`` at the steps whose end writes ``last.ckpt``
+(``BestAndLastCheckpoint.writes_last_after_batch``) or where the ranks stop on a SIGTERM (agreed
+by ``sigterm_agreement.SigtermAgreement``, a callback that runs before this one): hooks every
+rank runs at the same point and before the checkpoint callbacks' (Lightning runs those last).
+Rank 0's ``state_dict`` returns them. Not inside ``state_dict``, which Lightning calls on each
+rank that saves: a collective there needs every rank to save at the same point. Our saves do
+(epoch end, every n steps, top-k at validation end, train end, a SIGTERM), but not every save
+must (``trainer.save_checkpoint`` from rank-0-only code): there the collective would wait for
+ever, or pair with another one of the other ranks; an exchange no save depends on cannot. The
+exchange is kept until the next training batch starts, and used only while rank 0's generators
+are still where they were at the exchange, so a checkpoint written at another point (a SIGTERM
+during validation, a top-k save at a validation end) holds rank 0's states only, as before.
 
 A resume from such a checkpoint, from one written before per-rank states, or on another number
 of processes falls back to the earlier behaviour, with a logged line (rank 0): rank 0 continues
@@ -105,8 +105,9 @@ def separate_rank_streams(rank: int) -> None:
 
 class RngStates(L.Callback):
     """Saves :func:`capture` in every checkpoint, with every DDP rank's states in those written at
-    a training epoch's end or every n steps; restores them when a resumed run's first training
-    epoch starts (when training starts, for a checkpoint written mid-epoch).
+    a training epoch's end, every n steps or at a SIGTERM in training; restores them when a
+    resumed run's first training epoch starts (when training starts, for a checkpoint written
+    mid-epoch).
     Under DDP, gives each rank its own streams (:func:`separate_rank_streams`) when fitting
     starts, and after a restore of rank 0's states on a rank > 0."""
 
@@ -132,13 +133,9 @@ class RngStates(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
         batch_idx: int,
     ) -> None:  # fmt: skip
-        # Only at a step that writes last.ckpt: every rank knows it (the step count), and a
-        # collective every step would cost a synchronisation each.
-        if trainer.world_size > 1 and any(
-            callable(writes := getattr(callback, "writes_last_after_batch", None))
-            and writes(trainer)
-            for callback in trainer.checkpoint_callbacks
-        ):
+        # Only at a step whose end saves: every rank knows it, and a collective every step
+        # would cost a synchronisation each.
+        if trainer.world_size > 1 and (_writes_last(trainer) or _stops_on_sigterm(trainer)):
             self._ranks = gather(capture(), trainer.world_size)
 
     def on_train_batch_start(
@@ -180,6 +177,22 @@ class RngStates(L.Callback):
         restore(states)
         if not own:
             separate_rank_streams(trainer.global_rank)
+
+
+def _writes_last(trainer: L.Trainer) -> bool:
+    """Whether this training batch's end writes ``last.ckpt`` (every n steps)."""
+    return any(
+        callable(writes := getattr(callback, "writes_last_after_batch", None)) and writes(trainer)
+        for callback in trainer.checkpoint_callbacks
+    )
+
+
+def _stops_on_sigterm(trainer: L.Trainer) -> bool:
+    """Whether Lightning stops on a SIGTERM at this training batch's end, where the checkpoint
+    callback writes ``last.ckpt``. Under DDP the flag is set on every rank at once
+    (``sigterm_agreement.py``); at an epoch's last batch Lightning defers the stop to the
+    validation or the epoch end that follow."""
+    return trainer.received_sigterm and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -107,23 +107,22 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     """Instantiate ``cfg.trainer`` with the configured callbacks and loggers, the recipe record
     (what a resume restores, saved in checkpoints: checkpointing/recipe_record.py), the random
     generators' states (checkpointing/rng_states.py), each epoch's data streams
-    (data/epoch_streams.py), one SIGTERM per process
-    (checkpointing/interrupted.py) and atomic
-    checkpoint writes (AtomicCheckpointIO) unless the config brings its own CheckpointIO."""
+    (data/epoch_streams.py), a SIGTERM that stops every DDP rank after the same batch
+    (checkpointing/sigterm_agreement.py) and atomic checkpoint writes (AtomicCheckpointIO) unless the config brings its own CheckpointIO."""
     from lightning.fabric.plugins import CheckpointIO
 
     from detr_lightning.checkpointing.atomic_io import AtomicCheckpointIO
-    from detr_lightning.checkpointing.interrupted import FirstSigtermOnly
     from detr_lightning.checkpointing.recipe_record import RecipeRecord, recipe_record
     from detr_lightning.checkpointing.rng_states import RngStates
+    from detr_lightning.checkpointing.sigterm_agreement import SigtermAgreement
     from detr_lightning.data.epoch_streams import EpochStreams
 
     callbacks = [
         *instantiate_dict(cfg.get("callbacks")),
         RecipeRecord(recipe_record(cfg), cfg.get("resume_recipe") or "checkpoint"),
+        SigtermAgreement(),  # before RngStates, which exchanges states at an agreed stop
         RngStates(),
         EpochStreams(cfg.seed),  # epoch e's data order and worker seeds on resume too
-        FirstSigtermOnly(),  # DDP: a repeated SIGTERM would hang the ranks (interrupted.py)
     ]
     loggers = instantiate_dict(cfg.get("logger"))
     plugins = instantiate(cfg.trainer.get("plugins"), _convert_="all") or []

@@ -1,0 +1,106 @@
+"""SIGTERM under DDP: whichever ranks receive it, and whenever, every rank stops after the same
+batch.
+
+Lightning (2.6) acts on SIGTERM inside its signal handler: it sets the trainer's
+``received_sigterm``, forwards the signal from rank 0 to the ranks it started, and runs a
+``dist.broadcast`` from rank 0. A handler runs wherever the process happens to be, so that
+broadcast pairs with whatever collective the other ranks run next (a gradient all-reduce, the
+batch-start broadcast of rank 0's flag), and each rank also stops on its own flag at its batch's
+end. A scheduler's SIGTERM reaches the ranks at different points (``scancel`` signals every
+process, in no order; a ``kill`` may reach one rank only), so the ranks called mismatched
+collectives or stopped a batch apart, and the run hung instead of writing ``last.ckpt``; a
+repeated signal (rank 0's forward on top of the scheduler's) did the same.
+
+:class:`SigtermAgreement` installs itself over Lightning's handler. Under DDP the handler only
+notes the signal; at the end of every training, validation and test batch (points every rank
+reaches in step: the samplers give every rank as many batches) the ranks all-reduce their notes,
+and if any rank has one, every rank runs Lightning's handler there, together. Its broadcast then
+pairs up, the trainer's flag is set on every rank at once, and Lightning raises
+``SIGTERMException`` on every rank at that batch boundary, where the checkpoint callback writes
+``last.ckpt``. One process acts at once, as Lightning does. Either way a process acts on its first
+SIGTERM only.
+
+The cost is a one-number all-reduce per batch under DDP (one host-device synchronisation on a
+GPU, as Lightning's own batch-start broadcast). A SIGTERM in the moments between Lightning's
+registration of its handler and the start of the sanity check (or of training, or of testing)
+still reaches Lightning's handler directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from types import FrameType
+from typing import Any
+
+import lightning as L
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+class SigtermAgreement(L.Callback):
+    """Defers Lightning's SIGTERM handler, under DDP, to a batch end every rank reaches and runs
+    it there on every rank if any rank received the signal (module docstring); passes one
+    process's first SIGTERM straight to it; ignores repeats. Installed over Lightning's handler
+    once that is registered (when the sanity check, training or testing starts); Lightning
+    restores the original handler when it returns.
+    """
+
+    def __init__(self) -> None:
+        self._deferred: Any = None  # the handler this one replaced (Lightning's)
+        self._received = False  # this process got a SIGTERM
+        self._acted = False  # the deferred handler has run
+
+    def _install(self, trainer: L.Trainer) -> None:
+        handler = signal.getsignal(signal.SIGTERM)
+        if not callable(handler) or getattr(handler, "sigterm_agreement", False):
+            return
+        self._deferred, self._received, self._acted = handler, False, False
+
+        def on_sigterm(signum: int, frame: FrameType | None) -> None:
+            if self._received or self._acted:
+                log.info("SIGTERM again: already stopping")
+                return
+            self._received = True
+            if trainer.world_size == 1:
+                self._act(signum, frame)
+            else:
+                log.info("rank %d: SIGTERM; every rank stops after the batch they agree on",
+                         trainer.global_rank)  # fmt: skip
+
+        on_sigterm.sigterm_agreement = True  # type: ignore[attr-defined]
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    def _act(self, signum: int, frame: FrameType | None) -> None:
+        self._acted = True
+        self._deferred(signum, frame)
+
+    def agree(self, trainer: L.Trainer) -> None:
+        """Under DDP, at a point every rank reaches: if any rank has received SIGTERM, run the
+        deferred handler on every rank now. A no-op in one process, or once acted."""
+        if trainer.world_size == 1 or self._acted or self._deferred is None:
+            return
+        note = torch.tensor([int(self._received)], device=trainer.strategy.root_device)
+        dist.all_reduce(note, op=dist.ReduceOp.MAX)
+        if note.item():
+            self._act(signal.SIGTERM, None)
+
+    def on_sanity_check_start(self, trainer: L.Trainer, *args: Any) -> None:
+        self._install(trainer)
+
+    def on_train_start(self, trainer: L.Trainer, *args: Any) -> None:
+        self._install(trainer)
+
+    def on_test_start(self, trainer: L.Trainer, *args: Any) -> None:
+        self._install(trainer)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        self.agree(trainer)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        self.agree(trainer)
+
+    def on_test_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        self.agree(trainer)

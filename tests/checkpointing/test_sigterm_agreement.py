@@ -1,0 +1,71 @@
+"""SigtermAgreement: one process acts on its first SIGTERM at once; under DDP (2 gloo processes)
+a SIGTERM that one rank receives runs the deferred handler on every rank at the same batch end.
+A recording function stands in for Lightning's handler."""
+
+from __future__ import annotations
+
+import os
+import signal
+from datetime import timedelta
+from types import SimpleNamespace
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from ddp_workers import start_method
+
+from detr_lightning.checkpointing.sigterm_agreement import SigtermAgreement
+
+
+def _trainer(rank: int, world_size: int) -> SimpleNamespace:
+    return SimpleNamespace(global_rank=rank, world_size=world_size,
+                           strategy=SimpleNamespace(root_device=torch.device("cpu")))  # fmt: skip
+
+
+def test_one_process_acts_on_its_first_sigterm_at_once_and_ignores_repeats() -> None:
+    calls = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
+    try:
+        agreement, trainer = SigtermAgreement(), _trainer(0, 1)
+        agreement.on_sanity_check_start(trainer)
+        agreement.on_train_start(trainer)  # the sanity check, then training: wrapped once
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert calls == [signal.SIGTERM]
+        os.kill(os.getpid(), signal.SIGTERM)
+        agreement.on_train_batch_end(trainer)
+        assert calls == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _agreement_worker(rank: int, init_file: str, out: torch.Tensor) -> None:
+    """One rank of four training batches; rank 1 receives SIGTERM twice during batch 1.
+    ``out[rank, batch]``: the deferred handler's calls so far, before and after the batch's end."""
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=2,
+        timeout=timedelta(seconds=30),
+    )  # unpaired collectives fail, not hang
+    calls = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
+    agreement, trainer = SigtermAgreement(), _trainer(rank, 2)
+    agreement.on_train_start(trainer)
+    for batch in range(4):
+        if rank == 1 and batch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)  # rank 0's forward on top of the scheduler's
+        out[rank, batch, 0] = len(calls)
+        agreement.on_train_batch_end(trainer)
+        out[rank, batch, 1] = len(calls)
+    dist.destroy_process_group()
+
+
+def test_a_sigterm_on_one_rank_acts_on_every_rank_at_the_same_batch_end(tmp_path) -> None:
+    out = torch.zeros(2, 4, 2, dtype=torch.int64).share_memory_()
+    mp.start_processes(_agreement_worker, args=(str(tmp_path / "init"), out), nprocs=2,
+                       start_method=start_method())  # fmt: skip
+    # batch 0: nothing; batch 1: deferred on rank 1 until the batch's end, then once on both
+    expected = torch.tensor([[0, 0], [0, 1], [1, 1], [1, 1]])
+    assert torch.equal(out[0], expected) and torch.equal(out[1], expected)
