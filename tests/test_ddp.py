@@ -225,9 +225,12 @@ def test_a_ddp_run_resumed_after_a_stop_ends_as_the_uninterrupted_one(
     every-step ``last.ckpt`` of step 1, mid-epoch (each rank's batch position and its states). Or
     stopped by a SIGTERM that rank 1 alone receives during step 1 (no every-step saves): every
     rank stops after that step, and the ``last.ckpt`` written there holds every rank's states."""
-    common = ["trainer=ddp_cpu", "schedule=smoke", f"paths.shapes_dir={shapes_root}", *TINY,
-              "trainer.max_epochs=2", "test=false",
-              "callbacks.model_checkpoint.every_n_train_steps=1"]  # fmt: skip
+    # As users run DDP: with the progress bar and persistent data workers (each sample's
+    # augmentation is drawn from its own seed, data/sample_seeds.py).
+    tiny = [a for a in TINY if a not in ("callbacks.progress_bar=null", "data.num_workers=0")]
+    common = ["trainer=ddp_cpu", "schedule=smoke", f"paths.shapes_dir={shapes_root}", *tiny,
+              "data.num_workers=1", "data.persistent_workers=true", "trainer.max_epochs=2",
+              "test=false", "callbacks.model_checkpoint.every_n_train_steps=1"]  # fmt: skip
 
     def probe(name: str) -> list[str]:
         return ["+callbacks.rng_probe._target_=reliability_support.RngProbe",

@@ -11,17 +11,20 @@ from reliability_support import run, train_to_last_checkpoint
 
 
 @pytest.mark.parametrize(
-    ("workers", "epochs"),
+    ("workers", "epochs", "stop_after"),
     [
-        (["data.num_workers=0"], 2),
+        (["data.num_workers=0"], 2, 0),
         # stopped after epoch 1: the resumed epoch 2 needs worker seeds other than the second
         # ones the training loader's generator draws
-        (["data.num_workers=2", "data.persistent_workers=false"], 3),
+        (["data.num_workers=2", "data.persistent_workers=false"], 3, 1),
+        # stopped after epoch 0: the resumed run makes its one evaluation iterator at epoch 1's
+        # end, the uninterrupted one in its sanity check, and epoch 2 trains after that
+        (["data.num_workers=1", "data.persistent_workers=true"], 3, 0),
     ],
-    ids=["main-process", "workers"],
+    ids=["main-process", "workers", "persistent-workers"],
 )
 def test_a_resumed_run_ends_with_the_weights_of_the_uninterrupted_one(
-    tmp_path, shapes_root, workers, epochs
+    tmp_path, shapes_root, workers, epochs, stop_after
 ) -> None:
     # with workers, the resumed epoch ran in epoch 0's order with other worker seeds before
     # data/epoch_streams.py
@@ -31,10 +34,10 @@ def test_a_resumed_run_ends_with_the_weights_of_the_uninterrupted_one(
     straight = train_to_last_checkpoint(common, tmp_path / "straight")
     stop = [
         "+callbacks.stop._target_=reliability_support.StopAfterEpoch",
-        f"+callbacks.stop.epoch={epochs - 2}",
+        f"+callbacks.stop.epoch={stop_after}",
     ]
     stopped = train_to_last_checkpoint([*common, *stop], tmp_path / "stopped")
-    assert stopped["global_step"] == 3 * (epochs - 1)
+    assert stopped["global_step"] == 3 * (stop_after + 1)
     resumed = train_to_last_checkpoint([*common, "ckpt_path=last"], tmp_path / "stopped")
     assert resumed["global_step"] == straight["global_step"] == 3 * epochs
     differing = [k for k, v in straight["state_dict"].items()

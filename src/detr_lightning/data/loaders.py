@@ -41,12 +41,17 @@ def training_loader(
 
 
 def evaluation_loader(dataset: Dataset, batch_size: int, **worker_kwargs: Any) -> DataLoader:
-    """In dataset order; under DDP each rank gets whole batches (no image twice in the AP)."""
+    """In dataset order; under DDP each rank gets whole batches (no image twice in the AP).
+
+    The loader has a generator of its own (evaluation draws nothing from it): each iterator
+    draws its workers' base seed when made, and persistent workers make one iterator for the
+    whole run, in the uninterrupted run's sanity check but in a resumed run's first validation.
+    From the global stream, that draw would shift the dropout of every later epoch."""
     sampler = None
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         sampler = WholeBatchDistributedSampler(dataset, batch_size)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=False,
-                      **worker_kwargs)  # fmt: skip
+                      generator=torch.Generator().manual_seed(0), **worker_kwargs)  # fmt: skip
 
 
 def _worker_seeds(seed: int) -> torch.Generator:
