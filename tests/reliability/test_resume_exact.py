@@ -17,8 +17,8 @@ from reliability_support import run, train_to_last_checkpoint
         # stopped after epoch 1: the resumed epoch 2 needs worker seeds other than the second
         # ones the training loader's generator draws
         (["data.num_workers=2", "data.persistent_workers=false"], 3, 1),
-        # stopped after epoch 0: the resumed run makes its one evaluation iterator at epoch 1's
-        # end, the uninterrupted one in its sanity check, and epoch 2 trains after that
+        # stopped after epoch 0: the resumed run makes its one evaluation iterator again at
+        # epoch 1's end (the uninterrupted one made it at epoch 0's), and epoch 2 trains after
         (["data.num_workers=1", "data.persistent_workers=true"], 3, 0),
     ],
     ids=["main-process", "workers", "persistent-workers"],

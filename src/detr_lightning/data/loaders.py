@@ -44,9 +44,10 @@ def evaluation_loader(dataset: Dataset, batch_size: int, **worker_kwargs: Any) -
     """In dataset order; under DDP each rank gets whole batches (no image twice in the AP).
 
     The loader has a generator of its own (evaluation draws nothing from it): each iterator
-    draws its workers' base seed when made, and persistent workers make one iterator for the
-    whole run, in the uninterrupted run's sanity check but in a resumed run's first validation.
-    From the global stream, that draw would shift the dropout of every later epoch."""
+    draws its workers' base seed when made, and with persistent workers a run makes one
+    iterator, at its first validation. A resumed run makes it again after the restore, where
+    the uninterrupted run made none: from the global stream, that draw would shift the dropout
+    of every later epoch."""
     sampler = None
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         sampler = WholeBatchDistributedSampler(dataset, batch_size)
