@@ -41,13 +41,9 @@ def test_one_process_acts_on_its_first_sigterm_at_once_and_ignores_repeats() -> 
 def _agreement_worker(rank: int, init_file: str, out: torch.Tensor) -> None:
     """One rank of four training batches; rank 1 receives SIGTERM twice during batch 1.
     ``out[rank, batch]``: the deferred handler's calls so far, before and after the batch's end."""
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=2,
-        timeout=timedelta(seconds=30),
-    )  # unpaired collectives fail, not hang
+    # with a timeout: unpaired collectives fail rather than hang
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=30))  # fmt: skip
     calls = []
     signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
     agreement, trainer = SigtermAgreement(), _trainer(rank, 2)

@@ -17,8 +17,8 @@ reaches in step: the samplers give every rank as many batches) the ranks all-red
 and if any rank has one, every rank runs Lightning's handler there, together. Its broadcast then
 pairs up, the trainer's flag is set on every rank at once, and Lightning raises
 ``SIGTERMException`` on every rank at that batch boundary, where the checkpoint callback writes
-``last.ckpt``. One process acts at once, as Lightning does. Either way a process acts on its first
-SIGTERM only.
+``last.ckpt``. A run of one process acts at once, as Lightning does. Either way a process acts on
+its first SIGTERM only.
 
 The cost is a one-number all-reduce per batch under DDP (one host-device synchronisation on a
 GPU, as Lightning's own batch-start broadcast). A SIGTERM in the moments between Lightning's
