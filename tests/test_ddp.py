@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from cli import TINY, run_cli, run_dirs
+from cli import TINY, TINY_WITH_BAR, run_cli, run_dirs
 from ddp_workers import start_method
 from reliability_support import run, train_to_last_checkpoint
 
@@ -38,19 +38,19 @@ def test_ddp_cpu_training_and_evaluation_match_single_process(tmp_path) -> None:
     # repeat of [0 1] (data/eval_sampler.py). The smoke schedule's 2 test batches per rank are
     # lifted to the whole split, as the single-process eval below sees it.
     root = generate_shapes_dataset(tmp_path / "shapes", train=8, val=5)
-    common = [f"paths.shapes_dir={root}", *TINY, "data.val_batch_size=2"]
+    common = [f"paths.shapes_dir={root}", "data.val_batch_size=2"]
     whole = ["trainer.limit_test_batches=1.0"]
     # With the progress bar, as users run: rank 0's alone reduces the epoch metrics in its
     # epoch-end hook, and a collective of ours meeting those reductions hung every rank
     # (utils/distributed.py settle_epoch_metrics).
-    bar = [a for a in common if a != "callbacks.progress_bar=null"]
-    out = run_cli("train", ["trainer=ddp_cpu", "schedule=smoke", *whole, *bar], tmp_path,
-                  timeout=300)  # fmt: skip
+    out = run_cli("train", ["trainer=ddp_cpu", "schedule=smoke", *whole, *TINY_WITH_BAR, *common],
+                  tmp_path, timeout=300)  # fmt: skip
     assert "MEMBER: 2/2" in out, out[-3000:]
     ddp_dir = sorted(set(run_dirs(out)))
     assert len(ddp_dir) == 1, "rank 1 must not print its own run directory"
     ddp = json.loads((ddp_dir[0] / "metrics.json").read_text())
-    single_out = run_cli("eval", [f"ckpt_path={ddp['run']['checkpoint']}", *common], tmp_path)
+    single_out = run_cli("eval", [f"ckpt_path={ddp['run']['checkpoint']}", *TINY, *common],
+                         tmp_path)  # fmt: skip
     single = json.loads((run_dirs(single_out)[0] / "metrics.json").read_text())
     keys = list(METRIC_NAMES.values())
     assert {k: ddp[k] for k in keys} == {k: single[k] for k in keys}
@@ -227,7 +227,7 @@ def test_a_ddp_run_resumed_after_a_stop_ends_as_the_uninterrupted_one(
     rank stops after that step, and the ``last.ckpt`` written there holds every rank's states."""
     # As users run DDP: with the progress bar and persistent data workers (each sample's
     # augmentation is drawn from its own seed, data/sample_seeds.py).
-    tiny = [a for a in TINY if a not in ("callbacks.progress_bar=null", "data.num_workers=0")]
+    tiny = [a for a in TINY_WITH_BAR if a != "data.num_workers=0"]
     common = ["trainer=ddp_cpu", "schedule=smoke", f"paths.shapes_dir={shapes_root}", *tiny,
               "data.num_workers=1", "data.persistent_workers=true", "trainer.max_epochs=2",
               "test=false", "callbacks.model_checkpoint.every_n_train_steps=1"]  # fmt: skip

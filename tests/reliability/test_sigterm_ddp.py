@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli import TINY
+from cli import TINY_WITH_BAR
 from reliability_support import run
 
 # 12 train images / 2 ranks / batch 4: 2 steps an epoch; step 3 is mid-way through the second
@@ -49,9 +49,8 @@ def _ddp_run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def test_ddp_sigterm_saves_last_at_one_step_for_every_rank_exits_143_and_resumes(
     tmp_path, shapes_root, who
 ):
-    bar = [a for a in TINY if a != "callbacks.progress_bar=null"]  # as users run
-    common = ["trainer=ddp_cpu", "schedule=smoke", f"paths.shapes_dir={shapes_root}", *bar,
-              "trainer.max_epochs=2"]  # fmt: skip
+    common = ["trainer=ddp_cpu", "schedule=smoke", f"paths.shapes_dir={shapes_root}",
+              *TINY_WITH_BAR, "trainer.max_epochs=2"]  # fmt: skip
     term = ["+callbacks.term._target_=reliability_support.TermAtStep",
             f"+callbacks.term.step={TERM_AT}", *who]  # fmt: skip
     stopped = _ddp_run([*common, *term], tmp_path)
