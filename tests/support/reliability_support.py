@@ -105,8 +105,8 @@ class TermAtStep(L.Callback):
     pre-empting the job (``scancel``, ``docker stop``) would; Lightning stops at the batch's end.
     Under DDP every rank has this callback, so each rank signals itself at that step (what
     ``scancel`` does: SIGTERM to every task), or only rank ``rank``. With ``mid_step`` the signal
-    comes during the batch that makes step ``step``, before its backward pass (inside the step's
-    collectives, where a scheduler's signal may land on one rank)."""
+    comes during the batch that makes step ``step``, before its backward pass, as a scheduler's
+    signal landing mid-step on one rank would."""
 
     def __init__(self, step: int, rank: int | None = None, mid_step: bool = False) -> None:
         self.step, self.rank, self.mid_step, self.sent = step, rank, mid_step, False
