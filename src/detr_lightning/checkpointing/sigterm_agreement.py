@@ -53,7 +53,7 @@ class SigtermAgreement(L.Callback):
         self._received = False  # this process got a SIGTERM
         self._acted = False  # the deferred handler has run
 
-    def _install(self, trainer: L.Trainer) -> None:
+    def _install(self, trainer: L.Trainer, *args: Any) -> None:
         handler = signal.getsignal(signal.SIGTERM)
         if not callable(handler) or getattr(handler, "sigterm_agreement", False):
             return
@@ -77,7 +77,7 @@ class SigtermAgreement(L.Callback):
         self._acted = True
         self._deferred(signum, frame)
 
-    def agree(self, trainer: L.Trainer) -> None:
+    def agree(self, trainer: L.Trainer, *args: Any) -> None:
         """Under DDP, at a point every rank reaches: if any rank has received SIGTERM, run the
         deferred handler on every rank now. A no-op in one process, or once acted."""
         if trainer.world_size == 1 or self._acted or self._deferred is None:
@@ -87,20 +87,6 @@ class SigtermAgreement(L.Callback):
         if note.item():
             self._act(signal.SIGTERM, None)
 
-    def on_sanity_check_start(self, trainer: L.Trainer, *args: Any) -> None:
-        self._install(trainer)
-
-    def on_train_start(self, trainer: L.Trainer, *args: Any) -> None:
-        self._install(trainer)
-
-    def on_test_start(self, trainer: L.Trainer, *args: Any) -> None:
-        self._install(trainer)
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        self.agree(trainer)
-
-    def on_validation_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        self.agree(trainer)
-
-    def on_test_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        self.agree(trainer)
+    # Lightning registers its handler before these hooks (after on_fit_start)
+    on_sanity_check_start = on_train_start = on_test_start = _install
+    on_train_batch_end = on_validation_batch_end = on_test_batch_end = agree
