@@ -108,7 +108,8 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     (what a resume restores, saved in checkpoints: checkpointing/recipe_record.py), the random
     generators' states (checkpointing/rng_states.py), each epoch's data streams
     (data/epoch_streams.py), a SIGTERM that stops every DDP rank after the same batch
-    (checkpointing/sigterm_agreement.py) and atomic checkpoint writes (AtomicCheckpointIO) unless the config brings its own CheckpointIO."""
+    (checkpointing/sigterm_agreement.py) and atomic checkpoint writes (AtomicCheckpointIO)
+    unless the config brings its own CheckpointIO."""
     from lightning.fabric.plugins import CheckpointIO
 
     from detr_lightning.checkpointing.atomic_io import AtomicCheckpointIO
