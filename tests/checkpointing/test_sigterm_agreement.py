@@ -15,11 +15,17 @@ import torch.multiprocessing as mp
 from ddp_workers import start_method
 
 from detr_lightning.checkpointing.sigterm_agreement import SigtermAgreement
+from detr_lightning.utils.distributed import reduce_tensor
 
 
 def _trainer(rank: int, world_size: int) -> SimpleNamespace:
-    return SimpleNamespace(global_rank=rank, world_size=world_size,
-                           strategy=SimpleNamespace(root_device=torch.device("cpu")))  # fmt: skip
+    """What the agreement reads of a trainer; its strategy reduces over the process group as
+    ``utils.distributed.reduce_tensor`` does without a trainer."""
+    strategy = SimpleNamespace(
+        root_device=torch.device("cpu"),
+        reduce=lambda x, reduce_op: reduce_tensor(x, reduce_op, None),
+    )
+    return SimpleNamespace(global_rank=rank, world_size=world_size, strategy=strategy)
 
 
 def test_one_process_acts_on_its_first_sigterm_at_once_and_ignores_repeats() -> None:

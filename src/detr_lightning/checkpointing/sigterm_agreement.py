@@ -35,7 +35,8 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.distributed as dist
+
+from detr_lightning.utils.distributed import reduce_tensor
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,7 @@ class SigtermAgreement(L.Callback):
         if trainer.world_size == 1 or self._acted or self._deferred is None:
             return
         note = torch.tensor([int(self._received)], device=trainer.strategy.root_device)
-        dist.all_reduce(note, op=dist.ReduceOp.MAX)
-        if note.item():
+        if reduce_tensor(note, "max", trainer).item():
             self._act(signal.SIGTERM, None)
 
     # Lightning registers its handler before these hooks (after on_fit_start)

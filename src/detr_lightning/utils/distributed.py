@@ -16,14 +16,16 @@ def world_size(trainer: Any | None) -> int:
 
 
 def reduce_tensor(x: Tensor, op: str, trainer: Any | None) -> Tensor:
-    """All-reduce ``x`` with op "mean" or "min" over every process (identity when alone)."""
+    """All-reduce ``x`` with op "mean", "min" or "max" over every process (identity when
+    alone)."""
     if world_size(trainer) == 1:
         return x
     if trainer is not None:
         return trainer.strategy.reduce(x, reduce_op=op)
     y = x.clone()
-    dist.all_reduce(y, op=dist.ReduceOp.MIN if op == "min" else dist.ReduceOp.SUM)
-    return y if op == "min" else y / dist.get_world_size()
+    extreme = {"min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
+    dist.all_reduce(y, op=extreme.get(op, dist.ReduceOp.SUM))
+    return y if op in extreme else y / dist.get_world_size()
 
 
 def settle_epoch_metrics(trainer: Any) -> None:
