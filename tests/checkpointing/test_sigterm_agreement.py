@@ -9,10 +9,12 @@ import signal
 from datetime import timedelta
 from types import SimpleNamespace
 
+import lightning as L
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from ddp_workers import start_method
+from lightning.pytorch.demos.boring_classes import BoringModel
 
 from detr_lightning.checkpointing.sigterm_agreement import SigtermAgreement
 from detr_lightning.utils.distributed import reduce_tensor
@@ -71,3 +73,30 @@ def test_a_sigterm_on_one_rank_acts_on_every_rank_at_the_same_batch_end(tmp_path
     # batch 0: nothing; batch 1: deferred on rank 1 until the batch's end, then once on both
     expected = torch.tensor([[0, 0], [0, 1], [1, 1], [1, 1]])
     assert torch.equal(out[0], expected) and torch.equal(out[1], expected)
+
+
+def test_it_replaces_lightnings_handler_before_the_barrier_that_precedes_the_sanity_check(
+    tmp_path,
+) -> None:
+    """Between Lightning's registration of its handler and the sanity check every rank waits at
+    the ``run-stage`` barrier: a SIGTERM there must be noted, not broadcast."""
+    seen = []
+    trainer = L.Trainer(
+        max_steps=1, limit_val_batches=1, callbacks=[SigtermAgreement()], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )  # fmt: skip
+    barrier = trainer.strategy.barrier
+
+    def recording_barrier(name: str | None = None) -> None:
+        if name == "run-stage":
+            seen.append(signal.getsignal(signal.SIGTERM))
+        barrier(name)
+
+    trainer.strategy.barrier = recording_barrier
+    before = signal.getsignal(signal.SIGTERM)
+    trainer.fit(BoringModel())
+    trainer.test(BoringModel(), verbose=False)
+    assert len(seen) == 2  # fit, then test: installed at each registration
+    assert all(getattr(handler, "sigterm_agreement", False) for handler in seen)
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -21,9 +21,10 @@ pairs up, the trainer's flag is set on every rank at once, and Lightning raises
 its first SIGTERM only.
 
 The cost is a one-number all-reduce per batch under DDP (one host-device synchronisation on a
-GPU, as Lightning's own batch-start broadcast). A SIGTERM in the moments between Lightning's
-registration of its handler and the start of the sanity check (or of training, or of testing)
-still reaches Lightning's handler directly.
+GPU, as Lightning's own batch-start broadcast). The agreement replaces Lightning's handler the
+moment Lightning registers it (it wraps the trainer's signal connector in ``setup``): a SIGTERM
+during the ranks' barrier before the sanity check is noted too, and acted on at the first batch
+end. Before that registration a SIGTERM gets the process's own handler, as without Lightning.
 """
 
 from __future__ import annotations
@@ -45,14 +46,30 @@ class SigtermAgreement(L.Callback):
     """Defers Lightning's SIGTERM handler, under DDP, to a batch end every rank reaches and runs
     it there on every rank if any rank received the signal (module docstring); passes one
     process's first SIGTERM straight to it; ignores repeats. Installed over Lightning's handler
-    once that is registered (when the sanity check, training or testing starts); Lightning
-    restores the original handler when it returns.
+    the moment that is registered (``setup``); Lightning restores the original handler when it
+    returns.
     """
 
     def __init__(self) -> None:
         self._deferred: Any = None  # the handler this one replaced (Lightning's)
         self._received = False  # this process got a SIGTERM
         self._acted = False  # the deferred handler has run
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Lightning registers its handler after this hook, then waits for every rank at a
+        # barrier: installing at once closes that window. The hooks below stay as a fallback
+        # should a Lightning version register otherwise.
+        connector = getattr(trainer, "_signal_connector", None)
+        register = getattr(connector, "register_signal_handlers", None)
+        if not callable(register) or getattr(register, "sigterm_agreement", False):
+            return
+
+        def register_then_install() -> None:
+            register()
+            self._install(trainer)
+
+        register_then_install.sigterm_agreement = True  # type: ignore[attr-defined]
+        connector.register_signal_handlers = register_then_install  # type: ignore[union-attr]
 
     def _install(self, trainer: L.Trainer, *args: Any) -> None:
         handler = signal.getsignal(signal.SIGTERM)
@@ -87,6 +104,7 @@ class SigtermAgreement(L.Callback):
         if reduce_tensor(note, "max", trainer).item():
             self._act(signal.SIGTERM, None)
 
-    # Lightning registers its handler before these hooks (after on_fit_start)
+    # Lightning has registered its handler by these hooks (installed already when setup wrapped
+    # the registration)
     on_sanity_check_start = on_train_start = on_test_start = _install
     on_train_batch_end = on_validation_batch_end = on_test_batch_end = agree
