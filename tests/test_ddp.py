@@ -214,7 +214,10 @@ def _train_ddp(args: list[str], cwd: Path) -> dict:
 
 
 @pytest.mark.slow  # three 2-process CLI runs: 70 to 120 s on 2 cores
-@pytest.mark.parametrize("stop", ["epoch-end", "mid-epoch-kill", "mid-epoch-sigterm-on-rank-1"])
+@pytest.mark.parametrize(
+    "stop",
+    ["epoch-end", "mid-epoch-kill", "mid-epoch-sigterm-on-rank-1", "validation-sigterm-on-rank-1"],
+)
 def test_a_ddp_run_resumed_after_a_stop_ends_as_the_uninterrupted_one(
     tmp_path, shapes_root, stop
 ) -> None:
@@ -224,7 +227,9 @@ def test_a_ddp_run_resumed_after_a_stop_ends_as_the_uninterrupted_one(
     rank) after step 2, the last of epoch 0, whose save is lost: the resume starts from the
     every-step ``last.ckpt`` of step 1, mid-epoch (each rank's batch position and its states). Or
     stopped by a SIGTERM that rank 1 alone receives during step 1 (no every-step saves): every
-    rank stops after that step, and the ``last.ckpt`` written there holds every rank's states."""
+    rank stops after that step, and the ``last.ckpt`` written there holds every rank's states. Or
+    by one that rank 1 alone receives during epoch 0's validation: every rank stops after that
+    validation batch, with every rank's states at the end of step 2."""
     # As users run DDP: with the progress bar and persistent data workers (each sample's
     # augmentation is drawn from its own seed, data/sample_seeds.py).
     tiny = [a for a in TINY_WITH_BAR if a != "data.num_workers=0"]
@@ -246,6 +251,10 @@ def test_a_ddp_run_resumed_after_a_stop_ends_as_the_uninterrupted_one(
         if stop == "mid-epoch-kill":
             stops, code = ["+callbacks.kill._target_=reliability_support.KillAtStep",
                            "+callbacks.kill.step=2"], -9  # fmt: skip
+        elif stop == "validation-sigterm-on-rank-1":
+            stops, code = ["+callbacks.term._target_=reliability_support.TermInValidation",
+                           "+callbacks.term.rank=1",
+                           "callbacks.model_checkpoint.every_n_train_steps=null"], 143  # fmt: skip
         else:
             stops, code = ["+callbacks.term._target_=reliability_support.TermAtStep",
                            "+callbacks.term.step=1", "+callbacks.term.rank=1",
@@ -255,7 +264,8 @@ def test_a_ddp_run_resumed_after_a_stop_ends_as_the_uninterrupted_one(
         assert stopped.returncode == code, (stopped.stdout + stopped.stderr)[-3000:]
         (last,) = (tmp_path / "stopped").rglob("last.ckpt")
         saved = torch.load(last, weights_only=True)
-        assert saved["global_step"] == 1 and len(saved["callbacks"]["RngStates"]["ranks"]) == 2
+        step = 2 if stop == "validation-sigterm-on-rank-1" else 1
+        assert saved["global_step"] == step and len(saved["callbacks"]["RngStates"]["ranks"]) == 2
     resumed = _train_ddp([*common, *probe("resumed_rng"), "ckpt_path=last"], tmp_path / "stopped")
     assert resumed["global_step"] == straight["global_step"] == 4  # 2 steps an epoch per rank
     for rank in (0, 1):

@@ -163,3 +163,32 @@ def test_the_ranks_states_are_exchanged_at_the_batch_ends_that_save(
     assert (RANKS in saved) is exchanged
     if exchanged:
         assert saved[RANKS][1] is rank1
+
+
+@pytest.mark.parametrize(
+    ("sigterm", "sanity", "exchanged_before", "exchanged"),
+    [(False, False, False, False),
+     (True, False, False, True),  # the ranks stop in this validation: its checkpoint follows
+     (True, True, False, False),  # the sanity check saves nothing
+     (True, False, True, False)],  # exchanged at the training batch end already: not again
+)  # fmt: skip
+def test_the_ranks_states_are_exchanged_once_when_they_stop_in_validation(
+    monkeypatch, sigterm: bool, sanity: bool, exchanged_before: bool, exchanged: bool
+) -> None:
+    calls = []
+
+    def fake_gather(states, world_size):
+        calls.append(world_size)
+        return [states, {"torch": torch.zeros(1)}]
+
+    monkeypatch.setattr(rng_states, "gather", fake_gather)
+    callback = RngStates()
+    callback.setup(SimpleNamespace(global_rank=0), None, "validate")
+    if exchanged_before:
+        callback._ranks = fake_gather(rng_states.capture(), 2)
+        calls.clear()
+    trainer = SimpleNamespace(world_size=2, received_sigterm=sigterm, sanity_checking=sanity)
+    callback.on_validation_batch_end(trainer, None, None, None, 0)
+    callback.on_validation_batch_end(trainer, None, None, None, 1)  # the stop is at the first
+    assert calls == ([2] if exchanged else [])
+    assert (RANKS in callback.state_dict()) is (exchanged or exchanged_before)

@@ -130,14 +130,17 @@ class TermAtStep(L.Callback):
 class TermInValidation(L.Callback):
     """Sends SIGTERM to its own process after the first batch of the first validation of
     fitting (not the sanity check), as a pre-emption arriving while the run validates; Lightning
-    stops at that validation batch's end."""
+    stops at that validation batch's end. Under DDP every rank signals itself, or only rank
+    ``rank``."""
 
-    def __init__(self) -> None:
-        self.sent, self.step = False, None
+    def __init__(self, rank: int | None = None) -> None:
+        self.rank, self.sent, self.step = rank, False, None
 
     def on_validation_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if not trainer.sanity_checking and not self.sent:
-            self.sent, self.step = True, trainer.global_step
+        if trainer.sanity_checking or self.sent:
+            return
+        self.sent, self.step = True, trainer.global_step
+        if self.rank is None or trainer.global_rank == self.rank:
             os.kill(os.getpid(), signal.SIGTERM)
 
 

@@ -24,21 +24,24 @@ rank ``r > 0`` moves its generators to a state derived from the shared one and `
 seed).
 
 Checkpoints written at the end of a training epoch, the ``last.ckpt`` written every n steps and
-the one a SIGTERM in training writes hold every rank's states (``rng_ranks.py``), and on a resume
+the one a SIGTERM during fitting writes hold every rank's states (``rng_ranks.py``), and on a resume
 with as many processes each rank puts back its own: every rank continues its streams exactly. The
-ranks exchange their states (``all_gather``) in ``on_train_epoch_end``, and in
-``on_train_batch_end`` at the steps whose end writes ``last.ckpt``
-(``BestAndLastCheckpoint.writes_last_after_batch``) or where the ranks stop on a SIGTERM (agreed
-by ``sigterm_agreement.SigtermAgreement``, a callback that runs before this one): hooks every
-rank runs at the same point and before the checkpoint callbacks' (Lightning runs those last).
+ranks exchange their states (``all_gather``) in ``on_train_epoch_end``, in ``on_train_batch_end``
+at the steps whose end writes ``last.ckpt`` (``BestAndLastCheckpoint.writes_last_after_batch``)
+or where the ranks stop on a SIGTERM (agreed by ``sigterm_agreement.SigtermAgreement``, a
+callback that runs before this one), and in ``on_validation_batch_end`` once the ranks have
+agreed to stop during fitting's validation (or at the training batch before it: Lightning then
+stops in the validation): hooks every rank runs at the same point and before the checkpoint
+callbacks' (Lightning runs those last).
 Rank 0's ``state_dict`` returns them. Not inside ``state_dict``, which Lightning calls on each
 rank that saves: a collective there needs every rank to save at the same point. Our saves do
 (epoch end, every n steps, top-k at validation end, train end, a SIGTERM), but not every save
 must (``trainer.save_checkpoint`` from rank-0-only code): there the collective would wait for
 ever, or pair with another one of the other ranks; an exchange no save depends on cannot. The
 exchange is kept until the next training batch starts, and used only while rank 0's generators
-are still where they were at the exchange, so a checkpoint written at another point (a SIGTERM
-during validation, a top-k save at a validation end) holds rank 0's states only, as before.
+are still where they were at the exchange, so a checkpoint written at another point (a top-k save
+at a validation end, ``trainer.save_checkpoint`` from user code) holds rank 0's states only, as
+before.
 
 A resume from such a checkpoint, from one written before per-rank states, or on another number
 of processes falls back to the earlier behaviour, with a logged line (rank 0): rank 0 continues
@@ -105,7 +108,7 @@ def separate_rank_streams(rank: int) -> None:
 
 class RngStates(L.Callback):
     """Saves :func:`capture` in every checkpoint, with every DDP rank's states in those written at
-    a training epoch's end, every n steps or at a SIGTERM in training; restores them when a
+    a training epoch's end, every n steps or at a SIGTERM during fitting; restores them when a
     resumed run's first training epoch starts (when training starts, for a checkpoint written
     mid-epoch).
     Under DDP, gives each rank its own streams (:func:`separate_rank_streams`) when fitting
@@ -136,6 +139,15 @@ class RngStates(L.Callback):
         # Only at a step whose end saves: every rank knows it, and a collective every step
         # would cost a synchronisation each.
         if trainer.world_size > 1 and (_writes_last(trainer) or _stops_on_sigterm(trainer)):
+            self._ranks = gather(capture(), trainer.world_size)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        # A SIGTERM agreed here, or at the training batch before this validation: the stop's
+        # checkpoint follows, holding the training's states (validation draws nothing from
+        # these generators; ``state_dict`` checks it). Every rank has the flag and the same
+        # exchange (or none) at this point.
+        if (trainer.world_size > 1 and trainer.received_sigterm and self._ranks is None
+                and not trainer.sanity_checking):  # fmt: skip
             self._ranks = gather(capture(), trainer.world_size)
 
     def on_train_batch_start(
