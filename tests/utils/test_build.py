@@ -40,3 +40,22 @@ def test_a_gpu_trainer_without_a_gpu_is_named_before_anything_is_built(
     with pytest.raises(ConfigError, match=r"trainer.accelerator=gpu .*Fix: trainer=cpu"):
         build_run(cfg)
     assert not shapes.exists()  # the data was not generated
+
+
+@pytest.mark.parametrize(
+    ("overrides", "bar", "summary"),
+    [([], True, True),
+     (["callbacks.progress_bar=null", "callbacks.model_summary=null"], False, False),
+     (["callbacks.progress_bar=null", "+trainer.enable_progress_bar=true"], True, True)],
+)  # fmt: skip
+def test_a_null_progress_bar_or_model_summary_switches_it_off(
+    tmp_path, overrides: list[str], bar: bool, summary: bool
+) -> None:
+    """Without a callback of its kind Lightning adds its own: a null entry must not leave one."""
+    from lightning.pytorch.callbacks import ModelSummary, ProgressBar
+
+    from detr_lightning.utils.build import build_trainer
+
+    trainer = build_trainer(compose_job(["experiment=shapes_plain", *overrides], tmp_path))
+    assert any(isinstance(c, ProgressBar) for c in trainer.callbacks) is bar
+    assert any(isinstance(c, ModelSummary) for c in trainer.callbacks) is summary

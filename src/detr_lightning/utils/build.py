@@ -130,7 +130,21 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
     if not any(isinstance(p, CheckpointIO) for p in plugins):
         plugins.append(AtomicCheckpointIO())
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins,
+                       **switched_off_defaults(cfg))  # fmt: skip
+
+
+def switched_off_defaults(cfg: DictConfig) -> dict[str, bool]:
+    """``enable_progress_bar`` / ``enable_model_summary`` False where ``callbacks.progress_bar``
+    / ``callbacks.model_summary`` is null and ``cfg.trainer`` does not set the switch: without a
+    callback of its kind Lightning adds its own, so the null would do nothing."""
+    chosen = cfg.get("callbacks") or {}
+    return {
+        switch: False
+        for entry, switch in (("progress_bar", "enable_progress_bar"),
+                              ("model_summary", "enable_model_summary"))
+        if entry in chosen and chosen[entry] is None and cfg.trainer.get(switch) is None
+    }  # fmt: skip
 
 
 def log_config(trainer: L.Trainer, cfg: DictConfig) -> None:
