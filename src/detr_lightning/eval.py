@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from detr_lightning.job_failures import records_failures
 from detr_lightning.utils import conf_dir
 from detr_lightning.utils.job_errors import exit_on_explained_errors
+from detr_lightning.utils.null_group_choice import refuse_null_group_choices
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -37,6 +38,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+@refuse_null_group_choices(conf_dir())
 @hydra.main(config_path=conf_dir(), config_name="eval", version_base="1.3")
 @exit_on_explained_errors
 @records_failures

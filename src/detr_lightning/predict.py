@@ -40,6 +40,7 @@ from detr_lightning.predict_outputs import refuse_earlier_outputs, refuse_given_
 from detr_lightning.utils import conf_dir
 from detr_lightning.utils.config_check import ConfigError
 from detr_lightning.utils.job_errors import exit_on_explained_errors
+from detr_lightning.utils.null_group_choice import refuse_null_group_choices
 
 log = logging.getLogger(__name__)
 BACKENDS = ("torch", "onnxruntime")
@@ -167,6 +168,7 @@ def predict(cfg: DictConfig) -> str:
     return path
 
 
+@refuse_null_group_choices(conf_dir())
 @hydra.main(config_path=conf_dir(), config_name="predict", version_base="1.3")
 @exit_on_explained_errors
 def _main(cfg: DictConfig) -> None:

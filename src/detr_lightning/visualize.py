@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from detr_lightning.utils import conf_dir
 from detr_lightning.utils.job_errors import exit_on_explained_errors
+from detr_lightning.utils.null_group_choice import refuse_null_group_choices
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ def visualize(cfg: DictConfig) -> list[str]:
     return written
 
 
+@refuse_null_group_choices(conf_dir())
 @hydra.main(config_path=conf_dir(), config_name="visualize", version_base="1.3")
 @exit_on_explained_errors
 def main(cfg: DictConfig) -> None:
