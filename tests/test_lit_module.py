@@ -141,3 +141,30 @@ def test_a_weight_for_a_loss_set_the_model_does_not_compute_is_refused_at_the_fi
     message = str(info.value)
     assert "model.criterion.weight_dict has ['loss_ce_9']" in message
     assert "'loss_ce_0'" in message and "'~model.criterion.weight_dict.loss_ce_9'" in message
+
+
+def test_every_step_logs_the_last_layers_losses_and_each_extra_terms(tmp_path) -> None:
+    """Per step: the paper's losses, class_error and an extra term's key (not only per epoch);
+    the aux copies stay per epoch."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    from detr_lightning.convergence.aspect_loss import AspectRatioLoss
+    from detr_lightning.detr.criterion import DEFAULT_WEIGHTS
+    from detr_lightning.loss import HungarianMatcher, SetCriterion
+
+    lit = tiny_lit()
+    lit.criterion = SetCriterion(NUM_CLASSES, HungarianMatcher(),
+                                 weight_dict={**DEFAULT_WEIGHTS, "loss_aspect": 1.0},
+                                 extra_terms={"aspect": AspectRatioLoss()})  # fmt: skip
+    trainer = quiet_trainer(tmp_path, max_steps=3, limit_val_batches=0, log_every_n_steps=1,
+                            logger=CSVLogger(tmp_path, name="csv"))  # fmt: skip
+    trainer.fit(lit, train_dataloaders=loader(3))
+    (path,) = tmp_path.rglob("metrics.csv")
+    rows = [r for r in csv.DictReader(path.open()) if r.get("train/loss")]
+    assert len(rows) == 3
+    for key in ("train/loss_ce", "train/loss_bbox", "train/loss_giou", "train/class_error",
+                "train/loss_aspect"):  # fmt: skip
+        assert all(r[key] for r in rows), key
+    assert "train/loss_aspect_0" not in rows[0] and "train_epoch/loss_aspect_0" in rows[0]

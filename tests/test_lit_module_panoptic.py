@@ -32,6 +32,7 @@ def test_panoptic_validation_logs_pq_and_metrics_json_has_it(
     trainer = quiet_trainer(tmp_path, max_epochs=1)  # 2 steps, then a validation
     trainer.fit(lit, datamodule=panoptic_datamodule(shapes_root))
     logged = trainer.callback_metrics
+    assert {"train/loss_mask", "train/loss_dice"} <= set(logged)  # every step, as loss_ce
     for key in (*PQ_KEYS, *SEGM_KEYS, "AP", "AP50"):
         assert f"val/{key}" in logged, key
         # -1: undefined, as pycocotools (an untrained model may predict no thing at all)

@@ -30,7 +30,9 @@ __all__ = ["LitDETR", "NonFiniteLossError", "drop_crowd"]
 
 log = logging.getLogger(__name__)
 
-_STEP_LOGGED = ("loss_ce", "loss_bbox", "loss_giou", "class_error")
+# logged every step too (the last decoder layer's; every key also per epoch in train_epoch/),
+# with each extra term's keys (model.criterion.extra_terms)
+_STEP_LOGGED = ("loss_ce", "loss_bbox", "loss_giou", "loss_mask", "loss_dice", "class_error")
 
 
 def drop_crowd(target: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -186,7 +188,9 @@ class LitDETR(EvaluationSteps, OptimizationHooks):
         _, losses, total = self._step(batch, "train", batch_idx)
         check_losses(self, losses, total, batch_idx)
         bs = len(batch.targets)
-        step_logs = {f"train/{k}": losses[k] for k in _STEP_LOGGED if k in losses}
+        terms = getattr(self.criterion, "extra_terms", {})
+        step_keys = (*_STEP_LOGGED, *(key for term in terms.values() for key in term.keys))
+        step_logs = {f"train/{k}": losses[k] for k in step_keys if k in losses}
         step_logs["train/loss"] = total
         # Synced: rank 0 writes the logs, which would otherwise show its own share of the step.
         self.log_dict(step_logs, on_step=True, on_epoch=False, sync_dist=True, batch_size=bs)

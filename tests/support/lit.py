@@ -75,8 +75,9 @@ def loader(n: int, offset: int = 0, size: int = 64) -> DataLoader:
 
 def quiet_trainer(tmp_path, **kwargs) -> L.Trainer:
     kwargs.setdefault("enable_checkpointing", False)
+    kwargs.setdefault("logger", False)
     return L.Trainer(
-        default_root_dir=tmp_path, accelerator="cpu", devices=1, logger=False,
+        default_root_dir=tmp_path, accelerator="cpu", devices=1,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
         **kwargs,
     )  # fmt: skip
