@@ -116,6 +116,11 @@ def describe_load_error(path: str, key: str, err: BaseException) -> CheckpointLo
     )
 
 
+# what zipfile raises for damaged structure: a header, a member's name that is not UTF-8 (a
+# flipped byte), an unknown compression method, a cut or inflating member
+_DAMAGED_ZIP = (zipfile.BadZipFile, EOFError, zlib.error, UnicodeDecodeError, NotImplementedError)
+
+
 def check_archive(path: str, key: str = "ckpt_path") -> None:
     """CheckpointLoadError when a checkpoint's zip archive fails its CRC check: torch.load never
     checks them, so damaged tensor bytes (bad disk, broken copy) would load as wrong weights.
@@ -127,7 +132,7 @@ def check_archive(path: str, key: str = "ckpt_path") -> None:
             bad = archive.testzip()  # one sequential read of every member
     except OSError:
         return  # unreadable: torch.load's error names it
-    except (zipfile.BadZipFile, EOFError, zlib.error) as err:
+    except _DAMAGED_ZIP as err:
         reason = f"its zip structure is damaged ({type(err).__name__}: {err})"
     else:
         if bad is None:
