@@ -32,7 +32,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     datamodule, model, trainer = build_run(cfg, "test")
     ckpt = cfg.get("ckpt_path")
     log_config(trainer, cfg)
-    trainer.test(model, datamodule=datamodule, ckpt_path=ckpt or None, verbose=False)
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from detr_lightning.checkpointing.interrupted import exit_evaluation_on_sigterm
+
+    try:
+        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt or None, verbose=False)
+    except SIGTERMException:  # a SystemExit(None): exit status 0 unless turned into 143
+        exit_evaluation_on_sigterm(trainer)
     metrics = dict(model.test_metrics)
     report(trainer, cfg, metrics, checkpoint=ckpt or cfg.model.pretrained)
     return metrics

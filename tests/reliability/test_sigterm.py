@@ -57,6 +57,23 @@ def test_sigterm_saves_last_at_that_step_exits_143_and_resumes(tmp_path, shapes_
     # the report's curve of the resumed run: the first run's epoch-0 validation, then its own
     assert [p["epoch"] for p in load_run(Path(new_dir)).curve] == [0.0, 1.0]
 
+    # an evaluation stopped so says it and exits 143 (Lightning's exception would exit 0)
+    infer = [
+        a
+        for a in common
+        if not a.startswith(
+            ("data.train_transforms", "schedule=", "trainer.max_epochs", "trainer.limit_train")
+        )
+    ]
+    evaluated = run("eval", [*infer, f"ckpt_path={last}", "trainer.limit_test_batches=2",
+                             "+callbacks.term._target_=reliability_support.TermInTest"],
+                    tmp_path)  # fmt: skip
+    out = evaluated.stdout + evaluated.stderr
+    assert evaluated.returncode == 143, out[-3000:]
+    assert "SIGTERM: evaluation stopped before its end; no metrics.json was written." in out
+    (eval_dir,) = (tmp_path / "outputs" / "shapes").glob("eval_*")
+    assert not (eval_dir / "metrics.json").exists()
+
     sweep = tmp_path / "sweep"
     swept = run("train", ["-m", *common, *term, f"hydra.sweep.dir={sweep}", "seed=1"], tmp_path)
     assert swept.returncode == 143  # a sweep does not report success
@@ -75,7 +92,6 @@ def test_sigterm_during_validation_saves_the_last_training_step_and_resumes(
     common = _common(shapes_root)
     term = ["+callbacks.term._target_=reliability_support.TermInValidation"]
     out, _, last = _stopped(common, term, tmp_path, STEPS_PER_EPOCH, 0, "validation")
-    assert "Validation" in out  # the signal came while validating (the progress bar says so)
     state = torch.load(last, weights_only=True)
     assert (state["global_step"], state["epoch"]) == (STEPS_PER_EPOCH, 0)
     # the validation had run one of its two batches; no top-k file (no val/AP yet)
@@ -91,3 +107,20 @@ def test_sigterm_during_validation_saves_the_last_training_step_and_resumes(
     # epoch 0's validation is not rerun: the only validation point is epoch 1's
     assert [p["epoch"] for p in load_run(new_dir).curve] == [1.0]
     assert [p.name[:9] for p in (new_dir / "checkpoints").glob("epoch*.ckpt")] == ["epoch001-"]
+
+
+def test_sigterm_in_the_sanity_check_names_it_and_does_not_send_to_ckpt_path_last(
+    tmp_path, shapes_root
+) -> None:
+    """Nothing written yet: ``ckpt_path=last`` would fail, or take another run of the
+    experiment; the line says to rerun the same command."""
+    term = ["+callbacks.term._target_=reliability_support.TermInValidation",
+            "+callbacks.term.sanity_check=true", "trainer.num_sanity_val_steps=2"]  # fmt: skip
+    stopped = run("train", [*_common(shapes_root), *term], tmp_path)
+    out = stopped.stdout + stopped.stderr
+    assert stopped.returncode == 143, out[-3000:]
+    assert (
+        "SIGTERM: training stopped during the sanity check at global step 0 (epoch 0); no "
+        "checkpoint was written by this run. To resume, rerun the same command (not with "
+        "ckpt_path=last: that is another run's)." in out
+    )

@@ -129,18 +129,31 @@ class TermAtStep(L.Callback):
 
 class TermInValidation(L.Callback):
     """Sends SIGTERM to its own process after the first batch of the first validation of
-    fitting (not the sanity check), as a pre-emption arriving while the run validates; Lightning
-    stops at that validation batch's end. Under DDP every rank signals itself, or only rank
-    ``rank``."""
+    fitting (not the sanity check; with ``sanity_check`` of the sanity check), as a pre-emption
+    arriving while the run validates; Lightning stops at that validation batch's end. Under DDP
+    every rank signals itself, or only rank ``rank``."""
 
-    def __init__(self, rank: int | None = None) -> None:
-        self.rank, self.sent, self.step = rank, False, None
+    def __init__(self, rank: int | None = None, sanity_check: bool = False) -> None:
+        self.rank, self.sanity_check, self.sent, self.step = rank, sanity_check, False, None
 
     def on_validation_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if trainer.sanity_checking or self.sent:
+        if trainer.sanity_checking != self.sanity_check or self.sent:
             return
         self.sent, self.step = True, trainer.global_step
         if self.rank is None or trainer.global_rank == self.rank:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class TermInTest(L.Callback):
+    """Sends SIGTERM to its own process after the first test batch (an evaluation job
+    pre-empted or cancelled)."""
+
+    def __init__(self) -> None:
+        self.sent = False
+
+    def on_test_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if not self.sent:
+            self.sent = True
             os.kill(os.getpid(), signal.SIGTERM)
 
 

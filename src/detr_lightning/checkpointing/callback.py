@@ -71,7 +71,7 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         super().__init__(save_last=True, **kwargs)
         self.last_every_n_train_steps = int(every_n_train_steps or 0)
         self._last_written_step = -1  # global step held by the current last.ckpt (this run)
-        self.stopped_in: str | None = None  # "training" / "validation": where an exception hit
+        self.stopped_in: str | None = None  # "training", "validation", "the sanity check"
 
     # ------------------------------------------------------------------ when
     @staticmethod
@@ -166,7 +166,8 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         # SIGTERM (pre-emption, scancel) stops at a batch boundary, and a bad image or panoptic
         # PNG fails while its batch is read, before its step: the state is consistent at the
         # last step. Without this the resume loses everything since the last save.
-        self.stopped_in = "validation" if trainer.validating else "training"
+        self.stopped_in = ("the sanity check" if trainer.sanity_checking
+                           else "validation" if trainer.validating else "training")  # fmt: skip
         stops_cleanly: tuple[type[BaseException], ...] = (SIGTERMException,)
         if trainer.world_size == 1:
             # A bad file fails on the one rank that reads it, while the others are inside the

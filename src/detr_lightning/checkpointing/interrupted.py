@@ -18,13 +18,16 @@ log = logging.getLogger(__name__)
 EXIT_SIGTERM = 143  # 128 + SIGTERM, what a shell reports for a process the signal ended
 
 
-def resume_hint() -> str:
-    """How to continue: ``ckpt_path=last``, or in a sweep the sweep command with its folder."""
+def resume_hint(trainer: L.Trainer) -> str:
+    """How to continue: ``ckpt_path=last``, or in a sweep the sweep command with its folder; the
+    same command where this run wrote no checkpoint (``last`` would take another run's)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         return f"rerun the sweep command with ckpt_path=auto hydra.sweep.dir={HydraConfig.get().sweep.dir}"
+    if getattr(trainer.checkpoint_callback, "last_written_step", None) is None:
+        return "rerun the same command (not with ckpt_path=last: that is another run's)"
     return "rerun the command with ckpt_path=last"
 
 
@@ -39,8 +42,8 @@ def saved_checkpoint(trainer: L.Trainer) -> str:
 
 
 def fit_phase(trainer: L.Trainer) -> str:
-    """Where fitting stopped: "validation" or "training" (what the checkpoint callback saw when
-    the exception reached it)."""
+    """Where fitting stopped: "the sanity check", "validation" or "training" (what the checkpoint
+    callback saw when the exception reached it)."""
     return getattr(trainer.checkpoint_callback, "stopped_in", None) or "training"
 
 
@@ -50,7 +53,7 @@ def exit_on_sigterm(trainer: L.Trainer, during: str) -> NoReturn:
         log.error(
             "SIGTERM: training stopped during %s at global step %d (epoch %d); %s. To resume, %s.",
             during, trainer.global_step, trainer.current_epoch, saved_checkpoint(trainer),
-            resume_hint(),
+            resume_hint(trainer),
         )  # fmt: skip
     raise SystemExit(EXIT_SIGTERM)
 
@@ -62,5 +65,14 @@ def note_data_error(err: BaseException, trainer: L.Trainer) -> None:
     err.add_note(
         f"Training stopped at global step {trainer.global_step} (epoch {trainer.current_epoch}); "
         f"{saved_checkpoint(trainer)}. Once the file is fixed (or its record removed from the "
-        f"json), {resume_hint()} to go on from there."
+        f"json), {resume_hint(trainer)} to go on from there."
     )
+
+
+def exit_evaluation_on_sigterm(trainer: L.Trainer) -> NoReturn:
+    """An evaluation (``eval``) stopped by SIGTERM: say that it wrote no metrics and exit with
+    status 143 (Lightning's ``SIGTERMException`` would end it with 0, as if it had finished)."""
+    if trainer.is_global_zero:
+        log.error("SIGTERM: evaluation stopped before its end; no metrics.json was written. "
+                  "To evaluate, rerun the command.")  # fmt: skip
+    raise SystemExit(EXIT_SIGTERM)
