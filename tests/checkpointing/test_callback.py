@@ -183,6 +183,19 @@ def test_a_bad_image_writes_last_ckpt_only_without_ddp(tmp_path, world_size, wri
     callback = BestAndLastCheckpoint(dirpath=tmp_path, monitor="val/AP", mode="max")
     written = []
     callback.write_last = written.append  # type: ignore[method-assign]
-    trainer = SimpleNamespace(world_size=world_size, validating=False, global_step=3)
+    trainer = SimpleNamespace(
+        world_size=world_size, validating=False, sanity_checking=False, global_step=3
+    )
     callback.on_exception(trainer, None, ImageLoadError("Cannot decode image x.jpg"))
     assert bool(written) == writes
+
+
+def test_resume_in_its_own_folder_whose_best_is_gone_does_not_name_it_best(tmp_path) -> None:
+    """A sweep job resumed in its own folder (``ckpt_path=auto hydra.sweep.dir=...``) whose best
+    file was deleted since: the final test must not load the missing file (it failed after
+    training with Lightning's FileNotFoundError)."""
+    first = tmp_path / "job"
+    _fit_ap(tmp_path, first, {0: 0.5, 1: 0.3})
+    (first / "epoch000-AP0.5000.ckpt").unlink()
+    cb = _fit_ap(tmp_path, first, {2: 0.2}, first / "last.ckpt")
+    assert cb.best_model_path == "" or (tmp_path / cb.best_model_path).is_file(), cb.best_model_path

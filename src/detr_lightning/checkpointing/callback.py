@@ -131,15 +131,16 @@ class BestAndLastCheckpoint(ModelCheckpoint):
             return
         earlier = state_dict.get("dirpath")
         if earlier is None or self.dirpath is None or Path(earlier) == Path(self.dirpath):
-            super().load_state_dict(state_dict)
-        else:  # a resume into a new run folder: the parent would forget the run's best so far
-            self._keep_earlier_best(state_dict)
+            super().load_state_dict(state_dict)  # then without the files that are gone since
+        # else a resume into a new run folder: the parent would forget the run's best so far
+        self._keep_earlier_best(state_dict)
 
     def _keep_earlier_best(self, state_dict: dict[str, Any]) -> None:
-        """Adopt the top-k files of the run resumed from (another folder) that still exist, so
-        that "best" (train.py's final test) is the run's best, not the best since the resume.
-        They can leave the top-k list but are never deleted: the parent only removes files
-        under its own dirpath (``_should_remove_checkpoint``)."""
+        """Adopt the top-k files of the run resumed from that still exist, so that "best"
+        (train.py's final test) is the run's best, not the best since the resume, and never a
+        file deleted since (a sweep job resumed in its own folder). In another folder they can
+        leave the top-k list but are never deleted: the parent only removes files under its own
+        dirpath (``_should_remove_checkpoint``)."""
         saved = {str(p): s for p, s in (state_dict.get("best_k_models") or {}).items()}
         for path in [p for p in saved if not os.path.isfile(p)]:
             log.warning(
