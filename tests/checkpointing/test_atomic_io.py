@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -167,3 +168,19 @@ def test_a_full_disk_or_quota_says_free_space(tmp_path, monkeypatch) -> None:
                                       r"MiB free .*\(out of space or over quota\)\. .* Fix: free "
                                       r"space there"):  # fmt: skip
         atomic_torch_save({"x": 1}, tmp_path / "last.ckpt")
+
+
+def test_a_file_size_limit_is_named_as_such_not_as_a_full_disk(tmp_path) -> None:
+    """EFBIG (``ulimit -f``, a scheduler's RLIMIT_FSIZE): torch reports it as "unexpected pos";
+    the message gives the OSError's reason and the limit's fix, not "free space"."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, hard))  # Python ignores SIGXFSZ: EFBIG
+    try:
+        with pytest.raises(OSError) as err:
+            atomic_torch_save({"w": torch.zeros(1_000_000)}, tmp_path / "last.ckpt")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    msg = str(err.value)
+    assert msg.startswith(f"{tmp_path / 'last.ckpt'}: writing failed (File too large)"), msg
+    assert "ulimit -f unlimited" in msg and "free space there" not in msg, msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no temp file left

@@ -93,24 +93,31 @@ _NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 _NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 
 
-def _errno(err: BaseException | None) -> int | None:
-    # torch's zip writer reports a full disk as a RuntimeError ("unexpected pos ..."), the
-    # OSError only chained to it
+def _os_error(err: BaseException | None) -> OSError | None:
+    # torch's zip writer reports a failed write (a full disk, the file-size limit) as a
+    # RuntimeError ("unexpected pos ..."), the OSError only chained to it
     while err is not None:
         if isinstance(err, OSError) and err.errno is not None:
-            return err.errno
+            return err
         err = err.__cause__ or err.__context__
     return None
 
 
 def _write_failure(path: str, dirname: str, err: BaseException) -> str:
     """The message of a failed write: the target (never the temp file), the reason, the fix."""
+    cause = _os_error(err)
     # strerror, not str(err): an OSError of mkstemp names the hidden temp file, not the target
-    text = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    text = cause.strerror if cause is not None and cause.strerror else str(err)
     first = text.splitlines()[0] if text else type(err).__name__
-    code = _errno(err)
+    code = cause.errno if cause is not None else None
     head = f"{path}: writing failed ({first})"
     kept = "The previous file, if any, is unchanged."
+    if code == errno.EFBIG:
+        return (
+            f"{head}: the file would exceed the largest file this process may write (`ulimit "
+            f"-f`, a scheduler's file-size limit, or the filesystem's). {kept} Fix: raise the "
+            "limit (`ulimit -f unlimited`), or write elsewhere (paths.output_dir=...)."
+        )
     if code in _NOT_WRITABLE:
         return (
             f"{head}: its folder {dirname} is not writable (read-only filesystem or "
