@@ -193,6 +193,15 @@ def test_label_out_of_range_and_nan_are_clear_errors():
         HungarianMatcher(0, 0, 0)
 
 
+def test_label_out_of_range_of_a_sigmoid_head_is_the_clear_error() -> None:
+    """A focal (sigmoid) head has no "no object" column: label C is out of range, and must give
+    the num_classes message, not an IndexError (a device fault on GPU) from the cost."""
+    out = {"pred_logits": torch.randn(1, 3, 2), "pred_boxes": torch.rand(1, 3, 4) * 0.5 + 0.2}
+    bad = {"labels": torch.tensor([2]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}
+    with pytest.raises(ValueError, match="num_classes"):
+        HungarianMatcher(scoring=FocalScoring())(out, [bad])
+
+
 def test_no_grad_and_device_of_outputs():
     logits = torch.randn(1, 4, 3, requires_grad=True)
     boxes = (torch.rand(1, 4, 4) * 0.5 + 0.2).requires_grad_()
