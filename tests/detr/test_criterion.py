@@ -311,3 +311,18 @@ def test_mask_losses_use_the_targets_in_matched_order():
     )  # fmt: skip
     assert losses["loss_dice"].item() == pytest.approx(direct["loss_dice"].item(), rel=1e-6)
     assert losses["loss_mask"].item() == pytest.approx(direct["loss_mask"].item(), rel=1e-6)
+
+
+def test_logits_wider_than_num_classes_and_partly_masked_batches_are_clear_errors():
+    # 3 classes + no-object from the model, num_classes=2 in the criterion: too many columns
+    outputs, targets = _hand_case()
+    wide = {**outputs, "pred_logits": torch.cat([outputs["pred_logits"]] * 2, -1)[..., :4]}
+    with pytest.raises(ValueError, match="num_classes"):
+        _criterion()(wide, targets)
+    # the masks loss with a batch where only one image has target masks
+    outputs, targets = _two_halves_case()
+    batch = {k: torch.cat([v, v]) for k, v in outputs.items()}
+    unmasked = {k: v for k, v in targets[0].items() if k != "masks"}
+    crit = _criterion(losses=("labels", "masks"), weight_dict={"loss_ce": 1, "loss_mask": 1})
+    with pytest.raises(ValueError, match="a target has no 'masks'"):
+        crit(batch, [targets[0], unmasked])
