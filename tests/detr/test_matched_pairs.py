@@ -36,6 +36,12 @@ def test_no_pairs_and_wrong_image_count() -> None:
         MatchedPairs.of([empty], [0, 0, 0], torch.device("cpu"))
 
 
+def test_more_matches_than_images_is_the_clear_error() -> None:
+    one = [(torch.tensor([0]), torch.tensor([0]))]
+    with pytest.raises(ValueError, match="expected 2 .* pairs per prediction set"):
+        MatchedPairs.of([one * 3], [1, 1], torch.device("cpu"))
+
+
 def test_sum_per_set_equal_and_unequal_sizes() -> None:
     values = torch.arange(6.0)
     assert sum_per_set(values, [3, 3]).tolist() == [3.0, 12.0]
