@@ -229,3 +229,15 @@ def test_id_map_resize_is_nearest_exact(n_in: int, n_out: int) -> None:
     src = [(2 * d + 1) * n_in // (2 * n_out) for d in range(n_out)]
     expected = torch.tensor([[n_in * y + x for x in src] for y in src])
     assert torch.equal(category[out["segment_map"]], expected)
+
+
+def test_default_class_threshold_is_the_officials_085() -> None:
+    # p = 0.80 and 0.90 for thing class 0 (the rest on "no object"): only 0.90 clears 0.85
+    logits = _probability_logits([[0.80, 0.0001, 0.0001, 0.0001, 0.1997],
+                                  [0.90, 0.0001, 0.0001, 0.0001, 0.0997]])  # fmt: skip
+    masks = torch.zeros(1, 2, 4, 4)
+    masks[0, 0, :, :2], masks[0, 1, :, 2:] = 5.0, 5.0
+    out = PostProcessPanoptic(IS_THING, min_area=1)(
+        {"pred_logits": logits, "pred_masks": masks}, torch.tensor([[4, 4]])
+    )[0]
+    assert [(s["category_id"], s["area"]) for s in out["segments_info"]] == [(0, 16)]
