@@ -40,6 +40,17 @@ def test_focal_and_dice_by_hand() -> None:
     assert dice_loss(logits, targets, 2.0).item() == pytest.approx((dice0 + dice1) / 2, rel=1e-6)
 
 
+def test_both_losses_are_summed_over_masks_and_divided_by_num_boxes() -> None:
+    # num_boxes (the batch's target count, e.g. averaged over DDP ranks) need not be the number
+    # of masks here: 2 masks, num_boxes 5 -> the per-mask sums divided by 5, not a mean over 2
+    logits = torch.tensor([[30.0, 30.0, -30.0, -30.0], [-30.0, -30.0, 30.0, 30.0]])
+    targets = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    # mask 0 exact: DICE 1 - 5/5 = 0; mask 1 disjoint: DICE 1 - 1/(2 + 2 + 1) = 0.8
+    assert dice_loss(logits, targets, 5.0).item() == pytest.approx(0.8 / 5, rel=1e-5)
+    # mask 1: every p_t ~ e^-30, so focal = alpha_t * 30: 0.25 * 30 twice, 0.75 * 30 twice
+    assert focal_mask_loss(logits, targets, 5.0).item() == pytest.approx(15.0 / 5, rel=1e-4)
+
+
 def test_empty_target_and_empty_prediction_cost_nothing_in_dice() -> None:
     logits = torch.full((1, 9), -30.0)
     assert dice_loss(logits, torch.zeros(1, 9), 1.0).item() == pytest.approx(0.0, abs=1e-6)
