@@ -314,3 +314,19 @@ def test_a_prediction_of_another_category_never_matches() -> None:
     pred = {"ids": ids * 2, "segments_info": [{"id": 2, "category_id": 2}]}
     stats = match_image(pred, gt, {1, 2})
     assert stats == {1: ClassStats(fn=1), 2: ClassStats(fp=1)}
+
+
+@pytest.mark.parametrize(("row", "is_fp"), [(0, True), (1, False)])
+def test_only_the_last_crowd_region_of_a_category_excuses_a_prediction(row: int, is_fp: bool):
+    # panopticapi keeps one crowd segment per category, the last of segments_info
+    # (crowd_labels_dict[category_id] = gt_label in its loop): a prediction lying on the first
+    # of two category-1 crowd regions is a false positive, one on the second is excused
+    gt_ids = torch.ones(4, 4, dtype=torch.long)
+    gt_ids[0], gt_ids[1] = 3, 4  # row 0: crowd 3, row 1: crowd 4, rows 2-3: segment 1
+    segments = [{"id": g, "category_id": 1, "iscrowd": int(g != 1)} for g in (1, 3, 4)]
+    pred_ids = torch.ones(4, 4, dtype=torch.long)
+    pred_ids[:2] = 0
+    pred_ids[row] = 9
+    pred = {"ids": pred_ids, "segments_info": [{"id": p, "category_id": 1} for p in (1, 9)]}
+    stats = match_image(pred, {"ids": gt_ids, "segments_info": segments}, {1})
+    assert stats == {1: ClassStats(tp=1, fp=int(is_fp), iou=1.0)}
