@@ -170,3 +170,19 @@ def test_recall_thresholds_are_pycocotools_float64_ones() -> None:
     metric = CocoBoxAP()
     assert metric.rec_thresholds == np.linspace(0.0, 1.0, 101).tolist()
     assert metric.iou_thresholds == np.linspace(0.5, 0.95, 10).tolist()
+
+
+def test_metric_targets_keep_the_targets_crowd_flags() -> None:
+    # a crowd box must reach the metric as crowd: pycocotools ignores it (neither a miss nor,
+    # for a detection on it, a false positive), so a model that finds only the non-crowd box
+    # scores AP 1; scored as a normal box, it would be a miss
+    boxes = torch.tensor([[0.25, 0.25, 0.3, 0.3], [0.75, 0.75, 0.3, 0.3]])  # cxcywh
+    t = {"boxes": boxes, "labels": torch.tensor([0, 0]), "image_id": torch.tensor(1),
+         "orig_size": torch.tensor([100, 100]), "iscrowd": torch.tensor([0, 1])}  # fmt: skip
+    (out,) = metric_targets([t])
+    assert out["iscrowd"].tolist() == [0, 1]
+    metric = CocoBoxAP()
+    pred = {"boxes": torch.tensor([[10.0, 10.0, 40.0, 40.0]]), "scores": torch.tensor([0.9]),
+            "labels": torch.tensor([0])}  # fmt: skip
+    metric.update([pred], [out])
+    assert float(metric.compute()["AP"]) == pytest.approx(1.0)
