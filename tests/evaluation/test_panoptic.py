@@ -330,3 +330,14 @@ def test_only_the_last_crowd_region_of_a_category_excuses_a_prediction(row: int,
     pred = {"ids": pred_ids, "segments_info": [{"id": p, "category_id": 1} for p in (1, 9)]}
     stats = match_image(pred, {"ids": gt_ids, "segments_info": segments}, {1})
     assert stats == {1: ClassStats(tp=1, fp=int(is_fp), iou=1.0)}
+
+
+def test_metric_states_keep_false_positives_and_misses_apart() -> None:
+    # category 1 missed (fn), category 2 predicted where there is none (fp); PQ is symmetric
+    # in fp and fn, so only the states can tell them apart
+    ids = torch.ones(4, 4, dtype=torch.long)
+    gt = {"ids": ids, "segments_info": [{"id": 1, "category_id": 1, "iscrowd": 0}]}
+    pred = {"ids": ids * 2, "segments_info": [{"id": 2, "category_id": 2}]}
+    metric = PanopticQualityMetric(CATEGORIES)
+    metric.update(pred, gt)
+    assert metric.fn.tolist() == [1, 0, 0, 0] and metric.fp.tolist() == [0, 1, 0, 0]
