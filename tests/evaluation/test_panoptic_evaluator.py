@@ -92,6 +92,23 @@ def test_perfect_predictions_score_one(shapes_root) -> None:
     assert evaluator.compute() == {}  # reset after compute
 
 
+def test_a_batch_padded_beyond_its_images_still_scores_one(shapes_root) -> None:
+    # pad_to_multiple: the canvas (pixel_values) is larger than every image; the masks lie at
+    # its top-left, so they must be cut at the image size, not resized from the whole canvas
+    ds = _dataset(shapes_root)
+    evaluator = _evaluator()
+    for i in range(2):
+        outputs, batch = fake_outputs(ds, i, noise=False)
+        outputs["pred_masks"] = torch.nn.functional.pad(
+            outputs["pred_masks"], (0, 24, 0, 16), value=-8.0
+        )
+        pixel_values = torch.nn.functional.pad(batch.pixel_values, (0, 24, 0, 16))
+        evaluator.update(outputs, pixel_values, batch.targets, ds)
+    values = evaluator.compute()
+    assert {k: values[k] for k in PQ_KEYS} == {k: 1.0 for k in PQ_KEYS}
+    assert values["segm_AP"] == pytest.approx(1.0)
+
+
 def test_per_image_pq_equals_panopticapi_and_counts_a_repeat_once(shapes_root) -> None:
     ds = _dataset(shapes_root)
     evaluator, reference = _evaluator(), PanopticQualityMetric(ds.categories)
