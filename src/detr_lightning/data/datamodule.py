@@ -1,7 +1,7 @@
 """LightningDataModules for COCO-format data: detection (:class:`DetrDataModule`) and panoptic
 segmentation (:class:`PanopticDataModule`); COCO, custom data, generated shapes."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from detr_lightning.data.coco import CocoDetectionDataset, Transform
 from detr_lightning.data.coco_json import read_coco_json
 from detr_lightning.data.coco_panoptic import CocoPanopticDataset
 from detr_lightning.data.collate import make_collate_fn
+from detr_lightning.data.errors import DatasetFormatError
 from detr_lightning.data.loaders import evaluation_loader, training_loader
 from detr_lightning.data.shapes import categories as shapes_categories
 from detr_lightning.data.shapes import ensure_shapes_dataset
@@ -159,7 +160,10 @@ class DetrDataModule(L.LightningDataModule):
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(
             stage or "", ("train", "val", "test")
         )
-        for split in wanted:
+        self._setup_splits(wanted)
+
+    def _setup_splits(self, splits: Sequence[str]) -> None:
+        for split in splits:
             if split == "test" and "val" in self.datasets and self._same_as_val("test"):
                 self.datasets["test"] = self.datasets["val"]  # read (and warned about) once
             if split not in self.datasets and (dataset := self._build(split)) is not None:
@@ -199,17 +203,34 @@ class DetrDataModule(L.LightningDataModule):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Adopt a checkpoint's mapping (:mod:`~detr_lightning.data.checkpoint_labels`);
-        datasets are rebuilt with it (an annotation whose category the mapping lacks then raises
-        an error naming it)."""
+        """Adopt a checkpoint's mapping (:mod:`~detr_lightning.data.checkpoint_labels`); the
+        datasets built so far are rebuilt with it at once, so that data whose annotations use
+        category ids the mapping lacks is refused here, before anything runs, as a checkpoint
+        error (inside ``fit`` it looked like a bad file found in training)."""
         mapping, self.categories = adopt_labels(
             state_dict, self.label_to_category_id, self.categories, str(self.paths["train"][1])
         )
         if mapping != self.label_to_category_id:
-            self.datasets.clear()
-        self.label_to_category_id = mapping
+            self._rebuild_with(mapping)
         saved = state_dict.get(eval_transform_record.KEY)
         eval_transform_record.warn_if_different(saved, self.val_transforms_record, "the checkpoint")
+
+    def _rebuild_with(self, mapping: list[int]) -> None:
+        built, data_ids = list(self.datasets), list(self.label_to_category_id)
+        self.datasets.clear()
+        self.label_to_category_id = mapping
+        try:
+            self._setup_splits(built)
+        except DatasetFormatError as err:
+            from detr_lightning.checkpointing.read import CheckpointLoadError
+
+            raise CheckpointLoadError(
+                f"the checkpoint's class head was trained on category ids {mapping} (its label "
+                f"mapping, which a resume or an evaluation keeps); the data here has {data_ids} "
+                f"({self.paths['train'][1]}): {err} Fix: use data with the checkpoint's "
+                "category ids, or start a new run from its weights with "
+                "model.init_detector=<the .ckpt> (its class head then starts fresh)."
+            ) from None
 
 
 class PanopticDataModule(DetrDataModule):
