@@ -227,8 +227,8 @@ class DetrDataModule(L.LightningDataModule):
             raise CheckpointLoadError(
                 f"the checkpoint's class head was trained on category ids {mapping} (its label "
                 f"mapping, which a resume or an evaluation keeps); the data here has {data_ids} "
-                f"({self.paths['train'][1]}): {err} Fix: use data with the checkpoint's "
-                "category ids, or start a new run from its weights with "
+                f"({self.paths['train'][1]}): {str(err).split(' Fix: ')[0]} Fix: use data with "
+                "the checkpoint's category ids, or start a new run from its weights with "
                 "model.init_detector=<the .ckpt> (its class head then starts fresh)."
             ) from None
 
