@@ -51,8 +51,48 @@ def resolve_special_ckpt_path(cfg: DictConfig, stage: str = "fit") -> None:
     else:
         resolved = resolve_ckpt_path(value, root, experiment, required=needs, stages=stages)
     log.info("ckpt_path=%s -> %s", value, resolved or "none found: starting from scratch")
+    if resolved and not needs and not _sweep_job():
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized() and (
+            warning := other_command(value, resolved, list(HydraConfig.get().overrides.task))
+        ):
+            log.warning(warning)
     with open_dict(cfg):
         cfg.ckpt_path = resolved
+
+
+def _own_overrides(overrides: list[str]) -> set[str]:
+    """The overrides that make a run what it is: without ``ckpt_path`` and Hydra's own."""
+    return {o for o in overrides if not o.lstrip("+~").startswith(("ckpt_path=", "hydra."))}
+
+
+def other_command(value: str, resolved: str, overrides: list[str]) -> str | None:
+    """A warning when the run that ``ckpt_path=value`` picked (``resolved``, the experiment's
+    newest) was started with other overrides than ``overrides`` (this command's): outside a
+    sweep the newest ``last.ckpt`` may be another configuration's (two jobs of the experiment
+    with other seeds, say), which the resume would then continue. None when they agree or the
+    run's ``.hydra/overrides.yaml`` is not found."""
+    folder = os.path.dirname(os.path.dirname(os.path.abspath(resolved)))  # <run>[/<stage>]
+    for run in (folder, os.path.dirname(folder)):
+        recorded = os.path.join(run, ".hydra", "overrides.yaml")
+        if os.path.isfile(recorded):
+            break
+    else:
+        return None
+    try:
+        theirs = _own_overrides([str(o) for o in OmegaConf.load(recorded)])
+    except (OSError, OmegaConfBaseException, TypeError):
+        return None
+    ours = _own_overrides(overrides)
+    if theirs == ours:
+        return None
+    return (
+        f"ckpt_path={value} resumes {resolved}, the experiment's newest, whose run was started "
+        f"with other overrides: only there {sorted(theirs - ours)}, only here "
+        f"{sorted(ours - theirs)}. If that is another configuration's run, stop and give the "
+        "checkpoint to resume (ckpt_path=<its last.ckpt>), or start afresh without ckpt_path."
+    )
 
 
 def _sweep_job() -> bool:
