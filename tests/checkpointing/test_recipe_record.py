@@ -28,8 +28,17 @@ def test_the_record_holds_the_resolved_leaves_of_the_restored_keys() -> None:
     assert record["model.lr_schedule.budget_min"] == 13.0
     assert record["model.lr_schedule._target_"] == "detr_lightning.schedule.budget_schedule"
     assert record["model.lr_multipliers.sampling_offsets"] == 0.1
-    assert not any(k.startswith(("model.net", "data")) for k in record)
-    assert [k for k in record if k.startswith("trainer")] == ["trainer.max_epochs"]  # the cap
+    assert not any(k.startswith("model.net") for k in record)
+    assert [k for k in record if k.startswith("data")] == ["data.batch_size", "data.train_images",
+                                                            "data.train_ann"]  # fmt: skip
+    assert [k for k in record if k.startswith("trainer")] == [
+        "trainer.max_epochs", "trainer.accumulate_grad_batches", "trainer.gradient_clip_val"
+    ]  # the cap, and two noted settings  # fmt: skip
+    assert (record["seed"], record["data.batch_size"], record["trainer.gradient_clip_val"]) == (
+        42,
+        8,
+        1.0,
+    )
 
 
 def test_a_resume_with_another_lr_or_schedule_is_refused_naming_each_key(tmp_path) -> None:
@@ -51,6 +60,28 @@ def test_a_resume_with_another_lr_or_schedule_is_refused_naming_each_key(tmp_pat
     assert msg.count("\n  - ") == 2 and f"model.init_detector={path}" in msg
     del checkpoint["callbacks"]  # a checkpoint from before the record: nothing to compare
     check_resumed_recipe(checkpoint, changed, str(path))
+
+
+def test_a_resume_with_another_seed_or_batch_size_is_logged_not_refused(tmp_path, caplog) -> None:
+    """They may change, but the resumed run then no longer ends as the uninterrupted one."""
+    trainer = quiet_trainer(tmp_path, max_steps=1, callbacks=[RecipeRecord(recipe_record(_cfg()))],
+                            enable_checkpointing=True)  # fmt: skip
+    trainer.fit(tiny_lit(), train_dataloaders=loader(1))
+    trainer.save_checkpoint(tmp_path / "run.ckpt")
+    checkpoint = torch.load(tmp_path / "run.ckpt", weights_only=True)
+    with caplog.at_level("WARNING"):
+        check_resumed_recipe(checkpoint, _cfg(), "run.ckpt")
+        assert "differ from the run's" not in caplog.text
+        check_resumed_recipe(checkpoint, _cfg("seed=7", "data.batch_size=4"), "run.ckpt")
+    assert "ckpt_path=run.ckpt: these settings differ from the run's" in caplog.text
+    assert "seed: 42 in the run, 7 here" in caplog.text
+    assert "data.batch_size: 8 in the run, 4 here" in caplog.text
+    recorded = checkpoint["callbacks"]["RecipeRecord"]["recipe"]
+    for key in ("seed", "data.batch_size"):  # a checkpoint recorded before them: not compared
+        del recorded[key]
+    caplog.clear()
+    check_resumed_recipe(checkpoint, _cfg("seed=7", "data.batch_size=4"), "run.ckpt")
+    assert "differ from the run's" not in caplog.text
 
 
 def test_the_cosine_records_max_epochs_its_length_and_config_applies_changes(caplog) -> None:

@@ -7,7 +7,9 @@ so ``model.optimizer.lr=5e-5`` or ``model.lr_schedule.budget_min=5`` on a resume
 saved in the new run's ``.hydra/config.yaml``, and changed nothing. :class:`RecipeRecord` saves
 the resolved values of those keys (:data:`RESTORED`, and ``trainer.max_epochs`` under the
 schedules whose length it sets: :data:`EPOCH_LENGTH_SCHEDULES`) and the optimizer steps per
-epoch in every checkpoint.
+epoch in every checkpoint, and the :data:`NOTED` settings (seed, batch size, training data,
+accumulation, clipping), which a resume may change: a change is logged, since the resumed run
+then no longer ends as the uninterrupted one would.
 
 ``trainer.max_epochs`` under the budget schedule caps the plan, and the plan (the step the
 cosine anneals at) is restored with the scheduler: a resume with another cap followed the
@@ -45,8 +47,12 @@ RESTORED = ("model.optimizer", "model.lr_backbone", "model.lr_multipliers", "mod
             "model.base_batch_size", "model.lr_schedule")  # fmt: skip
 # The schedules whose length (cosine) or cap on the planned length (budget) trainer.max_epochs is.
 EPOCH_LENGTH_SCHEDULES = (".cosine_schedule", ".budget_schedule")
+# Settings a resume takes from the config, which may change, but with which the resumed run no
+# longer ends as the uninterrupted one would: a change is logged, not refused.
+NOTED = ("seed", "data.batch_size", "data.train_images", "data.train_ann",
+         "trainer.accumulate_grad_batches", "trainer.gradient_clip_val")  # fmt: skip
 # Recorded after checkpoints were written without them: compared only when the record has them.
-RECORDED_LATER = ("trainer.max_epochs",)
+RECORDED_LATER = ("trainer.max_epochs", *NOTED)
 
 
 def recipe_record(cfg: DictConfig) -> dict[str, Any]:
@@ -62,6 +68,8 @@ def recipe_record(cfg: DictConfig) -> dict[str, Any]:
         _flatten(key, value, out)
     if str(OmegaConf.select(cfg, "model.lr_schedule._target_")).endswith(EPOCH_LENGTH_SCHEDULES):
         out["trainer.max_epochs"] = OmegaConf.select(cfg, "trainer.max_epochs")
+    for key in NOTED:
+        out[key] = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
     return out
 
 
@@ -136,7 +144,7 @@ def check_resumed_recipe(checkpoint: Any, cfg: DictConfig, path: str) -> None:
     """CheckpointLoadError listing each :data:`RESTORED` key whose value in ``cfg`` differs from
     the one recorded in the checkpoint ``path`` (nothing to compare in a checkpoint without a
     record, e.g. one written before the record existed; nor a :data:`RECORDED_LATER` key its
-    record lacks)."""
+    record lacks); a logged warning for each differing :data:`NOTED` key."""
     states = checkpoint.get("callbacks", {}) if isinstance(checkpoint, dict) else {}
     saved = next((s["recipe"] for k, s in states.items()
                   if "RecipeRecord" in str(k) and isinstance(s, dict) and "recipe" in s), None)  # fmt: skip
@@ -146,9 +154,15 @@ def check_resumed_recipe(checkpoint: Any, cfg: DictConfig, path: str) -> None:
     for key in RECORDED_LATER:
         if key not in saved:
             current.pop(key, None)
-    changed = [f"{k}: {saved.get(k, '(absent)')!r} in the run, {current.get(k, '(absent)')!r} here"
-               for k in sorted(set(saved) | set(current))
-               if _compared(k, saved.get(k, _ABSENT)) != _compared(k, current.get(k, _ABSENT))]  # fmt: skip
+    differing = [k for k in sorted(set(saved) | set(current))
+                 if _compared(k, saved.get(k, _ABSENT)) != _compared(k, current.get(k, _ABSENT))]  # fmt: skip
+    described = {k: f"{k}: {saved.get(k, '(absent)')!r} in the run, "
+                    f"{current.get(k, '(absent)')!r} here" for k in differing}  # fmt: skip
+    if noted := [described[k] for k in differing if k in NOTED]:
+        log.warning("ckpt_path=%s: these settings differ from the run's; they apply from the "
+                    "resumed step on, so the run will not end as the uninterrupted one would:"
+                    "\n  - %s", path, "\n  - ".join(noted))  # fmt: skip
+    changed = [described[k] for k in differing if k not in NOTED]
     if changed and cfg.get("resume_recipe") == "config":
         log.warning("ckpt_path=%s, resume_recipe=config: these settings differ from the run's "
                     "and apply from the resumed step on:\n  - %s", path, "\n  - ".join(changed))  # fmt: skip
