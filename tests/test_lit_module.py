@@ -1,14 +1,21 @@
-"""LitDETR's training: crowd handling, the non-finite loss guard, release weights, query capacity."""
+"""LitDETR's training: crowd handling, the non-finite loss guard, release weights, query capacity,
+the losses logged every step."""
 
 from __future__ import annotations
+
+import csv
 
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.loggers import CSVLogger
 from lit import NUM_CLASSES, fake_batch, loader, quiet_trainer, tiny_lit
 
 from detr_lightning.checkpointing.pretrained import load_pretrained
+from detr_lightning.convergence.aspect_loss import AspectRatioLoss
+from detr_lightning.detr.criterion import DEFAULT_WEIGHTS
 from detr_lightning.lit_module import NonFiniteLossError, drop_crowd
+from detr_lightning.loss import HungarianMatcher, SetCriterion
 
 
 def test_drop_crowd_filters_every_per_object_field() -> None:
@@ -146,14 +153,6 @@ def test_a_weight_for_a_loss_set_the_model_does_not_compute_is_refused_at_the_fi
 def test_every_step_logs_the_last_layers_losses_and_each_extra_terms(tmp_path) -> None:
     """Per step: the paper's losses, class_error and an extra term's key (not only per epoch);
     the aux copies stay per epoch."""
-    import csv
-
-    from lightning.pytorch.loggers import CSVLogger
-
-    from detr_lightning.convergence.aspect_loss import AspectRatioLoss
-    from detr_lightning.detr.criterion import DEFAULT_WEIGHTS
-    from detr_lightning.loss import HungarianMatcher, SetCriterion
-
     lit = tiny_lit()
     lit.criterion = SetCriterion(NUM_CLASSES, HungarianMatcher(),
                                  weight_dict={**DEFAULT_WEIGHTS, "loss_aspect": 1.0},

@@ -1,5 +1,6 @@
 """build_model: the class count comes from the data; an explicit one that differs is refused
-(it used to be overwritten silently). build_run: a GPU trainer without a GPU is named first."""
+(it used to be overwritten silently). build_run: a GPU trainer without a GPU is named first.
+build_trainer: a null progress bar or model summary leaves none."""
 
 from __future__ import annotations
 
