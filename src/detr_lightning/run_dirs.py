@@ -184,14 +184,21 @@ def _read_json(path: Path) -> dict[str, Any]:
     return payload if isinstance(payload, dict) else {}
 
 
+def recorded_overrides(path: Path) -> list[str] | None:
+    """The command-line overrides the run in ``path`` was started with (its
+    ``.hydra/overrides.yaml``), or None without that file."""
+    overrides = path / ".hydra" / "overrides.yaml"
+    if not overrides.is_file():
+        return None
+    return [str(o) for o in yaml.safe_load(overrides.read_text()) or []]
+
+
 def load_run(path: Path, _after: tuple[Path, ...] = ()) -> Run:
     """Read one run directory; absent files leave their fields empty. A run resumed from
     another run's checkpoint (its ``resumed_from.json``) has one curve: the earlier run's points
     up to the step resumed from, then its own."""
     run = Run(path)
-    overrides = path / ".hydra" / "overrides.yaml"
-    if overrides.is_file():
-        run.overrides = [str(o) for o in yaml.safe_load(overrides.read_text()) or []]
+    run.overrides = recorded_overrides(path) or []
     payload = _read_json(path / "metrics.json")
     if payload:
         run.info = payload.pop("run", {}) or {}

@@ -26,3 +26,8 @@ def test_the_same_command_resumed_gives_no_warning(tmp_path) -> None:
     last = _run(tmp_path / "a", ["experiment=shapes", "seed=5", "hydra.run.dir=out/a"], "stage1_x")
     assert other_command("last", last, ["experiment=shapes", "seed=5", "ckpt_path=last"]) is None
     assert other_command("last", str(tmp_path / "b" / "checkpoints" / "last.ckpt"), []) is None
+
+
+def test_a_run_started_without_overrides_is_compared_too(tmp_path) -> None:
+    last = _run(tmp_path / "a", [])
+    assert "only there [], only here ['seed=5']" in other_command("auto", last, ["seed=5"])

@@ -3,13 +3,14 @@
 Training resumes the experiment's newest ``last.ckpt`` (a sweep job: its own folder's only);
 evaluation and prediction load the newest, or the final stage's of a staged run
 (:mod:`detr_lightning.checkpointing.locate`). Only omegaconf, Hydra's config and the standard
-library are imported.
+library are imported (and, for the picked run's overrides, PyYAML through ``run_dirs``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
@@ -73,18 +74,20 @@ def other_command(value: str, resolved: str, overrides: list[str]) -> str | None
     sweep the newest ``last.ckpt`` may be another configuration's (two jobs of the experiment
     with other seeds, say), which the resume would then continue. None when they agree or the
     run's ``.hydra/overrides.yaml`` is not found."""
-    folder = os.path.dirname(os.path.dirname(os.path.abspath(resolved)))  # <run>[/<stage>]
-    for run in (folder, os.path.dirname(folder)):
-        recorded = os.path.join(run, ".hydra", "overrides.yaml")
-        if os.path.isfile(recorded):
-            break
-    else:
-        return None
+    import yaml
+
+    from detr_lightning.run_dirs import recorded_overrides
+
+    folder = Path(os.path.abspath(resolved)).parent.parent  # <run>[/<stage>]
     try:
-        theirs = _own_overrides([str(o) for o in OmegaConf.load(recorded)])
-    except (OSError, OmegaConfBaseException, TypeError):
+        recorded = recorded_overrides(folder)
+        if recorded is None:  # a stage's checkpoint: the run's folder is one up
+            recorded = recorded_overrides(folder.parent)
+    except (OSError, yaml.YAMLError, TypeError):
         return None
-    ours = _own_overrides(overrides)
+    if recorded is None:
+        return None
+    theirs, ours = _own_overrides(recorded), _own_overrides(overrides)
     if theirs == ours:
         return None
     return (
