@@ -1,11 +1,15 @@
 """Entry points end an explained error with its message alone (and its notes), exit status 1;
-HYDRA_FULL_ERROR=1 keeps the traceback; other errors pass through untouched."""
+HYDRA_FULL_ERROR=1 keeps the traceback; other errors pass through untouched. A component's own
+argument check, raised while Hydra instantiates it, gets the same form, named by its key."""
 
 from __future__ import annotations
 
 import logging
 
 import pytest
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from detr_lightning.data.errors import DatasetFormatError, ImageLoadError
 from detr_lightning.errors import ExplainedError
@@ -70,3 +74,45 @@ def test_in_a_sweep_the_job_fails_and_hydra_goes_on(monkeypatch, caplog) -> None
         _failing(ConfigError("bad"))(None)
     assert isinstance(failed.value, Exception) and failed.value.__cause__ is None
     assert "ConfigError: bad" in caplog.text  # in the job's log too
+
+
+def _building(node: dict):
+    """A task that instantiates ``model`` of a config whose ``model.criterion.matcher`` is
+    ``node``, as the entry points build the model."""
+    cfg = OmegaConf.create({"model": {"_target_": "builtins.dict", "criterion": {
+        "_target_": "builtins.dict", "matcher": node}}})  # fmt: skip
+
+    @exit_on_explained_errors
+    def main(_: object) -> None:
+        instantiate(cfg.model)
+
+    return main
+
+
+def test_a_components_own_argument_check_is_named_by_its_key(caplog, monkeypatch) -> None:
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    zero_costs = {"_target_": "detr_lightning.detr.matcher.HungarianMatcher",
+                  "cost_class": 0, "cost_bbox": 0, "cost_giou": 0}  # fmt: skip
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as stop:
+        _building(zero_costs)(None)
+    assert stop.value.code == 1
+    [message] = caplog.messages
+    assert message.startswith(
+        "ValueError in model.criterion.matcher (detr_lightning.detr.matcher.HungarianMatcher): "
+        "HungarianMatcher: cost_class, cost_bbox and cost_giou are all 0"
+    )
+    assert message.endswith("(paper: 1, 5, 2).\n(HYDRA_FULL_ERROR=1 shows the traceback)")
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(InstantiationException):
+        _building(zero_costs)(None)
+
+
+def test_errors_not_raised_by_a_components_check_keep_hydras_report(monkeypatch) -> None:
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    outside = {"_target_": "fractions.Fraction", "numerator": "not a number"}  # the stdlib's
+    with pytest.raises(InstantiationException, match="full_key: model.criterion.matcher"):
+        _building(outside)(None)
+    not_an_argument_check = {"_target_": "detr_lightning.detr.matcher.HungarianMatcher",
+                             "_args_": [1, 5, 2, None, 0]}  # fmt: skip  # Python's TypeError
+    with pytest.raises(InstantiationException, match="positional arguments"):
+        _building(not_an_argument_check)(None)
