@@ -46,6 +46,13 @@ def test_sigterm_saves_last_at_that_step_exits_143_and_resumes(tmp_path, shapes_
     _, run_dir, last = _stopped(common, term, tmp_path, TERM_AT, 1, "training")
     assert torch.load(last, weights_only=True)["global_step"] == TERM_AT > STEPS_PER_EPOCH
 
+    # a limit that ends before the checkpoint's epoch would train nothing and exit 0: refused
+    cut = run("train", [*common, "trainer.max_epochs=1", f"ckpt_path={last}"], tmp_path)
+    assert cut.returncode == 1 and "trainer.max_epochs=1 ends training before that epoch, so " \
+        "the resumed run would train nothing" in cut.stdout + cut.stderr  # fmt: skip
+    assert [p.name for p in (tmp_path / "outputs" / "shapes").glob("*/checkpoints/*")] == [
+        p.name for p in (run_dir / "checkpoints").iterdir()]  # fmt: skip
+
     resumed = run("train", [*common, "ckpt_path=last", "test=false"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"ckpt_path=last -> {last}" in resumed.stdout + resumed.stderr
