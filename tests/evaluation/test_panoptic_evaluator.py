@@ -227,6 +227,47 @@ def test_segm_ap_keeps_the_highest_scoring_thing_queries():
     assert abs(out["segm_AP"] - 1.0) < 1e-6, out
 
 
+def test_segm_ap_top_k_counts_thing_queries_only():
+    """A stuff-labelled query, however confident, takes no place among the top-k candidates:
+    with top 1, the thing query behind a surer stuff query is kept (segm AP 1, not 0)."""
+    import functools
+
+    from detr_lightning.detr.panoptic_postprocess import PostProcessPanoptic, PostProcessSegm
+    from detr_lightning.evaluation.panoptic_evaluator import PanopticEvaluator
+
+    gt_ids = torch.zeros(16, 16, dtype=torch.long)
+    gt_ids[2:10, 2:10] = 7
+    gt_ids[12:, :] = 8
+    gt = {"ids": gt_ids, "segments_info": [
+        {"id": 7, "category_id": 1, "iscrowd": 0, "isthing": 1, "area": 64},
+        {"id": 8, "category_id": 2, "iscrowd": 0, "isthing": 0, "area": 64}]}  # fmt: skip
+
+    class Data:
+        categories = [{"id": 1, "isthing": 1}, {"id": 2, "isthing": 0}]
+        label_to_category_id = [1, 2]
+
+        def ground_truth(self, image_id):
+            return gt
+
+    # query 0: the stuff class, surer than query 1's thing; labels 0 -> id 1, 1 -> id 2
+    logits = torch.tensor([[[-10.0, 12.0, -10.0], [6.0, -10.0, -10.0]]])
+    masks = torch.full((1, 2, 16, 16), -8.0)
+    masks[0, 0, 12:, :] = 8.0
+    masks[0, 1, 2:10, 2:10] = 8.0
+    ev = PanopticEvaluator(
+        functools.partial(PostProcessPanoptic, threshold=0.3, min_area=1),
+        PostProcessSegm(),
+        segm_top_k=1,
+    )
+    target = {"image_id": torch.tensor(1), "size": torch.tensor([16, 16]),
+              "orig_size": torch.tensor([16, 16])}  # fmt: skip
+    ev.update(
+        {"pred_logits": logits, "pred_masks": masks}, torch.zeros(1, 3, 16, 16), [target], Data()
+    )
+    out = ev.compute()
+    assert abs(out["segm_AP"] - 1.0) < 1e-6 and abs(out["PQ"] - 1.0) < 1e-6, out
+
+
 def test_segm_ap_ignores_crowd_ground_truth():
     """COCO AP ignores crowd regions: a perfect prediction of the one non-crowd thing gives
     segm AP 1 even though a crowd thing segment is left unpredicted."""
