@@ -1,6 +1,7 @@
-"""SigtermAgreement: one process acts on its first SIGTERM at once; under DDP (2 gloo processes)
-a SIGTERM that one rank receives runs the deferred handler on every rank at the same batch end.
-A recording function stands in for Lightning's handler."""
+"""SigtermAgreement: one process acts on its first SIGTERM, or first Ctrl-C, at once; a second
+Ctrl-C stops at once; under DDP (2 gloo processes) a SIGTERM or Ctrl-C that one rank receives runs
+the deferred handler on every rank at the same batch end. A recording function stands in for
+Lightning's handler."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from datetime import timedelta
 from types import SimpleNamespace
 
 import lightning as L
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -44,6 +46,7 @@ def test_one_process_acts_on_its_first_sigterm_at_once_and_ignores_repeats() -> 
         assert calls == [signal.SIGTERM]
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning restores both
 
 
 def _agreement_worker(rank: int, init_file: str, out: torch.Tensor) -> None:
@@ -94,9 +97,82 @@ def test_it_replaces_lightnings_handler_before_the_barrier_that_precedes_the_san
         barrier(name)
 
     trainer.strategy.barrier = recording_barrier
-    before = signal.getsignal(signal.SIGTERM)
+    before, before_ctrl_c = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     trainer.fit(BoringModel())
     trainer.test(BoringModel(), verbose=False)
     assert len(seen) == 2  # fit, then test: installed at each registration
     assert all(getattr(handler, "sigterm_agreement", False) for handler in seen)
     assert signal.getsignal(signal.SIGTERM) == before
+    assert signal.getsignal(signal.SIGINT) == before_ctrl_c  # Lightning restores ours too
+
+
+def test_a_first_ctrl_c_stops_at_the_batch_end_a_second_at_once() -> None:
+    calls = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
+    try:
+        agreement, trainer = SigtermAgreement(), _trainer(0, 1)
+        agreement.on_train_start(trainer)
+        os.kill(os.getpid(), signal.SIGINT)
+        # Lightning's handler runs as for SIGTERM (its flag stops the loop at the batch end)
+        assert calls == [signal.SIGTERM] and agreement.stopped_by == "Ctrl-C"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert calls == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def test_a_ctrl_c_handler_set_by_someone_else_is_kept() -> None:
+    own = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        SigtermAgreement().on_train_start(_trainer(0, 1))
+        assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        assert not getattr(signal.getsignal(signal.SIGINT), "sigterm_agreement", False)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, own)
+
+
+def test_in_a_forked_data_worker_the_handlers_leave_the_signal_to_the_training_process() -> None:
+    calls = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
+    try:
+        agreement = SigtermAgreement()
+        agreement.on_train_start(_trainer(0, 1))
+        pid = os.fork()
+        if pid == 0:  # a worker forked after the install, with the handlers inherited
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            os._exit(10 + len(calls) + (agreement.stopped_by is not None))
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 10  # neither acted there
+        assert calls == [] and agreement.stopped_by is None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _ctrl_c_worker(rank: int, init_file: str, out: torch.Tensor) -> None:
+    """Two batches; rank 1 gets Ctrl-C during batch 0. ``out[rank]``: the deferred handler's
+    calls after batch 0's end, and 1 if the stop is called Ctrl-C there."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=30))  # fmt: skip
+    calls = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
+    agreement, trainer = SigtermAgreement(), _trainer(rank, 2)
+    agreement.on_train_start(trainer)
+    if rank == 1:
+        os.kill(os.getpid(), signal.SIGINT)
+    agreement.on_train_batch_end(trainer)
+    out[rank] = torch.tensor([len(calls), int(agreement.stopped_by == "Ctrl-C")])
+    dist.destroy_process_group()
+
+
+def test_a_ctrl_c_on_one_rank_stops_every_rank_at_the_batch_end_as_ctrl_c(tmp_path) -> None:
+    out = torch.zeros(2, 2, dtype=torch.int64).share_memory_()
+    mp.start_processes(_ctrl_c_worker, args=(str(tmp_path / "init"), out), nprocs=2,
+                       start_method=start_method())  # fmt: skip
+    assert out.tolist() == [[1, 1], [1, 1]]

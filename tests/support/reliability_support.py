@@ -127,6 +127,33 @@ class TermAtStep(L.Callback):
             self._maybe_send(trainer, trainer.global_step)
 
 
+class CtrlCAtStep(L.Callback):
+    """After optimizer step ``step``, sends SIGINT to its own process and its children (the data
+    workers), as a terminal's Ctrl-C reaches every process of the foreground group; with
+    ``again``, a second Ctrl-C to its own process half a second later (the impatient user).
+    Records the workers' pids in ``workers.json`` (in the working directory) and those alive
+    half a second after the signal."""
+
+    def __init__(self, step: int, again: bool = False) -> None:
+        self.step, self.again, self.sent = step, again, False
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        import time
+
+        if trainer.global_step < self.step or self.sent:
+            return
+        children = [int(pid) for task in Path("/proc/self/task").iterdir()
+                    for pid in (task / "children").read_text().split()]  # fmt: skip
+        self.sent = True
+        for pid in [os.getpid(), *children]:
+            os.kill(pid, signal.SIGINT)
+        time.sleep(0.5)  # a worker ended by the signal is gone by then
+        alive = [pid for pid in children if Path(f"/proc/{pid}").exists()]
+        Path("workers.json").write_text(json.dumps({"workers": children, "alive": alive}))
+        if self.again:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
 class TermInValidation(L.Callback):
     """Sends SIGTERM to its own process after the first batch of the first validation of
     fitting (not the sanity check; with ``sanity_check`` of the sanity check), as a pre-emption

@@ -1,5 +1,5 @@
-"""What a training run stopped by SIGTERM (pre-emption, ``scancel``, ``docker stop``), or by a
-bad file found while fitting, says and returns. Lightning turns the signal into
+"""What a training run stopped by SIGTERM (pre-emption, ``scancel``, ``docker stop``) or a first
+Ctrl-C, or by a bad file found while fitting, says and returns. Lightning turns the signal into
 ``SIGTERMException`` at the next batch boundary, a ``SystemExit`` without a code: the run would
 end with status 0 and no word, as if it had finished. ``BestAndLastCheckpoint.on_exception`` has
 written ``last.ckpt`` at that step by then (under DDP every rank stops after the same batch:
@@ -16,6 +16,18 @@ import lightning as L
 log = logging.getLogger(__name__)
 
 EXIT_SIGTERM = 143  # 128 + SIGTERM, what a shell reports for a process the signal ended
+EXIT_CTRL_C = 130  # 128 + SIGINT
+
+
+def stop_signal(trainer: L.Trainer) -> tuple[str, int]:
+    """What stopped the run at a batch end ("SIGTERM" or "Ctrl-C", as the ranks agreed:
+    ``sigterm_agreement.py``) and the exit status that says so."""
+    from detr_lightning.checkpointing.sigterm_agreement import SigtermAgreement
+
+    agreements = [c for c in trainer.callbacks if isinstance(c, SigtermAgreement)]
+    if agreements and agreements[0].stopped_by == "Ctrl-C":
+        return "Ctrl-C", EXIT_CTRL_C
+    return "SIGTERM", EXIT_SIGTERM
 
 
 def resume_hint(trainer: L.Trainer) -> str:
@@ -48,14 +60,16 @@ def fit_phase(trainer: L.Trainer) -> str:
 
 
 def exit_on_sigterm(trainer: L.Trainer, during: str) -> NoReturn:
-    """Name the step, the checkpoint a resume continues from and how; exit with status 143."""
+    """Name the signal, the step, the checkpoint a resume continues from and how; exit with
+    status 143 (SIGTERM) or 130 (Ctrl-C)."""
+    name, status = stop_signal(trainer)
     if trainer.is_global_zero:
         log.error(
-            "SIGTERM: training stopped during %s at global step %d (epoch %d); %s. To resume, %s.",
-            during, trainer.global_step, trainer.current_epoch, saved_checkpoint(trainer),
+            "%s: training stopped during %s at global step %d (epoch %d); %s. To resume, %s.",
+            name, during, trainer.global_step, trainer.current_epoch, saved_checkpoint(trainer),
             resume_hint(trainer),
         )  # fmt: skip
-    raise SystemExit(EXIT_SIGTERM)
+    raise SystemExit(status)
 
 
 def note_data_error(err: BaseException, trainer: L.Trainer) -> None:
@@ -70,9 +84,11 @@ def note_data_error(err: BaseException, trainer: L.Trainer) -> None:
 
 
 def exit_evaluation_on_sigterm(trainer: L.Trainer) -> NoReturn:
-    """An evaluation (``eval``) stopped by SIGTERM: say that it wrote no metrics and exit with
-    status 143 (Lightning's ``SIGTERMException`` would end it with 0, as if it had finished)."""
+    """An evaluation (``eval``) stopped by SIGTERM or Ctrl-C: say that it wrote no metrics and
+    exit with status 143 or 130 (Lightning's ``SIGTERMException`` would end it with 0, as if it
+    had finished)."""
+    name, status = stop_signal(trainer)
     if trainer.is_global_zero:
-        log.error("SIGTERM: evaluation stopped before its end; no metrics.json was written. "
-                  "To evaluate, rerun the command.")  # fmt: skip
-    raise SystemExit(EXIT_SIGTERM)
+        log.error("%s: evaluation stopped before its end; no metrics.json was written. "
+                  "To evaluate, rerun the command.", name)  # fmt: skip
+    raise SystemExit(status)

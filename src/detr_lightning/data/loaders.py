@@ -4,6 +4,7 @@ evaluation in whole batches per DDP rank."""
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 import torch
@@ -36,8 +37,8 @@ def training_loader(
                                                  batch_size)  # fmt: skip
     else:
         batches = ResumableBatchSampler(order, batch_size, drop_last=False)
-    return DataLoader(SeededSamples(dataset), batch_sampler=batches,
-                      generator=_worker_seeds(seed), **worker_kwargs)  # fmt: skip
+    return DataLoader(SeededSamples(dataset), batch_sampler=batches, generator=_worker_seeds(seed),
+                      worker_init_fn=ignore_ctrl_c, **worker_kwargs)  # fmt: skip
 
 
 def evaluation_loader(dataset: Dataset, batch_size: int, **worker_kwargs: Any) -> DataLoader:
@@ -52,7 +53,8 @@ def evaluation_loader(dataset: Dataset, batch_size: int, **worker_kwargs: Any) -
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         sampler = WholeBatchDistributedSampler(dataset, batch_size)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=False,
-                      generator=torch.Generator().manual_seed(0), **worker_kwargs)  # fmt: skip
+                      generator=torch.Generator().manual_seed(0), worker_init_fn=ignore_ctrl_c,
+                      **worker_kwargs)  # fmt: skip
 
 
 def _worker_seeds(seed: int) -> torch.Generator:
@@ -64,3 +66,11 @@ def _worker_seeds(seed: int) -> torch.Generator:
     not use the workers' seeds (data/sample_seeds.py); draws outside a sample's load (a
     collate function's) do."""
     return torch.Generator().manual_seed(seed)
+
+
+def ignore_ctrl_c(worker_id: int) -> None:
+    """A data worker's start: ignore SIGINT. A terminal's Ctrl-C reaches every process of its
+    group; the training process stops after the batch it is in
+    (``checkpointing/sigterm_agreement.py``), and a worker ended by the signal would leave that
+    stop without the batches it still reads."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
