@@ -213,10 +213,16 @@ def _train_ddp(args: list[str], cwd: Path) -> dict:
     return train_to_last_checkpoint(args, cwd, timeout=300)
 
 
-@pytest.mark.slow  # three 2-process CLI runs: 70 to 120 s on 2 cores
+@pytest.mark.slow  # three 2-process CLI runs each: 70 to 120 s on 2 cores
 @pytest.mark.parametrize(
     "stop",
-    ["epoch-end", "mid-epoch-kill", "mid-epoch-sigterm-on-rank-1", "validation-sigterm-on-rank-1"],
+    [
+        "epoch-end",
+        "mid-epoch-kill",
+        "mid-epoch-sigterm-on-rank-1",
+        "validation-sigterm-on-rank-1",
+        "ctrl-c",
+    ],  # fmt: skip
 )
 def test_a_ddp_run_resumed_after_a_stop_ends_as_the_uninterrupted_one(
     tmp_path, shapes_root, stop
@@ -229,7 +235,8 @@ def test_a_ddp_run_resumed_after_a_stop_ends_as_the_uninterrupted_one(
     stopped by a SIGTERM that rank 1 alone receives during step 1 (no every-step saves): every
     rank stops after that step, and the ``last.ckpt`` written there holds every rank's states. Or
     by one that rank 1 alone receives during epoch 0's validation: every rank stops after that
-    validation batch, with every rank's states at the end of step 2."""
+    validation batch, with every rank's states at the end of step 2. Or by a Ctrl-C after step 1
+    that reaches every process (both ranks and their data workers, as a terminal sends it)."""
     # As users run DDP: with the progress bar and persistent data workers (each sample's
     # augmentation is drawn from its own seed, data/sample_seeds.py).
     tiny = [a for a in TINY_WITH_BAR if a != "data.num_workers=0"]
@@ -251,6 +258,10 @@ def test_a_ddp_run_resumed_after_a_stop_ends_as_the_uninterrupted_one(
         if stop == "mid-epoch-kill":
             stops, code = ["+callbacks.kill._target_=reliability_support.KillAtStep",
                            "+callbacks.kill.step=2"], -9  # fmt: skip
+        elif stop == "ctrl-c":
+            stops, code = ["+callbacks.ctrl_c._target_=reliability_support.CtrlCAtStep",
+                           "+callbacks.ctrl_c.step=1",
+                           "callbacks.model_checkpoint.every_n_train_steps=null"], 130  # fmt: skip
         elif stop == "validation-sigterm-on-rank-1":
             stops, code = ["+callbacks.term._target_=reliability_support.TermInValidation",
                            "+callbacks.term.rank=1",

@@ -127,12 +127,20 @@ class TermAtStep(L.Callback):
             self._maybe_send(trainer, trainer.global_step)
 
 
+def _descendants(pid: int) -> list[int]:
+    """The processes started by ``pid`` and by those, recursively (Linux ``/proc``)."""
+    direct = [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+              for child in (task / "children").read_text().split()]  # fmt: skip
+    return [p for child in direct for p in (child, *_descendants(child))]
+
+
 class CtrlCAtStep(L.Callback):
-    """After optimizer step ``step``, sends SIGINT to its own process and its children (the data
-    workers), as a terminal's Ctrl-C reaches every process of the foreground group; with
-    ``again``, a second Ctrl-C to its own process half a second later (the impatient user).
-    Records the workers' pids in ``workers.json`` (in the working directory) and those alive
-    half a second after the signal."""
+    """After optimizer step ``step``, rank 0 sends SIGINT to its own process and every process
+    it started (the data workers; under DDP the other ranks and theirs), once each, as a
+    terminal's Ctrl-C reaches every process of the foreground group; with ``again``, a second
+    Ctrl-C to its own process half a second later (the impatient user). Records the other
+    processes' pids in ``workers.json`` (in the working directory) and those alive half a second
+    after the signal."""
 
     def __init__(self, step: int, again: bool = False) -> None:
         self.step, self.again, self.sent = step, again, False
@@ -140,16 +148,15 @@ class CtrlCAtStep(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         import time
 
-        if trainer.global_step < self.step or self.sent:
+        if trainer.global_step < self.step or self.sent or trainer.global_rank != 0:
             return
-        children = [int(pid) for task in Path("/proc/self/task").iterdir()
-                    for pid in (task / "children").read_text().split()]  # fmt: skip
         self.sent = True
-        for pid in [os.getpid(), *children]:
+        others = _descendants(os.getpid())
+        for pid in [os.getpid(), *others]:
             os.kill(pid, signal.SIGINT)
-        time.sleep(0.5)  # a worker ended by the signal is gone by then
-        alive = [pid for pid in children if Path(f"/proc/{pid}").exists()]
-        Path("workers.json").write_text(json.dumps({"workers": children, "alive": alive}))
+        time.sleep(0.5)  # a process ended by the signal is gone by then
+        alive = [pid for pid in others if Path(f"/proc/{pid}").exists()]
+        Path("workers.json").write_text(json.dumps({"workers": others, "alive": alive}))
         if self.again:
             os.kill(os.getpid(), signal.SIGINT)
 

@@ -121,8 +121,9 @@ class SigtermAgreement(L.Callback):
             if self._received or self._acted:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
                 raise KeyboardInterrupt("Ctrl-C again: stopped at once")
-            log.warning("Ctrl-C: stopping after this batch, with last.ckpt written there; "
-                        "Ctrl-C again stops at once")  # fmt: skip
+            if trainer.global_rank == 0:
+                log.warning("Ctrl-C: stopping after this batch, with last.ckpt written there; "
+                            "Ctrl-C again stops at once")  # fmt: skip
             note(_CTRL_C, frame)
 
         on_sigterm.sigterm_agreement = True  # type: ignore[attr-defined]
