@@ -5,8 +5,8 @@ whole traceback. In a sweep (``-m``) the job fails and the next one runs, as Hyd
 error: the message is logged, and Hydra names the failed job at the end of the sweep under a
 short :class:`JobFailed` (exit status 1). Import-light: no torch or Lightning.
 
-A component's own check of its arguments (``HungarianMatcher`` with every cost 0, a loss weight
-below 0) raises while Hydra instantiates it, and Hydra wraps it in an ``InstantiationException``
+A component's own check of its arguments (``HungarianMatcher`` with every cost 0, a
+``SetCriterion`` loss name it does not know) raises while Hydra instantiates it, and Hydra wraps it in an ``InstantiationException``
 whose text holds the target and the config key: :func:`construction_error` gives it the same
 one-line form, named by that key. Errors a component's code did not raise itself (a bug deeper
 down, a library's) keep Hydra's report.
