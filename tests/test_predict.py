@@ -123,6 +123,7 @@ def test_predict_fails_naming_the_files_when_none_can_be_read(tmp_path, case: st
     reason = "UnidentifiedImageError" if case == "text" else "OSError: Truncated File Read"
     assert f"cannot read image {bad} ({reason}" in out and "Fix: give input=" in out
     assert "predicted 0 images" not in out and not (out_dir / "predictions.json").exists()
+    assert "Traceback" not in out  # the message alone (an ExplainedError)
 
 
 def test_official_release_reports_coco_ids_without_imagenet_weights_or_coco_files(

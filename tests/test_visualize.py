@@ -61,6 +61,7 @@ def test_visualize_fails_naming_an_unreadable_image(tmp_path) -> None:
                   tmp_path, fails=True)  # fmt: skip
     assert f"input={image}: none of the 1 image file(s) could be read" in out
     assert f"cannot read image {image} (" in out and "Fix: give input=" in out
+    assert "Traceback" not in out  # the message alone (an ExplainedError)
     assert not list((tmp_path / "vis").glob("*.png"))
 
 

@@ -19,3 +19,7 @@ class MissingFileError(ExplainedError, FileNotFoundError):
 
 class ExistingOutputError(ExplainedError, FileExistsError):
     """An output folder already holds what this job would write."""
+
+
+class UnreadableInputError(ExplainedError, ValueError):
+    """None of the images an input names (``input=``, an evaluation split) could be read."""

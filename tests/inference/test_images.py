@@ -133,3 +133,27 @@ def test_an_image_over_the_pixel_limit_is_skipped_with_the_deliberate_fix(
     assert sample.pixels is None and str(tmp_path / "big.png") in sample.error
     assert "600 pixels" in sample.error and "DETR_MAX_IMAGE_PIXELS=600" in sample.error
     assert "remove it from the input" in sample.error and "annotations" not in sample.error
+
+
+def test_no_readable_image_is_an_explained_error_ending_the_job_without_traceback(
+    tmp_path, caplog
+) -> None:
+    """It was a plain ValueError: predict and visualize ended under Hydra's traceback."""
+    from detr_lightning.errors import ExplainedError
+    from detr_lightning.inference.images import unreadable_error
+    from detr_lightning.utils.job_errors import exit_on_explained_errors
+
+    (tmp_path / "notes.txt").write_text("epoch 3: AP 0.41")
+    dataset = ImageListDataset(find_images(tmp_path / "notes.txt"), make_eval_transforms(32, 64))
+    sample = dataset[0]
+    err = unreadable_error([(sample.record, sample.error)], "input=notes.txt")
+    assert isinstance(err, ExplainedError) and isinstance(err, ValueError)
+
+    def job() -> None:
+        raise err
+
+    with pytest.raises(SystemExit) as stop:
+        exit_on_explained_errors(job)()
+    assert stop.value.code == 1
+    assert "none of the 1 image file(s) could be read" in caplog.text
+    assert "notes.txt" in caplog.text

@@ -21,7 +21,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 from detr_lightning.data.collate import collate
 from detr_lightning.data.errors import ImageLoadError
 from detr_lightning.data.image_io import load_rgb_image
-from detr_lightning.errors import MissingFileError
+from detr_lightning.errors import MissingFileError, UnreadableInputError
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +91,13 @@ def output_stems(file_names: Sequence[str]) -> list[str]:
     return unique
 
 
-def unreadable_error(skipped: Sequence[tuple[ImageRecord, str]], source: str) -> ValueError:
-    """The error when no image of ``source`` could be read: every file and why, and the fix."""
+def unreadable_error(
+    skipped: Sequence[tuple[ImageRecord, str]], source: str
+) -> UnreadableInputError:
+    """The error when no image of ``source`` could be read: every file and why, and the fix
+    (an ExplainedError: the entry points print it alone, without a traceback)."""
     listing = "\n  ".join(message.removesuffix("; skipped") for _, message in skipped)
-    return ValueError(
+    return UnreadableInputError(
         f"{source}: none of the {len(skipped)} image file(s) could be read, nothing was "
         f"predicted:\n  {listing}\nFix: give input= an image file or a folder of images "
         f"({', '.join(IMAGE_EXTENSIONS)}) that PIL can decode."
