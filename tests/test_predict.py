@@ -311,3 +311,25 @@ def test_a_checkpoint_loaded_with_another_net_config_is_named(checkpoint, shapes
                   torch.device("cpu"))  # fmt: skip
     assert f"ckpt_path={checkpoint} was trained with another model.net than this run composes " \
            "(model.net.num_queries: 8 -> 6)" in caplog.text  # fmt: skip
+
+
+@pytest.mark.parametrize("upright", [True, False])
+def test_predict_reads_exif_rotated_images_as_data_exif_transpose_says(
+    tmp_path, upright: bool
+) -> None:
+    """data.exif_transpose=false (labels made on the stored pixels) was accepted and ignored:
+    predict read every image upright, eval (the data module) as stored."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 64 wide x 40 high, shown turned by 90 degrees
+    image = tmp_path / "turned.jpg"
+    Image.fromarray(np.full((40, 64, 3), 128, np.uint8)).save(image, exif=exif)
+    release = official_release(tmp_path / "detr-tiny.pth")
+    out_dir = tmp_path / "pred"
+    run_cli("predict", ["experiment=r50", f"model.pretrained={release}", f"input={image}",
+                        f"output_dir={out_dir}", "num_workers=0", "device=cpu",
+                        f"data.exif_transpose={str(upright).lower()}",
+                        "paths.coco_dir=/nonexistent", *TINY_DETR], tmp_path)  # fmt: skip
+    (record,) = json.loads((out_dir / "images.json").read_text())["images"]
+    assert (record["width"], record["height"]) == ((40, 64) if upright else (64, 40))
+    boxes = [r["bbox"] for r in json.loads((out_dir / "predictions.json").read_text())]
+    assert max(x + w for x, _, w, _ in boxes) <= record["width"] + 1e-3

@@ -141,7 +141,7 @@ def predict(cfg: DictConfig) -> str:
         draw_dir=os.path.join(out_dir, "drawn"), draw=DrawOptions(**cfg.get("draw", {})),
         batch_size=int(cfg.get("batch_size", 4)), num_workers=int(cfg.get("num_workers", 0)),
         device=device, progress=bool(cfg.get("progress", True)), scoring=scoring,
-        panoptic=panoptic,
+        panoptic=panoptic, exif_transpose=bool(cfg.data.get("exif_transpose", True)),
     )  # fmt: skip
     if result.skipped and not result.images:
         from detr_lightning.inference.images import unreadable_error

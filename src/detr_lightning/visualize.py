@@ -50,7 +50,8 @@ def visualize(cfg: DictConfig) -> list[str]:
 
     device = resolve_device(cfg.get("device"))
     detector = load_detector(cfg, device=device)
-    dataset = ImageListDataset(find_images(cfg.input), instantiate(cfg.data.val_transforms))
+    dataset = ImageListDataset(find_images(cfg.input), instantiate(cfg.data.val_transforms),
+                               exif_transpose=bool(cfg.data.get("exif_transpose", True)))  # fmt: skip
     out_dir = cfg.get("output_dir") or cfg.paths.output_dir
     os.makedirs(out_dir, exist_ok=True)
     points = OmegaConf.to_container(cfg.points) if cfg.get("points") else None

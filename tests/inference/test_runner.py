@@ -61,3 +61,21 @@ def test_inputs_differing_only_in_suffix_get_a_drawing_each(tmp_path) -> None:
     for name, value in (("x.png.png", 30), ("x.jpg.png", 220), ("y.png", 128)):
         drawn = decode_image(str(out / name)).float()  # nothing scores 1.0: the image itself
         assert (drawn - value).abs().max() <= 2, name
+
+
+def test_exif_transpose_false_reads_images_as_stored(tmp_path) -> None:
+    """data.exif_transpose=false was ignored: predict read EXIF-rotated images upright, unlike
+    the data module (eval), so boxes and sizes were of other pixels than the run's."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned by 90 degrees: upright 40 wide x 64 high
+    Image.fromarray(np.full((40, 64, 3), 128, np.uint8)).save(tmp_path / "r.jpg", exif=exif)
+    sizes = {}
+    for upright in (True, False):
+        result = run_predictions(
+            fake_panoptic, PostProcess(), find_images(tmp_path), make_eval_transforms(40, 80),
+            [5, 6, 7], progress=False, exif_transpose=upright,
+        )  # fmt: skip
+        ((_, sizes[upright]),) = result.images
+        box = result.records[0]["bbox"]  # query 0: the left half of the image read
+        assert box == [0.0, 0.0, sizes[upright][1] / 2, sizes[upright][0]]
+    assert sizes == {True: (64, 40), False: (40, 64)}  # (h, w)

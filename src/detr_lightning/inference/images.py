@@ -146,12 +146,19 @@ class ImageListDataset(Dataset):
         transform: the evaluation transform (``(image, target) -> (image, target)``,
             :func:`~detr_lightning.data.transforms.make_eval_transforms`).
         keep_original: also return the decoded uint8 image (for drawing).
+        exif_transpose: apply the EXIF orientation tag (``data.exif_transpose``); False reads
+            every image as stored, as the data module does.
     """
 
     def __init__(
-        self, records: Sequence[ImageRecord], transform: Callable, keep_original: bool = True
+        self,
+        records: Sequence[ImageRecord],
+        transform: Callable,
+        keep_original: bool = True,
+        exif_transpose: bool = True,
     ) -> None:
         self.records, self.transform, self.keep_original = list(records), transform, keep_original
+        self.exif_transpose = exif_transpose
 
     def __len__(self) -> int:
         return len(self.records)
@@ -159,7 +166,8 @@ class ImageListDataset(Dataset):
     def __getitem__(self, idx: int) -> Sample:
         rec = self.records[idx]
         try:
-            image = load_rgb_image(rec.path, rec.path.parent, expected_size=rec.expected_size)
+            image = load_rgb_image(rec.path, rec.path.parent, self.exif_transpose,
+                                   expected_size=rec.expected_size)  # fmt: skip
         except ImageLoadError as err:
             cause = err.__cause__
             # A decompression bomb's own message carries the deliberate fix: keep it whole.

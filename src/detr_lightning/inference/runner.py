@@ -79,6 +79,7 @@ def run_predictions(
     progress: bool = True,
     scoring: SoftmaxScoring | None = None,
     panoptic: PanopticWriter | None = None,
+    exif_transpose: bool = True,
 ) -> PredictResult:
     """Predict on ``records`` in batches; unreadable images are logged by name and skipped.
 
@@ -99,13 +100,16 @@ def run_predictions(
             segments of panoptic models.
         panoptic: collects each image's panoptic segmentation (PNG named as the drawn one) when
             the outputs have ``pred_masks``.
+        exif_transpose: read images upright by their EXIF orientation (``data.exif_transpose``;
+            False: as stored).
 
     Panoptic models (outputs with ``pred_masks``): each drawn detection is one query, filled with
     its mask (:func:`~detr_lightning.inference.draw.instance_masks`) in its class colour.
     """
     draw = draw or DrawOptions()
     drawing = draw_dir is not None and draw.enabled
-    dataset = ImageListDataset(records, transform, keep_original=drawing)
+    dataset = ImageListDataset(records, transform, keep_original=drawing,
+                               exif_transpose=exif_transpose)  # fmt: skip
     device = torch.device(device)
     loader = image_loader(dataset, batch_size, num_workers, pin_memory=device.type == "cuda")
     result = PredictResult()
