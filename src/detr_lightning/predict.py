@@ -142,6 +142,7 @@ def predict(cfg: DictConfig) -> str:
         batch_size=int(cfg.get("batch_size", 4)), num_workers=int(cfg.get("num_workers", 0)),
         device=device, progress=bool(cfg.get("progress", True)), scoring=scoring,
         panoptic=panoptic, exif_transpose=bool(cfg.data.get("exif_transpose", True)),
+        pad_to_multiple=cfg.data.get("pad_to_multiple"),
     )  # fmt: skip
     if result.skipped and not result.images:
         from detr_lightning.inference.images import unreadable_error

@@ -79,3 +79,25 @@ def test_exif_transpose_false_reads_images_as_stored(tmp_path) -> None:
         box = result.records[0]["bbox"]  # query 0: the left half of the image read
         assert box == [0.0, 0.0, sizes[upright][1] / 2, sizes[upright][0]]
     assert sizes == {True: (64, 40), False: (40, 64)}  # (h, w)
+
+
+def test_batches_are_padded_to_data_pad_to_multiple(tmp_path) -> None:
+    """data.pad_to_multiple was accepted and ignored: predict padded batches otherwise than the
+    evaluation (padding changes DETR's features), so its outputs differed from eval's."""
+    Image.fromarray(np.full((40, 64, 3), 128, np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.full((50, 30, 3), 128, np.uint8)).save(tmp_path / "b.png")
+    shapes = []
+
+    def forward(pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> dict:
+        shapes.append(tuple(pixel_values.shape[-2:]))
+        assert pixel_mask.shape[-2:] == pixel_values.shape[-2:]
+        return fake_panoptic(pixel_values, pixel_mask)
+
+    for multiple in (None, 32):
+        result = run_predictions(
+            forward, PostProcess(), find_images(tmp_path), make_eval_transforms(40, 80),
+            [5, 6, 7], progress=False, batch_size=2, pad_to_multiple=multiple,
+        )  # fmt: skip
+        # boxes stay relative to each original image
+        assert result.records[0]["bbox"] == [0.0, 0.0, 32.0, 40.0]
+    assert shapes == [(66, 64), (96, 64)]  # a 40x64 and a 66x40 image

@@ -3,6 +3,7 @@ named errors, and padded batches that skip what cannot be read."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections import Counter
@@ -209,15 +210,21 @@ def collate_images(samples: Sequence[Sample], pad_to_multiple: int | None = None
 
 
 def image_loader(
-    dataset: ImageListDataset, batch_size: int, num_workers: int = 0, **kwargs: Any
+    dataset: ImageListDataset,
+    batch_size: int,
+    num_workers: int = 0,
+    pad_to_multiple: int | None = None,
+    **kwargs: Any,
 ) -> torch.utils.data.DataLoader:
-    """In-order batches of :class:`ImageBatch` (predictions keep the input's order).
+    """In-order batches of :class:`ImageBatch` (predictions keep the input's order), padded as
+    the data module pads evaluation batches (``pad_to_multiple``: ``data.pad_to_multiple``).
 
     At most one worker per batch after the first (a worker helps by decoding the next batch while
     the model runs on this one): one image is read in the main process, not by 8 new processes
     each importing torch."""
     batches = -(-len(dataset) // batch_size)
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_images,
+        dataset, batch_size=batch_size, shuffle=False,
+        collate_fn=functools.partial(collate_images, pad_to_multiple=pad_to_multiple),
         num_workers=max(0, min(num_workers, batches - 1)), **kwargs,
     )  # fmt: skip

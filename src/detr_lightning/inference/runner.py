@@ -80,6 +80,7 @@ def run_predictions(
     scoring: SoftmaxScoring | None = None,
     panoptic: PanopticWriter | None = None,
     exif_transpose: bool = True,
+    pad_to_multiple: int | None = None,
 ) -> PredictResult:
     """Predict on ``records`` in batches; unreadable images are logged by name and skipped.
 
@@ -102,6 +103,8 @@ def run_predictions(
             the outputs have ``pred_masks``.
         exif_transpose: read images upright by their EXIF orientation (``data.exif_transpose``;
             False: as stored).
+        pad_to_multiple: pad each batch's height and width up to a multiple of it
+            (``data.pad_to_multiple``, as the evaluation batches).
 
     Panoptic models (outputs with ``pred_masks``): each drawn detection is one query, filled with
     its mask (:func:`~detr_lightning.inference.draw.instance_masks`) in its class colour.
@@ -111,7 +114,8 @@ def run_predictions(
     dataset = ImageListDataset(records, transform, keep_original=drawing,
                                exif_transpose=exif_transpose)  # fmt: skip
     device = torch.device(device)
-    loader = image_loader(dataset, batch_size, num_workers, pin_memory=device.type == "cuda")
+    loader = image_loader(dataset, batch_size, num_workers, pad_to_multiple,
+                          pin_memory=device.type == "cuda")  # fmt: skip
     result = PredictResult()
     png_names = {rec: stem + ".png" for rec, stem in
                  zip(records, output_stems([r.file_name for r in records]), strict=True)}  # fmt: skip
