@@ -73,3 +73,17 @@ def test_query_detections_scale_x_by_width_and_y_by_height() -> None:
            "pred_boxes": torch.tensor([[[0.5, 0.5, 0.5, 0.5]]])}  # fmt: skip
     (det,) = query_detections(out, torch.tensor([[100, 200]]))  # h 100, w 200
     assert det["boxes"].tolist() == [[50.0, 25.0, 150.0, 75.0]]
+
+
+def test_the_best_of_detections_sharing_a_box_is_drawn_on_top() -> None:
+    """A query with two labels (sigmoid scoring) has one box: its lower-scoring label used to
+    be drawn last, over the best one, so the drawing showed the wrong class."""
+    image = _image()
+    box = torch.tensor([10.0, 20.0, 60.0, 50.0])
+    pred = {"boxes": torch.stack([box, box]), "scores": torch.tensor([0.9, 0.6]),
+            "labels": torch.tensor([0, 1])}  # fmt: skip
+    out = draw_predictions(image, pred, [3, 4], ["cat", "dog"], score_threshold=0.5)
+    best, other = torch.tensor(class_color(0)), torch.tensor(class_color(1))
+    # the outline's pixels (no label box covers the bottom edge)
+    edge = out[:, 50, 15:55].T.int()
+    assert (edge == best).all(1).all() and not (edge == other).all(1).any()

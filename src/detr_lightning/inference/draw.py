@@ -116,6 +116,10 @@ def draw_predictions(
         uint8 [3, H, W]; the input is not modified.
     """
     keep = select_detections(pred["scores"].detach().cpu(), score_threshold, top_k)
+    # Drawn lowest score first: what is drawn later covers what overlaps it (a query with
+    # several labels, under a sigmoid scoring, has one box and one label place), so the
+    # best detection stays readable on top.
+    keep = keep.flip(0)
     out = image.cpu()
     if len(keep) == 0:
         return out.clone()
