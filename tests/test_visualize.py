@@ -75,3 +75,21 @@ def test_callback_saves_attention_pngs_every_n_epochs_without_a_logger(tmp_path)
     assert files == ["epoch000_0_decoder.png", "epoch000_0_encoder.png",
                      "epoch000_1_decoder.png", "epoch000_1_encoder.png"]  # fmt: skip
     assert not AttentionMapLogger()._active(trainer)  # the config default (0) draws nothing
+
+
+def test_visualize_refuses_an_output_dir_holding_earlier_figures(tmp_path) -> None:
+    """A second run into the same output_dir used to overwrite the first one's figures (and its
+    .hydra/ config) without a word, or mix its figures with them."""
+    image = tmp_path / "photo.jpg"
+    Image.fromarray(np.full((120, 160, 3), 90, np.uint8)).save(image)
+    release = official_release(tmp_path / "detr-tiny.pth")
+    vis = tmp_path / "vis"
+    args = ["experiment=r50", f"model.pretrained={release}", f"input={image}",
+            f"output_dir={vis}", "device=cpu", *TINY_DETR]  # fmt: skip
+    run_cli("visualize", args, tmp_path)
+    before = {p: p.read_bytes() for p in vis.rglob("*") if p.is_file()}
+    assert vis / "photo_decoder.png" in before
+    out = run_cli("visualize", [*args, "max_objects=1"], tmp_path, fails=True)
+    assert f"output_dir={vis} already holds photo_decoder.png" in out and "Fix:" in out
+    assert "Traceback" not in out
+    assert {p: p.read_bytes() for p in vis.rglob("*") if p.is_file()} == before  # untouched

@@ -24,6 +24,7 @@ import os
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from detr_lightning.predict_outputs import refuse_earlier_outputs, refuse_given_output_dir
 from detr_lightning.utils import conf_dir
 from detr_lightning.utils.job_errors import exit_on_explained_errors
 from detr_lightning.utils.null_group_choice import refuse_null_group_choices
@@ -36,6 +37,8 @@ def visualize(cfg: DictConfig) -> list[str]:
     from detr_lightning.inference.loading import check_inference_config
 
     check_inference_config(cfg, needs_data=False)
+    out_dir = cfg.get("output_dir") or cfg.paths.output_dir
+    refuse_earlier_outputs(out_dir, "visualize")  # the default folder, or a sweep's jobs' one
     from hydra.utils import instantiate
 
     from detr_lightning.inference.attention_plot import save_figure
@@ -52,7 +55,6 @@ def visualize(cfg: DictConfig) -> list[str]:
     detector = load_detector(cfg, device=device)
     dataset = ImageListDataset(find_images(cfg.input), instantiate(cfg.data.val_transforms),
                                exif_transpose=bool(cfg.data.get("exif_transpose", True)))  # fmt: skip
-    out_dir = cfg.get("output_dir") or cfg.paths.output_dir
     os.makedirs(out_dir, exist_ok=True)
     points = OmegaConf.to_container(cfg.points) if cfg.get("points") else None
     written: list[str] = []
@@ -92,12 +94,19 @@ def visualize(cfg: DictConfig) -> list[str]:
 @refuse_null_group_choices(conf_dir())
 @hydra.main(config_path=conf_dir(), config_name="visualize", version_base="1.3")
 @exit_on_explained_errors
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     """Hydra entry point: refuses training-only overrides first (they would be ignored)."""
     from detr_lightning.utils.unread_overrides import refuse_unread_overrides
 
     refuse_unread_overrides("visualize")
     visualize(cfg)
+
+
+def main() -> None:
+    """``output_dir=DIR`` holding an earlier run's figures is refused before Hydra writes its
+    ``.hydra/`` and log there (predict_outputs.py), then the Hydra app runs."""
+    exit_on_explained_errors(refuse_given_output_dir)(entry="visualize")
+    _main()
 
 
 if __name__ == "__main__":
