@@ -333,3 +333,33 @@ def test_predict_reads_exif_rotated_images_as_data_exif_transpose_says(
     assert (record["width"], record["height"]) == ((40, 64) if upright else (64, 40))
     boxes = [r["bbox"] for r in json.loads((out_dir / "predictions.json").read_text())]
     assert max(x + w for x, _, w, _ in boxes) <= record["width"] + 1e-3
+
+
+@pytest.mark.parametrize(
+    "weights",
+    [["onnx=model.onnx", "ckpt_path=run.ckpt"],  # backend=torch: the .onnx was ignored
+     ["backend=onnxruntime", "onnx=model.onnx", "ckpt_path=run.ckpt"],
+     ["backend=onnxruntime", "onnx=model.onnx", "model.pretrained=detr.pth"]],
+)  # fmt: skip
+def test_weights_the_backend_does_not_read_are_refused(
+    weights: list[str], tmp_path, monkeypatch
+) -> None:
+    """They were accepted and ignored: ``onnx=`` without ``backend=onnxruntime`` predicted with
+    the checkpoint (the .onnx meant to be checked was never run), and a checkpoint given to
+    ``backend=onnxruntime`` was not the one predicting."""
+    from hydra import compose, initialize_config_dir
+
+    from detr_lightning.predict import predict
+    from detr_lightning.utils import conf_dir
+    from detr_lightning.utils.config_check import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("model.onnx", "run.ckpt", "detr.pth", "x.png"):
+        (tmp_path / name).write_bytes(b"")  # existing files: only the combination is wrong
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        cfg = compose("predict", overrides=["experiment=shapes", "input=x.png", *weights])
+    onnx = "backend=onnxruntime" in weights
+    with pytest.raises(ConfigError, match="Fix:") as err:
+        predict(cfg)
+    message = str(err.value)
+    assert (f"does not read {weights[-1]}" if onnx else "onnx=model.onnx is read by") in message

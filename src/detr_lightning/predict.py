@@ -62,6 +62,29 @@ def _records(cfg: DictConfig) -> tuple[list, object | None]:
     return coco_split_images(images, ann), datamodule
 
 
+def refuse_unused_weights(cfg: DictConfig, backend: str) -> None:
+    """Weights given to the backend that does not read them would be ignored without a word:
+    ``onnx=`` under ``backend=torch`` (the checkpoint predicts, not the .onnx one meant to
+    check), ``ckpt_path`` / ``model.pretrained`` under ``backend=onnxruntime`` (the .onnx holds
+    its own weights)."""
+    if backend == "torch" and cfg.get("onnx"):
+        raise ConfigError(
+            f"onnx={cfg.onnx} is read by backend=onnxruntime only; backend=torch would predict "
+            "with ckpt_path / model.pretrained and ignore it. Fix: add backend=onnxruntime (and "
+            "drop ckpt_path / model.pretrained), or drop onnx="
+        )
+    unused = [f"{key}={value}" for key, value in
+              (("ckpt_path", cfg.get("ckpt_path")),
+               ("model.pretrained", OmegaConf.select(cfg, "model.pretrained")))
+              if value]  # fmt: skip
+    if backend == "onnxruntime" and unused:
+        raise ConfigError(
+            f"backend=onnxruntime runs onnx={cfg.onnx} with the weights inside it and does not "
+            f"read {', '.join(unused)}. Fix: drop {' and '.join(k.split('=')[0] for k in unused)} "
+            "(or export that checkpoint and give its .onnx), or use backend=torch without onnx="
+        )
+
+
 def predict(cfg: DictConfig) -> str:
     """Predict, write predictions.json, images.json and the drawings; returns the json's path."""
     backend = cfg.get("backend", "torch")
@@ -74,6 +97,7 @@ def predict(cfg: DictConfig) -> str:
         )
     if backend == "onnxruntime" and not cfg.get("onnx"):
         raise ConfigError("backend=onnxruntime needs onnx=<file written by detr_lightning.export>")
+    refuse_unused_weights(cfg, backend)
     from detr_lightning.inference.loading import check_inference_config
 
     check_inference_config(cfg, needs_data=not cfg.get("input"), needs_weights=backend == "torch")
