@@ -1,5 +1,6 @@
 """What ``predict`` (and ``visualize``) writes into its ``output_dir``, and the refusal of a
-folder that already holds an earlier run's outputs (two runs never mix; nothing there is deleted or rewritten).
+folder that already holds an earlier run's outputs (two runs never mix; nothing there is deleted
+or rewritten).
 
 ``output_dir=DIR`` on the command line makes ``DIR`` the Hydra run directory, so Hydra itself
 writes there (``.hydra/``, ``predict.log``) before the task function runs:
