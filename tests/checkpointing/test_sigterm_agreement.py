@@ -32,33 +32,48 @@ def _trainer(rank: int, world_size: int) -> SimpleNamespace:
     return SimpleNamespace(global_rank=rank, world_size=world_size, strategy=strategy)
 
 
-def test_one_process_acts_on_its_first_sigterm_at_once_and_ignores_repeats() -> None:
-    calls = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
-    try:
-        agreement, trainer = SigtermAgreement(), _trainer(0, 1)
-        agreement.on_sanity_check_start(trainer)
-        agreement.on_train_start(trainer)  # the sanity check, then training: wrapped once
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert calls == [signal.SIGTERM]
-        os.kill(os.getpid(), signal.SIGTERM)
-        agreement.on_train_batch_end(trainer)
-        assert calls == [signal.SIGTERM]
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning restores both
+@pytest.fixture
+def lightning_handler():
+    """A recording function in Lightning's handler's place (the list of the signal numbers it
+    was called with); SIGTERM's and SIGINT's handlers restored afterwards, as Lightning does."""
+    calls: list[int] = []
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
+    before_ctrl_c = signal.getsignal(signal.SIGINT)
+    yield calls
+    signal.signal(signal.SIGTERM, before)
+    signal.signal(signal.SIGINT, before_ctrl_c)
+
+
+def test_one_process_acts_on_its_first_sigterm_at_once_and_ignores_repeats(
+    lightning_handler,
+) -> None:
+    agreement, trainer = SigtermAgreement(), _trainer(0, 1)
+    agreement.on_sanity_check_start(trainer)
+    agreement.on_train_start(trainer)  # the sanity check, then training: wrapped once
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert lightning_handler == [signal.SIGTERM]
+    os.kill(os.getpid(), signal.SIGTERM)
+    agreement.on_train_batch_end(trainer)
+    assert lightning_handler == [signal.SIGTERM]
+
+
+def _rank_of_two(rank: int, init_file: str) -> tuple[SigtermAgreement, SimpleNamespace, list]:
+    """In a gloo process group of 2, an agreement installed over a recording handler: the
+    agreement, its trainer and the handler's calls."""
+    # with a timeout: unpaired collectives fail rather than hang
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=30))  # fmt: skip
+    calls: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
+    agreement, trainer = SigtermAgreement(), _trainer(rank, 2)
+    agreement.on_train_start(trainer)
+    return agreement, trainer, calls
 
 
 def _agreement_worker(rank: int, init_file: str, out: torch.Tensor) -> None:
     """One rank of four training batches; rank 1 receives SIGTERM twice during batch 1.
     ``out[rank, batch]``: the deferred handler's calls so far, before and after the batch's end."""
-    # with a timeout: unpaired collectives fail rather than hang
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
-                            timeout=timedelta(seconds=30))  # fmt: skip
-    calls = []
-    signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
-    agreement, trainer = SigtermAgreement(), _trainer(rank, 2)
-    agreement.on_train_start(trainer)
+    agreement, trainer, calls = _rank_of_two(rank, init_file)
     for batch in range(4):
         if rank == 1 and batch == 1:
             os.kill(os.getpid(), signal.SIGTERM)
@@ -106,64 +121,44 @@ def test_it_replaces_lightnings_handler_before_the_barrier_that_precedes_the_san
     assert signal.getsignal(signal.SIGINT) == before_ctrl_c  # Lightning restores ours too
 
 
-def test_a_first_ctrl_c_stops_at_the_batch_end_a_second_at_once() -> None:
-    calls = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
-    try:
-        agreement, trainer = SigtermAgreement(), _trainer(0, 1)
-        agreement.on_train_start(trainer)
+def test_a_first_ctrl_c_stops_at_the_batch_end_a_second_at_once(lightning_handler) -> None:
+    agreement, trainer = SigtermAgreement(), _trainer(0, 1)
+    agreement.on_train_start(trainer)
+    os.kill(os.getpid(), signal.SIGINT)
+    # Lightning's handler runs as for SIGTERM (its flag stops the loop at the batch end)
+    assert lightning_handler == [signal.SIGTERM] and agreement.stopped_by == "Ctrl-C"
+    with pytest.raises(KeyboardInterrupt):
         os.kill(os.getpid(), signal.SIGINT)
-        # Lightning's handler runs as for SIGTERM (its flag stops the loop at the batch end)
-        assert calls == [signal.SIGTERM] and agreement.stopped_by == "Ctrl-C"
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        assert calls == [signal.SIGTERM]
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert lightning_handler == [signal.SIGTERM]
 
 
-def test_a_ctrl_c_handler_set_by_someone_else_is_kept() -> None:
-    own = signal.signal(signal.SIGINT, lambda signum, frame: None)
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    try:
-        SigtermAgreement().on_train_start(_trainer(0, 1))
-        assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-        assert not getattr(signal.getsignal(signal.SIGINT), "sigterm_agreement", False)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, own)
+def test_a_ctrl_c_handler_set_by_someone_else_is_kept(lightning_handler) -> None:
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
+    SigtermAgreement().on_train_start(_trainer(0, 1))
+    assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    assert not getattr(signal.getsignal(signal.SIGINT), "sigterm_agreement", False)
 
 
-def test_in_a_forked_data_worker_the_handlers_leave_the_signal_to_the_training_process() -> None:
-    calls = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
-    try:
-        agreement = SigtermAgreement()
-        agreement.on_train_start(_trainer(0, 1))
-        pid = os.fork()
-        if pid == 0:  # a worker forked after the install, with the handlers inherited
-            os.kill(os.getpid(), signal.SIGINT)
-            os.kill(os.getpid(), signal.SIGTERM)
-            os._exit(10 + len(calls) + (agreement.stopped_by is not None))
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 10  # neither acted there
-        assert calls == [] and agreement.stopped_by is None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+def test_in_a_forked_data_worker_the_handlers_leave_the_signal_to_the_training_process(
+    lightning_handler,
+) -> None:
+    agreement = SigtermAgreement()
+    agreement.on_train_start(_trainer(0, 1))
+    pid = os.fork()
+    if pid == 0:  # a worker forked after the install, with the handlers inherited
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        os._exit(10 + len(lightning_handler) + (agreement.stopped_by is not None))
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 10  # neither acted there
+    assert lightning_handler == [] and agreement.stopped_by is None
 
 
 def _ctrl_c_worker(rank: int, init_file: str, out: torch.Tensor) -> None:
     """Two batches; rank 1 gets Ctrl-C during batch 0. ``out[rank]``: the deferred handler's
     calls after batch 0's end, and 1 if the stop is called Ctrl-C there."""
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
-                            timeout=timedelta(seconds=30))  # fmt: skip
-    calls = []
-    signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
-    agreement, trainer = SigtermAgreement(), _trainer(rank, 2)
-    agreement.on_train_start(trainer)
+    agreement, trainer, calls = _rank_of_two(rank, init_file)
     if rank == 1:
         os.kill(os.getpid(), signal.SIGINT)
     agreement.on_train_batch_end(trainer)

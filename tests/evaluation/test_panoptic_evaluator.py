@@ -189,119 +189,82 @@ def test_pq_counts_a_category_with_id_zero():
     assert out["PQ"] == 1.0 and out["PQ_th"] == 1.0
 
 
-def test_segm_ap_keeps_the_highest_scoring_thing_queries():
-    """segm_top_k: 'segm AP keeps the best segm_top_k thing queries per image'. With top 1,
-    a confident perfect mask (p ~ 1) beats a weak wrong one (p ~ 0.5): segm AP = 1."""
-    import functools
-
-    from detr_lightning.detr.panoptic_postprocess import PostProcessPanoptic, PostProcessSegm
+def _evaluate_one_16px_image(segments, gt_ids, categories, logits, masks, **evaluator):
+    """PQ and segm AP of one 16x16 image: ground truth ``gt_ids`` [16, 16] with
+    ``segments`` (segments_info), ``categories`` (id, isthing; label i is the i-th), and the
+    model's ``logits`` [1, Q, K] and ``masks`` [1, Q, 16, 16]."""
     from detr_lightning.evaluation.panoptic_evaluator import PanopticEvaluator
 
-    gt_ids = torch.zeros(16, 16, dtype=torch.long)
-    gt_ids[2:10, 2:10] = 7
-    gt = {"ids": gt_ids, "segments_info": [{"id": 7, "category_id": 1, "iscrowd": 0,
-                                            "isthing": 1, "area": 64}]}  # fmt: skip
+    gt = {"ids": gt_ids, "segments_info": segments}
 
     class Data:
-        categories = [{"id": 1, "isthing": 1}]
-        label_to_category_id = [1]
+        label_to_category_id = [c["id"] for c in categories]
+
+        def __init__(self):
+            self.categories = categories
 
         def ground_truth(self, image_id):
             return gt
 
-    logits = torch.tensor([[[10.0, -10.0], [0.0, 0.0]]])  # query 0 sure, query 1 p = 0.5
-    masks = torch.full((1, 2, 16, 16), -8.0)
-    masks[0, 0, 2:10, 2:10] = 8.0  # perfect
-    masks[0, 1, 11:15, 11:15] = 8.0  # elsewhere
     ev = PanopticEvaluator(
         functools.partial(PostProcessPanoptic, threshold=0.3, min_area=1),
         PostProcessSegm(),
-        segm_top_k=1,
+        **evaluator,
     )
     target = {"image_id": torch.tensor(1), "size": torch.tensor([16, 16]),
               "orig_size": torch.tensor([16, 16])}  # fmt: skip
     ev.update(
         {"pred_logits": logits, "pred_masks": masks}, torch.zeros(1, 3, 16, 16), [target], Data()
     )
-    out = ev.compute()
+    return ev.compute()
+
+
+def test_segm_ap_keeps_the_highest_scoring_thing_queries():
+    """segm_top_k: 'segm AP keeps the best segm_top_k thing queries per image'. With top 1,
+    a confident perfect mask (p ~ 1) beats a weak wrong one (p ~ 0.5): segm AP = 1."""
+    gt_ids = torch.zeros(16, 16, dtype=torch.long)
+    gt_ids[2:10, 2:10] = 7
+    segments = [{"id": 7, "category_id": 1, "iscrowd": 0, "isthing": 1, "area": 64}]
+    logits = torch.tensor([[[10.0, -10.0], [0.0, 0.0]]])  # query 0 sure, query 1 p = 0.5
+    masks = torch.full((1, 2, 16, 16), -8.0)
+    masks[0, 0, 2:10, 2:10] = 8.0  # perfect
+    masks[0, 1, 11:15, 11:15] = 8.0  # elsewhere
+    out = _evaluate_one_16px_image(segments, gt_ids, [{"id": 1, "isthing": 1}], logits, masks,
+                                   segm_top_k=1)  # fmt: skip
     assert abs(out["segm_AP"] - 1.0) < 1e-6, out
 
 
 def test_segm_ap_top_k_counts_thing_queries_only():
     """A stuff-labelled query, however confident, takes no place among the top-k candidates:
     with top 1, the thing query behind a surer stuff query is kept (segm AP 1, not 0)."""
-    import functools
-
-    from detr_lightning.detr.panoptic_postprocess import PostProcessPanoptic, PostProcessSegm
-    from detr_lightning.evaluation.panoptic_evaluator import PanopticEvaluator
-
     gt_ids = torch.zeros(16, 16, dtype=torch.long)
     gt_ids[2:10, 2:10] = 7
     gt_ids[12:, :] = 8
-    gt = {"ids": gt_ids, "segments_info": [
-        {"id": 7, "category_id": 1, "iscrowd": 0, "isthing": 1, "area": 64},
-        {"id": 8, "category_id": 2, "iscrowd": 0, "isthing": 0, "area": 64}]}  # fmt: skip
-
-    class Data:
-        categories = [{"id": 1, "isthing": 1}, {"id": 2, "isthing": 0}]
-        label_to_category_id = [1, 2]
-
-        def ground_truth(self, image_id):
-            return gt
-
+    segments = [{"id": 7, "category_id": 1, "iscrowd": 0, "isthing": 1, "area": 64},
+                {"id": 8, "category_id": 2, "iscrowd": 0, "isthing": 0, "area": 64}]  # fmt: skip
+    categories = [{"id": 1, "isthing": 1}, {"id": 2, "isthing": 0}]
     # query 0: the stuff class, surer than query 1's thing; labels 0 -> id 1, 1 -> id 2
     logits = torch.tensor([[[-10.0, 12.0, -10.0], [6.0, -10.0, -10.0]]])
     masks = torch.full((1, 2, 16, 16), -8.0)
     masks[0, 0, 12:, :] = 8.0
     masks[0, 1, 2:10, 2:10] = 8.0
-    ev = PanopticEvaluator(
-        functools.partial(PostProcessPanoptic, threshold=0.3, min_area=1),
-        PostProcessSegm(),
-        segm_top_k=1,
-    )
-    target = {"image_id": torch.tensor(1), "size": torch.tensor([16, 16]),
-              "orig_size": torch.tensor([16, 16])}  # fmt: skip
-    ev.update(
-        {"pred_logits": logits, "pred_masks": masks}, torch.zeros(1, 3, 16, 16), [target], Data()
-    )
-    out = ev.compute()
+    out = _evaluate_one_16px_image(segments, gt_ids, categories, logits, masks, segm_top_k=1)
     assert abs(out["segm_AP"] - 1.0) < 1e-6 and abs(out["PQ"] - 1.0) < 1e-6, out
 
 
 def test_segm_ap_ignores_crowd_ground_truth():
     """COCO AP ignores crowd regions: a perfect prediction of the one non-crowd thing gives
     segm AP 1 even though a crowd thing segment is left unpredicted."""
-    import functools
-
-    from detr_lightning.detr.panoptic_postprocess import PostProcessPanoptic, PostProcessSegm
-    from detr_lightning.evaluation.panoptic_evaluator import PanopticEvaluator
-
     gt_ids = torch.zeros(16, 16, dtype=torch.long)
     gt_ids[2:10, 2:10] = 7
     gt_ids[11:15, 11:15] = 9
-    gt = {"ids": gt_ids, "segments_info": [
-        {"id": 7, "category_id": 1, "iscrowd": 0, "isthing": 1, "area": 64},
-        {"id": 9, "category_id": 1, "iscrowd": 1, "isthing": 1, "area": 16}]}  # fmt: skip
-
-    class Data:
-        categories = [{"id": 1, "isthing": 1}]
-        label_to_category_id = [1]
-
-        def ground_truth(self, image_id):
-            return gt
-
+    segments = [{"id": 7, "category_id": 1, "iscrowd": 0, "isthing": 1, "area": 64},
+                {"id": 9, "category_id": 1, "iscrowd": 1, "isthing": 1, "area": 16}]  # fmt: skip
     logits = torch.tensor([[[10.0, -10.0]]])
     masks = torch.full((1, 1, 16, 16), -8.0)
     masks[0, 0, 2:10, 2:10] = 8.0
-    ev = PanopticEvaluator(
-        functools.partial(PostProcessPanoptic, threshold=0.3, min_area=1), PostProcessSegm()
-    )
-    target = {"image_id": torch.tensor(1), "size": torch.tensor([16, 16]),
-              "orig_size": torch.tensor([16, 16])}  # fmt: skip
-    ev.update(
-        {"pred_logits": logits, "pred_masks": masks}, torch.zeros(1, 3, 16, 16), [target], Data()
-    )
-    assert abs(ev.compute()["segm_AP"] - 1.0) < 1e-6
+    out = _evaluate_one_16px_image(segments, gt_ids, [{"id": 1, "isthing": 1}], logits, masks)
+    assert abs(out["segm_AP"] - 1.0) < 1e-6
 
 
 def test_an_unused_label_slot_forms_no_segment_and_lifts_no_other_score():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 from cli import TINY
-from reliability_support import run
+from reliability_support import run, stopped_run
 
 STEPS_PER_EPOCH, CTRL_C_AT = 3, 4  # in the second epoch; its first end wrote step 3
 
@@ -31,16 +31,8 @@ def test_a_first_ctrl_c_saves_last_at_that_step_exits_130_and_resumes(
     tmp_path, shapes_root
 ) -> None:
     common = _common(shapes_root)
-    stopped = run("train", [*common, *_ctrl_c(again=False)], tmp_path)
-    out = stopped.stdout + stopped.stderr
-    assert stopped.returncode == 130, out[-3000:]
-    (run_dir,) = (tmp_path / "outputs" / "shapes").iterdir()
-    last = run_dir / "checkpoints" / "last.ckpt"
-    assert (
-        f"Ctrl-C: training stopped during training at global step {CTRL_C_AT} (epoch 1); "
-        f"last.ckpt (global step {CTRL_C_AT}) is {last}. To resume, rerun the command with "
-        "ckpt_path=last." in out
-    )
+    out, _, last = stopped_run([*common, *_ctrl_c(again=False)], tmp_path, CTRL_C_AT, 1,
+                               "training", "Ctrl-C", 130)  # fmt: skip
     assert out.count("Ctrl-C: stopping after this batch") == 1  # the workers left it alone
     workers = json.loads((tmp_path / "workers.json").read_text())
     assert len(workers["workers"]) >= 2 and workers["alive"] == workers["workers"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 from cli import TINY
-from reliability_support import run
+from reliability_support import run, stopped_run
 
 from detr_lightning.run_dirs import load_run
 
@@ -21,29 +21,11 @@ def _common(shapes_root: Path) -> list[str]:
             f"trainer.limit_train_batches={STEPS_PER_EPOCH}"]  # fmt: skip
 
 
-def _stopped(common: list[str], term: list[str], tmp_path: Path, step: int, epoch: int,
-             during: str):  # fmt: skip
-    """Run with the SIGTERM callback ``term``; check exit 143 and the one line naming the step,
-    the epoch and last.ckpt. Returns (output, run dir, last.ckpt)."""
-    stopped = run("train", [*common, *term], tmp_path)
-    out = stopped.stdout + stopped.stderr
-    assert stopped.returncode == 143, out[-3000:]
-    (run_dir,) = (tmp_path / "outputs" / "shapes").iterdir()
-    last = run_dir / "checkpoints" / "last.ckpt"
-    assert (
-        f"SIGTERM: training stopped during {during} at global step {step} (epoch {epoch}); "
-        f"last.ckpt (global step {step}) is {last}. To resume, rerun the command with "
-        "ckpt_path=last." in out
-    )
-    assert out.count("SIGTERM: training stopped") == 1
-    return out, run_dir, last
-
-
 def test_sigterm_saves_last_at_that_step_exits_143_and_resumes(tmp_path, shapes_root) -> None:
     common = _common(shapes_root)
     term = ["+callbacks.term._target_=reliability_support.TermAtStep",
             f"+callbacks.term.step={TERM_AT}"]  # fmt: skip
-    _, run_dir, last = _stopped(common, term, tmp_path, TERM_AT, 1, "training")
+    _, run_dir, last = stopped_run([*common, *term], tmp_path, TERM_AT, 1, "training")
     assert torch.load(last, weights_only=True)["global_step"] == TERM_AT > STEPS_PER_EPOCH
 
     # a limit that ends before the checkpoint's epoch would train nothing and exit 0: refused
@@ -98,7 +80,7 @@ def test_sigterm_during_validation_saves_the_last_training_step_and_resumes(
     batch was cut mid-way, never one stopped between batches), then trains and validates epoch 1."""
     common = _common(shapes_root)
     term = ["+callbacks.term._target_=reliability_support.TermInValidation"]
-    out, _, last = _stopped(common, term, tmp_path, STEPS_PER_EPOCH, 0, "validation")
+    out, _, last = stopped_run([*common, *term], tmp_path, STEPS_PER_EPOCH, 0, "validation")
     state = torch.load(last, weights_only=True)
     assert (state["global_step"], state["epoch"]) == (STEPS_PER_EPOCH, 0)
     # the validation had run one of its two batches; no top-k file (no val/AP yet)

@@ -39,6 +39,25 @@ def run(
     return warm_cli.run(f"detr_lightning.{module}", args, cwd, full_env, timeout, fresh)
 
 
+def stopped_run(args: list[str], cwd: Path, step: int, epoch: int, during: str,
+                signal_name: str = "SIGTERM", status: int = 143):  # fmt: skip
+    """A training run with ``args`` in ``cwd`` that a signal stops (its callback in ``args``):
+    checks the exit ``status`` and the one line naming ``signal_name``, the step, the epoch and
+    last.ckpt. Returns (output, run dir, last.ckpt)."""
+    stopped = run("train", args, cwd)
+    out = stopped.stdout + stopped.stderr
+    assert stopped.returncode == status, out[-3000:]
+    (run_dir,) = (cwd / "outputs" / "shapes").iterdir()
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert (
+        f"{signal_name}: training stopped during {during} at global step {step} (epoch {epoch}); "
+        f"last.ckpt (global step {step}) is {last}. To resume, rerun the command with "
+        "ckpt_path=last." in out
+    )
+    assert out.count(f"{signal_name}: training stopped") == 1
+    return out, run_dir, last
+
+
 def train_to_last_checkpoint(args: list[str], cwd: Path, timeout: int = 600) -> dict:
     """A training run with ``args`` in ``cwd`` (made if missing) that must succeed; its
     ``last.ckpt``, loaded."""
