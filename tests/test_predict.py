@@ -347,6 +347,26 @@ def test_weights_the_backend_does_not_read_are_refused(
     """They were accepted and ignored: ``onnx=`` without ``backend=onnxruntime`` predicted with
     the checkpoint (the .onnx meant to be checked was never run), and a checkpoint given to
     ``backend=onnxruntime`` was not the one predicting."""
+    onnx = "backend=onnxruntime" in weights
+    message = _refused_weights(weights, tmp_path, monkeypatch)
+    assert "Fix:" in message
+    assert (f"does not read {weights[-1]}" if onnx else "onnx=model.onnx is read by") in message
+
+
+@pytest.mark.parametrize(
+    ("weights", "expected"),
+    [([], "give ckpt_path=<Lightning .ckpt> or model.pretrained=<official .pth>"),
+     (["backend=onnxruntime"], "backend=onnxruntime needs onnx=<file written by")],
+)  # fmt: skip
+def test_the_weights_the_backend_reads_are_required(
+    weights: list[str], expected: str, tmp_path, monkeypatch
+) -> None:
+    assert _refused_weights(weights, tmp_path, monkeypatch).startswith(expected)
+
+
+def _refused_weights(weights: list[str], tmp_path, monkeypatch) -> str:
+    """predict's refusal of the ``weights`` overrides (existing files: only the combination is
+    wrong), before anything loads."""
     from hydra import compose, initialize_config_dir
 
     from detr_lightning.predict import predict
@@ -355,11 +375,9 @@ def test_weights_the_backend_does_not_read_are_refused(
 
     monkeypatch.chdir(tmp_path)
     for name in ("model.onnx", "run.ckpt", "detr.pth", "x.png"):
-        (tmp_path / name).write_bytes(b"")  # existing files: only the combination is wrong
+        (tmp_path / name).write_bytes(b"")
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
         cfg = compose("predict", overrides=["experiment=shapes", "input=x.png", *weights])
-    onnx = "backend=onnxruntime" in weights
-    with pytest.raises(ConfigError, match="Fix:") as err:
+    with pytest.raises(ConfigError) as err:
         predict(cfg)
-    message = str(err.value)
-    assert (f"does not read {weights[-1]}" if onnx else "onnx=model.onnx is read by") in message
+    return str(err.value)

@@ -62,11 +62,18 @@ def _records(cfg: DictConfig) -> tuple[list, object | None]:
     return coco_split_images(images, ann), datamodule
 
 
-def refuse_unused_weights(cfg: DictConfig, backend: str) -> None:
-    """Weights given to the backend that does not read them would be ignored without a word:
-    ``onnx=`` under ``backend=torch`` (the checkpoint predicts, not the .onnx one meant to
-    check), ``ckpt_path`` / ``model.pretrained`` under ``backend=onnxruntime`` (the .onnx holds
-    its own weights)."""
+def check_weights(cfg: DictConfig, backend: str) -> None:
+    """The weights ``backend`` reads must be given, and no others: weights given to the backend
+    that does not read them would be ignored without a word (``onnx=`` under ``backend=torch``:
+    the checkpoint predicts, not the .onnx one meant to check; ``ckpt_path`` /
+    ``model.pretrained`` under ``backend=onnxruntime``: the .onnx holds its own weights)."""
+    if backend == "torch" and not cfg.get("ckpt_path") and not cfg.model.get("pretrained"):
+        raise ConfigError(
+            "give ckpt_path=<Lightning .ckpt> or model.pretrained=<official .pth> "
+            "(or backend=onnxruntime onnx=<exported .onnx>)"
+        )
+    if backend == "onnxruntime" and not cfg.get("onnx"):
+        raise ConfigError("backend=onnxruntime needs onnx=<file written by detr_lightning.export>")
     if backend == "torch" and cfg.get("onnx"):
         raise ConfigError(
             f"onnx={cfg.onnx} is read by backend=onnxruntime only; backend=torch would predict "
@@ -90,14 +97,7 @@ def predict(cfg: DictConfig) -> str:
     backend = cfg.get("backend", "torch")
     if backend not in BACKENDS:
         raise ConfigError(f"backend={backend}: use one of {', '.join(BACKENDS)}")
-    if backend == "torch" and not cfg.get("ckpt_path") and not cfg.model.get("pretrained"):
-        raise ConfigError(
-            "give ckpt_path=<Lightning .ckpt> or model.pretrained=<official .pth> "
-            "(or backend=onnxruntime onnx=<exported .onnx>)"
-        )
-    if backend == "onnxruntime" and not cfg.get("onnx"):
-        raise ConfigError("backend=onnxruntime needs onnx=<file written by detr_lightning.export>")
-    refuse_unused_weights(cfg, backend)
+    check_weights(cfg, backend)
     from detr_lightning.inference.loading import check_inference_config
 
     check_inference_config(cfg, needs_data=not cfg.get("input"), needs_weights=backend == "torch")
