@@ -34,6 +34,7 @@ def test_a_first_ctrl_c_saves_last_at_that_step_exits_130_and_resumes(
     out, _, last = stopped_run([*common, *_ctrl_c(again=False)], tmp_path, CTRL_C_AT, 1,
                                "training", "Ctrl-C", 130)  # fmt: skip
     assert out.count("Ctrl-C: stopping after this batch") == 1  # the workers left it alone
+    assert "Received SIGTERM" not in out  # Lightning's line for the handler it runs here
     workers = json.loads((tmp_path / "workers.json").read_text())
     assert len(workers["workers"]) >= 2 and workers["alive"] == workers["workers"]
     assert torch.load(last, weights_only=True)["global_step"] == CTRL_C_AT

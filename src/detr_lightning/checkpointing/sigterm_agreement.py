@@ -55,6 +55,13 @@ log = logging.getLogger(__name__)
 _NONE, _CTRL_C, _SIGTERM = 0, 1, 2
 STOPPED_BY = {_CTRL_C: "Ctrl-C", _SIGTERM: "SIGTERM"}
 
+_LIGHTNING_SIGNAL_LOG = logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector")
+
+
+class _DropReceivedSigterm(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Received SIGTERM" not in record.getMessage()  # "[rank: 0] Received SIGTERM: 15"
+
 
 class SigtermAgreement(L.Callback):
     """Defers Lightning's SIGTERM handler, under DDP, to a batch end every rank reaches and runs
@@ -134,8 +141,16 @@ class SigtermAgreement(L.Callback):
     def _act(self, received: int, frame: FrameType | None) -> None:
         self._acted, self.stopped_by = True, STOPPED_BY[received]
         # as SIGTERM even for a Ctrl-C: rank 0's handler forwards its signal to the ranks it
-        # started, where a SIGINT would count as the second Ctrl-C
-        self._deferred(signal.SIGTERM, frame)
+        # started, where a SIGINT would count as the second Ctrl-C. Its "Received SIGTERM" line
+        # would then tell a user who pressed Ctrl-C that something else stopped the run.
+        quiet = _DropReceivedSigterm() if received == _CTRL_C else None
+        if quiet:
+            _LIGHTNING_SIGNAL_LOG.addFilter(quiet)
+        try:
+            self._deferred(signal.SIGTERM, frame)
+        finally:
+            if quiet:
+                _LIGHTNING_SIGNAL_LOG.removeFilter(quiet)
 
     def agree(self, trainer: L.Trainer, *args: Any) -> None:
         """Under DDP, at a point every rank reaches: if any rank has received SIGTERM or Ctrl-C,
