@@ -34,12 +34,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     log_config(trainer, cfg)
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from detr_lightning.checkpointing.interrupted import exit_evaluation_on_sigterm
+    from detr_lightning.checkpointing.interrupted import exit_stopped_evaluation
 
     try:
         trainer.test(model, datamodule=datamodule, ckpt_path=ckpt or None, verbose=False)
     except SIGTERMException:  # a SystemExit(None): exit status 0 unless turned into 143
-        exit_evaluation_on_sigterm(trainer)
+        exit_stopped_evaluation(trainer)
     metrics = dict(model.test_metrics)
     report(trainer, cfg, metrics, checkpoint=ckpt or cfg.model.pretrained)
     return metrics

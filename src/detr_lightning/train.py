@@ -33,7 +33,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from detr_lightning.checkpointing.interrupted import (
-        exit_on_sigterm,
+        exit_stopped_training,
         fit_phase,
         note_data_error,
     )
@@ -50,7 +50,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         note_data_error(err, trainer)
         raise
     except SIGTERMException:  # a SystemExit(None): exit status 0 unless turned into 143
-        exit_on_sigterm(trainer, fit_phase(trainer))
+        exit_stopped_training(trainer, fit_phase(trainer))
     if not cfg.get("test", True):
         return {}
     callback = trainer.checkpoint_callback
@@ -60,7 +60,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         trainer.test(model, datamodule=datamodule, ckpt_path=ckpt or None, verbose=False)
     except SIGTERMException:
-        exit_on_sigterm(trainer, "the final test (training had finished)")
+        exit_stopped_training(trainer, "the final test (training had finished)")
     metrics = dict(model.test_metrics)
     report(trainer, cfg, metrics, checkpoint=ckpt or "final weights",
            epochs=trainer.current_epoch, global_step=trainer.global_step)  # fmt: skip

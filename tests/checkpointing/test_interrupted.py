@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 
 from detr_lightning.checkpointing.interrupted import (
-    exit_evaluation_on_sigterm,
-    exit_on_sigterm,
+    exit_stopped_evaluation,
+    exit_stopped_training,
     stop_signal,
 )
 from detr_lightning.checkpointing.sigterm_agreement import SigtermAgreement
@@ -31,14 +31,14 @@ def test_the_line_and_status_name_the_signal(stopped_by, name, status, caplog) -
     trainer = _trainer(stopped_by)
     assert stop_signal(trainer) == (name, status)
     with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as stop:
-        exit_on_sigterm(trainer, "training")
+        exit_stopped_training(trainer, "training")
     assert stop.value.code == status
     assert caplog.messages[-1].startswith(
         f"{name}: training stopped during training at global step 7 (epoch 2); last.ckpt "
         "(global step 7) is r/last.ckpt. To resume, "
     )
     with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as stop:
-        exit_evaluation_on_sigterm(trainer)
+        exit_stopped_evaluation(trainer)
     assert stop.value.code == status
     assert caplog.messages[-1].startswith(f"{name}: evaluation stopped before its end; no "
                                           "metrics.json was written.")  # fmt: skip

@@ -59,7 +59,7 @@ def fit_phase(trainer: L.Trainer) -> str:
     return getattr(trainer.checkpoint_callback, "stopped_in", None) or "training"
 
 
-def exit_on_sigterm(trainer: L.Trainer, during: str) -> NoReturn:
+def exit_stopped_training(trainer: L.Trainer, during: str) -> NoReturn:
     """Name the signal, the step, the checkpoint a resume continues from and how; exit with
     status 143 (SIGTERM) or 130 (Ctrl-C)."""
     name, status = stop_signal(trainer)
@@ -83,7 +83,7 @@ def note_data_error(err: BaseException, trainer: L.Trainer) -> None:
     )
 
 
-def exit_evaluation_on_sigterm(trainer: L.Trainer) -> NoReturn:
+def exit_stopped_evaluation(trainer: L.Trainer) -> NoReturn:
     """An evaluation (``eval``) stopped by SIGTERM or Ctrl-C: say that it wrote no metrics and
     exit with status 143 or 130 (Lightning's ``SIGTERMException`` would end it with 0, as if it
     had finished)."""
