@@ -24,6 +24,7 @@ from detr_lightning.convergence.compact_trunk import CompactBackbone
 from detr_lightning.convergence.deformable_attention import BoxDeformableAttention
 from detr_lightning.convergence.focal_scoring import FocalScoring, VarifocalScoring
 from detr_lightning.detr import DETR, Backbone, SoftmaxScoring, Transformer, build_position_encoding
+from detr_lightning.export import staged_output
 from detr_lightning.inference.onnx_export import (
     export_onnx,
     external_data_files,
@@ -108,6 +109,40 @@ def _printed(out: str, label: str) -> dict[str, float]:
     found = re.search(rf"{re.escape(label)}.*?: (pred_\w+ \S+(?:, pred_\w+ \S+)*)$", out, re.M)
     assert found, out[-2000:]
     return {name: float(value) for name, value in (p.split() for p in found.group(1).split(", "))}
+
+
+def test_an_export_that_fails_its_check_writes_nothing_and_keeps_the_earlier_file(
+    exported, tmp_path
+) -> None:
+    release = exported[0]
+    target = tmp_path / "onnx" / "model.onnx"
+    target.parent.mkdir()
+    target.write_bytes(b"an earlier export")
+    out = run_cli("export", ["experiment=r50", f"model.pretrained={release}", f"output={target}",
+                             "atol=0", "rtol=0", "exporter=torchscript", *ONE_LAYER], tmp_path,
+                  fails=True)  # fmt: skip
+    assert "the export is not faithful, so it was not written" in out
+    assert "Traceback" not in out  # the message alone
+    assert [p.name for p in target.parent.iterdir()] == ["model.onnx"]  # no staging folder
+    assert target.read_bytes() == b"an earlier export"
+
+
+def test_a_staged_output_replaces_the_target_with_its_external_data_only_on_success(
+    tmp_path,
+) -> None:
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"old")
+    with pytest.raises(KeyboardInterrupt), staged_output(str(target)) as staged:
+        staged.write_bytes(b"half")
+        raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    assert target.read_bytes() == b"old"
+    with staged_output(str(target)) as staged:
+        assert staged.name == "model.onnx" and staged.parent != tmp_path
+        staged.write_bytes(b"new")
+        (staged.parent / "model.onnx.data").write_bytes(b"weights")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
+    assert target.read_bytes() == b"new"
 
 
 def test_the_export_check_is_relative_to_each_outputs_scale() -> None:

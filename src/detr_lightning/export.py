@@ -20,17 +20,28 @@ merge, which stays in Python.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from detr_lightning.errors import ExplainedError
 from detr_lightning.utils import conf_dir
 from detr_lightning.utils.config_check import ConfigError
 from detr_lightning.utils.job_errors import exit_on_explained_errors
 from detr_lightning.utils.null_group_choice import refuse_null_group_choices
 
 log = logging.getLogger(__name__)
+
+
+class ExportCheckError(ExplainedError, RuntimeError):
+    """ONNX Runtime's outputs differ from PyTorch's beyond the configured tolerance."""
 
 
 def export(cfg: DictConfig) -> tuple[str, dict[str, float]]:
@@ -71,26 +82,46 @@ def export(cfg: DictConfig) -> tuple[str, dict[str, float]]:
         if settings is not None:
             metadata["panoptic_postprocess"] = OmegaConf.to_container(settings, resolve=True)
     size = tuple(int(v) for v in cfg.get("example_size", (256, 320)))
-    path = export_onnx(net, cfg.output, size, int(cfg.opset), str(cfg.exporter), metadata)
-    print(f"onnx: {path}")
     diffs: dict[str, float] = {}
-    if cfg.get("verify", True):
-        sizes = [tuple(int(v) for v in s) for s in cfg.verify_sizes]
-        diffs = verify_onnx(net, path, sizes)
-        outputs = compared_outputs(diffs)
-        shown = ", ".join(f"{k} {diffs[k]:.2e}" for k in outputs)
-        scales = ", ".join(f"{k} {diffs[k + '.scale']:.3g}" for k in outputs)
-        print(f"ONNX Runtime vs PyTorch, max abs difference over {sizes}: {shown}")
-        print(f"PyTorch outputs, max |value|: {scales}")
-        failed = unfaithful_outputs(diffs, float(cfg.atol), float(cfg.get("rtol", 0.0)))
-        if failed:
-            raise RuntimeError(
-                f"{path}: ONNX Runtime differs from PyTorch by more than atol + rtol x the "
-                f"output's max |value|: {'; '.join(failed)}; the export is not faithful (try "
-                "exporter=torchscript)"
-            )
+    with staged_output(cfg.output) as staged:
+        export_onnx(net, staged, size, int(cfg.opset), str(cfg.exporter), metadata)
+        if cfg.get("verify", True):
+            sizes = [tuple(int(v) for v in s) for s in cfg.verify_sizes]
+            diffs = verify_onnx(net, staged, sizes)
+            outputs = compared_outputs(diffs)
+            shown = ", ".join(f"{k} {diffs[k]:.2e}" for k in outputs)
+            scales = ", ".join(f"{k} {diffs[k + '.scale']:.3g}" for k in outputs)
+            print(f"ONNX Runtime vs PyTorch, max abs difference over {sizes}: {shown}")
+            print(f"PyTorch outputs, max |value|: {scales}")
+            failed = unfaithful_outputs(diffs, float(cfg.atol), float(cfg.get("rtol", 0.0)))
+            if failed:
+                raise ExportCheckError(
+                    f"output={cfg.output}: ONNX Runtime differs from PyTorch by more than atol + "
+                    f"rtol x the output's max |value|: {'; '.join(failed)}; the export is not "
+                    "faithful, so it was not written (a file there before is kept). Fix: try "
+                    "exporter=torchscript (verify=false writes it unchecked)."
+                )
+    print(f"onnx: {cfg.output}")
     print(f"run directory: {cfg.paths.output_dir}")
-    return str(path), diffs
+    return str(cfg.output), diffs
+
+
+@contextlib.contextmanager
+def staged_output(output: str) -> Iterator[Path]:
+    """A path of ``output``'s name in a fresh folder beside it; the files written there (the
+    .onnx and any external-data file beside it) replace ``output``'s only when the block ends
+    without an error, so an export that fails, fails its check or is interrupted leaves no
+    partial or unchecked model at ``output`` and keeps the one there before."""
+    target = Path(output)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging / target.name
+        # the .onnx last: a reader never finds it without its external data
+        for file in sorted(staging.iterdir(), key=lambda f: f.name == target.name):
+            os.replace(file, target.parent / file.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 @refuse_null_group_choices(conf_dir())
