@@ -11,7 +11,8 @@ a sigmoid head) go into the model's metadata, a panoptic model's ``is_thing_map`
 isthing) and ``panoptic_postprocess`` (``model.panoptic.postprocess``) too, so that
 ``predict backend=onnxruntime onnx=...`` needs no checkpoint. Then ONNX Runtime runs random
 images of ``verify_sizes`` next to PyTorch and the max abs difference is printed; above
-``atol + rtol x`` an output's largest |value| the export fails.
+``atol + rtol x`` an output's largest |value| the export fails and ``output`` is left as it
+was (:func:`staged_output`).
 
 Not exported (see :mod:`detr_lightning.inference.onnx_export`): the matcher and losses
 (training only), the auxiliary decoder outputs, and the post-processing, including the panoptic
