@@ -126,6 +126,15 @@ def test_eval_from_checkpoint_reproduces_the_training_metrics(first_run, shapes_
     # the test losses, never 0, must agree too (same weights, same images)
     losses = [_logged(d / "csv" / "metrics.csv", "test/loss") for d in (run_dir, eval_dir)]
     assert losses[0] > 0 and losses[0] == pytest.approx(losses[1], rel=1e-6)
+    # each category of the json, in label order, named and with its id, in both runs alike
+    per_category = [json.loads((d / "metrics_per_category.json").read_text())["bbox"]
+                    for d in (run_dir, eval_dir)]  # fmt: skip
+    categories = json.loads((shapes_root / "annotations" / "instances_val.json").read_text())
+    assert [(r["category_id"], r["name"]) for r in per_category[1]] == [
+        (c["id"], c["name"]) for c in sorted(categories["categories"], key=lambda c: c["id"])
+    ]
+    assert per_category[0] == per_category[1]
+    assert "bbox AP per category" in out
 
 
 def _logged(csv_path: Path, key: str) -> float:

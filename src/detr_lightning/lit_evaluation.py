@@ -32,10 +32,11 @@ class EvaluationSteps(L.LightningModule):
     ) -> None:
         with torch.device("cpu"):  # metric constants need real memory even under a meta init
             self.val_map = CocoBoxAP(backend=metric_backend)
-            self.test_map = CocoBoxAP(backend=metric_backend)
+            self.test_map = CocoBoxAP(backend=metric_backend, class_metrics=True)
             self.val_panoptic = panoptic(metric_backend=metric_backend) if panoptic else None
             self.test_panoptic = panoptic(metric_backend=metric_backend) if panoptic else None
         self.test_metrics: dict[str, float] = {}
+        self.test_per_class: dict[int, dict[str, float]] = {}  # CocoBoxAP.per_class
         self.eval_losses = {"val": BatchLossMean(), "test": BatchLossMean()}
 
     def _eval_step(
@@ -73,6 +74,7 @@ class EvaluationSteps(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.test_metrics = self._log_metric("test", self.test_map, self.test_panoptic)
+        self.test_per_class = dict(self.test_map.per_class)
 
     def predict_step(self, batch: Any, batch_idx: int) -> list[dict[str, Any]]:
         """Detections per image with the dataset's category ids (``category_id`` [K])."""

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from cocoeval import fake_detections, pycocotools_stats
 from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from detr_lightning.data.coco import CocoDetectionDataset
 from detr_lightning.data.collate import collate
@@ -38,10 +40,13 @@ def val_json(tmp_path_factory) -> tuple[str, str]:
     return str(root / "val"), str(ann)
 
 
-def our_stats(folder: str, ann: str, dets: list[dict], backend: str, batch: int = 5) -> dict:
+def our_stats(
+    folder: str, ann: str, dets: list[dict], backend: str, batch: int = 5, class_metrics=False
+) -> Any:
+    """The summary (and, with ``class_metrics``, ``per_class`` too) of ``dets``."""
     ds = CocoDetectionDataset(folder, ann, make_eval_transforms(96, 200), train=False)
     to_label = {c: i for i, c in enumerate(ds.label_to_category_id)}
-    metric = CocoBoxAP(backend=backend)
+    metric = CocoBoxAP(backend=backend, class_metrics=class_metrics)
     for start in range(0, len(ds), batch):
         b = collate([ds[i] for i in range(start, min(start + batch, len(ds)))])
         preds = []
@@ -54,7 +59,37 @@ def our_stats(folder: str, ann: str, dets: list[dict], backend: str, batch: int 
                 "labels": torch.tensor([to_label[d["category_id"]] for d in mine]),
             })  # fmt: skip
         metric.update(preds, metric_targets(b.targets))
-    return {k: float(v) for k, v in metric.compute().items()}
+    summary = {k: float(v) for k, v in metric.compute().items()}
+    return (summary, metric.per_class) if class_metrics else summary
+
+
+def _cocoeval_of_category(ann: str, dets: list[dict], category_id: int) -> np.ndarray:
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(ann)
+        ev = COCOeval(gt, gt.loadRes(dets), "bbox")
+        ev.params.catIds = [category_id]
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev.stats
+
+
+@pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])
+def test_each_categorys_ap_equals_cocoeval_restricted_to_it(val_json, backend) -> None:
+    folder, ann = val_json
+    with contextlib.redirect_stdout(io.StringIO()):
+        dets = fake_detections(COCO(ann))
+    summary, per_class = our_stats(folder, ann, dets, backend, class_metrics=True)
+    category_ids = CocoDetectionDataset(folder, ann, None, train=False).label_to_category_id
+    assert sorted(per_class) == list(range(len(category_ids)))
+    for label, category_id in enumerate(category_ids):
+        ref = _cocoeval_of_category(ann, dets, category_id)
+        assert per_class[label]["AP"] == pytest.approx(ref[0], abs=1e-6), category_id
+        assert per_class[label]["AR_100"] == pytest.approx(ref[8], abs=1e-6), category_id
+    aps = [v["AP"] for v in per_class.values()]
+    assert len(set(aps)) > 1  # the categories differ: a label mix-up would show
+    # every category has ground truth here: COCO's AP is the mean of the categories' APs
+    assert np.mean(aps) == pytest.approx(summary["AP"], abs=1e-6)
 
 
 @pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])

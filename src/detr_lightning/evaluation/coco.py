@@ -87,6 +87,11 @@ class CocoBoxAP(GatherImageLists, MeanAveragePrecision):
 
     ``iou_type="segm"`` evaluates instance masks instead (COCO "segm AP"): predictions and
     targets then carry ``masks`` [K, H, W] bool at the original image size (boxes unused).
+
+    ``class_metrics=True`` also evaluates each class on its own (pycocotools restricted to one
+    category: one more evaluation over all the images); ``compute`` then leaves them in
+    ``per_class``: {label: {"AP": ..., "AR_100": ...}} for every label that occurs in the
+    predictions or the ground truth (-1: no ground truth of that label, as in pycocotools).
     """
 
     def __init__(
@@ -99,6 +104,7 @@ class CocoBoxAP(GatherImageLists, MeanAveragePrecision):
         kwargs.setdefault("rec_thresholds", np.linspace(0.0, 1.0, 101).tolist())
         super().__init__(box_format="xyxy", iou_type=iou_type, backend=backend, **kwargs)
         self.add_state("image_ids", default=[], dist_reduce_fx=None)
+        self.per_class: dict[int, dict[str, float]] = {}
 
     def update(  # type: ignore[override]
         self, preds: list[dict[str, Tensor]], target: list[dict[str, Tensor]]
@@ -127,6 +133,11 @@ class CocoBoxAP(GatherImageLists, MeanAveragePrecision):
                 if len(state) == len(ids):
                     setattr(self, name, [state[i] for i in order])
         raw = super().compute()
+        if self.class_metrics:
+            labels = raw["classes"].reshape(-1).tolist()
+            ap, ar = raw["map_per_class"].reshape(-1), raw["mar_100_per_class"].reshape(-1)
+            self.per_class = {int(label): {"AP": float(ap[i]), "AR_100": float(ar[i])}
+                              for i, label in enumerate(labels)}  # fmt: skip
         return {ours: raw[theirs].float() for theirs, ours in METRIC_NAMES.items()}
 
 

@@ -176,6 +176,9 @@ def report(
         if segm:
             print(format_ap_table(segm, title="COCO segm evaluation (thing classes)"))
         print(format_pq_table(metrics, title=f"Panoptic quality ({cfg.get('experiment_name')})"))
+    from detr_lightning.evaluation.per_category import report_per_category
+
+    report_per_category(trainer.lightning_module, trainer.datamodule, run_dir)
     print(f"metrics: {path}")
     print(f"run directory: {run_dir}")
     return path

@@ -1,0 +1,82 @@
+"""Box AP of each category: the table printed after a test (``make eval``, training's final test)
+and ``metrics_per_category.json`` beside ``metrics.json``.
+
+Each category is evaluated by pycocotools on its own (``CocoBoxAP(class_metrics=True)``), so its
+AP is COCO's AP @ IoU 0.50:0.95 over all areas, 100 detections, restricted to that category; the
+summary AP is the mean over the categories that have ground truth. -1 means undefined (no
+ground truth of the category in the evaluated split), as in pycocotools.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+FILE_NAME = "metrics_per_category.json"
+_COLUMNS = 3
+
+
+def per_category_records(
+    per_class: Mapping[int, Mapping[str, float]],
+    label_to_category_id: Sequence[int],
+    names: Sequence[str],
+) -> list[dict[str, Any]]:
+    """One record per category of the label map, in label order: ``category_id``, ``name``,
+    ``AP``, ``AR_100`` (-1 for a category that occurs in neither the ground truth nor the
+    predictions). Unused slots of COCO's id space (no name, never seen) are left out.
+
+    Args:
+        per_class: ``CocoBoxAP.per_class``, {label: {"AP": ..., "AR_100": ...}}.
+        label_to_category_id: the json's category id of each label (the model's label map).
+        names: the category name of each label ("" for an unused slot).
+    """
+    records = []
+    for label, category_id in enumerate(label_to_category_id):
+        name = names[label] if label < len(names) else ""
+        values = per_class.get(label)
+        if values is None and not name:
+            continue
+        values = values or {"AP": -1.0, "AR_100": -1.0}
+        records.append({"category_id": int(category_id), "name": name,
+                        "AP": float(values["AP"]), "AR_100": float(values["AR_100"])})  # fmt: skip
+    return records
+
+
+def format_per_category_table(records: Sequence[Mapping[str, Any]], title: str) -> str:
+    """``title`` and the categories' AP in columns, in label order ("-" for undefined)."""
+    cells = [(str(r["name"] or r["category_id"]), "-" if r["AP"] < 0 else f"{r['AP']:.3f}")
+             for r in records]  # fmt: skip
+    width = max((len(name) for name, _ in cells), default=0)
+    rows = [cells[i : i + _COLUMNS] for i in range(0, len(cells), _COLUMNS)]
+    lines = [title]
+    lines += ["   ".join(f"{name:<{width}} {ap:>5}" for name, ap in row) for row in rows]
+    return "\n".join(lines)
+
+
+def write_per_category_json(
+    run_dir: str | os.PathLike, records: Sequence[Mapping[str, Any]]
+) -> str:
+    """Write ``run_dir/metrics_per_category.json``: {"bbox": [records]} (the box AP; a
+    panoptic model's PQ per class is in ``pq_compute``'s result). Returns the file path."""
+    from detr_lightning.checkpointing.atomic_io import atomic_write_text
+
+    path = os.path.join(os.fspath(run_dir), FILE_NAME)
+    atomic_write_text(path, json.dumps({"bbox": list(records)}, indent=2) + "\n")
+    return path
+
+
+def report_per_category(module: Any, datamodule: Any, run_dir: str | os.PathLike) -> str | None:
+    """Print the table and write the file of a finished test of LitDETR ``module``
+    (``test_per_class``) with ``datamodule``'s category names; the file path, or None where the
+    test evaluated no category."""
+    per_class = getattr(module, "test_per_class", None)
+    if not per_class:
+        return None
+    names = getattr(datamodule, "category_names", None) or []
+    records = per_category_records(per_class, module.hparams.label_to_category_id, names)
+    print(format_per_category_table(records, "bbox AP per category (-: no ground truth)"))
+    path = write_per_category_json(run_dir, records)
+    print(f"per category: {path}")
+    return path
