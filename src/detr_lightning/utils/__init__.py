@@ -41,19 +41,49 @@ def output_dir_override(overrides: list[str]) -> str | None:
     return given
 
 
+_claimed: dict[str, str] = {}  # fresh_dir's answers in this process, by the path asked for
+
+
+def fresh_dir(path: str) -> str:
+    """``path`` if no folder is there yet, else the first free ``path_1``, ``path_2``, ...; the
+    folder is created here (``os.mkdir`` fails on one that exists, so two processes asking at
+    once get two folders). The same ``path`` asked again in this process gets the same answer.
+
+    The run directories are named by the second they start in: without this, two runs of one
+    experiment started in the same second (two jobs of a scheduler's array, two terminals)
+    shared one folder, their checkpoints side by side and one ``metrics.json`` overwriting the
+    other's."""
+    if path in _claimed:
+        return _claimed[path]
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    for n in range(10_000):
+        candidate = path if n == 0 else f"{path}_{n}"
+        try:
+            os.mkdir(candidate)
+        except FileExistsError:
+            continue
+        _claimed[path] = candidate
+        return candidate
+    raise FileExistsError(f"{path}: no free run directory name among {path}_1 .. _9999")
+
+
 def _given_output_dir(task_overrides: list[str], default: str) -> str:
     given = output_dir_override(list(task_overrides))
-    return default if given is None else given
+    return fresh_dir(default) if given is None else given
 
 
 def register_resolvers() -> None:
-    """``${given_output_dir:${hydra.overrides.task},DEFAULT}``: the ``output_dir=`` of the command
-    line, else DEFAULT. Predict and visualize make it their run directory, so that one folder
-    holds their outputs, log and ``.hydra/``; a ``-m`` sweep's jobs keep their own folders (Hydra
-    reads ``hydra.sweep`` there, not ``hydra.run.dir``)."""
+    """``${fresh_dir:PATH}``: :func:`fresh_dir`, the run and sweep directories of every entry
+    point. ``${given_output_dir:${hydra.overrides.task},DEFAULT}``: the ``output_dir=`` of the
+    command line, else ``fresh_dir(DEFAULT)``. Predict and visualize make it their run directory,
+    so that one folder holds their outputs, log and ``.hydra/``; a ``-m`` sweep's jobs keep their
+    own folders (Hydra reads ``hydra.sweep`` there, not ``hydra.run.dir``)."""
     from omegaconf import OmegaConf
 
     OmegaConf.register_new_resolver("given_output_dir", _given_output_dir, replace=True)
+    OmegaConf.register_new_resolver("fresh_dir", fresh_dir, replace=True)
 
 
 # Every composition of conf/ (entry points, the compose API, tests) imports this package first.
