@@ -96,7 +96,8 @@ def _model_on_meta(cfg: DictConfig) -> LitDETR:
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_every_experiment_composes_and_instantiates(name: str, tmp_path) -> None:
+def test_every_experiment_composes_and_instantiates(name: str, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # reading hydra.run.dir claims the folder (utils.fresh_dir)
     overrides = [f"experiment={name}"]
     if name == "shapes_finetune":
         overrides.append("model.pretrained=/some/detr-r50.pth")
