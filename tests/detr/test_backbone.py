@@ -9,6 +9,7 @@ import torchvision
 from torch import nn
 
 from detr_lightning.detr.backbone import Backbone
+from detr_lightning.errors import MissingFileError
 
 
 def _torchvision_trunk_keys(name: str) -> set[str]:
@@ -118,6 +119,17 @@ def test_pretrained_missing_file_names_path_and_never_downloads(tmp_path, monkey
     assert "$TORCH_HOME/hub/checkpoints/" in str(info.value)
     assert path == os.path.join(str(tmp_path), "hub", "checkpoints", os.path.basename(path))
     assert not os.path.exists(path)
+    assert isinstance(info.value, MissingFileError)  # the entry points print the message alone
+
+
+def test_an_empty_torch_home_is_named_and_the_path_is_absolute(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCH_HOME", "")
+    with pytest.raises(MissingFileError) as info:
+        Backbone("resnet18", pretrained=True)
+    message = str(info.value)
+    assert f"not found at {tmp_path}{os.sep}hub{os.sep}checkpoints{os.sep}resnet18-" in message
+    assert "(TORCH_HOME is set but empty)" in message
 
 
 def test_backbone_levers():

@@ -107,6 +107,23 @@ def test_a_components_own_argument_check_is_named_by_its_key(caplog, monkeypatch
         _building(zero_costs)(None)
 
 
+def test_missing_imagenet_weights_are_named_by_the_backbones_key(
+    caplog, monkeypatch, tmp_path
+) -> None:
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    backbone = {"_target_": "detr_lightning.detr.backbone.Backbone", "name": "resnet18",
+                "pretrained": True}  # fmt: skip
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as stop:
+        _building(backbone)(None)
+    assert stop.value.code == 1
+    [message] = caplog.messages
+    assert message.startswith(
+        "MissingFileError in model.criterion.matcher (detr_lightning.detr.backbone.Backbone): "
+        f"ImageNet weights for backbone 'resnet18' not found at {tmp_path}"
+    )
+
+
 def test_errors_not_raised_by_a_components_check_keep_hydras_report(monkeypatch) -> None:
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     outside = {"_target_": "fractions.Fraction", "numerator": "not a number"}  # the stdlib's

@@ -12,6 +12,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FrozenBatchNorm2d
 
 from detr_lightning.detr.frozen_bn import fold_frozen_batchnorm, fuse_frozen_batchnorm
+from detr_lightning.errors import MissingFileError
 
 _WEIGHTS = {
     "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
@@ -34,11 +35,13 @@ def imagenet_weights_path(name: str) -> str:
 
 
 def _load_imagenet_weights(resnet: nn.Module, name: str) -> None:
-    path = imagenet_weights_path(name)
+    path = os.path.abspath(imagenet_weights_path(name))
     if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"ImageNet weights for backbone '{name}' not found at {path}. This project never "
-            f"downloads: copy {_WEIGHTS[name].url} to that path (or point TORCH_HOME at a "
+        # an empty TORCH_HOME makes torch.hub's folder relative to wherever the run started
+        empty = " (TORCH_HOME is set but empty)" if os.environ.get("TORCH_HOME") == "" else ""
+        raise MissingFileError(
+            f"ImageNet weights for backbone '{name}' not found at {path}{empty}. This project "
+            f"never downloads: copy {_WEIGHTS[name].url} to that path (or point TORCH_HOME at a "
             "directory whose hub/checkpoints/ folder holds it: torch.hub reads "
             "$TORCH_HOME/hub/checkpoints/), or set model.net.backbone.pretrained=false."
         )
