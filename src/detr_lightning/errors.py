@@ -23,3 +23,7 @@ class ExistingOutputError(ExplainedError, FileExistsError):
 
 class UnreadableInputError(ExplainedError, ValueError):
     """None of the images an input names (``input=``, an evaluation split) could be read."""
+
+
+class UnwritableFolderError(ExplainedError, OSError):
+    """A folder this job must write into cannot be written (permissions, a read-only mount)."""

@@ -2,6 +2,8 @@
 
 import json
 import logging
+import os
+import stat
 from collections import Counter
 
 import numpy as np
@@ -17,6 +19,7 @@ from detr_lightning.data.shapes import (
     ensure_shapes_dataset,
     generate_shapes_dataset,
 )
+from detr_lightning.errors import MissingFileError, UnwritableFolderError
 
 
 @pytest.fixture(scope="module")
@@ -169,3 +172,26 @@ def test_shapes_image_ids_start_at_one_in_each_split(tmp_path):
     val = json.loads((root / "annotations" / "instances_val.json").read_text())
     assert sorted(im["id"] for im in train["images"]) == [1, 2]
     assert [im["id"] for im in val["images"]] == [VAL_ID_OFFSET + 1]
+
+
+def test_the_dataset_folder_gets_a_plain_mkdirs_mode_not_a_temp_folders(tmp_path) -> None:
+    old = os.umask(0o022)
+    try:
+        root = generate_shapes_dataset(tmp_path / "shapes", train=1, val=1)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(root.stat().st_mode) == 0o755  # readable by the others sharing it
+
+
+def test_a_link_to_a_missing_folder_is_named_before_anything_is_made(tmp_path) -> None:
+    link = tmp_path / "shapes"
+    link.symlink_to(tmp_path / "unmounted" / "shapes")
+    with pytest.raises(MissingFileError, match="is a link to .*unmounted/shapes, which does not"):
+        generate_shapes_dataset(link, train=1, val=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes"]  # no temp folder left
+
+
+def test_a_folder_that_cannot_be_written_is_named_with_the_fix(tmp_path) -> None:
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(UnwritableFolderError, match="cannot be written into .*a_file/sub.*paths"):
+        generate_shapes_dataset(tmp_path / "a_file" / "sub" / "shapes", train=1, val=1)

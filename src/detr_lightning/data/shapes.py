@@ -35,6 +35,7 @@ from PIL import Image
 from detr_lightning.data.panoptic_png import ids_to_rgb
 from detr_lightning.data.shapes_background import STUFF_IDS
 from detr_lightning.data.shapes_render import THING_IDS, render_image
+from detr_lightning.errors import MissingFileError, UnwritableFolderError
 
 log = logging.getLogger(__name__)
 DEFAULT_ROOT = Path("data/shapes")
@@ -133,6 +134,24 @@ def _write_split(root: Path, split: str, count: int, seed: int) -> None:
             json.dump({**common, **body}, fh)
 
 
+def _temp_folder_beside(out: Path) -> Path:
+    """A new hidden folder next to ``out`` with a plain mkdir's mode (mkdtemp's is 0700, which
+    would make the renamed dataset private to its maker)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as err:
+        raise UnwritableFolderError(
+            f"the shapes dataset cannot be written into {out.parent.absolute()}: {err}. Fix: "
+            "set paths.shapes_dir to a folder you can write (or generate it once where you "
+            "can: python -m detr_lightning.data.shapes --out DIR)."
+        ) from None
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    return tmp
+
+
 def generate_shapes_dataset(
     out: str | Path, train: int = 2000, val: int = 200, seed: int = 0
 ) -> Path:
@@ -141,10 +160,15 @@ def generate_shapes_dataset(
     ``out`` must not exist (or be an empty directory). Returns ``out``.
     """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_symlink() and not out.exists():  # found before the images are made, not after
+        raise MissingFileError(
+            f"{out} is a link to {os.readlink(out)}, which does not exist (a share not mounted?). "
+            "Fix: make the link's target reachable, or remove the link to generate the dataset "
+            "there (or set paths.shapes_dir to another folder)."
+        )
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; remove it or choose another --out")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = _temp_folder_beside(out)
     try:
         for split, count in (("train", train), ("val", val)):
             _write_split(tmp, split, count, seed)
