@@ -44,32 +44,36 @@ data:
 train:
 	$(PY) -m detr_lightning.train $(MULTIRUN) experiment=$(EXP) $(OVERRIDES)
 
+# A path as one Hydra value (KEY='PATH', quoted for the shell and for Hydra's grammar): a space,
+# a non-ASCII letter, `=` or `,` in CKPT, INPUT or OUT would otherwise split it or fail to parse.
+hydra_path = "$(1)='$(2)'"
+
 # Weights of eval and predict: CKPT (a .ckpt, or last: the newest last.ckpt of EXP's runs), or in
 # ARGS ckpt_path=.., model.pretrained=<official .pth> (predict: also onnx=<exported .onnx>).
 WEIGHTS = $(CKPT)$(filter ckpt_path=% model.pretrained=% +model.pretrained=% onnx=%,$(OVERRIDES))
 
 eval:
 	@test -n "$(WEIGHTS)" || { echo 'usage: make eval CKPT=<run dir>/checkpoints/last.ckpt [EXP=..] [ARGS=..] (CKPT=last: the newest run of EXP; no CKPT: ARGS=model.pretrained=<official .pth>)'; exit 2; }
-	$(PY) -m detr_lightning.eval $(MULTIRUN) experiment=$(EXP) $(if $(CKPT),ckpt_path=$(CKPT)) \
+	$(PY) -m detr_lightning.eval $(MULTIRUN) experiment=$(EXP) $(if $(CKPT),$(call hydra_path,ckpt_path,$(CKPT))) \
 		$(OVERRIDES)
 
 # Predictions (predictions.json, images.json, drawn/*.png) on INPUT (an image or a folder; none:
 # the evaluation split). CKPT: a .ckpt; or ARGS="model.pretrained=detr-r50-e632da11.pth" EXP=r50.
 predict:
 	@test -n "$(WEIGHTS)" || { echo 'usage: make predict CKPT=<run dir>/checkpoints/last.ckpt [INPUT=image or folder] [EXP=..] [OUT=dir] [ARGS=..] (CKPT=last: the newest run of EXP; no CKPT: ARGS=model.pretrained=<official .pth> or ARGS="backend=onnxruntime onnx=<.onnx>")'; exit 2; }
-	$(PY) -m detr_lightning.predict $(MULTIRUN) experiment=$(EXP) $(if $(CKPT),ckpt_path=$(CKPT)) \
-		$(if $(INPUT),input=$(INPUT)) $(if $(OUT),output_dir=$(OUT)) $(OVERRIDES)
+	$(PY) -m detr_lightning.predict $(MULTIRUN) experiment=$(EXP) $(if $(CKPT),$(call hydra_path,ckpt_path,$(CKPT))) \
+		$(if $(INPUT),$(call hydra_path,input,$(INPUT))) $(if $(OUT),$(call hydra_path,output_dir,$(OUT))) $(OVERRIDES)
 
 # The paper's attention pictures (encoder self-attention, decoder cross-attention) of INPUT.
 visualize:
 	@test -n "$(INPUT)" || { echo 'usage: make visualize CKPT=path.ckpt INPUT=image [EXP=..] [OUT=dir]'; exit 2; }
-	$(PY) -m detr_lightning.visualize $(MULTIRUN) experiment=$(EXP) $(if $(CKPT),ckpt_path=$(CKPT)) \
-		input=$(INPUT) $(if $(OUT),output_dir=$(OUT)) $(OVERRIDES)
+	$(PY) -m detr_lightning.visualize $(MULTIRUN) experiment=$(EXP) $(if $(CKPT),$(call hydra_path,ckpt_path,$(CKPT))) \
+		$(call hydra_path,input,$(INPUT)) $(if $(OUT),$(call hydra_path,output_dir,$(OUT))) $(OVERRIDES)
 
 # ONNX model (verified against PyTorch with ONNX Runtime); OUT: the .onnx path.
 export:
-	$(PY) -m detr_lightning.export $(MULTIRUN) experiment=$(EXP) $(if $(CKPT),ckpt_path=$(CKPT)) \
-		format=onnx $(if $(OUT),output=$(OUT)) $(OVERRIDES)
+	$(PY) -m detr_lightning.export $(MULTIRUN) experiment=$(EXP) $(if $(CKPT),$(call hydra_path,ckpt_path,$(CKPT))) \
+		format=onnx $(if $(OUT),$(call hydra_path,output,$(OUT))) $(OVERRIDES)
 
 sweep:
 	$(PY) -m detr_lightning.train -m experiment=$(EXP) $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) \

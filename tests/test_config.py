@@ -311,10 +311,38 @@ def test_make_eval_and_predict_pass_ckpt_path_only_when_given(target: str, args:
     command = shlex.split(printed.splitlines()[-1])
     assert command[1:3] == ["-m", f"detr_lightning.{target}"]
     variable, given = args.split("=", 1)
-    expected = [f"ckpt_path={given}"] if variable == "CKPT" else given.split()
+    expected = [f"ckpt_path='{given}'"] if variable == "CKPT" else given.split()
     assert set(expected) <= set(command)
     ckpt_args = [a for a in command if a.startswith("ckpt_path=")]
-    assert ckpt_args == ([f"ckpt_path={given}"] if variable == "CKPT" else [])
+    assert ckpt_args == ([f"ckpt_path='{given}'"] if variable == "CKPT" else [])
+
+
+@pytest.mark.parametrize(
+    ("target", "variables"),
+    [("eval", {"CKPT": "ckpt_path"}),
+     ("predict", {"CKPT": "ckpt_path", "INPUT": "input", "OUT": "output_dir"}),
+     ("visualize", {"CKPT": "ckpt_path", "INPUT": "input", "OUT": "output_dir"}),
+     ("export", {"CKPT": "ckpt_path", "OUT": "output"})],
+)  # fmt: skip
+def test_make_passes_each_path_whole_to_hydra(target: str, variables: dict[str, str]) -> None:
+    """A path with a space, a non-ASCII letter, ``=`` and ``,`` reaches the entry point as one
+    argument that Hydra's override parser reads back as that path (unquoted, it split in two or
+    did not parse)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    paths = {v: f"/tmp/a {v.lower()} é/run=1,2/x" for v in variables}
+    make = ["make", "-n", "-s", target, *(f"{v}={p}" for v, p in paths.items())]
+    printed = subprocess.run(make, cwd=REPO, capture_output=True, text=True, check=True,
+                             timeout=60).stdout.replace("\\\n", " ")  # fmt: skip
+    command = shlex.split(printed.splitlines()[-1])
+    parser = OverridesParser.create()
+    parsed = {}
+    for arg in command[3:]:
+        override = parser.parse_override(arg)
+        parsed[override.key_or_group] = override.value()
+    assert {key: parsed[key] for key in variables.values()} == {
+        key: paths[variable] for variable, key in variables.items()
+    }
 
 
 LEVER_STACKS = {  # a lever option needs the convergence model and what it pairs with
