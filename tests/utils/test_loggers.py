@@ -7,6 +7,7 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -244,3 +245,36 @@ def test_overrides_that_name_or_label_the_run_are_no_tags() -> None:
     overrides = ["run_name=abl", "tags=[demo]", "+tags=[x]", "logger.wandb.project=p",
                  "logger.wandb.tag_overrides=true", "seed=1", "model.lr_backbone=0"]  # fmt: skip
     assert override_tags(overrides) == ["seed=1", "model.lr_backbone=0"]
+
+
+def test_wandb_unable_to_reach_its_server_is_explained_before_training(
+    tmp_path, monkeypatch
+) -> None:
+    """Online with credentials but no route out: wandb's CommError (after its wait) becomes one
+    line naming the offline fix; any other error of wandb.init passes unchanged."""
+    import wandb
+    from omegaconf import OmegaConf
+
+    from detr_lightning.utils.build import log_config
+    from detr_lightning.utils.loggers import WandbConnectionError
+
+    monkeypatch.setenv("WANDB_MODE", "offline")  # Lightning's WandbLogger changes it: restored
+    logger = wandb_logger(mode="online", save_dir=str(tmp_path), project="p")
+    trainer = SimpleNamespace(loggers=[logger])
+
+    def unreachable(**kwargs: Any) -> None:
+        raise wandb.errors.CommError("Failed to get resume status: context deadline exceeded")
+
+    monkeypatch.setattr(wandb, "init", unreachable)
+    with pytest.raises(WandbConnectionError) as info:
+        log_config(trainer, OmegaConf.create({"seed": 1}))
+    assert "context deadline exceeded" in str(info.value)
+    assert "logger.wandb.mode=offline (or WANDB_MODE=offline)" in str(info.value)
+
+    def misused(**kwargs: Any) -> None:
+        raise ValueError("not a connection problem")
+
+    monkeypatch.setattr(wandb, "init", misused)
+    with pytest.raises(ValueError, match="not a connection problem"):
+        log_config(SimpleNamespace(loggers=[wandb_logger(mode="online", save_dir=str(tmp_path))]),
+                   OmegaConf.create({"seed": 1}))  # fmt: skip

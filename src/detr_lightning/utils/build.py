@@ -150,14 +150,15 @@ def switched_off_defaults(cfg: DictConfig) -> dict[str, bool]:
 def log_config(trainer: L.Trainer, cfg: DictConfig) -> None:
     """Send the resolved config to every logger (Hydra also saves it in .hydra/config.yaml),
     with the wandb run's real name (a sweep job's carries its overrides: with_wandb_run_name)."""
-    from detr_lightning.utils.loggers import with_wandb_run_name
+    from detr_lightning.utils.loggers import explained_wandb_connection_errors, with_wandb_run_name
 
     container = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(container, dict)
     container = with_wandb_run_name(container)
     for logger in trainer.loggers:
         assert isinstance(logger, Logger)
-        logger.log_hyperparams(container)
+        with explained_wandb_connection_errors():
+            logger.log_hyperparams(container)  # wandb's first contact with its server
 
 
 def report(

@@ -9,15 +9,18 @@ name (:func:`with_wandb_run_name`), so a run's config and its name agree.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import netrc
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import WandbLogger
+
+from detr_lightning.errors import ExplainedError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,28 @@ def resolve_wandb_offline(mode: str = "auto") -> bool:
     if os.environ.get("WANDB_MODE", "").lower() in _OFFLINE_MODES:
         return True
     return not wandb_credentials_present()
+
+
+class WandbConnectionError(ExplainedError, ConnectionError):
+    """wandb, online, could not reach its server."""
+
+
+@contextlib.contextmanager
+def explained_wandb_connection_errors() -> Iterator[None]:
+    """wandb's communication error (a compute node with credentials but no route out: it waits
+    about 90 s, then raises from deep in its service) as one line with the fix, before training
+    starts."""
+    try:
+        yield
+    except Exception as err:
+        errors = sys.modules.get("wandb.errors")
+        if errors is None or not isinstance(err, errors.CommError):
+            raise
+        raise WandbConnectionError(
+            f"wandb could not reach its server: {err}. Fix: logger.wandb.mode=offline (or "
+            "WANDB_MODE=offline) logs the run locally, to upload later with `wandb sync`; or "
+            "logger=csv."
+        ) from None
 
 
 def override_tag(override: str) -> str:
