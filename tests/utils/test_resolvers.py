@@ -86,3 +86,18 @@ def test_predicts_given_output_dir_is_taken_as_it_is(tmp_path, monkeypatch) -> N
     HydraConfig.instance().set_config(cfg)
     assert cfg.hydra.run.dir == "mine"
     assert list(Path(tmp_path).iterdir()) == []  # no fresh folder claimed beside it
+
+
+def test_a_run_directory_that_cannot_be_made_ends_the_job_with_the_fix(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """Hydra resolves the run directory before the job's own error handling: the message alone,
+    not Hydra's traceback through OmegaConf."""
+    monkeypatch.setattr(utils, "_claimed", {})
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(SystemExit) as stop:
+        fresh_dir(str(tmp_path / "a_file" / "outputs" / "shapes" / "T"))
+    assert stop.value.code == 1
+    message = capsys.readouterr().err
+    assert message.startswith(f"UnwritableFolderError: the run directory {tmp_path}/a_file/")
+    assert "hydra.run.dir=DIR" in message

@@ -10,6 +10,7 @@ Kept import-light (no torch/Lightning) so that ``--cfg job`` and ``--help`` answ
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 
@@ -55,17 +56,23 @@ def fresh_dir(path: str) -> str:
     other's."""
     if path in _claimed:
         return _claimed[path]
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    for n in range(10_000):
-        candidate = path if n == 0 else f"{path}_{n}"
-        try:
-            os.mkdir(candidate)
-        except FileExistsError:
-            continue
-        _claimed[path] = candidate
-        return candidate
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        for n in range(10_000):
+            candidate = path if n == 0 else f"{path}_{n}"
+            try:
+                os.mkdir(candidate)
+            except FileExistsError:
+                continue
+            _claimed[path] = candidate
+            return candidate
+    except OSError as err:
+        # Hydra resolves this before the job starts, outside the entry point's error handling:
+        # its report would bury the message under a traceback through OmegaConf
+        print(f"UnwritableFolderError: the run directory {os.path.abspath(path)} cannot be "
+              f"made: {err}. Fix: launch from a folder you can write, or give one: "
+              "hydra.run.dir=DIR (a sweep: hydra.sweep.dir=DIR).", file=sys.stderr)  # fmt: skip
+        raise SystemExit(1) from None
     raise FileExistsError(f"{path}: no free run directory name among {path}_1 .. _9999")
 
 
