@@ -159,7 +159,7 @@ def test_a_read_only_folder_is_named_with_a_writable_fix(tmp_path, monkeypatch) 
     msg = str(err.value)
     assert msg.startswith(f"{target}: writing failed (") and ".tmp" not in msg
     assert f"its folder {folder} is not writable" in msg and "free" not in msg
-    assert "Fix: make it writable, or write elsewhere: a writable paths.output_dir=" in msg
+    assert "Fix: make it writable, or write elsewhere: a writable hydra.run.dir=" in msg
 
 
 def test_a_full_disk_or_quota_says_free_space(tmp_path, monkeypatch) -> None:

@@ -116,13 +116,13 @@ def _write_failure(path: str, dirname: str, err: BaseException) -> str:
         return (
             f"{head}: the file would exceed the largest file this process may write (`ulimit "
             f"-f`, a scheduler's file-size limit, or the filesystem's). {kept} Fix: raise the "
-            "limit (`ulimit -f unlimited`), or write elsewhere (paths.output_dir=...)."
+            "limit (`ulimit -f unlimited`), or write elsewhere (hydra.run.dir=...)."
         )
     if code in _NOT_WRITABLE:
         return (
             f"{head}: its folder {dirname} is not writable (read-only filesystem or "
             f"permissions). {kept} Fix: make it writable, or write elsewhere: a writable "
-            "paths.output_dir=... (or hydra.run.dir=...)."
+            "hydra.run.dir=... (the whole run's folder)."
         )
     room = ""
     with contextlib.suppress(OSError):
@@ -130,7 +130,7 @@ def _write_failure(path: str, dirname: str, err: BaseException) -> str:
     why = " (out of space or over quota)" if code in _NO_ROOM else ""
     return (
         f"{head}{room}{why}. {kept} Fix: free space there (or raise the quota), or write "
-        "elsewhere (paths.output_dir=...)."
+        "elsewhere (hydra.run.dir=...)."
     )
 
 
