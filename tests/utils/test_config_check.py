@@ -95,6 +95,16 @@ def test_missing_data_paths_are_named_per_stage(tmp_path) -> None:
     assert "1 problem" in str(err.value) and "nothing to evaluate" in str(err.value)
 
 
+def test_a_path_starting_with_a_tilde_is_named_as_not_expanded(tmp_path) -> None:
+    cfg = compose_job(["ckpt_path='~/runs/last.ckpt'", "data.val_images='~/shapes/val'"], tmp_path)
+    with pytest.raises(ConfigError) as err:
+        check_config(cfg, "fit")
+    msg = str(err.value)
+    assert "ckpt_path=~/runs/last.ckpt: no such file" in msg
+    assert "data.val_images=~/shapes/val: no such image folder" in msg
+    assert msg.count("`~` is not expanded here: give the full path") == msg.count("no such")
+
+
 def test_unset_mandatory_path_is_named(tmp_path) -> None:
     with pytest.raises(ConfigError) as err:
         check_config(compose_job(["data=custom"], tmp_path))

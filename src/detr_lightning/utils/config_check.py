@@ -125,6 +125,12 @@ def _data_keys(cfg: DictConfig, stage: str) -> list[str]:
     return [f"{s}_{kind}" for s in splits for kind in ("images", "ann")]
 
 
+def _looked_from(path: str) -> str:
+    """Where a relative path was looked for; a leading ``~`` is named, as nothing expands it."""
+    home = "; `~` is not expanded here: give the full path" if str(path).startswith("~") else ""
+    return f"(from {os.getcwd()}{home})"
+
+
 def _check_data_paths(cfg: DictConfig, stage: str, errors: list[str]) -> None:
     data = cfg.get("data")
     if data is None:
@@ -148,19 +154,19 @@ def _check_data_paths(cfg: DictConfig, stage: str, errors: list[str]) -> None:
         ok = os.path.isdir(value) if want_dir else os.path.isfile(value)
         if not ok:
             kind = "image folder" if want_dir else "annotation file"
-            errors.append(f"{key}={value}: no such {kind} (from {os.getcwd()}). Fix: give "
+            errors.append(f"{key}={value}: no such {kind} {_looked_from(value)}. Fix: give "
                           f"{key}=<path> (or paths.data_dir / paths.coco_dir for the presets).")  # fmt: skip
 
 
 def _check_files(cfg: DictConfig, stage: str, errors: list[str]) -> None:
     ckpt = cfg.get("ckpt_path")
     if ckpt and "://" not in str(ckpt) and not os.path.isfile(ckpt):
-        errors.append(f"ckpt_path={ckpt}: no such file (from {os.getcwd()}). Fix: give an "
+        errors.append(f"ckpt_path={ckpt}: no such file {_looked_from(ckpt)}. Fix: give an "
                       "existing .ckpt, or ckpt_path=last for the newest last.ckpt of the "
                       "experiment.")  # fmt: skip
     pretrained = _select(cfg, "model.pretrained", errors)
     if pretrained not in (_ABSENT, None, "") and not ckpt and not os.path.isfile(pretrained):
-        errors.append(f"model.pretrained={pretrained}: no such file (from {os.getcwd()}). "
+        errors.append(f"model.pretrained={pretrained}: no such file {_looked_from(pretrained)}. "
                       "Fix: give the official DETR .pth release file, or model.pretrained=null.")  # fmt: skip
     if stage in _NEEDS_WEIGHTS and not ckpt and pretrained in (_ABSENT, None, ""):
         errors.append("nothing to evaluate: neither ckpt_path nor model.pretrained is set. Fix: "
