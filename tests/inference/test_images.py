@@ -157,3 +157,20 @@ def test_no_readable_image_is_an_explained_error_ending_the_job_without_tracebac
     assert stop.value.code == 1
     assert "none of the 1 image file(s) could be read" in caplog.text
     assert "notes.txt" in caplog.text
+
+
+def test_find_images_follows_linked_folders_once_each(tmp_path) -> None:
+    """A folder reached through a symlink was skipped without a word (rglob does not follow
+    links): ``input=DIR`` holding ``linked_dir -> elsewhere/sub`` predicted 1 image of 3."""
+    _write(tmp_path / "elsewhere" / "sub" / "a.png")
+    _write(tmp_path / "elsewhere" / "sub" / "deep" / "b.jpg")
+    _write(tmp_path / "input" / "linked.jpg")
+    (tmp_path / "input" / "linked_dir").symlink_to(tmp_path / "elsewhere" / "sub")
+    # a link back to a parent (a loop) and a second link to the same folder: searched once
+    (tmp_path / "elsewhere" / "sub" / "deep" / "up").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "input" / "same_dir").symlink_to(tmp_path / "elsewhere" / "sub")
+    records = find_images(tmp_path / "input")
+    names = ["linked.jpg", "linked_dir/a.png", "linked_dir/deep/b.jpg"]
+    assert [r.file_name for r in records] == names
+    assert [r.path for r in records] == [tmp_path / "input" / n for n in names]
+    assert [r.image_id for r in records] == [1, 2, 3]

@@ -52,22 +52,38 @@ class ImageRecord:
 
 def find_images(source: str | Path) -> list[ImageRecord]:
     """One image file, or every file with an :data:`IMAGE_EXTENSIONS` suffix under a folder
-    (recursively, sorted by relative path). Raises MissingFileError (a FileNotFoundError)
-    naming ``input=``."""
+    (recursively, following linked folders, sorted by relative path). Raises MissingFileError
+    (a FileNotFoundError) naming ``input=``."""
     root = Path(source)
     if root.is_file():  # given explicitly: tried whatever its suffix
         return [ImageRecord(root, 1, root.name)]
     if not root.is_dir():
         raise MissingFileError(f"input={source}: no such image file or folder")
-    files = sorted(
-        (p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
-        key=lambda p: p.relative_to(root).as_posix(),
-    )
+    files = sorted(_search_folder(root), key=lambda p: p.relative_to(root).as_posix())
     if not files:
         raise MissingFileError(
             f"input={source}: the folder holds no image ({', '.join(IMAGE_EXTENSIONS)})"
         )
     return [ImageRecord(p, i + 1, p.relative_to(root).as_posix()) for i, p in enumerate(files)]
+
+
+def _search_folder(root: Path) -> list[Path]:
+    """The image files under ``root``, through linked folders too (``Path.rglob`` skips
+    them on Python 3.11); each real folder is searched once, so a link back to a parent folder
+    ends instead of recursing forever."""
+    seen = {os.path.realpath(root)}
+    files = []
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        kept = []
+        for name in sorted(subfolders):  # sorted: which of two links to one folder names it
+            real = os.path.realpath(os.path.join(folder, name))
+            if real not in seen:
+                seen.add(real)
+                kept.append(name)
+        subfolders[:] = kept  # os.walk descends only into what is left here
+        files += [path for path in map(Path(folder).joinpath, names)
+                  if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()]  # fmt: skip
+    return files
 
 
 def output_stems(file_names: Sequence[str]) -> list[str]:
