@@ -105,6 +105,26 @@ def test_folder_predictions_load_with_loadres_and_skip_the_unreadable_file(
         assert (drawn.int() - original.int()).abs().amax(0).gt(60).sum() > 50
 
 
+def test_predict_into_its_input_folder_leaves_out_earlier_runs_and_hidden_files(tmp_path) -> None:
+    """input=DIR output_dir=DIR/out2 after a run into DIR/out1 predicted out1's drawings too
+    (and .hidden.png): now only the photo, and the log says what was left out."""
+    folder = tmp_path / "photos"
+    for name in ["x.png", ".hidden.png", "out1/drawn/x.png"]:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(folder / name)
+    (folder / "out1" / ".hydra").mkdir()  # as an earlier predict run leaves it
+    release = official_release(tmp_path / "detr-tiny.pth")
+    out = run_cli("predict", ["experiment=r50", f"model.pretrained={release}", f"input={folder}",
+                              f"output_dir={folder / 'out2'}", "num_workers=0", "device=cpu",
+                              "draw.enabled=false", "paths.coco_dir=/nonexistent", *TINY_DETR],
+                  tmp_path)  # fmt: skip
+    assert "predicted 1 images" in out
+    images = json.loads((folder / "out2" / "images.json").read_text())["images"]
+    assert [im["file_name"] for im in images] == ["x.png"]
+    assert "1 earlier run folder(s)" in out and "1 folder(s) that are this run's output_dir" in out
+    assert "1 hidden image file(s)" in (folder / "out2" / "predict.log").read_text()
+
+
 @pytest.mark.parametrize("case", ["folder", "image", "text"])
 def test_predict_fails_naming_the_files_when_none_can_be_read(tmp_path, case: str) -> None:
     """It used to print "predicted 0 images", write an empty predictions.json and exit 0."""

@@ -7,7 +7,8 @@ training run) or ``model.pretrained`` (an official DETR .pth, e.g. ``experiment=
 model.pretrained=detr-r50-e632da11.pth``: no ImageNet weights and no COCO files are read), or
 ``backend=onnxruntime onnx=MODEL.onnx`` (written by ``detr_lightning.export``).
 
-Images: ``input=`` one image, or a folder (recursively; jpg, png, bmp, webp, tif, ...); without
+Images: ``input=`` one image, or a folder (recursively, through linked folders, leaving out
+hidden ones, earlier run directories and ``output_dir``; jpg, png, bmp, webp, tif, ...); without
 it, the data config's evaluation split (its COCO json's ids). Images that cannot be read are
 reported by name and skipped; when none can be read, predict fails with the list. Writes into
 ``output_dir``, the run directory (default outputs/<experiment>/predict_<time>; ``output_dir=DIR``
@@ -46,12 +47,13 @@ log = logging.getLogger(__name__)
 BACKENDS = ("torch", "onnxruntime")
 
 
-def _records(cfg: DictConfig) -> tuple[list, object | None]:
-    """The images and, for the evaluation split, the datamodule (its label map)."""
+def _records(cfg: DictConfig, out_dir: str) -> tuple[list, object | None]:
+    """The images and, for the evaluation split, the datamodule (its label map); ``out_dir``
+    is left out of an input folder holding it."""
     from detr_lightning.inference.images import coco_split_images, find_images
 
     if cfg.get("input"):
-        return find_images(cfg.input), None
+        return find_images(cfg.input, out_dir), None
     from detr_lightning.utils.build import build_datamodule
 
     datamodule = build_datamodule(cfg)
@@ -114,7 +116,7 @@ def predict(cfg: DictConfig) -> str:
 
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
-    records, datamodule = _records(cfg)
+    records, datamodule = _records(cfg, out_dir)
     if backend == "torch":
         device = resolve_device(cfg.get("device"))
         detector = load_detector(cfg, datamodule, device)

@@ -53,7 +53,8 @@ def visualize(cfg: DictConfig) -> list[str]:
 
     device = resolve_device(cfg.get("device"))
     detector = load_detector(cfg, device=device)
-    dataset = ImageListDataset(find_images(cfg.input), instantiate(cfg.data.val_transforms),
+    records = find_images(cfg.input, out_dir)
+    dataset = ImageListDataset(records, instantiate(cfg.data.val_transforms),
                                exif_transpose=bool(cfg.data.get("exif_transpose", True)))  # fmt: skip
     os.makedirs(out_dir, exist_ok=True)
     points = OmegaConf.to_container(cfg.points) if cfg.get("points") else None

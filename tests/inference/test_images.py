@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 
 import numpy as np
 import pytest
@@ -174,3 +176,35 @@ def test_find_images_follows_linked_folders_once_each(tmp_path) -> None:
     assert [r.file_name for r in records] == names
     assert [r.path for r in records] == [tmp_path / "input" / n for n in names]
     assert [r.image_id for r in records] == [1, 2, 3]
+
+
+def test_find_images_leaves_out_hidden_and_run_folders_and_says_so(tmp_path, caplog) -> None:
+    """A second predict run over a folder holding the first one's output predicted its
+    drawings too, as it did hidden files and folders (``.ipynb_checkpoints`` copies)."""
+    photos = ["a.jpg", "sub/b.png"]
+    left_out = [".hidden.png", ".cache/e.png", ".ipynb_checkpoints/a-checkpoint.jpg",
+                "out1/drawn/a.png", "out1/drawn/sub/b.png", "out2/drawn/a.png"]  # fmt: skip
+    for name in photos + left_out:
+        _write(tmp_path / name)
+    (tmp_path / "out1" / ".hydra").mkdir()  # a finished predict run's directory
+    with caplog.at_level(logging.INFO, logger="detr_lightning.inference.images"):
+        records = find_images(tmp_path, output_dir=tmp_path / "out2")
+    assert [r.file_name for r in records] == photos
+    (line,) = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert f"input={tmp_path}: left out" in line and "input=<file>" in line
+    for count in ["2 hidden folder(s)", "1 hidden image file(s)", "1 earlier run folder(s)",
+                  "1 folder(s) that are this run's output_dir"]:  # fmt: skip
+        assert re.search(rf"\b{re.escape(count)}", line), (count, line)
+    # named explicitly, a hidden file is still predicted; a tidy folder logs nothing
+    (single,) = find_images(tmp_path / ".hidden.png")
+    assert single.path == tmp_path / ".hidden.png"
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="detr_lightning.inference.images"):
+        assert len(find_images(tmp_path / "sub")) == 1
+    assert "left out" not in caplog.text
+
+
+def test_a_folder_holding_only_left_out_images_names_them(tmp_path) -> None:
+    _write(tmp_path / ".cache" / "e.png")
+    with pytest.raises(FileNotFoundError, match=r"holds no image.*left out 1 hidden folder"):
+        find_images(tmp_path)

@@ -50,40 +50,80 @@ class ImageRecord:
     expected_size: tuple[int, int] | None = None
 
 
-def find_images(source: str | Path) -> list[ImageRecord]:
+def find_images(source: str | Path, output_dir: str | Path | None = None) -> list[ImageRecord]:
     """One image file, or every file with an :data:`IMAGE_EXTENSIONS` suffix under a folder
-    (recursively, following linked folders, sorted by relative path). Raises MissingFileError
-    (a FileNotFoundError) naming ``input=``."""
+    (recursively, following linked folders, sorted by relative path), less what
+    :func:`_skip_reason` leaves out (logged in one INFO line). Raises MissingFileError (a
+    FileNotFoundError) naming ``input=``.
+
+    Args:
+        source: ``input=``, an image file (tried whatever its name) or a folder.
+        output_dir: this run's output folder: not searched when it lies inside ``source``.
+    """
     root = Path(source)
-    if root.is_file():  # given explicitly: tried whatever its suffix
+    if root.is_file():  # given explicitly: tried whatever its suffix or name
         return [ImageRecord(root, 1, root.name)]
     if not root.is_dir():
         raise MissingFileError(f"input={source}: no such image file or folder")
-    files = sorted(_search_folder(root), key=lambda p: p.relative_to(root).as_posix())
+    found, skipped = _search_folder(root, output_dir)
+    files = sorted(found, key=lambda p: p.relative_to(root).as_posix())
+    left_out = ""
+    if skipped:
+        left_out = "; ".join(f"{n} {reason}" for reason, n in skipped.items())
+        log.info("input=%s: left out %s; to predict such an image, give it as input=<file>",
+                 source, left_out)  # fmt: skip
     if not files:
         raise MissingFileError(
             f"input={source}: the folder holds no image ({', '.join(IMAGE_EXTENSIONS)})"
+            + (f"; left out {left_out}" if left_out else "")
         )
     return [ImageRecord(p, i + 1, p.relative_to(root).as_posix()) for i, p in enumerate(files)]
 
 
-def _search_folder(root: Path) -> list[Path]:
+def _skip_reason(folder: str, output_dir: str | None, seen: set[str]) -> str | None:
+    """Why a sub-folder of the input is not searched, else None (and it is marked seen).
+
+    Hidden folders (``.cache``, ``.ipynb_checkpoints``) hold copies, not photos; a Hydra run
+    directory (it holds ``.hydra/``) holds an earlier run's outputs (predict's drawings would
+    be predicted again), and this run's own ``output_dir`` will."""
+    real = os.path.realpath(folder)
+    if os.path.basename(folder).startswith("."):
+        return "hidden folder(s) (name starting with '.')"
+    if output_dir is not None and real == output_dir:
+        return "folder(s) that are this run's output_dir"
+    if os.path.isdir(os.path.join(folder, ".hydra")):
+        return "earlier run folder(s) (holding .hydra/: a predict, visualize... run's outputs)"
+    if real in seen:
+        return "folder(s) already searched through another link"
+    seen.add(real)
+    return None
+
+
+def _search_folder(root: Path, output_dir: str | Path | None) -> tuple[list[Path], Counter]:
     """The image files under ``root``, through linked folders too (``Path.rglob`` skips
-    them on Python 3.11); each real folder is searched once, so a link back to a parent folder
-    ends instead of recursing forever."""
+    them on Python 3.11), and how many folders and files were left out, by reason
+    (:func:`_skip_reason`; hidden files). Each real folder is searched once, so a link back
+    to a parent folder ends instead of recursing forever."""
     seen = {os.path.realpath(root)}
-    files = []
+    out = None if output_dir is None else os.path.realpath(output_dir)
+    files, skipped = [], Counter()
     for folder, subfolders, names in os.walk(root, followlinks=True):
         kept = []
         for name in sorted(subfolders):  # sorted: which of two links to one folder names it
-            real = os.path.realpath(os.path.join(folder, name))
-            if real not in seen:
-                seen.add(real)
+            reason = _skip_reason(os.path.join(folder, name), out, seen)
+            if reason:
+                skipped[reason] += 1
+            else:
                 kept.append(name)
         subfolders[:] = kept  # os.walk descends only into what is left here
-        files += [path for path in map(Path(folder).joinpath, names)
-                  if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()]  # fmt: skip
-    return files
+        for path in map(Path(folder).joinpath, names):
+            if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
+                continue
+            if path.name.startswith("."):
+                skipped["hidden image file(s) (name starting with '.')"] += 1
+            else:
+                files.append(path)
+    return files, skipped
 
 
 def output_stems(file_names: Sequence[str]) -> list[str]:
