@@ -50,7 +50,8 @@ BACKENDS = ("torch", "onnxruntime")
 def _records(cfg: DictConfig, out_dir: str) -> tuple[list, object | None]:
     """The images and, for the evaluation split, the datamodule (its label map); ``out_dir``
     is left out of an input folder holding it."""
-    from detr_lightning.inference.images import coco_split_images, find_images
+    from detr_lightning.inference.image_search import find_images
+    from detr_lightning.inference.images import coco_split_images
 
     if cfg.get("input"):
         return find_images(cfg.input, out_dir), None

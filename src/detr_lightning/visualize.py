@@ -43,9 +43,9 @@ def visualize(cfg: DictConfig) -> list[str]:
 
     from detr_lightning.inference.attention_plot import save_figure
     from detr_lightning.inference.explain import attention_figures
+    from detr_lightning.inference.image_search import find_images
     from detr_lightning.inference.images import (
         ImageListDataset,
-        find_images,
         output_stems,
         unreadable_error,
     )

@@ -10,7 +10,7 @@ from torchvision.io import decode_image
 from detr_lightning.data.transforms import make_eval_transforms
 from detr_lightning.detr.postprocess import PostProcess
 from detr_lightning.inference.draw import class_color
-from detr_lightning.inference.images import find_images
+from detr_lightning.inference.image_search import find_images
 from detr_lightning.inference.runner import DrawOptions, run_predictions
 
 

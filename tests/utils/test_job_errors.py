@@ -55,7 +55,7 @@ def test_the_projects_named_errors_are_explained_and_others_pass(kind, monkeypat
 def test_errors_of_using_a_model_are_explained_too(tmp_path) -> None:
     """predict's and export's setting errors keep their built-in bases (callers catch those)."""
     from detr_lightning.errors import ExistingOutputError, MissingFileError
-    from detr_lightning.inference.images import find_images
+    from detr_lightning.inference.image_search import find_images
 
     assert issubclass(MissingFileError, FileNotFoundError)
     assert issubclass(ExistingOutputError, FileExistsError)

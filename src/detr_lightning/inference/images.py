@@ -4,7 +4,6 @@ named errors, and padded batches that skip what cannot be read."""
 from __future__ import annotations
 
 import functools
-import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -22,108 +21,8 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 from detr_lightning.data.collate import collate
 from detr_lightning.data.errors import ImageLoadError
 from detr_lightning.data.image_io import load_rgb_image
-from detr_lightning.errors import MissingFileError, UnreadableInputError
-
-log = logging.getLogger(__name__)
-
-# What PIL decodes and people keep photos in; matched case-insensitively.
-IMAGE_EXTENSIONS = (
-    ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm",
-)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    """One image to predict on.
-
-    Attributes:
-        path: the file.
-        image_id: the id written to ``predictions.json`` (a COCO split's own ids; 1, 2, ... in
-            sorted path order for files and folders).
-        file_name: path relative to the input folder (names the drawn PNG and images.json).
-        expected_size: (width, height) from a COCO json (EXIF orientation check), else None.
-    """
-
-    path: Path
-    image_id: int
-    file_name: str
-    expected_size: tuple[int, int] | None = None
-
-
-def find_images(source: str | Path, output_dir: str | Path | None = None) -> list[ImageRecord]:
-    """One image file, or every file with an :data:`IMAGE_EXTENSIONS` suffix under a folder
-    (recursively, following linked folders, sorted by relative path), less what
-    :func:`_skip_reason` leaves out (logged in one INFO line). Raises MissingFileError (a
-    FileNotFoundError) naming ``input=``.
-
-    Args:
-        source: ``input=``, an image file (tried whatever its name) or a folder.
-        output_dir: this run's output folder: not searched when it lies inside ``source``.
-    """
-    root = Path(source)
-    if root.is_file():  # given explicitly: tried whatever its suffix or name
-        return [ImageRecord(root, 1, root.name)]
-    if not root.is_dir():
-        raise MissingFileError(f"input={source}: no such image file or folder")
-    found, skipped = _search_folder(root, output_dir)
-    files = sorted(found, key=lambda p: p.relative_to(root).as_posix())
-    left_out = ""
-    if skipped:
-        left_out = "; ".join(f"{n} {reason}" for reason, n in skipped.items())
-        log.info("input=%s: left out %s; to predict such an image, give it as input=<file>",
-                 source, left_out)  # fmt: skip
-    if not files:
-        raise MissingFileError(
-            f"input={source}: the folder holds no image ({', '.join(IMAGE_EXTENSIONS)})"
-            + (f"; left out {left_out}" if left_out else "")
-        )
-    return [ImageRecord(p, i + 1, p.relative_to(root).as_posix()) for i, p in enumerate(files)]
-
-
-def _skip_reason(folder: str, output_dir: str | None, seen: set[str]) -> str | None:
-    """Why a sub-folder of the input is not searched, else None (and it is marked seen).
-
-    Hidden folders (``.cache``, ``.ipynb_checkpoints``) hold copies, not photos; a Hydra run
-    directory (it holds ``.hydra/``) holds an earlier run's outputs (predict's drawings would
-    be predicted again), and this run's own ``output_dir`` will."""
-    real = os.path.realpath(folder)
-    if os.path.basename(folder).startswith("."):
-        return "hidden folder(s) (name starting with '.')"
-    if output_dir is not None and real == output_dir:
-        return "folder(s) that are this run's output_dir"
-    if os.path.isdir(os.path.join(folder, ".hydra")):
-        return "earlier run folder(s) (holding .hydra/: a predict, visualize... run's outputs)"
-    if real in seen:
-        return "folder(s) already searched through another link"
-    seen.add(real)
-    return None
-
-
-def _search_folder(root: Path, output_dir: str | Path | None) -> tuple[list[Path], Counter]:
-    """The image files under ``root``, through linked folders too (``Path.rglob`` skips
-    them on Python 3.11), and how many folders and files were left out, by reason
-    (:func:`_skip_reason`; hidden files). Each real folder is searched once, so a link back
-    to a parent folder ends instead of recursing forever."""
-    seen = {os.path.realpath(root)}
-    out = None if output_dir is None else os.path.realpath(output_dir)
-    files, skipped = [], Counter()
-    for folder, subfolders, names in os.walk(root, followlinks=True):
-        kept = []
-        for name in sorted(subfolders):  # sorted: which of two links to one folder names it
-            reason = _skip_reason(os.path.join(folder, name), out, seen)
-            if reason:
-                skipped[reason] += 1
-            else:
-                kept.append(name)
-        subfolders[:] = kept  # os.walk descends only into what is left here
-        for path in map(Path(folder).joinpath, names):
-            if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
-                continue
-            if path.name.startswith("."):
-                skipped["hidden image file(s) (name starting with '.')"] += 1
-            else:
-                files.append(path)
-    return files, skipped
+from detr_lightning.errors import UnreadableInputError
+from detr_lightning.inference.image_search import IMAGE_EXTENSIONS, ImageRecord
 
 
 def output_stems(file_names: Sequence[str]) -> list[str]:

@@ -1,0 +1,87 @@
+"""The images ``input=`` names: one file, or a folder searched recursively (by extension,
+through linked folders once each), leaving out hidden and run folders and saying so."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from detr_lightning.inference.image_search import find_images
+
+
+def _write(path, size=(40, 30), value=100) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size[1], size[0], 3), value, np.uint8)).save(path)
+
+
+def test_find_images_recurses_and_filters_by_extension(tmp_path) -> None:
+    _write(tmp_path / "b.png")
+    _write(tmp_path / "a" / "c.JPG")
+    _write(tmp_path / "a" / "deep" / "d.webp")
+    (tmp_path / "notes.txt").write_text("not an image")
+    records = find_images(tmp_path)
+    assert [r.file_name for r in records] == ["a/c.JPG", "a/deep/d.webp", "b.png"]
+    assert [r.image_id for r in records] == [1, 2, 3]
+    single = find_images(tmp_path / "b.png")
+    assert len(single) == 1 and single[0].file_name == "b.png"
+
+
+def test_find_images_names_the_input_when_nothing_is_there(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="input=.*no such"):
+        find_images(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no image"):
+        find_images(tmp_path / "empty")
+
+
+def test_find_images_follows_linked_folders_once_each(tmp_path) -> None:
+    """A folder reached through a symlink was skipped without a word (rglob does not follow
+    links): ``input=DIR`` holding ``linked_dir -> elsewhere/sub`` predicted 1 image of 3."""
+    _write(tmp_path / "elsewhere" / "sub" / "a.png")
+    _write(tmp_path / "elsewhere" / "sub" / "deep" / "b.jpg")
+    _write(tmp_path / "input" / "linked.jpg")
+    (tmp_path / "input" / "linked_dir").symlink_to(tmp_path / "elsewhere" / "sub")
+    # a link back to a parent (a loop) and a second link to the same folder: searched once
+    (tmp_path / "elsewhere" / "sub" / "deep" / "up").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "input" / "same_dir").symlink_to(tmp_path / "elsewhere" / "sub")
+    records = find_images(tmp_path / "input")
+    names = ["linked.jpg", "linked_dir/a.png", "linked_dir/deep/b.jpg"]
+    assert [r.file_name for r in records] == names
+    assert [r.path for r in records] == [tmp_path / "input" / n for n in names]
+    assert [r.image_id for r in records] == [1, 2, 3]
+
+
+def test_find_images_leaves_out_hidden_and_run_folders_and_says_so(tmp_path, caplog) -> None:
+    """A second predict run over a folder holding the first one's output predicted its
+    drawings too, as it did hidden files and folders (``.ipynb_checkpoints`` copies)."""
+    photos = ["a.jpg", "sub/b.png"]
+    left_out = [".hidden.png", ".cache/e.png", ".ipynb_checkpoints/a-checkpoint.jpg",
+                "out1/drawn/a.png", "out1/drawn/sub/b.png", "out2/drawn/a.png"]  # fmt: skip
+    for name in photos + left_out:
+        _write(tmp_path / name)
+    (tmp_path / "out1" / ".hydra").mkdir()  # a finished predict run's directory
+    with caplog.at_level(logging.INFO, logger="detr_lightning.inference.image_search"):
+        records = find_images(tmp_path, output_dir=tmp_path / "out2")
+    assert [r.file_name for r in records] == photos
+    (line,) = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert f"input={tmp_path}: left out" in line and "input=<file>" in line
+    for count in ["2 hidden folder(s)", "1 hidden image file(s)", "1 earlier run folder(s)",
+                  "1 folder(s) that are this run's output_dir"]:  # fmt: skip
+        assert re.search(rf"\b{re.escape(count)}", line), (count, line)
+    # named explicitly, a hidden file is still predicted; a tidy folder logs nothing
+    (single,) = find_images(tmp_path / ".hidden.png")
+    assert single.path == tmp_path / ".hidden.png"
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="detr_lightning.inference.image_search"):
+        assert len(find_images(tmp_path / "sub")) == 1
+    assert "left out" not in caplog.text
+
+
+def test_a_folder_holding_only_left_out_images_names_them(tmp_path) -> None:
+    _write(tmp_path / ".cache" / "e.png")
+    with pytest.raises(FileNotFoundError, match=r"holds no image.*left out 1 hidden folder"):
+        find_images(tmp_path)
