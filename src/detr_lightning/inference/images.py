@@ -1,4 +1,4 @@
-"""Images to predict on: discovery (one file, a folder recursively, a COCO split), decoding with
+"""Images to predict on: a COCO split's records (a folder's: image_search.py), decoding with
 named errors, and padded batches that skip what cannot be read."""
 
 from __future__ import annotations
