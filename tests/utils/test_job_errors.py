@@ -89,14 +89,20 @@ def _building(node: dict):
     return main
 
 
+def _one_line(node: dict, caplog) -> str:
+    """The one message a failed build of ``node`` logs; the job exits with status 1."""
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as stop:
+        _building(node)(None)
+    assert stop.value.code == 1
+    [message] = caplog.messages
+    return message
+
+
 def test_a_components_own_argument_check_is_named_by_its_key(caplog, monkeypatch) -> None:
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     zero_costs = {"_target_": "detr_lightning.detr.matcher.HungarianMatcher",
                   "cost_class": 0, "cost_bbox": 0, "cost_giou": 0}  # fmt: skip
-    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as stop:
-        _building(zero_costs)(None)
-    assert stop.value.code == 1
-    [message] = caplog.messages
+    message = _one_line(zero_costs, caplog)
     assert message.startswith(
         "ValueError in model.criterion.matcher (detr_lightning.detr.matcher.HungarianMatcher): "
         "HungarianMatcher: cost_class, cost_bbox and cost_giou are all 0"
@@ -114,11 +120,7 @@ def test_missing_imagenet_weights_are_named_by_the_backbones_key(
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     backbone = {"_target_": "detr_lightning.detr.backbone.Backbone", "name": "resnet18",
                 "pretrained": True}  # fmt: skip
-    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as stop:
-        _building(backbone)(None)
-    assert stop.value.code == 1
-    [message] = caplog.messages
-    assert message.startswith(
+    assert _one_line(backbone, caplog).startswith(
         "MissingFileError in model.criterion.matcher (detr_lightning.detr.backbone.Backbone): "
         f"ImageNet weights for backbone 'resnet18' not found at {tmp_path}"
     )
