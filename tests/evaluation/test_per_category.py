@@ -46,13 +46,22 @@ def test_the_table_puts_three_categories_a_row_and_a_dash_for_undefined() -> Non
 
 
 def test_report_writes_the_file_with_the_datamodules_names(tmp_path, capsys) -> None:
+    hparams = {"label_to_category_id": LABEL_MAP}
     module = SimpleNamespace(test_per_class={1: {"AP": 0.75, "AR_100": 0.8}},
-                             hparams=SimpleNamespace(label_to_category_id=LABEL_MAP))  # fmt: skip
+                             hparams=SimpleNamespace(get=hparams.get))  # fmt: skip
     path = report_per_category(module, SimpleNamespace(category_names=NAMES), tmp_path)
     assert path == str(tmp_path / FILE_NAME)
     written = json.loads((tmp_path / FILE_NAME).read_text())["bbox"]
     assert [(r["name"], r["AP"]) for r in written] == [("person", 0.75), ("car", -1.0),
                                                        ("dog", -1.0)]  # fmt: skip
     assert "person 0.750" in capsys.readouterr().out
+    unmapped = SimpleNamespace(test_per_class={1: {"AP": 0.5, "AR_100": 0.5}},
+                               hparams=SimpleNamespace(get=lambda key: None))  # fmt: skip
+    report_per_category(unmapped, SimpleNamespace(category_names=NAMES,
+                                                  label_to_category_id=[0, 7, 8, 9, 10]),
+                        tmp_path / "data_map")  # fmt: skip
+    written = json.loads((tmp_path / "data_map" / FILE_NAME).read_text())["bbox"]
+    assert [(r["category_id"], r["name"]) for r in written] == [(7, "person"), (9, "car"),
+                                                               (10, "dog")]  # fmt: skip
     nothing = SimpleNamespace(test_per_class={}, hparams=module.hparams)
     assert report_per_category(nothing, None, tmp_path / "other") is None

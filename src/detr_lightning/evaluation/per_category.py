@@ -75,7 +75,11 @@ def report_per_category(module: Any, datamodule: Any, run_dir: str | os.PathLike
     if not per_class:
         return None
     names = getattr(datamodule, "category_names", None) or []
-    records = per_category_records(per_class, module.hparams.label_to_category_id, names)
+    # a module built without a label map takes the data's (as the panoptic evaluator does)
+    label_map = (module.hparams.get("label_to_category_id")
+                 or getattr(datamodule, "label_to_category_id", None)
+                 or range(max(per_class) + 1))  # fmt: skip
+    records = per_category_records(per_class, label_map, names)
     print(format_per_category_table(records, "bbox AP per category (-: no ground truth)"))
     path = write_per_category_json(run_dir, records)
     print(f"per category: {path}")
