@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import lightning as L
 import lit
 import pytest
+import torch
 from ddp_workers import start_method
 from lit import quiet_trainer, tiny_lit
 
@@ -375,3 +376,84 @@ def test_a_lowered_epoch_cap_anneals_at_the_new_end(tmp_path, monkeypatch):
     assert resumed.global_step == 6 and clock.val_epochs == [1]
     want = [0.5 * (1 + math.cos(math.pi * s / 6)) for s in (4, 5)]
     assert [lr / 1e-3 for lr in clock.lrs] == pytest.approx(want)
+
+
+# WallBudget's hooks driven by hand: a stand-in trainer (what the hooks read of it) and the fake
+# clock, for the cases a fit cannot reach in a few steps.
+
+
+class _Hooks:
+    """A WallBudget and a stand-in trainer: ``steps`` batches per epoch, a ``budget_s`` budget,
+    the default 10 % validation share, no epoch cap; ``now`` is WallBudget's clock."""
+
+    def __init__(self, monkeypatch, steps: int = 3, budget_s: float = 60.0) -> None:
+        from detr_lightning.schedule import BudgetCosine, BudgetLR
+
+        self.now = 0.0
+        monkeypatch.setattr(budget, "time", SimpleNamespace(perf_counter=lambda: self.now))
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        self.scheduler = BudgetLR(optimizer, BudgetCosine(0, 10**9), budget_s)
+        self.trainer = SimpleNamespace(
+            lr_scheduler_configs=[SimpleNamespace(scheduler=self.scheduler)],
+            fit_loop=SimpleNamespace(max_epochs=-1, setup_data=lambda: None),
+            num_training_batches=steps, accumulate_grad_batches=1, world_size=1,
+            global_step=0, current_epoch=0, check_val_every_n_epoch=1, should_stop=False,
+            sanity_checking=False,
+        )  # fmt: skip
+        self.logged: dict[str, float] = {}
+        self.module = SimpleNamespace(log=lambda k, v: self.logged.update({k: v}),
+                                      log_dict=self.logged.update)  # fmt: skip
+        self.wall = budget.WallBudget()
+
+    def validate(self, seconds: float, sanity: bool = False) -> None:
+        self.trainer.sanity_checking = sanity
+        self.wall.on_validation_start(self.trainer, self.module)
+        self.now += seconds
+        self.wall.on_validation_end(self.trainer, self.module)
+        self.trainer.sanity_checking = False
+
+    def train(self, steps: int, seconds_per_step: float) -> None:
+        for _ in range(steps):
+            self.now += seconds_per_step
+            self.trainer.global_step += 1
+            self.wall.on_train_batch_end(self.trainer)
+
+    def end_epoch(self) -> None:
+        self.wall.on_train_epoch_end(self.trainer, self.module)
+        self.trainer.current_epoch += 1
+
+
+def test_the_sanity_check_validation_is_not_timed(monkeypatch):
+    """A 5 s sanity check, then epoch 0: 3 steps of 1 s, no validation. The plan knows no
+    validation time: every epoch may validate (n >= 0), 60 - 3 - 0 = 57 s fit 19 epochs = 57
+    steps, the cosine's end at step 3 + 57 = 60. Counting the sanity check as the last
+    validation (5 s) would plan 60 - 3 - 5 = 52 s with validation every 15th epoch."""
+    hooks = _Hooks(monkeypatch)
+    hooks.wall.on_fit_start(hooks.trainer, hooks.module)
+    hooks.validate(5.0, sanity=True)
+    hooks.wall.on_train_start(hooks.trainer, hooks.module)
+    hooks.wall.on_train_epoch_start(hooks.trainer, hooks.module)
+    hooks.train(3, 1.0)
+    hooks.end_epoch()
+    assert hooks.logged["budget/val_s"] == 0.0
+    assert hooks.scheduler.factor.total_steps == 60
+    assert hooks.trainer.check_val_every_n_epoch == 1 and hooks.trainer.fit_loop.max_epochs == 20
+
+
+def test_a_resumed_part_epoch_plans_with_the_saved_mean(monkeypatch):
+    """Resumed one step into epoch 2 (3 steps an epoch, 10 s spent, mean epoch 3 s over two
+    epochs, validation every epoch, none timed yet): the rest of epoch 2 (2 steps) is slow, 5 s
+    a step. The mean (3 s) plans, not that part scaled to an epoch (15 s): 60 - 20 = 40 s left
+    fit 40 / 3 epochs = 40 steps, the cosine's end at step 9 + 40 = 49, the last epoch 3 +
+    ceil(40 / 3) = 17."""
+    hooks = _Hooks(monkeypatch)
+    hooks.wall.load_state_dict({"spent_s": 10.0, "every": 1, "last_val_s": 0.0,
+                                "train_s_sum": 6.0, "train_s_count": 2, "cap": None})  # fmt: skip
+    hooks.trainer.global_step, hooks.trainer.current_epoch = 7, 2
+    hooks.wall.on_fit_start(hooks.trainer, hooks.module)
+    hooks.wall.on_train_start(hooks.trainer, hooks.module)
+    hooks.train(2, 5.0)
+    hooks.end_epoch()
+    assert hooks.logged["budget/train_s"] == pytest.approx(3.0)
+    assert hooks.scheduler.factor.total_steps == 49
+    assert hooks.trainer.fit_loop.max_epochs == 17

@@ -29,3 +29,9 @@ def test_a_spent_budget_trains_one_step_more_only_when_the_last_epoch_did_not_va
     assert plan_steps(*spent, None, 20, True) == (0, 5)
     assert plan_steps(*spent, None, 20, False) == (1, 5)  # the next epoch validates
     assert plan_steps(*spent, 2, 20, False) == (0, 5)  # the cap is reached: nothing more
+
+
+def test_a_plan_that_fits_a_whole_number_of_steps_keeps_its_last_step() -> None:
+    # 0.7 s left for steps of 0.1 s is 7 steps, though 0.7 / 0.1 is 6.999... in floating point
+    tiny = SimpleNamespace(budget_s=1.0, max_val_share=0.1)
+    assert plan_steps(tiny, 0.3, 0.0, 0.1, 1.0, None, 0, True) == (7, 1)
