@@ -57,3 +57,16 @@ def test_the_config_group_plugs_the_term_into_the_shapes_criterion() -> None:
     assert isinstance(criterion.extra_terms["aspect"], AspectRatioLoss)
     assert criterion.weight_dict["loss_aspect"] == 1.0
     assert criterion.weight_dict["loss_giou"] == cfg.model.criterion.weight_dict.loss_giou
+
+
+def test_the_loss_is_divided_by_the_number_of_target_boxes() -> None:
+    """Two matched pairs, num_boxes 2: (|log 1 - log 2| + |log 3 - log 1|) / 2."""
+    from detr_lightning.detr.matched_pairs import MatchedPairs
+
+    pred = torch.tensor([[[0.5, 0.5, 0.1, 0.1], [0.5, 0.5, 0.3, 0.1]]])
+    targets = [{"boxes": torch.tensor([[0.5, 0.5, 0.2, 0.1], [0.4, 0.4, 0.2, 0.2]])}]
+    match = [[(torch.tensor([0, 1]), torch.tensor([0, 1]))]]
+    pairs = MatchedPairs.of(match, [2], torch.device("cpu"))
+    out = AspectRatioLoss()([{"pred_boxes": pred}], targets, pairs, torch.tensor(2.0))
+    expected = (math.log(2) + math.log(3)) / 2
+    assert out["loss_aspect"].tolist() == pytest.approx([expected], rel=1e-5)

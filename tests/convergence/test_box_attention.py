@@ -104,3 +104,8 @@ def test_a_vanishing_prior_is_the_model_without_it() -> None:
 def test_prior_without_box_refinement_is_explained() -> None:
     with pytest.raises(ValueError, match="attention_prior .* needs model.net.box_refinement"):
         levers.model(queries=levers.learned(), attention_prior=BoxAttentionPrior)
+
+
+def test_equal_min_and_max_scales_give_every_head_that_scale() -> None:
+    prior = _prior(min_scale=2.0, max_scale=2.0)  # 0 < min_scale <= max_scale
+    assert prior.log_scale.exp().tolist() == pytest.approx([2.0] * 4)

@@ -92,3 +92,14 @@ def test_varifocal_needs_boxes_and_equals_focal_without_matches() -> None:
     torch.testing.assert_close(
         VarifocalScoring().loss(*args, no_boxes), FocalScoring().loss(*args, None)
     )
+
+
+def test_a_probability_of_exactly_one_half_is_not_an_object() -> None:
+    # "above 0.5": logit 0 (p = 0.5) is not an object, the smallest float above it is
+    logits = torch.tensor([[[0.0, -1.0], [-2.0, 1e-6]]])
+    assert FocalScoring().is_object(logits).tolist() == [[False, True]]
+
+
+def test_a_prior_of_zero_is_refused_like_one() -> None:
+    with pytest.raises(ValueError, match="prior_prob=0.0"):
+        FocalScoring(prior_prob=0.0)

@@ -30,3 +30,11 @@ def test_grid_queries_plug_in_without_touching_the_model():
         torch.testing.assert_close(boxes, model.queries.boxes.expand(2, -1, -1), atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="box_refinement"):
         levers.model(queries=partial(GridQueries))
+
+
+def test_a_square_number_of_queries_tiles_the_whole_image():
+    # 4 queries: a 2 x 2 grid of half-image cells, no empty cell
+    grid = GridQueries(ModelDims(8, 4, 3, 4, SoftmaxScoring(), 2))
+    expected = torch.tensor([[0.25, 0.25, 0.5, 0.5], [0.75, 0.25, 0.5, 0.5],
+                             [0.25, 0.75, 0.5, 0.5], [0.75, 0.75, 0.5, 0.5]])  # fmt: skip
+    torch.testing.assert_close(grid.boxes, expected)

@@ -58,3 +58,14 @@ def test_select_takes_the_best_real_tokens(focal):
     assert not ref.requires_grad and not content.requires_grad
     with pytest.raises(ValueError, match="only 5"):
         head.select({"pred_logits": logits, "pred_boxes": boxes, "features": feats}, mask, 6)
+
+
+def test_select_may_take_every_token_of_the_map():
+    # k equal to the token count is enough tokens: all 4, best first
+    head = EncoderProposals(4, 2, scoring=FocalScoring())
+    logits = torch.tensor([[[0.0, -1.0], [3.0, -2.0], [-1.0, 1.0], [-3.0, -3.0]]])
+    boxes, feats = torch.rand(1, 4, 4), torch.randn(1, 4, 4)
+    mask = torch.ones(1, 2, 2, dtype=torch.bool)
+    ref, _, _ = head.select({"pred_logits": logits, "pred_boxes": boxes, "features": feats},
+                            mask, k=4)  # fmt: skip
+    torch.testing.assert_close(ref, boxes[:, [1, 2, 0, 3]])
