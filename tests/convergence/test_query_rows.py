@@ -72,3 +72,16 @@ def test_the_outputs_are_cut_at_the_dn_and_group_boundaries():
     assert out["dn_queries"] is dn
     plain = split_outputs(logits[:, :, 2:5], boxes[:, :, 2:5], Q, 1, None, last_layer)
     assert set(plain) == {"pred_logits", "pred_boxes"}
+
+
+def test_without_reference_boxes_the_dn_positions_encode_their_boxes():
+    from detr_lightning.convergence.box_encoding import box_sine_embedding
+
+    queries = DecoderQueries(content=torch.zeros(B, Q, D), position=torch.randn(B, Q, D))
+    denoiser = nn.Module()
+    denoiser.label_embed = nn.Embedding(3, D)
+    head = nn.Linear(D, D)
+    dn = dn_queries()
+    dn.boxes[:, 0] = torch.tensor([0.2, 0.3, 0.1, 0.4])  # two distinct dn boxes per image
+    _, position, _, _ = prepend_denoising(queries, dn, denoiser, head, True)
+    torch.testing.assert_close(position[:, :2], head(box_sine_embedding(dn.boxes, D)))
