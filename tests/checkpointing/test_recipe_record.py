@@ -137,3 +137,31 @@ def test_the_budget_records_its_epoch_cap_and_older_records_still_resume(caplog)
     for cap in (-1, 3):
         check_resumed_recipe({"callbacks": {"RecipeRecord": {"recipe": older}}},
                              _cfg(f"trainer.max_epochs={cap}"), "old.ckpt")  # fmt: skip
+
+
+def _resume_start(lr_schedule, saved_steps: int, steps_now: int) -> None:
+    """RecipeRecord.on_train_start of a resume (resume_recipe=checkpoint) whose checkpoint had
+    ``saved_steps`` optimizer steps an epoch, with ``steps_now`` here (a stand-in trainer)."""
+    from types import SimpleNamespace
+
+    record = RecipeRecord({})
+    record.load_state_dict({"recipe": {}, "steps_per_epoch": saved_steps})
+    trainer = SimpleNamespace(ckpt_path="run.ckpt", num_training_batches=steps_now,
+                              accumulate_grad_batches=1,
+                              fit_loop=SimpleNamespace(setup_data=lambda: None))  # fmt: skip
+    record.on_train_start(trainer, SimpleNamespace(lr_schedule=lr_schedule))
+
+
+def test_another_epoch_length_is_refused_under_the_cosine_only_where_steps_count() -> None:
+    """The cosine's length is max_epochs x the run's steps per epoch: resumed with 5 steps an
+    epoch instead of 10 it would end at another epoch, so it is refused; the budget schedule
+    (planned from measured steps) and a step schedule without drops resume."""
+    import functools
+
+    from detr_lightning.schedule import budget_schedule, cosine_schedule, step_schedule
+
+    with pytest.raises(CheckpointLoadError, match="an epoch has 5 optimizer steps here and had 10"):
+        _resume_start(functools.partial(cosine_schedule), 10, 5)
+    _resume_start(functools.partial(cosine_schedule), 10, 10)  # same length: fine
+    _resume_start(functools.partial(budget_schedule, budget_min=1), 10, 5)
+    _resume_start(functools.partial(step_schedule), 10, 5)
