@@ -214,3 +214,34 @@ def test_conv_proposals_on_real_cells_ignore_the_memory_under_padding():
     a, b = head(memory, mask), head(other, mask)
     torch.testing.assert_close(a["pred_logits"][0, real], b["pred_logits"][0, real])
     torch.testing.assert_close(a["pred_boxes"][0, real], b["pred_boxes"][0, real])
+
+
+def test_fresh_boxes_away_from_the_border_are_four_cells_a_side():
+    """Unclipped: on an 8 x 8 map (cells 1/8) the cell at (row 3, col 4) is centred at
+    (4.5 / 8, 3.5 / 8); two cells each way gives a 0.5 x 0.5 box around that centre."""
+    head = ConvProposals(8, 1, scoring=FocalScoring()).eval()
+    out = head(torch.randn(1, 64, 8), torch.ones(1, 8, 8, dtype=torch.bool))
+    torch.testing.assert_close(out["pred_boxes"][0, 3 * 8 + 4],
+                               torch.tensor([4.5 / 8, 3.5 / 8, 0.5, 0.5]))  # fmt: skip
+
+
+def test_a_box_vote_threshold_of_zero_is_allowed():
+    # [0, 1): 0 lets every overlapping neighbour vote
+    assert ConvProposals(4, 1, scoring=FocalScoring(), box_vote=0.0).box_vote == 0.0
+
+
+def test_without_peaks_a_strong_neighbour_ranks_by_its_score():
+    """peaks=False is a plain top-k: the non-peak cell 1 (p = 0.92, next to the stronger cell 0)
+    comes before the isolated weak cell 8 (p = 0.12), every real cell has a score, and no
+    query's class prior is demoted."""
+    head = ConvProposals(4, 1, scoring=FocalScoring(), peaks=False)
+    mask = torch.ones(1, 3, 3, dtype=torch.bool)
+    logits = torch.full((1, 9, 1), -8.0)
+    logits[0, 0, 0], logits[0, 1, 0], logits[0, 8, 0] = 3.0, 2.5, -2.0
+    boxes, feats = torch.rand(1, 9, 4), torch.randn(1, 9, 4)
+    assert torch.isfinite(head.scores(logits, mask)).all()
+    ref, _, prior = head.select(
+        {"pred_logits": logits, "pred_boxes": boxes, "features": feats}, mask, k=2
+    )
+    torch.testing.assert_close(ref, boxes[:, [0, 1]])
+    torch.testing.assert_close(prior, logits[:, [0, 1]])
