@@ -98,3 +98,18 @@ def test_two_categories_with_one_name_are_refused(tmp_path):
     msg = str(err.value)
     assert msg.startswith(f'{ann}: category ids 1 and 2 are both named "square"')
     assert "Fix: rename one of them" in msg
+
+
+def test_evaluation_ground_truth_keeps_the_jsons_own_box_and_area():
+    """A box overhanging its 40 x 30 image, no "area" in the json: the model's target is
+    clipped ([30, 20, 40, 30], area 100), the ground truth pycocotools scores against is the
+    json's box as given ([30, 20] + [20, 15] -> [30, 20, 50, 35]) with area w x h = 300."""
+    from detr_lightning.data.coco_json import build_index
+
+    data = {"images": [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30}],
+            "annotations": [{"id": 5, "image_id": 1, "category_id": 1, "bbox": [30, 20, 20, 15]}],
+            "categories": [{"id": 1, "name": "a"}]}  # fmt: skip
+    index = build_index(data, "a.json", [1], train=False, keep_empty=True)
+    assert index.boxes.tolist() == [[30, 20, 40, 30]] and index.area.tolist() == [100]
+    assert index.ground_truth["boxes"].tolist() == [[30, 20, 50, 35]]
+    assert index.ground_truth["area"].tolist() == [300]
