@@ -192,3 +192,22 @@ def test_the_ranks_states_are_exchanged_once_when_they_stop_in_validation(
     callback.on_validation_batch_end(trainer, None, None, None, 1)  # the stop is at the first
     assert calls == ([2] if exchanged else [])
     assert (RANKS in callback.state_dict()) is (exchanged or exchanged_before)
+
+
+def test_a_mid_epoch_resume_restores_when_training_starts() -> None:
+    """Lightning gives a resumed part-epoch no epoch start: the states go back in on_train_start
+    (before its next batch) for a mid-epoch checkpoint only; an epoch-end one waits for the
+    epoch start."""
+    callback = RngStates()
+    torch.manual_seed(4)
+    saved = callback.state_dict()
+    expected = torch.rand(2).tolist()
+    for mid_epoch in (True, False):
+        callback.load_state_dict(saved)
+        torch.manual_seed(0)
+        trainer = SimpleNamespace(global_rank=0, world_size=1,
+                                  fit_loop=SimpleNamespace(restarted_mid_epoch=mid_epoch))  # fmt: skip
+        callback.on_train_start(trainer, None)
+        assert (torch.rand(2).tolist() == expected) is mid_epoch
+    callback.on_train_epoch_start(trainer, None)  # the epoch-end checkpoint's turn
+    assert torch.rand(2).tolist() == expected
