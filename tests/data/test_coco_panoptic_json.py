@@ -20,3 +20,11 @@ def test_segment_ids_run_from_1_to_the_largest_colour() -> None:
             build_panoptic_index(_data([bad]), "p.json", [1], keep_empty=True)
     index = build_panoptic_index(_data([1, 256**3 - 1]), "p.json", [1], keep_empty=True)
     assert index.segment_ids.tolist() == [1, 256**3 - 1]
+
+
+def test_a_second_panoptic_record_of_one_image_is_refused() -> None:
+    # taking either record would silently drop the other's segments
+    data = _data([1])
+    data["annotations"].append({**data["annotations"][0], "segments_info": []})
+    with pytest.raises(DatasetFormatError, match=r"annotations\[1\] \(image_id 1.*second record"):
+        build_panoptic_index(data, "p.json", [1], keep_empty=True)
