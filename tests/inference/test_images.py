@@ -137,3 +137,11 @@ def test_no_readable_image_is_an_explained_error_ending_the_job_without_tracebac
     assert stop.value.code == 1
     assert "none of the 1 image file(s) could be read" in caplog.text
     assert "notes.txt" in caplog.text
+
+
+def test_a_numbered_name_stays_with_the_input_that_has_it() -> None:
+    """Inputs x.jpg and x.jpg.png both want the stem x.jpg (x.png takes the suffix rule), and
+    an input is literally named x.jpg~2.png: the duplicate gets x.jpg~3, so the drawing
+    x.jpg~2.png is the file x.jpg~2.png's."""
+    names = ["x.jpg", "x.jpg.png", "x.jpg~2.png", "x.png"]
+    assert output_stems(names) == ["x.jpg", "x.jpg~3", "x.jpg~2", "x.png"]
