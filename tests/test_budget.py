@@ -457,3 +457,34 @@ def test_a_resumed_part_epoch_plans_with_the_saved_mean(monkeypatch):
     assert hooks.logged["budget/train_s"] == pytest.approx(3.0)
     assert hooks.scheduler.factor.total_steps == 49
     assert hooks.trainer.fit_loop.max_epochs == 17
+
+
+def test_the_cap_counts_as_changed_when_the_checkpoint_does_not_say(monkeypatch):
+    """A checkpoint written before the cap was saved cannot tell: replan (the safe side); one
+    that saved this run's cap has not changed; another cap has."""
+    hooks = _Hooks(monkeypatch)
+    hooks.trainer.fit_loop.max_epochs = 5
+    state = {"spent_s": 4.0, "every": 1, "last_val_s": 1.0}
+    for saved, changed in (({}, True), ({"cap": 5}, False), ({"cap": 3}, True),
+                           ({"cap": None}, True)):  # fmt: skip
+        wall = budget.WallBudget()
+        wall.load_state_dict({**state, **saved})
+        wall.on_fit_start(hooks.trainer, hooks.module)
+        assert wall.cap_changed is changed, saved
+
+
+def test_after_the_first_plan_a_slow_epoch_is_replanned_at_its_end_only(monkeypatch):
+    """20 steps an epoch in a 60 s budget. Epoch 0 (1 s a step, 20 s) plans 60 - 20 = 40 s =
+    2 epochs: the cosine ends at step 60. Epoch 1 runs at 3 s a step: the plan made inside an
+    epoch is for the first epoch only (its time per step is all there is then), so the cosine
+    stays aimed at step 60 through epoch 1 until its end."""
+    hooks = _Hooks(monkeypatch, steps=20)
+    hooks.wall.on_fit_start(hooks.trainer, hooks.module)
+    hooks.wall.on_train_start(hooks.trainer, hooks.module)
+    hooks.wall.on_train_epoch_start(hooks.trainer, hooks.module)
+    hooks.train(20, 1.0)
+    hooks.end_epoch()
+    assert hooks.scheduler.factor.total_steps == 60
+    hooks.wall.on_train_epoch_start(hooks.trainer, hooks.module)
+    hooks.train(12, 3.0)
+    assert hooks.scheduler.factor.total_steps == 60 and not hooks.trainer.should_stop
