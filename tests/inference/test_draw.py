@@ -87,3 +87,14 @@ def test_the_best_of_detections_sharing_a_box_is_drawn_on_top() -> None:
     # the outline's pixels (no label box covers the bottom edge)
     edge = out[:, 50, 15:55].T.int()
     assert (edge == best).all(1).all() and not (edge == other).all(1).any()
+
+
+def test_instance_masks_read_only_the_images_part_of_the_padded_canvas() -> None:
+    """An 8 x 8 canvas whose image is its top 4 x 8 (padding below), mask logits positive on
+    the image and negative on the padding: at the original 4 x 8 size the mask is all True."""
+    from detr_lightning.inference.draw import instance_masks
+
+    logits = torch.full((1, 8, 8), -10.0)
+    logits[0, :4] = 10.0
+    mask = instance_masks(logits, canvas=(8, 8), size=(4, 8), orig_size=(4, 8))
+    assert mask.shape == (1, 4, 8) and mask.all()
