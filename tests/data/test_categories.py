@@ -19,3 +19,13 @@ def test_differing_names_lists_ids_named_otherwise():
     a = [{"id": 3, "name": "cat"}, {"id": 1, "name": "disc"}, {"id": 2, "name": "dog "}]
     b = [{"id": 1, "name": "square"}, {"id": 2, "name": "dog"}, {"id": 5, "name": "x"}]
     assert differing_names(a, b) == [(1, "disc", "square")]
+
+
+def test_categories_without_isthing_are_things_and_unused_slots_are_not():
+    """Detection data has no "isthing": its classes are things. In a COCO-style id space the
+    labels of no category (slot 0 here) are neither."""
+    from detr_lightning.data.categories import is_thing_per_label, thing_labels
+
+    cats = [{"id": 1, "name": "a"}, {"id": 2, "name": "b", "isthing": 0}]
+    assert thing_labels(cats, [0, 1, 2]) == {1: True, 2: False}
+    assert is_thing_per_label(cats, [0, 1, 2]) == [False, True, False]
