@@ -29,3 +29,19 @@ def test_categories_without_isthing_are_things_and_unused_slots_are_not():
     cats = [{"id": 1, "name": "a"}, {"id": 2, "name": "b", "isthing": 0}]
     assert thing_labels(cats, [0, 1, 2]) == {1: True, 2: False}
     assert is_thing_per_label(cats, [0, 1, 2]) == [False, True, False]
+
+
+def test_coco_names_are_recognised_whatever_their_case_and_spaces_and_ids_are_checked():
+    import pytest
+
+    from detr_lightning.data.categories import (
+        coco_categories,
+        is_coco_categories,
+        label_map_from_categories,
+    )
+
+    shouted = [{**c, "name": f" {c['name'].upper()} "} for c in coco_categories(False)]
+    assert is_coco_categories(shouted)
+    assert label_map_from_categories(shouted) == list(range(91))  # COCO's id space
+    with pytest.raises(ValueError, match="non-negative category ids, got -1"):
+        label_map_from_categories([{"id": -1, "name": "a"}], coco_id_space=True)
