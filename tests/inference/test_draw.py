@@ -98,3 +98,14 @@ def test_instance_masks_read_only_the_images_part_of_the_padded_canvas() -> None
     logits[0, :4] = 10.0
     mask = instance_masks(logits, canvas=(8, 8), size=(4, 8), orig_size=(4, 8))
     assert mask.shape == (1, 4, 8) and mask.all()
+
+
+def test_a_box_past_the_right_edge_is_clamped_by_the_width() -> None:
+    """80 px wide, 60 high: the box [70, 10, 200, 50] is drawn from column 70 to column 79
+    (x clamped to width - 1), not from column 59 (height - 1)."""
+    image = _image()
+    pred = {"boxes": torch.tensor([[70.0, 10.0, 200.0, 50.0]]), "scores": torch.tensor([0.9]),
+            "labels": torch.tensor([0])}  # fmt: skip
+    changed = (draw_predictions(image, pred, [3], ["cat"]) != image).any(0)
+    assert changed[30:45, 70].all() and changed[30:45, 79].all()
+    assert not changed[30:45, 55:68].any()
