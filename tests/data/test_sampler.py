@@ -81,3 +81,22 @@ def test_lightning_reinstantiates_it_around_a_distributed_sampler(tmp_path) -> N
     assert isinstance(ddp_loader.batch_sampler, AspectRatioGroupedBatchSampler)
     assert ddp_loader.batch_sampler.sampler is dist
     assert len(ddp_loader.batch_sampler) == 2  # 4 of the 8 images per rank, batches of 2
+
+
+def test_set_epoch_reshuffles_the_wrapped_distributed_sampler() -> None:
+    """Lightning calls set_epoch on the batch sampler; the DistributedSampler inside must get
+    it, or every epoch repeats epoch 0's order. One group: the batches are that order cut in
+    fours."""
+    n = 20
+
+    def order(epoch: int) -> list[int]:
+        dist = DistributedSampler(range(n), num_replicas=1, rank=0, shuffle=True, seed=0)
+        dist.set_epoch(epoch)
+        return list(dist)
+
+    dist = DistributedSampler(range(n), num_replicas=1, rank=0, shuffle=True, seed=0)
+    sampler = AspectRatioGroupedBatchSampler(dist, [0] * n, 4)
+    sampler.set_epoch(1)
+    expected = order(1)
+    assert expected != order(0)
+    assert list(sampler) == [expected[i : i + 4] for i in range(0, n, 4)]
