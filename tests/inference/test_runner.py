@@ -101,3 +101,27 @@ def test_batches_are_padded_to_data_pad_to_multiple(tmp_path) -> None:
         # boxes stay relative to each original image
         assert result.records[0]["bbox"] == [0.0, 0.0, 32.0, 40.0]
     assert shapes == [(66, 64), (96, 64)]  # a 40x64 and a 66x40 image
+
+
+def _two_boxes(pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> dict:
+    """No masks: query 0 is class 1 on the left half (the better score), query 1 class 2 on the
+    right half."""
+    b = pixel_values.shape[0]
+    logits = torch.tensor([[0.0, 9.0, 0.0, 0.0], [0.0, 0.0, 7.0, 0.0]]).expand(b, -1, -1)
+    boxes = torch.tensor([[0.25, 0.5, 0.4, 0.8], [0.75, 0.5, 0.4, 0.8]]).expand(b, -1, -1)
+    return {"pred_logits": logits, "pred_boxes": boxes}
+
+
+def test_drawing_follows_its_options(tmp_path) -> None:
+    """enabled=False writes no PNG (the records still come); top_k=1 draws the best one only."""
+    Image.fromarray(np.full((40, 64, 3), 128, np.uint8)).save(tmp_path / "a.png")
+    args = (_two_boxes, PostProcess(), find_images(tmp_path), make_eval_transforms(40, 80),
+            [5, 6, 7])  # fmt: skip
+    off = run_predictions(*args, draw_dir=tmp_path / "off", draw=DrawOptions(enabled=False),
+                          progress=False)  # fmt: skip
+    assert len(off.records) == 2 and off.drawn == [] and not (tmp_path / "off").exists()
+    run_predictions(*args, draw_dir=tmp_path / "one", draw=DrawOptions(top_k=1),
+                          progress=False)  # fmt: skip
+    drawn = decode_image(str(tmp_path / "one" / "a.png"))
+    assert (drawn[:, 4:36, :32] != 128).any()  # the best box (left half) is drawn
+    assert (drawn[:, :, 40:] == 128).all()  # the other one (x 35 to 61) is not
