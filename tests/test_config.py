@@ -101,7 +101,7 @@ def test_every_experiment_composes_and_instantiates(name: str, tmp_path, monkeyp
     overrides = [f"experiment={name}"]
     if name == "shapes_finetune":
         overrides.append("model.pretrained=/some/detr-r50.pth")
-    cfg = compose_job(overrides, tmp_path)
+    cfg = compose_job(overrides, tmp_path, run_dirs=False)
     assert cfg.experiment_name == name and cfg.run_name.startswith(name)
     assert f"outputs/{name}/" in cfg.hydra.run.dir and f"multirun/{name}/" in cfg.hydra.sweep.dir
     resolved(cfg)

@@ -24,12 +24,16 @@ def compose_job(
     tmp: Path | None = None,
     name: str = "train",
     hydra: dict[str, Any] | None = None,
+    run_dirs: bool = True,
 ) -> DictConfig:
     """Compose ``name`` with ``overrides`` and make it the current Hydra job.
 
     ``tmp``: the run directory becomes ``tmp/run`` and outputs/ resolve relative to ``tmp``
-    (as if launched from there). ``hydra``: further values of the hydra node by dotted key,
-    e.g. ``{"mode": RunMode.MULTIRUN, "job.num": 1}`` for a sweep's second job.
+    (as if launched from there); with ``run_dirs``, ``hydra.run.dir`` and ``hydra.sweep.dir``
+    too (``tmp/run``, ``tmp/multirun``), as a job sees them once Hydra has made its folder:
+    resolving the config's ``${fresh_dir:...}`` would claim a folder under the tests' working
+    directory. ``hydra``: further values of the hydra node by dotted key, e.g.
+    ``{"mode": RunMode.MULTIRUN, "job.num": 1}`` for a sweep's second job.
     """
     with initialize_config_dir(conf_dir(), version_base="1.3"):
         cfg = compose(name, overrides=list(overrides), return_hydra_config=True)
@@ -40,6 +44,8 @@ def compose_job(
             cfg.paths.output_dir = str(tmp / "run")
             cfg.paths.root_dir = str(tmp)
             cfg.hydra.runtime.output_dir = str(tmp / "run")
+            if run_dirs:
+                cfg.hydra.run.dir, cfg.hydra.sweep.dir = str(tmp / "run"), str(tmp / "multirun")
         for key, value in (hydra or {}).items():
             OmegaConf.update(cfg.hydra, key, value, merge=False)
     HydraConfig.instance().set_config(cfg)
