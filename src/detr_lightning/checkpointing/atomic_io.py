@@ -27,19 +27,15 @@ from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from typing_extensions import override
 
+from detr_lightning.utils import current_umask
+
 log = logging.getLogger(__name__)
 
 _TMP_SUFFIX = ".tmp"
 
 
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 # mkstemp creates 0600 files; a checkpoint gets the mode a plain open() would give it.
-_FILE_MODE = 0o666 & ~_current_umask()
+_FILE_MODE = 0o666 & ~current_umask()
 
 
 def _tmp_prefix(path: str) -> str:

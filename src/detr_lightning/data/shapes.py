@@ -36,6 +36,7 @@ from detr_lightning.data.panoptic_png import ids_to_rgb
 from detr_lightning.data.shapes_background import STUFF_IDS
 from detr_lightning.data.shapes_render import THING_IDS, render_image
 from detr_lightning.errors import MissingFileError, UnwritableFolderError
+from detr_lightning.utils import current_umask
 
 log = logging.getLogger(__name__)
 DEFAULT_ROOT = Path("data/shapes")
@@ -146,9 +147,7 @@ def _temp_folder_beside(out: Path) -> Path:
             "set paths.shapes_dir to a folder you can write (or generate it once where you "
             "can: python -m detr_lightning.data.shapes --out DIR)."
         ) from None
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
+    os.chmod(tmp, 0o777 & ~current_umask())
     return tmp
 
 

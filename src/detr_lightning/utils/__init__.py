@@ -24,6 +24,13 @@ def conf_dir() -> str:
     return str(repo if repo.is_dir() else Path.cwd() / "conf")
 
 
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def output_dir_override(overrides: list[str]) -> str | None:
     """The value of the last ``output_dir=`` among command-line ``overrides`` (Hydra's syntax),
     else None; flags and items that do not parse as an override are skipped."""
