@@ -23,6 +23,11 @@ def shapes_root(tmp_path_factory):
     return shapes_panoptic(tmp_path_factory.mktemp("panoptic"), train=4, val=3)
 
 
+def val_categories(root) -> list[dict]:
+    """The panoptic json's categories (what the evaluation scores)."""
+    return json.loads((root / "annotations" / "panoptic_val.json").read_text())["categories"]
+
+
 @pytest.mark.parametrize("cls", [None, ConvergenceDETR], ids=["DETR", "ConvergenceDETR"])
 def test_panoptic_validation_logs_pq_and_metrics_json_has_it(
     cls, shapes_root, tmp_path, capsys
@@ -46,8 +51,18 @@ def test_panoptic_validation_logs_pq_and_metrics_json_has_it(
     path = report(trainer, cfg, metrics, checkpoint="final weights")
     saved = json.loads(open(path).read())
     assert {k: saved[k] for k in PQ_KEYS} == pytest.approx({k: metrics[k] for k in PQ_KEYS})
+    # PQ per category: its defined entries' means are the summary PQ, PQ_th and PQ_st
+    per_category = json.loads((tmp_path / "run" / "metrics_per_category.json").read_text())
+    pq = per_category["panoptic"]
+    assert {r["category_id"] for r in pq} == {c["id"] for c in val_categories(shapes_root)}
+    for key, kinds in (("PQ", (True, False)), ("PQ_th", (True,)), ("PQ_st", (False,))):
+        defined = [r["PQ"] for r in pq if r["PQ"] >= 0 and r["isthing"] in kinds]
+        expected = sum(defined) / len(defined) if defined else 0.0
+        assert metrics[key] == pytest.approx(expected, abs=1e-6), key
+    assert all(r["PQ"] == -1 for r in pq if r["tp"] + r["fp"] + r["fn"] == 0)
     printed = capsys.readouterr().out
     assert "COCO bbox evaluation" in printed and "COCO segm evaluation (thing classes)" in printed
+    assert "PQ per category" in printed
     for row in ("All", "Things", "Stuff"):
         assert f"\n{row:10}|" in printed
 

@@ -37,6 +37,7 @@ class EvaluationSteps(L.LightningModule):
             self.test_panoptic = panoptic(metric_backend=metric_backend) if panoptic else None
         self.test_metrics: dict[str, float] = {}
         self.test_per_class: dict[int, dict[str, float]] = {}  # CocoBoxAP.per_class
+        self.test_pq_per_class: dict[int, dict[str, Any]] = {}  # PanopticEvaluator.per_class
         self.eval_losses = {"val": BatchLossMean(), "test": BatchLossMean()}
 
     def _eval_step(
@@ -75,6 +76,7 @@ class EvaluationSteps(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self.test_metrics = self._log_metric("test", self.test_map, self.test_panoptic)
         self.test_per_class = dict(self.test_map.per_class)
+        self.test_pq_per_class = dict(self.test_panoptic.per_class) if self.test_panoptic else {}
 
     def predict_step(self, batch: Any, batch_idx: int) -> list[dict[str, Any]]:
         """Detections per image with the dataset's category ids (``category_id`` [K])."""

@@ -89,7 +89,11 @@ def test_perfect_predictions_score_one(shapes_root) -> None:
     values = evaluator.compute()
     assert {k: values[k] for k in PQ_KEYS} == {k: 1.0 for k in PQ_KEYS}
     assert values["segm_AP"] == pytest.approx(1.0) and values["segm_AP50"] == pytest.approx(1.0)
-    assert evaluator.compute() == {}  # reset after compute
+    seen = {s["category_id"] for image_id in ds.image_ids
+            for s in ds.ground_truth(image_id)["segments_info"] if not s["iscrowd"]}  # fmt: skip
+    assert {c for c, v in evaluator.per_class.items() if v["PQ"] == 1.0} == seen
+    assert all(v["PQ"] == -1.0 for c, v in evaluator.per_class.items() if c not in seen)
+    assert evaluator.compute() == {} and evaluator.per_class == {}  # reset after compute
 
 
 def test_a_batch_padded_beyond_its_images_still_scores_one(shapes_root) -> None:
@@ -161,6 +165,43 @@ def test_image_metric_rows_survive_images_without_segments() -> None:
     empty = {"ids": torch.zeros(4, 4, dtype=torch.long), "segments_info": []}
     metric.update(empty, empty, 7, cats)
     assert metric.compute() == {k: 0.0 for k in PQ_KEYS}
+
+
+def test_per_class_pq_by_hand_with_undefined_categories_at_minus_one() -> None:
+    """Two 4x8 images, categories 1 (thing), 2 (stuff), 3 (thing, never seen):
+    image 1: gt cat-1 square of 8 px, predicted on 6 of its px plus 0 more (IoU 6/8 = 0.75, tp);
+    gt stuff cat-2 on the other 24 px, predicted as cat 1 (fn for 2, fp for 1).
+    image 2: gt cat-2 everywhere, predicted exactly (tp, IoU 1).
+    cat 1: tp 1, fp 1, fn 0 -> PQ 0.75 / 1.5 = 0.5, SQ 0.75, RQ 2/3;
+    cat 2: tp 1, fp 0, fn 1 -> PQ 1 / 1.5 = 2/3, SQ 1, RQ 2/3; cat 3: -1 (undefined)."""
+    cats = [{"id": 1, "isthing": 1}, {"id": 2, "isthing": 0}, {"id": 3, "isthing": 1}]
+    gt_ids = torch.full((4, 8), 2, dtype=torch.long)
+    gt_ids[:, :2] = 1
+    gt1 = {"ids": gt_ids, "segments_info": [{"id": 1, "category_id": 1},
+                                            {"id": 2, "category_id": 2}]}  # fmt: skip
+    pred_ids = torch.full((4, 8), 0, dtype=torch.long)
+    pred_ids[1:, :2] = 1  # 6 of the square's 8 px
+    pred_ids[:, 2:] = 2
+    pred1 = {"ids": pred_ids, "segments_info": [{"id": 1, "category_id": 1},
+                                                {"id": 2, "category_id": 1}]}  # fmt: skip
+    whole = {"ids": torch.full((4, 8), 5, dtype=torch.long),
+             "segments_info": [{"id": 5, "category_id": 2}]}  # fmt: skip
+    metric = ImagePanopticQuality()
+    metric.update(pred1, gt1, 1, cats)
+    metric.update(whole, whole, 2, cats)
+    summary = metric.compute()
+    per_class = metric.per_class
+    assert per_class[1] == pytest.approx(
+        {"PQ": 0.5, "SQ": 0.75, "RQ": 2 / 3, "tp": 1, "fp": 1, "fn": 0, "isthing": True}
+    )
+    assert per_class[2] == pytest.approx(
+        {"PQ": 2 / 3, "SQ": 1.0, "RQ": 2 / 3, "tp": 1, "fp": 0, "fn": 1, "isthing": False}
+    )
+    assert per_class[3] == {"PQ": -1.0, "SQ": -1.0, "RQ": -1.0, "tp": 0, "fp": 0, "fn": 0,
+                            "isthing": True}  # fmt: skip
+    # the summary means skip the undefined category
+    assert summary["PQ"] == pytest.approx((0.5 + 2 / 3) / 2)
+    assert summary["PQ_th"] == pytest.approx(0.5) and summary["PQ_st"] == pytest.approx(2 / 3)
 
 
 def test_pq_table_layout() -> None:

@@ -1,5 +1,6 @@
-"""The per-category records, table and file of a test: every named category in label order, -1
-(shown "-") where the split has none of it, COCO's unused id slots left out."""
+"""The per-category records, tables and file of a test: every named category in label order, -1
+(shown "-") where the split has none of it, COCO's unused id slots left out; a panoptic model's
+PQ per category beside the box AP."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from types import SimpleNamespace
 from detr_lightning.evaluation.per_category import (
     FILE_NAME,
     format_per_category_table,
+    per_category_pq_records,
     per_category_records,
     report_per_category,
 )
@@ -65,3 +67,38 @@ def test_report_writes_the_file_with_the_datamodules_names(tmp_path, capsys) -> 
                                                                (10, "dog")]  # fmt: skip
     nothing = SimpleNamespace(test_per_class={}, hparams=module.hparams)
     assert report_per_category(nothing, None, tmp_path / "other") is None
+
+
+def _pq(pq: float, isthing: bool, tp: int = 1, fp: int = 0, fn: int = 0) -> dict:
+    return {"PQ": pq, "SQ": max(pq, -1.0), "RQ": max(pq, -1.0), "tp": tp, "fp": fp, "fn": fn,
+            "isthing": isthing}  # fmt: skip
+
+
+def test_pq_records_follow_the_label_order_and_name_each_category_id() -> None:
+    # keyed by category id, in an order other than the labels'
+    pq_per_class = {4: _pq(0.5, True), 1: _pq(-1.0, True, tp=0), 3: _pq(0.25, False, fn=2)}
+    records = per_category_pq_records(pq_per_class, [0, 7, 1, 3, 4], NAMES)
+    assert [(r["category_id"], r["name"], r["isthing"], r["PQ"], r["fn"]) for r in records] == [
+        (1, "", True, -1.0, 0),  # label 2: an unnamed slot, still listed as the metric has it
+        (3, "car", False, 0.25, 2),
+        (4, "dog", True, 0.5, 0),
+    ]
+    table = format_per_category_table(records, "PQ", key="PQ").splitlines()
+    assert table[1].split() == ["1", "-", "car", "0.250", "dog", "0.500"]
+
+
+def test_report_adds_the_panoptic_records_only_for_a_panoptic_test(tmp_path, capsys) -> None:
+    hparams = {"label_to_category_id": LABEL_MAP}
+    module = SimpleNamespace(test_per_class={1: {"AP": 0.75, "AR_100": 0.8}},
+                             test_pq_per_class={1: _pq(0.6, True), 3: _pq(0.2, False)},
+                             hparams=SimpleNamespace(get=hparams.get))  # fmt: skip
+    report_per_category(module, SimpleNamespace(category_names=NAMES), tmp_path)
+    written = json.loads((tmp_path / FILE_NAME).read_text())
+    assert [(r["name"], r["PQ"]) for r in written["panoptic"]] == [("person", 0.6), ("car", 0.2)]
+    assert [r["name"] for r in written["bbox"]] == ["person", "car", "dog"]
+    printed = capsys.readouterr().out
+    assert "PQ per category" in printed and "car    0.200" in printed
+    module.test_pq_per_class = {}
+    report_per_category(module, SimpleNamespace(category_names=NAMES), tmp_path / "detector")
+    assert set(json.loads((tmp_path / "detector" / FILE_NAME).read_text())) == {"bbox"}
+    assert "PQ per category" not in capsys.readouterr().out

@@ -74,6 +74,7 @@ class PanopticEvaluator(nn.Module):
         self.pq = ImagePanopticQuality()
         self.segm = CocoBoxAP(metric_backend, iou_type="segm") if segm_postprocess else None
         self.updated = False
+        self.per_class: dict[int, dict[str, Any]] = {}  # ImagePanopticQuality.per_class
 
     @torch.no_grad()
     def update(
@@ -159,10 +160,13 @@ class PanopticEvaluator(nn.Module):
 
     def compute(self) -> dict[str, float]:
         """:data:`~detr_lightning.evaluation.panoptic.PQ_KEYS` and ``segm_AP``, ``segm_AP50``, ... (CocoBoxAP's names prefixed);
-        empty when nothing was updated (e.g. a detector without a mask head). Resets."""
+        empty when nothing was updated (e.g. a detector without a mask head). Resets; keeps
+        the PQ of each category in :attr:`per_class` (empty when nothing was updated)."""
         if not self.updated:
+            self.per_class = {}
             return {}
         values = dict(self.pq.compute())
+        self.per_class = dict(self.pq.per_class)
         if self.segm is not None:
             values.update({f"segm_{k}": float(v) for k, v in self.segm.compute().items()})
         self.reset()

@@ -76,7 +76,10 @@ class ImagePanopticQuality(GatherImageLists, Metric):
 
     ``update(pred, gt, image_id, categories)``; ``compute()`` gives the :data:`~detr_lightning.evaluation.panoptic.PQ_KEYS` as
     floats in [0, 1], equal to :func:`~detr_lightning.evaluation.panoptic.pq_compute` on the
-    same images, and the same on any number of processes (module docstring).
+    same images, and the same on any number of processes (module docstring). It also sets
+    :attr:`per_class`: ``{category_id: {"PQ", "SQ", "RQ", "tp", "fp", "fn", "isthing"}}`` for
+    every category, PQ / SQ / RQ -1 where ``tp + fp + fn == 0`` (no segment of it in either the
+    predictions or the ground truth: undefined, and left out of the means).
     """
 
     is_differentiable = False
@@ -89,6 +92,7 @@ class ImagePanopticQuality(GatherImageLists, Metric):
         self.add_state("image_ids", default=[], dist_reduce_fx=None)
         self.add_state("rows", default=[], dist_reduce_fx=None)
         self.isthing: dict[int, bool] = {}
+        self.per_class: dict[int, dict[str, Any]] = {}
 
     def update(  # type: ignore[override]
         self,
@@ -114,4 +118,15 @@ class ImagePanopticQuality(GatherImageLists, Metric):
             for cat, tp, fp, fn, iou in self.rows[first[image_id]].tolist():
                 if cat >= 0:
                     total[int(cat)] += ClassStats(int(tp), int(fp), int(fn), iou)
-        return pq_keys(summarize(total, self.isthing))
+        results = summarize(total, self.isthing)
+        self.per_class = {}
+        for cat, isthing in self.isthing.items():
+            s = total.get(cat, ClassStats())
+            pq = (
+                results["per_class"][cat]
+                if s.tp + s.fp + s.fn
+                else dict.fromkeys(("pq", "sq", "rq"), -1.0)
+            )
+            self.per_class[cat] = {**{k.upper(): v for k, v in pq.items()},
+                                   "tp": s.tp, "fp": s.fp, "fn": s.fn, "isthing": isthing}  # fmt: skip
+        return pq_keys(results)

@@ -1,10 +1,15 @@
-"""Box AP of each category: the table printed after a test (``make eval``, training's final test)
-and ``metrics_per_category.json`` beside ``metrics.json``.
+"""Box AP (and, for a panoptic model, PQ) of each category: the tables printed after a test
+(``make eval``, training's final test) and ``metrics_per_category.json`` beside ``metrics.json``.
 
 Each category is evaluated by pycocotools on its own (``CocoBoxAP(class_metrics=True)``), so its
 AP is COCO's AP @ IoU 0.50:0.95 over all areas, 100 detections, restricted to that category; the
 summary AP is the mean over the categories that have ground truth. -1 means undefined (no
 ground truth of the category in the evaluated split), as in pycocotools.
+
+A panoptic model's PQ / SQ / RQ per category are panopticapi's ``per_class`` (the summary PQ is
+their mean over the categories with ``tp + fp + fn > 0``), with its segment counts; -1 where
+the category has no segment in either the predictions or the ground truth (panopticapi writes
+0 there but leaves the category out of the mean).
 """
 
 from __future__ import annotations
@@ -44,9 +49,36 @@ def per_category_records(
     return records
 
 
-def format_per_category_table(records: Sequence[Mapping[str, Any]], title: str) -> str:
-    """``title`` and the categories' AP in columns, in label order ("-" for undefined)."""
-    cells = [(str(r["name"] or r["category_id"]), "-" if r["AP"] < 0 else f"{r['AP']:.3f}")
+def per_category_pq_records(
+    pq_per_class: Mapping[int, Mapping[str, Any]],
+    label_to_category_id: Sequence[int],
+    names: Sequence[str],
+) -> list[dict[str, Any]]:
+    """One record per category of ``pq_per_class`` (keyed by the json's category id), in label
+    order: ``category_id``, ``name``, ``isthing``, ``PQ``, ``SQ``, ``RQ``, ``tp``, ``fp``, ``fn``.
+
+    Args:
+        pq_per_class: ``PanopticEvaluator.per_class``.
+        label_to_category_id, names: as :func:`per_category_records`.
+    """
+    label_of = {int(c): label for label, c in enumerate(label_to_category_id)}
+    order = sorted(pq_per_class, key=lambda c: (label_of.get(c, len(label_of)), c))
+    records = []
+    for cat in order:
+        values, label = pq_per_class[cat], label_of.get(cat)
+        name = names[label] if label is not None and label < len(names) else ""
+        records.append({"category_id": int(cat), "name": name, "isthing": bool(values["isthing"]),
+                        **{k: float(values[k]) for k in ("PQ", "SQ", "RQ")},
+                        **{k: int(values[k]) for k in ("tp", "fp", "fn")}})  # fmt: skip
+    return records
+
+
+def format_per_category_table(
+    records: Sequence[Mapping[str, Any]], title: str, key: str = "AP"
+) -> str:
+    """``title`` and the categories' ``key`` (AP, PQ) in columns, in label order ("-" for
+    undefined)."""
+    cells = [(str(r["name"] or r["category_id"]), "-" if r[key] < 0 else f"{r[key]:.3f}")
              for r in records]  # fmt: skip
     width = max((len(name) for name, _ in cells), default=0)
     rows = [cells[i : i + _COLUMNS] for i in range(0, len(cells), _COLUMNS)]
@@ -56,21 +88,26 @@ def format_per_category_table(records: Sequence[Mapping[str, Any]], title: str) 
 
 
 def write_per_category_json(
-    run_dir: str | os.PathLike, records: Sequence[Mapping[str, Any]]
+    run_dir: str | os.PathLike,
+    records: Sequence[Mapping[str, Any]],
+    pq_records: Sequence[Mapping[str, Any]] = (),
 ) -> str:
-    """Write ``run_dir/metrics_per_category.json``: {"bbox": [records]} (the box AP; a
-    panoptic model's PQ per class is in ``pq_compute``'s result). Returns the file path."""
+    """Write ``run_dir/metrics_per_category.json``: ``{"bbox": [records]}``, with
+    ``"panoptic": [pq_records]`` for a panoptic model. Returns the file path."""
     from detr_lightning.checkpointing.atomic_io import atomic_write_text
 
+    content: dict[str, list] = {"bbox": list(records)}
+    if pq_records:
+        content["panoptic"] = list(pq_records)
     path = os.path.join(os.fspath(run_dir), FILE_NAME)
-    atomic_write_text(path, json.dumps({"bbox": list(records)}, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(content, indent=2) + "\n")
     return path
 
 
 def report_per_category(module: Any, datamodule: Any, run_dir: str | os.PathLike) -> str | None:
-    """Print the table and write the file of a finished test of LitDETR ``module``
-    (``test_per_class``) with ``datamodule``'s category names; the file path, or None where the
-    test evaluated no category."""
+    """Print the tables and write the file of a finished test of LitDETR ``module``
+    (``test_per_class``, ``test_pq_per_class``) with ``datamodule``'s category names; the file
+    path, or None where the test evaluated no category."""
     per_class = getattr(module, "test_per_class", None)
     if not per_class:
         return None
@@ -81,6 +118,11 @@ def report_per_category(module: Any, datamodule: Any, run_dir: str | os.PathLike
                  or range(max(per_class) + 1))  # fmt: skip
     records = per_category_records(per_class, label_map, names)
     print(format_per_category_table(records, "bbox AP per category (-: no ground truth)"))
-    path = write_per_category_json(run_dir, records)
+    pq_records = per_category_pq_records(getattr(module, "test_pq_per_class", None) or {},
+                                         label_map, names)  # fmt: skip
+    if pq_records:
+        title = "PQ per category (-: no segment predicted or in the ground truth)"
+        print(format_per_category_table(pq_records, title, key="PQ"))
+    path = write_per_category_json(run_dir, records, pq_records)
     print(f"per category: {path}")
     return path
