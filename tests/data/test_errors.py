@@ -324,3 +324,26 @@ def test_a_backslash_in_a_file_name_gets_the_windows_separator_hint(img_dir):
     msg = str(err.value)
     assert "1 of these file_names contain a backslash (e.g. sub\\0001.jpg)" in msg
     assert "forward slashes in the json (e.g. sub/0001.jpg)" in msg
+
+
+@pytest.mark.parametrize("json_form", ["NFC", "NFD"])
+def test_a_name_in_the_other_unicode_form_is_named_with_the_fix(img_dir, json_form):
+    """café.jpg written by macOS (NFD: e + combining acute) and listed by a Linux-made json
+    (NFC: é), or the reverse: POSIX compares bytes, so the file is not found; the error says it
+    exists in the other form and which form to rename to."""
+    nfc, nfd = "caf\u00e9.jpg", "cafe\u0301.jpg"
+    on_disk, in_json = (nfd, nfc) if json_form == "NFC" else (nfc, nfd)
+    write_image(img_dir / on_disk, 32, 24)
+    _, make = build(img_dir, coco_dict([{**IMAGE, "file_name": in_json}], [ann()], CATS))
+    with pytest.raises(ImageLoadError) as err:
+        make()
+    msg = str(err.value)
+    assert "1 of these exist under the same name in the other Unicode form" in msg
+    assert f"{in_json!a} in the json is {json_form}, {on_disk!a} on disk is not" in msg
+    assert f"--{json_form.lower()} -r --notest {img_dir}" in msg
+    assert "backslash" not in msg
+    write_image(img_dir / "other.jpg", 32, 24)  # a plainly missing file gets no such hint
+    _, make = build(img_dir, coco_dict([{**IMAGE, "file_name": "gone.jpg"}], [ann()], CATS))
+    with pytest.raises(ImageLoadError) as err:
+        make()
+    assert "Unicode form" not in str(err.value)

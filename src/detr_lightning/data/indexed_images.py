@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
+import unicodedata
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +39,13 @@ def check_files_exist(folder: Path, names: Sequence[str], ann_file: Path, what: 
         path = folder / name
         by_dir[path.parent].append(path.name)
     missing = []
+    listed: dict[Path, set[str]] = {}
     for directory, files in by_dir.items():
         try:
-            present = set(os.listdir(directory))
+            listed[directory] = set(os.listdir(directory))
         except OSError:
-            present = set()
-        missing += [directory / f for f in files if f not in present]
+            listed[directory] = set()
+        missing += [directory / f for f in files if f not in listed[directory]]
     missing = [path for path in missing if not path.is_file()]
     if missing:
         shown = ", ".join(str(p) for p in missing[:5])
@@ -51,6 +53,7 @@ def check_files_exist(folder: Path, names: Sequence[str], ann_file: Path, what: 
         raise ImageLoadError(
             f"{len(missing)} {what} listed in {ann_file} not found: {shown}{more}. Fix: "
             + _backslash_hint(names, set(missing), folder)
+            + _normalization_hint(missing, listed)
             + f"restore them (an interrupted download or unzip is the usual cause), point the "
             f"data config at the folder that holds them, or remove those images and their "
             f"annotations from {ann_file}."
@@ -67,6 +70,28 @@ def _backslash_hint(names: Sequence[str], missing: set[Path], folder: Path) -> s
         f"{len(slashed)} of these file_names contain a backslash (e.g. {slashed[0]}), the Windows "
         f"path separator, which is a plain character of the file name here: write them with "
         f"forward slashes in the json (e.g. {slashed[0].replace(chr(92), '/')}); otherwise "
+    )
+
+
+def _normalization_hint(missing: Sequence[Path], listed: Mapping[Path, set[str]]) -> str:
+    """An accented name can be spelled in two Unicode forms (NFC: one code point per letter;
+    NFD: letter plus combining accent, what macOS writes); POSIX compares bytes, so a json in
+    one form misses files named in the other. Name the file on disk that only differs so."""
+    on_disk = {}
+    for path in missing:
+        by_nfc = {unicodedata.normalize("NFC", f): f for f in listed.get(path.parent, ())}
+        twin = by_nfc.get(unicodedata.normalize("NFC", path.name))
+        if twin is not None:
+            on_disk[path] = twin
+    if not on_disk:
+        return ""
+    path, twin = next(iter(on_disk.items()))
+    json_form = "NFC" if unicodedata.is_normalized("NFC", path.name) else "NFD"
+    return (
+        f"{len(on_disk)} of these exist under the same name in the other Unicode form (e.g. "
+        f"{path.name!a} in the json is {json_form}, {twin!a} on disk is not): rename the files "
+        f"to the json's form (`convmv -f utf8 -t utf8 --{json_form.lower()} -r --notest "
+        f"{path.parent}`) or write the json's file_names in the files' form; otherwise "
     )
 
 
