@@ -13,7 +13,7 @@ from panoptic_support import panoptic_datamodule, shapes_panoptic, tiny_panoptic
 from detr_lightning.convergence.model import ConvergenceDETR
 from detr_lightning.detr.segmentation import DETRsegm
 from detr_lightning.evaluation.panoptic import PQ_KEYS
-from detr_lightning.utils.build import report
+from detr_lightning.evaluation.run_report import report
 
 SEGM_KEYS = ("segm_AP", "segm_AP50", "segm_AP75", "segm_AR_100")
 

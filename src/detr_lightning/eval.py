@@ -27,7 +27,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from detr_lightning.utils.config_check import check_config
 
     check_config(cfg, "test")  # also resolves ckpt_path=last, before the heavy imports
-    from detr_lightning.utils.build import build_run, log_config, report
+    from detr_lightning.evaluation.run_report import report
+    from detr_lightning.utils.build import build_run, log_config
 
     datamodule, model, trainer = build_run(cfg, "test")
     ckpt = cfg.get("ckpt_path")

@@ -38,7 +38,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         note_data_error,
     )
     from detr_lightning.data.errors import DatasetFormatError, ImageLoadError
-    from detr_lightning.utils.build import build_run, log_config, report
+    from detr_lightning.evaluation.run_report import report
+    from detr_lightning.utils.build import build_run, log_config
 
     datamodule, model, trainer = build_run(cfg)
     log_config(trainer, cfg)

@@ -1,8 +1,8 @@
 """Evaluation: COCO box AP (torchmetrics, equal to pycocotools) in :mod:`.coco`; panoptic
 quality as panopticapi defines it (:mod:`.panoptic`), accumulated as torchmetrics
 (:mod:`.panoptic_metrics`), computed inside LitDETR (:mod:`.panoptic_evaluator`) or from COCO
-panoptic files (:mod:`.panoptic_io`); the report's
-figures (:mod:`.report_plots`)."""
+panoptic files (:mod:`.panoptic_io`); what a finished test writes and prints
+(:mod:`.run_report`, :mod:`.per_category`); the report's figures (:mod:`.report_plots`)."""
 
 from detr_lightning.evaluation.coco import (
     CocoBoxAP,

@@ -1,4 +1,4 @@
-"""Hydra config -> objects: datamodule, LitDETR, callbacks, loggers, Trainer; run reporting."""
+"""Hydra config -> objects: datamodule, LitDETR, callbacks, loggers, Trainer."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from detr_lightning.evaluation import format_ap_table, write_metrics_json
 from detr_lightning.utils.config_check import ConfigError, check_config, raise_config_errors
 from detr_lightning.utils.run_component_keys import check_model_keys
 
@@ -159,30 +158,6 @@ def log_config(trainer: L.Trainer, cfg: DictConfig) -> None:
         assert isinstance(logger, Logger)
         with explained_wandb_connection_errors():
             logger.log_hyperparams(container)  # wandb's first contact with its server
-
-
-def report(
-    trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float], **run_info: Any
-) -> str | None:
-    """On rank 0: write metrics.json, print the AP table and the run directory."""
-    if not trainer.is_global_zero:
-        return None
-    run_dir = cfg.paths.output_dir
-    path = write_metrics_json(run_dir, metrics, experiment=cfg.get("experiment_name"), **run_info)
-    print(format_ap_table(metrics, title=f"COCO bbox evaluation ({cfg.get('experiment_name')})"))
-    if "PQ" in metrics:  # head=panoptic: segm AP (things) and PQ / SQ / RQ
-        from detr_lightning.evaluation.panoptic_evaluator import format_pq_table
-
-        segm = {k[len("segm_") :]: v for k, v in metrics.items() if k.startswith("segm_")}
-        if segm:
-            print(format_ap_table(segm, title="COCO segm evaluation (thing classes)"))
-        print(format_pq_table(metrics, title=f"Panoptic quality ({cfg.get('experiment_name')})"))
-    from detr_lightning.evaluation.per_category import report_per_category
-
-    report_per_category(trainer.lightning_module, trainer.datamodule, run_dir)
-    print(f"metrics: {path}")
-    print(f"run directory: {run_dir}")
-    return path
 
 
 def build_run(
