@@ -18,6 +18,7 @@ HERE = Path(__file__).resolve().parent
 # (script, accepts --quick)
 BENCHMARKS: list[tuple[str, bool]] = [
     ("bench_core.py", False),
+    ("bench_flops.py", False),  # GFLOPs and parameters of the paper presets vs Table 1
     ("bench_panoptic.py", False),  # the panoptic model's step and inference next to the detector's
     ("bench_matcher.py", False),
     ("bench_data.py", True),
