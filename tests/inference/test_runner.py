@@ -125,3 +125,35 @@ def test_drawing_follows_its_options(tmp_path) -> None:
     drawn = decode_image(str(tmp_path / "one" / "a.png"))
     assert (drawn[:, 4:36, :32] != 128).any()  # the best box (left half) is drawn
     assert (drawn[:, :, 40:] == 128).all()  # the other one (x 35 to 61) is not
+
+
+def test_masks_of_a_padded_image_are_cropped_to_its_part_of_the_canvas(tmp_path) -> None:
+    """A batch of a 40 x 80 and a 40 x 40 image: the second fills the left half of the 40 x 80
+    canvas, right padding beside it. The stand-in's mask is the canvas's left quarter (columns
+    0-19), so on the 40 x 40 image it covers columns 0-19, half the image; reading the whole
+    canvas as the image (no crop of the padding) would squeeze it into columns 0-9."""
+    Image.fromarray(np.full((40, 80, 3), 128, np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(tmp_path / "b.png")
+
+    def left_quarter_of_canvas(pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> dict:
+        b, _, h, w = pixel_values.shape
+        assert (h, w) == (40, 80)  # one batch: b.png padded to a.png's width
+        logits = torch.tensor([[0.0, 9.0, 0.0, 0.0]]).expand(b, -1, -1)
+        boxes = torch.tensor([[0.25, 0.5, 0.5, 1.0]]).expand(b, -1, -1)  # each image's left half
+        masks = torch.full((b, 1, h // 4, w // 4), -10.0)
+        masks[..., : w // 16] = 10.0
+        return {"pred_logits": logits, "pred_boxes": boxes, "pred_masks": masks}
+
+    run_predictions(
+        left_quarter_of_canvas, PostProcess(), find_images(tmp_path), make_eval_transforms(40, 80),
+        [5, 6, 7], draw_dir=tmp_path / "out", draw=DrawOptions(line_width=1), batch_size=2,
+        progress=False,
+    )  # fmt: skip
+    filled = (0.5 * 128 + 0.5 * torch.tensor(class_color(1), dtype=torch.float32)).round()
+    row = decode_image(str(tmp_path / "out" / "b.png"))[:, 30].T.float()  # [40, 3]; no label
+    # column 0 and 20: the box's outline (x 0 to 20); between them the mask, right of it none
+    assert ((row[1:20] - filled).abs() <= 1).all(), row[1:20].tolist()
+    assert (row[21:] == 128).all(), row[21:].tolist()
+    # the unpadded image is the canvas: the mask is its columns 0-19 too (box outline at 40)
+    whole = decode_image(str(tmp_path / "out" / "a.png"))[:, 30].T.float()
+    assert ((whole[1:20] - filled).abs() <= 1).all() and (whole[20:40] == 128).all()
