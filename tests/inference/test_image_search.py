@@ -4,6 +4,7 @@ through linked folders once each), leaving out hidden and run folders and saying
 from __future__ import annotations
 
 import logging
+import os
 import re
 
 import numpy as np
@@ -84,4 +85,51 @@ def test_find_images_leaves_out_hidden_and_run_folders_and_says_so(tmp_path, cap
 def test_a_folder_holding_only_left_out_images_names_them(tmp_path) -> None:
     _write(tmp_path / ".cache" / "e.png")
     with pytest.raises(FileNotFoundError, match=r"holds no image.*left out 1 hidden folder"):
+        find_images(tmp_path)
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a chmod 000 folder all the same")
+def test_an_unreadable_sub_folder_is_named_in_a_warning(tmp_path, caplog) -> None:
+    """A sub-folder without read permission was left out without a word: its images were
+    simply missing from the predictions."""
+    _write(tmp_path / "a.png")
+    _write(tmp_path / "locked" / "b.png")
+    (tmp_path / "locked").chmod(0)
+    try:
+        with caplog.at_level(logging.WARNING, logger="detr_lightning.inference.image_search"):
+            records = find_images(tmp_path)
+    finally:
+        (tmp_path / "locked").chmod(0o755)  # so that pytest can remove it
+    assert [r.file_name for r in records] == ["a.png"]
+    (line,) = _warnings(caplog)
+    assert line.startswith(f"input={tmp_path}: left out 1 path(s) that could not be searched: ")
+    assert "locked (Permission denied)" in line
+
+
+def test_broken_links_are_named_in_a_warning_the_first_five_of_them(tmp_path, caplog) -> None:
+    """A link to a moved photo or folder was passed over without a word. Six broken links: the
+    warning counts them and names the first five in path order, each with its target."""
+    _write(tmp_path / "a.png")
+    for i in range(5):
+        (tmp_path / f"gone{i}.jpg").symlink_to(tmp_path / "moved" / f"{i}.jpg")
+    (tmp_path / "photos").symlink_to("/nonexistent/photos")  # was a folder, sorts last
+    (tmp_path / ".hidden_link").symlink_to(tmp_path / "nowhere")  # hidden: left out quietly
+    with caplog.at_level(logging.WARNING, logger="detr_lightning.inference.image_search"):
+        records = find_images(tmp_path)
+    assert [r.file_name for r in records] == ["a.png"]
+    (line,) = _warnings(caplog)
+    named = ", ".join(f"gone{i}.jpg (broken link to {tmp_path}/moved/{i}.jpg)" for i in range(5))
+    head = f"input={tmp_path}: left out 6 path(s) that could not be searched: "
+    assert f"{head}{named} and 1 more" in line
+    assert "/nonexistent/photos" not in line and ".hidden_link" not in line
+
+
+def test_a_folder_of_broken_links_only_names_them_in_its_error(tmp_path) -> None:
+    (tmp_path / "a.jpg").symlink_to(tmp_path / "b.jpg")
+    with pytest.raises(FileNotFoundError, match=r"holds no image.*1 path\(s\) that could not be "
+                       r"searched: a\.jpg \(broken link to .*b\.jpg\)"):  # fmt: skip
         find_images(tmp_path)

@@ -41,8 +41,9 @@ class ImageRecord:
 def find_images(source: str | Path, output_dir: str | Path | None = None) -> list[ImageRecord]:
     """One image file, or every file with an :data:`IMAGE_EXTENSIONS` suffix under a folder
     (recursively, following linked folders, sorted by relative path), less what
-    :func:`_skip_reason` leaves out (logged in one INFO line). Raises MissingFileError (a
-    FileNotFoundError) naming ``input=``.
+    :func:`_skip_reason` leaves out (logged in one INFO line). Sub-folders that cannot be read
+    and broken links are left out with a WARNING naming them and why. Raises MissingFileError
+    (a FileNotFoundError) naming ``input=``.
 
     Args:
         source: ``input=``, an image file (tried whatever its name) or a folder.
@@ -53,13 +54,18 @@ def find_images(source: str | Path, output_dir: str | Path | None = None) -> lis
         return [ImageRecord(root, 1, root.name)]
     if not root.is_dir():
         raise MissingFileError(f"input={source}: no such image file or folder")
-    found, skipped = _search_folder(root, output_dir)
+    found, skipped, unreadable = _search_folder(root, output_dir)
     files = sorted(found, key=lambda p: p.relative_to(root).as_posix())
     left_out = ""
     if skipped:
         left_out = "; ".join(f"{n} {reason}" for reason, n in skipped.items())
         log.info("input=%s: left out %s; to predict such an image, give it as input=<file>",
                  source, left_out)  # fmt: skip
+    if unreadable:
+        unread = _unreadable_summary(unreadable, root)
+        log.warning("input=%s: left out %s; fix their permissions or links, or ignore this if they hold "
+                    "no images", source, unread)  # fmt: skip
+        left_out = f"{left_out}; {unread}" if left_out else unread
     if not files:
         raise MissingFileError(
             f"input={source}: the folder holds no image ({', '.join(IMAGE_EXTENSIONS)})"
@@ -87,15 +93,30 @@ def _skip_reason(folder: str, output_dir: str | None, seen: set[str]) -> str | N
     return None
 
 
-def _search_folder(root: Path, output_dir: str | Path | None) -> tuple[list[Path], Counter]:
+def _unreadable_summary(unreadable: list[tuple[str, str]], root: Path, shown: int = 5) -> str:
+    """``N path(s) that could not be searched: a (why), b (why)... and M more``; paths
+    relative to ``root`` (the log line names it), the first ``shown`` in path order."""
+    named = [f"{os.path.relpath(path, root)} ({why})" for path, why in sorted(unreadable)]
+    more = f" and {len(named) - shown} more" if len(named) > shown else ""
+    return f"{len(named)} path(s) that could not be searched: {', '.join(named[:shown])}{more}"
+
+
+def _search_folder(
+    root: Path, output_dir: str | Path | None
+) -> tuple[list[Path], Counter, list[tuple[str, str]]]:
     """The image files under ``root``, through linked folders too (``Path.rglob`` skips
-    them on Python 3.11), and how many folders and files were left out, by reason
-    (:func:`_skip_reason`; hidden files). Each real folder is searched once, so a link back
-    to a parent folder ends instead of recursing forever."""
+    them on Python 3.11), how many folders and files were left out, by reason
+    (:func:`_skip_reason`; hidden files), and (path, why) of the folders that could not be read
+    and the broken links, which ``os.walk`` alone passes over without a word. Each real folder
+    is searched once, so a link back to a parent folder ends instead of recursing forever."""
     seen = {os.path.realpath(root)}
     out = None if output_dir is None else os.path.realpath(output_dir)
-    files, skipped = [], Counter()
-    for folder, subfolders, names in os.walk(root, followlinks=True):
+    files, skipped, unreadable = [], Counter(), []
+
+    def unreadable_folder(err: OSError) -> None:
+        unreadable.append((str(err.filename), err.strerror or type(err).__name__))
+
+    for folder, subfolders, names in os.walk(root, followlinks=True, onerror=unreadable_folder):
         kept = []
         for name in sorted(subfolders):  # sorted: which of two links to one folder names it
             reason = _skip_reason(os.path.join(folder, name), out, seen)
@@ -105,10 +126,14 @@ def _search_folder(root: Path, output_dir: str | Path | None) -> tuple[list[Path
                 kept.append(name)
         subfolders[:] = kept  # os.walk descends only into what is left here
         for path in map(Path(folder).joinpath, names):
+            # Whatever its name, a broken link may have been meant to reach a folder of photos.
+            if path.is_symlink() and not path.exists() and not path.name.startswith("."):
+                unreadable.append((str(path), f"broken link to {os.readlink(path)}"))
+                continue
             if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
                 continue
             if path.name.startswith("."):
                 skipped["hidden image file(s) (name starting with '.')"] += 1
             else:
                 files.append(path)
-    return files, skipped
+    return files, skipped, unreadable
