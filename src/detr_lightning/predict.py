@@ -111,7 +111,8 @@ def predict(cfg: DictConfig) -> str:
     from hydra.utils import instantiate
 
     from detr_lightning.detr.class_scoring import scoring_of
-    from detr_lightning.inference.loading import load_detector, resolve_device
+    from detr_lightning.inference.device import resolve_device
+    from detr_lightning.inference.loading import load_detector
     from detr_lightning.inference.results import images_json
     from detr_lightning.inference.runner import DrawOptions, run_predictions
 

@@ -42,6 +42,7 @@ def visualize(cfg: DictConfig) -> list[str]:
     from hydra.utils import instantiate
 
     from detr_lightning.inference.attention_plot import save_figure
+    from detr_lightning.inference.device import resolve_device
     from detr_lightning.inference.explain import attention_figures
     from detr_lightning.inference.image_search import find_images
     from detr_lightning.inference.images import (
@@ -49,7 +50,7 @@ def visualize(cfg: DictConfig) -> list[str]:
         output_stems,
         unreadable_error,
     )
-    from detr_lightning.inference.loading import load_detector, resolve_device
+    from detr_lightning.inference.loading import load_detector
 
     device = resolve_device(cfg.get("device"))
     detector = load_detector(cfg, device=device)

@@ -175,22 +175,3 @@ def load_detector(
         del checkpoint
     log.info("detector from %s: %d classes", source, num_classes)
     return Detector(model.eval().to(device), ids, names, source, categories)
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """``auto``/None: the GPU when there is one, else the CPU; otherwise a torch device name.
-
-    A cuda device without a visible GPU is a ConfigError naming ``device=`` and the fix: torch
-    would only fail when the model moves there, with "Found no NVIDIA driver" and a traceback."""
-    if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        from detr_lightning.utils.config_check import ConfigError
-
-        raise ConfigError(
-            f"device={name}: torch sees no CUDA GPU here (none installed, no NVIDIA driver, a "
-            "CPU-only torch build, or CUDA_VISIBLE_DEVICES hides it). Fix: device=cpu, or "
-            "device=auto (the GPU when there is one, else the CPU)"
-        )
-    return device
