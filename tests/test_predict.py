@@ -401,3 +401,32 @@ def _refused_weights(weights: list[str], tmp_path, monkeypatch) -> str:
     with pytest.raises(ConfigError) as err:
         predict(cfg)
     return str(err.value)
+
+
+@pytest.mark.parametrize("inputs", [[], ["input=images"]])
+def test_a_wrong_device_is_refused_before_the_data_is_read(
+    inputs: list[str], tmp_path, monkeypatch
+) -> None:
+    """``device=cuda`` without a GPU was refused only after the datamodule was built (the
+    evaluation split's annotations read) or the input folder searched."""
+    from hydra_jobs import compose_job
+
+    from detr_lightning.inference import image_search
+    from detr_lightning.predict import predict
+    from detr_lightning.utils import build
+    from detr_lightning.utils.config_check import ConfigError
+
+    def read_data(*args, **kwargs):
+        raise AssertionError("the data was read before the device was checked")
+
+    monkeypatch.setattr(build, "build_datamodule", read_data)
+    monkeypatch.setattr(image_search, "find_images", read_data)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run.ckpt").write_bytes(b"")
+    (tmp_path / "images").mkdir()
+    cfg = compose_job(["experiment=shapes", f"ckpt_path={tmp_path / 'run.ckpt'}", "device=cuda",
+                       f"paths.shapes_dir={tmp_path / 'shapes'}", *inputs], tmp_path,
+                      name="predict")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"^device=cuda: torch sees no CUDA GPU"):
+        predict(cfg)

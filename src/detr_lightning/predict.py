@@ -101,7 +101,12 @@ def predict(cfg: DictConfig) -> str:
     if backend not in BACKENDS:
         raise ConfigError(f"backend={backend}: use one of {', '.join(BACKENDS)}")
     check_weights(cfg, backend)
+    from detr_lightning.inference.device import resolve_device
     from detr_lightning.inference.loading import check_inference_config
+
+    # A wrong device= is refused before the evaluation split or the input folder is read
+    # (minutes on COCO), not once the model moves there.
+    device = resolve_device(cfg.get("device")) if backend == "torch" else None
 
     check_inference_config(cfg, needs_data=not cfg.get("input"), needs_weights=backend == "torch")
     out_dir = cfg.get("output_dir") or cfg.paths.output_dir
@@ -111,7 +116,6 @@ def predict(cfg: DictConfig) -> str:
     from hydra.utils import instantiate
 
     from detr_lightning.detr.class_scoring import scoring_of
-    from detr_lightning.inference.device import resolve_device
     from detr_lightning.inference.loading import load_detector
     from detr_lightning.inference.results import images_json
     from detr_lightning.inference.runner import DrawOptions, run_predictions
@@ -120,7 +124,6 @@ def predict(cfg: DictConfig) -> str:
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     records, datamodule = _records(cfg, out_dir)
     if backend == "torch":
-        device = resolve_device(cfg.get("device"))
         detector = load_detector(cfg, datamodule, device)
         ids, names, source = detector.category_ids, detector.names, detector.source
         from detr_lightning.inference.fast_graph import prepare_for_inference
