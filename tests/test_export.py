@@ -187,10 +187,12 @@ def test_predict_with_onnxruntime_needs_only_the_onnx_file(exported, tmp_path) -
     assert {r["category_name"] for r in records} == {"dog"}
     assert len(list((tmp_path / "pred" / "drawn").glob("*.png"))) == 2
     assert "data.val_transforms" not in (tmp_path / "pred" / "predict.log").read_text()
-    # another size than the export's (recorded in the file): said, naming both
+    # another size than the export's (recorded in the file): said, naming both; device=cpu
+    # reaches ONNX Runtime as its CPU provider
     run_cli("predict", ["experiment=r50", "backend=onnxruntime", f"onnx={path}",
                         f"input={images}", f"output_dir={tmp_path / 'other'}", "num_workers=0",
-                        "data.val_transforms.size=64", "data.val_transforms.max_size=160"],
+                        "data.val_transforms.size=64", "data.val_transforms.max_size=160",
+                        "device=cpu"],
             tmp_path)  # fmt: skip
     log = (tmp_path / "other" / "predict.log").read_text()
     assert f"onnx={path} records data.val_transforms {{size: 96}} (its evaluation's); this run uses " \

@@ -106,7 +106,12 @@ def predict(cfg: DictConfig) -> str:
 
     # A wrong device= is refused before the evaluation split or the input folder is read
     # (minutes on COCO), not once the model moves there.
-    device = resolve_device(cfg.get("device")) if backend == "torch" else None
+    if backend == "torch":
+        device = resolve_device(cfg.get("device"))
+    else:
+        from detr_lightning.inference.onnx_runtime import onnx_providers
+
+        providers = onnx_providers(cfg.get("device"))
 
     check_inference_config(cfg, needs_data=not cfg.get("input"), needs_weights=backend == "torch")
     out_dir = cfg.get("output_dir") or cfg.paths.output_dir
@@ -140,7 +145,7 @@ def predict(cfg: DictConfig) -> str:
         from detr_lightning.inference.onnx_runtime import OnnxDetector, exported_scoring
 
         device = torch.device("cpu")  # ONNX Runtime picks its own provider; I/O is on the CPU
-        session = OnnxDetector(cfg.onnx)
+        session = OnnxDetector(cfg.onnx, providers)
         meta = session.metadata
         recorded.warn_if_different(meta.get(recorded.KEY),
                                    recorded.transform_record(cfg.get("data")), f"onnx={cfg.onnx}")  # fmt: skip

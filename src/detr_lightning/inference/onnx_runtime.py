@@ -18,6 +18,29 @@ from detr_lightning.inference.onnx_export import INPUT_NAMES, MASK_OUTPUT, OUTPU
 from detr_lightning.utils.config_check import ConfigError
 
 
+def onnx_providers(device: str | None) -> list | None:
+    """ONNX Runtime's execution providers for predict's ``device=``: None (its default: CUDA
+    when available, then CPU) for ``auto``; the CPU's alone for ``cpu``; CUDA (on GPU N for
+    ``cuda:N``) for ``cuda``, refused with a ConfigError where this onnxruntime build has no
+    CUDA provider; ``mps`` and other names refused (no such provider is used here)."""
+    import onnxruntime as ort
+
+    if device in (None, "", "auto"):
+        return None
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    kind, _, index = str(device).partition(":")
+    if kind == "cuda" and (not index or index.isdigit()):
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise ConfigError(
+                f"device={device}: this onnxruntime has no CUDA provider (the onnxruntime-gpu "
+                "package provides it). Fix: device=cpu or device=auto with backend=onnxruntime, "
+                "or backend=torch"
+            )
+        return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]
+    raise ConfigError(f"device={device}: backend=onnxruntime runs on auto, cpu, cuda or cuda:N")
+
+
 class OnnxDetector:
     """``OnnxDetector(path)(pixel_values, pixel_mask)`` -> ``{"pred_logits", "pred_boxes"}``
     (and ``"pred_masks"`` for a panoptic model; CPU torch tensors), like ``net(...)`` without
@@ -25,12 +48,13 @@ class OnnxDetector:
 
     Args:
         path: an .onnx file written by :func:`~detr_lightning.inference.onnx_export.export_onnx`.
-        providers: ONNX Runtime execution providers (default: CUDA when available, then CPU).
+        providers: ONNX Runtime execution providers (default: CUDA when available, then CPU;
+            :func:`onnx_providers` maps predict's ``device=``).
         threads: intra-op threads (None: ONNX Runtime's default, one per core).
     """
 
     def __init__(
-        self, path: str | Path, providers: list[str] | None = None, threads: int | None = None
+        self, path: str | Path, providers: list | None = None, threads: int | None = None
     ) -> None:
         import onnxruntime as ort
 
