@@ -157,3 +157,43 @@ def test_masks_of_a_padded_image_are_cropped_to_its_part_of_the_canvas(tmp_path)
     # the unpadded image is the canvas: the mask is its columns 0-19 too (box outline at 40)
     whole = decode_image(str(tmp_path / "out" / "a.png"))[:, 30].T.float()
     assert ((whole[1:20] - filled).abs() <= 1).all() and (whole[20:40] == 128).all()
+
+
+def test_panoptic_segments_of_a_padded_image_are_cropped_to_its_part_of_the_canvas(
+    tmp_path,
+) -> None:
+    """predict's panoptic PNGs on the same batch: a thing query on the canvas's left quarter
+    and a stuff query on the rest. On the 40 x 40 image (padded to 80 wide) the thing segment
+    is columns 0-19 and the stuff one 20-39; reading the canvas as the image would put the
+    boundary at column 10."""
+    from detr_lightning.data.panoptic_png import rgb_to_ids
+    from detr_lightning.detr.panoptic_postprocess import PostProcessPanoptic
+    from detr_lightning.inference.panoptic_output import PanopticWriter
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.full((40, 80, 3), 128, np.uint8)).save(images / "a.png")
+    Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(images / "b.png")
+
+    def thing_left_stuff_right(pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> dict:
+        b, _, h, w = pixel_values.shape
+        logits = torch.tensor([[0.0, 9.0, 0.0, 0.0], [0.0, 0.0, 9.0, 0.0]]).expand(b, -1, -1)
+        boxes = torch.tensor([[0.125, 0.5, 0.25, 1.0], [0.625, 0.5, 0.75, 1.0]]).expand(b, -1, -1)
+        masks = torch.full((b, 2, h // 4, w // 4), -10.0)
+        masks[:, 0, :, : w // 16] = 10.0
+        masks[:, 1, :, w // 16 :] = 10.0
+        return {"pred_logits": logits, "pred_boxes": boxes, "pred_masks": masks}
+
+    writer = PanopticWriter(tmp_path / "panoptic",
+                            PostProcessPanoptic({1: True, 2: False}, min_area=1), [5, 6, 7])  # fmt: skip
+    run_predictions(
+        thing_left_stuff_right, PostProcess(), find_images(images), make_eval_transforms(40, 80),
+        [5, 6, 7], batch_size=2, progress=False, panoptic=writer,
+    )  # fmt: skip
+    segments = {a["file_name"]: a["segments_info"] for a in writer.annotations}
+    for name, width in (("b.png", 40), ("a.png", 80)):
+        ids = rgb_to_ids(np.asarray(Image.open(tmp_path / "panoptic" / name)))
+        by_category = {s["category_id"]: s["id"] for s in segments[name]}
+        expected = np.full((40, width), by_category[7])  # label 2: category 7, stuff
+        expected[:, :20] = by_category[6]  # label 1: category 6, the thing
+        assert ids.shape == (40, width) and (ids == expected).all(), name
