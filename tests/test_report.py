@@ -16,8 +16,10 @@ from detr_lightning.run_dirs import find_runs
 
 
 def table(report: str) -> list[list[str]]:
-    """The markdown table's body: cells per row, bold marks removed."""
-    rows = [line for line in report.splitlines() if line.startswith("| ")][1:]
+    """The summary table's body (before the per-category sections): cells per row, bold marks
+    removed."""
+    summary = report.split("\n## ")[0]
+    rows = [line for line in summary.splitlines() if line.startswith("| ")][1:]
     return [[c.strip().replace("**", "") for c in row.strip("|").split("|")] for row in rows]
 
 
@@ -212,3 +214,54 @@ def test_a_failed_sweep_job_is_named_failed_with_its_error(tmp_path, shapes_root
         )
         assert f"data.val_batch_size={value}" in rows[int(job)][1]
     assert "2 failed" not in report
+
+
+def _per_category(run: Path, bbox: dict[str, float], pq: dict[str, float] | None = None) -> None:
+    """``run/metrics_per_category.json`` with categories 1.. named as ``bbox`` / ``pq`` list them."""
+    import json
+
+    content = {"bbox": [{"category_id": i, "name": n, "AP": v, "AR_100": v}
+                        for i, (n, v) in enumerate(bbox.items(), 1)]}  # fmt: skip
+    if pq is not None:
+        content["panoptic"] = [{"category_id": i, "name": n, "isthing": True, "PQ": v, "SQ": v,
+                                "RQ": v, "tp": 1, "fp": 0, "fn": 0}
+                               for i, (n, v) in enumerate(pq.items(), 1)]  # fmt: skip
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "metrics_per_category.json").write_text(json.dumps(content))
+
+
+def _section(report: str, title: str) -> list[list[str]]:
+    """The rows (header first) of the per-category section ``title``, bold marks kept."""
+    body = report.split(f"## {title}\n")[1].strip().split("\n\n")[0]
+    return [[c.strip() for c in row.strip("|").split("|")] for row in body.splitlines()
+            if not row.startswith("|---")]  # fmt: skip
+
+
+def test_each_categorys_ap_and_pq_in_a_row_with_a_column_per_run(sweep, tmp_path, capsys) -> None:
+    root, _ = sweep
+    _per_category(root / "0", {"ellipse": 0.5, "star": -1.0})
+    _per_category(root / "1", {"ellipse": 0.25, "star": 0.125, "cross": 0.0})
+    # a staged run keeps the file in its last stage's folder; the run has moved since
+    staged = make_staged_run(tmp_path / "panoptic" / "2026-01-03_00-00-00", tmp_path / "gone")
+    _per_category(staged / "stage2_masks", {"ellipse": 0.5}, {"ellipse": 0.75, "sky": 0.5})
+    main([str(root), str(staged), "--out", str(tmp_path / "cmp")])
+    report = (tmp_path / "cmp" / "report.md").read_text()
+    names = [row[0] for row in table(report)]  # the runs' names in the summary table
+    assert names[2] == "panoptic/2026-01-03_00-00-00"
+    assert _section(report, "Box AP per category") == [
+        ["category", *names],
+        ["ellipse", "**0.5000**", "0.2500", "**0.5000**"],
+        ["star", "-1.0000", "**0.1250**", "–"],
+        ["cross", "–", "0.0000", "–"],  # one value: nothing to compare, no bold
+    ]
+    assert _section(report, "PQ per category") == [
+        ["category", *names],
+        ["ellipse", "–", "–", "0.7500"],
+        ["sky", "–", "–", "0.5000"],
+    ]
+    printed = capsys.readouterr().out
+    assert f"| {names[0]} |" in printed and "per category" not in printed  # the summary only
+    plain = write_report([root / "0"], tmp_path / "one")  # runs without the file: no section
+    (root / "0" / "metrics_per_category.json").unlink()
+    assert "per category" not in write_report([root / "0"], tmp_path / "none").read_text()
+    assert "## Box AP per category" in plain.read_text()

@@ -6,7 +6,8 @@ no runs and are skipped). Each run's ``metrics.json``, ``.hydra/overrides.yaml``
 ``csv/metrics.csv`` are read, and written to ``--out``:
 
 * ``report.md``: one row per run with its overrides and AP, AP50, AP75, AP_S, AP_M, AP_L, AR,
-  and, when a run is panoptic, PQ, PQ things, PQ stuff, SQ, RQ and segm AP;
+  and, when a run is panoptic, PQ, PQ things, PQ stuff, SQ, RQ and segm AP; then each
+  category's box AP (and PQ) in a row, a column per run (``metrics_per_category.json``);
 * ``ap_by_size.png``: AP_S / AP_M / AP_L grouped bars across runs;
 * ``val_ap.png``: val AP against epoch and against wall time (runs with a CSV log), and
   ``val_pq.png`` the same for val PQ when a run is panoptic. A staged run (``shapes_panoptic``:
@@ -28,6 +29,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from detr_lightning.evaluation.per_category import per_category_markdown
 from detr_lightning.job_failures import read_failure
 from detr_lightning.run_dirs import Run, find_runs, hydra_task, load_run, wall_seconds
 
@@ -165,6 +167,7 @@ def markdown(runs: Sequence[Run], images: Sequence[str], hidden: Sequence[Run] =
         notes.append("PQ th / PQ st: things / stuff; segm AP: the thing masks' COCO AP. A staged "
                      "run's wall time is its stages' sum, its epochs one count per stage.")  # fmt: skip
     lines += ["", *notes, ""]
+    lines += per_category_markdown(names, [r.per_category for r in runs])
     return "\n".join(lines + [f"![{Path(i).stem}]({i})" for i in images]) + "\n"
 
 
@@ -204,7 +207,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         path = write_report(args.runs, args.out)
     except FileNotFoundError as err:  # a path given, or no run under it: usage, not a trace
         parser.error(str(err))
-    print(path.read_text().split("\n\n![")[0])
+    # the summary table on the terminal; the per-category tables (80 rows on COCO) in the file
+    print(path.read_text().split("\n\n![")[0].split("\n## ")[0].rstrip())
     print(f"report: {path}")
 
 

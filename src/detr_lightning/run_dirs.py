@@ -39,6 +39,7 @@ class Run:
     curve: list[dict[str, float]] = field(default_factory=list)  # validations, in step order
     stage_epochs: list[int | None] = field(default_factory=list)  # per stage; None: no log
     resumed: tuple[Path, int] | None = None  # (the run it continues, the step): resumed_from.json
+    per_category: dict = field(default_factory=dict)  # metrics_per_category.json (last stage's)
 
 
 def _natural(path: Path) -> list:
@@ -193,6 +194,15 @@ def recorded_overrides(path: Path) -> list[str] | None:
     return [str(o) for o in yaml.safe_load(overrides.read_text()) or []]
 
 
+def per_category_file(path: Path, stages: dict[str, dict]) -> Path:
+    """The run's ``metrics_per_category.json``: in ``path``, or for a staged run in its last
+    stage's folder (looked for in ``path`` first, as :func:`read_staged_curve` does)."""
+    if stages and not (path / "metrics_per_category.json").is_file():
+        last = Path(list(stages.values())[-1].get("dir", ""))
+        path = path / last.name if (path / last.name).is_dir() else last
+    return path / "metrics_per_category.json"
+
+
 def load_run(path: Path, _after: tuple[Path, ...] = ()) -> Run:
     """Read one run directory; absent files leave their fields empty. A run resumed from
     another run's checkpoint (its ``resumed_from.json``) has one curve: the earlier run's points
@@ -207,6 +217,7 @@ def load_run(path: Path, _after: tuple[Path, ...] = ()) -> Run:
         run.curve = read_val_curve(path / "csv" / "metrics.csv")
     elif run.info.get("stages"):
         run.curve, run.stage_epochs = read_staged_curve(path, run.info["stages"])
+    run.per_category = _read_json(per_category_file(path, run.info.get("stages") or {}))
     run.resumed = resumed_from(path)
     if run.resumed is not None and run.resumed[0].resolve() not in _after:  # no loop of records
         earlier, step = run.resumed

@@ -126,3 +126,31 @@ def report_per_category(module: Any, datamodule: Any, run_dir: str | os.PathLike
     path = write_per_category_json(run_dir, records, pq_records)
     print(f"per category: {path}")
     return path
+
+
+SECTIONS = (("bbox", "AP", "Box AP per category"), ("panoptic", "PQ", "PQ per category"))
+
+
+def per_category_markdown(names: Sequence[str], files: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The run comparison's per-category sections (``python -m detr_lightning.report``): for box
+    AP, and PQ where a run has it, a row per category (in the order the runs list them), a
+    column per run named by ``names``, the best of a row in bold; ``–`` where a run has no
+    value, -1 where the category is undefined in that run's split. ``files``: each run's
+    ``metrics_per_category.json`` content ({} for none). No section when no run has one."""
+    lines: list[str] = []
+    for key, metric, title in SECTIONS:
+        tables = [{(r["category_id"], r["name"]): r[metric] for r in f.get(key, [])} for f in files]
+        categories = list(dict.fromkeys(c for table in tables for c in table))
+        if not categories:
+            continue
+        lines += [f"## {title}", "", "| category | " + " | ".join(names) + " |",
+                  "|" + "---|" * (len(names) + 1)]  # fmt: skip
+        for category in categories:
+            values = [table.get(category) for table in tables]
+            present = [v for v in values if v is not None]
+            best = max(present) if len(set(present)) > 1 else None
+            cells = ["–" if v is None else f"**{v:.4f}**" if v == best else f"{v:.4f}"
+                     for v in values]  # fmt: skip
+            lines.append(f"| {category[1] or category[0]} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
