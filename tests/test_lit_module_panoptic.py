@@ -60,6 +60,13 @@ def test_panoptic_validation_logs_pq_and_metrics_json_has_it(
         expected = sum(defined) / len(defined) if defined else 0.0
         assert metrics[key] == pytest.approx(expected, abs=1e-6), key
     assert all(r["PQ"] == -1 for r in pq if r["tp"] + r["fp"] + r["fn"] == 0)
+    # and each category's AP and PQ reached the loggers, named
+    logged = trainer.callback_metrics
+    for metric, rows in (("AP", per_category["bbox"]), ("PQ", pq)):
+        for r in rows:
+            assert float(logged[f"test_per_category/{metric}-{r['name']}"]) == pytest.approx(
+                r[metric]
+            )
     printed = capsys.readouterr().out
     assert "COCO bbox evaluation" in printed and "COCO segm evaluation (thing classes)" in printed
     assert "PQ per category" in printed

@@ -18,6 +18,7 @@ from detr_lightning.evaluation import (
 )
 from detr_lightning.evaluation.batch_losses import BatchLossMean
 from detr_lightning.evaluation.panoptic_evaluator import PanopticEvaluator, ground_truth_dataset
+from detr_lightning.evaluation.per_category import logged_scalars, module_records
 
 
 class EvaluationSteps(L.LightningModule):
@@ -77,6 +78,10 @@ class EvaluationSteps(L.LightningModule):
         self.test_metrics = self._log_metric("test", self.test_map, self.test_panoptic)
         self.test_per_class = dict(self.test_map.per_class)
         self.test_pq_per_class = dict(self.test_panoptic.per_class) if self.test_panoptic else {}
+        datamodule = getattr(self.trainer, "datamodule", None)
+        scalars = logged_scalars(*module_records(self, datamodule))
+        # the same on every rank already: sync_dist averages equal numbers
+        self.log_dict({k: float(v) for k, v in scalars.items()}, sync_dist=True)
 
     def predict_step(self, batch: Any, batch_idx: int) -> list[dict[str, Any]]:
         """Detections per image with the dataset's category ids (``category_id`` [K])."""

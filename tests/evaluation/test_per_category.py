@@ -11,6 +11,7 @@ from detr_lightning.evaluation.per_category import (
     FILE_NAME,
     format_per_category_table,
     per_category_pq_records,
+    logged_scalars,
     per_category_records,
     report_per_category,
 )
@@ -102,3 +103,14 @@ def test_report_adds_the_panoptic_records_only_for_a_panoptic_test(tmp_path, cap
     report_per_category(module, SimpleNamespace(category_names=NAMES), tmp_path / "detector")
     assert set(json.loads((tmp_path / "detector" / FILE_NAME).read_text())) == {"bbox"}
     assert "PQ per category" not in capsys.readouterr().out
+
+
+def test_logged_scalars_name_each_category_or_its_id() -> None:
+    records = [{"category_id": 1, "name": "person", "AP": 0.5, "AR_100": 0.6},
+               {"category_id": 2, "name": "", "AP": -1.0, "AR_100": -1.0}]  # fmt: skip
+    pq = [{"category_id": 3, "name": "sky", "PQ": 0.25}]
+    assert logged_scalars(records, pq) == {
+        "test_per_category/AP-person": 0.5,
+        "test_per_category/AP-2": -1.0,
+        "test_per_category/PQ-sky": 0.25,
+    }

@@ -104,22 +104,41 @@ def write_per_category_json(
     return path
 
 
-def report_per_category(module: Any, datamodule: Any, run_dir: str | os.PathLike) -> str | None:
-    """Print the tables and write the file of a finished test of LitDETR ``module``
-    (``test_per_class``, ``test_pq_per_class``) with ``datamodule``'s category names; the file
-    path, or None where the test evaluated no category."""
+def module_records(module: Any, datamodule: Any) -> tuple[list[dict], list[dict]]:
+    """The box AP and PQ records (:func:`per_category_records`,
+    :func:`per_category_pq_records`) of LitDETR ``module``'s finished test
+    (``test_per_class``, ``test_pq_per_class``), named from ``datamodule`` (may be None)."""
     per_class = getattr(module, "test_per_class", None)
     if not per_class:
-        return None
+        return [], []
     names = getattr(datamodule, "category_names", None) or []
     # a module built without a label map takes the data's (as the panoptic evaluator does)
     label_map = (module.hparams.get("label_to_category_id")
                  or getattr(datamodule, "label_to_category_id", None)
                  or range(max(per_class) + 1))  # fmt: skip
-    records = per_category_records(per_class, label_map, names)
+    pq_per_class = getattr(module, "test_pq_per_class", None) or {}
+    return (per_category_records(per_class, label_map, names),
+            per_category_pq_records(pq_per_class, label_map, names))  # fmt: skip
+
+
+def logged_scalars(records: Sequence[Mapping], pq_records: Sequence[Mapping]) -> dict[str, float]:
+    """``test_per_category/AP-<name>`` (and ``PQ-<name>``) of each category, for the loggers
+    (wandb puts them in a section of their own); the category id where it has no name."""
+    values = {}
+    for metric, rows in (("AP", records), ("PQ", pq_records)):
+        for r in rows:
+            values[f"test_per_category/{metric}-{r['name'] or r['category_id']}"] = r[metric]
+    return values
+
+
+def report_per_category(module: Any, datamodule: Any, run_dir: str | os.PathLike) -> str | None:
+    """Print the tables and write the file of a finished test of LitDETR ``module``
+    (``test_per_class``, ``test_pq_per_class``) with ``datamodule``'s category names; the file
+    path, or None where the test evaluated no category."""
+    records, pq_records = module_records(module, datamodule)
+    if not records:
+        return None
     print(format_per_category_table(records, "bbox AP per category (-: no ground truth)"))
-    pq_records = per_category_pq_records(getattr(module, "test_pq_per_class", None) or {},
-                                         label_map, names)  # fmt: skip
     if pq_records:
         title = "PQ per category (-: no segment predicted or in the ground truth)"
         print(format_per_category_table(pq_records, title, key="PQ"))
