@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import lightning as L
 import pytest
+import torch
 from lit import fake_batch, quiet_trainer, tiny_lit
 from torch.utils.data import BatchSampler, DataLoader
 
+from detr_lightning.data.collate import Batch
 from detr_lightning.data.epoch_sampler import EpochRandomSampler
 from detr_lightning.data.epoch_streams import EpochStreams
 from detr_lightning.data.resumable_batches import ResumableBatchSampler
@@ -77,3 +79,84 @@ def test_a_batch_sampler_that_cannot_start_part_way_restarts_the_epoch_with_a_wa
     epoch0 = [i for _, i in full.seen[: IMAGES - 2]]  # the epoch's first batches, again
     assert [i for _, i in resumed.seen[: IMAGES - 2]] == epoch0
     assert resumed.seen[IMAGES - 2 :] == full.seen[IMAGES:]
+
+
+# Resumed with another batch size: the epoch goes on at the first image not trained
+
+
+class _SeenAll(_Seen):
+    """(epoch, image id) of every image of every training batch, and the epochs ended."""
+
+    def __init__(self, save_at: int | None = None, path: str = "") -> None:
+        super().__init__(save_at, path)
+        self.ended: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.seen.extend((trainer.current_epoch, int(t["image_id"])) for t in batch.targets)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.ended.append(trainer.current_epoch)
+
+
+def _images_loader(size: int, images: int) -> DataLoader:
+    data = [fake_batch(i, size=32, batch=1) for i in range(images)]
+    order = EpochRandomSampler(data, seed=3)
+
+    def collate(items):
+        return Batch(torch.cat([b.pixel_values for b in items]),
+                     torch.cat([b.pixel_mask for b in items]),
+                     [b.targets[0] for b in items])  # fmt: skip
+
+    return DataLoader(data, batch_sampler=ResumableBatchSampler(order, size, drop_last=False),
+                      collate_fn=collate)  # fmt: skip
+
+
+def _fit_images(tmp_path, size: int, seen: _SeenAll, ckpt_path=None, streams=None) -> None:
+    trainer = quiet_trainer(tmp_path, max_epochs=EPOCHS, limit_val_batches=0,
+                            callbacks=[seen, streams or EpochStreams(seed=3)])  # fmt: skip
+    trainer.fit(tiny_lit(), train_dataloaders=_images_loader(size, 10), ckpt_path=ckpt_path)
+
+
+@pytest.mark.parametrize(
+    ("old", "save_at", "new"),
+    [(2, 3, 4), (4, 1, 3), (3, 4, 2)],
+    ids=["2-to-4", "4-to-3", "epoch-end-3-to-2"],
+)
+def test_a_mid_epoch_resume_at_another_batch_size_trains_each_image_of_the_epoch_once(
+    tmp_path, caplog, old: int, save_at: int, new: int
+) -> None:
+    full = _SeenAll(save_at, str(tmp_path / "at.ckpt"))
+    _fit_images(tmp_path / "full", old, full)
+    trained = full.seen[: old * save_at]  # 3 x 4 batches: the whole epoch 0 of 10 images
+    resumed = _SeenAll()
+    with caplog.at_level("INFO"):
+        _fit_images(tmp_path / "resumed", new, resumed, ckpt_path=str(tmp_path / "at.ckpt"))
+    epoch0 = [i for e, i in full.seen if e == 0]
+    # before, Lightning's count taken as batches of the new size: 2-to-4 skipped 12 images (6
+    # trained), 4-to-3 skipped 3 (4 trained: one of them again)
+    assert [i for e, i in resumed.seen if e == 0] == epoch0[len(trained) :]
+    epoch1 = [i for e, i in full.seen if e == 1]
+    # the next epoch is whole (epoch-end-3-to-2, before: its first batch only, Lightning's count
+    # of 4 batches done kept for an epoch of 5)
+    assert [i for e, i in resumed.seen if e == 1] == epoch1
+    if save_at * old < 10:
+        assert resumed.ended == [0, 1]
+        assert "not trained before the stop" in caplog.text
+    else:
+        assert resumed.ended == [1]
+
+
+def test_a_checkpoint_without_the_layout_resumes_at_the_batch_count(tmp_path) -> None:
+    # written before the layout was recorded: its count of batches taken as batches of the new
+    # size, as before (batch 2 stopped after 2 batches, resumed at batch 4: epoch 0's last 2)
+    class Unrecorded(EpochStreams):
+        def state_dict(self):
+            return {}
+
+    full = _SeenAll(2, str(tmp_path / "at.ckpt"))
+    _fit_images(tmp_path / "full", 2, full, streams=Unrecorded(seed=3))
+    resumed = _SeenAll()
+    _fit_images(tmp_path / "resumed", 4, resumed, ckpt_path=str(tmp_path / "at.ckpt"))
+    epoch0 = [i for e, i in full.seen if e == 0]
+    assert [i for e, i in resumed.seen if e == 0] == epoch0[8:]
+    assert [i for e, i in resumed.seen if e == 1] == [i for e, i in full.seen if e == 1]

@@ -234,3 +234,15 @@ class RngProbe(L.Callback):
 
         self.folder.mkdir(parents=True, exist_ok=True)
         torch.save(capture(), self.folder / f"rank{trainer.global_rank}.pt")
+
+
+class SeenImages(L.Callback):
+    """Appends ``[epoch, image id]`` of every training image to ``path`` (json lines)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        with open(self.path, "a") as f:
+            for t in batch.targets:
+                f.write(f"[{trainer.current_epoch}, {int(t['image_id'])}]\n")

@@ -20,13 +20,22 @@ Two things made a resumed epoch differ when ``data.num_workers > 0``:
 starts, before Lightning makes the epoch's iterator, and in the first epoch of a resumed fit
 remakes the iterator that was made before the restore.
 
-A checkpoint written mid-epoch (every ``n`` steps, SIGTERM) holds Lightning's count of the
-interrupted epoch's batches; when the resumed epoch starts, the training batch sampler is set to
-begin after them (:mod:`detr_lightning.data.resumable_batches`), so the remaining batches are the
-ones the uninterrupted run trained on next. The position is a count of batches, as Lightning's:
-resumed with other settings (devices, ``data.batch_size``, under ``resume_recipe=config``) it
-skips as many batches of the new size, not the same images. A loader whose batch sampler cannot
-(one a user's datamodule made) restarts that epoch's order, with a warning.
+A checkpoint written mid-epoch (every ``n`` steps, SIGTERM, Ctrl-C) holds Lightning's count of
+the interrupted epoch's batches, and (:meth:`EpochStreams.state_dict`) the run's
+:class:`~detr_lightning.data.resumable_batches.BatchLayout`: batch size, number of processes,
+grouping. When the resumed epoch starts, the training batch sampler is set to go on where the
+interrupted run stopped (:mod:`detr_lightning.data.resumable_batches`), so the remaining batches
+are the ones the uninterrupted run trained on next. With the same layout the position is that
+count of batches. With another one (``data.batch_size`` changed, a noted setting, or under
+``resume_recipe=config``; another number of DDP processes) it is the images that count covered
+(batches x old batch size x old processes): the epoch goes on at the first image the run had
+not reached, at the new size, and Lightning's count of the epoch's batches is set to the new
+layout's equivalent so that the epoch ends after its last image; under DDP up to ``processes -
+1`` images of the epoch can be left out (a warning counts them). Before, the count was taken as
+batches of the new size, which skipped other images than the run had trained (some twice, some
+never). A checkpoint written before the layout was recorded resumes as it did, at that count of
+batches of whatever size the loader has now. A loader whose batch sampler cannot start
+part-way (one a user's datamodule made) restarts that epoch's order, with a warning.
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ from lightning.fabric.utilities.data import _set_sampler_epoch
 from torch.utils.data import DataLoader
 
 from detr_lightning.checkpointing.rng_states import derive_seed
-from detr_lightning.data.resumable_batches import ResumableBatches
+from detr_lightning.data.resumable_batches import BatchLayout, ResumableBatches
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +73,14 @@ class EpochStreams(L.Callback):
         self.seed = int(seed)
         self._started = False
         self._saved_at: tuple[int, int] | None = None  # (epoch, its batches done) in the checkpoint
+        self._saved_layout: BatchLayout | None = None  # the checkpoint's run's batches
+        self._layout: BatchLayout | None = None  # this run's, saved in its checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"layout": self._layout.as_dict()} if self._layout else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._saved_layout = BatchLayout.from_dict(state_dict.get("layout"))
 
     def on_load_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
@@ -74,9 +91,13 @@ class EpochStreams(L.Callback):
             self._saved_at = (int(checkpoint["epoch"]), int(progress["current"]["processed"]))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        batches = getattr(trainer.train_dataloader, "batch_sampler", None)
+        if isinstance(batches, ResumableBatches):
+            self._layout = batches.layout()
         # Lightning (2.6) does not call on_train_epoch_start for an epoch it resumes part-way,
         # and sets the samplers' epoch only after this hook.
         if trainer.fit_loop.restarted_mid_epoch:
+            self._ended_at_its_last_batch(trainer)
             _set_sampler_epoch(trainer.train_dataloader, trainer.current_epoch)
             self.on_train_epoch_start(trainer, pl_module)
 
@@ -88,9 +109,16 @@ class EpochStreams(L.Callback):
         first, self._started = not self._started, True
         if not (first and isinstance(loader, DataLoader)):
             return
-        done = self._batches_done(epoch, trainer.num_training_batches)
-        if done and not self._start_at(loader, done, epoch):
+        saved, self._saved_at = self._saved_at, None
+        before, now = self._saved_layout, self._layout
+        if saved is None or saved[0] != epoch or saved[1] == 0:
             done = 0
+        elif before is not None and now is not None and before != now:
+            done = self._resume_after(trainer, loader, saved[1], before, epoch)
+        else:
+            done = self._batches_done(saved[1], trainer.num_training_batches)
+            if done and not self._start_at(loader, done, epoch):
+                done = 0
         if (loader.num_workers > 0 and epoch > 0) or done:
             fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
             if fetcher is None:  # a Lightning without it: the resumed epoch keeps epoch 0's order
@@ -98,15 +126,67 @@ class EpochStreams(L.Callback):
                 return
             iter(fetcher)  # Lightning reuses this iterator for the resumed epoch
 
-    def _batches_done(self, epoch: int, total: float) -> int:
-        """How many of ``epoch``'s ``total`` batches the checkpoint's run trained on; 0 when it
-        trained none or all of them (ended an earlier epoch, or was stopped in the epoch-end
-        validation): then no batch of this epoch is read, and the start would stay for the next
-        epoch's pass."""
-        saved, self._saved_at = self._saved_at, None
-        if saved is None or saved[0] != epoch or saved[1] >= total:
+    def _ended_at_its_last_batch(self, trainer: L.Trainer) -> None:
+        """A checkpoint written at its epoch's last batch (every ``n`` steps or a stop landing
+        there): Lightning starts the next epoch but keeps the count of batches, and clears it
+        only if it reaches this run's batches per epoch. With as many batches per epoch (the
+        same layout) it does; with more (a smaller ``data.batch_size``, fewer processes) the next
+        epoch went on at that count, training only its first batches. Set the count to this
+        run's epoch's, as it would be with the same layout."""
+        saved = self._saved_at
+        total = trainer.num_training_batches
+        if saved is None or saved[0] + 1 != trainer.current_epoch or total == float("inf"):
+            return
+        self._saved_at = None
+        if saved[1] != total:
+            _count_as_done(trainer, saved[1], int(total))
+            log.info("Resumed after the last batch of epoch %d: epoch %d starts at its first "
+                     "batch", saved[0], trainer.current_epoch)  # fmt: skip
+
+    @staticmethod
+    def _batches_done(done: int, total: float) -> int:
+        """``done`` batches of the epoch's ``total`` trained by the checkpoint's run (of this
+        run's layout); 0 when it trained all of them (was stopped in the epoch-end validation):
+        then no batch of this epoch is read, and the start would stay for the next epoch's
+        pass."""
+        return 0 if done >= total else done
+
+    def _resume_after(
+        self, trainer: L.Trainer, loader: DataLoader, done: int, before: BatchLayout, epoch: int
+    ) -> int:
+        """Set the loader's next pass to go on at the first image that ``done`` batches of
+        layout ``before`` had not reached, and Lightning's count of the epoch's batches to the
+        new layout's equivalent; returns that count (0: nothing planned, the pass is whole)."""
+        batches = loader.batch_sampler
+        assert isinstance(batches, ResumableBatches)  # the layout was read from it
+        plan = batches.resume_after(done, before)
+        if plan is None:
+            log.warning(
+                "Resumed mid-epoch %d after %d batches of %s, now %s: the interrupted run's "
+                "batches cannot be replayed here, so the epoch goes on at batch %d of the new "
+                "size, which skips other images than the run had trained",
+                epoch, done, before, batches.layout(), done,
+            )  # fmt: skip
+            return done if self._start_at(loader, self._batches_done(
+                done, trainer.num_training_batches), epoch) else 0  # fmt: skip
+        _count_as_done(trainer, done, plan.batches_done)
+        if plan.batches_done >= trainer.num_training_batches:  # the new epoch's batches are over
+            batches.cancel_resume()
             return 0
-        return saved[1]
+        message = (
+            "Resumed mid-epoch %d with another batch layout (the run: %s, %d batches done; now: "
+            "%s): its order goes on at the first of its %d images not trained before the stop "
+            "(%d were), %d batches on this process"
+        )
+        args: tuple[Any, ...] = (epoch, before, done, batches.layout(), plan.images,
+                                 plan.images_trained, plan.batches_left)  # fmt: skip
+        if plan.images_left_out:
+            log.warning(message + "; %d images of this epoch are left out, so that every "
+                        "process gets as many batches", *args, plan.images_left_out)  # fmt: skip
+        else:
+            log.info(message + "; no image left out", *args)
+        _ignore_lightning_resume_warning()
+        return plan.batches_done
 
     @staticmethod
     def _start_at(loader: DataLoader, done: int, epoch: int) -> bool:
@@ -121,8 +201,21 @@ class EpochStreams(L.Callback):
             return False
         batches.start_at(done)
         log.info("Resumed mid-epoch %d: its order continues at batch %d", epoch, done)
-        # Lightning warns of a mid-epoch resume unless the loader has a state_dict of its own;
-        # its position is restored here instead.
-        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended "
-                                "before the epoch ended")  # fmt: skip
+        _ignore_lightning_resume_warning()
         return True
+
+
+def _ignore_lightning_resume_warning() -> None:
+    """Lightning warns of a mid-epoch resume unless the loader has a state_dict of its own; its
+    position is restored here instead."""
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended "
+                            "before the epoch ended")  # fmt: skip
+
+
+def _count_as_done(trainer: L.Trainer, saved: int, now: int) -> None:
+    """Lightning's count of the resumed epoch's batches (restored as ``saved``, the interrupted
+    run's) set to ``now``, before the epoch loop reads it: its epoch ends when the count reaches
+    the epoch's batches (and its loader's ``fetched`` starts from it)."""
+    progress = trainer.fit_loop.epoch_loop.batch_progress.current
+    for name in ("ready", "started", "processed", "completed"):
+        setattr(progress, name, getattr(progress, name) + now - saved)

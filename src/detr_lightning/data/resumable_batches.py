@@ -1,6 +1,7 @@
 """Batch samplers that can start their next pass part-way through an epoch, so that a run resumed
-from a checkpoint written mid-epoch (``every_n_train_steps``, SIGTERM) trains on the batches the
-interrupted epoch had not reached, in that epoch's order, instead of restarting the epoch.
+from a checkpoint written mid-epoch (``every_n_train_steps``, SIGTERM, Ctrl-C) trains on the
+images the interrupted epoch had not reached, in that epoch's order, instead of restarting the
+epoch.
 
 Lightning restores the loop's batch count but not the loader's position: without more, the
 resumed epoch draws its remaining batches from the start of the epoch's order, so the first
@@ -8,48 +9,212 @@ images of the epoch are trained on twice and the last ones not at all. The posit
 ``data/epoch_streams.py`` when the resumed epoch starts; the batches before it are skipped as
 index lists (no image is read), and the pass after that one is whole again.
 
+**The position is one of images, not of batches.** Resumed with the batches of the interrupted
+run (same ``data.batch_size``, number of processes and grouping: the checkpoint's
+:class:`BatchLayout`), the pass starts at batch ``done`` (:meth:`ResumableBatches.start_at`).
+Resumed with another layout (``data.batch_size`` changed, noted or under
+``resume_recipe=config``; another number of DDP processes), skipping ``done`` batches *of the new
+size* would skip ``done x new batch x new processes`` images where the run had trained ``done x
+old batch x old processes`` (batch 4 → 3 after 3 batches: 9 images skipped of the 12 trained, 3
+trained twice; 4 → 6: 6 never trained). :meth:`ResumableBatches.resume_after` instead replays
+the interrupted run's batches of that epoch (every old rank's, on the epoch's global order, the
+one ``EpochRandomSampler`` and Lightning's ``DistributedSampler`` share for a seed) to find the
+positions it trained, and batches the positions it had not reached, in the epoch's order, at
+the new size. On one process nothing is left out. Under DDP every rank must get as many batches:
+when the unread positions do not divide evenly between the new ranks, the ranks with more drop
+their first ones (the nearest choice that trains no image twice), and the count left out
+(fewer than the number of processes) is logged as a warning (``data/epoch_streams.py``).
+Lightning's batch count of the epoch is then set to the new layout's equivalent (its epoch's
+batches less the ones left), so the epoch ends, and validates, after the last of them.
+
 Both training batch samplers (:class:`ResumableBatchSampler`, and the aspect-ratio grouped one in
 ``data/sampler.py``) take the index sampler as their ``sampler`` argument, so under DDP Lightning
 re-instantiates them around its ``DistributedSampler`` and each rank skips its own batches.
 Each index they hand out carries the seed of its sample's augmentation
-(:mod:`detr_lightning.data.sample_seeds`).
+(:mod:`detr_lightning.data.sample_seeds`), which depends on the image, not on its batch, so an
+image keeps its augmentation whatever layout it is trained in.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
 
-from torch.utils.data import BatchSampler, Sampler
+from torch.utils.data import BatchSampler, DistributedSampler, Sampler
 
 from detr_lightning.data.sample_seeds import seeded_indices
 
 
+@dataclass(frozen=True)
+class BatchLayout:
+    """How a run cut its epochs into batches: images per batch and process, the number of
+    (DDP) processes, and whether batches were aspect-ratio grouped. Saved in checkpoints."""
+
+    batch_size: int
+    world_size: int = 1
+    grouped: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, state: Any) -> BatchLayout | None:
+        """The layout a checkpoint recorded; None when it recorded none (or a malformed one)."""
+        try:
+            return cls(int(state["batch_size"]), int(state["world_size"]), bool(state["grouped"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def __str__(self) -> str:
+        grouped = ", aspect-ratio grouped" if self.grouped else ""
+        return f"batch size {self.batch_size} x {self.world_size} process(es){grouped}"
+
+
+@dataclass(frozen=True)
+class ResumedEpoch:
+    """What :meth:`ResumableBatches.resume_after` planned for the next pass (counts of this
+    process unless said otherwise).
+
+    Attributes:
+        batches_done: the new layout's batches of the epoch counted as done (its epoch's batch
+            count less ``batches_left``): Lightning's batch count of the resumed epoch.
+        batches_left: the batches the next pass yields.
+        images: the epoch's images (all processes).
+        images_trained: positions of the epoch's order the interrupted run trained (all
+            processes; its batches done x batch size x processes).
+        images_left_out: positions neither trained before the stop nor planned (all processes;
+            0 on one process; fewer than the processes under DDP).
+    """
+
+    batches_done: int
+    batches_left: int
+    images: int
+    images_trained: int
+    images_left_out: int
+
+
+def chunks(items: Iterable[int], batch_size: int) -> Iterator[list[int]]:
+    """Consecutive batches of ``batch_size`` items, the last one possibly shorter."""
+    it = iter(items)
+    while batch := list(itertools.islice(it, batch_size)):
+        yield batch
+
+
 class ResumableBatches:
-    """A batch sampler mixin: :meth:`start_at` makes the next pass begin at a given batch.
-    Subclasses yield the epoch's batches from :meth:`batches`; a pass hands them out as indices
-    that carry their sample's seed (:func:`~detr_lightning.data.sample_seeds.seeded_indices`
-    of ``sampler``, the index sampler)."""
+    """A batch sampler mixin: :meth:`start_at` makes the next pass begin at a given batch,
+    :meth:`resume_after` at the first image an interrupted run of another layout had not reached.
+    Subclasses yield the epoch's batches from :meth:`batches` (of items grouped by
+    :meth:`batches_of`); a pass hands them out as indices that carry their sample's seed
+    (:func:`~detr_lightning.data.sample_seeds.seeded_indices` of ``sampler``, the index
+    sampler)."""
 
     sampler: Sampler
+    batch_size: int
+    grouped = False
     _start = 0
+    _plan: list[list[int]] | None = None
 
     def start_at(self, batch: int) -> None:
         """Make the next pass skip the epoch's first ``batch`` batches (``batch >= 0``)."""
         if batch < 0:
             raise ValueError(f"start_at({batch}): a batch position is >= 0")
-        self._start = int(batch)
+        self._start, self._plan = int(batch), None
+
+    def batches_of(
+        self, items: Iterable[int], batch_size: int, index: Callable[[int], int] = int
+    ) -> Iterator[list[int]]:
+        """``items`` cut into this sampler's batches of ``batch_size`` (``index``: the dataset
+        index of an item, for samplers that batch by image)."""
+        return chunks(items, batch_size)
 
     def batches(self) -> Iterator[list[int]]:
         """The epoch's batches of dataset indices, from the first."""
-        raise NotImplementedError
+        return self.batches_of(self.sampler, self.batch_size)
+
+    def layout(self) -> BatchLayout:
+        """This sampler's :class:`BatchLayout` (the number of processes from its index sampler:
+        ``num_replicas`` of a ``DistributedSampler``, else 1)."""
+        world = self.sampler.num_replicas if isinstance(self.sampler, DistributedSampler) else 1
+        return BatchLayout(int(self.batch_size), int(world), self.grouped)
+
+    def resume_after(self, batches: int, before: BatchLayout) -> ResumedEpoch | None:
+        """Make the next pass yield, at this sampler's layout, the positions of the epoch's order
+        that a run of layout ``before`` had not reached after ``batches`` batches per process
+        (module docstring); None, and nothing planned, where the interrupted run's batches
+        cannot be replayed here (it was grouped and this sampler is not, or the index sampler is
+        a ``DistributedSampler`` of another kind or with ``drop_last``). Call it after the
+        index sampler's ``set_epoch``: it reads the epoch's order once, now."""
+        if batches < 0:
+            raise ValueError(f"resume_after({batches}): a batch count is >= 0")
+        if before.grouped and not self.grouped:
+            return None
+        whole = _epoch_order(self.sampler)
+        if whole is None:
+            return None
+        order, world, rank = whole
+        n = len(order)
+
+        def index(position: int) -> int:  # DistributedSampler pads with the order's start
+            return order[position % n]
+
+        trained: set[int] = set()
+        for old_rank in range(before.world_size):
+            positions = _positions(n, before.world_size, old_rank)
+            cut = (self.batches_of(positions, before.batch_size, index) if before.grouped
+                   else chunks(positions, before.batch_size))  # fmt: skip
+            trained.update(itertools.chain.from_iterable(itertools.islice(cut, batches)))
+        unread = [[p for p in _positions(n, world, r) if p not in trained] for r in range(world)]
+        keep = min(len(u) for u in unread)
+        left_out = sum(p < n for u in unread for p in u[: len(u) - keep])
+        mine = unread[rank][len(unread[rank]) - keep :]
+        plan = [[index(p) for p in batch] for batch in self.batches_of(mine, self.batch_size,
+                                                                      index)]  # fmt: skip
+        self._start, self._plan = 0, plan
+        return ResumedEpoch(
+            batches_done=max(0, len(self) - len(plan)),  # type: ignore[arg-type]
+            batches_left=len(plan),
+            images=n,
+            images_trained=sum(p < n for p in trained),
+            images_left_out=left_out,
+        )
+
+    def cancel_resume(self) -> None:
+        """Forget a planned start: the next pass is the epoch's whole."""
+        self._start, self._plan = 0, None
 
     def __iter__(self) -> Iterator[list[int]]:
         # Read when the first batch is asked for, not when the iterator is made: a worker
         # DataLoader iterator makes one, drops it and makes another before reading.
-        start, self._start = self._start, 0
+        start, plan, self._start, self._plan = self._start, self._plan, 0, None
+        if plan is not None:
+            for batch in plan:
+                yield seeded_indices(batch, self.sampler)
+            return
         for batch in itertools.islice(self.batches(), start, None):
             yield seeded_indices(batch, self.sampler)
+
+
+def _positions(n: int, world: int, rank: int) -> range:
+    """The positions of an epoch's order of ``n`` images that rank ``rank`` of ``world`` reads
+    (``DistributedSampler``: the order padded to a multiple of ``world``, every world-th)."""
+    return range(rank, math.ceil(n / world) * world, world)
+
+
+def _epoch_order(sampler: Sampler) -> tuple[list[int], int, int] | None:
+    """(the epoch's whole order, the number of processes, this one's rank) of an index sampler:
+    a ``DistributedSampler``'s order over all ranks, any other sampler's own (one process)."""
+    if not isinstance(sampler, DistributedSampler):
+        return [int(i) for i in sampler], 1, 0
+    if type(sampler) is not DistributedSampler or sampler.drop_last:
+        return None  # Lightning's wrapper of another sampler, or an order cut per rank
+    whole = copy.copy(sampler)  # the same seed, epoch and shuffle, on one rank: no padding
+    whole.num_replicas, whole.rank = 1, 0
+    whole.num_samples = whole.total_size = len(sampler.dataset)  # type: ignore[arg-type]
+    return [int(i) for i in whole], int(sampler.num_replicas), int(sampler.rank)
 
 
 class ResumableBatchSampler(ResumableBatches, BatchSampler):

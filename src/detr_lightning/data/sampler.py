@@ -14,7 +14,9 @@ batches (``floor`` with ``drop_last``), every index of the sampler appears exact
 at most ``groups - 1`` batches (the tail) mix two groups.
 
 A resumed run can start a pass part-way through the epoch (``start_at``, from
-:mod:`detr_lightning.data.resumable_batches`).
+:mod:`detr_lightning.data.resumable_batches`), and, resumed with another batch size or number of
+processes, at the images the interrupted run had not reached (``resume_after``: the interrupted
+run's grouped batches are replayed to find them, the rest are grouped again at the new size).
 
 DDP: under Lightning the sampler argument is replaced by a ``DistributedSampler`` (this class
 subclasses ``BatchSampler`` and names its argument ``sampler``, so Lightning re-instantiates it
@@ -25,7 +27,7 @@ indices and therefore the same number of batches, which DDP needs to stay in ste
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from torch.utils.data import BatchSampler, Dataset, Sampler
@@ -82,18 +84,22 @@ class AspectRatioGroupedBatchSampler(ResumableBatches, BatchSampler):
         self.batch_size = int(batch_size)
         self.drop_last = bool(drop_last)
 
-    def batches(self) -> Iterator[list[int]]:
+    grouped = True
+
+    def batches_of(
+        self, items: Iterable[int], batch_size: int, index: Callable[[int], int] = int
+    ) -> Iterator[list[int]]:
         buffers: dict[int, list[int]] = {}
-        for idx in self.sampler:
-            buffer = buffers.setdefault(self.group_ids[idx], [])
-            buffer.append(idx)
-            if len(buffer) == self.batch_size:
+        for item in items:
+            buffer = buffers.setdefault(self.group_ids[index(item)], [])
+            buffer.append(item)
+            if len(buffer) == batch_size:
                 yield buffer[:]
                 buffer.clear()
         leftovers = [i for g in sorted(buffers) for i in buffers[g]]
-        for start in range(0, len(leftovers), self.batch_size):
-            batch = leftovers[start : start + self.batch_size]
-            if len(batch) == self.batch_size or not self.drop_last:
+        for start in range(0, len(leftovers), batch_size):
+            batch = leftovers[start : start + batch_size]
+            if len(batch) == batch_size or not self.drop_last:
                 yield batch
 
     def __len__(self) -> int:

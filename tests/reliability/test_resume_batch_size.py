@@ -1,0 +1,52 @@
+"""A run stopped mid-epoch and resumed with another ``data.batch_size`` (a noted setting, only
+logged) trains each image of the interrupted epoch once: the resumed epoch goes on at the first
+image the run had not reached (data/resumable_batches.py), through a real checkpoint."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import torch
+from cli import TINY
+from reliability_support import run
+
+IMAGES = 12  # the shapes_root fixture's training images
+
+
+def test_a_run_stopped_mid_epoch_resumes_at_another_batch_size_on_its_next_image(
+    tmp_path, shapes_root
+) -> None:
+    seen = tmp_path / "seen.jsonl"
+    common = ["schedule=smoke", f"paths.shapes_dir={shapes_root}", *TINY, "test=false",
+              "trainer.limit_train_batches=1.0", "trainer.max_epochs=1",
+              "+callbacks.seen._target_=reliability_support.SeenImages",
+              f"+callbacks.seen.path={seen}"]  # fmt: skip
+    # batch 4, last.ckpt every step, killed after step 2 (its save lost): resumed at step 1,
+    # after 4 images of epoch 0
+    stopped = run("train", [*common, "callbacks.model_checkpoint.every_n_train_steps=1",
+                            "+callbacks.kill._target_=reliability_support.KillAtStep",
+                            "+callbacks.kill.step=2"], tmp_path)  # fmt: skip
+    assert stopped.returncode == -signal.SIGKILL, stopped.stderr[-3000:]
+    (run_dir,) = (tmp_path / "outputs" / "shapes").iterdir()
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 1
+    assert saved["callbacks"]["EpochStreams"]["layout"]["batch_size"] == 4
+    first = [tuple(json.loads(line)) for line in seen.read_text().splitlines()]
+    assert len(first) == 8  # step 2 trained, but not saved
+    first = first[:4]
+    seen.unlink()
+
+    resumed = run("train", [*common, "ckpt_path=last", "data.batch_size=2"], tmp_path)
+    out = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, out[-3000:]
+    assert "data.batch_size: 4 in the run, 2 here" in out  # the noted change
+    assert "not trained before the stop (4 were)" in out, out[-6000:]
+    rest = [tuple(json.loads(line)) for line in seen.read_text().splitlines()]
+    # the 8 others, in batches of 2: 4 steps (before: 5 of the new size after Lightning's count
+    # of 1, images 3 and 4 of the epoch trained again)
+    assert len(rest) == IMAGES - 4 and {e for e, _ in rest} == {0}
+    assert sorted(i for _, i in first + rest) == sorted({i for _, i in first + rest})
+    new_dir = next(d for d in (tmp_path / "outputs" / "shapes").iterdir() if d != run_dir)
+    final = torch.load(new_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert final["global_step"] == 1 + (IMAGES - 4) // 2
