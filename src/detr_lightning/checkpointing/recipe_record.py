@@ -9,7 +9,9 @@ the resolved values of those keys (:data:`RESTORED`, and ``trainer.max_epochs`` 
 schedules whose length it sets: :data:`EPOCH_LENGTH_SCHEDULES`) and the optimizer steps per
 epoch in every checkpoint, and the :data:`NOTED` settings (seed, batch size, training data,
 accumulation, clipping), which a resume may change: a change is logged, since the resumed run
-then no longer ends as the uninterrupted one would.
+then no longer ends as the uninterrupted one would. A mid-epoch resume with another batch size
+or number of processes goes on at the first image of the epoch the run had not reached
+(``data/resumable_batches.py``), not at its count of batches.
 
 ``trainer.max_epochs`` under the budget schedule caps the plan, and the plan (the step the
 cosine anneals at) is restored with the scheduler: a resume with another cap followed the
