@@ -10,8 +10,8 @@ from types import SimpleNamespace
 from detr_lightning.evaluation.per_category import (
     FILE_NAME,
     format_per_category_table,
-    per_category_pq_records,
     logged_scalars,
+    per_category_pq_records,
     per_category_records,
     report_per_category,
 )
