@@ -65,8 +65,10 @@ def exported(tmp_path_factory) -> tuple[Path, Path, str]:
     with the default (dynamo) exporter."""
     tmp = tmp_path_factory.mktemp("export")
     release = official_release(tmp / "detr-tiny.pth")
-    out = run_cli("export", ["experiment=r50", f"model.pretrained={release}", "format=onnx",
-                             f"output={tmp / 'onnx' / 'model.onnx'}", *ONE_LAYER], tmp)  # fmt: skip
+    (tmp / "shell").mkdir()  # the weights typed relative to it, with "..": the metadata resolves
+    out = run_cli("export", ["experiment=r50", "model.pretrained=../detr-tiny.pth", "format=onnx",
+                             f"output={tmp / 'onnx' / 'model.onnx'}", *ONE_LAYER],
+                  tmp / "shell")  # fmt: skip
     return release, tmp / "onnx" / "model.onnx", out
 
 
@@ -102,6 +104,7 @@ def test_export_cli_writes_a_dynamic_model_that_matches_pytorch(exported) -> Non
     assert meta["focal"] is False
     assert meta["class_scoring"] == "detr_lightning.detr.class_scoring.SoftmaxScoring"
     assert type(exported_scoring(meta)) is SoftmaxScoring
+    assert meta["weights"] == str(release.resolve())
 
 
 def _printed(out: str, label: str) -> dict[str, float]:

@@ -114,13 +114,18 @@ def test_predict_into_its_input_folder_leaves_out_earlier_runs_and_hidden_files(
         Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(folder / name)
     (folder / "out1" / ".hydra").mkdir()  # as an earlier predict run leaves it
     release = official_release(tmp_path / "detr-tiny.pth")
-    out = run_cli("predict", ["experiment=r50", f"model.pretrained={release}", f"input={folder}",
-                              f"output_dir={folder / 'out2'}", "num_workers=0", "device=cpu",
-                              "draw.enabled=false", "paths.coco_dir=/nonexistent", *TINY_DETR],
-                  tmp_path)  # fmt: skip
+    shell = tmp_path / "shell"  # weights and input typed relative to it, with ".."
+    shell.mkdir()
+    out = run_cli("predict", ["experiment=r50", "model.pretrained=../detr-tiny.pth",
+                              "input=../photos", f"output_dir={folder / 'out2'}", "num_workers=0",
+                              "device=cpu", "draw.enabled=false", "paths.coco_dir=/nonexistent",
+                              *TINY_DETR], shell)  # fmt: skip
     assert "predicted 1 images" in out
-    images = json.loads((folder / "out2" / "images.json").read_text())["images"]
-    assert [im["file_name"] for im in images] == ["x.png"]
+    written = json.loads((folder / "out2" / "images.json").read_text())
+    assert [im["file_name"] for im in written["images"]] == ["x.png"]
+    # what the file names are relative to, and the weights, as paths that mean something later
+    assert written["info"]["weights"] == str(release.resolve())
+    assert written["info"]["input"] == str(folder.resolve())
     assert "1 earlier run folder(s)" in out and "1 folder(s) that are this run's output_dir" in out
     assert "1 hidden image file(s)" in (folder / "out2" / "predict.log").read_text()
 

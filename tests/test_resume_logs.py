@@ -42,6 +42,21 @@ def test_a_resume_into_a_new_folder_records_the_run_and_step_it_continues(tmp_pa
     assert resumed_from(earlier) is None
 
 
+def test_paths_typed_relative_are_recorded_resolved(tmp_path, monkeypatch) -> None:
+    """``ckpt_path=../outputs/t1/...`` was recorded as ``<cwd>/../outputs/t1/...``, and its own
+    folder given with ``..`` counted as another run's (a record of itself written there)."""
+    earlier, later = tmp_path / "outputs" / "t1", tmp_path / "outputs" / "t2"
+    (tmp_path / "shell").mkdir()
+    monkeypatch.chdir(tmp_path / "shell")
+    typed = "../outputs/t1/checkpoints/last.ckpt"
+    assert record_resumed_from(earlier, typed, 5) is None
+    assert not (earlier / RECORD).exists()
+    assert record_resumed_from("../outputs/t2", typed, 5) == later / RECORD
+    assert json.loads((later / RECORD).read_text()) == {
+        "run": str(earlier), "checkpoint": str(earlier / "checkpoints" / "last.ckpt"),
+        "global_step": 5}  # fmt: skip
+
+
 def test_the_continued_run_is_found_after_outputs_moved_and_a_gone_one_is_named(
     tmp_path, caplog
 ) -> None:

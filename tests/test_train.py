@@ -41,7 +41,9 @@ def test_training_writes_metrics_checkpoints_and_config(first_run) -> None:
     assert metrics["run"]["global_step"] == 3 and metrics["run"]["experiment"] == "shapes"
     assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in out
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-    assert "last.ckpt" in ckpts and any(re.match(r"epoch000-AP\d\.\d{4}\.ckpt", c) for c in ckpts)
+    (best,) = [c for c in ckpts if re.match(r"epoch000-AP\d\.\d{4}\.ckpt", c)]
+    assert "last.ckpt" in ckpts
+    assert metrics["run"]["checkpoint"] == str((run_dir / "checkpoints" / best).resolve())
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     logged = (run_dir / "csv" / "hparams.yaml").read_text()  # the resolved config, via the logger
     assert "d_model: 32" in logged and str(run_dir) in logged
@@ -112,13 +114,15 @@ def test_resume_recipe_config_trains_on_with_the_composed_lrs(first_run, shapes_
 def test_eval_from_checkpoint_reproduces_the_training_metrics(first_run, shapes_root) -> None:
     cwd, _, run_dir = first_run
     trained = json.loads((run_dir / "metrics.json").read_text())
+    # typed as a user might, relative with "..": metrics.json must name the file all the same
+    typed = f"../{cwd.name}/{os.path.relpath(trained['run']['checkpoint'], cwd)}"
     # schedule=smoke as in training: its limit_test_batches picks the same test images
-    out = run_cli("eval", ["experiment=shapes", "schedule=smoke",
-                           f"ckpt_path={trained['run']['checkpoint']}",
+    out = run_cli("eval", ["experiment=shapes", "schedule=smoke", f"ckpt_path={typed}",
                            f"paths.shapes_dir={shapes_root}", *TINY], cwd)  # fmt: skip
     eval_dir = run_dirs(out)[0]
     assert eval_dir.parent == cwd / "outputs" / "shapes" and eval_dir.name.startswith("eval_")
     evaluated = json.loads((eval_dir / "metrics.json").read_text())
+    assert evaluated["run"]["checkpoint"] == trained["run"]["checkpoint"]
     assert {k: evaluated[k] for k in METRIC_NAMES.values()} == {
         k: trained[k] for k in METRIC_NAMES.values()
     }

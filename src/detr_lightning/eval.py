@@ -11,7 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 from detr_lightning.job_failures import records_failures
-from detr_lightning.utils import conf_dir
+from detr_lightning.utils import absolute_path, conf_dir
 from detr_lightning.utils.job_errors import exit_on_explained_errors
 from detr_lightning.utils.null_group_choice import refuse_null_group_choices
 
@@ -42,7 +42,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     except SIGTERMException:  # a SystemExit(None): exit status 0 unless turned into 143
         exit_stopped_evaluation(trainer)
     metrics = dict(model.test_metrics)
-    report(trainer, cfg, metrics, checkpoint=ckpt or cfg.model.pretrained)
+    report(trainer, cfg, metrics, checkpoint=absolute_path(ckpt or cfg.model.pretrained))
     return metrics
 
 

@@ -33,7 +33,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from detr_lightning.errors import ExplainedError
-from detr_lightning.utils import conf_dir
+from detr_lightning.utils import absolute_path, conf_dir
 from detr_lightning.utils.config_check import ConfigError
 from detr_lightning.utils.job_errors import exit_on_explained_errors
 from detr_lightning.utils.null_group_choice import refuse_null_group_choices
@@ -73,7 +73,7 @@ def export(cfg: DictConfig) -> tuple[str, dict[str, float]]:
         "focal": not scoring.no_object,  # read by exports of earlier versions
         "class_scoring": f"{type(scoring).__module__}.{type(scoring).__qualname__}",
         "num_queries": int(net.num_queries),
-        "weights": detector.source,
+        "weights": absolute_path(detector.source),
         # predict backend=onnxruntime warns when it resizes otherwise (as for checkpoints)
         KEY: transform_record(cfg.get("data")),
     }

@@ -38,7 +38,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from detr_lightning.predict_outputs import refuse_earlier_outputs, refuse_given_output_dir
-from detr_lightning.utils import conf_dir
+from detr_lightning.utils import absolute_path, conf_dir
 from detr_lightning.utils.config_check import ConfigError
 from detr_lightning.utils.job_errors import exit_on_explained_errors
 from detr_lightning.utils.null_group_choice import refuse_null_group_choices
@@ -188,7 +188,9 @@ def predict(cfg: DictConfig) -> str:
     path = os.path.join(out_dir, "predictions.json")
     with open(path, "w") as f:
         json.dump(result.records, f)
-    info = {"weights": source, "input": str(cfg.get("input") or "evaluation split")}
+    given = cfg.get("input")  # images.json's file_names are relative to it
+    info = {"weights": absolute_path(source),
+            "input": absolute_path(str(given)) if given else "evaluation split"}  # fmt: skip
     with open(os.path.join(out_dir, "images.json"), "w") as f:
         json.dump(images_json(result.images, ids, names, **info), f)
     print(f"predicted {len(result.images)} images ({len(result.records)} detections)")

@@ -18,6 +18,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from detr_lightning.utils import absolute_path
+
 _log = logging.getLogger(__name__)
 
 RECORD = "resumed_from.json"
@@ -59,7 +61,7 @@ def keep_resumed_log(cfg: Any) -> str | None:
 def checkpoint_run(ckpt: str | Path) -> Path | None:
     """The run folder a checkpoint was written by (``<run>/checkpoints/<file>``); None for a
     file kept elsewhere."""
-    path = Path(ckpt).absolute()
+    path = Path(absolute_path(ckpt))
     return path.parent.parent if path.parent.name == "checkpoints" else None
 
 
@@ -67,12 +69,12 @@ def record_resumed_from(run_dir: str | Path, ckpt: str, global_step: int) -> Pat
     """Write ``<run_dir>/resumed_from.json`` when ``ckpt`` belongs to another run's folder:
     ``{"run": its folder, "checkpoint": ckpt, "global_step": the step it holds}``. A resume
     into the checkpoint's own folder writes nothing (its log goes on there)."""
-    earlier, here = checkpoint_run(ckpt), Path(run_dir).absolute()
+    earlier, here = checkpoint_run(ckpt), Path(absolute_path(run_dir))
     if earlier is None or earlier == here:
         return None
     from detr_lightning.checkpointing.atomic_io import atomic_write_text
 
-    record = {"run": str(earlier), "checkpoint": str(Path(ckpt).absolute()),
+    record = {"run": str(earlier), "checkpoint": absolute_path(ckpt),
               "global_step": int(global_step)}  # fmt: skip
     here.mkdir(parents=True, exist_ok=True)
     atomic_write_text(here / RECORD, json.dumps(record, indent=2) + "\n")

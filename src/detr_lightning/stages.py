@@ -44,6 +44,7 @@ from detr_lightning.stage_resume import (
     resume_point,
     stage_finished,
 )
+from detr_lightning.utils import absolute_path
 from detr_lightning.utils.config_check import ConfigError
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,8 @@ def run_stages(
 
     stages = stage_overrides(cfg)
     folders = stage_folders([name for name, _ in stages])
-    run_dir, resume_at = Path(cfg.paths.output_dir), -1  # -1: a new run
+    # resolved: the stages' folders and checkpoints are recorded in metrics.json from it
+    run_dir, resume_at = Path(absolute_path(cfg.paths.output_dir)), -1  # -1: a new run
     if cfg.get("ckpt_path"):  # ckpt_path=last/auto resolved to a stage's checkpoint (or given)
         try:
             run_dir, resume_at = resume_point(str(cfg.ckpt_path), folders)

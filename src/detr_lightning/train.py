@@ -12,7 +12,7 @@ import hydra
 from omegaconf import DictConfig
 
 from detr_lightning.job_failures import records_failures
-from detr_lightning.utils import conf_dir
+from detr_lightning.utils import absolute_path, conf_dir
 from detr_lightning.utils.job_errors import exit_on_explained_errors
 from detr_lightning.utils.null_group_choice import refuse_null_group_choices
 
@@ -63,7 +63,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     except SIGTERMException:
         exit_stopped_training(trainer, "the final test (training had finished)")
     metrics = dict(model.test_metrics)
-    report(trainer, cfg, metrics, checkpoint=ckpt or "final weights",
+    report(trainer, cfg, metrics, checkpoint=absolute_path(ckpt) if ckpt else "final weights",
            epochs=trainer.current_epoch, global_step=trainer.global_step)  # fmt: skip
     return metrics
 

@@ -91,6 +91,25 @@ def test_interrupted_second_stage_resumes_in_its_run_without_retraining_the_firs
     assert not (tmp_path / "outputs" / EXP / "t2" / "stage2_masks").exists()
 
 
+def test_a_checkpoint_typed_relative_is_recorded_resolved(tmp_path, monkeypatch) -> None:
+    """``ckpt_path=../outputs/...`` made every stage folder and checkpoint in metrics.json and
+    stage_done.json ``<cwd>/../outputs/...``: a path that names nothing from elsewhere."""
+    with pytest.raises(Interrupted):
+        _train(tmp_path, "t1", "auto", FakeStages(stop_in="masks"))
+    (tmp_path / "shell").mkdir()
+    monkeypatch.chdir(tmp_path / "shell")
+    _train(tmp_path, "t2", f"../outputs/{EXP}/t1/stage2_masks/checkpoints/last.ckpt", FakeStages())
+    run = tmp_path / "outputs" / EXP / "t1"
+    best = {name: str(run / f"stage{i}_{name}" / "checkpoints" / "epoch001-AP0.5000.ckpt")
+            for i, name in enumerate(["detector", "masks"], start=1)}  # fmt: skip
+    summary = json.loads((run / "metrics.json").read_text())["run"]
+    assert summary["checkpoint"] == best["masks"]
+    assert {name: (s["dir"], s["checkpoint"]) for name, s in summary["stages"].items()} == {
+        name: (str(Path(ckpt).parent.parent), ckpt) for name, ckpt in best.items()}  # fmt: skip
+    done = json.loads((run / "stage2_masks" / "stage_done.json").read_text())
+    assert done["checkpoint"] == best["masks"]
+
+
 def test_killed_in_first_stage_resumes_it_then_trains_the_second(tmp_path) -> None:
     with pytest.raises(Interrupted):
         _train(tmp_path, "t1", "auto", FakeStages(stop_in="detector"))

@@ -31,6 +31,14 @@ def current_umask() -> int:
     return mask
 
 
+def absolute_path(path: str | os.PathLike[str]) -> str:
+    """``path`` absolute, with ``..`` and links resolved; a URL (``://``) as it is. For the
+    paths a run records (metrics.json's checkpoint, images.json's weights): as typed they are
+    relative to a working directory that no file records, so read later they name nothing."""
+    text = os.fspath(path)
+    return text if "://" in text else str(Path(text).resolve())
+
+
 def output_dir_override(overrides: list[str]) -> str | None:
     """The value of the last ``output_dir=`` among command-line ``overrides`` (Hydra's syntax),
     else None; flags and items that do not parse as an override are skipped."""
