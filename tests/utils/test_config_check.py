@@ -95,6 +95,30 @@ def test_missing_data_paths_are_named_per_stage(tmp_path) -> None:
     assert "1 problem" in str(err.value) and "nothing to evaluate" in str(err.value)
 
 
+def test_a_missing_evaluation_path_names_the_key_to_set(tmp_path) -> None:
+    """Evaluation reads data.test_images, which conf/data sets to ${.val_images}: the error
+    named data.test_images, a key the user never gives; now data.val_images, the path kept."""
+    (tmp_path / "run.ckpt").write_bytes(b"")
+    paths = [f"data.val_images={tmp_path}/nope", f"data.val_ann={tmp_path}/nope.json"]
+    cfg = compose_job(["experiment=shapes", *paths, f"ckpt_path={tmp_path}/run.ckpt"], tmp_path,
+                      name="eval")  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        check_config(cfg, "test")
+    msg = str(err.value)
+    assert "2 problems" in msg and "data.test_" not in msg.replace("(read as data.test_", "")
+    for key, kind, test_key in (("data.val_images", "image folder", "data.test_images"),
+                                ("data.val_ann", "annotation file", "data.test_ann")):  # fmt: skip
+        value = f"{tmp_path}/nope" + (".json" if kind == "annotation file" else "")
+        assert f"{key}={value} (read as {test_key}): no such {kind}" in msg
+        assert f"Fix: give {key}=<path>" in msg
+    # Training reads both splits: each missing path is named once, as the key it is set by
+    with pytest.raises(ConfigError) as err:
+        check_config(compose_job(["experiment=shapes", *paths], tmp_path), "fit")
+    msg = str(err.value)
+    assert "2 problems" in msg and "read as" not in msg and "data.test_" not in msg
+    assert f"data.val_images={tmp_path}/nope: no such image folder" in msg
+
+
 def test_a_path_starting_with_a_tilde_is_named_as_not_expanded(tmp_path) -> None:
     cfg = compose_job(["ckpt_path='~/runs/last.ckpt'", "data.val_images='~/shapes/val'"], tmp_path)
     with pytest.raises(ConfigError) as err:

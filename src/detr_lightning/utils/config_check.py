@@ -26,6 +26,7 @@ from detr_lightning.utils.ckpt_resolution import resolve_special_ckpt_path
 from detr_lightning.utils.config_rules import DATA_RULES, ENTRY_RULES, size_rules
 from detr_lightning.utils.config_rules import is_int as _is_int
 from detr_lightning.utils.config_rules import is_number as _is_number
+from detr_lightning.utils.source_keys import source_key
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ def _check_data_paths(cfg: DictConfig, stage: str, errors: list[str]) -> None:
         _select(cfg, "data.generate_shapes.root", errors) if data.get("generate_shapes") else None
     )
     root = os.path.abspath(root) if isinstance(root, str) else None
+    named: set[str] = set()
     for name in _data_keys(cfg, stage):
         if name not in data.keys():  # ("in" is False for ??? values, which must be reported)
             continue
@@ -151,11 +153,16 @@ def _check_data_paths(cfg: DictConfig, stage: str, errors: list[str]) -> None:
         if root and os.path.abspath(value).startswith(root + os.sep):
             continue
         want_dir = name.endswith("_images")
-        ok = os.path.isdir(value) if want_dir else os.path.isfile(value)
-        if not ok:
+        if os.path.isdir(value) if want_dir else os.path.isfile(value):
+            continue
+        given = source_key(cfg, key)  # data.test_images copies data.val_images: name that, once
+        if given not in named:
+            named.add(given)
             kind = "image folder" if want_dir else "annotation file"
-            errors.append(f"{key}={value}: no such {kind} {_looked_from(value)}. Fix: give "
-                          f"{key}=<path> (or paths.data_dir / paths.coco_dir for the presets).")  # fmt: skip
+            read = f" (read as {key})" if given != key else ""
+            errors.append(f"{given}={value}{read}: no such {kind} {_looked_from(value)}. Fix: "
+                          f"give {given}=<path> (or paths.data_dir / paths.coco_dir for the "
+                          "presets).")  # fmt: skip
 
 
 def _check_files(cfg: DictConfig, stage: str, errors: list[str]) -> None:
