@@ -11,7 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 from detr_lightning.job_failures import records_failures
-from detr_lightning.utils import absolute_path, conf_dir
+from detr_lightning.utils import absolute_path, claim_run_dirs_for_jobs_only, conf_dir
 from detr_lightning.utils.job_errors import exit_on_explained_errors
 from detr_lightning.utils.null_group_choice import refuse_null_group_choices
 
@@ -47,6 +47,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 
 @refuse_null_group_choices(conf_dir())
+@claim_run_dirs_for_jobs_only
 @hydra.main(config_path=conf_dir(), config_name="eval", version_base="1.3")
 @exit_on_explained_errors
 @records_failures

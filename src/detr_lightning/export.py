@@ -33,7 +33,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from detr_lightning.errors import ExplainedError
-from detr_lightning.utils import absolute_path, conf_dir
+from detr_lightning.utils import absolute_path, claim_run_dirs_for_jobs_only, conf_dir
 from detr_lightning.utils.config_check import ConfigError
 from detr_lightning.utils.job_errors import exit_on_explained_errors
 from detr_lightning.utils.null_group_choice import refuse_null_group_choices
@@ -126,6 +126,7 @@ def staged_output(output: str) -> Iterator[Path]:
 
 
 @refuse_null_group_choices(conf_dir())
+@claim_run_dirs_for_jobs_only
 @hydra.main(config_path=conf_dir(), config_name="export", version_base="1.3")
 @exit_on_explained_errors
 def main(cfg: DictConfig) -> None:

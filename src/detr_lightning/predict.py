@@ -38,7 +38,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from detr_lightning.predict_outputs import refuse_earlier_outputs, refuse_given_output_dir
-from detr_lightning.utils import absolute_path, conf_dir
+from detr_lightning.utils import absolute_path, claim_run_dirs_for_jobs_only, conf_dir
 from detr_lightning.utils.config_check import ConfigError
 from detr_lightning.utils.job_errors import exit_on_explained_errors
 from detr_lightning.utils.null_group_choice import refuse_null_group_choices
@@ -208,6 +208,7 @@ def predict(cfg: DictConfig) -> str:
 
 
 @refuse_null_group_choices(conf_dir())
+@claim_run_dirs_for_jobs_only
 @hydra.main(config_path=conf_dir(), config_name="predict", version_base="1.3")
 @exit_on_explained_errors
 def _main(cfg: DictConfig) -> None:

@@ -14,12 +14,11 @@ import os
 import sys
 
 from detr_lightning.errors import ExistingOutputError
-from detr_lightning.utils import output_dir_override
+from detr_lightning.utils import PRINT_ONLY_FLAGS, output_dir_override
 
 OUTPUT_NAMES = ("predictions.json", "images.json", "panoptic.json", "drawn", "panoptic")
 # Flags under which Hydra runs no job here (a sweep's jobs write into their own folders)
-_NO_RUN_FLAGS = {"-m", "--multirun", "-c", "--cfg", "-h", "--help", "--hydra-help", "-i",
-                 "--info", "-sc", "--shell-completion"}  # fmt: skip
+_NO_RUN_FLAGS = {"-m", "--multirun"} | PRINT_ONLY_FLAGS
 
 
 # visualize's figures: <stem>_decoder.png and <stem>_encoder.png, in sub-folders as the inputs

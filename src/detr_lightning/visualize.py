@@ -25,7 +25,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from detr_lightning.predict_outputs import refuse_earlier_outputs, refuse_given_output_dir
-from detr_lightning.utils import conf_dir
+from detr_lightning.utils import claim_run_dirs_for_jobs_only, conf_dir
 from detr_lightning.utils.job_errors import exit_on_explained_errors
 from detr_lightning.utils.null_group_choice import refuse_null_group_choices
 
@@ -94,6 +94,7 @@ def visualize(cfg: DictConfig) -> list[str]:
 
 
 @refuse_null_group_choices(conf_dir())
+@claim_run_dirs_for_jobs_only
 @hydra.main(config_path=conf_dir(), config_name="visualize", version_base="1.3")
 @exit_on_explained_errors
 def _main(cfg: DictConfig) -> None:

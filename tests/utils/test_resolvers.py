@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import re
+import sys
 from pathlib import Path
 
 import pytest
+from cli import run_cli
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import setup_globals
 from omegaconf import OmegaConf
 
 from detr_lightning import utils
-from detr_lightning.utils import conf_dir, fresh_dir
+from detr_lightning.utils import claim_run_dirs_for_jobs_only, conf_dir, fresh_dir, prints_only
 
 
 def _claim(path: str, start: mp.synchronize.Event, out: mp.Queue) -> None:
@@ -101,3 +104,41 @@ def test_a_run_directory_that_cannot_be_made_ends_the_job_with_the_fix(
     message = capsys.readouterr().err
     assert message.startswith(f"UnwritableFolderError: the run directory {tmp_path}/a_file/")
     assert "hydra.run.dir=DIR" in message
+
+
+@pytest.mark.parametrize("entry", ["train", "eval", "predict", "visualize", "export"])
+@pytest.mark.parametrize("shown", ["hydra", "all"])
+def test_printing_the_resolved_hydra_config_leaves_no_folder(entry, shown, tmp_path) -> None:
+    """``--cfg hydra --resolve`` resolved hydra.run.dir and hydra.sweep.dir, and fresh_dir made
+    both: two empty folders per look at the config."""
+    out = run_cli(entry, ["--cfg", shown, "--resolve"], tmp_path, timeout=120)
+    prefix = "" if entry == "train" else f"{entry}_"
+    assert re.search(rf"^ +dir: outputs/shapes/{prefix}\d{{4}}-\d\d-\d\d_[\d-]+$", out, re.M), out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_printing_command_line_names_the_free_folder_and_makes_none(
+    tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setattr(utils, "_claiming", True)  # restored after the test
+    taken = tmp_path / "outputs" / "shapes" / "T"
+    taken.mkdir(parents=True)
+    ask = claim_run_dirs_for_jobs_only(lambda path: fresh_dir(str(path)))
+    for argv, made in ((["--cfg", "hydra", "--resolve"], ["T"]), (["x=1"], ["T", "T_1"])):
+        monkeypatch.setattr(utils, "_claimed", {})
+        monkeypatch.setattr(sys, "argv", ["train", *argv])
+        assert ask(taken) == f"{taken}_1"  # what the run would get, made only for a run
+        assert sorted(p.name for p in taken.parent.iterdir()) == made
+    monkeypatch.setattr(sys, "argv", ["train", "--info"])
+    assert ask(tmp_path / "new" / "T") == str(tmp_path / "new" / "T")
+    assert not (tmp_path / "new").exists()  # nor its parents
+
+
+@pytest.mark.parametrize(
+    ("argv", "printing"),
+    [(["--cfg", "job"], True), (["--cfg=hydra", "--resolve"], True), (["-c", "all"], True),
+     (["--help"], True), (["-i"], True), (["-m", "x=1,2"], False), (["x=--cfg"], False),
+     ([], False)],
+)  # fmt: skip
+def test_which_command_lines_only_print(argv: list[str], printing: bool) -> None:
+    assert prints_only(argv) is printing

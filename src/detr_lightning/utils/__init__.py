@@ -9,9 +9,14 @@ Kept import-light (no torch/Lightning) so that ``--cfg job`` and ``--help`` answ
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def conf_dir() -> str:
@@ -58,12 +63,37 @@ def output_dir_override(overrides: list[str]) -> str | None:
 
 
 _claimed: dict[str, str] = {}  # fresh_dir's answers in this process, by the path asked for
+_claiming = True  # False under a flag that only prints: see claim_run_dirs_for_jobs_only
+
+# Hydra's flags that print (a config, help, info) and run no job
+PRINT_ONLY_FLAGS = frozenset({"-c", "--cfg", "-h", "--help", "--hydra-help", "-i", "--info",
+                              "-sc", "--shell-completion"})  # fmt: skip
+
+
+def prints_only(argv: list[str]) -> bool:
+    """Whether Hydra, given ``argv``, prints something and runs no job."""
+    return any(arg.split("=", 1)[0] in PRINT_ONLY_FLAGS for arg in argv)
+
+
+def claim_run_dirs_for_jobs_only(main: F) -> F:
+    """Wrap a ``@hydra.main`` entry point: under :data:`PRINT_ONLY_FLAGS` ``fresh_dir`` names
+    the folder a run started now would get and makes nothing. ``--cfg hydra --resolve``
+    resolves ``hydra.run.dir`` and ``hydra.sweep.dir``; claimed, they stayed behind empty."""
+
+    @functools.wraps(main)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        global _claiming
+        _claiming = not prints_only(sys.argv[1:])
+        return main(*args, **kwargs)
+
+    return wrapped  # type: ignore[return-value]
 
 
 def fresh_dir(path: str) -> str:
     """``path`` if no folder is there yet, else the first free ``path_1``, ``path_2``, ...; the
     folder is created here (``os.mkdir`` fails on one that exists, so two processes asking at
     once get two folders). The same ``path`` asked again in this process gets the same answer.
+    Under a flag that only prints (:func:`claim_run_dirs_for_jobs_only`) nothing is made.
 
     The run directories are named by the second they start in: without this, two runs of one
     experiment started in the same second (two jobs of a scheduler's array, two terminals)
@@ -71,10 +101,12 @@ def fresh_dir(path: str) -> str:
     other's."""
     if path in _claimed:
         return _claimed[path]
+    candidates = [path, *(f"{path}_{n}" for n in range(1, 10_000))]
+    if not _claiming:  # printed, not run: the name, with nothing made
+        return next((c for c in candidates if not os.path.exists(c)), candidates[-1])
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        for n in range(10_000):
-            candidate = path if n == 0 else f"{path}_{n}"
+        for candidate in candidates:
             try:
                 os.mkdir(candidate)
             except FileExistsError:
