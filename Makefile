@@ -10,8 +10,13 @@ INPUT   ?=
 # make test: pytest-xdist workers (auto: one per core; 0: one process)
 TEST_WORKERS ?= auto
 # Hydra's parser takes no override after a flag: -m / --multirun in ARGS go before the overrides.
+# The flags are cut out of ARGS as text: make's word functions (filter-out) would collapse the
+# runs of spaces inside a quoted value ("paths.shapes_dir='/a  b'") to one.
+space := $() $()
+without_flag = $(if $(findstring $(space)$(1)$(space),$(2)),$(call without_flag,$(1),$(subst \
+	$(space)$(1)$(space),$(space),$(2))),$(2))
 MULTIRUN  = $(filter -m --multirun,$(ARGS))
-OVERRIDES = $(filter-out -m --multirun,$(ARGS))
+OVERRIDES = $(call without_flag,--multirun,$(call without_flag,-m,$(space)$(ARGS)$(space)))
 
 .PHONY: install test test-slow lint format bench bench-convergence data train eval predict \
 	visualize export sweep report clean

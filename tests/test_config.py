@@ -267,6 +267,25 @@ def test_make_targets_put_multirun_before_the_overrides(target: str) -> None:
     assert {"data=shapes", "trainer=cpu", "experiment=shapes"} <= set(args.overrides)
 
 
+@pytest.mark.parametrize("target", ["train", "eval", "predict", "visualize", "export", "sweep"])
+def test_make_targets_pass_quoted_args_byte_for_byte(target: str) -> None:
+    """ARGS went through make's filter-out (to move -m first), which joins words with one space:
+    "paths.shapes_dir='/data/my  shapes'" reached Hydra as '/data/my shapes'."""
+    from hydra._internal.utils import get_args_parser
+
+    quoted = "\"paths.shapes_dir='/data/my  shapes   2'\""
+    make = ["make", "-n", "-s", target, "CKPT=c.ckpt", "INPUT=i.png",
+            f"ARGS=data=shapes {quoted} --multirun trainer=cpu"]  # fmt: skip
+    printed = subprocess.run(make, cwd=REPO, capture_output=True, text=True, check=True,
+                             timeout=60).stdout  # fmt: skip
+    assert quoted in printed
+    argv = shlex.split(printed.replace("\\\n", " "))
+    args = get_args_parser().parse_args(argv[argv.index("-m") + 2 :])  # after "-m <module>"
+    assert args.multirun
+    assert "paths.shapes_dir='/data/my  shapes   2'" in args.overrides
+    assert {"data=shapes", "trainer=cpu", "experiment=shapes"} <= set(args.overrides)
+
+
 @pytest.mark.skipif(not (REPO / ".git").exists(), reason="not a git checkout")
 @pytest.mark.parametrize("written", ["outputs/shapes/t/metrics.json", "report/report.md"])
 def test_what_the_make_targets_write_is_ignored_by_git(written: str) -> None:
