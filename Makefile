@@ -55,17 +55,21 @@ hydra_path = "$(1)='$(2)'"
 
 # Weights of eval and predict: CKPT (a .ckpt, or last: the newest last.ckpt of EXP's runs), or in
 # ARGS ckpt_path=.., model.pretrained=<official .pth> (predict: also onnx=<exported .onnx>).
-WEIGHTS = $(CKPT)$(filter ckpt_path=% model.pretrained=% +model.pretrained=% onnx=%,$(OVERRIDES))
+# A key quoted for the shell, as the README shows for paths with spaces ("ckpt_path='/a b.ckpt'"),
+# counts too; the check below tests whether WEIGHTS is empty, not its text, which may hold quotes.
+WEIGHT_KEYS = ckpt_path=% model.pretrained=% +model.pretrained=% onnx=%
+WEIGHTS = $(CKPT)$(filter $(WEIGHT_KEYS) $(addprefix ",$(WEIGHT_KEYS)) $(addprefix ',$(WEIGHT_KEYS)),\
+	$(OVERRIDES))
 
 eval:
-	@test -n "$(WEIGHTS)" || { echo 'usage: make eval CKPT=<run dir>/checkpoints/last.ckpt [EXP=..] [ARGS=..] (CKPT=last: the newest run of EXP; no CKPT: ARGS=model.pretrained=<official .pth>)'; exit 2; }
+	@test -n "$(if $(WEIGHTS),given)" || { echo 'usage: make eval CKPT=<run dir>/checkpoints/last.ckpt [EXP=..] [ARGS=..] (CKPT=last: the newest run of EXP; no CKPT: ARGS=model.pretrained=<official .pth>)'; exit 2; }
 	$(PY) -m detr_lightning.eval $(MULTIRUN) experiment=$(EXP) $(if $(CKPT),$(call hydra_path,ckpt_path,$(CKPT))) \
 		$(OVERRIDES)
 
 # Predictions (predictions.json, images.json, drawn/*.png) on INPUT (an image or a folder; none:
 # the evaluation split). CKPT: a .ckpt; or ARGS="model.pretrained=detr-r50-e632da11.pth" EXP=r50.
 predict:
-	@test -n "$(WEIGHTS)" || { echo 'usage: make predict CKPT=<run dir>/checkpoints/last.ckpt [INPUT=image or folder] [EXP=..] [OUT=dir] [ARGS=..] (CKPT=last: the newest run of EXP; no CKPT: ARGS=model.pretrained=<official .pth> or ARGS="backend=onnxruntime onnx=<.onnx>")'; exit 2; }
+	@test -n "$(if $(WEIGHTS),given)" || { echo 'usage: make predict CKPT=<run dir>/checkpoints/last.ckpt [INPUT=image or folder] [EXP=..] [OUT=dir] [ARGS=..] (CKPT=last: the newest run of EXP; no CKPT: ARGS=model.pretrained=<official .pth> or ARGS="backend=onnxruntime onnx=<.onnx>")'; exit 2; }
 	$(PY) -m detr_lightning.predict $(MULTIRUN) experiment=$(EXP) $(if $(CKPT),$(call hydra_path,ckpt_path,$(CKPT))) \
 		$(if $(INPUT),$(call hydra_path,input,$(INPUT))) $(if $(OUT),$(call hydra_path,output_dir,$(OUT))) $(OVERRIDES)
 
