@@ -104,79 +104,38 @@ def predict(cfg: DictConfig) -> str:
     from detr_lightning.inference.device import resolve_device
     from detr_lightning.inference.loading import check_inference_config
 
-    # A wrong device= is refused before the evaluation split or the input folder is read
-    # (minutes on COCO), not once the model moves there.
+    # every malformed value at once, then whether the device is there: both before the
+    # evaluation split or the input folder is read (minutes on COCO), not once the model moves
+    check_inference_config(cfg, needs_data=not cfg.get("input"), needs_weights=backend == "torch")
     if backend == "torch":
         device = resolve_device(cfg.get("device"))
     else:
         from detr_lightning.inference.onnx_runtime import onnx_providers
 
         providers = onnx_providers(cfg.get("device"))
-
-    check_inference_config(cfg, needs_data=not cfg.get("input"), needs_weights=backend == "torch")
     out_dir = cfg.get("output_dir") or cfg.paths.output_dir
     refuse_earlier_outputs(out_dir)  # the default folder, or a sweep's jobs sharing one
 
     import torch
     from hydra.utils import instantiate
 
-    from detr_lightning.detr.class_scoring import scoring_of
-    from detr_lightning.inference.loading import load_detector
+    from detr_lightning.inference.backends import onnx_backend, torch_backend
     from detr_lightning.inference.results import images_json
     from detr_lightning.inference.runner import DrawOptions, run_predictions
 
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     records, datamodule = _records(cfg, out_dir)
-    if backend == "torch":
-        detector = load_detector(cfg, datamodule, device)
-        ids, names, source = detector.category_ids, detector.names, detector.source
-        from detr_lightning.inference.fast_graph import prepare_for_inference
-        from detr_lightning.utils.cpu_precision import warn_if_cpu_emulates
-
-        # folded BatchNorms, channels-last, optional bf16 / compile (conf/predict.yaml: speed)
-        speed = cfg.get("speed", {})
-        warn_if_cpu_emulates(speed.get("dtype"), device, "speed.dtype")
-        forward = prepare_for_inference(detector.model.net, **speed)
-        postprocess = detector.model.detections
-        scoring = scoring_of(detector.model.net)
-    else:
-        from detr_lightning.data import eval_transform_record as recorded
-        from detr_lightning.inference.onnx_runtime import OnnxDetector, exported_scoring
-
-        device = torch.device("cpu")  # ONNX Runtime picks its own provider; I/O is on the CPU
-        session = OnnxDetector(cfg.onnx, providers)
-        meta = session.metadata
-        recorded.warn_if_different(meta.get(recorded.KEY),
-                                   recorded.transform_record(cfg.get("data")), f"onnx={cfg.onnx}")  # fmt: skip
-        ids = [int(i) for i in meta["label_to_category_id"]]
-        names, source = meta.get("category_names"), str(cfg.onnx)
-        postprocess = instantiate(cfg.model.postprocess)
-        postprocess.scoring = scoring = exported_scoring(meta, str(cfg.onnx))
-        forward = session
-    os.makedirs(out_dir, exist_ok=True)
-    from detr_lightning.detr.segmentation import DETRsegm
-    from detr_lightning.inference.panoptic_output import (
-        exported_panoptic_settings,
-        panoptic_writer,
-        thing_map,
-    )
-
-    panoptic = None
-    settings = OmegaConf.select(cfg, "model.panoptic.postprocess")
     folder = os.path.join(out_dir, "panoptic")
-    if backend == "torch" and isinstance(detector.model.net, DETRsegm):
-        things = thing_map(ids, detector.categories)
-        panoptic = panoptic_writer(settings, things, ids, names, scoring, folder)
-    elif backend == "onnxruntime" and session.panoptic:
-        things = {int(label): bool(thing) for label, thing in meta["is_thing_map"].items()}
-        settings = exported_panoptic_settings(settings, meta.get("panoptic_postprocess"), source)
-        panoptic = panoptic_writer(settings, things, ids, names, scoring, folder)
+    run = (torch_backend(cfg, datamodule, device, folder) if backend == "torch"
+           else onnx_backend(cfg, providers, folder))  # fmt: skip
+    ids, names, panoptic = run.category_ids, run.names, run.panoptic
+    os.makedirs(out_dir, exist_ok=True)
     result = run_predictions(
-        forward, postprocess, records, instantiate(cfg.data.val_transforms), ids, names,
+        run.forward, run.postprocess, records, instantiate(cfg.data.val_transforms), ids, names,
         draw_dir=os.path.join(out_dir, "drawn"), draw=DrawOptions(**cfg.get("draw", {})),
         batch_size=int(cfg.get("batch_size", 4)), num_workers=int(cfg.get("num_workers", 0)),
-        device=device, progress=bool(cfg.get("progress", True)), scoring=scoring,
+        device=run.device, progress=bool(cfg.get("progress", True)), scoring=run.scoring,
         panoptic=panoptic, exif_transpose=bool(cfg.data.get("exif_transpose", True)),
         pad_to_multiple=cfg.data.get("pad_to_multiple"),
     )  # fmt: skip
@@ -189,7 +148,7 @@ def predict(cfg: DictConfig) -> str:
     with open(path, "w") as f:
         json.dump(result.records, f)
     given = cfg.get("input")  # images.json's file_names are relative to it
-    info = {"weights": absolute_path(source),
+    info = {"weights": absolute_path(run.source),
             "input": absolute_path(str(given)) if given else "evaluation split"}  # fmt: skip
     with open(os.path.join(out_dir, "images.json"), "w") as f:
         json.dump(images_json(result.images, ids, names, **info), f)
