@@ -154,12 +154,16 @@ def _ranks(data, world: int, size: int, grouped: list[int] | None = None):
     [
         # 2 x 3 after 2 batches: positions 0..11 trained; 3 ranks of 2 go on at 12
         ((3, 2), (2, 3), 12, 0, [[12, 15, 18], [13, 16, 19], [14, 17, 20]]),
-        # 1 x 4 after 2 batches: 0..7 trained; 3 ranks cannot share 12 evenly: 8 left out
-        ((4, 1), (2, 3), 8, 1, [[9, 12, 15, 18], [10, 13, 16, 19], [11, 14, 17, 20]]),
+        # 1 x 4 after 2 batches: 0..7 trained; 12 left for 3 ranks, and rank 2's padding (20,
+        # the epoch's first image again) is dropped, not its first image (8 was left out)
+        ((4, 1), (2, 3), 8, 0, [[9, 12, 15, 18], [10, 13, 16, 19], [8, 11, 14, 17]]),
+        # 1 x 2 after 2 batches: 0..3 trained; 16 cannot be shared by 3: rank 1 leaves out 4,
+        # rank 2 its padding
+        ((2, 1), (2, 3), 4, 1, [[6, 9, 12, 15, 18], [7, 10, 13, 16, 19], [5, 8, 11, 14, 17]]),
         # 3 x 2 after 2 batches: 0..11 trained; one process takes 12..19
         ((2, 3), (3, 1), 12, 0, [list(range(12, 20))]),
     ],
-    ids=["2x3-to-3x2", "1x4-to-3x2", "3x2-to-1x3"],
+    ids=["2x3-to-3x2", "1x4-to-3x2", "1x2-to-3x2", "3x2-to-1x3"],
 )
 def test_another_number_of_processes_goes_on_at_the_images_position(
     old, new, trained, left_out, positions
@@ -201,9 +205,50 @@ def test_another_number_of_processes_of_the_grouped_sampler() -> None:
     left_out = plans[0].images_left_out
     assert left_out < 3 and {p.images_left_out for p in plans} == {left_out}
     everything = [i for g in got for i in g]
-    # no image trained before the stop again, but DistributedSampler's padding (21 positions for
-    # 20 images: the epoch's first one again, as in every epoch on 3 ranks)
-    first = _epoch(DistributedSampler(data, num_replicas=1, rank=0, seed=7))[0]
-    assert set(everything) & trained <= {first}
+    # no image trained before the stop again: DistributedSampler's padding (21 positions for 20
+    # images: the epoch's first one again) is what a rank with one more drops
+    assert not set(everything) & trained
     unread = [i for i in range(20) if i not in trained]
-    assert len(set(everything) & set(unread)) == len(unread) - left_out == len(everything) - 1
+    assert len(set(everything)) == len(everything) == len(unread) - left_out
+
+
+@pytest.mark.parametrize("images", [7, 13, 20])
+def test_no_image_is_trained_again_after_a_stop_where_one_is_left_out(images: int) -> None:
+    # Every resume of 1..3 processes x batch 1..3 onto another such layout: the ranks get as
+    # many batches, fewer than the processes are left out, the count is exact, and an image
+    # trained before the stop comes again only as DistributedSampler's padding where nothing is
+    # left out. Before, a rank with one more position kept its padding (an image trained before
+    # the stop) and left out a new one, and the count could name 2 where 1 was (7 images, 1 x 1
+    # after 1 batch, onto 3 ranks).
+    data = list(range(images))
+
+    def samplers(size: int, world: int) -> list[ResumableBatchSampler]:
+        if world == 1:
+            return [ResumableBatchSampler(EpochRandomSampler(data, seed=7), size, False)]
+        return _ranks(data, world, size)
+
+    layouts = [(s, w) for s in (1, 2, 3) for w in (1, 2, 3)]
+    for old_size, old_world in layouts:
+        per_rank = -(-images // old_world)
+        for done in range(1, -(-per_rank // old_size)):
+            trained = {i for b in samplers(old_size, old_world) for i in _flat(_pass(b)[:done])}
+            for size, world in layouts:
+                if (size, world) == (old_size, old_world):
+                    continue
+                got, plans = [], []
+                for batches in samplers(size, world):
+                    batches.sampler.set_epoch(2)
+                    plans.append(batches.resume_after(done, BatchLayout(old_size, old_world)))
+                    got.append(_pass(batches))
+                after = _flat(b for g in got for b in g)
+                left_out = len(set(data) - trained - set(after))
+                case = (old_size, old_world, done, size, world)
+                assert len({len(g) for g in got}) == 1, case
+                assert {p.images_left_out for p in plans} == {left_out}, case
+                assert left_out < world, case
+                assert not (left_out and trained & set(after)), case
+                assert len(after) - len(set(after)) <= world - 1, case
+
+
+def _flat(batches) -> list[int]:
+    return [int(i) for b in batches for i in b]

@@ -22,8 +22,12 @@ one ``EpochRandomSampler`` and Lightning's ``DistributedSampler`` share for a se
 positions it trained, and batches the positions it had not reached, in the epoch's order, at
 the new size. On one process nothing is left out. Under DDP every rank must get as many batches:
 when the unread positions do not divide evenly between the new ranks, the ranks with more drop
-their first ones (the nearest choice that trains no image twice), and the count left out
-(fewer than the number of processes) is logged as a warning (``data/epoch_streams.py``).
+``DistributedSampler``'s padding first (a repeat of the epoch's first images, which the run had
+trained), then their first ones (the nearest choice that trains no image twice), and the count
+left out (fewer than the number of processes) is logged as a warning
+(``data/epoch_streams.py``). Before, a rank kept its padding and dropped an image not yet trained
+instead: one image trained twice and one left out where neither need be (13 images, 3 trained
+on one process, resumed on 2), and the count logged could be wrong.
 Lightning's batch count of the epoch is then set to the new layout's equivalent (its epoch's
 batches less the ones left), so the epoch ends, and validates, after the last of them.
 
@@ -169,8 +173,10 @@ class ResumableBatches:
             trained.update(itertools.chain.from_iterable(itertools.islice(cut, batches)))
         unread = [[p for p in _positions(n, world, r) if p not in trained] for r in range(world)]
         keep = min(len(u) for u in unread)
-        left_out = sum(p < n for u in unread for p in u[: len(u) - keep])
-        mine = unread[rank][len(unread[rank]) - keep :]
+        kept = [_evened(u, keep, n) for u in unread]
+        planned = {index(p) for k in kept for p in k}
+        left_out = sum(p not in trained and index(p) not in planned for p in range(n))
+        mine = kept[rank]
         plan = [[index(p) for p in batch] for batch in self.batches_of(mine, self.batch_size,
                                                                       index)]  # fmt: skip
         self._start, self._plan = 0, plan
@@ -196,6 +202,16 @@ class ResumableBatches:
             return
         for batch in itertools.islice(self.batches(), start, None):
             yield seeded_indices(batch, self.sampler)
+
+
+def _evened(unread: list[int], keep: int, n: int) -> list[int]:
+    """``keep`` of a rank's ``unread`` positions (in order), so that every rank gets as many: it
+    drops its padding first (a position ``>= n``: ``DistributedSampler``'s repeat of the order's
+    start, which the interrupted run trained), then its first ones."""
+    drop = len(unread) - keep
+    pads = [p for p in unread if p >= n][:drop]
+    real = [p for p in unread if p not in pads]
+    return real[len(real) - keep :] if keep else []
 
 
 def _positions(n: int, world: int, rank: int) -> range:
