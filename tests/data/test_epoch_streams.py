@@ -7,7 +7,7 @@ import lightning as L
 import pytest
 import torch
 from lit import fake_batch, quiet_trainer, tiny_lit
-from torch.utils.data import BatchSampler, DataLoader
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 from detr_lightning.data.collate import Batch
 from detr_lightning.data.epoch_sampler import EpochRandomSampler
@@ -144,6 +144,30 @@ def test_a_mid_epoch_resume_at_another_batch_size_trains_each_image_of_the_epoch
         assert "not trained before the stop" in caplog.text
     else:
         assert resumed.ended == [1]
+
+
+def test_a_resumed_epoch_with_no_batch_left_at_the_new_layout_ends_without_training_again(
+    tmp_path, caplog
+) -> None:
+    # 10 images at batch 1, saved after 9: resumed as rank 0 of 2 processes at batch 2 (its own
+    # DistributedSampler, as Lightning makes under DDP), the last image cannot be shared by the
+    # 2 ranks, so no batch of epoch 0 is left. Before, Lightning's count was set to the epoch's
+    # 3 batches, which it takes as an epoch over before it started: it trained epoch 0 again.
+    full = _SeenAll(9, str(tmp_path / "at.ckpt"))
+    _fit_images(tmp_path / "full", 1, full)
+    loader = _images_loader(2, 10)
+    rank_0 = DistributedSampler(loader.dataset, num_replicas=2, rank=0, seed=3)
+    loader = DataLoader(loader.dataset, batch_sampler=ResumableBatchSampler(rank_0, 2, False),
+                        collate_fn=loader.collate_fn)  # fmt: skip
+    resumed = _SeenAll()
+    trainer = quiet_trainer(tmp_path / "resumed", max_epochs=EPOCHS, limit_val_batches=0,
+                            callbacks=[resumed, EpochStreams(seed=3)])  # fmt: skip
+    with caplog.at_level("INFO"):
+        trainer.fit(tiny_lit(), train_dataloaders=loader, ckpt_path=str(tmp_path / "at.ckpt"))
+    assert [e for e, _ in resumed.seen] == [1] * 5  # epoch 1: rank 0's 5 images
+    assert resumed.ended == [0, 1] and trainer.global_step == 9 + 3
+    assert "no batch of it is left at this layout (9 of its 10 images were trained" in caplog.text
+    assert "1 images of this epoch are left out" in caplog.text
 
 
 def test_a_checkpoint_without_the_layout_resumes_at_the_batch_count(tmp_path) -> None:

@@ -31,11 +31,13 @@ count of batches. With another one (``data.batch_size`` changed, a noted setting
 (batches x old batch size x old processes): the epoch goes on at the first image the run had
 not reached, at the new size, and Lightning's count of the epoch's batches is set to the new
 layout's equivalent so that the epoch ends after its last image; under DDP up to ``processes -
-1`` images of the epoch can be left out (a warning counts them). Before, the count was taken as
-batches of the new size, which skipped other images than the run had trained (some twice, some
-never). A checkpoint written before the layout was recorded resumes as it did, at that count of
-batches of whatever size the loader has now. A loader whose batch sampler cannot start
-part-way (one a user's datamodule made) restarts that epoch's order, with a warning.
+1`` images of the epoch can be left out (a warning counts them), and where no batch of it is
+left at the new layout it ends at once, without its validation (before, Lightning took that
+count as an epoch over before it started, and trained it again whole). Before, the count was
+taken as batches of the new size, which skipped other images than the run had trained (some
+twice, some never). A checkpoint written before the layout was recorded resumes as it did, at
+that count of batches of whatever size the loader has now. A loader whose batch sampler cannot
+start part-way (one a user's datamodule made) restarts that epoch's order, with a warning.
 """
 
 from __future__ import annotations
@@ -156,7 +158,8 @@ class EpochStreams(L.Callback):
     ) -> int:
         """Set the loader's next pass to go on at the first image that ``done`` batches of
         layout ``before`` had not reached, and Lightning's count of the epoch's batches to the
-        new layout's equivalent; returns that count (0: nothing planned, the pass is whole)."""
+        new layout's equivalent; returns that count (0: nothing planned, the pass is whole; at
+        least 1 when the pass is planned, even an empty one)."""
         batches = loader.batch_sampler
         assert isinstance(batches, ResumableBatches)  # the layout was read from it
         plan = batches.resume_after(done, before)
@@ -169,10 +172,11 @@ class EpochStreams(L.Callback):
             )  # fmt: skip
             return done if self._start_at(loader, self._batches_done(
                 done, trainer.num_training_batches), epoch) else 0  # fmt: skip
-        _count_as_done(trainer, done, plan.batches_done)
-        if plan.batches_done >= trainer.num_training_batches:  # the new epoch's batches are over
-            batches.cancel_resume()
-            return 0
+        ended = plan.batches_done >= trainer.num_training_batches  # no batch of it left here
+        # Ended: one batch short of the epoch's, and an empty pass. At its count Lightning would
+        # take the epoch as over before it started and run it again from its first batch.
+        now = int(trainer.num_training_batches) - 1 if ended else plan.batches_done
+        _count_as_done(trainer, done, now)
         message = (
             "Resumed mid-epoch %d with another batch layout (the run: %s, %d batches done; now: "
             "%s): its order goes on at the first of its %d images not trained before the stop "
@@ -180,13 +184,21 @@ class EpochStreams(L.Callback):
         )
         args: tuple[Any, ...] = (epoch, before, done, batches.layout(), plan.images,
                                  plan.images_trained, plan.batches_left)  # fmt: skip
+        if ended:  # all left out (fewer than the processes), or past trainer.limit_train_batches
+            batches.skip_pass()
+            message = (
+                "Resumed mid-epoch %d with another batch layout (the run: %s, %d batches done; "
+                "now: %s): no batch of it is left at this layout (%d of its %d images were "
+                "trained before the stop), so it ends here, without its validation"
+            )
+            args = (epoch, before, done, batches.layout(), plan.images_trained, plan.images)
         if plan.images_left_out:
             log.warning(message + "; %d images of this epoch are left out, so that every "
                         "process gets as many batches", *args, plan.images_left_out)  # fmt: skip
         else:
-            log.info(message + "; no image left out", *args)
+            log.info(message + ("" if ended else "; no image left out"), *args)
         _ignore_lightning_resume_warning()
-        return plan.batches_done
+        return max(1, now)  # the pass is planned: the iterator is remade
 
     @staticmethod
     def _start_at(loader: DataLoader, done: int, epoch: int) -> bool:

@@ -188,9 +188,9 @@ class ResumableBatches:
             images_left_out=left_out,
         )
 
-    def cancel_resume(self) -> None:
-        """Forget a planned start: the next pass is the epoch's whole."""
-        self._start, self._plan = 0, None
+    def skip_pass(self) -> None:
+        """Make the next pass yield no batch (a resumed epoch with none left at this layout)."""
+        self._start, self._plan = 0, []
 
     def __iter__(self) -> Iterator[list[int]]:
         # Read when the first batch is asked for, not when the iterator is made: a worker
