@@ -212,20 +212,26 @@ def test_another_number_of_processes_of_the_grouped_sampler() -> None:
     assert len(set(everything)) == len(everything) == len(unread) - left_out
 
 
-@pytest.mark.parametrize("images", [7, 13, 20])
-def test_no_image_is_trained_again_after_a_stop_where_one_is_left_out(images: int) -> None:
+@pytest.mark.parametrize(("images", "grouped"), [(7, False), (13, False), (20, False),
+                                               (13, True), (20, True)])  # fmt: skip
+def test_no_image_is_trained_again_after_a_stop_where_one_is_left_out(images, grouped) -> None:
     # Every resume of 1..3 processes x batch 1..3 onto another such layout: the ranks get as
     # many batches, fewer than the processes are left out, the count is exact, and an image
     # trained before the stop comes again only as DistributedSampler's padding where nothing is
     # left out. Before, a rank with one more position kept its padding (an image trained before
     # the stop) and left out a new one, and the count could name 2 where 1 was (7 images, 1 x 1
-    # after 1 batch, onto 3 ranks).
+    # after 1 batch, onto 3 ranks). Aspect-ratio grouped batches train positions out of the
+    # order's: 13 images after one batch of 2 on 3 ranks, resumed on 2, left 2 out.
     data = list(range(images))
+    groups = [int(i % 3 == 0) for i in data] if grouped else None
 
-    def samplers(size: int, world: int) -> list[ResumableBatchSampler]:
-        if world == 1:
-            return [ResumableBatchSampler(EpochRandomSampler(data, seed=7), size, False)]
-        return _ranks(data, world, size)
+    def samplers(size: int, world: int) -> list:
+        if world > 1:
+            return _ranks(data, world, size, groups)
+        order = EpochRandomSampler(data, seed=7)
+        if grouped:
+            return [AspectRatioGroupedBatchSampler(order, groups, size)]
+        return [ResumableBatchSampler(order, size, False)]
 
     layouts = [(s, w) for s in (1, 2, 3) for w in (1, 2, 3)]
     for old_size, old_world in layouts:
@@ -238,7 +244,8 @@ def test_no_image_is_trained_again_after_a_stop_where_one_is_left_out(images: in
                 got, plans = [], []
                 for batches in samplers(size, world):
                     batches.sampler.set_epoch(2)
-                    plans.append(batches.resume_after(done, BatchLayout(old_size, old_world)))
+                    before = BatchLayout(old_size, old_world, grouped)
+                    plans.append(batches.resume_after(done, before))
                     got.append(_pass(batches))
                 after = _flat(b for g in got for b in g)
                 left_out = len(set(data) - trained - set(after))

@@ -27,7 +27,11 @@ trained), then their first ones (the nearest choice that trains no image twice),
 left out (fewer than the number of processes) is logged as a warning
 (``data/epoch_streams.py``). Before, a rank kept its padding and dropped an image not yet trained
 instead: one image trained twice and one left out where neither need be (13 images, 3 trained
-on one process, resumed on 2), and the count logged could be wrong.
+on one process, resumed on 2), and the count logged could be wrong. An interrupted run of
+aspect-ratio grouped batches trains positions out of the order's, so the ranks' own unread positions can
+differ by more than one: they are then dealt out again, in the order's, without padding (before,
+13 images stopped after one grouped batch of 2 on 3 processes and resumed on 2 left 2 out, and
+an image trained before the stop could come again as padding).
 Lightning's batch count of the epoch is then set to the new layout's equivalent (its epoch's
 batches less the ones left), so the epoch ends, and validates, after the last of them.
 
@@ -171,7 +175,12 @@ class ResumableBatches:
             cut = (self.batches_of(positions, before.batch_size, index) if before.grouped
                    else chunks(positions, before.batch_size))  # fmt: skip
             trained.update(itertools.chain.from_iterable(itertools.islice(cut, batches)))
+        trained = {p % n for p in trained}  # trained padding: the image at that position
         unread = [[p for p in _positions(n, world, r) if p not in trained] for r in range(world)]
+        real = [sum(p < n for p in u) for u in unread]
+        if max(real) - min(real) > 1:  # grouped batches trained positions out of the order's
+            left = sorted(p for u in unread for p in u if p < n)  # order: deal them out again
+            unread = [left[r::world] for r in range(world)]
         keep = min(len(u) for u in unread)
         kept = [_evened(u, keep, n) for u in unread]
         planned = {index(p) for k in kept for p in k}
