@@ -7,12 +7,9 @@ import pytest
 from lightning_loaders import rank_1_of_2, requested_training_loader
 from torch.utils.data import BatchSampler, DistributedSampler
 
+from detr_lightning.data.batch_layout import BatchLayout, ResumedEpoch
 from detr_lightning.data.epoch_sampler import EpochRandomSampler
-from detr_lightning.data.resumable_batches import (
-    BatchLayout,
-    ResumableBatchSampler,
-    ResumedEpoch,
-)
+from detr_lightning.data.resumable_batches import ResumableBatchSampler
 from detr_lightning.data.sampler import AspectRatioGroupedBatchSampler
 
 

@@ -51,7 +51,8 @@ from lightning.fabric.utilities.data import _set_sampler_epoch
 from torch.utils.data import DataLoader
 
 from detr_lightning.checkpointing.rng_states import derive_seed
-from detr_lightning.data.resumable_batches import BatchLayout, ResumableBatches
+from detr_lightning.data.batch_layout import BatchLayout
+from detr_lightning.data.resumable_batches import ResumableBatches
 
 log = logging.getLogger(__name__)
 

@@ -11,29 +11,24 @@ index lists (no image is read), and the pass after that one is whole again.
 
 **The position is one of images, not of batches.** Resumed with the batches of the interrupted
 run (same ``data.batch_size``, number of processes and grouping: the checkpoint's
-:class:`BatchLayout`), the pass starts at batch ``done`` (:meth:`ResumableBatches.start_at`).
-Resumed with another layout (``data.batch_size`` changed, noted or under
-``resume_recipe=config``; another number of DDP processes), skipping ``done`` batches *of the new
-size* would skip ``done x new batch x new processes`` images where the run had trained ``done x
-old batch x old processes`` (batch 4 → 3 after 3 batches: 9 images skipped of the 12 trained, 3
-trained twice; 4 → 6: 6 never trained). :meth:`ResumableBatches.resume_after` instead replays
-the interrupted run's batches of that epoch (every old rank's, on the epoch's global order, the
-one ``EpochRandomSampler`` and Lightning's ``DistributedSampler`` share for a seed) to find the
-positions it trained, and batches the positions it had not reached, in the epoch's order, at
-the new size. On one process nothing is left out. Under DDP every rank must get as many batches:
-when the unread positions do not divide evenly between the new ranks, the ranks with more drop
-``DistributedSampler``'s padding first (a repeat of the epoch's first images, which the run had
-trained), then their first ones (the nearest choice that trains no image twice), and the count
-left out (fewer than the number of processes) is logged as a warning
-(``data/epoch_streams.py``). Before, a rank kept its padding and dropped an image not yet trained
-instead: one image trained twice and one left out where neither need be (13 images, 3 trained
-on one process, resumed on 2), and the count logged could be wrong. An interrupted run of
-aspect-ratio grouped batches trains positions out of the order's, so the ranks' own unread positions can
-differ by more than one: they are then dealt out again, in the order's, without padding (before,
-13 images stopped after one grouped batch of 2 on 3 processes and resumed on 2 left 2 out, and
-an image trained before the stop could come again as padding).
-Lightning's batch count of the epoch is then set to the new layout's equivalent (its epoch's
-batches less the ones left), so the epoch ends, and validates, after the last of them.
+:class:`~detr_lightning.data.batch_layout.BatchLayout`), the pass starts at batch ``done``
+(:meth:`ResumableBatches.start_at`). Resumed with another layout (``data.batch_size`` changed,
+noted or under ``resume_recipe=config``; another number of DDP processes), skipping ``done``
+batches *of the new size* would skip other images than the run had trained (batch 4 → 3 after
+3 batches: 9 skipped of the 12 trained, 3 trained twice; 4 → 6: 6 never trained).
+:meth:`ResumableBatches.resume_after` instead replays the interrupted run's batches of that
+epoch (every old rank's, on the epoch's global order, the one ``EpochRandomSampler`` and
+Lightning's ``DistributedSampler`` share for a seed) to find the positions it trained, and
+batches the positions it had not reached, in the epoch's order, at the new size. On one process
+nothing is left out. Under DDP every rank must get as many batches: where the unread positions
+do not divide evenly, the ranks with more drop ``DistributedSampler``'s padding first (a repeat
+of the epoch's first images, which the run had trained), then their first ones (the nearest
+choice that trains no image twice); the count left out (fewer than the number of processes) is
+logged as a warning (``data/epoch_streams.py``). Aspect-ratio grouped batches train positions
+out of the order's, so the ranks' unread positions can differ by more than one: they are then
+dealt out again, in the order's, without padding. Lightning's batch count of the epoch is then
+set to the new layout's equivalent (its epoch's batches less the ones left), so the epoch ends,
+and validates, after the last of them.
 
 Both training batch samplers (:class:`ResumableBatchSampler`, and the aspect-ratio grouped one in
 ``data/sampler.py``) take the index sampler as their ``sampler`` argument, so under DDP Lightning
@@ -45,64 +40,19 @@ image keeps its augmentation whatever layout it is trained in.
 
 from __future__ import annotations
 
-import copy
 import itertools
-import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
-from typing import Any
 
 from torch.utils.data import BatchSampler, DistributedSampler, Sampler
 
+from detr_lightning.data.batch_layout import (
+    BatchLayout,
+    ResumedEpoch,
+    epoch_order,
+    evened,
+    rank_positions,
+)
 from detr_lightning.data.sample_seeds import seeded_indices
-
-
-@dataclass(frozen=True)
-class BatchLayout:
-    """How a run cut its epochs into batches: images per batch and process, the number of
-    (DDP) processes, and whether batches were aspect-ratio grouped. Saved in checkpoints."""
-
-    batch_size: int
-    world_size: int = 1
-    grouped: bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, state: Any) -> BatchLayout | None:
-        """The layout a checkpoint recorded; None when it recorded none (or a malformed one)."""
-        try:
-            return cls(int(state["batch_size"]), int(state["world_size"]), bool(state["grouped"]))
-        except (KeyError, TypeError, ValueError):
-            return None
-
-    def __str__(self) -> str:
-        grouped = ", aspect-ratio grouped" if self.grouped else ""
-        return f"batch size {self.batch_size} x {self.world_size} process(es){grouped}"
-
-
-@dataclass(frozen=True)
-class ResumedEpoch:
-    """What :meth:`ResumableBatches.resume_after` planned for the next pass (counts of this
-    process unless said otherwise).
-
-    Attributes:
-        batches_done: the new layout's batches of the epoch counted as done (its epoch's batch
-            count less ``batches_left``): Lightning's batch count of the resumed epoch.
-        batches_left: the batches the next pass yields.
-        images: the epoch's images (all processes).
-        images_trained: positions of the epoch's order the interrupted run trained (all
-            processes; its batches done x batch size x processes).
-        images_left_out: positions neither trained before the stop nor planned (all processes;
-            0 on one process; fewer than the processes under DDP).
-    """
-
-    batches_done: int
-    batches_left: int
-    images: int
-    images_trained: int
-    images_left_out: int
 
 
 def chunks(items: Iterable[int], batch_size: int) -> Iterator[list[int]]:
@@ -160,7 +110,7 @@ class ResumableBatches:
             raise ValueError(f"resume_after({batches}): a batch count is >= 0")
         if before.grouped and not self.grouped:
             return None
-        whole = _epoch_order(self.sampler)
+        whole = epoch_order(self.sampler)
         if whole is None:
             return None
         order, world, rank = whole
@@ -171,18 +121,20 @@ class ResumableBatches:
 
         trained: set[int] = set()
         for old_rank in range(before.world_size):
-            positions = _positions(n, before.world_size, old_rank)
+            positions = rank_positions(n, before.world_size, old_rank)
             cut = (self.batches_of(positions, before.batch_size, index) if before.grouped
                    else chunks(positions, before.batch_size))  # fmt: skip
             trained.update(itertools.chain.from_iterable(itertools.islice(cut, batches)))
         trained = {p % n for p in trained}  # trained padding: the image at that position
-        unread = [[p for p in _positions(n, world, r) if p not in trained] for r in range(world)]
+        unread = [
+            [p for p in rank_positions(n, world, r) if p not in trained] for r in range(world)
+        ]
         real = [sum(p < n for p in u) for u in unread]
         if max(real) - min(real) > 1:  # grouped batches trained positions out of the order's
             left = sorted(p for u in unread for p in u if p < n)  # order: deal them out again
             unread = [left[r::world] for r in range(world)]
         keep = min(len(u) for u in unread)
-        kept = [_evened(u, keep, n) for u in unread]
+        kept = [evened(u, keep, n) for u in unread]
         planned = {index(p) for k in kept for p in k}
         left_out = sum(p not in trained and index(p) not in planned for p in range(n))
         mine = kept[rank]
@@ -211,35 +163,6 @@ class ResumableBatches:
             return
         for batch in itertools.islice(self.batches(), start, None):
             yield seeded_indices(batch, self.sampler)
-
-
-def _evened(unread: list[int], keep: int, n: int) -> list[int]:
-    """``keep`` of a rank's ``unread`` positions (in order), so that every rank gets as many: it
-    drops its padding first (a position ``>= n``: ``DistributedSampler``'s repeat of the order's
-    start, which the interrupted run trained), then its first ones."""
-    drop = len(unread) - keep
-    pads = [p for p in unread if p >= n][:drop]
-    real = [p for p in unread if p not in pads]
-    return real[len(real) - keep :] if keep else []
-
-
-def _positions(n: int, world: int, rank: int) -> range:
-    """The positions of an epoch's order of ``n`` images that rank ``rank`` of ``world`` reads
-    (``DistributedSampler``: the order padded to a multiple of ``world``, every world-th)."""
-    return range(rank, math.ceil(n / world) * world, world)
-
-
-def _epoch_order(sampler: Sampler) -> tuple[list[int], int, int] | None:
-    """(the epoch's whole order, the number of processes, this one's rank) of an index sampler:
-    a ``DistributedSampler``'s order over all ranks, any other sampler's own (one process)."""
-    if not isinstance(sampler, DistributedSampler):
-        return [int(i) for i in sampler], 1, 0
-    if type(sampler) is not DistributedSampler or sampler.drop_last:
-        return None  # Lightning's wrapper of another sampler, or an order cut per rank
-    whole = copy.copy(sampler)  # the same seed, epoch and shuffle, on one rank: no padding
-    whole.num_replicas, whole.rank = 1, 0
-    whole.num_samples = whole.total_size = len(sampler.dataset)  # type: ignore[arg-type]
-    return [int(i) for i in whole], int(sampler.num_replicas), int(sampler.rank)
 
 
 class ResumableBatchSampler(ResumableBatches, BatchSampler):
