@@ -167,7 +167,7 @@ def test_a_resumed_epoch_with_no_batch_left_at_the_new_layout_ends_without_train
     assert [e for e, _ in resumed.seen] == [1] * 5  # epoch 1: rank 0's 5 images
     assert resumed.ended == [0, 1] and trainer.global_step == 9 + 3
     assert "no batch of it is left at this layout (9 of its 10 images were trained" in caplog.text
-    assert "1 images of this epoch are left out" in caplog.text
+    assert "1 image(s) of this epoch are left out" in caplog.text
 
 
 def test_a_checkpoint_without_the_layout_resumes_at_the_batch_count(tmp_path) -> None:

@@ -54,7 +54,8 @@ def test_a_single_process_run_stopped_mid_epoch_resumes_on_2_processes_training_
     assert "MEMBER: 2/2" in out
     assert ("(the run: batch size 3 x 1 process(es), 1 batches done; now: batch size 2 x 2 "
             "process(es)): its order goes on at the first of its 13 images not trained before "
-            "the stop (3 were), 3 batches on this process; no image left out") in out, out[-6000:]  # fmt: skip
+            "the stop (3 were), 3 batches on each process; no image left out") in out, out[-6000:]  # fmt: skip
+    assert out.count("no image left out") == 1, out[-6000:]  # rank 0 says it for the run
     assert "left out, so that" not in out
     after = [tuple(json.loads(line)) for line in seen.read_text().splitlines()]
     assert {e for e, _ in before + after} == {0}

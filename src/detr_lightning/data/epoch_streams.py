@@ -181,7 +181,7 @@ class EpochStreams(L.Callback):
         message = (
             "Resumed mid-epoch %d with another batch layout (the run: %s, %d batches done; now: "
             "%s): its order goes on at the first of its %d images not trained before the stop "
-            "(%d were), %d batches on this process"
+            "(%d were), %d batches on each process"
         )
         args: tuple[Any, ...] = (epoch, before, done, batches.layout(), plan.images,
                                  plan.images_trained, plan.batches_left)  # fmt: skip
@@ -193,10 +193,10 @@ class EpochStreams(L.Callback):
                 "trained before the stop), so it ends here, without its validation"
             )
             args = (epoch, before, done, batches.layout(), plan.images_trained, plan.images)
-        if plan.images_left_out:
-            log.warning(message + "; %d images of this epoch are left out, so that every "
-                        "process gets as many batches", *args, plan.images_left_out)  # fmt: skip
-        else:
+        left_out = "; %d image(s) of this epoch are left out, so that every process gets as many "
+        if trainer.is_global_zero and plan.images_left_out:  # the run's counts: said once
+            log.warning(message + left_out + "batches", *args, plan.images_left_out)
+        elif trainer.is_global_zero:
             log.info(message + ("" if ended else "; no image left out"), *args)
         _ignore_lightning_resume_warning()
         return max(1, now)  # the pass is planned: the iterator is remade
