@@ -8,8 +8,7 @@ import json
 import signal
 
 import torch
-from cli import TINY
-from reliability_support import run
+from reliability_support import run, seen_images_run
 
 IMAGES = 12  # the shapes_root fixture's training images
 
@@ -18,10 +17,7 @@ def test_a_run_stopped_mid_epoch_resumes_at_another_batch_size_on_its_next_image
     tmp_path, shapes_root
 ) -> None:
     seen = tmp_path / "seen.jsonl"
-    common = ["schedule=smoke", f"paths.shapes_dir={shapes_root}", *TINY, "test=false",
-              "trainer.limit_train_batches=1.0", "trainer.max_epochs=1",
-              "+callbacks.seen._target_=reliability_support.SeenImages",
-              f"+callbacks.seen.path={seen}"]  # fmt: skip
+    common = seen_images_run(shapes_root, seen)
     # batch 4, last.ckpt every step, killed after step 2 (its save lost): resumed at step 1,
     # after 4 images of epoch 0
     stopped = run("train", [*common, "callbacks.model_checkpoint.every_n_train_steps=1",

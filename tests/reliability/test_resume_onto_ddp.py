@@ -12,8 +12,7 @@ from collections import Counter
 
 import pytest
 import torch
-from cli import TINY
-from reliability_support import run
+from reliability_support import run, seen_images_run
 
 from detr_lightning.data.shapes import generate_shapes_dataset
 
@@ -26,10 +25,7 @@ def test_a_single_process_run_stopped_mid_epoch_resumes_on_2_processes_training_
 ) -> None:
     root = generate_shapes_dataset(tmp_path / "shapes", train=IMAGES, val=2)
     seen = tmp_path / "seen.jsonl"  # both ranks append [epoch, image id] lines
-    common = ["schedule=smoke", f"paths.shapes_dir={root}", *TINY, "test=false",
-              "trainer.limit_train_batches=1.0", "trainer.max_epochs=1",
-              "+callbacks.seen._target_=reliability_support.SeenImages",
-              f"+callbacks.seen.path={seen}"]  # fmt: skip
+    common = seen_images_run(root, seen)
     # one process, batch 3, stopped by SIGTERM after step 1: last.ckpt at step 1, 3 images done
     stopped = run("train", [*common, "data.batch_size=3",
                             "callbacks.model_checkpoint.every_n_train_steps=1",

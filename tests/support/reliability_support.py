@@ -236,6 +236,17 @@ class RngProbe(L.Callback):
         torch.save(capture(), self.folder / f"rank{trainer.global_rank}.pt")
 
 
+def seen_images_run(shapes_dir: str | Path, seen: str | Path) -> list[str]:
+    """The overrides of a one-epoch smoke run on ``shapes_dir`` (TINY model, no test) whose
+    :class:`SeenImages` writes to ``seen``."""
+    from cli import TINY
+
+    return ["schedule=smoke", f"paths.shapes_dir={shapes_dir}", *TINY, "test=false",
+            "trainer.limit_train_batches=1.0", "trainer.max_epochs=1",
+            "+callbacks.seen._target_=reliability_support.SeenImages",
+            f"+callbacks.seen.path={seen}"]  # fmt: skip
+
+
 class SeenImages(L.Callback):
     """Appends ``[epoch, image id]`` of every training image to ``path`` (json lines)."""
 
