@@ -435,3 +435,27 @@ def test_a_wrong_device_is_refused_before_the_data_is_read(
                       name="predict")  # fmt: skip
     with pytest.raises(ConfigError, match=r"^device=cuda: torch sees no CUDA GPU"):
         predict(cfg)
+
+
+def test_a_json_that_fails_to_write_leaves_no_partial_file(
+    tmp_path, image_folder, monkeypatch
+) -> None:
+    """predictions.json and images.json are written whole or not at all: images.json failing
+    half-way (here: a value json cannot encode) used to leave its first bytes on disk."""
+    from hydra_jobs import compose_job
+
+    from detr_lightning.inference import results
+    from detr_lightning.predict import predict
+
+    release = official_release(tmp_path / "detr-tiny.pth")
+    monkeypatch.setattr(results, "images_json", lambda *a, **k: {"info": "x", "images": {1}})
+    monkeypatch.chdir(tmp_path)
+    out_dir = tmp_path / "pred"
+    cfg = compose_job(["experiment=r50", f"model.pretrained={release}", f"input={image_folder}",
+                       f"output_dir={out_dir}", "num_workers=0", "device=cpu", "progress=false",
+                       "paths.coco_dir=/nonexistent", *TINY_DETR], tmp_path, name="predict")  # fmt: skip
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        predict(cfg)
+    assert len(json.loads((out_dir / "predictions.json").read_text())) > 0  # whole
+    assert not (out_dir / "images.json").exists()
+    assert [p.name for p in out_dir.iterdir() if p.name.startswith(".")] == []  # no temp file

@@ -144,14 +144,16 @@ def predict(cfg: DictConfig) -> str:
 
         source = f"input={cfg.input}" if cfg.get("input") else "the evaluation split"
         raise unreadable_error(result.skipped, source)
+    # whole files or none: a predict killed (or failing) mid-write leaves no truncated json
+    from detr_lightning.checkpointing.atomic_io import atomic_write_text
+
     path = os.path.join(out_dir, "predictions.json")
-    with open(path, "w") as f:
-        json.dump(result.records, f)
+    atomic_write_text(path, json.dumps(result.records))
     given = cfg.get("input")  # images.json's file_names are relative to it
     info = {"weights": absolute_path(run.source),
             "input": absolute_path(str(given)) if given else "evaluation split"}  # fmt: skip
-    with open(os.path.join(out_dir, "images.json"), "w") as f:
-        json.dump(images_json(result.images, ids, names, **info), f)
+    images = images_json(result.images, ids, names, **info)
+    atomic_write_text(os.path.join(out_dir, "images.json"), json.dumps(images))
     print(f"predicted {len(result.images)} images ({len(result.records)} detections)")
     if result.skipped:
         listing = "\n  ".join(str(rec.path) for rec, _ in result.skipped)
