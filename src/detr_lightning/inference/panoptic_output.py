@@ -99,8 +99,11 @@ class PanopticWriter:
              "name": (self.names[label] if self.names else "") or str(self.category_ids[label])}
             for label, thing in sorted(self.postprocess.is_thing_map.items())
         ]  # fmt: skip
-        path = Path(path)
-        path.write_text(json.dumps({"annotations": self.annotations, "categories": categories}))
+        from detr_lightning.checkpointing.atomic_io import atomic_write_text
+
+        path = Path(path)  # whole or none, as predictions.json
+        atomic_write_text(path, json.dumps({"annotations": self.annotations,
+                                            "categories": categories}))  # fmt: skip
         return path
 
 
