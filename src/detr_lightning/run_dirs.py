@@ -154,8 +154,7 @@ def read_staged_curve(
     epochs: list[int | None] = []
     done, seconds = 0, 0.0
     for stage in stages.values():
-        folder = path / Path(stage.get("dir", "")).name
-        log = (folder if folder.is_dir() else Path(stage.get("dir", ""))) / "csv" / "metrics.csv"
+        log = stage_folder(path, stage) / "csv" / "metrics.csv"
         if None in epochs or not log.is_file():
             epochs.append(None)
             continue
@@ -194,12 +193,19 @@ def recorded_overrides(path: Path) -> list[str] | None:
     return [str(o) for o in yaml.safe_load(overrides.read_text()) or []]
 
 
+def stage_folder(path: Path, stage: dict) -> Path:
+    """The folder of a staged run's ``stage`` (its metrics.json entry): looked for in the run
+    ``path`` first, so that a moved run still reads, else where the entry's ``dir`` says."""
+    recorded = Path(stage.get("dir", ""))
+    inside = path / recorded.name
+    return inside if inside.is_dir() else recorded
+
+
 def per_category_file(path: Path, stages: dict[str, dict]) -> Path:
     """The run's ``metrics_per_category.json``: in ``path``, or for a staged run in its last
-    stage's folder (looked for in ``path`` first, as :func:`read_staged_curve` does)."""
+    stage's folder."""
     if stages and not (path / "metrics_per_category.json").is_file():
-        last = Path(list(stages.values())[-1].get("dir", ""))
-        path = path / last.name if (path / last.name).is_dir() else last
+        path = stage_folder(path, list(stages.values())[-1])
     return path / "metrics_per_category.json"
 
 
