@@ -114,11 +114,12 @@ class EpochStreams(L.Callback):
             return
         saved, self._saved_at = self._saved_at, None
         before, now = self._saved_layout, self._layout
+        done: int | None = None
         if saved is None or saved[0] != epoch or saved[1] == 0:
             done = 0
         elif before is not None and now is not None and before != now:
             done = self._resume_after(trainer, loader, saved[1], before, epoch)
-        else:
+        if done is None:  # the same layout, or another whose batches cannot be replayed
             done = self._batches_done(saved[1], trainer.num_training_batches)
             if done and not self._start_at(loader, done, epoch):
                 done = 0
@@ -156,11 +157,12 @@ class EpochStreams(L.Callback):
 
     def _resume_after(
         self, trainer: L.Trainer, loader: DataLoader, done: int, before: BatchLayout, epoch: int
-    ) -> int:
+    ) -> int | None:
         """Set the loader's next pass to go on at the first image that ``done`` batches of
         layout ``before`` had not reached, and Lightning's count of the epoch's batches to the
-        new layout's equivalent; returns that count (0: nothing planned, the pass is whole; at
-        least 1 when the pass is planned, even an empty one)."""
+        new layout's equivalent; returns that count (at least 1: the pass is planned, even an
+        empty one), or None where the run's batches cannot be replayed (the caller then starts
+        at the batch count, as for the same layout)."""
         batches = loader.batch_sampler
         assert isinstance(batches, ResumableBatches)  # the layout was read from it
         plan = batches.resume_after(done, before)
@@ -171,33 +173,30 @@ class EpochStreams(L.Callback):
                 "size, which skips other images than the run had trained",
                 epoch, done, before, batches.layout(), done,
             )  # fmt: skip
-            return done if self._start_at(loader, self._batches_done(
-                done, trainer.num_training_batches), epoch) else 0  # fmt: skip
+            return None
         ended = plan.batches_done >= trainer.num_training_batches  # no batch of it left here
         # Ended: one batch short of the epoch's, and an empty pass. At its count Lightning would
         # take the epoch as over before it started and run it again from its first batch.
         now = int(trainer.num_training_batches) - 1 if ended else plan.batches_done
         _count_as_done(trainer, done, now)
-        message = (
-            "Resumed mid-epoch %d with another batch layout (the run: %s, %d batches done; now: "
-            "%s): its order goes on at the first of its %d images not trained before the stop "
-            "(%d were), %d batches on each process"
-        )
-        args: tuple[Any, ...] = (epoch, before, done, batches.layout(), plan.images,
-                                 plan.images_trained, plan.batches_left)  # fmt: skip
+        head = ("Resumed mid-epoch %d with another batch layout (the run: %s, %d batches done; "
+                "now: %s): ")  # fmt: skip
         if ended:  # all left out (fewer than the processes), or past trainer.limit_train_batches
             batches.skip_pass()
-            message = (
-                "Resumed mid-epoch %d with another batch layout (the run: %s, %d batches done; "
-                "now: %s): no batch of it is left at this layout (%d of its %d images were "
-                "trained before the stop), so it ends here, without its validation"
-            )
-            args = (epoch, before, done, batches.layout(), plan.images_trained, plan.images)
-        left_out = "; %d image(s) of this epoch are left out, so that every process gets as many "
-        if trainer.is_global_zero and plan.images_left_out:  # the run's counts: said once
-            log.warning(message + left_out + "batches", *args, plan.images_left_out)
-        elif trainer.is_global_zero:
-            log.info(message + ("" if ended else "; no image left out"), *args)
+            message = (head + "no batch of it is left at this layout (%d of its %d images were "
+                       "trained before the stop), so it ends here, without its validation")  # fmt: skip
+            counts: tuple[int, ...] = (plan.images_trained, plan.images)
+        else:
+            message = (head + "its order goes on at the first of its %d images not trained "
+                       "before the stop (%d were), %d batches on each process")  # fmt: skip
+            counts = (plan.images, plan.images_trained, plan.batches_left)
+        args = (epoch, before, done, batches.layout(), *counts)
+        if trainer.is_global_zero:  # the run's counts, the same on every rank: said once
+            if plan.images_left_out:
+                log.warning(message + "; %d image(s) of this epoch are left out, so that every "
+                            "process gets as many batches", *args, plan.images_left_out)  # fmt: skip
+            else:
+                log.info(message + ("" if ended else "; no image left out"), *args)
         _ignore_lightning_resume_warning()
         return max(1, now)  # the pass is planned: the iterator is remade
 
