@@ -14,12 +14,9 @@ import os
 import sys
 
 from detr_lightning.errors import ExistingOutputError
-from detr_lightning.utils import PRINT_ONLY_FLAGS, output_dir_override
+from detr_lightning.utils import output_dir_override, runs_one_job
 
 OUTPUT_NAMES = ("predictions.json", "images.json", "panoptic.json", "drawn", "panoptic")
-# Flags under which Hydra runs no job here (a sweep's jobs write into their own folders)
-_NO_RUN_FLAGS = {"-m", "--multirun"} | PRINT_ONLY_FLAGS
-
 
 # visualize's figures: <stem>_decoder.png and <stem>_encoder.png, in sub-folders as the inputs
 FIGURE_SUFFIXES = ("_decoder.png", "_encoder.png")
@@ -56,8 +53,9 @@ def refuse_earlier_outputs(out_dir: str, entry: str = "predict") -> None:
 
 
 def given_output_dir(argv: list[str]) -> str | None:
-    """The ``output_dir=`` of a command line that runs one job (the run directory), else None."""
-    if any(arg.split("=", 1)[0] in _NO_RUN_FLAGS for arg in argv):
+    """The ``output_dir=`` of a command line that runs one job (the run directory), else None
+    (a sweep's jobs write into their own folders; a print writes none)."""
+    if not runs_one_job(argv):
         return None
     return output_dir_override(argv)
 

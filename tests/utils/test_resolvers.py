@@ -18,7 +18,13 @@ from hydra.core.utils import setup_globals
 from omegaconf import OmegaConf
 
 from detr_lightning import utils
-from detr_lightning.utils import claim_run_dirs_for_jobs_only, conf_dir, fresh_dir, prints_only
+from detr_lightning.utils import (
+    claim_run_dirs_for_jobs_only,
+    conf_dir,
+    fresh_dir,
+    prints_only,
+    runs_one_job,
+)
 
 
 def _claim(path: str, start: mp.synchronize.Event, out: mp.Queue) -> None:
@@ -138,7 +144,21 @@ def test_a_printing_command_line_names_the_free_folder_and_makes_none(
     ("argv", "printing"),
     [(["--cfg", "job"], True), (["--cfg=hydra", "--resolve"], True), (["-c", "all"], True),
      (["--help"], True), (["-i"], True), (["-m", "x=1,2"], False), (["x=--cfg"], False),
-     ([], False)],
+     ([], False), (["-cjob"], True), (["--cf", "job", "--resol"], True), (["--inf"], True),
+     (["-hx=1"], True), (["--version"], True), (["--cfg", "nonsense"], True),
+     (["--multi", "x=1,2"], False), (["-sc", "install=bash"], True)],
 )  # fmt: skip
-def test_which_command_lines_only_print(argv: list[str], printing: bool) -> None:
+def test_which_command_lines_only_print(argv: list[str], printing: bool, capsys) -> None:
+    """Every spelling Hydra's parser takes: attached values, abbreviated long flags; a line it
+    refuses (``--cfg nonsense``) runs nothing either. Nothing is printed while deciding."""
     assert prints_only(argv) is printing
+    assert capsys.readouterr() == ("", "")
+
+
+@pytest.mark.parametrize(
+    ("argv", "one_job"),
+    [([], True), (["x=1"], True), (["-m", "x=1,2"], False), (["--multi", "x=1,2"], False),
+     (["-mx=1,2"], False), (["-cjob"], False), (["--cfg", "nonsense"], False)],
+)  # fmt: skip
+def test_which_command_lines_run_one_job(argv: list[str], one_job: bool) -> None:
+    assert runs_one_job(argv) is one_job

@@ -9,7 +9,10 @@ Kept import-light (no torch/Lightning) so that ``--cfg job`` and ``--help`` answ
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import functools
+import io
 import os
 import sys
 from collections.abc import Callable
@@ -65,18 +68,38 @@ def output_dir_override(overrides: list[str]) -> str | None:
 _claimed: dict[str, str] = {}  # fresh_dir's answers in this process, by the path asked for
 _claiming = True  # False under a flag that only prints: see claim_run_dirs_for_jobs_only
 
-# Hydra's flags that print (a config, help, info) and run no job
-PRINT_ONLY_FLAGS = frozenset({"-c", "--cfg", "-h", "--help", "--hydra-help", "-i", "--info",
-                              "-sc", "--shell-completion"})  # fmt: skip
+
+def hydra_flags(argv: list[str]) -> argparse.Namespace | None:
+    """``argv`` as Hydra's own parser reads it, with argparse's every spelling (``-cjob``,
+    ``--cf=job``, ``--inf``), or None where Hydra refuses it or only prints its version: either
+    way Hydra then runs no job. Nothing is printed here (Hydra prints its own error)."""
+    from hydra._internal.utils import get_args_parser
+
+    sink = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            return get_args_parser().parse_known_args(argv)[0]
+    except SystemExit:
+        return None
 
 
 def prints_only(argv: list[str]) -> bool:
-    """Whether Hydra, given ``argv``, prints something and runs no job."""
-    return any(arg.split("=", 1)[0] in PRINT_ONLY_FLAGS for arg in argv)
+    """Whether Hydra, given ``argv``, prints something (a config, help, info) and runs no job."""
+    args = hydra_flags(argv)
+    if args is None:
+        return True
+    return bool(args.cfg or args.help or args.hydra_help or args.info is not None
+                or args.shell_completion)  # fmt: skip
+
+
+def runs_one_job(argv: list[str]) -> bool:
+    """Whether Hydra, given ``argv``, runs a single job (not a sweep, not a print)."""
+    args = hydra_flags(argv)
+    return args is not None and not args.multirun and not prints_only(argv)
 
 
 def claim_run_dirs_for_jobs_only(main: F) -> F:
-    """Wrap a ``@hydra.main`` entry point: under :data:`PRINT_ONLY_FLAGS` ``fresh_dir`` names
+    """Wrap a ``@hydra.main`` entry point: under a flag that only prints (:func:`prints_only`) ``fresh_dir`` names
     the folder a run started now would get and makes nothing. ``--cfg hydra --resolve``
     resolves ``hydra.run.dir`` and ``hydra.sweep.dir``; claimed, they stayed behind empty."""
 
