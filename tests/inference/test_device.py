@@ -73,3 +73,14 @@ def test_a_malformed_device_names_the_valid_choices(name: str) -> None:
     in the run and listed two dozen backends predict does not support."""
     choices = "auto, cpu, cuda, cuda:N or mps"
     assert _refusal(name) == f"device={name}: not a device name; use one of {choices}"
+
+
+@pytest.mark.parametrize("name", ["meta", "xpu", "hip:0", "ipu"])
+def test_a_device_type_predict_does_not_run_on_is_refused_before_loading(name: str) -> None:
+    """torch parses these names, so they passed the check and failed later, after the weights
+    and images were read (a ``meta`` tensor holds no data to draw or write)."""
+    kind = name.split(":")[0]
+    assert _refusal(name) == (
+        f"device={name}: torch names a {kind} device, which predict and visualize do not run "
+        "on; use one of auto, cpu, cuda, cuda:N or mps"
+    )

@@ -16,7 +16,7 @@ def resolve_device(name: str | None) -> torch.device:
     """``auto``/None: the GPU when there is one, else the CPU; otherwise a torch device name.
 
     Raises ConfigError (one line naming ``device=`` and the fix) for a name torch cannot parse,
-    a cuda device without a visible GPU or past the visible count, and mps where torch has no
+    a device type other than cpu, cuda and mps, a cuda device without a visible GPU or past the visible count, and mps where torch has no
     MPS backend."""
     from detr_lightning.utils.config_check import ConfigError
 
@@ -26,6 +26,12 @@ def resolve_device(name: str | None) -> torch.device:
         device = torch.device(str(name))
     except (RuntimeError, ValueError, TypeError):
         raise ConfigError(f"device={name}: not a device name; use one of {CHOICES}") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        # torch parses two dozen backends (meta, xpu, hip, ...): none is set up or tested here
+        raise ConfigError(
+            f"device={name}: torch names a {device.type} device, which predict and visualize do "
+            f"not run on; use one of {CHOICES}"
+        )
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(
