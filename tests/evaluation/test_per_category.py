@@ -11,6 +11,7 @@ from detr_lightning.evaluation.per_category import (
     FILE_NAME,
     format_per_category_table,
     logged_scalars,
+    per_category_markdown,
     per_category_pq_records,
     per_category_records,
     report_per_category,
@@ -114,3 +115,22 @@ def test_logged_scalars_name_each_category_or_its_id() -> None:
         "test_per_category/AP-2": -1.0,
         "test_per_category/PQ-sky": 0.25,
     }
+
+
+def test_categories_sharing_a_name_get_a_logged_key_each() -> None:
+    """A user's json may name two categories alike ("sign" for two ids): each keeps its value."""
+    records = [{"category_id": 4, "name": "sign", "AP": 0.1, "AR_100": 0.2},
+               {"category_id": 9, "name": "sign", "AP": 0.7, "AR_100": 0.8},
+               {"category_id": 5, "name": "car", "AP": 0.3, "AR_100": 0.4}]  # fmt: skip
+    assert logged_scalars(records, []) == {
+        "test_per_category/AP-sign-4": 0.1,
+        "test_per_category/AP-sign-9": 0.7,
+        "test_per_category/AP-car": 0.3,
+    }
+    table = format_per_category_table(records, "t")
+    assert table.split("\n")[1].split() == ["sign-4", "0.100", "sign-9", "0.700", "car", "0.300"]
+    other = [dict(r, AP=r["AP"] + 0.05) for r in records]
+    report = per_category_markdown(["a", "b"], [{"bbox": records}, {"bbox": other}])
+    assert report[4:7] == ["| sign-4 | 0.1000 | **0.1500** |",
+                           "| sign-9 | 0.7000 | **0.7500** |",
+                           "| car | 0.3000 | **0.3500** |"]  # fmt: skip

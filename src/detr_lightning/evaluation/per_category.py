@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -78,8 +79,8 @@ def format_per_category_table(
 ) -> str:
     """``title`` and the categories' ``key`` (AP, PQ) in columns, in label order ("-" for
     undefined)."""
-    cells = [(str(r["name"] or r["category_id"]), "-" if r[key] < 0 else f"{r[key]:.3f}")
-             for r in records]  # fmt: skip
+    cells = [(label, "-" if r[key] < 0 else f"{r[key]:.3f}")
+             for label, r in zip(category_labels(records), records, strict=True)]  # fmt: skip
     width = max((len(name) for name, _ in cells), default=0)
     rows = [cells[i : i + _COLUMNS] for i in range(0, len(cells), _COLUMNS)]
     lines = [title]
@@ -123,12 +124,22 @@ def module_records(module: Any, datamodule: Any) -> tuple[list[dict], list[dict]
 
 def logged_scalars(records: Sequence[Mapping], pq_records: Sequence[Mapping]) -> dict[str, float]:
     """``test_per_category/AP-<name>`` (and ``PQ-<name>``) of each category, for the loggers
-    (wandb puts them in a section of their own); the category id where it has no name."""
+    (wandb puts them in a section of their own); the category id where it has no name, and
+    ``<name>-<id>`` where categories share a name (:func:`category_labels`)."""
     values = {}
     for metric, rows in (("AP", records), ("PQ", pq_records)):
-        for r in rows:
-            values[f"test_per_category/{metric}-{r['name'] or r['category_id']}"] = r[metric]
+        for label, r in zip(category_labels(rows), rows, strict=True):
+            values[f"test_per_category/{metric}-{label}"] = r[metric]
     return values
+
+
+def category_labels(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """How each of ``rows`` (``name``, ``category_id``) is shown: its name; its id where it has
+    no name; ``<name>-<id>`` where categories share a name, which alone would not tell them
+    apart (a user's json may name two ids alike)."""
+    counts = Counter(r["name"] for r in rows)
+    return [f"{r['name']}-{r['category_id']}" if counts[r["name"]] > 1 and r["name"]
+            else str(r["name"] or r["category_id"]) for r in rows]  # fmt: skip
 
 
 def report_per_category(module: Any, datamodule: Any, run_dir: str | os.PathLike) -> str | None:
@@ -162,14 +173,15 @@ def per_category_markdown(names: Sequence[str], files: Sequence[Mapping[str, Any
         categories = list(dict.fromkeys(c for table in tables for c in table))
         if not categories:
             continue
+        rows = [{"category_id": cat, "name": name} for cat, name in categories]
         lines += [f"## {title}", "", "| category | " + " | ".join(names) + " |",
                   "|" + "---|" * (len(names) + 1)]  # fmt: skip
-        for category in categories:
+        for category, label in zip(categories, category_labels(rows), strict=True):
             values = [table.get(category) for table in tables]
             present = [v for v in values if v is not None]
             best = max(present) if len(set(present)) > 1 else None
             cells = ["–" if v is None else f"**{v:.4f}**" if v == best else f"{v:.4f}"
                      for v in values]  # fmt: skip
-            lines.append(f"| {category[1] or category[0]} | " + " | ".join(cells) + " |")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
