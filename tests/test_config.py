@@ -31,7 +31,8 @@ REPO = CONF.parent
 EXPERIMENTS = sorted(p.stem for p in (REPO / "experiments").glob("*.yaml"))
 GROUPS = ["backbone", "schedule", "head", "data", "trainer", "logger", "callbacks", "posenc",
           "losses", "cls_loss"]  # fmt: skip
-LEVER_GROUPS = ["queries", "refine", "denoiser", "aux_head", "attention_prior", "cross_attention"]
+LEVER_GROUPS = ["queries", "refine", "denoiser", "aux_head", "attention_prior", "cross_attention",
+                "decoder_hook"]  # fmt: skip
 LEVER_OPTIONS = [(g, p.stem) for g in LEVER_GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
 PAPER = ["r50", "dc5_r50", "r101", "dc5_r101"]
@@ -383,6 +384,7 @@ LEVER_STACKS = {  # a lever option needs the convergence model and what it pairs
     "attention_prior=box": ["queries=anchors", "refine=boxes"],
     "cross_attention=deformable": ["queries=anchors", "refine=boxes"],
     "cross_attention=multiscale": ["queries=anchors", "refine=boxes", "backbone=compact"],
+    "decoder_hook=conditional": [],
 }
 
 

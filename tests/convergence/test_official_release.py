@@ -16,6 +16,7 @@ from release_files import official_state_dict
 from detr_lightning.checkpoint import load_pretrained_into
 from detr_lightning.checkpointing.pretrained import load_pretrained
 from detr_lightning.checkpointing.read import CheckpointLoadError
+from detr_lightning.convergence.conditional_queries import ConditionalQueryScale
 from detr_lightning.convergence.deformable_attention import BoxDeformableAttention
 from detr_lightning.convergence.focal_scoring import FocalScoring
 from detr_lightning.detr.model import DETR
@@ -38,6 +39,23 @@ def test_learned_queries_are_the_papers_model_after_loading(tmp_path) -> None:
     report = load_pretrained_into(model, path)
     assert report["not_in_checkpoint"] == [] and report["skipped"] == []
     assert torch.equal(model.queries.embed.weight, detr.query_embed.weight)
+    x, mask = torch.randn(2, 3, 64, 96), torch.ones(2, 64, 96, dtype=torch.bool)
+    with torch.no_grad():
+        ours, paper = model(x, mask), detr(x, mask)
+    torch.testing.assert_close(ours["pred_logits"], paper["pred_logits"])
+    torch.testing.assert_close(ours["pred_boxes"], paper["pred_boxes"])
+
+
+def test_a_release_into_a_decoder_hook_model_is_the_papers_model_until_the_hook_learns(
+    tmp_path,
+) -> None:
+    detr, path = _release(tmp_path)
+    model = levers.model(decoder_hook=ConditionalQueryScale).eval()
+    report = load_pretrained_into(model, path)
+    assert report["skipped"] == []
+    assert report["not_in_checkpoint"] == sorted(
+        f"decoder_hook.{k}" for k in model.decoder_hook.state_dict()
+    )
     x, mask = torch.randn(2, 3, 64, 96), torch.ones(2, 64, 96, dtype=torch.bool)
     with torch.no_grad():
         ours, paper = model(x, mask), detr(x, mask)

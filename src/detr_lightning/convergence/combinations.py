@@ -22,6 +22,7 @@ def check_combination(
     transformer: Transformer,
     attention_prior: Factory | None = None,
     cross_attention: Factory | None = None,
+    decoder_hook: Factory | None = None,
 ) -> None:
     """Raise on lever combinations that cannot work, naming the config keys.
 
@@ -53,11 +54,16 @@ def check_combination(
             "model.net.aux_head with model.net.queries=ProposalQueries: the proposal head "
             "already trains the encoder densely; remove the aux_head node."
         )
-    extra = box_refinement or denoiser or getattr(queries, "groups", 1) > 1
+    extra = box_refinement or denoiser or decoder_hook or getattr(queries, "groups", 1) > 1
     if extra and transformer.query_pos != "attn":
         raise ValueError(
-            "model.net.box_refinement / denoiser / queries.groups need "
+            "model.net.box_refinement / denoiser / decoder_hook / queries.groups need "
             f"model.net.transformer.query_pos=attn (got {transformer.query_pos!r})."
+        )
+    if decoder_hook is not None and box_refinement is not None:
+        raise ValueError(
+            "model.net.decoder_hook and model.net.box_refinement both drive the decoder's "
+            "per-layer hook (refine=boxes builds its own): remove one of them."
         )
     if attention_prior is not None and box_refinement is None:
         raise ValueError(

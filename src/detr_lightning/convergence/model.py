@@ -19,6 +19,10 @@ box MLP, output dict) plus components, each its own config node that exists only
 * ``cross_attention`` — the decoder layers read the memory (and optionally earlier backbone
   stages) at learned points around their reference box instead of attending to all of it
   (:mod:`~detr_lightning.convergence.deformable_attention`); needs ``box_refinement``;
+* ``decoder_hook`` — a per-layer decoder change: a module whose ``for_images(enc, position)``
+  gives each forward's :class:`~detr_lightning.detr.transformer_stacks.DecoderLayerHook`
+  (:mod:`~detr_lightning.convergence.conditional_queries`); excludes ``box_refinement``, which
+  drives the decoder through its own hook;
 * ``detach_memory`` — the decoder reads the memory without back-propagating into it.
 
 Components are partials called with :class:`~detr_lightning.convergence.dims.ModelDims`.
@@ -71,6 +75,8 @@ class ConvergenceDETR(SetDetector):
             :class:`~detr_lightning.convergence.deformable_attention.BoxDeformableAttention`
             or None: replaces every decoder layer's ``multihead_attn``; needs
             ``box_refinement``, excludes ``attention_prior``.
+        decoder_hook: partial decoder-hook source (module docstring) or None, e.g.
+            :class:`~detr_lightning.convergence.conditional_queries.ConditionalQueryScale`.
     """
 
     def __init__(
@@ -89,6 +95,7 @@ class ConvergenceDETR(SetDetector):
         detach_memory: bool = False,
         attention_prior: Factory | None = None,
         cross_attention: Factory | None = None,
+        decoder_hook: Factory | None = None,
     ) -> None:
         super().__init__(
             backbone, position_encoding, transformer, num_classes, num_queries, aux_loss, scoring
@@ -105,7 +112,7 @@ class ConvergenceDETR(SetDetector):
         self.stage_names = tuple(stages)
         self.queries = (queries or LearnedQueries)(dims)
         check_combination(self.queries, box_refinement, denoiser, aux_head, transformer,
-                          attention_prior, cross_attention)  # fmt: skip
+                          attention_prior, cross_attention, decoder_hook)  # fmt: skip
         self.init_class_head(reset=False)  # just built
         self.aux_head = aux_head(d, num_logits, self.scoring) if aux_head is not None else None
         self.box_refinement = box_refinement(dims) if box_refinement is not None else None
@@ -117,6 +124,7 @@ class ConvergenceDETR(SetDetector):
         self.denoiser = denoiser(dims) if denoiser is not None else None
         self.attention_prior = attention_prior(dims) if attention_prior is not None else None
         self.deformable = cross_attention is not None
+        self.decoder_hook = decoder_hook(dims) if decoder_hook is not None else None
         for layer in transformer.decoder.layers if self.deformable else ():
             layer.multihead_attn = cross_attention(dims)
 
@@ -175,6 +183,8 @@ class ConvergenceDETR(SetDetector):
                 x, y = token_centres(enc.features[-1][1])  # the map the memory flattens
                 bias = partial(self.attention_prior, x=x, y=y)
             hook = RefiningDecoderHook(heads, self.ref_point_head, reference, bias)
+        elif self.decoder_hook is not None:
+            hook = self.decoder_hook.for_images(enc, position)
         with ExitStack() as samplers:
             if self.deformable:  # each layer reads the hook's current reference boxes
                 stages = {  # the backbone's maps, for attention that reads earlier levels
@@ -191,7 +201,8 @@ class ConvergenceDETR(SetDetector):
         logits = self.class_embed(hs)
         if prior is not None:
             logits = logits + prior
-        boxes = hook.finish(hs) if hook is not None else self.bbox_embed(hs).sigmoid()
+        refined = isinstance(hook, RefiningDecoderHook)
+        boxes = hook.finish(hs) if refined else self.bbox_embed(hs).sigmoid()
         out = split_outputs(logits, boxes, self.num_queries, queries.groups, dn, self.layer_outputs)
         if dense is not None and self.training:
             out["enc_outputs"] = dense

@@ -12,8 +12,8 @@ paper's detector with components added or swapped, so:
   reference box, not a box), every decoder layer's ``multihead_attn`` under deformable cross
   attention;
 * the levers' own parameters (queries, refinement heads, denoiser, dense head, reference-point
-  MLP, attention prior, deformable attention, refinement's ``bbox_embed``) keep their
-  initialisation, and the loader logs them.
+  MLP, attention prior, deformable attention, decoder hook, refinement's ``bbox_embed``) keep
+  their initialisation, and the loader logs them.
 
 Everything else must match by name and shape, as for the paper's model: a different trunk,
 width or layer count still stops with the differences listed.
@@ -27,7 +27,7 @@ from detr_lightning.convergence.queries import LearnedQueries
 
 # Lever components' attribute names on ConvergenceDETR: no release holds their parameters.
 _LEVER_MODULES = ("queries.", "box_refinement.", "denoiser.", "aux_head.", "ref_point_head.",
-                  "attention_prior.")  # fmt: skip
+                  "attention_prior.", "decoder_hook.")  # fmt: skip
 
 
 def adapt_official_state_dict(

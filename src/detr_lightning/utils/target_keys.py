@@ -26,6 +26,7 @@ LEVER_GROUPS = (
     "aux_head",
     "attention_prior",
     "cross_attention",
+    "decoder_hook",
     "dense_loss",
     "proposal_head",
 )
