@@ -21,6 +21,7 @@ from release_files import TINY_DETR
 from detr_lightning.checkpoint import load_official_detr
 from detr_lightning.convergence.box_attention import BoxAttentionPrior
 from detr_lightning.convergence.compact_trunk import CompactBackbone
+from detr_lightning.convergence.conditional_queries import ConditionalQueryScale
 from detr_lightning.convergence.deformable_attention import BoxDeformableAttention
 from detr_lightning.convergence.focal_scoring import FocalScoring, VarifocalScoring
 from detr_lightning.detr import DETR, Backbone, SoftmaxScoring, Transformer, build_position_encoding
@@ -233,6 +234,16 @@ def test_onnx_matches_pytorch_for_the_shapes_preset_model(
     else:
         net = levers.compact_model()  # conv proposals, refinement, focal, dense cross-attention
     path = export_onnx(net.eval(), tmp_path / "shapes.onnx", (96, 128), exporter=exporter)
+    assert verify_onnx(net, path, SIZES)["max"] <= 1e-4
+
+
+def test_onnx_matches_pytorch_with_a_decoder_hook(tmp_path) -> None:
+    """``decoder_hook=conditional``: each layer's positional queries computed in the graph from
+    the previous layer's output."""
+    net = levers.model(decoder_hook=ConditionalQueryScale).eval()
+    with torch.no_grad():  # away from lambda = 1, so that a hook left out of the graph shows
+        net.decoder_hook.scale.layers[-1].weight.normal_(0, 0.3)
+    path = export_onnx(net, tmp_path / "hooked.onnx", (96, 128), exporter="torchscript")
     assert verify_onnx(net, path, SIZES)["max"] <= 1e-4
 
 
