@@ -58,6 +58,8 @@ VARIANTS: dict[str, list[str]] = {
     # The deformable decoder reads the memory only (8 points), not the stride-4 stage too.
     "single_scale": ["cross_attention=deformable"],
     "paper_recipe": PAPER_RECIPE,
+    # The decoder-hook example on the paper's recipe (compare with paper_recipe).
+    "conditional_queries": [*PAPER_RECIPE, "model=convergence", "decoder_hook=conditional"],
 }
 KEYS = {
     "val/AP": "AP",
