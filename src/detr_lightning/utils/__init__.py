@@ -83,25 +83,27 @@ def hydra_flags(argv: list[str]) -> argparse.Namespace | None:
         return None
 
 
+def _runs_nothing(args: argparse.Namespace | None) -> bool:
+    return args is None or bool(args.cfg or args.help or args.hydra_help
+                                or args.info is not None or args.shell_completion)  # fmt: skip
+
+
 def prints_only(argv: list[str]) -> bool:
     """Whether Hydra, given ``argv``, prints something (a config, help, info) and runs no job."""
-    args = hydra_flags(argv)
-    if args is None:
-        return True
-    return bool(args.cfg or args.help or args.hydra_help or args.info is not None
-                or args.shell_completion)  # fmt: skip
+    return _runs_nothing(hydra_flags(argv))
 
 
 def runs_one_job(argv: list[str]) -> bool:
     """Whether Hydra, given ``argv``, runs a single job (not a sweep, not a print)."""
     args = hydra_flags(argv)
-    return args is not None and not args.multirun and not prints_only(argv)
+    return not _runs_nothing(args) and not args.multirun
 
 
 def claim_run_dirs_for_jobs_only(main: F) -> F:
-    """Wrap a ``@hydra.main`` entry point: under a flag that only prints (:func:`prints_only`) ``fresh_dir`` names
-    the folder a run started now would get and makes nothing. ``--cfg hydra --resolve``
-    resolves ``hydra.run.dir`` and ``hydra.sweep.dir``; claimed, they stayed behind empty."""
+    """Wrap a ``@hydra.main`` entry point: under a flag that only prints (:func:`prints_only`)
+    ``fresh_dir`` names the folder a run started now would get and makes nothing. ``--cfg hydra
+    --resolve`` resolves ``hydra.run.dir`` and ``hydra.sweep.dir``; claimed, they stayed behind
+    empty."""
 
     @functools.wraps(main)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
