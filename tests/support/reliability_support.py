@@ -257,3 +257,34 @@ class SeenImages(L.Callback):
         with open(self.path, "a") as f:
             for t in batch.targets:
                 f.write(f"[{trainer.current_epoch}, {int(t['image_id'])}]\n")
+
+
+class StepImages(L.Callback):
+    """Appends ``[epoch, image ids]`` of every optimizer step to ``path`` (json lines): the
+    images of the batches whose gradients that step applied (under
+    ``trainer.accumulate_grad_batches``, the batches since the previous step)."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self.pending = path, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.pending += [int(t["image_id"]) for t in batch.targets]
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps([trainer.current_epoch, self.pending]) + "\n")
+        self.pending = []
+
+
+class TermAfterBatch(L.Callback):
+    """Sends SIGTERM to its own process after training batch ``batch`` (1-based count of the
+    fit's batches), between optimizer steps or, under ``trainer.accumulate_grad_batches``, in
+    the middle of one; Lightning stops at that batch's end."""
+
+    def __init__(self, batch: int) -> None:
+        self.batch, self.count = batch, 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        self.count += 1
+        if self.count == self.batch:
+            os.kill(os.getpid(), signal.SIGTERM)
