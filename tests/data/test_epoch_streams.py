@@ -3,6 +3,8 @@ remaining batches in that epoch's order (not the epoch's first ones again), then
 
 from __future__ import annotations
 
+import itertools
+
 import lightning as L
 import pytest
 import torch
@@ -184,3 +186,119 @@ def test_a_checkpoint_without_the_layout_resumes_at_the_batch_count(tmp_path) ->
     epoch0 = [i for e, i in full.seen if e == 0]
     assert [i for e, i in resumed.seen if e == 0] == epoch0[8:]
     assert [i for e, i in resumed.seen if e == 1] == [i for e, i in full.seen if e == 1]
+
+
+# Resumed at another layout under trainer.accumulate_grad_batches or trainer.limit_train_batches:
+# which images each optimizer step trains, against the epoch's order (EpochRandomSampler, seed 3)
+
+
+class _Steps(_SeenAll):
+    """The image ids of every optimizer step (``steps``: (epoch, ids)); saves a checkpoint after
+    the fit's batch ``save_after`` (mid-step under accumulation, as a SIGTERM can)."""
+
+    def __init__(self, save_after: int | None = None, path: str = "") -> None:
+        super().__init__(None, path)
+        self.save_after, self.batches = save_after, 0
+        self.pending: list[int] = []
+        self.steps: list[tuple[int, list[int]]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        self.pending += [int(t["image_id"]) for t in batch.targets]
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.steps.append((trainer.current_epoch, self.pending))
+        self.pending = []
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        self.batches += 1
+        if self.batches == self.save_after:
+            trainer.save_checkpoint(self.path)
+
+
+def _order(epoch: int, images: int = 12) -> list[int]:
+    """Epoch ``epoch``'s image ids in their order (``fake_batch(i)``'s id is ``100 * i``)."""
+    sampler = EpochRandomSampler(range(images), seed=3)
+    sampler.set_epoch(epoch)
+    return [100 * i for i in sampler]
+
+
+def _fit_steps(tmp_path, size: int, steps: _Steps, ckpt_path=None, epochs=1, **trainer_args):
+    trainer = quiet_trainer(tmp_path, max_epochs=epochs, limit_val_batches=0,
+                            callbacks=[steps, EpochStreams(seed=3)], **trainer_args)  # fmt: skip
+    trainer.fit(tiny_lit(), train_dataloaders=_images_loader(size, 12), ckpt_path=ckpt_path)
+
+
+# (saved after batch, new batch size, the resumed steps' bounds in the order, the first step's
+# batches where the log line says so)
+_ACCUMULATED = [(2, 2, (4, 8, 12), None), (3, 2, (6, 8, 12), None),
+                (2, 3, (4, 7, 12), 1), (3, 4, (6, 10, 12), 1)]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("stop_after", "new", "cuts", "note"),
+    _ACCUMULATED,
+    ids=["same-between-steps", "same-mid-step", "3-between-steps", "4-mid-step"],
+)
+def test_the_first_step_after_a_resume_at_another_batch_size_accumulates_to_lightnings_count(
+    tmp_path, caplog, stop_after: int, new: int, cuts: tuple[int, ...], note: int | None
+) -> None:
+    # 12 images at batch 2, trainer.accumulate_grad_batches=2: steps of 4 images, saved after
+    # batch 2 (step 1) or 3 (mid-step 2). Lightning steps where its count of the epoch's batches
+    # reaches a multiple of 2. The same layout (its baseline): whole steps after a save between
+    # steps; after one mid-step, the step's other batch (the saved one's gradient is lost, its
+    # images count as trained). Batch 3 after 4 images: 4 batches less the 3 left ([3, 3, 2])
+    # counted as done, so the first step is 1 batch, then [3, 2] (a run at batch 3: [6, 6]).
+    # Batch 4 after 6 images: 3 less the 2 left ([4, 2]), 1 done: steps of 4 then 2.
+    order = _order(0)
+    full = _Steps(stop_after, str(tmp_path / "at.ckpt"))
+    _fit_steps(tmp_path / "full", 2, full, accumulate_grad_batches=2)
+    assert full.steps == [(0, order[0:4]), (0, order[4:8]), (0, order[8:12])]
+    resumed = _Steps()
+    with caplog.at_level("INFO"):
+        _fit_steps(tmp_path / "resumed", new, resumed, str(tmp_path / "at.ckpt"),
+                   accumulate_grad_batches=2)  # fmt: skip
+    assert resumed.steps == [(0, order[a:b]) for a, b in itertools.pairwise(cuts)]
+    said = f"the first optimizer step after it accumulates {note} of its trainer."
+    assert (said in caplog.text) == (note is not None), caplog.text
+
+
+# (saved after batch, new batch size and limit, its batches trained in the resumed epoch, the
+# log line's words)
+_LIMITED = [
+    (2, 1, 7, 3, "3 batches on each process (trainer.limit_train_batches ends its epochs at 7 "
+                 "batches, 4 counted as done; 8 are left in its order); no image left out"),
+    (2, 3, 0.5, 1, "1 batches on each process (trainer.limit_train_batches ends its epochs at 2 "
+                   "batches, 1 counted as done; 3 are left in its order)"),
+    (4, 1, 6, 0, "the 8 of its 12 images trained before the stop count as 8 batches at this "
+                 "layout, and trainer.limit_train_batches ends its epochs at 6, so it ends "
+                 "here, without its validation"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("stop_after", "new", "limit", "trained", "said"),
+    _LIMITED,
+    ids=["1-limit-7", "3-limit-half", "1-limit-6-reached"],
+)
+def test_a_resume_at_another_batch_size_and_limit_trains_and_says_the_batches_the_limit_lets_run(
+    tmp_path, caplog, stop_after: int, new: int, limit: float, trained: int, said: str
+) -> None:
+    # 12 images at batch 2 under trainer.limit_train_batches=5 (10 images), saved after 4 or 8.
+    # Resumed with another batch size and limit, the epoch's count is the new batch size's
+    # equivalent of the images trained; the epoch goes on in its order until the count reaches
+    # the new limit, as a run at that batch size and limit would end it. The log line counted
+    # the batches planned (8, 3) where the limit lets 3 and 1 run, and said "no batch of it is
+    # left" where 4 were, the limit already reached.
+    first = _Steps(stop_after, str(tmp_path / "at.ckpt"))
+    _fit_steps(tmp_path / "first", 2, first, limit_train_batches=5)
+    done = 2 * stop_after
+    assert [i for _, ids in first.steps for i in ids] == _order(0)[:10]
+    resumed = _Steps()
+    with caplog.at_level("INFO"):
+        _fit_steps(tmp_path / "resumed", new, resumed, str(tmp_path / "at.ckpt"), epochs=2,
+                   limit_train_batches=limit)  # fmt: skip
+    assert [i for e, i in resumed.seen if e == 0] == _order(0)[done : done + trained * new]
+    per_epoch = int(limit * 12 / new) if isinstance(limit, float) else limit  # new-size batches
+    assert [i for e, i in resumed.seen if e == 1] == _order(1)[: per_epoch * new]
+    assert said in caplog.text, caplog.text

@@ -10,6 +10,8 @@ import signal
 import torch
 from reliability_support import run, seen_images_run
 
+from detr_lightning.data.epoch_sampler import EpochRandomSampler
+
 IMAGES = 12  # the shapes_root fixture's training images
 
 
@@ -46,3 +48,37 @@ def test_a_run_stopped_mid_epoch_resumes_at_another_batch_size_on_its_next_image
     new_dir = next(d for d in (tmp_path / "outputs" / "shapes").iterdir() if d != run_dir)
     final = torch.load(new_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert final["global_step"] == 1 + (IMAGES - 4) // 2
+
+
+def test_a_resume_at_another_batch_size_under_accumulation_and_a_limit_steps_as_logged(
+    tmp_path, shapes_root
+) -> None:
+    # batch 2, trainer.accumulate_grad_batches=2, last.ckpt every step, SIGTERM after batch 2:
+    # saved at step 1 (4 images). Resumed at batch 3 under trainer.limit_train_batches=3: the
+    # epoch's 4 batches at batch 3 less the 3 left ([3, 3, 2]) count as 1 done, so Lightning
+    # steps after 1 batch (its count at 2), then at the limit's batch 3: 3 images and 3 images
+    # (a run at batch 3 steps on 6 then 3). The log line said 3 batches.
+    steps = tmp_path / "steps.jsonl"
+    common = [*seen_images_run(shapes_root, tmp_path / "seen.jsonl"), "data.batch_size=2",
+              "trainer.accumulate_grad_batches=2",
+              "+callbacks.steps._target_=reliability_support.StepImages",
+              f"+callbacks.steps.path={steps}"]  # fmt: skip
+    stopped = run("train", [*common, "callbacks.model_checkpoint.every_n_train_steps=1",
+                            "+callbacks.term._target_=reliability_support.TermAfterBatch",
+                            "+callbacks.term.batch=2"], tmp_path)  # fmt: skip
+    assert stopped.returncode == 143, (stopped.stdout + stopped.stderr)[-3000:]
+    sampler = EpochRandomSampler(range(IMAGES), seed=42)  # train.yaml's seed: epoch 0's order
+    order = [i + 1 for i in sampler]  # the shapes images' ids
+    assert [json.loads(line) for line in steps.read_text().splitlines()] == [[0, order[:4]]]
+    steps.unlink()
+
+    resumed = run("train", [*common, "ckpt_path=last", "data.batch_size=3",
+                            "trainer.limit_train_batches=3"], tmp_path)  # fmt: skip
+    out = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, out[-3000:]
+    after = [json.loads(line) for line in steps.read_text().splitlines()]
+    assert after == [[0, order[4:7]], [0, order[7:10]]]
+    assert ("not trained before the stop (4 were), 2 batches on each process (trainer."
+            "limit_train_batches ends its epochs at 3 batches, 1 counted as done; 3 are left in "
+            "its order); no image left out; the first optimizer step after it accumulates 1 of "
+            "its trainer.accumulate_grad_batches=2 batches (1 counted as done)") in out, out[-6000:]  # fmt: skip

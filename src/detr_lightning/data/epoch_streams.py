@@ -32,8 +32,10 @@ count of batches. With another one (``data.batch_size`` changed, a noted setting
 not reached, at the new size, and Lightning's count of the epoch's batches is set to the new
 layout's equivalent so that the epoch ends after its last image; under DDP up to ``processes -
 1`` images of the epoch can be left out (a warning counts them), and where no batch of it is
-left at the new layout it ends at once, without its validation (before, Lightning took that
-count as an epoch over before it started, and trained it again whole). Before, the count was
+left at the new layout, or that count reaches ``trainer.limit_train_batches`` already, it ends at
+once, without its validation (before, Lightning took that count as an epoch over before it
+started, and trained it again whole). The log line counts the batches that run (before, under a
+limit, the planned ones: 8 where the limit let 3 run). Before, the count was
 taken as batches of the new size, which skipped other images than the run had trained (some
 twice, some never). A checkpoint written before the layout was recorded resumes as it did, at
 that count of batches of whatever size the loader has now. A loader whose batch sampler cannot
@@ -51,7 +53,7 @@ from lightning.fabric.utilities.data import _set_sampler_epoch
 from torch.utils.data import DataLoader
 
 from detr_lightning.checkpointing.rng_states import derive_seed
-from detr_lightning.data.batch_layout import BatchLayout
+from detr_lightning.data.batch_layout import BatchLayout, resume_note
 from detr_lightning.data.resumable_batches import ResumableBatches
 
 log = logging.getLogger(__name__)
@@ -174,29 +176,19 @@ class EpochStreams(L.Callback):
                 epoch, done, before, batches.layout(), done,
             )  # fmt: skip
             return None
-        ended = plan.batches_done >= trainer.num_training_batches  # no batch of it left here
+        total = int(trainer.num_training_batches)  # under trainer.limit_train_batches
+        ended = plan.batches_done >= total  # no batch of it left here, or past the limit
         # Ended: one batch short of the epoch's, and an empty pass. At its count Lightning would
         # take the epoch as over before it started and run it again from its first batch.
-        now = int(trainer.num_training_batches) - 1 if ended else plan.batches_done
+        now = total - 1 if ended else plan.batches_done
         _count_as_done(trainer, done, now)
-        head = ("Resumed mid-epoch %d with another batch layout (the run: %s, %d batches done; "
-                "now: %s): ")  # fmt: skip
-        if ended:  # all left out (fewer than the processes), or past trainer.limit_train_batches
+        if ended:
             batches.skip_pass()
-            message = (head + "no batch of it is left at this layout (%d of its %d images were "
-                       "trained before the stop), so it ends here, without its validation")  # fmt: skip
-            counts: tuple[int, ...] = (plan.images_trained, plan.images)
-        else:
-            message = (head + "its order goes on at the first of its %d images not trained "
-                       "before the stop (%d were), %d batches on each process")  # fmt: skip
-            counts = (plan.images, plan.images_trained, plan.batches_left)
-        args = (epoch, before, done, batches.layout(), *counts)
         if trainer.is_global_zero:  # the run's counts, the same on every rank: said once
-            if plan.images_left_out:
-                log.warning(message + "; %d image(s) of this epoch are left out, so that every "
-                            "process gets as many batches", *args, plan.images_left_out)  # fmt: skip
-            else:
-                log.info(message + ("" if ended else "; no image left out"), *args)
+            level, message, args = resume_note(plan, total, trainer.accumulate_grad_batches)
+            log.log(level, "Resumed mid-epoch %d with another batch layout (the run: %s, %d "
+                    "batches done; now: %s): " + message, epoch, before, done, batches.layout(),
+                    *args)  # fmt: skip
         _ignore_lightning_resume_warning()
         return max(1, now)  # the pass is planned: the iterator is remade
 

@@ -28,7 +28,21 @@ logged as a warning (``data/epoch_streams.py``). Aspect-ratio grouped batches tr
 out of the order's, so the ranks' unread positions can differ by more than one: they are then
 dealt out again, in the order's, without padding. Lightning's batch count of the epoch is then
 set to the new layout's equivalent (its epoch's batches less the ones left), so the epoch ends,
-and validates, after the last of them.
+and validates, after the last of them; under ``trainer.limit_train_batches`` it ends where that
+count reaches the limit (at once, without validating, where it is there already).
+
+Lightning steps the optimizer where its count of the epoch's batches reaches a multiple of
+``trainer.accumulate_grad_batches`` (A), and at the epoch's last batch, so the first optimizer
+step after the resume accumulates ``A - count % A`` batches: at the same layout that is A after a
+checkpoint written between steps (every ``n`` steps always is), and after one written k batches
+into a step (SIGTERM, Ctrl-C), A - k: the k batches' gradients were not saved, their images count
+as trained (Lightning's own resume). At another layout the count is the new layout's equivalent,
+whatever the stop, so that step can accumulate fewer batches than A (12 images, batch 2, A = 2,
+stopped after step 1: resumed at batch 3, count 4 - 3 = 1, steps of 3 then 5 images where the run
+at batch 3 steps on 6 and 6); Lightning's loss is the mean over A batches, so its gradient is
+that share of a whole step's. The later steps are whole, the epoch's last as in any epoch. The
+epoch's end and its validation are tied to that count, so the step cannot be made whole; the
+log line of the resume says how many batches it accumulates.
 
 Both training batch samplers (:class:`ResumableBatchSampler`, and the aspect-ratio grouped one in
 ``data/sampler.py``) take the index sampler as their ``sampler`` argument, so under DDP Lightning
