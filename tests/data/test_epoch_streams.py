@@ -302,3 +302,22 @@ def test_a_resume_at_another_batch_size_and_limit_trains_and_says_the_batches_th
     per_epoch = int(limit * 12 / new) if isinstance(limit, float) else limit  # new-size batches
     assert [i for e, i in resumed.seen if e == 1] == _order(1)[: per_epoch * new]
     assert said in caplog.text, caplog.text
+
+
+def test_a_resume_at_the_same_batch_size_past_a_lowered_limit_ends_the_epoch(
+    tmp_path, caplog
+) -> None:
+    # 12 images at batch 2 under trainer.limit_train_batches=5, saved after 4 batches (8 images),
+    # resumed at batch 2 under limit 3: the epoch has had more than its 3 batches. Before, the
+    # count of 4 past the limit made Lightning start the epoch again: its first 2 images twice.
+    first = _Steps(4, str(tmp_path / "at.ckpt"))
+    _fit_steps(tmp_path / "first", 2, first, limit_train_batches=5)
+    resumed = _Steps()
+    with caplog.at_level("INFO"):
+        _fit_steps(tmp_path / "resumed", 2, resumed, str(tmp_path / "at.ckpt"), epochs=2,
+                   limit_train_batches=3)  # fmt: skip
+    assert [i for e, i in resumed.seen if e == 0] == []
+    assert [i for e, i in resumed.seen if e == 1] == _order(1)[:6]
+    assert (
+        "after 4 batches, past the 3 that trainer.limit_train_batches gives it now" in caplog.text
+    )
