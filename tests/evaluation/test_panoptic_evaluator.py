@@ -204,6 +204,28 @@ def test_per_class_pq_by_hand_with_undefined_categories_at_minus_one() -> None:
     assert summary["PQ_th"] == pytest.approx(0.5) and summary["PQ_st"] == pytest.approx(2 / 3)
 
 
+def test_a_category_in_the_ground_truth_never_predicted_scores_zero_not_undefined() -> None:
+    """One 4x8 image: gt thing cat-1 on 8 px, stuff cat-2 on the other 24; the prediction is
+    cat 2 everywhere (IoU 24 / 32 = 0.75 with the stuff: tp). Cat 1 has a missed segment (fn
+    1): PQ 0, counted in the means, not -1 (undefined is only for no segment at all)."""
+    cats = [{"id": 1, "isthing": 1}, {"id": 2, "isthing": 0}]
+    gt_ids = torch.full((4, 8), 2, dtype=torch.long)
+    gt_ids[:, :2] = 1
+    gt = {"ids": gt_ids, "segments_info": [{"id": 1, "category_id": 1},
+                                           {"id": 2, "category_id": 2}]}  # fmt: skip
+    pred = {"ids": torch.full((4, 8), 5, dtype=torch.long),
+            "segments_info": [{"id": 5, "category_id": 2}]}  # fmt: skip
+    metric = ImagePanopticQuality()
+    metric.update(pred, gt, 1, cats)
+    summary = metric.compute()
+    assert metric.per_class[1] == {"PQ": 0.0, "SQ": 0.0, "RQ": 0.0, "tp": 0, "fp": 0, "fn": 1,
+                                   "isthing": True}  # fmt: skip
+    assert metric.per_class[2] == pytest.approx(
+        {"PQ": 0.75, "SQ": 0.75, "RQ": 1.0, "tp": 1, "fp": 0, "fn": 0, "isthing": False}
+    )
+    assert summary["PQ"] == pytest.approx((0.0 + 0.75) / 2) and summary["PQ_th"] == 0.0
+
+
 def test_pq_table_layout() -> None:
     metrics = dict(zip(PQ_KEYS, [0.5, 0.8, 0.625, 0.6, 0.9, 2 / 3, 0.4, 0.7, 4 / 7], strict=True))
     table = format_pq_table(metrics, title="t")

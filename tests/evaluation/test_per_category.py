@@ -11,6 +11,7 @@ from detr_lightning.evaluation.per_category import (
     FILE_NAME,
     format_per_category_table,
     logged_scalars,
+    module_records,
     per_category_markdown,
     per_category_pq_records,
     per_category_records,
@@ -53,11 +54,13 @@ def test_report_writes_the_file_with_the_datamodules_names(tmp_path, capsys) -> 
     hparams = {"label_to_category_id": LABEL_MAP}
     module = SimpleNamespace(test_per_class={1: {"AP": 0.75, "AR_100": 0.8}},
                              hparams=SimpleNamespace(get=hparams.get))  # fmt: skip
-    path = report_per_category(module, SimpleNamespace(category_names=NAMES), tmp_path)
+    # the module's own label map, not the data's: its labels are the checkpoint's
+    data = SimpleNamespace(category_names=NAMES, label_to_category_id=[0, 7, 8, 9, 10])
+    path = report_per_category(module, data, tmp_path)
     assert path == str(tmp_path / FILE_NAME)
     written = json.loads((tmp_path / FILE_NAME).read_text())["bbox"]
-    assert [(r["name"], r["AP"]) for r in written] == [("person", 0.75), ("car", -1.0),
-                                                       ("dog", -1.0)]  # fmt: skip
+    assert [(r["category_id"], r["name"], r["AP"]) for r in written] == [
+        (1, "person", 0.75), (3, "car", -1.0), (4, "dog", -1.0)]  # fmt: skip
     assert "person 0.750" in capsys.readouterr().out
     unmapped = SimpleNamespace(test_per_class={1: {"AP": 0.5, "AR_100": 0.5}},
                                hparams=SimpleNamespace(get=lambda key: None))  # fmt: skip
@@ -78,15 +81,20 @@ def _pq(pq: float, isthing: bool, tp: int = 1, fp: int = 0, fn: int = 0) -> dict
 
 def test_pq_records_follow_the_label_order_and_name_each_category_id() -> None:
     # keyed by category id, in an order other than the labels'
-    pq_per_class = {4: _pq(0.5, True), 1: _pq(-1.0, True, tp=0), 3: _pq(0.25, False, fn=2)}
+    # (9: a category of the split that the label map lacks: after the mapped ones)
+    pq_per_class = {9: _pq(0.0, False, tp=0, fn=1), 4: _pq(0.5, True),
+                    1: _pq(-1.0, True, tp=0), 3: _pq(0.25, False, fn=2), 7: _pq(1.0, True)}  # fmt: skip
     records = per_category_pq_records(pq_per_class, [0, 7, 1, 3, 4], NAMES)
     assert [(r["category_id"], r["name"], r["isthing"], r["PQ"], r["fn"]) for r in records] == [
+        (7, "person", True, 1.0, 0),  # label 1
         (1, "", True, -1.0, 0),  # label 2: an unnamed slot, still listed as the metric has it
         (3, "car", False, 0.25, 2),
         (4, "dog", True, 0.5, 0),
+        (9, "", False, 0.0, 1),
     ]
     table = format_per_category_table(records, "PQ", key="PQ").splitlines()
-    assert table[1].split() == ["1", "-", "car", "0.250", "dog", "0.500"]
+    assert table[1].split() == ["person", "1.000", "1", "-", "car", "0.250"]
+    assert table[2].split() == ["dog", "0.500", "9", "0.000"]
 
 
 def test_report_adds_the_panoptic_records_only_for_a_panoptic_test(tmp_path, capsys) -> None:
@@ -134,3 +142,43 @@ def test_categories_sharing_a_name_get_a_logged_key_each() -> None:
     assert report[4:7] == ["| sign-4 | 0.1000 | **0.1500** |",
                            "| sign-9 | 0.7000 | **0.7500** |",
                            "| car | 0.3000 | **0.3500** |"]  # fmt: skip
+
+
+def test_a_test_without_label_map_or_names_lists_each_label_under_its_own_id() -> None:
+    # a module built without a label map, tested without a datamodule: label i is category i,
+    # with no name (fewer names than labels: an unnamed category, not an IndexError)
+    module = SimpleNamespace(test_per_class={0: {"AP": 0.5, "AR_100": 0.5},
+                                             2: {"AP": 0.25, "AR_100": 0.375}},
+                             test_pq_per_class={2: _pq(0.75, True)},
+                             hparams=SimpleNamespace(get=lambda key: None))  # fmt: skip
+    records, pq_records = module_records(module, None)
+    assert [(r["category_id"], r["name"], r["AP"]) for r in records] == [(0, "", 0.5),
+                                                                         (2, "", 0.25)]  # fmt: skip
+    assert [(r["category_id"], r["name"], r["PQ"]) for r in pq_records] == [(2, "", 0.75)]
+    # names for the first labels only
+    short = per_category_pq_records({4: _pq(0.5, True), 3: _pq(0.25, False)}, LABEL_MAP, NAMES[:4])
+    assert [(r["category_id"], r["name"]) for r in short] == [(3, "car"), (4, "")]
+    short = per_category_records({4: {"AP": 0.5, "AR_100": 0.5}}, LABEL_MAP, NAMES[:4])
+    assert [(r["category_id"], r["name"]) for r in short] == [(1, "person"), (3, "car"), (4, "")]
+
+
+def test_the_comparisons_rows_follow_the_runs_and_bold_only_a_best_of_different_values() -> None:
+    a = {"bbox": [{"category_id": 3, "name": "cat", "AP": 0.5},
+                  {"category_id": 1, "name": "dog", "AP": 0.25}]}  # fmt: skip
+    b = {"bbox": [{"category_id": 1, "name": "dog", "AP": 0.25},
+                  {"category_id": 3, "name": "cat", "AP": 0.75},
+                  {"category_id": 2, "name": "bird", "AP": -1.0}],
+         "panoptic": [{"category_id": 2, "name": "", "PQ": 0.125}]}  # fmt: skip
+    assert per_category_markdown(["a", "b", "none"], [a, b, {}]) == [
+        "## Box AP per category", "",
+        "| category | a | b | none |", "|---|---|---|---|",
+        "| cat | 0.5000 | **0.7500** | – |",  # in the order the first run lists them
+        "| dog | 0.2500 | 0.2500 | – |",  # a tie: no best
+        "| bird | – | -1.0000 | – |",  # then what a later run adds
+        "",
+        "## PQ per category", "",
+        "| category | a | b | none |", "|---|---|---|---|",
+        "| 2 | – | 0.1250 | – |",  # no name: its id
+        "",
+    ]  # fmt: skip
+    assert per_category_markdown(["a"], [{}]) == []
