@@ -189,8 +189,16 @@ def test_predict_with_onnxruntime_needs_only_the_onnx_file(exported, tmp_path) -
     records = json.loads((tmp_path / "pred" / "predictions.json").read_text())
     assert len(records) == 2 * 5 and {r["category_id"] for r in records} == {18}
     assert {r["category_name"] for r in records} == {"dog"}
+    info = json.loads((tmp_path / "pred" / "images.json").read_text())["info"]
+    assert info["weights"] == str(path)  # the weights the predictions came from
     assert len(list((tmp_path / "pred" / "drawn").glob("*.png"))) == 2
     assert "data.val_transforms" not in (tmp_path / "pred" / "predict.log").read_text()
+    # labels that are not the category ids (a model fine-tuned on another dataset): reported
+    # under the ids of the file's label map
+    model = onnx.load(str(path))
+    (label_map,) = [p for p in model.metadata_props if p.key == "label_to_category_id"]
+    label_map.value = json.dumps([1000 + i for i in json.loads(label_map.value)])
+    onnx.save(model, str(path))
     # another size than the export's (recorded in the file): said, naming both; device=cpu
     # reaches ONNX Runtime as its CPU provider
     run_cli("predict", ["experiment=r50", "backend=onnxruntime", f"onnx={path}",
@@ -198,6 +206,8 @@ def test_predict_with_onnxruntime_needs_only_the_onnx_file(exported, tmp_path) -
                         "data.val_transforms.size=64", "data.val_transforms.max_size=160",
                         "device=cpu"],
             tmp_path)  # fmt: skip
+    records = json.loads((tmp_path / "other" / "predictions.json").read_text())
+    assert {(r["category_id"], r["category_name"]) for r in records} == {(1018, "dog")}
     log = (tmp_path / "other" / "predict.log").read_text()
     assert f"onnx={path} records data.val_transforms {{size: 96}} (its evaluation's); this run uses " \
            "{size: 64}" in log  # fmt: skip

@@ -110,6 +110,31 @@ def test_an_unreadable_sub_folder_is_named_in_a_warning(tmp_path, caplog) -> Non
     assert "locked (Permission denied)" in line
 
 
+def test_a_sub_folder_the_system_refuses_to_list_is_named_in_a_warning(
+    tmp_path, caplog, monkeypatch
+) -> None:
+    """The test above as root (which reads a chmod 000 folder): listing the folder fails with
+    the error the system gives a user without permission."""
+    _write(tmp_path / "a.png")
+    _write(tmp_path / "locked" / "b.png")
+    _write(tmp_path / "open" / "c.png")
+    scandir = os.scandir
+
+    def refusing(path="."):
+        if os.fspath(path) == str(tmp_path / "locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    with caplog.at_level(logging.WARNING, logger="detr_lightning.inference.image_search"):
+        records = find_images(tmp_path)
+    assert [r.file_name for r in records] == ["a.png", "open/c.png"]
+    (line,) = _warnings(caplog)
+    assert line == (f"input={tmp_path}: left out 1 path(s) that could not be searched: locked "
+                    "(Permission denied); fix their permissions or links, or ignore this if they "
+                    "hold no images")  # fmt: skip
+
+
 def test_broken_links_are_named_in_a_warning_the_first_five_of_them(tmp_path, caplog) -> None:
     """A link to a moved photo or folder was passed over without a word. Six broken links: the
     warning counts them and names the first five in path order, each with its target."""
@@ -132,4 +157,24 @@ def test_a_folder_of_broken_links_only_names_them_in_its_error(tmp_path) -> None
     (tmp_path / "a.jpg").symlink_to(tmp_path / "b.jpg")
     with pytest.raises(FileNotFoundError, match=r"holds no image.*1 path\(s\) that could not be "
                        r"searched: a\.jpg \(broken link to .*b\.jpg\)"):  # fmt: skip
+        find_images(tmp_path)
+
+
+def test_five_broken_links_are_all_named_with_none_more(tmp_path, caplog) -> None:
+    _write(tmp_path / "a.png")
+    for i in range(5):
+        (tmp_path / f"gone{i}.jpg").symlink_to(tmp_path / "moved" / f"{i}.jpg")
+    with caplog.at_level(logging.WARNING, logger="detr_lightning.inference.image_search"):
+        find_images(tmp_path)
+    (line,) = _warnings(caplog)
+    named = ", ".join(f"gone{i}.jpg (broken link to {tmp_path}/moved/{i}.jpg)" for i in range(5))
+    assert f"left out 5 path(s) that could not be searched: {named}; fix" in line
+
+
+def test_a_folder_of_a_hidden_folder_and_a_broken_link_names_both_in_its_error(tmp_path) -> None:
+    _write(tmp_path / ".cache" / "e.png")
+    (tmp_path / "a.jpg").symlink_to(tmp_path / "b.jpg")
+    with pytest.raises(FileNotFoundError, match=r"holds no image.*; left out 1 hidden folder\(s\) "
+                       r"\(name starting with '\.'\); 1 path\(s\) that could not be searched: "
+                       r"a\.jpg \(broken link to "):  # fmt: skip
         find_images(tmp_path)
