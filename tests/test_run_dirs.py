@@ -38,6 +38,17 @@ def test_a_staged_run_is_one_curve_through_its_stages_logs(tmp_path) -> None:
     assert wall_seconds(loaded) == 60.0 * (3.0 + 2.0)  # the stages' minutes, tests included
 
 
+def test_a_staged_runs_per_category_file_is_its_own_else_its_last_stages(tmp_path) -> None:
+    import json
+
+    run = make_staged_run(tmp_path / "outputs" / "2026-01-03_00-00-00", tmp_path / "elsewhere")
+    for folder, ap in (("stage1_detector", 0.25), ("stage2_masks", 0.5)):
+        (run / folder / "metrics_per_category.json").write_text(json.dumps({"bbox": [ap]}))
+    assert load_run(run).per_category == {"bbox": [0.5]}  # the last stage's, the run moved
+    (run / "metrics_per_category.json").write_text(json.dumps({"bbox": [0.75]}))
+    assert load_run(run).per_category == {"bbox": [0.75]}  # one at the run's top comes first
+
+
 def test_a_stage_without_its_log_ends_the_curve_and_counts_as_unknown(tmp_path) -> None:
     run = make_staged_run(tmp_path / "2026-01-03_00-00-00", tmp_path / "2026-01-03_00-00-00")
     (run / "stage2_masks" / "csv" / "metrics.csv").unlink()
