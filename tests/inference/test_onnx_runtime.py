@@ -31,6 +31,6 @@ def test_cuda_without_the_provider_and_other_devices_are_refused(monkeypatch) ->
     monkeypatch.setattr(ort, "get_available_providers", lambda: [CPU])
     with pytest.raises(ConfigError, match=r"device=cuda: this onnxruntime has no CUDA provider"):
         onnx_providers("cuda")
-    for name in ("mps", "cuda:x", "gpu"):
+    for name in ("mps", "cuda:x", "cuda:", "gpu"):
         with pytest.raises(ConfigError, match=rf"device={name}: backend=onnxruntime runs on auto"):
             onnx_providers(name)

@@ -29,8 +29,8 @@ def onnx_providers(device: str | None) -> list | None:
         return None
     if device == "cpu":
         return ["CPUExecutionProvider"]
-    kind, _, index = str(device).partition(":")
-    if kind == "cuda" and (not index or index.isdigit()):
+    kind, colon, index = str(device).partition(":")
+    if kind == "cuda" and (not colon or index.isdigit()):  # "cuda:" names no GPU, as for torch
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise ConfigError(
                 f"device={device}: this onnxruntime has no CUDA provider (the onnxruntime-gpu "
