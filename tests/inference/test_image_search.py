@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from detr_lightning.errors import MissingFileError
 from detr_lightning.inference.image_search import find_images
 
 
@@ -178,3 +179,20 @@ def test_a_folder_of_a_hidden_folder_and_a_broken_link_names_both_in_its_error(t
                        r"\(name starting with '\.'\); 1 path\(s\) that could not be searched: "
                        r"a\.jpg \(broken link to "):  # fmt: skip
         find_images(tmp_path)
+
+
+def test_an_input_folder_that_cannot_be_listed_is_named_itself(tmp_path, monkeypatch) -> None:
+    """Not "holds no image; left out 1 path(s) that could not be searched: . (...)"."""
+    _write(tmp_path / "a.png")
+    scandir = os.scandir
+
+    def refusing(path="."):
+        if os.fspath(path) == str(tmp_path):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    with pytest.raises(MissingFileError) as error:
+        find_images(tmp_path)
+    assert str(error.value) == (f"input={tmp_path}: the folder cannot be listed (Permission "
+                                "denied). Fix: its permissions (chmod u+rx), or another input=")  # fmt: skip

@@ -55,6 +55,12 @@ def find_images(source: str | Path, output_dir: str | Path | None = None) -> lis
     if not root.is_dir():
         raise MissingFileError(f"input={source}: no such image file or folder")
     found, skipped, unreadable = _search_folder(root, output_dir)
+    for path, why in unreadable:
+        if path == str(root):  # the folder itself: nothing under it was searched
+            raise MissingFileError(
+                f"input={source}: the folder cannot be listed ({why}). Fix: its permissions "
+                "(chmod u+rx), or another input="
+            )
     files = sorted(found, key=lambda p: p.relative_to(root).as_posix())
     left_out = ""
     if skipped:
