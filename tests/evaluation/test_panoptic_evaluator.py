@@ -167,6 +167,15 @@ def test_image_metric_rows_survive_images_without_segments() -> None:
     assert metric.compute() == {k: 0.0 for k in PQ_KEYS}
 
 
+def _square_on_stuff() -> dict:
+    """A 4x8 ground truth: thing segment 1 (category 1) on the first two columns (8 px), stuff
+    segment 2 (category 2) on the other 24."""
+    ids = torch.full((4, 8), 2, dtype=torch.long)
+    ids[:, :2] = 1
+    return {"ids": ids, "segments_info": [{"id": 1, "category_id": 1},
+                                          {"id": 2, "category_id": 2}]}  # fmt: skip
+
+
 def test_per_class_pq_by_hand_with_undefined_categories_at_minus_one() -> None:
     """Two 4x8 images, categories 1 (thing), 2 (stuff), 3 (thing, never seen):
     image 1: gt cat-1 square of 8 px, predicted on 6 of its px plus 0 more (IoU 6/8 = 0.75, tp);
@@ -175,10 +184,7 @@ def test_per_class_pq_by_hand_with_undefined_categories_at_minus_one() -> None:
     cat 1: tp 1, fp 1, fn 0 -> PQ 0.75 / 1.5 = 0.5, SQ 0.75, RQ 2/3;
     cat 2: tp 1, fp 0, fn 1 -> PQ 1 / 1.5 = 2/3, SQ 1, RQ 2/3; cat 3: -1 (undefined)."""
     cats = [{"id": 1, "isthing": 1}, {"id": 2, "isthing": 0}, {"id": 3, "isthing": 1}]
-    gt_ids = torch.full((4, 8), 2, dtype=torch.long)
-    gt_ids[:, :2] = 1
-    gt1 = {"ids": gt_ids, "segments_info": [{"id": 1, "category_id": 1},
-                                            {"id": 2, "category_id": 2}]}  # fmt: skip
+    gt1 = _square_on_stuff()
     pred_ids = torch.full((4, 8), 0, dtype=torch.long)
     pred_ids[1:, :2] = 1  # 6 of the square's 8 px
     pred_ids[:, 2:] = 2
@@ -209,10 +215,7 @@ def test_a_category_in_the_ground_truth_never_predicted_scores_zero_not_undefine
     cat 2 everywhere (IoU 24 / 32 = 0.75 with the stuff: tp). Cat 1 has a missed segment (fn
     1): PQ 0, counted in the means, not -1 (undefined is only for no segment at all)."""
     cats = [{"id": 1, "isthing": 1}, {"id": 2, "isthing": 0}]
-    gt_ids = torch.full((4, 8), 2, dtype=torch.long)
-    gt_ids[:, :2] = 1
-    gt = {"ids": gt_ids, "segments_info": [{"id": 1, "category_id": 1},
-                                           {"id": 2, "category_id": 2}]}  # fmt: skip
+    gt = _square_on_stuff()
     pred = {"ids": torch.full((4, 8), 5, dtype=torch.long),
             "segments_info": [{"id": 5, "category_id": 2}]}  # fmt: skip
     metric = ImagePanopticQuality()
