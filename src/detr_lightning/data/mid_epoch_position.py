@@ -55,38 +55,42 @@ def resume_after(
         )  # fmt: skip
         return None
     total = int(trainer.num_training_batches)  # under trainer.limit_train_batches
-    ended = plan.batches_done >= total  # no batch of it left here, or past the limit
-    # Ended: one batch short of the epoch's, and an empty pass. At its count Lightning would
-    # take the epoch as over before it started and run it again from its first batch.
-    now = total - 1 if ended else plan.batches_done
-    count_as_done(trainer, done, now)
-    if ended:
-        batches.skip_pass()
     if trainer.is_global_zero:  # the run's counts, the same on every rank: said once
         level, message, args = resume_note(plan, total, trainer.accumulate_grad_batches)
         log.log(level, "Resumed mid-epoch %d with another batch layout (the run: %s, %d "
                 "batches done; now: %s): " + message, epoch, before, done, batches.layout(),
                 *args)  # fmt: skip
+    if plan.batches_done >= total:  # no batch of it left here, or past the limit
+        return _end_at_once(trainer, batches, done, total)
+    count_as_done(trainer, done, plan.batches_done)
     _ignore_lightning_resume_warning()
-    return max(1, now)  # the pass is planned: the iterator is remade
+    return max(1, plan.batches_done)  # the pass is planned: the iterator is remade
 
 
 def past_the_limit(trainer: L.Trainer, loader: DataLoader, done: int, epoch: int) -> int | None:
     """The run trained ``done`` batches of the epoch, more than a lowered
     ``trainer.limit_train_batches`` lets it have now: it ends at once, without its
-    validation, as at another layout (at that count Lightning took the epoch as not begun
-    and trained its first batch again). None where the loader cannot skip its pass."""
+    validation, as at another layout (past its count Lightning took the epoch as not begun
+    and trained it again). None where the loader cannot skip its pass."""
     batches, total = loader.batch_sampler, int(trainer.num_training_batches)
     if not isinstance(batches, ResumableBatches):
         return None
-    count_as_done(trainer, done, total - 1)
-    batches.skip_pass()
     if trainer.is_global_zero:
         log.info("Resumed mid-epoch %d after %d batches, past the %d that "
                  "trainer.limit_train_batches gives it now: it ends here, without its "
                  "validation", epoch, done, total)  # fmt: skip
+    return _end_at_once(trainer, batches, done, total)
+
+
+def _end_at_once(trainer: L.Trainer, batches: ResumableBatches, done: int, total: int) -> int:
+    """End the resumed epoch before its first batch: Lightning's count one short of its
+    ``total`` and an empty pass (at ``total`` or past it Lightning would take the epoch as not
+    begun and run it again). Returns the count (at least 1: the pass is planned, the iterator
+    is remade)."""
+    count_as_done(trainer, done, total - 1)
+    batches.skip_pass()
     _ignore_lightning_resume_warning()
-    return max(1, total - 1)  # the pass is planned: the iterator is remade
+    return max(1, total - 1)
 
 
 def start_at(loader: DataLoader, done: int, epoch: int) -> bool:
