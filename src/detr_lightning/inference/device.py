@@ -16,8 +16,8 @@ def resolve_device(name: str | None) -> torch.device:
     """``auto``/None: the GPU when there is one, else the CPU; otherwise a torch device name.
 
     Raises ConfigError (one line naming ``device=`` and the fix) for a name torch cannot parse,
-    a device type other than cpu, cuda and mps, a cuda device without a visible GPU or past the visible count, and mps where torch has no
-    MPS backend."""
+    a device type other than cpu, cuda and mps, a cuda device without a visible GPU or past the
+    visible count, and mps where torch has no MPS backend."""
     from detr_lightning.utils.config_check import ConfigError
 
     if name in (None, "", "auto"):
