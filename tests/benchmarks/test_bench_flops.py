@@ -49,3 +49,17 @@ def test_paper_presets_match_table_1() -> None:
         assert sum(gflops) / len(gflops) == pytest.approx(paper_gflops, rel=0.03), exp
         params = sum(p.numel() for p in net.parameters()) / 1e6
         assert params == pytest.approx(paper_params, rel=0.02), exp
+
+
+def test_the_printed_row_holds_each_sizes_count_their_mean_and_the_papers(capsys) -> None:
+    bench = _bench_flops()
+    assert bench.main(["--exp", "r50", "--size", "64x96", "96x128"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if " r50 " in line)
+    cells = row.split()
+    net = bench.preset_net("r50")
+    expected = [bench.forward_gflops(net, 64, 96), bench.forward_gflops(net, 96, 128)]
+    params = sum(p.numel() for p in net.parameters()) / 1e6
+    assert cells[:3] == ["[flops]", "r50", f"{params:.1f}M"]
+    assert [float(c) for c in cells[3:5]] == pytest.approx(expected, abs=0.05)
+    assert float(cells[5]) == pytest.approx(sum(expected) / 2, abs=0.05)
+    assert cells[6:] == ["86", "/", "41M"]  # Table 1's row
