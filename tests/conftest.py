@@ -29,7 +29,7 @@ _share_the_cores()
 def _take_ctrl_c() -> None:
     """A suite started in the background by a non-interactive shell (``nohup make test &``,
     some CI runners) inherits SIGINT ignored, and so would every CLI run it starts: the Ctrl-C
-    tests would test nothing. Python's own handler, as in a terminal."""
+    tests then fail, their signal never delivered. Python's own handler, as in a terminal."""
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
