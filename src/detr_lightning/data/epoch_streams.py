@@ -45,13 +45,7 @@ from torch.utils.data import DataLoader
 
 from detr_lightning.checkpointing.rng_states import derive_seed
 from detr_lightning.data.batch_layout import BatchLayout
-from detr_lightning.data.mid_epoch_position import (
-    batches_done,
-    count_as_done,
-    past_the_limit,
-    resume_after,
-    start_at,
-)
+from detr_lightning.data.mid_epoch_position import count_as_done, go_on
 from detr_lightning.data.resumable_batches import ResumableBatches
 
 log = logging.getLogger(__name__)
@@ -113,18 +107,9 @@ class EpochStreams(L.Callback):
         if not (first and isinstance(loader, DataLoader)):
             return
         saved, self._saved_at = self._saved_at, None
-        before, now = self._saved_layout, self._layout
-        done: int | None = None
-        if saved is None or saved[0] != epoch or saved[1] == 0:
-            done = 0
-        elif before is not None and now is not None and before != now:
-            done = resume_after(trainer, loader, saved[1], before, epoch)
-        if done is None and saved[1] > trainer.num_training_batches:
-            done = past_the_limit(trainer, loader, saved[1], epoch)
-        if done is None:  # the same layout, or another whose batches cannot be replayed
-            done = batches_done(saved[1], trainer.num_training_batches)
-            if done and not start_at(loader, done, epoch):
-                done = 0
+        done = 0
+        if saved is not None and saved[0] == epoch and saved[1]:
+            done = go_on(trainer, loader, saved[1], self._saved_layout, self._layout, epoch)
         if (loader.num_workers > 0 and epoch > 0) or done:
             fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
             if fetcher is None:  # a Lightning without it: the resumed epoch keeps epoch 0's order

@@ -1,16 +1,16 @@
 """Where the first epoch of a resumed fit goes on when its checkpoint was written mid-epoch
 (every ``n`` steps, SIGTERM, Ctrl-C): the training batch sampler's next pass and Lightning's count
-of the epoch's batches (:class:`~detr_lightning.data.epoch_streams.EpochStreams` calls these when
-that epoch starts).
+of the epoch's batches, set by :func:`go_on`, which
+:class:`~detr_lightning.data.epoch_streams.EpochStreams` calls when that epoch starts.
 
 With the run's layout (batch size, processes, grouping) the pass starts at the checkpoint's count
-of batches (:func:`start_at`). With another one it goes on at the first image of the epoch's order
-the run had not reached, at the new size, and the count is set to the new layout's equivalent
-(:func:`resume_after`, the plan in :mod:`detr_lightning.data.batch_layout`). Where no batch of the
-epoch is left, or the count is at or past ``trainer.limit_train_batches`` already (a lowered limit,
-either layout: :func:`past_the_limit`), the epoch ends at once, without its validation: the count
-is set one short of the epoch's and the pass is empty, since at the epoch's own count or past it
-Lightning would take the epoch as not begun and train it again.
+of batches (:func:`_start_at`). With another one it goes on at the first image of the epoch's
+order the run had not reached, at the new size, and the count is set to the new layout's
+equivalent (:func:`_resume_after`, the plan in :mod:`detr_lightning.data.batch_layout`). Where no
+batch of the epoch is left, or the count is at or past ``trainer.limit_train_batches`` already (a
+lowered limit, either layout: :func:`_past_the_limit`), the epoch ends at once, without its
+validation: the count is set one short of the epoch's and the pass is empty, since at the
+epoch's own count or past it Lightning would take the epoch as not begun and train it again.
 """
 
 from __future__ import annotations
@@ -27,7 +27,31 @@ from detr_lightning.data.resumable_batches import ResumableBatches
 log = logging.getLogger(__name__)
 
 
-def batches_done(done: int, total: float) -> int:
+def go_on(
+    trainer: L.Trainer,
+    loader: DataLoader,
+    done: int,
+    before: BatchLayout | None,
+    now: BatchLayout | None,
+    epoch: int,
+) -> int:
+    """Set the resumed epoch ``epoch`` to go on after the ``done`` (> 0) batches the
+    checkpoint's run trained of it, in layout ``before`` (None: not recorded); ``now`` is this
+    run's. Returns Lightning's count of the epoch's batches from which it goes on (0: the pass
+    is whole, nothing planned)."""
+    moved = None
+    if before is not None and now is not None and before != now:
+        moved = _resume_after(trainer, loader, done, before, epoch)
+    if moved is None and done > trainer.num_training_batches:
+        moved = _past_the_limit(trainer, loader, done, epoch)
+    if moved is not None:
+        return moved
+    # the same layout, or another whose batches cannot be replayed
+    count = _batches_done(done, trainer.num_training_batches)
+    return count if count and _start_at(loader, count, epoch) else 0
+
+
+def _batches_done(done: int, total: float) -> int:
     """``done`` batches of the epoch's ``total`` trained by the checkpoint's run (of this
     run's layout); 0 when it trained all of them (was stopped in the epoch-end validation):
     then no batch of this epoch is read, and the start would stay for the next epoch's
@@ -35,7 +59,7 @@ def batches_done(done: int, total: float) -> int:
     return 0 if done >= total else done
 
 
-def resume_after(
+def _resume_after(
     trainer: L.Trainer, loader: DataLoader, done: int, before: BatchLayout, epoch: int
 ) -> int | None:
     """Set the loader's next pass to go on at the first image that ``done`` batches of
@@ -67,7 +91,7 @@ def resume_after(
     return max(1, plan.batches_done)  # the pass is planned: the iterator is remade
 
 
-def past_the_limit(trainer: L.Trainer, loader: DataLoader, done: int, epoch: int) -> int | None:
+def _past_the_limit(trainer: L.Trainer, loader: DataLoader, done: int, epoch: int) -> int | None:
     """The run trained ``done`` batches of the epoch, more than a lowered
     ``trainer.limit_train_batches`` lets it have now: it ends at once, without its
     validation, as at another layout (past its count Lightning took the epoch as not begun
@@ -93,7 +117,7 @@ def _end_at_once(trainer: L.Trainer, batches: ResumableBatches, done: int, total
     return max(1, total - 1)
 
 
-def start_at(loader: DataLoader, done: int, epoch: int) -> bool:
+def _start_at(loader: DataLoader, done: int, epoch: int) -> bool:
     """Set the loader's next pass to begin at batch ``done``; False if it cannot."""
     batches = loader.batch_sampler
     if not isinstance(batches, ResumableBatches):
